@@ -1,0 +1,49 @@
+"""The whole deploy for one node: look once, then install, configure and run containerd."""
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.api.exceptions import DeployError
+
+from . import artifacts
+from .configure import configure_containerd
+from .facts import ContainerdNode, NodeState
+from .install import install_binaries
+from .operations import artifact_is_installed
+from .service import run_containerd
+from .settings import DEFAULTS, Settings, arch_of, for_host
+
+
+def gather(settings: Settings) -> NodeState:
+    return host.get_fact(
+        ContainerdNode,
+        bin_dir=settings.containerd_bin_dir,
+        config_path=settings.containerd_config_path,
+        unit_path=settings.containerd_unit_path,
+        state_dir=settings.containerd_deploy_state_dir,
+    )
+
+
+def check_supported(settings: Settings, node: NodeState) -> str:
+    """The host's release arch; refuses hosts this deploy cannot serve, before changing them."""
+    if not node.machine:
+        raise DeployError(f"{settings.host}: could not read the node's state (is it a Linux host with a POSIX shell?)")
+    arch = arch_of(settings.host, node.machine)
+    if not node.systemd:
+        raise DeployError(
+            f"{settings.host}: systemd is not running as PID 1 (no /run/systemd/system); this deploy "
+            "installs containerd as a systemd service. Use a systemd host."
+        )
+    return arch
+
+
+@deploy("containerd node", data_defaults=DEFAULTS)
+def containerd_node():
+    settings = for_host(host)
+    node = gather(settings)
+    arch = check_supported(settings, node)
+    containerd, runc = artifacts.resolve(settings, arch)
+
+    containerd_op, runc_op = install_binaries(settings, node, containerd, runc)
+    binaries_current = artifact_is_installed(node.manifests.get("containerd"), containerd, settings.containerd_bin_dir)
+    config_op, unit_op = configure_containerd(settings, node, binaries_current)
+    run_containerd(settings, node, unit_op, changed_ops=(containerd_op, runc_op, config_op, unit_op))

@@ -1,0 +1,119 @@
+"""pyinfra operations of this deploy: thin, each decides from the node state it is given.
+
+They take the state the `ContainerdNode` fact gathered at the start of the run instead of
+asking the node again, so a run with nothing to do costs one round trip for that fact.
+"""
+
+import hashlib
+import posixpath
+from collections.abc import Callable
+from io import StringIO
+
+from pyinfra import host
+from pyinfra.api import FileUploadCommand, StringCommand, operation
+
+from .artifacts import Artifact
+from .facts import Manifest
+from .scripts import NEW_SUFFIX, install_artifact_script, replace_file_script, service_script
+
+
+def artifact_is_installed(manifest: Manifest | None, artifact: Artifact, paths_under: str) -> bool:
+    """True when the node has exactly this artifact's files, unmodified, at the wanted place."""
+    return bool(
+        manifest
+        and manifest.fields.get("sha256") == artifact.sha256
+        and manifest.intact()
+        and all(path == paths_under or path.startswith(paths_under.rstrip("/") + "/") for path in manifest.files)
+    )
+
+
+@operation()
+def release_artifact(artifact: Artifact, dest: str, staging_dir: str, state_dir: str, installed: Manifest | None = None):
+    """
+    Fetch a release artifact, verify its sha256, then install it with atomic renames.
+
+    + artifact: the resolved ``Artifact`` (URL and pinned sha256)
+    + dest: directory for a tarball's ``bin/`` files, or the final path of a single binary
+    + staging_dir: where the download waits until it is verified
+    + state_dir: where the manifest of installed files is kept
+    + installed: the component's manifest from the ``ContainerdNode`` fact
+
+    **Example:**
+
+    .. code:: python
+
+        release_artifact(
+            name="Install runc",
+            artifact=Artifact("runc", "1.1.11", "amd64", url, sha256),
+            dest="/usr/local/sbin/runc",
+            staging_dir="/var/cache/containerd-deploy",
+            state_dir="/var/lib/containerd-deploy",
+        )
+    """
+    if artifact_is_installed(installed, artifact, dest):
+        host.noop(f"{artifact.component} {artifact.version} ({artifact.sha256[:12]}) is installed and intact")
+        return
+    yield install_artifact_script(artifact, dest, staging_dir, state_dir)
+
+
+@operation()
+def file_content(path: str, content: str | Callable[[], str], current_sha256: str | None, mode: str = "644"):
+    """
+    Make ``path`` hold ``content``: upload beside it, then rename over it (atomic).
+
+    + path: the file on the node
+    + content: the wanted text, or a callable returning it (called when the operation runs)
+    + current_sha256: sha256 of the node's file from the ``ContainerdNode`` fact, None if absent
+    + mode: octal mode of the file
+
+    **Example:**
+
+    .. code:: python
+
+        file_content(
+            name="Install the containerd unit",
+            path="/etc/systemd/system/containerd.service",
+            content=unit_text,
+            current_sha256=node.unit_sha256,
+        )
+    """
+    text = content() if callable(content) else content
+    if hashlib.sha256(text.encode()).hexdigest() == current_sha256:
+        host.noop(f"{path} is up to date")
+        return
+    directory = posixpath.dirname(path)
+    temp_path = f"{directory}/.{posixpath.basename(path)}{NEW_SUFFIX}"
+    yield StringCommand("mkdir", "-p", directory)
+    yield FileUploadCommand(StringIO(text), temp_path, remote_temp_filename=temp_path)
+    yield replace_file_script(temp_path, path, mode)
+
+
+@operation()
+def containerd_service(unit: str, ctr: str, version: str, timeout: int, active: bool, enabled: bool,
+                       restart: bool | Callable[[], bool] = False):
+    """
+    Keep the containerd unit enabled and running; restart it when told; wait until it answers.
+
+    + unit: the systemd unit name
+    + ctr: path of the installed ``ctr``, used to ask the daemon for its version
+    + version: the containerd version the daemon must report
+    + timeout: seconds to wait for the daemon to answer after (re)starting it
+    + active, enabled: the unit's state from the ``ContainerdNode`` fact
+    + restart: whether (or a callable deciding at run time whether) to restart
+
+    **Example:**
+
+    .. code:: python
+
+        containerd_service(
+            name="Run containerd",
+            unit="containerd.service", ctr="/usr/local/bin/ctr", version="1.7.11",
+            timeout=60, active=False, enabled=False, restart=any_changed(binaries, config),
+        )
+    """
+    must_restart = restart() if callable(restart) else restart
+    action = "restart" if must_restart else ("" if active else "start")
+    if not action and enabled:
+        host.noop(f"{unit} is enabled and running")
+        return
+    yield service_script(unit, ctr, action, enable=not enabled, version=version, timeout=timeout)

@@ -1,0 +1,141 @@
+"""Shell scripts the operations run on a node, built by pure functions (unit-tested locally).
+
+Each script is one SSH round trip and leaves the node either as it was or fully changed:
+downloads go to a private staging directory, are checked against the pinned sha256 there, and
+only then are installed, each file by an atomic rename in its own directory.
+"""
+
+import shlex
+
+from .artifacts import Artifact
+
+q = shlex.quote
+
+# A suffix no release file has, for the hidden copy renamed over each final path.
+NEW_SUFFIX = ".containerd-deploy-new"
+
+_PRELUDE = r"""set -eu
+umask 022
+fail() { echo "containerd-deploy: $*" >&2; exit 1; }
+"""
+
+_FETCH = r"""fetch() {
+  if command -v curl >/dev/null 2>&1; then
+    curl -fsSL --retry 2 --connect-timeout 20 -o "$2" "$1"
+  elif command -v wget >/dev/null 2>&1; then
+    wget -q -T 20 -t 3 -O "$2" "$1"
+  else
+    fail "neither curl nor wget is installed on this host; install one of them"
+  fi
+}
+"""
+
+
+def install_artifact_script(artifact: Artifact, dest: str, staging_dir: str, state_dir: str) -> str:
+    """Fetch, verify and install one artifact, then record what was installed in its manifest.
+
+    `dest` is the directory the tarball's bin/ goes into (containerd), or the final path of a
+    single binary (runc). Files an earlier release of the same component installed and this
+    one does not have are removed; nothing else is touched.
+    """
+    manifest = f"{state_dir}/{artifact.component}.manifest"
+    lines = [
+        _PRELUDE,
+        _FETCH,
+        f"url={q(artifact.url)}",
+        f"expected={q(artifact.sha256)}",
+        f"manifest={q(manifest)}",
+        f"mkdir -p {q(staging_dir)} {q(state_dir)}",
+        f"stage=$(mktemp -d {q(staging_dir)}/{artifact.component}.XXXXXX)",
+        'new_files=""',
+        # On any exit: drop the staging directory and any hidden copy not yet renamed into place.
+        'cleanup() { rm -rf "$stage"; for f in $new_files; do rm -f "$f"; done; }',
+        "trap cleanup EXIT",
+        "trap 'exit 1' HUP INT TERM",
+        'fetch "$url" "$stage/download" || fail "could not download $url; nothing was installed"',
+        'actual=$(sha256sum "$stage/download" | cut -d" " -f1)',
+        '[ "$actual" = "$expected" ] || fail "checksum mismatch for $url: expected sha256 $expected, got $actual; nothing was installed"',
+        "mkdir \"$stage/files\"",
+    ]
+    if artifact.url.endswith(".tar.gz"):
+        lines += [
+            'tar -xzf "$stage/download" -C "$stage/files" bin || fail "$url is not a release tarball with a bin/ directory; nothing was installed"',
+            f'[ -f "$stage/files/bin/{artifact.component}" ] || fail "$url has no bin/{artifact.component}; nothing was installed"',
+            f"dest_dir={q(dest)}",
+            'for f in "$stage"/files/bin/*; do echo "${f##*/} $dest_dir/${f##*/}"; done > "$stage/plan"',
+            'mv "$stage/files/bin"/* "$stage/files/"',
+        ]
+    else:
+        name = dest.rsplit("/", 1)[-1]
+        lines += [
+            f'mv "$stage/download" "$stage/files/{name}"',
+            f'echo {q(name)} {q(dest)} > "$stage/plan"',
+            f"dest_dir={q(dest.rsplit('/', 1)[0] or '/')}",
+        ]
+    lines += [
+        'mkdir -p "$dest_dir"',
+        '{',
+        f"  echo component {q(artifact.component)}",
+        f"  echo version {q(artifact.version)}",
+        '  echo "sha256 $expected"',
+        '  echo "url $url"',
+        '} > "$stage/manifest"',
+        # First put every hidden copy in place (root-owned, 0755), then rename them all: a
+        # failure before the renames leaves every final path as it was.
+        'while read -r name path; do',
+        f'  install -o 0 -g 0 -m 0755 "$stage/files/$name" "$path{NEW_SUFFIX}"',
+        f'  new_files="$new_files $path{NEW_SUFFIX}"',
+        '  echo "file $path $(sha256sum < "$stage/files/$name" | cut -d" " -f1)" >> "$stage/manifest"',
+        'done < "$stage/plan"',
+        'while read -r name path; do',
+        f'  mv -f "$path{NEW_SUFFIX}" "$path"',
+        'done < "$stage/plan"',
+        'new_files=""',
+        # Files the previous install of this component recorded that this one did not bring.
+        'if [ -f "$manifest" ]; then',
+        """  sed -n 's/^file //p' "$manifest" | while read -r path _; do""",
+        '    grep -q "^file $path " "$stage/manifest" || rm -f "$path"',
+        '  done',
+        'fi',
+        f'cp "$stage/manifest" "$manifest{NEW_SUFFIX}"',
+        f'mv -f "$manifest{NEW_SUFFIX}" "$manifest"',
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def replace_file_script(temp_path: str, path: str, mode: str) -> str:
+    """Move an uploaded temporary file over `path` atomically, root-owned with `mode`."""
+    return (
+        f"chown 0:0 {q(temp_path)} && chmod {mode} {q(temp_path)} && mv -f {q(temp_path)} {q(path)}"
+    )
+
+
+def service_script(unit: str, ctr: str, action: str, enable: bool, version: str, timeout: int) -> str:
+    """Enable/start/restart the unit, wait until the daemon answers, and check its version.
+
+    `action` is "restart", "start" or "" (leave the service as it is and only verify).
+    """
+    lines = [_PRELUDE, f"unit={q(unit)}", f"ctr={q(ctr)}", f"expected={q(version)}", f"timeout={int(timeout)}"]
+    if enable:
+        lines.append('systemctl enable --quiet "$unit"')
+    if action:
+        lines.append(f'systemctl {action} "$unit" || true')  # the wait below reports why
+    lines += [
+        'deadline=$(( $(date +%s) + timeout ))',
+        'while :; do',
+        '  out=$(timeout 10 "$ctr" version 2>&1) && break',
+        '  if [ "$(date +%s)" -ge "$deadline" ]; then',
+        '    echo "containerd-deploy: $unit did not answer on its socket within ${timeout}s; ctr said: $out" >&2',
+        '    echo "containerd-deploy: last lines of its journal:" >&2',
+        '    journalctl -u "$unit" -n 30 --no-pager >&2 || true',
+        '    exit 1',
+        '  fi',
+        '  sleep 1',
+        'done',
+        '''client=$(echo "$out" | sed -n 's/^ *Version: *//p' | sed -n 1p)''',
+        '''server=$(echo "$out" | sed -n 's/^ *Version: *//p' | sed -n 2p)''',
+        '[ "$client" = "$server" ] || fail "ctr $client talks to a containerd $server daemon: the running daemon is not the installed binary"',
+        'case "$server" in "$expected"*|"v$expected"*) ;; *) fail "containerd answers as $server, expected $expected";; esac',
+        'echo "containerd $server answering (pid $(systemctl show -p MainPID --value "$unit"))"',
+    ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,183 @@
+"""Every data key the deploy reads: its one default, and its validation.
+
+Inventory data, group_data/ files and `--data key=value` override these defaults (pyinfra's
+usual precedence). `resolve()` turns one host's raw data into a validated `Settings`, before
+any operation touches the host; a bad value raises `DataError`, naming the host, the key and
+the fix.
+"""
+
+import posixpath
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from packaging.version import InvalidVersion, Version
+from pyinfra.api.exceptions import DeployError
+
+DEFAULTS: dict = {
+    # What to install.
+    "containerd_version": "1.7.11",
+    "containerd_sha256": None,
+    "runc_version": "1.1.11",
+    "runc_sha256": None,
+    # Where from: upstream's release layout under one base URL, or per-artifact templates.
+    "artifact_mirror": "https://github.com",
+    "containerd_download_url": "{mirror}/containerd/containerd/releases/download/v{version}/containerd-{version}-linux-{arch}.tar.gz",
+    "runc_download_url": "{mirror}/opencontainers/runc/releases/download/v{version}/runc.{arch}",
+    # Where to.
+    "containerd_bin_dir": "/usr/local/bin",
+    "runc_path": "/usr/local/sbin/runc",
+    "containerd_config_path": "/etc/containerd/config.toml",
+    "containerd_unit_path": "/etc/systemd/system/containerd.service",
+    "containerd_deploy_state_dir": "/var/lib/containerd-deploy",
+    "containerd_staging_dir": "/var/cache/containerd-deploy",
+    # How it runs.
+    "containerd_systemd_cgroup": True,
+    "containerd_ready_timeout": 60,
+}
+
+# Release lines this deploy knows how to configure (config schema v2 for 1.x, v3+ for 2.x).
+SUPPORTED_CONTAINERD = (Version("1.6"), Version("3"))
+SUPPORTED_RUNC = (Version("1.1"), Version("2"))
+ARCHES = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
+VERSION = re.compile(r"^v?(\d+\.\d+\.\d+)$")
+
+
+class DataError(DeployError):
+    """A data value this deploy cannot use; raised before the host is changed."""
+
+    def __init__(self, host: str, key: str, problem: str, fix: str):
+        self.host, self.key = host, key
+        super().__init__(f"{host}: data key {key!r} {problem}. Fix: {fix}")
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str
+    containerd_version: Version
+    containerd_sha256: str | dict | None
+    runc_version: Version
+    runc_sha256: str | dict | None
+    artifact_mirror: str
+    containerd_download_url: str
+    runc_download_url: str
+    containerd_bin_dir: str
+    runc_path: str
+    containerd_config_path: str
+    containerd_unit_path: str
+    containerd_deploy_state_dir: str
+    containerd_staging_dir: str
+    containerd_systemd_cgroup: bool
+    containerd_ready_timeout: int
+
+
+def parse_version(host: str, key: str, value, supported: tuple[Version, Version]) -> Version:
+    # `--data containerd_version=2.0` arrives as the float 2.0: compare its text.
+    text = str(value).strip()
+    match = VERSION.match(text)
+    low, high = supported
+    fix = f"set {key} to a release number such as {low.major}.{low.minor}.0 (X.Y.Z, no 'latest')"
+    if not match:
+        raise DataError(host, key, f"is {value!r}, not a release version", fix)
+    try:
+        version = Version(match.group(1))
+    except InvalidVersion:  # pragma: no cover - the pattern admits only valid versions
+        raise DataError(host, key, f"is {value!r}, not a release version", fix)
+    if not low <= version < high:
+        raise DataError(host, key, f"is {version}, outside the supported {low}.x to <{high} releases", fix)
+    return version
+
+
+def _sha256(host: str, key: str, value) -> str | dict | None:
+    fix = f"set {key} to the 64-character lowercase hex sha256 from the release's .sha256sum file"
+    if value in (None, ""):
+        return None
+    if isinstance(value, Mapping):
+        for arch, digest in value.items():
+            if arch not in ("amd64", "arm64"):
+                raise DataError(host, key, f"has an entry for {arch!r}, not amd64 or arm64", fix)
+            _sha256(host, key, digest)
+        return dict(value)
+    if not isinstance(value, str) or not SHA256.match(value):
+        raise DataError(host, key, f"is {value!r}, not a sha256", fix)
+    return value
+
+
+def _absolute_path(host: str, key: str, value) -> str:
+    if not isinstance(value, str) or not posixpath.isabs(value) or ".." in value.split("/"):
+        raise DataError(host, key, f"is {value!r}, not an absolute path", f"set {key} to an absolute path such as {DEFAULTS[key]}")
+    return posixpath.normpath(value)
+
+
+def _url_template(host: str, key: str, value) -> str:
+    fields = {"mirror": "m", "version": "1.0.0", "arch": "amd64"}
+    try:
+        str(value).format(**fields)
+    except (KeyError, IndexError, ValueError) as error:
+        raise DataError(
+            host, key, f"is {value!r}, which is not a valid template ({error})",
+            f"use only the fields {{mirror}}, {{version}} and {{arch}}, as in the default {DEFAULTS[key]}",
+        )
+    return str(value)
+
+
+def _bool(host: str, key: str, value) -> bool:
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() in ("true", "false"):
+        return str(value).lower() == "true"
+    raise DataError(host, key, f"is {value!r}, not true or false", f"set {key} to true or false")
+
+
+def _positive_int(host: str, key: str, value) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = 0
+    if number <= 0 or isinstance(value, bool):
+        raise DataError(host, key, f"is {value!r}, not a positive number of seconds", f"set {key} to e.g. {DEFAULTS[key]}")
+    return number
+
+
+def resolve(host: str, data: Mapping) -> Settings:
+    """Validated settings for one host from its data (missing keys take DEFAULTS)."""
+    value = {key: data.get(key, default) for key, default in DEFAULTS.items()}
+    mirror = str(value["artifact_mirror"]).rstrip("/")
+    if not re.match(r"^(https?|file)://", mirror):
+        raise DataError(host, "artifact_mirror", f"is {mirror!r}, not an http(s):// or file:// URL",
+                        "set artifact_mirror to a base URL such as https://github.com or http://mirror.internal:8080")
+    return Settings(
+        host=host,
+        containerd_version=parse_version(host, "containerd_version", value["containerd_version"], SUPPORTED_CONTAINERD),
+        containerd_sha256=_sha256(host, "containerd_sha256", value["containerd_sha256"]),
+        runc_version=parse_version(host, "runc_version", value["runc_version"], SUPPORTED_RUNC),
+        runc_sha256=_sha256(host, "runc_sha256", value["runc_sha256"]),
+        artifact_mirror=mirror,
+        containerd_download_url=_url_template(host, "containerd_download_url", value["containerd_download_url"]),
+        runc_download_url=_url_template(host, "runc_download_url", value["runc_download_url"]),
+        containerd_bin_dir=_absolute_path(host, "containerd_bin_dir", value["containerd_bin_dir"]),
+        runc_path=_absolute_path(host, "runc_path", value["runc_path"]),
+        containerd_config_path=_absolute_path(host, "containerd_config_path", value["containerd_config_path"]),
+        containerd_unit_path=_absolute_path(host, "containerd_unit_path", value["containerd_unit_path"]),
+        containerd_deploy_state_dir=_absolute_path(host, "containerd_deploy_state_dir", value["containerd_deploy_state_dir"]),
+        containerd_staging_dir=_absolute_path(host, "containerd_staging_dir", value["containerd_staging_dir"]),
+        containerd_systemd_cgroup=_bool(host, "containerd_systemd_cgroup", value["containerd_systemd_cgroup"]),
+        containerd_ready_timeout=_positive_int(host, "containerd_ready_timeout", value["containerd_ready_timeout"]),
+    )
+
+
+def for_host(host) -> "Settings":
+    """Settings of a pyinfra host (inventory, group and --data values over DEFAULTS)."""
+    return resolve(host.name, {key: host.data.get(key, default) for key, default in DEFAULTS.items()})
+
+
+def arch_of(host: str, machine: str) -> str:
+    """Release arch name from `uname -m`: x86_64 -> amd64, aarch64 -> arm64."""
+    try:
+        return ARCHES[machine]
+    except KeyError:
+        raise DataError(
+            host, "(host architecture)", f"is {machine!r}; containerd releases exist for amd64 and arm64 only",
+            "deploy to x86_64 or aarch64 hosts, or leave this host out of the inventory",
+        ) from None

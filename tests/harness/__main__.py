@@ -1,0 +1,130 @@
+"""Local throw-away nodes and their artifact mirror, for `make demo`, the tests and by hand.
+
+    python -m tests.harness up [--suite bookworm] [NAME ...]   # boot nodes (default: node1)
+    python -m tests.harness status
+    python -m tests.harness down [NAME ...]                   # stop nodes (default: all)
+
+`inventories/local.py` deploys to every running node; each node's data (mirror URL, versions
+and checksums of the Debian-built artifacts) is written by `up`.
+"""
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from . import image, mirror, vm
+from .paths import REPO_ROOT, run_root
+
+MIRROR_STATE = "mirror.json"
+
+
+def _answers(info: dict) -> bool:
+    try:
+        os.kill(info["pid"], 0)
+        urllib.request.urlopen(f"http://127.0.0.1:{info['port']}/", timeout=5).close()
+        return True
+    except OSError:
+        return False
+
+
+def _mirror_alive() -> dict | None:
+    path = run_root() / MIRROR_STATE
+    info = json.loads(path.read_text()) if path.exists() else None
+    return info if info and _answers(info) else None
+
+
+def ensure_mirror() -> dict:
+    """The mirror server of this checkout (started in the background once)."""
+    info = _mirror_alive()
+    if info:
+        return info
+    port = vm.free_port()
+    log = open(run_root() / "mirror.log", "ab")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.harness", "serve-mirror", "--port", str(port)],
+        cwd=REPO_ROOT, stdout=log, stderr=log, start_new_session=True,
+    )
+    info = {"pid": process.pid, "port": port}
+    deadline = time.monotonic() + 20
+    while not _answers(info):
+        if time.monotonic() > deadline or process.poll() is not None:
+            raise RuntimeError(f"the artifact mirror did not start; see {run_root() / 'mirror.log'}")
+        time.sleep(0.1)
+    (run_root() / MIRROR_STATE).write_text(json.dumps(info))
+    return info
+
+
+def stop_mirror() -> None:
+    info = _mirror_alive()
+    if info:
+        os.kill(info["pid"], signal.SIGTERM)
+    (run_root() / MIRROR_STATE).unlink(missing_ok=True)
+
+
+def node_data(release: mirror.Release, mirror_port: int) -> dict:
+    """pyinfra data that points a local node at the mirror and the Debian-built artifacts."""
+    return {
+        "artifact_mirror": f"http://10.0.2.2:{mirror_port}",
+        "containerd_version": release.containerd_version,
+        "containerd_sha256": release.containerd_sha256,
+        "runc_version": release.runc_version,
+        "runc_sha256": release.runc_sha256,
+    }
+
+
+def up(names: list[str], suite: str) -> list[vm.Node]:
+    built = image.build(suite)
+    release = mirror.release(suite)
+    port = ensure_mirror()["port"]
+    nodes = []
+    for name in names:
+        started = time.monotonic()
+        node = vm.start(name, built)
+        (vm.node_dir(name) / "data.json").write_text(json.dumps(node_data(release, port)))
+        print(f"{name}: ssh root@127.0.0.1 -p {node.port} (up in {time.monotonic() - started:.1f}s)", flush=True)
+        nodes.append(node)
+    return nodes
+
+
+def down(names: list[str]) -> None:
+    for name in names or [node.name for node in vm.running()]:
+        vm.stop(name)
+    if not vm.running():
+        stop_mirror()
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.harness")
+    commands = parser.add_subparsers(dest="command", required=True)
+    up_parser = commands.add_parser("up", help="boot local nodes")
+    up_parser.add_argument("names", nargs="*", default=["node1"])
+    up_parser.add_argument("--suite", default="bookworm", help="Debian suite of the node image and artifacts")
+    down_parser = commands.add_parser("down", help="stop local nodes (all by default)")
+    down_parser.add_argument("names", nargs="*")
+    commands.add_parser("status", help="list running nodes")
+    serve = commands.add_parser("serve-mirror")
+    serve.add_argument("--port", type=int, required=True)
+    args = parser.parse_args(argv)
+
+    if args.command == "up":
+        up(args.names, args.suite)
+    elif args.command == "down":
+        down(args.names)
+    elif args.command == "status":
+        for node in vm.running():
+            print(f"{node.name}: 127.0.0.1:{node.port} pid {node.pid} ({node.suite})")
+    elif args.command == "serve-mirror":
+        with mirror.Mirror(args.port) as served:
+            signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+            served.thread.join()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

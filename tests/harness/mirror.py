@@ -1,0 +1,191 @@
+"""An artifact mirror with the upstream release layout, made from Debian's packages.
+
+GitHub is out of reach here, so the real containerd and runc binaries come from Debian's
+`containerd` and `runc` packages, repackaged the way upstream publishes them:
+
+    <root>/containerd/containerd/releases/download/v1.6.20/containerd-1.6.20-linux-amd64.tar.gz
+    <root>/containerd/containerd/releases/download/v1.6.20/containerd-1.6.20-linux-amd64.tar.gz.sha256sum
+    <root>/opencontainers/runc/releases/download/v1.1.5/runc.amd64
+    <root>/opencontainers/runc/releases/download/v1.1.5/runc.sha256sum
+
+so a deploy pointed at `artifact_mirror = http://<mirror>` resolves the same paths it would
+under https://github.com. Other Debian suites are reached with a private apt configuration;
+the machine's own apt sources are never edited.
+"""
+
+import fcntl
+import functools
+import hashlib
+import http.server
+import io
+import re
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from .paths import cache_root, debian_mirror_uri
+
+ARCH = "amd64"  # the test nodes are x86_64 VMs
+
+
+@dataclass(frozen=True)
+class Release:
+    """The containerd and runc that one Debian suite ships."""
+
+    suite: str
+    containerd_version: str
+    runc_version: str
+    containerd_sha256: str
+    runc_sha256: str
+
+
+def _apt(suite: str, *args: str, cwd: Path | None = None) -> None:
+    """apt-get against one Debian suite through a private configuration in the cache."""
+    base = cache_root() / "apt" / suite
+    (base / "lists/partial").mkdir(parents=True, exist_ok=True)
+    (base / "cache/archives/partial").mkdir(parents=True, exist_ok=True)
+    sources = base / "sources.list"
+    sources.write_text(
+        f"deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] {debian_mirror_uri()} {suite} main\n"
+    )
+    options = [
+        f"-o=Dir::Etc::sourcelist={sources}",
+        "-o=Dir::Etc::sourceparts=-",
+        f"-o=Dir::State::Lists={base / 'lists'}",
+        f"-o=Dir::Cache={base / 'cache'}",
+        "-o=Acquire::Languages=none",
+        f"-o=APT::Architecture={ARCH}",
+        "-q",
+    ]
+    result = subprocess.run(["apt-get", *options, *args], cwd=cwd, capture_output=True, text=True)
+    if result.returncode:
+        raise RuntimeError(f"apt-get {' '.join(args)} for {suite} failed:\n{result.stderr}")
+
+
+def _download_debs(suite: str, packages: list[str], into: Path) -> dict[str, Path]:
+    """The .deb of each package in the suite (downloaded once, kept in the cache)."""
+    into.mkdir(parents=True, exist_ok=True)
+    found = {}
+    for package in packages:
+        if not list(into.glob(f"{package}_*.deb")):
+            if not any((cache_root() / "apt" / suite / "lists").glob("*_Packages*")):
+                _apt(suite, "update")
+            _apt(suite, "download", package, cwd=into)  # apt-get download writes into cwd
+        found[package] = sorted(into.glob(f"{package}_*.deb"))[-1]
+    return found
+
+
+def _upstream_version(deb: Path) -> str:
+    """'1.6.20~ds1-1+b1' -> '1.6.20': the upstream release a Debian package was built from."""
+    version = subprocess.run(["dpkg-deb", "-f", str(deb), "Version"], check=True, capture_output=True, text=True).stdout
+    match = re.match(r"(?:\d+:)?(\d+\.\d+\.\d+)", version.strip())
+    if not match:
+        raise RuntimeError(f"cannot read an upstream version from {deb.name}: {version!r}")
+    return match.group(1)
+
+
+def _deterministic_targz(members: dict[str, Path], dest: Path) -> None:
+    """A .tar.gz whose bytes depend only on its members, so its sha256 is stable across builds."""
+    import gzip
+
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for name, path in sorted(members.items()):
+            info = tar.gettarinfo(str(path), arcname=name)
+            info.uid = info.gid = 0
+            info.uname = info.gname = "root"
+            info.mtime = 0
+            info.mode = 0o755
+            with open(path, "rb") as handle:
+                tar.addfile(info, handle)
+    with open(dest, "wb") as out, gzip.GzipFile(fileobj=out, mode="wb", mtime=0, filename="") as gz:
+        gz.write(raw.getvalue())
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_sumfile(path: Path, entries: list[Path]) -> None:
+    path.write_text("".join(f"{_sha256(entry)}  {entry.name}\n" for entry in entries))
+
+
+def mirror_root() -> Path:
+    root = cache_root() / "mirror" / "root"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def containerd_tarball_path(version: str, arch: str = ARCH) -> Path:
+    return mirror_root() / f"containerd/containerd/releases/download/v{version}/containerd-{version}-linux-{arch}.tar.gz"
+
+
+def runc_binary_path(version: str, arch: str = ARCH) -> Path:
+    return mirror_root() / f"opencontainers/runc/releases/download/v{version}/runc.{arch}"
+
+
+@functools.lru_cache(maxsize=None)
+def release(suite: str) -> Release:
+    """Make (once) the suite's containerd tarball and runc binary in the mirror tree."""
+    debs_dir = cache_root() / "debs" / suite
+    with open(mirror_root().parent / f".{suite}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        debs = _download_debs(suite, ["containerd", "runc"], debs_dir)
+        containerd_version = _upstream_version(debs["containerd"])
+        runc_version = _upstream_version(debs["runc"])
+        tarball = containerd_tarball_path(containerd_version)
+        runc = runc_binary_path(runc_version)
+        if not tarball.exists() or not runc.exists():
+            with tempfile.TemporaryDirectory() as work:
+                work = Path(work)
+                for deb in debs.values():
+                    subprocess.run(["dpkg-deb", "-x", str(deb), str(work)], check=True)
+                binaries = {
+                    f"bin/{path.name}": path
+                    for path in (work / "usr/bin").iterdir()
+                    if path.name.startswith("containerd") or path.name == "ctr"
+                }
+                tarball.parent.mkdir(parents=True, exist_ok=True)
+                _deterministic_targz(binaries, tarball.with_suffix(".part"))
+                tarball.with_suffix(".part").rename(tarball)
+                _write_sumfile(tarball.with_name(tarball.name + ".sha256sum"), [tarball])
+                runc.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(work / "usr/sbin/runc", runc.with_suffix(".part"))
+                runc.with_suffix(".part").rename(runc)
+                _write_sumfile(runc.with_name("runc.sha256sum"), [runc])
+    return Release(suite, containerd_version, runc_version, _sha256(tarball), _sha256(runc))
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):  # noqa: A002 - the base class's signature
+        pass
+
+
+class Mirror:
+    """The mirror tree served over HTTP on 127.0.0.1 (a thread in this process)."""
+
+    def __init__(self, port: int = 0):
+        handler = functools.partial(_QuietHandler, directory=str(mirror_root()))
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+    def url_for_guests(self) -> str:
+        """qemu's user network maps the guest's 10.0.2.2 to this machine's loopback."""
+        return f"http://10.0.2.2:{self.port}"

@@ -1,0 +1,256 @@
+"""Throw-away systemd nodes: qemu VMs (TCG) on a cached image, reached over SSH on 127.0.0.1.
+
+Booting a Debian kernel under TCG takes a minute or more, so the first node of an image is
+booted once, stopped and saved (qemu `migrate` to a file) together with the disk it had at
+that moment. Every later node is a fresh qcow2 overlay on that saved disk, resumed from the
+saved memory with `-incoming`: SSH answers in seconds instead.
+
+Each node lives in .nodes/<name>/ (overlay, QMP socket, pid file, console log) and is
+stopped by the PID qemu wrote there.
+"""
+
+import fcntl
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .image import Image, ssh_key
+from .paths import cache_root, digest, run_root
+from .qmp import QMP
+
+MEMORY_MB = 1024
+CPUS = 2
+BOOT_TIMEOUT = 600  # a cold TCG boot on a loaded 2-core machine
+RESUME_TIMEOUT = 180
+
+
+@dataclass
+class Node:
+    name: str
+    port: int
+    directory: str
+    host_key: str
+    suite: str
+
+    @property
+    def pid(self) -> int | None:
+        try:
+            return int((Path(self.directory) / "pid").read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def ssh_command(self, *command: str) -> list[str]:
+        return ["ssh", *ssh_options(self.port), "root@127.0.0.1", *command]
+
+    def ssh(self, *command: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run(self.ssh_command(*command), check=check, capture_output=True, text=True, timeout=timeout)
+
+
+def ssh_options(port: int) -> list[str]:
+    return [
+        "-p", str(port),
+        "-i", str(ssh_key()),
+        "-o", "BatchMode=yes",
+        "-o", "IdentitiesOnly=yes",
+        "-o", f"UserKnownHostsFile={known_hosts_file()}",
+        "-o", "StrictHostKeyChecking=yes",
+        "-o", "ConnectTimeout=10",
+        "-o", "LogLevel=ERROR",
+    ]
+
+
+def known_hosts_file() -> Path:
+    return run_root() / "known_hosts"
+
+
+def _qemu_version() -> str:
+    return subprocess.run(["qemu-system-x86_64", "--version"], check=True, capture_output=True, text=True).stdout
+
+
+def _qemu_command(image: Image, disk: Path, directory: Path, port: int) -> list[str]:
+    # Everything but the disk path, the run directory and the forwarded port must be the same
+    # for the saved state and every node resumed from it.
+    return [
+        "qemu-system-x86_64",
+        "-machine", "pc", "-accel", "tcg,thread=multi", "-cpu", "max",
+        "-smp", str(CPUS), "-m", str(MEMORY_MB),
+        "-kernel", str(image.kernel), "-initrd", str(image.initrd),
+        "-append", "root=/dev/vda rw console=ttyS0 net.ifnames=0 panic=-1",
+        "-drive", f"file={disk},if=virtio,format=qcow2,cache=unsafe",
+        "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{port}-:22",
+        "-device", "virtio-net-pci,netdev=net0",
+        "-device", "virtio-rng-pci",
+        "-display", "none", "-vga", "none", "-monitor", "none",
+        "-serial", f"file:{directory / 'console.log'}",
+        "-qmp", f"unix:{directory / 'qmp.sock'},server=on,wait=off",
+        "-pidfile", str(directory / "pid"),
+        "-no-reboot", "-daemonize",
+    ]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _overlay(backing: Path, backing_format: str, dest: Path) -> None:
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(backing), "-F", backing_format, str(dest)],
+        check=True,
+    )
+
+
+def _write_known_hosts(port: int, host_key: str) -> None:
+    path = known_hosts_file()
+    with open(run_root() / ".known_hosts.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        marker = f"[127.0.0.1]:{port} "
+        lines = [line for line in (path.read_text().splitlines() if path.exists() else []) if not line.startswith(marker)]
+        lines.append(marker + host_key)
+        path.write_text("\n".join(lines) + "\n")
+
+
+def _wait_for_ssh(node: Node, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        if node.pid is None or not _alive(node.pid):
+            raise RuntimeError(f"node {node.name}: qemu exited; console log: {node.directory}/console.log")
+        try:
+            result = node.ssh("true", check=False, timeout=30)
+            if result.returncode == 0:
+                return
+            last = result.stderr.strip()
+        except subprocess.TimeoutExpired:
+            last = "ssh timed out"
+        time.sleep(1)
+    raise TimeoutError(f"node {node.name}: no SSH on 127.0.0.1:{node.port} after {timeout:.0f}s ({last})")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def _saved_state(image: Image) -> Path:
+    """Boot the image once and save the running VM (disk overlay + memory), keyed on qemu and image."""
+    key = digest(_qemu_version(), Path(__file__), str(image.directory))
+    snapshot = cache_root() / "snapshots" / f"{image.directory.name}-{key}"
+    snapshot.parent.mkdir(exist_ok=True)
+    with open(snapshot.parent / f".{snapshot.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (snapshot / "ready").exists():
+            return snapshot
+        shutil.rmtree(snapshot, ignore_errors=True)
+        snapshot.mkdir()
+        port = free_port()
+        _overlay(image.disk, "raw", snapshot / "disk.qcow2")
+        _write_known_hosts(port, image.host_key)
+        node = Node("snapshot", port, str(snapshot), image.host_key, image.suite)
+        subprocess.run(_qemu_command(image, snapshot / "disk.qcow2", snapshot, port), check=True)
+        try:
+            _wait_for_ssh(node, BOOT_TIMEOUT)
+            node.ssh("sync")
+            with QMP(snapshot / "qmp.sock") as qmp:
+                qmp.command("stop")
+                qmp.command("migrate", uri=f"exec:cat > {snapshot / 'state.part'}")
+                while qmp.command("query-migrate").get("status") not in ("completed", "failed"):
+                    time.sleep(0.2)
+                if qmp.command("query-migrate")["status"] != "completed":
+                    raise RuntimeError("saving the VM state failed")
+                qmp.command("quit")
+        finally:
+            _kill(node)
+        (snapshot / "state.part").rename(snapshot / "state")
+        for leftover in ("qmp.sock", "pid"):
+            (snapshot / leftover).unlink(missing_ok=True)
+        (snapshot / "ready").write_text("")
+    return snapshot
+
+
+def _kill(node: Node, timeout: float = 20) -> None:
+    pid = node.pid
+    if pid is None:
+        return
+    deadline = time.monotonic() + timeout
+    sig = signal.SIGTERM
+    while _alive(pid):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+        if time.monotonic() > deadline:
+            sig = signal.SIGKILL
+    (Path(node.directory) / "pid").unlink(missing_ok=True)
+
+
+def node_dir(name: str) -> Path:
+    return run_root() / name
+
+
+def start(name: str, image: Image, port: int | None = None) -> Node:
+    """A fresh node resumed from the image's saved state (made on first use)."""
+    stop(name)
+    snapshot = _saved_state(image)
+    directory = node_dir(name)
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    port = port or free_port()
+    node = Node(name, port, str(directory), image.host_key, image.suite)
+    _overlay(snapshot / "disk.qcow2", "qcow2", directory / "disk.qcow2")
+    _write_known_hosts(port, image.host_key)
+    command = _qemu_command(image, directory / "disk.qcow2", directory, port)
+    command += ["-incoming", f"exec:cat {snapshot / 'state'}"]
+    subprocess.run(command, check=True)
+    (directory / "node.json").write_text(json.dumps(asdict(node)))
+    try:
+        with QMP(directory / "qmp.sock") as qmp:
+            while qmp.command("query-status")["status"] == "inmigrate":
+                time.sleep(0.1)
+            deadline = time.monotonic() + 120
+            while qmp.command("query-migrate").get("status") not in ("completed", None):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"node {name}: loading the saved state did not finish")
+                time.sleep(0.1)
+            qmp.command("cont")
+        _wait_for_ssh(node, RESUME_TIMEOUT)
+        # The guest's clock stopped when the state was saved.
+        node.ssh(f"date -u -s @{int(time.time())} >/dev/null && hwclock -w 2>/dev/null; true")
+    except BaseException:
+        _kill(node)
+        raise
+    return node
+
+
+def load(name: str) -> Node | None:
+    path = node_dir(name) / "node.json"
+    if not path.exists():
+        return None
+    return Node(**json.loads(path.read_text()))
+
+
+def stop(name: str) -> None:
+    node = load(name)
+    if node is not None:
+        _kill(node)
+    shutil.rmtree(node_dir(name), ignore_errors=True)
+
+
+def running() -> list[Node]:
+    nodes = []
+    for path in sorted(run_root().glob("*/node.json")):
+        node = Node(**json.loads(path.read_text()))
+        if node.pid and _alive(node.pid):
+            nodes.append(node)
+    return nodes
