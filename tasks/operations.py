@@ -22,6 +22,7 @@ def artifact_is_installed(manifest: Manifest | None, artifact: Artifact, paths_u
     return bool(
         manifest
         and manifest.fields.get("sha256") == artifact.sha256
+        and manifest.fields.get("version") == artifact.version
         and manifest.intact()
         and all(path == paths_under or path.startswith(paths_under.rstrip("/") + "/") for path in manifest.files)
     )

@@ -1,0 +1,45 @@
+# containerd-deploy: `make demo` (a local node, deployed and checked) and `make test` (the suite).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# Debian packages the local test nodes need: qemu (TCG), mmdebstrap for the image, busybox for
+# the conformance test image, an SSH client.
+APT_PACKAGES := qemu-system-x86 qemu-utils mmdebstrap busybox-static openssh-client curl e2fsprogs ca-certificates
+DEMO_NODE := demo
+
+.PHONY: deps demo test unit e2e down clean
+
+deps: $(VENV)/.installed
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing: $$missing"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+# Boot a throw-away node (qemu VM on 127.0.0.1), deploy it, and run the conformance suite.
+demo: deps
+	$(PY) -m tests.harness up $(DEMO_NODE)
+	$(PY) -m pyinfra inventories/local.py deploy.py -y --limit $(DEMO_NODE)
+	$(PY) -m pytest -p no:cacheprovider tests/conformance --hosts=ssh://$(DEMO_NODE) --ssh-config=.nodes/ssh_config -v
+	@echo "the node keeps running: ssh -F .nodes/ssh_config $(DEMO_NODE); stop it with: make down"
+
+# Unit tests, then deploy + conformance + idempotency + refusals on real VMs.
+test: deps
+	$(PY) -m pytest -p no:cacheprovider -v tests/unit tests/e2e
+
+unit: deps
+	$(PY) -m pytest -p no:cacheprovider tests/unit
+
+e2e: deps
+	$(PY) -m pytest -p no:cacheprovider -v tests/e2e
+
+down:
+	$(PY) -m tests.harness down
+
+clean: down
+	rm -rf $(VENV) .nodes

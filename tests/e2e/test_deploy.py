@@ -1,0 +1,126 @@
+"""End to end on a real systemd VM: deploy, conformance, rerun, and refusals that change nothing.
+
+The node is a qemu VM resumed from the harness's saved state; pyinfra and the conformance
+suite reach it over real SSH, exactly as an operator's run would.
+"""
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tests.harness import __main__ as harness
+from tests.harness import vm
+from tests.harness.paths import REPO_ROOT
+
+SUITE = "bookworm"
+NODE = f"e2e-{SUITE}"
+
+
+def pyinfra(node: str, *extra: str) -> tuple[subprocess.CompletedProcess, dict]:
+    """Run the deploy against one local node, as an operator would; returns (process, JSON results)."""
+    command = [sys.executable, "-m", "pyinfra", "inventories/local.py", "deploy.py", "-y", "--json",
+               "--limit", node, *extra]
+    process = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+    try:
+        results = json.loads(process.stdout)
+    except json.JSONDecodeError:
+        results = {}
+    return process, results
+
+
+def changed_ops(results: dict, node: str) -> list[str]:
+    return [op["name"] for op in results["results"]["operations"] if node in op["success"]]
+
+
+def unchanged_ops(results: dict, node: str) -> list[str]:
+    return [op["name"] for op in results["results"]["operations"] if node in op["no_change"]]
+
+
+def main_pid(node: vm.Node) -> int:
+    return int(node.ssh("systemctl show -p MainPID --value containerd").stdout.strip() or 0)
+
+
+def node_snapshot(node: vm.Node) -> str:
+    """Checksums of everything the deploy owns, and any leftover staging or temporary files."""
+    # An inode number changes with every rename over a path: cheaper than hashing under TCG.
+    return node.ssh(
+        "stat -c '%n %i %s %Y %U:%G %a' /usr/local/bin/* /usr/local/sbin/runc /etc/containerd/config.toml "
+        "/etc/systemd/system/containerd.service /var/lib/containerd-deploy/* 2>&1; "
+        "ls -A /var/cache/containerd-deploy; find / -xdev -name '*.containerd-deploy-new' 2>/dev/null"
+    ).stdout
+
+
+@pytest.fixture(scope="module")
+def node():
+    (started,) = harness.up([NODE], SUITE)
+    yield started
+    harness.down([NODE])
+
+
+@pytest.fixture(scope="module")
+def first_deploy(node):
+    process, results = pyinfra(NODE)
+    assert process.returncode == 0, f"first deploy failed:\n{process.stderr[-4000:]}"
+    return results
+
+
+def test_first_deploy_installs_configures_and_starts(node, first_deploy):
+    changed = changed_ops(first_deploy, NODE)
+    for part in ("Install containerd", "Install runc", "config.toml", "containerd.service", "Enable, start"):
+        assert any(part in name for name in changed), f"no changed operation for {part!r} in {changed}"
+    assert main_pid(node) > 0
+
+
+def test_conformance_suite_passes_on_the_node(node, first_deploy):
+    process = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/conformance",
+         f"--hosts=ssh://{NODE}", f"--ssh-config={vm.ssh_config_file()}"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert process.returncode == 0, f"conformance failed:\n{process.stdout[-6000:]}"
+    passed = re.search(r"(\d+) passed", process.stdout)
+    assert passed and int(passed.group(1)) >= 10, process.stdout[-2000:]
+    assert "failed" not in process.stdout.splitlines()[-1]
+
+
+def test_rerun_changes_nothing_and_keeps_the_daemon(node, first_deploy):
+    pid = main_pid(node)
+    before = node_snapshot(node)
+    process, results = pyinfra(NODE)
+    assert process.returncode == 0, process.stderr[-4000:]
+    assert changed_ops(results, NODE) == []
+    assert len(unchanged_ops(results, NODE)) == len(results["results"]["operations"])
+    assert main_pid(node) == pid, "containerd was restarted by a run that changed nothing"
+    assert node_snapshot(node) == before
+
+
+def test_tampered_artifact_is_refused_and_the_node_left_as_it_was(node, first_deploy):
+    pid = main_pid(node)
+    before = node_snapshot(node)
+    wrong = "deadbeef" * 8  # what a tampered or corrupted mirror file looks like from the node's side
+    process, _ = pyinfra(NODE, "--data", f"runc_sha256={wrong}")
+    assert process.returncode != 0
+    output = process.stdout + process.stderr
+    assert "checksum mismatch" in output and wrong in output, output[-3000:]
+    assert "runc.amd64" in output, "the error names the URL"
+    assert node_snapshot(node) == before
+    assert main_pid(node) == pid
+
+
+@pytest.mark.parametrize("data, key", [
+    (["containerd_version=latest"], "containerd_version"),
+    # A version with no pinned checksum and none given: refused, never trusted.
+    (["containerd_version=1.7.99", "containerd_sha256="], "containerd_sha256"),
+    (["runc_sha256=not-a-checksum"], "runc_sha256"),
+    (["containerd_bin_dir=usr/local/bin"], "containerd_bin_dir"),
+])
+def test_bad_data_is_refused_before_anything_changes(node, first_deploy, data, key):
+    before = node_snapshot(node)
+    process, _ = pyinfra(NODE, *[arg for item in data for arg in ("--data", item)])
+    assert process.returncode != 0
+    output = process.stdout + process.stderr
+    assert NODE in output and repr(key) in output and "Fix:" in output, output[-3000:]
+    assert node_snapshot(node) == before

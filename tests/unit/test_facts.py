@@ -1,0 +1,66 @@
+import base64
+
+from tasks.facts import SECTION, parse_ctr_version, parse_node_state
+
+CTR_VERSION = """Client:
+  Version:  v1.7.11
+  Revision: 64b8a811b07ba6288238eefc14d898ee0b5b99ba
+  Go version: go1.20.12
+
+Server:
+  Version:  v1.7.11
+  Revision: 64b8a811b07ba6288238eefc14d898ee0b5b99ba
+  UUID: 2f758747-ea47-4b81-8f2c-66133063dad5
+""".splitlines()
+
+
+def test_ctr_version_client_and_server():
+    assert parse_ctr_version(CTR_VERSION) == ("v1.7.11", "v1.7.11")
+
+
+def test_ctr_version_without_a_daemon():
+    lines = CTR_VERSION[:4] + ["ctr: failed to dial \"/run/containerd/containerd.sock\": context deadline exceeded"]
+    assert parse_ctr_version(lines) == ("v1.7.11", None)
+
+
+def test_node_state_sections():
+    config = '# mine\n\nversion = 2\n'
+    output = [
+        f"{SECTION}machine x86_64",
+        f"{SECTION}systemd",
+        f"{SECTION}manifest containerd.manifest",
+        "component containerd", "version 1.7.11", "sha256 " + "a" * 64, "url http://m/c.tar.gz",
+        "file /usr/local/bin/containerd " + "b" * 64,
+        "file /usr/local/bin/ctr " + "c" * 64,
+        f"{SECTION}actual containerd.manifest",
+        "b" * 64 + "  /usr/local/bin/containerd",
+        f"{SECTION}unit",
+        "d" * 64 + "  /etc/systemd/system/containerd.service",
+        f"{SECTION}config",
+        base64.b64encode(config.encode()).decode(),
+        f"{SECTION}service",
+        "MainPID=482", "ActiveState=active", "UnitFileState=enabled", "NeedDaemonReload=no",
+        f"{SECTION}ctr", *CTR_VERSION,
+        f"{SECTION}default",
+    ]
+    state = parse_node_state(output)
+    assert state.machine == "x86_64" and state.systemd
+    manifest = state.manifests["containerd"]
+    assert manifest.fields["version"] == "1.7.11"
+    assert manifest.files == {"/usr/local/bin/containerd": "b" * 64, "/usr/local/bin/ctr": "c" * 64}
+    assert not manifest.intact(), "ctr is missing on the node"
+    manifest.actual["/usr/local/bin/ctr"] = "c" * 64
+    assert manifest.intact()
+    assert state.unit_sha256 == "d" * 64
+    assert state.config_text == config
+    assert (state.main_pid, state.active, state.enabled) == (482, True, True)
+    assert (state.ctr_client, state.ctr_server) == ("v1.7.11", "v1.7.11")
+    assert state.default_config is None
+
+
+def test_a_bare_node():
+    state = parse_node_state([f"{SECTION}machine aarch64", f"{SECTION}unit", f"{SECTION}config", f"{SECTION}service",
+                              "MainPID=0", "ActiveState=inactive", "UnitFileState=", f"{SECTION}ctr", f"{SECTION}default"])
+    assert state.machine == "aarch64" and not state.systemd
+    assert state.manifests == {} and state.unit_sha256 is None and state.config_text is None
+    assert (state.main_pid, state.active, state.enabled) == (0, False, False)

@@ -1,0 +1,123 @@
+"""The install script, run for real on this machine against temporary directories (file:// URLs)."""
+
+import hashlib
+import io
+import os
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from tasks.artifacts import Artifact
+from tasks.facts import node_state_command, parse_node_state
+from tasks.operations import artifact_is_installed
+from tasks.scripts import NEW_SUFFIX, install_artifact_script
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the script installs root-owned files (run as root)")
+
+
+def tarball(path: Path, files: dict[str, bytes]) -> str:
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(f"bin/{name}")
+            info.size, info.mode = len(data), 0o755
+            tar.addfile(info, io.BytesIO(data))
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def node(tmp_path):
+    """A pretend node's directories, all under tmp_path."""
+    for name in ("bin", "sbin", "staging", "state", "mirror"):
+        (tmp_path / name).mkdir()
+    return tmp_path
+
+
+def run(script: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["sh", "-c", script], capture_output=True, text=True)
+
+
+def install(node: Path, artifact: Artifact, dest: str) -> subprocess.CompletedProcess:
+    return run(install_artifact_script(artifact, dest, str(node / "staging"), str(node / "state")))
+
+
+def state_of(node: Path):
+    return parse_node_state(run(node_state_command(str(node / "bin"), str(node / "config.toml"),
+                                                   str(node / "unit"), str(node / "state"))).stdout.splitlines())
+
+
+def containerd(node: Path, version: str, files: dict[str, bytes]) -> Artifact:
+    path = node / "mirror" / f"containerd-{version}.tar.gz"
+    digest = tarball(path, files)
+    return Artifact("containerd", version, "amd64", f"file://{path}", digest)
+
+
+def test_verified_tarball_is_installed_and_recorded(node):
+    artifact = containerd(node, "1.7.11", {"containerd": b"daemon", "ctr": b"client"})
+    result = install(node, artifact, str(node / "bin"))
+    assert result.returncode == 0, result.stderr
+    assert (node / "bin/containerd").read_bytes() == b"daemon"
+    assert oct((node / "bin/ctr").stat().st_mode & 0o777) == "0o755"
+    assert list((node / "staging").iterdir()) == []
+    manifest = state_of(node).manifests["containerd"]
+    assert manifest.fields["version"] == "1.7.11" and manifest.intact()
+    assert artifact_is_installed(manifest, artifact, str(node / "bin"))
+    assert not artifact_is_installed(manifest, artifact, "/usr/local/bin"), "installed elsewhere"
+
+
+def test_checksum_mismatch_installs_nothing_and_leaves_nothing(node):
+    good = containerd(node, "1.7.11", {"containerd": b"daemon", "ctr": b"client"})
+    assert install(node, good, str(node / "bin")).returncode == 0
+    before = {path.name: path.stat().st_ino for path in (node / "bin").iterdir()}
+    evil = containerd(node, "1.7.12", {"containerd": b"evil", "ctr": b"evil"})
+    tampered = Artifact("containerd", "1.7.12", "amd64", evil.url, "e" * 64)
+    result = install(node, tampered, str(node / "bin"))
+    assert result.returncode != 0
+    assert f"checksum mismatch for {evil.url}: expected sha256 {'e' * 64}, got {evil.sha256}" in result.stderr
+    assert {path.name: path.stat().st_ino for path in (node / "bin").iterdir()} == before
+    assert (node / "bin/containerd").read_bytes() == b"daemon"
+    assert list((node / "staging").iterdir()) == []
+    assert state_of(node).manifests["containerd"].fields["version"] == "1.7.11"
+
+
+def test_missing_download_is_a_clear_error(node):
+    missing = Artifact("runc", "1.1.11", "amd64", f"file://{node}/mirror/runc.amd64", "a" * 64)
+    result = install(node, missing, str(node / "sbin/runc"))
+    assert result.returncode != 0 and f"could not download {missing.url}" in result.stderr
+    assert list((node / "sbin").iterdir()) == [] and list((node / "staging").iterdir()) == []
+
+
+def test_not_a_release_tarball(node):
+    path = node / "mirror/containerd.tar.gz"
+    path.write_bytes(b"<html>404</html>")
+    artifact = Artifact("containerd", "1.7.11", "amd64", f"file://{path}", hashlib.sha256(path.read_bytes()).hexdigest())
+    result = install(node, artifact, str(node / "bin"))
+    assert result.returncode != 0 and "is not a release tarball" in result.stderr
+    assert list((node / "bin").iterdir()) == []
+
+
+def test_upgrade_replaces_by_rename_and_drops_files_the_new_release_lacks(node):
+    old = containerd(node, "1.6.20", {"containerd": b"old", "containerd-shim": b"v1 shim", "ctr": b"old"})
+    assert install(node, old, str(node / "bin")).returncode == 0
+    (node / "bin/operator-tool").write_bytes(b"not ours")
+    inode = (node / "bin/containerd").stat().st_ino
+    new = containerd(node, "2.1.9", {"containerd": b"new", "ctr": b"new"})
+    assert install(node, new, str(node / "bin")).returncode == 0
+    assert sorted(path.name for path in (node / "bin").iterdir()) == ["containerd", "ctr", "operator-tool"]
+    assert (node / "bin/containerd").read_bytes() == b"new"
+    assert (node / "bin/containerd").stat().st_ino != inode, "replaced by rename, not rewritten in place"
+    assert not list(node.rglob(f"*{NEW_SUFFIX}"))
+
+
+def test_single_binary_goes_to_its_path(node):
+    path = node / "mirror/runc.amd64"
+    path.write_bytes(b"runc binary")
+    artifact = Artifact("runc", "1.1.11", "amd64", f"file://{path}", hashlib.sha256(b"runc binary").hexdigest())
+    result = install(node, artifact, str(node / "sbin/runc"))
+    assert result.returncode == 0, result.stderr
+    assert (node / "sbin/runc").read_bytes() == b"runc binary"
+    manifest = state_of(node).manifests["runc"]
+    assert manifest.files == {str(node / "sbin/runc"): artifact.sha256} and manifest.intact()
+    (node / "sbin/runc").write_bytes(b"tampered on the node")
+    assert not artifact_is_installed(state_of(node).manifests["runc"], artifact, str(node / "sbin/runc"))
