@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # Debian packages the local test nodes need: qemu (TCG), mmdebstrap for the image, busybox for
 # the conformance test image, an SSH client.
-APT_PACKAGES := qemu-system-x86 qemu-utils mmdebstrap busybox-static openssh-client curl e2fsprogs ca-certificates
+APT_PACKAGES := qemu-system-x86 qemu-utils mmdebstrap gpg libdpkg-perl arch-test mount busybox-static openssh-client curl e2fsprogs ca-certificates debian-archive-keyring
 DEMO_NODE := demo
 
 .PHONY: deps demo test unit e2e down clean
