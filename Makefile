@@ -28,15 +28,16 @@ demo: deps
 	$(PY) -m pytest -p no:cacheprovider tests/conformance --hosts=ssh://$(DEMO_NODE) --ssh-config=.nodes/ssh_config -v
 	@echo "the node keeps running: ssh -F .nodes/ssh_config $(DEMO_NODE); stop it with: make down"
 
-# Unit tests, then deploy + conformance + idempotency + refusals on real VMs.
+# Unit tests, then deploy + conformance + idempotency + refusals on real VMs: three node
+# generations (Debian 12 + containerd 1.6, Debian 13 + 1.7, Debian 13 + 2.1), one xdist worker each.
 test: deps
-	$(PY) -m pytest -p no:cacheprovider -v tests/unit tests/e2e
+	$(PY) -m pytest -p no:cacheprovider -v -n 3 --dist loadgroup tests/unit tests/e2e
 
 unit: deps
 	$(PY) -m pytest -p no:cacheprovider tests/unit
 
 e2e: deps
-	$(PY) -m pytest -p no:cacheprovider -v tests/e2e
+	$(PY) -m pytest -p no:cacheprovider -v -n 3 --dist loadgroup tests/e2e
 
 down:
 	$(PY) -m tests.harness down

@@ -11,12 +11,8 @@ import sys
 
 import pytest
 
-from tests.harness import __main__ as harness
 from tests.harness import vm
 from tests.harness.paths import REPO_ROOT
-
-SUITE = "bookworm"
-NODE = f"e2e-{SUITE}"
 
 
 def pyinfra(node: str, *extra: str) -> tuple[subprocess.CompletedProcess, dict]:
@@ -39,14 +35,14 @@ def unchanged_ops(results: dict, node: str) -> list[str]:
     return [op["name"] for op in results["results"]["operations"] if node in op["no_change"]]
 
 
-def main_pid(node: vm.Node) -> int:
-    return int(node.ssh("systemctl show -p MainPID --value containerd").stdout.strip() or 0)
+def main_pid(node) -> int:
+    return int(node.vm.ssh("systemctl show -p MainPID --value containerd").stdout.strip() or 0)
 
 
-def node_snapshot(node: vm.Node) -> str:
+def node_snapshot(node) -> str:
     """Checksums of everything the deploy owns, and any leftover staging or temporary files."""
     # An inode number changes with every rename over a path: cheaper than hashing under TCG.
-    return node.ssh(
+    return node.vm.ssh(
         "stat -c '%n %i %s %Y %U:%G %a' /usr/local/bin/* /usr/local/sbin/runc /etc/containerd/config.toml "
         "/etc/systemd/system/containerd.service /var/lib/containerd-deploy/* 2>&1; "
         "ls -A /var/cache/containerd-deploy; find / -xdev -name '*.containerd-deploy-new' 2>/dev/null"
@@ -54,21 +50,14 @@ def node_snapshot(node: vm.Node) -> str:
 
 
 @pytest.fixture(scope="module")
-def node():
-    (started,) = harness.up([NODE], SUITE)
-    yield started
-    harness.down([NODE])
-
-
-@pytest.fixture(scope="module")
 def first_deploy(node):
-    process, results = pyinfra(NODE)
+    process, results = pyinfra(node.name)
     assert process.returncode == 0, f"first deploy failed:\n{process.stderr[-4000:]}"
     return results
 
 
 def test_first_deploy_installs_configures_and_starts(node, first_deploy):
-    changed = changed_ops(first_deploy, NODE)
+    changed = changed_ops(first_deploy, node.name)
     for part in ("Install containerd", "Install runc", "config.toml", "containerd.service", "Enable, start"):
         assert any(part in name for name in changed), f"no changed operation for {part!r} in {changed}"
     assert main_pid(node) > 0
@@ -77,7 +66,7 @@ def test_first_deploy_installs_configures_and_starts(node, first_deploy):
 def test_conformance_suite_passes_on_the_node(node, first_deploy):
     process = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/conformance",
-         f"--hosts=ssh://{NODE}", f"--ssh-config={vm.ssh_config_file()}"],
+         f"--hosts=ssh://{node.name}", f"--ssh-config={vm.ssh_config_file()}"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
     )
     assert process.returncode == 0, f"conformance failed:\n{process.stdout[-6000:]}"
@@ -89,10 +78,10 @@ def test_conformance_suite_passes_on_the_node(node, first_deploy):
 def test_rerun_changes_nothing_and_keeps_the_daemon(node, first_deploy):
     pid = main_pid(node)
     before = node_snapshot(node)
-    process, results = pyinfra(NODE)
+    process, results = pyinfra(node.name)
     assert process.returncode == 0, process.stderr[-4000:]
-    assert changed_ops(results, NODE) == []
-    assert len(unchanged_ops(results, NODE)) == len(results["results"]["operations"])
+    assert changed_ops(results, node.name) == []
+    assert len(unchanged_ops(results, node.name)) == len(results["results"]["operations"])
     assert main_pid(node) == pid, "containerd was restarted by a run that changed nothing"
     assert node_snapshot(node) == before
 
@@ -101,7 +90,7 @@ def test_tampered_artifact_is_refused_and_the_node_left_as_it_was(node, first_de
     pid = main_pid(node)
     before = node_snapshot(node)
     wrong = "deadbeef" * 8  # what a tampered or corrupted mirror file looks like from the node's side
-    process, _ = pyinfra(NODE, "--data", f"runc_sha256={wrong}")
+    process, _ = pyinfra(node.name, "--data", f"runc_sha256={wrong}")
     assert process.returncode != 0
     output = process.stdout + process.stderr
     assert "checksum mismatch" in output and wrong in output, output[-3000:]
@@ -119,8 +108,8 @@ def test_tampered_artifact_is_refused_and_the_node_left_as_it_was(node, first_de
 ])
 def test_bad_data_is_refused_before_anything_changes(node, first_deploy, data, key):
     before = node_snapshot(node)
-    process, _ = pyinfra(NODE, *[arg for item in data for arg in ("--data", item)])
+    process, _ = pyinfra(node.name, *[arg for item in data for arg in ("--data", item)])
     assert process.returncode != 0
     output = process.stdout + process.stderr
-    assert NODE in output and repr(key) in output and "Fix:" in output, output[-3000:]
+    assert node.name in output and repr(key) in output and "Fix:" in output, output[-3000:]
     assert node_snapshot(node) == before

@@ -9,6 +9,7 @@ and checksums of the Debian-built artifacts) is written by `up`.
 """
 
 import argparse
+import fcntl
 import json
 import os
 import signal
@@ -40,10 +41,13 @@ def _mirror_alive() -> dict | None:
 
 
 def ensure_mirror() -> dict:
-    """The mirror server of this checkout (started in the background once)."""
-    info = _mirror_alive()
-    if info:
-        return info
+    """The mirror server of this checkout (started in the background once, shared by all nodes)."""
+    with open(run_root() / ".mirror.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # parallel test workers start one mirror, not several
+        return _mirror_alive() or _start_mirror()
+
+
+def _start_mirror() -> dict:
     port = vm.free_port()
     log = open(run_root() / "mirror.log", "ab")
     process = subprocess.Popen(
@@ -67,6 +71,11 @@ def stop_mirror() -> None:
     (run_root() / MIRROR_STATE).unlink(missing_ok=True)
 
 
+def stop_mirror_if_idle() -> None:
+    if not vm.running():
+        stop_mirror()
+
+
 def node_data(release: mirror.Release, mirror_port: int) -> dict:
     """pyinfra data that points a local node at the mirror and the Debian-built artifacts."""
     return {
@@ -78,9 +87,11 @@ def node_data(release: mirror.Release, mirror_port: int) -> dict:
     }
 
 
-def up(names: list[str], suite: str) -> list[vm.Node]:
+def up(names: list[str], suite: str, release_suite: str | None = None) -> list[vm.Node]:
+    """Boot nodes of a Debian `suite` image, with data for the containerd and runc that
+    `release_suite` ships (default: the same suite; sid's binaries need a trixie image)."""
     built = image.build(suite)
-    release = mirror.release(suite)
+    release = mirror.release(release_suite or suite)
     port = ensure_mirror()["port"]
     nodes = []
     for name in names:
@@ -93,9 +104,10 @@ def up(names: list[str], suite: str) -> list[vm.Node]:
 
 
 def down(names: list[str]) -> None:
+    """Stop the named nodes; with no names, every node and the mirror."""
     for name in names or [node.name for node in vm.running()]:
         vm.stop(name)
-    if not vm.running():
+    if not names:
         stop_mirror()
 
 
@@ -104,7 +116,9 @@ def main(argv=None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     up_parser = commands.add_parser("up", help="boot local nodes")
     up_parser.add_argument("names", nargs="*", default=["node1"])
-    up_parser.add_argument("--suite", default="bookworm", help="Debian suite of the node image and artifacts")
+    up_parser.add_argument("--suite", default="bookworm", help="Debian suite of the node image")
+    up_parser.add_argument("--release", default=None,
+                           help="Debian suite whose containerd and runc the node gets (default: --suite)")
     down_parser = commands.add_parser("down", help="stop local nodes (all by default)")
     down_parser.add_argument("names", nargs="*")
     commands.add_parser("status", help="list running nodes")
@@ -113,7 +127,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "up":
-        up(args.names, args.suite)
+        up(args.names, args.suite, args.release)
     elif args.command == "down":
         down(args.names)
     elif args.command == "status":

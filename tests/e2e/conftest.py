@@ -1,0 +1,58 @@
+"""The VM matrix: each entry is a real node of its own, tested on its own xdist worker."""
+
+from dataclasses import dataclass
+
+import pytest
+
+from tests.harness import __main__ as harness
+from tests.harness import vm
+
+
+@dataclass(frozen=True)
+class Generation:
+    """A node image and the containerd/runc release it gets (both from Debian's packages)."""
+
+    image: str  # Debian suite of the node's image
+    release: str  # Debian suite whose containerd and runc are repackaged into the mirror
+    label: str
+
+    @property
+    def node_name(self) -> str:
+        return f"e2e-{self.label}"
+
+
+MATRIX = [
+    Generation("bookworm", "bookworm", "debian12-containerd1.6"),
+    Generation("trixie", "trixie", "debian13-containerd1.7"),
+    # sid's runc needs glibc 2.38: a Debian 13 guest.
+    Generation("trixie", "sid", "debian13-containerd2.1"),
+]
+
+
+@dataclass
+class TestNode:
+    name: str
+    vm: vm.Node
+    generation: Generation
+
+
+@pytest.fixture(scope="module", params=MATRIX, ids=[generation.label for generation in MATRIX])
+def node(request):
+    generation = request.param
+    (started,) = harness.up([generation.node_name], generation.image, generation.release)
+    yield TestNode(generation.node_name, started, generation)
+    harness.down([generation.node_name])
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(config, items):
+    # One xdist worker per matrix entry (--dist loadgroup): its node boots once for all its tests.
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec and "node" in callspec.params:
+            item.add_marker(pytest.mark.xdist_group(callspec.params["node"].label))
+
+
+def pytest_sessionfinish(session):
+    if not hasattr(session.config, "workerinput"):  # the controlling process, after every worker
+        harness.stop_mirror_if_idle()
