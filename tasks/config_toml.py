@@ -1,27 +1,66 @@
 """Edit containerd's config.toml as TOML (tomlkit), never as lines of text.
 
 Pure functions: text in, text out. Everything the deploy does not own (other tables, comments,
-ordering, quoting) comes out byte-for-byte as it went in.
+ordering, quoting) comes out byte-for-byte as it went in; a value already as wanted is not
+rewritten.
 """
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import tomlkit
 from packaging.version import Version
 from tomlkit.exceptions import ParseError
-from tomlkit.items import Table
+from tomlkit.items import Item, Table
 
-# Where the CRI plugin's runc runtime options live, by config schema version. containerd 2.x
-# moved the runtime part of the CRI plugin to its own plugin ID (schema 3, kept by 4).
-RUNC_OPTIONS_PATH = {
-    2: ("plugins", "io.containerd.grpc.v1.cri", "containerd", "runtimes", "runc", "options"),
-    3: ("plugins", "io.containerd.cri.v1.runtime", "containerd", "runtimes", "runc", "options"),
-    4: ("plugins", "io.containerd.cri.v1.runtime", "containerd", "runtimes", "runc", "options"),
+_CRI_V2 = ("plugins", "io.containerd.grpc.v1.cri")
+# containerd 2.x split the CRI plugin: images (and registries) and runtime got plugin IDs of
+# their own (schema 3, kept by 4).
+_CRI_IMAGES = ("plugins", "io.containerd.cri.v1.images")
+_CRI_RUNTIME = ("plugins", "io.containerd.cri.v1.runtime")
+
+# Where each setting lives, by config schema version.
+PATHS = {
+    "runtimes": {2: _CRI_V2 + ("containerd", "runtimes"), 3: _CRI_RUNTIME + ("containerd", "runtimes")},
+    "sandbox_image": {2: _CRI_V2 + ("sandbox_image",), 3: _CRI_IMAGES + ("pinned_images", "sandbox")},
+    "registry": {2: _CRI_V2 + ("registry",), 3: _CRI_IMAGES + ("registry",)},
+    "snapshotter": {2: _CRI_V2 + ("containerd", "snapshotter"), 3: _CRI_IMAGES + ("snapshotter",)},
+    "max_container_log_line_size": {2: _CRI_V2 + ("max_container_log_line_size",),
+                                    3: _CRI_RUNTIME + ("max_container_log_line_size",)},
 }
+for _paths in PATHS.values():
+    _paths[4] = _paths[3]
+RUNC_OPTIONS_PATH = {schema: runtimes + ("runc", "options") for schema, runtimes in PATHS["runtimes"].items()}
 # The oldest containerd that reads each schema version.
 SCHEMA_NEEDS = {2: Version("1.3"), 3: Version("2.0"), 4: Version("2.3")}
 
 
 class ConfigError(ValueError):
     """The config document cannot be edited safely; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """An extra CRI runtime handler (e.g. crun, nvidia-container-runtime, kata)."""
+
+    name: str
+    runtime_type: str = "io.containerd.runc.v2"
+    binary_name: str | None = None  # for runc-compatible binaries, under the runc.v2 shim
+    options: Mapping = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """What the deploy sets in config.toml; None leaves a setting as the base document has it."""
+
+    systemd_cgroup: bool = True
+    sandbox_image: str | None = None
+    registry_config_path: str | None = None
+    snapshotter: str | None = None
+    max_container_log_line_size: int | None = None
+    oom_score: int | None = None
+    runtimes: tuple[Runtime, ...] = ()
+    extra: Mapping = field(default_factory=dict)  # merged last, table by table
 
 
 def parse(text: str) -> tomlkit.TOMLDocument:
@@ -50,47 +89,116 @@ def schema_version(document: tomlkit.TOMLDocument, containerd_version: Version) 
     return int(version)
 
 
-def _table_at(document: tomlkit.TOMLDocument, path: tuple[str, ...]) -> Table:
-    """The table at `path`, creating the missing ones (2.0.0-2.0.6 and 2.1.0-2.1.4 omit options)."""
+def _unwrap(value):
+    return value.unwrap() if isinstance(value, Item) else value
+
+
+def _table_at(document, path: tuple[str, ...]):
+    """The table at `path`, creating missing ones (2.0.0-2.0.6 and 2.1.0-2.1.4 omit runc's options)."""
     node = document
-    for key in path:
+    for depth, key in enumerate(path):
         if key not in node:
             node[key] = tomlkit.table()
         node = node[key]
-        if not isinstance(node, (Table, tomlkit.TOMLDocument)) and not hasattr(node, "items"):
-            raise ConfigError(f"has a non-table value at {'.'.join(path)}; it must be a table")
+        if not isinstance(node, (Table, tomlkit.TOMLDocument)):
+            raise ConfigError(f"has a value, not a table, at {'.'.join(path[:depth + 1])}; it must be a table")
     return node
 
 
-def _indent_like_siblings(table: Table, key: str) -> None:
+def _indent_like_siblings(table, key: str) -> None:
     """Give an inserted key the indentation of the keys beside it (cosmetic, for humans)."""
-    for sibling, item in table.value.body:
+    container = table.value if isinstance(table, Table) else table
+    for sibling, item in container.body:
         if sibling is not None and sibling.key != key and not isinstance(item, Table):
-            table.value.item(key).trivia.indent = item.trivia.indent
+            container.item(key).trivia.indent = item.trivia.indent
             return
 
 
-def set_systemd_cgroup(text: str, containerd_version: Version, enabled: bool = True) -> str:
-    """`text` with the runc runtime's SystemdCgroup set, in the schema the document declares."""
+def _set(document, path: tuple[str, ...], value) -> None:
+    """Set the value at `path` (creating tables), leaving it untouched when it already is that."""
+    table = _table_at(document, path[:-1])
+    key = path[-1]
+    current = _unwrap(table.get(key))
+    if key in table and type(current) is type(value) and current == value:
+        return
+    inserting = key not in table
+    table[key] = value
+    if inserting and not isinstance(table[key], Table):
+        _indent_like_siblings(table, key)
+
+
+def _merge(document, prefix: tuple[str, ...], extra: Mapping) -> None:
+    """Deep-merge: tables merge key by key; any other value replaces what is there."""
+    for key, value in extra.items():
+        if isinstance(value, Mapping):
+            _merge(document, prefix + (key,), value)
+        else:
+            _set(document, prefix + (key,), value)
+
+
+def _registry_config_path(document, schema: int, config_path: str) -> None:
+    registry = PATHS["registry"][schema]
+    node = document
+    for key in registry:
+        node = node[key] if isinstance(node, (Table, tomlkit.TOMLDocument)) and key in node else None
+    mirrors = node["mirrors"] if isinstance(node, Table) and "mirrors" in node else None
+    if mirrors:
+        raise ConfigError(
+            f"has registry mirrors in [{'.'.join(registry)}.mirrors]; containerd's CRI plugin does not "
+            "load when they and config_path are both set. Move them to hosts.toml files (data key "
+            "containerd_registries) and delete that table, or set containerd_registry_config_path to ''"
+        )
+    _set(document, registry + ("config_path",), config_path)
+
+
+def render(text: str, containerd_version: Version, knobs: Knobs) -> str:
+    """`text` with every knob applied, in the schema the document declares."""
     document = parse(text)
-    options = _table_at(document, RUNC_OPTIONS_PATH[schema_version(document, containerd_version)])
-    if options.get("SystemdCgroup") is not enabled:
-        inserting = "SystemdCgroup" not in options
-        options["SystemdCgroup"] = enabled
-        if inserting:
-            _indent_like_siblings(options, "SystemdCgroup")
+    schema = schema_version(document, containerd_version)
+    _set(document, RUNC_OPTIONS_PATH[schema] + ("SystemdCgroup",), knobs.systemd_cgroup)
+    if knobs.sandbox_image is not None:
+        _set(document, PATHS["sandbox_image"][schema], knobs.sandbox_image)
+    if knobs.registry_config_path:
+        _registry_config_path(document, schema, knobs.registry_config_path)
+    if knobs.snapshotter is not None:
+        _set(document, PATHS["snapshotter"][schema], knobs.snapshotter)
+    if knobs.max_container_log_line_size is not None:
+        _set(document, PATHS["max_container_log_line_size"][schema], knobs.max_container_log_line_size)
+    if knobs.oom_score is not None:
+        _set(document, ("oom_score",), knobs.oom_score)
+    for runtime in knobs.runtimes:
+        base = PATHS["runtimes"][schema] + (runtime.name,)
+        _set(document, base + ("runtime_type",), runtime.runtime_type)
+        options = dict(runtime.options)
+        if runtime.binary_name:
+            options["BinaryName"] = runtime.binary_name
+        if runtime.runtime_type == "io.containerd.runc.v2":
+            # A runc-compatible handler must use the same cgroup driver as runc itself.
+            options.setdefault("SystemdCgroup", knobs.systemd_cgroup)
+        _merge(document, base + ("options",), options)
+    _merge(document, (), knobs.extra)
     return tomlkit.dumps(document)
+
+
+def set_systemd_cgroup(text: str, containerd_version: Version, enabled: bool = True) -> str:
+    """`text` with only the runc runtime's SystemdCgroup set."""
+    return render(text, containerd_version, Knobs(systemd_cgroup=enabled))
+
+
+def value_at(text: str, path: tuple[str, ...]):
+    """The plain value at `path` in a config document, or None."""
+    node = parse(text).unwrap()  # plain dicts: no tomlkit proxies for out-of-order tables
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node
 
 
 def runc_systemd_cgroup(text: str) -> bool | None:
     """The runc runtime's SystemdCgroup in a config (e.g. `containerd config dump`), None if unset."""
-    document = parse(text)
     for path in dict.fromkeys(RUNC_OPTIONS_PATH.values()):
-        node = document
-        for key in path:
-            node = node.get(key) if hasattr(node, "get") else None
-            if node is None:
-                break
-        if node is not None and "SystemdCgroup" in node:
-            return bool(node["SystemdCgroup"])
+        value = value_at(text, path + ("SystemdCgroup",))
+        if value is not None:
+            return bool(value)
     return None

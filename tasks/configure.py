@@ -1,51 +1,128 @@
-"""Write config.toml (SystemdCgroup on the runc runtime) and the systemd unit."""
+"""Write config.toml, the systemd unit and its proxy drop-in, and the registry hosts.toml files."""
 
 import hashlib
+import posixpath
+from dataclasses import dataclass
 from pathlib import Path
 
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.api.exceptions import DeployError
 
-from .config_toml import ConfigError, set_systemd_cgroup
+from . import registries
+from .config_toml import ConfigError, Knobs, render
 from .facts import ContainerdDefaultConfig, NodeState
-from .operations import file_content
+from .operations import file_absent, file_content
 from .settings import DEFAULTS, Settings
 
 UNIT_TEMPLATE = Path(__file__).resolve().parent.parent / "files" / "containerd.service"
+PROXY_DROPIN = "http-proxy.conf"
+DROPIN_HEADER = "# Managed by containerd-deploy (data keys containerd_*_proxy): edits here are overwritten.\n"
 
 
-def unit_text(bin_dir: str) -> str:
-    """files/containerd.service with ExecStart pointing at the configured binary directory."""
+def unit_text(bin_dir: str, limit_nofile: str | None = None) -> str:
+    """files/containerd.service with ExecStart at the configured binaries (and LimitNOFILE, if set)."""
     text = UNIT_TEMPLATE.read_text()
-    return text.replace("ExecStart=/usr/local/bin/containerd\n", f"ExecStart={bin_dir}/containerd\n")
+    text = text.replace("ExecStart=/usr/local/bin/containerd\n", f"ExecStart={bin_dir}/containerd\n")
+    if limit_nofile:
+        text = text.replace("LimitNPROC=infinity\n", f"LimitNOFILE={limit_nofile}\nLimitNPROC=infinity\n")
+    return text
+
+
+def proxy_dropin_path(settings: Settings) -> str:
+    return f"{settings.containerd_unit_path}.d/{PROXY_DROPIN}"
+
+
+def proxy_dropin_text(settings: Settings) -> str | None:
+    """The drop-in that gives containerd (and the pulls it makes) a proxy; None when none is set."""
+    variables = [(name, value) for name, value in (
+        ("HTTP_PROXY", settings.containerd_http_proxy),
+        ("HTTPS_PROXY", settings.containerd_https_proxy),
+        ("NO_PROXY", settings.containerd_no_proxy),
+    ) if value]
+    if not variables:
+        return None
+    # Both spellings: Go reads the upper-case ones, other tools that containerd runs the lower.
+    lines = [f'Environment="{name}={value}" "{name.lower()}={value}"' for name, value in variables]
+    return DROPIN_HEADER + "[Service]\n" + "\n".join(lines) + "\n"
+
+
+def knobs(settings: Settings) -> Knobs:
+    return Knobs(
+        systemd_cgroup=settings.containerd_systemd_cgroup,
+        sandbox_image=settings.containerd_sandbox_image,
+        registry_config_path=settings.containerd_registry_config_path or None,
+        snapshotter=settings.containerd_snapshotter,
+        max_container_log_line_size=settings.containerd_max_container_log_line_size,
+        oom_score=settings.containerd_oom_score,
+        runtimes=settings.containerd_runtimes,
+        extra=settings.containerd_config_extra,
+    )
 
 
 def desired_config(settings: Settings, base_text: str) -> str:
     """The config.toml this host should have, from its current file or the binary's defaults."""
     try:
-        return set_systemd_cgroup(base_text, settings.containerd_version, settings.containerd_systemd_cgroup)
+        return render(base_text, settings.containerd_version, knobs(settings))
     except ConfigError as error:
         raise DeployError(f"{settings.host}: {settings.containerd_config_path} {error}") from None
+
+
+def registry_files(settings: Settings) -> dict[str, tuple[str, str]]:
+    """path -> (hosts.toml text, mode) for every registry in data."""
+    if not settings.containerd_registries:
+        return {}
+    if not settings.containerd_registry_config_path:
+        raise DeployError(
+            f"{settings.host}: data key 'containerd_registries' is set but 'containerd_registry_config_path' is empty. "
+            "Fix: set containerd_registry_config_path (default /etc/containerd/certs.d) so containerd reads hosts.toml files"
+        )
+    return {
+        f"{settings.containerd_registry_config_path}/{name}/hosts.toml": (
+            registries.hosts_toml(name, spec), "600" if registries.has_credentials(spec) else "644")
+        for name, spec in settings.containerd_registries.items()
+    }
+
+
+def managed_paths(settings: Settings) -> tuple[str, ...]:
+    """Files besides config.toml and the unit whose checksums the node fact reports."""
+    return (proxy_dropin_path(settings), *registry_files(settings))
 
 
 def _sha256(text: str | None) -> str | None:
     return hashlib.sha256(text.encode()).hexdigest() if text is not None else None
 
 
-@deploy("Configure containerd", data_defaults=DEFAULTS)
-def configure_containerd(settings: Settings, node: NodeState, binaries_current: bool):
-    """Returns the config and unit operations.
+def config_base(settings: Settings, node: NodeState, binaries_current: bool) -> str | None:
+    """The text config.toml is rendered from; None when it is the defaults of a binary this run
+    installs (read after the install)."""
+    if settings.containerd_config_base == "existing" and node.config_text is not None:
+        return node.config_text
+    if binaries_current and node.default_config:
+        return node.default_config
+    return None
 
-    An existing config.toml is edited in place (everything else in it survives); a node without
-    one starts from the installed binary's `containerd config default`. When that binary is only
+
+@dataclass
+class ConfigureResult:
+    config: object
+    unit: object
+    dropin: object
+
+
+@deploy("Configure containerd", data_defaults=DEFAULTS)
+def configure_containerd(settings: Settings, node: NodeState, binaries_current: bool) -> ConfigureResult:
+    """Returns the operations whose change needs a daemon-reload or a restart.
+
+    With `containerd_config_base = existing` (the default) a node's config.toml is edited in
+    place, so everything else in it survives; a node without one, or with the `default` policy,
+    starts from the installed binary's `containerd config default`. When that binary is only
     being installed in this run, its defaults are read after it is installed.
     """
-    if node.config_text is not None:
+    base = config_base(settings, node, binaries_current)
+    if base is not None:
         # Computed now, before any operation runs: a broken file stops the deploy unchanged.
-        config = desired_config(settings, node.config_text)
-    elif binaries_current and node.default_config:
-        config = desired_config(settings, node.default_config)
+        config = desired_config(settings, base)
     else:
         def config():
             if not host.state.is_executing:
@@ -64,7 +141,22 @@ def configure_containerd(settings: Settings, node: NodeState, binaries_current: 
     unit_op = file_content(
         name=f"Install {settings.containerd_unit_path}",
         path=settings.containerd_unit_path,
-        content=unit_text(settings.containerd_bin_dir),
+        content=unit_text(settings.containerd_bin_dir, settings.containerd_limit_nofile),
         current_sha256=node.unit_sha256,
     )
-    return config_op, unit_op
+    dropin_path = proxy_dropin_path(settings)
+    dropin_text = proxy_dropin_text(settings)
+    if dropin_text is None:
+        dropin_op = file_absent(name=f"Remove {dropin_path}", path=dropin_path, present=dropin_path in node.files)
+    else:
+        dropin_op = file_content(name=f"Write {dropin_path}", path=dropin_path, content=dropin_text,
+                                 current_sha256=node.files.get(dropin_path))
+
+    wanted = registry_files(settings)
+    for path, (text, mode) in wanted.items():
+        file_content(name=f"Write {path}", path=path, content=text, current_sha256=node.files.get(path), mode=mode)
+    for path in node.managed_hosts:
+        if path not in wanted:
+            file_absent(name=f"Remove {path} (no longer in containerd_registries)", path=path, present=True,
+                        remove_empty_parent=True)
+    return ConfigureResult(config_op, unit_op, dropin_op)

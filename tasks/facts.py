@@ -40,6 +40,8 @@ class NodeState:
     ctr_client: str | None = None
     ctr_server: str | None = None
     default_config: str | None = None
+    files: dict = field(default_factory=dict)  # path -> sha256 of the other files the deploy manages
+    managed_hosts: list = field(default_factory=list)  # hosts.toml files this deploy wrote
 
     @property
     def main_pid(self) -> int:
@@ -57,9 +59,13 @@ class NodeState:
         return self.service.get("UnitFileState") == "enabled"
 
 
-def node_state_command(bin_dir: str, config_path: str, unit_path: str, state_dir: str) -> str:
+def node_state_command(bin_dir: str, config_path: str, unit_path: str, state_dir: str,
+                       files: tuple = (), certs_dir: str = "", marker: str = "", always_defaults: bool = False) -> str:
     q = shlex.quote
     ctr, containerd = q(f"{bin_dir}/ctr"), q(f"{bin_dir}/containerd")
+    # Defaults come from the installed binary: needed when there is no config file to start
+    # from, or always when the operator chose to start from defaults.
+    defaults_when = "true" if always_defaults else f"[ ! -f {q(config_path)} ]"
     return "\n".join([
         f'echo "{SECTION}machine $(uname -m)"',
         f'if [ -d /run/systemd/system ]; then echo "{SECTION}systemd"; fi',
@@ -81,15 +87,18 @@ def node_state_command(bin_dir: str, config_path: str, unit_path: str, state_dir
         f'echo "{SECTION}ctr"',
         f"[ -x {ctr} ] && [ -S /run/containerd/containerd.sock ] && timeout 10 {ctr} version 2>&1",
         f'echo "{SECTION}default"',
-        # Only a node with no config file needs the installed binary's defaults.
-        f"[ -f {q(config_path)} ] || {{ [ -x {containerd} ] && {containerd} config default 2>/dev/null | base64 -w0 && echo; }}",
+        f"{defaults_when} && [ -x {containerd} ] && {containerd} config default 2>/dev/null | base64 -w0 && echo",
+        f'echo "{SECTION}files"',
+        *[f"[ -f {q(path)} ] && sha256sum {q(path)}" for path in files],
+        f'echo "{SECTION}managed"',
+        (f"[ -d {q(certs_dir)} ] && grep -l -s -F -- {q(marker)} {q(certs_dir)}/*/hosts.toml" if certs_dir else ":"),
         "exit 0",
     ])
 
 
 def _decode(lines: list[str]) -> str | None:
     joined = "".join(line.strip() for line in lines)
-    return base64.b64decode(joined).decode() if joined else None
+    return base64.b64decode(joined).decode(errors="replace") if joined else None
 
 
 def parse_ctr_version(lines: list[str]) -> tuple[str | None, str | None]:
@@ -148,6 +157,13 @@ def parse_node_state(lines: list[str]) -> NodeState:
             state.ctr_client, state.ctr_server = parse_ctr_version(body)
         elif name == "default":
             state.default_config = _decode(body)
+        elif name == "files":
+            for line in body:
+                digest, _, path = line.strip().partition("  ")
+                if path:
+                    state.files[path] = digest
+        elif name == "managed":
+            state.managed_hosts = [line.strip() for line in body if line.strip()]
     return state
 
 
@@ -161,8 +177,9 @@ class ContainerdNode(FactBase):
     def default():
         return NodeState()
 
-    def command(self, bin_dir, config_path, unit_path, state_dir):
-        return node_state_command(bin_dir, config_path, unit_path, state_dir)
+    def command(self, bin_dir, config_path, unit_path, state_dir, files=(), certs_dir="", marker="",
+                always_defaults=False):
+        return node_state_command(bin_dir, config_path, unit_path, state_dir, files, certs_dir, marker, always_defaults)
 
     def process(self, output):
         return parse_node_state(output)

@@ -5,7 +5,8 @@ from pyinfra.api import deploy
 from pyinfra.api.exceptions import DeployError
 
 from . import artifacts
-from .configure import configure_containerd
+from . import registries
+from .configure import configure_containerd, managed_paths
 from .facts import ContainerdNode, NodeState
 from .install import install_binaries
 from .operations import artifact_is_installed
@@ -20,6 +21,10 @@ def gather(settings: Settings) -> NodeState:
         config_path=settings.containerd_config_path,
         unit_path=settings.containerd_unit_path,
         state_dir=settings.containerd_deploy_state_dir,
+        files=managed_paths(settings),
+        certs_dir=settings.containerd_registry_config_path,
+        marker=registries.MARKER,
+        always_defaults=settings.containerd_config_base == "default",
     )
 
 
@@ -45,5 +50,9 @@ def containerd_node():
 
     containerd_op, runc_op = install_binaries(settings, node, containerd, runc)
     binaries_current = artifact_is_installed(node.manifests.get("containerd"), containerd, settings.containerd_bin_dir)
-    config_op, unit_op = configure_containerd(settings, node, binaries_current)
-    run_containerd(settings, node, unit_op, changed_ops=(containerd_op, runc_op, config_op, unit_op))
+    configured = configure_containerd(settings, node, binaries_current)
+    run_containerd(
+        settings, node,
+        reload_after=(configured.unit, configured.dropin),
+        restart_after=(containerd_op, runc_op, configured.config, configured.unit, configured.dropin),
+    )

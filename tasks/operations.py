@@ -84,9 +84,37 @@ def file_content(path: str, content: str | Callable[[], str], current_sha256: st
         return
     directory = posixpath.dirname(path)
     temp_path = f"{directory}/.{posixpath.basename(path)}{NEW_SUFFIX}"
-    yield StringCommand("mkdir", "-p", directory)
+    if mode == "600":
+        # Created private before the upload writes into it: credentials are never world-readable.
+        yield StringCommand("mkdir", "-p", directory, "&&", "install", "-m", "600", "/dev/null", temp_path)
+    else:
+        yield StringCommand("mkdir", "-p", directory)
     yield FileUploadCommand(StringIO(text), temp_path, remote_temp_filename=temp_path)
     yield replace_file_script(temp_path, path, mode)
+
+
+@operation()
+def file_absent(path: str, present: bool, remove_empty_parent: bool = False):
+    """
+    Remove a file the deploy wrote earlier and no longer wants.
+
+    + path: the file on the node
+    + present: whether the ``ContainerdNode`` fact found it
+    + remove_empty_parent: also remove its directory if nothing else is left in it
+
+    **Example:**
+
+    .. code:: python
+
+        file_absent(name="Remove the proxy drop-in", path=dropin, present=dropin in node.files)
+    """
+    if not present:
+        host.noop(f"{path} is absent")
+        return
+    if remove_empty_parent:
+        yield StringCommand("rm", "-f", path, "&&", "rmdir", "--ignore-fail-on-non-empty", posixpath.dirname(path))
+    else:
+        yield StringCommand("rm", "-f", path)
 
 
 @operation()

@@ -18,13 +18,14 @@ def any_changed(*ops):
 
 
 @deploy("Run containerd", data_defaults=DEFAULTS)
-def run_containerd(settings: Settings, node: NodeState, unit_op, changed_ops):
+def run_containerd(settings: Settings, node: NodeState, reload_after, restart_after):
+    """Reload systemd when a unit file changed; restart containerd (once) when anything did."""
     unit = posixpath.basename(settings.containerd_unit_path)
-    systemd.daemon_reload(name="Reload systemd units", _if=unit_op.did_change)
+    systemd.daemon_reload(name="Reload systemd units", _if=any_changed(*reload_after))
     # A daemon that answers with another version than the installed ctr is a leftover of an
     # upgrade that never restarted it: restart it even when this run changed nothing.
     stale = bool(node.ctr_server and node.ctr_client and node.ctr_server != node.ctr_client)
-    changed = any_changed(*changed_ops)
+    changed = any_changed(*restart_after)
     containerd_service(
         name="Enable, start and check containerd",
         unit=unit,

@@ -31,8 +31,24 @@ DEFAULTS: dict = {
     "containerd_unit_path": "/etc/systemd/system/containerd.service",
     "containerd_deploy_state_dir": "/var/lib/containerd-deploy",
     "containerd_staging_dir": "/var/cache/containerd-deploy",
-    # How it runs.
+    # config.toml: start from the node's file ("existing", keeping operator edits) or from the
+    # installed binary's `containerd config default` ("default"), then apply the keys below.
+    "containerd_config_base": "existing",
     "containerd_systemd_cgroup": True,
+    "containerd_sandbox_image": None,
+    "containerd_snapshotter": None,
+    "containerd_max_container_log_line_size": None,
+    "containerd_oom_score": None,
+    "containerd_runtimes": [],
+    "containerd_config_extra": {},
+    # Registries the modern way: config_path + one hosts.toml per registry.
+    "containerd_registry_config_path": "/etc/containerd/certs.d",
+    "containerd_registries": {},
+    # The systemd service.
+    "containerd_http_proxy": None,
+    "containerd_https_proxy": None,
+    "containerd_no_proxy": None,
+    "containerd_limit_nofile": None,
     "containerd_ready_timeout": 60,
 }
 
@@ -68,7 +84,20 @@ class Settings:
     containerd_unit_path: str
     containerd_deploy_state_dir: str
     containerd_staging_dir: str
+    containerd_config_base: str
     containerd_systemd_cgroup: bool
+    containerd_sandbox_image: str | None
+    containerd_snapshotter: str | None
+    containerd_max_container_log_line_size: int | None
+    containerd_oom_score: int | None
+    containerd_runtimes: tuple
+    containerd_config_extra: dict
+    containerd_registry_config_path: str
+    containerd_registries: dict
+    containerd_http_proxy: str | None
+    containerd_https_proxy: str | None
+    containerd_no_proxy: str | None
+    containerd_limit_nofile: str | None
     containerd_ready_timeout: int
 
 
@@ -140,6 +169,74 @@ def _positive_int(host: str, key: str, value) -> int:
     return number
 
 
+def _choice(host: str, key: str, value, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise DataError(host, key, f"is {value!r}", f"set {key} to one of: {', '.join(choices)}")
+    return value
+
+
+def _optional_text(host: str, key: str, value, example: str) -> str | None:
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str) or any(char in value for char in "\n\r\""):
+        raise DataError(host, key, f"is {value!r}, not a single-line string", f"set {key} to e.g. {example}")
+    return value
+
+
+def _optional_int(host: str, key: str, value, low: int, high: int) -> int | None:
+    if value in (None, ""):
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise DataError(host, key, f"is {value!r}", f"set {key} to a whole number from {low} to {high}, or leave it unset")
+    return value
+
+
+def _limit_nofile(host: str, key: str, value) -> str | None:
+    if value in (None, ""):
+        return None
+    text = str(value)
+    if text != "infinity" and not re.fullmatch(r"\d+(:\d+)?", text):
+        raise DataError(host, key, f"is {value!r}", f"set {key} to a number, SOFT:HARD, or infinity (systemd's LimitNOFILE)")
+    return text
+
+
+def _runtimes(host: str, key: str, value) -> tuple:
+    from .config_toml import Runtime
+
+    fix = (f"set {key} to a list of mappings with name, and optionally runtime_type, binary_name "
+           "and options, e.g. [{\"name\": \"crun\", \"binary_name\": \"/usr/bin/crun\"}]")
+    if not isinstance(value, (list, tuple)):
+        raise DataError(host, key, f"is {value!r}, not a list", fix)
+    runtimes = []
+    for entry in value:
+        if not isinstance(entry, Mapping) or not re.fullmatch(r"[A-Za-z0-9_.-]+", str(entry.get("name", ""))):
+            raise DataError(host, key, f"has the entry {entry!r}, which needs a name of letters, digits, . _ -", fix)
+        unknown = set(entry) - {"name", "runtime_type", "binary_name", "options"}
+        if unknown:
+            raise DataError(host, key, f"has unknown fields {sorted(unknown)} in {entry['name']!r}", fix)
+        if entry["name"] == "runc":
+            raise DataError(host, key, "redefines 'runc', which the deploy owns", "give the extra runtime another name")
+        if not isinstance(entry.get("options", {}), Mapping):
+            raise DataError(host, key, f"has non-mapping options in {entry['name']!r}", fix)
+        runtimes.append(Runtime(entry["name"], entry.get("runtime_type", "io.containerd.runc.v2"),
+                                entry.get("binary_name"), dict(entry.get("options", {}))))
+    return tuple(runtimes)
+
+
+def _registries(host: str, key: str, value) -> dict:
+    from . import registries
+
+    return registries.parse(host, value)
+
+
+def _mapping(host: str, key: str, value, fix: str) -> dict:
+    if value in (None, ""):
+        return {}
+    if not isinstance(value, Mapping):
+        raise DataError(host, key, f"is {value!r}, not a mapping", fix)
+    return dict(value)
+
+
 def resolve(host: str, data: Mapping) -> Settings:
     """Validated settings for one host from its data (missing keys take DEFAULTS)."""
     value = {key: data.get(key, default) for key, default in DEFAULTS.items()}
@@ -162,7 +259,25 @@ def resolve(host: str, data: Mapping) -> Settings:
         containerd_unit_path=_absolute_path(host, "containerd_unit_path", value["containerd_unit_path"]),
         containerd_deploy_state_dir=_absolute_path(host, "containerd_deploy_state_dir", value["containerd_deploy_state_dir"]),
         containerd_staging_dir=_absolute_path(host, "containerd_staging_dir", value["containerd_staging_dir"]),
+        containerd_config_base=_choice(host, "containerd_config_base", value["containerd_config_base"], ("existing", "default")),
         containerd_systemd_cgroup=_bool(host, "containerd_systemd_cgroup", value["containerd_systemd_cgroup"]),
+        containerd_sandbox_image=_optional_text(host, "containerd_sandbox_image", value["containerd_sandbox_image"],
+                                                "registry.k8s.io/pause:3.10"),
+        containerd_snapshotter=_optional_text(host, "containerd_snapshotter", value["containerd_snapshotter"], "overlayfs"),
+        containerd_max_container_log_line_size=_optional_int(
+            host, "containerd_max_container_log_line_size", value["containerd_max_container_log_line_size"], -1, 1 << 30),
+        containerd_oom_score=_optional_int(host, "containerd_oom_score", value["containerd_oom_score"], -1000, 1000),
+        containerd_runtimes=_runtimes(host, "containerd_runtimes", value["containerd_runtimes"]),
+        containerd_config_extra=_mapping(host, "containerd_config_extra", value["containerd_config_extra"],
+                                         "set containerd_config_extra to a mapping of TOML tables and keys"),
+        containerd_registry_config_path=(
+            _absolute_path(host, "containerd_registry_config_path", value["containerd_registry_config_path"])
+            if value["containerd_registry_config_path"] else ""),
+        containerd_registries=_registries(host, "containerd_registries", value["containerd_registries"]),
+        containerd_http_proxy=_optional_text(host, "containerd_http_proxy", value["containerd_http_proxy"], "http://proxy:3128"),
+        containerd_https_proxy=_optional_text(host, "containerd_https_proxy", value["containerd_https_proxy"], "http://proxy:3128"),
+        containerd_no_proxy=_optional_text(host, "containerd_no_proxy", value["containerd_no_proxy"], "localhost,127.0.0.1,.svc"),
+        containerd_limit_nofile=_limit_nofile(host, "containerd_limit_nofile", value["containerd_limit_nofile"]),
         containerd_ready_timeout=_positive_int(host, "containerd_ready_timeout", value["containerd_ready_timeout"]),
     )
 

@@ -7,6 +7,8 @@ import pytest
 from tests.harness import __main__ as harness
 from tests.harness import vm
 
+from .helpers import pyinfra
+
 
 @dataclass(frozen=True)
 class Generation:
@@ -36,12 +38,20 @@ class TestNode:
     generation: Generation
 
 
-@pytest.fixture(scope="module", params=MATRIX, ids=[generation.label for generation in MATRIX])
+@pytest.fixture(scope="session", params=MATRIX, ids=[generation.label for generation in MATRIX])
 def node(request):
     generation = request.param
     (started,) = harness.up([generation.node_name], generation.image, generation.release)
     yield TestNode(generation.node_name, started, generation)
     harness.down([generation.node_name])
+
+
+@pytest.fixture(scope="session")
+def first_deploy(node):
+    """The node's first deploy with default data (every later test starts from it, and returns to it)."""
+    process, results = pyinfra(node.name)
+    assert process.returncode == 0, f"first deploy failed:\n{process.stderr[-4000:]}"
+    return results
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups

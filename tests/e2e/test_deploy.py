@@ -4,7 +4,6 @@ The node is a qemu VM resumed from the harness's saved state; pyinfra and the co
 suite reach it over real SSH, exactly as an operator's run would.
 """
 
-import json
 import re
 import subprocess
 import sys
@@ -14,46 +13,7 @@ import pytest
 from tests.harness import vm
 from tests.harness.paths import REPO_ROOT
 
-
-def pyinfra(node: str, *extra: str) -> tuple[subprocess.CompletedProcess, dict]:
-    """Run the deploy against one local node, as an operator would; returns (process, JSON results)."""
-    command = [sys.executable, "-m", "pyinfra", "inventories/local.py", "deploy.py", "-y", "--json",
-               "--limit", node, *extra]
-    process = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
-    try:
-        results = json.loads(process.stdout)
-    except json.JSONDecodeError:
-        results = {}
-    return process, results
-
-
-def changed_ops(results: dict, node: str) -> list[str]:
-    return [op["name"] for op in results["results"]["operations"] if node in op["success"]]
-
-
-def unchanged_ops(results: dict, node: str) -> list[str]:
-    return [op["name"] for op in results["results"]["operations"] if node in op["no_change"]]
-
-
-def main_pid(node) -> int:
-    return int(node.vm.ssh("systemctl show -p MainPID --value containerd").stdout.strip() or 0)
-
-
-def node_snapshot(node) -> str:
-    """Checksums of everything the deploy owns, and any leftover staging or temporary files."""
-    # An inode number changes with every rename over a path: cheaper than hashing under TCG.
-    return node.vm.ssh(
-        "stat -c '%n %i %s %Y %U:%G %a' /usr/local/bin/* /usr/local/sbin/runc /etc/containerd/config.toml "
-        "/etc/systemd/system/containerd.service /var/lib/containerd-deploy/* 2>&1; "
-        "ls -A /var/cache/containerd-deploy; find / -xdev -name '*.containerd-deploy-new' 2>/dev/null"
-    ).stdout
-
-
-@pytest.fixture(scope="module")
-def first_deploy(node):
-    process, results = pyinfra(node.name)
-    assert process.returncode == 0, f"first deploy failed:\n{process.stderr[-4000:]}"
-    return results
+from .helpers import changed_ops, main_pid, node_snapshot, pyinfra, unchanged_ops
 
 
 def test_first_deploy_installs_configures_and_starts(node, first_deploy):

@@ -9,3 +9,56 @@ def test_unit_is_the_guides_with_execstart_at_the_bin_dir():
         assert line in default.splitlines()
     moved = unit_text("/opt/containerd/bin")
     assert "ExecStart=/opt/containerd/bin/containerd\n" in moved and "/usr/local/bin" not in moved
+
+
+from tasks.configure import proxy_dropin_text, registry_files  # noqa: E402
+from tasks.settings import resolve  # noqa: E402
+
+
+def test_limit_nofile_goes_into_the_service_section():
+    text = unit_text("/usr/local/bin", "1048576")
+    service = text.split("[Service]")[1].split("[Install]")[0]
+    assert "LimitNOFILE=1048576\n" in service
+    assert "LimitNOFILE" not in unit_text("/usr/local/bin")
+
+
+def test_proxy_dropin():
+    assert proxy_dropin_text(resolve("n", {})) is None
+    text = proxy_dropin_text(resolve("n", {"containerd_https_proxy": "http://p:3128", "containerd_no_proxy": "localhost,.svc"}))
+    assert text.splitlines()[1:] == [
+        "[Service]",
+        'Environment="HTTPS_PROXY=http://p:3128" "https_proxy=http://p:3128"',
+        'Environment="NO_PROXY=localhost,.svc" "no_proxy=localhost,.svc"',
+    ]
+
+
+def test_registry_files_are_private_only_with_credentials():
+    settings = resolve("n", {"containerd_registries": {
+        "docker.io": {"mirrors": [{"host": "https://m", "headers": {"Authorization": "Bearer t"}}]},
+        "quay.io": {"mirrors": [{"host": "https://q"}]}}})
+    files = registry_files(settings)
+    assert {path: mode for path, (_, mode) in files.items()} == {
+        "/etc/containerd/certs.d/docker.io/hosts.toml": "600", "/etc/containerd/certs.d/quay.io/hosts.toml": "644"}
+
+
+def test_registries_need_a_config_path():
+    import pytest
+    from pyinfra.api.exceptions import DeployError
+
+    settings = resolve("n", {"containerd_registry_config_path": "", "containerd_registries": {"q.io": {"mirrors": [{"host": "https://q"}]}}})
+    with pytest.raises(DeployError, match="containerd_registry_config_path"):
+        registry_files(settings)
+
+
+def test_config_base_policy():
+    from tasks.configure import config_base
+    from tasks.facts import NodeState
+
+    existing = NodeState(config_text="version = 2\n# mine\n", default_config="version = 2\n")
+    fresh = NodeState(config_text=None, default_config="version = 2\n")
+    assert config_base(resolve("n", {}), existing, binaries_current=True) == "version = 2\n# mine\n"
+    assert config_base(resolve("n", {"containerd_config_base": "default"}), existing, True) == "version = 2\n"
+    assert config_base(resolve("n", {}), fresh, binaries_current=True) == "version = 2\n"
+    # Defaults of a binary that is about to be replaced are not used: they are read after the install.
+    assert config_base(resolve("n", {}), fresh, binaries_current=False) is None
+    assert config_base(resolve("n", {"containerd_config_base": "default"}), existing, False) is None

@@ -84,3 +84,32 @@ def test_arch_mapping(machine, arch):
 def test_other_arches_are_refused_by_name():
     with pytest.raises(DataError, match="n: .*'riscv64'.*amd64 and arm64"):
         arch_of("n", "riscv64")
+
+
+@pytest.mark.parametrize("key, value", [
+    ("containerd_config_base", "fresh"),
+    ("containerd_sandbox_image", 'pause"; rm -rf /'),
+    ("containerd_oom_score", -2000),
+    ("containerd_max_container_log_line_size", "big"),
+    ("containerd_limit_nofile", "lots"),
+    ("containerd_runtimes", {"name": "crun"}),
+    ("containerd_runtimes", [{"binary_name": "/usr/bin/crun"}]),
+    ("containerd_runtimes", [{"name": "runc"}]),
+    ("containerd_runtimes", [{"name": "crun", "binary": "/usr/bin/crun"}]),
+    ("containerd_config_extra", ["debug"]),
+    ("containerd_http_proxy", "http://p\nX-Injected: 1"),
+    ("containerd_registry_config_path", "certs.d"),
+])
+def test_bad_knob_values_are_refused_by_key(key, value):
+    with pytest.raises(DataError, match=f"n: data key '{key}'"):
+        resolve("n", {key: value})
+
+
+def test_knob_values():
+    settings = resolve("n", {"containerd_config_base": "default", "containerd_limit_nofile": 1048576,
+                             "containerd_runtimes": [{"name": "crun", "binary_name": "/usr/bin/crun"}],
+                             "containerd_registry_config_path": ""})
+    assert settings.containerd_config_base == "default"
+    assert settings.containerd_limit_nofile == "1048576"
+    assert settings.containerd_runtimes[0].binary_name == "/usr/bin/crun"
+    assert settings.containerd_registry_config_path == ""

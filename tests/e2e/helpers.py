@@ -1,0 +1,49 @@
+"""Running the deploy and looking at a node, as the e2e tests do."""
+
+import json
+import subprocess
+import sys
+
+from tests.harness.paths import REPO_ROOT
+
+
+def pyinfra(node: str, *extra: str, data: dict | None = None) -> tuple[subprocess.CompletedProcess, dict]:
+    """Run the deploy against one local node, as an operator would; returns (process, JSON results)."""
+    command = [sys.executable, "-m", "pyinfra", "inventories/local.py", "deploy.py", "-y", "--json",
+               "--limit", node, *extra]
+    for key, value in (data or {}).items():
+        command += ["--data", f"{key}={value if isinstance(value, str) else json.dumps(value)}"]
+    process = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+    try:
+        results = json.loads(process.stdout)
+    except json.JSONDecodeError:
+        results = {}
+    return process, results
+
+
+def changed_ops(results: dict, node: str) -> list[str]:
+    return [op["name"] for op in results["results"]["operations"] if node in op["success"]]
+
+
+def unchanged_ops(results: dict, node: str) -> list[str]:
+    return [op["name"] for op in results["results"]["operations"] if node in op["no_change"]]
+
+
+def main_pid(node) -> int:
+    return int(node.vm.ssh("systemctl show -p MainPID --value containerd").stdout.strip() or 0)
+
+
+def node_snapshot(node) -> str:
+    """Identity of everything the deploy owns, and any leftover staging or temporary files."""
+    # An inode number changes with every rename over a path: cheaper than hashing under TCG.
+    return node.vm.ssh(
+        "stat -c '%n %i %s %Y %U:%G %a' /usr/local/bin/* /usr/local/sbin/runc /etc/containerd/config.toml "
+        "/etc/systemd/system/containerd.service /var/lib/containerd-deploy/* 2>&1; "
+        "ls -A /var/cache/containerd-deploy; find / -xdev -name '*.containerd-deploy-new' 2>/dev/null"
+    ).stdout
+
+
+def deploy_ok(node, **data) -> dict:
+    process, results = pyinfra(node.name, data=data)
+    assert process.returncode == 0, f"deploy failed:\n{process.stderr[-4000:]}"
+    return results
