@@ -18,6 +18,8 @@ def pytest_addoption(parser):
                     help="the containerd version the node must run (default: what the deploy recorded)")
     group.addoption("--expect-runc-version", default=None,
                     help="the runc version the node must have (default: what the deploy recorded)")
+    group.addoption("--expect-runtime-handlers", default="",
+                    help="comma-separated CRI runtime handlers the node must offer, e.g. runc,crun")
 
 
 def pytest_collection_modifyitems(config, items):

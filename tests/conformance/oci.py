@@ -13,6 +13,9 @@ from pathlib import Path
 
 BUSYBOX = Path("/bin/busybox")
 IMAGE_NAME = "localhost/containerd-deploy/busybox:conformance"
+# A pod sandbox ("pause") image made the same way: busybox sleeping until it is stopped.
+PAUSE_IMAGE_NAME = "localhost/containerd-deploy/pause:conformance"
+PAUSE_COMMAND = ["/bin/sleep", "2147483647"]
 APPLETS = ("sh", "echo", "cat", "sleep", "ls", "id", "true")
 
 
@@ -46,7 +49,8 @@ def _json(document: dict) -> bytes:
     return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
 
 
-def build(busybox_path: Path = BUSYBOX, name: str = IMAGE_NAME, arch: str = "amd64") -> bytes:
+def build(busybox_path: Path = BUSYBOX, name: str = IMAGE_NAME, arch: str = "amd64",
+          command: list[str] | None = None) -> bytes:
     """The OCI layout tarball (bytes) of a one-layer busybox image named `name`."""
     if not busybox_path.exists():
         raise FileNotFoundError(
@@ -58,7 +62,7 @@ def build(busybox_path: Path = BUSYBOX, name: str = IMAGE_NAME, arch: str = "amd
     config = {
         "architecture": arch,
         "os": "linux",
-        "config": {"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"]},
+        "config": {"Env": ["PATH=/bin"], "Cmd": command or ["/bin/sh"]},
         "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(layer).hexdigest()]},
     }
     out = io.BytesIO()

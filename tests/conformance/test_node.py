@@ -3,7 +3,6 @@
     pytest tests/conformance --hosts=ssh://root@node1 [--ssh-config=...]
 """
 
-import base64
 import re
 import uuid
 
@@ -13,10 +12,10 @@ from tasks.config_toml import runc_systemd_cgroup
 from tasks.facts import parse_ctr_version
 
 from . import oci
+from .images import import_image
 
 SOCKET = "/run/containerd/containerd.sock"
 NAMESPACE = "containerd-deploy-conformance"
-UPLOAD_CHUNK = 64 * 1024  # base64 characters per command: well under the kernel's argument limit
 
 
 def release_version(text: str) -> str | None:
@@ -78,24 +77,9 @@ def test_ctr_talks_to_a_daemon_of_its_own_version(host, layout, expected_version
     assert release_version(server) == expected_versions[0]
 
 
-def _upload(host, data: bytes, path: str) -> None:
-    """Put bytes on the node through the shell alone (works with every testinfra backend)."""
-    encoded = base64.b64encode(data).decode()
-    host.check_output(f": > {path}.b64")
-    for start in range(0, len(encoded), UPLOAD_CHUNK):
-        host.check_output(f"printf %s {encoded[start:start + UPLOAD_CHUNK]} >> {path}.b64")
-    host.check_output(f"base64 -d {path}.b64 > {path} && rm -f {path}.b64")
-
-
 def test_a_container_runs(host, layout):
     ctr = f"{layout.ctr} -n {NAMESPACE}"
-    if host.run(f"{ctr} image ls -q | grep -qx {oci.IMAGE_NAME}").rc != 0:
-        path = host.check_output("mktemp /tmp/containerd-deploy-image.XXXXXX")
-        try:
-            _upload(host, oci.build(), path)
-            host.check_output(f"{ctr} image import {path}")
-        finally:
-            host.run(f"rm -f {path} {path}.b64")
+    import_image(host, layout.ctr, NAMESPACE, oci.IMAGE_NAME)
     marker = f"conformance-{uuid.uuid4().hex[:8]}"
     result = host.run(f"{ctr} run --rm {oci.IMAGE_NAME} {marker} /bin/echo {marker}")
     assert result.rc == 0, f"ctr run failed (exit {result.rc}): {result.stderr}"

@@ -43,6 +43,17 @@ def node_snapshot(node) -> str:
     ).stdout
 
 
+def conformance(node, *extra: str) -> subprocess.CompletedProcess:
+    """The conformance suite against one node, as an operator runs it."""
+    from tests.harness import vm
+
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rf", "-p", "no:cacheprovider", "tests/conformance",
+         f"--hosts=ssh://{node.name}", f"--ssh-config={vm.ssh_config_file()}", *extra],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=900,
+    )
+
+
 def deploy_ok(node, **data) -> dict:
     process, results = pyinfra(node.name, data=data)
     assert process.returncode == 0, f"deploy failed:\n{process.stderr[-4000:]}"

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from . import image, mirror, vm
 from .paths import REPO_ROOT, run_root
+from ..conformance.oci import PAUSE_IMAGE_NAME
 
 MIRROR_STATE = "mirror.json"
 
@@ -84,6 +85,8 @@ def node_data(release: mirror.Release, mirror_port: int) -> dict:
         "containerd_sha256": release.containerd_sha256,
         "runc_version": release.runc_version,
         "runc_sha256": release.runc_sha256,
+        # No registry here: the CRI conformance checks import this pause image themselves.
+        "containerd_sandbox_image": PAUSE_IMAGE_NAME,
     }
 
 

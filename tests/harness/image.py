@@ -5,6 +5,7 @@ suite and the harness SSH key, so only the first run pays for mmdebstrap (~2 min
 """
 
 import fcntl
+import inspect
 import shutil
 import subprocess
 import tempfile
@@ -17,8 +18,17 @@ from .paths import cache_root, debian_mirror_uri, digest
 PACKAGES = [
     "systemd", "systemd-sysv", "udev", "dbus", "kmod", "procps", "iproute2",
     "openssh-server", "linux-image-amd64", "curl", "ca-certificates",
+    # A second OCI runtime, for the extra-runtime-handler tests (containerd_runtimes).
+    "crun",
 ]
 IMAGE_SIZE = "4G"
+MMDEBSTRAP_OPTIONS = [
+    "--variant=minbase", "--mode=root", "--format=directory",
+    '--aptopt=Acquire::Languages "none"',
+    "--dpkgopt=path-exclude=/usr/share/man/*",
+    "--dpkgopt=path-exclude=/usr/share/doc/*",
+    "--dpkgopt=path-exclude=/usr/share/locale/*",
+]
 
 
 @dataclass(frozen=True)
@@ -98,7 +108,8 @@ def _customize(root: Path, pubkey: str) -> None:
 def build(suite: str = "bookworm") -> Image:
     key = ssh_key()
     pubkey = key.with_suffix(".pub").read_text()
-    tag = digest(Path(__file__), suite, pubkey, " ".join(PACKAGES))
+    # Keyed on what shapes the image, not on the rest of this file.
+    tag = digest(inspect.getsource(_customize), " ".join(MMDEBSTRAP_OPTIONS), IMAGE_SIZE, suite, pubkey, " ".join(PACKAGES))
     images = cache_root() / "images"
     images.mkdir(exist_ok=True)
     image = Image(suite, images / f"debian-{suite}-{tag}")
@@ -107,6 +118,10 @@ def build(suite: str = "bookworm") -> Image:
         if (image.directory / "ready").exists():
             return image
         _build(image, pubkey)
+        # Images of this suite built by an older harness or key: several GB each, never used again.
+        for stale in images.glob(f"debian-{suite}-*"):
+            if stale != image.directory:
+                shutil.rmtree(stale, ignore_errors=True)
     return image
 
 
@@ -115,15 +130,8 @@ def _build(image: Image, pubkey: str) -> None:
     try:
         root = work / "root"
         subprocess.run(
-            [
-                "mmdebstrap", "--variant=minbase", "--mode=root", "--format=directory",
-                "--include=" + ",".join(PACKAGES),
-                "--aptopt=Acquire::Languages \"none\"",
-                "--dpkgopt=path-exclude=/usr/share/man/*",
-                "--dpkgopt=path-exclude=/usr/share/doc/*",
-                "--dpkgopt=path-exclude=/usr/share/locale/*",
-                image.suite, str(root), debian_mirror_uri(),
-            ],
+            ["mmdebstrap", *MMDEBSTRAP_OPTIONS, "--include=" + ",".join(PACKAGES),
+             image.suite, str(root), debian_mirror_uri()],
             check=True,
         )
         _customize(root, pubkey)
@@ -140,4 +148,16 @@ def _build(image: Image, pubkey: str) -> None:
             shutil.rmtree(image.directory)
         out.rename(image.directory)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        _remove_tree(work)
+
+
+def _remove_tree(path: Path) -> None:
+    """rm -rf that first unmounts whatever an interrupted mmdebstrap left mounted inside (its
+    chroot's /proc, /sys, /dev): never delete through a mount into the host."""
+    mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+    inside = sorted((m for m in mounts if m == str(path) or m.startswith(f"{path}/")), key=len, reverse=True)
+    for mount in inside:
+        subprocess.run(["umount", "-l", mount], check=False)
+    if any(line.split()[1].startswith(f"{path}/") for line in Path("/proc/mounts").read_text().splitlines()):
+        raise RuntimeError(f"{path} still has mounts inside; not removing it")
+    shutil.rmtree(path, ignore_errors=True)

@@ -10,6 +10,7 @@ stopped by the PID qemu wrote there.
 """
 
 import fcntl
+import inspect
 import json
 import os
 import shutil
@@ -169,7 +170,8 @@ def _alive(pid: int) -> bool:
 
 def _saved_state(image: Image) -> Path:
     """Boot the image once and save the running VM (disk overlay + memory), keyed on qemu and image."""
-    key = digest(_qemu_version(), Path(__file__), str(image.directory))
+    # A saved state only resumes under the same qemu and command line, from the same disk.
+    key = digest(_qemu_version(), inspect.getsource(_qemu_command), MEMORY_MB, CPUS, str(image.directory))
     snapshot = cache_root() / "snapshots" / f"{image.directory.name}-{key}"
     snapshot.parent.mkdir(exist_ok=True)
     with open(snapshot.parent / f".{snapshot.name}.lock", "w") as lock:
@@ -200,6 +202,12 @@ def _saved_state(image: Image) -> Path:
         for leftover in ("qmp.sock", "pid"):
             (snapshot / leftover).unlink(missing_ok=True)
         (snapshot / "ready").write_text("")
+        # Saved states of images that are gone, or of this image under an older qemu or harness.
+        for stale in snapshot.parent.iterdir():
+            image_name = stale.name.rsplit("-", 1)[0]
+            if stale.is_dir() and stale != snapshot and (
+                    image_name == image.directory.name or not (image.directory.parent / image_name).exists()):
+                shutil.rmtree(stale, ignore_errors=True)
     return snapshot
 
 

@@ -1,0 +1,146 @@
+"""Talk CRI (v1, generated stubs over gRPC) to a node's containerd, as a kubelet does.
+
+The node's socket is reached through an OpenSSH unix-socket forward made with the same SSH
+settings testinfra uses for that host, so nothing is installed on the node.
+"""
+
+import json
+import os
+import shlex
+import subprocess
+import tempfile
+import time
+
+import grpc
+from cri_api.v1 import api_pb2 as api
+from cri_api.v1 import api_pb2_grpc as rpc
+
+SOCKET = "/run/containerd/containerd.sock"
+
+
+class ForwardError(RuntimeError):
+    pass
+
+
+def _ssh_command(backend, local: str, remote: str) -> list[str]:
+    """An `ssh -N -L local:remote` for a testinfra ssh:// backend, with its config and identity."""
+    command = ["ssh"]
+    if backend.ssh_extra_args:
+        command += shlex.split(backend.ssh_extra_args)
+    if backend.ssh_config:
+        command += ["-F", backend.ssh_config]
+    if backend.host.user:
+        command += ["-o", f"User={backend.host.user}"]
+    if backend.host.port:
+        command += ["-o", f"Port={backend.host.port}"]
+    if backend.ssh_identity_file:
+        command += ["-i", backend.ssh_identity_file]
+    return command + [
+        "-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes", "-o", "StreamLocalBindUnlink=yes",
+        # A connection of its own: a shared master would outlive this forward's process.
+        "-o", "ControlMaster=no", "-o", "ControlPath=none",
+        "-N", "-L", f"{local}:{remote}", backend.host.name,
+    ]
+
+
+class Forward:
+    """The node's CRI socket as a local path: an SSH forward, or the socket itself on local://."""
+
+    def __init__(self, host, remote: str = SOCKET, timeout: float = 30):
+        self.process = None
+        self.directory = None
+        backend = host.backend
+        if backend.NAME == "local":
+            self.path = remote
+            return
+        if backend.NAME not in ("ssh", "safe-ssh"):
+            raise ForwardError(
+                f"the CRI checks reach the node's socket through an OpenSSH forward: use --hosts=ssh://… "
+                f"(this host uses the {backend.NAME} backend)"
+            )
+        self.directory = tempfile.mkdtemp(prefix="cri-")
+        self.path = os.path.join(self.directory, "containerd.sock")
+        self.process = subprocess.Popen(_ssh_command(backend, self.path, remote), stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + timeout
+        while not os.path.exists(self.path):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.close()
+                error = self.process.stderr.read().decode(errors="replace").strip() if self.process.stderr else ""
+                raise ForwardError(f"could not forward {remote} from {backend.host.name} over SSH: {error or 'timed out'}")
+            time.sleep(0.05)
+
+    def close(self):
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+        if self.directory:
+            for name in os.listdir(self.directory):
+                os.unlink(os.path.join(self.directory, name))
+            os.rmdir(self.directory)
+            self.directory = None
+
+
+class CRI:
+    """The RuntimeService and ImageService of one node."""
+
+    def __init__(self, socket_path: str, timeout: float = 60):
+        self.channel = grpc.insecure_channel(f"unix://{socket_path}")
+        self.runtime = rpc.RuntimeServiceStub(self.channel)
+        self.images = rpc.ImageServiceStub(self.channel)
+        self.timeout = timeout
+
+    def call(self, stub, method: str, request):
+        return getattr(stub, method)(request, timeout=self.timeout)
+
+    def version(self):
+        return self.call(self.runtime, "Version", api.VersionRequest())
+
+    def status(self) -> tuple[dict, dict]:
+        """(conditions by type, verbose info decoded from JSON)."""
+        response = self.call(self.runtime, "Status", api.StatusRequest(verbose=True))
+        conditions = {condition.type: condition for condition in response.status.conditions}
+        info = {}
+        for key, value in response.info.items():
+            try:
+                info[key] = json.loads(value)
+            except ValueError:
+                info[key] = value
+        return conditions, info
+
+    def image_present(self, name: str) -> bool:
+        response = self.call(self.images, "ImageStatus", api.ImageStatusRequest(image=api.ImageSpec(image=name)))
+        return response.HasField("image")
+
+    def close(self):
+        self.channel.close()
+
+
+def cri_config(info: dict) -> dict:
+    """The CRI plugin's effective config from a verbose Status (1.x and 2.x both report it as `config`)."""
+    config = info.get("config")
+    if not isinstance(config, dict):
+        raise AssertionError(f"the verbose CRI status has no config section (keys: {sorted(info)})")
+    return config
+
+
+def runtime_handlers(config: dict) -> dict:
+    """Runtime handler name -> its config, from the CRI config."""
+    return (config.get("containerd") or {}).get("runtimes") or {}
+
+
+def systemd_cgroup(config: dict, handler: str = "runc") -> bool | None:
+    """The SystemdCgroup option the running daemon uses for a runtime handler (None: not reported)."""
+    runtime = runtime_handlers(config).get(handler)
+    if runtime is None:
+        return None
+    options = runtime.get("options") or {}
+    return options.get("SystemdCgroup")
+
+
+def sandbox_image(config: dict) -> str | None:
+    """The pause image the daemon uses: `sandboxImage` in 1.x, pinned images in 2.x."""
+    if config.get("sandboxImage"):
+        return config["sandboxImage"]
+    pinned = config.get("pinnedImages") or {}
+    return pinned.get("sandbox")

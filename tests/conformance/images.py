@@ -1,0 +1,27 @@
+"""Put the locally built test images on a node, through the shell alone (any testinfra backend)."""
+
+import base64
+
+from . import oci
+
+UPLOAD_CHUNK = 64 * 1024  # base64 characters per command: well under the kernel's argument limit
+
+
+def _upload(host, data: bytes, path: str) -> None:
+    encoded = base64.b64encode(data).decode()
+    host.check_output(f": > {path}.b64")
+    for start in range(0, len(encoded), UPLOAD_CHUNK):
+        host.check_output(f"printf %s {encoded[start:start + UPLOAD_CHUNK]} >> {path}.b64")
+    host.check_output(f"base64 -d {path}.b64 > {path} && rm -f {path}.b64")
+
+
+def import_image(host, ctr: str, namespace: str, name: str, command: list[str] | None = None) -> None:
+    """Import the busybox image `name` into a containerd namespace, unless it is there already."""
+    if host.run(f"{ctr} -n {namespace} image ls -q | grep -qxF {name}").rc == 0:
+        return
+    path = host.check_output("mktemp /tmp/containerd-deploy-image.XXXXXX")
+    try:
+        _upload(host, oci.build(name=name, command=command), path)
+        host.check_output(f"{ctr} -n {namespace} image import {path}")
+    finally:
+        host.run(f"rm -f {path} {path}.b64")

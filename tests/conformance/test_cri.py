@@ -1,0 +1,195 @@
+"""Down to the CRI: what a kubelet with cgroupDriver=systemd gets from this node's containerd.
+
+A config file that says `SystemdCgroup = true` proves nothing about the running daemon; these
+checks ask the daemon itself, then walk the kubelet's path: a pod sandbox under a systemd
+slice, a container in it, an exec, and the container's process in a systemd scope.
+"""
+
+import json
+import shlex
+import uuid
+
+import pytest
+from cri_api.v1 import api_pb2 as api
+
+from . import oci
+from .cri import CRI, Forward, ForwardError, cri_config, runtime_handlers, sandbox_image, systemd_cgroup
+from .images import import_image
+from .test_node import release_version
+
+K8S_NAMESPACE = "k8s.io"  # the containerd namespace the CRI plugin works in
+FIX_SYSTEMD = ("deploy with containerd_systemd_cgroup=true (SystemdCgroup = true in the runc runtime "
+               "options) and restart containerd")
+
+
+@pytest.fixture(scope="module")
+def cri(host):
+    try:
+        forward = Forward(host)
+    except ForwardError as error:
+        pytest.fail(str(error))
+    client = CRI(forward.path)
+    yield client
+    client.close()
+    forward.close()
+
+
+@pytest.fixture(scope="module")
+def daemon_config(cri):
+    conditions, info = cri.status()
+    return conditions, cri_config(info)
+
+
+@pytest.fixture(scope="module")
+def images(host, layout, cri, daemon_config):
+    """The test image, and the sandbox image when it is this suite's own (no registry needed)."""
+    import_image(host, layout.ctr, K8S_NAMESPACE, oci.IMAGE_NAME)
+    pause = sandbox_image(daemon_config[1])
+    if pause == oci.PAUSE_IMAGE_NAME:
+        import_image(host, layout.ctr, K8S_NAMESPACE, pause, command=oci.PAUSE_COMMAND)
+    # Any other sandbox image is containerd's to pull, as it would for a kubelet.
+    return pause
+
+
+def test_cri_version(cri, expected_versions):
+    version = cri.version()
+    assert version.runtime_name == "containerd"
+    assert release_version(version.runtime_version) == expected_versions[0], (
+        f"the CRI reports containerd {version.runtime_version}, expected {expected_versions[0]}: "
+        "the running daemon is not the deployed binary (restart containerd)")
+    assert version.runtime_api_version == "v1"
+
+
+def test_runtime_is_ready(daemon_config):
+    conditions, _ = daemon_config
+    ready = conditions.get("RuntimeReady")
+    assert ready is not None and ready.status, f"RuntimeReady is not true: {ready}"
+
+
+def test_running_daemon_uses_systemd_cgroups(daemon_config):
+    setting = systemd_cgroup(daemon_config[1])
+    assert setting is True, (
+        f"the running containerd's runc runtime has SystemdCgroup = {setting}, so containers get cgroupfs "
+        f"cgroups while a kubelet with cgroupDriver=systemd expects systemd scopes: {FIX_SYSTEMD}")
+
+
+def test_kubelet_cgroup_driver_matches(host, daemon_config):
+    kubelet = host.file("/var/lib/kubelet/config.yaml")
+    if not kubelet.exists:
+        pytest.skip("no kubelet on this node (/var/lib/kubelet/config.yaml): nothing to match")
+    driver = None
+    for line in kubelet.content_string.splitlines():
+        if line.strip().startswith("cgroupDriver:"):
+            driver = line.split(":", 1)[1].strip().strip("'\"")
+    driver = driver or "cgroupfs"  # the kubelet's own default when the key is absent
+    containerd = "systemd" if systemd_cgroup(daemon_config[1]) else "cgroupfs"
+    assert driver == containerd, (
+        f"kubelet's cgroupDriver is {driver} but containerd's runc uses {containerd}: set both to systemd "
+        "(kubelet cgroupDriver: systemd; containerd_systemd_cgroup=true)")
+
+
+class Pod:
+    """A pod sandbox with one long-running container, made and removed through the CRI."""
+
+    def __init__(self, cri: CRI, handler: str = ""):
+        self.cri, self.handler = cri, handler
+        self.uid = uuid.uuid4().hex  # kubelet writes pod UIDs into slice names without dashes
+        self.slice = f"kubepods-besteffort-pod{self.uid}.slice"
+        self.sandbox_config = api.PodSandboxConfig(
+            metadata=api.PodSandboxMetadata(name=f"conformance-{self.uid[:8]}", uid=self.uid,
+                                            namespace="containerd-deploy-conformance", attempt=0),
+            linux=api.LinuxPodSandboxConfig(
+                cgroup_parent=self.slice,
+                # Host network: no CNI needed, the node may have none yet.
+                security_context=api.LinuxSandboxSecurityContext(
+                    namespace_options=api.NamespaceOption(network=api.NODE)),
+            ),
+        )
+        self.sandbox_id = self.container_id = None
+
+    def start(self) -> "Pod":
+        self.sandbox_id = self.cri.call(self.cri.runtime, "RunPodSandbox", api.RunPodSandboxRequest(
+            config=self.sandbox_config, runtime_handler=self.handler)).pod_sandbox_id
+        container = api.ContainerConfig(
+            metadata=api.ContainerMetadata(name="probe", attempt=0),
+            image=api.ImageSpec(image=oci.IMAGE_NAME),
+            command=["/bin/sleep", "3600"],
+            linux=api.LinuxContainerConfig(),
+        )
+        self.container_id = self.cri.call(self.cri.runtime, "CreateContainer", api.CreateContainerRequest(
+            pod_sandbox_id=self.sandbox_id, config=container, sandbox_config=self.sandbox_config)).container_id
+        self.cri.call(self.cri.runtime, "StartContainer", api.StartContainerRequest(container_id=self.container_id))
+        return self
+
+    def exec(self, *command: str):
+        return self.cri.call(self.cri.runtime, "ExecSync",
+                             api.ExecSyncRequest(container_id=self.container_id, cmd=list(command), timeout=30))
+
+    def pid(self) -> int:
+        status = self.cri.call(self.cri.runtime, "ContainerStatus",
+                               api.ContainerStatusRequest(container_id=self.container_id, verbose=True))
+        assert status.status.state == api.CONTAINER_RUNNING, f"the container is {status.status.state}, not running"
+        return int(json.loads(status.info["info"])["pid"])
+
+    def remove(self) -> None:
+        runtime = self.cri.runtime
+        if self.container_id:
+            self.cri.call(runtime, "StopContainer", api.StopContainerRequest(container_id=self.container_id, timeout=5))
+            self.cri.call(runtime, "RemoveContainer", api.RemoveContainerRequest(container_id=self.container_id))
+        if self.sandbox_id:
+            self.cri.call(runtime, "StopPodSandbox", api.StopPodSandboxRequest(pod_sandbox_id=self.sandbox_id))
+            self.cri.call(runtime, "RemovePodSandbox", api.RemovePodSandboxRequest(pod_sandbox_id=self.sandbox_id))
+
+
+@pytest.fixture(scope="module")
+def pod(cri, images):
+    started = Pod(cri)
+    try:
+        yield started.start()
+    finally:
+        started.remove()
+
+
+def test_pod_container_runs_and_execs(pod):
+    marker = f"cri-{uuid.uuid4().hex[:8]}"
+    result = pod.exec("/bin/echo", marker)
+    assert result.exit_code == 0, result.stderr.decode(errors="replace")
+    assert result.stdout.decode().strip() == marker
+
+
+def test_container_process_is_in_a_systemd_scope_under_the_pod_slice(host, pod):
+    pid = pod.pid()
+    cgroups = host.file(f"/proc/{pid}/cgroup").content_string
+    scope = f"cri-containerd-{pod.container_id}.scope"
+    assert any(line.endswith(f"/{pod.slice}/{scope}") for line in cgroups.splitlines()), (
+        f"the container's process {pid} is in {cgroups.strip()!r}, not in the systemd scope {scope} under "
+        f"{pod.slice}: containerd is not using the systemd cgroup driver ({FIX_SYSTEMD})")
+    state = host.run(f"systemctl show -p ActiveState -p Slice {shlex.quote(scope)}").stdout
+    assert "ActiveState=active" in state and f"Slice={pod.slice}" in state, (
+        f"systemd does not show {scope} active in {pod.slice}: {state.strip()!r}")
+
+
+def test_every_runtime_handler_runs_a_container(host, layout, cri, images, daemon_config):
+    """Each configured handler (runc and any extra ones, e.g. crun) runs a pod, and its container is
+    run by that handler's own binary."""
+    handlers = runtime_handlers(daemon_config[1])
+    missing = [name for name in layout.expect_handlers if name not in handlers]
+    assert not missing, (f"the running containerd offers the runtime handlers {sorted(handlers)}, not {missing}: "
+                         "add them to containerd_runtimes and redeploy")
+    for handler, runtime in sorted(handlers.items()):
+        extra = Pod(cri, handler="" if handler == "runc" else handler)
+        try:
+            extra.start()
+            marker = f"{handler}-{uuid.uuid4().hex[:8]}"
+            result = extra.exec("/bin/echo", marker)
+            assert result.stdout.decode().strip() == marker, f"{handler}: exec printed {result.stdout!r}"
+            binary = (runtime.get("options") or {}).get("BinaryName")
+            if binary and (runtime.get("runtimeType") or runtime.get("runtime_type")) == "io.containerd.runc.v2":
+                # The runc shim keeps each runtime's state under this root; only the binary that
+                # created a container can read its state back.
+                state = host.run(f"{shlex.quote(binary)} --root /run/containerd/runc/{K8S_NAMESPACE} state "
+                                 f"{extra.container_id}")
+                assert state.rc == 0 and extra.container_id in state.stdout, (
+                    f"{handler}: {binary} does not know container {extra.container_id}: {state.stderr.strip()}")
+        finally:
+            extra.remove()

@@ -1,0 +1,40 @@
+"""The CRI conformance checks on every generation: they fail, for the right reason, on a node
+whose containerd uses cgroupfs; and an extra runtime handler (Debian's crun) really runs pods."""
+
+import re
+
+from .helpers import conformance, deploy_ok, main_pid
+
+
+def failed_tests(output: str) -> set[str]:
+    return {re.sub(r"\[.*", "", name) for name in re.findall(r"^FAILED \S+::(\S+)", output, re.MULTILINE)}
+
+
+def test_conformance_fails_for_the_right_reason_on_a_cgroupfs_node(node, first_deploy):
+    deploy_ok(node, containerd_systemd_cgroup=False)
+    try:
+        process = conformance(node)
+        assert process.returncode != 0, "a conformance suite that cannot fail is worthless"
+        assert failed_tests(process.stdout) == {
+            "test_effective_config_uses_systemd_cgroups",
+            "test_running_daemon_uses_systemd_cgroups",
+            "test_container_process_is_in_a_systemd_scope_under_the_pod_slice",
+        }, process.stdout[-4000:]
+        assert "runc runtime has SystemdCgroup = False" in process.stdout
+        assert "not in the systemd scope" in process.stdout
+    finally:
+        deploy_ok(node)
+
+
+def test_an_extra_runtime_handler_runs_pods_with_its_own_binary(node, first_deploy):
+    pid = main_pid(node)
+    deploy_ok(node, containerd_runtimes=[{"name": "crun", "binary_name": "/usr/bin/crun"}])
+    assert main_pid(node) != pid, "a new runtime handler needs a restart to be offered"
+    try:
+        process = conformance(node, "--expect-runtime-handlers=runc,crun", "-k", "runtime_handler")
+        assert process.returncode == 0, process.stdout[-4000:]
+        assert re.search(r"\b1 passed", process.stdout), process.stdout[-2000:]
+    finally:
+        # The handler stays in an existing-based config (the deploy never removes keys it set);
+        # the other policy rebuilds the file from defaults without it.
+        deploy_ok(node, containerd_config_base="default")
