@@ -114,6 +114,16 @@ def parse_ctr_version(lines: list[str]) -> tuple[str | None, str | None]:
     return versions.get("client"), versions.get("server")
 
 
+def _sha256sums(lines: list[str]) -> dict[str, str]:
+    """path -> digest from `sha256sum` output lines."""
+    digests = {}
+    for line in lines:
+        digest, _, path = line.strip().partition("  ")
+        if path:
+            digests[path] = digest
+    return digests
+
+
 def parse_node_state(lines: list[str]) -> NodeState:
     state = NodeState()
     sections: list[tuple[str, list[str]]] = []
@@ -139,13 +149,9 @@ def parse_node_state(lines: list[str]) -> NodeState:
                     manifest.fields[key] = value
         elif name == "actual":
             manifest = state.manifests.setdefault(argument.removesuffix(".manifest"), Manifest())
-            for line in body:
-                digest, _, path = line.strip().partition("  ")
-                if path:
-                    manifest.actual[path] = digest
+            manifest.actual.update(_sha256sums(body))
         elif name == "unit":
-            digests = [line.split()[0] for line in body if line.strip()]
-            state.unit_sha256 = digests[0] if digests else None
+            state.unit_sha256 = next(iter(_sha256sums(body).values()), None)
         elif name == "config":
             state.config_text = _decode(body)
         elif name == "service":
@@ -158,10 +164,7 @@ def parse_node_state(lines: list[str]) -> NodeState:
         elif name == "default":
             state.default_config = _decode(body)
         elif name == "files":
-            for line in body:
-                digest, _, path = line.strip().partition("  ")
-                if path:
-                    state.files[path] = digest
+            state.files.update(_sha256sums(body))
         elif name == "managed":
             state.managed_hosts = [line.strip() for line in body if line.strip()]
     return state

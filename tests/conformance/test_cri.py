@@ -12,6 +12,8 @@ import uuid
 import pytest
 from cri_api.v1 import api_pb2 as api
 
+from tasks.config_toml import PATHS, value_at
+
 from . import oci
 from .cri import CRI, Forward, ForwardError, cri_config, runtime_handlers, sandbox_image, systemd_cgroup
 from .images import import_image
@@ -44,11 +46,23 @@ def daemon_config(cri):
 def images(host, layout, cri, daemon_config):
     """The test image, and the sandbox image when it is this suite's own (no registry needed)."""
     import_image(host, layout.ctr, K8S_NAMESPACE, oci.IMAGE_NAME)
-    pause = sandbox_image(daemon_config[1])
+    # 1.x reports the pause image in the CRI status; 2.x keeps it in the images plugin's config.
+    pause = sandbox_image(daemon_config[1]) or configured_sandbox_image(host, layout)
     if pause == oci.PAUSE_IMAGE_NAME:
         import_image(host, layout.ctr, K8S_NAMESPACE, pause, command=oci.PAUSE_COMMAND)
     # Any other sandbox image is containerd's to pull, as it would for a kubelet.
     return pause
+
+
+def configured_sandbox_image(host, layout) -> str | None:
+    dump = host.run(f"{layout.containerd} --config {layout.config} config dump")
+    if dump.rc != 0:
+        return None
+    for schema in (3, 2):
+        image = value_at(dump.stdout, PATHS["sandbox_image"][schema])
+        if image:
+            return image
+    return None
 
 
 def test_cri_version(cri, expected_versions):

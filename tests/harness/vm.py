@@ -171,7 +171,7 @@ def _alive(pid: int) -> bool:
 def _saved_state(image: Image) -> Path:
     """Boot the image once and save the running VM (disk overlay + memory), keyed on qemu and image."""
     # A saved state only resumes under the same qemu and command line, from the same disk.
-    key = digest(_qemu_version(), inspect.getsource(_qemu_command), MEMORY_MB, CPUS, str(image.directory))
+    key = digest(_qemu_version(), inspect.getsource(_qemu_command), f"{MEMORY_MB} {CPUS}", str(image.directory))
     snapshot = cache_root() / "snapshots" / f"{image.directory.name}-{key}"
     snapshot.parent.mkdir(exist_ok=True)
     with open(snapshot.parent / f".{snapshot.name}.lock", "w") as lock:
