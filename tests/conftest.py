@@ -1,5 +1,9 @@
 """Options of the conformance suite (here so `pytest tests/...` of any subfolder knows them)."""
 
+import os
+import shutil
+import tempfile
+
 import pytest
 
 from tasks.settings import DEFAULTS
@@ -22,10 +26,40 @@ def pytest_addoption(parser):
                     help="comma-separated CRI runtime handlers the node must offer, e.g. runc,crun")
 
 
+    group.addoption("--inventory", default=None,
+                    help="check the hosts of a pyinfra inventory (with its SSH data), instead of --hosts")
+    group.addoption("--limit", default=None,
+                    help="with --inventory: only these hosts or groups (comma-separated, globs allowed)")
+    group.addoption("--accept-new-host-keys", action="store_true", default=False,
+                    help="accept and record host keys not yet in known_hosts (default: refuse them)")
+
+
+def pytest_configure(config):
+    inventory_path = config.getoption("inventory", None)
+    accept_new = config.getoption("accept_new_host_keys", False)
+    if not inventory_path and not accept_new:
+        return
+    from tests.conformance import inventory
+
+    if inventory_path:
+        hosts = inventory.select(inventory.load(inventory_path), config.getoption("limit"))
+        if not hosts:
+            raise pytest.UsageError(f"no hosts in {inventory_path} match --limit={config.getoption('limit')}")
+        text = inventory.ssh_config(hosts, accept_new)
+        config.option.hosts = ",".join(inventory.host_specs(hosts))
+    else:
+        text = inventory.accept_new_wrapper(config.option.ssh_config)
+    directory = tempfile.mkdtemp(prefix="conformance-ssh-")
+    config.option.ssh_config = os.path.join(directory, "ssh_config")
+    with open(config.option.ssh_config, "w") as handle:
+        handle.write(text)
+    config.add_cleanup(lambda: shutil.rmtree(directory, ignore_errors=True))
+
+
 def pytest_collection_modifyitems(config, items):
     conformance = [item for item in items if "conformance" in item.nodeid.split("/")]
     if conformance and not config.getoption("hosts", None):
         raise pytest.UsageError(
             "the conformance suite checks nodes over SSH: give them with "
-            "--hosts=ssh://root@node1,ssh://root@node2 (see README, Conformance)"
+            "--hosts=ssh://root@node1,ssh://root@node2 or --inventory=inventories/prod.py (see README, Conformance)"
         )

@@ -64,5 +64,5 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_sessionfinish(session):
-    if not hasattr(session.config, "workerinput"):  # the controlling process, after every worker
-        harness.stop_mirror_if_idle()
+    # Each xdist worker, when done: the last one to finish finds no node running and stops it.
+    harness.stop_mirror_if_idle()

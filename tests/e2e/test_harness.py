@@ -2,8 +2,12 @@
 
 import os
 
+import pytest
+
 from tests.harness import __main__ as harness
 from tests.harness import vm
+
+pytestmark = pytest.mark.xdist_group("fleet")
 
 
 def test_two_nodes_run_at_once_and_stop_by_pid():

@@ -73,8 +73,13 @@ def stop_mirror() -> None:
 
 
 def stop_mirror_if_idle() -> None:
-    if not vm.running():
-        stop_mirror()
+    with open(run_root() / ".mirror.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not vm.running():
+            info = _mirror_alive()
+            if info:
+                os.kill(info["pid"], signal.SIGTERM)
+            (run_root() / MIRROR_STATE).unlink(missing_ok=True)
 
 
 def node_data(release: mirror.Release, mirror_port: int) -> dict:
@@ -95,11 +100,12 @@ def up(names: list[str], suite: str, release_suite: str | None = None) -> list[v
     `release_suite` ships (default: the same suite; sid's binaries need a trixie image)."""
     built = image.build(suite)
     release = mirror.release(release_suite or suite)
-    port = ensure_mirror()["port"]
     nodes = []
     for name in names:
         started = time.monotonic()
         node = vm.start(name, built)
+        # Asked for once the node runs: a mirror is only stopped when no node runs.
+        port = ensure_mirror()["port"]
         (vm.node_dir(name) / "data.json").write_text(json.dumps(node_data(release, port)))
         print(f"{name}: ssh root@127.0.0.1 -p {node.port} (up in {time.monotonic() - started:.1f}s)", flush=True)
         nodes.append(node)

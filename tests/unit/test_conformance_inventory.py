@@ -1,0 +1,27 @@
+from tests.conformance.inventory import accept_new_wrapper, host_specs, select, ssh_config
+
+HOSTS = [
+    ("node1", ["local_nodes"], {"ssh_hostname": "127.0.0.1", "ssh_port": 2201, "ssh_user": "root",
+                                "ssh_key": "/keys/id", "ssh_known_hosts_file": "/kh", "ssh_strict_host_key_checking": "yes"}),
+    ("worker-arm-1.example.com", ["k8s_workers"], {"ssh_user": "admin", "_sudo": True}),
+]
+
+
+def test_each_host_becomes_an_openssh_entry_with_its_ssh_data():
+    text = ssh_config(HOSTS)
+    assert "Host node1\n  HostName 127.0.0.1\n  Port 2201\n  User root\n  IdentityFile /keys/id\n" in text
+    assert "  UserKnownHostsFile /kh\n  IdentitiesOnly yes\n  StrictHostKeyChecking yes\n  ControlMaster auto\n" in text
+    assert "Host worker-arm-1.example.com\n  HostName worker-arm-1.example.com\n  User admin\n" in text
+    assert host_specs(HOSTS) == ["ssh://node1", "ssh://worker-arm-1.example.com?sudo=true"]
+
+
+def test_accepting_new_host_keys_is_opt_in():
+    assert "accept-new" not in ssh_config(HOSTS)
+    assert ssh_config(HOSTS, accept_new_host_keys=True).count("StrictHostKeyChecking accept-new") == 2
+    assert accept_new_wrapper("/my/config") == "Host *\n  StrictHostKeyChecking accept-new\n\nInclude /my/config\n"
+
+
+def test_limit_by_name_group_or_glob():
+    assert [h[0] for h in select(HOSTS, "k8s_workers")] == ["worker-arm-1.example.com"]
+    assert [h[0] for h in select(HOSTS, "node*")] == ["node1"]
+    assert len(select(HOSTS, None)) == 2 and select(HOSTS, "nothing") == []
