@@ -42,7 +42,10 @@ def pytest_configure(config):
     from tests.conformance import inventory
 
     if inventory_path:
-        hosts = inventory.select(inventory.load(inventory_path), config.getoption("limit"))
+        try:
+            hosts = inventory.select(inventory.load(inventory_path), config.getoption("limit"))
+        except ValueError as error:
+            raise pytest.UsageError(str(error)) from None
         if not hosts:
             raise pytest.UsageError(f"no hosts in {inventory_path} match --limit={config.getoption('limit')}")
         text = inventory.ssh_config(hosts, accept_new)

@@ -5,18 +5,31 @@ entry (address, port, user, key, known_hosts): host keys are verified as OpenSSH
 """
 
 import fnmatch
+import json
 import shlex
+import subprocess
+import sys
 
+
+_LOAD = """
+import json, sys
 from pyinfra.api import State
 from pyinfra.context import ctx_state
 from pyinfra_cli.inventory import make_inventory
+with ctx_state.use(State()):
+    inventory = make_inventory(sys.argv[1], cwd=".")
+json.dump([(host.name, list(host.groups), host.data.dict()) for host in inventory], sys.stdout, default=str)
+"""
 
 
 def load(path: str) -> list[tuple[str, list[str], dict]]:
     """(name, groups, data) of every host in a pyinfra inventory file, group_data included."""
-    with ctx_state.use(State()):
-        inventory = make_inventory(path, cwd=".")
-    return [(host.name, list(host.groups), host.data.dict()) for host in inventory]
+    # In a process of its own: pyinfra's CLI package monkey-patches the process for gevent on
+    # import, which this one (threads, gRPC, subprocesses) must not get.
+    result = subprocess.run([sys.executable, "-c", _LOAD, path], capture_output=True, text=True)
+    if result.returncode:
+        raise ValueError(f"cannot load the pyinfra inventory {path}: {result.stderr.strip()[-2000:]}")
+    return [tuple(host) for host in json.loads(result.stdout)]
 
 
 def select(hosts, limit: str | None):

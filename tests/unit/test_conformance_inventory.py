@@ -25,3 +25,13 @@ def test_limit_by_name_group_or_glob():
     assert [h[0] for h in select(HOSTS, "k8s_workers")] == ["worker-arm-1.example.com"]
     assert [h[0] for h in select(HOSTS, "node*")] == ["node1"]
     assert len(select(HOSTS, None)) == 2 and select(HOSTS, "nothing") == []
+
+
+def test_loading_the_example_inventory_with_its_group_data():
+    from tests.conformance.inventory import load
+
+    hosts = {name: (groups, data) for name, groups, data in load("inventories/example.py")}
+    assert "worker-arm-1.example.com" in hosts and len(hosts) == 5
+    groups, data = hosts["worker-arm-1.example.com"]
+    assert "k8s_workers" in groups and data["ssh_user"] == "admin" and data["_sudo"] is True
+    assert data["containerd_version"] == "1.7.11", "group_data/k8s_workers.py applies"
