@@ -15,9 +15,11 @@ _KEY = Path.home() / ".cache" / "containerd-deploy" / "ssh" / "id_ed25519"
 def _local_nodes():
     nodes = []
     for path in sorted(_NODES.glob("*/node.json")):
-        node = json.loads(path.read_text())
-        data_file = path.parent / "data.json"
-        data = json.loads(data_file.read_text()) if data_file.exists() else {}
+        try:
+            node = json.loads(path.read_text())
+            data = json.loads((path.parent / "data.json").read_text())
+        except (OSError, ValueError):
+            continue  # a node still starting (no data yet) or just stopped: not deployable now
         data.update(
             ssh_hostname="127.0.0.1",
             ssh_port=node["port"],

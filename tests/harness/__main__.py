@@ -106,7 +106,7 @@ def up(names: list[str], suite: str, release_suite: str | None = None) -> list[v
         node = vm.start(name, built)
         # Asked for once the node runs: a mirror is only stopped when no node runs.
         port = ensure_mirror()["port"]
-        (vm.node_dir(name) / "data.json").write_text(json.dumps(node_data(release, port)))
+        vm.replace_file(vm.node_dir(name) / "data.json", json.dumps(node_data(release, port)))
         print(f"{name}: ssh root@127.0.0.1 -p {node.port} (up in {time.monotonic() - started:.1f}s)", flush=True)
         nodes.append(node)
     return nodes

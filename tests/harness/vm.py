@@ -79,20 +79,29 @@ def ssh_config_file() -> Path:
     return run_root() / "ssh_config"
 
 
+def replace_file(path: Path, text: str) -> None:
+    """Write by rename: ssh processes of other test workers read these files at any moment."""
+    temp = path.with_name(f".{path.name}.{os.getpid()}")
+    temp.write_text(text)
+    os.replace(temp, path)
+
+
 def _write_ssh_config() -> None:
-    entries = []
-    for path in sorted(run_root().glob("*/node.json")):
-        node = json.loads(path.read_text())
-        entries.append(
-            f"Host {node['name']}\n"
-            f"  HostName 127.0.0.1\n  Port {node['port']}\n  User root\n"
-            f"  IdentityFile {ssh_key()}\n  IdentitiesOnly yes\n"
-            f"  UserKnownHostsFile {known_hosts_file()}\n  StrictHostKeyChecking yes\n"
-            # One TCP+SSH handshake per node for a whole test run: each costs ~2 s under TCG.
-            f"  ControlMaster auto\n  ControlPath /tmp/containerd-deploy-%C\n  ControlPersist 120\n"
-            "  LogLevel ERROR\n"
-        )
-    ssh_config_file().write_text("\n".join(entries))
+    with open(run_root() / ".ssh_config.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # nodes of parallel test workers come and go at once
+        entries = []
+        for path in sorted(run_root().glob("*/node.json")):
+            node = json.loads(path.read_text())
+            entries.append(
+                f"Host {node['name']}\n"
+                f"  HostName 127.0.0.1\n  Port {node['port']}\n  User root\n"
+                f"  IdentityFile {ssh_key()}\n  IdentitiesOnly yes\n"
+                f"  UserKnownHostsFile {known_hosts_file()}\n  StrictHostKeyChecking yes\n"
+                # One TCP+SSH handshake per node for a whole test run: each costs ~2 s under TCG.
+                f"  ControlMaster auto\n  ControlPath /tmp/containerd-deploy-%C\n  ControlPersist 120\n"
+                "  LogLevel ERROR\n"
+            )
+        replace_file(ssh_config_file(), "\n".join(entries))
 
 
 def _qemu_version() -> str:
@@ -140,7 +149,7 @@ def _write_known_hosts(port: int, host_key: str) -> None:
         marker = f"[127.0.0.1]:{port} "
         lines = [line for line in (path.read_text().splitlines() if path.exists() else []) if not line.startswith(marker)]
         lines.append(marker + host_key)
-        path.write_text("\n".join(lines) + "\n")
+        replace_file(path, "\n".join(lines) + "\n")
 
 
 def _wait_for_ssh(node: Node, timeout: float) -> None:
@@ -246,7 +255,7 @@ def start(name: str, image: Image, port: int | None = None) -> Node:
     command = _qemu_command(image, directory / "disk.qcow2", directory, port)
     command += ["-incoming", f"exec:cat {snapshot / 'state'}"]
     subprocess.run(command, check=True)
-    (directory / "node.json").write_text(json.dumps(asdict(node)))
+    replace_file(directory / "node.json", json.dumps(asdict(node)))
     _write_ssh_config()
     try:
         with QMP(directory / "qmp.sock") as qmp:
