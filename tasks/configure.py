@@ -1,7 +1,6 @@
 """Write config.toml, the systemd unit and its proxy drop-in, and the registry hosts.toml files."""
 
 import hashlib
-import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -17,7 +17,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
 from . import image, mirror, vm
 from .paths import REPO_ROOT, run_root
