@@ -31,6 +31,8 @@ PATHS = {
 for _paths in PATHS.values():
     _paths[4] = _paths[3]
 RUNC_OPTIONS_PATH = {schema: runtimes + ("runc", "options") for schema, runtimes in PATHS["runtimes"].items()}
+# How disabled_plugins may name the CRI plugins (short name, 1.x and 2.x plugin IDs).
+CRI_PLUGIN_IDS = {"cri", "io.containerd.grpc.v1.cri", "io.containerd.cri.v1.runtime", "io.containerd.cri.v1.images"}
 # The oldest containerd that reads each schema version.
 SCHEMA_NEEDS = {2: Version("1.3"), 3: Version("2.0"), 4: Version("2.3")}
 
@@ -151,10 +153,22 @@ def _registry_config_path(document, schema: int, config_path: str) -> None:
     _set(document, registry + ("config_path",), config_path)
 
 
+def _enable_cri(document) -> None:
+    """Take the CRI plugins out of `disabled_plugins` (Docker's containerd.io package ships
+    `disabled_plugins = ["cri"]`): this deploy makes a kubelet's runtime."""
+    disabled = document.get("disabled_plugins")
+    if not isinstance(disabled, list):
+        return
+    for index in reversed(range(len(disabled))):
+        if str(disabled[index]) in CRI_PLUGIN_IDS:
+            del disabled[index]
+
+
 def render(text: str, containerd_version: Version, knobs: Knobs) -> str:
     """`text` with every knob applied, in the schema the document declares."""
     document = parse(text)
     schema = schema_version(document, containerd_version)
+    _enable_cri(document)
     _set(document, RUNC_OPTIONS_PATH[schema] + ("SystemdCgroup",), knobs.systemd_cgroup)
     if knobs.sandbox_image is not None:
         _set(document, PATHS["sandbox_image"][schema], knobs.sandbox_image)

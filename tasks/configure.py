@@ -9,10 +9,10 @@ from pyinfra.api import deploy
 from pyinfra.api.exceptions import DeployError
 
 from . import registries
-from .config_toml import ConfigError, Knobs, render
+from .config_toml import ConfigError, Knobs, render, runc_systemd_cgroup
 from .facts import ContainerdDefaultConfig, NodeState
 from .operations import file_absent, file_content
-from .settings import DEFAULTS, Settings
+from .settings import DEFAULTS, DataError, Settings
 
 UNIT_TEMPLATE = Path(__file__).resolve().parent.parent / "files" / "containerd.service"
 PROXY_DROPIN = "http-proxy.conf"
@@ -62,9 +62,15 @@ def knobs(settings: Settings) -> Knobs:
 def desired_config(settings: Settings, base_text: str) -> str:
     """The config.toml this host should have, from its current file or the binary's defaults."""
     try:
-        return render(base_text, settings.containerd_version, knobs(settings))
+        text = render(base_text, settings.containerd_version, knobs(settings))
     except ConfigError as error:
         raise DeployError(f"{settings.host}: {settings.containerd_config_path} {error}") from None
+    if bool(runc_systemd_cgroup(text)) != settings.containerd_systemd_cgroup:
+        wanted = str(settings.containerd_systemd_cgroup).lower()
+        raise DataError(settings.host, "containerd_config_extra",
+                        f"sets the runc runtime's SystemdCgroup against containerd_systemd_cgroup = {wanted}",
+                        "set the cgroup driver with containerd_systemd_cgroup alone")
+    return text
 
 
 def registry_files(settings: Settings) -> dict[str, tuple[str, str]]:
@@ -107,6 +113,8 @@ class ConfigureResult:
     config: object
     unit: object
     dropin: object
+    config_text: object  # the config.toml text this run leaves, or a callable giving it when run
+    loaded_files: tuple  # what the daemon reads at start: config, unit and its drop-in
 
 
 @deploy("Configure containerd", data_defaults=DEFAULTS)
@@ -123,13 +131,17 @@ def configure_containerd(settings: Settings, node: NodeState, binaries_current: 
         # Computed now, before any operation runs: a broken file stops the deploy unchanged.
         config = desired_config(settings, base)
     else:
+        rendered = {}
+
         def config():
             if not host.state.is_executing:
                 return "(from the containerd config default of the binary this run installs)\n"
-            defaults = host.get_fact(ContainerdDefaultConfig, bin_dir=settings.containerd_bin_dir)
-            if not defaults:
-                raise DeployError(f"{settings.host}: {settings.containerd_bin_dir}/containerd config default printed nothing")
-            return desired_config(settings, defaults)
+            if "text" not in rendered:  # read once, for the write and for the verify step
+                defaults = host.get_fact(ContainerdDefaultConfig, bin_dir=settings.containerd_bin_dir)
+                if not defaults:
+                    raise DeployError(f"{settings.host}: {settings.containerd_bin_dir}/containerd config default printed nothing")
+                rendered["text"] = desired_config(settings, defaults)
+            return rendered["text"]
 
     config_op = file_content(
         name=f"Write {settings.containerd_config_path}",
@@ -158,4 +170,5 @@ def configure_containerd(settings: Settings, node: NodeState, binaries_current: 
         if path not in wanted:
             file_absent(name=f"Remove {path} (no longer in containerd_registries)", path=path, present=True,
                         remove_empty_parent=True)
-    return ConfigureResult(config_op, unit_op, dropin_op)
+    loaded = (settings.containerd_config_path, settings.containerd_unit_path, dropin_path)
+    return ConfigureResult(config_op, unit_op, dropin_op, config, loaded)

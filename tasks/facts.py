@@ -124,15 +124,19 @@ def _sha256sums(lines: list[str]) -> dict[str, str]:
     return digests
 
 
-def parse_node_state(lines: list[str]) -> NodeState:
-    state = NodeState()
+def _sections(lines: list[str]) -> list[tuple[str, list[str]]]:
     sections: list[tuple[str, list[str]]] = []
     for line in lines:
         if line.startswith(SECTION):
             sections.append((line[len(SECTION):].strip(), []))
         elif sections:
             sections[-1][1].append(line)
-    for header, body in sections:
+    return sections
+
+
+def parse_node_state(lines: list[str]) -> NodeState:
+    state = NodeState()
+    for header, body in _sections(lines):
         name, _, argument = header.partition(" ")
         if name == "machine":
             state.machine = argument
@@ -199,3 +203,145 @@ class ContainerdDefaultConfig(FactBase):
 
     def process(self, output):
         return _decode(output)
+
+
+@dataclass
+class DaemonState:
+    """The running containerd as the deploy's verify step sees it."""
+
+    active_state: str = ""
+    need_daemon_reload: bool = False
+    main_pid: int = 0
+    exe: str = ""
+    started: float | None = None  # epoch seconds the daemon process started
+    mtimes: dict = field(default_factory=dict)  # path -> epoch mtime of files it should have loaded
+    ctr_client: str | None = None
+    ctr_server: str | None = None
+    ctr_error: str = ""
+    plugins: dict = field(default_factory=dict)  # (type, id) -> status, from `ctr plugins ls`
+    dump: str | None = None
+    dump_error: str = ""
+    kubelet_config: str | None = None
+    container: str = "absent"  # "absent", "failed <why>", or "task <status>" of the container it ran
+    container_cgroups: list = field(default_factory=list)
+    container_scope: str | None = None
+
+
+VERIFY_NAMESPACE = "k8s.io"  # the sandbox image is where the CRI (and so a kubelet) has it
+
+
+def daemon_state_command(bin_dir: str, config_path: str, unit: str, files: tuple, image: str,
+                         systemd_cgroup: bool) -> str:
+    q = shlex.quote
+    ctr = f'{q(f"{bin_dir}/ctr")} -n {VERIFY_NAMESPACE}'
+    # ctr's own systemd-cgroup flag puts the task in system.slice/containerd-deploy-<id>.scope,
+    # as the CRI puts a pod's containers in scopes.
+    cgroup = '--runc-systemd-cgroup --cgroup "system.slice:containerd-deploy:$id" ' if systemd_cgroup else ""
+    return "\n".join([
+        f"unit={q(unit)}",
+        f'echo "{SECTION}service"',
+        'systemctl show "$unit" -p ActiveState -p MainPID -p NeedDaemonReload 2>/dev/null',
+        'pid=$(systemctl show "$unit" -p MainPID --value 2>/dev/null)',
+        'if [ "${pid:-0}" -gt 0 ] 2>/dev/null; then',
+        f'  echo "{SECTION}exe"',
+        '  readlink "/proc/$pid/exe"',
+        f'  echo "{SECTION}started"',
+        # Field 22 of /proc/PID/stat is the start in clock ticks after boot (counted after the
+        # command name, which may hold spaces).
+        '''  awk -v hz="$(getconf CLK_TCK)" -v boot="$(sed -n 's/^btime //p' /proc/stat)" '''
+        ''''{ sub(/.*\\) /, ""); printf "%.2f\\n", boot + $20 / hz }' "/proc/$pid/stat"''',
+        'fi',
+        f'echo "{SECTION}mtimes"',
+        *[f"[ -e {q(path)} ] && stat -c '%Y %n' {q(path)}" for path in files],
+        f'echo "{SECTION}ctr"',
+        f"timeout 10 {ctr} version 2>&1",
+        f'echo "{SECTION}plugins"',
+        f"timeout 10 {ctr} plugins ls 2>&1",
+        f'echo "{SECTION}dump"',
+        f"if dump=$({q(f'{bin_dir}/containerd')} --config {q(config_path)} config dump 2>&1); "
+        'then echo "ok $(printf %s "$dump" | base64 -w0)"; else echo "error $(printf %s "$dump" | base64 -w0)"; fi',
+        f'echo "{SECTION}kubelet"',
+        "[ -f /var/lib/kubelet/config.yaml ] && base64 -w0 /var/lib/kubelet/config.yaml && echo",
+        f'echo "{SECTION}container"',
+        f"image={q(image)}",
+        'id="verify-$$"',
+        f'if [ -n "$image" ] && timeout 10 {ctr} images ls -q 2>/dev/null | grep -qxF "$image"; then',
+        f'  if out=$(timeout 60 {ctr} run -d {cgroup}"$image" "containerd-deploy-$id" 2>&1); then',
+        f'''    task=$({ctr} tasks ls 2>/dev/null | awk -v id="containerd-deploy-$id" '$1 == id {{ print $2, $3 }}')''',
+        '    echo "task ${task#* }"',
+        f'    [ -n "$task" ] && sed "s/^/cgroup /" "/proc/${{task%% *}}/cgroup"',
+        '  else',
+        '''    echo "failed $(printf %s "$out" | tr '\\n' ' ')"''',
+        '  fi',
+        f'  timeout 30 {ctr} tasks rm -f "containerd-deploy-$id" >/dev/null 2>&1',
+        f'  timeout 30 {ctr} containers rm "containerd-deploy-$id" >/dev/null 2>&1',
+        'else',
+        '  echo absent',
+        'fi',
+        "exit 0",
+    ])
+
+
+def parse_daemon_state(lines: list[str]) -> DaemonState:
+    state = DaemonState()
+    for name, body in _sections(lines):
+        if name == "service":
+            props = dict(line.strip().partition("=")[::2] for line in body if "=" in line)
+            state.active_state = props.get("ActiveState", "")
+            state.need_daemon_reload = props.get("NeedDaemonReload") == "yes"
+            state.main_pid = int(props.get("MainPID") or 0) if (props.get("MainPID") or "0").isdigit() else 0
+        elif name == "exe":
+            state.exe = "".join(body).strip()
+        elif name == "started":
+            try:
+                state.started = float("".join(body).strip())
+            except ValueError:
+                state.started = None
+        elif name == "mtimes":
+            for line in body:
+                mtime, _, path = line.strip().partition(" ")
+                if path and mtime.isdigit():
+                    state.mtimes[path] = int(mtime)
+        elif name == "ctr":
+            state.ctr_client, state.ctr_server = parse_ctr_version(body)
+            state.ctr_error = "\n".join(body) if not state.ctr_server else ""
+        elif name == "plugins":
+            for line in body[1:]:
+                columns = line.split()
+                if len(columns) >= 4:
+                    state.plugins[(columns[0], columns[1])] = columns[-1]
+        elif name == "dump":
+            outcome, _, encoded = "".join(body).strip().partition(" ")
+            text = base64.b64decode(encoded).decode(errors="replace") if encoded else ""
+            if outcome == "ok":
+                state.dump = text
+            else:
+                state.dump_error = text or "no output"
+        elif name == "kubelet":
+            state.kubelet_config = _decode(body) if any(line.strip() for line in body) else None
+        elif name == "container":
+            for line in body:
+                if line.startswith("cgroup "):
+                    state.container_cgroups.append(line[len("cgroup "):].strip())
+                elif line.strip():
+                    state.container = line.strip()
+            state.container_scope = next((cgroup.split(":", 2)[-1] for cgroup in state.container_cgroups
+                                          if cgroup.endswith(".scope") and "containerd-deploy-" in cgroup), None)
+    return state
+
+
+class ContainerdDaemon(FactBase):
+    """
+    Returns a ``DaemonState``: the running containerd's service state, process, version,
+    CRI plugins, effective config, a kubelet's config, and whether a container runs.
+    """
+
+    @staticmethod
+    def default():
+        return DaemonState()
+
+    def command(self, bin_dir, config_path, unit, files=(), image="", systemd_cgroup=True):
+        return daemon_state_command(bin_dir, config_path, unit, tuple(files), image, systemd_cgroup)
+
+    def process(self, output):
+        return parse_daemon_state(output)

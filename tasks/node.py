@@ -11,6 +11,7 @@ from .facts import ContainerdNode, NodeState
 from .install import install_binaries
 from .operations import artifact_is_installed
 from .service import run_containerd
+from .verify import verify_containerd
 from .settings import DEFAULTS, Settings, arch_of, for_host
 
 
@@ -56,3 +57,5 @@ def containerd_node():
         reload_after=(configured.unit, configured.dropin),
         restart_after=(containerd_op, runc_op, configured.config, configured.unit, configured.dropin),
     )
+    if settings.containerd_verify:
+        verify_containerd(settings, configured.config_text, configured.loaded_files)

@@ -50,6 +50,8 @@ DEFAULTS: dict = {
     "containerd_no_proxy": None,
     "containerd_limit_nofile": None,
     "containerd_ready_timeout": 60,
+    # The last step: check the running daemon as a kubelet will use it; fail the run if not.
+    "containerd_verify": True,
 }
 
 # Release lines this deploy knows how to configure (config schema v2 for 1.x, v3+ for 2.x).
@@ -99,6 +101,7 @@ class Settings:
     containerd_no_proxy: str | None
     containerd_limit_nofile: str | None
     containerd_ready_timeout: int
+    containerd_verify: bool
 
 
 def parse_version(host: str, key: str, value, supported: tuple[Version, Version]) -> Version:
@@ -279,6 +282,7 @@ def resolve(host: str, data: Mapping) -> Settings:
         containerd_no_proxy=_optional_text(host, "containerd_no_proxy", value["containerd_no_proxy"], "localhost,127.0.0.1,.svc"),
         containerd_limit_nofile=_limit_nofile(host, "containerd_limit_nofile", value["containerd_limit_nofile"]),
         containerd_ready_timeout=_positive_int(host, "containerd_ready_timeout", value["containerd_ready_timeout"]),
+        containerd_verify=_bool(host, "containerd_verify", value["containerd_verify"]),
     )
 
 

@@ -13,11 +13,11 @@ import pytest
 from cri_api.v1 import api_pb2 as api
 
 from tasks.config_toml import PATHS, value_at
+from tasks.verify import kubelet_cgroup_driver, release_version
 
 from . import oci
 from .cri import CRI, Forward, ForwardError, cri_config, runtime_handlers, sandbox_image, systemd_cgroup
 from .images import import_image
-from .test_node import release_version
 
 K8S_NAMESPACE = "k8s.io"  # the containerd namespace the CRI plugin works in
 FIX_SYSTEMD = ("deploy with containerd_systemd_cgroup=true (SystemdCgroup = true in the runc runtime "
@@ -91,11 +91,7 @@ def test_kubelet_cgroup_driver_matches(host, daemon_config):
     kubelet = host.file("/var/lib/kubelet/config.yaml")
     if not kubelet.exists:
         pytest.skip("no kubelet on this node (/var/lib/kubelet/config.yaml): nothing to match")
-    driver = None
-    for line in kubelet.content_string.splitlines():
-        if line.strip().startswith("cgroupDriver:"):
-            driver = line.split(":", 1)[1].strip().strip("'\"")
-    driver = driver or "cgroupfs"  # the kubelet's own default when the key is absent
+    driver = kubelet_cgroup_driver(kubelet.content_string)
     containerd = "systemd" if systemd_cgroup(daemon_config[1]) else "cgroupfs"
     assert driver == containerd, (
         f"kubelet's cgroupDriver is {driver} but containerd's runc uses {containerd}: set both to systemd "

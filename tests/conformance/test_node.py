@@ -3,25 +3,19 @@
     pytest tests/conformance --hosts=ssh://root@node1 [--ssh-config=...]
 """
 
-import re
 import uuid
 
 import pytest
 
 from tasks.config_toml import runc_systemd_cgroup
 from tasks.facts import parse_ctr_version
+from tasks.verify import release_version
 
 from . import oci
 from .images import import_image
 
 SOCKET = "/run/containerd/containerd.sock"
 NAMESPACE = "containerd-deploy-conformance"
-
-
-def release_version(text: str) -> str | None:
-    """'containerd github.com/containerd/containerd v1.7.11 64b8a81' -> '1.7.11' (Debian's '1.6.20~ds1' too)."""
-    match = re.search(r"\bv?(\d+\.\d+\.\d+)", text)
-    return match.group(1) if match else None
 
 
 @pytest.mark.parametrize("name", ["containerd", "ctr", "containerd-shim-runc-v2"])

@@ -62,3 +62,42 @@ def test_config_base_policy():
     # Defaults of a binary that is about to be replaced are not used: they are read after the install.
     assert config_base(resolve("n", {}), fresh, binaries_current=False) is None
     assert config_base(resolve("n", {"containerd_config_base": "default"}), existing, False) is None
+
+
+def test_extra_toml_cannot_contradict_the_cgroup_driver():
+    import pytest
+
+    from tasks.config_toml import RUNC_OPTIONS_PATH
+    from tasks.configure import desired_config
+    from tasks.settings import DataError
+
+    base = "version = 2\n"
+    path = RUNC_OPTIONS_PATH[2]
+    extra: dict = {}
+    node = extra
+    for key in path:
+        node = node.setdefault(key, {})
+    node["SystemdCgroup"] = False
+    with pytest.raises(DataError) as refused:
+        desired_config(resolve("node1", {"containerd_version": "1.7.24", "containerd_config_extra": extra}), base)
+    assert str(refused.value).startswith("node1: data key 'containerd_config_extra' sets the runc runtime's SystemdCgroup")
+    assert "Fix: set the cgroup driver with containerd_systemd_cgroup alone" in str(refused.value)
+    # Agreeing with containerd_systemd_cgroup is fine, and so is the knob itself.
+    node["SystemdCgroup"] = True
+    assert "SystemdCgroup = true" in desired_config(
+        resolve("node1", {"containerd_version": "1.7.24", "containerd_config_extra": extra}), base)
+    assert "SystemdCgroup = false" in desired_config(
+        resolve("node1", {"containerd_version": "1.7.24", "containerd_systemd_cgroup": False}), base)
+
+
+def test_cri_is_taken_out_of_disabled_plugins():
+    from packaging.version import Version
+
+    from tasks.config_toml import Knobs, render, value_at
+
+    docker_package = '# containerd.io ships this\ndisabled_plugins = ["cri"]\n'
+    text = render("version = 2\n" + docker_package, Version("1.7.24"), Knobs())
+    assert value_at(text, ("disabled_plugins",)) == [] and "# containerd.io ships this" in text
+    others = 'version = 3\ndisabled_plugins = ["io.containerd.cri.v1.runtime", "io.containerd.snapshotter.v1.btrfs"]\n'
+    text = render(others, Version("2.1.9"), Knobs())
+    assert value_at(text, ("disabled_plugins",)) == ["io.containerd.snapshotter.v1.btrfs"]

@@ -1,0 +1,223 @@
+"""The deploy's last step (`containerd_verify`): is the running daemon what a kubelet needs?
+
+Run after every other operation, from one fact read at that moment, so a run with nothing to
+change still proves the node and reports no change. The checks are the conformance suite's
+node-side ones: the daemon answers as the declared version with its own ctr, it runs the
+binary, unit and config that are on disk now (not older ones it started with), its CRI
+plugins loaded, the effective config has the declared SystemdCgroup, a kubelet on the node
+(if any) uses the same cgroup driver, and a container actually runs (from the sandbox image,
+when the node has it; under a systemd scope when systemd cgroups are on). The CRI walk of a
+pod sandbox is the conformance suite's (`tests/conformance`), which needs a controller-side
+gRPC client.
+"""
+
+import re
+import shlex
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pyinfra import host
+from pyinfra.api import StringCommand, deploy, operation
+
+from .config_toml import ConfigError, PATHS, parse, runc_systemd_cgroup, schema_version, value_at
+from .facts import ContainerdDaemon, DaemonState
+from .settings import DEFAULTS, Settings
+
+# The CRI plugins a kubelet needs, as `ctr plugins ls` names them (type, id); 2.x split the
+# runtime and images parts out of the grpc one.
+CRI_PLUGINS = {1: (("io.containerd.grpc.v1", "cri"),),
+               2: (("io.containerd.grpc.v1", "cri"), ("io.containerd.cri.v1", "runtime"),
+                   ("io.containerd.cri.v1", "images"))}
+# Seconds of slack when comparing file mtimes with the daemon's start: /proc's boot time
+# is whole seconds.
+CLOCK_SLACK = 1.5
+
+
+@dataclass(frozen=True)
+class Expected:
+    version: str
+    systemd_cgroup: bool
+    unit: str = "containerd.service"
+    sandbox_image: str | None = None
+    # Files the running daemon must have loaded: it must have started after they were written.
+    loaded_files: tuple = ()
+
+
+@dataclass
+class Verdict:
+    problems: list = field(default_factory=list)
+    checked: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
+
+    def summary(self, version: str) -> str:
+        text = f"containerd {version} verified: " + "; ".join(self.checked)
+        return text + ("" if not self.notes else " (" + "; ".join(self.notes) + ")")
+
+
+def release_version(text: str | None) -> str | None:
+    """'containerd github.com/containerd/containerd v1.7.11 64b8a81' -> '1.7.11' (Debian's '1.6.20~ds1' too)."""
+    match = re.search(r"\bv?(\d+\.\d+\.\d+)", text or "")
+    return match.group(1) if match else None
+
+
+def kubelet_cgroup_driver(config_yaml: str) -> str:
+    """The cgroupDriver of a KubeletConfiguration file (the kubelet's default, cgroupfs, if unset)."""
+    for line in config_yaml.splitlines():
+        if line.startswith("cgroupDriver:"):
+            return line.split(":", 1)[1].split("#", 1)[0].strip().strip("'\"") or "cgroupfs"
+    return "cgroupfs"
+
+
+def sandbox_image(config_text: str, containerd_version) -> str | None:
+    """The pause image a config names, at its schema's path."""
+    try:
+        schema = schema_version(parse(config_text), containerd_version)
+    except ConfigError:
+        return None
+    image = value_at(config_text, PATHS["sandbox_image"][schema])
+    return image if isinstance(image, str) and image else None
+
+
+def judge(expected: Expected, state: DaemonState) -> Verdict:
+    """Every way the node falls short of `expected`, each with its likely fix."""
+    verdict = Verdict()
+    problem, checked = verdict.problems.append, verdict.checked.append
+    restart = f"restart it (systemctl restart {expected.unit}) or rerun the deploy"
+    if state.active_state != "active":
+        problem(f"{expected.unit} is {state.active_state or 'not loaded'}, not active: see journalctl -u {expected.unit}")
+        return verdict
+    if not state.ctr_server:
+        problem(f"containerd does not answer on its socket (ctr said: {state.ctr_error.strip()[:300]}): "
+                f"see journalctl -u {expected.unit}")
+        return verdict
+    server = release_version(state.ctr_server)
+    if release_version(state.ctr_client) != server:
+        problem(f"ctr {state.ctr_client} talks to a containerd {state.ctr_server} daemon: the running daemon is "
+                f"not the installed binary; {restart}")
+    elif server != expected.version:
+        problem(f"containerd answers as {state.ctr_server}, expected {expected.version}: {restart}")
+    else:
+        checked(f"answers as {server} with its own ctr")
+    if state.exe.endswith(" (deleted)"):
+        problem(f"the running daemon's binary {state.exe} was replaced after it started: {restart}")
+    if state.need_daemon_reload:
+        problem(f"{expected.unit} changed on disk and systemd has not reloaded it: run systemctl daemon-reload, "
+                f"then {restart}")
+    stale = [path for path, mtime in state.mtimes.items()
+             if path in expected.loaded_files and state.started and mtime > state.started + CLOCK_SLACK]
+    if stale:
+        problem(f"{', '.join(stale)} changed after the running daemon started, so it runs with the old "
+                f"settings: {restart}")
+    elif state.started:
+        checked("runs the unit and config on disk")
+
+    generation = 1 if int(expected.version.split(".")[0]) < 2 else 2
+    not_ok = [f"{kind} {name}: {state.plugins.get((kind, name), 'not loaded')}"
+              for kind, name in CRI_PLUGINS[generation] if state.plugins.get((kind, name)) != "ok"]
+    if not_ok:
+        problem(f"CRI plugins not running ({'; '.join(not_ok)}), so a kubelet cannot use this node: remove "
+                "\"cri\" from disabled_plugins in the config and check journalctl -u containerd for the plugin's error")
+    else:
+        checked("CRI plugins loaded")
+
+    if state.dump is None:
+        problem(f"containerd config dump failed: {state.dump_error.strip()[:300]}")
+    else:
+        effective = bool(runc_systemd_cgroup(state.dump))
+        if effective != expected.systemd_cgroup:
+            problem(f"the effective config (containerd config dump) has SystemdCgroup = {str(effective).lower()} on "
+                    f"the runc runtime but containerd_systemd_cgroup is {str(expected.systemd_cgroup).lower()}: "
+                    "something overrides it (containerd_config_extra, or a file in the config's imports)")
+        else:
+            checked(f"SystemdCgroup = {str(effective).lower()} in effect")
+
+    driver = "systemd" if expected.systemd_cgroup else "cgroupfs"
+    if state.kubelet_config is not None:
+        kubelet = kubelet_cgroup_driver(state.kubelet_config)
+        if kubelet != driver:
+            problem(f"the kubelet's cgroupDriver is {kubelet} (/var/lib/kubelet/config.yaml) but containerd's runc "
+                    f"uses {driver}: set both to systemd (kubelet cgroupDriver: systemd; containerd_systemd_cgroup=true)")
+        else:
+            checked(f"kubelet cgroupDriver {kubelet} matches")
+
+    if state.container == "absent":
+        verdict.notes.append(f"no container run: the sandbox image {expected.sandbox_image} is not on the node yet "
+                             "(a kubelet pulls it for the first pod)" if expected.sandbox_image
+                             else "no container run: the config names no sandbox image")
+    elif state.container.startswith("failed"):
+        problem(f"a container from {expected.sandbox_image} did not run: {state.container[len('failed'):].strip()[:500]}")
+    elif state.container != "task RUNNING":
+        problem(f"a container from {expected.sandbox_image} started but is not running "
+                f"({state.container}): see journalctl -u {expected.unit}")
+    elif expected.systemd_cgroup and not state.container_scope:
+        problem(f"a container from {expected.sandbox_image} ran, but not in a systemd scope (its /proc/PID/cgroup: "
+                f"{'; '.join(state.container_cgroups)[:300]}): runc cannot use systemd cgroups here (is dbus running?)")
+    else:
+        checked(f"a container ran{' in ' + state.container_scope if state.container_scope else ''}")
+    return verdict
+
+
+def failure_script(host_name: str, problems: list[str]) -> str:
+    """A command that prints the problems on stderr and fails, so the run fails with them."""
+    lines = [f"containerd-deploy: {host_name} is not a conformant containerd node:"]
+    lines += [f"  - {text}" for text in problems]
+    return "printf '%s\\n' " + " ".join(shlex.quote(line) for line in lines) + " >&2; exit 1"
+
+
+@operation()
+def containerd_verified(expected: Expected | Callable[[], Expected], bin_dir: str, config_path: str):
+    """
+    Check the running containerd against ``expected``; fail the run, naming each problem, if it falls short.
+
+    Reads the node when the operation runs (after the ones before it), reports no change
+    when the node passes, and does nothing in a dry run.
+
+    + expected: an ``Expected``, or a callable returning one when the operation runs
+    + bin_dir: where containerd and ctr are installed
+    + config_path: containerd's config file
+
+    **Example:**
+
+    .. code:: python
+
+        containerd_verified(
+            name="Verify containerd",
+            expected=Expected(version="1.7.11", systemd_cgroup=True, sandbox_image="registry.k8s.io/pause:3.8"),
+            bin_dir="/usr/local/bin",
+            config_path="/etc/containerd/config.toml",
+        )
+    """
+    if not host.state.is_executing:
+        return
+    if callable(expected):
+        expected = expected()
+    state = host.get_fact(
+        ContainerdDaemon, bin_dir=bin_dir, config_path=config_path, unit=expected.unit,
+        files=expected.loaded_files, image=expected.sandbox_image or "", systemd_cgroup=expected.systemd_cgroup,
+    )
+    verdict = judge(expected, state)
+    if verdict.problems:
+        yield StringCommand(failure_script(host.name, verdict.problems))
+        return
+    host.noop(verdict.summary(expected.version))
+
+
+@deploy("Verify containerd", data_defaults=DEFAULTS)
+def verify_containerd(settings: Settings, config_text, loaded_files: tuple):
+    """`config_text`: the config.toml this run leaves (text, or a callable giving it when run)."""
+    def expected() -> Expected:
+        text = config_text() if callable(config_text) else config_text
+        return Expected(
+            version=str(settings.containerd_version),
+            systemd_cgroup=settings.containerd_systemd_cgroup,
+            unit=settings.containerd_unit_path.rsplit("/", 1)[-1],
+            sandbox_image=sandbox_image(text, settings.containerd_version),
+            loaded_files=loaded_files,
+        )
+
+    containerd_verified(
+        name="Verify containerd (containerd_verify)",
+        expected=expected,
+        bin_dir=settings.containerd_bin_dir,
+        config_path=settings.containerd_config_path,
+    )

@@ -1,0 +1,47 @@
+"""The deploy's own verify step (containerd_verify) on every generation: it runs a container
+and reports no change on a good node, and fails the run, changing nothing, on a node whose
+kubelet wants another cgroup driver than containerd's."""
+
+import json
+
+import testinfra
+
+from tests.conformance import oci
+from tests.conformance.images import import_image
+from tests.harness import vm
+
+from .helpers import changed_ops, main_pid, node_snapshot, pyinfra
+
+KUBELET_CONFIG = "/var/lib/kubelet/config.yaml"
+
+
+def verify_lines(output: str, node: str) -> list[str]:
+    return [line for line in output.splitlines() if f"[{node}]" in line and "verified:" in line]
+
+
+def test_verify_runs_a_container_and_fails_on_a_cgroup_driver_mismatch(node, first_deploy):
+    host = testinfra.get_host(f"ssh://{node.name}", ssh_config=str(vm.ssh_config_file()))
+    # The local nodes' sandbox image, as a kubelet would have pulled it.
+    import_image(host, "/usr/local/bin/ctr", "k8s.io", oci.PAUSE_IMAGE_NAME, command=oci.PAUSE_COMMAND)
+    pid = main_pid(node)
+
+    process, results = pyinfra(node.name, "-v")
+    assert process.returncode == 0, process.stderr[-4000:]
+    assert changed_ops(results, node.name) == [], "a passing verify is no change"
+    [line] = verify_lines(process.stderr, node.name)
+    version = json.loads((vm.node_dir(node.name) / "data.json").read_text())["containerd_version"]
+    assert f"containerd {version} verified: answers as {version} with its own ctr" in line
+    assert "CRI plugins loaded; SystemdCgroup = true in effect; a container ran in /system.slice/containerd-deploy-verify-" in line
+    assert host.run("/usr/local/bin/ctr -n k8s.io containers ls -q | grep containerd-deploy-verify").rc == 1, \
+        "the verify container is removed"
+
+    before = node_snapshot(node)
+    host.check_output(f"mkdir -p /var/lib/kubelet && printf 'kind: KubeletConfiguration\\ncgroupDriver: cgroupfs\\n' > {KUBELET_CONFIG}")
+    try:
+        process, results = pyinfra(node.name)
+        assert process.returncode != 0, "a node whose kubelet uses cgroupfs is not conformant"
+        assert f"{node.name} is not a conformant containerd node:" in process.stderr
+        assert "the kubelet's cgroupDriver is cgroupfs (/var/lib/kubelet/config.yaml) but containerd's runc uses systemd" in process.stderr
+        assert node_snapshot(node) == before and main_pid(node) == pid, "verify changes nothing"
+    finally:
+        host.check_output("rm -rf /var/lib/kubelet")

@@ -1,0 +1,204 @@
+"""The verify step's judgement of a node, and the fact it reads (output captured from real VMs)."""
+
+import base64
+from pathlib import Path
+
+import pytest
+from packaging.version import Version
+
+from tasks.config_toml import Knobs, render
+from tasks.facts import SECTION, parse_daemon_state
+from tasks.verify import Expected, failure_script, judge, kubelet_cgroup_driver, release_version, sandbox_image
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+CONFIG = "/etc/containerd/config.toml"
+UNIT = "/etc/systemd/system/containerd.service"
+PAUSE = "localhost/containerd-deploy/pause:conformance"
+
+
+def expected(version="1.7.24", systemd_cgroup=True, sandbox=PAUSE):
+    return Expected(version=version, systemd_cgroup=systemd_cgroup, sandbox_image=sandbox, loaded_files=(CONFIG, UNIT))
+
+
+def captured(name: str):
+    """A `ContainerdDaemon` fact's output captured on a deployed test VM."""
+    return parse_daemon_state((FIXTURES / "verify" / name).read_text().splitlines())
+
+
+def section(name, *lines):
+    return [f"{SECTION}{name}", *lines]
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def dump_of(fixture: str, version: str, **knobs) -> str:
+    return render((FIXTURES / "config" / fixture).read_text(), Version(version), Knobs(**knobs))
+
+
+CTR = ["Client:", "  Version:  1.7.24~ds1", "", "Server:", "  Version:  1.7.24~ds1", "  UUID: x"]
+PLUGINS = ["TYPE                  ID      PLATFORMS      STATUS",
+           "io.containerd.grpc.v1 cri     linux/amd64    ok"]
+
+
+def healthy(dump=None, container=("task RUNNING", "cgroup 0::/system.slice/containerd-deploy-verify-9.scope"),
+            kubelet=None, ctr=CTR, plugins=PLUGINS, started="1000.50", mtimes=("990 " + CONFIG, "991 " + UNIT),
+            exe="/usr/local/bin/containerd", service=("MainPID=582", "ActiveState=active", "NeedDaemonReload=no")):
+    dump = dump if dump is not None else dump_of("default-1.7.24.toml", "1.7.24")
+    lines = [*section("service", *service), *section("exe", exe), *section("started", started),
+             *section("mtimes", *mtimes), *section("ctr", *ctr), *section("plugins", *plugins),
+             *section("dump", "ok " + b64(dump)), *section("kubelet", *([b64(kubelet)] if kubelet else [])),
+             *section("container", *container)]
+    return parse_daemon_state(lines)
+
+
+def test_a_healthy_node_passes_every_check():
+    verdict = judge(expected(), healthy())
+    assert verdict.problems == []
+    assert verdict.checked == ["answers as 1.7.24 with its own ctr", "runs the unit and config on disk",
+                               "CRI plugins loaded", "SystemdCgroup = true in effect",
+                               "a container ran in /system.slice/containerd-deploy-verify-9.scope"]
+    assert verdict.summary("1.7.24").startswith("containerd 1.7.24 verified: answers as 1.7.24")
+
+
+@pytest.mark.parametrize("name, version", [("daemon-1.7.24.txt", "1.7.24"), ("daemon-2.1.9.txt", "2.1.9")])
+def test_captured_nodes_pass(name, version):
+    state = captured(name)
+    verdict = judge(expected(version), state)
+    assert verdict.problems == [], verdict.problems
+    assert state.container == "task RUNNING" and state.container_scope.endswith(".scope")
+    assert state.main_pid > 0 and state.started > 1.7e9
+
+
+def test_a_stopped_service_is_reported_with_where_to_look():
+    state = healthy(service=("MainPID=0", "ActiveState=failed", "NeedDaemonReload=no"))
+    assert judge(expected(), state).problems == [
+        "containerd.service is failed, not active: see journalctl -u containerd.service"]
+
+
+def test_a_daemon_that_does_not_answer():
+    state = healthy(ctr=["Client:", "  Version:  1.7.24~ds1", "ctr: failed to dial: connection refused"])
+    [problem] = judge(expected(), state).problems
+    assert "does not answer on its socket" in problem and "connection refused" in problem
+
+
+def test_an_old_daemon_still_running_after_an_upgrade():
+    ctr = ["Client:", "  Version:  v2.1.9", "Server:", "  Version:  v1.7.24"]
+    problems = judge(expected("2.1.9"), healthy(ctr=ctr, exe="/usr/local/bin/containerd (deleted)")).problems
+    assert any("ctr v2.1.9 talks to a containerd v1.7.24 daemon" in p and "restart" in p for p in problems)
+    assert any("replaced after it started" in p for p in problems)
+
+
+def test_a_daemon_of_another_version():
+    [problem] = judge(expected("1.7.25"), healthy()).problems
+    assert problem.startswith("containerd answers as 1.7.24~ds1, expected 1.7.25")
+
+
+def test_config_written_after_the_daemon_started_means_it_runs_old_settings():
+    state = healthy(mtimes=(f"1005 {CONFIG}", f"991 {UNIT}"))
+    [problem] = judge(expected(), state).problems
+    assert problem.startswith(f"{CONFIG} changed after the running daemon started") and "restart" in problem
+
+
+def test_writes_within_the_clock_resolution_of_the_start_are_not_stale():
+    assert judge(expected(), healthy(mtimes=(f"1001 {CONFIG}",))).problems == []
+
+
+def test_a_unit_systemd_has_not_reloaded():
+    state = healthy(service=("MainPID=582", "ActiveState=active", "NeedDaemonReload=yes"))
+    [problem] = judge(expected(), state).problems
+    assert "systemctl daemon-reload" in problem
+
+
+@pytest.mark.parametrize("status", ["error", None])
+def test_cri_plugin_not_running(status):
+    plugins = PLUGINS[:1] + ([f"io.containerd.grpc.v1 cri linux/amd64 {status}"] if status else [])
+    [problem] = judge(expected(), healthy(plugins=plugins)).problems
+    assert f"io.containerd.grpc.v1 cri: {status or 'not loaded'}" in problem and "disabled_plugins" in problem
+
+
+def test_containerd_2_needs_its_split_cri_plugins():
+    verdict = judge(expected("2.1.9"), healthy(ctr=[line.replace("1.7.24", "2.1.9") for line in CTR],
+                                               dump=dump_of("default-2.1.9.toml", "2.1.9")))
+    [problem] = verdict.problems
+    assert "io.containerd.cri.v1 runtime: not loaded" in problem and "io.containerd.cri.v1 images" in problem
+
+
+@pytest.mark.parametrize("fixture, version", [("default-1.7.24.toml", "1.7.24"), ("default-2.1.9.toml", "2.1.9")])
+def test_effective_systemd_cgroup_must_be_the_declared_one(fixture, version):
+    dump = dump_of(fixture, version, systemd_cgroup=False)
+    ctr = [line.replace("1.7.24", version) for line in CTR]
+    plugins = PLUGINS + ["io.containerd.cri.v1 runtime linux/amd64 ok", "io.containerd.cri.v1 images - ok"]
+    [problem] = judge(expected(version), healthy(dump=dump, ctr=ctr, plugins=plugins)).problems
+    assert "has SystemdCgroup = false on the runc runtime but containerd_systemd_cgroup is true" in problem
+    # ... and a node deployed with false on purpose passes, its container outside a systemd scope.
+    state = healthy(dump=dump, ctr=ctr, plugins=plugins, container=("task RUNNING", "cgroup 0::/k8s.io/x"))
+    assert judge(expected(version, systemd_cgroup=False), state).problems == []
+
+
+def test_config_dump_failure_is_reported():
+    lines = [*section("service", "ActiveState=active", "MainPID=1"), *section("ctr", *CTR),
+             *section("plugins", *PLUGINS), *section("dump", "error " + b64("failed to load TOML: near line 3")),
+             *section("container", "absent")]
+    [problem] = judge(expected(), parse_daemon_state(lines)).problems
+    assert problem == "containerd config dump failed: failed to load TOML: near line 3"
+
+
+@pytest.mark.parametrize("kubelet, driver", [
+    ("apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\ncgroupDriver: systemd\n", "systemd"),
+    ("kind: KubeletConfiguration\ncgroupDriver: \"cgroupfs\"  # old\n", "cgroupfs"),
+    ("kind: KubeletConfiguration\n", "cgroupfs"),
+])
+def test_kubelet_cgroup_driver(kubelet, driver):
+    assert kubelet_cgroup_driver(kubelet) == driver
+    verdict = judge(expected(), healthy(kubelet=kubelet))
+    if driver == "systemd":
+        assert verdict.problems == [] and "kubelet cgroupDriver systemd matches" in verdict.checked
+    else:
+        [problem] = verdict.problems
+        assert problem.startswith("the kubelet's cgroupDriver is cgroupfs") and "set both to systemd" in problem
+
+
+def test_no_sandbox_image_on_the_node_is_a_note_not_a_failure():
+    verdict = judge(expected(), healthy(container=("absent",)))
+    assert verdict.problems == []
+    assert verdict.notes == [f"no container run: the sandbox image {PAUSE} is not on the node yet "
+                             "(a kubelet pulls it for the first pod)"]
+
+
+def test_a_container_that_does_not_run():
+    state = healthy(container=("failed ctr: failed to create shim task: OCI runtime create failed: exec format error",))
+    [problem] = judge(expected(), state).problems
+    assert problem.startswith(f"a container from {PAUSE} did not run: ctr: failed to create shim task")
+
+
+def test_a_container_outside_a_systemd_scope_when_systemd_cgroups_are_wanted():
+    state = healthy(container=("task RUNNING", "cgroup 0::/k8s.io/containerd-deploy-verify-9"))
+    [problem] = judge(expected(), state).problems
+    assert "not in a systemd scope" in problem
+
+
+def test_a_container_that_exited():
+    [problem] = judge(expected(), healthy(container=("task STOPPED",))).problems
+    assert "is not running (task STOPPED)" in problem
+
+
+@pytest.mark.parametrize("fixture, version", [
+    ("default-1.6.20.toml", "1.6.20"), ("default-1.7.24.toml", "1.7.24"), ("default-2.1.9.toml", "2.1.9")])
+def test_sandbox_image_from_the_config_at_its_schemas_path(fixture, version):
+    text = (FIXTURES / "config" / fixture).read_text()
+    assert sandbox_image(text, Version(version)).startswith("registry.k8s.io/pause:")
+    assert sandbox_image(dump_of(fixture, version, sandbox_image=PAUSE), Version(version)) == PAUSE
+    assert sandbox_image("not toml [", Version(version)) is None
+
+
+def test_release_version():
+    assert release_version("v1.7.11") == release_version("1.7.11~ds1") == "1.7.11"
+    assert release_version(None) is None
+
+
+def test_failure_script_prints_each_problem_quoted():
+    script = failure_script("node1", ["it's broken", "$(reboot)"])
+    assert script.endswith(">&2; exit 1")
+    assert "'  - it'\"'\"'s broken'" in script and "'  - $(reboot)'" in script
