@@ -5,6 +5,7 @@ files/checksums.toml nor given in data is refused, never trusted.
 """
 
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -15,8 +16,28 @@ CHECKSUMS_FILE = Path(__file__).resolve().parent.parent / "files" / "checksums.t
 
 
 @dataclass(frozen=True)
+class Layout:
+    """How a component's release file is shaped and where its files go."""
+
+    tarball: bool  # a .tar.gz/.tgz to unpack, or a single binary
+    member: str = ""  # the tarball's directory holding the files ("" for its top level)
+    required: str = ""  # a file the tarball must have, or it is not this component's release
+    dest_key: str = ""  # the data key naming the directory (tarballs) or path (a binary)
+
+
+# Install order: containerd and runc always, the others when their version is set.
+COMPONENTS = {
+    "containerd": Layout(tarball=True, member="bin", required="containerd", dest_key="containerd_bin_dir"),
+    "runc": Layout(tarball=False, dest_key="runc_path"),
+    "cni_plugins": Layout(tarball=True, required="loopback", dest_key="cni_bin_dir"),
+    "crictl": Layout(tarball=True, required="crictl", dest_key="containerd_bin_dir"),
+}
+OPTIONAL = ("cni_plugins", "crictl")
+
+
+@dataclass(frozen=True)
 class Artifact:
-    component: str  # "containerd" or "runc"
+    component: str  # a key of COMPONENTS
     version: str
     arch: str
     url: str
@@ -26,6 +47,10 @@ class Artifact:
     def filename(self) -> str:
         return self.url.rsplit("/", 1)[-1]
 
+    @property
+    def layout(self) -> Layout:
+        return COMPONENTS[self.component]
+
 
 @lru_cache(maxsize=None)
 def pinned_checksums(path: Path = CHECKSUMS_FILE) -> dict:
@@ -33,7 +58,8 @@ def pinned_checksums(path: Path = CHECKSUMS_FILE) -> dict:
         return tomllib.load(handle)
 
 
-def _checksum(settings: Settings, component: str, version: str, arch: str) -> str:
+def _checksum(settings: Settings, component: str, version: str, arch: str, url: str = "",
+              published: Callable[[str], str] | None = None) -> str:
     key = f"{component}_sha256"
     given = getattr(settings, key)
     if isinstance(given, dict):
@@ -43,20 +69,53 @@ def _checksum(settings: Settings, component: str, version: str, arch: str) -> st
     pinned = pinned_checksums().get(component, {}).get(version, {}).get(arch)
     if pinned:
         return pinned
+    if component in settings.artifact_trust_mirror_checksums and published is not None:
+        # The operator named this component: its checksum may come from where the file does.
+        try:
+            return published(url)
+        except Exception as error:  # noqa: BLE001 - any failure to read it is the same refusal
+            raise DataError(settings.host, "artifact_trust_mirror_checksums",
+                            f"names {component}, but its published checksum could not be read ({error})",
+                            f"make {url}.sha256sum reachable from the controller, or set {key}") from None
+    listed = ", ".join(pinned_checksums().get(component, {})) or "none"
     raise DataError(
         settings.host, key,
-        f"is not set, and {component} {version} for {arch} has no pinned checksum in files/checksums.toml",
+        f"is not set, and {component} {version} for {arch} has no pinned checksum in files/checksums.toml "
+        f"(pinned: {listed})",
         f"set {key} to the sha256 from the release's .sha256sum file (or a mapping of arch to sha256), "
-        "or choose a version listed in files/checksums.toml",
+        f"or set {component}_version to a pinned version",
     )
 
 
-def resolve(settings: Settings, arch: str) -> tuple[Artifact, Artifact]:
-    """The containerd tarball and the runc binary for this host."""
-    artifacts = []
-    for component in ("containerd", "runc"):
+def wanted_components(settings: Settings) -> tuple[str, ...]:
+    return tuple(name for name in COMPONENTS if getattr(settings, f"{name}_version") is not None)
+
+
+def resolve(settings: Settings, arch: str, published: Callable[[str], str] | None = None) -> dict[str, Artifact]:
+    """component -> the release file this host gets, for every component the data asks for.
+
+    `published(url)` reads the checksum a release publishes next to a file; it is asked only
+    for components the operator named in artifact_trust_mirror_checksums.
+    """
+    artifacts = {}
+    for component in wanted_components(settings):
         version = str(getattr(settings, f"{component}_version"))
         template = getattr(settings, f"{component}_download_url")
         url = template.format(mirror=settings.artifact_mirror, version=version, arch=arch)
-        artifacts.append(Artifact(component, version, arch, url, _checksum(settings, component, version, arch)))
-    return tuple(artifacts)
+        artifacts[component] = Artifact(component, version, arch, url,
+                                        _checksum(settings, component, version, arch, url, published))
+    return artifacts
+
+
+def destination(settings: Settings, artifact: Artifact) -> str:
+    return getattr(settings, artifact.layout.dest_key)
+
+
+def check_all_arches(settings: Settings) -> None:
+    """Refuse, before the host is asked anything, a version no arch has a checksum for."""
+    for component in wanted_components(settings):
+        version = str(getattr(settings, f"{component}_version"))
+        given = getattr(settings, f"{component}_sha256")
+        trusted = component in settings.artifact_trust_mirror_checksums
+        if not given and not trusted and not pinned_checksums().get(component, {}).get(version):
+            _checksum(settings, component, version, "amd64")

@@ -11,6 +11,7 @@ from pyinfra.api.exceptions import DeployError
 from . import registries
 from .config_toml import ConfigError, Knobs, render, runc_systemd_cgroup
 from .facts import ContainerdDefaultConfig, NodeState
+from .install import CRICTL_CONFIG
 from .operations import file_absent, file_content
 from .settings import DEFAULTS, DataError, Settings
 
@@ -91,7 +92,7 @@ def registry_files(settings: Settings) -> dict[str, tuple[str, str]]:
 
 def managed_paths(settings: Settings) -> tuple[str, ...]:
     """Files besides config.toml and the unit whose checksums the node fact reports."""
-    return (proxy_dropin_path(settings), *registry_files(settings))
+    return (proxy_dropin_path(settings), CRICTL_CONFIG, *registry_files(settings))
 
 
 def _sha256(text: str | None) -> str | None:

@@ -258,8 +258,11 @@ def daemon_state_command(bin_dir: str, config_path: str, unit: str, files: tuple
         f'echo "{SECTION}plugins"',
         f"timeout 10 {ctr} plugins ls 2>&1",
         f'echo "{SECTION}dump"',
-        f"if dump=$({q(f'{bin_dir}/containerd')} --config {q(config_path)} config dump 2>&1); "
-        'then echo "ok $(printf %s "$dump" | base64 -w0)"; else echo "error $(printf %s "$dump" | base64 -w0)"; fi',
+        # stdout is the TOML; warnings (e.g. "configuration migrated from version 2") go to stderr.
+        'errors=$(mktemp)',
+        f"if dump=$({q(f'{bin_dir}/containerd')} --config {q(config_path)} config dump 2>\"$errors\"); "
+        'then echo "ok $(printf %s "$dump" | base64 -w0)"; else echo "error $(base64 -w0 < "$errors")"; fi',
+        'rm -f "$errors"',
         f'echo "{SECTION}kubelet"',
         "[ -f /var/lib/kubelet/config.yaml ] && base64 -w0 /var/lib/kubelet/config.yaml && echo",
         f'echo "{SECTION}container"',

@@ -1,30 +1,63 @@
-"""Install the containerd release binaries and runc, verified before they reach their paths."""
+"""Install the release files: containerd and runc, and the CNI plugins and crictl when asked for.
+Each is verified before it reaches its paths."""
+
+import hashlib
 
 from pyinfra.api import deploy
 
-from .artifacts import Artifact
+from .artifacts import COMPONENTS, Artifact, destination
 from .facts import NodeState
-from .operations import release_artifact
+from .operations import (artifact_is_installed, file_absent, file_content, release_artifact, release_artifact_absent,
+                         release_files_fetched)
 from .settings import DEFAULTS, Settings
 
+CRICTL_CONFIG = "/etc/crictl.yaml"
+CRICTL_CONFIG_HEADER = "# Managed by containerd-deploy (crictl_version): edits here are overwritten.\n"
+NAMES = {"containerd": "containerd", "runc": "runc", "cni_plugins": "the CNI plugins", "crictl": "crictl"}
 
-@deploy("Install containerd and runc", data_defaults=DEFAULTS)
-def install_binaries(settings: Settings, node: NodeState, containerd: Artifact, runc: Artifact):
-    """Returns the two operations, so later steps can restart only when one changed."""
-    containerd_op = release_artifact(
-        name=f"Install containerd {containerd.version} into {settings.containerd_bin_dir}",
-        artifact=containerd,
-        dest=settings.containerd_bin_dir,
+
+def crictl_config() -> str:
+    """crictl pointed at containerd's socket (without it crictl probes dockershim paths first)."""
+    return (CRICTL_CONFIG_HEADER + "runtime-endpoint: unix:///run/containerd/containerd.sock\n"
+            "image-endpoint: unix:///run/containerd/containerd.sock\ntimeout: 10\n")
+
+
+@deploy("Install release files", data_defaults=DEFAULTS)
+def install_release_files(settings: Settings, node: NodeState, artifacts: dict[str, Artifact]) -> dict:
+    """Returns component -> operation, so later steps can restart only when a binary changed."""
+    needed = [artifact for component, artifact in artifacts.items()
+              if not artifact_is_installed(node.manifests.get(component), artifact, destination(settings, artifact))]
+    release_files_fetched(
+        name="Fetch and verify release files" + (" (through the controller)" if settings.artifact_source == "controller" else ""),
+        artifacts=needed,
         staging_dir=settings.containerd_staging_dir,
-        state_dir=settings.containerd_deploy_state_dir,
-        installed=node.manifests.get("containerd"),
+        cache_dir=settings.artifact_cache_dir if settings.artifact_source == "controller" else None,
     )
-    runc_op = release_artifact(
-        name=f"Install runc {runc.version} as {settings.runc_path}",
-        artifact=runc,
-        dest=settings.runc_path,
-        staging_dir=settings.containerd_staging_dir,
-        state_dir=settings.containerd_deploy_state_dir,
-        installed=node.manifests.get("runc"),
-    )
-    return containerd_op, runc_op
+    operations = {}
+    for component in COMPONENTS:
+        artifact = artifacts.get(component)
+        if artifact is None:
+            release_artifact_absent(
+                name=f"Remove {NAMES[component]} (no {component}_version)",
+                component=component,
+                state_dir=settings.containerd_deploy_state_dir,
+                installed=node.manifests.get(component),
+            )
+            continue
+        dest = destination(settings, artifact)
+        operations[component] = release_artifact(
+            name=f"Install {NAMES[component]} {artifact.version} {'as' if not artifact.layout.tarball else 'into'} {dest}",
+            artifact=artifact,
+            dest=dest,
+            staging_dir=settings.containerd_staging_dir,
+            state_dir=settings.containerd_deploy_state_dir,
+            installed=node.manifests.get(component),
+        )
+    if "crictl" in artifacts:
+        file_content(name=f"Write {CRICTL_CONFIG}", path=CRICTL_CONFIG, content=crictl_config(),
+                     current_sha256=node.files.get(CRICTL_CONFIG))
+    else:
+        # Only the file this deploy wrote: an operator's own crictl.yaml stays.
+        ours = node.files.get(CRICTL_CONFIG) == hashlib.sha256(crictl_config().encode()).hexdigest()
+        file_absent(name=f"Remove {CRICTL_CONFIG} (no crictl_version)", path=CRICTL_CONFIG, present=ours)
+    return operations

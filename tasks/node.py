@@ -8,9 +8,10 @@ from . import artifacts
 from . import registries
 from .configure import configure_containerd, managed_paths
 from .facts import ContainerdNode, NodeState
-from .install import install_binaries
+from .install import install_release_files
 from .operations import artifact_is_installed
 from .service import run_containerd
+from .update_checksums import fetch_digest
 from .verify import verify_containerd
 from .settings import DEFAULTS, Settings, arch_of, for_host
 
@@ -45,17 +46,21 @@ def check_supported(settings: Settings, node: NodeState) -> str:
 @deploy("containerd node", data_defaults=DEFAULTS)
 def containerd_node():
     settings = for_host(host)
+    artifacts.check_all_arches(settings)  # an unpinned version is refused before the node is asked
     node = gather(settings)
     arch = check_supported(settings, node)
-    containerd, runc = artifacts.resolve(settings, arch)
+    wanted = artifacts.resolve(settings, arch, published=fetch_digest)
 
-    containerd_op, runc_op = install_binaries(settings, node, containerd, runc)
-    binaries_current = artifact_is_installed(node.manifests.get("containerd"), containerd, settings.containerd_bin_dir)
+    installed = install_release_files(settings, node, wanted)
+    binaries_current = artifact_is_installed(node.manifests.get("containerd"), wanted["containerd"],
+                                             settings.containerd_bin_dir)
     configured = configure_containerd(settings, node, binaries_current)
     run_containerd(
         settings, node,
         reload_after=(configured.unit, configured.dropin),
-        restart_after=(containerd_op, runc_op, configured.config, configured.unit, configured.dropin),
+        # The CNI plugins and crictl are run by others, not by the daemon: no restart for them.
+        restart_after=(installed["containerd"], installed["runc"], configured.config, configured.unit,
+                       configured.dropin),
     )
     if settings.containerd_verify:
         verify_containerd(settings, configured.config_text, configured.loaded_files)

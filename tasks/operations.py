@@ -9,12 +9,14 @@ import posixpath
 from collections.abc import Callable
 from io import StringIO
 
-from pyinfra import host
-from pyinfra.api import FileUploadCommand, StringCommand, operation
+from pyinfra import host, logger
+from pyinfra.api import FileUploadCommand, FunctionCommand, StringCommand, operation
 
 from .artifacts import Artifact
 from .facts import Manifest
-from .scripts import NEW_SUFFIX, install_artifact_script, replace_file_script, service_script
+from .fetch import FetchError, cached_path, ensure_cached
+from .scripts import (NEW_SUFFIX, fetch_artifacts_script, fetched_path, install_artifact_script, remove_artifact_script,
+                      replace_file_script, service_script)
 
 
 def artifact_is_installed(manifest: Manifest | None, artifact: Artifact, paths_under: str) -> bool:
@@ -28,14 +30,60 @@ def artifact_is_installed(manifest: Manifest | None, artifact: Artifact, paths_u
     )
 
 
+def _fetch_into_cache(state, host, cache_dir: str, artifacts: list[Artifact]) -> bool:
+    """Run on the controller: make sure the cache has a verified copy of every artifact."""
+    for artifact in artifacts:
+        try:
+            ensure_cached(cache_dir, artifact)
+        except FetchError as error:
+            host.log_styled(f"containerd-deploy: {host.name}: {error}", fg="red", log_func=logger.error)
+            return False
+    return True
+
+
+@operation()
+def release_files_fetched(artifacts: list[Artifact], staging_dir: str, cache_dir: str | None = None):
+    """
+    Get every release file a run installs into the node's staging directory, each verified,
+    before any is installed: a bad or missing file stops the run with no final path changed.
+
+    + artifacts: the ``Artifact`` objects to install (empty: nothing to do)
+    + staging_dir: the node's staging directory
+    + cache_dir: a directory on the controller: download there once per controller (verified)
+      and upload over SSH, instead of the node downloading the URLs itself
+
+    **Example:**
+
+    .. code:: python
+
+        release_files_fetched(
+            name="Fetch and verify release files",
+            artifacts=[containerd, runc],
+            staging_dir="/var/cache/containerd-deploy",
+        )
+    """
+    if not artifacts:
+        host.noop("no release file to fetch")
+        return
+    if cache_dir is None:
+        yield fetch_artifacts_script(artifacts, staging_dir)
+        return
+    yield FunctionCommand(_fetch_into_cache, (cache_dir, artifacts), {})
+    yield StringCommand("mkdir", "-p", "-m", "700", staging_dir)
+    for artifact in artifacts:
+        path = fetched_path(staging_dir, artifact)
+        yield FileUploadCommand(str(cached_path(cache_dir, artifact)), path, remote_temp_filename=path)
+
+
 @operation()
 def release_artifact(artifact: Artifact, dest: str, staging_dir: str, state_dir: str, installed: Manifest | None = None):
     """
-    Fetch a release artifact, verify its sha256, then install it with atomic renames.
+    Install a release artifact fetched by ``release_files_fetched``: verify its sha256 again,
+    then put its files in place with atomic renames and record them in a manifest.
 
     + artifact: the resolved ``Artifact`` (URL and pinned sha256)
-    + dest: directory for a tarball's ``bin/`` files, or the final path of a single binary
-    + staging_dir: where the download waits until it is verified
+    + dest: directory for a tarball's files, or the final path of a single binary
+    + staging_dir: where the fetched file waits
     + state_dir: where the manifest of installed files is kept
     + installed: the component's manifest from the ``ContainerdNode`` fact
 
@@ -54,7 +102,29 @@ def release_artifact(artifact: Artifact, dest: str, staging_dir: str, state_dir:
     if artifact_is_installed(installed, artifact, dest):
         host.noop(f"{artifact.component} {artifact.version} ({artifact.sha256[:12]}) is installed and intact")
         return
-    yield install_artifact_script(artifact, dest, staging_dir, state_dir)
+    yield install_artifact_script(artifact, dest, staging_dir, state_dir, uploaded=fetched_path(staging_dir, artifact))
+
+
+@operation()
+def release_artifact_absent(component: str, state_dir: str, installed: Manifest | None):
+    """
+    Remove what an earlier run installed of a component the data no longer asks for.
+
+    + component: e.g. ``cni_plugins``
+    + state_dir: where the manifests are kept
+    + installed: the component's manifest from the ``ContainerdNode`` fact (None: nothing to do)
+
+    **Example:**
+
+    .. code:: python
+
+        release_artifact_absent(name="Remove crictl", component="crictl",
+                                state_dir="/var/lib/containerd-deploy", installed=node.manifests.get("crictl"))
+    """
+    if installed is None:
+        host.noop(f"{component} is not installed")
+        return
+    yield remove_artifact_script(component, state_dir)
 
 
 @operation()

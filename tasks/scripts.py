@@ -31,13 +31,17 @@ _FETCH = r"""fetch() {
 """
 
 
-def install_artifact_script(artifact: Artifact, dest: str, staging_dir: str, state_dir: str) -> str:
+def install_artifact_script(artifact: Artifact, dest: str, staging_dir: str, state_dir: str,
+                            uploaded: str | None = None) -> str:
     """Fetch, verify and install one artifact, then record what was installed in its manifest.
 
-    `dest` is the directory the tarball's bin/ goes into (containerd), or the final path of a
-    single binary (runc). Files an earlier release of the same component installed and this
-    one does not have are removed; nothing else is touched.
+    `dest` is the directory a tarball's files go into (containerd's bin/, the CNI plugins,
+    crictl), or the final path of a single binary (runc). `uploaded` is where the controller
+    already put the file (artifact_source=controller); it is checked the same way. Files an
+    earlier release of the same component installed and this one does not have are removed;
+    nothing else is touched.
     """
+    layout = artifact.layout
     manifest = f"{state_dir}/{artifact.component}.manifest"
     lines = [
         _PRELUDE,
@@ -45,30 +49,42 @@ def install_artifact_script(artifact: Artifact, dest: str, staging_dir: str, sta
         f"url={q(artifact.url)}",
         f"expected={q(artifact.sha256)}",
         f"manifest={q(manifest)}",
-        f"mkdir -p {q(staging_dir)} {q(state_dir)}",
-        f"stage=$(mktemp -d {q(staging_dir)}/{artifact.component}.XXXXXX)",
+        f"uploaded={q(uploaded or '')}",
+        f"staging={q(staging_dir)}",
+        'mkdir -p "$staging"',
+        f'stage=$(mktemp -d "$staging/{artifact.component}.XXXXXX")',
         'new_files=""',
-        # On any exit: drop the staging directory and any hidden copy not yet renamed into place.
-        'cleanup() { rm -rf "$stage"; for f in $new_files; do rm -f "$f"; done; }',
+        # On any exit: drop this run's staging directory (and the staging directory itself
+        # once empty), an uploaded copy, and any hidden copy not yet renamed into place.
+        'cleanup() { rm -rf "$stage"; [ -z "$uploaded" ] || rm -f "$uploaded"; for f in $new_files; do rm -f "$f"; done; '
+        'rmdir "$staging" 2>/dev/null || true; }',
         "trap cleanup EXIT",
         "trap 'exit 1' HUP INT TERM",
-        'fetch "$url" "$stage/download" || fail "could not download $url; nothing was installed"',
+    ]
+    if uploaded:
+        lines.append('mv -f "$uploaded" "$stage/download" || fail "the copy of $url uploaded from the controller is missing; nothing was installed"')
+    else:
+        lines.append('fetch "$url" "$stage/download" || fail "could not download $url; nothing was installed"')
+    lines += [
         'actual=$(sha256sum "$stage/download" | cut -d" " -f1)',
         '[ "$actual" = "$expected" ] || fail "checksum mismatch for $url: expected sha256 $expected, got $actual; nothing was installed"',
         "mkdir \"$stage/files\"",
     ]
-    if artifact.url.endswith(".tar.gz"):
+    if layout.tarball:
+        member = f" {q(layout.member)}" if layout.member else ""
+        where = f" with a {layout.member}/ directory" if layout.member else ""
         lines += [
-            'tar -xzf "$stage/download" -C "$stage/files" bin || fail "$url is not a release tarball with a bin/ directory; nothing was installed"',
-            f'[ -f "$stage/files/bin/{artifact.component}" ] || fail "$url has no bin/{artifact.component}; nothing was installed"',
+            f'tar -xzf "$stage/download" -C "$stage/files"{member} || fail "$url is not a release tarball{where}; nothing was installed"',
+            f'src="$stage/files{"/" + layout.member if layout.member else ""}"',
+            f'[ -f "$src/{layout.required}" ] || fail "$url has no {(layout.member + "/") if layout.member else ""}{layout.required}; nothing was installed"',
             f"dest_dir={q(dest)}",
-            'for f in "$stage"/files/bin/*; do echo "${f##*/} $dest_dir/${f##*/}"; done > "$stage/plan"',
-            'mv "$stage/files/bin"/* "$stage/files/"',
+            'for f in "$src"/*; do if [ -f "$f" ]; then echo "${f##*/} $dest_dir/${f##*/}"; fi; done > "$stage/plan"',
         ]
     else:
         name = dest.rsplit("/", 1)[-1]
         lines += [
-            f'mv "$stage/download" "$stage/files/{name}"',
+            'src="$stage/files"',
+            f'mv "$stage/download" "$src/{name}"',
             f'echo {q(name)} {q(dest)} > "$stage/plan"',
             f"dest_dir={q(dest.rsplit('/', 1)[0] or '/')}",
         ]
@@ -83,9 +99,9 @@ def install_artifact_script(artifact: Artifact, dest: str, staging_dir: str, sta
         # First put every hidden copy in place (root-owned, 0755), then rename them all: a
         # failure before the renames leaves every final path as it was.
         'while read -r name path; do',
-        f'  install -o 0 -g 0 -m 0755 "$stage/files/$name" "$path{NEW_SUFFIX}"',
+        f'  install -o 0 -g 0 -m 0755 "$src/$name" "$path{NEW_SUFFIX}"',
         f'  new_files="$new_files $path{NEW_SUFFIX}"',
-        '  echo "file $path $(sha256sum < "$stage/files/$name" | cut -d" " -f1)" >> "$stage/manifest"',
+        '  echo "file $path $(sha256sum < "$src/$name" | cut -d" " -f1)" >> "$stage/manifest"',
         'done < "$stage/plan"',
         'while read -r name path; do',
         f'  mv -f "$path{NEW_SUFFIX}" "$path"',
@@ -97,10 +113,60 @@ def install_artifact_script(artifact: Artifact, dest: str, staging_dir: str, sta
         '    grep -q "^file $path " "$stage/manifest" || rm -f "$path"',
         '  done',
         'fi',
+        f"mkdir -p {q(state_dir)}",
         f'cp "$stage/manifest" "$manifest{NEW_SUFFIX}"',
         f'mv -f "$manifest{NEW_SUFFIX}" "$manifest"',
     ]
     return "\n".join(lines) + "\n"
+
+
+def fetched_path(staging_dir: str, artifact: Artifact) -> str:
+    """Where a release file waits, verified, between the fetch and its install."""
+    return f"{staging_dir}/.fetched-{artifact.component}"
+
+
+def fetch_artifacts_script(artifacts: list[Artifact], staging_dir: str) -> str:
+    """Download every artifact into the staging directory and verify each sha256, before any
+    is installed: one bad file and none is kept, so no final path changes."""
+    lines = [
+        _PRELUDE,
+        _FETCH,
+        f"staging={q(staging_dir)}",
+        'mkdir -p -m 700 "$staging"',
+        'kept=""',
+        'done_ok=""',
+        # On failure: remove every file fetched so far (and the staging directory once empty).
+        'cleanup() { if [ -z "$done_ok" ]; then for f in $kept; do rm -f "$f" "$f.partial"; done; '
+        'rmdir "$staging" 2>/dev/null || true; fi; }',
+        "trap cleanup EXIT",
+        "trap 'exit 1' HUP INT TERM",
+    ]
+    for artifact in artifacts:
+        path = fetched_path(staging_dir, artifact)
+        lines += [
+            f"url={q(artifact.url)}",
+            f"expected={q(artifact.sha256)}",
+            f"path={q(path)}",
+            'kept="$kept $path"',
+            'fetch "$url" "$path.partial" || fail "could not download $url; nothing was installed"',
+            'actual=$(sha256sum "$path.partial" | cut -d" " -f1)',
+            '[ "$actual" = "$expected" ] || fail "checksum mismatch for $url: expected sha256 $expected, got $actual; nothing was installed"',
+            'mv -f "$path.partial" "$path"',
+        ]
+    lines.append('done_ok=1')
+    return "\n".join(lines) + "\n"
+
+
+def remove_artifact_script(component: str, state_dir: str) -> str:
+    """Remove the files a component's manifest lists, then the manifest (the component was turned off)."""
+    manifest = f"{state_dir}/{component}.manifest"
+    return "\n".join([
+        _PRELUDE,
+        f"manifest={q(manifest)}",
+        '[ -f "$manifest" ] || exit 0',
+        """sed -n 's/^file //p' "$manifest" | while read -r path _; do rm -f "$path"; done""",
+        'rm -f "$manifest"',
+    ]) + "\n"
 
 
 def replace_file_script(temp_path: str, path: str, mode: str) -> str:

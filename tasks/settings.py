@@ -16,17 +16,32 @@ from pyinfra.api.exceptions import DeployError
 
 DEFAULTS: dict = {
     # What to install.
-    "containerd_version": "1.7.11",
+    "containerd_version": "2.2.1",
     "containerd_sha256": None,
-    "runc_version": "1.1.11",
+    "runc_version": "1.3.4",
     "runc_sha256": None,
+    # Optional, off while their version is unset: CNI plugins (into cni_bin_dir) and crictl.
+    "cni_plugins_version": None,
+    "cni_plugins_sha256": None,
+    "crictl_version": None,
+    "crictl_sha256": None,
     # Where from: upstream's release layout under one base URL, or per-artifact templates.
     "artifact_mirror": "https://github.com",
     "containerd_download_url": "{mirror}/containerd/containerd/releases/download/v{version}/containerd-{version}-linux-{arch}.tar.gz",
     "runc_download_url": "{mirror}/opencontainers/runc/releases/download/v{version}/runc.{arch}",
+    "cni_plugins_download_url": "{mirror}/containernetworking/plugins/releases/download/v{version}/cni-plugins-linux-{arch}-v{version}.tgz",
+    "crictl_download_url": "{mirror}/kubernetes-sigs/cri-tools/releases/download/v{version}/crictl-v{version}-linux-{arch}.tar.gz",
+    # How they reach the node: each node downloads ("node"), or the controller downloads and
+    # verifies each file once into artifact_cache_dir and uploads it over SSH ("controller").
+    "artifact_source": "node",
+    "artifact_cache_dir": "~/.cache/containerd-deploy/artifacts",
+    # Components whose checksum may be read from the .sha256sum next to the file when neither
+    # files/checksums.toml nor data has one. Empty: never trust the file's own source.
+    "artifact_trust_mirror_checksums": [],
     # Where to.
     "containerd_bin_dir": "/usr/local/bin",
     "runc_path": "/usr/local/sbin/runc",
+    "cni_bin_dir": "/opt/cni/bin",
     "containerd_config_path": "/etc/containerd/config.toml",
     "containerd_unit_path": "/etc/systemd/system/containerd.service",
     "containerd_deploy_state_dir": "/var/lib/containerd-deploy",
@@ -57,6 +72,8 @@ DEFAULTS: dict = {
 # Release lines this deploy knows how to configure (config schema v2 for 1.x, v3+ for 2.x).
 SUPPORTED_CONTAINERD = (Version("1.6"), Version("3"))
 SUPPORTED_RUNC = (Version("1.1"), Version("2"))
+SUPPORTED_CNI_PLUGINS = (Version("1.0"), Version("2"))
+SUPPORTED_CRICTL = (Version("1.20"), Version("2"))
 ARCHES = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 VERSION = re.compile(r"^v?(\d+\.\d+\.\d+)$")
@@ -77,11 +94,21 @@ class Settings:
     containerd_sha256: str | dict | None
     runc_version: Version
     runc_sha256: str | dict | None
+    cni_plugins_version: Version | None
+    cni_plugins_sha256: str | dict | None
+    crictl_version: Version | None
+    crictl_sha256: str | dict | None
     artifact_mirror: str
     containerd_download_url: str
     runc_download_url: str
+    cni_plugins_download_url: str
+    crictl_download_url: str
+    artifact_source: str
+    artifact_cache_dir: str
+    artifact_trust_mirror_checksums: tuple
     containerd_bin_dir: str
     runc_path: str
+    cni_bin_dir: str
     containerd_config_path: str
     containerd_unit_path: str
     containerd_deploy_state_dir: str
@@ -119,6 +146,28 @@ def parse_version(host: str, key: str, value, supported: tuple[Version, Version]
     if not low <= version < high:
         raise DataError(host, key, f"is {version}, outside the supported {low}.x to <{high} releases", fix)
     return version
+
+
+def _optional_version(host: str, key: str, value, supported: tuple[Version, Version]) -> Version | None:
+    return None if value in (None, "", False) else parse_version(host, key, value, supported)
+
+
+COMPONENT_NAMES = ("containerd", "runc", "cni_plugins", "crictl")
+
+
+def _components(host: str, key: str, value) -> tuple:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or any(item not in COMPONENT_NAMES for item in items):
+        raise DataError(host, key, f"is {value!r}, not a list of component names",
+                        f"list some of {', '.join(COMPONENT_NAMES)} (or leave it empty)")
+    return tuple(items)
+
+
+def _cache_dir(host: str, key: str, value) -> str:
+    """A directory on the controller (`~` allowed)."""
+    if not isinstance(value, str) or not value.strip():
+        raise DataError(host, key, f"is {value!r}, not a directory", "set it to a directory on the controller, e.g. ~/.cache/containerd-deploy/artifacts")
+    return posixpath.expanduser(value.strip())
 
 
 def _sha256(host: str, key: str, value) -> str | dict | None:
@@ -253,11 +302,22 @@ def resolve(host: str, data: Mapping) -> Settings:
         containerd_sha256=_sha256(host, "containerd_sha256", value["containerd_sha256"]),
         runc_version=parse_version(host, "runc_version", value["runc_version"], SUPPORTED_RUNC),
         runc_sha256=_sha256(host, "runc_sha256", value["runc_sha256"]),
+        cni_plugins_version=_optional_version(host, "cni_plugins_version", value["cni_plugins_version"], SUPPORTED_CNI_PLUGINS),
+        cni_plugins_sha256=_sha256(host, "cni_plugins_sha256", value["cni_plugins_sha256"]),
+        crictl_version=_optional_version(host, "crictl_version", value["crictl_version"], SUPPORTED_CRICTL),
+        crictl_sha256=_sha256(host, "crictl_sha256", value["crictl_sha256"]),
         artifact_mirror=mirror,
         containerd_download_url=_url_template(host, "containerd_download_url", value["containerd_download_url"]),
         runc_download_url=_url_template(host, "runc_download_url", value["runc_download_url"]),
+        cni_plugins_download_url=_url_template(host, "cni_plugins_download_url", value["cni_plugins_download_url"]),
+        crictl_download_url=_url_template(host, "crictl_download_url", value["crictl_download_url"]),
+        artifact_source=_choice(host, "artifact_source", value["artifact_source"], ("node", "controller")),
+        artifact_cache_dir=_cache_dir(host, "artifact_cache_dir", value["artifact_cache_dir"]),
+        artifact_trust_mirror_checksums=_components(host, "artifact_trust_mirror_checksums",
+                                                    value["artifact_trust_mirror_checksums"]),
         containerd_bin_dir=_absolute_path(host, "containerd_bin_dir", value["containerd_bin_dir"]),
         runc_path=_absolute_path(host, "runc_path", value["runc_path"]),
+        cni_bin_dir=_absolute_path(host, "cni_bin_dir", value["cni_bin_dir"]),
         containerd_config_path=_absolute_path(host, "containerd_config_path", value["containerd_config_path"]),
         containerd_unit_path=_absolute_path(host, "containerd_unit_path", value["containerd_unit_path"]),
         containerd_deploy_state_dir=_absolute_path(host, "containerd_deploy_state_dir", value["containerd_deploy_state_dir"]),

@@ -120,10 +120,13 @@ def judge(expected: Expected, state: DaemonState) -> Verdict:
     else:
         checked("CRI plugins loaded")
 
+    try:
+        effective = bool(runc_systemd_cgroup(state.dump)) if state.dump is not None else None
+    except ConfigError as error:
+        state.dump, state.dump_error = None, f"its output {error}"
     if state.dump is None:
         problem(f"containerd config dump failed: {state.dump_error.strip()[:300]}")
     else:
-        effective = bool(runc_systemd_cgroup(state.dump))
         if effective != expected.systemd_cgroup:
             problem(f"the effective config (containerd config dump) has SystemdCgroup = {str(effective).lower()} on "
                     f"the runc runtime but containerd_systemd_cgroup is {str(expected.systemd_cgroup).lower()}: "

@@ -13,6 +13,7 @@ under https://github.com. Other Debian suites are reached with a private apt con
 the machine's own apt sources are never edited.
 """
 
+import contextlib
 import fcntl
 import functools
 import hashlib
@@ -26,6 +27,8 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+
+from tasks.settings import DEFAULTS
 
 from .paths import cache_root, debian_mirror_uri
 
@@ -106,6 +109,14 @@ def _deterministic_targz(members: dict[str, Path], dest: Path) -> None:
         gz.write(raw.getvalue())
 
 
+def _publish_targz(members: dict[str, Path], tarball: Path, sumfile: str) -> None:
+    """Write the tarball by rename (readers never see part of it), with its checksum file beside it."""
+    tarball.parent.mkdir(parents=True, exist_ok=True)
+    _deterministic_targz(members, tarball.with_suffix(".part"))
+    tarball.with_suffix(".part").rename(tarball)
+    _write_sumfile(tarball.with_name(sumfile), [tarball])
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -124,21 +135,35 @@ def mirror_root() -> Path:
     return root
 
 
+def _layout_path(component: str, version: str, arch: str) -> Path:
+    """Where upstream's layout (the deploy's default URL template) puts a release file."""
+    return mirror_root() / DEFAULTS[f"{component}_download_url"].format(mirror="", version=version, arch=arch).lstrip("/")
+
+
 def containerd_tarball_path(version: str, arch: str = ARCH) -> Path:
-    return mirror_root() / f"containerd/containerd/releases/download/v{version}/containerd-{version}-linux-{arch}.tar.gz"
+    return _layout_path("containerd", version, arch)
 
 
 def runc_binary_path(version: str, arch: str = ARCH) -> Path:
-    return mirror_root() / f"opencontainers/runc/releases/download/v{version}/runc.{arch}"
+    return _layout_path("runc", version, arch)
+
+
+def cni_plugins_path(version: str, arch: str = ARCH) -> Path:
+    return _layout_path("cni_plugins", version, arch)
+
+
+@contextlib.contextmanager
+def _suite_debs(suite: str, packages: list[str]):
+    """The suite's .debs of `packages` (downloaded once), with the suite's mirror lock held."""
+    with open(mirror_root().parent / f".{suite}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield _download_debs(suite, packages, cache_root() / "debs" / suite)
 
 
 @functools.lru_cache(maxsize=None)
 def release(suite: str) -> Release:
     """Make (once) the suite's containerd tarball and runc binary in the mirror tree."""
-    debs_dir = cache_root() / "debs" / suite
-    with open(mirror_root().parent / f".{suite}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        debs = _download_debs(suite, ["containerd", "runc"], debs_dir)
+    with _suite_debs(suite, ["containerd", "runc"]) as debs:
         containerd_version = _upstream_version(debs["containerd"])
         runc_version = _upstream_version(debs["runc"])
         tarball = containerd_tarball_path(containerd_version)
@@ -153,15 +178,34 @@ def release(suite: str) -> Release:
                     for path in (work / "usr/bin").iterdir()
                     if path.name.startswith("containerd") or path.name == "ctr"
                 }
-                tarball.parent.mkdir(parents=True, exist_ok=True)
-                _deterministic_targz(binaries, tarball.with_suffix(".part"))
-                tarball.with_suffix(".part").rename(tarball)
-                _write_sumfile(tarball.with_name(tarball.name + ".sha256sum"), [tarball])
+                _publish_targz(binaries, tarball, tarball.name + ".sha256sum")
                 runc.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy(work / "usr/sbin/runc", runc.with_suffix(".part"))
                 runc.with_suffix(".part").rename(runc)
                 _write_sumfile(runc.with_name("runc.sha256sum"), [runc])
     return Release(suite, containerd_version, runc_version, _sha256(tarball), _sha256(runc))
+
+
+@dataclass(frozen=True)
+class CniRelease:
+    version: str
+    sha256: str
+
+
+@functools.lru_cache(maxsize=None)
+def cni_release(suite: str) -> CniRelease:
+    """Debian's containernetworking-plugins as upstream's cni-plugins tarball (files at its top)."""
+    with _suite_debs(suite, ["containernetworking-plugins"]) as debs:
+        deb = debs["containernetworking-plugins"]
+        version = _upstream_version(deb)
+        tarball = cni_plugins_path(version)
+        if not tarball.exists():
+            with tempfile.TemporaryDirectory() as work:
+                work = Path(work)
+                subprocess.run(["dpkg-deb", "-x", str(deb), str(work)], check=True)
+                plugins = {f"./{path.name}": path for path in (work / "usr/lib/cni").iterdir() if path.is_file()}
+                _publish_targz(plugins, tarball, tarball.name + ".sha256")
+    return CniRelease(version, _sha256(tarball))
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):

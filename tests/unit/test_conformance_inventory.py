@@ -34,4 +34,4 @@ def test_loading_the_example_inventory_with_its_group_data():
     assert "worker-arm-1.example.com" in hosts and len(hosts) == 5
     groups, data = hosts["worker-arm-1.example.com"]
     assert "k8s_workers" in groups and data["ssh_user"] == "admin" and data["_sudo"] is True
-    assert data["containerd_version"] == "1.7.11", "group_data/k8s_workers.py applies"
+    assert data["containerd_version"] == "2.2.1", "group_data/k8s_workers.py applies"

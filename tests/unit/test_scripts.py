@@ -17,10 +17,11 @@ from tasks.scripts import NEW_SUFFIX, install_artifact_script
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the script installs root-owned files (run as root)")
 
 
-def tarball(path: Path, files: dict[str, bytes]) -> str:
+def tarball(path: Path, files: dict[str, bytes], directory: str = "bin") -> str:
+    """containerd's shape (files under bin/), or with directory "." the CNI plugins' and crictl's."""
     with tarfile.open(path, "w:gz") as tar:
         for name, data in files.items():
-            info = tarfile.TarInfo(f"bin/{name}")
+            info = tarfile.TarInfo(f"{directory}/{name}")
             info.size, info.mode = len(data), 0o755
             tar.addfile(info, io.BytesIO(data))
     return hashlib.sha256(path.read_bytes()).hexdigest()
@@ -59,7 +60,7 @@ def test_verified_tarball_is_installed_and_recorded(node):
     assert result.returncode == 0, result.stderr
     assert (node / "bin/containerd").read_bytes() == b"daemon"
     assert oct((node / "bin/ctr").stat().st_mode & 0o777) == "0o755"
-    assert list((node / "staging").iterdir()) == []
+    assert not (node / "staging").exists()
     manifest = state_of(node).manifests["containerd"]
     assert manifest.fields["version"] == "1.7.11" and manifest.intact()
     assert artifact_is_installed(manifest, artifact, str(node / "bin"))
@@ -77,7 +78,7 @@ def test_checksum_mismatch_installs_nothing_and_leaves_nothing(node):
     assert f"checksum mismatch for {evil.url}: expected sha256 {'e' * 64}, got {evil.sha256}" in result.stderr
     assert {path.name: path.stat().st_ino for path in (node / "bin").iterdir()} == before
     assert (node / "bin/containerd").read_bytes() == b"daemon"
-    assert list((node / "staging").iterdir()) == []
+    assert not (node / "staging").exists()
     assert state_of(node).manifests["containerd"].fields["version"] == "1.7.11"
 
 
@@ -85,7 +86,7 @@ def test_missing_download_is_a_clear_error(node):
     missing = Artifact("runc", "1.1.11", "amd64", f"file://{node}/mirror/runc.amd64", "a" * 64)
     result = install(node, missing, str(node / "sbin/runc"))
     assert result.returncode != 0 and f"could not download {missing.url}" in result.stderr
-    assert list((node / "sbin").iterdir()) == [] and list((node / "staging").iterdir()) == []
+    assert list((node / "sbin").iterdir()) == [] and not (node / "staging").exists()
 
 
 def test_not_a_release_tarball(node):
@@ -121,3 +122,75 @@ def test_single_binary_goes_to_its_path(node):
     assert manifest.files == {str(node / "sbin/runc"): artifact.sha256} and manifest.intact()
     (node / "sbin/runc").write_bytes(b"tampered on the node")
     assert not artifact_is_installed(state_of(node).manifests["runc"], artifact, str(node / "sbin/runc"))
+
+
+def test_cni_plugins_tarball_goes_into_its_directory_and_can_be_removed(node):
+    from tasks.scripts import remove_artifact_script
+
+    path = node / "mirror" / "cni-plugins-linux-amd64-v1.8.0.tgz"
+    digest = tarball(path, {"loopback": b"lo", "bridge": b"br", "LICENSE": b"text"}, directory=".")
+    artifact = Artifact("cni_plugins", "1.8.0", "amd64", f"file://{path}", digest)
+    (node / "cni").mkdir()
+    (node / "cni" / "operator-plugin").write_bytes(b"theirs")
+    result = install(node, artifact, str(node / "cni"))
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (node / "cni").iterdir()) == ["LICENSE", "bridge", "loopback", "operator-plugin"]
+    assert state_of(node).manifests["cni_plugins"].intact()
+    # Turned off: exactly what it installed goes, the operator's plugin stays.
+    assert run(remove_artifact_script("cni_plugins", str(node / "state"))).returncode == 0
+    assert [p.name for p in (node / "cni").iterdir()] == ["operator-plugin"]
+    assert "cni_plugins" not in state_of(node).manifests
+
+
+def test_a_tarball_without_the_components_file_is_refused(node):
+    path = node / "mirror" / "cni-plugins-linux-amd64-v1.8.0.tgz"
+    digest = tarball(path, {"bridge": b"br"}, directory=".")
+    result = install(node, Artifact("cni_plugins", "1.8.0", "amd64", f"file://{path}", digest), str(node / "cni"))
+    assert result.returncode != 0 and "has no loopback; nothing was installed" in result.stderr
+    assert not (node / "cni").exists() or list((node / "cni").iterdir()) == []
+
+
+def test_a_file_uploaded_by_the_controller_is_verified_then_installed_and_removed(node):
+    artifact = containerd(node, "1.7.11", {"containerd": b"daemon", "ctr": b"client"})
+    uploaded = node / "staging" / ".upload-containerd"
+    uploaded.write_bytes(Path(artifact.url[len("file://"):]).read_bytes())
+    offline = Artifact("containerd", "1.7.11", "amd64", "http://unreachable.invalid/containerd.tar.gz", artifact.sha256)
+    result = run(install_artifact_script(offline, str(node / "bin"), str(node / "staging"), str(node / "state"),
+                                         uploaded=str(uploaded)))
+    assert result.returncode == 0, result.stderr
+    assert (node / "bin/containerd").read_bytes() == b"daemon"
+    assert not (node / "staging").exists(), "the uploaded copy is consumed"
+    # A tampered upload is refused like a tampered download, and removed.
+    uploaded.parent.mkdir()
+    uploaded.write_bytes(b"not the release")
+    changed = Artifact("containerd", "1.7.12", "amd64", offline.url, "f" * 64)
+    result = run(install_artifact_script(changed, str(node / "bin"), str(node / "staging"), str(node / "state"),
+                                         uploaded=str(uploaded)))
+    assert result.returncode != 0 and "checksum mismatch" in result.stderr
+    assert (node / "bin/containerd").read_bytes() == b"daemon"
+    assert not (node / "staging").exists()
+
+
+def test_fetch_verifies_every_file_before_any_is_kept(node):
+    from tasks.scripts import fetch_artifacts_script, fetched_path
+
+    good = containerd(node, "1.7.11", {"containerd": b"daemon", "ctr": b"client"})
+    runc_file = node / "mirror" / "runc.amd64"
+    runc_file.write_bytes(b"runc")
+    runc = Artifact("runc", "1.1.11", "amd64", f"file://{runc_file}", hashlib.sha256(b"runc").hexdigest())
+    staging = str(node / "staging")
+    result = run(fetch_artifacts_script([good, runc], staging))
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (node / "staging").iterdir()) == [".fetched-containerd", ".fetched-runc"]
+    assert Path(fetched_path(staging, runc)).read_bytes() == b"runc"
+    for p in (node / "staging").iterdir():
+        p.unlink()
+    # The second file is bad: the first, already verified, is not kept either.
+    tampered = Artifact("runc", "1.1.11", "amd64", runc.url, "0" * 64)
+    result = run(fetch_artifacts_script([good, tampered], staging))
+    assert result.returncode != 0 and f"checksum mismatch for {runc.url}" in result.stderr
+    assert not (node / "staging").exists(), "nothing kept, and the emptied staging directory removed"
+    missing = Artifact("runc", "1.1.11", "amd64", f"file://{node}/mirror/absent", runc.sha256)
+    result = run(fetch_artifacts_script([good, missing], staging))
+    assert result.returncode != 0 and "could not download" in result.stderr
+    assert not (node / "staging").exists(), "a staging directory the fetch created is removed again"

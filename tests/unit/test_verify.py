@@ -202,3 +202,8 @@ def test_failure_script_prints_each_problem_quoted():
     script = failure_script("node1", ["it's broken", "$(reboot)"])
     assert script.endswith(">&2; exit 1")
     assert "'  - it'\"'\"'s broken'" in script and "'  - $(reboot)'" in script
+
+
+def test_a_dump_that_is_not_toml_is_a_problem_not_a_crash():
+    [problem] = judge(expected(), healthy(dump='time="x" level=warning msg="migrated"\nversion = 3\n')).problems
+    assert problem.startswith("containerd config dump failed: its output is not valid TOML")
