@@ -74,6 +74,11 @@ def desired_config(settings: Settings, base_text: str) -> str:
     return text
 
 
+def loaded_at_start(settings: Settings) -> tuple[str, ...]:
+    """The files containerd (and systemd, for it) read when it starts: a change needs a restart."""
+    return (settings.containerd_config_path, settings.containerd_unit_path, proxy_dropin_path(settings))
+
+
 def registry_files(settings: Settings) -> dict[str, tuple[str, str]]:
     """path -> (hosts.toml text, mode) for every registry in data."""
     if not settings.containerd_registries:
@@ -171,5 +176,4 @@ def configure_containerd(settings: Settings, node: NodeState, binaries_current: 
         if path not in wanted:
             file_absent(name=f"Remove {path} (no longer in containerd_registries)", path=path, present=True,
                         remove_empty_parent=True)
-    loaded = (settings.containerd_config_path, settings.containerd_unit_path, dropin_path)
-    return ConfigureResult(config_op, unit_op, dropin_op, config, loaded)
+    return ConfigureResult(config_op, unit_op, dropin_op, config, loaded_at_start(settings))

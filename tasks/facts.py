@@ -42,6 +42,9 @@ class NodeState:
     default_config: str | None = None
     files: dict = field(default_factory=dict)  # path -> sha256 of the other files the deploy manages
     managed_hosts: list = field(default_factory=list)  # hosts.toml files this deploy wrote
+    exe: str = ""  # the running daemon's binary ("… (deleted)" once replaced on disk)
+    started: float | None = None  # epoch seconds the running daemon started
+    mtimes: dict = field(default_factory=dict)  # path -> epoch mtime of the files it loads at start
 
     @property
     def main_pid(self) -> int:
@@ -55,12 +58,61 @@ class NodeState:
         return self.service.get("ActiveState") == "active"
 
     @property
+    def need_daemon_reload(self) -> bool:
+        return self.service.get("NeedDaemonReload") == "yes"
+
+    @property
     def enabled(self) -> bool:
         return self.service.get("UnitFileState") == "enabled"
 
 
+def daemon_process_lines(pid_expr: str, loaded_files: tuple) -> list[str]:
+    """Shell lines printing the daemon's binary and start time (for pid `pid_expr`), and the
+    mtimes of the files it loads at start: a file newer than the daemon was never loaded."""
+    q = shlex.quote
+    return [
+        f'pid={pid_expr}',
+        'if [ "${pid:-0}" -gt 0 ] 2>/dev/null; then',
+        f'  echo "{SECTION}exe"',
+        '  readlink "/proc/$pid/exe"',
+        f'  echo "{SECTION}started"',
+        # Field 22 of /proc/PID/stat is the start in clock ticks after boot (counted after the
+        # command name, which may hold spaces).
+        '''  awk -v hz="$(getconf CLK_TCK)" -v boot="$(sed -n 's/^btime //p' /proc/stat)" '''
+        ''''{ sub(/.*\\) /, ""); printf "%.2f\\n", boot + $20 / hz }' "/proc/$pid/stat"''',
+        'fi',
+        f'echo "{SECTION}mtimes"',
+        *[f"[ -e {q(path)} ] && stat -c '%Y %n' {q(path)}" for path in loaded_files],
+    ]
+
+
+def parse_process_section(name: str, body: list[str], state) -> None:
+    """Fill `exe`, `started` and `mtimes` of a NodeState or DaemonState from their sections."""
+    if name == "exe":
+        state.exe = "".join(body).strip()
+    elif name == "started":
+        try:
+            state.started = float("".join(body).strip())
+        except ValueError:
+            state.started = None
+    elif name == "mtimes":
+        for line in body:
+            mtime, _, path = line.strip().partition(" ")
+            if path and mtime.isdigit():
+                state.mtimes[path] = int(mtime)
+
+
+def newer_than_daemon(started: float | None, mtimes: dict, paths: tuple) -> list[str]:
+    """Which of `paths` changed after the daemon started (so it runs without them)."""
+    if not started:
+        return []
+    # /proc's boot time is whole seconds: allow that much (and a little) of clock slack.
+    return [path for path in paths if mtimes.get(path, 0) > started + 1.5]
+
+
 def node_state_command(bin_dir: str, config_path: str, unit_path: str, state_dir: str,
-                       files: tuple = (), certs_dir: str = "", marker: str = "", always_defaults: bool = False) -> str:
+                       files: tuple = (), certs_dir: str = "", marker: str = "", always_defaults: bool = False,
+                       loaded: tuple = ()) -> str:
     q = shlex.quote
     ctr, containerd = q(f"{bin_dir}/ctr"), q(f"{bin_dir}/containerd")
     # Defaults come from the installed binary: needed when there is no config file to start
@@ -84,6 +136,7 @@ def node_state_command(bin_dir: str, config_path: str, unit_path: str, state_dir
         f"[ -f {q(config_path)} ] && base64 -w0 {q(config_path)} && echo",
         f'echo "{SECTION}service"',
         "systemctl show containerd.service -p ActiveState -p UnitFileState -p MainPID -p NeedDaemonReload 2>/dev/null",
+        *daemon_process_lines("$(systemctl show containerd.service -p MainPID --value 2>/dev/null)", loaded),
         f'echo "{SECTION}ctr"',
         f"[ -x {ctr} ] && [ -S /run/containerd/containerd.sock ] && timeout 10 {ctr} version 2>&1",
         f'echo "{SECTION}default"',
@@ -163,6 +216,8 @@ def parse_node_state(lines: list[str]) -> NodeState:
                 key, _, value = line.strip().partition("=")
                 if key:
                     state.service[key] = value
+        elif name in ("exe", "started", "mtimes"):
+            parse_process_section(name, body, state)
         elif name == "ctr":
             state.ctr_client, state.ctr_server = parse_ctr_version(body)
         elif name == "default":
@@ -185,8 +240,9 @@ class ContainerdNode(FactBase):
         return NodeState()
 
     def command(self, bin_dir, config_path, unit_path, state_dir, files=(), certs_dir="", marker="",
-                always_defaults=False):
-        return node_state_command(bin_dir, config_path, unit_path, state_dir, files, certs_dir, marker, always_defaults)
+                always_defaults=False, loaded=()):
+        return node_state_command(bin_dir, config_path, unit_path, state_dir, files, certs_dir, marker, always_defaults,
+                                  tuple(loaded))
 
     def process(self, output):
         return parse_node_state(output)
@@ -241,18 +297,7 @@ def daemon_state_command(bin_dir: str, config_path: str, unit: str, files: tuple
         f"unit={q(unit)}",
         f'echo "{SECTION}service"',
         'systemctl show "$unit" -p ActiveState -p MainPID -p NeedDaemonReload 2>/dev/null',
-        'pid=$(systemctl show "$unit" -p MainPID --value 2>/dev/null)',
-        'if [ "${pid:-0}" -gt 0 ] 2>/dev/null; then',
-        f'  echo "{SECTION}exe"',
-        '  readlink "/proc/$pid/exe"',
-        f'  echo "{SECTION}started"',
-        # Field 22 of /proc/PID/stat is the start in clock ticks after boot (counted after the
-        # command name, which may hold spaces).
-        '''  awk -v hz="$(getconf CLK_TCK)" -v boot="$(sed -n 's/^btime //p' /proc/stat)" '''
-        ''''{ sub(/.*\\) /, ""); printf "%.2f\\n", boot + $20 / hz }' "/proc/$pid/stat"''',
-        'fi',
-        f'echo "{SECTION}mtimes"',
-        *[f"[ -e {q(path)} ] && stat -c '%Y %n' {q(path)}" for path in files],
+        *daemon_process_lines('$(systemctl show "$unit" -p MainPID --value 2>/dev/null)', files),
         f'echo "{SECTION}ctr"',
         f"timeout 10 {ctr} version 2>&1",
         f'echo "{SECTION}plugins"',
@@ -293,18 +338,8 @@ def parse_daemon_state(lines: list[str]) -> DaemonState:
             state.active_state = props.get("ActiveState", "")
             state.need_daemon_reload = props.get("NeedDaemonReload") == "yes"
             state.main_pid = int(props.get("MainPID") or 0) if (props.get("MainPID") or "0").isdigit() else 0
-        elif name == "exe":
-            state.exe = "".join(body).strip()
-        elif name == "started":
-            try:
-                state.started = float("".join(body).strip())
-            except ValueError:
-                state.started = None
-        elif name == "mtimes":
-            for line in body:
-                mtime, _, path = line.strip().partition(" ")
-                if path and mtime.isdigit():
-                    state.mtimes[path] = int(mtime)
+        elif name in ("exe", "started", "mtimes"):
+            parse_process_section(name, body, state)
         elif name == "ctr":
             state.ctr_client, state.ctr_server = parse_ctr_version(body)
             state.ctr_error = "\n".join(body) if not state.ctr_server else ""

@@ -6,7 +6,7 @@ from pyinfra.api.exceptions import DeployError
 
 from . import artifacts
 from . import registries
-from .configure import configure_containerd, managed_paths
+from .configure import configure_containerd, loaded_at_start, managed_paths
 from .facts import ContainerdNode, NodeState
 from .install import install_release_files
 from .operations import artifact_is_installed
@@ -27,6 +27,7 @@ def gather(settings: Settings) -> NodeState:
         certs_dir=settings.containerd_registry_config_path,
         marker=registries.MARKER,
         always_defaults=settings.containerd_config_base == "default",
+        loaded=loaded_at_start(settings),
     )
 
 

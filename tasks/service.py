@@ -5,7 +5,8 @@ import posixpath
 from pyinfra.api import deploy
 from pyinfra.operations import systemd
 
-from .facts import NodeState
+from .configure import loaded_at_start
+from .facts import NodeState, newer_than_daemon
 from .operations import containerd_service
 from .settings import DEFAULTS, Settings
 
@@ -21,10 +22,17 @@ def any_changed(*ops):
 def run_containerd(settings: Settings, node: NodeState, reload_after, restart_after):
     """Reload systemd when a unit file changed; restart containerd (once) when anything did."""
     unit = posixpath.basename(settings.containerd_unit_path)
-    systemd.daemon_reload(name="Reload systemd units", _if=any_changed(*reload_after))
-    # A daemon that answers with another version than the installed ctr is a leftover of an
-    # upgrade that never restarted it: restart it even when this run changed nothing.
-    stale = bool(node.ctr_server and node.ctr_client and node.ctr_server != node.ctr_client)
+    # A unit written by a run that stopped before reloading systemd is reloaded now.
+    reload_changed = any_changed(*reload_after)
+    systemd.daemon_reload(name="Reload systemd units", _if=lambda: node.need_daemon_reload or reload_changed())
+    # A daemon older than what is on disk is a leftover of a run that stopped (or an upgrade
+    # that never restarted it): its ctr answers with another version, its binary was replaced,
+    # or a file it loads at start is newer than it. Restart it even when this run changed nothing.
+    stale = node.active and bool(
+        (node.ctr_server and node.ctr_client and node.ctr_server != node.ctr_client)
+        or node.exe.endswith(" (deleted)")
+        or newer_than_daemon(node.started, node.mtimes, loaded_at_start(settings))
+    )
     changed = any_changed(*restart_after)
     containerd_service(
         name="Enable, start and check containerd",

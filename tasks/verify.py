@@ -20,7 +20,7 @@ from pyinfra import host
 from pyinfra.api import StringCommand, deploy, operation
 
 from .config_toml import ConfigError, PATHS, parse, runc_systemd_cgroup, schema_version, value_at
-from .facts import ContainerdDaemon, DaemonState
+from .facts import ContainerdDaemon, DaemonState, newer_than_daemon
 from .settings import DEFAULTS, Settings
 
 # The CRI plugins a kubelet needs, as `ctr plugins ls` names them (type, id); 2.x split the
@@ -28,9 +28,6 @@ from .settings import DEFAULTS, Settings
 CRI_PLUGINS = {1: (("io.containerd.grpc.v1", "cri"),),
                2: (("io.containerd.grpc.v1", "cri"), ("io.containerd.cri.v1", "runtime"),
                    ("io.containerd.cri.v1", "images"))}
-# Seconds of slack when comparing file mtimes with the daemon's start: /proc's boot time
-# is whole seconds.
-CLOCK_SLACK = 1.5
 
 
 @dataclass(frozen=True)
@@ -103,8 +100,7 @@ def judge(expected: Expected, state: DaemonState) -> Verdict:
     if state.need_daemon_reload:
         problem(f"{expected.unit} changed on disk and systemd has not reloaded it: run systemctl daemon-reload, "
                 f"then {restart}")
-    stale = [path for path, mtime in state.mtimes.items()
-             if path in expected.loaded_files and state.started and mtime > state.started + CLOCK_SLACK]
+    stale = newer_than_daemon(state.started, state.mtimes, expected.loaded_files)
     if stale:
         problem(f"{', '.join(stale)} changed after the running daemon started, so it runs with the old "
                 f"settings: {restart}")

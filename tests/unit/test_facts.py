@@ -64,3 +64,19 @@ def test_a_bare_node():
     assert state.machine == "aarch64" and not state.systemd
     assert state.manifests == {} and state.unit_sha256 is None and state.config_text is None
     assert (state.main_pid, state.active, state.enabled) == (0, False, False)
+
+
+def test_node_state_reads_the_daemon_process_and_the_files_it_loaded():
+    from tasks.facts import newer_than_daemon
+
+    output = [f"{SECTION}machine x86_64", f"{SECTION}service", "MainPID=482", "ActiveState=active",
+              "NeedDaemonReload=yes", f"{SECTION}exe", "/usr/local/bin/containerd (deleted)",
+              f"{SECTION}started", "1000.25", f"{SECTION}mtimes", "990 /etc/containerd/config.toml",
+              "1003 /etc/systemd/system/containerd.service"]
+    state = parse_node_state(output)
+    assert state.need_daemon_reload and state.exe.endswith(" (deleted)") and state.started == 1000.25
+    loaded = ("/etc/containerd/config.toml", "/etc/systemd/system/containerd.service", "/absent")
+    assert newer_than_daemon(state.started, state.mtimes, loaded) == ["/etc/systemd/system/containerd.service"]
+    # Within the clock's resolution of the start: not stale (the deploy writes, then restarts).
+    assert newer_than_daemon(1000.25, {"/c": 1001}, ("/c",)) == []
+    assert newer_than_daemon(None, {"/c": 5000}, ("/c",)) == [], "no daemon, nothing stale"
