@@ -43,6 +43,7 @@ class NodeState:
     files: dict = field(default_factory=dict)  # path -> sha256 of the other files the deploy manages
     managed_hosts: list = field(default_factory=list)  # hosts.toml files this deploy wrote
     exe: str = ""  # the running daemon's binary ("… (deleted)" once replaced on disk)
+    lock: str = ""  # the run lock: "acquired", "held", "busy <owner>" or "unavailable <why>"
     started: float | None = None  # epoch seconds the running daemon started
     mtimes: dict = field(default_factory=dict)  # path -> epoch mtime of the files it loads at start
 
@@ -110,15 +111,58 @@ def newer_than_daemon(started: float | None, mtimes: dict, paths: tuple) -> list
     return [path for path in paths if mtimes.get(path, 0) > started + 1.5]
 
 
+# Held, while a run's SSH connection lasts, by a small process on the node: a second run
+# waits for it, then is refused; a run killed or cut off frees it within a second.
+LOCK_PATH = "/run/containerd-deploy.lock"
+LOCK_WAIT_SECONDS = 10
+
+
+def node_lock_lines(owner: str) -> list[str]:
+    """Shell lines that take the node's run lock for as long as this SSH connection lives.
+
+    The lock is a flock on LOCK_PATH, handed to a detached process that exits when the sshd
+    serving this connection does. Prints "acquired", "held" (this connection has it already),
+    "busy <owner>", or "unavailable <why>" (no flock, or not run through sshd).
+    """
+    q = shlex.quote
+    return [
+        f'echo "{SECTION}lock"',
+        'session=$$',
+        # The sshd process of this connection: the first sshd/sshd-session ancestor.
+        'while [ "${session:-1}" -gt 1 ]; do',
+        '  case "$(cat /proc/$session/comm 2>/dev/null)" in sshd|sshd-session) break;; esac',
+        "  session=$(awk '{ sub(/.*\\) /, \"\"); print $2 }' /proc/$session/stat 2>/dev/null)",
+        'done',
+        'if ! command -v flock >/dev/null 2>&1; then echo "unavailable flock is not installed";',
+        'elif [ "${session:-1}" -le 1 ]; then echo "unavailable not run through sshd";',
+        f'elif [ "$(cat {q(LOCK_PATH)}.session 2>/dev/null)" = "$session" ]; then echo held;',
+        'else',
+        f'  exec 9>>{q(LOCK_PATH)}',
+        f'  if flock -w {LOCK_WAIT_SECONDS} 9; then',
+        f'    echo "$session" > {q(LOCK_PATH)}.session',
+        f'    printf "%s since %s\\n" {q(owner)} "$(date -u +%FT%TZ)" > {q(LOCK_PATH)}.owner',
+        # The holder keeps fd 9 (the lock) until this connection's sshd is gone.
+        '    setsid sh -c \'while kill -0 "$1" 2>/dev/null; do sleep 1; done\' lock-holder "$session" '
+        '</dev/null >/dev/null 2>&1 &',
+        '    echo acquired',
+        '  else',
+        f'    echo "busy $(cat {q(LOCK_PATH)}.owner 2>/dev/null)"',
+        '  fi',
+        '  exec 9>&-',
+        'fi',
+    ]
+
+
 def node_state_command(bin_dir: str, config_path: str, unit_path: str, state_dir: str,
                        files: tuple = (), certs_dir: str = "", marker: str = "", always_defaults: bool = False,
-                       loaded: tuple = ()) -> str:
+                       loaded: tuple = (), lock_owner: str = "") -> str:
     q = shlex.quote
     ctr, containerd = q(f"{bin_dir}/ctr"), q(f"{bin_dir}/containerd")
     # Defaults come from the installed binary: needed when there is no config file to start
     # from, or always when the operator chose to start from defaults.
     defaults_when = "true" if always_defaults else f"[ ! -f {q(config_path)} ]"
     return "\n".join([
+        *(node_lock_lines(lock_owner) if lock_owner else []),
         f'echo "{SECTION}machine $(uname -m)"',
         f'if [ -d /run/systemd/system ]; then echo "{SECTION}systemd"; fi',
         f"for m in {q(state_dir)}/*.manifest; do",
@@ -226,6 +270,8 @@ def parse_node_state(lines: list[str]) -> NodeState:
             state.files.update(_sha256sums(body))
         elif name == "managed":
             state.managed_hosts = [line.strip() for line in body if line.strip()]
+        elif name == "lock":
+            state.lock = " ".join(line.strip() for line in body if line.strip())
     return state
 
 
@@ -240,9 +286,9 @@ class ContainerdNode(FactBase):
         return NodeState()
 
     def command(self, bin_dir, config_path, unit_path, state_dir, files=(), certs_dir="", marker="",
-                always_defaults=False, loaded=()):
+                always_defaults=False, loaded=(), lock_owner=""):
         return node_state_command(bin_dir, config_path, unit_path, state_dir, files, certs_dir, marker, always_defaults,
-                                  tuple(loaded))
+                                  tuple(loaded), lock_owner)
 
     def process(self, output):
         return parse_node_state(output)

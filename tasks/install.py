@@ -22,6 +22,11 @@ def crictl_config() -> str:
             "image-endpoint: unix:///run/containerd/containerd.sock\ntimeout: 10\n")
 
 
+def crictl_config_is_ours(node: NodeState) -> bool:
+    """Whether the node's crictl.yaml is the one this deploy writes (an operator's own stays)."""
+    return node.files.get(CRICTL_CONFIG) == hashlib.sha256(crictl_config().encode()).hexdigest()
+
+
 @deploy("Install release files", data_defaults=DEFAULTS)
 def install_release_files(settings: Settings, node: NodeState, artifacts: dict[str, Artifact]) -> dict:
     """Returns component -> operation, so later steps can restart only when a binary changed."""
@@ -57,7 +62,6 @@ def install_release_files(settings: Settings, node: NodeState, artifacts: dict[s
         file_content(name=f"Write {CRICTL_CONFIG}", path=CRICTL_CONFIG, content=crictl_config(),
                      current_sha256=node.files.get(CRICTL_CONFIG))
     else:
-        # Only the file this deploy wrote: an operator's own crictl.yaml stays.
-        ours = node.files.get(CRICTL_CONFIG) == hashlib.sha256(crictl_config().encode()).hexdigest()
-        file_absent(name=f"Remove {CRICTL_CONFIG} (no crictl_version)", path=CRICTL_CONFIG, present=ours)
+        file_absent(name=f"Remove {CRICTL_CONFIG} (no crictl_version)", path=CRICTL_CONFIG,
+                    present=crictl_config_is_ours(node))
     return operations

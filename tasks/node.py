@@ -1,5 +1,8 @@
 """The whole deploy for one node: look once, then install, configure and run containerd."""
 
+import os
+import socket
+
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.api.exceptions import DeployError
@@ -7,9 +10,10 @@ from pyinfra.api.exceptions import DeployError
 from . import artifacts
 from . import registries
 from .configure import configure_containerd, loaded_at_start, managed_paths
-from .facts import ContainerdNode, NodeState
+from .facts import LOCK_WAIT_SECONDS, ContainerdNode, NodeState
 from .install import install_release_files
 from .operations import artifact_is_installed
+from .reset import remove_containerd
 from .service import run_containerd
 from .update_checksums import fetch_digest
 from .verify import verify_containerd
@@ -28,7 +32,18 @@ def gather(settings: Settings) -> NodeState:
         marker=registries.MARKER,
         always_defaults=settings.containerd_config_base == "default",
         loaded=loaded_at_start(settings),
+        lock_owner=f"controller {socket.gethostname()} pid {os.getpid()}",
     )
+
+
+def check_not_busy(settings: Settings, node: NodeState) -> None:
+    """One run at a time per node: the lock the node fact took, or who holds it."""
+    if node.lock.startswith("busy"):
+        owner = node.lock[len("busy"):].strip() or "another run"
+        raise DeployError(
+            f"{settings.host}: another containerd-deploy run holds this node ({owner}); it is released when that "
+            f"run ends or its SSH connection drops. Waited {LOCK_WAIT_SECONDS}s; rerun when it is done."
+        )
 
 
 def check_supported(settings: Settings, node: NodeState) -> str:
@@ -47,8 +62,13 @@ def check_supported(settings: Settings, node: NodeState) -> str:
 @deploy("containerd node", data_defaults=DEFAULTS)
 def containerd_node():
     settings = for_host(host)
-    artifacts.check_all_arches(settings)  # an unpinned version is refused before the node is asked
+    if settings.containerd_state == "present":
+        artifacts.check_all_arches(settings)  # an unpinned version is refused before the node is asked
     node = gather(settings)
+    check_not_busy(settings, node)
+    if settings.containerd_state != "present":
+        remove_containerd(settings, node)
+        return
     arch = check_supported(settings, node)
     wanted = artifacts.resolve(settings, arch, published=fetch_digest)
 

@@ -16,7 +16,7 @@ from .artifacts import Artifact
 from .facts import Manifest
 from .fetch import FetchError, cached_path, ensure_cached
 from .scripts import (NEW_SUFFIX, fetch_artifacts_script, fetched_path, install_artifact_script, remove_artifact_script,
-                      replace_file_script, service_script)
+                      remove_tree_script, replace_file_script, service_script)
 
 
 def artifact_is_installed(manifest: Manifest | None, artifact: Artifact, paths_under: str) -> bool:
@@ -216,3 +216,53 @@ def containerd_service(unit: str, ctr: str, version: str, timeout: int, active: 
         host.noop(f"{unit} is enabled and running")
         return
     yield service_script(unit, ctr, action, enable=not enabled, version=version, timeout=timeout)
+
+
+@operation()
+def service_absent(unit: str, present: bool):
+    """
+    Stop and disable a unit, and kill what its cgroup still holds (with ``KillMode=process``
+    the shims and containers outlive the daemon; without their binaries they must go too).
+
+    + unit: the systemd unit name
+    + present: whether the ``ContainerdNode`` fact found the unit installed, enabled or running
+
+    **Example:**
+
+    .. code:: python
+
+        service_absent(name="Stop containerd", unit="containerd.service", present=node.active)
+    """
+    if not present:
+        host.noop(f"{unit} is not installed")
+        return
+    yield StringCommand(
+        "systemctl", "disable", "--now", unit, "2>/dev/null", ";",
+        "systemctl", "kill", "-s", "KILL", unit, "2>/dev/null", ";",
+        "systemctl", "reset-failed", unit, "2>/dev/null", ";", "true",
+    )
+
+
+@operation()
+def directory_absent(path: str, present: bool, only_if_empty: bool = False):
+    """
+    Remove a directory the deploy made (with everything in it, or only once it is empty).
+
+    + path: the directory on the node
+    + present: whether it is (or may be) there
+    + only_if_empty: leave it when anything else is in it
+
+    **Example:**
+
+    .. code:: python
+
+        directory_absent(name="Remove the state directory", path="/var/lib/containerd-deploy",
+                         present=True, only_if_empty=True)
+    """
+    if not present:
+        host.noop(f"{path} is absent")
+        return
+    if only_if_empty:
+        yield StringCommand("rmdir", "--ignore-fail-on-non-empty", path, "2>/dev/null", "||", "true")
+    else:
+        yield remove_tree_script(path)

@@ -205,3 +205,17 @@ def service_script(unit: str, ctr: str, action: str, enable: bool, version: str,
         'echo "containerd $server answering (pid $(systemctl show -p MainPID --value "$unit"))"',
     ]
     return "\n".join(lines) + "\n"
+
+
+def remove_tree_script(path: str) -> str:
+    """Delete a directory tree, first detaching whatever is mounted beneath it (container rootfs
+    and snapshot mounts outlive a stopped containerd); never crosses into another filesystem."""
+    return "\n".join([
+        _PRELUDE,
+        f"dir={q(path.rstrip('/'))}",
+        '[ -e "$dir" ] || exit 0',
+        # Deepest first, so nested mounts come off before the ones holding them.
+        """findmnt -rn -o TARGET | awk -v d="$dir" 'index($0, d "/") == 1' | sort -r | """
+        'while read -r m; do umount -l "$m"; done',
+        'rm -rf --one-file-system "$dir"',
+    ]) + "\n"

@@ -15,6 +15,9 @@ from packaging.version import InvalidVersion, Version
 from pyinfra.api.exceptions import DeployError
 
 DEFAULTS: dict = {
+    # "present": a containerd node; "absent": stop it and remove what this deploy installed;
+    # "purged": absent, and containerd's data (images, snapshots) too.
+    "containerd_state": "present",
     # What to install.
     "containerd_version": "2.2.1",
     "containerd_sha256": None,
@@ -90,6 +93,7 @@ class DataError(DeployError):
 @dataclass(frozen=True)
 class Settings:
     host: str
+    containerd_state: str
     containerd_version: Version
     containerd_sha256: str | dict | None
     runc_version: Version
@@ -298,6 +302,7 @@ def resolve(host: str, data: Mapping) -> Settings:
                         "set artifact_mirror to a base URL such as https://github.com or http://mirror.internal:8080")
     return Settings(
         host=host,
+        containerd_state=_choice(host, "containerd_state", value["containerd_state"], ("present", "absent", "purged")),
         containerd_version=parse_version(host, "containerd_version", value["containerd_version"], SUPPORTED_CONTAINERD),
         containerd_sha256=_sha256(host, "containerd_sha256", value["containerd_sha256"]),
         runc_version=parse_version(host, "runc_version", value["runc_version"], SUPPORTED_RUNC),

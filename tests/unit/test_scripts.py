@@ -194,3 +194,27 @@ def test_fetch_verifies_every_file_before_any_is_kept(node):
     result = run(fetch_artifacts_script([good, missing], staging))
     assert result.returncode != 0 and "could not download" in result.stderr
     assert not (node / "staging").exists(), "a staging directory the fetch created is removed again"
+
+
+def test_remove_tree_detaches_mounts_beneath_and_deletes(tmp_path):
+    from tasks.scripts import remove_tree_script
+
+    tree = tmp_path / "var-lib-containerd"
+    (tree / "io.containerd.snapshotter.v1.overlayfs" / "snapshots" / "1").mkdir(parents=True)
+    mounted = tree / "rootfs"
+    mounted.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(mounted)], check=True)
+    (mounted / "inside").write_text("a container's file")
+    result = run(remove_tree_script(str(tree)))
+    assert result.returncode == 0, result.stderr
+    assert not tree.exists()
+    assert run(remove_tree_script(str(tree))).returncode == 0, "absent already: nothing to do"
+
+
+def test_reset_finds_containerds_data_where_the_config_puts_it():
+    from tasks.reset import data_directories
+
+    assert data_directories(None) == ("/var/lib/containerd", "/run/containerd")
+    assert data_directories('version = 2\nroot = "/data/containerd"\n') == ("/data/containerd", "/run/containerd")
+    assert data_directories('root = "/"\nstate = "relative"\n') == ("/var/lib/containerd", "/run/containerd")
+    assert data_directories("not [ toml") == ("/var/lib/containerd", "/run/containerd")

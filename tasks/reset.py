@@ -1,0 +1,75 @@
+"""Take a node back: stop containerd and remove what this deploy installed, and nothing else.
+
+Selected with `containerd_state=absent` (or `purged`, which also deletes containerd's data:
+images, snapshots, container state). Everything it removes, it knows from the node fact: the
+manifests of installed release files, the files the deploy writes, the hosts.toml files that
+carry its marker. Operator files beside them stay. A later deploy converges the node again.
+"""
+
+import posixpath
+
+from pyinfra.api import deploy
+from pyinfra.operations import systemd
+
+from .artifacts import COMPONENTS
+from .config_toml import ConfigError, value_at
+from .configure import proxy_dropin_path
+from .facts import NodeState
+from .install import CRICTL_CONFIG, crictl_config_is_ours
+from .operations import directory_absent, file_absent, release_artifact_absent, service_absent
+from .service import any_changed
+from .settings import DEFAULTS, Settings
+
+DATA_DEFAULTS = {"root": "/var/lib/containerd", "state": "/run/containerd"}
+
+
+def data_directories(config_text: str | None) -> tuple[str, ...]:
+    """containerd's `root` and `state` directories, as its config sets them (or their defaults)."""
+    found = []
+    for key, default in DATA_DEFAULTS.items():
+        value = None
+        if config_text:
+            try:
+                value = value_at(config_text, (key,))
+            except ConfigError:
+                value = None
+        found.append(value if isinstance(value, str) and value.startswith("/") and value != "/" else default)
+    return tuple(found)
+
+
+@deploy("Remove containerd", data_defaults=DEFAULTS)
+def remove_containerd(settings: Settings, node: NodeState):
+    unit = posixpath.basename(settings.containerd_unit_path)
+    service_absent(
+        name=f"Stop and disable {unit}, and stop what it left running",
+        unit=unit,
+        present=bool(node.service.get("ActiveState") not in (None, "", "inactive") or node.enabled
+                     or node.unit_sha256),
+    )
+    for component in COMPONENTS:
+        release_artifact_absent(
+            name=f"Remove {component} files",
+            component=component,
+            state_dir=settings.containerd_deploy_state_dir,
+            installed=node.manifests.get(component),
+        )
+    for path in node.managed_hosts:
+        file_absent(name=f"Remove {path}", path=path, present=True, remove_empty_parent=True)
+    if settings.containerd_registry_config_path:
+        directory_absent(name=f"Remove {settings.containerd_registry_config_path} if empty",
+                         path=settings.containerd_registry_config_path, present=bool(node.managed_hosts),
+                         only_if_empty=True)
+    file_absent(name=f"Remove {settings.containerd_config_path}", path=settings.containerd_config_path,
+                present=node.config_text is not None, remove_empty_parent=True)
+    dropin = proxy_dropin_path(settings)
+    unit_op = file_absent(name=f"Remove {settings.containerd_unit_path}", path=settings.containerd_unit_path,
+                          present=node.unit_sha256 is not None)
+    dropin_op = file_absent(name=f"Remove {dropin}", path=dropin, present=dropin in node.files,
+                            remove_empty_parent=True)
+    file_absent(name=f"Remove {CRICTL_CONFIG}", path=CRICTL_CONFIG, present=crictl_config_is_ours(node))
+    systemd.daemon_reload(name="Reload systemd units", _if=any_changed(unit_op, dropin_op))
+    directory_absent(name=f"Remove {settings.containerd_deploy_state_dir}", path=settings.containerd_deploy_state_dir,
+                     present=bool(node.manifests), only_if_empty=True)
+    if settings.containerd_state == "purged":
+        for directory in data_directories(node.config_text):
+            directory_absent(name=f"Remove containerd's data in {directory}", path=directory, present=True)

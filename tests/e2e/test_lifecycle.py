@@ -1,0 +1,236 @@
+"""A node's life on one Debian 13 VM: upgrades and a downgrade with a container that keeps
+running, restart discipline, one run at a time, runs killed at many points, and reset."""
+
+import re
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+
+import pytest
+import testinfra
+
+from tests.conformance import oci
+from tests.conformance.images import import_image
+from tests.harness import __main__ as harness
+from tests.harness import mirror, vm
+from tests.harness.paths import REPO_ROOT
+
+from .helpers import changed_ops, main_pid, pyinfra
+
+pytestmark = pytest.mark.xdist_group("lifecycle")
+NAME = "life-1"
+NAMESPACE = "lifecycle"
+LONG_RUNNING = "lifecycle-sleeper"
+# What a run may leave behind if it is cut short, and must not be there once a rerun is done.
+STRAY = ("find / -xdev \\( -name '*.containerd-deploy-new' -o -name '.fetched-*' -o -name '*.partial' \\) "
+         "2>/dev/null; ls -d /var/cache/containerd-deploy 2>/dev/null; true")
+
+
+class Node:
+    def __init__(self, started: vm.Node):
+        self.name, self.vm = NAME, started
+        self.host = testinfra.get_host(f"ssh://{NAME}", ssh_config=str(vm.ssh_config_file()))
+
+
+@pytest.fixture(scope="module")
+def life():
+    (started,) = harness.up([NAME], "trixie")
+    yield Node(started)
+    harness.down([NAME])
+
+
+def release_data(suite: str) -> dict:
+    """Data that selects the containerd and runc Debian `suite` ships (in the local mirror)."""
+    release = mirror.release(suite)
+    return {"containerd_version": release.containerd_version, "containerd_sha256": release.containerd_sha256,
+            "runc_version": release.runc_version, "runc_sha256": release.runc_sha256}
+
+
+def deploy(node: Node, **data) -> dict:
+    process, results = pyinfra(node.name, data=data)
+    assert process.returncode == 0, f"deploy failed:\n{process.stderr[-5000:]}"
+    return results
+
+
+def short(names: list[str]) -> list[str]:
+    return [name.rsplit(" | ", 1)[-1] for name in names]
+
+
+def starts_since(node: Node, since: float) -> int:
+    """How many times containerd.service was started since `since` (epoch seconds)."""
+    log = node.vm.ssh(f"journalctl -u containerd.service --since @{int(since)} -o cat --no-pager").stdout
+    return len(re.findall(r"^Started containerd\.service", log, re.MULTILINE))
+
+
+def node_time(node: Node) -> float:
+    return float(node.vm.ssh("date +%s.%N").stdout)
+
+
+def sleeper_pid(node: Node) -> int | None:
+    out = node.vm.ssh(f"/usr/local/bin/ctr -n {NAMESPACE} tasks ls 2>/dev/null", check=False).stdout
+    for line in out.splitlines()[1:]:
+        fields = line.split()
+        if fields[:1] == [LONG_RUNNING] and fields[2:3] == ["RUNNING"]:
+            return int(fields[1])
+    return None
+
+
+def test_upgrades_and_a_downgrade_restart_once_and_keep_containers_running(life):
+    deploy(life, **release_data("bookworm"))  # containerd 1.6.20 / runc 1.1.5
+    import_image(life.host, "/usr/local/bin/ctr", NAMESPACE, oci.IMAGE_NAME)
+    life.vm.ssh(f"/usr/local/bin/ctr -n {NAMESPACE} run -d {oci.IMAGE_NAME} {LONG_RUNNING} /bin/sleep 100000")
+    pid = sleeper_pid(life)
+    assert pid, "the long-running container started"
+
+    for suite in ("trixie", "sid", "trixie"):  # 1.7.24, 2.1.9, and back to 1.7.24
+        data = release_data(suite)
+        since, before = node_time(life), main_pid(life)
+        results = deploy(life, **data)
+        changed = short(changed_ops(results, life.name))
+        assert f"Install containerd {data['containerd_version']} into /usr/local/bin" in changed, changed
+        assert starts_since(life, since) == 1, f"containerd {data['containerd_version']}: not exactly one restart"
+        assert main_pid(life) != before
+        version = life.vm.ssh("/usr/local/bin/ctr version").stdout
+        assert version.count(data["containerd_version"]) == 2, f"client and server are {data['containerd_version']}"
+        # The shim (KillMode=process) kept the container through the restart, and the new
+        # daemon still manages it.
+        assert life.vm.ssh(f"kill -0 {pid}", check=False).returncode == 0, "the container's process died"
+        assert sleeper_pid(life) == pid, f"ctr no longer sees the container after {suite}'s containerd"
+
+    # The config stays in the schema it was written in (v2), which 1.x and 2.x both read.
+    config = life.vm.ssh("cat /etc/containerd/config.toml").stdout
+    assert tomllib.loads(config)["version"] == 2
+
+
+def test_restart_discipline(life):
+    base = release_data("trixie")
+    deploy(life, **base)
+    cases = [
+        ("nothing", {}, False, 0),
+        ("the config", {"containerd_oom_score": -500}, False, 1),
+        ("the unit", {"containerd_oom_score": -500, "containerd_limit_nofile": 1048576}, True, 1),
+        ("a binary", {"containerd_oom_score": -500, "containerd_limit_nofile": 1048576,
+                      **release_data("bookworm")}, False, 1),
+        ("all three", release_data("trixie"), True, 1),
+    ]
+    for what, data, reloads, restarts in cases:
+        since, before = node_time(life), main_pid(life)
+        results = deploy(life, **{**base, **data})
+        changed = short(changed_ops(results, life.name))
+        assert ("Reload systemd units" in changed) == reloads, f"changing {what}: {changed}"
+        assert starts_since(life, since) == restarts, f"changing {what}: {restarts} restart(s) expected"
+        assert (main_pid(life) == before) == (restarts == 0)
+
+
+def test_a_second_run_waits_then_is_refused_while_one_holds_the_node(life):
+    deploy(life, **release_data("trixie"))
+    # A run that holds the node: stopped right after it took the lock (the node fact), so its
+    # SSH connection stays open.
+    first = subprocess.Popen(
+        [sys.executable, "-m", "pyinfra", "inventories/local.py", "deploy.py", "-y", "--limit", NAME],
+        cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while f"pid {first.pid} since" not in life.vm.ssh("cat /run/containerd-deploy.lock.owner", check=False).stdout:
+            assert time.monotonic() < deadline, "the first run never took the lock"
+            time.sleep(0.2)
+        first.send_signal(signal.SIGSTOP)  # the run (and its connection) stays, doing nothing
+        started = time.monotonic()
+        process, _ = pyinfra(life.name)
+        waited = time.monotonic() - started
+        assert process.returncode != 0
+        assert f"{NAME}: another containerd-deploy run holds this node (controller " in process.stderr
+        assert f"pid {first.pid} since " in process.stderr, process.stderr[-2000:]
+        assert waited >= 10, "it waited for the lock before refusing"
+    finally:
+        first.kill()
+        first.wait()
+    # The holder's connection is gone: the lock is free again at once.
+    deploy(life)
+
+
+def run_until(node: Node, operation: int, how: str, data: dict) -> str:
+    """Start the deploy and cut it short when it starts its `operation`-th operation (1-based):
+    kill -9 of pyinfra, or the node dropping its SSH connection."""
+    command = [sys.executable, "-m", "pyinfra", "inventories/local.py", "deploy.py", "-y", "--limit", NAME]
+    for key, value in data.items():
+        command += ["--data", f"{key}={value}"]
+    process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    seen = []
+    try:
+        for line in process.stderr:
+            if line.startswith("--> Starting operation:"):
+                seen.append(line.strip())
+                if len(seen) == operation:
+                    if how == "kill -9":
+                        process.kill()
+                    else:
+                        session = node.vm.ssh("cat /run/containerd-deploy.lock.session").stdout.strip()
+                        node.vm.ssh(f"kill -9 {session}")
+                    break
+    finally:
+        process.wait(timeout=300)
+        process.stderr.close()
+    return seen[-1] if seen else "(before the first operation)"
+
+
+def assert_whole(node: Node) -> None:
+    """What a cut-short run leaves is old or new, never half: binaries run, config parses."""
+    for binary in ("/usr/local/bin/containerd", "/usr/local/bin/ctr", "/usr/local/sbin/runc"):
+        result = node.vm.ssh(f"[ ! -e {binary} ] || {binary} --version", check=False)
+        assert result.returncode == 0, f"{binary} is broken after the kill: {result.stderr}"
+    config = node.vm.ssh("cat /etc/containerd/config.toml 2>/dev/null", check=False).stdout
+    if config:
+        tomllib.loads(config)
+
+
+# (operation index to cut at, how): ten distinct points, over first installs and over
+# upgrades and downgrades between containerd 1.7.24 and 2.1.9.
+INSTALL_CUTS = [(1, "kill -9"), (3, "ssh drop"), (8, "kill -9")]
+SWITCH_CUTS = [(2, "ssh drop"), (3, "kill -9"), (7, "kill -9"), (8, "ssh drop"), (10, "kill -9"), (11, "ssh drop"),
+               (12, "kill -9")]
+
+
+def test_runs_cut_short_anywhere_converge_on_rerun(life):
+    old, new = release_data("trixie"), release_data("sid")
+    plan = [("install", cut, old) for cut in INSTALL_CUTS]
+    plan += [("upgrade" if i % 2 == 0 else "downgrade", cut, new if i % 2 == 0 else old)
+             for i, cut in enumerate(SWITCH_CUTS)]
+    for phase, (operation, how), target in plan:
+        if phase == "install":
+            deploy(life, containerd_state="absent")
+        where = run_until(life, operation, how, target)
+        assert_whole(life)
+        since = node_time(life)
+        results = deploy(life, **target)  # its verify step proves the node conformant
+        assert life.vm.ssh(STRAY).stdout.strip() == "", f"{phase}, {how} at {where}: stray files"
+        assert starts_since(life, since) <= 1, f"{phase}, {how} at {where}: more than one restart"
+        version = life.vm.ssh("/usr/local/bin/ctr version").stdout
+        assert version.count(target["containerd_version"]) == 2, f"{phase}, {how} at {where}: {version}"
+        assert "Verify containerd (containerd_verify)" in " ".join(
+            op["name"] for op in results["results"]["operations"] if life.name in op["no_change"])
+
+
+def test_reset_removes_what_the_deploy_installed_and_nothing_else(life):
+    deploy(life, **release_data("trixie"), cni_plugins_version=mirror.cni_release("trixie").version,
+           cni_plugins_sha256=mirror.cni_release("trixie").sha256)
+    life.vm.ssh("echo mine > /opt/cni/bin/operator-plugin && echo mine > /etc/containerd/operator-notes "
+                "&& echo mine > /usr/local/bin/operator-tool")
+    results = deploy(life, containerd_state="absent")
+    assert changed_ops(results, life.name), "reset changed nothing"
+    left = life.vm.ssh("ls -A /usr/local/bin /usr/local/sbin /opt/cni/bin /etc/containerd; "
+                       "ls /var/lib/containerd-deploy /etc/systemd/system/containerd.service 2>&1; "
+                       "systemctl is-enabled containerd 2>&1; systemctl is-active containerd 2>&1; true").stdout
+    assert left.split("\n")[:8] == ["/usr/local/bin:", "operator-tool", "", "/usr/local/sbin:", "",
+                                    "/opt/cni/bin:", "operator-plugin", ""], left
+    assert "operator-notes" in left and "config.toml" not in left
+    assert "No such file or directory" in left and "inactive" in left
+    assert life.vm.ssh("ls /var/lib/containerd").returncode == 0, "absent keeps containerd's data"
+    again = deploy(life, containerd_state="absent")
+    assert changed_ops(again, life.name) == [], "a second reset has nothing to do"
+    # Purged: containerd's data goes too; then a deploy converges the node again.
+    deploy(life, containerd_state="purged")
+    assert life.vm.ssh("ls -d /var/lib/containerd /run/containerd 2>&1; true").stdout.count("No such file") == 2
+    deploy(life, **release_data("trixie"))
