@@ -85,8 +85,8 @@ def schema_version(document: tomlkit.TOMLDocument, containerd_version: Version) 
     if containerd_version < SCHEMA_NEEDS[version]:
         raise ConfigError(
             f"declares version = {version}, which containerd {containerd_version} cannot read "
-            f"(it needs containerd >= {SCHEMA_NEEDS[version]}); regenerate it with this containerd's "
-            "`containerd config default`"
+            f"(it needs containerd >= {SCHEMA_NEEDS[version]}); set containerd_config_base=default to rebuild it "
+            "from this containerd's `containerd config default` (a rollback from 2.x does this once)"
         )
     return int(version)
 
