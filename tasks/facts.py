@@ -329,6 +329,9 @@ class DaemonState:
     container_scope: str | None = None
 
 
+# Seconds each ctr call of the verify fact may take: generous, since a loaded node starts Go
+# binaries slowly and a timeout here would read as a broken daemon.
+CTR_TIMEOUT = 60
 VERIFY_NAMESPACE = "k8s.io"  # the sandbox image is where the CRI (and so a kubelet) has it
 
 
@@ -345,9 +348,9 @@ def daemon_state_command(bin_dir: str, config_path: str, unit: str, files: tuple
         'systemctl show "$unit" -p ActiveState -p MainPID -p NeedDaemonReload 2>/dev/null',
         *daemon_process_lines('$(systemctl show "$unit" -p MainPID --value 2>/dev/null)', files),
         f'echo "{SECTION}ctr"',
-        f"timeout 10 {ctr} version 2>&1",
+        f"timeout {CTR_TIMEOUT} {ctr} version 2>&1",
         f'echo "{SECTION}plugins"',
-        f"timeout 10 {ctr} plugins ls 2>&1",
+        f"timeout {CTR_TIMEOUT} {ctr} plugins ls 2>&1",
         f'echo "{SECTION}dump"',
         # stdout is the TOML; warnings (e.g. "configuration migrated from version 2") go to stderr.
         'errors=$(mktemp)',
@@ -359,16 +362,19 @@ def daemon_state_command(bin_dir: str, config_path: str, unit: str, files: tuple
         f'echo "{SECTION}container"',
         f"image={q(image)}",
         'id="verify-$$"',
-        f'if [ -n "$image" ] && timeout 10 {ctr} images ls -q 2>/dev/null | grep -qxF "$image"; then',
-        f'  if out=$(timeout 60 {ctr} run -d {cgroup}"$image" "containerd-deploy-$id" 2>&1); then',
+        'images=""',
+        f'if [ -n "$image" ] && ! images=$(timeout {CTR_TIMEOUT} {ctr} images ls -q 2>&1); then',
+        """  echo "failed could not list the k8s.io images: $(printf %s "$images" | tr '\\n' ' ')\"""",
+        'elif [ -n "$image" ] && printf "%s\\n" "$images" | grep -qxF "$image"; then',
+        f'  if out=$(timeout {CTR_TIMEOUT} {ctr} run -d {cgroup}"$image" "containerd-deploy-$id" 2>&1); then',
         f'''    task=$({ctr} tasks ls 2>/dev/null | awk -v id="containerd-deploy-$id" '$1 == id {{ print $2, $3 }}')''',
         '    echo "task ${task#* }"',
         f'    [ -n "$task" ] && sed "s/^/cgroup /" "/proc/${{task%% *}}/cgroup"',
         '  else',
         '''    echo "failed $(printf %s "$out" | tr '\\n' ' ')"''',
         '  fi',
-        f'  timeout 30 {ctr} tasks rm -f "containerd-deploy-$id" >/dev/null 2>&1',
-        f'  timeout 30 {ctr} containers rm "containerd-deploy-$id" >/dev/null 2>&1',
+        f'  timeout {CTR_TIMEOUT} {ctr} tasks rm -f "containerd-deploy-$id" >/dev/null 2>&1',
+        f'  timeout {CTR_TIMEOUT} {ctr} containers rm "containerd-deploy-$id" >/dev/null 2>&1',
         'else',
         '  echo absent',
         'fi',
