@@ -35,6 +35,7 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
+    config.addinivalue_line("markers", "slowest_group: the e2e group to hand to an xdist worker first")
     inventory_path = config.getoption("inventory", None)
     accept_new = config.getoption("accept_new_host_keys", False)
     if not inventory_path and not accept_new:
