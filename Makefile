@@ -29,15 +29,17 @@ demo: deps
 	@echo "the node keeps running: ssh -F .nodes/ssh_config $(DEMO_NODE); stop it with: make down"
 
 # Unit tests, then deploy + conformance + idempotency + refusals on real VMs: three node
-# generations (Debian 12 + containerd 1.6, Debian 13 + 1.7, Debian 13 + 2.1), one xdist worker each.
+# generations (Debian 12 + containerd 1.6, Debian 13 + 1.7, Debian 13 + 2.1), one xdist worker each,
+# and the fleet, supply-chain and lifecycle nodes. Groups go to workers in collection order
+# (no reordering by size), which tests/e2e/conftest.py starts with the longest group.
 test: deps
-	$(PY) -m pytest -p no:cacheprovider -v -n 3 --dist loadgroup tests/unit tests/e2e
+	$(PY) -m pytest -p no:cacheprovider -v -n 3 --dist loadgroup --no-loadscope-reorder tests/unit tests/e2e
 
 unit: deps
 	$(PY) -m pytest -p no:cacheprovider tests/unit
 
 e2e: deps
-	$(PY) -m pytest -p no:cacheprovider -v -n 3 --dist loadgroup tests/e2e
+	$(PY) -m pytest -p no:cacheprovider -v -n 3 --dist loadgroup --no-loadscope-reorder tests/e2e
 
 down:
 	$(PY) -m tests.harness down
