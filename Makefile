@@ -33,7 +33,7 @@ demo: deps
 # and the fleet, supply-chain and lifecycle nodes. Groups go to workers in collection order
 # (no reordering by size), which tests/e2e/conftest.py starts with the longest group.
 test: deps
-	$(PY) -m pytest -p no:cacheprovider -v -n 3 --dist loadgroup --no-loadscope-reorder tests/unit tests/e2e
+	$(PY) -m pytest -p no:cacheprovider -v --durations=30 -n 3 --dist loadgroup --no-loadscope-reorder tests/unit tests/e2e
 
 unit: deps
 	$(PY) -m pytest -p no:cacheprovider tests/unit

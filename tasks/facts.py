@@ -15,6 +15,10 @@ from pyinfra.api import FactBase
 
 # Marks the start of each section of the fact's output (a line that no section's content has).
 SECTION = "##containerd-deploy:"
+# A file's identity (inode, size, ctime to the nanosecond): any write, chmod or rename over
+# the path changes it, and userspace cannot set a ctime back. Recorded in a manifest when a
+# file is installed, it proves the file untouched without hashing ~90 MB of binaries per run.
+FILE_IDENTITY = "'%i:%s:%.9Z'"
 
 
 @dataclass
@@ -22,16 +26,34 @@ class Manifest:
     """What one install of a release artifact put on the node (written last, by that install)."""
 
     fields: dict = field(default_factory=dict)  # component, version, sha256, url
-    files: dict = field(default_factory=dict)  # path -> sha256 recorded at install time
-    actual: dict = field(default_factory=dict)  # path -> sha256 now (missing files absent)
+    files: dict = field(default_factory=dict)  # path -> identity (FILE_IDENTITY) recorded at install time
+    actual: dict = field(default_factory=dict)  # path -> identity now (missing files absent)
 
     def intact(self) -> bool:
         return bool(self.files) and all(self.actual.get(path) == digest for path, digest in self.files.items())
 
 
+@dataclass(frozen=True)
+class DistroPackage:
+    """A package of the node's own package manager that installed a containerd binary."""
+
+    manager: str  # "dpkg" or "rpm"
+    name: str
+    version: str
+    path: str
+
+
+# Where distribution packages (Debian/Ubuntu containerd, docker.io's, Docker's containerd.io,
+# Fedora/RHEL's) put containerd: a second containerd beside this deploy's, which package
+# upgrades restart under the same unit name.
+DISTRO_BINARIES = ("/usr/bin/containerd", "/usr/sbin/containerd")
+KUBELET_CONFIG = "/var/lib/kubelet/config.yaml"
+
+
 @dataclass
 class NodeState:
     machine: str = ""
+    kernel: str = ""  # uname -s
     systemd: bool = False
     manifests: dict = field(default_factory=dict)  # component -> Manifest
     unit_sha256: str | None = None
@@ -46,6 +68,8 @@ class NodeState:
     lock: str = ""  # the run lock: "acquired", "held", "busy <owner>" or "unavailable <why>"
     started: float | None = None  # epoch seconds the running daemon started
     mtimes: dict = field(default_factory=dict)  # path -> epoch mtime of the files it loads at start
+    kubelet_config: str | None = None  # /var/lib/kubelet/config.yaml, if a kubelet is set up
+    distro_packages: list = field(default_factory=list)  # DistroPackage of each packaged containerd binary
 
     @property
     def main_pid(self) -> int:
@@ -153,6 +177,22 @@ def node_lock_lines(owner: str) -> list[str]:
     ]
 
 
+def distro_package_lines() -> list[str]:
+    """Shell lines printing "<manager> <package> <version> <path>" for each containerd binary
+    that the node's package manager owns (an unowned one is an operator's, and not reported)."""
+    return [
+        f"for path in {' '.join(DISTRO_BINARIES)}; do",
+        '  [ -e "$path" ] || continue',
+        '  if command -v dpkg-query >/dev/null 2>&1 && owner=$(dpkg-query -S "$path" 2>/dev/null); then',
+        '    package=${owner%%:*}',
+        '    echo "dpkg $package $(dpkg-query -W -f=\'${Version}\' "$package" 2>/dev/null) $path"',
+        '  elif command -v rpm >/dev/null 2>&1 && owner=$(rpm -qf --qf \'%{NAME} %{VERSION}-%{RELEASE}\' "$path" 2>/dev/null); then',
+        '    echo "rpm $owner $path"',
+        '  fi',
+        'done',
+    ]
+
+
 def node_state_command(bin_dir: str, config_path: str, unit_path: str, state_dir: str,
                        files: tuple = (), certs_dir: str = "", marker: str = "", always_defaults: bool = False,
                        loaded: tuple = (), lock_owner: str = "") -> str:
@@ -164,13 +204,18 @@ def node_state_command(bin_dir: str, config_path: str, unit_path: str, state_dir
     return "\n".join([
         *(node_lock_lines(lock_owner) if lock_owner else []),
         f'echo "{SECTION}machine $(uname -m)"',
+        f'echo "{SECTION}kernel $(uname -s)"',
         f'if [ -d /run/systemd/system ]; then echo "{SECTION}systemd"; fi',
         f"for m in {q(state_dir)}/*.manifest; do",
         '  [ -f "$m" ] || continue',
         f'  echo "{SECTION}manifest ${{m##*/}}"',
         '  cat "$m"',
         f'  echo "{SECTION}actual ${{m##*/}}"',
-        '''  sed -n 's/^file //p' "$m" | while read -r path _; do [ -f "$path" ] && sha256sum "$path"; done''',
+        '''  sed -n 's/^file //p' "$m" | while read -r path recorded; do''',
+        '    [ -f "$path" ] || continue',
+        # A manifest written before identities were recorded holds digests: hash those files.
+        f'    case "$recorded" in *:*) echo "$(stat -c {FILE_IDENTITY} "$path")  $path";; *) sha256sum "$path";; esac',
+        '  done',
         "done",
         f'echo "{SECTION}unit"',
         f"[ -f {q(unit_path)} ] && sha256sum {q(unit_path)}",
@@ -189,6 +234,10 @@ def node_state_command(bin_dir: str, config_path: str, unit_path: str, state_dir
         *[f"[ -f {q(path)} ] && sha256sum {q(path)}" for path in files],
         f'echo "{SECTION}managed"',
         (f"[ -d {q(certs_dir)} ] && grep -l -s -F -- {q(marker)} {q(certs_dir)}/*/hosts.toml" if certs_dir else ":"),
+        f'echo "{SECTION}kubelet"',
+        f"[ -f {KUBELET_CONFIG} ] && base64 -w0 {KUBELET_CONFIG} && echo",
+        f'echo "{SECTION}packages"',
+        *distro_package_lines(),
         "exit 0",
     ])
 
@@ -237,6 +286,8 @@ def parse_node_state(lines: list[str]) -> NodeState:
         name, _, argument = header.partition(" ")
         if name == "machine":
             state.machine = argument
+        elif name == "kernel":
+            state.kernel = argument
         elif name == "systemd":
             state.systemd = True
         elif name == "manifest":
@@ -272,6 +323,13 @@ def parse_node_state(lines: list[str]) -> NodeState:
             state.managed_hosts = [line.strip() for line in body if line.strip()]
         elif name == "lock":
             state.lock = " ".join(line.strip() for line in body if line.strip())
+        elif name == "kubelet":
+            state.kubelet_config = _decode(body)
+        elif name == "packages":
+            for line in body:
+                fields = line.split()
+                if len(fields) == 4 and fields[0] in ("dpkg", "rpm"):
+                    state.distro_packages.append(DistroPackage(*fields))
     return state
 
 

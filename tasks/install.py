@@ -7,8 +7,8 @@ from pyinfra.api import deploy
 
 from .artifacts import COMPONENTS, Artifact, destination
 from .facts import NodeState
-from .operations import (artifact_is_installed, file_absent, file_content, release_artifact, release_artifact_absent,
-                         release_files_fetched)
+from .operations import (artifact_is_installed, distro_packages_absent, file_absent, file_content, release_artifact,
+                         release_artifact_absent, release_files_fetched)
 from .settings import DEFAULTS, Settings
 
 CRICTL_CONFIG = "/etc/crictl.yaml"
@@ -38,6 +38,10 @@ def install_release_files(settings: Settings, node: NodeState, artifacts: dict[s
         staging_dir=settings.containerd_staging_dir,
         cache_dir=settings.artifact_cache_dir if settings.artifact_source == "controller" else None,
     )
+    if settings.containerd_distro_package == "remove":
+        # Only now, with the release files on the node: a failed download leaves the package running.
+        distro_packages_absent(name="Remove the distribution's containerd package (containerd_distro_package)",
+                               packages=node.distro_packages)
     operations = {}
     for component in COMPONENTS:
         artifact = artifacts.get(component)

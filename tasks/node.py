@@ -10,13 +10,13 @@ from pyinfra.api.exceptions import DeployError
 from . import artifacts
 from . import registries
 from .configure import configure_containerd, loaded_at_start, managed_paths
-from .facts import LOCK_WAIT_SECONDS, ContainerdNode, NodeState
+from .facts import KUBELET_CONFIG, LOCK_WAIT_SECONDS, ContainerdNode, NodeState
 from .install import install_release_files
 from .operations import artifact_is_installed
 from .reset import remove_containerd
 from .service import run_containerd
 from .update_checksums import fetch_digest
-from .verify import verify_containerd
+from .verify import kubelet_cgroup_driver, verify_containerd
 from .settings import DEFAULTS, Settings, arch_of, for_host
 
 
@@ -50,6 +50,9 @@ def check_supported(settings: Settings, node: NodeState) -> str:
     """The host's release arch; refuses hosts this deploy cannot serve, before changing them."""
     if not node.machine:
         raise DeployError(f"{settings.host}: could not read the node's state (is it a Linux host with a POSIX shell?)")
+    if node.kernel and node.kernel != "Linux":
+        raise DeployError(f"{settings.host}: the node runs {node.kernel}, not Linux; containerd's release binaries "
+                          "are Linux programs. Use a Linux host.")
     arch = arch_of(settings.host, node.machine)
     if not node.systemd:
         raise DeployError(
@@ -57,6 +60,37 @@ def check_supported(settings: Settings, node: NodeState) -> str:
             "installs containerd as a systemd service. Use a systemd host."
         )
     return arch
+
+
+def check_kubelet(settings: Settings, node: NodeState) -> None:
+    """A kubelet already set up on the node must use the cgroup driver containerd will use."""
+    if node.kubelet_config is None:
+        return
+    kubelet = kubelet_cgroup_driver(node.kubelet_config)
+    ours = "systemd" if settings.containerd_systemd_cgroup else "cgroupfs"
+    if kubelet != ours:
+        raise DeployError(
+            f"{settings.host}: the kubelet's cgroupDriver is {kubelet} ({KUBELET_CONFIG}) but data key "
+            f"'containerd_systemd_cgroup' makes containerd's runc use {ours}; pods would fail or be "
+            "mis-accounted. Fix: set both to systemd (kubelet cgroupDriver: systemd, then restart the kubelet; "
+            "containerd_systemd_cgroup=true), or both to cgroupfs."
+        )
+
+
+def check_distro_package(settings: Settings, node: NodeState) -> None:
+    """A containerd from the distribution's packages stays only if the operator says to remove it."""
+    if not node.distro_packages or settings.containerd_distro_package == "remove":
+        return
+    found = ", ".join(f"{package.name} {package.version} ({package.manager}, {package.path})"
+                      for package in node.distro_packages)
+    running = "; containerd.service is running" if node.active else ""
+    raise DeployError(
+        f"{settings.host}: a distribution package installs containerd here: {found}{running}. This deploy "
+        "installs its own under the same unit name, and package upgrades would restart it. Fix: remove the "
+        "package (apt-get remove containerd / dnf remove containerd), or set data key "
+        "'containerd_distro_package' to 'remove' to have the deploy remove it (its packaged config.toml stays "
+        "and is kept as the starting config)."
+    )
 
 
 @deploy("containerd node", data_defaults=DEFAULTS)
@@ -70,6 +104,8 @@ def containerd_node():
         remove_containerd(settings, node)
         return
     arch = check_supported(settings, node)
+    check_kubelet(settings, node)
+    check_distro_package(settings, node)
     wanted = artifacts.resolve(settings, arch, published=fetch_digest)
 
     installed = install_release_files(settings, node, wanted)

@@ -13,7 +13,7 @@ from pyinfra import host, logger
 from pyinfra.api import FileUploadCommand, FunctionCommand, StringCommand, operation
 
 from .artifacts import Artifact
-from .facts import Manifest
+from .facts import DistroPackage, Manifest
 from .fetch import FetchError, cached_path, ensure_cached
 from .scripts import (NEW_SUFFIX, fetch_artifacts_script, fetched_path, install_artifact_script, remove_artifact_script,
                       remove_tree_script, replace_file_script, service_script)
@@ -266,3 +266,29 @@ def directory_absent(path: str, present: bool, only_if_empty: bool = False):
         yield StringCommand("rmdir", "--ignore-fail-on-non-empty", path, "2>/dev/null", "||", "true")
     else:
         yield remove_tree_script(path)
+
+
+@operation()
+def distro_packages_absent(packages: list[DistroPackage]):
+    """
+    Remove the distribution's containerd packages with the node's own package manager, which
+    stops their service. Nothing that depends on them is removed: dpkg and rpm refuse instead
+    (e.g. docker.io needs containerd), and the run stops there with the node unchanged.
+
+    + packages: the ``DistroPackage`` entries the ``ContainerdNode`` fact found
+
+    **Example:**
+
+    .. code:: python
+
+        distro_packages_absent(name="Remove the distro's containerd", packages=node.distro_packages)
+    """
+    if not packages:
+        host.noop("no distribution package installs containerd")
+        return
+    for manager in ("dpkg", "rpm"):
+        names = sorted({package.name for package in packages if package.manager == manager})
+        if names and manager == "dpkg":
+            yield StringCommand("env", "DEBIAN_FRONTEND=noninteractive", "dpkg", "--remove", *names)
+        elif names:
+            yield StringCommand("rpm", "--erase", *names)

@@ -68,6 +68,10 @@ DEFAULTS: dict = {
     "containerd_no_proxy": None,
     "containerd_limit_nofile": None,
     "containerd_ready_timeout": 60,
+    # A containerd from the distribution's packages (apt's containerd, docker.io's, containerd.io):
+    # "refuse" to deploy beside it, or "remove" the package (dpkg --remove / rpm -e; conffiles such
+    # as its config.toml stay, and a package that depends on it makes the removal fail).
+    "containerd_distro_package": "refuse",
     # The last step: check the running daemon as a kubelet will use it; fail the run if not.
     "containerd_verify": True,
 }
@@ -108,6 +112,7 @@ class Settings:
     cni_plugins_download_url: str
     crictl_download_url: str
     artifact_source: str
+    containerd_distro_package: str
     artifact_cache_dir: str
     artifact_trust_mirror_checksums: tuple
     containerd_bin_dir: str
@@ -317,6 +322,8 @@ def resolve(host: str, data: Mapping) -> Settings:
         cni_plugins_download_url=_url_template(host, "cni_plugins_download_url", value["cni_plugins_download_url"]),
         crictl_download_url=_url_template(host, "crictl_download_url", value["crictl_download_url"]),
         artifact_source=_choice(host, "artifact_source", value["artifact_source"], ("node", "controller")),
+        containerd_distro_package=_choice(host, "containerd_distro_package", value["containerd_distro_package"],
+                                          ("refuse", "remove")),
         artifact_cache_dir=_cache_dir(host, "artifact_cache_dir", value["artifact_cache_dir"]),
         artifact_trust_mirror_checksums=_components(host, "artifact_trust_mirror_checksums",
                                                     value["artifact_trust_mirror_checksums"]),

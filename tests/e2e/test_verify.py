@@ -1,6 +1,6 @@
 """The deploy's own verify step (containerd_verify) on every generation: it runs a container
-and reports no change on a good node, and fails the run, changing nothing, on a node whose
-kubelet wants another cgroup driver than containerd's."""
+and reports no change on a good node; a node whose kubelet wants another cgroup driver than
+containerd's is refused before anything changes."""
 
 import json
 
@@ -19,7 +19,7 @@ def verify_lines(output: str, node: str) -> list[str]:
     return [line for line in output.splitlines() if f"[{node}]" in line and "verified:" in line]
 
 
-def test_verify_runs_a_container_and_fails_on_a_cgroup_driver_mismatch(node, first_deploy):
+def test_verify_runs_a_container_and_a_cgroup_driver_mismatch_is_refused(node, first_deploy):
     host = testinfra.get_host(f"ssh://{node.name}", ssh_config=str(vm.ssh_config_file()))
     # The local nodes' sandbox image, as a kubelet would have pulled it.
     import_image(host, "/usr/local/bin/ctr", "k8s.io", oci.PAUSE_IMAGE_NAME, command=oci.PAUSE_COMMAND)
@@ -39,9 +39,11 @@ def test_verify_runs_a_container_and_fails_on_a_cgroup_driver_mismatch(node, fir
     host.check_output(f"mkdir -p /var/lib/kubelet && printf 'kind: KubeletConfiguration\\ncgroupDriver: cgroupfs\\n' > {KUBELET_CONFIG}")
     try:
         process, results = pyinfra(node.name)
-        assert process.returncode != 0, "a node whose kubelet uses cgroupfs is not conformant"
-        assert f"{node.name} is not a conformant containerd node:" in process.stderr
-        assert "the kubelet's cgroupDriver is cgroupfs (/var/lib/kubelet/config.yaml) but containerd's runc uses systemd" in process.stderr
-        assert node_snapshot(node) == before and main_pid(node) == pid, "verify changes nothing"
+        assert process.returncode != 0, "a node whose kubelet uses cgroupfs is refused"
+        assert (f"{node.name}: the kubelet's cgroupDriver is cgroupfs (/var/lib/kubelet/config.yaml) but data key "
+                "'containerd_systemd_cgroup' makes containerd's runc use systemd") in process.stderr
+        assert "Fix: set both to systemd" in process.stderr
+        assert results.get("results", {}).get("operations", []) == [], "refused before any operation"
+        assert node_snapshot(node) == before and main_pid(node) == pid, "the refusal changes nothing"
     finally:
         host.check_output("rm -rf /var/lib/kubelet")

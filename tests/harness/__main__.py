@@ -94,15 +94,16 @@ def node_data(release: mirror.Release, mirror_port: int) -> dict:
     }
 
 
-def up(names: list[str], suite: str, release_suite: str | None = None) -> list[vm.Node]:
+def up(names: list[str], suite: str, release_suite: str | None = None, kernel_args: tuple = ()) -> list[vm.Node]:
     """Boot nodes of a Debian `suite` image, with data for the containerd and runc that
-    `release_suite` ships (default: the same suite; sid's binaries need a trixie image)."""
+    `release_suite` ships (default: the same suite; sid's binaries need a trixie image), and
+    `kernel_args` on the kernel's command line."""
     built = image.build(suite)
     release = mirror.release(release_suite or suite)
     nodes = []
     for name in names:
         started = time.monotonic()
-        node = vm.start(name, built)
+        node = vm.start(name, built, kernel_args=tuple(kernel_args))
         # Asked for once the node runs: a mirror is only stopped when no node runs.
         port = ensure_mirror()["port"]
         vm.replace_file(vm.node_dir(name) / "data.json", json.dumps(node_data(release, port)))
@@ -127,6 +128,8 @@ def main(argv=None) -> int:
     up_parser.add_argument("--suite", default="bookworm", help="Debian suite of the node image")
     up_parser.add_argument("--release", default=None,
                            help="Debian suite whose containerd and runc the node gets (default: --suite)")
+    up_parser.add_argument("--kernel-arg", action="append", default=[], dest="kernel_args",
+                           help="add to the kernel command line, e.g. systemd.unified_cgroup_hierarchy=0")
     down_parser = commands.add_parser("down", help="stop local nodes (all by default)")
     down_parser.add_argument("names", nargs="*")
     commands.add_parser("status", help="list running nodes")
@@ -135,7 +138,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "up":
-        up(args.names, args.suite, args.release)
+        up(args.names, args.suite, args.release, tuple(args.kernel_args))
     elif args.command == "down":
         down(args.names)
     elif args.command == "status":

@@ -233,3 +233,10 @@ class Mirror:
     def url_for_guests(self) -> str:
         """qemu's user network maps the guest's 10.0.2.2 to this machine's loopback."""
         return f"http://10.0.2.2:{self.port}"
+
+
+def suite_debs(suite: str, packages: list[str]) -> dict[str, Path]:
+    """package -> its .deb from the suite (downloaded once into the cache), e.g. to install a
+    distro-packaged containerd on a node."""
+    with _suite_debs(suite, packages) as debs:
+        return debs

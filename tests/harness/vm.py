@@ -108,7 +108,7 @@ def _qemu_version() -> str:
     return subprocess.run(["qemu-system-x86_64", "--version"], check=True, capture_output=True, text=True).stdout
 
 
-def _qemu_command(image: Image, disk: Path, directory: Path, port: int) -> list[str]:
+def _qemu_command(image: Image, disk: Path, directory: Path, port: int, kernel_args: tuple = ()) -> list[str]:
     # Everything but the disk path, the run directory and the forwarded port must be the same
     # for the saved state and every node resumed from it.
     return [
@@ -116,7 +116,7 @@ def _qemu_command(image: Image, disk: Path, directory: Path, port: int) -> list[
         "-machine", "pc", "-accel", "tcg,thread=multi", "-cpu", "max",
         "-smp", str(CPUS), "-m", str(MEMORY_MB),
         "-kernel", str(image.kernel), "-initrd", str(image.initrd),
-        "-append", "root=/dev/vda rw console=ttyS0 net.ifnames=0 panic=-1",
+        "-append", " ".join(["root=/dev/vda rw console=ttyS0 net.ifnames=0 panic=-1", *kernel_args]),
         "-drive", f"file={disk},if=virtio,format=qcow2,cache=unsafe",
         "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{port}-:22",
         "-device", "virtio-net-pci,netdev=net0,romfile=",  # no PXE boot ROM needed (or installed)
@@ -177,11 +177,15 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _saved_state(image: Image) -> Path:
-    """Boot the image once and save the running VM (disk overlay + memory), keyed on qemu and image."""
+def _saved_state(image: Image, kernel_args: tuple = ()) -> Path:
+    """Boot the image once and save the running VM (disk overlay + memory), keyed on qemu, the
+    image and the kernel's command line (e.g. a cgroup v1 boot is a saved state of its own)."""
     # A saved state only resumes under the same qemu and command line, from the same disk.
-    key = digest(_qemu_version(), inspect.getsource(_qemu_command), f"{MEMORY_MB} {CPUS}", str(image.directory))
-    snapshot = cache_root() / "snapshots" / f"{image.directory.name}-{key}"
+    key = digest(_qemu_version(), inspect.getsource(_qemu_command), f"{MEMORY_MB} {CPUS}", str(image.directory),
+                 *kernel_args)
+    # <image>[+<variant>]-<key>: a variant's states are kept apart from the plain boot's.
+    variant = image.directory.name + ("+" + digest(*kernel_args)[:8] if kernel_args else "")
+    snapshot = cache_root() / "snapshots" / f"{variant}-{key}"
     snapshot.parent.mkdir(exist_ok=True)
     with open(snapshot.parent / f".{snapshot.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -193,7 +197,7 @@ def _saved_state(image: Image) -> Path:
         _overlay(image.disk, "raw", snapshot / "disk.qcow2")
         _write_known_hosts(port, image.host_key)
         node = Node("snapshot", port, str(snapshot), image.host_key, image.suite)
-        subprocess.run(_qemu_command(image, snapshot / "disk.qcow2", snapshot, port), check=True)
+        subprocess.run(_qemu_command(image, snapshot / "disk.qcow2", snapshot, port, kernel_args), check=True)
         try:
             _wait_for_ssh(node, BOOT_TIMEOUT)
             node.ssh("sync")
@@ -211,11 +215,12 @@ def _saved_state(image: Image) -> Path:
         for leftover in ("qmp.sock", "pid"):
             (snapshot / leftover).unlink(missing_ok=True)
         (snapshot / "ready").write_text("")
-        # Saved states of images that are gone, or of this image under an older qemu or harness.
+        # Saved states of images that are gone, or of this variant under an older qemu or harness.
         for stale in snapshot.parent.iterdir():
-            image_name = stale.name.rsplit("-", 1)[0]
+            stale_variant = stale.name.rsplit("-", 1)[0]
             if stale.is_dir() and stale != snapshot and (
-                    image_name == image.directory.name or not (image.directory.parent / image_name).exists()):
+                    stale_variant == variant
+                    or not (image.directory.parent / stale_variant.split("+", 1)[0]).exists()):
                 shutil.rmtree(stale, ignore_errors=True)
     return snapshot
 
@@ -241,10 +246,11 @@ def node_dir(name: str) -> Path:
     return run_root() / name
 
 
-def start(name: str, image: Image, port: int | None = None) -> Node:
-    """A fresh node resumed from the image's saved state (made on first use)."""
+def start(name: str, image: Image, port: int | None = None, kernel_args: tuple = ()) -> Node:
+    """A fresh node resumed from the image's saved state (made on first use), booted with
+    `kernel_args` added to the kernel's command line."""
     stop(name)
-    snapshot = _saved_state(image)
+    snapshot = _saved_state(image, kernel_args)
     directory = node_dir(name)
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
@@ -252,7 +258,7 @@ def start(name: str, image: Image, port: int | None = None) -> Node:
     node = Node(name, port, str(directory), image.host_key, image.suite)
     _overlay(snapshot / "disk.qcow2", "qcow2", directory / "disk.qcow2")
     _write_known_hosts(port, image.host_key)
-    command = _qemu_command(image, directory / "disk.qcow2", directory, port)
+    command = _qemu_command(image, directory / "disk.qcow2", directory, port, kernel_args)
     command += ["-incoming", f"exec:cat {snapshot / 'state'}"]
     subprocess.run(command, check=True)
     replace_file(directory / "node.json", json.dumps(asdict(node)))

@@ -119,9 +119,48 @@ def test_single_binary_goes_to_its_path(node):
     assert result.returncode == 0, result.stderr
     assert (node / "sbin/runc").read_bytes() == b"runc binary"
     manifest = state_of(node).manifests["runc"]
-    assert manifest.files == {str(node / "sbin/runc"): artifact.sha256} and manifest.intact()
+    installed = (node / "sbin/runc").stat()
+    assert manifest.files == {str(node / "sbin/runc"): f"{installed.st_ino}:{installed.st_size}:"
+                              f"{installed.st_ctime_ns // 10**9}.{installed.st_ctime_ns % 10**9:09d}"}
+    assert manifest.intact()
     (node / "sbin/runc").write_bytes(b"tampered on the node")
     assert not artifact_is_installed(state_of(node).manifests["runc"], artifact, str(node / "sbin/runc"))
+
+
+@pytest.mark.parametrize("change", ["same bytes written again", "mode changed", "replaced by rename"])
+def test_any_change_to_an_installed_file_is_seen_without_hashing(node, change):
+    """A file's recorded identity (inode, size, ctime) changes with any write, chmod or rename
+    over it, even one that leaves the bytes or the size as they were."""
+    path = node / "mirror/runc.amd64"
+    path.write_bytes(b"runc binary")
+    artifact = Artifact("runc", "1.1.11", "amd64", f"file://{path}", hashlib.sha256(b"runc binary").hexdigest())
+    assert install(node, artifact, str(node / "sbin/runc")).returncode == 0
+    runc = node / "sbin/runc"
+    if change == "same bytes written again":
+        runc.write_bytes(b"runc binary")
+    elif change == "mode changed":
+        runc.chmod(0o4755)
+    else:
+        (node / "sbin/other").write_bytes(b"runc binary")
+        (node / "sbin/other").rename(runc)
+    assert not state_of(node).manifests["runc"].intact(), change
+
+
+def test_a_manifest_from_before_identities_is_checked_by_hashing(node):
+    """Nodes deployed by an earlier version of this deploy recorded sha256 digests: still
+    intact (no reinstall, no restart) while the bytes are the same."""
+    path = node / "mirror/runc.amd64"
+    path.write_bytes(b"runc binary")
+    digest = hashlib.sha256(b"runc binary").hexdigest()
+    artifact = Artifact("runc", "1.1.11", "amd64", f"file://{path}", digest)
+    assert install(node, artifact, str(node / "sbin/runc")).returncode == 0
+    manifest_path = node / "state/runc.manifest"
+    lines = [f"file {node / 'sbin/runc'} {digest}" if line.startswith("file ") else line
+             for line in manifest_path.read_text().splitlines()]
+    manifest_path.write_text("\n".join(lines) + "\n")
+    assert artifact_is_installed(state_of(node).manifests["runc"], artifact, str(node / "sbin/runc"))
+    (node / "sbin/runc").write_bytes(b"runc binarY")
+    assert not state_of(node).manifests["runc"].intact()
 
 
 def test_cni_plugins_tarball_goes_into_its_directory_and_can_be_removed(node):

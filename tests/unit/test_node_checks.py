@@ -1,0 +1,113 @@
+"""The refusals the deploy makes from the node fact, before any operation: a host without
+systemd, a kubelet on another cgroup driver, a containerd from the distribution's packages."""
+
+import base64
+import os
+import stat
+import subprocess
+
+import pytest
+from pyinfra.api.exceptions import DeployError
+
+from tasks.facts import SECTION, DistroPackage, distro_package_lines, parse_node_state
+from tasks.node import check_distro_package, check_kubelet, check_supported
+from tasks.settings import resolve
+
+KUBELET = "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\ncgroupDriver: {}\n"
+DEBIAN = DistroPackage("dpkg", "containerd", "1.7.24~ds1-6+deb13u1", "/usr/bin/containerd")
+
+
+def node_with(*sections: str):
+    return parse_node_state([f"{SECTION}machine x86_64", f"{SECTION}kernel Linux", f"{SECTION}systemd", *sections])
+
+
+def test_the_fact_reads_a_kubelet_config_and_distro_packages():
+    config = KUBELET.format("cgroupfs")
+    state = node_with(f"{SECTION}kubelet", base64.b64encode(config.encode()).decode(), f"{SECTION}packages",
+                      "dpkg containerd 1.7.24~ds1-6+deb13u1 /usr/bin/containerd",
+                      "rpm containerd.io 1.7.27-3.1.el9 /usr/bin/containerd")
+    assert state.kubelet_config == config
+    assert state.distro_packages == [DEBIAN, DistroPackage("rpm", "containerd.io", "1.7.27-3.1.el9",
+                                                           "/usr/bin/containerd")]
+    bare = node_with(f"{SECTION}kubelet", f"{SECTION}packages")
+    assert bare.kubelet_config is None and bare.distro_packages == []
+
+
+def fake_tool(directory, name: str, script: str) -> None:
+    path = directory / name
+    path.write_text("#!/bin/sh\n" + script)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+
+
+def test_the_package_probe_names_the_owner_of_a_containerd_binary(tmp_path):
+    """The fact's shell lines, run by a real shell against a dpkg-query that owns only
+    /usr/bin/containerd: one line per owned binary, with the package's version."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake_tool(bin_dir, "dpkg-query", 'case "$1" in\n'
+              '  -S) [ "$2" = /usr/bin/containerd ] && echo "containerd:amd64: $2" && exit 0; exit 1;;\n'
+              '  -W) echo -n "1.7.24~ds1-6+deb13u1";;\n'
+              'esac\n')
+    script = "\n".join(distro_package_lines()).replace("[ -e \"$path\" ] || continue", ":")
+    result = subprocess.run(["sh", "-c", script], capture_output=True, text=True,
+                            env={**os.environ, "PATH": f"{bin_dir}:/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["dpkg containerd 1.7.24~ds1-6+deb13u1 /usr/bin/containerd"]
+
+
+def test_a_host_without_systemd_is_refused_by_name():
+    state = parse_node_state([f"{SECTION}machine x86_64"])
+    with pytest.raises(DeployError, match=r"^n1: systemd is not running as PID 1 .*Use a systemd host"):
+        check_supported(resolve("n1", {}), state)
+
+
+def test_a_host_that_is_not_linux_is_refused_by_name():
+    freebsd = parse_node_state([f"{SECTION}machine amd64", f"{SECTION}kernel FreeBSD"])
+    with pytest.raises(DeployError, match=r"^n1: the node runs FreeBSD, not Linux; .*Use a Linux host"):
+        check_supported(resolve("n1", {}), freebsd)
+    with pytest.raises(DeployError, match=r"^n1: could not read the node's state \(is it a Linux host"):
+        check_supported(resolve("n1", {}), parse_node_state(["uname: not found"]))
+
+
+@pytest.mark.parametrize("kubelet, systemd_cgroup, refused", [
+    ("systemd", True, False), ("cgroupfs", False, False), ("cgroupfs", True, True), ("systemd", False, True),
+])
+def test_a_kubelet_on_another_cgroup_driver_is_refused(kubelet, systemd_cgroup, refused):
+    config = KUBELET.format(kubelet)
+    state = node_with(f"{SECTION}kubelet", base64.b64encode(config.encode()).decode())
+    settings = resolve("n1", {"containerd_systemd_cgroup": systemd_cgroup})
+    if not refused:
+        check_kubelet(settings, state)
+        return
+    with pytest.raises(DeployError) as refusal:
+        check_kubelet(settings, state)
+    message = str(refusal.value)
+    assert message.startswith(f"n1: the kubelet's cgroupDriver is {kubelet} (/var/lib/kubelet/config.yaml)")
+    assert "'containerd_systemd_cgroup'" in message and "Fix: set both to systemd" in message
+
+
+def test_a_kubelet_config_without_a_driver_means_cgroupfs():
+    state = node_with(f"{SECTION}kubelet", base64.b64encode(b"kind: KubeletConfiguration\n").decode())
+    with pytest.raises(DeployError, match="cgroupDriver is cgroupfs"):
+        check_kubelet(resolve("n1", {}), state)
+    check_kubelet(resolve("n1", {}), node_with(f"{SECTION}kubelet"))  # no kubelet: nothing to match
+
+
+def test_a_distro_containerd_is_refused_unless_the_operator_says_remove():
+    state = node_with(f"{SECTION}packages", "dpkg containerd 1.7.24~ds1-6+deb13u1 /usr/bin/containerd",
+                      f"{SECTION}service", "ActiveState=active", "MainPID=77")
+    with pytest.raises(DeployError) as refusal:
+        check_distro_package(resolve("n1", {}), state)
+    message = str(refusal.value)
+    assert message.startswith("n1: a distribution package installs containerd here: containerd "
+                              "1.7.24~ds1-6+deb13u1 (dpkg, /usr/bin/containerd); containerd.service is running.")
+    assert "'containerd_distro_package' to 'remove'" in message
+    check_distro_package(resolve("n1", {"containerd_distro_package": "remove"}), state)
+    check_distro_package(resolve("n1", {}), node_with(f"{SECTION}packages"))
+
+
+def test_the_distro_package_policy_is_a_choice():
+    from tasks.settings import DataError
+
+    with pytest.raises(DataError, match="containerd_distro_package"):
+        resolve("n1", {"containerd_distro_package": "replace"})
