@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := qemu-system-x86 qemu-utils mmdebstrap gpg libdpkg-perl arch-test mount busybox-static openssh-client curl e2fsprogs ca-certificates debian-archive-keyring
 DEMO_NODE := demo
 
-.PHONY: deps demo test unit e2e down clean
+.PHONY: deps demo test unit e2e bench down clean
 
 deps: $(VENV)/.installed
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -40,6 +40,11 @@ unit: deps
 
 e2e: deps
 	$(PY) -m pytest -p no:cacheprovider -v -n 3 --dist loadgroup --no-loadscope-reorder tests/e2e
+
+# First converge vs a hand-written script, no-op rerun, fan-out, upstream bytes, controller
+# memory, on local VMs; writes docs/benchmarks.md. Not part of `make test` (nothing is timed there).
+bench: deps
+	$(PY) -m bench
 
 down:
 	$(PY) -m tests.harness down

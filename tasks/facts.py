@@ -70,6 +70,7 @@ class NodeState:
     mtimes: dict = field(default_factory=dict)  # path -> epoch mtime of the files it loads at start
     kubelet_config: str | None = None  # /var/lib/kubelet/config.yaml, if a kubelet is set up
     distro_packages: list = field(default_factory=list)  # DistroPackage of each packaged containerd binary
+    staging_leftovers: list = field(default_factory=list)  # what runs cut short left in the staging dir
 
     @property
     def main_pid(self) -> int:
@@ -141,6 +142,37 @@ LOCK_PATH = "/run/containerd-deploy.lock"
 LOCK_WAIT_SECONDS = 10
 
 
+# The lock holder: `sh -c LOCK_HOLDER lock-holder <sshd pid> <$SSH_CONNECTION of the run>`.
+# Once the connection's sshd is gone, the run's commands that outlive it (a killed controller
+# or a dropped link does not stop them) are stopped: TERM, then KILL after 10 s, as if the run
+# had been cut off at that point, a point every step is safe to stop at. They are the
+# processes whose environment carries the run's SSH_CONNECTION (its client address and port).
+# So the next run never works beside a dead one's leftovers.
+LOCK_HOLDER = "\n".join([
+    'while kill -0 "$1" 2>/dev/null; do sleep 1; done',
+    'connection=$2',
+    '[ -n "$connection" ] || exit 0',
+    'leftovers() {',
+    '  grep -l -s -z -x -F "SSH_CONNECTION=$connection" /proc/[0-9]*/environ | while read -r environ; do',
+    '    pid=${environ#/proc/}',
+    '    pid=${pid%/environ}',
+    # Not this holder's own session (it is a session leader: setsid), so not its helpers;
+    # nor a zombie, which is gone already.
+    """    sid=$(awk '{ sub(/.*\\) /, ""); if ($1 != "Z") print $4 }' "/proc/$pid/stat" 2>/dev/null)""",
+    '    [ -n "$sid" ] && [ "$sid" != "$$" ] && echo "$pid"',
+    '  done',
+    '  true',
+    '}',
+    'waited=0',
+    'while pids=$(leftovers) && [ -n "$pids" ] && [ "$waited" -lt 20 ]; do',
+    '  if [ "$waited" -eq 0 ]; then kill -TERM $pids 2>/dev/null; fi',
+    '  if [ "$waited" -ge 10 ]; then kill -KILL $pids 2>/dev/null; fi',
+    '  waited=$((waited + 1))',
+    '  sleep 1',
+    'done',
+])
+
+
 def node_lock_lines(owner: str) -> list[str]:
     """Shell lines that take the node's run lock for as long as this SSH connection lives.
 
@@ -165,15 +197,30 @@ def node_lock_lines(owner: str) -> list[str]:
         f'  if flock -w {LOCK_WAIT_SECONDS} 9; then',
         f'    echo "$session" > {q(LOCK_PATH)}.session',
         f'    printf "%s since %s\\n" {q(owner)} "$(date -u +%FT%TZ)" > {q(LOCK_PATH)}.owner',
-        # The holder keeps fd 9 (the lock) until this connection's sshd is gone.
-        '    setsid sh -c \'while kill -0 "$1" 2>/dev/null; do sleep 1; done\' lock-holder "$session" '
-        '</dev/null >/dev/null 2>&1 &',
+        # The holder keeps fd 9 (the lock) until this connection's sshd is gone and what the
+        # run still had running has been stopped.
+        f'    setsid sh -c {q(LOCK_HOLDER)} lock-holder "$session" "$SSH_CONNECTION" </dev/null >/dev/null 2>&1 &',
         '    echo acquired',
         '  else',
         f'    echo "busy $(cat {q(LOCK_PATH)}.owner 2>/dev/null)"',
         '  fi',
         '  exec 9>&-',
         'fi',
+    ]
+
+
+def staging_leftovers_lines(staging_dir: str, action: str = "echo") -> list[str]:
+    """Shell lines running `action` on each thing a run cut short can leave in the staging
+    directory: fetched files, partial downloads, per-install work directories (mktemp's
+    <component>.XXXXXX). Only those names: the directory may be shared with other files."""
+    q = shlex.quote
+    from .artifacts import COMPONENTS
+
+    globs = [".fetched-*", "*.partial", *(f"{component}.??????" for component in COMPONENTS)]
+    return [
+        f"for leftover in {' '.join(q(staging_dir) + '/' + glob for glob in globs)}; do",
+        f'  if [ -e "$leftover" ]; then {action} "$leftover"; fi',
+        "done",
     ]
 
 
@@ -195,7 +242,7 @@ def distro_package_lines() -> list[str]:
 
 def node_state_command(bin_dir: str, config_path: str, unit_path: str, state_dir: str,
                        files: tuple = (), certs_dir: str = "", marker: str = "", always_defaults: bool = False,
-                       loaded: tuple = (), lock_owner: str = "") -> str:
+                       loaded: tuple = (), lock_owner: str = "", staging_dir: str = "") -> str:
     q = shlex.quote
     ctr, containerd = q(f"{bin_dir}/ctr"), q(f"{bin_dir}/containerd")
     # Defaults come from the installed binary: needed when there is no config file to start
@@ -238,6 +285,8 @@ def node_state_command(bin_dir: str, config_path: str, unit_path: str, state_dir
         f"[ -f {KUBELET_CONFIG} ] && base64 -w0 {KUBELET_CONFIG} && echo",
         f'echo "{SECTION}packages"',
         *distro_package_lines(),
+        f'echo "{SECTION}staging"',
+        *(staging_leftovers_lines(staging_dir) if staging_dir else []),
         "exit 0",
     ])
 
@@ -325,6 +374,8 @@ def parse_node_state(lines: list[str]) -> NodeState:
             state.lock = " ".join(line.strip() for line in body if line.strip())
         elif name == "kubelet":
             state.kubelet_config = _decode(body)
+        elif name == "staging":
+            state.staging_leftovers = [line.strip() for line in body if line.strip()]
         elif name == "packages":
             for line in body:
                 fields = line.split()
@@ -344,9 +395,9 @@ class ContainerdNode(FactBase):
         return NodeState()
 
     def command(self, bin_dir, config_path, unit_path, state_dir, files=(), certs_dir="", marker="",
-                always_defaults=False, loaded=(), lock_owner=""):
+                always_defaults=False, loaded=(), lock_owner="", staging_dir=""):
         return node_state_command(bin_dir, config_path, unit_path, state_dir, files, certs_dir, marker, always_defaults,
-                                  tuple(loaded), lock_owner)
+                                  tuple(loaded), lock_owner, staging_dir)
 
     def process(self, output):
         return parse_node_state(output)

@@ -37,6 +37,7 @@ def install_release_files(settings: Settings, node: NodeState, artifacts: dict[s
         artifacts=needed,
         staging_dir=settings.containerd_staging_dir,
         cache_dir=settings.artifact_cache_dir if settings.artifact_source == "controller" else None,
+        leftovers=node.staging_leftovers,
     )
     if settings.containerd_distro_package == "remove":
         # Only now, with the release files on the node: a failed download leaves the package running.

@@ -33,6 +33,7 @@ def gather(settings: Settings) -> NodeState:
         always_defaults=settings.containerd_config_base == "default",
         loaded=loaded_at_start(settings),
         lock_owner=f"controller {socket.gethostname()} pid {os.getpid()}",
+        staging_dir=settings.containerd_staging_dir,
     )
 
 

@@ -16,7 +16,7 @@ from .artifacts import Artifact
 from .facts import DistroPackage, Manifest
 from .fetch import FetchError, cached_path, ensure_cached
 from .scripts import (NEW_SUFFIX, fetch_artifacts_script, fetched_path, install_artifact_script, remove_artifact_script,
-                      remove_tree_script, replace_file_script, service_script)
+                      remove_staging_leftovers_script, remove_tree_script, replace_file_script, service_script)
 
 
 def artifact_is_installed(manifest: Manifest | None, artifact: Artifact, paths_under: str) -> bool:
@@ -42,7 +42,8 @@ def _fetch_into_cache(state, host, cache_dir: str, artifacts: list[Artifact]) ->
 
 
 @operation()
-def release_files_fetched(artifacts: list[Artifact], staging_dir: str, cache_dir: str | None = None):
+def release_files_fetched(artifacts: list[Artifact], staging_dir: str, cache_dir: str | None = None,
+                          leftovers: list[str] = ()):
     """
     Get every release file a run installs into the node's staging directory, each verified,
     before any is installed: a bad or missing file stops the run with no final path changed.
@@ -51,6 +52,7 @@ def release_files_fetched(artifacts: list[Artifact], staging_dir: str, cache_dir
     + staging_dir: the node's staging directory
     + cache_dir: a directory on the controller: download there once per controller (verified)
       and upload over SSH, instead of the node downloading the URLs itself
+    + leftovers: what runs cut short left in the staging directory (removed first)
 
     **Example:**
 
@@ -62,11 +64,15 @@ def release_files_fetched(artifacts: list[Artifact], staging_dir: str, cache_dir
             staging_dir="/var/cache/containerd-deploy",
         )
     """
-    if not artifacts:
+    if not artifacts and not leftovers:
         host.noop("no release file to fetch")
         return
-    if cache_dir is None:
-        yield fetch_artifacts_script(artifacts, staging_dir)
+    if cache_dir is None and artifacts:
+        yield fetch_artifacts_script(artifacts, staging_dir)  # it removes leftovers first
+        return
+    if leftovers:
+        yield remove_staging_leftovers_script(staging_dir)
+    if not artifacts:
         return
     yield FunctionCommand(_fetch_into_cache, (cache_dir, artifacts), {})
     yield StringCommand("mkdir", "-p", "-m", "700", staging_dir)

@@ -8,7 +8,7 @@ only then are installed, each file by an atomic rename in its own directory.
 import shlex
 
 from .artifacts import Artifact
-from .facts import FILE_IDENTITY
+from .facts import FILE_IDENTITY, staging_leftovers_lines
 
 q = shlex.quote
 
@@ -52,15 +52,17 @@ def install_artifact_script(artifact: Artifact, dest: str, staging_dir: str, sta
         f"manifest={q(manifest)}",
         f"uploaded={q(uploaded or '')}",
         f"staging={q(staging_dir)}",
-        'mkdir -p "$staging"',
-        f'stage=$(mktemp -d "$staging/{artifact.component}.XXXXXX")',
+        'stage=""',
         'new_files=""',
         # On any exit: drop this run's staging directory (and the staging directory itself
-        # once empty), an uploaded copy, and any hidden copy not yet renamed into place.
-        'cleanup() { rm -rf "$stage"; [ -z "$uploaded" ] || rm -f "$uploaded"; for f in $new_files; do rm -f "$f"; done; '
-        'rmdir "$staging" 2>/dev/null || true; }',
+        # once empty), an uploaded copy, and any hidden copy not yet renamed into place. Set
+        # before anything is made, so a run stopped at any line leaves nothing behind.
+        'cleanup() { [ -z "$stage" ] || rm -rf "$stage"; [ -z "$uploaded" ] || rm -f "$uploaded"; '
+        'for f in $new_files; do rm -f "$f"; done; rmdir "$staging" 2>/dev/null || true; }',
         "trap cleanup EXIT",
         "trap 'exit 1' HUP INT TERM",
+        'mkdir -p "$staging"',
+        f'stage=$(mktemp -d "$staging/{artifact.component}.XXXXXX")',
     ]
     if uploaded:
         lines.append('mv -f "$uploaded" "$stage/download" || fail "the copy of $url uploaded from the controller is missing; nothing was installed"')
@@ -100,8 +102,9 @@ def install_artifact_script(artifact: Artifact, dest: str, staging_dir: str, sta
         # First put every hidden copy in place (root-owned, 0755), then rename them all: a
         # failure before the renames leaves every final path as it was.
         'while read -r name path; do',
-        f'  install -o 0 -g 0 -m 0755 "$src/$name" "$path{NEW_SUFFIX}"',
+        # Listed before it exists: cleanup removes it whenever the run stops.
         f'  new_files="$new_files $path{NEW_SUFFIX}"',
+        f'  install -o 0 -g 0 -m 0755 "$src/$name" "$path{NEW_SUFFIX}"',
         'done < "$stage/plan"',
         'while read -r name path; do',
         f'  mv -f "$path{NEW_SUFFIX}" "$path"',
@@ -135,7 +138,6 @@ def fetch_artifacts_script(artifacts: list[Artifact], staging_dir: str) -> str:
         _PRELUDE,
         _FETCH,
         f"staging={q(staging_dir)}",
-        'mkdir -p -m 700 "$staging"',
         'kept=""',
         'done_ok=""',
         # On failure: remove every file fetched so far (and the staging directory once empty).
@@ -143,6 +145,9 @@ def fetch_artifacts_script(artifacts: list[Artifact], staging_dir: str) -> str:
         'rmdir "$staging" 2>/dev/null || true; fi; }',
         "trap cleanup EXIT",
         "trap 'exit 1' HUP INT TERM",
+        # What runs cut short left here (this run holds the node's lock: no other run is using it).
+        *staging_leftovers_lines(staging_dir, "rm -rf"),
+        'mkdir -p -m 700 "$staging"',
     ]
     for artifact in artifacts:
         path = fetched_path(staging_dir, artifact)
@@ -158,6 +163,12 @@ def fetch_artifacts_script(artifacts: list[Artifact], staging_dir: str) -> str:
         ]
     lines.append('done_ok=1')
     return "\n".join(lines) + "\n"
+
+
+def remove_staging_leftovers_script(staging_dir: str) -> str:
+    """Remove what runs cut short left in the staging directory, then the directory if empty."""
+    return "\n".join([_PRELUDE, *staging_leftovers_lines(staging_dir, "rm -rf"),
+                      f"rmdir {q(staging_dir)} 2>/dev/null || true"]) + "\n"
 
 
 def remove_artifact_script(component: str, state_dir: str) -> str:

@@ -17,6 +17,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -196,12 +197,15 @@ def _saved_state(image: Image, kernel_args: tuple = ()) -> Path:
         port = free_port()
         _overlay(image.disk, "raw", snapshot / "disk.qcow2")
         _write_known_hosts(port, image.host_key)
-        node = Node("snapshot", port, str(snapshot), image.host_key, image.suite)
-        subprocess.run(_qemu_command(image, snapshot / "disk.qcow2", snapshot, port, kernel_args), check=True)
+        # qemu's pid, console and QMP socket live in a short directory of their own: a socket
+        # path under the cache can pass the 107 bytes AF_UNIX allows.
+        boot = Path(tempfile.mkdtemp(prefix="containerd-deploy-boot-"))
+        node = Node("snapshot", port, str(boot), image.host_key, image.suite)
+        subprocess.run(_qemu_command(image, snapshot / "disk.qcow2", boot, port, kernel_args), check=True)
         try:
             _wait_for_ssh(node, BOOT_TIMEOUT)
             node.ssh("sync")
-            with QMP(snapshot / "qmp.sock") as qmp:
+            with QMP(boot / "qmp.sock") as qmp:
                 qmp.command("stop")
                 qmp.command("migrate", uri=f"exec:cat > {snapshot / 'state.part'}")
                 while qmp.command("query-migrate").get("status") not in ("completed", "failed"):
@@ -211,9 +215,10 @@ def _saved_state(image: Image, kernel_args: tuple = ()) -> Path:
                 qmp.command("quit")
         finally:
             _kill(node)
+            if (boot / "console.log").exists():  # kept for a boot that failed
+                shutil.copy(boot / "console.log", snapshot / "console.log")
+            shutil.rmtree(boot, ignore_errors=True)
         (snapshot / "state.part").rename(snapshot / "state")
-        for leftover in ("qmp.sock", "pid"):
-            (snapshot / leftover).unlink(missing_ok=True)
         (snapshot / "ready").write_text("")
         # Saved states of images that are gone, or of this variant under an older qemu or harness.
         for stale in snapshot.parent.iterdir():

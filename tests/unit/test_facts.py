@@ -80,3 +80,35 @@ def test_node_state_reads_the_daemon_process_and_the_files_it_loaded():
     # Within the clock's resolution of the start: not stale (the deploy writes, then restarts).
     assert newer_than_daemon(1000.25, {"/c": 1001}, ("/c",)) == []
     assert newer_than_daemon(None, {"/c": 5000}, ("/c",)) == [], "no daemon, nothing stale"
+
+
+def test_the_lock_holder_stops_what_a_dead_run_left_behind():
+    """Once the run's sshd (here: a process that has exited) is gone, the holder stops the
+    processes carrying the run's SSH_CONNECTION, leaves others and its own helpers alone, and
+    exits: the lock is free."""
+    import os
+    import subprocess
+    import time
+
+    from tasks.facts import LOCK_HOLDER
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    connection = f"127.0.0.1 {os.getpid()} 10.0.2.15 22"
+    environment = {**os.environ, "SSH_CONNECTION": connection}
+    leftover = subprocess.Popen(["setsid", "sleep", "300"], env=environment)
+    other_run = subprocess.Popen(["setsid", "sleep", "300"], env={**environment, "SSH_CONNECTION": connection + "0"})
+    try:
+        started = time.monotonic()
+        # The holder inherits the run's SSH_CONNECTION too, as on a node.
+        holder = subprocess.run(["setsid", "sh", "-c", LOCK_HOLDER, "lock-holder", str(gone.pid), connection],
+                                env=environment, timeout=30)
+        assert holder.returncode == 0
+        assert leftover.wait(timeout=5) == -15, "the leftover got SIGTERM"
+        assert time.monotonic() - started < 5
+        assert other_run.poll() is None, "another connection's process is left alone"
+    finally:
+        leftover.kill()
+        other_run.kill()
+    # Without an SSH_CONNECTION (not run through sshd) it only waits for the connection.
+    assert subprocess.run(["sh", "-c", LOCK_HOLDER, "lock-holder", str(gone.pid), ""], timeout=5).returncode == 0

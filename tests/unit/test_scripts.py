@@ -257,3 +257,50 @@ def test_reset_finds_containerds_data_where_the_config_puts_it():
     assert data_directories('version = 2\nroot = "/data/containerd"\n') == ("/data/containerd", "/run/containerd")
     assert data_directories('root = "/"\nstate = "relative"\n') == ("/var/lib/containerd", "/run/containerd")
     assert data_directories("not [ toml") == ("/var/lib/containerd", "/run/containerd")
+
+
+def test_what_runs_cut_short_left_in_staging_is_seen_and_removed_and_nothing_else(node):
+    from tasks.scripts import fetch_artifacts_script, remove_staging_leftovers_script
+
+    staging = node / "staging"
+    (staging / ".fetched-runc").write_bytes(b"half a run")
+    (staging / "containerd.Ab12Cd").mkdir()  # an install's work directory (mktemp)
+    (staging / "containerd.Ab12Cd" / "download").write_bytes(b"x")
+    (staging / ".fetched-containerd.partial").write_bytes(b"x")
+    (staging / "operator-notes.txt").write_text("not ours")
+    facts = node_state_command(str(node / "bin"), str(node / "config.toml"), str(node / "unit"), str(node / "state"),
+                               staging_dir=str(staging))
+    leftovers = parse_node_state(run(facts).stdout.splitlines()).staging_leftovers
+    assert sorted(Path(path).name for path in leftovers) == [
+        ".fetched-containerd.partial", ".fetched-runc", "containerd.Ab12Cd"]
+
+    runc_file = node / "mirror" / "runc.amd64"
+    runc_file.write_bytes(b"runc")
+    runc = Artifact("runc", "1.1.11", "amd64", f"file://{runc_file}", hashlib.sha256(b"runc").hexdigest())
+    assert run(fetch_artifacts_script([runc], str(staging))).returncode == 0
+    assert sorted(p.name for p in staging.iterdir()) == [".fetched-runc", "operator-notes.txt"]
+    assert (staging / ".fetched-runc").read_bytes() == b"runc", "fetched again, not the leftover"
+
+    (staging / ".fetched-runc").unlink()
+    (staging / "runc.Zz99Yy").mkdir()
+    assert run(remove_staging_leftovers_script(str(staging))).returncode == 0
+    assert sorted(p.name for p in staging.iterdir()) == ["operator-notes.txt"]
+    (staging / "operator-notes.txt").unlink()
+    (staging / ".fetched-crictl").write_bytes(b"x")
+    assert run(remove_staging_leftovers_script(str(staging))).returncode == 0
+    assert not staging.exists(), "an emptied staging directory goes too"
+
+
+@pytest.mark.parametrize("line", ["mkdir -p \"$staging\"", "stage=$(mktemp", "new_files=\"$new_files",
+                                  "install -o 0", "mv -f \"$path"])
+def test_an_install_stopped_by_a_signal_at_any_step_leaves_nothing_behind(node, line):
+    """SIGTERM (what the lock holder sends a dead run's leftovers) right after `line` runs."""
+    artifact = containerd(node, "1.7.11", {"containerd": b"daemon", "ctr": b"client"})
+    script = install_artifact_script(artifact, str(node / "bin"), str(node / "staging"), str(node / "state"))
+    lines = script.splitlines()
+    at = next(i for i, text in enumerate(lines) if text.strip().startswith(line))
+    lines.insert(at + 1, "kill -TERM $$")
+    result = run("\n".join(lines))
+    assert result.returncode != 0
+    left = sorted(str(p.relative_to(node)) for p in node.rglob("*") if NEW_SUFFIX in p.name or "staging" in str(p))
+    assert left == [], left
