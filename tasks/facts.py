@@ -287,6 +287,8 @@ def node_state_command(bin_dir: str, config_path: str, unit_path: str, state_dir
         *distro_package_lines(),
         f'echo "{SECTION}staging"',
         *(staging_leftovers_lines(staging_dir) if staging_dir else []),
+        # An emptied staging directory a run was stopped before removing (rmdir: only if empty).
+        *([f'[ -d {q(staging_dir)} ] && [ -z "$(ls -A {q(staging_dir)})" ] && echo {q(staging_dir)}'] if staging_dir else []),
         "exit 0",
     ])
 

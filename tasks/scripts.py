@@ -57,7 +57,9 @@ def install_artifact_script(artifact: Artifact, dest: str, staging_dir: str, sta
         # On any exit: drop this run's staging directory (and the staging directory itself
         # once empty), an uploaded copy, and any hidden copy not yet renamed into place. Set
         # before anything is made, so a run stopped at any line leaves nothing behind.
-        'cleanup() { [ -z "$stage" ] || rm -rf "$stage"; [ -z "$uploaded" ] || rm -f "$uploaded"; '
+        # A signal during cleanup must not cut it short (the lock holder sends TERM once the
+        # run's connection is gone): it ignores them, then removes everything.
+        'cleanup() { trap "" HUP INT TERM; [ -z "$stage" ] || rm -rf "$stage"; [ -z "$uploaded" ] || rm -f "$uploaded"; '
         'for f in $new_files; do rm -f "$f"; done; rmdir "$staging" 2>/dev/null || true; }',
         "trap cleanup EXIT",
         "trap 'exit 1' HUP INT TERM",
@@ -141,7 +143,7 @@ def fetch_artifacts_script(artifacts: list[Artifact], staging_dir: str) -> str:
         'kept=""',
         'done_ok=""',
         # On failure: remove every file fetched so far (and the staging directory once empty).
-        'cleanup() { if [ -z "$done_ok" ]; then for f in $kept; do rm -f "$f" "$f.partial"; done; '
+        'cleanup() { trap "" HUP INT TERM; if [ -z "$done_ok" ]; then for f in $kept; do rm -f "$f" "$f.partial"; done; '
         'rmdir "$staging" 2>/dev/null || true; fi; }',
         "trap cleanup EXIT",
         "trap 'exit 1' HUP INT TERM",

@@ -290,6 +290,27 @@ def test_what_runs_cut_short_left_in_staging_is_seen_and_removed_and_nothing_els
     assert run(remove_staging_leftovers_script(str(staging))).returncode == 0
     assert not staging.exists(), "an emptied staging directory goes too"
 
+    # A run stopped between emptying the staging directory and removing it: the next run sees
+    # the empty directory and removes it.
+    staging.mkdir()
+    leftovers = parse_node_state(run(facts).stdout.splitlines()).staging_leftovers
+    assert leftovers == [str(staging)]
+    assert run(remove_staging_leftovers_script(str(staging))).returncode == 0
+    assert not staging.exists()
+    assert parse_node_state(run(facts).stdout.splitlines()).staging_leftovers == []
+
+
+def test_a_signal_during_cleanup_does_not_cut_the_cleanup_short(node):
+    """The lock holder's TERM can arrive while a finished install is cleaning up: it still
+    removes its work directory and the emptied staging directory."""
+    artifact = containerd(node, "1.7.11", {"containerd": b"daemon", "ctr": b"client"})
+    script = install_artifact_script(artifact, str(node / "bin"), str(node / "staging"), str(node / "state"))
+    assert script.count('rm -rf "$stage";') == 1
+    result = run(script.replace('rm -rf "$stage";', 'kill -TERM $$; rm -rf "$stage";'))
+    assert result.returncode == 0, result.stderr
+    assert (node / "bin" / "containerd").read_bytes() == b"daemon"
+    assert not (node / "staging").exists()
+
 
 @pytest.mark.parametrize("line", ["mkdir -p \"$staging\"", "stage=$(mktemp", "new_files=\"$new_files",
                                   "install -o 0", "mv -f \"$path"])
