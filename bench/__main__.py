@@ -1,15 +1,17 @@
 """`python -m bench`: run the five benchmarks on local VMs and write docs/benchmarks.md.
 
 1. First converge of a fresh node, against bench/floor.sh doing the same work by hand in one
-   SSH session (same mirror, same files).
+   SSH session (same mirror, same files): the median of several fresh pairs.
 2. The no-op rerun: wall time, remote commands (sshd's own log), changes, containerd's MainPID.
-3. Fan-out: first converge of 1 and of 4 nodes at once; no-op reruns on 1, 4 and 8 nodes.
+3. Fan-out: first converge of 1 and of 4 nodes at once, beside the script by hand on 4 nodes
+   at once (how far the host's CPUs let anything scale); no-op reruns on 1, 4 and 8 nodes.
 4. Upstream bytes: what the mirror served for 4 nodes, each fetching (artifact_source=node)
    and through the controller's cache (artifact_source=controller).
 5. The controller's peak memory (max RSS of the pyinfra process) for 1, 4 and 8 nodes.
 """
 
 import argparse
+import concurrent.futures
 import functools
 import json
 import os
@@ -28,7 +30,7 @@ from tests.harness import __main__ as harness
 from tests.harness import mirror, vm
 from tests.harness.paths import REPO_ROOT
 
-from .measure import FLOORS, Report, artifact_sets, remote_commands
+from .measure import FLOORS, Report, artifact_sets, busy_share, cpu_times, median, remote_commands
 
 SUITE = "trixie"  # Debian 13 nodes with Debian 13's containerd 1.7.24 and runc 1.1.15
 FLOOR_SCRIPT = Path(__file__).with_name("floor.sh")
@@ -59,13 +61,19 @@ class CountingMirror(mirror.Mirror):
         return served
 
 
+def host_cpu() -> tuple[int, int]:
+    return cpu_times(Path("/proc/stat").read_text())
+
+
 def deploy(names: list[str], data: dict) -> dict:
-    """One pyinfra run against `names` at once: wall seconds, peak RSS, results, exit code."""
+    """One pyinfra run against `names` at once: wall seconds, the controller's peak RSS and CPU
+    seconds, how busy the host's CPUs were, the results."""
     command = [sys.executable, "-m", "pyinfra", "inventories/local.py", "deploy.py", "-y", "--json"]
     for name in names:
         command += ["--limit", name]
     for key, value in data.items():
         command += ["--data", f"{key}={value}"]
+    cpu_before = host_cpu()
     started = time.monotonic()
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=out, stderr=err, text=True)
@@ -77,27 +85,35 @@ def deploy(names: list[str], data: dict) -> dict:
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
         raise SystemExit(f"deploy to {', '.join(names)} failed ({code}):\n{stderr[-4000:]}")
-    return {"wall": wall, "max_rss_mb": usage.ru_maxrss / 1024, "results": json.loads(stdout)}
+    return {"wall": wall, "max_rss_mb": usage.ru_maxrss / 1024, "controller_cpu": usage.ru_utime + usage.ru_stime,
+            "host_busy": busy_share(cpu_before, host_cpu()), "results": json.loads(stdout)}
 
 
 def main_pid(node: vm.Node) -> str:
     return node.ssh("systemctl show -p MainPID --value containerd").stdout.strip()
 
 
-def floor(node: vm.Node, data: dict, unit: str) -> float:
-    """bench/floor.sh over one fresh SSH connection (no shared master: pyinfra pays a handshake too)."""
+def floor(nodes: list[vm.Node], data: dict, unit: str) -> dict:
+    """bench/floor.sh on each node at once, each over one fresh SSH connection (no shared master:
+    pyinfra pays a handshake too): wall seconds until the last one is done, host CPU busy share."""
     exports = "".join(f"export {key}={shlex.quote(value)}\n" for key, value in {
         "MIRROR": data["artifact_mirror"], "CONTAINERD_VERSION": data["containerd_version"],
         "CONTAINERD_SHA256": data["containerd_sha256"], "RUNC_VERSION": data["runc_version"],
         "RUNC_SHA256": data["runc_sha256"], "UNIT": unit}.items())
-    command = ["ssh", "-o", "ControlMaster=no", "-o", "ControlPath=none", *vm.ssh_options(node.port),
-               "root@127.0.0.1", "sh -s"]
+    script = exports + FLOOR_SCRIPT.read_text()
+
+    def run_on(node: vm.Node) -> subprocess.CompletedProcess:
+        return subprocess.run(["ssh", "-o", "ControlMaster=no", "-o", "ControlPath=none", *vm.ssh_options(node.port),
+                               "root@127.0.0.1", "sh -s"], input=script, text=True, capture_output=True, timeout=900)
+
+    cpu_before = host_cpu()
     started = time.monotonic()
-    result = subprocess.run(command, input=exports + FLOOR_SCRIPT.read_text(), text=True, capture_output=True,
-                            timeout=900)
-    if result.returncode != 0:
-        raise SystemExit(f"bench/floor.sh failed on {node.name}:\n{result.stderr[-3000:]}")
-    return time.monotonic() - started
+    with concurrent.futures.ThreadPoolExecutor(len(nodes)) as pool:
+        results = list(pool.map(run_on, nodes))
+    for node, result in zip(nodes, results):
+        if result.returncode != 0:
+            raise SystemExit(f"bench/floor.sh failed on {node.name}:\n{result.stderr[-3000:]}")
+    return {"wall": time.monotonic() - started, "host_busy": busy_share(cpu_before, host_cpu())}
 
 
 def machine() -> dict:
@@ -114,37 +130,54 @@ def machine() -> dict:
             "controller": f"Python {platform.python_version()}, {pyinfra_version}"}
 
 
-def run(max_nodes: int) -> Report:
+def run(max_nodes: int, rounds: int) -> Report:
     release = mirror.release(SUITE)
     report = Report(machine())
     names = [f"bench-{i}" for i in range(1, max_nodes + 1)]
+    floor_names = [f"bench-floor-{i}" for i in range(1, 5)]
     nodes = {}
 
-    def boot(wanted: list[str]) -> None:
-        """Nodes are booted when a measure needs them: idle TCG VMs still take CPU."""
+    def boot(wanted: list[str], fresh: bool = False) -> list[vm.Node]:
+        """Nodes are booted when a measure needs them (idle TCG VMs still take CPU); `fresh`: from
+        the saved state again, as if never used."""
+        if fresh:
+            harness.down(wanted)
         for started in harness.up(wanted, SUITE):
             # One log line per command a client runs: the count of remote commands.
             started.ssh("echo 'LogLevel VERBOSE' > /etc/ssh/sshd_config.d/bench.conf && systemctl reload ssh")
             nodes[started.name] = started
+        return [nodes[name] for name in wanted]
 
+    from tasks.configure import unit_text
+    unit = unit_text("/usr/local/bin")
     with CountingMirror() as counting:
-        boot(["bench-floor", names[0]])
         data = {"artifact_mirror": counting.url_for_guests(), "containerd_version": release.containerd_version,
                 "containerd_sha256": release.containerd_sha256, "runc_version": release.runc_version,
                 "runc_sha256": release.runc_sha256}
         set_bytes = sum(path.stat().st_size for path in (mirror.containerd_tarball_path(release.containerd_version),
                                                          mirror.runc_binary_path(release.runc_version)))
 
-        # 1. First converge against the floor.
-        from tasks.configure import unit_text
-        floor_seconds = floor(nodes["bench-floor"], data, unit_text("/usr/local/bin"))
-        counting.take()
-        one = deploy(names[:1], data)
-        ratio = one["wall"] / floor_seconds
-        report.add("First converge, 1 node", f"{one['wall']:.1f} s vs {floor_seconds:.1f} s by hand: {ratio:.2f}x",
+        # 1. First converge against the floor: pairs of fresh nodes, the order alternating
+        # between rounds; the median of the pairs' ratios.
+        pairs = []
+        for round_number in range(rounds):
+            by_hand, node = boot([floor_names[0], names[0]], fresh=True)
+            if round_number % 2 == 0:
+                floor_run, one = floor([by_hand], data, unit), deploy(names[:1], data)
+            else:
+                one, floor_run = deploy(names[:1], data), floor([by_hand], data, unit)
+            pairs.append((one, floor_run))
+        harness.down(floor_names[:1])
+        ratios = [one["wall"] / floor_run["wall"] for one, floor_run in pairs]
+        ratio = median(ratios)
+        one_wall = median([one["wall"] for one, _ in pairs])
+        floor_wall = median([floor_run["wall"] for _, floor_run in pairs])
+        one = pairs[-1][0]
+        report.add("First converge, 1 node", f"{one_wall:.1f} s vs {floor_wall:.1f} s by hand (medians of {rounds} "
+                   f"fresh pairs): {ratio:.2f}x (pairs: {', '.join(f'{r:.2f}x' for r in ratios)})",
                    f"≤ {FLOORS['first_converge_ratio']}x", ratio <= FLOORS["first_converge_ratio"])
 
-        # 2. The no-op rerun.
+        # 2. The no-op rerun (the node the last pair converged).
         first = nodes[names[0]]
         pid, since = main_pid(first), int(first.ssh("date +%s").stdout)
         time.sleep(1.5)  # the log from the next whole second on holds only the deploy's connection
@@ -153,22 +186,33 @@ def run(max_nodes: int) -> Report:
         commands = remote_commands(journal)
         changes = len(changed_ops(noop["results"], names[0]))
         same_pid = main_pid(first) == pid
-        report.add("No-op rerun, 1 node", f"{noop['wall']:.1f} s; {commands} remote commands; {changes} changes; "
-                   f"MainPID {'unchanged' if same_pid else 'CHANGED'}",
+        noop_wall = median([noop["wall"]] + [deploy(names[:1], data)["wall"] for _ in range(rounds - 1)])
+        report.add("No-op rerun, 1 node", f"{noop_wall:.1f} s (median of {rounds}); {commands} remote "
+                   f"commands; {changes} changes; MainPID {'unchanged' if same_pid else 'CHANGED'}",
                    f"0 changes, no restart, ≤ {FLOORS['noop_remote_commands']} commands",
                    changes == 0 and same_pid and commands <= FLOORS["noop_remote_commands"])
 
-        # 3 and 4. Four nodes at once, each fetching, then through the controller's cache.
-        harness.down(["bench-floor"])
-        boot(names[1:4])
+        # 3. Four nodes at once: the floor script on four fresh nodes, then the deploy on four.
+        floor_four = floor(boot(floor_names, fresh=True), data, unit)
+        harness.down(floor_names)
+        boot(names[:4], fresh=True)
         fan = names[:4]
-        deploy(fan[:1], {**data, "containerd_state": "purged"})
         counting.take()
         four = deploy(fan, data)
         served_node = artifact_sets(counting.take(), set_bytes)
-        fan_ratio = four["wall"] / one["wall"]
-        report.add("First converge, 4 nodes at once", f"{four['wall']:.1f} s: {fan_ratio:.2f}x one node",
-                   f"≤ {FLOORS['fanout_ratio']}x (VMs not CPU-bound)", fan_ratio <= FLOORS["fanout_ratio"])
+        fan_ratio = four["wall"] / one_wall
+        floor_fan_ratio = floor_four["wall"] / floor_wall
+        cpu_bound = floor_four["host_busy"] >= 0.9
+        report.add("First converge, 4 nodes at once",
+                   f"{four['wall']:.1f} s: {fan_ratio:.2f}x one node (host CPUs {four['host_busy']:.0%} busy); "
+                   f"by hand on 4 at once: {floor_four['wall']:.1f} s, {floor_fan_ratio:.2f}x one "
+                   f"(host CPUs {floor_four['host_busy']:.0%} busy); deploy/by hand at 4: "
+                   f"{four['wall'] / floor_four['wall']:.2f}x",
+                   f"≤ {FLOORS['fanout_ratio']}x, given VMs not CPU-starved"
+                   + (" (they are here: see the notes)" if cpu_bound else ""),
+                   None if cpu_bound else fan_ratio <= FLOORS["fanout_ratio"])
+
+        # 4. Upstream bytes: four nodes each fetching (above), then through the controller's cache.
         report.add("Upstream bytes, 4 nodes, artifact_source=node", f"{served_node:.2f} artifact sets")
         deploy(fan, {**data, "containerd_state": "purged"})
         cache = tempfile.mkdtemp(prefix="bench-cache-")
@@ -182,38 +226,44 @@ def run(max_nodes: int) -> Report:
                    f"({cached['wall']:.1f} s)", f"{FLOORS['upstream_artifact_sets']} set for any N",
                    round(served_cached, 2) <= FLOORS["upstream_artifact_sets"])
 
-        # 3 and 5. No-op reruns at 1, 4 and 8 nodes; the controller's memory for each.
+        # 3 and 5. No-op reruns at 1, 4 and 8 nodes; the controller's memory and CPU for each.
         if max_nodes > 4:
-            boot(names[4:])
+            boot(names[4:], fresh=True)
             deploy(names[4:], data)
         noops = {1: noop}
         for count in sorted({4, max_nodes}):
             noops[count] = deploy(names[:count], data)
         for count, result in noops.items():
             report.add(f"No-op rerun, {count} node{'s' if count > 1 else ''} at once",
-                       f"{result['wall']:.1f} s ({result['wall'] / noop['wall']:.2f}x one node); "
-                       f"controller peak RSS {result['max_rss_mb']:.0f} MiB")
+                       f"{result['wall']:.1f} s ({result['wall'] / noop_wall:.2f}x one node); host CPUs "
+                       f"{result['host_busy']:.0%} busy; controller {result['controller_cpu']:.1f} CPU s, "
+                       f"peak RSS {result['max_rss_mb']:.0f} MiB")
         report.add("Controller peak RSS, first converge", f"1 node {one['max_rss_mb']:.0f} MiB; "
                    f"4 nodes {four['max_rss_mb']:.0f} MiB; 4 through the cache {cached['max_rss_mb']:.0f} MiB")
-        busy = os.getloadavg()[0]
         report.notes.append(
-            f"{os.cpu_count()} host CPUs run every VM under TCG (load average at the end: {busy:.1f}). A first "
-            "converge is CPU-bound inside the guests (gunzip and sha256 of ~110 MB of binaries), so 4 converging "
-            "VMs on these CPUs measure the host as much as the deploy. Even a no-op rerun costs each guest CPU "
-            "(an SSH handshake and a few Go binary starts under TCG), so the no-op fan-out is CPU-bound here "
-            "too; the controller's share of it is not separated yet.")
+            f"{os.cpu_count()} host CPUs run every VM under TCG. A first converge is CPU-bound inside the guest "
+            "(curl, sha256 and gunzip of ~50 MB, ~130 MB of binaries written, Go binaries started under "
+            "emulation): the hand-written script on 4 nodes at once slows as much as the deploy does, and the host "
+            f"CPUs are {floor_four['host_busy']:.0%} busy while it runs. The issue's fan-out floor assumes VMs that "
+            "are not CPU-starved, so it is reported, not judged, when the script by hand is CPU-bound too; the "
+            "deploy's own fan-out cost is the deploy/by-hand ratio at 4 nodes.")
+        report.notes.append(
+            "The no-op fan-out: the controller's CPU seconds are its whole share (pyinfra runs hosts in "
+            "parallel in one process); the rest of the wall time is the guests answering under emulation, "
+            "on host CPUs as busy as shown.")
     return report
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=8, help="the largest fan-out (at least 4)")
+    parser.add_argument("--rounds", type=int, default=3, help="fresh node pairs for the first converge (median)")
     args = parser.parse_args(argv)
     names = [f"bench-{i}" for i in range(1, max(4, args.nodes) + 1)]
     try:
-        report = run(max(4, args.nodes))
+        report = run(max(4, args.nodes), max(1, args.rounds))
     finally:
-        harness.down(["bench-floor", *names])
+        harness.down([*(f"bench-floor-{i}" for i in range(1, 5)), *names])
     OUTPUT.parent.mkdir(exist_ok=True)
     OUTPUT.write_text(report.markdown())
     print(f"wrote {OUTPUT.relative_to(REPO_ROOT)}")

@@ -24,6 +24,27 @@ def remote_commands(journal: str) -> int:
     return sum(1 for port in SESSION_LINE.findall(journal) if port in accepted)
 
 
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def cpu_times(proc_stat: str) -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs from /proc/stat's "cpu" line (idle and iowait are not busy)."""
+    values = [int(value) for value in proc_stat.splitlines()[0].split()[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)
+    # guest and guest_nice (fields 9 and 10) are already counted in user and nice.
+    total = sum(values[:8])
+    return total - idle, total
+
+
+def busy_share(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """The share of the host's CPU time that was busy between two `cpu_times` readings."""
+    busy, total = after[0] - before[0], after[1] - before[1]
+    return busy / total if total else 0.0
+
+
 def artifact_sets(served_bytes: int, set_bytes: int) -> float:
     """Bytes the mirror served, in units of one node's artifact set."""
     return served_bytes / set_bytes if set_bytes else float("nan")

@@ -18,7 +18,7 @@ SECTION = "##containerd-deploy:"
 # A file's identity (inode, size, ctime to the nanosecond): any write, chmod or rename over
 # the path changes it, and userspace cannot set a ctime back. Recorded in a manifest when a
 # file is installed, it proves the file untouched without hashing ~90 MB of binaries per run.
-FILE_IDENTITY = "'%i:%s:%.9Z'"
+FILE_IDENTITY_FORMAT = "%i:%s:%.9Z"
 
 
 @dataclass
@@ -26,7 +26,7 @@ class Manifest:
     """What one install of a release artifact put on the node (written last, by that install)."""
 
     fields: dict = field(default_factory=dict)  # component, version, sha256, url
-    files: dict = field(default_factory=dict)  # path -> identity (FILE_IDENTITY) recorded at install time
+    files: dict = field(default_factory=dict)  # path -> identity (FILE_IDENTITY_FORMAT) recorded at install time
     actual: dict = field(default_factory=dict)  # path -> identity now (missing files absent)
 
     def intact(self) -> bool:
@@ -258,11 +258,14 @@ def node_state_command(bin_dir: str, config_path: str, unit_path: str, state_dir
         f'  echo "{SECTION}manifest ${{m##*/}}"',
         '  cat "$m"',
         f'  echo "{SECTION}actual ${{m##*/}}"',
-        '''  sed -n 's/^file //p' "$m" | while read -r path recorded; do''',
-        '    [ -f "$path" ] || continue',
+        # One stat for all of a manifest's files (each command started costs on a small node).
+        '  set --',
+        '  while read -r kind path recorded; do',
+        '    [ "$kind" = file ] && [ -f "$path" ] || continue',
         # A manifest written before identities were recorded holds digests: hash those files.
-        f'    case "$recorded" in *:*) echo "$(stat -c {FILE_IDENTITY} "$path")  $path";; *) sha256sum "$path";; esac',
-        '  done',
+        '    case "$recorded" in *:*) set -- "$@" "$path";; *) sha256sum "$path";; esac',
+        '  done < "$m"',
+        f"  [ $# -eq 0 ] || stat -c '{FILE_IDENTITY_FORMAT}  %n' \"$@\"",
         "done",
         f'echo "{SECTION}unit"',
         f"[ -f {q(unit_path)} ] && sha256sum {q(unit_path)}",
@@ -455,28 +458,36 @@ def daemon_state_command(bin_dir: str, config_path: str, unit: str, files: tuple
     cgroup = '--runc-systemd-cgroup --cgroup "system.slice:containerd-deploy:$id" ' if systemd_cgroup else ""
     return "\n".join([
         f"unit={q(unit)}",
+        f"image={q(image)}",
+        # The read-only questions to the daemon run side by side (each starts a Go binary:
+        # most of this fact's time on a small node), their answers printed in order after.
+        'answers=$(mktemp -d)',
+        "trap 'rm -rf \"$answers\"' EXIT",
+        f'timeout {CTR_TIMEOUT} {ctr} version > "$answers/ctr" 2>&1 &',
+        f'timeout {CTR_TIMEOUT} {ctr} plugins ls > "$answers/plugins" 2>&1 &',
+        # stdout is the TOML; warnings (e.g. "configuration migrated from version 2") go to stderr.
+        f"{{ if {q(f'{bin_dir}/containerd')} --config {q(config_path)} config dump > \"$answers/dump\" "
+        '2> "$answers/dump.err"; then echo ok; else echo error; fi > "$answers/dump.rc"; } &',
+        f'if [ -n "$image" ]; then {{ if timeout {CTR_TIMEOUT} {ctr} images ls -q > "$answers/images" 2>&1; '
+        'then echo ok; else echo error; fi > "$answers/images.rc"; } & fi',
         f'echo "{SECTION}service"',
         'systemctl show "$unit" -p ActiveState -p MainPID -p NeedDaemonReload 2>/dev/null',
         *daemon_process_lines('$(systemctl show "$unit" -p MainPID --value 2>/dev/null)', files),
-        f'echo "{SECTION}ctr"',
-        f"timeout {CTR_TIMEOUT} {ctr} version 2>&1",
-        f'echo "{SECTION}plugins"',
-        f"timeout {CTR_TIMEOUT} {ctr} plugins ls 2>&1",
-        f'echo "{SECTION}dump"',
-        # stdout is the TOML; warnings (e.g. "configuration migrated from version 2") go to stderr.
-        'errors=$(mktemp)',
-        f"if dump=$({q(f'{bin_dir}/containerd')} --config {q(config_path)} config dump 2>\"$errors\"); "
-        'then echo "ok $(printf %s "$dump" | base64 -w0)"; else echo "error $(base64 -w0 < "$errors")"; fi',
-        'rm -f "$errors"',
         f'echo "{SECTION}kubelet"',
         "[ -f /var/lib/kubelet/config.yaml ] && base64 -w0 /var/lib/kubelet/config.yaml && echo",
+        "wait",
+        f'echo "{SECTION}ctr"',
+        'cat "$answers/ctr"',
+        f'echo "{SECTION}plugins"',
+        'cat "$answers/plugins"',
+        f'echo "{SECTION}dump"',
+        'if [ "$(cat "$answers/dump.rc")" = ok ]; then echo "ok $(base64 -w0 < "$answers/dump")"; '
+        'else echo "error $(base64 -w0 < "$answers/dump.err")"; fi',
         f'echo "{SECTION}container"',
-        f"image={q(image)}",
         'id="verify-$$"',
-        'images=""',
-        f'if [ -n "$image" ] && ! images=$(timeout {CTR_TIMEOUT} {ctr} images ls -q 2>&1); then',
-        """  echo "failed could not list the k8s.io images: $(printf %s "$images" | tr '\\n' ' ')\"""",
-        'elif [ -n "$image" ] && printf "%s\\n" "$images" | grep -qxF "$image"; then',
+        f'if [ -n "$image" ] && [ "$(cat "$answers/images.rc")" != ok ]; then',
+        """  echo "failed could not list the k8s.io images: $(tr '\\n' ' ' < "$answers/images")\"""",
+        'elif [ -n "$image" ] && grep -qxF "$image" "$answers/images"; then',
         f'  if out=$(timeout {CTR_TIMEOUT} {ctr} run -d {cgroup}"$image" "containerd-deploy-$id" 2>&1); then',
         f'''    task=$({ctr} tasks ls 2>/dev/null | awk -v id="containerd-deploy-$id" '$1 == id {{ print $2, $3 }}')''',
         '    echo "task ${task#* }"',

@@ -16,7 +16,8 @@ from .artifacts import Artifact
 from .facts import DistroPackage, Manifest
 from .fetch import FetchError, cached_path, ensure_cached
 from .scripts import (NEW_SUFFIX, fetch_artifacts_script, fetched_path, install_artifact_script, remove_artifact_script,
-                      remove_staging_leftovers_script, remove_tree_script, replace_file_script, service_script)
+                      remove_staging_leftovers_script, remove_tree_script, replace_file_script, service_script,
+                      write_file_script)
 
 
 def artifact_is_installed(manifest: Manifest | None, artifact: Artifact, paths_under: str) -> bool:
@@ -82,9 +83,10 @@ def release_files_fetched(artifacts: list[Artifact], staging_dir: str, cache_dir
 
 
 @operation()
-def release_artifact(artifact: Artifact, dest: str, staging_dir: str, state_dir: str, installed: Manifest | None = None):
+def release_artifact(artifact: Artifact, dest: str, staging_dir: str, state_dir: str, installed: Manifest | None = None,
+                     verified: bool = False):
     """
-    Install a release artifact fetched by ``release_files_fetched``: verify its sha256 again,
+    Install a release artifact fetched by ``release_files_fetched`` (its sha256 checked on the node),
     then put its files in place with atomic renames and record them in a manifest.
 
     + artifact: the resolved ``Artifact`` (URL and pinned sha256)
@@ -92,6 +94,9 @@ def release_artifact(artifact: Artifact, dest: str, staging_dir: str, state_dir:
     + staging_dir: where the fetched file waits
     + state_dir: where the manifest of installed files is kept
     + installed: the component's manifest from the ``ContainerdNode`` fact
+    + verified: the node itself downloaded and checked the file earlier in this run
+      (artifact_source=node), so it is not hashed a second time; a file uploaded from the
+      controller is checked on the node before it is installed
 
     **Example:**
 
@@ -108,7 +113,8 @@ def release_artifact(artifact: Artifact, dest: str, staging_dir: str, state_dir:
     if artifact_is_installed(installed, artifact, dest):
         host.noop(f"{artifact.component} {artifact.version} ({artifact.sha256[:12]}) is installed and intact")
         return
-    yield install_artifact_script(artifact, dest, staging_dir, state_dir, uploaded=fetched_path(staging_dir, artifact))
+    yield install_artifact_script(artifact, dest, staging_dir, state_dir, uploaded=fetched_path(staging_dir, artifact),
+                                  verified=verified)
 
 
 @operation()
@@ -160,11 +166,13 @@ def file_content(path: str, content: str | Callable[[], str], current_sha256: st
         return
     directory = posixpath.dirname(path)
     temp_path = f"{directory}/.{posixpath.basename(path)}{NEW_SUFFIX}"
-    if mode == "600":
-        # Created private before the upload writes into it: credentials are never world-readable.
-        yield StringCommand("mkdir", "-p", directory, "&&", "install", "-m", "600", "/dev/null", temp_path)
-    else:
-        yield StringCommand("mkdir", "-p", directory)
+    if mode != "600":
+        # One command (an upload costs two more round trips); the text is readable by all anyway.
+        yield write_file_script(text, temp_path, path, mode)
+        return
+    # Created private before the upload writes into it: credentials are never world-readable,
+    # nor passed in a command line.
+    yield StringCommand("mkdir", "-p", directory, "&&", "install", "-m", "600", "/dev/null", temp_path)
     yield FileUploadCommand(StringIO(text), temp_path, remote_temp_filename=temp_path)
     yield replace_file_script(temp_path, path, mode)
 
@@ -195,9 +203,10 @@ def file_absent(path: str, present: bool, remove_empty_parent: bool = False):
 
 @operation()
 def containerd_service(unit: str, ctr: str, version: str, timeout: int, active: bool, enabled: bool,
-                       restart: bool | Callable[[], bool] = False):
+                       restart: bool | Callable[[], bool] = False, reload: bool | Callable[[], bool] = False):
     """
-    Keep the containerd unit enabled and running; restart it when told; wait until it answers.
+    Keep the containerd unit enabled and running; reload systemd and restart it when told;
+    wait until it answers. One command, with at most one systemd reload.
 
     + unit: the systemd unit name
     + ctr: path of the installed ``ctr``, used to ask the daemon for its version
@@ -205,6 +214,7 @@ def containerd_service(unit: str, ctr: str, version: str, timeout: int, active: 
     + timeout: seconds to wait for the daemon to answer after (re)starting it
     + active, enabled: the unit's state from the ``ContainerdNode`` fact
     + restart: whether (or a callable deciding at run time whether) to restart
+    + reload: whether (or a callable deciding at run time whether) systemd must reload its units
 
     **Example:**
 
@@ -214,14 +224,16 @@ def containerd_service(unit: str, ctr: str, version: str, timeout: int, active: 
             name="Run containerd",
             unit="containerd.service", ctr="/usr/local/bin/ctr", version="1.7.11",
             timeout=60, active=False, enabled=False, restart=any_changed(binaries, config),
+            reload=any_changed(unit_file),
         )
     """
     must_restart = restart() if callable(restart) else restart
+    must_reload = reload() if callable(reload) else reload
     action = "restart" if must_restart else ("" if active else "start")
-    if not action and enabled:
+    if not action and enabled and not must_reload:
         host.noop(f"{unit} is enabled and running")
         return
-    yield service_script(unit, ctr, action, enable=not enabled, version=version, timeout=timeout)
+    yield service_script(unit, ctr, action, enable=not enabled, version=version, timeout=timeout, reload=must_reload)
 
 
 @operation()

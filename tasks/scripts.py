@@ -5,15 +5,19 @@ downloads go to a private staging directory, are checked against the pinned sha2
 only then are installed, each file by an atomic rename in its own directory.
 """
 
+import posixpath
 import shlex
 
 from .artifacts import Artifact
-from .facts import FILE_IDENTITY, staging_leftovers_lines
+from .facts import FILE_IDENTITY_FORMAT, staging_leftovers_lines
 
 q = shlex.quote
 
 # A suffix no release file has, for the hidden copy renamed over each final path.
 NEW_SUFFIX = ".containerd-deploy-new"
+# The hidden directory new release files are unpacked into, beside their final paths
+# (completed by the installing shell's pid: one install at a time holds the node's lock).
+HIDDEN_DIR_PREFIX = ".containerd-deploy-new."
 
 _PRELUDE = r"""set -eu
 umask 022
@@ -33,17 +37,19 @@ _FETCH = r"""fetch() {
 
 
 def install_artifact_script(artifact: Artifact, dest: str, staging_dir: str, state_dir: str,
-                            uploaded: str | None = None) -> str:
+                            uploaded: str | None = None, verified: bool = False) -> str:
     """Fetch, verify and install one artifact, then record what was installed in its manifest.
 
     `dest` is the directory a tarball's files go into (containerd's bin/, the CNI plugins,
-    crictl), or the final path of a single binary (runc). `uploaded` is where the controller
-    already put the file (artifact_source=controller); it is checked the same way. Files an
-    earlier release of the same component installed and this one does not have are removed;
-    nothing else is touched.
+    crictl), or the final path of a single binary (runc). `uploaded` is where the file already
+    waits on the node (put there by ``release_files_fetched``); it is checked the same way,
+    unless `verified`: this run's own fetch on the node checked it moments ago in the same
+    root-only directory, under the node's lock. Files an earlier release of the same component
+    installed and this one does not have are removed; nothing else is touched.
     """
     layout = artifact.layout
     manifest = f"{state_dir}/{artifact.component}.manifest"
+    dest_dir = dest if layout.tarball else (dest.rsplit("/", 1)[0] or "/")
     lines = [
         _PRELUDE,
         _FETCH,
@@ -52,74 +58,82 @@ def install_artifact_script(artifact: Artifact, dest: str, staging_dir: str, sta
         f"manifest={q(manifest)}",
         f"uploaded={q(uploaded or '')}",
         f"staging={q(staging_dir)}",
+        f"dest_dir={q(dest_dir)}",
         'stage=""',
-        'new_files=""',
+        'hidden=""',
         # On any exit: drop this run's staging directory (and the staging directory itself
-        # once empty), an uploaded copy, and any hidden copy not yet renamed into place. Set
-        # before anything is made, so a run stopped at any line leaves nothing behind.
-        # A signal during cleanup must not cut it short (the lock holder sends TERM once the
-        # run's connection is gone): it ignores them, then removes everything.
-        'cleanup() { trap "" HUP INT TERM; [ -z "$stage" ] || rm -rf "$stage"; [ -z "$uploaded" ] || rm -f "$uploaded"; '
-        'for f in $new_files; do rm -f "$f"; done; rmdir "$staging" 2>/dev/null || true; }',
+        # once empty), an uploaded copy, and the hidden directory of new files not yet renamed
+        # into place. Set before anything is made, so a run stopped at any line leaves nothing
+        # behind. A signal during cleanup must not cut it short (the lock holder sends TERM
+        # once the run's connection is gone): it ignores them, then removes everything.
+        'cleanup() { trap "" HUP INT TERM; [ -z "$stage" ] || rm -rf "$stage"; [ -z "$hidden" ] || rm -rf "$hidden"; '
+        '[ -z "$uploaded" ] || rm -f "$uploaded"; rmdir "$staging" 2>/dev/null || true; }',
         "trap cleanup EXIT",
         "trap 'exit 1' HUP INT TERM",
         'mkdir -p "$staging"',
         f'stage=$(mktemp -d "$staging/{artifact.component}.XXXXXX")',
     ]
     if uploaded:
-        lines.append('mv -f "$uploaded" "$stage/download" || fail "the copy of $url uploaded from the controller is missing; nothing was installed"')
+        lines.append('mv -f "$uploaded" "$stage/download" || fail "the release file $url is not in the staging directory; nothing was installed"')
     else:
         lines.append('fetch "$url" "$stage/download" || fail "could not download $url; nothing was installed"')
+    if not (uploaded and verified):
+        lines += [
+            'actual=$(sha256sum "$stage/download")',
+            'actual=${actual%% *}',
+            '[ "$actual" = "$expected" ] || fail "checksum mismatch for $url: expected sha256 $expected, got $actual; nothing was installed"',
+        ]
     lines += [
-        'actual=$(sha256sum "$stage/download" | cut -d" " -f1)',
-        '[ "$actual" = "$expected" ] || fail "checksum mismatch for $url: expected sha256 $expected, got $actual; nothing was installed"',
-        "mkdir \"$stage/files\"",
+        'mkdir -p "$dest_dir"',
+        # The new files are made in a hidden directory beside their final paths: on the same
+        # filesystem, so each goes into place by a rename (no second copy), and made there, so
+        # they get what the destination gives new files (SELinux labels), not the staging
+        # directory's. Listed before it exists: cleanup removes it whenever the run stops.
+        f'hidden="$dest_dir/{HIDDEN_DIR_PREFIX}$$"',
+        'rm -rf "$hidden"',
+        'mkdir -m 700 "$hidden"',
     ]
     if layout.tarball:
         member = f" {q(layout.member)}" if layout.member else ""
         where = f" with a {layout.member}/ directory" if layout.member else ""
         lines += [
-            f'tar -xzf "$stage/download" -C "$stage/files"{member} || fail "$url is not a release tarball{where}; nothing was installed"',
-            f'src="$stage/files{"/" + layout.member if layout.member else ""}"',
+            f'tar -xzf "$stage/download" -C "$hidden" --no-same-owner{member} || fail "$url is not a release tarball{where}; nothing was installed"',
+            f'src="$hidden{"/" + layout.member if layout.member else ""}"',
             f'[ -f "$src/{layout.required}" ] || fail "$url has no {(layout.member + "/") if layout.member else ""}{layout.required}; nothing was installed"',
-            f"dest_dir={q(dest)}",
             'for f in "$src"/*; do if [ -f "$f" ]; then echo "${f##*/} $dest_dir/${f##*/}"; fi; done > "$stage/plan"',
         ]
     else:
         name = dest.rsplit("/", 1)[-1]
         lines += [
-            'src="$stage/files"',
+            'src="$hidden"',
             f'mv "$stage/download" "$src/{name}"',
             f'echo {q(name)} {q(dest)} > "$stage/plan"',
-            f"dest_dir={q(dest.rsplit('/', 1)[0] or '/')}",
         ]
     lines += [
-        'mkdir -p "$dest_dir"',
         '{',
         f"  echo component {q(artifact.component)}",
         f"  echo version {q(artifact.version)}",
         '  echo "sha256 $expected"',
         '  echo "url $url"',
         '} > "$stage/manifest"',
-        # First put every hidden copy in place (root-owned, 0755), then rename them all: a
-        # failure before the renames leaves every final path as it was.
-        'while read -r name path; do',
-        # Listed before it exists: cleanup removes it whenever the run stops.
-        f'  new_files="$new_files $path{NEW_SUFFIX}"',
-        f'  install -o 0 -g 0 -m 0755 "$src/$name" "$path{NEW_SUFFIX}"',
-        'done < "$stage/plan"',
-        'while read -r name path; do',
-        f'  mv -f "$path{NEW_SUFFIX}" "$path"',
+        # Each command started costs on a small node: one chown, chmod, mv and stat for all files.
+        'set --',
+        'while read -r name path; do set -- "$@" "$src/$name"; done < "$stage/plan"',
+        # First make every new file whole (root-owned, 0755), then rename them all (each file
+        # keeps its name, so all go into the one directory): a failure before the renames
+        # leaves every final path as it was.
+        'chown 0:0 "$@"',
+        'chmod 0755 "$@"',
+        'mv -f -t "$dest_dir" "$@"',
+        'set --',
+        'while read -r name path; do set -- "$@" "$path"; done < "$stage/plan"',
         # Each file's identity once in place (the rename sets its ctime): the node fact checks
         # files are untouched by comparing identities, without rehashing them every run.
-        f'  echo "file $path $(stat -c {FILE_IDENTITY} "$path")" >> "$stage/manifest"',
-        'done < "$stage/plan"',
-        'new_files=""',
+        f"stat -c 'file %n {FILE_IDENTITY_FORMAT}' \"$@\" >> \"$stage/manifest\"",
         # Files the previous install of this component recorded that this one did not bring.
         'if [ -f "$manifest" ]; then',
-        """  sed -n 's/^file //p' "$manifest" | while read -r path _; do""",
-        '    grep -q "^file $path " "$stage/manifest" || rm -f "$path"',
-        '  done',
+        """  awk 'FNR == NR { if ($1 == "file") kept[$2] = 1; next } $1 == "file" && !($2 in kept) { print $2 }' \\""",
+        '    "$stage/manifest" "$manifest" | while read -r path; do rm -f "$path"; done',
         'fi',
         f"mkdir -p {q(state_dir)}",
         f'cp "$stage/manifest" "$manifest{NEW_SUFFIX}"',
@@ -159,7 +173,8 @@ def fetch_artifacts_script(artifacts: list[Artifact], staging_dir: str) -> str:
             f"path={q(path)}",
             'kept="$kept $path"',
             'fetch "$url" "$path.partial" || fail "could not download $url; nothing was installed"',
-            'actual=$(sha256sum "$path.partial" | cut -d" " -f1)',
+            'actual=$(sha256sum "$path.partial")',
+            'actual=${actual%% *}',
             '[ "$actual" = "$expected" ] || fail "checksum mismatch for $url: expected sha256 $expected, got $actual; nothing was installed"',
             'mv -f "$path.partial" "$path"',
         ]
@@ -185,6 +200,25 @@ def remove_artifact_script(component: str, state_dir: str) -> str:
     ]) + "\n"
 
 
+def write_file_script(text: str, temp_path: str, path: str, mode: str) -> str:
+    """Write `text` beside `path` and rename it over `path` (atomic), root-owned with `mode`, in
+    one command. The text travels in the command line, which the node's other users can read
+    while it runs: only for files they may read anyway (not 0600 ones)."""
+    import base64
+
+    encoded = base64.b64encode(text.encode()).decode()
+    return "\n".join([
+        _PRELUDE,
+        f"temp={q(temp_path)}",
+        "trap 'rm -f \"$temp\"' EXIT",
+        "trap 'exit 1' HUP INT TERM",
+        f"mkdir -p {q(posixpath.dirname(path))}",
+        f'printf %s {encoded} | base64 -d > "$temp"',
+        f'chown 0:0 "$temp" && chmod {mode} "$temp"',
+        f'mv -fT "$temp" {q(path)}',  # -T: onto a directory of that name is an error, not a move into it
+    ]) + "\n"
+
+
 def replace_file_script(temp_path: str, path: str, mode: str) -> str:
     """Move an uploaded temporary file over `path` atomically, root-owned with `mode`."""
     return (
@@ -192,14 +226,21 @@ def replace_file_script(temp_path: str, path: str, mode: str) -> str:
     )
 
 
-def service_script(unit: str, ctr: str, action: str, enable: bool, version: str, timeout: int) -> str:
-    """Enable/start/restart the unit, wait until the daemon answers, and check its version.
+def service_script(unit: str, ctr: str, action: str, enable: bool, version: str, timeout: int,
+                   reload: bool = False) -> str:
+    """Reload systemd, enable/start/restart the unit, wait until the daemon answers, and check
+    its version.
 
     `action` is "restart", "start" or "" (leave the service as it is and only verify).
+    `reload`: a unit file changed (or an earlier run left a reload pending).
     """
     lines = [_PRELUDE, f"unit={q(unit)}", f"ctr={q(ctr)}", f"expected={q(version)}", f"timeout={int(timeout)}"]
     if enable:
-        lines.append('systemctl enable --quiet "$unit"')
+        # `enable` reloads systemd by itself; with --no-reload, the one reload below does for
+        # both (a reload takes seconds on a small node).
+        lines.append('systemctl enable --quiet --no-reload "$unit"')
+    if enable or reload:
+        lines.append("systemctl daemon-reload")
     if action:
         lines.append(f'systemctl {action} "$unit" || true')  # the wait below reports why
     lines += [

@@ -1,9 +1,9 @@
-"""Run containerd under systemd: reload, enable, start or restart once, wait until it answers."""
+"""Run containerd under systemd: reload, enable, start or restart once, wait until it answers
+(one operation, one command)."""
 
 import posixpath
 
 from pyinfra.api import deploy
-from pyinfra.operations import systemd
 
 from .configure import loaded_at_start
 from .facts import NodeState, newer_than_daemon
@@ -24,7 +24,6 @@ def run_containerd(settings: Settings, node: NodeState, reload_after, restart_af
     unit = posixpath.basename(settings.containerd_unit_path)
     # A unit written by a run that stopped before reloading systemd is reloaded now.
     reload_changed = any_changed(*reload_after)
-    systemd.daemon_reload(name="Reload systemd units", _if=lambda: node.need_daemon_reload or reload_changed())
     # A daemon older than what is on disk is a leftover of a run that stopped (or an upgrade
     # that never restarted it): its ctr answers with another version, its binary was replaced,
     # or a file it loads at start is newer than it. Restart it even when this run changed nothing.
@@ -43,4 +42,5 @@ def run_containerd(settings: Settings, node: NodeState, reload_after, restart_af
         active=node.active,
         enabled=node.enabled,
         restart=lambda: stale or changed(),
+        reload=lambda: node.need_daemon_reload or reload_changed(),
     )

@@ -39,7 +39,7 @@ def node_snapshot(node) -> str:
     return node.vm.ssh(
         "stat -c '%n %i %s %Y %U:%G %a' /usr/local/bin/* /usr/local/sbin/runc /etc/containerd/config.toml "
         "/etc/systemd/system/containerd.service /var/lib/containerd-deploy/* 2>&1; "
-        "ls -A /var/cache/containerd-deploy; find / -xdev -name '*.containerd-deploy-new' 2>/dev/null"
+        "ls -A /var/cache/containerd-deploy; find / -xdev -name '*.containerd-deploy-new*' 2>/dev/null"
     ).stdout
 
 

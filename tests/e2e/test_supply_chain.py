@@ -18,7 +18,7 @@ pytestmark = pytest.mark.xdist_group("supply")
 NAME = "supply-1"
 # Everything the deploy could have put on the node, and any staging leftovers.
 FOOTPRINT = ("ls -A /usr/local/bin /usr/local/sbin /var/lib/containerd-deploy /var/cache/containerd-deploy "
-             "/etc/containerd 2>&1; find / -xdev -name '*.containerd-deploy-new' 2>/dev/null")
+             "/etc/containerd 2>&1; find / -xdev -name '*.containerd-deploy-new*' 2>/dev/null")
 
 
 class Node:

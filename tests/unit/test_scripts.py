@@ -108,7 +108,7 @@ def test_upgrade_replaces_by_rename_and_drops_files_the_new_release_lacks(node):
     assert sorted(path.name for path in (node / "bin").iterdir()) == ["containerd", "ctr", "operator-tool"]
     assert (node / "bin/containerd").read_bytes() == b"new"
     assert (node / "bin/containerd").stat().st_ino != inode, "replaced by rename, not rewritten in place"
-    assert not list(node.rglob(f"*{NEW_SUFFIX}"))
+    assert not list(node.rglob(f"*{NEW_SUFFIX}*"))
 
 
 def test_single_binary_goes_to_its_path(node):
@@ -208,6 +208,36 @@ def test_a_file_uploaded_by_the_controller_is_verified_then_installed_and_remove
     assert result.returncode != 0 and "checksum mismatch" in result.stderr
     assert (node / "bin/containerd").read_bytes() == b"daemon"
     assert not (node / "staging").exists()
+
+
+def test_only_a_file_this_runs_node_side_fetch_checked_skips_the_second_hash(node):
+    artifact = containerd(node, "1.7.11", {"containerd": b"daemon", "ctr": b"client"})
+    hashed = install_artifact_script(artifact, str(node / "bin"), str(node / "staging"), str(node / "state"),
+                                     uploaded=str(node / "staging" / ".fetched-containerd"))
+    fetched = install_artifact_script(artifact, str(node / "bin"), str(node / "staging"), str(node / "state"),
+                                      uploaded=str(node / "staging" / ".fetched-containerd"), verified=True)
+    downloaded = install_artifact_script(artifact, str(node / "bin"), str(node / "staging"), str(node / "state"),
+                                         verified=True)
+    assert "sha256sum" in hashed and "sha256sum" in downloaded, "what it downloads itself is always checked"
+    assert "sha256sum" not in fetched
+    (node / "staging" / ".fetched-containerd").write_bytes(Path(artifact.url[len("file://"):]).read_bytes())
+    result = run(fetched)
+    assert result.returncode == 0, result.stderr
+    assert (node / "bin/ctr").read_bytes() == b"client"
+
+
+def test_release_files_are_made_beside_their_paths_root_owned_and_executable(node):
+    """Unpacked in a hidden directory in the destination (renamed into place, never copied
+    across filesystems), then gone: only the release's files are left, 0755."""
+    artifact = containerd(node, "1.7.11", {"containerd": b"daemon", "ctr": b"client"})
+    (node / "bin").mkdir(exist_ok=True)
+    (node / "bin" / "operator-tool").write_text("mine")
+    result = install(node, artifact, str(node / "bin"))
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (node / "bin").iterdir()) == ["containerd", "ctr", "operator-tool"]
+    for name in ("containerd", "ctr"):
+        info = (node / "bin" / name).stat()
+        assert (info.st_mode & 0o777, info.st_uid, info.st_gid) == (0o755, 0, 0)
 
 
 def test_fetch_verifies_every_file_before_any_is_kept(node):
@@ -312,8 +342,8 @@ def test_a_signal_during_cleanup_does_not_cut_the_cleanup_short(node):
     assert not (node / "staging").exists()
 
 
-@pytest.mark.parametrize("line", ["mkdir -p \"$staging\"", "stage=$(mktemp", "new_files=\"$new_files",
-                                  "install -o 0", "mv -f \"$path"])
+@pytest.mark.parametrize("line", ["mkdir -p \"$staging\"", "stage=$(mktemp", "hidden=\"$dest_dir", "mkdir -m 700",
+                                  "tar -xzf", "chown 0:0", "mv -f -t", "stat -c"])
 def test_an_install_stopped_by_a_signal_at_any_step_leaves_nothing_behind(node, line):
     """SIGTERM (what the lock holder sends a dead run's leftovers) right after `line` runs."""
     artifact = containerd(node, "1.7.11", {"containerd": b"daemon", "ctr": b"client"})
@@ -325,3 +355,24 @@ def test_an_install_stopped_by_a_signal_at_any_step_leaves_nothing_behind(node, 
     assert result.returncode != 0
     left = sorted(str(p.relative_to(node)) for p in node.rglob("*") if NEW_SUFFIX in p.name or "staging" in str(p))
     assert left == [], left
+
+
+def test_a_file_is_written_in_one_command_and_renamed_over_the_old_one(tmp_path):
+    from tasks.scripts import write_file_script
+
+    path = tmp_path / "etc" / "containerd" / "config.toml"
+    temp = path.parent / f".config.toml{NEW_SUFFIX}"
+    text = "version = 2\n# 'quotes', \"double\", $HOME `ticks` \\ and ünïcode\nno newline at the end"
+    assert run(write_file_script(text, str(temp), str(path), "644")).returncode == 0
+    assert path.read_text() == text and oct(path.stat().st_mode & 0o777) == "0o644"
+    before = path.stat().st_ino
+    assert run(write_file_script("second\n", str(temp), str(path), "644")).returncode == 0
+    assert path.read_text() == "second\n" and path.stat().st_ino != before, "renamed over, not rewritten"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["config.toml"]
+    # A failure (here: the rename onto a directory) leaves the old file and no hidden copy.
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / "x").mkdir()
+    result = run(write_file_script("y", str(tmp_path / "dir" / ".x.new"), str(tmp_path / "dir" / "x"), "644"))
+    assert result.returncode != 0
+    assert sorted(p.name for p in (tmp_path / "dir").iterdir()) == ["x"]
+    assert not any((tmp_path / "dir" / "x").iterdir())

@@ -207,3 +207,63 @@ def test_failure_script_prints_each_problem_quoted():
 def test_a_dump_that_is_not_toml_is_a_problem_not_a_crash():
     [problem] = judge(expected(), healthy(dump='time="x" level=warning msg="migrated"\nversion = 3\n')).problems
     assert problem.startswith("containerd config dump failed: its output is not valid TOML")
+
+
+FAKE_QUESTION = """#!/bin/sh
+# Waits (up to 10 s) until every read-only question to the daemon has started: they must run
+# side by side. Then answers like the real binary.
+log={log}
+echo "$*" >> "$log/started"
+for _ in $(seq 100); do [ "$(wc -l < "$log/started")" -ge {questions} ] && break; sleep 0.1; done
+[ "$(wc -l < "$log/started")" -ge {questions} ] || echo "$*" >> "$log/alone"
+"""
+
+FAKE_CTR = FAKE_QUESTION.replace("#!/bin/sh", "#!/bin/sh\ncase \"$3\" in run|tasks|containers) ;; *)", 1).replace(
+    "\n\"\"\"", "") + """;; esac
+case "$3" in
+  version) printf 'Client:\\n  Version:  v1.7.24\\n\\nServer:\\n  Version:  v1.7.24\\n';;
+  plugins) printf 'TYPE ID PLATFORMS STATUS\\nio.containerd.grpc.v1 cri - ok\\n';;
+  images) if [ -e {log}/images-fail ]; then echo "connection refused"; exit 1; fi; echo {image};;
+  run) shift $(($# - 1)); echo "$1" > {log}/container;;
+  tasks) [ "$4" = ls ] && echo "$(cat {log}/container) 1 RUNNING";;
+esac
+"""
+
+
+@pytest.mark.parametrize("images", ["listed", "unlistable"])
+def test_the_verify_fact_asks_the_daemon_its_questions_side_by_side(tmp_path, images):
+    import os
+    import subprocess
+
+    from tasks.facts import daemon_state_command
+
+    image = "localhost/containerd-deploy/pause:conformance"
+    bin_dir, log = tmp_path / "bin", tmp_path / "log"
+    bin_dir.mkdir()
+    log.mkdir()
+    (log / "started").touch()
+    if images == "unlistable":
+        (log / "images-fail").touch()
+    fakes = {
+        "ctr": FAKE_CTR,
+        "containerd": FAKE_QUESTION + "echo 'version = 2'\n",
+        "systemctl": "#!/bin/sh\ncase \"$*\" in *--value*) echo 0;; *) printf 'ActiveState=active\\nMainPID=0\\n"
+                     "NeedDaemonReload=no\\n';; esac\n",
+    }
+    for name, text in fakes.items():
+        (bin_dir / name).write_text(text.replace("{log}", str(log)).replace("{questions}", "4").replace("{image}", image))
+        (bin_dir / name).chmod(0o755)
+    script = daemon_state_command(str(bin_dir), str(tmp_path / "config.toml"), "containerd.service", (), image, True)
+    result = subprocess.run(["sh", "-c", script], capture_output=True, text=True,
+                            env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    assert result.returncode == 0, result.stderr
+    assert not (log / "alone").exists(), "a question ran alone: " + (log / "alone").read_text()
+    state = parse_daemon_state(result.stdout.splitlines())
+    assert (state.ctr_client, state.ctr_server) == ("v1.7.24", "v1.7.24")
+    assert state.plugins == {("io.containerd.grpc.v1", "cri"): "ok"}
+    assert state.dump == "version = 2\n" and state.active_state == "active"
+    if images == "listed":
+        assert state.container == "task RUNNING" and state.container_cgroups, result.stdout
+    else:
+        assert state.container == "failed could not list the k8s.io images: connection refused"
+    assert not any(tmp_path.glob("tmp*")), "its answers are removed"
