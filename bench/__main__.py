@@ -89,6 +89,19 @@ def deploy(names: list[str], data: dict) -> dict:
             "host_busy": busy_share(cpu_before, host_cpu()), "results": json.loads(stdout)}
 
 
+def accepts_connections(node: vm.Node, timeout: float = 60) -> None:
+    """Wait until sshd takes new connections again (it re-executes itself on a reload)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        probe = subprocess.run(["ssh", "-o", "ControlMaster=no", "-o", "ControlPath=none", *vm.ssh_options(node.port),
+                                "root@127.0.0.1", "true"], capture_output=True, text=True, timeout=60)
+        if probe.returncode == 0:
+            return
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{node.name}: sshd takes no new connection after its reload: {probe.stderr[-500:]}")
+        time.sleep(0.5)
+
+
 def main_pid(node: vm.Node) -> str:
     return node.ssh("systemctl show -p MainPID --value containerd").stdout.strip()
 
@@ -146,6 +159,8 @@ def run(max_nodes: int, rounds: int) -> Report:
             # One log line per command a client runs: the count of remote commands.
             started.ssh("echo 'LogLevel VERBOSE' > /etc/ssh/sshd_config.d/bench.conf && systemctl reload ssh")
             nodes[started.name] = started
+        for node in (nodes[name] for name in wanted):
+            accepts_connections(node)
         return [nodes[name] for name in wanted]
 
     from tasks.configure import unit_text

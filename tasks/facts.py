@@ -92,24 +92,56 @@ class NodeState:
         return self.service.get("UnitFileState") == "enabled"
 
 
-def daemon_process_lines(pid_expr: str, loaded_files: tuple) -> list[str]:
-    """Shell lines printing the daemon's binary and start time (for pid `pid_expr`), and the
-    mtimes of the files it loads at start: a file newer than the daemon was never loaded."""
+# Clock ticks per second in /proc/PID/stat: USER_HZ, fixed at 100 in the kernel's ABI on the
+# arches this deploy serves (amd64, arm64).
+USER_HZ = 100
+
+
+def service_lines(unit_expr: str, properties: str) -> list[str]:
+    """Shell lines printing `systemctl show` properties of a unit (MainPID among them) and
+    setting $pid to its main process, with one systemctl call (each costs on a small node)."""
+    return [
+        f'props=$(systemctl show {unit_expr} {properties} 2>/dev/null)',
+        'echo "$props"',
+        'pid=${props#*MainPID=}',
+        'pid=${pid%%[!0-9]*}',
+    ]
+
+
+def daemon_process_lines(loaded_files: tuple) -> list[str]:
+    """Shell lines printing the daemon's binary and start (for $pid, from `service_lines`), and
+    the mtimes of the files it loads at start: a file newer than the daemon was never loaded.
+    Shell builtins where they do (every command started costs on a small node); the start
+    time is worked out by the controller."""
     q = shlex.quote
     return [
-        f'pid={pid_expr}',
         'if [ "${pid:-0}" -gt 0 ] 2>/dev/null; then',
         f'  echo "{SECTION}exe"',
         '  readlink "/proc/$pid/exe"',
         f'  echo "{SECTION}started"',
-        # Field 22 of /proc/PID/stat is the start in clock ticks after boot (counted after the
-        # command name, which may hold spaces).
-        '''  awk -v hz="$(getconf CLK_TCK)" -v boot="$(sed -n 's/^btime //p' /proc/stat)" '''
-        ''''{ sub(/.*\\) /, ""); printf "%.2f\\n", boot + $20 / hz }' "/proc/$pid/stat"''',
+        '  read -r stat < "/proc/$pid/stat" && echo "stat $stat"',
+        '  while read -r key value; do [ "$key" != btime ] || echo "btime $value"; done < /proc/stat',
         'fi',
         f'echo "{SECTION}mtimes"',
-        *[f"[ -e {q(path)} ] && stat -c '%Y %n' {q(path)}" for path in loaded_files],
+        'set --',
+        *[f"[ ! -e {q(path)} ] || set -- \"$@\" {q(path)}" for path in loaded_files],
+        "[ $# -eq 0 ] || stat -c '%Y %n' \"$@\"",
     ]
+
+
+def process_start(body: list[str]) -> float | None:
+    """Epoch seconds a process started, from its /proc/PID/stat line and the boot time (or a
+    number, as older runs printed it)."""
+    fields = dict(line.strip().partition(" ")[::2] for line in body if line.strip())
+    try:
+        if "stat" in fields:
+            # Field 22 is the start in clock ticks after boot, counted after the command name
+            # (in parentheses, which may hold spaces and parentheses itself).
+            ticks = int(fields["stat"].rpartition(") ")[2].split()[19])
+            return round(int(fields["btime"]) + ticks / USER_HZ, 2)
+        return float("".join(body).strip())
+    except (KeyError, IndexError, ValueError):
+        return None
 
 
 def parse_process_section(name: str, body: list[str], state) -> None:
@@ -117,10 +149,7 @@ def parse_process_section(name: str, body: list[str], state) -> None:
     if name == "exe":
         state.exe = "".join(body).strip()
     elif name == "started":
-        try:
-            state.started = float("".join(body).strip())
-        except ValueError:
-            state.started = None
+        state.started = process_start(body)
     elif name == "mtimes":
         for line in body:
             mtime, _, path = line.strip().partition(" ")
@@ -250,8 +279,9 @@ def node_state_command(bin_dir: str, config_path: str, unit_path: str, state_dir
     defaults_when = "true" if always_defaults else f"[ ! -f {q(config_path)} ]"
     return "\n".join([
         *(node_lock_lines(lock_owner) if lock_owner else []),
-        f'echo "{SECTION}machine $(uname -m)"',
-        f'echo "{SECTION}kernel $(uname -s)"',
+        'set -- $(uname -sm)',
+        f'echo "{SECTION}machine $2"',
+        f'echo "{SECTION}kernel $1"',
         f'if [ -d /run/systemd/system ]; then echo "{SECTION}systemd"; fi',
         f"for m in {q(state_dir)}/*.manifest; do",
         '  [ -f "$m" ] || continue',
@@ -274,8 +304,8 @@ def node_state_command(bin_dir: str, config_path: str, unit_path: str, state_dir
         # line-based fact output.
         f"[ -f {q(config_path)} ] && base64 -w0 {q(config_path)} && echo",
         f'echo "{SECTION}service"',
-        "systemctl show containerd.service -p ActiveState -p UnitFileState -p MainPID -p NeedDaemonReload 2>/dev/null",
-        *daemon_process_lines("$(systemctl show containerd.service -p MainPID --value 2>/dev/null)", loaded),
+        *service_lines("containerd.service", "-p ActiveState -p UnitFileState -p MainPID -p NeedDaemonReload"),
+        *daemon_process_lines(loaded),
         f'echo "{SECTION}ctr"',
         f"[ -x {ctr} ] && [ -S /run/containerd/containerd.sock ] && timeout 10 {ctr} version 2>&1",
         f'echo "{SECTION}default"',
@@ -460,34 +490,38 @@ def daemon_state_command(bin_dir: str, config_path: str, unit: str, files: tuple
         f"unit={q(unit)}",
         f"image={q(image)}",
         # The read-only questions to the daemon run side by side (each starts a Go binary:
-        # most of this fact's time on a small node), their answers printed in order after.
+        # most of this fact's time on a small node), each answer in its own file with its
+        # section header, printed in order after.
         'answers=$(mktemp -d)',
         "trap 'rm -rf \"$answers\"' EXIT",
-        f'timeout {CTR_TIMEOUT} {ctr} version > "$answers/ctr" 2>&1 &',
-        f'timeout {CTR_TIMEOUT} {ctr} plugins ls > "$answers/plugins" 2>&1 &',
+        f'{{ echo "{SECTION}ctr"; timeout {CTR_TIMEOUT} {ctr} version 2>&1; }} > "$answers/1" &',
+        f'{{ echo "{SECTION}plugins"; timeout {CTR_TIMEOUT} {ctr} plugins ls 2>&1; }} > "$answers/2" &',
         # stdout is the TOML; warnings (e.g. "configuration migrated from version 2") go to stderr.
-        f"{{ if {q(f'{bin_dir}/containerd')} --config {q(config_path)} config dump > \"$answers/dump\" "
-        '2> "$answers/dump.err"; then echo ok; else echo error; fi > "$answers/dump.rc"; } &',
+        f'{{ echo "{SECTION}dump"; if {q(f"{bin_dir}/containerd")} --config {q(config_path)} config dump '
+        '> "$answers/dump" 2> "$answers/dump.err"; then echo "ok $(base64 -w0 < "$answers/dump")"; '
+        'else echo "error $(base64 -w0 < "$answers/dump.err")"; fi; } > "$answers/3" &',
         f'if [ -n "$image" ]; then {{ if timeout {CTR_TIMEOUT} {ctr} images ls -q > "$answers/images" 2>&1; '
         'then echo ok; else echo error; fi > "$answers/images.rc"; } & fi',
         f'echo "{SECTION}service"',
-        'systemctl show "$unit" -p ActiveState -p MainPID -p NeedDaemonReload 2>/dev/null',
-        *daemon_process_lines('$(systemctl show "$unit" -p MainPID --value 2>/dev/null)', files),
+        *service_lines('"$unit"', "-p ActiveState -p MainPID -p NeedDaemonReload"),
+        *daemon_process_lines(files),
         f'echo "{SECTION}kubelet"',
         "[ -f /var/lib/kubelet/config.yaml ] && base64 -w0 /var/lib/kubelet/config.yaml && echo",
         "wait",
-        f'echo "{SECTION}ctr"',
-        'cat "$answers/ctr"',
-        f'echo "{SECTION}plugins"',
-        'cat "$answers/plugins"',
-        f'echo "{SECTION}dump"',
-        'if [ "$(cat "$answers/dump.rc")" = ok ]; then echo "ok $(base64 -w0 < "$answers/dump")"; '
-        'else echo "error $(base64 -w0 < "$answers/dump.err")"; fi',
+        'cat "$answers/1" "$answers/2" "$answers/3"',
         f'echo "{SECTION}container"',
         'id="verify-$$"',
-        f'if [ -n "$image" ] && [ "$(cat "$answers/images.rc")" != ok ]; then',
-        """  echo "failed could not list the k8s.io images: $(tr '\\n' ' ' < "$answers/images")\"""",
-        'elif [ -n "$image" ] && grep -qxF "$image" "$answers/images"; then',
+        'listed=""',
+        'found=""',
+        'if [ -n "$image" ]; then',
+        '  read -r listed < "$answers/images.rc"',
+        '  while IFS= read -r line; do [ "$line" != "$image" ] || found=1; done < "$answers/images"',
+        'fi',
+        'if [ -n "$image" ] && [ "$listed" != ok ]; then',
+        '  why=""',
+        '  while IFS= read -r line; do why="$why$line "; done < "$answers/images"',
+        '  echo "failed could not list the k8s.io images: $why"',
+        'elif [ -n "$found" ]; then',
         f'  if out=$(timeout {CTR_TIMEOUT} {ctr} run -d {cgroup}"$image" "containerd-deploy-$id" 2>&1); then',
         f'''    task=$({ctr} tasks ls 2>/dev/null | awk -v id="containerd-deploy-$id" '$1 == id {{ print $2, $3 }}')''',
         '    echo "task ${task#* }"',

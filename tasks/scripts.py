@@ -66,7 +66,7 @@ def install_artifact_script(artifact: Artifact, dest: str, staging_dir: str, sta
         # into place. Set before anything is made, so a run stopped at any line leaves nothing
         # behind. A signal during cleanup must not cut it short (the lock holder sends TERM
         # once the run's connection is gone): it ignores them, then removes everything.
-        'cleanup() { trap "" HUP INT TERM; [ -z "$stage" ] || rm -rf "$stage"; [ -z "$hidden" ] || rm -rf "$hidden"; '
+        'cleanup() { trap "" HUP INT TERM; set +e; [ -z "$stage" ] || rm -rf "$stage"; [ -z "$hidden" ] || rm -rf "$hidden"; '
         '[ -z "$uploaded" ] || rm -f "$uploaded"; rmdir "$staging" 2>/dev/null || true; }',
         "trap cleanup EXIT",
         "trap 'exit 1' HUP INT TERM",
@@ -149,36 +149,56 @@ def fetched_path(staging_dir: str, artifact: Artifact) -> str:
 
 def fetch_artifacts_script(artifacts: list[Artifact], staging_dir: str) -> str:
     """Download every artifact into the staging directory and verify each sha256, before any
-    is installed: one bad file and none is kept, so no final path changes."""
+    is installed: one bad file and none is kept, so no final path changes. The files are
+    fetched side by side (one's download beside another's hashing: a small node's CPUs are
+    what a first converge waits on)."""
     lines = [
         _PRELUDE,
         _FETCH,
         f"staging={q(staging_dir)}",
         'kept=""',
+        'jobs=""',
         'done_ok=""',
-        # On failure: remove every file fetched so far (and the staging directory once empty).
-        'cleanup() { trap "" HUP INT TERM; if [ -z "$done_ok" ]; then for f in $kept; do rm -f "$f" "$f.partial"; done; '
-        'rmdir "$staging" 2>/dev/null || true; fi; }',
+        # On failure: stop the other downloads, remove every file fetched so far (and the
+        # staging directory once empty).
+        # (set +e: a download already gone must not end the cleanup early.)
+        'cleanup() { trap "" HUP INT TERM; set +e; if [ -z "$done_ok" ]; then '
+        'for job in $jobs; do pkill -TERM -P "$job" 2>/dev/null; kill "$job" 2>/dev/null; done; wait; '
+        'for f in $kept; do rm -f "$f" "$f.partial" "$f.error"; done; rmdir "$staging" 2>/dev/null; fi; }',
         "trap cleanup EXIT",
         "trap 'exit 1' HUP INT TERM",
+        # Fetch one file to <path>.partial, check it, rename it to <path>; a failure is told in <path>.error.
+        'get() {',
+        '  fetch "$1" "$3.partial" || { echo "could not download $1; nothing was installed" > "$3.error"; return 1; }',
+        '  actual=$(sha256sum "$3.partial")',
+        '  actual=${actual%% *}',
+        '  [ "$actual" = "$2" ] || { echo "checksum mismatch for $1: expected sha256 $2, got $actual; '
+        'nothing was installed" > "$3.error"; return 1; }',
+        '  mv -f "$3.partial" "$3"',
+        '}',
         # What runs cut short left here (this run holds the node's lock: no other run is using it).
         *staging_leftovers_lines(staging_dir, "rm -rf"),
         'mkdir -p -m 700 "$staging"',
     ]
-    for artifact in artifacts:
-        path = fetched_path(staging_dir, artifact)
+    paths = [fetched_path(staging_dir, artifact) for artifact in artifacts]
+    for artifact, path in zip(artifacts, paths):
         lines += [
-            f"url={q(artifact.url)}",
-            f"expected={q(artifact.sha256)}",
-            f"path={q(path)}",
-            'kept="$kept $path"',
-            'fetch "$url" "$path.partial" || fail "could not download $url; nothing was installed"',
-            'actual=$(sha256sum "$path.partial")',
-            'actual=${actual%% *}',
-            '[ "$actual" = "$expected" ] || fail "checksum mismatch for $url: expected sha256 $expected, got $actual; nothing was installed"',
-            'mv -f "$path.partial" "$path"',
+            # Listed before it exists: cleanup removes it whenever the run stops.
+            f'kept="$kept {path}"',
+            f"get {q(artifact.url)} {q(artifact.sha256)} {q(path)} &",
+            'jobs="$jobs $!"',
         ]
-    lines.append('done_ok=1')
+    lines += [
+        'failed=""',
+        'for job in $jobs; do wait "$job" || failed=1; done',
+        'jobs=""',
+        'if [ -n "$failed" ]; then',
+        # Each failure in the order of the files, then stop (cleanup removes them all).
+        *[f'  [ ! -f {q(path)}.error ] || echo "containerd-deploy: $(cat {q(path)}.error)" >&2' for path in paths],
+        '  exit 1',
+        'fi',
+        'done_ok=1',
+    ]
     return "\n".join(lines) + "\n"
 
 

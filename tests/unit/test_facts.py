@@ -112,3 +112,16 @@ def test_the_lock_holder_stops_what_a_dead_run_left_behind():
         other_run.kill()
     # Without an SSH_CONNECTION (not run through sshd) it only waits for the connection.
     assert subprocess.run(["sh", "-c", LOCK_HOLDER, "lock-holder", str(gone.pid), ""], timeout=5).returncode == 0
+
+
+def test_a_process_start_from_its_proc_stat_line_and_the_boot_time():
+    from tasks.facts import process_start
+
+    # Field 22 (starttime, in ticks of 1/100 s) follows a command name that may hold ") ".
+    fields = ["S", "1", "482", "482", "0", "-1", "4194560", "0", "0", "0", "0", "5", "3", "0", "0", "20", "0", "12",
+              "0", "123456"]
+    assert fields[19] == "123456"
+    assert process_start([f"stat 482 (conta) inerd) {' '.join(fields)} 99 100", "btime 1700000000"]) == 1700001234.56
+    assert process_start(["1000.25"]) == 1000.25, "as runs before printed it"
+    assert process_start(["stat 482 (containerd) S 1"]) is None
+    assert process_start([]) is None

@@ -376,3 +376,36 @@ def test_a_file_is_written_in_one_command_and_renamed_over_the_old_one(tmp_path)
     assert result.returncode != 0
     assert sorted(p.name for p in (tmp_path / "dir").iterdir()) == ["x"]
     assert not any((tmp_path / "dir" / "x").iterdir())
+
+
+def test_a_fetch_stopped_by_a_signal_stops_its_downloads_and_keeps_nothing(node, tmp_path):
+    """Files are fetched side by side; a TERM (the lock holder's) while one is still coming
+    stops the others too and leaves no file and no staging directory."""
+    import os
+    import signal
+    import time
+
+    from tasks.scripts import fetch_artifacts_script
+
+    fake = tmp_path / "fakebin"
+    fake.mkdir()
+    (fake / "curl").write_text('#!/bin/sh\nfor a; do out=$url; url=$a; done\n'
+                               'case "$url" in *slow*) echo started > "$SLOW_MARK"; exec sleep 60;; esac\n'
+                               'while [ "$1" != -o ]; do shift; done; cp "${url#file://}" "$2"\n')
+    (fake / "curl").chmod(0o755)
+    fast = containerd(node, "1.7.11", {"containerd": b"daemon", "ctr": b"client"})
+    slow = Artifact("runc", "1.1.11", "amd64", "http://slow.invalid/runc.amd64", "0" * 64)
+    mark = tmp_path / "slow-started"
+    process = subprocess.Popen(["sh", "-c", fetch_artifacts_script([fast, slow], str(node / "staging"))],
+                               env={**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "SLOW_MARK": str(mark)},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    for _ in range(100):
+        if mark.exists() and (node / "staging" / ".fetched-containerd").exists():
+            break
+        time.sleep(0.1)
+    assert mark.exists() and (node / "staging" / ".fetched-containerd").exists(), "both downloads started"
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=20) != 0
+    assert not (node / "staging").exists(), list((node / "staging").iterdir())
+    sleeping = subprocess.run(["pgrep", "-f", "sleep 60"], capture_output=True, text=True).stdout.split()
+    assert not sleeping, "the slow download was stopped"
