@@ -66,10 +66,10 @@ def install_artifact_script(artifact: Artifact, dest: str, staging_dir: str, sta
         # into place. Set before anything is made, so a run stopped at any line leaves nothing
         # behind. A signal during cleanup must not cut it short (the lock holder sends TERM
         # once the run's connection is gone): it ignores them, then removes everything.
-        'cleanup() { trap "" HUP INT TERM; set +e; [ -z "$stage" ] || rm -rf "$stage"; [ -z "$hidden" ] || rm -rf "$hidden"; '
+        'cleanup() { trap "" HUP INT TERM PIPE; set +e; [ -z "$stage" ] || rm -rf "$stage"; [ -z "$hidden" ] || rm -rf "$hidden"; '
         '[ -z "$uploaded" ] || rm -f "$uploaded"; rmdir "$staging" 2>/dev/null || true; }',
         "trap cleanup EXIT",
-        "trap 'exit 1' HUP INT TERM",
+        "trap 'exit 1' HUP INT TERM PIPE",
         'mkdir -p "$staging"',
         f'stage=$(mktemp -d "$staging/{artifact.component}.XXXXXX")',
     ]
@@ -162,18 +162,19 @@ def fetch_artifacts_script(artifacts: list[Artifact], staging_dir: str) -> str:
         # On failure: stop the other downloads, remove every file fetched so far (and the
         # staging directory once empty).
         # (set +e: a download already gone must not end the cleanup early.)
-        'cleanup() { trap "" HUP INT TERM; set +e; if [ -z "$done_ok" ]; then '
+        'cleanup() { trap "" HUP INT TERM PIPE; set +e; if [ -z "$done_ok" ]; then '
         'for job in $jobs; do pkill -TERM -P "$job" 2>/dev/null; kill "$job" 2>/dev/null; done; wait; '
-        'for f in $kept; do rm -f "$f" "$f.partial" "$f.error"; done; rmdir "$staging" 2>/dev/null; fi; }',
+        'for f in $kept; do rm -f "$f" "$f.partial"; done; rmdir "$staging" 2>/dev/null; fi; }',
         "trap cleanup EXIT",
-        "trap 'exit 1' HUP INT TERM",
-        # Fetch one file to <path>.partial, check it, rename it to <path>; a failure is told in <path>.error.
+        "trap 'exit 1' HUP INT TERM PIPE",
+        # Fetch one file to <path>.partial, check it, rename it to <path>; a failure is told on
+        # stderr (not in a file: the staging disk may be what is full).
         'get() {',
-        '  fetch "$1" "$3.partial" || { echo "could not download $1; nothing was installed" > "$3.error"; return 1; }',
+        '  fetch "$1" "$3.partial" || { echo "containerd-deploy: could not download $1; nothing was installed" >&2; return 1; }',
         '  actual=$(sha256sum "$3.partial")',
         '  actual=${actual%% *}',
-        '  [ "$actual" = "$2" ] || { echo "checksum mismatch for $1: expected sha256 $2, got $actual; '
-        'nothing was installed" > "$3.error"; return 1; }',
+        '  [ "$actual" = "$2" ] || { echo "containerd-deploy: checksum mismatch for $1: expected sha256 $2, got $actual; '
+        'nothing was installed" >&2; return 1; }',
         '  mv -f "$3.partial" "$3"',
         '}',
         # What runs cut short left here (this run holds the node's lock: no other run is using it).
@@ -192,11 +193,8 @@ def fetch_artifacts_script(artifacts: list[Artifact], staging_dir: str) -> str:
         'failed=""',
         'for job in $jobs; do wait "$job" || failed=1; done',
         'jobs=""',
-        'if [ -n "$failed" ]; then',
-        # Each failure in the order of the files, then stop (cleanup removes them all).
-        *[f'  [ ! -f {q(path)}.error ] || echo "containerd-deploy: $(cat {q(path)}.error)" >&2' for path in paths],
-        '  exit 1',
-        'fi',
+        # Each failed download said why; stop (cleanup removes every file).
+        '[ -z "$failed" ] || exit 1',
         'done_ok=1',
     ]
     return "\n".join(lines) + "\n"
@@ -231,7 +229,7 @@ def write_file_script(text: str, temp_path: str, path: str, mode: str) -> str:
         _PRELUDE,
         f"temp={q(temp_path)}",
         "trap 'rm -f \"$temp\"' EXIT",
-        "trap 'exit 1' HUP INT TERM",
+        "trap 'exit 1' HUP INT TERM PIPE",
         f"mkdir -p {q(posixpath.dirname(path))}",
         f'printf %s {encoded} | base64 -d > "$temp"',
         f'chown 0:0 "$temp" && chmod {mode} "$temp"',

@@ -409,3 +409,21 @@ def test_a_fetch_stopped_by_a_signal_stops_its_downloads_and_keeps_nothing(node,
     assert not (node / "staging").exists(), list((node / "staging").iterdir())
     sleeping = subprocess.run(["pgrep", "-f", "sleep 60"], capture_output=True, text=True).stdout.split()
     assert not sleeping, "the slow download was stopped"
+
+
+def test_a_failure_told_to_a_dropped_connection_still_cleans_up(node):
+    """When the SSH connection is gone, telling why the install stopped raises SIGPIPE: the
+    script still removes its hidden directory and staging files."""
+    bad = node / "mirror" / "not-a-tarball.tar.gz"
+    bad.write_bytes(b"not a tarball")
+    artifact = Artifact("containerd", "1.7.11", "amd64", f"file://{bad}", hashlib.sha256(b"not a tarball").hexdigest())
+    script = install_artifact_script(artifact, str(node / "bin"), str(node / "staging"), str(node / "state"))
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # nobody reads what the script says any more
+    try:
+        result = subprocess.run(["sh", "-c", script], stdout=write_end, stderr=write_end)
+    finally:
+        os.close(write_end)
+    assert result.returncode != 0
+    left = sorted(str(p.relative_to(node)) for p in node.rglob("*") if NEW_SUFFIX in p.name or "staging" in str(p))
+    assert left == [], left
