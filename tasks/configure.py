@@ -1,6 +1,7 @@
 """Write config.toml, the systemd unit and its proxy drop-in, and the registry hosts.toml files."""
 
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,20 +14,37 @@ from .config_toml import ConfigError, Knobs, render, runc_systemd_cgroup
 from .facts import ContainerdDefaultConfig, NodeState
 from .install import CRICTL_CONFIG
 from .operations import file_absent, file_content
-from .settings import DEFAULTS, DataError, Settings
+from .settings import DEFAULTS, DataError, Settings, has_credentials
 
 UNIT_TEMPLATE = Path(__file__).resolve().parent.parent / "files" / "containerd.service"
 PROXY_DROPIN = "http-proxy.conf"
 DROPIN_HEADER = "# Managed by containerd-deploy (data keys containerd_*_proxy): edits here are overwritten.\n"
 
 
+def systemd_word(value: str, in_command: bool = False) -> str:
+    """`value` as one double-quoted word of a unit file setting, read back exactly: `%` starts a
+    specifier in every setting (an unknown one makes systemd drop the whole line), `$` a
+    variable in a command line; quotes and backslashes are escaped."""
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
+    return '"' + (escaped.replace("$", "$$") if in_command else escaped) + '"'
+
+
 def unit_text(bin_dir: str, limit_nofile: str | None = None) -> str:
     """files/containerd.service with ExecStart at the configured binaries (and LimitNOFILE, if set)."""
     text = UNIT_TEMPLATE.read_text()
-    text = text.replace("ExecStart=/usr/local/bin/containerd\n", f"ExecStart={bin_dir}/containerd\n")
+    binary = f"{bin_dir}/containerd"
+    if not re.fullmatch(r"[A-Za-z0-9/._+-]+", binary):  # a plain path stays as upstream writes it
+        binary = systemd_word(binary, in_command=True)
+    text = text.replace("ExecStart=/usr/local/bin/containerd\n", f"ExecStart={binary}\n")
     if limit_nofile:
         text = text.replace("LimitNPROC=infinity\n", f"LimitNOFILE={limit_nofile}\nLimitNPROC=infinity\n")
     return text
+
+
+def proxy_dropin_mode(settings: Settings) -> str:
+    """0600 when a proxy URL carries credentials: nobody else on the node reads them from the file."""
+    secret = has_credentials(settings.containerd_http_proxy) or has_credentials(settings.containerd_https_proxy)
+    return "600" if secret else "644"
 
 
 def proxy_dropin_path(settings: Settings) -> str:
@@ -43,7 +61,8 @@ def proxy_dropin_text(settings: Settings) -> str | None:
     if not variables:
         return None
     # Both spellings: Go reads the upper-case ones, other tools that containerd runs the lower.
-    lines = [f'Environment="{name}={value}" "{name.lower()}={value}"' for name, value in variables]
+    lines = [f"Environment={systemd_word(f'{name}={value}')} {systemd_word(f'{name.lower()}={value}')}"
+             for name, value in variables]
     return DROPIN_HEADER + "[Service]\n" + "\n".join(lines) + "\n"
 
 
@@ -167,7 +186,7 @@ def configure_containerd(settings: Settings, node: NodeState, binaries_current: 
         dropin_op = file_absent(name=f"Remove {dropin_path}", path=dropin_path, present=dropin_path in node.files)
     else:
         dropin_op = file_content(name=f"Write {dropin_path}", path=dropin_path, content=dropin_text,
-                                 current_sha256=node.files.get(dropin_path))
+                                 current_sha256=node.files.get(dropin_path), mode=proxy_dropin_mode(settings))
 
     wanted = registry_files(settings)
     for path, (text, mode) in wanted.items():

@@ -71,6 +71,7 @@ class NodeState:
     kubelet_config: str | None = None  # /var/lib/kubelet/config.yaml, if a kubelet is set up
     distro_packages: list = field(default_factory=list)  # DistroPackage of each packaged containerd binary
     staging_leftovers: list = field(default_factory=list)  # what runs cut short left in the staging dir
+    hidden_leftovers: list = field(default_factory=list)  # hidden new files/dirs runs cut short left beside final paths
 
     @property
     def main_pid(self) -> int:
@@ -202,24 +203,33 @@ LOCK_HOLDER = "\n".join([
 ])
 
 
-def node_lock_lines(owner: str) -> list[str]:
-    """Shell lines that take the node's run lock for as long as this SSH connection lives.
+def node_lock_lines(owner: str, anchor_pid: int = 0) -> list[str]:
+    """Shell lines that take the node's run lock for as long as this SSH connection lives (or,
+    with `anchor_pid`, the process of a run on the node itself: pyinfra's @local).
 
     The lock is a flock on LOCK_PATH, handed to a detached process that exits when the sshd
-    serving this connection does. Prints "acquired", "held" (this connection has it already),
-    "busy <owner>", or "unavailable <why>" (no flock, or not run through sshd).
+    serving this connection (or the anchor process) does. Prints "acquired", "held" (this run
+    has it already), "busy <owner>", or "unavailable <why>" (no flock, or neither sshd nor an
+    anchor to hold it for).
     """
     q = shlex.quote
+    if anchor_pid:
+        find_session = [f'session={int(anchor_pid)}',
+                        '[ -d "/proc/$session" ] || session=1']
+    else:
+        find_session = [
+            'session=$$',
+            # The sshd process of this connection: the first sshd/sshd-session ancestor.
+            'while [ "${session:-1}" -gt 1 ]; do',
+            '  case "$(cat /proc/$session/comm 2>/dev/null)" in sshd|sshd-session) break;; esac',
+            "  session=$(awk '{ sub(/.*\\) /, \"\"); print $2 }' /proc/$session/stat 2>/dev/null)",
+            'done',
+        ]
     return [
         f'echo "{SECTION}lock"',
-        'session=$$',
-        # The sshd process of this connection: the first sshd/sshd-session ancestor.
-        'while [ "${session:-1}" -gt 1 ]; do',
-        '  case "$(cat /proc/$session/comm 2>/dev/null)" in sshd|sshd-session) break;; esac',
-        "  session=$(awk '{ sub(/.*\\) /, \"\"); print $2 }' /proc/$session/stat 2>/dev/null)",
-        'done',
+        *find_session,
         'if ! command -v flock >/dev/null 2>&1; then echo "unavailable flock is not installed";',
-        'elif [ "${session:-1}" -le 1 ]; then echo "unavailable not run through sshd";',
+        'elif [ "${session:-1}" -le 1 ]; then echo "unavailable not run through sshd (nor by pyinfra on the node itself)";',
         f'elif [ "$(cat {q(LOCK_PATH)}.session 2>/dev/null)" = "$session" ]; then echo held;',
         'else',
         f'  exec 9>>{q(LOCK_PATH)}',
@@ -253,6 +263,36 @@ def staging_leftovers_lines(staging_dir: str, action: str = "echo") -> list[str]
     ]
 
 
+# What a run cut short can leave beside the paths it writes: the hidden copy of a file about to
+# be renamed over its path (`.<name>.containerd-deploy-new`), a manifest's, the hidden directory
+# of a release being installed (`.containerd-deploy-new.<pid>`), and the private directory an
+# upload through sudo goes through.
+NEW_SUFFIX = ".containerd-deploy-new"
+HIDDEN_DIR_PREFIX = ".containerd-deploy-new."
+UPLOAD_DIR_PREFIX = "/tmp/containerd-deploy-upload."
+
+
+def hidden_copy(path: str) -> str:
+    """The hidden file written beside `path` and renamed over it."""
+    directory, _, name = path.rpartition("/")
+    return f"{directory}/.{name}{NEW_SUFFIX}"
+
+
+def hidden_leftovers_lines(files: tuple, directories: tuple, globs: tuple) -> list[str]:
+    """Shell lines printing each hidden leftover that exists: the hidden copy of each of
+    `files`, a release's hidden directory in each of `directories`, and `globs` (already
+    quoted shell patterns)."""
+    q = shlex.quote
+    candidates = [q(hidden_copy(path)) for path in files]
+    candidates += [q(directory.rstrip("/") + "/" + HIDDEN_DIR_PREFIX) + "*" for directory in directories]
+    candidates += list(globs)
+    return [
+        f"for leftover in {' '.join(candidates)}; do",
+        '  if [ -e "$leftover" ] || [ -L "$leftover" ]; then printf "%s\\n" "$leftover"; fi',
+        "done",
+    ] if candidates else []
+
+
 def distro_package_lines() -> list[str]:
     """Shell lines printing "<manager> <package> <version> <path>" for each containerd binary
     that the node's package manager owns (an unowned one is an operator's, and not reported)."""
@@ -271,14 +311,15 @@ def distro_package_lines() -> list[str]:
 
 def node_state_command(bin_dir: str, config_path: str, unit_path: str, state_dir: str,
                        files: tuple = (), certs_dir: str = "", marker: str = "", always_defaults: bool = False,
-                       loaded: tuple = (), lock_owner: str = "", staging_dir: str = "") -> str:
+                       loaded: tuple = (), lock_owner: str = "", staging_dir: str = "",
+                       install_dirs: tuple = (), anchor_pid: int = 0) -> str:
     q = shlex.quote
     ctr, containerd = q(f"{bin_dir}/ctr"), q(f"{bin_dir}/containerd")
     # Defaults come from the installed binary: needed when there is no config file to start
     # from, or always when the operator chose to start from defaults.
     defaults_when = "true" if always_defaults else f"[ ! -f {q(config_path)} ]"
     return "\n".join([
-        *(node_lock_lines(lock_owner) if lock_owner else []),
+        *(node_lock_lines(lock_owner, anchor_pid) if lock_owner else []),
         'set -- $(uname -sm)',
         f'echo "{SECTION}machine $2"',
         f'echo "{SECTION}kernel $1"',
@@ -290,8 +331,13 @@ def node_state_command(bin_dir: str, config_path: str, unit_path: str, state_dir
         f'  echo "{SECTION}actual ${{m##*/}}"',
         # One stat for all of a manifest's files (each command started costs on a small node).
         '  set --',
-        '  while read -r kind path recorded; do',
-        '    [ "$kind" = file ] && [ -f "$path" ] || continue',
+        # `file <path> <identity>`: the path (spaces and all) runs to the last space.
+        '  while IFS= read -r line; do',
+        '    case "$line" in "file "*) ;; *) continue;; esac',
+        '    rest=${line#file }',
+        '    path=${rest% *}',
+        '    recorded=${rest##* }',
+        '    [ -f "$path" ] || continue',
         # A manifest written before identities were recorded holds digests: hash those files.
         '    case "$recorded" in *:*) set -- "$@" "$path";; *) sha256sum "$path";; esac',
         '  done < "$m"',
@@ -322,6 +368,11 @@ def node_state_command(bin_dir: str, config_path: str, unit_path: str, state_dir
         *(staging_leftovers_lines(staging_dir) if staging_dir else []),
         # An emptied staging directory a run was stopped before removing (rmdir: only if empty).
         *([f'[ -d {q(staging_dir)} ] && [ -z "$(ls -A {q(staging_dir)})" ] && echo {q(staging_dir)}'] if staging_dir else []),
+        f'echo "{SECTION}hidden"',
+        *hidden_leftovers_lines(
+            (config_path, unit_path, *files), (bin_dir, *install_dirs),
+            (f"{q(state_dir)}/*.manifest{NEW_SUFFIX}", q(UPLOAD_DIR_PREFIX) + "*",
+             *([f"{q(certs_dir)}/*/{q('.hosts.toml' + NEW_SUFFIX)}"] if certs_dir else []))),
         "exit 0",
     ])
 
@@ -411,6 +462,8 @@ def parse_node_state(lines: list[str]) -> NodeState:
             state.kubelet_config = _decode(body)
         elif name == "staging":
             state.staging_leftovers = [line.strip() for line in body if line.strip()]
+        elif name == "hidden":
+            state.hidden_leftovers = [line for line in body if line]
         elif name == "packages":
             for line in body:
                 fields = line.split()
@@ -430,9 +483,9 @@ class ContainerdNode(FactBase):
         return NodeState()
 
     def command(self, bin_dir, config_path, unit_path, state_dir, files=(), certs_dir="", marker="",
-                always_defaults=False, loaded=(), lock_owner="", staging_dir=""):
+                always_defaults=False, loaded=(), lock_owner="", staging_dir="", install_dirs=(), anchor_pid=0):
         return node_state_command(bin_dir, config_path, unit_path, state_dir, files, certs_dir, marker, always_defaults,
-                                  tuple(loaded), lock_owner, staging_dir)
+                                  tuple(loaded), lock_owner, staging_dir, tuple(install_dirs), anchor_pid)
 
     def process(self, output):
         return parse_node_state(output)

@@ -1,7 +1,9 @@
 """The whole deploy for one node: look once, then install, configure and run containerd."""
 
 import os
+import posixpath
 import socket
+import weakref
 
 from pyinfra import host
 from pyinfra.api import deploy
@@ -10,14 +12,21 @@ from pyinfra.api.exceptions import DeployError
 from . import artifacts
 from . import registries
 from .configure import configure_containerd, loaded_at_start, managed_paths
-from .facts import KUBELET_CONFIG, LOCK_WAIT_SECONDS, ContainerdNode, NodeState
+from .facts import KUBELET_CONFIG, LOCK_PATH, LOCK_WAIT_SECONDS, ContainerdNode, NodeState
 from .install import install_release_files
-from .operations import artifact_is_installed
-from .reset import remove_containerd
+from .operations import artifact_is_installed, leftovers_absent
+from .reset import check_purge, remove_containerd
 from .service import run_containerd
 from .update_checksums import fetch_digest
 from .verify import kubelet_cgroup_driver, verify_containerd
-from .settings import DEFAULTS, Settings, arch_of, for_host
+from .settings import DEFAULTS, Settings, arch_of, for_host, resolve
+
+
+def runs_on_the_node() -> bool:
+    """pyinfra's @local: the run's commands are children of this process, not of an sshd."""
+    from pyinfra.connectors.local import LocalConnector
+
+    return getattr(host, "connector_cls", None) is LocalConnector
 
 
 def gather(settings: Settings) -> NodeState:
@@ -34,11 +43,21 @@ def gather(settings: Settings) -> NodeState:
         loaded=loaded_at_start(settings),
         lock_owner=f"controller {socket.gethostname()} pid {os.getpid()}",
         staging_dir=settings.containerd_staging_dir,
+        install_dirs=(posixpath.dirname(settings.runc_path), settings.cni_bin_dir),
+        anchor_pid=os.getpid() if runs_on_the_node() else 0,
     )
 
 
 def check_not_busy(settings: Settings, node: NodeState) -> None:
-    """One run at a time per node: the lock the node fact took, or who holds it."""
+    """One run at a time per node: the lock the node fact took, or who holds it. A run that
+    could not take the lock stops: it would be unguarded against another run."""
+    if node.lock.startswith("unavailable") or not node.lock:
+        why = node.lock[len("unavailable"):].strip() or "the node did not answer for it"
+        raise DeployError(
+            f"{settings.host}: could not take the node's run lock ({LOCK_PATH}): {why}. Without it two runs "
+            "could change the node at once. Fix: run over SSH (pyinfra's default connector) or with pyinfra "
+            "@local on the node itself, and make sure flock (util-linux) is installed."
+        )
     if node.lock.startswith("busy"):
         owner = node.lock[len("busy"):].strip() or "another run"
         raise DeployError(
@@ -94,20 +113,40 @@ def check_distro_package(settings: Settings, node: NodeState) -> None:
     )
 
 
+_checked_states: "weakref.WeakSet" = weakref.WeakSet()  # runs (pyinfra States) whose inventory passed
+
+
+def check_inventory_data(state) -> None:
+    """Every active host's data, once per run, before the first host is asked anything: one
+    bad value anywhere stops the run with no host asked or changed (pyinfra prepares hosts one
+    after another, so checking each host's own data only as it comes would have asked the
+    hosts before it already)."""
+    if state in _checked_states:
+        return
+    for other in state.inventory.get_active_hosts():
+        settings = resolve(other.name, {key: other.data.get(key, default) for key, default in DEFAULTS.items()})
+        if settings.containerd_state == "present":
+            artifacts.check_all_arches(settings)  # an unpinned version is refused before the node is asked
+    _checked_states.add(state)
+
+
 @deploy("containerd node", data_defaults=DEFAULTS)
 def containerd_node():
+    check_inventory_data(host.state)
     settings = for_host(host)
-    if settings.containerd_state == "present":
-        artifacts.check_all_arches(settings)  # an unpinned version is refused before the node is asked
     node = gather(settings)
     check_not_busy(settings, node)
     if settings.containerd_state != "present":
+        check_purge(settings, node)
+        leftovers_absent(name="Remove what runs cut short left beside the deploy's files", paths=node.hidden_leftovers)
         remove_containerd(settings, node)
         return
     arch = check_supported(settings, node)
     check_kubelet(settings, node)
     check_distro_package(settings, node)
     wanted = artifacts.resolve(settings, arch, published=fetch_digest)
+
+    leftovers_absent(name="Remove what runs cut short left beside the deploy's files", paths=node.hidden_leftovers)
 
     installed = install_release_files(settings, node, wanted)
     binaries_current = artifact_is_installed(node.manifests.get("containerd"), wanted["containerd"],

@@ -6,18 +6,47 @@ asking the node again, so a run with nothing to do costs one round trip for that
 
 import hashlib
 import posixpath
-from collections.abc import Callable
+import secrets
+import shlex
+from collections.abc import Callable, Iterator
 from io import StringIO
 
 from pyinfra import host, logger
 from pyinfra.api import FileUploadCommand, FunctionCommand, StringCommand, operation
+from pyinfra.api.command import PyinfraCommand
 
 from .artifacts import Artifact
-from .facts import DistroPackage, Manifest
+from .facts import UPLOAD_DIR_PREFIX, DistroPackage, Manifest, hidden_copy
 from .fetch import FetchError, cached_path, ensure_cached
-from .scripts import (NEW_SUFFIX, fetch_artifacts_script, fetched_path, install_artifact_script, remove_artifact_script,
-                      remove_staging_leftovers_script, remove_tree_script, replace_file_script, service_script,
-                      write_file_script)
+from .scripts import (fetch_artifacts_script, fetched_path, install_artifact_script, private_file_script,
+                      remove_artifact_script, remove_paths_script, remove_staging_leftovers_script, remove_tree_script,
+                      replace_file_script, service_script, write_file_script)
+
+q = shlex.quote
+
+
+def _escalated() -> bool:
+    """Whether this operation's commands run through sudo/doas/su (so uploads go via the login user)."""
+    arguments = host.current_op_global_arguments or {}
+    return bool(arguments.get("_sudo") or arguments.get("_doas") or arguments.get("_su_user"))
+
+
+def upload_directory() -> str:
+    """A fresh, unguessable directory name for uploads through sudo (made by the login user, 0700)."""
+    return f"{UPLOAD_DIR_PREFIX}{secrets.token_hex(12)}"
+
+
+def private_uploads(files: list[tuple[object, str]], upload_dir: str) -> Iterator[PyinfraCommand]:
+    """Upload each (source, root-only path) pair. Logged in as root, straight to the path.
+    Through sudo, pyinfra's SFTP writes as the login user, then copies as root: the copy goes
+    through `upload_dir`, made here by the login user itself (0700, so no other user reads a
+    secret in it or swaps a file), and each path keeps the owner and mode it already has.
+    The caller removes `upload_dir` (as root) when the files are in place."""
+    escalated = _escalated()
+    if escalated:
+        yield StringCommand("mkdir", "-m", "700", q(upload_dir), _sudo=False, _doas=False, _su_user=None)
+    for index, (source, path) in enumerate(files):
+        yield FileUploadCommand(source, path, remote_temp_filename=f"{upload_dir}/{index}" if escalated else None)
 
 
 def artifact_is_installed(manifest: Manifest | None, artifact: Artifact, paths_under: str) -> bool:
@@ -69,17 +98,18 @@ def release_files_fetched(artifacts: list[Artifact], staging_dir: str, cache_dir
         host.noop("no release file to fetch")
         return
     if cache_dir is None and artifacts:
-        yield fetch_artifacts_script(artifacts, staging_dir)  # it removes leftovers first
+        yield fetch_artifacts_script(artifacts, staging_dir)  # it locks staging down and removes leftovers first
         return
-    if leftovers:
-        yield remove_staging_leftovers_script(staging_dir)
     if not artifacts:
+        yield remove_staging_leftovers_script(staging_dir)
         return
     yield FunctionCommand(_fetch_into_cache, (cache_dir, artifacts), {})
-    yield StringCommand("mkdir", "-p", "-m", "700", staging_dir)
-    for artifact in artifacts:
-        path = fetched_path(staging_dir, artifact)
-        yield FileUploadCommand(str(cached_path(cache_dir, artifact)), path, remote_temp_filename=path)
+    yield remove_staging_leftovers_script(staging_dir, keep=True)
+    via = upload_directory()
+    yield from private_uploads([(str(cached_path(cache_dir, artifact)), fetched_path(staging_dir, artifact))
+                                for artifact in artifacts], via)
+    if _escalated():
+        yield StringCommand("rm", "-rf", "--", q(via))
 
 
 @operation()
@@ -142,12 +172,13 @@ def release_artifact_absent(component: str, state_dir: str, installed: Manifest 
 @operation()
 def file_content(path: str, content: str | Callable[[], str], current_sha256: str | None, mode: str = "644"):
     """
-    Make ``path`` hold ``content``: upload beside it, then rename over it (atomic).
+    Make ``path`` hold ``content``: write it beside the path, then rename it over the path (atomic).
 
     + path: the file on the node
     + content: the wanted text, or a callable returning it (called when the operation runs)
     + current_sha256: sha256 of the node's file from the ``ContainerdNode`` fact, None if absent
-    + mode: octal mode of the file
+    + mode: octal mode of the file; ``600`` files (credentials) are uploaded into a root-only
+      file, never passed in a command line, shown or world-readable for an instant
 
     **Example:**
 
@@ -164,17 +195,17 @@ def file_content(path: str, content: str | Callable[[], str], current_sha256: st
     if hashlib.sha256(text.encode()).hexdigest() == current_sha256:
         host.noop(f"{path} is up to date")
         return
-    directory = posixpath.dirname(path)
-    temp_path = f"{directory}/.{posixpath.basename(path)}{NEW_SUFFIX}"
+    temp_path = hidden_copy(path)
     if mode != "600":
         # One command (an upload costs two more round trips); the text is readable by all anyway.
         yield write_file_script(text, temp_path, path, mode)
         return
     # Created private before the upload writes into it: credentials are never world-readable,
     # nor passed in a command line.
-    yield StringCommand("mkdir", "-p", directory, "&&", "install", "-m", "600", "/dev/null", temp_path)
-    yield FileUploadCommand(StringIO(text), temp_path, remote_temp_filename=temp_path)
-    yield replace_file_script(temp_path, path, mode)
+    yield private_file_script(temp_path)
+    via = upload_directory()
+    yield from private_uploads([(StringIO(text), temp_path)], via)
+    yield replace_file_script(temp_path, path, mode, upload_dir=via if _escalated() else "")
 
 
 @operation()
@@ -196,9 +227,30 @@ def file_absent(path: str, present: bool, remove_empty_parent: bool = False):
         host.noop(f"{path} is absent")
         return
     if remove_empty_parent:
-        yield StringCommand("rm", "-f", path, "&&", "rmdir", "--ignore-fail-on-non-empty", posixpath.dirname(path))
+        yield StringCommand("rm", "-f", "--", q(path), "&&", "rmdir", "--ignore-fail-on-non-empty", "--",
+                            q(posixpath.dirname(path)))
     else:
-        yield StringCommand("rm", "-f", path)
+        yield StringCommand("rm", "-f", "--", q(path))
+
+
+@operation()
+def leftovers_absent(paths: list[str]):
+    """
+    Remove what runs cut short left beside the paths the deploy writes: hidden copies not yet
+    renamed into place, hidden release directories, upload directories.
+
+    + paths: the leftovers the ``ContainerdNode`` fact found (only names the deploy makes)
+
+    **Example:**
+
+    .. code:: python
+
+        leftovers_absent(name="Remove what runs cut short left", paths=node.hidden_leftovers)
+    """
+    if not paths:
+        host.noop("no run cut short left anything")
+        return
+    yield remove_paths_script(paths)
 
 
 @operation()
@@ -255,9 +307,9 @@ def service_absent(unit: str, present: bool):
         host.noop(f"{unit} is not installed")
         return
     yield StringCommand(
-        "systemctl", "disable", "--now", unit, "2>/dev/null", ";",
-        "systemctl", "kill", "-s", "KILL", unit, "2>/dev/null", ";",
-        "systemctl", "reset-failed", unit, "2>/dev/null", ";", "true",
+        "systemctl", "disable", "--now", "--", q(unit), "2>/dev/null", ";",
+        "systemctl", "kill", "-s", "KILL", "--", q(unit), "2>/dev/null", ";",
+        "systemctl", "reset-failed", "--", q(unit), "2>/dev/null", ";", "true",
     )
 
 
@@ -281,7 +333,7 @@ def directory_absent(path: str, present: bool, only_if_empty: bool = False):
         host.noop(f"{path} is absent")
         return
     if only_if_empty:
-        yield StringCommand("rmdir", "--ignore-fail-on-non-empty", path, "2>/dev/null", "||", "true")
+        yield StringCommand("rmdir", "--ignore-fail-on-non-empty", "--", q(path), "2>/dev/null", "||", "true")
     else:
         yield remove_tree_script(path)
 
@@ -307,6 +359,7 @@ def distro_packages_absent(packages: list[DistroPackage]):
     for manager in ("dpkg", "rpm"):
         names = sorted({package.name for package in packages if package.manager == manager})
         if names and manager == "dpkg":
-            yield StringCommand("env", "DEBIAN_FRONTEND=noninteractive", "dpkg", "--remove", *names)
+            yield StringCommand("env", "DEBIAN_FRONTEND=noninteractive", "dpkg", "--remove", "--",
+                                *map(q, names))
         elif names:
-            yield StringCommand("rpm", "--erase", *names)
+            yield StringCommand("rpm", "--erase", "--", *map(q, names))

@@ -18,14 +18,15 @@ from .facts import NodeState
 from .install import CRICTL_CONFIG, crictl_config_is_ours
 from .operations import directory_absent, file_absent, release_artifact_absent, service_absent
 from .service import any_changed
-from .settings import DEFAULTS, Settings
+from .settings import DEFAULTS, DataError, Settings, control_characters, is_system_tree
 
 DATA_DEFAULTS = {"root": "/var/lib/containerd", "state": "/run/containerd"}
 
 
-def data_directories(config_text: str | None) -> tuple[str, ...]:
-    """containerd's `root` and `state` directories, as its config sets them (or their defaults)."""
-    found = []
+def data_directories(config_text: str | None) -> dict[str, str]:
+    """containerd's `root` and `state` directories (key -> path), as its config sets them (or
+    their defaults where it does not, or cannot be read)."""
+    found = {}
     for key, default in DATA_DEFAULTS.items():
         value = None
         if config_text:
@@ -33,8 +34,44 @@ def data_directories(config_text: str | None) -> tuple[str, ...]:
                 value = value_at(config_text, (key,))
             except ConfigError:
                 value = None
-        found.append(value if isinstance(value, str) and value.startswith("/") and value != "/" else default)
-    return tuple(found)
+        found[key] = value if isinstance(value, str) else default
+    return found
+
+
+def purge_refusal(path: str, deploy_paths: tuple[str, ...]) -> str | None:
+    """Why `path` is not a directory `purged` may delete (None: it is containerd's own)."""
+    if not path.startswith("/") or control_characters(path) or "\\" in path:
+        return "is not an absolute path"
+    if ".." in path.split("/") or posixpath.normpath(path) != (path.rstrip("/") or "/"):
+        return "is not a plain path (it has .., . or doubled slashes)"
+    normal = "/" + posixpath.normpath(path).lstrip("/")
+    if is_system_tree(normal):
+        return "is a directory of the operating system, or holds one"
+    for owned in deploy_paths:
+        if owned == normal or owned.startswith(normal.rstrip("/") + "/"):
+            return f"holds {owned}, which the deploy manages"
+    return None
+
+
+def check_purge(settings: Settings, node: NodeState) -> None:
+    """`purged` deletes containerd's root and state directories: only dedicated ones, refused
+    before any change otherwise (the node-side removal also refuses one reached through a
+    symbolic link)."""
+    if settings.containerd_state != "purged":
+        return
+    deploy_paths = (settings.containerd_bin_dir, settings.runc_path, settings.cni_bin_dir,
+                    posixpath.dirname(settings.containerd_config_path), settings.containerd_unit_path,
+                    settings.containerd_deploy_state_dir, settings.containerd_staging_dir,
+                    settings.containerd_registry_config_path or settings.containerd_deploy_state_dir)
+    for key, path in data_directories(node.config_text).items():
+        why = purge_refusal(path, deploy_paths)
+        if why:
+            raise DataError(
+                settings.host, "containerd_state",
+                f"is purged, which deletes containerd's {key} directory, but {settings.containerd_config_path} "
+                f"names {path!r} as {key}, which {why}",
+                f"set {key} in {settings.containerd_config_path} to a directory of containerd's own (e.g. "
+                f"{DATA_DEFAULTS[key]}), or use containerd_state=absent, which keeps the data")
 
 
 @deploy("Remove containerd", data_defaults=DEFAULTS)
@@ -71,5 +108,5 @@ def remove_containerd(settings: Settings, node: NodeState):
     directory_absent(name=f"Remove {settings.containerd_deploy_state_dir}", path=settings.containerd_deploy_state_dir,
                      present=bool(node.manifests), only_if_empty=True)
     if settings.containerd_state == "purged":
-        for directory in data_directories(node.config_text):
+        for directory in data_directories(node.config_text).values():
             directory_absent(name=f"Remove containerd's data in {directory}", path=directory, present=True)

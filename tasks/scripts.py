@@ -9,31 +9,58 @@ import posixpath
 import shlex
 
 from .artifacts import Artifact
-from .facts import FILE_IDENTITY_FORMAT, staging_leftovers_lines
+# NEW_SUFFIX: a suffix no release file has, for the hidden copy renamed over each final path.
+# HIDDEN_DIR_PREFIX: the hidden directory new release files are unpacked into, beside their
+# final paths (completed by the installing shell's pid: one install at a time holds the lock).
+from .facts import FILE_IDENTITY_FORMAT, HIDDEN_DIR_PREFIX, NEW_SUFFIX, staging_leftovers_lines  # noqa: F401
 
 q = shlex.quote
-
-# A suffix no release file has, for the hidden copy renamed over each final path.
-NEW_SUFFIX = ".containerd-deploy-new"
-# The hidden directory new release files are unpacked into, beside their final paths
-# (completed by the installing shell's pid: one install at a time holds the node's lock).
-HIDDEN_DIR_PREFIX = ".containerd-deploy-new."
 
 _PRELUDE = r"""set -eu
 umask 022
 fail() { echo "containerd-deploy: $*" >&2; exit 1; }
 """
 
+# `--` before the URL: whatever it holds is never read as an option.
 _FETCH = r"""fetch() {
   if command -v curl >/dev/null 2>&1; then
-    curl -fsSL --retry 2 --connect-timeout 20 -o "$2" "$1"
+    curl -fsSL --retry 2 --connect-timeout 20 -o "$2" -- "$1"
   elif command -v wget >/dev/null 2>&1; then
-    wget -q -T 20 -t 3 -O "$2" "$1"
+    wget -q -T 20 -t 3 -O "$2" -- "$1"
   else
     fail "neither curl nor wget is installed on this host; install one of them"
   fi
 }
 """
+
+# A tab between the fields of the install's plan (file name, final path): paths may hold
+# spaces, never a tab (settings refuses control characters).
+TAB = "\t"
+
+
+def staging_dir_lines() -> list[str]:
+    """Shell lines making "$staging" this deploy's own before anything is put in it: not a
+    symbolic link, root-owned, 0700, whatever it was before (another local user must not be
+    able to swap a verified file before it is installed)."""
+    return [
+        '[ ! -L "$staging" ] || fail "the staging directory $staging is a symbolic link; set containerd_staging_dir to a directory of its own"',
+        'mkdir -p -m 700 -- "$staging"',
+        'chown -h 0:0 -- "$staging"',
+        'chmod 700 -- "$staging"',
+        '[ -d "$staging" ] && [ ! -L "$staging" ] || fail "the staging directory $staging changed while it was locked down"',
+    ]
+
+
+def manifest_path_lines(manifest: str, command: str) -> list[str]:
+    """Shell lines running `command "$path"` for each file a manifest lists (`file <path>
+    <identity>` lines: the path is everything between the first and the last space)."""
+    return [
+        f'while IFS= read -r line; do',
+        '  case "$line" in "file "*) ;; *) continue;; esac',
+        '  rest=${line#file }',
+        f'  path=${{rest% *}}; {command} "$path"',
+        f'done < {manifest}',
+    ]
 
 
 def install_artifact_script(artifact: Artifact, dest: str, staging_dir: str, state_dir: str,
@@ -70,7 +97,7 @@ def install_artifact_script(artifact: Artifact, dest: str, staging_dir: str, sta
         '[ -z "$uploaded" ] || rm -f "$uploaded"; rmdir "$staging" 2>/dev/null || true; }',
         "trap cleanup EXIT",
         "trap 'exit 1' HUP INT TERM PIPE",
-        'mkdir -p "$staging"',
+        *staging_dir_lines(),
         f'stage=$(mktemp -d "$staging/{artifact.component}.XXXXXX")',
     ]
     if uploaded:
@@ -100,14 +127,14 @@ def install_artifact_script(artifact: Artifact, dest: str, staging_dir: str, sta
             f'tar -xzf "$stage/download" -C "$hidden" --no-same-owner{member} || fail "$url is not a release tarball{where}; nothing was installed"',
             f'src="$hidden{"/" + layout.member if layout.member else ""}"',
             f'[ -f "$src/{layout.required}" ] || fail "$url has no {(layout.member + "/") if layout.member else ""}{layout.required}; nothing was installed"',
-            'for f in "$src"/*; do if [ -f "$f" ]; then echo "${f##*/} $dest_dir/${f##*/}"; fi; done > "$stage/plan"',
+            f'for f in "$src"/*; do if [ -f "$f" ]; then printf "%s{TAB}%s\\n" "${{f##*/}}" "$dest_dir/${{f##*/}}"; fi; done > "$stage/plan"',
         ]
     else:
         name = dest.rsplit("/", 1)[-1]
         lines += [
             'src="$hidden"',
             f'mv "$stage/download" "$src/{name}"',
-            f'echo {q(name)} {q(dest)} > "$stage/plan"',
+            f'printf "%s{TAB}%s\\n" {q(name)} {q(dest)} > "$stage/plan"',
         ]
     lines += [
         '{',
@@ -118,7 +145,7 @@ def install_artifact_script(artifact: Artifact, dest: str, staging_dir: str, sta
         '} > "$stage/manifest"',
         # Each command started costs on a small node: one chown, chmod, mv and stat for all files.
         'set --',
-        'while read -r name path; do set -- "$@" "$src/$name"; done < "$stage/plan"',
+        f'while IFS="$(printf "{TAB}")" read -r name path; do set -- "$@" "$src/$name"; done < "$stage/plan"',
         # First make every new file whole (root-owned, 0755), then rename them all (each file
         # keeps its name, so all go into the one directory): a failure before the renames
         # leaves every final path as it was.
@@ -126,14 +153,16 @@ def install_artifact_script(artifact: Artifact, dest: str, staging_dir: str, sta
         'chmod 0755 "$@"',
         'mv -f -t "$dest_dir" "$@"',
         'set --',
-        'while read -r name path; do set -- "$@" "$path"; done < "$stage/plan"',
+        f'while IFS="$(printf "{TAB}")" read -r name path; do set -- "$@" "$path"; done < "$stage/plan"',
         # Each file's identity once in place (the rename sets its ctime): the node fact checks
         # files are untouched by comparing identities, without rehashing them every run.
         f"stat -c 'file %n {FILE_IDENTITY_FORMAT}' \"$@\" >> \"$stage/manifest\"",
         # Files the previous install of this component recorded that this one did not bring.
         'if [ -f "$manifest" ]; then',
-        """  awk 'FNR == NR { if ($1 == "file") kept[$2] = 1; next } $1 == "file" && !($2 in kept) { print $2 }' \\""",
-        '    "$stage/manifest" "$manifest" | while read -r path; do rm -f "$path"; done',
+        """  awk 'function path(line) { line = substr(line, 6); sub(/ [^ ]*$/, "", line); return line }""",
+        """    FNR == NR { if ($1 == "file") kept[path($0)] = 1; next }""",
+        """    $1 == "file" && !(path($0) in kept) { print path($0) }' \\""",
+        '    "$stage/manifest" "$manifest" | while IFS= read -r path; do rm -f -- "$path"; done',
         'fi',
         f"mkdir -p {q(state_dir)}",
         f'cp "$stage/manifest" "$manifest{NEW_SUFFIX}"',
@@ -177,9 +206,9 @@ def fetch_artifacts_script(artifacts: list[Artifact], staging_dir: str) -> str:
         'nothing was installed" >&2; return 1; }',
         '  mv -f "$3.partial" "$3"',
         '}',
+        *staging_dir_lines(),
         # What runs cut short left here (this run holds the node's lock: no other run is using it).
         *staging_leftovers_lines(staging_dir, "rm -rf"),
-        'mkdir -p -m 700 "$staging"',
     ]
     paths = [fetched_path(staging_dir, artifact) for artifact in artifacts]
     for artifact, path in zip(artifacts, paths):
@@ -200,10 +229,21 @@ def fetch_artifacts_script(artifacts: list[Artifact], staging_dir: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def remove_staging_leftovers_script(staging_dir: str) -> str:
-    """Remove what runs cut short left in the staging directory, then the directory if empty."""
-    return "\n".join([_PRELUDE, *staging_leftovers_lines(staging_dir, "rm -rf"),
-                      f"rmdir {q(staging_dir)} 2>/dev/null || true"]) + "\n"
+def remove_staging_leftovers_script(staging_dir: str, keep: bool = False) -> str:
+    """Remove what runs cut short left in the staging directory, then the directory if empty
+    (or, with `keep`, lock it down for the files about to be uploaded into it)."""
+    lines = [_PRELUDE, f"staging={q(staging_dir)}"]
+    if keep:
+        lines += staging_dir_lines()
+    lines += staging_leftovers_lines(staging_dir, "rm -rf")
+    if not keep:
+        lines.append('rmdir -- "$staging" 2>/dev/null || true')
+    return "\n".join(lines) + "\n"
+
+
+def remove_paths_script(paths: list[str]) -> str:
+    """Remove files and directories (what a run cut short left beside the deploy's files)."""
+    return "\n".join([_PRELUDE, *(f"rm -rf -- {q(path)}" for path in paths)]) + "\n"
 
 
 def remove_artifact_script(component: str, state_dir: str) -> str:
@@ -213,8 +253,8 @@ def remove_artifact_script(component: str, state_dir: str) -> str:
         _PRELUDE,
         f"manifest={q(manifest)}",
         '[ -f "$manifest" ] || exit 0',
-        """sed -n 's/^file //p' "$manifest" | while read -r path _; do rm -f "$path"; done""",
-        'rm -f "$manifest"',
+        *manifest_path_lines('"$manifest"', "rm -f --"),
+        'rm -f -- "$manifest"',
     ]) + "\n"
 
 
@@ -230,18 +270,40 @@ def write_file_script(text: str, temp_path: str, path: str, mode: str) -> str:
         f"temp={q(temp_path)}",
         "trap 'rm -f \"$temp\"' EXIT",
         "trap 'exit 1' HUP INT TERM PIPE",
-        f"mkdir -p {q(posixpath.dirname(path))}",
+        f"mkdir -p -- {q(posixpath.dirname(path))}",
         f'printf %s {encoded} | base64 -d > "$temp"',
-        f'chown 0:0 "$temp" && chmod {mode} "$temp"',
-        f'mv -fT "$temp" {q(path)}',  # -T: onto a directory of that name is an error, not a move into it
+        *_place_file_lines(mode, path),
     ]) + "\n"
 
 
-def replace_file_script(temp_path: str, path: str, mode: str) -> str:
-    """Move an uploaded temporary file over `path` atomically, root-owned with `mode`."""
-    return (
-        f"chown 0:0 {q(temp_path)} && chmod {mode} {q(temp_path)} && mv -f {q(temp_path)} {q(path)}"
-    )
+def _place_file_lines(mode: str, path: str) -> list[str]:
+    """Make "$temp" root-owned with `mode`, then rename it over `path` (atomic)."""
+    return [
+        f'chown 0:0 "$temp" && chmod {mode} "$temp"',
+        f'mv -fT "$temp" {q(path)}',  # -T: onto a directory of that name is an error, not a move into it
+    ]
+
+
+def private_file_script(temp_path: str) -> str:
+    """Make the root-only 0600 file an upload fills (so the content is never readable by others)."""
+    return "\n".join([
+        _PRELUDE,
+        f"temp={q(temp_path)}",
+        'mkdir -p -- "$(dirname -- "$temp")"',
+        'rm -f -- "$temp"',
+        'install -m 600 -o 0 -g 0 /dev/null "$temp"',
+    ]) + "\n"
+
+
+def replace_file_script(temp_path: str, path: str, mode: str, upload_dir: str = "") -> str:
+    """Move an uploaded temporary file over `path` atomically, root-owned with `mode` (and
+    remove the directory the upload went through, if any)."""
+    return "\n".join([
+        _PRELUDE,
+        f"temp={q(temp_path)}",
+        *([f"rm -rf -- {q(upload_dir)}"] if upload_dir else []),
+        *_place_file_lines(mode, path),
+    ]) + "\n"
 
 
 def service_script(unit: str, ctr: str, action: str, enable: bool, version: str, timeout: int,
@@ -288,7 +350,10 @@ def remove_tree_script(path: str) -> str:
     return "\n".join([
         _PRELUDE,
         f"dir={q(path.rstrip('/'))}",
-        '[ -e "$dir" ] || exit 0',
+        '[ -e "$dir" ] || [ -L "$dir" ] || exit 0',
+        # Never through a symbolic link (the path itself or a directory above it): that deletes
+        # somewhere else than the config names.
+        '[ "$(readlink -f -- "$dir")" = "$dir" ] || fail "$dir is or passes through a symbolic link (to $(readlink -f -- "$dir")); not deleting it"',
         # Deepest first, so nested mounts come off before the ones holding them.
         """findmnt -rn -o TARGET | awk -v d="$dir" 'index($0, d "/") == 1' | sort -r | """
         'while read -r m; do umount -l "$m"; done',

@@ -8,6 +8,7 @@ the fix.
 
 import posixpath
 import re
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -37,6 +38,8 @@ DEFAULTS: dict = {
     # How they reach the node: each node downloads ("node"), or the controller downloads and
     # verifies each file once into artifact_cache_dir and uploads it over SSH ("controller").
     "artifact_source": "node",
+    # file:// URLs read files on the node (or the controller): only when the operator says so.
+    "artifact_allow_file_urls": False,
     "artifact_cache_dir": "~/.cache/containerd-deploy/artifacts",
     # Components whose checksum may be read from the .sha256sum next to the file when neither
     # files/checksums.toml nor data has one. Empty: never trust the file's own source.
@@ -83,7 +86,43 @@ SUPPORTED_CNI_PLUGINS = (Version("1.0"), Version("2"))
 SUPPORTED_CRICTL = (Version("1.20"), Version("2"))
 ARCHES = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
-VERSION = re.compile(r"^v?(\d+\.\d+\.\d+)$")
+# ASCII digits only: Python's \d also matches other scripts' digits, which no release has.
+VERSION = re.compile(r"^v?([0-9]+\.[0-9]+\.[0-9]+)$")
+# Trees of the operating system that no data key may name as a directory the deploy locks
+# down, empties or deletes (staging, state, containerd's data when purged): each, and each
+# of its ancestors, is refused.
+SYSTEM_TREES = frozenset({
+    "/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/libx32", "/media", "/mnt",
+    "/opt", "/proc", "/root", "/run", "/run/user", "/run/lock", "/sbin", "/srv", "/sys", "/tmp", "/usr",
+    "/usr/bin", "/usr/include", "/usr/lib", "/usr/lib64", "/usr/libexec", "/usr/local", "/usr/local/bin",
+    "/usr/local/lib", "/usr/local/sbin", "/usr/local/share", "/usr/sbin", "/usr/share", "/usr/src", "/var",
+    "/var/backups", "/var/cache", "/var/lib", "/var/local", "/var/lock", "/var/log", "/var/mail", "/var/opt",
+    "/var/run", "/var/spool", "/var/tmp",
+})
+
+
+def control_characters(text: str) -> bool:
+    """Whether `text` holds a character that has no place in a path, URL or unit value: C0 and
+    C1 controls (NUL, newline, …), and any white space but the plain space (tabs, Unicode line
+    separators: tools split lines and strip words at them)."""
+    return any(ord(char) < 32 or 127 <= ord(char) < 160 or (char.isspace() and char != " ") for char in text)
+
+
+def is_system_tree(path: str) -> bool:
+    """`path` (normalized, absolute) is a tree of the operating system or holds one."""
+    return path in SYSTEM_TREES or any(tree.startswith(path.rstrip("/") + "/") for tree in SYSTEM_TREES)
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password in it replaced by ***, for messages and logs."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "<a URL that cannot be parsed>"
+    if parts.password is None and "@" not in parts.netloc:
+        return url
+    user = parts.username or ""
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{parts.netloc.rpartition('@')[2]}"))
 
 
 class DataError(DeployError):
@@ -112,6 +151,7 @@ class Settings:
     cni_plugins_download_url: str
     crictl_download_url: str
     artifact_source: str
+    artifact_allow_file_urls: bool
     containerd_distro_package: str
     artifact_cache_dir: str
     artifact_trust_mirror_checksums: tuple
@@ -195,20 +235,70 @@ def _sha256(host: str, key: str, value) -> str | dict | None:
 
 
 def _absolute_path(host: str, key: str, value) -> str:
-    if not isinstance(value, str) or not posixpath.isabs(value) or ".." in value.split("/"):
-        raise DataError(host, key, f"is {value!r}, not an absolute path", f"set {key} to an absolute path such as {DEFAULTS[key]}")
-    return posixpath.normpath(value)
+    """An absolute path without `..`, control characters, backslashes or trailing spaces (other
+    spaces and characters are fine: every command quotes it); never `/` itself."""
+    fix = f"set {key} to an absolute path such as {DEFAULTS[key]}"
+    # (A backslash too: sha256sum escapes names holding one, so the node fact could not read them back.)
+    if (not isinstance(value, str) or not value.startswith("/") or ".." in value.split("/")
+            or control_characters(value) or "\\" in value or value != value.rstrip()):
+        raise DataError(host, key, f"is {value!r}, not an absolute path", fix)
+    path = "/" + posixpath.normpath(value).lstrip("/")
+    if path == "/":
+        raise DataError(host, key, "is '/', not a path of its own", fix)
+    # The kernel's limits (NAME_MAX, PATH_MAX): refused here rather than failing on the node.
+    if len(path.encode()) >= 4096 or any(len(part.encode()) > 255 for part in path.split("/")):
+        raise DataError(host, key, f"is {path[:80]!r}…, longer than a path may be (255 bytes a name, 4095 in all)", fix)
+    return path
 
 
-def _url_template(host: str, key: str, value) -> str:
-    fields = {"mirror": "m", "version": "1.0.0", "arch": "amd64"}
+def _dedicated_directory(host: str, key: str, value) -> str:
+    """A directory the deploy owns outright (made root-only, emptied, removed): no system tree."""
+    path = _absolute_path(host, key, value)
+    if is_system_tree(path):
+        raise DataError(host, key, f"is {path!r}, a directory of the operating system (or one holding one), "
+                        "which the deploy would make root-only and empty",
+                        f"set {key} to a directory of its own, such as {DEFAULTS[key]}")
+    return path
+
+
+def _url(host: str, key: str, url: str, allow_file: bool, shown) -> None:
+    """Refuse a URL that is not http(s) (or file://, when allowed), holds credentials, spaces or
+    control characters, or could be read as an option (a leading -)."""
+    schemes = ("https", "http", "file") if allow_file else ("https", "http")
+    fix = (f"set {key} to an {' or '.join(s + '://' for s in schemes)} URL without spaces or credentials"
+           + ("" if allow_file else " (file:// URLs need artifact_allow_file_urls=true)"))
     try:
-        str(value).format(**fields)
-    except (KeyError, IndexError, ValueError) as error:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        raise DataError(host, key, f"is {shown!r}, not a URL", fix) from None
+    if parts.scheme not in schemes or control_characters(url) or any(char.isspace() for char in url):
+        raise DataError(host, key, f"is {shown!r}, not an {'/'.join(schemes)} URL", fix)
+    if parts.scheme != "file" and (not parts.hostname or parts.hostname.startswith("-")):
+        raise DataError(host, key, f"is {shown!r}, which names no host", fix)
+    if "@" in parts.netloc:
+        # Credentials would travel in the node's command lines and land in its manifests.
+        raise DataError(host, key, f"is {shown!r}, which holds credentials",
+                        "give the mirror credentials-free read access from the nodes (or the controller, "
+                        "with artifact_source=controller), e.g. by network; URLs with user:password are not "
+                        "supported")
+
+
+def _mirror(host: str, key: str, value, allow_file: bool) -> str:
+    mirror = str(value).rstrip("/")
+    _url(host, key, mirror, allow_file, redact_url(mirror))
+    return mirror
+
+
+def _url_template(host: str, key: str, value, mirror: str, allow_file: bool) -> str:
+    fields = {"mirror": mirror, "version": "1.0.0", "arch": "amd64"}
+    try:
+        url = str(value).format(**fields)
+    except (KeyError, IndexError, ValueError, AttributeError) as error:
         raise DataError(
-            host, key, f"is {value!r}, which is not a valid template ({error})",
+            host, key, f"is {redact_url(str(value))!r}, which is not a valid template ({error})",
             f"use only the fields {{mirror}}, {{version}} and {{arch}}, as in the default {DEFAULTS[key]}",
-        )
+        ) from None
+    _url(host, key, url, allow_file, redact_url(str(value)))
     return str(value)
 
 
@@ -222,7 +312,7 @@ def _bool(host: str, key: str, value) -> bool:
 
 def _positive_int(host: str, key: str, value) -> int:
     try:
-        number = int(value)
+        number = int(value) if isinstance(value, int) or re.fullmatch(r"[0-9]+", str(value)) else 0
     except (TypeError, ValueError):
         number = 0
     if number <= 0 or isinstance(value, bool):
@@ -239,9 +329,32 @@ def _choice(host: str, key: str, value, choices: tuple[str, ...]) -> str:
 def _optional_text(host: str, key: str, value, example: str) -> str | None:
     if value in (None, ""):
         return None
-    if not isinstance(value, str) or any(char in value for char in "\n\r\""):
+    if not isinstance(value, str) or control_characters(value) or '"' in value:
         raise DataError(host, key, f"is {value!r}, not a single-line string", f"set {key} to e.g. {example}")
     return value
+
+
+def _proxy(host: str, key: str, value, example: str) -> str | None:
+    """A proxy URL (credentials allowed: the drop-in holding it is written 0600, and messages
+    show it without the password); control characters and spaces are refused."""
+    if value in (None, ""):
+        return None
+    shown = redact_url(value) if isinstance(value, str) else value
+    if not isinstance(value, str) or control_characters(value) or any(char.isspace() for char in value):
+        raise DataError(host, key, f"is {shown!r}, not a single-line value without spaces", f"set {key} to e.g. {example}")
+    if key != "containerd_no_proxy":
+        try:
+            parts = urllib.parse.urlsplit(value)
+            valid = parts.scheme in ("http", "https", "socks5") and bool(parts.hostname)
+        except ValueError:
+            valid = False
+        if not valid:
+            raise DataError(host, key, f"is {shown!r}, not a proxy URL", f"set {key} to e.g. {example}")
+    return value
+
+
+def has_credentials(url: str | None) -> bool:
+    return bool(url) and "@" in urllib.parse.urlsplit(url).netloc
 
 
 def _optional_int(host: str, key: str, value, low: int, high: int) -> int | None:
@@ -255,9 +368,14 @@ def _optional_int(host: str, key: str, value, low: int, high: int) -> int | None
 def _limit_nofile(host: str, key: str, value) -> str | None:
     if value in (None, ""):
         return None
-    text = str(value)
-    if text != "infinity" and not re.fullmatch(r"\d+(:\d+)?", text):
-        raise DataError(host, key, f"is {value!r}", f"set {key} to a number, SOFT:HARD, or infinity (systemd's LimitNOFILE)")
+    text = str(value) if not isinstance(value, bool) else ""
+    fix = f"set {key} to a number, SOFT:HARD with SOFT <= HARD, or infinity (systemd's LimitNOFILE)"
+    match = re.fullmatch(r"([0-9]+|infinity)(?::([0-9]+|infinity))?", text)
+    if not match:
+        raise DataError(host, key, f"is {value!r}", fix)
+    soft, hard = (float("inf") if part == "infinity" else int(part) for part in (match[1], match[2] or match[1]))
+    if soft > hard or not 0 < soft:
+        raise DataError(host, key, f"is {value!r}, a soft limit above its hard limit (or zero)", fix)
     return text
 
 
@@ -301,10 +419,8 @@ def _mapping(host: str, key: str, value, fix: str) -> dict:
 def resolve(host: str, data: Mapping) -> Settings:
     """Validated settings for one host from its data (missing keys take DEFAULTS)."""
     value = {key: data.get(key, default) for key, default in DEFAULTS.items()}
-    mirror = str(value["artifact_mirror"]).rstrip("/")
-    if not re.match(r"^(https?|file)://", mirror):
-        raise DataError(host, "artifact_mirror", f"is {mirror!r}, not an http(s):// or file:// URL",
-                        "set artifact_mirror to a base URL such as https://github.com or http://mirror.internal:8080")
+    allow_file = _bool(host, "artifact_allow_file_urls", value["artifact_allow_file_urls"])
+    mirror = _mirror(host, "artifact_mirror", value["artifact_mirror"], allow_file)
     return Settings(
         host=host,
         containerd_state=_choice(host, "containerd_state", value["containerd_state"], ("present", "absent", "purged")),
@@ -317,11 +433,12 @@ def resolve(host: str, data: Mapping) -> Settings:
         crictl_version=_optional_version(host, "crictl_version", value["crictl_version"], SUPPORTED_CRICTL),
         crictl_sha256=_sha256(host, "crictl_sha256", value["crictl_sha256"]),
         artifact_mirror=mirror,
-        containerd_download_url=_url_template(host, "containerd_download_url", value["containerd_download_url"]),
-        runc_download_url=_url_template(host, "runc_download_url", value["runc_download_url"]),
-        cni_plugins_download_url=_url_template(host, "cni_plugins_download_url", value["cni_plugins_download_url"]),
-        crictl_download_url=_url_template(host, "crictl_download_url", value["crictl_download_url"]),
+        containerd_download_url=_url_template(host, "containerd_download_url", value["containerd_download_url"], mirror, allow_file),
+        runc_download_url=_url_template(host, "runc_download_url", value["runc_download_url"], mirror, allow_file),
+        cni_plugins_download_url=_url_template(host, "cni_plugins_download_url", value["cni_plugins_download_url"], mirror, allow_file),
+        crictl_download_url=_url_template(host, "crictl_download_url", value["crictl_download_url"], mirror, allow_file),
         artifact_source=_choice(host, "artifact_source", value["artifact_source"], ("node", "controller")),
+        artifact_allow_file_urls=allow_file,
         containerd_distro_package=_choice(host, "containerd_distro_package", value["containerd_distro_package"],
                                           ("refuse", "remove")),
         artifact_cache_dir=_cache_dir(host, "artifact_cache_dir", value["artifact_cache_dir"]),
@@ -332,8 +449,8 @@ def resolve(host: str, data: Mapping) -> Settings:
         cni_bin_dir=_absolute_path(host, "cni_bin_dir", value["cni_bin_dir"]),
         containerd_config_path=_absolute_path(host, "containerd_config_path", value["containerd_config_path"]),
         containerd_unit_path=_absolute_path(host, "containerd_unit_path", value["containerd_unit_path"]),
-        containerd_deploy_state_dir=_absolute_path(host, "containerd_deploy_state_dir", value["containerd_deploy_state_dir"]),
-        containerd_staging_dir=_absolute_path(host, "containerd_staging_dir", value["containerd_staging_dir"]),
+        containerd_deploy_state_dir=_dedicated_directory(host, "containerd_deploy_state_dir", value["containerd_deploy_state_dir"]),
+        containerd_staging_dir=_dedicated_directory(host, "containerd_staging_dir", value["containerd_staging_dir"]),
         containerd_config_base=_choice(host, "containerd_config_base", value["containerd_config_base"], ("existing", "default")),
         containerd_systemd_cgroup=_bool(host, "containerd_systemd_cgroup", value["containerd_systemd_cgroup"]),
         containerd_sandbox_image=_optional_text(host, "containerd_sandbox_image", value["containerd_sandbox_image"],
@@ -349,9 +466,9 @@ def resolve(host: str, data: Mapping) -> Settings:
             _absolute_path(host, "containerd_registry_config_path", value["containerd_registry_config_path"])
             if value["containerd_registry_config_path"] else ""),
         containerd_registries=_registries(host, "containerd_registries", value["containerd_registries"]),
-        containerd_http_proxy=_optional_text(host, "containerd_http_proxy", value["containerd_http_proxy"], "http://proxy:3128"),
-        containerd_https_proxy=_optional_text(host, "containerd_https_proxy", value["containerd_https_proxy"], "http://proxy:3128"),
-        containerd_no_proxy=_optional_text(host, "containerd_no_proxy", value["containerd_no_proxy"], "localhost,127.0.0.1,.svc"),
+        containerd_http_proxy=_proxy(host, "containerd_http_proxy", value["containerd_http_proxy"], "http://proxy:3128"),
+        containerd_https_proxy=_proxy(host, "containerd_https_proxy", value["containerd_https_proxy"], "http://proxy:3128"),
+        containerd_no_proxy=_proxy(host, "containerd_no_proxy", value["containerd_no_proxy"], "localhost,127.0.0.1,.svc"),
         containerd_limit_nofile=_limit_nofile(host, "containerd_limit_nofile", value["containerd_limit_nofile"]),
         containerd_ready_timeout=_positive_int(host, "containerd_ready_timeout", value["containerd_ready_timeout"]),
         containerd_verify=_bool(host, "containerd_verify", value["containerd_verify"]),

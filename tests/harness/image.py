@@ -20,6 +20,9 @@ PACKAGES = [
     "openssh-server", "linux-image-amd64", "curl", "ca-certificates",
     # A second OCI runtime, for the extra-runtime-handler tests (containerd_runtimes).
     "crun",
+    # The tests log in as unprivileged users too (pyinfra _sudo, conformance with sudo), and
+    # run pyinfra on the node itself (@local).
+    "sudo", "python3", "python3-venv",
 ]
 IMAGE_SIZE = "4G"
 MMDEBSTRAP_OPTIONS = [

@@ -111,3 +111,99 @@ def test_the_distro_package_policy_is_a_choice():
 
     with pytest.raises(DataError, match="containerd_distro_package"):
         resolve("n1", {"containerd_distro_package": "replace"})
+
+
+def test_a_run_that_could_not_take_the_lock_stops():
+    """Regression: a run not coming through sshd reported the lock "unavailable" and went on unguarded."""
+    from tasks.node import check_not_busy
+
+    settings = resolve("node1", {})
+    for lock in ("unavailable not run through sshd (nor by pyinfra on the node itself)", "unavailable flock is not installed", ""):
+        with pytest.raises(DeployError, match=r"^node1: could not take the node's run lock .*Fix: run over SSH"):
+            check_not_busy(settings, node_with(f"{SECTION}lock", lock))
+    with pytest.raises(DeployError, match="another containerd-deploy run holds this node"):
+        check_not_busy(settings, node_with(f"{SECTION}lock", "busy controller c1 pid 7 since now"))
+    for lock in ("acquired", "held"):
+        check_not_busy(settings, node_with(f"{SECTION}lock", lock))
+
+
+def test_a_run_on_the_node_itself_holds_the_lock_for_its_own_process(tmp_path):
+    """pyinfra @local: no sshd above the commands; the lock is held for the controller's process."""
+    from tasks.facts import node_lock_lines
+
+    lines = node_lock_lines("controller test", anchor_pid=os.getpid())
+    script = "\n".join(lines).replace("/run/containerd-deploy.lock", str(tmp_path / "lock"))
+    first = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=30)
+    assert first.stdout.splitlines()[-1] == "acquired", first.stderr
+    again = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=30)
+    assert again.stdout.splitlines()[-1] == "held", "the same run asks again"
+    other = "\n".join(node_lock_lines("controller other", anchor_pid=1)).replace(
+        "/run/containerd-deploy.lock", str(tmp_path / "lock"))
+    busy = subprocess.run(["sh", "-c", other], capture_output=True, text=True, timeout=30)
+    assert busy.stdout.splitlines()[-1] == "unavailable not run through sshd (nor by pyinfra on the node itself)"
+    unanchored = "\n".join(node_lock_lines("controller x")).replace("/run/containerd-deploy.lock", str(tmp_path / "lock"))
+    result = subprocess.run(["setsid", "sh", "-c", unanchored], capture_output=True, text=True, timeout=30)
+    assert result.stdout.splitlines()[-1].startswith("unavailable not run through sshd")
+
+
+def test_every_hosts_data_is_checked_before_the_first_host_is_asked():
+    from pyinfra.api import Config, Inventory, State
+
+    from tasks.node import check_inventory_data
+    from tasks.settings import DataError
+
+    def connected(inventory):
+        state = State(inventory, Config())
+        for one in inventory:
+            state.activate_host(one)
+        return state
+
+    inventory = Inventory(([("good", {}), ("bad", {"containerd_staging_dir": "/var"})], {}))
+    with pytest.raises(DataError, match=r"^bad: data key 'containerd_staging_dir'"):
+        check_inventory_data(connected(inventory))
+    check_inventory_data(connected(Inventory((["good"], {}))))
+
+
+@pytest.mark.parametrize("config, refused", [
+    ('root = "/usr"\n', "a directory of the operating system"),
+    ('state = "/run"\n', "a directory of the operating system"),
+    ('root = "/var/lib/../.."\n', "not a plain path"),
+    ('root = "/etc/containerd"\n', "which the deploy manages"),
+    ('root = "relative"\n', "not an absolute path"),
+    ('root = "/data/containerd"\nstate = "/run/containerd"\n', None),
+    (None, None),
+])
+def test_purged_refuses_a_root_or_state_that_is_not_containerds_own(config, refused):
+    """Regression: purged deleted whatever root/state config.toml named (only / was refused)."""
+    from tasks.reset import check_purge
+    from tasks.settings import DataError
+
+    node = node_with(*( [f"{SECTION}config", base64.b64encode(config.encode()).decode()] if config else []))
+    settings = resolve("node1", {"containerd_state": "purged"})
+    if refused is None:
+        check_purge(settings, node)
+        return
+    with pytest.raises(DataError, match=rf"^node1: data key 'containerd_state' is purged, .*{refused}.*Fix: set"):
+        check_purge(settings, node)
+    check_purge(resolve("node1", {"containerd_state": "absent"}), node)  # absent keeps the data: no refusal
+
+
+def test_the_node_fact_finds_what_runs_cut_short_left_beside_the_deploys_files(tmp_path):
+    """Regression: a hidden hosts.toml copy left by a failed upload was never removed."""
+    from tasks.facts import node_state_command
+
+    certs, bins, sbin = tmp_path / "certs.d", tmp_path / "my bin", tmp_path / "sbin"
+    for directory in (certs / "docker.io", certs / "quay.io", bins, sbin, tmp_path / "state", tmp_path / "etc"):
+        directory.mkdir(parents=True)
+    leftovers = [certs / "docker.io" / ".hosts.toml.containerd-deploy-new", bins / ".containerd-deploy-new.4242",
+                 sbin / ".containerd-deploy-new.7", tmp_path / "etc" / ".config.toml.containerd-deploy-new",
+                 tmp_path / "state" / "runc.manifest.containerd-deploy-new"]
+    for path in leftovers:
+        path.mkdir() if "new." in path.name else path.write_text("x")
+    (certs / "quay.io" / "hosts.toml").write_text("kept")
+    (bins / "containerd").write_text("kept")
+    command = node_state_command(str(bins), str(tmp_path / "etc" / "config.toml"), str(tmp_path / "unit"),
+                                 str(tmp_path / "state"), certs_dir=str(certs), install_dirs=(str(sbin),))
+    result = subprocess.run(["sh", "-c", command], capture_output=True, text=True)
+    found = parse_node_state(result.stdout.splitlines()).hidden_leftovers
+    assert sorted(found) == sorted(str(path) for path in leftovers)

@@ -1,0 +1,337 @@
+"""Hostile and odd data values (property-based): each is refused before any host is asked
+anything, by a DataError naming the host, the key and the fix, or it reaches the node exactly
+as given: one argument to each program, the same bytes in each file, and never a secret in a
+message.
+
+Values are built from the pieces that break shell commands, unit files and paths: spaces,
+quotes, `$()`, backticks, newlines, NUL, a leading `-`, `..`, `%`, backslashes, digits of
+other scripts, and very long strings.
+"""
+
+import hashlib
+import io
+import os
+import posixpath
+import shlex
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tasks.artifacts import Artifact
+from tasks.configure import proxy_dropin_text, unit_text
+from tasks.facts import node_state_command, parse_node_state
+from tasks.operations import artifact_is_installed, file_absent
+from tasks.registries import hosts_toml
+from tasks.reset import purge_refusal
+from tasks.scripts import fetch_artifacts_script, install_artifact_script, remove_artifact_script
+from tasks.settings import DEFAULTS, DataError, is_system_tree, resolve
+
+from .operations import commands, run_commands, shell_text
+
+PIECES = [" ", "  ", "'", '"', "$(touch pwned)", "`touch pwned`", "$HOME", "\n", "\r", "\0", "\t", "-", "--x",
+          "..", ".", "/", "//", "%", "%H", "%40", "\\", "\\n", ";", "&", "|", "*", "?", "~", ":", "@", "#", "=",
+          "١٢", "٣", "é", "ß", "a", "bin", "x" * 300, "0", "9", "{", "}", "{mirror}", "[", "]"]
+hostile = st.lists(st.one_of(st.sampled_from(PIECES), st.text(max_size=4)), max_size=7).map("".join)
+long_text = st.text(min_size=2000, max_size=6000)
+
+PATH_KEYS = ["containerd_bin_dir", "runc_path", "cni_bin_dir", "containerd_config_path", "containerd_unit_path",
+             "containerd_deploy_state_dir", "containerd_staging_dir", "containerd_registry_config_path"]
+EXAMPLES = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+RUN_EXAMPLES = settings(max_examples=40, deadline=None,
+                        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+
+
+def refused_properly(error: DataError, key: str) -> None:
+    message = str(error)
+    assert message.startswith(f"node1: data key {key!r} ") and "Fix:" in message, message
+
+
+def accept(key: str, value):
+    """The resolved settings, or None when the value was refused properly."""
+    try:
+        return resolve("node1", {key: value})
+    except DataError as error:
+        refused_properly(error, key)
+        return None
+
+
+def no_control(text: str) -> bool:
+    return not any(ord(char) < 32 or 127 <= ord(char) < 160 or (char.isspace() and char != " ") for char in text)
+
+
+@EXAMPLES
+@given(key=st.sampled_from(PATH_KEYS), tail=st.one_of(hostile, long_text))
+def test_paths_are_refused_or_plain_absolute_paths(key, tail):
+    settings_ = accept(key, "/" + tail)
+    if settings_ is None:
+        return
+    path = getattr(settings_, key)
+    assert path.startswith("/") and path != "/" and no_control(path) and "\\" not in path
+    assert ".." not in path.split("/") and posixpath.normpath(path) == path
+    assert posixpath.normpath("/" + tail) in (path, "/" + path)  # the same path as given
+    if key in ("containerd_deploy_state_dir", "containerd_staging_dir"):
+        assert not is_system_tree(path), "a directory the deploy locks down and empties"
+
+
+@EXAMPLES
+@given(tail=hostile)
+def test_a_path_reaches_rm_as_one_argument(tmp_path_factory, tail):
+    settings_ = accept("containerd_config_path", "/" + tail)
+    if settings_ is None:
+        return
+    path = settings_.containerd_config_path
+    yielded = commands(file_absent, path=path, present=True)
+    calls = run_commands(tmp_path_factory.mktemp("argv"), [shell_text(c) for c in yielded], ("rm", "touch"))
+    assert calls == [["rm", "-f", "--", path]]
+
+
+def tarball(path: Path, files: dict[str, bytes]) -> str:
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(f"bin/{name}")
+            info.size, info.mode = len(data), 0o755
+            tar.addfile(info, io.BytesIO(data))
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the script installs root-owned files (run as root)")
+@RUN_EXAMPLES
+@given(name=hostile)
+def test_install_manifest_rerun_and_removal_hold_for_any_accepted_directory(tmp_path_factory, name):
+    """Regression: manifests were parsed by whitespace-separated fields, so a bin dir with a
+    space made every run reinstall (and restart) and a reset leave the files behind."""
+    root = tmp_path_factory.mktemp("node")
+    settings_ = accept("containerd_bin_dir", f"{root}/{name}")
+    if settings_ is None:
+        return
+    bin_dir = settings_.containerd_bin_dir
+    mirror = root / "mirror.tar.gz"
+    artifact = Artifact("containerd", "1.7.11", "amd64", f"file://{mirror}",
+                        tarball(mirror, {"containerd": b"daemon", "ctr": b"client"}))
+    state_dir, staging = str(root / "state"), str(root / "staging")
+    result = subprocess.run(["sh", "-c", install_artifact_script(artifact, bin_dir, staging, state_dir)],
+                            capture_output=True, text=True, cwd=root)
+    assert result.returncode == 0, result.stderr
+    assert Path(bin_dir, "containerd").read_bytes() == b"daemon"
+    facts = subprocess.run(["sh", "-c", node_state_command(bin_dir, str(root / "config.toml"), str(root / "unit"),
+                                                           state_dir)], capture_output=True, text=True, cwd=root)
+    manifest = parse_node_state(facts.stdout.splitlines()).manifests["containerd"]
+    assert artifact_is_installed(manifest, artifact, bin_dir), "a rerun would reinstall and restart"
+    assert subprocess.run(["sh", "-c", remove_artifact_script("containerd", state_dir)], cwd=root).returncode == 0
+    assert not Path(bin_dir, "containerd").exists() and not Path(bin_dir, "ctr").exists()
+    assert not (root / "pwned").exists()
+
+
+@EXAMPLES
+@given(name=st.one_of(hostile, st.sampled_from([".", "..", "...", "a/..", "_default", "docker.io:5000"])))
+def test_registry_names_are_refused_or_stay_one_directory_under_certs_d(name):
+    """Regression: `.` and `..` passed and put hosts.toml (with credentials) outside certs.d."""
+    settings_ = accept("containerd_registries", {name: {"mirrors": [{"host": "https://mirror.internal"}]}})
+    if settings_ is None:
+        return
+    (registry,) = settings_.containerd_registries
+    path = posixpath.normpath(f"/etc/containerd/certs.d/{registry}/hosts.toml")
+    assert posixpath.dirname(posixpath.dirname(path)) == "/etc/containerd/certs.d"
+    assert registry not in (".", "..") and "/" not in registry
+
+
+SECRET = "hunter2-S3CR3T"
+
+
+@EXAMPLES
+@given(shape=st.sampled_from(["name", "host", "header", "headers", "field", "server", "spec"]), junk=hostile)
+def test_refusals_of_registry_data_never_show_a_header_value(shape, junk):
+    """Regression: DataError printed whole registry specs, Authorization headers included."""
+    header = {"Authorization": f"Basic {SECRET}"}
+    mirror = {"host": "https://mirror.internal", "headers": header}
+    value = {
+        "name": {junk + "/": {"mirrors": [mirror]}},
+        "host": {"docker.io": {"mirrors": [{**mirror, "host": junk}]}},
+        "header": {"docker.io": {"mirrors": [{**mirror, "headers": {junk or "\n": SECRET + junk}}]}},
+        "headers": {"docker.io": {"mirrors": [{**mirror, "headers": [SECRET, junk]}]}},
+        "field": {"docker.io": {"mirrors": [{**mirror, junk or "x": 1}]}},
+        "server": {"docker.io": {"server": junk, "mirrors": [mirror]}},
+        "spec": {"docker.io": {"mirrors": [mirror], "endpoint": SECRET}},
+    }[shape]
+    try:
+        resolve("node1", {"containerd_registries": value})
+    except DataError as error:
+        refused_properly(error, "containerd_registries")
+        assert SECRET not in str(error) and SECRET not in repr(error)
+
+
+@EXAMPLES
+@given(key=st.sampled_from(["containerd_http_proxy", "containerd_https_proxy"]), junk=hostile)
+def test_refusals_of_proxies_never_show_the_password(key, junk):
+    try:
+        resolve("node1", {key: f"http://user:{SECRET}@proxy{junk}:3128"})
+    except DataError as error:
+        refused_properly(error, key)
+        assert SECRET not in str(error)
+
+
+def without_specifiers(word: str) -> str:
+    """A word as systemd reads it after specifiers: `%%` is `%`; any other `%x` is expanded
+    (or, unknown, makes systemd drop the line), which the deploy must never write."""
+    out, chars = [], iter(word)
+    for char in chars:
+        if char == "%":
+            following = next(chars, "")
+            assert following == "%", f"systemd would expand %{following} in {word!r}"
+        out.append(char)
+    return "".join(out)
+
+
+def systemd_values(dropin: str) -> list[str]:
+    """The Environment= assignments as systemd reads them: double-quoted words with C escapes,
+    then specifiers."""
+    values = []
+    for line in dropin.splitlines():
+        if line.startswith("Environment="):
+            values += [without_specifiers(word) for word in shlex.split(line[len("Environment="):])]
+    return values
+
+
+@EXAMPLES
+@given(key=st.sampled_from(["containerd_http_proxy", "containerd_https_proxy", "containerd_no_proxy"]),
+       password=hostile, tail=hostile)
+def test_proxy_values_reach_the_drop_in_exactly(key, password, tail):
+    """Regression: `%` in a percent-encoded password made systemd drop the variable, `%H` was
+    expanded."""
+    value = f"http://user:{password}@proxy.internal:3128{tail}" if key != "containerd_no_proxy" else tail
+    settings_ = accept(key, value)
+    if settings_ is None or getattr(settings_, key) is None:
+        return
+    name = key.removeprefix("containerd_").upper()
+    assert systemd_values(proxy_dropin_text(settings_)) == [f"{name}={value}", f"{name.lower()}={value}"]
+
+
+@EXAMPLES
+@given(value=st.one_of(hostile, st.integers(), st.sampled_from(["1024:512", "١٠٢٤", "0", "infinity:1", "1:infinity"])))
+def test_limit_nofile_is_refused_or_a_valid_systemd_limit(value):
+    """Regression: non-ASCII digits and soft > hard passed."""
+    settings_ = accept("containerd_limit_nofile", value)
+    if settings_ is None or settings_.containerd_limit_nofile is None:
+        return
+    soft, _, hard = settings_.containerd_limit_nofile.partition(":")
+    numbers = [float("inf") if part == "infinity" else int(part) for part in (soft, hard or soft)]
+    assert all(part == "infinity" or (part.isascii() and part.isdigit()) for part in (soft, hard or soft))
+    assert 0 < numbers[0] <= numbers[1]
+    assert f"LimitNOFILE={settings_.containerd_limit_nofile}\n" in unit_text("/usr/local/bin",
+                                                                          settings_.containerd_limit_nofile)
+
+
+@EXAMPLES
+@given(key=st.sampled_from(["containerd_version", "runc_version", "cni_plugins_version", "crictl_version"]),
+       value=st.one_of(hostile, st.sampled_from(["١.٧.١١", "1.٧.11", "v1.7.11", "1.7.11\n"])))
+def test_versions_are_refused_or_ascii_releases(key, value):
+    settings_ = accept(key, value)
+    version = settings_ and getattr(settings_, key)
+    if version:
+        assert str(version).isascii() and all(part.isdigit() for part in str(version).split("."))
+
+
+@EXAMPLES
+@given(key=st.sampled_from(["artifact_mirror", "containerd_download_url", "runc_download_url"]),
+       value=st.one_of(hostile, hostile.map(lambda tail: "https://mirror.internal/" + tail),
+                       hostile.map(lambda head: head + "https://m/x"),
+                       st.sampled_from(["-o/etc/passwd", "https://user:pw@m", "file:///srv", "ftp://m",
+                                        "{mirror}/{version.__class__}", "https://-x/", "https://m/a b"])))
+def test_urls_are_refused_or_reach_curl_after_its_options(tmp_path_factory, key, value):
+    """Regression: URLs were not validated and curl/wget got them without `--`: a value starting
+    with `-` became an option."""
+    settings_ = accept(key, value)
+    if settings_ is None:
+        return
+    url = (getattr(settings_, "containerd_download_url" if key == "artifact_mirror" else key)
+           .format(mirror=settings_.artifact_mirror, version="1.7.11", arch="amd64"))
+    assert url.split("://", 1)[0] in ("http", "https") and "@" not in url.split("/")[2]
+    artifact = Artifact("containerd", "1.7.11", "amd64", url, "a" * 64)
+    work = tmp_path_factory.mktemp("fetch")
+    calls = run_commands(work, [fetch_artifacts_script([artifact], str(work / "staging"))], ("curl",))
+    assert calls and calls[0][-2:] == ["--", url]
+
+
+@EXAMPLES
+@given(root=st.one_of(hostile.map(lambda tail: "/" + tail),
+                      st.sampled_from(["/", "/usr", "/run", "/var/lib", "/var/lib/../..", "/etc/containerd",
+                                       "/usr/local/bin", "/var/lib/containerd", "/data/containerd/", "//var"])))
+def test_purged_deletes_only_a_dedicated_directory(root):
+    """Regression: `purged` deleted whatever root the config named: /usr, /run, a path with `..`."""
+    deploy_paths = ("/usr/local/bin", "/usr/local/sbin/runc", "/etc/containerd", "/var/lib/containerd-deploy")
+    if purge_refusal(root, deploy_paths) is not None:
+        return
+    normal = posixpath.normpath(root)
+    assert not is_system_tree(normal) and ".." not in root.split("/")
+    assert not any(path == normal or path.startswith(normal + "/") for path in deploy_paths)
+
+
+@EXAMPLES
+@given(value=hostile)
+def test_free_text_keys_reach_config_toml_exactly(value):
+    import tomlkit
+
+    from tasks.config_toml import PATHS, value_at
+    from tasks.configure import desired_config
+
+    settings_ = accept("containerd_sandbox_image", value)
+    if settings_ is None or settings_.containerd_sandbox_image is None:
+        return
+    base = (Path(__file__).resolve().parents[1] / "fixtures" / "config" / "default-1.7.24.toml").read_text()
+    settings_ = resolve("node1", {"containerd_sandbox_image": value, "containerd_version": "1.7.24"})
+    text = desired_config(settings_, base)
+    assert value_at(text, PATHS["sandbox_image"][2]) == value
+    tomlkit.parse(text)
+
+
+def test_every_data_key_is_covered_by_a_property_or_a_choice():
+    """A new data key needs its hostile-value property here (or is a choice/bool/number)."""
+    covered = set(PATH_KEYS) | {"containerd_registries", "containerd_http_proxy", "containerd_https_proxy",
+                                "containerd_no_proxy", "containerd_limit_nofile", "containerd_version", "runc_version",
+                                "cni_plugins_version", "crictl_version", "artifact_mirror", "containerd_download_url",
+                                "runc_download_url", "containerd_sandbox_image"}
+    # Choices, booleans, numbers, checksums and structures with tests of their own.
+    others = {"containerd_state", "containerd_distro_package", "containerd_sha256", "runc_sha256",
+              "cni_plugins_sha256", "crictl_sha256", "cni_plugins_download_url", "crictl_download_url",
+              "artifact_source", "artifact_allow_file_urls", "artifact_cache_dir", "artifact_trust_mirror_checksums",
+              "containerd_config_base", "containerd_systemd_cgroup", "containerd_snapshotter",
+              "containerd_max_container_log_line_size", "containerd_oom_score", "containerd_runtimes",
+              "containerd_config_extra", "containerd_ready_timeout", "containerd_verify"}
+    assert covered | others == set(DEFAULTS)
+
+
+def test_hosts_toml_of_an_accepted_registry_parses_back():
+    import tomlkit
+
+    settings_ = resolve("node1", {"containerd_registries": {"docker.io": {"mirrors": [
+        {"host": "https://mirror.internal", "headers": {"Authorization": 'Basic "q\\%'}}]}}})
+    text = hosts_toml("docker.io", settings_.containerd_registries["docker.io"])
+    assert tomlkit.parse(text)["host"]["https://mirror.internal"]["header"]["Authorization"] == 'Basic "q\\%'
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="needs systemd-analyze")
+@pytest.mark.parametrize("bin_name, proxy, no_proxy, limit", [
+    ("my bin%x$y", 'http://u:p%40s"s\\@proxy:3128', "a,%H,.svc", "1024:2048"),
+    ("bin", "http://proxy:3128/%Z", "%%", "infinity"),
+])
+def test_systemd_reads_the_unit_and_drop_in_without_a_complaint(tmp_path, bin_name, proxy, no_proxy, limit):
+    """What systemd itself says of the files the deploy writes from hostile values: a `%` it
+    cannot resolve makes it drop the whole assignment, logged only."""
+    settings_ = resolve("node1", {"containerd_bin_dir": str(tmp_path / bin_name), "containerd_http_proxy": proxy,
+                                  "containerd_no_proxy": no_proxy, "containerd_limit_nofile": limit})
+    (tmp_path / bin_name).mkdir()
+    shutil.copy("/bin/true", tmp_path / bin_name / "containerd")
+    units = tmp_path / "units"
+    (units / "containerd.service.d").mkdir(parents=True)
+    (units / "containerd.service").write_text(unit_text(settings_.containerd_bin_dir, settings_.containerd_limit_nofile))
+    (units / "containerd.service.d" / "http-proxy.conf").write_text(proxy_dropin_text(settings_))
+    result = subprocess.run(["systemd-analyze", "verify", "containerd.service"], capture_output=True, text=True,
+                            cwd=units, env={**os.environ, "SYSTEMD_UNIT_PATH": f"{units}:"})
+    complaints = [line for line in (result.stdout + result.stderr).splitlines() if str(units) in line]
+    assert complaints == []
+    assert systemd_values(proxy_dropin_text(settings_))[0] == f"HTTP_PROXY={proxy}"
