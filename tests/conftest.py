@@ -49,11 +49,13 @@ def pytest_configure(config):
             raise pytest.UsageError(str(error)) from None
         if not hosts:
             raise pytest.UsageError(f"no hosts in {inventory_path} match --limit={config.getoption('limit')}")
-        text = inventory.ssh_config(hosts, accept_new)
+    # Private to this run (0700, unguessable): its SSH config and connection sockets.
+    directory = tempfile.mkdtemp(prefix="conformance-ssh-")
+    if inventory_path:
+        text = inventory.ssh_config(hosts, directory, accept_new)
         config.option.hosts = ",".join(inventory.host_specs(hosts))
     else:
         text = inventory.accept_new_wrapper(config.option.ssh_config)
-    directory = tempfile.mkdtemp(prefix="conformance-ssh-")
     config.option.ssh_config = os.path.join(directory, "ssh_config")
     with open(config.option.ssh_config, "w") as handle:
         handle.write(text)

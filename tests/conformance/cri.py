@@ -1,11 +1,15 @@
 """Talk CRI (v1, generated stubs over gRPC) to a node's containerd, as a kubelet does.
 
 The node's socket is reached through an OpenSSH unix-socket forward made with the same SSH
-settings testinfra uses for that host, so nothing is installed on the node.
+settings testinfra uses for that host, so nothing is installed on the node. A host checked
+through sudo logs in as a user who may not open the root-only socket: for the run, systemd
+on the node relays a socket of that user's own (0600) to it (`systemd-socket-proxyd` in a
+transient unit, stopped afterwards).
 """
 
 import json
 import os
+import secrets
 import shlex
 import subprocess
 import tempfile
@@ -49,6 +53,7 @@ class Forward:
     def __init__(self, host, remote: str = SOCKET, timeout: float = 30):
         self.process = None
         self.directory = None
+        self.host, self.relay_unit = host, None
         backend = host.backend
         if backend.NAME == "local":
             self.path = remote
@@ -58,6 +63,8 @@ class Forward:
                 f"the CRI checks reach the node's socket through an OpenSSH forward: use --hosts=ssh://… "
                 f"(this host uses the {backend.NAME} backend)"
             )
+        if backend.sudo:
+            remote = self._relay(host, remote)
         self.directory = tempfile.mkdtemp(prefix="cri-")
         self.path = os.path.join(self.directory, "containerd.sock")
         self.process = subprocess.Popen(_ssh_command(backend, self.path, remote), stdin=subprocess.DEVNULL,
@@ -70,10 +77,33 @@ class Forward:
                 raise ForwardError(f"could not forward {remote} from {backend.host.name} over SSH: {error or 'timed out'}")
             time.sleep(0.05)
 
+    def _relay(self, host, remote: str) -> str:
+        """A socket the login user may open, relayed by systemd to `remote` (for sudo hosts)."""
+        user = host.check_output('printf %s "${SUDO_USER:-}"')
+        proxyd = host.run("for p in /lib/systemd/systemd-socket-proxyd /usr/lib/systemd/systemd-socket-proxyd; do "
+                          '[ -x "$p" ] && echo "$p" && break; done').stdout.strip()
+        if not user or not proxyd:
+            raise ForwardError(f"cannot reach {remote} through sudo: " + (
+                "sudo did not say who logged in (SUDO_USER)" if not user else "no systemd-socket-proxyd on the node"))
+        self.relay_unit = f"containerd-deploy-cri-{secrets.token_hex(6)}"
+        relay = f"/run/{self.relay_unit}.sock"
+        result = host.run(
+            f"systemd-run --quiet --collect --unit={self.relay_unit} "
+            f"--socket-property=ListenStream={relay} --socket-property=SocketUser={shlex.quote(user)} "
+            f"--socket-property=SocketMode=0600 --socket-property=RemoveOnStop=yes "
+            f"{proxyd} --exit-idle-time=600 {shlex.quote(remote)}")
+        if result.rc != 0:
+            self.relay_unit = None
+            raise ForwardError(f"could not relay {remote} for {user} with systemd-run: {result.stderr.strip()}")
+        return relay
+
     def close(self):
         if self.process and self.process.poll() is None:
             self.process.terminate()
             self.process.wait(timeout=10)
+        if self.relay_unit:
+            self.host.run(f"systemctl stop {self.relay_unit}.socket {self.relay_unit}.service")
+            self.relay_unit = None
         if self.directory:
             for name in os.listdir(self.directory):
                 os.unlink(os.path.join(self.directory, name))

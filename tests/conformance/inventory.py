@@ -45,7 +45,10 @@ def _quote(value) -> str:
     return shlex.quote(str(value))
 
 
-def ssh_config(hosts, accept_new_host_keys: bool = False) -> str:
+def ssh_config(hosts, control_dir: str, accept_new_host_keys: bool = False) -> str:
+    """OpenSSH `Host` entries; connection sockets go in `control_dir`, a directory private to
+    the caller (in a shared /tmp, another local user could make the socket first and answer
+    the checks)."""
     entries = []
     for name, _, data in hosts:
         lines = [f"Host {name}", f"  HostName {data.get('ssh_hostname') or name}"]
@@ -59,7 +62,7 @@ def ssh_config(hosts, accept_new_host_keys: bool = False) -> str:
         if strict:
             lines.append(f"  StrictHostKeyChecking {strict}")
         # One connection per host for the whole run: the suite runs dozens of commands.
-        lines += ["  ControlMaster auto", "  ControlPath /tmp/conformance-ssh-%C", "  ControlPersist 60"]
+        lines += ["  ControlMaster auto", f"  ControlPath {_quote(control_dir + '/%C')}", "  ControlPersist 60"]
         entries.append("\n".join(lines) + "\n")
     return "\n".join(entries)
 

@@ -203,11 +203,11 @@ def assert_whole(node: Node) -> None:
 
 # (operation index to cut at, how): ten distinct points, over first installs and over
 # upgrades and downgrades between containerd 1.7.24 and 2.1.9.
-INSTALL_CUTS = [(1, "kill -9"), (3, "ssh drop"), (8, "kill -9")]
-# Operations: 1 fetch, 2-3 install containerd and runc, 7 config, 8 unit, 10 reload/enable/
-# (re)start, 11 verify.
-SWITCH_CUTS = [(2, "ssh drop"), (3, "kill -9"), (7, "kill -9"), (8, "ssh drop"), (10, "kill -9"), (10, "ssh drop"),
-               (11, "ssh drop")]
+INSTALL_CUTS = [(2, "kill -9"), (4, "ssh drop"), (9, "kill -9")]
+# Operations: 1 remove leftovers, 2 fetch, 3-4 install containerd and runc, 8 config, 9 unit,
+# 11 reload/enable/(re)start, 12 verify.
+SWITCH_CUTS = [(3, "ssh drop"), (4, "kill -9"), (8, "kill -9"), (9, "ssh drop"), (11, "kill -9"), (11, "ssh drop"),
+               (12, "ssh drop")]
 
 
 @pytest.fixture(scope="module")

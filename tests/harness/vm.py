@@ -66,9 +66,20 @@ def ssh_options(port: int) -> list[str]:
         "-o", "LogLevel=ERROR",
         # Reuse one connection per node: each new SSH handshake costs ~2 s under TCG.
         "-o", "ControlMaster=auto",
-        "-o", "ControlPath=/tmp/containerd-deploy-%C",
+        "-o", f"ControlPath={control_dir()}/%C",
         "-o", "ControlPersist=120",
     ]
+
+
+def control_dir() -> Path:
+    """Where SSH connection sockets live: private to this user (0700, checked), never a shared
+    /tmp, where another local user could make the socket first and answer for the node."""
+    directory = cache_root() / "ssh" / "control"
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    info = directory.lstat()
+    if info.st_uid != os.getuid() or info.st_mode & 0o077 or not directory.is_dir() or directory.is_symlink():
+        raise RuntimeError(f"{directory} must be a directory of this user's own with mode 0700")
+    return directory
 
 
 def known_hosts_file() -> Path:
@@ -99,7 +110,7 @@ def _write_ssh_config() -> None:
                 f"  IdentityFile {ssh_key()}\n  IdentitiesOnly yes\n"
                 f"  UserKnownHostsFile {known_hosts_file()}\n  StrictHostKeyChecking yes\n"
                 # One TCP+SSH handshake per node for a whole test run: each costs ~2 s under TCG.
-                f"  ControlMaster auto\n  ControlPath /tmp/containerd-deploy-%C\n  ControlPersist 120\n"
+                f"  ControlMaster auto\n  ControlPath {control_dir()}/%C\n  ControlPersist 120\n"
                 "  LogLevel ERROR\n"
             )
         replace_file(ssh_config_file(), "\n".join(entries))

@@ -8,16 +8,35 @@ HOSTS = [
 
 
 def test_each_host_becomes_an_openssh_entry_with_its_ssh_data():
-    text = ssh_config(HOSTS)
+    text = ssh_config(HOSTS, "/tmp/conformance-ssh-x1y2")
     assert "Host node1\n  HostName 127.0.0.1\n  Port 2201\n  User root\n  IdentityFile /keys/id\n" in text
     assert "  UserKnownHostsFile /kh\n  IdentitiesOnly yes\n  StrictHostKeyChecking yes\n  ControlMaster auto\n" in text
     assert "Host worker-arm-1.example.com\n  HostName worker-arm-1.example.com\n  User admin\n" in text
     assert host_specs(HOSTS) == ["ssh://node1", "ssh://worker-arm-1.example.com?sudo=true"]
+    # Regression: sockets were /tmp/conformance-ssh-%C, a name another local user could take first.
+    assert text.count("  ControlPath /tmp/conformance-ssh-x1y2/%C\n") == 2
+
+
+def test_the_harness_keeps_its_ssh_sockets_in_a_private_directory(tmp_path, monkeypatch):
+    import os
+    import stat
+
+    import pytest
+
+    from tests.harness import vm
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    directory = vm.control_dir()
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700 and directory.stat().st_uid == os.getuid()
+    assert f"ControlPath={directory}/%C" in vm.ssh_options(22)
+    directory.chmod(0o777)  # someone made it shared: refuse to use it
+    with pytest.raises(RuntimeError, match="mode 0700"):
+        vm.control_dir()
 
 
 def test_accepting_new_host_keys_is_opt_in():
-    assert "accept-new" not in ssh_config(HOSTS)
-    assert ssh_config(HOSTS, accept_new_host_keys=True).count("StrictHostKeyChecking accept-new") == 2
+    assert "accept-new" not in ssh_config(HOSTS, "/d")
+    assert ssh_config(HOSTS, "/d", accept_new_host_keys=True).count("StrictHostKeyChecking accept-new") == 2
     assert accept_new_wrapper("/my/config") == "Host *\n  StrictHostKeyChecking accept-new\n\nInclude /my/config\n"
 
 

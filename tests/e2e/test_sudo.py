@@ -1,0 +1,170 @@
+"""Through sudo, as cloud images log in: a non-root user with key auth and NOPASSWD sudo (and
+one whose sudo asks a password) deploys the whole feature set, which conformance then checks
+from an inventory with `_sudo`; nothing secret is readable by another local user at any
+moment, nothing is left behind, and another user's staging directory cannot swap a file."""
+
+import json
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+from tests.harness import __main__ as harness
+from tests.harness import vm
+from tests.harness.image import ssh_key
+from tests.harness.paths import REPO_ROOT
+
+from .helpers import changed_ops, pyinfra
+
+pytestmark = pytest.mark.xdist_group("sudo")
+NAME = "sudo-1"
+SECRET = "s3cr3t-Hunter2"
+PROXY_PASSWORD = "p%40ss" + SECRET  # percent-encoded: systemd must not read %40 as a specifier
+SUDO_PASSWORD = "sudo-pw-" + SECRET
+DATA = {
+    # A proxy on the node's own loopback: configured and checked, never contacted.
+    "containerd_http_proxy": f"http://proxy-user:{PROXY_PASSWORD}@127.0.0.1:3128",
+    "containerd_no_proxy": "localhost,127.0.0.1,.svc",
+    "containerd_registries": {"docker.io": {"mirrors": [{"host": "https://mirror.internal",
+                                                         "headers": {"Authorization": f"Basic {SECRET}"}}]}},
+    "containerd_runtimes": [{"name": "crun", "binary_name": "/usr/bin/crun"}],
+    "containerd_limit_nofile": "1048576",
+}
+HOSTS_TOML = "/etc/containerd/certs.d/docker.io/hosts.toml"
+DROPIN = "/etc/systemd/system/containerd.service.d/http-proxy.conf"
+LEFTOVERS = ("find / -xdev \\( -name '*.containerd-deploy-new*' -o -name 'containerd-deploy-upload.*' \\) "
+             "2>/dev/null; ls -A /var/cache/containerd-deploy 2>/dev/null; true")
+
+
+class Node:
+    def __init__(self, started: vm.Node):
+        self.name, self.vm = NAME, started
+
+    def data(self) -> dict:
+        return json.loads((vm.node_dir(self.name) / "data.json").read_text())
+
+
+def setup_users(node: Node) -> None:
+    """deployer: key auth, NOPASSWD sudo; deployer-pw: key auth, sudo with a password; other: a
+    plain local user, the one that must never read a secret."""
+    key = ssh_key().with_suffix(".pub").read_text().strip()
+    script = f"""set -e
+for user in deployer deployer-pw other; do
+  id "$user" >/dev/null 2>&1 || useradd -m -s /bin/sh "$user"
+done
+for user in deployer deployer-pw; do
+  install -d -m 700 -o "$user" -g "$user" "/home/$user/.ssh"
+  echo {shlex.quote(key)} > "/home/$user/.ssh/authorized_keys"
+  chown "$user:$user" "/home/$user/.ssh/authorized_keys"; chmod 600 "/home/$user/.ssh/authorized_keys"
+done
+echo 'deployer ALL=(ALL) NOPASSWD: ALL' > /etc/sudoers.d/deployer
+echo 'deployer-pw ALL=(ALL) ALL' > /etc/sudoers.d/deployer-pw
+chmod 440 /etc/sudoers.d/deployer /etc/sudoers.d/deployer-pw
+echo {shlex.quote('deployer-pw:' + SUDO_PASSWORD)} | chpasswd
+"""
+    node.vm.ssh(script)
+
+
+@pytest.fixture(scope="module")
+def node():
+    (started,) = harness.up([NAME], "trixie")
+    node = Node(started)
+    setup_users(node)
+    yield node
+    harness.down([NAME])
+
+
+def as_user(node: Node, user: str, *extra: str, data: dict | None = None, password: str | None = None):
+    """The deploy as an operator with a sudo login runs it (pyinfra's own flags)."""
+    args = ["--data", f"ssh_user={user}", "--sudo"]
+    if password:
+        args += ["--data", f"_sudo_password={password}"]
+    return pyinfra(node.name, *args, *extra, data=data)
+
+
+def secrets_in(text: str) -> list[str]:
+    return [secret for secret in (SECRET, PROXY_PASSWORD, SUDO_PASSWORD) if secret in text]
+
+
+def test_a_sudo_login_deploys_every_feature_with_secrets_never_readable(node, tmp_path):
+    """Regression: through sudo, artifact_source=controller failed with PermissionError(13) on
+    the upload, and a registry with headers failed the same way, leaving a hidden hosts.toml
+    copy behind that later runs never removed."""
+    # Another local user reads every place a secret passes through, for as long as the deploy runs.
+    watcher = subprocess.Popen(node.vm.ssh_command(
+        "su other -s /bin/sh -c 'n=0; while [ ! -e /tmp/stop-watch ]; do "
+        "cat /etc/containerd/certs.d/*/.hosts.toml* /etc/containerd/certs.d/*/hosts.toml "
+        "/etc/systemd/system/containerd.service.d/* /tmp/containerd-deploy-upload.*/* /tmp/pyinfra-* 2>/dev/null "
+        f"| grep -q {SECRET} && echo LEAKED; n=$((n+1)); done; echo WATCHED $n'"), stdout=subprocess.PIPE, text=True)
+    try:
+        process, results = as_user(node, "deployer", "-v", data={
+            **DATA, "artifact_source": "controller", "artifact_cache_dir": str(tmp_path / "cache"),
+            "artifact_mirror": node.data()["artifact_mirror"].replace("10.0.2.2", "127.0.0.1")})
+    finally:
+        node.vm.ssh("touch /tmp/stop-watch")
+        watched, _ = watcher.communicate(timeout=120)
+        node.vm.ssh("rm -f /tmp/stop-watch")
+    assert process.returncode == 0, process.stderr[-4000:]
+    assert "LEAKED" not in watched and int(watched.split("WATCHED")[1]) > 10, watched[-500:]
+    assert secrets_in(process.stdout + process.stderr) == [], "a secret in pyinfra's output (-v)"
+    changed = changed_ops(results, node.name)
+    assert any("Install containerd" in name for name in changed) and any(HOSTS_TOML in name for name in changed)
+
+    modes = node.vm.ssh(f"stat -c '%n %U:%G %a' {HOSTS_TOML} {DROPIN}").stdout.splitlines()
+    assert modes == [f"{HOSTS_TOML} root:root 600", f"{DROPIN} root:root 600"]
+    assert "%%40" in node.vm.ssh(f"cat {DROPIN}").stdout
+    environment = node.vm.ssh("systemctl show containerd -p Environment").stdout
+    assert f"HTTP_PROXY=http://proxy-user:{PROXY_PASSWORD}@127.0.0.1:3128" in environment, environment
+    assert "LimitNOFILE=1048576" in node.vm.ssh("systemctl show containerd -p LimitNOFILE").stdout
+    assert node.vm.ssh(LEFTOVERS).stdout.strip() == "", "nothing left behind"
+
+    # The same data again, with the node's own fetch: 0 changes, no restart.
+    pid = node.vm.ssh("systemctl show -p MainPID --value containerd").stdout.strip()
+    process, results = as_user(node, "deployer", data=DATA)
+    assert process.returncode == 0 and changed_ops(results, node.name) == [], process.stderr[-3000:]
+    assert node.vm.ssh("systemctl show -p MainPID --value containerd").stdout.strip() == pid
+
+
+def test_a_sudo_that_asks_a_password_deploys_too(node):
+    process, results = as_user(node, "deployer-pw", data=DATA, password=SUDO_PASSWORD)
+    assert process.returncode == 0 and changed_ops(results, node.name) == [], process.stderr[-3000:]
+    assert secrets_in(process.stdout + process.stderr) == []
+
+
+def test_conformance_from_an_inventory_whose_host_uses_sudo(node, tmp_path):
+    data = {"ssh_hostname": "127.0.0.1", "ssh_port": node.vm.port, "ssh_user": "deployer", "ssh_key": str(ssh_key()),
+            "ssh_known_hosts_file": str(vm.known_hosts_file()), "ssh_strict_host_key_checking": "yes",
+            "_sudo": True}
+    inventory = tmp_path / "fleet.py"
+    inventory.write_text(f"sudo_nodes = [({NAME!r}, {data!r})]\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rf", "-p", "no:cacheprovider", "tests/conformance",
+         f"--inventory={inventory}", "--expect-runtime-handlers=runc,crun"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-5000:]
+    assert " passed" in result.stdout and " failed" not in result.stdout
+
+
+def test_another_users_staging_directory_cannot_swap_a_file(node):
+    """Regression: a staging directory that existed kept its owner and mode (mkdir -p -m 700
+    does not change them), so another local user could replace a verified file before its
+    install. Here `other` owns it, world-writable, with a planted file and a symlink."""
+    reset = as_user(node, "deployer", data={"containerd_state": "absent"})[0]
+    assert reset.returncode == 0, reset.stderr[-3000:]
+    assert node.vm.ssh("ls -A /usr/local/bin; ls -A /etc/containerd 2>/dev/null; ls -A /var/lib/containerd-deploy "
+                       "2>/dev/null; ls /etc/systemd/system/containerd.service.d 2>/dev/null; true").stdout.strip() == ""
+    node.vm.ssh("install -d -m 777 -o other -g other /var/cache/containerd-deploy; "
+                "su other -s /bin/sh -c 'echo planted > /var/cache/containerd-deploy/.fetched-runc; "
+                "ln -s /etc/hostname /var/cache/containerd-deploy/.fetched-containerd.partial'")
+    process, results = as_user(node, "deployer", data=DATA)
+    assert process.returncode == 0, process.stderr[-4000:]
+    assert node.vm.ssh("cat /etc/hostname").stdout.strip() == "node", "a symlink planted in staging was followed"
+    installed = node.vm.ssh("sha256sum /usr/local/sbin/runc").stdout.split()[0]
+    runc = node.vm.ssh("cat /var/lib/containerd-deploy/runc.manifest").stdout
+    assert f"sha256 {node.data()['runc_sha256']}" in runc
+    assert installed == node.vm.ssh(
+        f"curl -fsS {node.data()['artifact_mirror']}/opencontainers/runc/releases/download/"
+        f"v{node.data()['runc_version']}/runc.amd64 | sha256sum").stdout.split()[0]
+    assert node.vm.ssh("ls -A /var/cache/containerd-deploy 2>&1; true").stdout.strip() in (
+        "", "ls: cannot access '/var/cache/containerd-deploy': No such file or directory")
