@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := qemu-system-x86 qemu-utils mmdebstrap gpg libdpkg-perl arch-test mount busybox-static openssh-client curl e2fsprogs ca-certificates debian-archive-keyring
 DEMO_NODE := demo
 
-.PHONY: deps demo test unit e2e bench down clean
+.PHONY: deps demo lint test unit e2e bench down clean
 
 deps: $(VENV)/.installed
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -28,14 +28,19 @@ demo: deps
 	$(PY) -m pytest -p no:cacheprovider tests/conformance --hosts=ssh://$(DEMO_NODE) --ssh-config=.nodes/ssh_config -v
 	@echo "the node keeps running: ssh -F .nodes/ssh_config $(DEMO_NODE); stop it with: make down"
 
-# Unit tests, then deploy + conformance + idempotency + refusals on real VMs: three node
-# generations (Debian 12 + containerd 1.6, Debian 13 + 1.7, Debian 13 + 2.1), one xdist worker each,
-# and the fleet, supply-chain and lifecycle nodes. Groups go to workers in collection order
-# (no reordering by size), which tests/e2e/conftest.py starts with the longest group.
-test: deps
-	$(PY) -m pytest -p no:cacheprovider -v --durations=30 -n 3 --dist loadgroup --no-loadscope-reorder tests/unit tests/e2e
+lint: deps
+	$(VENV)/bin/ruff check deploy.py tasks tests bench inventories group_data
 
-unit: deps
+# Lint and unit tests first (they fail before any VM boots), then deploy + conformance +
+# idempotency + refusals on real VMs: three node generations (Debian 12 + containerd 1.6,
+# Debian 13 + 1.7, Debian 13 + 2.1), one xdist worker each, and the fleet, supply-chain,
+# lifecycle, sudo and @local nodes. Groups go to workers in collection order (no reordering
+# by size), which tests/e2e/conftest.py starts with the longest group.
+test: deps lint
+	$(PY) -m pytest -p no:cacheprovider -q -n 2 tests/unit
+	$(PY) -m pytest -p no:cacheprovider -v --durations=30 -n 3 --dist loadgroup --no-loadscope-reorder tests/e2e
+
+unit: deps lint
 	$(PY) -m pytest -p no:cacheprovider tests/unit
 
 e2e: deps

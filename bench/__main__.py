@@ -139,7 +139,7 @@ def machine() -> dict:
                                      text=True).stdout.strip()
     return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpus": f"{os.cpu_count()} ({cpu})",
             "memory": memory, "hypervisor": f"{qemu}, TCG (no KVM), {vm.CPUS} vCPUs and {vm.MEMORY_MB} MiB per VM",
-            "nodes": f"Debian 13, containerd and runc from Debian's packages in upstream's release layout",
+            "nodes": "Debian 13, containerd and runc from Debian's packages in upstream's release layout",
             "controller": f"Python {platform.python_version()}, {pyinfra_version}"}
 
 

@@ -578,7 +578,7 @@ def daemon_state_command(bin_dir: str, config_path: str, unit: str, files: tuple
         f'  if out=$(timeout {CTR_TIMEOUT} {ctr} run -d {cgroup}"$image" "containerd-deploy-$id" 2>&1); then',
         f'''    task=$({ctr} tasks ls 2>/dev/null | awk -v id="containerd-deploy-$id" '$1 == id {{ print $2, $3 }}')''',
         '    echo "task ${task#* }"',
-        f'    [ -n "$task" ] && sed "s/^/cgroup /" "/proc/${{task%% *}}/cgroup"',
+        '    [ -n "$task" ] && sed "s/^/cgroup /" "/proc/${task%% *}/cgroup"',
         '  else',
         '''    echo "failed $(printf %s "$out" | tr '\\n' ' ')"''',
         '  fi',

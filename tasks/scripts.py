@@ -55,7 +55,7 @@ def manifest_path_lines(manifest: str, command: str) -> list[str]:
     """Shell lines running `command "$path"` for each file a manifest lists (`file <path>
     <identity>` lines: the path is everything between the first and the last space)."""
     return [
-        f'while IFS= read -r line; do',
+        'while IFS= read -r line; do',
         '  case "$line" in "file "*) ;; *) continue;; esac',
         '  rest=${line#file }',
         f'  path=${{rest% *}}; {command} "$path"',

@@ -58,3 +58,15 @@ def deploy_ok(node, **data) -> dict:
     process, results = pyinfra(node.name, data=data)
     assert process.returncode == 0, f"deploy failed:\n{process.stderr[-4000:]}"
     return results
+
+
+class OwnNode:
+    """A node a test module boots for itself (not one of the matrix), with the data the harness gave it."""
+
+    def __init__(self, name: str, started):
+        self.name, self.vm = name, started
+
+    def data(self) -> dict:
+        from tests.harness import vm
+
+        return json.loads((vm.node_dir(self.name) / "data.json").read_text())

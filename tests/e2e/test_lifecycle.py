@@ -134,6 +134,7 @@ def test_restart_discipline(life):
         since, before = node_time(life), main_pid(life)
         results = deploy(life, **{**base, **data})
         changed = short(changed_ops(results, life.name))
+        assert (changed == []) == (what == "nothing"), f"changing {what}: {changed}"
         assert reloads_since(life, since) == reloads, f"changing {what}: {reloads} systemd reload(s) expected"
         assert starts_since(life, since) == restarts, f"changing {what}: {restarts} restart(s) expected"
         assert (main_pid(life) == before) == (restarts == 0)

@@ -3,7 +3,6 @@ one whose sudo asks a password) deploys the whole feature set, which conformance
 from an inventory with `_sudo`; nothing secret is readable by another local user at any
 moment, nothing is left behind, and another user's staging directory cannot swap a file."""
 
-import json
 import shlex
 import subprocess
 import sys
@@ -15,7 +14,7 @@ from tests.harness import vm
 from tests.harness.image import ssh_key
 from tests.harness.paths import REPO_ROOT
 
-from .helpers import changed_ops, pyinfra
+from .helpers import OwnNode, changed_ops, pyinfra
 
 pytestmark = pytest.mark.xdist_group("sudo")
 NAME = "sudo-1"
@@ -37,12 +36,9 @@ LEFTOVERS = ("find / -xdev \\( -name '*.containerd-deploy-new*' -o -name 'contai
              "2>/dev/null; ls -A /var/cache/containerd-deploy 2>/dev/null; true")
 
 
-class Node:
+class Node(OwnNode):
     def __init__(self, started: vm.Node):
-        self.name, self.vm = NAME, started
-
-    def data(self) -> dict:
-        return json.loads((vm.node_dir(self.name) / "data.json").read_text())
+        super().__init__(NAME, started)
 
 
 def setup_users(node: Node) -> None:

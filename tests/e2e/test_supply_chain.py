@@ -2,17 +2,15 @@
 as it was; the controller-side cache deploys a node that has no route to the mirror; an upgrade
 replaces binaries by rename, so a concurrent `containerd --version` never sees a partial file."""
 
-import json
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 
 from tests.harness import __main__ as harness
 from tests.harness import mirror, vm
 
-from .helpers import changed_ops, main_pid, node_snapshot, pyinfra
+from .helpers import OwnNode, changed_ops, main_pid, node_snapshot, pyinfra
 
 pytestmark = pytest.mark.xdist_group("supply")
 NAME = "supply-1"
@@ -21,12 +19,9 @@ FOOTPRINT = ("ls -A /usr/local/bin /usr/local/sbin /var/lib/containerd-deploy /v
              "/etc/containerd 2>&1; find / -xdev -name '*.containerd-deploy-new*' 2>/dev/null")
 
 
-class Node:
+class Node(OwnNode):
     def __init__(self, started: vm.Node):
-        self.name, self.vm = NAME, started
-
-    def data(self) -> dict:
-        return json.loads((vm.node_dir(self.name) / "data.json").read_text())
+        super().__init__(NAME, started)
 
 
 @pytest.fixture(scope="module")

@@ -8,14 +8,11 @@ quotes, `$()`, backticks, newlines, NUL, a leading `-`, `..`, `%`, backslashes, 
 other scripts, and very long strings.
 """
 
-import hashlib
-import io
 import os
 import posixpath
 import shlex
 import shutil
 import subprocess
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -32,6 +29,7 @@ from tasks.scripts import fetch_artifacts_script, install_artifact_script, remov
 from tasks.settings import DEFAULTS, DataError, is_system_tree, resolve
 
 from .operations import commands, run_commands, shell_text
+from .test_scripts import tarball
 
 PIECES = [" ", "  ", "'", '"', "$(touch pwned)", "`touch pwned`", "$HOME", "\n", "\r", "\0", "\t", "-", "--x",
           "..", ".", "/", "//", "%", "%H", "%40", "\\", "\\n", ";", "&", "|", "*", "?", "~", ":", "@", "#", "=",
@@ -88,15 +86,6 @@ def test_a_path_reaches_rm_as_one_argument(tmp_path_factory, tail):
     yielded = commands(file_absent, path=path, present=True)
     calls = run_commands(tmp_path_factory.mktemp("argv"), [shell_text(c) for c in yielded], ("rm", "touch"))
     assert calls == [["rm", "-f", "--", path]]
-
-
-def tarball(path: Path, files: dict[str, bytes]) -> str:
-    with tarfile.open(path, "w:gz") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(f"bin/{name}")
-            info.size, info.mode = len(data), 0o755
-            tar.addfile(info, io.BytesIO(data))
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the script installs root-owned files (run as root)")

@@ -1,0 +1,70 @@
+"""`pyinfra @local deploy.py` on the node itself, as root (a machine provisioning itself, as from
+cloud-init): it deploys and verifies, reruns with no change, and takes the node's run lock for
+its own process: with another run holding it, it waits and stops, never goes on unguarded."""
+
+import json
+import shlex
+
+import pytest
+
+from tests.harness import __main__ as harness
+from tests.harness import on_node, vm
+
+pytestmark = pytest.mark.xdist_group("local")
+NAME = "local-1"
+
+
+@pytest.fixture(scope="module")
+def node():
+    (started,) = harness.up([NAME], "bookworm")  # its python3 is the controller's 3.11: the same wheels
+    on_node.install(started)
+    yield started
+    harness.down([NAME])
+
+
+def run_local(node: vm.Node, timeout: float = 900):
+    """pyinfra @local on the node, with the data the harness gives its nodes; (process, JSON results)."""
+    data = json.loads((vm.node_dir(NAME) / "data.json").read_text())
+    arguments = " ".join(f"--data {shlex.quote(f'{key}={value}')}" for key, value in data.items())
+    process = node.ssh(f"cd {on_node.CHECKOUT} && {on_node.VENV}/bin/pyinfra -y --json @local deploy.py {arguments}",
+                       check=False, timeout=timeout)
+    try:
+        results = json.loads(process.stdout)
+    except json.JSONDecodeError:
+        results = {}
+    return process, results
+
+
+def changed(results: dict) -> list[str]:
+    return [op["name"] for op in results["results"]["operations"] if op["success"]]
+
+
+def test_a_node_deploys_itself_and_reruns_with_no_change(node):
+    process, results = run_local(node)
+    assert process.returncode == 0, process.stderr[-4000:]
+    assert any("Install containerd" in name for name in changed(results)), changed(results)
+    versions = node.ssh("/usr/local/bin/ctr version").stdout
+    client, server = [line.split(":", 1)[1].strip() for line in versions.splitlines() if "Version:" in line][:2]
+    assert client == server
+    pid = node.ssh("systemctl show -p MainPID --value containerd").stdout.strip()
+
+    process, results = run_local(node)
+    assert process.returncode == 0 and changed(results) == [], process.stderr[-3000:]
+    assert node.ssh("systemctl show -p MainPID --value containerd").stdout.strip() == pid
+
+
+def test_a_run_on_the_node_waits_for_the_lock_and_stops_when_another_run_holds_it(node):
+    """Regression: a run not coming through sshd reported the lock "unavailable" and went on unguarded."""
+    node.ssh("setsid sh -c 'exec 9>>/run/containerd-deploy.lock; flock 9; "
+             "echo \"controller ci-holder pid 4242 since now\" > /run/containerd-deploy.lock.owner; "
+             "touch /run/holder-ready; sleep 120' </dev/null >/dev/null 2>&1 & "
+             "while [ ! -e /run/holder-ready ]; do sleep 0.2; done")
+    try:
+        process, _ = run_local(node)
+        assert process.returncode != 0
+        assert "another containerd-deploy run holds this node (controller ci-holder pid 4242" in process.stderr, \
+            process.stderr[-3000:]
+    finally:
+        node.ssh("pkill -f 'sleep 120'; rm -f /run/holder-ready", check=False)
+    process, results = run_local(node)
+    assert process.returncode == 0 and changed(results) == [], process.stderr[-3000:]
