@@ -101,3 +101,12 @@ def test_cri_is_taken_out_of_disabled_plugins():
     others = 'version = 3\ndisabled_plugins = ["io.containerd.cri.v1.runtime", "io.containerd.snapshotter.v1.btrfs"]\n'
     text = render(others, Version("2.1.9"), Knobs())
     assert value_at(text, ("disabled_plugins",)) == ["io.containerd.snapshotter.v1.btrfs"]
+
+
+def test_a_proxy_with_credentials_makes_the_drop_in_private():
+    """Regression: the drop-in travelled base64 in a command line (readable in ps) and was 0644."""
+    from tasks.configure import proxy_dropin_mode
+    from tasks.settings import resolve
+
+    assert proxy_dropin_mode(resolve("n", {"containerd_https_proxy": "http://user:pw@proxy:3128"})) == "600"
+    assert proxy_dropin_mode(resolve("n", {"containerd_http_proxy": "http://proxy:3128"})) == "644"

@@ -429,3 +429,32 @@ def test_a_failure_told_to_a_dropped_connection_still_cleans_up(node):
     assert result.returncode != 0
     left = sorted(str(p.relative_to(node)) for p in node.rglob("*") if NEW_SUFFIX in p.name or "staging" in str(p))
     assert left == [], left
+
+
+def test_a_staging_directory_another_user_made_is_taken_over_before_use(node):
+    """Regression: `mkdir -p -m 700` kept a pre-existing staging directory's owner and mode, so
+    another local user could swap a verified file before it was installed."""
+    from tasks.scripts import fetch_artifacts_script
+
+    staging = node / "staging"
+    os.chown(staging, 65534, 65534)
+    staging.chmod(0o777)
+    (staging / ".fetched-runc").write_bytes(b"planted")
+    target = node / "not-yours"
+    target.write_text("kept")
+    (staging / ".fetched-runc.partial").symlink_to(target)
+    runc_file = node / "mirror" / "runc.amd64"
+    runc_file.write_bytes(b"runc")
+    runc = Artifact("runc", "1.1.11", "amd64", f"file://{runc_file}", hashlib.sha256(b"runc").hexdigest())
+    result = run(fetch_artifacts_script([runc], str(staging)))
+    assert result.returncode == 0, result.stderr
+    info = staging.stat()
+    assert (info.st_uid, info.st_gid, info.st_mode & 0o777) == (0, 0, 0o700)
+    assert (staging / ".fetched-runc").read_bytes() == b"runc" and target.read_text() == "kept"
+
+    for leftover in staging.iterdir():
+        leftover.unlink()
+    staging.rmdir()
+    staging.symlink_to(node / "mirror")
+    result = run(fetch_artifacts_script([runc], str(staging)))
+    assert result.returncode != 0 and "is a symbolic link" in result.stderr
