@@ -215,15 +215,23 @@ def node_lock_lines(owner: str, anchor_pid: int = 0) -> list[str]:
     q = shlex.quote
     if anchor_pid:
         find_session = [f'session={int(anchor_pid)}',
-                        '[ -d "/proc/$session" ] || session=1']
+                        '[ -d "/proc/$session" ] || session=1',
+                        'connection=""']
     else:
         find_session = [
             'session=$$',
+            'child=$$',
             # The sshd process of this connection: the first sshd/sshd-session ancestor.
             'while [ "${session:-1}" -gt 1 ]; do',
             '  case "$(cat /proc/$session/comm 2>/dev/null)" in sshd|sshd-session) break;; esac',
+            '  child=$session',
             "  session=$(awk '{ sub(/.*\\) /, \"\"); print $2 }' /proc/$session/stat 2>/dev/null)",
             'done',
+            # Through sudo the environment is reset: the connection is read from the login
+            # shell sshd started (the run's sudo processes carry it too, and relay a TERM to
+            # the commands they run).
+            'connection=${SSH_CONNECTION:-$(tr "\\000" "\\n" < "/proc/$child/environ" 2>/dev/null | '
+            "sed -n 's/^SSH_CONNECTION=//p')}",
         ]
     return [
         f'echo "{SECTION}lock"',
@@ -238,7 +246,7 @@ def node_lock_lines(owner: str, anchor_pid: int = 0) -> list[str]:
         f'    printf "%s since %s\\n" {q(owner)} "$(date -u +%FT%TZ)" > {q(LOCK_PATH)}.owner',
         # The holder keeps fd 9 (the lock) until this connection's sshd is gone and what the
         # run still had running has been stopped.
-        f'    setsid sh -c {q(LOCK_HOLDER)} lock-holder "$session" "$SSH_CONNECTION" </dev/null >/dev/null 2>&1 &',
+        f'    setsid sh -c {q(LOCK_HOLDER)} lock-holder "$session" "$connection" </dev/null >/dev/null 2>&1 &',
         '    echo acquired',
         '  else',
         f'    echo "busy $(cat {q(LOCK_PATH)}.owner 2>/dev/null)"',

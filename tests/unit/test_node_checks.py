@@ -3,6 +3,7 @@ systemd, a kubelet on another cgroup driver, a containerd from the distribution'
 
 import base64
 import os
+import shlex
 import stat
 import subprocess
 
@@ -207,3 +208,25 @@ def test_the_node_fact_finds_what_runs_cut_short_left_beside_the_deploys_files(t
     result = subprocess.run(["sh", "-c", command], capture_output=True, text=True)
     found = parse_node_state(result.stdout.splitlines()).hidden_leftovers
     assert sorted(found) == sorted(str(path) for path in leftovers)
+
+
+def test_through_sudo_the_lock_holder_learns_the_connection_from_the_login_shell(tmp_path):
+    """sudo resets the environment: without this the holder got no SSH_CONNECTION and could not
+    stop what a dropped sudo run left running."""
+    from tasks.facts import node_lock_lines
+
+    sshd = tmp_path / "sshd"  # an ancestor named like OpenSSH's, as the lock lines look for
+    sshd.write_bytes(open("/bin/dash", "rb").read())
+    sshd.chmod(0o755)
+    lines = "\n".join(node_lock_lines("controller test")).replace("/run/containerd-deploy.lock", str(tmp_path / "lock"))
+    # The holder's arguments, recorded instead of starting it.
+    record = f"setsid() {{ shift 3; printf '%s\\n' \"$@\" > {tmp_path}/holder-args; }}\n"
+    (tmp_path / "lock-lines").write_text(record + lines)
+    connection = "192.0.2.7 50000 192.0.2.1 22"
+    # sshd -> login shell (with SSH_CONNECTION) -> a command whose environment was reset (sudo's).
+    login = f"env -u SSH_CONNECTION sh {tmp_path / 'lock-lines'}; true"
+    result = subprocess.run([str(sshd), "-c", f"env SSH_CONNECTION={shlex.quote(connection)} sh -c {shlex.quote(login)}; true"],
+                            capture_output=True, text=True, timeout=30)
+    assert result.stdout.splitlines()[-1] == "acquired", result.stdout + result.stderr
+    name, _session, given = (tmp_path / "holder-args").read_text().splitlines()
+    assert (name, given) == ("lock-holder", connection)
