@@ -48,9 +48,9 @@ def gather(settings: Settings) -> NodeState:
     )
 
 
-def check_not_busy(settings: Settings, node: NodeState) -> None:
-    """One run at a time per node: the lock the node fact took, or who holds it. A run that
-    could not take the lock stops: it would be unguarded against another run."""
+def check_locked(settings: Settings, node: NodeState) -> None:
+    """A run that could not take the lock stops (after the host's own refusals, which say more):
+    it would be unguarded against another run."""
     if node.lock.startswith("unavailable") or not node.lock:
         why = node.lock[len("unavailable"):].strip() or "the node did not answer for it"
         raise DeployError(
@@ -58,6 +58,10 @@ def check_not_busy(settings: Settings, node: NodeState) -> None:
             "could change the node at once. Fix: run over SSH (pyinfra's default connector) or with pyinfra "
             "@local on the node itself, and make sure flock (util-linux) is installed."
         )
+
+
+def check_not_busy(settings: Settings, node: NodeState) -> None:
+    """One run at a time per node: another run holds the lock the node fact asked for."""
     if node.lock.startswith("busy"):
         owner = node.lock[len("busy"):].strip() or "another run"
         raise DeployError(
@@ -137,11 +141,13 @@ def containerd_node():
     node = gather(settings)
     check_not_busy(settings, node)
     if settings.containerd_state != "present":
+        check_locked(settings, node)
         check_purge(settings, node)
         leftovers_absent(name="Remove what runs cut short left beside the deploy's files", paths=node.hidden_leftovers)
         remove_containerd(settings, node)
         return
     arch = check_supported(settings, node)
+    check_locked(settings, node)
     check_kubelet(settings, node)
     check_distro_package(settings, node)
     wanted = artifacts.resolve(settings, arch, published=fetch_digest)

@@ -116,15 +116,16 @@ def test_the_distro_package_policy_is_a_choice():
 
 def test_a_run_that_could_not_take_the_lock_stops():
     """Regression: a run not coming through sshd reported the lock "unavailable" and went on unguarded."""
-    from tasks.node import check_not_busy
+    from tasks.node import check_locked, check_not_busy
 
     settings = resolve("node1", {})
     for lock in ("unavailable not run through sshd (nor by pyinfra on the node itself)", "unavailable flock is not installed", ""):
         with pytest.raises(DeployError, match=r"^node1: could not take the node's run lock .*Fix: run over SSH"):
-            check_not_busy(settings, node_with(f"{SECTION}lock", lock))
+            check_locked(settings, node_with(f"{SECTION}lock", lock))
     with pytest.raises(DeployError, match="another containerd-deploy run holds this node"):
         check_not_busy(settings, node_with(f"{SECTION}lock", "busy controller c1 pid 7 since now"))
     for lock in ("acquired", "held"):
+        check_locked(settings, node_with(f"{SECTION}lock", lock))
         check_not_busy(settings, node_with(f"{SECTION}lock", lock))
 
 
@@ -230,3 +231,30 @@ def test_through_sudo_the_lock_holder_learns_the_connection_from_the_login_shell
     assert result.stdout.splitlines()[-1] == "acquired", result.stdout + result.stderr
     name, _session, given = (tmp_path / "holder-args").read_text().splitlines()
     assert (name, given) == ("lock-holder", connection)
+
+
+def test_the_flow_refuses_an_unsupported_host_before_saying_the_lock_was_unavailable(monkeypatch):
+    """The deploy's flow on a fake node: in a container (no systemd, no sshd in its /proc) the
+    lock cannot be taken either; the refusal names what the operator must change."""
+    from pyinfra.api import Config, Inventory, State
+    from pyinfra.context import ctx_host, ctx_state
+
+    import tasks.node as flow
+
+    inventory = Inventory((["node1"], {}))
+    state = State(inventory, Config())
+    host = inventory.get_host("node1")
+    state.activate_host(host)
+    container = parse_node_state([f"{SECTION}machine x86_64", f"{SECTION}kernel Linux", f"{SECTION}lock",
+                                  "unavailable not run through sshd (nor by pyinfra on the node itself)"])
+    monkeypatch.setattr(flow, "gather", lambda settings: container)
+    with ctx_state.use(state), ctx_host.use(host):
+        with pytest.raises(DeployError, match="systemd is not running as PID 1"):
+            flow.containerd_node._inner()
+        systemd = node_with(f"{SECTION}lock", "unavailable flock is not installed")
+        monkeypatch.setattr(flow, "gather", lambda settings: systemd)
+        with pytest.raises(DeployError, match="could not take the node's run lock .*flock is not installed"):
+            flow.containerd_node._inner()
+        monkeypatch.setattr(flow, "for_host", lambda host: resolve("node1", {"containerd_state": "absent"}))
+        with pytest.raises(DeployError, match="could not take the node's run lock"):
+            flow.containerd_node._inner()
