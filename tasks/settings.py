@@ -214,7 +214,7 @@ def _components(host: str, key: str, value) -> tuple:
 
 def _cache_dir(host: str, key: str, value) -> str:
     """A directory on the controller (`~` allowed)."""
-    if not isinstance(value, str) or not value.strip():
+    if not isinstance(value, str) or not value.strip() or control_characters(value):
         raise DataError(host, key, f"is {value!r}, not a directory", "set it to a directory on the controller, e.g. ~/.cache/containerd-deploy/artifacts")
     return posixpath.expanduser(value.strip())
 

@@ -324,3 +324,18 @@ def test_systemd_reads_the_unit_and_drop_in_without_a_complaint(tmp_path, bin_na
     complaints = [line for line in (result.stdout + result.stderr).splitlines() if str(units) in line]
     assert complaints == []
     assert systemd_values(proxy_dropin_text(settings_))[0] == f"HTTP_PROXY={proxy}"
+
+
+values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), hostile, long_text),
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.one_of(hostile, st.integers()), inner,
+                                                                          max_size=4)),
+    max_leaves=12)
+
+
+@EXAMPLES
+@given(key=st.sampled_from(sorted(DEFAULTS)), value=values)
+def test_any_value_of_any_key_is_accepted_or_refused_by_name(key, value):
+    """Every data key, any shape of value: a DataError naming the host, the key and the fix, or
+    settings; never another exception (a traceback instead of a refusal)."""
+    accept(key, value)
