@@ -532,6 +532,7 @@ class DaemonState:
     container: str = "absent"  # "absent", "failed <why>", or "task <status>" of the container it ran
     container_cgroups: list = field(default_factory=list)
     container_scope: str | None = None
+    missing_binaries: list = field(default_factory=list)  # runtime handlers' binaries not on the node
 
 
 # Seconds each ctr call of the verify fact may take: generous, since a loaded node starts Go
@@ -540,8 +541,28 @@ CTR_TIMEOUT = 60
 VERIFY_NAMESPACE = "k8s.io"  # the sandbox image is where the CRI (and so a kubelet) has it
 
 
+# The PATH systemd gives containerd (the unit sets none); containerd's own directory goes first.
+SERVICE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def missing_binaries_lines(bin_dir: str, binaries: tuple) -> list[str]:
+    """Shell lines printing each of `binaries` (paths, or names looked up as containerd does)
+    that the node does not have."""
+    q = shlex.quote
+    if not binaries:
+        return []
+    return [
+        f"for binary in {' '.join(q(binary) for binary in binaries)}; do",
+        '  case "$binary" in',
+        '    /*) [ -x "$binary" ] || printf "%s\\n" "$binary";;',
+        f'    *) PATH={q(bin_dir + ":" + SERVICE_PATH)} command -v -- "$binary" >/dev/null 2>&1 || printf "%s\\n" "$binary";;',
+        '  esac',
+        'done',
+    ]
+
+
 def daemon_state_command(bin_dir: str, config_path: str, unit: str, files: tuple, image: str,
-                         systemd_cgroup: bool) -> str:
+                         systemd_cgroup: bool, binaries: tuple = ()) -> str:
     q = shlex.quote
     ctr = f'{q(f"{bin_dir}/ctr")} -n {VERIFY_NAMESPACE}'
     # ctr's own systemd-cgroup flag puts the task in system.slice/containerd-deploy-<id>.scope,
@@ -568,6 +589,8 @@ def daemon_state_command(bin_dir: str, config_path: str, unit: str, files: tuple
         *daemon_process_lines(files),
         f'echo "{SECTION}kubelet"',
         "[ -f /var/lib/kubelet/config.yaml ] && base64 -w0 /var/lib/kubelet/config.yaml && echo",
+        f'echo "{SECTION}missing"',
+        *missing_binaries_lines(bin_dir, binaries),
         "wait",
         'cat "$answers/1" "$answers/2" "$answers/3"',
         f'echo "{SECTION}container"',
@@ -626,6 +649,8 @@ def parse_daemon_state(lines: list[str]) -> DaemonState:
                 state.dump_error = text or "no output"
         elif name == "kubelet":
             state.kubelet_config = _decode(body) if any(line.strip() for line in body) else None
+        elif name == "missing":
+            state.missing_binaries = [line for line in body if line]
         elif name == "container":
             for line in body:
                 if line.startswith("cgroup "):
@@ -647,8 +672,8 @@ class ContainerdDaemon(FactBase):
     def default():
         return DaemonState()
 
-    def command(self, bin_dir, config_path, unit, files=(), image="", systemd_cgroup=True):
-        return daemon_state_command(bin_dir, config_path, unit, tuple(files), image, systemd_cgroup)
+    def command(self, bin_dir, config_path, unit, files=(), image="", systemd_cgroup=True, binaries=()):
+        return daemon_state_command(bin_dir, config_path, unit, tuple(files), image, systemd_cgroup, tuple(binaries))
 
     def process(self, output):
         return parse_daemon_state(output)

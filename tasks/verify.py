@@ -13,14 +13,14 @@ gRPC client.
 
 import re
 import shlex
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from pyinfra import host
 from pyinfra.api import StringCommand, deploy, operation
 
 from .config_toml import ConfigError, PATHS, parse, runc_systemd_cgroup, schema_version, value_at
-from .facts import ContainerdDaemon, DaemonState, newer_than_daemon
+from .facts import SERVICE_PATH, ContainerdDaemon, DaemonState, newer_than_daemon
 from .settings import DEFAULTS, Settings
 
 # The CRI plugins a kubelet needs, as `ctr plugins ls` names them (type, id); 2.x split the
@@ -28,6 +28,55 @@ from .settings import DEFAULTS, Settings
 CRI_PLUGINS = {1: (("io.containerd.grpc.v1", "cri"),),
                2: (("io.containerd.grpc.v1", "cri"), ("io.containerd.cri.v1", "runtime"),
                    ("io.containerd.cri.v1", "images"))}
+
+
+RUNC_TYPE = "io.containerd.runc.v2"
+
+
+def shim_binary(runtime_type: str) -> str | None:
+    """The shim containerd starts for a runtime type: io.containerd.<name>.<version> runs
+    containerd-shim-<name>-<version>; a path names the shim itself."""
+    if runtime_type.startswith("/"):
+        return runtime_type
+    parts = runtime_type.split(".")
+    if len(parts) == 4 and parts[:2] == ["io", "containerd"]:
+        return f"containerd-shim-{parts[2]}-{parts[3]}"
+    return None
+
+
+def runtime_binaries(runtimes) -> list[tuple[str, str]]:
+    """(handler, binary) for every binary a configured runtime handler needs on the node: its
+    shim, and for runc-type handlers the OCI runtime the shim runs (BinaryName, else runc).
+    `runtimes` is the config's runtimes table (snake_case keys) or the CRI status's (camelCase)."""
+    needed = []
+    for handler, runtime in sorted((runtimes or {}).items()):
+        if not isinstance(runtime, Mapping):
+            continue
+        runtime_type = runtime.get("runtime_type") or runtime.get("runtimeType") or RUNC_TYPE
+        shim = shim_binary(str(runtime_type))
+        if shim:
+            needed.append((handler, shim))
+        if runtime_type == RUNC_TYPE:
+            options = runtime.get("options") or {}
+            needed.append((handler, str(options.get("BinaryName") or "runc")))
+    return needed
+
+
+def missing_binary_problem(handler: str, binary: str, bin_dir: str) -> str:
+    """What to say of a runtime handler whose binary is not on the node, with the fix."""
+    where = binary if binary.startswith("/") else f"{binary} (looked for in {bin_dir}:{SERVICE_PATH})"
+    return (f"runtime handler {handler!r} cannot run pods: {where} is not installed on the node; install it, "
+            f"or take {handler!r} out of containerd_runtimes (or out of the config) and redeploy")
+
+
+def configured_runtimes(config_text: str | None, containerd_version) -> dict:
+    """The runtimes table a config declares (empty if it cannot be read)."""
+    try:
+        schema = schema_version(parse(config_text or ""), containerd_version)
+    except ConfigError:
+        return {}
+    runtimes = value_at(config_text, PATHS["runtimes"][schema])
+    return runtimes if isinstance(runtimes, dict) else {}
 
 
 @dataclass(frozen=True)
@@ -38,6 +87,9 @@ class Expected:
     sandbox_image: str | None = None
     # Files the running daemon must have loaded: it must have started after they were written.
     loaded_files: tuple = ()
+    # (handler, binary) each configured runtime handler needs on the node.
+    runtime_binaries: tuple = ()
+    bin_dir: str = "/usr/local/bin"
 
 
 @dataclass
@@ -153,6 +205,12 @@ def judge(expected: Expected, state: DaemonState) -> Verdict:
                 f"{'; '.join(state.container_cgroups)[:300]}): runc cannot use systemd cgroups here (is dbus running?)")
     else:
         checked(f"a container ran{' in ' + state.container_scope if state.container_scope else ''}")
+
+    missing = [(handler, binary) for handler, binary in expected.runtime_binaries if binary in state.missing_binaries]
+    for handler, binary in missing:
+        problem(missing_binary_problem(handler, binary, expected.bin_dir))
+    if expected.runtime_binaries and not missing:
+        checked(f"the runtime handlers' binaries are installed ({', '.join(sorted({h for h, _ in expected.runtime_binaries}))})")
     return verdict
 
 
@@ -193,6 +251,7 @@ def containerd_verified(expected: Expected | Callable[[], Expected], bin_dir: st
     state = host.get_fact(
         ContainerdDaemon, bin_dir=bin_dir, config_path=config_path, unit=expected.unit,
         files=expected.loaded_files, image=expected.sandbox_image or "", systemd_cgroup=expected.systemd_cgroup,
+        binaries=tuple(dict.fromkeys(binary for _, binary in expected.runtime_binaries)),
     )
     verdict = judge(expected, state)
     if verdict.problems:
@@ -212,6 +271,8 @@ def verify_containerd(settings: Settings, config_text, loaded_files: tuple):
             unit=settings.containerd_unit_path.rsplit("/", 1)[-1],
             sandbox_image=sandbox_image(text, settings.containerd_version),
             loaded_files=loaded_files,
+            runtime_binaries=tuple(runtime_binaries(configured_runtimes(text, settings.containerd_version))),
+            bin_dir=settings.containerd_bin_dir,
         )
 
     containerd_verified(

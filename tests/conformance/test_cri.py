@@ -13,7 +13,8 @@ import pytest
 from cri_api.v1 import api_pb2 as api
 
 from tasks.config_toml import PATHS, value_at
-from tasks.verify import kubelet_cgroup_driver, release_version
+from tasks.facts import missing_binaries_lines
+from tasks.verify import kubelet_cgroup_driver, missing_binary_problem, release_version, runtime_binaries
 
 from . import oci
 from .cri import CRI, Forward, ForwardError, cri_config, runtime_handlers, sandbox_image, systemd_cgroup
@@ -186,7 +187,14 @@ def test_every_runtime_handler_runs_a_container(host, layout, cri, images, daemo
     missing = [name for name in layout.expect_handlers if name not in handlers]
     assert not missing, (f"the running containerd offers the runtime handlers {sorted(handlers)}, not {missing}: "
                          "add them to containerd_runtimes and redeploy")
+    # A handler whose shim or OCI runtime is not installed fails every pod with a raw gRPC error:
+    # name it and its binary instead (and check the others).
+    needed = runtime_binaries(handlers)
+    absent = set(host.run("\n".join(missing_binaries_lines(layout.bin_dir, tuple(b for _, b in needed)))).stdout.split("\n"))
+    broken = [(handler, binary) for handler, binary in needed if binary in absent]
     for handler, runtime in sorted(handlers.items()):
+        if handler in {name for name, _ in broken}:
+            continue
         extra = Pod(cri, handler="" if handler == "runc" else handler)
         try:
             extra.start()
@@ -203,3 +211,4 @@ def test_every_runtime_handler_runs_a_container(host, layout, cri, images, daemo
                     f"{handler}: {binary} does not know container {extra.container_id}: {state.stderr.strip()}")
         finally:
             extra.remove()
+    assert not broken, "; ".join(missing_binary_problem(handler, binary, layout.bin_dir) for handler, binary in broken)

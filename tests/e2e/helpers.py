@@ -1,6 +1,7 @@
 """Running the deploy and looking at a node, as the e2e tests do."""
 
 import json
+import shlex
 import subprocess
 import sys
 
@@ -70,3 +71,21 @@ class OwnNode:
         from tests.harness import vm
 
         return json.loads((vm.node_dir(self.name) / "data.json").read_text())
+
+
+CONFIG = "/etc/containerd/config.toml"
+
+
+def read(node, path: str) -> str:
+    return node.vm.ssh(f"cat {shlex.quote(path)}").stdout
+
+
+def write(node, path: str, text: str) -> None:
+    node.vm.ssh(f"cat > {shlex.quote(path)} <<'CONTAINERD_DEPLOY_EOF'\n{text}CONTAINERD_DEPLOY_EOF")
+
+
+def restore(node, config: str) -> None:
+    """Put the node back as the first deploy left it (config file and the daemon using it)."""
+    write(node, CONFIG, config)
+    node.vm.ssh("systemctl restart containerd")
+    deploy_ok(node)

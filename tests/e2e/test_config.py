@@ -2,31 +2,14 @@
 everything else survives, and a broken file stops the deploy with nothing changed."""
 
 import difflib
-import shlex
 from pathlib import Path
 
 from tasks.config_toml import PATHS, RUNC_OPTIONS_PATH, parse, runc_systemd_cgroup, value_at
 from tasks.registries import MARKER
 
-from .helpers import changed_ops, deploy_ok, main_pid, node_snapshot, pyinfra
+from .helpers import CONFIG, changed_ops, deploy_ok, main_pid, node_snapshot, pyinfra, read, restore, write
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "config"
-CONFIG = "/etc/containerd/config.toml"
-
-
-def read(node, path: str) -> str:
-    return node.vm.ssh(f"cat {shlex.quote(path)}").stdout
-
-
-def write(node, path: str, text: str) -> None:
-    node.vm.ssh(f"cat > {shlex.quote(path)} <<'CONTAINERD_DEPLOY_EOF'\n{text}CONTAINERD_DEPLOY_EOF")
-
-
-def restore(node, config: str) -> None:
-    """Put the node back as the first deploy left it (config file and the daemon using it)."""
-    write(node, CONFIG, config)
-    node.vm.ssh("systemctl restart containerd")
-    deploy_ok(node)
 
 
 def effective_config(node) -> str:
@@ -41,6 +24,8 @@ def test_an_operators_file_keeps_everything_but_what_the_deploy_owns(node, first
     original = read(node, CONFIG)
     operator = (FIXTURES / ("operator-1.7.toml" if schema(original) == 2 else "operator-2.1.toml")).read_text()
     write(node, CONFIG, operator)
+    # The GPU runtime's binary, as the GPU operator installs it (the verify step checks it is there).
+    node.vm.ssh("ln -sf /usr/bin/crun /usr/bin/nvidia-container-runtime")
     try:
         # Unset, the sandbox image is the operator's: only SystemdCgroup is the deploy's to change.
         results = deploy_ok(node, containerd_sandbox_image="")
@@ -63,6 +48,7 @@ def test_an_operators_file_keeps_everything_but_what_the_deploy_owns(node, first
         assert runc_systemd_cgroup(fresh) is True
     finally:
         restore(node, original)
+        node.vm.ssh("rm -f /usr/bin/nvidia-container-runtime")
 
 
 def test_a_malformed_config_stops_the_deploy_with_nothing_changed(node, first_deploy):

@@ -1,6 +1,7 @@
 """The deploy's own verify step (containerd_verify) on every generation: it runs a container
 and reports no change on a good node; a node whose kubelet wants another cgroup driver than
-containerd's is refused before anything changes."""
+containerd's is refused before anything changes; a runtime handler whose binary is missing is
+named, with its binary and the fix, by the verify step and by the conformance suite."""
 
 import json
 
@@ -10,7 +11,7 @@ from tests.conformance import oci
 from tests.conformance.images import import_image
 from tests.harness import vm
 
-from .helpers import changed_ops, main_pid, node_snapshot, pyinfra
+from .helpers import CONFIG, changed_ops, conformance, main_pid, node_snapshot, pyinfra, read, restore
 
 KUBELET_CONFIG = "/var/lib/kubelet/config.yaml"
 
@@ -47,3 +48,26 @@ def test_verify_runs_a_container_and_a_cgroup_driver_mismatch_is_refused(node, f
         assert node_snapshot(node) == before and main_pid(node) == pid, "the refusal changes nothing"
     finally:
         host.check_output("rm -rf /var/lib/kubelet")
+
+
+def test_a_runtime_handler_without_its_binary_is_named_with_the_fix(node, first_deploy):
+    original = read(node, CONFIG)
+    runtimes = [{"name": "kata", "runtime_type": "io.containerd.kata.v2"},
+                {"name": "gone", "binary_name": "/usr/local/bin/no-such-runtime"}]
+    try:
+        process, _ = pyinfra(node.name, data={"containerd_runtimes": runtimes})
+        assert process.returncode != 0, "the verify step fails the run"
+        output = process.stderr
+        assert ("runtime handler 'kata' cannot run pods: containerd-shim-kata-v2 (looked for in /usr/local/bin:"
+                in output), output[-3000:]
+        assert ("runtime handler 'gone' cannot run pods: /usr/local/bin/no-such-runtime is not installed on the "
+                "node; install it, or take 'gone' out of containerd_runtimes") in output
+        assert "'runc' cannot run pods" not in output and "'crun'" not in output
+
+        checked = conformance(node, "-k", "runtime_handler")
+        assert checked.returncode != 0
+        assert "runtime handler 'kata' cannot run pods: containerd-shim-kata-v2" in checked.stdout, checked.stdout[-3000:]
+        assert "runtime handler 'gone' cannot run pods: /usr/local/bin/no-such-runtime" in checked.stdout
+        assert "_InactiveRpcError" not in checked.stdout, "named, not a raw gRPC error"
+    finally:
+        restore(node, original)

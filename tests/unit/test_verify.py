@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from packaging.version import Version
 
-from tasks.config_toml import Knobs, render
+from tasks.config_toml import Knobs, Runtime, render
 from tasks.facts import SECTION, parse_daemon_state
 from tasks.verify import Expected, failure_script, judge, kubelet_cgroup_driver, release_version, sandbox_image
 
@@ -267,3 +267,57 @@ def test_the_verify_fact_asks_the_daemon_its_questions_side_by_side(tmp_path, im
     else:
         assert state.container == "failed could not list the k8s.io images: connection refused"
     assert not any(tmp_path.glob("tmp*")), "its answers are removed"
+
+
+def test_the_binaries_each_runtime_handler_needs():
+    from tasks.verify import configured_runtimes, runtime_binaries
+
+    text = dump_of("default-1.7.24.toml", "1.7.24", runtimes=(
+        Runtime("crun", "io.containerd.runc.v2", "/usr/bin/crun", {}),
+        Runtime("kata", "io.containerd.kata.v2", None, {}),
+        Runtime("own-shim", "/opt/shims/containerd-shim-x-v1", None, {}),
+    ))
+    assert runtime_binaries(configured_runtimes(text, Version("1.7.24"))) == [
+        ("crun", "containerd-shim-runc-v2"), ("crun", "/usr/bin/crun"),
+        ("kata", "containerd-shim-kata-v2"),
+        ("own-shim", "/opt/shims/containerd-shim-x-v1"),
+        ("runc", "containerd-shim-runc-v2"), ("runc", "runc"),
+    ]
+    # The CRI status reports the same table in camelCase.
+    assert runtime_binaries({"gpu": {"runtimeType": "io.containerd.runc.v2", "options": {"BinaryName": "/x/nv"}}}) == [
+        ("gpu", "containerd-shim-runc-v2"), ("gpu", "/x/nv")]
+    assert configured_runtimes("not toml [", Version("1.7.24")) == {}
+
+
+def test_a_handler_whose_binary_is_missing_fails_verify_naming_it_and_the_fix():
+    needed = (("runc", "containerd-shim-runc-v2"), ("runc", "runc"), ("kata", "containerd-shim-kata-v2"),
+              ("gpu", "/usr/bin/nvidia-container-runtime"))
+    state = healthy()
+    state.missing_binaries = ["containerd-shim-kata-v2", "/usr/bin/nvidia-container-runtime"]
+    verdict = judge(Expected(version="1.7.24", systemd_cgroup=True, sandbox_image=PAUSE, runtime_binaries=needed),
+                    state)
+    assert verdict.problems == [
+        "runtime handler 'kata' cannot run pods: containerd-shim-kata-v2 (looked for in /usr/local/bin:"
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin) is not installed on the node; install it, "
+        "or take 'kata' out of containerd_runtimes (or out of the config) and redeploy",
+        "runtime handler 'gpu' cannot run pods: /usr/bin/nvidia-container-runtime is not installed on the node; "
+        "install it, or take 'gpu' out of containerd_runtimes (or out of the config) and redeploy",
+    ]
+    fine = judge(Expected(version="1.7.24", systemd_cgroup=True, sandbox_image=PAUSE, runtime_binaries=needed[:2]),
+                 healthy())
+    assert fine.problems == [] and fine.checked[-1] == "the runtime handlers' binaries are installed (runc)"
+
+
+def test_the_fact_looks_for_handler_binaries_as_containerd_does(tmp_path):
+    import subprocess
+
+    from tasks.facts import missing_binaries_lines
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "containerd-shim-runc-v2").write_text("#!/bin/sh\n")
+    (bin_dir / "containerd-shim-runc-v2").chmod(0o755)
+    script = "\n".join(missing_binaries_lines(str(bin_dir), (
+        "containerd-shim-runc-v2", "sh", "containerd-shim-kata-v2", "/bin/sh", str(tmp_path / "absent runtime"))))
+    result = subprocess.run(["/bin/sh", "-c", script], capture_output=True, text=True, env={"PATH": "/nonexistent"})
+    assert result.stdout.splitlines() == ["containerd-shim-kata-v2", str(tmp_path / "absent runtime")]
