@@ -75,7 +75,8 @@ def configured_runtimes(config_text: str | None, containerd_version) -> dict:
         schema = schema_version(parse(config_text or ""), containerd_version)
     except ConfigError:
         return {}
-    runtimes = value_at(config_text, PATHS["runtimes"][schema])
+    path = PATHS["runtimes"].get(schema)
+    runtimes = value_at(config_text, path) if path else None
     return runtimes if isinstance(runtimes, dict) else {}
 
 
