@@ -36,12 +36,7 @@ LEFTOVERS = ("find / -xdev \\( -name '*.containerd-deploy-new*' -o -name 'contai
              "2>/dev/null; ls -A /var/cache/containerd-deploy 2>/dev/null; true")
 
 
-class Node(OwnNode):
-    def __init__(self, started: vm.Node):
-        super().__init__(NAME, started)
-
-
-def setup_users(node: Node) -> None:
+def setup_users(node: OwnNode) -> None:
     """deployer: key auth, NOPASSWD sudo; deployer-pw: key auth, sudo with a password; other: a
     plain local user, the one that must never read a secret."""
     key = ssh_key().with_suffix(".pub").read_text().strip()
@@ -65,13 +60,13 @@ echo {shlex.quote('deployer-pw:' + SUDO_PASSWORD)} | chpasswd
 @pytest.fixture(scope="module")
 def node():
     (started,) = harness.up([NAME], "trixie")
-    node = Node(started)
+    node = OwnNode(NAME, started)
     setup_users(node)
     yield node
     harness.down([NAME])
 
 
-def as_user(node: Node, user: str, *extra: str, data: dict | None = None, password: str | None = None):
+def as_user(node: OwnNode, user: str, *extra: str, data: dict | None = None, password: str | None = None):
     """The deploy as an operator with a sudo login runs it (pyinfra's own flags)."""
     args = ["--data", f"ssh_user={user}", "--sudo"]
     if password:

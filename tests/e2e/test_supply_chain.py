@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from tests.harness import __main__ as harness
-from tests.harness import mirror, vm
+from tests.harness import mirror
 
 from .helpers import OwnNode, changed_ops, main_pid, node_snapshot, pyinfra
 
@@ -19,15 +19,10 @@ FOOTPRINT = ("ls -A /usr/local/bin /usr/local/sbin /var/lib/containerd-deploy /v
              "/etc/containerd 2>&1; find / -xdev -name '*.containerd-deploy-new*' 2>/dev/null")
 
 
-class Node(OwnNode):
-    def __init__(self, started: vm.Node):
-        super().__init__(NAME, started)
-
-
 @pytest.fixture(scope="module")
 def fresh():
     (started,) = harness.up([NAME], "trixie")
-    yield Node(started)
+    yield OwnNode(NAME, started)
     harness.down([NAME])
 
 
@@ -36,12 +31,12 @@ def short(names: list[str]) -> list[str]:
     return [name.rsplit(" | ", 1)[-1] for name in names]
 
 
-def loopback_mirror(node: Node) -> str:
+def loopback_mirror(node: OwnNode) -> str:
     """The mirror as the controller sees it; from the node, 127.0.0.1 is the node itself."""
     return node.data()["artifact_mirror"].replace("10.0.2.2", "127.0.0.1")
 
 
-def refused(node: Node, *extra: str, **data) -> str:
+def refused(node: OwnNode, *extra: str, **data) -> str:
     before = node.vm.ssh(FOOTPRINT).stdout
     process, _ = pyinfra(node.name, *extra, data=data)
     assert process.returncode != 0, "the deploy should have failed"
