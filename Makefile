@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 # Debian packages the local test nodes need: qemu (TCG), mmdebstrap for the image, busybox for
-# the conformance test image, an SSH client.
-APT_PACKAGES := qemu-system-x86 qemu-utils mmdebstrap gpg libdpkg-perl arch-test mount busybox-static openssh-client curl e2fsprogs ca-certificates debian-archive-keyring
+# the conformance test image, an SSH client; for the test registry (Debian's docker-registry,
+# run from its .deb): openssl for its CA, htpasswd for its users, skopeo to push images.
+APT_PACKAGES := qemu-system-x86 qemu-utils mmdebstrap gpg libdpkg-perl arch-test mount busybox-static openssh-client curl e2fsprogs ca-certificates debian-archive-keyring openssl apache2-utils skopeo
 DEMO_NODE := demo
 
 .PHONY: deps demo lint test unit e2e bench down clean
@@ -21,11 +22,15 @@ $(VENV)/.installed: requirements.txt
 	$(PY) -m pip install -q -r requirements.txt
 	touch $@
 
-# Boot a throw-away node (qemu VM on 127.0.0.1), deploy it, and run the conformance suite.
+# Boot a throw-away node (qemu VM on 127.0.0.1) whose registries go through a local TLS mirror
+# with auth, deploy it, run the conformance suite (pulling nginx through the mirror and serving
+# it from a pod), then the install guide's own nginx commands on the node.
 demo: deps
-	$(PY) -m tests.harness up $(DEMO_NODE)
+	$(PY) -m tests.harness up --registry $(DEMO_NODE)
 	$(PY) -m pyinfra inventories/local.py deploy.py -y --limit $(DEMO_NODE)
-	$(PY) -m pytest -p no:cacheprovider tests/conformance --hosts=ssh://$(DEMO_NODE) --ssh-config=.nodes/ssh_config -v
+	$(PY) -m pytest -p no:cacheprovider tests/conformance --hosts=ssh://$(DEMO_NODE) --ssh-config=.nodes/ssh_config -v \
+	  --pull-image=docker.io/library/nginx:alpine --serve-port=80
+	$(PY) -m tests.harness guide-nginx $(DEMO_NODE)
 	@echo "the node keeps running: ssh -F .nodes/ssh_config $(DEMO_NODE); stop it with: make down"
 
 lint: deps

@@ -24,6 +24,12 @@ def pytest_addoption(parser):
                     help="the runc version the node must have (default: what the deploy recorded)")
     group.addoption("--expect-runtime-handlers", default="",
                     help="comma-separated CRI runtime handlers the node must offer, e.g. runc,crun")
+    group.addoption("--pull-image", action="append", default=[], metavar="REF",
+                    help="pull REF through the node's configured registries via the CRI, as a kubelet would, "
+                         "and report time and bytes (repeatable; off by default)")
+    group.addoption("--serve-port", type=int, default=None, metavar="PORT",
+                    help="with --pull-image: run each pulled image in a host-network pod and GET "
+                         "http://127.0.0.1:PORT/ on the node (e.g. 80 for nginx)")
 
 
     group.addoption("--inventory", default=None,

@@ -4,6 +4,8 @@ import posixpath
 
 import pytest
 
+from .cri import CRI, Forward, ForwardError
+
 
 class Layout:
     def __init__(self, config):
@@ -45,3 +47,23 @@ def expected_versions(host, layout):
             "with containerd-deploy (it records them in /var/lib/containerd-deploy/*.manifest)"
         )
     return containerd, runc
+
+
+@pytest.fixture(scope="module")
+def cri(host):
+    try:
+        forward = Forward(host)
+    except ForwardError as error:
+        pytest.fail(str(error))
+    client = CRI(forward.path)
+    yield client
+    client.close()
+    forward.close()
+
+
+PULLS = pytest.StashKey[list]()  # one line per --pull-image, printed at the end of the run
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    for line in config.stash.get(PULLS, []):
+        terminalreporter.write_line(line)

@@ -14,10 +14,13 @@ import shlex
 import subprocess
 import tempfile
 import time
+import uuid
 
 import grpc
 from cri_api.v1 import api_pb2 as api
 from cri_api.v1 import api_pb2_grpc as rpc
+
+from . import oci
 
 SOCKET = "/run/containerd/containerd.sock"
 
@@ -174,3 +177,58 @@ def sandbox_image(config: dict) -> str | None:
         return config["sandboxImage"]
     pinned = config.get("pinnedImages") or {}
     return pinned.get("sandbox")
+
+
+class Pod:
+    """A pod sandbox with one long-running container, made and removed through the CRI."""
+
+    def __init__(self, cri: "CRI", handler: str = "", image: str = oci.IMAGE_NAME,
+                 command: tuple[str, ...] | None = ("/bin/sleep", "3600")):
+        """`command` None: the image's own entrypoint and command."""
+        self.cri, self.handler, self.image, self.command = cri, handler, image, command
+        self.uid = uuid.uuid4().hex  # kubelet writes pod UIDs into slice names without dashes
+        self.slice = f"kubepods-besteffort-pod{self.uid}.slice"
+        self.sandbox_config = api.PodSandboxConfig(
+            metadata=api.PodSandboxMetadata(name=f"conformance-{self.uid[:8]}", uid=self.uid,
+                                            namespace="containerd-deploy-conformance", attempt=0),
+            linux=api.LinuxPodSandboxConfig(
+                cgroup_parent=self.slice,
+                # Host network: no CNI needed, the node may have none yet.
+                security_context=api.LinuxSandboxSecurityContext(
+                    namespace_options=api.NamespaceOption(network=api.NODE)),
+            ),
+        )
+        self.sandbox_id = self.container_id = None
+
+    def start(self) -> "Pod":
+        self.sandbox_id = self.cri.call(self.cri.runtime, "RunPodSandbox", api.RunPodSandboxRequest(
+            config=self.sandbox_config, runtime_handler=self.handler)).pod_sandbox_id
+        container = api.ContainerConfig(
+            metadata=api.ContainerMetadata(name="probe", attempt=0),
+            image=api.ImageSpec(image=self.image),
+            command=list(self.command or ()),
+            linux=api.LinuxContainerConfig(),
+        )
+        self.container_id = self.cri.call(self.cri.runtime, "CreateContainer", api.CreateContainerRequest(
+            pod_sandbox_id=self.sandbox_id, config=container, sandbox_config=self.sandbox_config)).container_id
+        self.cri.call(self.cri.runtime, "StartContainer", api.StartContainerRequest(container_id=self.container_id))
+        return self
+
+    def exec(self, *command: str):
+        return self.cri.call(self.cri.runtime, "ExecSync",
+                             api.ExecSyncRequest(container_id=self.container_id, cmd=list(command), timeout=30))
+
+    def pid(self) -> int:
+        status = self.cri.call(self.cri.runtime, "ContainerStatus",
+                               api.ContainerStatusRequest(container_id=self.container_id, verbose=True))
+        assert status.status.state == api.CONTAINER_RUNNING, f"the container is {status.status.state}, not running"
+        return int(json.loads(status.info["info"])["pid"])
+
+    def remove(self) -> None:
+        runtime = self.cri.runtime
+        if self.container_id:
+            self.cri.call(runtime, "StopContainer", api.StopContainerRequest(container_id=self.container_id, timeout=5))
+            self.cri.call(runtime, "RemoveContainer", api.RemoveContainerRequest(container_id=self.container_id))
+        if self.sandbox_id:
+            self.cri.call(runtime, "StopPodSandbox", api.StopPodSandboxRequest(pod_sandbox_id=self.sandbox_id))
+            self.cri.call(runtime, "RemovePodSandbox", api.RemovePodSandboxRequest(pod_sandbox_id=self.sandbox_id))

@@ -57,12 +57,17 @@ def build(busybox_path: Path = BUSYBOX, name: str = IMAGE_NAME, arch: str = "amd
             f"{busybox_path} not found: the conformance suite builds its test image from a static "
             "busybox on this machine (Debian/Ubuntu: apt-get install busybox-static)"
         )
-    layer = _layer(busybox_path.read_bytes())
+    return layout_tarball(_layer(busybox_path.read_bytes()), name, arch, {"Env": ["PATH=/bin"], "Cmd": command or ["/bin/sh"]})
+
+
+def layout_tarball(layer: bytes, name: str, arch: str, image_config: dict) -> bytes:
+    """The OCI layout tarball (bytes) of a one-layer image: `layer` is an uncompressed tar,
+    `image_config` the image's runtime config (Env, Cmd, ExposedPorts, ...)."""
     layer_gz = gzip.compress(layer, mtime=0)
     config = {
         "architecture": arch,
         "os": "linux",
-        "config": {"Env": ["PATH=/bin"], "Cmd": command or ["/bin/sh"]},
+        "config": image_config,
         "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(layer).hexdigest()]},
     }
     out = io.BytesIO()

@@ -5,36 +5,22 @@ checks ask the daemon itself, then walk the kubelet's path: a pod sandbox under 
 slice, a container in it, an exec, and the container's process in a systemd scope.
 """
 
-import json
 import shlex
 import uuid
 
 import pytest
-from cri_api.v1 import api_pb2 as api
 
 from tasks.config_toml import PATHS, value_at
 from tasks.facts import missing_binaries_lines
 from tasks.verify import kubelet_cgroup_driver, missing_binary_problem, release_version, runtime_binaries
 
 from . import oci
-from .cri import CRI, Forward, ForwardError, cri_config, runtime_handlers, sandbox_image, systemd_cgroup
+from .cri import Pod, cri_config, runtime_handlers, sandbox_image, systemd_cgroup
 from .images import import_image
 
 K8S_NAMESPACE = "k8s.io"  # the containerd namespace the CRI plugin works in
 FIX_SYSTEMD = ("deploy with containerd_systemd_cgroup=true (SystemdCgroup = true in the runc runtime "
                "options) and restart containerd")
-
-
-@pytest.fixture(scope="module")
-def cri(host):
-    try:
-        forward = Forward(host)
-    except ForwardError as error:
-        pytest.fail(str(error))
-    client = CRI(forward.path)
-    yield client
-    client.close()
-    forward.close()
 
 
 @pytest.fixture(scope="module")
@@ -97,59 +83,6 @@ def test_kubelet_cgroup_driver_matches(host, daemon_config):
     assert driver == containerd, (
         f"kubelet's cgroupDriver is {driver} but containerd's runc uses {containerd}: set both to systemd "
         "(kubelet cgroupDriver: systemd; containerd_systemd_cgroup=true)")
-
-
-class Pod:
-    """A pod sandbox with one long-running container, made and removed through the CRI."""
-
-    def __init__(self, cri: CRI, handler: str = ""):
-        self.cri, self.handler = cri, handler
-        self.uid = uuid.uuid4().hex  # kubelet writes pod UIDs into slice names without dashes
-        self.slice = f"kubepods-besteffort-pod{self.uid}.slice"
-        self.sandbox_config = api.PodSandboxConfig(
-            metadata=api.PodSandboxMetadata(name=f"conformance-{self.uid[:8]}", uid=self.uid,
-                                            namespace="containerd-deploy-conformance", attempt=0),
-            linux=api.LinuxPodSandboxConfig(
-                cgroup_parent=self.slice,
-                # Host network: no CNI needed, the node may have none yet.
-                security_context=api.LinuxSandboxSecurityContext(
-                    namespace_options=api.NamespaceOption(network=api.NODE)),
-            ),
-        )
-        self.sandbox_id = self.container_id = None
-
-    def start(self) -> "Pod":
-        self.sandbox_id = self.cri.call(self.cri.runtime, "RunPodSandbox", api.RunPodSandboxRequest(
-            config=self.sandbox_config, runtime_handler=self.handler)).pod_sandbox_id
-        container = api.ContainerConfig(
-            metadata=api.ContainerMetadata(name="probe", attempt=0),
-            image=api.ImageSpec(image=oci.IMAGE_NAME),
-            command=["/bin/sleep", "3600"],
-            linux=api.LinuxContainerConfig(),
-        )
-        self.container_id = self.cri.call(self.cri.runtime, "CreateContainer", api.CreateContainerRequest(
-            pod_sandbox_id=self.sandbox_id, config=container, sandbox_config=self.sandbox_config)).container_id
-        self.cri.call(self.cri.runtime, "StartContainer", api.StartContainerRequest(container_id=self.container_id))
-        return self
-
-    def exec(self, *command: str):
-        return self.cri.call(self.cri.runtime, "ExecSync",
-                             api.ExecSyncRequest(container_id=self.container_id, cmd=list(command), timeout=30))
-
-    def pid(self) -> int:
-        status = self.cri.call(self.cri.runtime, "ContainerStatus",
-                               api.ContainerStatusRequest(container_id=self.container_id, verbose=True))
-        assert status.status.state == api.CONTAINER_RUNNING, f"the container is {status.status.state}, not running"
-        return int(json.loads(status.info["info"])["pid"])
-
-    def remove(self) -> None:
-        runtime = self.cri.runtime
-        if self.container_id:
-            self.cri.call(runtime, "StopContainer", api.StopContainerRequest(container_id=self.container_id, timeout=5))
-            self.cri.call(runtime, "RemoveContainer", api.RemoveContainerRequest(container_id=self.container_id))
-        if self.sandbox_id:
-            self.cri.call(runtime, "StopPodSandbox", api.StopPodSandboxRequest(pod_sandbox_id=self.sandbox_id))
-            self.cri.call(runtime, "RemovePodSandbox", api.RemovePodSandboxRequest(pod_sandbox_id=self.sandbox_id))
 
 
 @pytest.fixture(scope="module")

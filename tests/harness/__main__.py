@@ -1,6 +1,7 @@
 """Local throw-away nodes and their artifact mirror, for `make demo`, the tests and by hand.
 
-    python -m tests.harness up [--suite bookworm] [NAME ...]   # boot nodes (default: node1)
+    python -m tests.harness up [--suite bookworm] [--registry] [NAME ...]   # boot nodes (default: node1)
+    python -m tests.harness guide-nginx NAME    # the install guide's nginx check, typed on the node
     python -m tests.harness status
     python -m tests.harness down [NAME ...]                   # stop nodes (default: all)
 
@@ -18,7 +19,7 @@ import sys
 import time
 import urllib.request
 
-from . import image, mirror, vm
+from . import image, mirror, registry, vm
 from .paths import REPO_ROOT, run_root
 from ..conformance.oci import PAUSE_IMAGE_NAME
 
@@ -69,6 +70,7 @@ def stop_mirror() -> None:
     if info:
         os.kill(info["pid"], signal.SIGTERM)
     (run_root() / MIRROR_STATE).unlink(missing_ok=True)
+    registry.stop()
 
 
 def stop_mirror_if_idle() -> None:
@@ -79,6 +81,7 @@ def stop_mirror_if_idle() -> None:
             if info:
                 os.kill(info["pid"], signal.SIGTERM)
             (run_root() / MIRROR_STATE).unlink(missing_ok=True)
+            registry.stop()
 
 
 def node_data(release: mirror.Release, mirror_port: int) -> dict:
@@ -94,10 +97,19 @@ def node_data(release: mirror.Release, mirror_port: int) -> dict:
     }
 
 
-def up(names: list[str], suite: str, release_suite: str | None = None, kernel_args: tuple = ()) -> list[vm.Node]:
+def registry_data(info: dict) -> dict:
+    """pyinfra data that makes the harness's TLS registry the mirror of docker.io and
+    registry.k8s.io, with the sandbox image pinned there (as on a kubelet node)."""
+    return {"containerd_registries": registry.node_registries(info),
+            "containerd_sandbox_image": registry.PAUSE_REFERENCE}
+
+
+def up(names: list[str], suite: str, release_suite: str | None = None, kernel_args: tuple = (),
+       with_registry: bool = False) -> list[vm.Node]:
     """Boot nodes of a Debian `suite` image, with data for the containerd and runc that
     `release_suite` ships (default: the same suite; sid's binaries need a trixie image), and
-    `kernel_args` on the kernel's command line."""
+    `kernel_args` on the kernel's command line. `with_registry`: the node pulls docker.io and
+    registry.k8s.io images through the harness's registry (its CA is put on the node)."""
     built = image.build(suite)
     release = mirror.release(release_suite or suite)
     nodes = []
@@ -106,7 +118,11 @@ def up(names: list[str], suite: str, release_suite: str | None = None, kernel_ar
         node = vm.start(name, built, kernel_args=tuple(kernel_args))
         # Asked for once the node runs: a mirror is only stopped when no node runs.
         port = ensure_mirror()["port"]
-        vm.replace_file(vm.node_dir(name) / "data.json", json.dumps(node_data(release, port)))
+        data = node_data(release, port)
+        if with_registry:
+            data.update(registry_data(registry.ensure()))
+            registry.install_ca(node)
+        vm.replace_file(vm.node_dir(name) / "data.json", json.dumps(data))
         print(f"{name}: ssh root@127.0.0.1 -p {node.port} (up in {time.monotonic() - started:.1f}s)", flush=True)
         nodes.append(node)
     return nodes
@@ -120,6 +136,33 @@ def down(names: list[str]) -> None:
         stop_mirror()
 
 
+GUIDE_NGINX = [
+    # The install guide's last step as an operator types it; ctr reads hosts.toml only when told.
+    f"ctr image pull --hosts-dir /etc/containerd/certs.d {registry.NGINX_REFERENCE}",
+    f"ctr run -d --net-host {registry.NGINX_REFERENCE} nginx",
+    "for i in $(seq 30); do curl -fsS http://127.0.0.1:80/ && break; sleep 1; done | grep '<title>'",
+]
+
+
+def guide_nginx(name: str) -> int:
+    """Run the guide's nginx commands on a node, print them with their output, clean up."""
+    node = vm.load(name)
+    if node is None:
+        print(f"{name} is not running (python -m tests.harness up {name})", file=sys.stderr)
+        return 1
+    try:
+        for command in GUIDE_NGINX:
+            print(f"{name}# {command}", flush=True)
+            result = node.ssh(command, check=False)
+            # ctr pull redraws a progress table: its last lines are the summary.
+            print("\n".join((result.stdout + result.stderr).strip().splitlines()[-3:]), flush=True)
+            if result.returncode:
+                return result.returncode
+        return 0
+    finally:
+        node.ssh("ctr task kill nginx; sleep 1; ctr task rm -f nginx; ctr container rm nginx", check=False)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.harness")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -130,6 +173,10 @@ def main(argv=None) -> int:
                            help="Debian suite whose containerd and runc the node gets (default: --suite)")
     up_parser.add_argument("--kernel-arg", action="append", default=[], dest="kernel_args",
                            help="add to the kernel command line, e.g. systemd.unified_cgroup_hierarchy=0")
+    up_parser.add_argument("--registry", action="store_true", dest="with_registry",
+                           help="pull docker.io and registry.k8s.io images through the harness's TLS registry")
+    guide = commands.add_parser("guide-nginx", help="the install guide's nginx pull/run/curl on a node")
+    guide.add_argument("name")
     down_parser = commands.add_parser("down", help="stop local nodes (all by default)")
     down_parser.add_argument("names", nargs="*")
     commands.add_parser("status", help="list running nodes")
@@ -138,7 +185,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "up":
-        up(args.names, args.suite, args.release, tuple(args.kernel_args))
+        up(args.names, args.suite, args.release, tuple(args.kernel_args), args.with_registry)
+    elif args.command == "guide-nginx":
+        return guide_nginx(args.name)
     elif args.command == "down":
         down(args.names)
     elif args.command == "status":
