@@ -35,6 +35,7 @@ demo: deps
 
 lint: deps
 	$(VENV)/bin/ruff check deploy.py tasks tests bench inventories group_data
+	$(VENV)/bin/mypy
 
 # Lint and unit tests first (they fail before any VM boots), then deploy + conformance +
 # idempotency + refusals on real VMs: three node generations (Debian 12 + containerd 1.6,

@@ -10,9 +10,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from . import resource
 from .settings import DataError, Settings
 
-CHECKSUMS_FILE = Path(__file__).resolve().parent.parent / "files" / "checksums.toml"
+CHECKSUMS_FILE = Path(str(resource("checksums.toml")))
 
 
 @dataclass(frozen=True)

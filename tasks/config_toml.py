@@ -20,7 +20,7 @@ _CRI_IMAGES = ("plugins", "io.containerd.cri.v1.images")
 _CRI_RUNTIME = ("plugins", "io.containerd.cri.v1.runtime")
 
 # Where each setting lives, by config schema version.
-PATHS = {
+PATHS: dict[str, dict[int, tuple[str, ...]]] = {
     "runtimes": {2: _CRI_V2 + ("containerd", "runtimes"), 3: _CRI_RUNTIME + ("containerd", "runtimes")},
     "sandbox_image": {2: _CRI_V2 + ("sandbox_image",), 3: _CRI_IMAGES + ("pinned_images", "sandbox")},
     "registry": {2: _CRI_V2 + ("registry",), 3: _CRI_IMAGES + ("registry",)},
@@ -111,8 +111,9 @@ def _indent_like_siblings(table, key: str) -> None:
     """Give an inserted key the indentation of the keys beside it (cosmetic, for humans)."""
     container = table.value if isinstance(table, Table) else table
     for sibling, item in container.body:
-        if sibling is not None and sibling.key != key and not isinstance(item, Table):
-            container.item(key).trivia.indent = item.trivia.indent
+        inserted = container.item(key)
+        if sibling is not None and sibling.key != key and not isinstance(item, Table) and isinstance(inserted, Item):
+            inserted.trivia.indent = item.trivia.indent
             return
 
 

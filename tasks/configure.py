@@ -2,21 +2,21 @@
 
 import hashlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.api.exceptions import DeployError
 
-from . import registries
+from . import registries, resource
 from .config_toml import ConfigError, Knobs, render, runc_systemd_cgroup
 from .facts import ContainerdDefaultConfig, NodeState
 from .install import CRICTL_CONFIG
 from .operations import file_absent, file_content
 from .settings import DEFAULTS, DataError, Settings, has_credentials
 
-UNIT_TEMPLATE = Path(__file__).resolve().parent.parent / "files" / "containerd.service"
+UNIT_TEMPLATE = resource("containerd.service")
 PROXY_DROPIN = "http-proxy.conf"
 DROPIN_HEADER = "# Managed by containerd-deploy (data keys containerd_*_proxy): edits here are overwritten.\n"
 
@@ -154,11 +154,11 @@ def configure_containerd(settings: Settings, node: NodeState, binaries_current: 
     base = config_base(settings, node, binaries_current)
     if base is not None:
         # Computed now, before any operation runs: a broken file stops the deploy unchanged.
-        config = desired_config(settings, base)
+        config: str | Callable[[], str] = desired_config(settings, base)
     else:
-        rendered = {}
+        rendered: dict[str, str] = {}
 
-        def config():
+        def rendered_config() -> str:
             if not host.state.is_executing:
                 return "(from the containerd config default of the binary this run installs)\n"
             if "text" not in rendered:  # read once, for the write and for the verify step
@@ -167,6 +167,8 @@ def configure_containerd(settings: Settings, node: NodeState, binaries_current: 
                     raise DeployError(f"{settings.host}: {settings.containerd_bin_dir}/containerd config default printed nothing")
                 rendered["text"] = desired_config(settings, defaults)
             return rendered["text"]
+
+        config = rendered_config
 
     config_op = file_content(
         name=f"Write {settings.containerd_config_path}",

@@ -8,6 +8,7 @@ daemon reports.
 """
 
 import base64
+import posixpath
 import shlex
 from dataclasses import dataclass, field
 
@@ -358,7 +359,8 @@ def node_state_command(bin_dir: str, config_path: str, unit_path: str, state_dir
         # line-based fact output.
         f"[ -f {q(config_path)} ] && base64 -w0 {q(config_path)} && echo",
         f'echo "{SECTION}service"',
-        *service_lines("containerd.service", "-p ActiveState -p UnitFileState -p MainPID -p NeedDaemonReload"),
+        # The unit the operations install and start: named by containerd_unit_path.
+        *service_lines(q(posixpath.basename(unit_path)), "-p ActiveState -p UnitFileState -p MainPID -p NeedDaemonReload"),
         *daemon_process_lines(loaded),
         f'echo "{SECTION}ctr"',
         f"[ -x {ctr} ] && [ -S /run/containerd/containerd.sock ] && timeout 10 {ctr} version 2>&1",
@@ -392,7 +394,7 @@ def _decode(lines: list[str]) -> str | None:
 
 def parse_ctr_version(lines: list[str]) -> tuple[str | None, str | None]:
     """(client, server) versions from `ctr version` output; server is None if it did not answer."""
-    versions = {}
+    versions: dict[str, str] = {}
     section = None
     for line in lines:
         stripped = line.strip()

@@ -10,6 +10,7 @@ import secrets
 import shlex
 from collections.abc import Callable, Iterator
 from io import StringIO
+from typing import IO
 
 from pyinfra import host, logger
 from pyinfra.api import FileUploadCommand, FunctionCommand, StringCommand, operation
@@ -27,7 +28,7 @@ q = shlex.quote
 
 def _escalated() -> bool:
     """Whether this operation's commands run through sudo/doas/su (so uploads go via the login user)."""
-    arguments = host.current_op_global_arguments or {}
+    arguments: dict = dict(host.current_op_global_arguments or {})
     return bool(arguments.get("_sudo") or arguments.get("_doas") or arguments.get("_su_user"))
 
 
@@ -36,7 +37,7 @@ def upload_directory() -> str:
     return f"{UPLOAD_DIR_PREFIX}{secrets.token_hex(12)}"
 
 
-def private_uploads(files: list[tuple[object, str]], upload_dir: str) -> Iterator[PyinfraCommand]:
+def private_uploads(files: list[tuple[str | IO, str]], upload_dir: str) -> Iterator[PyinfraCommand]:
     """Upload each (source, root-only path) pair. Logged in as root, straight to the path.
     Through sudo, pyinfra's SFTP writes as the login user, then copies as root: the copy goes
     through `upload_dir`, made here by the login user itself (0700, so no other user reads a
@@ -44,7 +45,8 @@ def private_uploads(files: list[tuple[object, str]], upload_dir: str) -> Iterato
     The caller removes `upload_dir` (as root) when the files are in place."""
     escalated = _escalated()
     if escalated:
-        yield StringCommand("mkdir", "-m", "700", q(upload_dir), _sudo=False, _doas=False, _su_user=None)
+        # _su_user="" (falsy): pyinfra's default, which its type hint does not admit as None.
+        yield StringCommand("mkdir", "-m", "700", q(upload_dir), _sudo=False, _doas=False, _su_user="")
     for index, (source, path) in enumerate(files):
         yield FileUploadCommand(source, path, remote_temp_filename=f"{upload_dir}/{index}" if escalated else None)
 
@@ -73,7 +75,7 @@ def _fetch_into_cache(state, host, cache_dir: str, artifacts: list[Artifact]) ->
 
 @operation()
 def release_files_fetched(artifacts: list[Artifact], staging_dir: str, cache_dir: str | None = None,
-                          leftovers: list[str] = ()):
+                          leftovers: list[str] | tuple = ()):
     """
     Get every release file a run installs into the node's staging directory, each verified,
     before any is installed: a bad or missing file stops the run with no final path changed.
@@ -97,11 +99,11 @@ def release_files_fetched(artifacts: list[Artifact], staging_dir: str, cache_dir
     if not artifacts and not leftovers:
         host.noop("no release file to fetch")
         return
-    if cache_dir is None and artifacts:
-        yield fetch_artifacts_script(artifacts, staging_dir)  # it locks staging down and removes leftovers first
-        return
     if not artifacts:
         yield remove_staging_leftovers_script(staging_dir)
+        return
+    if cache_dir is None:
+        yield fetch_artifacts_script(artifacts, staging_dir)  # it locks staging down and removes leftovers first
         return
     yield FunctionCommand(_fetch_into_cache, (cache_dir, artifacts), {})
     yield remove_staging_leftovers_script(staging_dir, keep=True)

@@ -50,6 +50,7 @@ def _check_mirror(host: str, registry: str, mirror) -> None:
         raise DataError(host, KEY, f"has a mirror of {registry!r} that is a {type(mirror).__name__}, not a mapping", FIX)
     shown = _mirror_host(mirror)
     url = mirror.get("host")
+    url = url if isinstance(url, str) else ""
     try:
         parts = urllib.parse.urlsplit(url) if _printable(url) else None
     except ValueError:

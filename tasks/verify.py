@@ -76,7 +76,7 @@ def configured_runtimes(config_text: str | None, containerd_version) -> dict:
     except ConfigError:
         return {}
     path = PATHS["runtimes"].get(schema)
-    runtimes = value_at(config_text, path) if path else None
+    runtimes = value_at(config_text, path) if path and config_text else None
     return runtimes if isinstance(runtimes, dict) else {}
 
 

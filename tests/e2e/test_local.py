@@ -1,6 +1,9 @@
-"""`pyinfra @local deploy.py` on the node itself, as root (a machine provisioning itself, as from
-cloud-init): it deploys and verifies, reruns with no change, and takes the node's run lock for
-its own process: with another run holding it, it waits and stops, never goes on unguarded."""
+"""`pyinfra @local` on the node itself, as root (a machine provisioning itself, as from
+cloud-init), with the deploy installed from its wheel into a venv of its own: an operator's
+deploy file (`from containerd_deploy import containerd_node`) deploys and verifies; the CLI
+form `pyinfra @local containerd_deploy.containerd_node` reruns with no change; the run takes the
+node's run lock for its own process: with another run holding it, it waits and stops, never
+goes on unguarded."""
 
 import json
 import shlex
@@ -22,11 +25,12 @@ def node():
     harness.down([NAME])
 
 
-def run_local(node: vm.Node, timeout: float = 900):
-    """pyinfra @local on the node, with the data the harness gives its nodes; (process, JSON results)."""
+def run_local(node: vm.Node, operations: str = "deploy.py", timeout: float = 900):
+    """pyinfra @local on the node (in the operator's site directory, no checkout), with the data
+    the harness gives its nodes; (process, JSON results)."""
     data = json.loads((vm.node_dir(NAME) / "data.json").read_text())
     arguments = " ".join(f"--data {shlex.quote(f'{key}={value}')}" for key, value in data.items())
-    process = node.ssh(f"cd {on_node.CHECKOUT} && {on_node.VENV}/bin/pyinfra -y --json @local deploy.py {arguments}",
+    process = node.ssh(f"cd {on_node.SITE} && {on_node.VENV}/bin/pyinfra -y --json @local {operations} {arguments}",
                        check=False, timeout=timeout)
     try:
         results = json.loads(process.stdout)
@@ -47,8 +51,10 @@ def test_a_node_deploys_itself_and_reruns_with_no_change(node):
     client, server = [line.split(":", 1)[1].strip() for line in versions.splitlines() if "Version:" in line][:2]
     assert client == server
     pid = node.ssh("systemctl show -p MainPID --value containerd").stdout.strip()
+    assert node.ssh(f"test ! -e {on_node.SITE}/tasks && {on_node.VENV}/bin/pip show containerd-deploy").returncode == 0
 
-    process, results = run_local(node)
+    # The CLI form, without any deploy file: pyinfra imports the installed package's deploy.
+    process, results = run_local(node, "containerd_deploy.containerd_node")
     assert process.returncode == 0 and changed(results) == [], process.stderr[-3000:]
     assert node.ssh("systemctl show -p MainPID --value containerd").stdout.strip() == pid
 

@@ -169,8 +169,8 @@ def release(suite: str) -> Release:
         tarball = containerd_tarball_path(containerd_version)
         runc = runc_binary_path(runc_version)
         if not tarball.exists() or not runc.exists():
-            with tempfile.TemporaryDirectory() as work:
-                work = Path(work)
+            with tempfile.TemporaryDirectory() as scratch:
+                work = Path(scratch)
                 for deb in debs.values():
                     subprocess.run(["dpkg-deb", "-x", str(deb), str(work)], check=True)
                 binaries = {
@@ -200,8 +200,8 @@ def cni_release(suite: str) -> CniRelease:
         version = _upstream_version(deb)
         tarball = cni_plugins_path(version)
         if not tarball.exists():
-            with tempfile.TemporaryDirectory() as work:
-                work = Path(work)
+            with tempfile.TemporaryDirectory() as scratch:
+                work = Path(scratch)
                 subprocess.run(["dpkg-deb", "-x", str(deb), str(work)], check=True)
                 plugins = {f"./{path.name}": path for path in (work / "usr/lib/cni").iterdir() if path.is_file()}
                 _publish_targz(plugins, tarball, tarball.name + ".sha256")

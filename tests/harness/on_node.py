@@ -1,23 +1,31 @@
-"""pyinfra and this deploy on a test node itself, for `pyinfra @local deploy.py` (a machine that
-provisions itself, as from cloud-init).
+"""pyinfra and this deploy, installed as a package, on a test node itself: a machine that
+provisions itself (as from cloud-init) with a deploy file of its operator's own.
 
-The node reaches no package index: the controller downloads the wheels of the versions it runs
-itself (for the node's Python, the image's python3) once into the cache, and copies them and
-the deploy's files to the node over SSH.
+The node reaches no package index: the controller builds this tree's wheel (containerd-deploy,
+importable as `containerd_deploy`), downloads the wheels of the versions it runs itself (for
+the node's Python, the image's python3) once into the cache, and copies them over SSH; the node
+pip-installs the package into a fresh venv, as a user would from an index.
 """
 
 import fcntl
 import io
+import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 from pathlib import Path
 
 from .paths import REPO_ROOT, cache_root, digest
 
-DEPLOY_FILES = ("deploy.py", "tasks", "files")
+PACKAGE_FILES = ("pyproject.toml", "README.md", "LICENSE", "tasks")  # what the wheel is built from
 VENV = "/opt/pyinfra"
-CHECKOUT = "/opt/containerd-deploy"
+SITE = "/root/site"  # the operator's own deploy files, outside any checkout
+USER_DEPLOY = """\
+from containerd_deploy import containerd_node
+
+containerd_node()
+"""
 
 
 def _pins() -> str:
@@ -46,6 +54,23 @@ def wheels(python_tag: str = "cp311") -> Path:
     return directory
 
 
+def build_wheel(into: Path) -> Path:
+    """This tree's wheel, built from a copy of what it is made of (no build/ left in the tree)."""
+    with tempfile.TemporaryDirectory() as work:
+        source = Path(work) / "src"
+        for name in PACKAGE_FILES:
+            path = REPO_ROOT / name
+            if path.is_dir():  # tasks/files is a link to files/: the copy holds the files themselves
+                shutil.copytree(path, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                source.mkdir(exist_ok=True)
+                shutil.copy(path, source / name)
+        subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(into), str(source)],
+                       check=True, capture_output=True)
+    (wheel,) = into.glob("containerd_deploy-*.whl")
+    return wheel
+
+
 def _tar(paths: dict[str, Path]) -> bytes:
     """A tarball of `paths` (name in the archive -> local path), without caches."""
     buffer = io.BytesIO()
@@ -56,11 +81,13 @@ def _tar(paths: dict[str, Path]) -> bytes:
 
 
 def install(node) -> None:
-    """pyinfra in a venv at VENV, and the deploy's files at CHECKOUT, on `node` (a vm.Node)."""
-    found = wheels()
-    archive = _tar({"wheels": found, **{f"deploy/{name}": REPO_ROOT / name for name in DEPLOY_FILES}})
-    script = (f"set -e; rm -rf /opt/node-setup {CHECKOUT}; mkdir -p /opt/node-setup; tar -xf - -C /opt/node-setup; "
-              f"mv /opt/node-setup/deploy {CHECKOUT}; "
-              f"[ -x {VENV}/bin/pyinfra ] || {{ python3 -m venv {VENV} && {VENV}/bin/pip install -q --no-index "
-              f"--find-links /opt/node-setup/wheels pyinfra tomlkit packaging; }}; rm -rf /opt/node-setup")
+    """The containerd-deploy wheel (with pyinfra and its dependencies) in a fresh venv at VENV,
+    and an operator's deploy file at SITE/deploy.py that imports it, on `node` (a vm.Node)."""
+    with tempfile.TemporaryDirectory() as work:
+        package = build_wheel(Path(work))
+        archive = _tar({"wheels": wheels(), f"package/{package.name}": package})
+    script = (f"set -e; rm -rf /opt/node-setup {VENV} {SITE}; mkdir -p /opt/node-setup {SITE}; "
+              f"tar -xf - -C /opt/node-setup; python3 -m venv {VENV}; "
+              f"{VENV}/bin/pip install -q --no-index --find-links /opt/node-setup/wheels /opt/node-setup/package/*.whl; "
+              f"rm -rf /opt/node-setup; cat > {SITE}/deploy.py <<'CONTAINERD_DEPLOY_EOF'\n{USER_DEPLOY}CONTAINERD_DEPLOY_EOF")
     subprocess.run(node.ssh_command(script), input=archive, check=True, capture_output=True, timeout=900)

@@ -25,7 +25,7 @@ class QMP:
         self.command("qmp_capabilities")
 
     def command(self, name: str, **arguments):
-        message = {"execute": name}
+        message: dict[str, object] = {"execute": name}
         if arguments:
             message["arguments"] = arguments
         self.sock.sendall(json.dumps(message).encode() + b"\n")

@@ -220,8 +220,8 @@ def stop(info: dict | None = None) -> None:
 
 
 def _push_images(port: int) -> None:
-    with tempfile.TemporaryDirectory() as work:
-        work = Path(work)
+    with tempfile.TemporaryDirectory() as scratch:
+        work = Path(scratch)
         images = {
             NGINX_IMAGE: nginx_image(),
             PAUSE_IMAGE: oci.build(name=PAUSE_REFERENCE, command=oci.PAUSE_COMMAND),

@@ -211,6 +211,27 @@ def test_the_node_fact_finds_what_runs_cut_short_left_beside_the_deploys_files(t
     assert sorted(found) == sorted(str(path) for path in leftovers)
 
 
+def test_the_node_fact_asks_systemd_about_the_unit_the_deploy_installs(tmp_path):
+    """Regression: the fact asked about containerd.service while the operations installed and
+    started the unit named by containerd_unit_path (so a renamed unit was never seen running)."""
+    from tasks.facts import node_state_command
+
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "systemctl").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path}/systemctl-calls\n"
+                                    "echo ActiveState=active; echo MainPID=0\n")
+    (fake / "systemctl").chmod(0o755)
+    unit = tmp_path / "etc" / "containerd-k8s.service"
+    command = node_state_command(str(tmp_path / "bin-none"), str(tmp_path / "config.toml"), str(unit),
+                                 str(tmp_path / "state"))
+    result = subprocess.run(["sh", "-c", command], capture_output=True, text=True,
+                            env={"PATH": f"{fake}:/usr/bin:/bin"})
+    calls = (tmp_path / "systemctl-calls").read_text()
+    assert "show containerd-k8s.service " in calls, calls
+    assert "containerd.service" not in calls
+    assert parse_node_state(result.stdout.splitlines()).service.get("ActiveState") == "active"
+
+
 def test_through_sudo_the_lock_holder_learns_the_connection_from_the_login_shell(tmp_path):
     """sudo resets the environment: without this the holder got no SSH_CONNECTION and could not
     stop what a dropped sudo run left running."""

@@ -1,0 +1,108 @@
+"""The deploy's flow on fake node states, with no host: pyinfra prepares `containerd_node` for
+one inventory host whose ContainerdNode fact is a NodeState built here, and the test reads
+which operations were added, which would change, and the commands they would run.
+
+`converged(settings)` is a node exactly as this deploy leaves it (binaries by manifest, the
+config, the unit, the service active and enabled, the daemon at the installed version);
+tests derive drifted nodes from it.
+"""
+
+import dataclasses
+import hashlib
+import time
+from pathlib import Path
+
+from pyinfra.api import Config, Inventory, State, StringCommand
+from pyinfra.context import ctx_host, ctx_state
+
+import tasks.node as flow
+from tasks import artifacts
+from tasks.configure import desired_config, unit_text
+from tasks.facts import Manifest, NodeState
+from tasks.settings import resolve
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "config"
+DEFAULT_CONFIGS = {1: "default-1.7.24.toml", 2: "default-2.1.9.toml"}
+
+
+def no_fetch(*args, **kwargs):
+    raise AssertionError("the flow asked a release server for a checksum it has pinned")
+
+
+def settings_for(data: dict | None = None):
+    return resolve("node1", dict(data or {}))
+
+
+def converged(settings, arch: str = "amd64") -> NodeState:
+    """The node as this deploy leaves it with `settings`."""
+    wanted = artifacts.resolve(settings, arch, published=no_fetch)
+    manifests = {}
+    for component, artifact in wanted.items():
+        dest = artifacts.destination(settings, artifact)
+        path = f"{dest}/{component}" if artifact.layout.tarball else dest
+        files = {path: "0 1 755 root:root"}
+        manifests[component] = Manifest(fields={"component": component, "version": artifact.version,
+                                                "sha256": artifact.sha256}, files=files, actual=dict(files))
+    default = (FIXTURES / DEFAULT_CONFIGS[settings.containerd_version.major]).read_text()
+    config = desired_config(settings, default)
+    version = str(settings.containerd_version)
+    return NodeState(
+        machine={"amd64": "x86_64", "arm64": "aarch64"}[arch], kernel="Linux", systemd=True,
+        manifests=manifests,
+        unit_sha256=hashlib.sha256(unit_text(settings.containerd_bin_dir, settings.containerd_limit_nofile).encode()).hexdigest(),
+        config_text=config, default_config=default,
+        service={"ActiveState": "active", "UnitFileState": "enabled", "MainPID": "4242", "NeedDaemonReload": "no"},
+        ctr_client=version, ctr_server=version, exe=f"{settings.containerd_bin_dir}/containerd", lock="acquired",
+        started=time.time() - 60, mtimes={settings.containerd_config_path: time.time() - 120},
+    )
+
+
+def fresh() -> NodeState:
+    """A systemd node with nothing of this deploy on it."""
+    return NodeState(machine="x86_64", kernel="Linux", systemd=True, lock="acquired")
+
+
+def drifted(node: NodeState, **changes) -> NodeState:
+    return dataclasses.replace(node, **changes)
+
+
+@dataclasses.dataclass
+class PreparedOp:
+    name: str
+    commands: list
+
+    @property
+    def changes(self) -> bool:
+        return bool(self.commands)
+
+    def text(self) -> str:
+        return "\n".join(c.get_raw_value() if isinstance(c, StringCommand) else str(c) for c in self.commands)
+
+
+def prepare(monkeypatch, node: NodeState, data: dict | None = None) -> list[PreparedOp]:
+    """Prepare `containerd_node` for a host with `data` whose node fact is `node`; the operations
+    it added, in order, with the commands each would run (none: no change)."""
+    data = {"containerd_verify": False, **(data or {})}
+    inventory = Inventory(([("node1", data)], {}))
+    state = State(inventory, Config())
+    host = inventory.get_host("node1")
+    state.activate_host(host)
+    monkeypatch.setattr(flow, "gather", lambda settings: node)
+    monkeypatch.setattr(flow, "fetch_digest", no_fetch)
+    with ctx_state.use(state), ctx_host.use(host):
+        flow.containerd_node._inner()
+        prepared = []
+        for op_hash in state.get_op_order():
+            op_data = state.get_op_data_for_host(host, op_hash)
+            names = state.op_meta[op_hash].names
+            prepared.append(PreparedOp(" | ".join(sorted(names)), list(op_data.command_generator())))
+    return prepared
+
+
+def changed_names(prepared: list[PreparedOp]) -> list[str]:
+    return [op.name for op in prepared if op.changes]
+
+
+def service_op(prepared: list[PreparedOp]) -> PreparedOp:
+    (found,) = [op for op in prepared if op.name.endswith("Enable, start and check containerd")]
+    return found

@@ -1,0 +1,126 @@
+"""`containerd_node` on fake node states: which operations change, and whether containerd is
+started, restarted or left alone, on a fresh node, a converged one and each kind of drift; and
+the refusals that stop the flow before any operation (a kubelet on another cgroup driver,
+another run holding the node)."""
+
+import hashlib
+
+import pytest
+from pyinfra.api.exceptions import DeployError
+
+from tasks.facts import Manifest
+
+from .flow import changed_names, converged, drifted, fresh, prepare, service_op, settings_for
+
+RESTART = 'systemctl restart "$unit"'
+START = 'systemctl start "$unit"'
+RELOAD = "systemctl daemon-reload"
+KUBELET = "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\ncgroupDriver: {}\n"
+
+
+@pytest.fixture
+def settings():
+    return settings_for()
+
+
+def test_a_converged_node_changes_nothing_and_keeps_its_daemon(monkeypatch, settings):
+    prepared = prepare(monkeypatch, converged(settings))
+    assert changed_names(prepared) == []
+    assert len(prepared) >= 8, [op.name for op in prepared]  # every step still looked
+
+
+def test_a_fresh_node_gets_everything_and_a_started_daemon(monkeypatch, settings):
+    changed = changed_names(prepare(monkeypatch, fresh()))
+    for expected in ("Fetch and verify release files", f"Install containerd {settings.containerd_version} into",
+                     "Install runc", "Write /etc/containerd/config.toml", "Install /etc/systemd/system/containerd.service",
+                     "Enable, start and check containerd"):
+        assert any(expected in name for name in changed), (expected, changed)
+    text = service_op(prepare(monkeypatch, fresh())).text()
+    assert "systemctl enable" in text and RELOAD in text and RESTART in text
+
+
+def test_config_drift_rewrites_the_config_and_restarts_once(monkeypatch, settings):
+    node = converged(settings)
+    node = drifted(node, config_text=node.config_text.replace("SystemdCgroup = true", "SystemdCgroup = false"))
+    prepared = prepare(monkeypatch, node)
+    assert changed_names(prepared) == ["Configure containerd | Write /etc/containerd/config.toml",
+                                       "Run containerd | Enable, start and check containerd"]
+    text = service_op(prepared).text()
+    assert text.count(RESTART) == 1 and RELOAD not in text and "systemctl enable" not in text
+
+
+def test_a_changed_knob_restarts(monkeypatch, settings):
+    prepared = prepare(monkeypatch, converged(settings), {"containerd_max_container_log_line_size": 32768})
+    assert RESTART in service_op(prepared).text()
+
+
+def test_binary_drift_reinstalls_and_restarts(monkeypatch, settings):
+    node = converged(settings)
+    manifest = node.manifests["containerd"]
+    tampered = Manifest(manifest.fields, manifest.files, {path: "other" for path in manifest.files})
+    prepared = prepare(monkeypatch, drifted(node, manifests={**node.manifests, "containerd": tampered}))
+    changed = changed_names(prepared)
+    assert any(f"Install containerd {settings.containerd_version}" in name for name in changed)
+    assert not any("Install runc" in name for name in changed)
+    assert RESTART in service_op(prepared).text()
+
+
+def test_a_changed_unit_is_reloaded_and_restarts(monkeypatch, settings):
+    prepared = prepare(monkeypatch, drifted(converged(settings), unit_sha256="0" * 64))
+    assert "Configure containerd | Install /etc/systemd/system/containerd.service" in changed_names(prepared)
+    text = service_op(prepared).text()
+    assert RELOAD in text and text.count(RESTART) == 1
+
+
+def test_a_registry_change_needs_no_restart(monkeypatch, settings):
+    data = {"containerd_registries": {"docker.io": {"mirrors": [{"host": "https://mirror.internal"}]}}}
+    prepared = prepare(monkeypatch, converged(settings), data)
+    assert changed_names(prepared) == ["Configure containerd | Write /etc/containerd/certs.d/docker.io/hosts.toml"]
+
+
+def test_a_daemon_older_than_its_binary_is_restarted_with_nothing_else_changed(monkeypatch, settings):
+    for stale in ({"ctr_server": "1.6.0"}, {"exe": "/usr/local/bin/containerd (deleted)"},
+                  {"mtimes": {settings.containerd_config_path: 4e9}}):
+        prepared = prepare(monkeypatch, drifted(converged(settings), **stale))
+        assert changed_names(prepared) == ["Run containerd | Enable, start and check containerd"], stale
+        assert RESTART in service_op(prepared).text(), stale
+
+
+def test_a_stopped_converged_node_is_started_not_restarted(monkeypatch, settings):
+    node = converged(settings)
+    prepared = prepare(monkeypatch, drifted(node, service={**node.service, "ActiveState": "inactive", "MainPID": "0"}))
+    text = service_op(prepared).text()
+    assert START in text and RESTART not in text
+
+
+def test_a_pending_daemon_reload_is_done_without_a_restart(monkeypatch, settings):
+    node = converged(settings)
+    prepared = prepare(monkeypatch, drifted(node, service={**node.service, "NeedDaemonReload": "yes"}))
+    text = service_op(prepared).text()
+    assert RELOAD in text and RESTART not in text
+
+
+def test_a_proxy_drop_in_left_from_earlier_data_is_removed_and_restarts(monkeypatch, settings):
+    dropin = "/etc/systemd/system/containerd.service.d/http-proxy.conf"
+    node = drifted(converged(settings), files={dropin: hashlib.sha256(b"old").hexdigest()})
+    prepared = prepare(monkeypatch, node)
+    assert f"Configure containerd | Remove {dropin}" in changed_names(prepared)
+    text = service_op(prepared).text()
+    assert RELOAD in text and RESTART in text
+
+
+@pytest.mark.parametrize("driver, refused", [("cgroupfs", True), ("systemd", False)])
+def test_a_kubelet_on_another_cgroup_driver_stops_the_flow_before_any_operation(monkeypatch, settings, driver, refused):
+    node = drifted(converged(settings), kubelet_config=KUBELET.format(driver))
+    if not refused:
+        assert changed_names(prepare(monkeypatch, node)) == []
+        return
+    with pytest.raises(DeployError, match="the kubelet's cgroupDriver is cgroupfs .*'containerd_systemd_cgroup'"):
+        prepare(monkeypatch, node)
+
+
+def test_another_run_holding_the_node_stops_the_flow(monkeypatch, settings):
+    node = drifted(converged(settings), lock="busy controller ci pid 4242 since 12:00")
+    with pytest.raises(DeployError, match=r"another containerd-deploy run holds this node \(controller ci pid 4242"):
+        prepare(monkeypatch, node)
+
