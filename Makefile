@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # Debian packages the local test nodes need: qemu (TCG), mmdebstrap for the image, busybox for
 # the conformance test image, an SSH client; for the test registry (Debian's docker-registry,
 # run from its .deb): openssl for its CA, htpasswd for its users, skopeo to push images.
-APT_PACKAGES := qemu-system-x86 qemu-utils mmdebstrap gpg libdpkg-perl arch-test mount busybox-static openssh-client curl e2fsprogs ca-certificates debian-archive-keyring openssl apache2-utils skopeo
+APT_PACKAGES := qemu-system-x86 qemu-utils mmdebstrap gpg libdpkg-perl arch-test mount busybox-static openssh-client curl e2fsprogs ca-certificates debian-archive-keyring openssl apache2-utils skopeo shellcheck
 DEMO_NODE := demo
 
 .PHONY: deps demo lint test unit e2e bench down clean

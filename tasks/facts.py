@@ -329,6 +329,7 @@ def node_state_command(bin_dir: str, config_path: str, unit_path: str, state_dir
     defaults_when = "true" if always_defaults else f"[ ! -f {q(config_path)} ]"
     return "\n".join([
         *(node_lock_lines(lock_owner, anchor_pid) if lock_owner else []),
+        "# shellcheck disable=SC2046 # split on purpose: kernel name, machine",
         'set -- $(uname -sm)',
         f'echo "{SECTION}machine $2"',
         f'echo "{SECTION}kernel $1"',

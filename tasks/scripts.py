@@ -44,10 +44,11 @@ def staging_dir_lines() -> list[str]:
     able to swap a verified file before it is installed)."""
     return [
         '[ ! -L "$staging" ] || fail "the staging directory $staging is a symbolic link; set containerd_staging_dir to a directory of its own"',
+        "# shellcheck disable=SC2174 # parents keep their modes; chmod below covers the directory itself",
         'mkdir -p -m 700 -- "$staging"',
         'chown -h 0:0 -- "$staging"',
         'chmod 700 -- "$staging"',
-        '[ -d "$staging" ] && [ ! -L "$staging" ] || fail "the staging directory $staging changed while it was locked down"',
+        'if [ ! -d "$staging" ] || [ -L "$staging" ]; then fail "the staging directory $staging changed while it was locked down"; fi',
     ]
 
 

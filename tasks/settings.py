@@ -1,4 +1,5 @@
-"""Every data key the deploy reads: its one default, and its validation.
+"""Every data key the deploy reads, declared once in `KEYS`: its default, its check, and its row
+in the README's data table (`python -m tasks.settings` prints the table).
 
 Inventory data, group_data/ files and `--data key=value` override these defaults (pyinfra's
 usual precedence). `resolve()` turns one host's raw data into a validated `Settings`, before
@@ -6,78 +7,16 @@ any operation touches the host; a bad value raises `DataError`, naming the host,
 the fix.
 """
 
+import json
 import posixpath
 import re
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from packaging.version import InvalidVersion, Version
 from pyinfra.api.exceptions import DeployError
-
-DEFAULTS: dict = {
-    # "present": a containerd node; "absent": stop it and remove what this deploy installed;
-    # "purged": absent, and containerd's data (images, snapshots) too.
-    "containerd_state": "present",
-    # What to install.
-    "containerd_version": "2.2.1",
-    "containerd_sha256": None,
-    "runc_version": "1.3.4",
-    "runc_sha256": None,
-    # Optional, off while their version is unset: CNI plugins (into cni_bin_dir) and crictl.
-    "cni_plugins_version": None,
-    "cni_plugins_sha256": None,
-    "crictl_version": None,
-    "crictl_sha256": None,
-    # Where from: upstream's release layout under one base URL, or per-artifact templates.
-    "artifact_mirror": "https://github.com",
-    "containerd_download_url": "{mirror}/containerd/containerd/releases/download/v{version}/containerd-{version}-linux-{arch}.tar.gz",
-    "runc_download_url": "{mirror}/opencontainers/runc/releases/download/v{version}/runc.{arch}",
-    "cni_plugins_download_url": "{mirror}/containernetworking/plugins/releases/download/v{version}/cni-plugins-linux-{arch}-v{version}.tgz",
-    "crictl_download_url": "{mirror}/kubernetes-sigs/cri-tools/releases/download/v{version}/crictl-v{version}-linux-{arch}.tar.gz",
-    # How they reach the node: each node downloads ("node"), or the controller downloads and
-    # verifies each file once into artifact_cache_dir and uploads it over SSH ("controller").
-    "artifact_source": "node",
-    # file:// URLs read files on the node (or the controller): only when the operator says so.
-    "artifact_allow_file_urls": False,
-    "artifact_cache_dir": "~/.cache/containerd-deploy/artifacts",
-    # Components whose checksum may be read from the .sha256sum next to the file when neither
-    # files/checksums.toml nor data has one. Empty: never trust the file's own source.
-    "artifact_trust_mirror_checksums": [],
-    # Where to.
-    "containerd_bin_dir": "/usr/local/bin",
-    "runc_path": "/usr/local/sbin/runc",
-    "cni_bin_dir": "/opt/cni/bin",
-    "containerd_config_path": "/etc/containerd/config.toml",
-    "containerd_unit_path": "/etc/systemd/system/containerd.service",
-    "containerd_deploy_state_dir": "/var/lib/containerd-deploy",
-    "containerd_staging_dir": "/var/cache/containerd-deploy",
-    # config.toml: start from the node's file ("existing", keeping operator edits) or from the
-    # installed binary's `containerd config default` ("default"), then apply the keys below.
-    "containerd_config_base": "existing",
-    "containerd_systemd_cgroup": True,
-    "containerd_sandbox_image": None,
-    "containerd_snapshotter": None,
-    "containerd_max_container_log_line_size": None,
-    "containerd_oom_score": None,
-    "containerd_runtimes": [],
-    "containerd_config_extra": {},
-    # Registries the modern way: config_path + one hosts.toml per registry.
-    "containerd_registry_config_path": "/etc/containerd/certs.d",
-    "containerd_registries": {},
-    # The systemd service.
-    "containerd_http_proxy": None,
-    "containerd_https_proxy": None,
-    "containerd_no_proxy": None,
-    "containerd_limit_nofile": None,
-    "containerd_ready_timeout": 60,
-    # A containerd from the distribution's packages (apt's containerd, docker.io's, containerd.io):
-    # "refuse" to deploy beside it, or "remove" the package (dpkg --remove / rpm -e; conffiles such
-    # as its config.toml stay, and a package that depends on it makes the removal fail).
-    "containerd_distro_package": "refuse",
-    # The last step: check the running daemon as a kubelet will use it; fail the run if not.
-    "containerd_verify": True,
-}
 
 # Release lines this deploy knows how to configure (config schema v2 for 1.x, v3+ for 2.x).
 SUPPORTED_CONTAINERD = (Version("1.6"), Version("3"))
@@ -416,63 +355,183 @@ def _mapping(host: str, key: str, value, fix: str) -> dict:
     return dict(value)
 
 
+def _optional_absolute_path(host: str, key: str, value) -> str:
+    return _absolute_path(host, key, value) if value else ""
+
+
+# Each key's parser: (host, key, value, raw) -> the validated value, or DataError. `raw` holds
+# every key's unparsed value, for the few keys that depend on another.
+Parser = Callable[[str, str, Any, Mapping], Any]
+
+
+def _plain(parse: Callable[[str, str, Any], Any]) -> Parser:
+    return lambda host, key, value, raw: parse(host, key, value)
+
+
+def _one_of(*choices: str) -> Parser:
+    return lambda host, key, value, raw: _choice(host, key, value, choices)
+
+
+def _release(supported: tuple[Version, Version]) -> Parser:
+    return lambda host, key, value, raw: parse_version(host, key, value, supported)
+
+
+def _optional_release(supported: tuple[Version, Version]) -> Parser:
+    return lambda host, key, value, raw: _optional_version(host, key, value, supported)
+
+
+def _text_like(example: str) -> Parser:
+    return lambda host, key, value, raw: _optional_text(host, key, value, example)
+
+
+def _int_between(low: int, high: int) -> Parser:
+    return lambda host, key, value, raw: _optional_int(host, key, value, low, high)
+
+
+def _proxy_like(example: str) -> Parser:
+    return lambda host, key, value, raw: _proxy(host, key, value, example)
+
+
+def _mapping_of(fix: str) -> Parser:
+    return lambda host, key, value, raw: _mapping(host, key, value, fix)
+
+
+def _allow_file(host: str, raw: Mapping) -> bool:
+    return _bool(host, "artifact_allow_file_urls", raw["artifact_allow_file_urls"])
+
+
+def _mirror_key(host: str, key: str, value, raw: Mapping) -> str:
+    return _mirror(host, key, value, _allow_file(host, raw))
+
+
+def _url_template_key(host: str, key: str, value, raw: Mapping) -> str:
+    allow_file = _allow_file(host, raw)
+    return _url_template(host, key, value, _mirror(host, "artifact_mirror", raw["artifact_mirror"], allow_file), allow_file)
+
+
+@dataclass(frozen=True)
+class Key:
+    """One data key, declared once: its default, its parser, and its row in the README."""
+
+    default: Any
+    parse: Parser
+    doc: str
+    shown: str | None = None  # the README's default column, when the default alone says too little
+
+    def shown_default(self) -> str:
+        if self.shown is not None:
+            return self.shown
+        if isinstance(self.default, (bool, list, dict)):
+            return f"`{json.dumps(self.default)}`"
+        return f"`{self.default}`"
+
+
+_PROXY_DOC = (" for containerd, in the drop-in `containerd.service.d/http-proxy.conf` (removed when all are unset); "
+              "values are escaped for systemd (`%` → `%%`, quotes), so a percent-encoded password reaches containerd "
+              "as typed; a proxy URL with credentials makes the drop-in 0600 and is shown as `user:***@` in messages")
+
+# Every data key the deploy reads, in the order the README lists them (and they are checked).
+KEYS: dict[str, Key] = {
+    'containerd_state': Key('present', _one_of("present", "absent", "purged"),
+        doc="`present`: a containerd node; `absent`: stop and disable containerd (and what its cgroup still runs) and remove what this deploy installed — release files by their manifests, unit, drop-in, config.toml, its hosts.toml files, crictl.yaml — and nothing else; `purged`: `absent`, and containerd's `root`/`state` directories (images, snapshots, containers) too — only directories of containerd's own: a `root`/`state` in config.toml that is a system tree (`/usr`, `/run`, `/var/lib`, …) or holds one, holds a path the deploy manages, has `..`, or is reached through a symbolic link is refused before any change"),
+    'containerd_distro_package': Key('refuse', _one_of("refuse", "remove"),
+        doc="a containerd installed by the node's package manager (Debian/Ubuntu `containerd`, `docker.io`'s, Docker's `containerd.io`, Fedora/RHEL's): `refuse` stops the run before any change, naming the package; `remove` removes it (`dpkg --remove` / `rpm --erase`, which stop its service) once the release files are fetched and verified. Its conffiles stay, so a packaged `config.toml` is the starting config; a package that depends on it (e.g. `docker.io`) makes the removal fail with nothing removed"),
+    'containerd_version': Key('2.2.1', _release(SUPPORTED_CONTAINERD),
+        doc="containerd release to install (X.Y.Z; 1.6.x to 2.x; [pinned versions](#artifacts-mirrors-the-controller-cache-adding-a-version), the install guide's is 1.7.11)"),
+    'containerd_sha256': Key(None, _plain(_sha256), shown='none (from `files/checksums.toml`)',
+        doc='sha256 of the release tarball; a string, or `{"amd64": …, "arm64": …}`; required for versions not in the table'),
+    'runc_version': Key('1.3.4', _release(SUPPORTED_RUNC),
+        doc="runc release to install (X.Y.Z; 1.1.x and later 1.x; the guide's is 1.1.11)"),
+    'runc_sha256': Key(None, _plain(_sha256), shown='none (from `files/checksums.toml`)',
+        doc='sha256 of `runc.<arch>`, as for `containerd_sha256`'),
+    'cni_plugins_version': Key(None, _optional_release(SUPPORTED_CNI_PLUGINS), shown='unset (not installed)',
+        doc='CNI plugins release to install into `cni_bin_dir`; unsetting it later removes exactly the files it installed'),
+    'cni_plugins_sha256': Key(None, _plain(_sha256), shown='none (from `files/checksums.toml`)',
+        doc='sha256 of `cni-plugins-linux-<arch>-v<version>.tgz`, as for `containerd_sha256`'),
+    'crictl_version': Key(None, _optional_release(SUPPORTED_CRICTL), shown='unset (not installed)',
+        doc="crictl release to install into `containerd_bin_dir`, with `/etc/crictl.yaml` pointing at containerd's socket; unsetting it removes both"),
+    'crictl_sha256': Key(None, _plain(_sha256), shown='none (from `files/checksums.toml`)',
+        doc='sha256 of `crictl-v<version>-linux-<arch>.tar.gz`, as for `containerd_sha256`'),
+    'artifact_mirror': Key('https://github.com', _mirror_key,
+        doc="base URL holding upstream's release layout (`…/containerd/containerd/releases/download/v<version>/…`)"),
+    'containerd_download_url': Key('{mirror}/containerd/containerd/releases/download/v{version}/containerd-{version}-linux-{arch}.tar.gz', _url_template_key,
+        doc='template of the containerd tarball URL (`{mirror}`, `{version}`, `{arch}`)'),
+    'runc_download_url': Key('{mirror}/opencontainers/runc/releases/download/v{version}/runc.{arch}', _url_template_key,
+        doc='template of the runc URL'),
+    'cni_plugins_download_url': Key('{mirror}/containernetworking/plugins/releases/download/v{version}/cni-plugins-linux-{arch}-v{version}.tgz', _url_template_key,
+        doc='template of the CNI plugins URL'),
+    'crictl_download_url': Key('{mirror}/kubernetes-sigs/cri-tools/releases/download/v{version}/crictl-v{version}-linux-{arch}.tar.gz', _url_template_key,
+        doc='template of the crictl URL'),
+    'artifact_source': Key('node', _one_of("node", "controller"),
+        doc='`node`: each node downloads the URLs itself; `controller`: the controller downloads each file once into `artifact_cache_dir`, verifies it, and uploads it to every node over SSH (nodes need no route to the mirror); the node checks the sha256 again either way'),
+    'artifact_allow_file_urls': Key(False, _plain(_bool),
+        doc='let `artifact_mirror` and the `*_download_url` templates be `file://` URLs (files on the node, or on the controller with `artifact_source=controller`); otherwise only `https://` and `http://` URLs are accepted, none with credentials, spaces or control characters'),
+    'artifact_cache_dir': Key('~/.cache/containerd-deploy/artifacts', _plain(_cache_dir),
+        doc="the controller's cache for `artifact_source=controller` (files named by their sha256)"),
+    'artifact_trust_mirror_checksums': Key([], _plain(_components),
+        doc='components (e.g. `["containerd"]`) whose checksum, when neither `files/checksums.toml` nor data has one, the controller may read from the `.sha256sum` published next to the file — an explicit opt-in to trusting the file\'s own source'),
+    'containerd_bin_dir': Key('/usr/local/bin', _plain(_absolute_path),
+        doc="where the tarball's `bin/` files go"),
+    'runc_path': Key('/usr/local/sbin/runc', _plain(_absolute_path),
+        doc='where runc goes'),
+    'cni_bin_dir': Key('/opt/cni/bin', _plain(_absolute_path),
+        doc='where the CNI plugins go'),
+    'containerd_config_path': Key('/etc/containerd/config.toml', _plain(_absolute_path),
+        doc="containerd's config file"),
+    'containerd_unit_path': Key('/etc/systemd/system/containerd.service', _plain(_absolute_path),
+        doc='the systemd unit file'),
+    'containerd_deploy_state_dir': Key('/var/lib/containerd-deploy', _plain(_dedicated_directory),
+        doc='manifests of what this deploy installed (versions, file checksums); a directory of its own (no system tree)'),
+    'containerd_staging_dir': Key('/var/cache/containerd-deploy', _plain(_dedicated_directory),
+        doc='where downloads wait until verified (emptied after each install); a directory of its own, made root-owned 0700 before use whatever it was (a symbolic link is refused), so no other local user can swap a verified file'),
+    'containerd_config_base': Key('existing', _one_of("existing", "default"),
+        doc="`existing`: edit the node's config.toml in place, keeping every other setting and comment; `default`: start from the installed binary's `containerd config default` each run (drops edits made outside this deploy)"),
+    'containerd_systemd_cgroup': Key(True, _plain(_bool),
+        doc="`SystemdCgroup` of the runc runtime (and of runc-type extra runtimes); must match the kubelet's `cgroupDriver`"),
+    'containerd_sandbox_image': Key(None, _text_like("registry.k8s.io/pause:3.10"), shown="unset (containerd's default)",
+        doc='the pause image: 1.x `sandbox_image`, 2.x `pinned_images.sandbox`'),
+    'containerd_snapshotter': Key(None, _text_like("overlayfs"), shown='unset',
+        doc='the CRI snapshotter (e.g. `overlayfs`, `native`)'),
+    'containerd_max_container_log_line_size': Key(None, _int_between(-1, 1 << 30), shown='unset',
+        doc='CRI `max_container_log_line_size` (bytes; -1 for no limit)'),
+    'containerd_oom_score': Key(None, _int_between(-1000, 1000), shown='unset',
+        doc="the daemon's `oom_score` (the unit also sets `OOMScoreAdjust=-999`)"),
+    'containerd_runtimes': Key([], _plain(_runtimes),
+        doc='extra CRI runtime handlers: a list of `{name, runtime_type, binary_name, options}`; `runtime_type` defaults to `io.containerd.runc.v2`, for which `binary_name` names a runc-compatible binary (crun, nvidia-container-runtime)'),
+    'containerd_config_extra': Key({}, _mapping_of("set containerd_config_extra to a mapping of TOML tables and keys"),
+        doc='any other TOML, as nested mappings, deep-merged last (tables merge, other values replace)'),
+    'containerd_registry_config_path': Key('/etc/containerd/certs.d', _plain(_optional_absolute_path),
+        doc='CRI registry `config_path`; `""` leaves it unset. Refused if the config still has old-style `registry.mirrors` (containerd\'s CRI plugin does not load with both)'),
+    'containerd_registries': Key({}, _plain(_registries),
+        doc='one `hosts.toml` per registry under `containerd_registry_config_path`, e.g. `{"docker.io": {"mirrors": [{"host": "https://mirror.internal", "capabilities": ["pull", "resolve"], "skip_verify": false, "ca": "/etc/ssl/mirror.pem", "headers": {"Authorization": "Basic …"}}]}}`; optional `server` (default: the registry\'s own). Files with headers are 0600; removed when their registry leaves the data'),
+    'containerd_http_proxy': Key(None, _proxy_like("http://proxy:3128"), shown='unset',
+        doc="`HTTP_PROXY`" + _PROXY_DOC),
+    'containerd_https_proxy': Key(None, _proxy_like("http://proxy:3128"), shown='unset',
+        doc="`HTTPS_PROXY`" + _PROXY_DOC),
+    'containerd_no_proxy': Key(None, _proxy_like("localhost,127.0.0.1,.svc"), shown='unset',
+        doc="`NO_PROXY`" + _PROXY_DOC),
+    'containerd_limit_nofile': Key(None, _plain(_limit_nofile), shown="unset (systemd's default)",
+        doc='`LimitNOFILE` of the unit (a number, `SOFT:HARD` with SOFT ≤ HARD, or `infinity`; ASCII digits)'),
+    'containerd_ready_timeout': Key(60, _plain(_positive_int),
+        doc='seconds to wait for containerd to answer after a (re)start'),
+    'containerd_verify': Key(True, _plain(_bool),
+        doc='last step of every run: check the running daemon (see [Verify](#verify)) and fail the run, naming each problem, if it falls short; reports no change when it passes'),
+}
+
+DEFAULTS: dict = {name: key.default for name, key in KEYS.items()}
+
+
+def data_table() -> str:
+    """The README's data table, from KEYS (`python -m tasks.settings` prints it)."""
+    lines = ["| key | default | meaning |", "| --- | --- | --- |"]
+    lines += [f"| `{name}` | {key.shown_default()} | {key.doc} |" for name, key in KEYS.items()]
+    return "\n".join(lines) + "\n"
+
+
 def resolve(host: str, data: Mapping) -> Settings:
-    """Validated settings for one host from its data (missing keys take DEFAULTS)."""
-    value = {key: data.get(key, default) for key, default in DEFAULTS.items()}
-    allow_file = _bool(host, "artifact_allow_file_urls", value["artifact_allow_file_urls"])
-    mirror = _mirror(host, "artifact_mirror", value["artifact_mirror"], allow_file)
-    return Settings(
-        host=host,
-        containerd_state=_choice(host, "containerd_state", value["containerd_state"], ("present", "absent", "purged")),
-        containerd_version=parse_version(host, "containerd_version", value["containerd_version"], SUPPORTED_CONTAINERD),
-        containerd_sha256=_sha256(host, "containerd_sha256", value["containerd_sha256"]),
-        runc_version=parse_version(host, "runc_version", value["runc_version"], SUPPORTED_RUNC),
-        runc_sha256=_sha256(host, "runc_sha256", value["runc_sha256"]),
-        cni_plugins_version=_optional_version(host, "cni_plugins_version", value["cni_plugins_version"], SUPPORTED_CNI_PLUGINS),
-        cni_plugins_sha256=_sha256(host, "cni_plugins_sha256", value["cni_plugins_sha256"]),
-        crictl_version=_optional_version(host, "crictl_version", value["crictl_version"], SUPPORTED_CRICTL),
-        crictl_sha256=_sha256(host, "crictl_sha256", value["crictl_sha256"]),
-        artifact_mirror=mirror,
-        containerd_download_url=_url_template(host, "containerd_download_url", value["containerd_download_url"], mirror, allow_file),
-        runc_download_url=_url_template(host, "runc_download_url", value["runc_download_url"], mirror, allow_file),
-        cni_plugins_download_url=_url_template(host, "cni_plugins_download_url", value["cni_plugins_download_url"], mirror, allow_file),
-        crictl_download_url=_url_template(host, "crictl_download_url", value["crictl_download_url"], mirror, allow_file),
-        artifact_source=_choice(host, "artifact_source", value["artifact_source"], ("node", "controller")),
-        artifact_allow_file_urls=allow_file,
-        containerd_distro_package=_choice(host, "containerd_distro_package", value["containerd_distro_package"],
-                                          ("refuse", "remove")),
-        artifact_cache_dir=_cache_dir(host, "artifact_cache_dir", value["artifact_cache_dir"]),
-        artifact_trust_mirror_checksums=_components(host, "artifact_trust_mirror_checksums",
-                                                    value["artifact_trust_mirror_checksums"]),
-        containerd_bin_dir=_absolute_path(host, "containerd_bin_dir", value["containerd_bin_dir"]),
-        runc_path=_absolute_path(host, "runc_path", value["runc_path"]),
-        cni_bin_dir=_absolute_path(host, "cni_bin_dir", value["cni_bin_dir"]),
-        containerd_config_path=_absolute_path(host, "containerd_config_path", value["containerd_config_path"]),
-        containerd_unit_path=_absolute_path(host, "containerd_unit_path", value["containerd_unit_path"]),
-        containerd_deploy_state_dir=_dedicated_directory(host, "containerd_deploy_state_dir", value["containerd_deploy_state_dir"]),
-        containerd_staging_dir=_dedicated_directory(host, "containerd_staging_dir", value["containerd_staging_dir"]),
-        containerd_config_base=_choice(host, "containerd_config_base", value["containerd_config_base"], ("existing", "default")),
-        containerd_systemd_cgroup=_bool(host, "containerd_systemd_cgroup", value["containerd_systemd_cgroup"]),
-        containerd_sandbox_image=_optional_text(host, "containerd_sandbox_image", value["containerd_sandbox_image"],
-                                                "registry.k8s.io/pause:3.10"),
-        containerd_snapshotter=_optional_text(host, "containerd_snapshotter", value["containerd_snapshotter"], "overlayfs"),
-        containerd_max_container_log_line_size=_optional_int(
-            host, "containerd_max_container_log_line_size", value["containerd_max_container_log_line_size"], -1, 1 << 30),
-        containerd_oom_score=_optional_int(host, "containerd_oom_score", value["containerd_oom_score"], -1000, 1000),
-        containerd_runtimes=_runtimes(host, "containerd_runtimes", value["containerd_runtimes"]),
-        containerd_config_extra=_mapping(host, "containerd_config_extra", value["containerd_config_extra"],
-                                         "set containerd_config_extra to a mapping of TOML tables and keys"),
-        containerd_registry_config_path=(
-            _absolute_path(host, "containerd_registry_config_path", value["containerd_registry_config_path"])
-            if value["containerd_registry_config_path"] else ""),
-        containerd_registries=_registries(host, "containerd_registries", value["containerd_registries"]),
-        containerd_http_proxy=_proxy(host, "containerd_http_proxy", value["containerd_http_proxy"], "http://proxy:3128"),
-        containerd_https_proxy=_proxy(host, "containerd_https_proxy", value["containerd_https_proxy"], "http://proxy:3128"),
-        containerd_no_proxy=_proxy(host, "containerd_no_proxy", value["containerd_no_proxy"], "localhost,127.0.0.1,.svc"),
-        containerd_limit_nofile=_limit_nofile(host, "containerd_limit_nofile", value["containerd_limit_nofile"]),
-        containerd_ready_timeout=_positive_int(host, "containerd_ready_timeout", value["containerd_ready_timeout"]),
-        containerd_verify=_bool(host, "containerd_verify", value["containerd_verify"]),
-    )
+    """Validated settings for one host from its data (missing keys take their defaults)."""
+    raw = {name: data.get(name, key.default) for name, key in KEYS.items()}
+    return Settings(host=host, **{name: key.parse(host, name, raw[name], raw) for name, key in KEYS.items()})
 
 
 def for_host(host) -> "Settings":
@@ -489,3 +548,7 @@ def arch_of(host: str, machine: str) -> str:
             host, "(host architecture)", f"is {machine!r}; containerd releases exist for amd64 and arm64 only",
             "deploy to x86_64 or aarch64 hosts, or leave this host out of the inventory",
         ) from None
+
+
+if __name__ == "__main__":
+    print(data_table(), end="")

@@ -6,12 +6,22 @@ from tasks.settings import DEFAULTS
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
-def test_every_data_key_has_one_row_in_the_readme_data_table():
-    table = README.read_text().split("### Data", 1)[1].split("\n## ", 1)[0]
+def test_the_readme_data_table_is_the_one_generated_from_the_keys():
+    from tasks.settings import data_table
+
+    section = README.read_text().split("### Data", 1)[1].split("\n### ", 1)[0]
+    table = "".join(line + "\n" for line in section.splitlines() if line.startswith("| "))
+    assert table == data_table(), "README's data table is stale: paste `python -m tasks.settings` over it"
     rows = [line for line in table.splitlines() if line.startswith("| `")]
-    documented = [key for row in rows for key in re.findall(r"`([a-z_0-9]+)`", row.split("|")[1])]
-    assert sorted(documented) == sorted(DEFAULTS), "README rows and tasks/settings.py DEFAULTS differ"
-    assert len(documented) == len(set(documented))
+    assert [re.match(r"\| `([a-z_0-9]+)`", row).group(1) for row in rows] == list(DEFAULTS)
+
+
+def test_every_key_is_a_settings_field_and_every_field_a_key():
+    import dataclasses
+
+    from tasks.settings import KEYS, Settings
+
+    assert sorted(field.name for field in dataclasses.fields(Settings)) == sorted(["host", *KEYS])
 
 
 def test_the_readme_lists_exactly_the_pinned_versions():

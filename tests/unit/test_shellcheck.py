@@ -1,0 +1,56 @@
+"""Every script the deploy sends to a node passes shellcheck as POSIX sh (the node's /bin/sh may
+be dash or busybox): each builder in scripts.py, facts.py and verify.py, with representative
+arguments, including paths with spaces and quotes."""
+
+import shutil
+import subprocess
+
+import pytest
+
+from tasks import artifacts, facts, scripts, verify
+
+from .flow import no_fetch, settings_for
+
+SETTINGS = settings_for({"cni_plugins_version": "1.7.1", "crictl_version": "1.33.0"})
+WANTED = artifacts.resolve(SETTINGS, "amd64", published=no_fetch)
+ODD = "/srv/my dir/it's"
+
+
+def built_scripts() -> dict[str, str]:
+    containerd, runc = WANTED["containerd"], WANTED["runc"]
+    return {
+        "fetch": scripts.fetch_artifacts_script(list(WANTED.values()), "/var/cache/containerd-deploy"),
+        "remove staging leftovers": scripts.remove_staging_leftovers_script("/var/cache/containerd-deploy"),
+        "remove staging leftovers, keep": scripts.remove_staging_leftovers_script("/var/cache/containerd-deploy", keep=True),
+        "remove paths": scripts.remove_paths_script([f"{ODD}/a", "/etc/containerd/.config.toml.containerd-deploy-new"]),
+        "remove artifact": scripts.remove_artifact_script("containerd", "/var/lib/containerd-deploy"),
+        "write file": scripts.write_file_script("a = 1\n", "/tmp/x.containerd-deploy-new", f"{ODD}/config.toml", "644"),
+        "private file": scripts.private_file_script("/etc/containerd/.hosts.toml.containerd-deploy-new"),
+        "replace file": scripts.replace_file_script("/tmp/t", f"{ODD}/hosts.toml", "600", "/tmp/containerd-deploy-upload.ab"),
+        "remove tree": scripts.remove_tree_script(f"{ODD}/containerd"),
+        "install tarball": scripts.install_artifact_script(containerd, "/usr/local/bin", "/var/cache/containerd-deploy",
+                                                           "/var/lib/containerd-deploy"),
+        "install binary": scripts.install_artifact_script(runc, "/usr/local/sbin/runc", "/var/cache/containerd-deploy",
+                                                          "/var/lib/containerd-deploy"),
+        "service restart": scripts.service_script("containerd.service", "/usr/local/bin/ctr", "restart", True, "2.2.1", 60,
+                                                  reload=True),
+        "service verify only": scripts.service_script("containerd.service", "/usr/local/bin/ctr", "", False, "2.2.1", 60),
+        "node fact": facts.node_state_command("/usr/local/bin", "/etc/containerd/config.toml",
+                                              "/etc/systemd/system/containerd.service", "/var/lib/containerd-deploy",
+                                              ("/etc/containerd/certs.d/docker.io/hosts.toml",), "/etc/containerd/certs.d"),
+        "daemon fact": facts.daemon_state_command("/usr/local/bin", "/etc/containerd/config.toml", "containerd.service",
+                                                  ("/etc/containerd/config.toml",), "registry.k8s.io/pause:3.10", True,
+                                                  ("runc", "/usr/bin/crun")),
+        "verify failure": verify.failure_script("node1", ["it's broken", "$(not run)"]),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(built_scripts()))
+def test_every_node_script_passes_shellcheck_as_posix_sh(name):
+    if shutil.which("shellcheck") is None:
+        pytest.fail("shellcheck is not installed (Debian: apt-get install shellcheck; `make deps` does)")
+    # The failure message is operator text quoted for printing: a `$` in it is meant literally.
+    excluded = ["--exclude=SC2016"] if name == "verify failure" else []
+    result = subprocess.run(["shellcheck", "--shell=sh", "--format=gcc", *excluded, "-"], input=built_scripts()[name],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, f"{name}:\n{result.stdout}"
