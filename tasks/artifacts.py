@@ -11,7 +11,8 @@ from functools import lru_cache
 from pathlib import Path
 
 from . import resource
-from .settings import DataError, Settings
+from .settings import Settings
+from .values import DataError
 
 CHECKSUMS_FILE = Path(str(resource("checksums.toml")))
 

@@ -14,7 +14,8 @@ from .config_toml import ConfigError, Knobs, render, runc_systemd_cgroup
 from .facts import ContainerdDefaultConfig, NodeState
 from .install import CRICTL_CONFIG
 from .operations import file_absent, file_content
-from .settings import DEFAULTS, DataError, Settings, has_credentials
+from .settings import DEFAULTS, Settings, has_credentials
+from .values import DataError
 
 UNIT_TEMPLATE = resource("containerd.service")
 PROXY_DROPIN = "http-proxy.conf"

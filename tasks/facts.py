@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 from pyinfra.api import FactBase
 
+from .lock import node_lock_lines
+
 # Marks the start of each section of the fact's output (a line that no section's content has).
 SECTION = "##containerd-deploy:"
 # A file's identity (inode, size, ctime to the nanosecond): any write, chmod or rename over
@@ -167,96 +169,6 @@ def newer_than_daemon(started: float | None, mtimes: dict, paths: tuple) -> list
     return [path for path in paths if mtimes.get(path, 0) > started + 1.5]
 
 
-# Held, while a run's SSH connection lasts, by a small process on the node: a second run
-# waits for it, then is refused; a run killed or cut off frees it within a second.
-LOCK_PATH = "/run/containerd-deploy.lock"
-LOCK_WAIT_SECONDS = 10
-
-
-# The lock holder: `sh -c LOCK_HOLDER lock-holder <sshd pid> <$SSH_CONNECTION of the run>`.
-# Once the connection's sshd is gone, the run's commands that outlive it (a killed controller
-# or a dropped link does not stop them) are stopped: TERM, then KILL after 10 s, as if the run
-# had been cut off at that point, a point every step is safe to stop at. They are the
-# processes whose environment carries the run's SSH_CONNECTION (its client address and port).
-# So the next run never works beside a dead one's leftovers.
-LOCK_HOLDER = "\n".join([
-    'while kill -0 "$1" 2>/dev/null; do sleep 1; done',
-    'connection=$2',
-    '[ -n "$connection" ] || exit 0',
-    'leftovers() {',
-    '  grep -l -s -z -x -F "SSH_CONNECTION=$connection" /proc/[0-9]*/environ | while read -r environ; do',
-    '    pid=${environ#/proc/}',
-    '    pid=${pid%/environ}',
-    # Not this holder's own session (it is a session leader: setsid), so not its helpers;
-    # nor a zombie, which is gone already.
-    """    sid=$(awk '{ sub(/.*\\) /, ""); if ($1 != "Z") print $4 }' "/proc/$pid/stat" 2>/dev/null)""",
-    '    [ -n "$sid" ] && [ "$sid" != "$$" ] && echo "$pid"',
-    '  done',
-    '  true',
-    '}',
-    'waited=0',
-    'while pids=$(leftovers) && [ -n "$pids" ] && [ "$waited" -lt 20 ]; do',
-    '  if [ "$waited" -eq 0 ]; then kill -TERM $pids 2>/dev/null; fi',
-    '  if [ "$waited" -ge 10 ]; then kill -KILL $pids 2>/dev/null; fi',
-    '  waited=$((waited + 1))',
-    '  sleep 1',
-    'done',
-])
-
-
-def node_lock_lines(owner: str, anchor_pid: int = 0) -> list[str]:
-    """Shell lines that take the node's run lock for as long as this SSH connection lives (or,
-    with `anchor_pid`, the process of a run on the node itself: pyinfra's @local).
-
-    The lock is a flock on LOCK_PATH, handed to a detached process that exits when the sshd
-    serving this connection (or the anchor process) does. Prints "acquired", "held" (this run
-    has it already), "busy <owner>", or "unavailable <why>" (no flock, or neither sshd nor an
-    anchor to hold it for).
-    """
-    q = shlex.quote
-    if anchor_pid:
-        find_session = [f'session={int(anchor_pid)}',
-                        '[ -d "/proc/$session" ] || session=1',
-                        'connection=""']
-    else:
-        find_session = [
-            'session=$$',
-            'child=$$',
-            # The sshd process of this connection: the first sshd/sshd-session ancestor.
-            'while [ "${session:-1}" -gt 1 ]; do',
-            '  case "$(cat /proc/$session/comm 2>/dev/null)" in sshd|sshd-session) break;; esac',
-            '  child=$session',
-            "  session=$(awk '{ sub(/.*\\) /, \"\"); print $2 }' /proc/$session/stat 2>/dev/null)",
-            'done',
-            # Through sudo the environment is reset: the connection is read from the login
-            # shell sshd started (the run's sudo processes carry it too, and relay a TERM to
-            # the commands they run).
-            'connection=${SSH_CONNECTION:-$(tr "\\000" "\\n" < "/proc/$child/environ" 2>/dev/null | '
-            "sed -n 's/^SSH_CONNECTION=//p')}",
-        ]
-    return [
-        f'echo "{SECTION}lock"',
-        *find_session,
-        'if ! command -v flock >/dev/null 2>&1; then echo "unavailable flock is not installed";',
-        'elif [ "${session:-1}" -le 1 ]; then echo "unavailable not run through sshd (nor by pyinfra on the node itself)";',
-        f'elif [ "$(cat {q(LOCK_PATH)}.session 2>/dev/null)" = "$session" ]; then echo held;',
-        'else',
-        f'  exec 9>>{q(LOCK_PATH)}',
-        f'  if flock -w {LOCK_WAIT_SECONDS} 9; then',
-        f'    echo "$session" > {q(LOCK_PATH)}.session',
-        f'    printf "%s since %s\\n" {q(owner)} "$(date -u +%FT%TZ)" > {q(LOCK_PATH)}.owner',
-        # The holder keeps fd 9 (the lock) until this connection's sshd is gone and what the
-        # run still had running has been stopped.
-        f'    setsid sh -c {q(LOCK_HOLDER)} lock-holder "$session" "$connection" </dev/null >/dev/null 2>&1 &',
-        '    echo acquired',
-        '  else',
-        f'    echo "busy $(cat {q(LOCK_PATH)}.owner 2>/dev/null)"',
-        '  fi',
-        '  exec 9>&-',
-        'fi',
-    ]
-
-
 def staging_leftovers_lines(staging_dir: str, action: str = "echo") -> list[str]:
     """Shell lines running `action` on each thing a run cut short can leave in the staging
     directory: fetched files, partial downloads, per-install work directories (mktemp's
@@ -328,7 +240,7 @@ def node_state_command(bin_dir: str, config_path: str, unit_path: str, state_dir
     # from, or always when the operator chose to start from defaults.
     defaults_when = "true" if always_defaults else f"[ ! -f {q(config_path)} ]"
     return "\n".join([
-        *(node_lock_lines(lock_owner, anchor_pid) if lock_owner else []),
+        *([f'echo "{SECTION}lock"', *node_lock_lines(lock_owner, anchor_pid)] if lock_owner else []),
         "# shellcheck disable=SC2046 # split on purpose: kernel name, machine",
         'set -- $(uname -sm)',
         f'echo "{SECTION}machine $2"',
@@ -388,7 +300,7 @@ def node_state_command(bin_dir: str, config_path: str, unit_path: str, state_dir
     ])
 
 
-def _decode(lines: list[str]) -> str | None:
+def decode_lines(lines: list[str]) -> str | None:
     joined = "".join(line.strip() for line in lines)
     return base64.b64decode(joined).decode(errors="replace") if joined else None
 
@@ -416,7 +328,7 @@ def _sha256sums(lines: list[str]) -> dict[str, str]:
     return digests
 
 
-def _sections(lines: list[str]) -> list[tuple[str, list[str]]]:
+def split_sections(lines: list[str]) -> list[tuple[str, list[str]]]:
     sections: list[tuple[str, list[str]]] = []
     for line in lines:
         if line.startswith(SECTION):
@@ -428,7 +340,7 @@ def _sections(lines: list[str]) -> list[tuple[str, list[str]]]:
 
 def parse_node_state(lines: list[str]) -> NodeState:
     state = NodeState()
-    for header, body in _sections(lines):
+    for header, body in split_sections(lines):
         name, _, argument = header.partition(" ")
         if name == "machine":
             state.machine = argument
@@ -451,7 +363,7 @@ def parse_node_state(lines: list[str]) -> NodeState:
         elif name == "unit":
             state.unit_sha256 = next(iter(_sha256sums(body).values()), None)
         elif name == "config":
-            state.config_text = _decode(body)
+            state.config_text = decode_lines(body)
         elif name == "service":
             for line in body:
                 key, _, value = line.strip().partition("=")
@@ -462,7 +374,7 @@ def parse_node_state(lines: list[str]) -> NodeState:
         elif name == "ctr":
             state.ctr_client, state.ctr_server = parse_ctr_version(body)
         elif name == "default":
-            state.default_config = _decode(body)
+            state.default_config = decode_lines(body)
         elif name == "files":
             state.files.update(_sha256sums(body))
         elif name == "managed":
@@ -470,7 +382,7 @@ def parse_node_state(lines: list[str]) -> NodeState:
         elif name == "lock":
             state.lock = " ".join(line.strip() for line in body if line.strip())
         elif name == "kubelet":
-            state.kubelet_config = _decode(body)
+            state.kubelet_config = decode_lines(body)
         elif name == "staging":
             state.staging_leftovers = [line.strip() for line in body if line.strip()]
         elif name == "hidden":
@@ -512,171 +424,4 @@ class ContainerdDefaultConfig(FactBase):
         return f"{containerd} config default | base64 -w0; echo"
 
     def process(self, output):
-        return _decode(output)
-
-
-@dataclass
-class DaemonState:
-    """The running containerd as the deploy's verify step sees it."""
-
-    active_state: str = ""
-    need_daemon_reload: bool = False
-    main_pid: int = 0
-    exe: str = ""
-    started: float | None = None  # epoch seconds the daemon process started
-    mtimes: dict = field(default_factory=dict)  # path -> epoch mtime of files it should have loaded
-    ctr_client: str | None = None
-    ctr_server: str | None = None
-    ctr_error: str = ""
-    plugins: dict = field(default_factory=dict)  # (type, id) -> status, from `ctr plugins ls`
-    dump: str | None = None
-    dump_error: str = ""
-    kubelet_config: str | None = None
-    container: str = "absent"  # "absent", "failed <why>", or "task <status>" of the container it ran
-    container_cgroups: list = field(default_factory=list)
-    container_scope: str | None = None
-    missing_binaries: list = field(default_factory=list)  # runtime handlers' binaries not on the node
-
-
-# Seconds each ctr call of the verify fact may take: generous, since a loaded node starts Go
-# binaries slowly and a timeout here would read as a broken daemon.
-CTR_TIMEOUT = 60
-VERIFY_NAMESPACE = "k8s.io"  # the sandbox image is where the CRI (and so a kubelet) has it
-
-
-# The PATH systemd gives containerd (the unit sets none); containerd's own directory goes first.
-SERVICE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
-
-def missing_binaries_lines(bin_dir: str, binaries: tuple) -> list[str]:
-    """Shell lines printing each of `binaries` (paths, or names looked up as containerd does)
-    that the node does not have."""
-    q = shlex.quote
-    if not binaries:
-        return []
-    return [
-        f"for binary in {' '.join(q(binary) for binary in binaries)}; do",
-        '  case "$binary" in',
-        '    /*) [ -x "$binary" ] || printf "%s\\n" "$binary";;',
-        f'    *) PATH={q(bin_dir + ":" + SERVICE_PATH)} command -v -- "$binary" >/dev/null 2>&1 || printf "%s\\n" "$binary";;',
-        '  esac',
-        'done',
-    ]
-
-
-def daemon_state_command(bin_dir: str, config_path: str, unit: str, files: tuple, image: str,
-                         systemd_cgroup: bool, binaries: tuple = ()) -> str:
-    q = shlex.quote
-    ctr = f'{q(f"{bin_dir}/ctr")} -n {VERIFY_NAMESPACE}'
-    # ctr's own systemd-cgroup flag puts the task in system.slice/containerd-deploy-<id>.scope,
-    # as the CRI puts a pod's containers in scopes.
-    cgroup = '--runc-systemd-cgroup --cgroup "system.slice:containerd-deploy:$id" ' if systemd_cgroup else ""
-    return "\n".join([
-        f"unit={q(unit)}",
-        f"image={q(image)}",
-        # The read-only questions to the daemon run side by side (each starts a Go binary:
-        # most of this fact's time on a small node), each answer in its own file with its
-        # section header, printed in order after.
-        'answers=$(mktemp -d)',
-        "trap 'rm -rf \"$answers\"' EXIT",
-        f'{{ echo "{SECTION}ctr"; timeout {CTR_TIMEOUT} {ctr} version 2>&1; }} > "$answers/1" &',
-        f'{{ echo "{SECTION}plugins"; timeout {CTR_TIMEOUT} {ctr} plugins ls 2>&1; }} > "$answers/2" &',
-        # stdout is the TOML; warnings (e.g. "configuration migrated from version 2") go to stderr.
-        f'{{ echo "{SECTION}dump"; if {q(f"{bin_dir}/containerd")} --config {q(config_path)} config dump '
-        '> "$answers/dump" 2> "$answers/dump.err"; then echo "ok $(base64 -w0 < "$answers/dump")"; '
-        'else echo "error $(base64 -w0 < "$answers/dump.err")"; fi; } > "$answers/3" &',
-        f'if [ -n "$image" ]; then {{ if timeout {CTR_TIMEOUT} {ctr} images ls -q > "$answers/images" 2>&1; '
-        'then echo ok; else echo error; fi > "$answers/images.rc"; } & fi',
-        f'echo "{SECTION}service"',
-        *service_lines('"$unit"', "-p ActiveState -p MainPID -p NeedDaemonReload"),
-        *daemon_process_lines(files),
-        f'echo "{SECTION}kubelet"',
-        "[ -f /var/lib/kubelet/config.yaml ] && base64 -w0 /var/lib/kubelet/config.yaml && echo",
-        f'echo "{SECTION}missing"',
-        *missing_binaries_lines(bin_dir, binaries),
-        "wait",
-        'cat "$answers/1" "$answers/2" "$answers/3"',
-        f'echo "{SECTION}container"',
-        'id="verify-$$"',
-        'listed=""',
-        'found=""',
-        'if [ -n "$image" ]; then',
-        '  read -r listed < "$answers/images.rc"',
-        '  while IFS= read -r line; do [ "$line" != "$image" ] || found=1; done < "$answers/images"',
-        'fi',
-        'if [ -n "$image" ] && [ "$listed" != ok ]; then',
-        '  why=""',
-        '  while IFS= read -r line; do why="$why$line "; done < "$answers/images"',
-        '  echo "failed could not list the k8s.io images: $why"',
-        'elif [ -n "$found" ]; then',
-        f'  if out=$(timeout {CTR_TIMEOUT} {ctr} run -d {cgroup}"$image" "containerd-deploy-$id" 2>&1); then',
-        f'''    task=$({ctr} tasks ls 2>/dev/null | awk -v id="containerd-deploy-$id" '$1 == id {{ print $2, $3 }}')''',
-        '    echo "task ${task#* }"',
-        '    [ -n "$task" ] && sed "s/^/cgroup /" "/proc/${task%% *}/cgroup"',
-        '  else',
-        '''    echo "failed $(printf %s "$out" | tr '\\n' ' ')"''',
-        '  fi',
-        f'  timeout {CTR_TIMEOUT} {ctr} tasks rm -f "containerd-deploy-$id" >/dev/null 2>&1',
-        f'  timeout {CTR_TIMEOUT} {ctr} containers rm "containerd-deploy-$id" >/dev/null 2>&1',
-        'else',
-        '  echo absent',
-        'fi',
-        "exit 0",
-    ])
-
-
-def parse_daemon_state(lines: list[str]) -> DaemonState:
-    state = DaemonState()
-    for name, body in _sections(lines):
-        if name == "service":
-            props = dict(line.strip().partition("=")[::2] for line in body if "=" in line)
-            state.active_state = props.get("ActiveState", "")
-            state.need_daemon_reload = props.get("NeedDaemonReload") == "yes"
-            state.main_pid = int(props.get("MainPID") or 0) if (props.get("MainPID") or "0").isdigit() else 0
-        elif name in ("exe", "started", "mtimes"):
-            parse_process_section(name, body, state)
-        elif name == "ctr":
-            state.ctr_client, state.ctr_server = parse_ctr_version(body)
-            state.ctr_error = "\n".join(body) if not state.ctr_server else ""
-        elif name == "plugins":
-            for line in body[1:]:
-                columns = line.split()
-                if len(columns) >= 4:
-                    state.plugins[(columns[0], columns[1])] = columns[-1]
-        elif name == "dump":
-            outcome, _, encoded = "".join(body).strip().partition(" ")
-            text = base64.b64decode(encoded).decode(errors="replace") if encoded else ""
-            if outcome == "ok":
-                state.dump = text
-            else:
-                state.dump_error = text or "no output"
-        elif name == "kubelet":
-            state.kubelet_config = _decode(body) if any(line.strip() for line in body) else None
-        elif name == "missing":
-            state.missing_binaries = [line for line in body if line]
-        elif name == "container":
-            for line in body:
-                if line.startswith("cgroup "):
-                    state.container_cgroups.append(line[len("cgroup "):].strip())
-                elif line.strip():
-                    state.container = line.strip()
-            state.container_scope = next((cgroup.split(":", 2)[-1] for cgroup in state.container_cgroups
-                                          if cgroup.endswith(".scope") and "containerd-deploy-" in cgroup), None)
-    return state
-
-
-class ContainerdDaemon(FactBase):
-    """
-    Returns a ``DaemonState``: the running containerd's service state, process, version,
-    CRI plugins, effective config, a kubelet's config, and whether a container runs.
-    """
-
-    @staticmethod
-    def default():
-        return DaemonState()
-
-    def command(self, bin_dir, config_path, unit, files=(), image="", systemd_cgroup=True, binaries=()):
-        return daemon_state_command(bin_dir, config_path, unit, tuple(files), image, systemd_cgroup, tuple(binaries))
-
-    def process(self, output):
-        return parse_daemon_state(output)
+        return decode_lines(output)

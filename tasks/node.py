@@ -12,7 +12,8 @@ from pyinfra.api.exceptions import DeployError
 from . import artifacts
 from . import registries
 from .configure import configure_containerd, loaded_at_start, managed_paths
-from .facts import KUBELET_CONFIG, LOCK_PATH, LOCK_WAIT_SECONDS, ContainerdNode, NodeState
+from .facts import KUBELET_CONFIG, ContainerdNode, NodeState
+from .lock import LOCK_PATH, LOCK_WAIT_SECONDS
 from .install import install_release_files
 from .operations import artifact_is_installed, leftovers_absent
 from .reset import check_purge, remove_containerd

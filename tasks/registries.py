@@ -10,7 +10,7 @@ from collections.abc import Mapping
 
 import tomlkit
 
-from .settings import DataError, control_characters, redact_url
+from .values import DataError, control_characters, redact_url
 
 MARKER = "# Managed by containerd-deploy (data key containerd_registries): edits here are overwritten."
 MIRROR_FIELDS = {"host", "capabilities", "skip_verify", "ca", "headers", "override_path"}

@@ -18,7 +18,8 @@ from .facts import NodeState
 from .install import CRICTL_CONFIG, crictl_config_is_ours
 from .operations import directory_absent, file_absent, release_artifact_absent, service_absent
 from .service import any_changed
-from .settings import DEFAULTS, DataError, Settings, control_characters, is_system_tree
+from .settings import DEFAULTS, Settings
+from .values import DataError, control_characters, is_system_tree
 
 DATA_DEFAULTS = {"root": "/var/lib/containerd", "state": "/run/containerd"}
 

@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from packaging.version import InvalidVersion, Version
-from pyinfra.api.exceptions import DeployError
+
+from . import registries
+from .values import DataError, control_characters, is_system_tree, redact_url
 
 # Release lines this deploy knows how to configure (config schema v2 for 1.x, v3+ for 2.x).
 SUPPORTED_CONTAINERD = (Version("1.6"), Version("3"))
@@ -27,51 +29,6 @@ ARCHES = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # ASCII digits only: Python's \d also matches other scripts' digits, which no release has.
 VERSION = re.compile(r"^v?([0-9]+\.[0-9]+\.[0-9]+)$")
-# Trees of the operating system that no data key may name as a directory the deploy locks
-# down, empties or deletes (staging, state, containerd's data when purged): each, and each
-# of its ancestors, is refused.
-SYSTEM_TREES = frozenset({
-    "/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/libx32", "/media", "/mnt",
-    "/opt", "/proc", "/root", "/run", "/run/user", "/run/lock", "/sbin", "/srv", "/sys", "/tmp", "/usr",
-    "/usr/bin", "/usr/include", "/usr/lib", "/usr/lib64", "/usr/libexec", "/usr/local", "/usr/local/bin",
-    "/usr/local/lib", "/usr/local/sbin", "/usr/local/share", "/usr/sbin", "/usr/share", "/usr/src", "/var",
-    "/var/backups", "/var/cache", "/var/lib", "/var/local", "/var/lock", "/var/log", "/var/mail", "/var/opt",
-    "/var/run", "/var/spool", "/var/tmp",
-})
-
-
-def control_characters(text: str) -> bool:
-    """Whether `text` holds a character that has no place in a path, URL or unit value: C0 and
-    C1 controls (NUL, newline, …), and any white space but the plain space (tabs, Unicode line
-    separators: tools split lines and strip words at them)."""
-    return any(ord(char) < 32 or 127 <= ord(char) < 160 or (char.isspace() and char != " ") for char in text)
-
-
-def is_system_tree(path: str) -> bool:
-    """`path` (normalized, absolute) is a tree of the operating system or holds one."""
-    return path in SYSTEM_TREES or any(tree.startswith(path.rstrip("/") + "/") for tree in SYSTEM_TREES)
-
-
-def redact_url(url: str) -> str:
-    """The URL with any password in it replaced by ***, for messages and logs."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-    except ValueError:
-        return "<a URL that cannot be parsed>"
-    if parts.password is None and "@" not in parts.netloc:
-        return url
-    user = parts.username or ""
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{parts.netloc.rpartition('@')[2]}"))
-
-
-class DataError(DeployError):
-    """A data value this deploy cannot use; raised before the host is changed."""
-
-    def __init__(self, host: str, key: str, problem: str, fix: str):
-        self.host, self.key = host, key
-        super().__init__(f"{host}: data key {key!r} {problem}. Fix: {fix}")
-
-
 @dataclass(frozen=True)
 class Settings:
     host: str
@@ -342,8 +299,6 @@ def _runtimes(host: str, key: str, value) -> tuple:
 
 
 def _registries(host: str, key: str, value) -> dict:
-    from . import registries
-
     return registries.parse(host, value)
 
 

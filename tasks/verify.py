@@ -20,7 +20,8 @@ from pyinfra import host
 from pyinfra.api import StringCommand, deploy, operation
 
 from .config_toml import ConfigError, PATHS, parse, runc_systemd_cgroup, schema_version, value_at
-from .facts import SERVICE_PATH, ContainerdDaemon, DaemonState, newer_than_daemon
+from .daemon import SERVICE_PATH, ContainerdDaemon, DaemonState
+from .facts import newer_than_daemon
 from .settings import DEFAULTS, Settings
 
 # The CRI plugins a kubelet needs, as `ctr plugins ls` names them (type, id); 2.x split the

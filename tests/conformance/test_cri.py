@@ -11,7 +11,7 @@ import uuid
 import pytest
 
 from tasks.config_toml import PATHS, value_at
-from tasks.facts import missing_binaries_lines
+from tasks.daemon import missing_binaries_lines
 from tasks.verify import kubelet_cgroup_driver, missing_binary_problem, release_version, runtime_binaries
 
 from . import oci

@@ -3,7 +3,8 @@ import re
 import pytest
 
 from tasks.artifacts import pinned_checksums, resolve
-from tasks.settings import DataError, resolve as settings_for
+from tasks.settings import resolve as settings_for
+from tasks.values import DataError
 
 # Upstream values, from the releases' own .sha256sum files.
 KNOWN = {

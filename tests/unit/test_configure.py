@@ -69,7 +69,7 @@ def test_extra_toml_cannot_contradict_the_cgroup_driver():
 
     from tasks.config_toml import RUNC_OPTIONS_PATH
     from tasks.configure import desired_config
-    from tasks.settings import DataError
+    from tasks.values import DataError
 
     base = "version = 2\n"
     path = RUNC_OPTIONS_PATH[2]

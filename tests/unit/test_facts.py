@@ -90,7 +90,7 @@ def test_the_lock_holder_stops_what_a_dead_run_left_behind():
     import subprocess
     import time
 
-    from tasks.facts import LOCK_HOLDER
+    from tasks.lock import LOCK_HOLDER
 
     gone = subprocess.Popen(["true"])
     gone.wait()

@@ -26,7 +26,8 @@ from tasks.operations import artifact_is_installed, file_absent
 from tasks.registries import hosts_toml
 from tasks.reset import purge_refusal
 from tasks.scripts import fetch_artifacts_script, install_artifact_script, remove_artifact_script
-from tasks.settings import DEFAULTS, DataError, is_system_tree, resolve
+from tasks.settings import DEFAULTS, resolve
+from tasks.values import DataError, is_system_tree
 
 from .operations import commands, run_commands, shell_text
 from .test_scripts import tarball

@@ -108,7 +108,7 @@ def test_a_distro_containerd_is_refused_unless_the_operator_says_remove():
 
 
 def test_the_distro_package_policy_is_a_choice():
-    from tasks.settings import DataError
+    from tasks.values import DataError
 
     with pytest.raises(DataError, match="containerd_distro_package"):
         resolve("n1", {"containerd_distro_package": "replace"})
@@ -131,7 +131,7 @@ def test_a_run_that_could_not_take_the_lock_stops():
 
 def test_a_run_on_the_node_itself_holds_the_lock_for_its_own_process(tmp_path):
     """pyinfra @local: no sshd above the commands; the lock is held for the controller's process."""
-    from tasks.facts import node_lock_lines
+    from tasks.lock import node_lock_lines
 
     lines = node_lock_lines("controller test", anchor_pid=os.getpid())
     script = "\n".join(lines).replace("/run/containerd-deploy.lock", str(tmp_path / "lock"))
@@ -152,7 +152,7 @@ def test_every_hosts_data_is_checked_before_the_first_host_is_asked():
     from pyinfra.api import Config, Inventory, State
 
     from tasks.node import check_inventory_data
-    from tasks.settings import DataError
+    from tasks.values import DataError
 
     def connected(inventory):
         state = State(inventory, Config())
@@ -178,7 +178,7 @@ def test_every_hosts_data_is_checked_before_the_first_host_is_asked():
 def test_purged_refuses_a_root_or_state_that_is_not_containerds_own(config, refused):
     """Regression: purged deleted whatever root/state config.toml named (only / was refused)."""
     from tasks.reset import check_purge
-    from tasks.settings import DataError
+    from tasks.values import DataError
 
     node = node_with(*( [f"{SECTION}config", base64.b64encode(config.encode()).decode()] if config else []))
     settings = resolve("node1", {"containerd_state": "purged"})
@@ -235,7 +235,7 @@ def test_the_node_fact_asks_systemd_about_the_unit_the_deploy_installs(tmp_path)
 def test_through_sudo_the_lock_holder_learns_the_connection_from_the_login_shell(tmp_path):
     """sudo resets the environment: without this the holder got no SSH_CONNECTION and could not
     stop what a dropped sudo run left running."""
-    from tasks.facts import node_lock_lines
+    from tasks.lock import node_lock_lines
 
     sshd = tmp_path / "sshd"  # an ancestor named like OpenSSH's, as the lock lines look for
     sshd.write_bytes(open("/bin/dash", "rb").read())

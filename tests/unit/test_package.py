@@ -44,3 +44,14 @@ def test_the_wheel_is_built_from_the_tree_as_it_is_laid_out():
     tool = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     assert tool["package-dir"] == {"containerd_deploy": "tasks"}
     assert (REPO_ROOT / "tasks" / "files").resolve() == (REPO_ROOT / "files").resolve()
+
+
+def test_the_registries_module_does_not_import_the_settings_it_is_part_of():
+    """No import cycle: settings parses containerd_registries with registries, which needs only
+    the shared value checks."""
+    import subprocess
+    import sys
+
+    found = subprocess.run([sys.executable, "-c", "import sys, tasks.registries; print('tasks.settings' in sys.modules)"],
+                           cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    assert found == "False"

@@ -2,7 +2,7 @@ import pytest
 import tomlkit
 
 from tasks.registries import MARKER, has_credentials, hosts_toml, parse
-from tasks.settings import DataError
+from tasks.values import DataError
 
 
 def test_hosts_toml_lists_mirrors_then_the_server():

@@ -1,7 +1,8 @@
 import pytest
 from packaging.version import Version
 
-from tasks.settings import DEFAULTS, DataError, arch_of, resolve
+from tasks.settings import DEFAULTS, arch_of, resolve
+from tasks.values import DataError
 
 
 def test_defaults_resolve():

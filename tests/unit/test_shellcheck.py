@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from tasks import artifacts, facts, scripts, verify
+from tasks import artifacts, daemon, facts, scripts, verify
 
 from .flow import no_fetch, settings_for
 
@@ -38,7 +38,7 @@ def built_scripts() -> dict[str, str]:
         "node fact": facts.node_state_command("/usr/local/bin", "/etc/containerd/config.toml",
                                               "/etc/systemd/system/containerd.service", "/var/lib/containerd-deploy",
                                               ("/etc/containerd/certs.d/docker.io/hosts.toml",), "/etc/containerd/certs.d"),
-        "daemon fact": facts.daemon_state_command("/usr/local/bin", "/etc/containerd/config.toml", "containerd.service",
+        "daemon fact": daemon.daemon_state_command("/usr/local/bin", "/etc/containerd/config.toml", "containerd.service",
                                                   ("/etc/containerd/config.toml",), "registry.k8s.io/pause:3.10", True,
                                                   ("runc", "/usr/bin/crun")),
         "verify failure": verify.failure_script("node1", ["it's broken", "$(not run)"]),

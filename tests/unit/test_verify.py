@@ -7,7 +7,8 @@ import pytest
 from packaging.version import Version
 
 from tasks.config_toml import Knobs, Runtime, render
-from tasks.facts import SECTION, parse_daemon_state
+from tasks.daemon import parse_daemon_state
+from tasks.facts import SECTION
 from tasks.verify import Expected, failure_script, judge, kubelet_cgroup_driver, release_version, sandbox_image
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
@@ -235,7 +236,7 @@ def test_the_verify_fact_asks_the_daemon_its_questions_side_by_side(tmp_path, im
     import os
     import subprocess
 
-    from tasks.facts import daemon_state_command
+    from tasks.daemon import daemon_state_command
 
     image = "localhost/containerd-deploy/pause:conformance"
     bin_dir, log = tmp_path / "bin", tmp_path / "log"
@@ -311,7 +312,7 @@ def test_a_handler_whose_binary_is_missing_fails_verify_naming_it_and_the_fix():
 def test_the_fact_looks_for_handler_binaries_as_containerd_does(tmp_path):
     import subprocess
 
-    from tasks.facts import missing_binaries_lines
+    from tasks.daemon import missing_binaries_lines
 
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
