@@ -176,6 +176,7 @@ def configure_containerd(settings: Settings, node: NodeState, binaries_current: 
         path=settings.containerd_config_path,
         content=config,
         current_sha256=_sha256(node.config_text),
+        current_text=node.config_text,
     )
     unit_op = file_content(
         name=f"Install {settings.containerd_unit_path}",

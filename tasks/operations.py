@@ -6,6 +6,7 @@ asking the node again, so a run with nothing to do costs one round trip for that
 
 import hashlib
 import posixpath
+import re
 import secrets
 import shlex
 from collections.abc import Callable, Iterator
@@ -15,6 +16,8 @@ from typing import IO
 from pyinfra import host, logger
 from pyinfra.api import FileUploadCommand, FunctionCommand, StringCommand, operation
 from pyinfra.api.command import PyinfraCommand
+from pyinfra.operations.util.files import generate_color_diff
+from pyinfra.facts.files import FileContents
 
 from .artifacts import Artifact
 from .facts import UPLOAD_DIR_PREFIX, DistroPackage, Manifest, hidden_copy
@@ -171,8 +174,32 @@ def release_artifact_absent(component: str, state_dir: str, installed: Manifest 
     yield remove_artifact_script(component, state_dir)
 
 
+# TOML or unit lines whose key names a credential: shown as `key = "***"` in diffs.
+SECRET_LINE = re.compile(r'^(\s*"?[A-Za-z0-9_.-]*(?:password|passwd|token|secret|auth)[A-Za-z0-9_.-]*"?\s*=\s*).+$',
+                         re.IGNORECASE)
+
+
+def redacted_lines(text: str) -> list[str]:
+    return [SECRET_LINE.sub(r'\1"***"', line) + "\n" for line in text.splitlines()]
+
+
+def show_diff(path: str, current: str | None, wanted: str, secret: bool) -> None:
+    """With pyinfra's --diff, log what a write will change, as files.put does (never a secret)."""
+    if not host.state.config.DIFF or host.state.is_executing:
+        return
+    verb = "create" if current is None else "modify"
+    if secret:
+        host.log(f"Will {verb} {path} (contents not shown: it holds credentials)", logger.info)
+        return
+    host.log(f"Will {verb} {path}", logger.info)
+    for line in generate_color_diff(redacted_lines(current or "") if current else [], redacted_lines(wanted)):
+        logger.info("  %s", line)
+    logger.info("")
+
+
 @operation()
-def file_content(path: str, content: str | Callable[[], str], current_sha256: str | None, mode: str = "644"):
+def file_content(path: str, content: str | Callable[[], str], current_sha256: str | None, mode: str = "644",
+                 current_text: str | None = None):
     """
     Make ``path`` hold ``content``: write it beside the path, then rename it over the path (atomic).
 
@@ -181,6 +208,8 @@ def file_content(path: str, content: str | Callable[[], str], current_sha256: st
     + current_sha256: sha256 of the node's file from the ``ContainerdNode`` fact, None if absent
     + mode: octal mode of the file; ``600`` files (credentials) are uploaded into a root-only
       file, never passed in a command line, shown or world-readable for an instant
+    + current_text: the node's file, when the caller has it; with ``--diff`` it is read
+      otherwise (not for ``600`` files, whose contents are never shown)
 
     **Example:**
 
@@ -197,6 +226,9 @@ def file_content(path: str, content: str | Callable[[], str], current_sha256: st
     if hashlib.sha256(text.encode()).hexdigest() == current_sha256:
         host.noop(f"{path} is up to date")
         return
+    if host.state.config.DIFF and current_text is None and current_sha256 is not None and mode != "600":
+        current_text = "\n".join(host.get_fact(FileContents, path=path) or []) + "\n"
+    show_diff(path, current_text if current_sha256 is not None else None, text, secret=mode == "600")
     temp_path = hidden_copy(path)
     if mode != "600":
         # One command (an upload costs two more round trips); the text is readable by all anyway.
@@ -284,6 +316,10 @@ def containerd_service(unit: str, ctr: str, version: str, timeout: int, active: 
     must_restart = restart() if callable(restart) else restart
     must_reload = reload() if callable(reload) else reload
     action = "restart" if must_restart else ("" if active else "start")
+    if host.state.config.DIFF and not host.state.is_executing:
+        said = {"restart": f"Will restart {unit} (something it loads at start changed)",
+                "start": f"Will start {unit}"}.get(action, f"No restart: {unit} keeps running")
+        host.log(said + (" after a systemd daemon-reload" if must_reload else ""), logger.info)
     if not action and enabled and not must_reload:
         host.noop(f"{unit} is enabled and running")
         return

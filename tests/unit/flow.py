@@ -79,14 +79,17 @@ class PreparedOp:
         return "\n".join(c.get_raw_value() if isinstance(c, StringCommand) else str(c) for c in self.commands)
 
 
-def prepare(monkeypatch, node: NodeState, data: dict | None = None) -> list[PreparedOp]:
+def prepare(monkeypatch, node: NodeState, data: dict | None = None, diff: bool = False,
+            files: dict[str, str] | None = None) -> list[PreparedOp]:
     """Prepare `containerd_node` for a host with `data` whose node fact is `node`; the operations
-    it added, in order, with the commands each would run (none: no change)."""
+    it added, in order, with the commands each would run (none: no change). `diff`: as with
+    pyinfra's --diff; `files`: path -> text the node's FileContents fact returns then."""
     data = {"containerd_verify": False, **(data or {})}
     inventory = Inventory(([("node1", data)], {}))
-    state = State(inventory, Config())
+    state = State(inventory, Config(DIFF=diff))
     host = inventory.get_host("node1")
     state.activate_host(host)
+    monkeypatch.setattr(host, "get_fact", lambda fact, path="", **kwargs: (files or {})[path].splitlines())
     monkeypatch.setattr(flow, "gather", lambda settings: node)
     monkeypatch.setattr(flow, "fetch_digest", no_fetch)
     with ctx_state.use(state), ctx_host.use(host):

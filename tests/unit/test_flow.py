@@ -124,3 +124,45 @@ def test_another_run_holding_the_node_stops_the_flow(monkeypatch, settings):
     with pytest.raises(DeployError, match=r"another containerd-deploy run holds this node \(controller ci pid 4242"):
         prepare(monkeypatch, node)
 
+
+
+def test_diff_shows_the_config_change_and_says_restart(monkeypatch, caplog, settings):
+    node = converged(settings)
+    node = drifted(node, config_text=node.config_text.replace("SystemdCgroup = true", "SystemdCgroup = false"))
+    with caplog.at_level("INFO"):
+        prepare(monkeypatch, node, diff=True)
+    log = caplog.text
+    assert "Will modify /etc/containerd/config.toml" in log
+    assert "- " in log and "SystemdCgroup = false" in log and "SystemdCgroup = true" in log
+    assert "Will restart containerd.service" in log
+
+
+def test_diff_of_the_unit_reads_it_from_the_node_and_says_reload_and_restart(monkeypatch, caplog, settings):
+    node = drifted(converged(settings), unit_sha256="0" * 64)
+    with caplog.at_level("INFO"):
+        prepare(monkeypatch, node, diff=True, files={settings.containerd_unit_path: "[Service]\nExecStart=/old/containerd\n"})
+    assert "Will modify /etc/systemd/system/containerd.service" in caplog.text
+    assert "ExecStart=/old/containerd" in caplog.text and "ExecStart=/usr/local/bin/containerd" in caplog.text
+    assert "Will restart containerd.service (something it loads at start changed) after a systemd daemon-reload" in caplog.text
+
+
+def test_diff_never_shows_credentials_and_says_no_restart_for_registries(monkeypatch, caplog, settings):
+    secret = "Basic c3VwZXItc2VjcmV0"
+    data = {"containerd_registries": {"docker.io": {"mirrors": [{"host": "https://m.internal", "headers": {"Authorization": secret}}]}},
+            "containerd_config_extra": {"plugins": {"example": {"password": "hunter2", "token": "t0ken"}}}}
+    with caplog.at_level("INFO"):
+        prepare(monkeypatch, converged(settings), data, diff=True)
+    log = caplog.text
+    assert "Will create /etc/containerd/certs.d/docker.io/hosts.toml (contents not shown: it holds credentials)" in log
+    assert secret not in log and "c3VwZXItc2VjcmV0" not in log
+    assert "hunter2" not in log and "t0ken" not in log and 'password = "***"' in log
+    assert "Will restart containerd.service" in log  # config_extra changed config.toml
+
+
+def test_diff_says_no_restart_when_only_a_registry_changes(monkeypatch, caplog, settings):
+    data = {"containerd_registries": {"docker.io": {"mirrors": [{"host": "https://m.internal"}]}}}
+    with caplog.at_level("INFO"):
+        prepare(monkeypatch, converged(settings), data, diff=True)
+    assert "No restart: containerd.service keeps running" in caplog.text
+    assert "Will create /etc/containerd/certs.d/docker.io/hosts.toml" in caplog.text
+    assert 'host."https://m.internal"' in caplog.text
