@@ -8,10 +8,11 @@ import sys
 from tests.harness.paths import REPO_ROOT
 
 
-def pyinfra(node: str, *extra: str, data: dict | None = None) -> tuple[subprocess.CompletedProcess, dict]:
-    """Run the deploy against one local node, as an operator would; returns (process, JSON results)."""
-    command = [sys.executable, "-m", "pyinfra", "inventories/local.py", "deploy.py", "-y", "--json",
-               "--limit", node, *extra]
+def pyinfra(node: str, *extra: str, data: dict | None = None, yes: bool = True) -> tuple[subprocess.CompletedProcess, dict]:
+    """Run the deploy against one local node, as an operator would; returns (process, JSON results).
+    `yes=False`: without -y (and --json), so pyinfra detects changes first, as for --dry --diff."""
+    command = [sys.executable, "-m", "pyinfra", "inventories/local.py", "deploy.py",
+               *(["-y", "--json"] if yes else []), "--limit", node, *extra]
     for key, value in (data or {}).items():
         command += ["--data", f"{key}={value if isinstance(value, str) else json.dumps(value)}"]
     process = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)

@@ -37,6 +37,20 @@ def test_rerun_changes_nothing_and_keeps_the_daemon(node, first_deploy):
     assert node_snapshot(node) == before
 
 
+def test_dry_diff_shows_the_config_change_and_the_restart_without_changing_anything(node, first_deploy):
+    pid = main_pid(node)
+    before = node_snapshot(node)
+    # As an operator tries it: no -y, so pyinfra detects the changes (and shows their diff).
+    process, _ = pyinfra(node.name, "--dry", "--diff", data={"containerd_max_container_log_line_size": 32768},
+                         yes=False)
+    assert process.returncode == 0, process.stderr[-4000:]
+    output = re.sub(r"\x1b\[[0-9;]*m", "", process.stdout + process.stderr)  # no colours
+    assert "Will modify /etc/containerd/config.toml" in output, output[-3000:]
+    assert re.search(r"\+ .*max_container_log_line_size = 32768", output), output[-3000:]
+    assert "Will restart containerd.service" in output
+    assert node_snapshot(node) == before and main_pid(node) == pid
+
+
 def test_tampered_artifact_is_refused_and_the_node_left_as_it_was(node, first_deploy):
     pid = main_pid(node)
     before = node_snapshot(node)
