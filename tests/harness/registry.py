@@ -95,7 +95,8 @@ def tls_files() -> dict[str, Path]:
     per checkout), and the htpasswd file with the test user's bcrypt hash."""
     work = _work_dir()
     files = {name: work / f"{name}" for name in ("ca.key", "ca.crt", "server.key", "server.crt", "htpasswd", "password")}
-    if all(path.exists() for path in files.values()):
+    # Made for 30 days: well before they expire, a checkout gets new ones.
+    if all(path.exists() for path in files.values()) and time.time() - files["ca.crt"].stat().st_mtime < 20 * 86400:
         return files
     _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30", "-subj", "/CN=containerd-deploy test CA",
              "-keyout", "ca.key", "-out", "ca.crt", cwd=work)
