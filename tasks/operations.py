@@ -192,7 +192,7 @@ def show_diff(path: str, current: str | None, wanted: str, secret: bool) -> None
         host.log(f"Will {verb} {path} (contents not shown: it holds credentials)", logger.info)
         return
     host.log(f"Will {verb} {path}", logger.info)
-    for line in generate_color_diff(redacted_lines(current or "") if current else [], redacted_lines(wanted)):
+    for line in generate_color_diff(redacted_lines(current or ""), redacted_lines(wanted)):
         logger.info("  %s", line)
     logger.info("")
 
@@ -226,7 +226,9 @@ def file_content(path: str, content: str | Callable[[], str], current_sha256: st
     if hashlib.sha256(text.encode()).hexdigest() == current_sha256:
         host.noop(f"{path} is up to date")
         return
-    if host.state.config.DIFF and current_text is None and current_sha256 is not None and mode != "600":
+    # Read only to show it, while pyinfra detects changes: never again when the run executes.
+    if (host.state.config.DIFF and not host.state.is_executing and current_text is None
+            and current_sha256 is not None and mode != "600"):
         current_text = "\n".join(host.get_fact(FileContents, path=path) or []) + "\n"
     show_diff(path, current_text if current_sha256 is not None else None, text, secret=mode == "600")
     temp_path = hidden_copy(path)

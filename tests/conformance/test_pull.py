@@ -72,19 +72,20 @@ def _get(host, port: int) -> tuple[bool, str]:
 def test_image_pulls_through_the_configured_registries(request, host, cri, registry_config_path, pull_reference):
     if pull_reference is None:
         pytest.skip("no --pull-image=REF given: pass one to prove the node pulls through its registries")
+    # Read once: what the failure message and the report say the pull went through.
+    expected = route_on_node(host, registry_config_path, pull_reference)
     started = time.monotonic()
     failure = None
     try:
         cri.images.PullImage(api.PullImageRequest(image=api.ImageSpec(image=pull_reference)), timeout=PULL_TIMEOUT)
     except grpc.RpcError as error:
-        failure = _pull_failure(host, registry_config_path, pull_reference, error)
+        failure = explain_failure(pull_reference, expected, error.details() or str(error))
     if failure:  # failed outside the except block: the message, not a gRPC traceback
         pytest.fail(failure, pytrace=False)
     elapsed = time.monotonic() - started
     status = cri.call(cri.images, "ImageStatus", api.ImageStatusRequest(image=api.ImageSpec(image=pull_reference)))
     assert status.HasField("image"), f"{pull_reference} pulled, but the CRI does not list it"
-    via = route_on_node(host, registry_config_path, pull_reference).describe()
-    line = f"{host.backend.hostname}: pulled {pull_reference}: {status.image.size} bytes in {elapsed:.1f} s ({via})"
+    line = f"{host.backend.hostname}: pulled {pull_reference}: {status.image.size} bytes in {elapsed:.1f} s ({expected.describe()})"
 
     port = request.config.getoption("serve_port")
     if port:

@@ -138,3 +138,24 @@ def test_private_upload_sources_are_never_in_a_command_line():
                        mode="600")
     assert isinstance(uploads(yielded)[0].src, StringIO)
     assert not any("hunter2" in shell_text(c) for c in yielded if not hasattr(c, "src"))
+
+
+def test_with_diff_the_file_is_read_to_show_it_only_while_changes_are_detected(monkeypatch):
+    """The diff's extra read of the node's file happens once, before the run: never again as the
+    operation executes (that would be a round trip per file for nothing)."""
+    from pyinfra.api import Config, Inventory, State
+    from pyinfra.context import ctx_host, ctx_state
+
+    from tasks.operations import file_content
+
+    inventory = Inventory((["node1"], {}))
+    state = State(inventory, Config(DIFF=True))
+    host = inventory.get_host("node1")
+    reads = []
+    monkeypatch.setattr(host, "get_fact", lambda fact, **kwargs: reads.append(kwargs["path"]) or ["old"])
+    with ctx_state.use(state), ctx_host.use(host):
+        for executing in (False, True):
+            state.is_executing = executing
+            yielded = list(file_content._inner(path="/etc/x.conf", content="new\n", current_sha256="0" * 64))
+            assert yielded, "a changed file is written either way"
+    assert reads == ["/etc/x.conf"]
