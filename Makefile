@@ -33,8 +33,10 @@ demo: deps
 	$(PY) -m tests.harness guide-nginx $(DEMO_NODE)
 	@echo "the node keeps running: ssh -F .nodes/ssh_config $(DEMO_NODE); stop it with: make down"
 
+PY_TREES := deploy.py tasks tests bench inventories group_data
 lint: deps
-	$(VENV)/bin/ruff check deploy.py tasks tests bench inventories group_data
+	$(VENV)/bin/ruff check $(PY_TREES)
+	$(VENV)/bin/ruff format --check $(PY_TREES)
 	$(VENV)/bin/mypy
 
 # Lint and unit tests first (they fail before any VM boots), then deploy + conformance +

@@ -85,20 +85,40 @@ def deploy(names: list[str], data: dict) -> dict:
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
         raise SystemExit(f"deploy to {', '.join(names)} failed ({code}):\n{stderr[-4000:]}")
-    return {"wall": wall, "max_rss_mb": usage.ru_maxrss / 1024, "controller_cpu": usage.ru_utime + usage.ru_stime,
-            "host_busy": busy_share(cpu_before, host_cpu()), "results": json.loads(stdout)}
+    return {
+        "wall": wall,
+        "max_rss_mb": usage.ru_maxrss / 1024,
+        "controller_cpu": usage.ru_utime + usage.ru_stime,
+        "host_busy": busy_share(cpu_before, host_cpu()),
+        "results": json.loads(stdout),
+    }
 
 
 def accepts_connections(node: vm.Node, timeout: float = 60) -> None:
     """Wait until sshd takes new connections again (it re-executes itself on a reload)."""
     deadline = time.monotonic() + timeout
     while True:
-        probe = subprocess.run(["ssh", "-o", "ControlMaster=no", "-o", "ControlPath=none", *vm.ssh_options(node.port),
-                                "root@127.0.0.1", "true"], capture_output=True, text=True, timeout=60)
+        probe = subprocess.run(
+            [
+                "ssh",
+                "-o",
+                "ControlMaster=no",
+                "-o",
+                "ControlPath=none",
+                *vm.ssh_options(node.port),
+                "root@127.0.0.1",
+                "true",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         if probe.returncode == 0:
             return
         if time.monotonic() > deadline:
-            raise SystemExit(f"{node.name}: sshd takes no new connection after its reload: {probe.stderr[-500:]}")
+            raise SystemExit(
+                f"{node.name}: sshd takes no new connection after its reload: {probe.stderr[-500:]}"
+            )
         time.sleep(0.5)
 
 
@@ -109,38 +129,75 @@ def main_pid(node: vm.Node) -> str:
 def floor(nodes: list[vm.Node], data: dict, unit: str) -> dict:
     """bench/floor.sh on each node at once, each over one fresh SSH connection (no shared master:
     pyinfra pays a handshake too): wall seconds until the last one is done, host CPU busy share."""
-    exports = "".join(f"export {key}={shlex.quote(value)}\n" for key, value in {
-        "MIRROR": data["artifact_mirror"], "CONTAINERD_VERSION": data["containerd_version"],
-        "CONTAINERD_SHA256": data["containerd_sha256"], "RUNC_VERSION": data["runc_version"],
-        "RUNC_SHA256": data["runc_sha256"], "UNIT": unit}.items())
+    exports = "".join(
+        f"export {key}={shlex.quote(value)}\n"
+        for key, value in {
+            "MIRROR": data["artifact_mirror"],
+            "CONTAINERD_VERSION": data["containerd_version"],
+            "CONTAINERD_SHA256": data["containerd_sha256"],
+            "RUNC_VERSION": data["runc_version"],
+            "RUNC_SHA256": data["runc_sha256"],
+            "UNIT": unit,
+        }.items()
+    )
     script = exports + FLOOR_SCRIPT.read_text()
 
     def run_on(node: vm.Node) -> subprocess.CompletedProcess:
-        return subprocess.run(["ssh", "-o", "ControlMaster=no", "-o", "ControlPath=none", *vm.ssh_options(node.port),
-                               "root@127.0.0.1", "sh -s"], input=script, text=True, capture_output=True, timeout=900)
+        return subprocess.run(
+            [
+                "ssh",
+                "-o",
+                "ControlMaster=no",
+                "-o",
+                "ControlPath=none",
+                *vm.ssh_options(node.port),
+                "root@127.0.0.1",
+                "sh -s",
+            ],
+            input=script,
+            text=True,
+            capture_output=True,
+            timeout=900,
+        )
 
     cpu_before = host_cpu()
     started = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(len(nodes)) as pool:
         results = list(pool.map(run_on, nodes))
-    for node, result in zip(nodes, results):
+    for node, result in zip(nodes, results, strict=True):
         if result.returncode != 0:
             raise SystemExit(f"bench/floor.sh failed on {node.name}:\n{result.stderr[-3000:]}")
     return {"wall": time.monotonic() - started, "host_busy": busy_share(cpu_before, host_cpu())}
 
 
 def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    memory = next(line.split(":", 1)[1].strip() for line in Path("/proc/meminfo").read_text().splitlines()
-                  if line.startswith("MemTotal"))
-    qemu = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
-    pyinfra_version = subprocess.run([sys.executable, "-m", "pyinfra", "--version"], capture_output=True,
-                                     text=True).stdout.strip()
-    return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpus": f"{os.cpu_count()} ({cpu})",
-            "memory": memory, "hypervisor": f"{qemu}, TCG (no KVM), {vm.CPUS} vCPUs and {vm.MEMORY_MB} MiB per VM",
-            "nodes": "Debian 13, containerd and runc from Debian's packages in upstream's release layout",
-            "controller": f"Python {platform.python_version()}, {pyinfra_version}"}
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    memory = next(
+        line.split(":", 1)[1].strip()
+        for line in Path("/proc/meminfo").read_text().splitlines()
+        if line.startswith("MemTotal")
+    )
+    qemu = subprocess.run(
+        ["qemu-system-x86_64", "--version"], capture_output=True, text=True
+    ).stdout.splitlines()[0]
+    pyinfra_version = subprocess.run(
+        [sys.executable, "-m", "pyinfra", "--version"], capture_output=True, text=True
+    ).stdout.strip()
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "cpus": f"{os.cpu_count()} ({cpu})",
+        "memory": memory,
+        "hypervisor": f"{qemu}, TCG (no KVM), {vm.CPUS} vCPUs and {vm.MEMORY_MB} MiB per VM",
+        "nodes": "Debian 13, containerd and runc from Debian's packages in upstream's release layout",
+        "controller": f"Python {platform.python_version()}, {pyinfra_version}",
+    }
 
 
 def run(max_nodes: int, rounds: int) -> Report:
@@ -164,13 +221,23 @@ def run(max_nodes: int, rounds: int) -> Report:
         return [nodes[name] for name in wanted]
 
     from tasks.configure import unit_text
+
     unit = unit_text("/usr/local/bin")
     with CountingMirror() as counting:
-        data = {"artifact_mirror": counting.url_for_guests(), "containerd_version": release.containerd_version,
-                "containerd_sha256": release.containerd_sha256, "runc_version": release.runc_version,
-                "runc_sha256": release.runc_sha256}
-        set_bytes = sum(path.stat().st_size for path in (mirror.containerd_tarball_path(release.containerd_version),
-                                                         mirror.runc_binary_path(release.runc_version)))
+        data = {
+            "artifact_mirror": counting.url_for_guests(),
+            "containerd_version": release.containerd_version,
+            "containerd_sha256": release.containerd_sha256,
+            "runc_version": release.runc_version,
+            "runc_sha256": release.runc_sha256,
+        }
+        set_bytes = sum(
+            path.stat().st_size
+            for path in (
+                mirror.containerd_tarball_path(release.containerd_version),
+                mirror.runc_binary_path(release.runc_version),
+            )
+        )
 
         # 1. First converge against the floor: pairs of fresh nodes, the order alternating
         # between rounds; the median of the pairs' ratios.
@@ -188,9 +255,13 @@ def run(max_nodes: int, rounds: int) -> Report:
         one_wall = median([one["wall"] for one, _ in pairs])
         floor_wall = median([floor_run["wall"] for _, floor_run in pairs])
         one = pairs[-1][0]
-        report.add("First converge, 1 node", f"{one_wall:.1f} s vs {floor_wall:.1f} s by hand (medians of {rounds} "
-                   f"fresh pairs): {ratio:.2f}x (pairs: {', '.join(f'{r:.2f}x' for r in ratios)})",
-                   f"≤ {FLOORS['first_converge_ratio']}x", ratio <= FLOORS["first_converge_ratio"])
+        report.add(
+            "First converge, 1 node",
+            f"{one_wall:.1f} s vs {floor_wall:.1f} s by hand (medians of {rounds} "
+            f"fresh pairs): {ratio:.2f}x (pairs: {', '.join(f'{r:.2f}x' for r in ratios)})",
+            f"≤ {FLOORS['first_converge_ratio']}x",
+            ratio <= FLOORS["first_converge_ratio"],
+        )
 
         # 2. The no-op rerun (the node the last pair converged).
         first = nodes[names[0]]
@@ -202,10 +273,13 @@ def run(max_nodes: int, rounds: int) -> Report:
         changes = len(changed_ops(noop["results"], names[0]))
         same_pid = main_pid(first) == pid
         noop_wall = median([noop["wall"]] + [deploy(names[:1], data)["wall"] for _ in range(rounds - 1)])
-        report.add("No-op rerun, 1 node", f"{noop_wall:.1f} s (median of {rounds}); {commands} remote "
-                   f"commands; {changes} changes; MainPID {'unchanged' if same_pid else 'CHANGED'}",
-                   f"0 changes, no restart, ≤ {FLOORS['noop_remote_commands']} commands",
-                   changes == 0 and same_pid and commands <= FLOORS["noop_remote_commands"])
+        report.add(
+            "No-op rerun, 1 node",
+            f"{noop_wall:.1f} s (median of {rounds}); {commands} remote "
+            f"commands; {changes} changes; MainPID {'unchanged' if same_pid else 'CHANGED'}",
+            f"0 changes, no restart, ≤ {FLOORS['noop_remote_commands']} commands",
+            changes == 0 and same_pid and commands <= FLOORS["noop_remote_commands"],
+        )
 
         # 3. Four nodes at once: the floor script on four fresh nodes, then the deploy on four.
         floor_four = floor(boot(floor_names, fresh=True), data, unit)
@@ -218,14 +292,16 @@ def run(max_nodes: int, rounds: int) -> Report:
         fan_ratio = four["wall"] / one_wall
         floor_fan_ratio = floor_four["wall"] / floor_wall
         cpu_bound = floor_four["host_busy"] >= 0.9
-        report.add("First converge, 4 nodes at once",
-                   f"{four['wall']:.1f} s: {fan_ratio:.2f}x one node (host CPUs {four['host_busy']:.0%} busy); "
-                   f"by hand on 4 at once: {floor_four['wall']:.1f} s, {floor_fan_ratio:.2f}x one "
-                   f"(host CPUs {floor_four['host_busy']:.0%} busy); deploy/by hand at 4: "
-                   f"{four['wall'] / floor_four['wall']:.2f}x",
-                   f"≤ {FLOORS['fanout_ratio']}x, given VMs not CPU-starved"
-                   + (" (they are here: see the notes)" if cpu_bound else ""),
-                   None if cpu_bound else fan_ratio <= FLOORS["fanout_ratio"])
+        report.add(
+            "First converge, 4 nodes at once",
+            f"{four['wall']:.1f} s: {fan_ratio:.2f}x one node (host CPUs {four['host_busy']:.0%} busy); "
+            f"by hand on 4 at once: {floor_four['wall']:.1f} s, {floor_fan_ratio:.2f}x one "
+            f"(host CPUs {floor_four['host_busy']:.0%} busy); deploy/by hand at 4: "
+            f"{four['wall'] / floor_four['wall']:.2f}x",
+            f"≤ {FLOORS['fanout_ratio']}x, given VMs not CPU-starved"
+            + (" (they are here: see the notes)" if cpu_bound else ""),
+            None if cpu_bound else fan_ratio <= FLOORS["fanout_ratio"],
+        )
 
         # 4. Upstream bytes: four nodes each fetching (above), then through the controller's cache.
         report.add("Upstream bytes, 4 nodes, artifact_source=node", f"{served_node:.2f} artifact sets")
@@ -233,13 +309,23 @@ def run(max_nodes: int, rounds: int) -> Report:
         cache = tempfile.mkdtemp(prefix="bench-cache-")
         counting.take()
         # The controller reaches the mirror on its own loopback (the guests' 10.0.2.2).
-        cached = deploy(fan, {**data, "artifact_source": "controller", "artifact_cache_dir": cache,
-                              "artifact_mirror": f"http://127.0.0.1:{counting.port}"})
+        cached = deploy(
+            fan,
+            {
+                **data,
+                "artifact_source": "controller",
+                "artifact_cache_dir": cache,
+                "artifact_mirror": f"http://127.0.0.1:{counting.port}",
+            },
+        )
         served_cached = artifact_sets(counting.take(), set_bytes)
         shutil.rmtree(cache, ignore_errors=True)
-        report.add("Upstream bytes, 4 nodes, artifact_source=controller", f"{served_cached:.2f} artifact sets "
-                   f"({cached['wall']:.1f} s)", f"{FLOORS['upstream_artifact_sets']} set for any N",
-                   round(served_cached, 2) <= FLOORS["upstream_artifact_sets"])
+        report.add(
+            "Upstream bytes, 4 nodes, artifact_source=controller",
+            f"{served_cached:.2f} artifact sets ({cached['wall']:.1f} s)",
+            f"{FLOORS['upstream_artifact_sets']} set for any N",
+            round(served_cached, 2) <= FLOORS["upstream_artifact_sets"],
+        )
 
         # 3 and 5. No-op reruns at 1, 4 and 8 nodes; the controller's memory and CPU for each.
         if max_nodes > 4:
@@ -249,12 +335,17 @@ def run(max_nodes: int, rounds: int) -> Report:
         for count in sorted({4, max_nodes}):
             noops[count] = deploy(names[:count], data)
         for count, result in noops.items():
-            report.add(f"No-op rerun, {count} node{'s' if count > 1 else ''} at once",
-                       f"{result['wall']:.1f} s ({result['wall'] / noop_wall:.2f}x one node); host CPUs "
-                       f"{result['host_busy']:.0%} busy; controller {result['controller_cpu']:.1f} CPU s, "
-                       f"peak RSS {result['max_rss_mb']:.0f} MiB")
-        report.add("Controller peak RSS, first converge", f"1 node {one['max_rss_mb']:.0f} MiB; "
-                   f"4 nodes {four['max_rss_mb']:.0f} MiB; 4 through the cache {cached['max_rss_mb']:.0f} MiB")
+            report.add(
+                f"No-op rerun, {count} node{'s' if count > 1 else ''} at once",
+                f"{result['wall']:.1f} s ({result['wall'] / noop_wall:.2f}x one node); host CPUs "
+                f"{result['host_busy']:.0%} busy; controller {result['controller_cpu']:.1f} CPU s, "
+                f"peak RSS {result['max_rss_mb']:.0f} MiB",
+            )
+        report.add(
+            "Controller peak RSS, first converge",
+            f"1 node {one['max_rss_mb']:.0f} MiB; "
+            f"4 nodes {four['max_rss_mb']:.0f} MiB; 4 through the cache {cached['max_rss_mb']:.0f} MiB",
+        )
         report.notes.append(
             f"{os.cpu_count()} host CPUs run every VM under TCG. A first converge is CPU-bound inside the guest "
             "(curl, sha256 and gunzip of ~50 MB, ~130 MB of binaries written, Go binaries started under "
@@ -263,18 +354,22 @@ def run(max_nodes: int, rounds: int) -> Report:
             "fan-out floor assumes VMs that are not CPU-starved, so it is reported, not judged, when the script by "
             "hand is CPU-bound too. What the deploy adds at 4 nodes (the deploy/by-hand ratio) is its own guest "
             "work (facts, the verify step's Go binaries) competing for the same CPUs, and pyinfra's lock-step: "
-            "each operation waits for the slowest node before the next starts.")
+            "each operation waits for the slowest node before the next starts."
+        )
         report.notes.append(
             "The no-op fan-out: the controller's CPU seconds are its whole share (pyinfra runs hosts in "
             "parallel in one process); the rest of the wall time is the guests answering under emulation, "
-            "on host CPUs as busy as shown.")
+            "on host CPUs as busy as shown."
+        )
     return report
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=8, help="the largest fan-out (at least 4)")
-    parser.add_argument("--rounds", type=int, default=3, help="fresh node pairs for the first converge (median)")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="fresh node pairs for the first converge (median)"
+    )
     args = parser.parse_args(argv)
     names = [f"bench-{i}" for i in range(1, max(4, args.nodes) + 1)]
     try:

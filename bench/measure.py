@@ -70,8 +70,15 @@ class Report:
         print(f"{name}: {figure}{'  floor: ' + floor if floor else ''}{verdict}", flush=True)
 
     def markdown(self) -> str:
-        lines = ["# Benchmarks", "", "Written by `make bench` (`python -m bench`); every figure below comes from one run,",
-                 "measured side by side on local qemu (TCG) VMs.", "", "## Machine", ""]
+        lines = [
+            "# Benchmarks",
+            "",
+            "Written by `make bench` (`python -m bench`); every figure below comes from one run,",
+            "measured side by side on local qemu (TCG) VMs.",
+            "",
+            "## Machine",
+            "",
+        ]
         lines += [f"- {key}: {value}" for key, value in self.machine.items()]
         lines += ["", "## Figures", "", "| Measure | Figure | Floor | Holds |", "|---|---|---|---|"]
         for row in self.rows:

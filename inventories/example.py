@@ -1,7 +1,7 @@
 """A production fleet. Each list is a group; group_data/<group>.py holds that group's data.
 
-    pyinfra inventories/example.py deploy.py -y
-    pyinfra inventories/example.py deploy.py -y --limit k8s_workers
+pyinfra inventories/example.py deploy.py -y
+pyinfra inventories/example.py deploy.py -y --limit k8s_workers
 """
 
 k8s_control_plane = [

@@ -60,8 +60,14 @@ def pinned_checksums(path: Path = CHECKSUMS_FILE) -> dict:
         return tomllib.load(handle)
 
 
-def _checksum(settings: Settings, component: str, version: str, arch: str, url: str = "",
-              published: Callable[[str], str] | None = None) -> str:
+def _checksum(
+    settings: Settings,
+    component: str,
+    version: str,
+    arch: str,
+    url: str = "",
+    published: Callable[[str], str] | None = None,
+) -> str:
     key = f"{component}_sha256"
     given = getattr(settings, key)
     if isinstance(given, dict):
@@ -76,12 +82,16 @@ def _checksum(settings: Settings, component: str, version: str, arch: str, url: 
         try:
             return published(url)
         except Exception as error:  # noqa: BLE001 - any failure to read it is the same refusal
-            raise DataError(settings.host, "artifact_trust_mirror_checksums",
-                            f"names {component}, but its published checksum could not be read ({error})",
-                            f"make {url}.sha256sum reachable from the controller, or set {key}") from None
+            raise DataError(
+                settings.host,
+                "artifact_trust_mirror_checksums",
+                f"names {component}, but its published checksum could not be read ({error})",
+                f"make {url}.sha256sum reachable from the controller, or set {key}",
+            ) from None
     listed = ", ".join(pinned_checksums().get(component, {})) or "none"
     raise DataError(
-        settings.host, key,
+        settings.host,
+        key,
         f"is not set, and {component} {version} for {arch} has no pinned checksum in files/checksums.toml "
         f"(pinned: {listed})",
         f"set {key} to the sha256 from the release's .sha256sum file (or a mapping of arch to sha256), "
@@ -93,7 +103,9 @@ def wanted_components(settings: Settings) -> tuple[str, ...]:
     return tuple(name for name in COMPONENTS if getattr(settings, f"{name}_version") is not None)
 
 
-def resolve(settings: Settings, arch: str, published: Callable[[str], str] | None = None) -> dict[str, Artifact]:
+def resolve(
+    settings: Settings, arch: str, published: Callable[[str], str] | None = None
+) -> dict[str, Artifact]:
     """component -> the release file this host gets, for every component the data asks for.
 
     `published(url)` reads the checksum a release publishes next to a file; it is asked only
@@ -104,8 +116,9 @@ def resolve(settings: Settings, arch: str, published: Callable[[str], str] | Non
         version = str(getattr(settings, f"{component}_version"))
         template = getattr(settings, f"{component}_download_url")
         url = template.format(mirror=settings.artifact_mirror, version=version, arch=arch)
-        artifacts[component] = Artifact(component, version, arch, url,
-                                        _checksum(settings, component, version, arch, url, published))
+        artifacts[component] = Artifact(
+            component, version, arch, url, _checksum(settings, component, version, arch, url, published)
+        )
     return artifacts
 
 

@@ -25,14 +25,21 @@ PATHS: dict[str, dict[int, tuple[str, ...]]] = {
     "sandbox_image": {2: _CRI_V2 + ("sandbox_image",), 3: _CRI_IMAGES + ("pinned_images", "sandbox")},
     "registry": {2: _CRI_V2 + ("registry",), 3: _CRI_IMAGES + ("registry",)},
     "snapshotter": {2: _CRI_V2 + ("containerd", "snapshotter"), 3: _CRI_IMAGES + ("snapshotter",)},
-    "max_container_log_line_size": {2: _CRI_V2 + ("max_container_log_line_size",),
-                                    3: _CRI_RUNTIME + ("max_container_log_line_size",)},
+    "max_container_log_line_size": {
+        2: _CRI_V2 + ("max_container_log_line_size",),
+        3: _CRI_RUNTIME + ("max_container_log_line_size",),
+    },
 }
 for _paths in PATHS.values():
     _paths[4] = _paths[3]
 RUNC_OPTIONS_PATH = {schema: runtimes + ("runc", "options") for schema, runtimes in PATHS["runtimes"].items()}
 # How disabled_plugins may name the CRI plugins (short name, 1.x and 2.x plugin IDs).
-CRI_PLUGIN_IDS = {"cri", "io.containerd.grpc.v1.cri", "io.containerd.cri.v1.runtime", "io.containerd.cri.v1.images"}
+CRI_PLUGIN_IDS = {
+    "cri",
+    "io.containerd.grpc.v1.cri",
+    "io.containerd.cri.v1.runtime",
+    "io.containerd.cri.v1.images",
+}
 # The oldest containerd that reads each schema version.
 SCHEMA_NEEDS = {2: Version("1.3"), 3: Version("2.0"), 4: Version("2.3")}
 
@@ -69,7 +76,9 @@ def parse(text: str) -> tomlkit.TOMLDocument:
     try:
         return tomlkit.parse(text)
     except ParseError as error:
-        raise ConfigError(f"is not valid TOML ({error}); fix or remove the file, the deploy left it as it is") from None
+        raise ConfigError(
+            f"is not valid TOML ({error}); fix or remove the file, the deploy left it as it is"
+        ) from None
 
 
 def schema_version(document: tomlkit.TOMLDocument, containerd_version: Version) -> int:
@@ -103,7 +112,9 @@ def _table_at(document, path: tuple[str, ...]):
             node[key] = tomlkit.table()
         node = node[key]
         if not isinstance(node, (Table, tomlkit.TOMLDocument)):
-            raise ConfigError(f"has a value, not a table, at {'.'.join(path[:depth + 1])}; it must be a table")
+            raise ConfigError(
+                f"has a value, not a table, at {'.'.join(path[: depth + 1])}; it must be a table"
+            )
     return node
 
 
@@ -112,7 +123,12 @@ def _indent_like_siblings(table, key: str) -> None:
     container = table.value if isinstance(table, Table) else table
     for sibling, item in container.body:
         inserted = container.item(key)
-        if sibling is not None and sibling.key != key and not isinstance(item, Table) and isinstance(inserted, Item):
+        if (
+            sibling is not None
+            and sibling.key != key
+            and not isinstance(item, Table)
+            and isinstance(inserted, Item)
+        ):
             inserted.trivia.indent = item.trivia.indent
             return
 

@@ -44,7 +44,9 @@ def unit_text(bin_dir: str, limit_nofile: str | None = None) -> str:
 
 def proxy_dropin_mode(settings: Settings) -> str:
     """0600 when a proxy URL carries credentials: nobody else on the node reads them from the file."""
-    secret = has_credentials(settings.containerd_http_proxy) or has_credentials(settings.containerd_https_proxy)
+    secret = has_credentials(settings.containerd_http_proxy) or has_credentials(
+        settings.containerd_https_proxy
+    )
     return "600" if secret else "644"
 
 
@@ -54,16 +56,22 @@ def proxy_dropin_path(settings: Settings) -> str:
 
 def proxy_dropin_text(settings: Settings) -> str | None:
     """The drop-in that gives containerd (and the pulls it makes) a proxy; None when none is set."""
-    variables = [(name, value) for name, value in (
-        ("HTTP_PROXY", settings.containerd_http_proxy),
-        ("HTTPS_PROXY", settings.containerd_https_proxy),
-        ("NO_PROXY", settings.containerd_no_proxy),
-    ) if value]
+    variables = [
+        (name, value)
+        for name, value in (
+            ("HTTP_PROXY", settings.containerd_http_proxy),
+            ("HTTPS_PROXY", settings.containerd_https_proxy),
+            ("NO_PROXY", settings.containerd_no_proxy),
+        )
+        if value
+    ]
     if not variables:
         return None
     # Both spellings: Go reads the upper-case ones, other tools that containerd runs the lower.
-    lines = [f"Environment={systemd_word(f'{name}={value}')} {systemd_word(f'{name.lower()}={value}')}"
-             for name, value in variables]
+    lines = [
+        f"Environment={systemd_word(f'{name}={value}')} {systemd_word(f'{name.lower()}={value}')}"
+        for name, value in variables
+    ]
     return DROPIN_HEADER + "[Service]\n" + "\n".join(lines) + "\n"
 
 
@@ -88,9 +96,12 @@ def desired_config(settings: Settings, base_text: str) -> str:
         raise DeployError(f"{settings.host}: {settings.containerd_config_path} {error}") from None
     if bool(runc_systemd_cgroup(text)) != settings.containerd_systemd_cgroup:
         wanted = str(settings.containerd_systemd_cgroup).lower()
-        raise DataError(settings.host, "containerd_config_extra",
-                        f"sets the runc runtime's SystemdCgroup against containerd_systemd_cgroup = {wanted}",
-                        "set the cgroup driver with containerd_systemd_cgroup alone")
+        raise DataError(
+            settings.host,
+            "containerd_config_extra",
+            f"sets the runc runtime's SystemdCgroup against containerd_systemd_cgroup = {wanted}",
+            "set the cgroup driver with containerd_systemd_cgroup alone",
+        )
     return text
 
 
@@ -110,7 +121,9 @@ def registry_files(settings: Settings) -> dict[str, tuple[str, str]]:
         )
     return {
         f"{settings.containerd_registry_config_path}/{name}/hosts.toml": (
-            registries.hosts_toml(name, spec), "600" if registries.has_credentials(spec) else "644")
+            registries.hosts_toml(name, spec),
+            "600" if registries.has_credentials(spec) else "644",
+        )
         for name, spec in settings.containerd_registries.items()
     }
 
@@ -165,7 +178,9 @@ def configure_containerd(settings: Settings, node: NodeState, binaries_current: 
             if "text" not in rendered:  # read once, for the write and for the verify step
                 defaults = host.get_fact(ContainerdDefaultConfig, bin_dir=settings.containerd_bin_dir)
                 if not defaults:
-                    raise DeployError(f"{settings.host}: {settings.containerd_bin_dir}/containerd config default printed nothing")
+                    raise DeployError(
+                        f"{settings.host}: {settings.containerd_bin_dir}/containerd config default printed nothing"
+                    )
                 rendered["text"] = desired_config(settings, defaults)
             return rendered["text"]
 
@@ -187,16 +202,29 @@ def configure_containerd(settings: Settings, node: NodeState, binaries_current: 
     dropin_path = proxy_dropin_path(settings)
     dropin_text = proxy_dropin_text(settings)
     if dropin_text is None:
-        dropin_op = file_absent(name=f"Remove {dropin_path}", path=dropin_path, present=dropin_path in node.files)
+        dropin_op = file_absent(
+            name=f"Remove {dropin_path}", path=dropin_path, present=dropin_path in node.files
+        )
     else:
-        dropin_op = file_content(name=f"Write {dropin_path}", path=dropin_path, content=dropin_text,
-                                 current_sha256=node.files.get(dropin_path), mode=proxy_dropin_mode(settings))
+        dropin_op = file_content(
+            name=f"Write {dropin_path}",
+            path=dropin_path,
+            content=dropin_text,
+            current_sha256=node.files.get(dropin_path),
+            mode=proxy_dropin_mode(settings),
+        )
 
     wanted = registry_files(settings)
     for path, (text, mode) in wanted.items():
-        file_content(name=f"Write {path}", path=path, content=text, current_sha256=node.files.get(path), mode=mode)
+        file_content(
+            name=f"Write {path}", path=path, content=text, current_sha256=node.files.get(path), mode=mode
+        )
     for path in node.managed_hosts:
         if path not in wanted:
-            file_absent(name=f"Remove {path} (no longer in containerd_registries)", path=path, present=True,
-                        remove_empty_parent=True)
+            file_absent(
+                name=f"Remove {path} (no longer in containerd_registries)",
+                path=path,
+                present=True,
+                remove_empty_parent=True,
+            )
     return ConfigureResult(config_op, unit_op, dropin_op, config, loaded_at_start(settings))

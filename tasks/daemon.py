@@ -8,8 +8,16 @@ from dataclasses import dataclass, field
 
 from pyinfra.api import FactBase
 
-from .facts import (SECTION, daemon_process_lines, decode_lines, parse_ctr_version, parse_process_section,
-                    service_lines, split_sections)
+from .facts import (
+    SECTION,
+    daemon_process_lines,
+    decode_lines,
+    parse_ctr_version,
+    parse_process_section,
+    service_lines,
+    split_sections,
+)
+
 
 @dataclass
 class DaemonState:
@@ -55,70 +63,79 @@ def missing_binaries_lines(bin_dir: str, binaries: tuple) -> list[str]:
         '  case "$binary" in',
         '    /*) [ -x "$binary" ] || printf "%s\\n" "$binary";;',
         f'    *) PATH={q(bin_dir + ":" + SERVICE_PATH)} command -v -- "$binary" >/dev/null 2>&1 || printf "%s\\n" "$binary";;',
-        '  esac',
-        'done',
+        "  esac",
+        "done",
     ]
 
 
-def daemon_state_command(bin_dir: str, config_path: str, unit: str, files: tuple, image: str,
-                         systemd_cgroup: bool, binaries: tuple = ()) -> str:
+def daemon_state_command(
+    bin_dir: str,
+    config_path: str,
+    unit: str,
+    files: tuple,
+    image: str,
+    systemd_cgroup: bool,
+    binaries: tuple = (),
+) -> str:
     q = shlex.quote
-    ctr = f'{q(f"{bin_dir}/ctr")} -n {VERIFY_NAMESPACE}'
+    ctr = f"{q(f'{bin_dir}/ctr')} -n {VERIFY_NAMESPACE}"
     # ctr's own systemd-cgroup flag puts the task in system.slice/containerd-deploy-<id>.scope,
     # as the CRI puts a pod's containers in scopes.
     cgroup = '--runc-systemd-cgroup --cgroup "system.slice:containerd-deploy:$id" ' if systemd_cgroup else ""
-    return "\n".join([
-        f"unit={q(unit)}",
-        f"image={q(image)}",
-        # The read-only questions to the daemon run side by side (each starts a Go binary:
-        # most of this fact's time on a small node), each answer in its own file with its
-        # section header, printed in order after.
-        'answers=$(mktemp -d)',
-        "trap 'rm -rf \"$answers\"' EXIT",
-        f'{{ echo "{SECTION}ctr"; timeout {CTR_TIMEOUT} {ctr} version 2>&1; }} > "$answers/1" &',
-        f'{{ echo "{SECTION}plugins"; timeout {CTR_TIMEOUT} {ctr} plugins ls 2>&1; }} > "$answers/2" &',
-        # stdout is the TOML; warnings (e.g. "configuration migrated from version 2") go to stderr.
-        f'{{ echo "{SECTION}dump"; if {q(f"{bin_dir}/containerd")} --config {q(config_path)} config dump '
-        '> "$answers/dump" 2> "$answers/dump.err"; then echo "ok $(base64 -w0 < "$answers/dump")"; '
-        'else echo "error $(base64 -w0 < "$answers/dump.err")"; fi; } > "$answers/3" &',
-        f'if [ -n "$image" ]; then {{ if timeout {CTR_TIMEOUT} {ctr} images ls -q > "$answers/images" 2>&1; '
-        'then echo ok; else echo error; fi > "$answers/images.rc"; } & fi',
-        f'echo "{SECTION}service"',
-        *service_lines('"$unit"', "-p ActiveState -p MainPID -p NeedDaemonReload"),
-        *daemon_process_lines(files),
-        f'echo "{SECTION}kubelet"',
-        "[ -f /var/lib/kubelet/config.yaml ] && base64 -w0 /var/lib/kubelet/config.yaml && echo",
-        f'echo "{SECTION}missing"',
-        *missing_binaries_lines(bin_dir, binaries),
-        "wait",
-        'cat "$answers/1" "$answers/2" "$answers/3"',
-        f'echo "{SECTION}container"',
-        'id="verify-$$"',
-        'listed=""',
-        'found=""',
-        'if [ -n "$image" ]; then',
-        '  read -r listed < "$answers/images.rc"',
-        '  while IFS= read -r line; do [ "$line" != "$image" ] || found=1; done < "$answers/images"',
-        'fi',
-        'if [ -n "$image" ] && [ "$listed" != ok ]; then',
-        '  why=""',
-        '  while IFS= read -r line; do why="$why$line "; done < "$answers/images"',
-        '  echo "failed could not list the k8s.io images: $why"',
-        'elif [ -n "$found" ]; then',
-        f'  if out=$(timeout {CTR_TIMEOUT} {ctr} run -d {cgroup}"$image" "containerd-deploy-$id" 2>&1); then',
-        f'''    task=$({ctr} tasks ls 2>/dev/null | awk -v id="containerd-deploy-$id" '$1 == id {{ print $2, $3 }}')''',
-        '    echo "task ${task#* }"',
-        '    [ -n "$task" ] && sed "s/^/cgroup /" "/proc/${task%% *}/cgroup"',
-        '  else',
-        '''    echo "failed $(printf %s "$out" | tr '\\n' ' ')"''',
-        '  fi',
-        f'  timeout {CTR_TIMEOUT} {ctr} tasks rm -f "containerd-deploy-$id" >/dev/null 2>&1',
-        f'  timeout {CTR_TIMEOUT} {ctr} containers rm "containerd-deploy-$id" >/dev/null 2>&1',
-        'else',
-        '  echo absent',
-        'fi',
-        "exit 0",
-    ])
+    return "\n".join(
+        [
+            f"unit={q(unit)}",
+            f"image={q(image)}",
+            # The read-only questions to the daemon run side by side (each starts a Go binary:
+            # most of this fact's time on a small node), each answer in its own file with its
+            # section header, printed in order after.
+            "answers=$(mktemp -d)",
+            "trap 'rm -rf \"$answers\"' EXIT",
+            f'{{ echo "{SECTION}ctr"; timeout {CTR_TIMEOUT} {ctr} version 2>&1; }} > "$answers/1" &',
+            f'{{ echo "{SECTION}plugins"; timeout {CTR_TIMEOUT} {ctr} plugins ls 2>&1; }} > "$answers/2" &',
+            # stdout is the TOML; warnings (e.g. "configuration migrated from version 2") go to stderr.
+            f'{{ echo "{SECTION}dump"; if {q(f"{bin_dir}/containerd")} --config {q(config_path)} config dump '
+            '> "$answers/dump" 2> "$answers/dump.err"; then echo "ok $(base64 -w0 < "$answers/dump")"; '
+            'else echo "error $(base64 -w0 < "$answers/dump.err")"; fi; } > "$answers/3" &',
+            f'if [ -n "$image" ]; then {{ if timeout {CTR_TIMEOUT} {ctr} images ls -q > "$answers/images" 2>&1; '
+            'then echo ok; else echo error; fi > "$answers/images.rc"; } & fi',
+            f'echo "{SECTION}service"',
+            *service_lines('"$unit"', "-p ActiveState -p MainPID -p NeedDaemonReload"),
+            *daemon_process_lines(files),
+            f'echo "{SECTION}kubelet"',
+            "[ -f /var/lib/kubelet/config.yaml ] && base64 -w0 /var/lib/kubelet/config.yaml && echo",
+            f'echo "{SECTION}missing"',
+            *missing_binaries_lines(bin_dir, binaries),
+            "wait",
+            'cat "$answers/1" "$answers/2" "$answers/3"',
+            f'echo "{SECTION}container"',
+            'id="verify-$$"',
+            'listed=""',
+            'found=""',
+            'if [ -n "$image" ]; then',
+            '  read -r listed < "$answers/images.rc"',
+            '  while IFS= read -r line; do [ "$line" != "$image" ] || found=1; done < "$answers/images"',
+            "fi",
+            'if [ -n "$image" ] && [ "$listed" != ok ]; then',
+            '  why=""',
+            '  while IFS= read -r line; do why="$why$line "; done < "$answers/images"',
+            '  echo "failed could not list the k8s.io images: $why"',
+            'elif [ -n "$found" ]; then',
+            f'  if out=$(timeout {CTR_TIMEOUT} {ctr} run -d {cgroup}"$image" "containerd-deploy-$id" 2>&1); then',
+            f"""    task=$({ctr} tasks ls 2>/dev/null | awk -v id="containerd-deploy-$id" '$1 == id {{ print $2, $3 }}')""",
+            '    echo "task ${task#* }"',
+            '    [ -n "$task" ] && sed "s/^/cgroup /" "/proc/${task%% *}/cgroup"',
+            "  else",
+            '''    echo "failed $(printf %s "$out" | tr '\\n' ' ')"''',
+            "  fi",
+            f'  timeout {CTR_TIMEOUT} {ctr} tasks rm -f "containerd-deploy-$id" >/dev/null 2>&1',
+            f'  timeout {CTR_TIMEOUT} {ctr} containers rm "containerd-deploy-$id" >/dev/null 2>&1',
+            "else",
+            "  echo absent",
+            "fi",
+            "exit 0",
+        ]
+    )
 
 
 def parse_daemon_state(lines: list[str]) -> DaemonState:
@@ -153,11 +170,17 @@ def parse_daemon_state(lines: list[str]) -> DaemonState:
         elif name == "container":
             for line in body:
                 if line.startswith("cgroup "):
-                    state.container_cgroups.append(line[len("cgroup "):].strip())
+                    state.container_cgroups.append(line[len("cgroup ") :].strip())
                 elif line.strip():
                     state.container = line.strip()
-            state.container_scope = next((cgroup.split(":", 2)[-1] for cgroup in state.container_cgroups
-                                          if cgroup.endswith(".scope") and "containerd-deploy-" in cgroup), None)
+            state.container_scope = next(
+                (
+                    cgroup.split(":", 2)[-1]
+                    for cgroup in state.container_cgroups
+                    if cgroup.endswith(".scope") and "containerd-deploy-" in cgroup
+                ),
+                None,
+            )
     return state
 
 
@@ -172,7 +195,9 @@ class ContainerdDaemon(FactBase):
         return DaemonState()
 
     def command(self, bin_dir, config_path, unit, files=(), image="", systemd_cgroup=True, binaries=()):
-        return daemon_state_command(bin_dir, config_path, unit, tuple(files), image, systemd_cgroup, tuple(binaries))
+        return daemon_state_command(
+            bin_dir, config_path, unit, tuple(files), image, systemd_cgroup, tuple(binaries)
+        )
 
     def process(self, output):
         return parse_daemon_state(output)

@@ -29,11 +29,15 @@ class Manifest:
     """What one install of a release artifact put on the node (written last, by that install)."""
 
     fields: dict = field(default_factory=dict)  # component, version, sha256, url
-    files: dict = field(default_factory=dict)  # path -> identity (FILE_IDENTITY_FORMAT) recorded at install time
+    files: dict = field(
+        default_factory=dict
+    )  # path -> identity (FILE_IDENTITY_FORMAT) recorded at install time
     actual: dict = field(default_factory=dict)  # path -> identity now (missing files absent)
 
     def intact(self) -> bool:
-        return bool(self.files) and all(self.actual.get(path) == digest for path, digest in self.files.items())
+        return bool(self.files) and all(
+            self.actual.get(path) == digest for path, digest in self.files.items()
+        )
 
 
 @dataclass(frozen=True)
@@ -74,7 +78,9 @@ class NodeState:
     kubelet_config: str | None = None  # /var/lib/kubelet/config.yaml, if a kubelet is set up
     distro_packages: list = field(default_factory=list)  # DistroPackage of each packaged containerd binary
     staging_leftovers: list = field(default_factory=list)  # what runs cut short left in the staging dir
-    hidden_leftovers: list = field(default_factory=list)  # hidden new files/dirs runs cut short left beside final paths
+    hidden_leftovers: list = field(
+        default_factory=list
+    )  # hidden new files/dirs runs cut short left beside final paths
 
     @property
     def main_pid(self) -> int:
@@ -105,10 +111,10 @@ def service_lines(unit_expr: str, properties: str) -> list[str]:
     """Shell lines printing `systemctl show` properties of a unit (MainPID among them) and
     setting $pid to its main process, with one systemctl call (each costs on a small node)."""
     return [
-        f'props=$(systemctl show {unit_expr} {properties} 2>/dev/null)',
+        f"props=$(systemctl show {unit_expr} {properties} 2>/dev/null)",
         'echo "$props"',
-        'pid=${props#*MainPID=}',
-        'pid=${pid%%[!0-9]*}',
+        "pid=${props#*MainPID=}",
+        "pid=${pid%%[!0-9]*}",
     ]
 
 
@@ -125,10 +131,10 @@ def daemon_process_lines(loaded_files: tuple) -> list[str]:
         f'  echo "{SECTION}started"',
         '  read -r stat < "/proc/$pid/stat" && echo "stat $stat"',
         '  while read -r key value; do [ "$key" != btime ] || echo "btime $value"; done < /proc/stat',
-        'fi',
+        "fi",
         f'echo "{SECTION}mtimes"',
-        'set --',
-        *[f"[ ! -e {q(path)} ] || set -- \"$@\" {q(path)}" for path in loaded_files],
+        "set --",
+        *[f'[ ! -e {q(path)} ] || set -- "$@" {q(path)}' for path in loaded_files],
         "[ $# -eq 0 ] || stat -c '%Y %n' \"$@\"",
     ]
 
@@ -207,11 +213,15 @@ def hidden_leftovers_lines(files: tuple, directories: tuple, globs: tuple) -> li
     candidates = [q(hidden_copy(path)) for path in files]
     candidates += [q(directory.rstrip("/") + "/" + HIDDEN_DIR_PREFIX) + "*" for directory in directories]
     candidates += list(globs)
-    return [
-        f"for leftover in {' '.join(candidates)}; do",
-        '  if [ -e "$leftover" ] || [ -L "$leftover" ]; then printf "%s\\n" "$leftover"; fi',
-        "done",
-    ] if candidates else []
+    return (
+        [
+            f"for leftover in {' '.join(candidates)}; do",
+            '  if [ -e "$leftover" ] || [ -L "$leftover" ]; then printf "%s\\n" "$leftover"; fi',
+            "done",
+        ]
+        if candidates
+        else []
+    )
 
 
 def distro_package_lines() -> list[str]:
@@ -221,83 +231,112 @@ def distro_package_lines() -> list[str]:
         f"for path in {' '.join(DISTRO_BINARIES)}; do",
         '  [ -e "$path" ] || continue',
         '  if command -v dpkg-query >/dev/null 2>&1 && owner=$(dpkg-query -S "$path" 2>/dev/null); then',
-        '    package=${owner%%:*}',
+        "    package=${owner%%:*}",
         '    echo "dpkg $package $(dpkg-query -W -f=\'${Version}\' "$package" 2>/dev/null) $path"',
-        '  elif command -v rpm >/dev/null 2>&1 && owner=$(rpm -qf --qf \'%{NAME} %{VERSION}-%{RELEASE}\' "$path" 2>/dev/null); then',
+        "  elif command -v rpm >/dev/null 2>&1 && owner=$(rpm -qf --qf '%{NAME} %{VERSION}-%{RELEASE}' \"$path\" 2>/dev/null); then",
         '    echo "rpm $owner $path"',
-        '  fi',
-        'done',
+        "  fi",
+        "done",
     ]
 
 
-def node_state_command(bin_dir: str, config_path: str, unit_path: str, state_dir: str,
-                       files: tuple = (), certs_dir: str = "", marker: str = "", always_defaults: bool = False,
-                       loaded: tuple = (), lock_owner: str = "", staging_dir: str = "",
-                       install_dirs: tuple = (), anchor_pid: int = 0) -> str:
+def node_state_command(
+    bin_dir: str,
+    config_path: str,
+    unit_path: str,
+    state_dir: str,
+    files: tuple = (),
+    certs_dir: str = "",
+    marker: str = "",
+    always_defaults: bool = False,
+    loaded: tuple = (),
+    lock_owner: str = "",
+    staging_dir: str = "",
+    install_dirs: tuple = (),
+    anchor_pid: int = 0,
+) -> str:
     q = shlex.quote
     ctr, containerd = q(f"{bin_dir}/ctr"), q(f"{bin_dir}/containerd")
     # Defaults come from the installed binary: needed when there is no config file to start
     # from, or always when the operator chose to start from defaults.
     defaults_when = "true" if always_defaults else f"[ ! -f {q(config_path)} ]"
-    return "\n".join([
-        *([f'echo "{SECTION}lock"', *node_lock_lines(lock_owner, anchor_pid)] if lock_owner else []),
-        "# shellcheck disable=SC2046 # split on purpose: kernel name, machine",
-        'set -- $(uname -sm)',
-        f'echo "{SECTION}machine $2"',
-        f'echo "{SECTION}kernel $1"',
-        f'if [ -d /run/systemd/system ]; then echo "{SECTION}systemd"; fi',
-        f"for m in {q(state_dir)}/*.manifest; do",
-        '  [ -f "$m" ] || continue',
-        f'  echo "{SECTION}manifest ${{m##*/}}"',
-        '  cat "$m"',
-        f'  echo "{SECTION}actual ${{m##*/}}"',
-        # One stat for all of a manifest's files (each command started costs on a small node).
-        '  set --',
-        # `file <path> <identity>`: the path (spaces and all) runs to the last space.
-        '  while IFS= read -r line; do',
-        '    case "$line" in "file "*) ;; *) continue;; esac',
-        '    rest=${line#file }',
-        '    path=${rest% *}',
-        '    recorded=${rest##* }',
-        '    [ -f "$path" ] || continue',
-        # A manifest written before identities were recorded holds digests: hash those files.
-        '    case "$recorded" in *:*) set -- "$@" "$path";; *) sha256sum "$path";; esac',
-        '  done < "$m"',
-        f"  [ $# -eq 0 ] || stat -c '{FILE_IDENTITY_FORMAT}  %n' \"$@\"",
-        "done",
-        f'echo "{SECTION}unit"',
-        f"[ -f {q(unit_path)} ] && sha256sum {q(unit_path)}",
-        f'echo "{SECTION}config"',
-        # base64 keeps the file's exact bytes (blank lines, no trailing newline) through the
-        # line-based fact output.
-        f"[ -f {q(config_path)} ] && base64 -w0 {q(config_path)} && echo",
-        f'echo "{SECTION}service"',
-        # The unit the operations install and start: named by containerd_unit_path.
-        *service_lines(q(posixpath.basename(unit_path)), "-p ActiveState -p UnitFileState -p MainPID -p NeedDaemonReload"),
-        *daemon_process_lines(loaded),
-        f'echo "{SECTION}ctr"',
-        f"[ -x {ctr} ] && [ -S /run/containerd/containerd.sock ] && timeout 10 {ctr} version 2>&1",
-        f'echo "{SECTION}default"',
-        f"{defaults_when} && [ -x {containerd} ] && {containerd} config default 2>/dev/null | base64 -w0 && echo",
-        f'echo "{SECTION}files"',
-        *[f"[ -f {q(path)} ] && sha256sum {q(path)}" for path in files],
-        f'echo "{SECTION}managed"',
-        (f"[ -d {q(certs_dir)} ] && grep -l -s -F -- {q(marker)} {q(certs_dir)}/*/hosts.toml" if certs_dir else ":"),
-        f'echo "{SECTION}kubelet"',
-        f"[ -f {KUBELET_CONFIG} ] && base64 -w0 {KUBELET_CONFIG} && echo",
-        f'echo "{SECTION}packages"',
-        *distro_package_lines(),
-        f'echo "{SECTION}staging"',
-        *(staging_leftovers_lines(staging_dir) if staging_dir else []),
-        # An emptied staging directory a run was stopped before removing (rmdir: only if empty).
-        *([f'[ -d {q(staging_dir)} ] && [ -z "$(ls -A {q(staging_dir)})" ] && echo {q(staging_dir)}'] if staging_dir else []),
-        f'echo "{SECTION}hidden"',
-        *hidden_leftovers_lines(
-            (config_path, unit_path, *files), (bin_dir, *install_dirs),
-            (f"{q(state_dir)}/*.manifest{NEW_SUFFIX}", q(UPLOAD_DIR_PREFIX) + "*",
-             *([f"{q(certs_dir)}/*/{q('.hosts.toml' + NEW_SUFFIX)}"] if certs_dir else []))),
-        "exit 0",
-    ])
+    return "\n".join(
+        [
+            *([f'echo "{SECTION}lock"', *node_lock_lines(lock_owner, anchor_pid)] if lock_owner else []),
+            "# shellcheck disable=SC2046 # split on purpose: kernel name, machine",
+            "set -- $(uname -sm)",
+            f'echo "{SECTION}machine $2"',
+            f'echo "{SECTION}kernel $1"',
+            f'if [ -d /run/systemd/system ]; then echo "{SECTION}systemd"; fi',
+            f"for m in {q(state_dir)}/*.manifest; do",
+            '  [ -f "$m" ] || continue',
+            f'  echo "{SECTION}manifest ${{m##*/}}"',
+            '  cat "$m"',
+            f'  echo "{SECTION}actual ${{m##*/}}"',
+            # One stat for all of a manifest's files (each command started costs on a small node).
+            "  set --",
+            # `file <path> <identity>`: the path (spaces and all) runs to the last space.
+            "  while IFS= read -r line; do",
+            '    case "$line" in "file "*) ;; *) continue;; esac',
+            "    rest=${line#file }",
+            "    path=${rest% *}",
+            "    recorded=${rest##* }",
+            '    [ -f "$path" ] || continue',
+            # A manifest written before identities were recorded holds digests: hash those files.
+            '    case "$recorded" in *:*) set -- "$@" "$path";; *) sha256sum "$path";; esac',
+            '  done < "$m"',
+            f"  [ $# -eq 0 ] || stat -c '{FILE_IDENTITY_FORMAT}  %n' \"$@\"",
+            "done",
+            f'echo "{SECTION}unit"',
+            f"[ -f {q(unit_path)} ] && sha256sum {q(unit_path)}",
+            f'echo "{SECTION}config"',
+            # base64 keeps the file's exact bytes (blank lines, no trailing newline) through the
+            # line-based fact output.
+            f"[ -f {q(config_path)} ] && base64 -w0 {q(config_path)} && echo",
+            f'echo "{SECTION}service"',
+            # The unit the operations install and start: named by containerd_unit_path.
+            *service_lines(
+                q(posixpath.basename(unit_path)),
+                "-p ActiveState -p UnitFileState -p MainPID -p NeedDaemonReload",
+            ),
+            *daemon_process_lines(loaded),
+            f'echo "{SECTION}ctr"',
+            f"[ -x {ctr} ] && [ -S /run/containerd/containerd.sock ] && timeout 10 {ctr} version 2>&1",
+            f'echo "{SECTION}default"',
+            f"{defaults_when} && [ -x {containerd} ] && {containerd} config default 2>/dev/null | base64 -w0 && echo",
+            f'echo "{SECTION}files"',
+            *[f"[ -f {q(path)} ] && sha256sum {q(path)}" for path in files],
+            f'echo "{SECTION}managed"',
+            (
+                f"[ -d {q(certs_dir)} ] && grep -l -s -F -- {q(marker)} {q(certs_dir)}/*/hosts.toml"
+                if certs_dir
+                else ":"
+            ),
+            f'echo "{SECTION}kubelet"',
+            f"[ -f {KUBELET_CONFIG} ] && base64 -w0 {KUBELET_CONFIG} && echo",
+            f'echo "{SECTION}packages"',
+            *distro_package_lines(),
+            f'echo "{SECTION}staging"',
+            *(staging_leftovers_lines(staging_dir) if staging_dir else []),
+            # An emptied staging directory a run was stopped before removing (rmdir: only if empty).
+            *(
+                [f'[ -d {q(staging_dir)} ] && [ -z "$(ls -A {q(staging_dir)})" ] && echo {q(staging_dir)}']
+                if staging_dir
+                else []
+            ),
+            f'echo "{SECTION}hidden"',
+            *hidden_leftovers_lines(
+                (config_path, unit_path, *files),
+                (bin_dir, *install_dirs),
+                (
+                    f"{q(state_dir)}/*.manifest{NEW_SUFFIX}",
+                    q(UPLOAD_DIR_PREFIX) + "*",
+                    *([f"{q(certs_dir)}/*/{q('.hosts.toml' + NEW_SUFFIX)}"] if certs_dir else []),
+                ),
+            ),
+            "exit 0",
+        ]
+    )
 
 
 def decode_lines(lines: list[str]) -> str | None:
@@ -332,7 +371,7 @@ def split_sections(lines: list[str]) -> list[tuple[str, list[str]]]:
     sections: list[tuple[str, list[str]]] = []
     for line in lines:
         if line.startswith(SECTION):
-            sections.append((line[len(SECTION):].strip(), []))
+            sections.append((line[len(SECTION) :].strip(), []))
         elif sections:
             sections[-1][1].append(line)
     return sections
@@ -405,10 +444,37 @@ class ContainerdNode(FactBase):
     def default():
         return NodeState()
 
-    def command(self, bin_dir, config_path, unit_path, state_dir, files=(), certs_dir="", marker="",
-                always_defaults=False, loaded=(), lock_owner="", staging_dir="", install_dirs=(), anchor_pid=0):
-        return node_state_command(bin_dir, config_path, unit_path, state_dir, files, certs_dir, marker, always_defaults,
-                                  tuple(loaded), lock_owner, staging_dir, tuple(install_dirs), anchor_pid)
+    def command(
+        self,
+        bin_dir,
+        config_path,
+        unit_path,
+        state_dir,
+        files=(),
+        certs_dir="",
+        marker="",
+        always_defaults=False,
+        loaded=(),
+        lock_owner="",
+        staging_dir="",
+        install_dirs=(),
+        anchor_pid=0,
+    ):
+        return node_state_command(
+            bin_dir,
+            config_path,
+            unit_path,
+            state_dir,
+            files,
+            certs_dir,
+            marker,
+            always_defaults,
+            tuple(loaded),
+            lock_owner,
+            staging_dir,
+            tuple(install_dirs),
+            anchor_pid,
+        )
 
     def process(self, output):
         return parse_node_state(output)

@@ -49,16 +49,23 @@ def ensure_cached(cache_dir: str, artifact: Artifact, timeout: float = 60) -> Pa
         partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
         digest = hashlib.sha256()
         try:
-            with urllib.request.urlopen(artifact.url, timeout=timeout) as response, open(partial, "wb") as out:
+            with (
+                urllib.request.urlopen(artifact.url, timeout=timeout) as response,
+                open(partial, "wb") as out,
+            ):
                 for chunk in iter(lambda: response.read(CHUNK), b""):
                     digest.update(chunk)
                     out.write(chunk)
         except (OSError, ValueError) as error:  # URLError and HTTPError are OSErrors
             partial.unlink(missing_ok=True)
-            raise FetchError(f"could not download {artifact.url} to the controller's cache: {error}") from None
+            raise FetchError(
+                f"could not download {artifact.url} to the controller's cache: {error}"
+            ) from None
         if digest.hexdigest() != artifact.sha256:
             partial.unlink(missing_ok=True)
-            raise FetchError(f"checksum mismatch for {artifact.url}: expected sha256 {artifact.sha256}, got "
-                             f"{digest.hexdigest()}; nothing was cached or installed")
+            raise FetchError(
+                f"checksum mismatch for {artifact.url}: expected sha256 {artifact.sha256}, got "
+                f"{digest.hexdigest()}; nothing was cached or installed"
+            )
         os.replace(partial, path)
         return path

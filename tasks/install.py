@@ -7,8 +7,15 @@ from pyinfra.api import deploy
 
 from .artifacts import COMPONENTS, Artifact, destination
 from .facts import NodeState
-from .operations import (artifact_is_installed, distro_packages_absent, file_absent, file_content, release_artifact,
-                         release_artifact_absent, release_files_fetched)
+from .operations import (
+    artifact_is_installed,
+    distro_packages_absent,
+    file_absent,
+    file_content,
+    release_artifact,
+    release_artifact_absent,
+    release_files_fetched,
+)
 from .settings import DEFAULTS, Settings
 
 CRICTL_CONFIG = "/etc/crictl.yaml"
@@ -18,8 +25,10 @@ NAMES = {"containerd": "containerd", "runc": "runc", "cni_plugins": "the CNI plu
 
 def crictl_config() -> str:
     """crictl pointed at containerd's socket (without it crictl probes dockershim paths first)."""
-    return (CRICTL_CONFIG_HEADER + "runtime-endpoint: unix:///run/containerd/containerd.sock\n"
-            "image-endpoint: unix:///run/containerd/containerd.sock\ntimeout: 10\n")
+    return (
+        CRICTL_CONFIG_HEADER + "runtime-endpoint: unix:///run/containerd/containerd.sock\n"
+        "image-endpoint: unix:///run/containerd/containerd.sock\ntimeout: 10\n"
+    )
 
 
 def crictl_config_is_ours(node: NodeState) -> bool:
@@ -30,10 +39,14 @@ def crictl_config_is_ours(node: NodeState) -> bool:
 @deploy("Install release files", data_defaults=DEFAULTS)
 def install_release_files(settings: Settings, node: NodeState, artifacts: dict[str, Artifact]) -> dict:
     """Returns component -> operation, so later steps can restart only when a binary changed."""
-    needed = [artifact for component, artifact in artifacts.items()
-              if not artifact_is_installed(node.manifests.get(component), artifact, destination(settings, artifact))]
+    needed = [
+        artifact
+        for component, artifact in artifacts.items()
+        if not artifact_is_installed(node.manifests.get(component), artifact, destination(settings, artifact))
+    ]
     release_files_fetched(
-        name="Fetch and verify release files" + (" (through the controller)" if settings.artifact_source == "controller" else ""),
+        name="Fetch and verify release files"
+        + (" (through the controller)" if settings.artifact_source == "controller" else ""),
         artifacts=needed,
         staging_dir=settings.containerd_staging_dir,
         cache_dir=settings.artifact_cache_dir if settings.artifact_source == "controller" else None,
@@ -41,8 +54,10 @@ def install_release_files(settings: Settings, node: NodeState, artifacts: dict[s
     )
     if settings.containerd_distro_package == "remove":
         # Only now, with the release files on the node: a failed download leaves the package running.
-        distro_packages_absent(name="Remove the distribution's containerd package (containerd_distro_package)",
-                               packages=node.distro_packages)
+        distro_packages_absent(
+            name="Remove the distribution's containerd package (containerd_distro_package)",
+            packages=node.distro_packages,
+        )
     operations = {}
     for component in COMPONENTS:
         artifact = artifacts.get(component)
@@ -65,9 +80,16 @@ def install_release_files(settings: Settings, node: NodeState, artifacts: dict[s
             verified=settings.artifact_source == "node",
         )
     if "crictl" in artifacts:
-        file_content(name=f"Write {CRICTL_CONFIG}", path=CRICTL_CONFIG, content=crictl_config(),
-                     current_sha256=node.files.get(CRICTL_CONFIG))
+        file_content(
+            name=f"Write {CRICTL_CONFIG}",
+            path=CRICTL_CONFIG,
+            content=crictl_config(),
+            current_sha256=node.files.get(CRICTL_CONFIG),
+        )
     else:
-        file_absent(name=f"Remove {CRICTL_CONFIG} (no crictl_version)", path=CRICTL_CONFIG,
-                    present=crictl_config_is_ours(node))
+        file_absent(
+            name=f"Remove {CRICTL_CONFIG} (no crictl_version)",
+            path=CRICTL_CONFIG,
+            present=crictl_config_is_ours(node),
+        )
     return operations

@@ -9,18 +9,17 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.api.exceptions import DeployError
 
-from . import artifacts
-from . import registries
+from . import artifacts, registries
 from .configure import configure_containerd, loaded_at_start, managed_paths
 from .facts import KUBELET_CONFIG, ContainerdNode, NodeState
-from .lock import LOCK_PATH, LOCK_WAIT_SECONDS
 from .install import install_release_files
+from .lock import LOCK_PATH, LOCK_WAIT_SECONDS
 from .operations import artifact_is_installed, leftovers_absent
 from .reset import check_purge, remove_containerd
 from .service import run_containerd
+from .settings import DEFAULTS, Settings, arch_of, for_host, resolve
 from .update_checksums import fetch_digest
 from .verify import kubelet_cgroup_driver, verify_containerd
-from .settings import DEFAULTS, Settings, arch_of, for_host, resolve
 
 
 def runs_on_the_node() -> bool:
@@ -53,7 +52,7 @@ def check_locked(settings: Settings, node: NodeState) -> None:
     """A run that could not take the lock stops (after the host's own refusals, which say more):
     it would be unguarded against another run."""
     if node.lock.startswith("unavailable") or not node.lock:
-        why = node.lock[len("unavailable"):].strip() or "the node did not answer for it"
+        why = node.lock[len("unavailable") :].strip() or "the node did not answer for it"
         raise DeployError(
             f"{settings.host}: could not take the node's run lock ({LOCK_PATH}): {why}. Without it two runs "
             "could change the node at once. Fix: run over SSH (pyinfra's default connector) or with pyinfra "
@@ -64,7 +63,7 @@ def check_locked(settings: Settings, node: NodeState) -> None:
 def check_not_busy(settings: Settings, node: NodeState) -> None:
     """One run at a time per node: another run holds the lock the node fact asked for."""
     if node.lock.startswith("busy"):
-        owner = node.lock[len("busy"):].strip() or "another run"
+        owner = node.lock[len("busy") :].strip() or "another run"
         raise DeployError(
             f"{settings.host}: another containerd-deploy run holds this node ({owner}); it is released when that "
             f"run ends or its SSH connection drops. Waited {LOCK_WAIT_SECONDS}s; rerun when it is done."
@@ -74,10 +73,14 @@ def check_not_busy(settings: Settings, node: NodeState) -> None:
 def check_supported(settings: Settings, node: NodeState) -> str:
     """The host's release arch; refuses hosts this deploy cannot serve, before changing them."""
     if not node.machine:
-        raise DeployError(f"{settings.host}: could not read the node's state (is it a Linux host with a POSIX shell?)")
+        raise DeployError(
+            f"{settings.host}: could not read the node's state (is it a Linux host with a POSIX shell?)"
+        )
     if node.kernel and node.kernel != "Linux":
-        raise DeployError(f"{settings.host}: the node runs {node.kernel}, not Linux; containerd's release binaries "
-                          "are Linux programs. Use a Linux host.")
+        raise DeployError(
+            f"{settings.host}: the node runs {node.kernel}, not Linux; containerd's release binaries "
+            "are Linux programs. Use a Linux host."
+        )
     arch = arch_of(settings.host, node.machine)
     if not node.systemd:
         raise DeployError(
@@ -106,8 +109,10 @@ def check_distro_package(settings: Settings, node: NodeState) -> None:
     """A containerd from the distribution's packages stays only if the operator says to remove it."""
     if not node.distro_packages or settings.containerd_distro_package == "remove":
         return
-    found = ", ".join(f"{package.name} {package.version} ({package.manager}, {package.path})"
-                      for package in node.distro_packages)
+    found = ", ".join(
+        f"{package.name} {package.version} ({package.manager}, {package.path})"
+        for package in node.distro_packages
+    )
     running = "; containerd.service is running" if node.active else ""
     raise DeployError(
         f"{settings.host}: a distribution package installs containerd here: {found}{running}. This deploy "
@@ -129,7 +134,9 @@ def check_inventory_data(state) -> None:
     if state in _checked_states:
         return
     for other in state.inventory.get_active_hosts():
-        settings = resolve(other.name, {key: other.data.get(key, default) for key, default in DEFAULTS.items()})
+        settings = resolve(
+            other.name, {key: other.data.get(key, default) for key, default in DEFAULTS.items()}
+        )
         if settings.containerd_state == "present":
             artifacts.check_all_arches(settings)  # an unpinned version is refused before the node is asked
     _checked_states.add(state)
@@ -144,7 +151,9 @@ def containerd_node():
     if settings.containerd_state != "present":
         check_locked(settings, node)
         check_purge(settings, node)
-        leftovers_absent(name="Remove what runs cut short left beside the deploy's files", paths=node.hidden_leftovers)
+        leftovers_absent(
+            name="Remove what runs cut short left beside the deploy's files", paths=node.hidden_leftovers
+        )
         remove_containerd(settings, node)
         return
     arch = check_supported(settings, node)
@@ -153,18 +162,27 @@ def containerd_node():
     check_distro_package(settings, node)
     wanted = artifacts.resolve(settings, arch, published=fetch_digest)
 
-    leftovers_absent(name="Remove what runs cut short left beside the deploy's files", paths=node.hidden_leftovers)
+    leftovers_absent(
+        name="Remove what runs cut short left beside the deploy's files", paths=node.hidden_leftovers
+    )
 
     installed = install_release_files(settings, node, wanted)
-    binaries_current = artifact_is_installed(node.manifests.get("containerd"), wanted["containerd"],
-                                             settings.containerd_bin_dir)
+    binaries_current = artifact_is_installed(
+        node.manifests.get("containerd"), wanted["containerd"], settings.containerd_bin_dir
+    )
     configured = configure_containerd(settings, node, binaries_current)
     run_containerd(
-        settings, node,
+        settings,
+        node,
         reload_after=(configured.unit, configured.dropin),
         # The CNI plugins and crictl are run by others, not by the daemon: no restart for them.
-        restart_after=(installed["containerd"], installed["runc"], configured.config, configured.unit,
-                       configured.dropin),
+        restart_after=(
+            installed["containerd"],
+            installed["runc"],
+            configured.config,
+            configured.unit,
+            configured.dropin,
+        ),
     )
     if settings.containerd_verify:
         verify_containerd(settings, configured.config_text, configured.loaded_files)

@@ -16,15 +16,25 @@ from typing import IO
 from pyinfra import host, logger
 from pyinfra.api import FileUploadCommand, FunctionCommand, StringCommand, operation
 from pyinfra.api.command import PyinfraCommand
-from pyinfra.operations.util.files import generate_color_diff
 from pyinfra.facts.files import FileContents
+from pyinfra.operations.util.files import generate_color_diff
 
 from .artifacts import Artifact
 from .facts import UPLOAD_DIR_PREFIX, DistroPackage, Manifest, hidden_copy
 from .fetch import FetchError, cached_path, ensure_cached
-from .scripts import (fetch_artifacts_script, fetched_path, install_artifact_script, private_file_script,
-                      remove_artifact_script, remove_paths_script, remove_staging_leftovers_script, remove_tree_script,
-                      replace_file_script, service_script, write_file_script)
+from .scripts import (
+    fetch_artifacts_script,
+    fetched_path,
+    install_artifact_script,
+    private_file_script,
+    remove_artifact_script,
+    remove_paths_script,
+    remove_staging_leftovers_script,
+    remove_tree_script,
+    replace_file_script,
+    service_script,
+    write_file_script,
+)
 
 q = shlex.quote
 
@@ -51,7 +61,9 @@ def private_uploads(files: list[tuple[str | IO, str]], upload_dir: str) -> Itera
         # _su_user="" (falsy): pyinfra's default, which its type hint does not admit as None.
         yield StringCommand("mkdir", "-m", "700", q(upload_dir), _sudo=False, _doas=False, _su_user="")
     for index, (source, path) in enumerate(files):
-        yield FileUploadCommand(source, path, remote_temp_filename=f"{upload_dir}/{index}" if escalated else None)
+        yield FileUploadCommand(
+            source, path, remote_temp_filename=f"{upload_dir}/{index}" if escalated else None
+        )
 
 
 def artifact_is_installed(manifest: Manifest | None, artifact: Artifact, paths_under: str) -> bool:
@@ -61,7 +73,9 @@ def artifact_is_installed(manifest: Manifest | None, artifact: Artifact, paths_u
         and manifest.fields.get("sha256") == artifact.sha256
         and manifest.fields.get("version") == artifact.version
         and manifest.intact()
-        and all(path == paths_under or path.startswith(paths_under.rstrip("/") + "/") for path in manifest.files)
+        and all(
+            path == paths_under or path.startswith(paths_under.rstrip("/") + "/") for path in manifest.files
+        )
     )
 
 
@@ -77,8 +91,12 @@ def _fetch_into_cache(state, host, cache_dir: str, artifacts: list[Artifact]) ->
 
 
 @operation()
-def release_files_fetched(artifacts: list[Artifact], staging_dir: str, cache_dir: str | None = None,
-                          leftovers: list[str] | tuple = ()):
+def release_files_fetched(
+    artifacts: list[Artifact],
+    staging_dir: str,
+    cache_dir: str | None = None,
+    leftovers: list[str] | tuple = (),
+):
     """
     Get every release file a run installs into the node's staging directory, each verified,
     before any is installed: a bad or missing file stops the run with no final path changed.
@@ -106,20 +124,33 @@ def release_files_fetched(artifacts: list[Artifact], staging_dir: str, cache_dir
         yield remove_staging_leftovers_script(staging_dir)
         return
     if cache_dir is None:
-        yield fetch_artifacts_script(artifacts, staging_dir)  # it locks staging down and removes leftovers first
+        yield fetch_artifacts_script(
+            artifacts, staging_dir
+        )  # it locks staging down and removes leftovers first
         return
     yield FunctionCommand(_fetch_into_cache, (cache_dir, artifacts), {})
     yield remove_staging_leftovers_script(staging_dir, keep=True)
     via = upload_directory()
-    yield from private_uploads([(str(cached_path(cache_dir, artifact)), fetched_path(staging_dir, artifact))
-                                for artifact in artifacts], via)
+    yield from private_uploads(
+        [
+            (str(cached_path(cache_dir, artifact)), fetched_path(staging_dir, artifact))
+            for artifact in artifacts
+        ],
+        via,
+    )
     if _escalated():
         yield StringCommand("rm", "-rf", "--", q(via))
 
 
 @operation()
-def release_artifact(artifact: Artifact, dest: str, staging_dir: str, state_dir: str, installed: Manifest | None = None,
-                     verified: bool = False):
+def release_artifact(
+    artifact: Artifact,
+    dest: str,
+    staging_dir: str,
+    state_dir: str,
+    installed: Manifest | None = None,
+    verified: bool = False,
+):
     """
     Install a release artifact fetched by ``release_files_fetched`` (its sha256 checked on the node),
     then put its files in place with atomic renames and record them in a manifest.
@@ -148,8 +179,14 @@ def release_artifact(artifact: Artifact, dest: str, staging_dir: str, state_dir:
     if artifact_is_installed(installed, artifact, dest):
         host.noop(f"{artifact.component} {artifact.version} ({artifact.sha256[:12]}) is installed and intact")
         return
-    yield install_artifact_script(artifact, dest, staging_dir, state_dir, uploaded=fetched_path(staging_dir, artifact),
-                                  verified=verified)
+    yield install_artifact_script(
+        artifact,
+        dest,
+        staging_dir,
+        state_dir,
+        uploaded=fetched_path(staging_dir, artifact),
+        verified=verified,
+    )
 
 
 @operation()
@@ -175,8 +212,9 @@ def release_artifact_absent(component: str, state_dir: str, installed: Manifest 
 
 
 # TOML or unit lines whose key names a credential: shown as `key = "***"` in diffs.
-SECRET_LINE = re.compile(r'^(\s*"?[A-Za-z0-9_.-]*(?:password|passwd|token|secret|auth)[A-Za-z0-9_.-]*"?\s*=\s*).+$',
-                         re.IGNORECASE)
+SECRET_LINE = re.compile(
+    r'^(\s*"?[A-Za-z0-9_.-]*(?:password|passwd|token|secret|auth)[A-Za-z0-9_.-]*"?\s*=\s*).+$', re.IGNORECASE
+)
 
 
 def redacted_lines(text: str) -> list[str]:
@@ -198,8 +236,13 @@ def show_diff(path: str, current: str | None, wanted: str, secret: bool) -> None
 
 
 @operation()
-def file_content(path: str, content: str | Callable[[], str], current_sha256: str | None, mode: str = "644",
-                 current_text: str | None = None):
+def file_content(
+    path: str,
+    content: str | Callable[[], str],
+    current_sha256: str | None,
+    mode: str = "644",
+    current_text: str | None = None,
+):
     """
     Make ``path`` hold ``content``: write it beside the path, then rename it over the path (atomic).
 
@@ -227,8 +270,13 @@ def file_content(path: str, content: str | Callable[[], str], current_sha256: st
         host.noop(f"{path} is up to date")
         return
     # Read only to show it, while pyinfra detects changes: never again when the run executes.
-    if (host.state.config.DIFF and not host.state.is_executing and current_text is None
-            and current_sha256 is not None and mode != "600"):
+    if (
+        host.state.config.DIFF
+        and not host.state.is_executing
+        and current_text is None
+        and current_sha256 is not None
+        and mode != "600"
+    ):
         current_text = "\n".join(host.get_fact(FileContents, path=path) or []) + "\n"
     show_diff(path, current_text if current_sha256 is not None else None, text, secret=mode == "600")
     temp_path = hidden_copy(path)
@@ -263,8 +311,17 @@ def file_absent(path: str, present: bool, remove_empty_parent: bool = False):
         host.noop(f"{path} is absent")
         return
     if remove_empty_parent:
-        yield StringCommand("rm", "-f", "--", q(path), "&&", "rmdir", "--ignore-fail-on-non-empty", "--",
-                            q(posixpath.dirname(path)))
+        yield StringCommand(
+            "rm",
+            "-f",
+            "--",
+            q(path),
+            "&&",
+            "rmdir",
+            "--ignore-fail-on-non-empty",
+            "--",
+            q(posixpath.dirname(path)),
+        )
     else:
         yield StringCommand("rm", "-f", "--", q(path))
 
@@ -290,8 +347,16 @@ def leftovers_absent(paths: list[str]):
 
 
 @operation()
-def containerd_service(unit: str, ctr: str, version: str, timeout: int, active: bool, enabled: bool,
-                       restart: bool | Callable[[], bool] = False, reload: bool | Callable[[], bool] = False):
+def containerd_service(
+    unit: str,
+    ctr: str,
+    version: str,
+    timeout: int,
+    active: bool,
+    enabled: bool,
+    restart: bool | Callable[[], bool] = False,
+    reload: bool | Callable[[], bool] = False,
+):
     """
     Keep the containerd unit enabled and running; reload systemd and restart it when told;
     wait until it answers. One command, with at most one systemd reload.
@@ -319,13 +384,17 @@ def containerd_service(unit: str, ctr: str, version: str, timeout: int, active: 
     must_reload = reload() if callable(reload) else reload
     action = "restart" if must_restart else ("" if active else "start")
     if host.state.config.DIFF and not host.state.is_executing:
-        said = {"restart": f"Will restart {unit} (something it loads at start changed)",
-                "start": f"Will start {unit}"}.get(action, f"No restart: {unit} keeps running")
+        said = {
+            "restart": f"Will restart {unit} (something it loads at start changed)",
+            "start": f"Will start {unit}",
+        }.get(action, f"No restart: {unit} keeps running")
         host.log(said + (" after a systemd daemon-reload" if must_reload else ""), logger.info)
     if not action and enabled and not must_reload:
         host.noop(f"{unit} is enabled and running")
         return
-    yield service_script(unit, ctr, action, enable=not enabled, version=version, timeout=timeout, reload=must_reload)
+    yield service_script(
+        unit, ctr, action, enable=not enabled, version=version, timeout=timeout, reload=must_reload
+    )
 
 
 @operation()
@@ -347,9 +416,28 @@ def service_absent(unit: str, present: bool):
         host.noop(f"{unit} is not installed")
         return
     yield StringCommand(
-        "systemctl", "disable", "--now", "--", q(unit), "2>/dev/null", ";",
-        "systemctl", "kill", "-s", "KILL", "--", q(unit), "2>/dev/null", ";",
-        "systemctl", "reset-failed", "--", q(unit), "2>/dev/null", ";", "true",
+        "systemctl",
+        "disable",
+        "--now",
+        "--",
+        q(unit),
+        "2>/dev/null",
+        ";",
+        "systemctl",
+        "kill",
+        "-s",
+        "KILL",
+        "--",
+        q(unit),
+        "2>/dev/null",
+        ";",
+        "systemctl",
+        "reset-failed",
+        "--",
+        q(unit),
+        "2>/dev/null",
+        ";",
+        "true",
     )
 
 
@@ -399,7 +487,8 @@ def distro_packages_absent(packages: list[DistroPackage]):
     for manager in ("dpkg", "rpm"):
         names = sorted({package.name for package in packages if package.manager == manager})
         if names and manager == "dpkg":
-            yield StringCommand("env", "DEBIAN_FRONTEND=noninteractive", "dpkg", "--remove", "--",
-                                *map(q, names))
+            yield StringCommand(
+                "env", "DEBIAN_FRONTEND=noninteractive", "dpkg", "--remove", "--", *map(q, names)
+            )
         elif names:
             yield StringCommand("rpm", "--erase", "--", *map(q, names))

@@ -16,8 +16,10 @@ MARKER = "# Managed by containerd-deploy (data key containerd_registries): edits
 MIRROR_FIELDS = {"host", "capabilities", "skip_verify", "ca", "headers", "override_path"}
 CAPABILITIES = {"pull", "resolve", "push"}
 KEY = "containerd_registries"
-FIX = (f"set {KEY} to a mapping of registry name to {{server, mirrors: [{{host, capabilities, skip_verify, "
-       "ca, headers}}]}}, e.g. {\"docker.io\": {\"mirrors\": [{\"host\": \"https://mirror.internal\"}]}}")
+FIX = (
+    f"set {KEY} to a mapping of registry name to {{server, mirrors: [{{host, capabilities, skip_verify, "
+    'ca, headers}}]}}, e.g. {"docker.io": {"mirrors": [{"host": "https://mirror.internal"}]}}'
+)
 
 
 def default_server(registry: str) -> str:
@@ -26,7 +28,9 @@ def default_server(registry: str) -> str:
 
 # A registry's directory under certs.d: `_default`, or host[:port] of DNS labels (so never `.`,
 # `..` or a path: the file must land where the node fact and a reset look for it).
-REGISTRY_NAME = re.compile(r"_default|[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*(:[0-9]{1,5})?")
+REGISTRY_NAME = re.compile(
+    r"_default|[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*(:[0-9]{1,5})?"
+)
 HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 
 
@@ -36,7 +40,11 @@ def _printable(value) -> bool:
 
 def _names(value) -> str:
     """Field names of a mapping, never its values (which may be credentials)."""
-    return "{" + ", ".join(sorted(str(key) for key in value)) + "}" if isinstance(value, Mapping) else type(value).__name__
+    return (
+        "{" + ", ".join(sorted(str(key) for key in value)) + "}"
+        if isinstance(value, Mapping)
+        else type(value).__name__
+    )
 
 
 def _mirror_host(mirror) -> str:
@@ -47,7 +55,9 @@ def _mirror_host(mirror) -> str:
 
 def _check_mirror(host: str, registry: str, mirror) -> None:
     if not isinstance(mirror, Mapping):
-        raise DataError(host, KEY, f"has a mirror of {registry!r} that is a {type(mirror).__name__}, not a mapping", FIX)
+        raise DataError(
+            host, KEY, f"has a mirror of {registry!r} that is a {type(mirror).__name__}, not a mapping", FIX
+        )
     shown = _mirror_host(mirror)
     url = mirror.get("host")
     url = url if isinstance(url, str) else ""
@@ -55,31 +65,59 @@ def _check_mirror(host: str, registry: str, mirror) -> None:
         parts = urllib.parse.urlsplit(url) if _printable(url) else None
     except ValueError:
         parts = None
-    if (parts is None or parts.scheme not in ("http", "https") or not parts.hostname or " " in url
-            or "@" in parts.netloc):
-        raise DataError(host, KEY, f"has the mirror {shown!r} for {registry!r}, which needs an http(s):// host "
-                        "without spaces or credentials (put credentials in headers)", FIX)
+    if (
+        parts is None
+        or parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or " " in url
+        or "@" in parts.netloc
+    ):
+        raise DataError(
+            host,
+            KEY,
+            f"has the mirror {shown!r} for {registry!r}, which needs an http(s):// host "
+            "without spaces or credentials (put credentials in headers)",
+            FIX,
+        )
     if set(mirror) - MIRROR_FIELDS:
-        raise DataError(host, KEY, f"has unknown fields {sorted(set(mirror) - MIRROR_FIELDS)} in a mirror of {registry!r}", FIX)
+        raise DataError(
+            host,
+            KEY,
+            f"has unknown fields {sorted(set(mirror) - MIRROR_FIELDS)} in a mirror of {registry!r}",
+            FIX,
+        )
     capabilities = mirror.get("capabilities", ["pull", "resolve"])
     if not isinstance(capabilities, list) or not capabilities or set(capabilities) - CAPABILITIES:
-        raise DataError(host, KEY, f"has capabilities {capabilities!r} for {shown}; use pull, resolve, push", FIX)
+        raise DataError(
+            host, KEY, f"has capabilities {capabilities!r} for {shown}; use pull, resolve, push", FIX
+        )
     for flag in ("skip_verify", "override_path"):
         if flag in mirror and not isinstance(mirror[flag], bool):
             raise DataError(host, KEY, f"has {flag} for {shown} that is not true or false", FIX)
     ca = mirror.get("ca", "")
     if not (_printable(ca) or (isinstance(ca, list) and all(_printable(item) and item for item in ca))):
-        raise DataError(host, KEY, f"has a ca for {shown} that is not a path (or list of paths) on the node", FIX)
+        raise DataError(
+            host, KEY, f"has a ca for {shown} that is not a path (or list of paths) on the node", FIX
+        )
     headers = mirror.get("headers", {})
     if not isinstance(headers, Mapping):
         raise DataError(host, KEY, f"has headers for {shown} that are not a mapping", FIX)
     for name, header_value in headers.items():
         values = header_value if isinstance(header_value, list) else [header_value]
         # The value is never shown: headers carry credentials.
-        if not isinstance(name, str) or not HEADER_NAME.fullmatch(name) or not values or not all(
-                _printable(item) for item in values):
-            raise DataError(host, KEY, f"has a header {str(name)[:64]!r} for {shown} whose name is not an HTTP "
-                            "header name or whose value is not a single-line string (value not shown)", FIX)
+        if (
+            not isinstance(name, str)
+            or not HEADER_NAME.fullmatch(name)
+            or not values
+            or not all(_printable(item) for item in values)
+        ):
+            raise DataError(
+                host,
+                KEY,
+                f"has a header {str(name)[:64]!r} for {shown} whose name is not an HTTP "
+                "header name or whose value is not a single-line string (value not shown)",
+                FIX,
+            )
 
 
 def parse(host: str, value) -> dict:
@@ -92,19 +130,34 @@ def parse(host: str, value) -> dict:
     registries = {}
     for registry, spec in value.items():
         if not isinstance(registry, str) or not REGISTRY_NAME.fullmatch(registry):
-            raise DataError(host, KEY, f"names the registry {str(registry)[:80]!r}, not a host[:port] name "
-                            "(or _default)", FIX)
+            raise DataError(
+                host,
+                KEY,
+                f"names the registry {str(registry)[:80]!r}, not a host[:port] name (or _default)",
+                FIX,
+            )
         if not isinstance(spec, Mapping) or set(spec) - {"server", "mirrors"}:
-            raise DataError(host, KEY, f"has {_names(spec)} for {registry!r}; only server and mirrors are known", FIX)
+            raise DataError(
+                host, KEY, f"has {_names(spec)} for {registry!r}; only server and mirrors are known", FIX
+            )
         server = spec.get("server")
         if server is not None:
             try:
                 parts = urllib.parse.urlsplit(server) if _printable(server) else None
             except ValueError:
                 parts = None
-            if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc:
-                raise DataError(host, KEY, f"has a server for {registry!r} that is not an http(s):// URL "
-                                "without credentials", FIX)
+            if (
+                parts is None
+                or parts.scheme not in ("http", "https")
+                or not parts.hostname
+                or "@" in parts.netloc
+            ):
+                raise DataError(
+                    host,
+                    KEY,
+                    f"has a server for {registry!r} that is not an http(s):// URL without credentials",
+                    FIX,
+                )
         mirrors = spec.get("mirrors", [])
         if not isinstance(mirrors, list) or not mirrors:
             raise DataError(host, KEY, f"has no list of mirrors for {registry!r}", FIX)

@@ -60,19 +60,27 @@ def check_purge(settings: Settings, node: NodeState) -> None:
     symbolic link)."""
     if settings.containerd_state != "purged":
         return
-    deploy_paths = (settings.containerd_bin_dir, settings.runc_path, settings.cni_bin_dir,
-                    posixpath.dirname(settings.containerd_config_path), settings.containerd_unit_path,
-                    settings.containerd_deploy_state_dir, settings.containerd_staging_dir,
-                    settings.containerd_registry_config_path or settings.containerd_deploy_state_dir)
+    deploy_paths = (
+        settings.containerd_bin_dir,
+        settings.runc_path,
+        settings.cni_bin_dir,
+        posixpath.dirname(settings.containerd_config_path),
+        settings.containerd_unit_path,
+        settings.containerd_deploy_state_dir,
+        settings.containerd_staging_dir,
+        settings.containerd_registry_config_path or settings.containerd_deploy_state_dir,
+    )
     for key, path in data_directories(node.config_text).items():
         why = purge_refusal(path, deploy_paths)
         if why:
             raise DataError(
-                settings.host, "containerd_state",
+                settings.host,
+                "containerd_state",
                 f"is purged, which deletes containerd's {key} directory, but {settings.containerd_config_path} "
                 f"names {path!r} as {key}, which {why}",
                 f"set {key} in {settings.containerd_config_path} to a directory of containerd's own (e.g. "
-                f"{DATA_DEFAULTS[key]}), or use containerd_state=absent, which keeps the data")
+                f"{DATA_DEFAULTS[key]}), or use containerd_state=absent, which keeps the data",
+            )
 
 
 @deploy("Remove containerd", data_defaults=DEFAULTS)
@@ -81,8 +89,9 @@ def remove_containerd(settings: Settings, node: NodeState):
     service_absent(
         name=f"Stop and disable {unit}, and stop what it left running",
         unit=unit,
-        present=bool(node.service.get("ActiveState") not in (None, "", "inactive") or node.enabled
-                     or node.unit_sha256),
+        present=bool(
+            node.service.get("ActiveState") not in (None, "", "inactive") or node.enabled or node.unit_sha256
+        ),
     )
     for component in COMPONENTS:
         release_artifact_absent(
@@ -94,20 +103,35 @@ def remove_containerd(settings: Settings, node: NodeState):
     for path in node.managed_hosts:
         file_absent(name=f"Remove {path}", path=path, present=True, remove_empty_parent=True)
     if settings.containerd_registry_config_path:
-        directory_absent(name=f"Remove {settings.containerd_registry_config_path} if empty",
-                         path=settings.containerd_registry_config_path, present=bool(node.managed_hosts),
-                         only_if_empty=True)
-    file_absent(name=f"Remove {settings.containerd_config_path}", path=settings.containerd_config_path,
-                present=node.config_text is not None, remove_empty_parent=True)
+        directory_absent(
+            name=f"Remove {settings.containerd_registry_config_path} if empty",
+            path=settings.containerd_registry_config_path,
+            present=bool(node.managed_hosts),
+            only_if_empty=True,
+        )
+    file_absent(
+        name=f"Remove {settings.containerd_config_path}",
+        path=settings.containerd_config_path,
+        present=node.config_text is not None,
+        remove_empty_parent=True,
+    )
     dropin = proxy_dropin_path(settings)
-    unit_op = file_absent(name=f"Remove {settings.containerd_unit_path}", path=settings.containerd_unit_path,
-                          present=node.unit_sha256 is not None)
-    dropin_op = file_absent(name=f"Remove {dropin}", path=dropin, present=dropin in node.files,
-                            remove_empty_parent=True)
+    unit_op = file_absent(
+        name=f"Remove {settings.containerd_unit_path}",
+        path=settings.containerd_unit_path,
+        present=node.unit_sha256 is not None,
+    )
+    dropin_op = file_absent(
+        name=f"Remove {dropin}", path=dropin, present=dropin in node.files, remove_empty_parent=True
+    )
     file_absent(name=f"Remove {CRICTL_CONFIG}", path=CRICTL_CONFIG, present=crictl_config_is_ours(node))
     systemd.daemon_reload(name="Reload systemd units", _if=any_changed(unit_op, dropin_op))
-    directory_absent(name=f"Remove {settings.containerd_deploy_state_dir}", path=settings.containerd_deploy_state_dir,
-                     present=bool(node.manifests), only_if_empty=True)
+    directory_absent(
+        name=f"Remove {settings.containerd_deploy_state_dir}",
+        path=settings.containerd_deploy_state_dir,
+        present=bool(node.manifests),
+        only_if_empty=True,
+    )
     if settings.containerd_state == "purged":
         for directory in data_directories(node.config_text).values():
             directory_absent(name=f"Remove containerd's data in {directory}", path=directory, present=True)

@@ -9,6 +9,7 @@ import posixpath
 import shlex
 
 from .artifacts import Artifact
+
 # NEW_SUFFIX: a suffix no release file has, for the hidden copy renamed over each final path.
 # HIDDEN_DIR_PREFIX: the hidden directory new release files are unpacked into, beside their
 # final paths (completed by the installing shell's pid: one install at a time holds the lock).
@@ -56,16 +57,22 @@ def manifest_path_lines(manifest: str, command: str) -> list[str]:
     """Shell lines running `command "$path"` for each file a manifest lists (`file <path>
     <identity>` lines: the path is everything between the first and the last space)."""
     return [
-        'while IFS= read -r line; do',
+        "while IFS= read -r line; do",
         '  case "$line" in "file "*) ;; *) continue;; esac',
-        '  rest=${line#file }',
+        "  rest=${line#file }",
         f'  path=${{rest% *}}; {command} "$path"',
-        f'done < {manifest}',
+        f"done < {manifest}",
     ]
 
 
-def install_artifact_script(artifact: Artifact, dest: str, staging_dir: str, state_dir: str,
-                            uploaded: str | None = None, verified: bool = False) -> str:
+def install_artifact_script(
+    artifact: Artifact,
+    dest: str,
+    staging_dir: str,
+    state_dir: str,
+    uploaded: str | None = None,
+    verified: bool = False,
+) -> str:
     """Fetch, verify and install one artifact, then record what was installed in its manifest.
 
     `dest` is the directory a tarball's files go into (containerd's bin/, the CNI plugins,
@@ -102,13 +109,17 @@ def install_artifact_script(artifact: Artifact, dest: str, staging_dir: str, sta
         f'stage=$(mktemp -d "$staging/{artifact.component}.XXXXXX")',
     ]
     if uploaded:
-        lines.append('mv -f "$uploaded" "$stage/download" || fail "the release file $url is not in the staging directory; nothing was installed"')
+        lines.append(
+            'mv -f "$uploaded" "$stage/download" || fail "the release file $url is not in the staging directory; nothing was installed"'
+        )
     else:
-        lines.append('fetch "$url" "$stage/download" || fail "could not download $url; nothing was installed"')
+        lines.append(
+            'fetch "$url" "$stage/download" || fail "could not download $url; nothing was installed"'
+        )
     if not (uploaded and verified):
         lines += [
             'actual=$(sha256sum "$stage/download")',
-            'actual=${actual%% *}',
+            "actual=${actual%% *}",
             '[ "$actual" = "$expected" ] || fail "checksum mismatch for $url: expected sha256 $expected, got $actual; nothing was installed"',
         ]
     lines += [
@@ -138,14 +149,14 @@ def install_artifact_script(artifact: Artifact, dest: str, staging_dir: str, sta
             f'printf "%s{TAB}%s\\n" {q(name)} {q(dest)} > "$stage/plan"',
         ]
     lines += [
-        '{',
+        "{",
         f"  echo component {q(artifact.component)}",
         f"  echo version {q(artifact.version)}",
         '  echo "sha256 $expected"',
         '  echo "url $url"',
         '} > "$stage/manifest"',
         # Each command started costs on a small node: one chown, chmod, mv and stat for all files.
-        'set --',
+        "set --",
         f'while IFS="$(printf "{TAB}")" read -r name path; do set -- "$@" "$src/$name"; done < "$stage/plan"',
         # First make every new file whole (root-owned, 0755), then rename them all (each file
         # keeps its name, so all go into the one directory): a failure before the renames
@@ -153,18 +164,18 @@ def install_artifact_script(artifact: Artifact, dest: str, staging_dir: str, sta
         'chown 0:0 "$@"',
         'chmod 0755 "$@"',
         'mv -f -t "$dest_dir" "$@"',
-        'set --',
+        "set --",
         f'while IFS="$(printf "{TAB}")" read -r name path; do set -- "$@" "$path"; done < "$stage/plan"',
         # Each file's identity once in place (the rename sets its ctime): the node fact checks
         # files are untouched by comparing identities, without rehashing them every run.
-        f"stat -c 'file %n {FILE_IDENTITY_FORMAT}' \"$@\" >> \"$stage/manifest\"",
+        f'stat -c \'file %n {FILE_IDENTITY_FORMAT}\' "$@" >> "$stage/manifest"',
         # Files the previous install of this component recorded that this one did not bring.
         'if [ -f "$manifest" ]; then',
         """  awk 'function path(line) { line = substr(line, 6); sub(/ [^ ]*$/, "", line); return line }""",
         """    FNR == NR { if ($1 == "file") kept[path($0)] = 1; next }""",
         """    $1 == "file" && !(path($0) in kept) { print path($0) }' \\""",
         '    "$stage/manifest" "$manifest" | while IFS= read -r path; do rm -f -- "$path"; done',
-        'fi',
+        "fi",
         f"mkdir -p {q(state_dir)}",
         f'cp "$stage/manifest" "$manifest{NEW_SUFFIX}"',
         f'mv -f "$manifest{NEW_SUFFIX}" "$manifest"',
@@ -199,20 +210,20 @@ def fetch_artifacts_script(artifacts: list[Artifact], staging_dir: str) -> str:
         "trap 'exit 1' HUP INT TERM PIPE",
         # Fetch one file to <path>.partial, check it, rename it to <path>; a failure is told on
         # stderr (not in a file: the staging disk may be what is full).
-        'get() {',
+        "get() {",
         '  fetch "$1" "$3.partial" || { echo "containerd-deploy: could not download $1; nothing was installed" >&2; return 1; }',
         '  actual=$(sha256sum "$3.partial")',
-        '  actual=${actual%% *}',
+        "  actual=${actual%% *}",
         '  [ "$actual" = "$2" ] || { echo "containerd-deploy: checksum mismatch for $1: expected sha256 $2, got $actual; '
         'nothing was installed" >&2; return 1; }',
         '  mv -f "$3.partial" "$3"',
-        '}',
+        "}",
         *staging_dir_lines(),
         # What runs cut short left here (this run holds the node's lock: no other run is using it).
         *staging_leftovers_lines(staging_dir, "rm -rf"),
     ]
     paths = [fetched_path(staging_dir, artifact) for artifact in artifacts]
-    for artifact, path in zip(artifacts, paths):
+    for artifact, path in zip(artifacts, paths, strict=True):
         lines += [
             # Listed before it exists: cleanup removes it whenever the run stops.
             f'kept="$kept {path}"',
@@ -225,7 +236,7 @@ def fetch_artifacts_script(artifacts: list[Artifact], staging_dir: str) -> str:
         'jobs=""',
         # Each failed download said why; stop (cleanup removes every file).
         '[ -z "$failed" ] || exit 1',
-        'done_ok=1',
+        "done_ok=1",
     ]
     return "\n".join(lines) + "\n"
 
@@ -250,13 +261,18 @@ def remove_paths_script(paths: list[str]) -> str:
 def remove_artifact_script(component: str, state_dir: str) -> str:
     """Remove the files a component's manifest lists, then the manifest (the component was turned off)."""
     manifest = f"{state_dir}/{component}.manifest"
-    return "\n".join([
-        _PRELUDE,
-        f"manifest={q(manifest)}",
-        '[ -f "$manifest" ] || exit 0',
-        *manifest_path_lines('"$manifest"', "rm -f --"),
-        'rm -f -- "$manifest"',
-    ]) + "\n"
+    return (
+        "\n".join(
+            [
+                _PRELUDE,
+                f"manifest={q(manifest)}",
+                '[ -f "$manifest" ] || exit 0',
+                *manifest_path_lines('"$manifest"', "rm -f --"),
+                'rm -f -- "$manifest"',
+            ]
+        )
+        + "\n"
+    )
 
 
 def write_file_script(text: str, temp_path: str, path: str, mode: str) -> str:
@@ -266,15 +282,20 @@ def write_file_script(text: str, temp_path: str, path: str, mode: str) -> str:
     import base64
 
     encoded = base64.b64encode(text.encode()).decode()
-    return "\n".join([
-        _PRELUDE,
-        f"temp={q(temp_path)}",
-        "trap 'rm -f \"$temp\"' EXIT",
-        "trap 'exit 1' HUP INT TERM PIPE",
-        f"mkdir -p -- {q(posixpath.dirname(path))}",
-        f'printf %s {encoded} | base64 -d > "$temp"',
-        *_place_file_lines(mode, path),
-    ]) + "\n"
+    return (
+        "\n".join(
+            [
+                _PRELUDE,
+                f"temp={q(temp_path)}",
+                "trap 'rm -f \"$temp\"' EXIT",
+                "trap 'exit 1' HUP INT TERM PIPE",
+                f"mkdir -p -- {q(posixpath.dirname(path))}",
+                f'printf %s {encoded} | base64 -d > "$temp"',
+                *_place_file_lines(mode, path),
+            ]
+        )
+        + "\n"
+    )
 
 
 def _place_file_lines(mode: str, path: str) -> list[str]:
@@ -287,35 +308,52 @@ def _place_file_lines(mode: str, path: str) -> list[str]:
 
 def private_file_script(temp_path: str) -> str:
     """Make the root-only 0600 file an upload fills (so the content is never readable by others)."""
-    return "\n".join([
-        _PRELUDE,
-        f"temp={q(temp_path)}",
-        'mkdir -p -- "$(dirname -- "$temp")"',
-        'rm -f -- "$temp"',
-        'install -m 600 -o 0 -g 0 /dev/null "$temp"',
-    ]) + "\n"
+    return (
+        "\n".join(
+            [
+                _PRELUDE,
+                f"temp={q(temp_path)}",
+                'mkdir -p -- "$(dirname -- "$temp")"',
+                'rm -f -- "$temp"',
+                'install -m 600 -o 0 -g 0 /dev/null "$temp"',
+            ]
+        )
+        + "\n"
+    )
 
 
 def replace_file_script(temp_path: str, path: str, mode: str, upload_dir: str = "") -> str:
     """Move an uploaded temporary file over `path` atomically, root-owned with `mode` (and
     remove the directory the upload went through, if any)."""
-    return "\n".join([
-        _PRELUDE,
-        f"temp={q(temp_path)}",
-        *([f"rm -rf -- {q(upload_dir)}"] if upload_dir else []),
-        *_place_file_lines(mode, path),
-    ]) + "\n"
+    return (
+        "\n".join(
+            [
+                _PRELUDE,
+                f"temp={q(temp_path)}",
+                *([f"rm -rf -- {q(upload_dir)}"] if upload_dir else []),
+                *_place_file_lines(mode, path),
+            ]
+        )
+        + "\n"
+    )
 
 
-def service_script(unit: str, ctr: str, action: str, enable: bool, version: str, timeout: int,
-                   reload: bool = False) -> str:
+def service_script(
+    unit: str, ctr: str, action: str, enable: bool, version: str, timeout: int, reload: bool = False
+) -> str:
     """Reload systemd, enable/start/restart the unit, wait until the daemon answers, and check
     its version.
 
     `action` is "restart", "start" or "" (leave the service as it is and only verify).
     `reload`: a unit file changed (or an earlier run left a reload pending).
     """
-    lines = [_PRELUDE, f"unit={q(unit)}", f"ctr={q(ctr)}", f"expected={q(version)}", f"timeout={int(timeout)}"]
+    lines = [
+        _PRELUDE,
+        f"unit={q(unit)}",
+        f"ctr={q(ctr)}",
+        f"expected={q(version)}",
+        f"timeout={int(timeout)}",
+    ]
     if enable:
         # `enable` reloads systemd by itself; with --no-reload, the one reload below does for
         # both (a reload takes seconds on a small node).
@@ -325,19 +363,19 @@ def service_script(unit: str, ctr: str, action: str, enable: bool, version: str,
     if action:
         lines.append(f'systemctl {action} "$unit" || true')  # the wait below reports why
     lines += [
-        'deadline=$(( $(date +%s) + timeout ))',
-        'while :; do',
+        "deadline=$(( $(date +%s) + timeout ))",
+        "while :; do",
         '  out=$(timeout 10 "$ctr" version 2>&1) && break',
         '  if [ "$(date +%s)" -ge "$deadline" ]; then',
         '    echo "containerd-deploy: $unit did not answer on its socket within ${timeout}s; ctr said: $out" >&2',
         '    echo "containerd-deploy: last lines of its journal:" >&2',
         '    journalctl -u "$unit" -n 30 --no-pager >&2 || true',
-        '    exit 1',
-        '  fi',
-        '  sleep 1',
-        'done',
-        '''client=$(echo "$out" | sed -n 's/^ *Version: *//p' | sed -n 1p)''',
-        '''server=$(echo "$out" | sed -n 's/^ *Version: *//p' | sed -n 2p)''',
+        "    exit 1",
+        "  fi",
+        "  sleep 1",
+        "done",
+        """client=$(echo "$out" | sed -n 's/^ *Version: *//p' | sed -n 1p)""",
+        """server=$(echo "$out" | sed -n 's/^ *Version: *//p' | sed -n 2p)""",
         '[ "$client" = "$server" ] || fail "ctr $client talks to a containerd $server daemon: the running daemon is not the installed binary"',
         'case "$server" in "$expected"*|"v$expected"*) ;; *) fail "containerd answers as $server, expected $expected";; esac',
         'echo "containerd $server answering (pid $(systemctl show -p MainPID --value "$unit"))"',
@@ -348,15 +386,20 @@ def service_script(unit: str, ctr: str, action: str, enable: bool, version: str,
 def remove_tree_script(path: str) -> str:
     """Delete a directory tree, first detaching whatever is mounted beneath it (container rootfs
     and snapshot mounts outlive a stopped containerd); never crosses into another filesystem."""
-    return "\n".join([
-        _PRELUDE,
-        f"dir={q(path.rstrip('/'))}",
-        '[ -e "$dir" ] || [ -L "$dir" ] || exit 0',
-        # Never through a symbolic link (the path itself or a directory above it): that deletes
-        # somewhere else than the config names.
-        '[ "$(readlink -f -- "$dir")" = "$dir" ] || fail "$dir is or passes through a symbolic link (to $(readlink -f -- "$dir")); not deleting it"',
-        # Deepest first, so nested mounts come off before the ones holding them.
-        """findmnt -rn -o TARGET | awk -v d="$dir" 'index($0, d "/") == 1' | sort -r | """
-        'while read -r m; do umount -l "$m"; done',
-        'rm -rf --one-file-system "$dir"',
-    ]) + "\n"
+    return (
+        "\n".join(
+            [
+                _PRELUDE,
+                f"dir={q(path.rstrip('/'))}",
+                '[ -e "$dir" ] || [ -L "$dir" ] || exit 0',
+                # Never through a symbolic link (the path itself or a directory above it): that deletes
+                # somewhere else than the config names.
+                '[ "$(readlink -f -- "$dir")" = "$dir" ] || fail "$dir is or passes through a symbolic link (to $(readlink -f -- "$dir")); not deleting it"',
+                # Deepest first, so nested mounts come off before the ones holding them.
+                """findmnt -rn -o TARGET | awk -v d="$dir" 'index($0, d "/") == 1' | sort -r | """
+                'while read -r m; do umount -l "$m"; done',
+                'rm -rf --one-file-system "$dir"',
+            ]
+        )
+        + "\n"
+    )

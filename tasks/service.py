@@ -13,8 +13,10 @@ from .settings import DEFAULTS, Settings
 
 def any_changed(*ops):
     """A callable for `_if`/`restart`: did any of these operations change (or will, in a dry run)."""
+
     def check() -> bool:
         return any(op.did_change() if op.is_complete() else op.will_change for op in ops)
+
     return check
 
 

@@ -29,6 +29,8 @@ ARCHES = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # ASCII digits only: Python's \d also matches other scripts' digits, which no release has.
 VERSION = re.compile(r"^v?([0-9]+\.[0-9]+\.[0-9]+)$")
+
+
 @dataclass(frozen=True)
 class Settings:
     host: str
@@ -87,7 +89,7 @@ def parse_version(host: str, key: str, value, supported: tuple[Version, Version]
     try:
         version = Version(match.group(1))
     except InvalidVersion:  # pragma: no cover - the pattern admits only valid versions
-        raise DataError(host, key, f"is {value!r}, not a release version", fix)
+        raise DataError(host, key, f"is {value!r}, not a release version", fix) from None
     if not low <= version < high:
         raise DataError(host, key, f"is {version}, outside the supported {low}.x to <{high} releases", fix)
     return version
@@ -103,15 +105,24 @@ COMPONENT_NAMES = ("containerd", "runc", "cni_plugins", "crictl")
 def _components(host: str, key: str, value) -> tuple:
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, (list, tuple)) or any(item not in COMPONENT_NAMES for item in items):
-        raise DataError(host, key, f"is {value!r}, not a list of component names",
-                        f"list some of {', '.join(COMPONENT_NAMES)} (or leave it empty)")
+        raise DataError(
+            host,
+            key,
+            f"is {value!r}, not a list of component names",
+            f"list some of {', '.join(COMPONENT_NAMES)} (or leave it empty)",
+        )
     return tuple(items)
 
 
 def _cache_dir(host: str, key: str, value) -> str:
     """A directory on the controller (`~` allowed)."""
     if not isinstance(value, str) or not value.strip() or control_characters(value):
-        raise DataError(host, key, f"is {value!r}, not a directory", "set it to a directory on the controller, e.g. ~/.cache/containerd-deploy/artifacts")
+        raise DataError(
+            host,
+            key,
+            f"is {value!r}, not a directory",
+            "set it to a directory on the controller, e.g. ~/.cache/containerd-deploy/artifacts",
+        )
     return posixpath.expanduser(value.strip())
 
 
@@ -135,15 +146,23 @@ def _absolute_path(host: str, key: str, value) -> str:
     spaces and characters are fine: every command quotes it); never `/` itself."""
     fix = f"set {key} to an absolute path such as {DEFAULTS[key]}"
     # (A backslash too: sha256sum escapes names holding one, so the node fact could not read them back.)
-    if (not isinstance(value, str) or not value.startswith("/") or ".." in value.split("/")
-            or control_characters(value) or "\\" in value or value != value.rstrip()):
+    if (
+        not isinstance(value, str)
+        or not value.startswith("/")
+        or ".." in value.split("/")
+        or control_characters(value)
+        or "\\" in value
+        or value != value.rstrip()
+    ):
         raise DataError(host, key, f"is {value!r}, not an absolute path", fix)
     path = "/" + posixpath.normpath(value).lstrip("/")
     if path == "/":
         raise DataError(host, key, "is '/', not a path of its own", fix)
     # The kernel's limits (NAME_MAX, PATH_MAX): refused here rather than failing on the node.
     if len(path.encode()) >= 4096 or any(len(part.encode()) > 255 for part in path.split("/")):
-        raise DataError(host, key, f"is {path[:80]!r}…, longer than a path may be (255 bytes a name, 4095 in all)", fix)
+        raise DataError(
+            host, key, f"is {path[:80]!r}…, longer than a path may be (255 bytes a name, 4095 in all)", fix
+        )
     return path
 
 
@@ -151,9 +170,13 @@ def _dedicated_directory(host: str, key: str, value) -> str:
     """A directory the deploy owns outright (made root-only, emptied, removed): no system tree."""
     path = _absolute_path(host, key, value)
     if is_system_tree(path):
-        raise DataError(host, key, f"is {path!r}, a directory of the operating system (or one holding one), "
-                        "which the deploy would make root-only and empty",
-                        f"set {key} to a directory of its own, such as {DEFAULTS[key]}")
+        raise DataError(
+            host,
+            key,
+            f"is {path!r}, a directory of the operating system (or one holding one), "
+            "which the deploy would make root-only and empty",
+            f"set {key} to a directory of its own, such as {DEFAULTS[key]}",
+        )
     return path
 
 
@@ -161,8 +184,9 @@ def _url(host: str, key: str, url: str, allow_file: bool, shown) -> None:
     """Refuse a URL that is not http(s) (or file://, when allowed), holds credentials, spaces or
     control characters, or could be read as an option (a leading -)."""
     schemes = ("https", "http", "file") if allow_file else ("https", "http")
-    fix = (f"set {key} to an {' or '.join(s + '://' for s in schemes)} URL without spaces or credentials"
-           + ("" if allow_file else " (file:// URLs need artifact_allow_file_urls=true)"))
+    fix = f"set {key} to an {' or '.join(s + '://' for s in schemes)} URL without spaces or credentials" + (
+        "" if allow_file else " (file:// URLs need artifact_allow_file_urls=true)"
+    )
     try:
         parts = urllib.parse.urlsplit(url)
     except ValueError:
@@ -173,10 +197,14 @@ def _url(host: str, key: str, url: str, allow_file: bool, shown) -> None:
         raise DataError(host, key, f"is {shown!r}, which names no host", fix)
     if "@" in parts.netloc:
         # Credentials would travel in the node's command lines and land in its manifests.
-        raise DataError(host, key, f"is {shown!r}, which holds credentials",
-                        "give the mirror credentials-free read access from the nodes (or the controller, "
-                        "with artifact_source=controller), e.g. by network; URLs with user:password are not "
-                        "supported")
+        raise DataError(
+            host,
+            key,
+            f"is {shown!r}, which holds credentials",
+            "give the mirror credentials-free read access from the nodes (or the controller, "
+            "with artifact_source=controller), e.g. by network; URLs with user:password are not "
+            "supported",
+        )
 
 
 def _mirror(host: str, key: str, value, allow_file: bool) -> str:
@@ -191,7 +219,9 @@ def _url_template(host: str, key: str, value, mirror: str, allow_file: bool) -> 
         url = str(value).format(**fields)
     except (KeyError, IndexError, ValueError, AttributeError) as error:
         raise DataError(
-            host, key, f"is {redact_url(str(value))!r}, which is not a valid template ({error})",
+            host,
+            key,
+            f"is {redact_url(str(value))!r}, which is not a valid template ({error})",
             f"use only the fields {{mirror}}, {{version}} and {{arch}}, as in the default {DEFAULTS[key]}",
         ) from None
     _url(host, key, url, allow_file, redact_url(str(value)))
@@ -212,7 +242,9 @@ def _positive_int(host: str, key: str, value) -> int:
     except (TypeError, ValueError):
         number = 0
     if number <= 0 or isinstance(value, bool):
-        raise DataError(host, key, f"is {value!r}, not a positive number of seconds", f"set {key} to e.g. {DEFAULTS[key]}")
+        raise DataError(
+            host, key, f"is {value!r}, not a positive number of seconds", f"set {key} to e.g. {DEFAULTS[key]}"
+        )
     return number
 
 
@@ -237,7 +269,9 @@ def _proxy(host: str, key: str, value, example: str) -> str | None:
         return None
     shown = redact_url(value) if isinstance(value, str) else value
     if not isinstance(value, str) or control_characters(value) or any(char.isspace() for char in value):
-        raise DataError(host, key, f"is {shown!r}, not a single-line value without spaces", f"set {key} to e.g. {example}")
+        raise DataError(
+            host, key, f"is {shown!r}, not a single-line value without spaces", f"set {key} to e.g. {example}"
+        )
     if key != "containerd_no_proxy":
         try:
             parts = urllib.parse.urlsplit(value)
@@ -257,7 +291,9 @@ def _optional_int(host: str, key: str, value, low: int, high: int) -> int | None
     if value in (None, ""):
         return None
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise DataError(host, key, f"is {value!r}", f"set {key} to a whole number from {low} to {high}, or leave it unset")
+        raise DataError(
+            host, key, f"is {value!r}", f"set {key} to a whole number from {low} to {high}, or leave it unset"
+        )
     return value
 
 
@@ -269,7 +305,9 @@ def _limit_nofile(host: str, key: str, value) -> str | None:
     match = re.fullmatch(r"([0-9]+|infinity)(?::([0-9]+|infinity))?", text)
     if not match:
         raise DataError(host, key, f"is {value!r}", fix)
-    soft, hard = (float("inf") if part == "infinity" else int(part) for part in (match[1], match[2] or match[1]))
+    soft, hard = (
+        float("inf") if part == "infinity" else int(part) for part in (match[1], match[2] or match[1])
+    )
     if soft > hard or not 0 < soft:
         raise DataError(host, key, f"is {value!r}, a soft limit above its hard limit (or zero)", fix)
     return text
@@ -278,23 +316,35 @@ def _limit_nofile(host: str, key: str, value) -> str | None:
 def _runtimes(host: str, key: str, value) -> tuple:
     from .config_toml import Runtime
 
-    fix = (f"set {key} to a list of mappings with name, and optionally runtime_type, binary_name "
-           "and options, e.g. [{\"name\": \"crun\", \"binary_name\": \"/usr/bin/crun\"}]")
+    fix = (
+        f"set {key} to a list of mappings with name, and optionally runtime_type, binary_name "
+        'and options, e.g. [{"name": "crun", "binary_name": "/usr/bin/crun"}]'
+    )
     if not isinstance(value, (list, tuple)):
         raise DataError(host, key, f"is {value!r}, not a list", fix)
     runtimes = []
     for entry in value:
         if not isinstance(entry, Mapping) or not re.fullmatch(r"[A-Za-z0-9_.-]+", str(entry.get("name", ""))):
-            raise DataError(host, key, f"has the entry {entry!r}, which needs a name of letters, digits, . _ -", fix)
+            raise DataError(
+                host, key, f"has the entry {entry!r}, which needs a name of letters, digits, . _ -", fix
+            )
         unknown = set(entry) - {"name", "runtime_type", "binary_name", "options"}
         if unknown:
             raise DataError(host, key, f"has unknown fields {sorted(unknown)} in {entry['name']!r}", fix)
         if entry["name"] == "runc":
-            raise DataError(host, key, "redefines 'runc', which the deploy owns", "give the extra runtime another name")
+            raise DataError(
+                host, key, "redefines 'runc', which the deploy owns", "give the extra runtime another name"
+            )
         if not isinstance(entry.get("options", {}), Mapping):
             raise DataError(host, key, f"has non-mapping options in {entry['name']!r}", fix)
-        runtimes.append(Runtime(entry["name"], entry.get("runtime_type", "io.containerd.runc.v2"),
-                                entry.get("binary_name"), dict(entry.get("options", {}))))
+        runtimes.append(
+            Runtime(
+                entry["name"],
+                entry.get("runtime_type", "io.containerd.runc.v2"),
+                entry.get("binary_name"),
+                dict(entry.get("options", {})),
+            )
+        )
     return tuple(runtimes)
 
 
@@ -361,7 +411,9 @@ def _mirror_key(host: str, key: str, value, raw: Mapping) -> str:
 
 def _url_template_key(host: str, key: str, value, raw: Mapping) -> str:
     allow_file = _allow_file(host, raw)
-    return _url_template(host, key, value, _mirror(host, "artifact_mirror", raw["artifact_mirror"], allow_file), allow_file)
+    return _url_template(
+        host, key, value, _mirror(host, "artifact_mirror", raw["artifact_mirror"], allow_file), allow_file
+    )
 
 
 @dataclass(frozen=True)
@@ -381,96 +433,210 @@ class Key:
         return f"`{self.default}`"
 
 
-_PROXY_DOC = (" for containerd, in the drop-in `containerd.service.d/http-proxy.conf` (removed when all are unset); "
-              "values are escaped for systemd (`%` → `%%`, quotes), so a percent-encoded password reaches containerd "
-              "as typed; a proxy URL with credentials makes the drop-in 0600 and is shown as `user:***@` in messages")
+_PROXY_DOC = (
+    " for containerd, in the drop-in `containerd.service.d/http-proxy.conf` (removed when all are unset); "
+    "values are escaped for systemd (`%` → `%%`, quotes), so a percent-encoded password reaches containerd "
+    "as typed; a proxy URL with credentials makes the drop-in 0600 and is shown as `user:***@` in messages"
+)
 
 # Every data key the deploy reads, in the order the README lists them (and they are checked).
 KEYS: dict[str, Key] = {
-    'containerd_state': Key('present', _one_of("present", "absent", "purged"),
-        doc="`present`: a containerd node; `absent`: stop and disable containerd (and what its cgroup still runs) and remove what this deploy installed — release files by their manifests, unit, drop-in, config.toml, its hosts.toml files, crictl.yaml — and nothing else; `purged`: `absent`, and containerd's `root`/`state` directories (images, snapshots, containers) too — only directories of containerd's own: a `root`/`state` in config.toml that is a system tree (`/usr`, `/run`, `/var/lib`, …) or holds one, holds a path the deploy manages, has `..`, or is reached through a symbolic link is refused before any change"),
-    'containerd_distro_package': Key('refuse', _one_of("refuse", "remove"),
-        doc="a containerd installed by the node's package manager (Debian/Ubuntu `containerd`, `docker.io`'s, Docker's `containerd.io`, Fedora/RHEL's): `refuse` stops the run before any change, naming the package; `remove` removes it (`dpkg --remove` / `rpm --erase`, which stop its service) once the release files are fetched and verified. Its conffiles stay, so a packaged `config.toml` is the starting config; a package that depends on it (e.g. `docker.io`) makes the removal fail with nothing removed"),
-    'containerd_version': Key('2.2.1', _release(SUPPORTED_CONTAINERD),
-        doc="containerd release to install (X.Y.Z; 1.6.x to 2.x; [pinned versions](#artifacts-mirrors-the-controller-cache-adding-a-version), the install guide's is 1.7.11)"),
-    'containerd_sha256': Key(None, _plain(_sha256), shown='none (from `files/checksums.toml`)',
-        doc='sha256 of the release tarball; a string, or `{"amd64": …, "arm64": …}`; required for versions not in the table'),
-    'runc_version': Key('1.3.4', _release(SUPPORTED_RUNC),
-        doc="runc release to install (X.Y.Z; 1.1.x and later 1.x; the guide's is 1.1.11)"),
-    'runc_sha256': Key(None, _plain(_sha256), shown='none (from `files/checksums.toml`)',
-        doc='sha256 of `runc.<arch>`, as for `containerd_sha256`'),
-    'cni_plugins_version': Key(None, _optional_release(SUPPORTED_CNI_PLUGINS), shown='unset (not installed)',
-        doc='CNI plugins release to install into `cni_bin_dir`; unsetting it later removes exactly the files it installed'),
-    'cni_plugins_sha256': Key(None, _plain(_sha256), shown='none (from `files/checksums.toml`)',
-        doc='sha256 of `cni-plugins-linux-<arch>-v<version>.tgz`, as for `containerd_sha256`'),
-    'crictl_version': Key(None, _optional_release(SUPPORTED_CRICTL), shown='unset (not installed)',
-        doc="crictl release to install into `containerd_bin_dir`, with `/etc/crictl.yaml` pointing at containerd's socket; unsetting it removes both"),
-    'crictl_sha256': Key(None, _plain(_sha256), shown='none (from `files/checksums.toml`)',
-        doc='sha256 of `crictl-v<version>-linux-<arch>.tar.gz`, as for `containerd_sha256`'),
-    'artifact_mirror': Key('https://github.com', _mirror_key,
-        doc="base URL holding upstream's release layout (`…/containerd/containerd/releases/download/v<version>/…`)"),
-    'containerd_download_url': Key('{mirror}/containerd/containerd/releases/download/v{version}/containerd-{version}-linux-{arch}.tar.gz', _url_template_key,
-        doc='template of the containerd tarball URL (`{mirror}`, `{version}`, `{arch}`)'),
-    'runc_download_url': Key('{mirror}/opencontainers/runc/releases/download/v{version}/runc.{arch}', _url_template_key,
-        doc='template of the runc URL'),
-    'cni_plugins_download_url': Key('{mirror}/containernetworking/plugins/releases/download/v{version}/cni-plugins-linux-{arch}-v{version}.tgz', _url_template_key,
-        doc='template of the CNI plugins URL'),
-    'crictl_download_url': Key('{mirror}/kubernetes-sigs/cri-tools/releases/download/v{version}/crictl-v{version}-linux-{arch}.tar.gz', _url_template_key,
-        doc='template of the crictl URL'),
-    'artifact_source': Key('node', _one_of("node", "controller"),
-        doc='`node`: each node downloads the URLs itself; `controller`: the controller downloads each file once into `artifact_cache_dir`, verifies it, and uploads it to every node over SSH (nodes need no route to the mirror); the node checks the sha256 again either way'),
-    'artifact_allow_file_urls': Key(False, _plain(_bool),
-        doc='let `artifact_mirror` and the `*_download_url` templates be `file://` URLs (files on the node, or on the controller with `artifact_source=controller`); otherwise only `https://` and `http://` URLs are accepted, none with credentials, spaces or control characters'),
-    'artifact_cache_dir': Key('~/.cache/containerd-deploy/artifacts', _plain(_cache_dir),
-        doc="the controller's cache for `artifact_source=controller` (files named by their sha256)"),
-    'artifact_trust_mirror_checksums': Key([], _plain(_components),
-        doc='components (e.g. `["containerd"]`) whose checksum, when neither `files/checksums.toml` nor data has one, the controller may read from the `.sha256sum` published next to the file — an explicit opt-in to trusting the file\'s own source'),
-    'containerd_bin_dir': Key('/usr/local/bin', _plain(_absolute_path),
-        doc="where the tarball's `bin/` files go"),
-    'runc_path': Key('/usr/local/sbin/runc', _plain(_absolute_path),
-        doc='where runc goes'),
-    'cni_bin_dir': Key('/opt/cni/bin', _plain(_absolute_path),
-        doc='where the CNI plugins go'),
-    'containerd_config_path': Key('/etc/containerd/config.toml', _plain(_absolute_path),
-        doc="containerd's config file"),
-    'containerd_unit_path': Key('/etc/systemd/system/containerd.service', _plain(_absolute_path),
-        doc='the systemd unit file'),
-    'containerd_deploy_state_dir': Key('/var/lib/containerd-deploy', _plain(_dedicated_directory),
-        doc='manifests of what this deploy installed (versions, file checksums); a directory of its own (no system tree)'),
-    'containerd_staging_dir': Key('/var/cache/containerd-deploy', _plain(_dedicated_directory),
-        doc='where downloads wait until verified (emptied after each install); a directory of its own, made root-owned 0700 before use whatever it was (a symbolic link is refused), so no other local user can swap a verified file'),
-    'containerd_config_base': Key('existing', _one_of("existing", "default"),
-        doc="`existing`: edit the node's config.toml in place, keeping every other setting and comment; `default`: start from the installed binary's `containerd config default` each run (drops edits made outside this deploy)"),
-    'containerd_systemd_cgroup': Key(True, _plain(_bool),
-        doc="`SystemdCgroup` of the runc runtime (and of runc-type extra runtimes); must match the kubelet's `cgroupDriver`"),
-    'containerd_sandbox_image': Key(None, _text_like("registry.k8s.io/pause:3.10"), shown="unset (containerd's default)",
-        doc='the pause image: 1.x `sandbox_image`, 2.x `pinned_images.sandbox`'),
-    'containerd_snapshotter': Key(None, _text_like("overlayfs"), shown='unset',
-        doc='the CRI snapshotter (e.g. `overlayfs`, `native`)'),
-    'containerd_max_container_log_line_size': Key(None, _int_between(-1, 1 << 30), shown='unset',
-        doc='CRI `max_container_log_line_size` (bytes; -1 for no limit)'),
-    'containerd_oom_score': Key(None, _int_between(-1000, 1000), shown='unset',
-        doc="the daemon's `oom_score` (the unit also sets `OOMScoreAdjust=-999`)"),
-    'containerd_runtimes': Key([], _plain(_runtimes),
-        doc='extra CRI runtime handlers: a list of `{name, runtime_type, binary_name, options}`; `runtime_type` defaults to `io.containerd.runc.v2`, for which `binary_name` names a runc-compatible binary (crun, nvidia-container-runtime)'),
-    'containerd_config_extra': Key({}, _mapping_of("set containerd_config_extra to a mapping of TOML tables and keys"),
-        doc='any other TOML, as nested mappings, deep-merged last (tables merge, other values replace)'),
-    'containerd_registry_config_path': Key('/etc/containerd/certs.d', _plain(_optional_absolute_path),
-        doc='CRI registry `config_path`; `""` leaves it unset. Refused if the config still has old-style `registry.mirrors` (containerd\'s CRI plugin does not load with both)'),
-    'containerd_registries': Key({}, _plain(_registries),
-        doc='one `hosts.toml` per registry under `containerd_registry_config_path`, e.g. `{"docker.io": {"mirrors": [{"host": "https://mirror.internal", "capabilities": ["pull", "resolve"], "skip_verify": false, "ca": "/etc/ssl/mirror.pem", "headers": {"Authorization": "Basic …"}}]}}`; optional `server` (default: the registry\'s own). Files with headers are 0600; removed when their registry leaves the data'),
-    'containerd_http_proxy': Key(None, _proxy_like("http://proxy:3128"), shown='unset',
-        doc="`HTTP_PROXY`" + _PROXY_DOC),
-    'containerd_https_proxy': Key(None, _proxy_like("http://proxy:3128"), shown='unset',
-        doc="`HTTPS_PROXY`" + _PROXY_DOC),
-    'containerd_no_proxy': Key(None, _proxy_like("localhost,127.0.0.1,.svc"), shown='unset',
-        doc="`NO_PROXY`" + _PROXY_DOC),
-    'containerd_limit_nofile': Key(None, _plain(_limit_nofile), shown="unset (systemd's default)",
-        doc='`LimitNOFILE` of the unit (a number, `SOFT:HARD` with SOFT ≤ HARD, or `infinity`; ASCII digits)'),
-    'containerd_ready_timeout': Key(60, _plain(_positive_int),
-        doc='seconds to wait for containerd to answer after a (re)start'),
-    'containerd_verify': Key(True, _plain(_bool),
-        doc='last step of every run: check the running daemon (see [Verify](#verify)) and fail the run, naming each problem, if it falls short; reports no change when it passes'),
+    "containerd_state": Key(
+        "present",
+        _one_of("present", "absent", "purged"),
+        doc="`present`: a containerd node; `absent`: stop and disable containerd (and what its cgroup still runs) and remove what this deploy installed — release files by their manifests, unit, drop-in, config.toml, its hosts.toml files, crictl.yaml — and nothing else; `purged`: `absent`, and containerd's `root`/`state` directories (images, snapshots, containers) too — only directories of containerd's own: a `root`/`state` in config.toml that is a system tree (`/usr`, `/run`, `/var/lib`, …) or holds one, holds a path the deploy manages, has `..`, or is reached through a symbolic link is refused before any change",
+    ),
+    "containerd_distro_package": Key(
+        "refuse",
+        _one_of("refuse", "remove"),
+        doc="a containerd installed by the node's package manager (Debian/Ubuntu `containerd`, `docker.io`'s, Docker's `containerd.io`, Fedora/RHEL's): `refuse` stops the run before any change, naming the package; `remove` removes it (`dpkg --remove` / `rpm --erase`, which stop its service) once the release files are fetched and verified. Its conffiles stay, so a packaged `config.toml` is the starting config; a package that depends on it (e.g. `docker.io`) makes the removal fail with nothing removed",
+    ),
+    "containerd_version": Key(
+        "2.2.1",
+        _release(SUPPORTED_CONTAINERD),
+        doc="containerd release to install (X.Y.Z; 1.6.x to 2.x; [pinned versions](#artifacts-mirrors-the-controller-cache-adding-a-version), the install guide's is 1.7.11)",
+    ),
+    "containerd_sha256": Key(
+        None,
+        _plain(_sha256),
+        shown="none (from `files/checksums.toml`)",
+        doc='sha256 of the release tarball; a string, or `{"amd64": …, "arm64": …}`; required for versions not in the table',
+    ),
+    "runc_version": Key(
+        "1.3.4",
+        _release(SUPPORTED_RUNC),
+        doc="runc release to install (X.Y.Z; 1.1.x and later 1.x; the guide's is 1.1.11)",
+    ),
+    "runc_sha256": Key(
+        None,
+        _plain(_sha256),
+        shown="none (from `files/checksums.toml`)",
+        doc="sha256 of `runc.<arch>`, as for `containerd_sha256`",
+    ),
+    "cni_plugins_version": Key(
+        None,
+        _optional_release(SUPPORTED_CNI_PLUGINS),
+        shown="unset (not installed)",
+        doc="CNI plugins release to install into `cni_bin_dir`; unsetting it later removes exactly the files it installed",
+    ),
+    "cni_plugins_sha256": Key(
+        None,
+        _plain(_sha256),
+        shown="none (from `files/checksums.toml`)",
+        doc="sha256 of `cni-plugins-linux-<arch>-v<version>.tgz`, as for `containerd_sha256`",
+    ),
+    "crictl_version": Key(
+        None,
+        _optional_release(SUPPORTED_CRICTL),
+        shown="unset (not installed)",
+        doc="crictl release to install into `containerd_bin_dir`, with `/etc/crictl.yaml` pointing at containerd's socket; unsetting it removes both",
+    ),
+    "crictl_sha256": Key(
+        None,
+        _plain(_sha256),
+        shown="none (from `files/checksums.toml`)",
+        doc="sha256 of `crictl-v<version>-linux-<arch>.tar.gz`, as for `containerd_sha256`",
+    ),
+    "artifact_mirror": Key(
+        "https://github.com",
+        _mirror_key,
+        doc="base URL holding upstream's release layout (`…/containerd/containerd/releases/download/v<version>/…`)",
+    ),
+    "containerd_download_url": Key(
+        "{mirror}/containerd/containerd/releases/download/v{version}/containerd-{version}-linux-{arch}.tar.gz",
+        _url_template_key,
+        doc="template of the containerd tarball URL (`{mirror}`, `{version}`, `{arch}`)",
+    ),
+    "runc_download_url": Key(
+        "{mirror}/opencontainers/runc/releases/download/v{version}/runc.{arch}",
+        _url_template_key,
+        doc="template of the runc URL",
+    ),
+    "cni_plugins_download_url": Key(
+        "{mirror}/containernetworking/plugins/releases/download/v{version}/cni-plugins-linux-{arch}-v{version}.tgz",
+        _url_template_key,
+        doc="template of the CNI plugins URL",
+    ),
+    "crictl_download_url": Key(
+        "{mirror}/kubernetes-sigs/cri-tools/releases/download/v{version}/crictl-v{version}-linux-{arch}.tar.gz",
+        _url_template_key,
+        doc="template of the crictl URL",
+    ),
+    "artifact_source": Key(
+        "node",
+        _one_of("node", "controller"),
+        doc="`node`: each node downloads the URLs itself; `controller`: the controller downloads each file once into `artifact_cache_dir`, verifies it, and uploads it to every node over SSH (nodes need no route to the mirror); the node checks the sha256 again either way",
+    ),
+    "artifact_allow_file_urls": Key(
+        False,
+        _plain(_bool),
+        doc="let `artifact_mirror` and the `*_download_url` templates be `file://` URLs (files on the node, or on the controller with `artifact_source=controller`); otherwise only `https://` and `http://` URLs are accepted, none with credentials, spaces or control characters",
+    ),
+    "artifact_cache_dir": Key(
+        "~/.cache/containerd-deploy/artifacts",
+        _plain(_cache_dir),
+        doc="the controller's cache for `artifact_source=controller` (files named by their sha256)",
+    ),
+    "artifact_trust_mirror_checksums": Key(
+        [],
+        _plain(_components),
+        doc='components (e.g. `["containerd"]`) whose checksum, when neither `files/checksums.toml` nor data has one, the controller may read from the `.sha256sum` published next to the file — an explicit opt-in to trusting the file\'s own source',
+    ),
+    "containerd_bin_dir": Key(
+        "/usr/local/bin", _plain(_absolute_path), doc="where the tarball's `bin/` files go"
+    ),
+    "runc_path": Key("/usr/local/sbin/runc", _plain(_absolute_path), doc="where runc goes"),
+    "cni_bin_dir": Key("/opt/cni/bin", _plain(_absolute_path), doc="where the CNI plugins go"),
+    "containerd_config_path": Key(
+        "/etc/containerd/config.toml", _plain(_absolute_path), doc="containerd's config file"
+    ),
+    "containerd_unit_path": Key(
+        "/etc/systemd/system/containerd.service", _plain(_absolute_path), doc="the systemd unit file"
+    ),
+    "containerd_deploy_state_dir": Key(
+        "/var/lib/containerd-deploy",
+        _plain(_dedicated_directory),
+        doc="manifests of what this deploy installed (versions, file checksums); a directory of its own (no system tree)",
+    ),
+    "containerd_staging_dir": Key(
+        "/var/cache/containerd-deploy",
+        _plain(_dedicated_directory),
+        doc="where downloads wait until verified (emptied after each install); a directory of its own, made root-owned 0700 before use whatever it was (a symbolic link is refused), so no other local user can swap a verified file",
+    ),
+    "containerd_config_base": Key(
+        "existing",
+        _one_of("existing", "default"),
+        doc="`existing`: edit the node's config.toml in place, keeping every other setting and comment; `default`: start from the installed binary's `containerd config default` each run (drops edits made outside this deploy)",
+    ),
+    "containerd_systemd_cgroup": Key(
+        True,
+        _plain(_bool),
+        doc="`SystemdCgroup` of the runc runtime (and of runc-type extra runtimes); must match the kubelet's `cgroupDriver`",
+    ),
+    "containerd_sandbox_image": Key(
+        None,
+        _text_like("registry.k8s.io/pause:3.10"),
+        shown="unset (containerd's default)",
+        doc="the pause image: 1.x `sandbox_image`, 2.x `pinned_images.sandbox`",
+    ),
+    "containerd_snapshotter": Key(
+        None, _text_like("overlayfs"), shown="unset", doc="the CRI snapshotter (e.g. `overlayfs`, `native`)"
+    ),
+    "containerd_max_container_log_line_size": Key(
+        None,
+        _int_between(-1, 1 << 30),
+        shown="unset",
+        doc="CRI `max_container_log_line_size` (bytes; -1 for no limit)",
+    ),
+    "containerd_oom_score": Key(
+        None,
+        _int_between(-1000, 1000),
+        shown="unset",
+        doc="the daemon's `oom_score` (the unit also sets `OOMScoreAdjust=-999`)",
+    ),
+    "containerd_runtimes": Key(
+        [],
+        _plain(_runtimes),
+        doc="extra CRI runtime handlers: a list of `{name, runtime_type, binary_name, options}`; `runtime_type` defaults to `io.containerd.runc.v2`, for which `binary_name` names a runc-compatible binary (crun, nvidia-container-runtime)",
+    ),
+    "containerd_config_extra": Key(
+        {},
+        _mapping_of("set containerd_config_extra to a mapping of TOML tables and keys"),
+        doc="any other TOML, as nested mappings, deep-merged last (tables merge, other values replace)",
+    ),
+    "containerd_registry_config_path": Key(
+        "/etc/containerd/certs.d",
+        _plain(_optional_absolute_path),
+        doc='CRI registry `config_path`; `""` leaves it unset. Refused if the config still has old-style `registry.mirrors` (containerd\'s CRI plugin does not load with both)',
+    ),
+    "containerd_registries": Key(
+        {},
+        _plain(_registries),
+        doc='one `hosts.toml` per registry under `containerd_registry_config_path`, e.g. `{"docker.io": {"mirrors": [{"host": "https://mirror.internal", "capabilities": ["pull", "resolve"], "skip_verify": false, "ca": "/etc/ssl/mirror.pem", "headers": {"Authorization": "Basic …"}}]}}`; optional `server` (default: the registry\'s own). Files with headers are 0600; removed when their registry leaves the data',
+    ),
+    "containerd_http_proxy": Key(
+        None, _proxy_like("http://proxy:3128"), shown="unset", doc="`HTTP_PROXY`" + _PROXY_DOC
+    ),
+    "containerd_https_proxy": Key(
+        None, _proxy_like("http://proxy:3128"), shown="unset", doc="`HTTPS_PROXY`" + _PROXY_DOC
+    ),
+    "containerd_no_proxy": Key(
+        None, _proxy_like("localhost,127.0.0.1,.svc"), shown="unset", doc="`NO_PROXY`" + _PROXY_DOC
+    ),
+    "containerd_limit_nofile": Key(
+        None,
+        _plain(_limit_nofile),
+        shown="unset (systemd's default)",
+        doc="`LimitNOFILE` of the unit (a number, `SOFT:HARD` with SOFT ≤ HARD, or `infinity`; ASCII digits)",
+    ),
+    "containerd_ready_timeout": Key(
+        60, _plain(_positive_int), doc="seconds to wait for containerd to answer after a (re)start"
+    ),
+    "containerd_verify": Key(
+        True,
+        _plain(_bool),
+        doc="last step of every run: check the running daemon (see [Verify](#verify)) and fail the run, naming each problem, if it falls short; reports no change when it passes",
+    ),
 }
 
 DEFAULTS: dict = {name: key.default for name, key in KEYS.items()}
@@ -500,7 +666,9 @@ def arch_of(host: str, machine: str) -> str:
         return ARCHES[machine]
     except KeyError:
         raise DataError(
-            host, "(host architecture)", f"is {machine!r}; containerd releases exist for amd64 and arm64 only",
+            host,
+            "(host architecture)",
+            f"is {machine!r}; containerd releases exist for amd64 and arm64 only",
             "deploy to x86_64 or aarch64 hosts, or leave this host out of the inventory",
         ) from None
 

@@ -35,7 +35,11 @@ def digest_in(text: str, filename: str) -> str | None:
     """The sha256 for `filename` in a checksum file (`<hex>  <name>`, `<hex> *<name>`, or a lone hex)."""
     lines = [line.split() for line in text.splitlines() if line.strip()]
     for fields in lines:
-        if len(fields) >= 2 and fields[1].lstrip("*").rsplit("/", 1)[-1] == filename and HEX.match(fields[0].lower()):
+        if (
+            len(fields) >= 2
+            and fields[1].lstrip("*").rsplit("/", 1)[-1] == filename
+            and HEX.match(fields[0].lower())
+        ):
             return fields[0].lower()
     if len(lines) == 1 and len(lines[0]) == 1 and HEX.match(lines[0][0].lower()):
         return lines[0][0].lower()
@@ -84,18 +88,24 @@ def header_of(text: str) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tasks.update_checksums", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m tasks.update_checksums", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("component", choices=list(COMPONENTS))
     parser.add_argument("version", type=Version)
-    parser.add_argument("--mirror", default=DEFAULTS["artifact_mirror"], help="base URL with upstream's layout")
+    parser.add_argument(
+        "--mirror", default=DEFAULTS["artifact_mirror"], help="base URL with upstream's layout"
+    )
     parser.add_argument("--file", type=Path, default=CHECKSUMS_FILE)
     parser.add_argument("--dry-run", action="store_true", help="print the values, do not write")
     args = parser.parse_args(argv)
     template = DEFAULTS[f"{args.component}_download_url"]
     version = str(args.version)
     try:
-        found = {arch: fetch_digest(template.format(mirror=args.mirror.rstrip("/"), version=version, arch=arch))
-                 for arch in ARCHES}
+        found = {
+            arch: fetch_digest(template.format(mirror=args.mirror.rstrip("/"), version=version, arch=arch))
+            for arch in ARCHES
+        }
     except ChecksumLookupError as error:
         raise SystemExit(str(error)) from None
     for arch, digest in found.items():

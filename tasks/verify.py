@@ -19,16 +19,21 @@ from dataclasses import dataclass, field
 from pyinfra import host
 from pyinfra.api import StringCommand, deploy, operation
 
-from .config_toml import ConfigError, PATHS, parse, runc_systemd_cgroup, schema_version, value_at
+from .config_toml import PATHS, ConfigError, parse, runc_systemd_cgroup, schema_version, value_at
 from .daemon import SERVICE_PATH, ContainerdDaemon, DaemonState
 from .facts import newer_than_daemon
 from .settings import DEFAULTS, Settings
 
 # The CRI plugins a kubelet needs, as `ctr plugins ls` names them (type, id); 2.x split the
 # runtime and images parts out of the grpc one.
-CRI_PLUGINS = {1: (("io.containerd.grpc.v1", "cri"),),
-               2: (("io.containerd.grpc.v1", "cri"), ("io.containerd.cri.v1", "runtime"),
-                   ("io.containerd.cri.v1", "images"))}
+CRI_PLUGINS = {
+    1: (("io.containerd.grpc.v1", "cri"),),
+    2: (
+        ("io.containerd.grpc.v1", "cri"),
+        ("io.containerd.cri.v1", "runtime"),
+        ("io.containerd.cri.v1", "images"),
+    ),
+}
 
 
 RUNC_TYPE = "io.containerd.runc.v2"
@@ -66,8 +71,10 @@ def runtime_binaries(runtimes) -> list[tuple[str, str]]:
 def missing_binary_problem(handler: str, binary: str, bin_dir: str) -> str:
     """What to say of a runtime handler whose binary is not on the node, with the fix."""
     where = binary if binary.startswith("/") else f"{binary} (looked for in {bin_dir}:{SERVICE_PATH})"
-    return (f"runtime handler {handler!r} cannot run pods: {where} is not installed on the node; install it, "
-            f"or take {handler!r} out of containerd_runtimes (or out of the config) and redeploy")
+    return (
+        f"runtime handler {handler!r} cannot run pods: {where} is not installed on the node; install it, "
+        f"or take {handler!r} out of containerd_runtimes (or out of the config) and redeploy"
+    )
 
 
 def configured_runtimes(config_text: str | None, containerd_version) -> dict:
@@ -135,16 +142,22 @@ def judge(expected: Expected, state: DaemonState) -> Verdict:
     problem, checked = verdict.problems.append, verdict.checked.append
     restart = f"restart it (systemctl restart {expected.unit}) or rerun the deploy"
     if state.active_state != "active":
-        problem(f"{expected.unit} is {state.active_state or 'not loaded'}, not active: see journalctl -u {expected.unit}")
+        problem(
+            f"{expected.unit} is {state.active_state or 'not loaded'}, not active: see journalctl -u {expected.unit}"
+        )
         return verdict
     if not state.ctr_server:
-        problem(f"containerd does not answer on its socket (ctr said: {state.ctr_error.strip()[:300]}): "
-                f"see journalctl -u {expected.unit}")
+        problem(
+            f"containerd does not answer on its socket (ctr said: {state.ctr_error.strip()[:300]}): "
+            f"see journalctl -u {expected.unit}"
+        )
         return verdict
     server = release_version(state.ctr_server)
     if release_version(state.ctr_client) != server:
-        problem(f"ctr {state.ctr_client} talks to a containerd {state.ctr_server} daemon: the running daemon is "
-                f"not the installed binary; {restart}")
+        problem(
+            f"ctr {state.ctr_client} talks to a containerd {state.ctr_server} daemon: the running daemon is "
+            f"not the installed binary; {restart}"
+        )
     elif server != expected.version:
         problem(f"containerd answers as {state.ctr_server}, expected {expected.version}: {restart}")
     else:
@@ -152,21 +165,30 @@ def judge(expected: Expected, state: DaemonState) -> Verdict:
     if state.exe.endswith(" (deleted)"):
         problem(f"the running daemon's binary {state.exe} was replaced after it started: {restart}")
     if state.need_daemon_reload:
-        problem(f"{expected.unit} changed on disk and systemd has not reloaded it: run systemctl daemon-reload, "
-                f"then {restart}")
+        problem(
+            f"{expected.unit} changed on disk and systemd has not reloaded it: run systemctl daemon-reload, "
+            f"then {restart}"
+        )
     stale = newer_than_daemon(state.started, state.mtimes, expected.loaded_files)
     if stale:
-        problem(f"{', '.join(stale)} changed after the running daemon started, so it runs with the old "
-                f"settings: {restart}")
+        problem(
+            f"{', '.join(stale)} changed after the running daemon started, so it runs with the old "
+            f"settings: {restart}"
+        )
     elif state.started:
         checked("runs the unit and config on disk")
 
     generation = 1 if int(expected.version.split(".")[0]) < 2 else 2
-    not_ok = [f"{kind} {name}: {state.plugins.get((kind, name), 'not loaded')}"
-              for kind, name in CRI_PLUGINS[generation] if state.plugins.get((kind, name)) != "ok"]
+    not_ok = [
+        f"{kind} {name}: {state.plugins.get((kind, name), 'not loaded')}"
+        for kind, name in CRI_PLUGINS[generation]
+        if state.plugins.get((kind, name)) != "ok"
+    ]
     if not_ok:
-        problem(f"CRI plugins not running ({'; '.join(not_ok)}), so a kubelet cannot use this node: remove "
-                "\"cri\" from disabled_plugins in the config and check journalctl -u containerd for the plugin's error")
+        problem(
+            f"CRI plugins not running ({'; '.join(not_ok)}), so a kubelet cannot use this node: remove "
+            '"cri" from disabled_plugins in the config and check journalctl -u containerd for the plugin\'s error'
+        )
     else:
         checked("CRI plugins loaded")
 
@@ -178,9 +200,11 @@ def judge(expected: Expected, state: DaemonState) -> Verdict:
         problem(f"containerd config dump failed: {state.dump_error.strip()[:300]}")
     else:
         if effective != expected.systemd_cgroup:
-            problem(f"the effective config (containerd config dump) has SystemdCgroup = {str(effective).lower()} on "
-                    f"the runc runtime but containerd_systemd_cgroup is {str(expected.systemd_cgroup).lower()}: "
-                    "something overrides it (containerd_config_extra, or a file in the config's imports)")
+            problem(
+                f"the effective config (containerd config dump) has SystemdCgroup = {str(effective).lower()} on "
+                f"the runc runtime but containerd_systemd_cgroup is {str(expected.systemd_cgroup).lower()}: "
+                "something overrides it (containerd_config_extra, or a file in the config's imports)"
+            )
         else:
             checked(f"SystemdCgroup = {str(effective).lower()} in effect")
 
@@ -188,31 +212,46 @@ def judge(expected: Expected, state: DaemonState) -> Verdict:
     if state.kubelet_config is not None:
         kubelet = kubelet_cgroup_driver(state.kubelet_config)
         if kubelet != driver:
-            problem(f"the kubelet's cgroupDriver is {kubelet} (/var/lib/kubelet/config.yaml) but containerd's runc "
-                    f"uses {driver}: set both to systemd (kubelet cgroupDriver: systemd; containerd_systemd_cgroup=true)")
+            problem(
+                f"the kubelet's cgroupDriver is {kubelet} (/var/lib/kubelet/config.yaml) but containerd's runc "
+                f"uses {driver}: set both to systemd (kubelet cgroupDriver: systemd; containerd_systemd_cgroup=true)"
+            )
         else:
             checked(f"kubelet cgroupDriver {kubelet} matches")
 
     if state.container == "absent":
-        verdict.notes.append(f"no container run: the sandbox image {expected.sandbox_image} is not on the node yet "
-                             "(a kubelet pulls it for the first pod)" if expected.sandbox_image
-                             else "no container run: the config names no sandbox image")
+        verdict.notes.append(
+            f"no container run: the sandbox image {expected.sandbox_image} is not on the node yet "
+            "(a kubelet pulls it for the first pod)"
+            if expected.sandbox_image
+            else "no container run: the config names no sandbox image"
+        )
     elif state.container.startswith("failed"):
-        problem(f"a container from {expected.sandbox_image} did not run: {state.container[len('failed'):].strip()[:500]}")
+        problem(
+            f"a container from {expected.sandbox_image} did not run: {state.container[len('failed') :].strip()[:500]}"
+        )
     elif state.container != "task RUNNING":
-        problem(f"a container from {expected.sandbox_image} started but is not running "
-                f"({state.container}): see journalctl -u {expected.unit}")
+        problem(
+            f"a container from {expected.sandbox_image} started but is not running "
+            f"({state.container}): see journalctl -u {expected.unit}"
+        )
     elif expected.systemd_cgroup and not state.container_scope:
-        problem(f"a container from {expected.sandbox_image} ran, but not in a systemd scope (its /proc/PID/cgroup: "
-                f"{'; '.join(state.container_cgroups)[:300]}): runc cannot use systemd cgroups here (is dbus running?)")
+        problem(
+            f"a container from {expected.sandbox_image} ran, but not in a systemd scope (its /proc/PID/cgroup: "
+            f"{'; '.join(state.container_cgroups)[:300]}): runc cannot use systemd cgroups here (is dbus running?)"
+        )
     else:
         checked(f"a container ran{' in ' + state.container_scope if state.container_scope else ''}")
 
-    missing = [(handler, binary) for handler, binary in expected.runtime_binaries if binary in state.missing_binaries]
+    missing = [
+        (handler, binary) for handler, binary in expected.runtime_binaries if binary in state.missing_binaries
+    ]
     for handler, binary in missing:
         problem(missing_binary_problem(handler, binary, expected.bin_dir))
     if expected.runtime_binaries and not missing:
-        checked(f"the runtime handlers' binaries are installed ({', '.join(sorted({h for h, _ in expected.runtime_binaries}))})")
+        checked(
+            f"the runtime handlers' binaries are installed ({', '.join(sorted({h for h, _ in expected.runtime_binaries}))})"
+        )
     return verdict
 
 
@@ -251,8 +290,13 @@ def containerd_verified(expected: Expected | Callable[[], Expected], bin_dir: st
     if callable(expected):
         expected = expected()
     state = host.get_fact(
-        ContainerdDaemon, bin_dir=bin_dir, config_path=config_path, unit=expected.unit,
-        files=expected.loaded_files, image=expected.sandbox_image or "", systemd_cgroup=expected.systemd_cgroup,
+        ContainerdDaemon,
+        bin_dir=bin_dir,
+        config_path=config_path,
+        unit=expected.unit,
+        files=expected.loaded_files,
+        image=expected.sandbox_image or "",
+        systemd_cgroup=expected.systemd_cgroup,
         binaries=tuple(dict.fromkeys(binary for _, binary in expected.runtime_binaries)),
     )
     verdict = judge(expected, state)
@@ -265,6 +309,7 @@ def containerd_verified(expected: Expected | Callable[[], Expected], bin_dir: st
 @deploy("Verify containerd", data_defaults=DEFAULTS)
 def verify_containerd(settings: Settings, config_text, loaded_files: tuple):
     """`config_text`: the config.toml this run leaves (text, or a callable giving it when run)."""
+
     def expected() -> Expected:
         text = config_text() if callable(config_text) else config_text
         return Expected(

@@ -11,33 +11,72 @@ from tasks.settings import DEFAULTS
 
 def pytest_addoption(parser):
     group = parser.getgroup("containerd-deploy conformance")
-    group.addoption("--containerd-bin-dir", default=DEFAULTS["containerd_bin_dir"],
-                    help="where the node's containerd binaries are (default: %(default)s)")
-    group.addoption("--runc-path", default=DEFAULTS["runc_path"], help="the node's runc (default: %(default)s)")
-    group.addoption("--config-path", default=DEFAULTS["containerd_config_path"],
-                    help="the node's config.toml (default: %(default)s)")
-    group.addoption("--unit-path", default=DEFAULTS["containerd_unit_path"],
-                    help="the node's containerd unit file (default: %(default)s)")
-    group.addoption("--expect-containerd-version", default=None,
-                    help="the containerd version the node must run (default: what the deploy recorded)")
-    group.addoption("--expect-runc-version", default=None,
-                    help="the runc version the node must have (default: what the deploy recorded)")
-    group.addoption("--expect-runtime-handlers", default="",
-                    help="comma-separated CRI runtime handlers the node must offer, e.g. runc,crun")
-    group.addoption("--pull-image", action="append", default=[], metavar="REF",
-                    help="pull REF through the node's configured registries via the CRI, as a kubelet would, "
-                         "and report time and bytes (repeatable; off by default)")
-    group.addoption("--serve-port", type=int, default=None, metavar="PORT",
-                    help="with --pull-image: run each pulled image in a host-network pod and GET "
-                         "http://127.0.0.1:PORT/ on the node (e.g. 80 for nginx)")
+    group.addoption(
+        "--containerd-bin-dir",
+        default=DEFAULTS["containerd_bin_dir"],
+        help="where the node's containerd binaries are (default: %(default)s)",
+    )
+    group.addoption(
+        "--runc-path", default=DEFAULTS["runc_path"], help="the node's runc (default: %(default)s)"
+    )
+    group.addoption(
+        "--config-path",
+        default=DEFAULTS["containerd_config_path"],
+        help="the node's config.toml (default: %(default)s)",
+    )
+    group.addoption(
+        "--unit-path",
+        default=DEFAULTS["containerd_unit_path"],
+        help="the node's containerd unit file (default: %(default)s)",
+    )
+    group.addoption(
+        "--expect-containerd-version",
+        default=None,
+        help="the containerd version the node must run (default: what the deploy recorded)",
+    )
+    group.addoption(
+        "--expect-runc-version",
+        default=None,
+        help="the runc version the node must have (default: what the deploy recorded)",
+    )
+    group.addoption(
+        "--expect-runtime-handlers",
+        default="",
+        help="comma-separated CRI runtime handlers the node must offer, e.g. runc,crun",
+    )
+    group.addoption(
+        "--pull-image",
+        action="append",
+        default=[],
+        metavar="REF",
+        help="pull REF through the node's configured registries via the CRI, as a kubelet would, "
+        "and report time and bytes (repeatable; off by default)",
+    )
+    group.addoption(
+        "--serve-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="with --pull-image: run each pulled image in a host-network pod and GET "
+        "http://127.0.0.1:PORT/ on the node (e.g. 80 for nginx)",
+    )
 
-
-    group.addoption("--inventory", default=None,
-                    help="check the hosts of a pyinfra inventory (with its SSH data), instead of --hosts")
-    group.addoption("--limit", default=None,
-                    help="with --inventory: only these hosts or groups (comma-separated, globs allowed)")
-    group.addoption("--accept-new-host-keys", action="store_true", default=False,
-                    help="accept and record host keys not yet in known_hosts (default: refuse them)")
+    group.addoption(
+        "--inventory",
+        default=None,
+        help="check the hosts of a pyinfra inventory (with its SSH data), instead of --hosts",
+    )
+    group.addoption(
+        "--limit",
+        default=None,
+        help="with --inventory: only these hosts or groups (comma-separated, globs allowed)",
+    )
+    group.addoption(
+        "--accept-new-host-keys",
+        action="store_true",
+        default=False,
+        help="accept and record host keys not yet in known_hosts (default: refuse them)",
+    )
 
 
 def pytest_configure(config):

@@ -18,7 +18,9 @@ class Layout:
         self.containerd = f"{self.bin_dir}/containerd"
         self.expect_containerd = config.getoption("expect_containerd_version")
         self.expect_runc = config.getoption("expect_runc_version")
-        self.expect_handlers = [name for name in config.getoption("expect_runtime_handlers").split(",") if name]
+        self.expect_handlers = [
+            name for name in config.getoption("expect_runtime_handlers").split(",") if name
+        ]
 
 
 @pytest.fixture(scope="session")

@@ -43,10 +43,21 @@ def _ssh_command(backend, local: str, remote: str) -> list[str]:
     if backend.ssh_identity_file:
         command += ["-i", backend.ssh_identity_file]
     return command + [
-        "-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes", "-o", "StreamLocalBindUnlink=yes",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "ExitOnForwardFailure=yes",
+        "-o",
+        "StreamLocalBindUnlink=yes",
         # A connection of its own: a shared master would outlive this forward's process.
-        "-o", "ControlMaster=no", "-o", "ControlPath=none",
-        "-N", "-L", f"{local}:{remote}", backend.host.name,
+        "-o",
+        "ControlMaster=no",
+        "-o",
+        "ControlPath=none",
+        "-N",
+        "-L",
+        f"{local}:{remote}",
+        backend.host.name,
     ]
 
 
@@ -70,34 +81,53 @@ class Forward:
             remote = self._relay(host, remote)
         self.directory = tempfile.mkdtemp(prefix="cri-")
         self.path = os.path.join(self.directory, "containerd.sock")
-        self.process = subprocess.Popen(_ssh_command(backend, self.path, remote), stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.process = subprocess.Popen(
+            _ssh_command(backend, self.path, remote),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         deadline = time.monotonic() + timeout
         while not os.path.exists(self.path):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.close()
-                error = self.process.stderr.read().decode(errors="replace").strip() if self.process.stderr else ""
-                raise ForwardError(f"could not forward {remote} from {backend.host.name} over SSH: {error or 'timed out'}")
+                error = (
+                    self.process.stderr.read().decode(errors="replace").strip() if self.process.stderr else ""
+                )
+                raise ForwardError(
+                    f"could not forward {remote} from {backend.host.name} over SSH: {error or 'timed out'}"
+                )
             time.sleep(0.05)
 
     def _relay(self, host, remote: str) -> str:
         """A socket the login user may open, relayed by systemd to `remote` (for sudo hosts)."""
         user = host.check_output('printf %s "${SUDO_USER:-}"')
-        proxyd = host.run("for p in /lib/systemd/systemd-socket-proxyd /usr/lib/systemd/systemd-socket-proxyd; do "
-                          '[ -x "$p" ] && echo "$p" && break; done').stdout.strip()
+        proxyd = host.run(
+            "for p in /lib/systemd/systemd-socket-proxyd /usr/lib/systemd/systemd-socket-proxyd; do "
+            '[ -x "$p" ] && echo "$p" && break; done'
+        ).stdout.strip()
         if not user or not proxyd:
-            raise ForwardError(f"cannot reach {remote} through sudo: " + (
-                "sudo did not say who logged in (SUDO_USER)" if not user else "no systemd-socket-proxyd on the node"))
+            raise ForwardError(
+                f"cannot reach {remote} through sudo: "
+                + (
+                    "sudo did not say who logged in (SUDO_USER)"
+                    if not user
+                    else "no systemd-socket-proxyd on the node"
+                )
+            )
         self.relay_unit = f"containerd-deploy-cri-{secrets.token_hex(6)}"
         relay = f"/run/{self.relay_unit}.sock"
         result = host.run(
             f"systemd-run --quiet --collect --unit={self.relay_unit} "
             f"--socket-property=ListenStream={relay} --socket-property=SocketUser={shlex.quote(user)} "
             f"--socket-property=SocketMode=0600 --socket-property=RemoveOnStop=yes "
-            f"{proxyd} --exit-idle-time=600 {shlex.quote(remote)}")
+            f"{proxyd} --exit-idle-time=600 {shlex.quote(remote)}"
+        )
         if result.rc != 0:
             self.relay_unit = None
-            raise ForwardError(f"could not relay {remote} for {user} with systemd-run: {result.stderr.strip()}")
+            raise ForwardError(
+                f"could not relay {remote} for {user} with systemd-run: {result.stderr.strip()}"
+            )
         return relay
 
     def close(self):
@@ -142,7 +172,9 @@ class CRI:
         return conditions, info
 
     def image_present(self, name: str) -> bool:
-        response = self.call(self.images, "ImageStatus", api.ImageStatusRequest(image=api.ImageSpec(image=name)))
+        response = self.call(
+            self.images, "ImageStatus", api.ImageStatusRequest(image=api.ImageSpec(image=name))
+        )
         return response.HasField("image")
 
     def close(self):
@@ -182,53 +214,89 @@ def sandbox_image(config: dict) -> str | None:
 class Pod:
     """A pod sandbox with one long-running container, made and removed through the CRI."""
 
-    def __init__(self, cri: "CRI", handler: str = "", image: str = oci.IMAGE_NAME,
-                 command: tuple[str, ...] | None = ("/bin/sleep", "3600")):
+    def __init__(
+        self,
+        cri: "CRI",
+        handler: str = "",
+        image: str = oci.IMAGE_NAME,
+        command: tuple[str, ...] | None = ("/bin/sleep", "3600"),
+    ):
         """`command` None: the image's own entrypoint and command."""
         self.cri, self.handler, self.image, self.command = cri, handler, image, command
         self.uid = uuid.uuid4().hex  # kubelet writes pod UIDs into slice names without dashes
         self.slice = f"kubepods-besteffort-pod{self.uid}.slice"
         self.sandbox_config = api.PodSandboxConfig(
-            metadata=api.PodSandboxMetadata(name=f"conformance-{self.uid[:8]}", uid=self.uid,
-                                            namespace="containerd-deploy-conformance", attempt=0),
+            metadata=api.PodSandboxMetadata(
+                name=f"conformance-{self.uid[:8]}",
+                uid=self.uid,
+                namespace="containerd-deploy-conformance",
+                attempt=0,
+            ),
             linux=api.LinuxPodSandboxConfig(
                 cgroup_parent=self.slice,
                 # Host network: no CNI needed, the node may have none yet.
                 security_context=api.LinuxSandboxSecurityContext(
-                    namespace_options=api.NamespaceOption(network=api.NODE)),
+                    namespace_options=api.NamespaceOption(network=api.NODE)
+                ),
             ),
         )
         self.sandbox_id = self.container_id = None
 
     def start(self) -> "Pod":
-        self.sandbox_id = self.cri.call(self.cri.runtime, "RunPodSandbox", api.RunPodSandboxRequest(
-            config=self.sandbox_config, runtime_handler=self.handler)).pod_sandbox_id
+        self.sandbox_id = self.cri.call(
+            self.cri.runtime,
+            "RunPodSandbox",
+            api.RunPodSandboxRequest(config=self.sandbox_config, runtime_handler=self.handler),
+        ).pod_sandbox_id
         container = api.ContainerConfig(
             metadata=api.ContainerMetadata(name="probe", attempt=0),
             image=api.ImageSpec(image=self.image),
             command=list(self.command or ()),
             linux=api.LinuxContainerConfig(),
         )
-        self.container_id = self.cri.call(self.cri.runtime, "CreateContainer", api.CreateContainerRequest(
-            pod_sandbox_id=self.sandbox_id, config=container, sandbox_config=self.sandbox_config)).container_id
-        self.cri.call(self.cri.runtime, "StartContainer", api.StartContainerRequest(container_id=self.container_id))
+        self.container_id = self.cri.call(
+            self.cri.runtime,
+            "CreateContainer",
+            api.CreateContainerRequest(
+                pod_sandbox_id=self.sandbox_id, config=container, sandbox_config=self.sandbox_config
+            ),
+        ).container_id
+        self.cri.call(
+            self.cri.runtime, "StartContainer", api.StartContainerRequest(container_id=self.container_id)
+        )
         return self
 
     def exec(self, *command: str):
-        return self.cri.call(self.cri.runtime, "ExecSync",
-                             api.ExecSyncRequest(container_id=self.container_id, cmd=list(command), timeout=30))
+        return self.cri.call(
+            self.cri.runtime,
+            "ExecSync",
+            api.ExecSyncRequest(container_id=self.container_id, cmd=list(command), timeout=30),
+        )
 
     def pid(self) -> int:
-        status = self.cri.call(self.cri.runtime, "ContainerStatus",
-                               api.ContainerStatusRequest(container_id=self.container_id, verbose=True))
-        assert status.status.state == api.CONTAINER_RUNNING, f"the container is {status.status.state}, not running"
+        status = self.cri.call(
+            self.cri.runtime,
+            "ContainerStatus",
+            api.ContainerStatusRequest(container_id=self.container_id, verbose=True),
+        )
+        assert status.status.state == api.CONTAINER_RUNNING, (
+            f"the container is {status.status.state}, not running"
+        )
         return int(json.loads(status.info["info"])["pid"])
 
     def remove(self) -> None:
         runtime = self.cri.runtime
         if self.container_id:
-            self.cri.call(runtime, "StopContainer", api.StopContainerRequest(container_id=self.container_id, timeout=5))
-            self.cri.call(runtime, "RemoveContainer", api.RemoveContainerRequest(container_id=self.container_id))
+            self.cri.call(
+                runtime, "StopContainer", api.StopContainerRequest(container_id=self.container_id, timeout=5)
+            )
+            self.cri.call(
+                runtime, "RemoveContainer", api.RemoveContainerRequest(container_id=self.container_id)
+            )
         if self.sandbox_id:
-            self.cri.call(runtime, "StopPodSandbox", api.StopPodSandboxRequest(pod_sandbox_id=self.sandbox_id))
-            self.cri.call(runtime, "RemovePodSandbox", api.RemovePodSandboxRequest(pod_sandbox_id=self.sandbox_id))
+            self.cri.call(
+                runtime, "StopPodSandbox", api.StopPodSandboxRequest(pod_sandbox_id=self.sandbox_id)
+            )
+            self.cri.call(
+                runtime, "RemovePodSandbox", api.RemovePodSandboxRequest(pod_sandbox_id=self.sandbox_id)
+            )

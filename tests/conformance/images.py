@@ -11,7 +11,7 @@ def _upload(host, data: bytes, path: str) -> None:
     encoded = base64.b64encode(data).decode()
     host.check_output(f": > {path}.b64")
     for start in range(0, len(encoded), UPLOAD_CHUNK):
-        host.check_output(f"printf %s {encoded[start:start + UPLOAD_CHUNK]} >> {path}.b64")
+        host.check_output(f"printf %s {encoded[start : start + UPLOAD_CHUNK]} >> {path}.b64")
     host.check_output(f"base64 -d {path}.b64 > {path} && rm -f {path}.b64")
 
 

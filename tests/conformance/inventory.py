@@ -10,7 +10,6 @@ import shlex
 import subprocess
 import sys
 
-
 _LOAD = """
 import json, sys
 from pyinfra.api import State
@@ -37,8 +36,11 @@ def select(hosts, limit: str | None):
     if not limit:
         return hosts
     patterns = [pattern for pattern in limit.split(",") if pattern]
-    return [host for host in hosts
-            if any(fnmatch.fnmatch(name, pattern) for pattern in patterns for name in [host[0], *host[1]])]
+    return [
+        host
+        for host in hosts
+        if any(fnmatch.fnmatch(name, pattern) for pattern in patterns for name in [host[0], *host[1]])
+    ]
 
 
 def _quote(value) -> str:
@@ -52,8 +54,12 @@ def ssh_config(hosts, control_dir: str, accept_new_host_keys: bool = False) -> s
     entries = []
     for name, _, data in hosts:
         lines = [f"Host {name}", f"  HostName {data.get('ssh_hostname') or name}"]
-        for option, key in (("Port", "ssh_port"), ("User", "ssh_user"), ("IdentityFile", "ssh_key"),
-                            ("UserKnownHostsFile", "ssh_known_hosts_file")):
+        for option, key in (
+            ("Port", "ssh_port"),
+            ("User", "ssh_user"),
+            ("IdentityFile", "ssh_key"),
+            ("UserKnownHostsFile", "ssh_known_hosts_file"),
+        ):
             if data.get(key):
                 lines.append(f"  {option} {_quote(data[key])}")
         if data.get("ssh_key"):
@@ -62,7 +68,11 @@ def ssh_config(hosts, control_dir: str, accept_new_host_keys: bool = False) -> s
         if strict:
             lines.append(f"  StrictHostKeyChecking {strict}")
         # One connection per host for the whole run: the suite runs dozens of commands.
-        lines += ["  ControlMaster auto", f"  ControlPath {_quote(control_dir + '/%C')}", "  ControlPersist 60"]
+        lines += [
+            "  ControlMaster auto",
+            f"  ControlPath {_quote(control_dir + '/%C')}",
+            "  ControlPersist 60",
+        ]
         entries.append("\n".join(lines) + "\n")
     return "\n".join(entries)
 

@@ -49,15 +49,21 @@ def _json(document: dict) -> bytes:
     return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
 
 
-def build(busybox_path: Path = BUSYBOX, name: str = IMAGE_NAME, arch: str = "amd64",
-          command: list[str] | None = None) -> bytes:
+def build(
+    busybox_path: Path = BUSYBOX,
+    name: str = IMAGE_NAME,
+    arch: str = "amd64",
+    command: list[str] | None = None,
+) -> bytes:
     """The OCI layout tarball (bytes) of a one-layer busybox image named `name`."""
     if not busybox_path.exists():
         raise FileNotFoundError(
             f"{busybox_path} not found: the conformance suite builds its test image from a static "
             "busybox on this machine (Debian/Ubuntu: apt-get install busybox-static)"
         )
-    return layout_tarball(_layer(busybox_path.read_bytes()), name, arch, {"Env": ["PATH=/bin"], "Cmd": command or ["/bin/sh"]})
+    return layout_tarball(
+        _layer(busybox_path.read_bytes()), name, arch, {"Env": ["PATH=/bin"], "Cmd": command or ["/bin/sh"]}
+    )
 
 
 def layout_tarball(layer: bytes, name: str, arch: str, image_config: dict) -> bytes:
@@ -86,12 +92,17 @@ def layout_tarball(layer: bytes, name: str, arch: str, image_config: dict) -> by
         index = {
             "schemaVersion": 2,
             "mediaType": "application/vnd.oci.image.index.v1+json",
-            "manifests": [{
-                "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                **manifest_desc,
-                "platform": {"architecture": arch, "os": "linux"},
-                "annotations": {"io.containerd.image.name": name, "org.opencontainers.image.ref.name": name.rsplit(":", 1)[1]},
-            }],
+            "manifests": [
+                {
+                    "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                    **manifest_desc,
+                    "platform": {"architecture": arch, "os": "linux"},
+                    "annotations": {
+                        "io.containerd.image.name": name,
+                        "org.opencontainers.image.ref.name": name.rsplit(":", 1)[1],
+                    },
+                }
+            ],
         }
         data = _json(index)
         tar.addfile(_tarinfo("index.json", size=len(data), mode=0o644), io.BytesIO(data))

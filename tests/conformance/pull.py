@@ -65,8 +65,11 @@ def route(registry: str, config_path: str, hosts_files: dict[str, str]) -> Route
 UNAUTHORIZED = re.compile(r"\b401\b|unauthorized|authorization failed|no basic auth credentials", re.I)
 FORBIDDEN = re.compile(r"\b403\b|forbidden", re.I)
 TLS = re.compile(r"x509:|certificate signed by unknown authority|tls: |certificate is not valid", re.I)
-UNREACHABLE = re.compile(r"connection refused|no route to host|network is unreachable|i/o timeout|"
-                         r"no such host|server misbehaving|context deadline exceeded|connection reset", re.I)
+UNREACHABLE = re.compile(
+    r"connection refused|no route to host|network is unreachable|i/o timeout|"
+    r"no such host|server misbehaving|context deadline exceeded|connection reset",
+    re.I,
+)
 NOT_FOUND = re.compile(r"not found|manifest unknown|name unknown", re.I)
 
 
@@ -76,7 +79,7 @@ def _excerpt(detail: str, pattern: re.Pattern) -> str:
     if not match:
         return detail[-300:]
     start = max(0, match.start() - 160)
-    return ("…" if start else "") + detail[start:match.end() + 80].strip()
+    return ("…" if start else "") + detail[start : match.end() + 80].strip()
 
 
 def explain_failure(reference: str, route_: Route, detail: str) -> str:
@@ -84,26 +87,38 @@ def explain_failure(reference: str, route_: Route, detail: str) -> str:
     registry = route_.registry
     expected = f"expected {reference} to pull through {route_.describe()}"
     if route_.hosts_file is None:
-        return (f"no route: {registry} has no hosts.toml on the node (it is not in {KEY}), so containerd went "
-                f"to {route_.server} itself, and the pull failed: {_excerpt(detail, UNREACHABLE)}. Fix: add "
-                f"{registry!r} with a mirror the node can reach to {KEY} and redeploy (no restart needed)")
+        return (
+            f"no route: {registry} has no hosts.toml on the node (it is not in {KEY}), so containerd went "
+            f"to {route_.server} itself, and the pull failed: {_excerpt(detail, UNREACHABLE)}. Fix: add "
+            f"{registry!r} with a mirror the node can reach to {KEY} and redeploy (no restart needed)"
+        )
     if UNAUTHORIZED.search(detail):
-        return (f"401 Unauthorized: {expected}, but the registry refused the credentials sent "
-                f"({_excerpt(detail, UNAUTHORIZED)}). Fix: correct the Authorization header of that mirror in "
-                f"{KEY} (\"Basic \" + base64 of user:password, or \"Bearer <token>\") and redeploy")
+        return (
+            f"401 Unauthorized: {expected}, but the registry refused the credentials sent "
+            f"({_excerpt(detail, UNAUTHORIZED)}). Fix: correct the Authorization header of that mirror in "
+            f'{KEY} ("Basic " + base64 of user:password, or "Bearer <token>") and redeploy'
+        )
     if FORBIDDEN.search(detail):
-        return (f"403 Forbidden: {expected}, but the registry denied access ({_excerpt(detail, FORBIDDEN)}). "
-                f"Fix: give the credentials in {KEY} pull rights on that repository")
+        return (
+            f"403 Forbidden: {expected}, but the registry denied access ({_excerpt(detail, FORBIDDEN)}). "
+            f"Fix: give the credentials in {KEY} pull rights on that repository"
+        )
     if TLS.search(detail):
-        return (f"TLS verification failed: {expected}, but the mirror's certificate was not trusted "
-                f"({_excerpt(detail, TLS)}). Fix: set \"ca\" of that mirror in {KEY} to the path of its CA "
-                "certificate on the node (or add the CA to the node's trust store), then redeploy")
+        return (
+            f"TLS verification failed: {expected}, but the mirror's certificate was not trusted "
+            f'({_excerpt(detail, TLS)}). Fix: set "ca" of that mirror in {KEY} to the path of its CA '
+            "certificate on the node (or add the CA to the node's trust store), then redeploy"
+        )
     if UNREACHABLE.search(detail):
-        return (f"mirror down: {expected}, but none of them answered ({_excerpt(detail, UNREACHABLE)}). Fix: start "
-                f"the mirror, or point {registry!r} in {KEY} at one the node can reach, and redeploy")
+        return (
+            f"mirror down: {expected}, but none of them answered ({_excerpt(detail, UNREACHABLE)}). Fix: start "
+            f"the mirror, or point {registry!r} in {KEY} at one the node can reach, and redeploy"
+        )
     if NOT_FOUND.search(detail):
-        return (f"not found: {expected}, but no host had it ({_excerpt(detail, NOT_FOUND)}). Fix: push the image "
-                "to the mirror (or enable its pull-through cache), or correct the reference")
+        return (
+            f"not found: {expected}, but no host had it ({_excerpt(detail, NOT_FOUND)}). Fix: push the image "
+            "to the mirror (or enable its pull-through cache), or correct the reference"
+        )
     return f"the pull failed: {expected}; containerd said: {detail[-600:]}"
 
 

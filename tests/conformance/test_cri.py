@@ -19,8 +19,10 @@ from .cri import Pod, cri_config, runtime_handlers, sandbox_image, systemd_cgrou
 from .images import import_image
 
 K8S_NAMESPACE = "k8s.io"  # the containerd namespace the CRI plugin works in
-FIX_SYSTEMD = ("deploy with containerd_systemd_cgroup=true (SystemdCgroup = true in the runc runtime "
-               "options) and restart containerd")
+FIX_SYSTEMD = (
+    "deploy with containerd_systemd_cgroup=true (SystemdCgroup = true in the runc runtime "
+    "options) and restart containerd"
+)
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +59,8 @@ def test_cri_version(cri, expected_versions):
     assert version.runtime_name == "containerd"
     assert release_version(version.runtime_version) == expected_versions[0], (
         f"the CRI reports containerd {version.runtime_version}, expected {expected_versions[0]}: "
-        "the running daemon is not the deployed binary (restart containerd)")
+        "the running daemon is not the deployed binary (restart containerd)"
+    )
     assert version.runtime_api_version == "v1"
 
 
@@ -71,7 +74,8 @@ def test_running_daemon_uses_systemd_cgroups(daemon_config):
     setting = systemd_cgroup(daemon_config[1])
     assert setting is True, (
         f"the running containerd's runc runtime has SystemdCgroup = {setting}, so containers get cgroupfs "
-        f"cgroups while a kubelet with cgroupDriver=systemd expects systemd scopes: {FIX_SYSTEMD}")
+        f"cgroups while a kubelet with cgroupDriver=systemd expects systemd scopes: {FIX_SYSTEMD}"
+    )
 
 
 def test_kubelet_cgroup_driver_matches(host, daemon_config):
@@ -82,7 +86,8 @@ def test_kubelet_cgroup_driver_matches(host, daemon_config):
     containerd = "systemd" if systemd_cgroup(daemon_config[1]) else "cgroupfs"
     assert driver == containerd, (
         f"kubelet's cgroupDriver is {driver} but containerd's runc uses {containerd}: set both to systemd "
-        "(kubelet cgroupDriver: systemd; containerd_systemd_cgroup=true)")
+        "(kubelet cgroupDriver: systemd; containerd_systemd_cgroup=true)"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -107,10 +112,12 @@ def test_container_process_is_in_a_systemd_scope_under_the_pod_slice(host, pod):
     scope = f"cri-containerd-{pod.container_id}.scope"
     assert any(line.endswith(f"/{pod.slice}/{scope}") for line in cgroups.splitlines()), (
         f"the container's process {pid} is in {cgroups.strip()!r}, not in the systemd scope {scope} under "
-        f"{pod.slice}: containerd is not using the systemd cgroup driver ({FIX_SYSTEMD})")
+        f"{pod.slice}: containerd is not using the systemd cgroup driver ({FIX_SYSTEMD})"
+    )
     state = host.run(f"systemctl show -p ActiveState -p Slice {shlex.quote(scope)}").stdout
     assert "ActiveState=active" in state and f"Slice={pod.slice}" in state, (
-        f"systemd does not show {scope} active in {pod.slice}: {state.strip()!r}")
+        f"systemd does not show {scope} active in {pod.slice}: {state.strip()!r}"
+    )
 
 
 def test_every_runtime_handler_runs_a_container(host, layout, cri, images, daemon_config):
@@ -118,12 +125,18 @@ def test_every_runtime_handler_runs_a_container(host, layout, cri, images, daemo
     run by that handler's own binary."""
     handlers = runtime_handlers(daemon_config[1])
     missing = [name for name in layout.expect_handlers if name not in handlers]
-    assert not missing, (f"the running containerd offers the runtime handlers {sorted(handlers)}, not {missing}: "
-                         "add them to containerd_runtimes and redeploy")
+    assert not missing, (
+        f"the running containerd offers the runtime handlers {sorted(handlers)}, not {missing}: "
+        "add them to containerd_runtimes and redeploy"
+    )
     # A handler whose shim or OCI runtime is not installed fails every pod with a raw gRPC error:
     # name it and its binary instead (and check the others).
     needed = runtime_binaries(handlers)
-    absent = set(host.run("\n".join(missing_binaries_lines(layout.bin_dir, tuple(b for _, b in needed)))).stdout.split("\n"))
+    absent = set(
+        host.run("\n".join(missing_binaries_lines(layout.bin_dir, tuple(b for _, b in needed)))).stdout.split(
+            "\n"
+        )
+    )
     broken = [(handler, binary) for handler, binary in needed if binary in absent]
     for handler, runtime in sorted(handlers.items()):
         if handler in {name for name, _ in broken}:
@@ -135,13 +148,21 @@ def test_every_runtime_handler_runs_a_container(host, layout, cri, images, daemo
             result = extra.exec("/bin/echo", marker)
             assert result.stdout.decode().strip() == marker, f"{handler}: exec printed {result.stdout!r}"
             binary = (runtime.get("options") or {}).get("BinaryName")
-            if binary and (runtime.get("runtimeType") or runtime.get("runtime_type")) == "io.containerd.runc.v2":
+            if (
+                binary
+                and (runtime.get("runtimeType") or runtime.get("runtime_type")) == "io.containerd.runc.v2"
+            ):
                 # The runc shim keeps each runtime's state under this root; only the binary that
                 # created a container can read its state back.
-                state = host.run(f"{shlex.quote(binary)} --root /run/containerd/runc/{K8S_NAMESPACE} state "
-                                 f"{extra.container_id}")
+                state = host.run(
+                    f"{shlex.quote(binary)} --root /run/containerd/runc/{K8S_NAMESPACE} state "
+                    f"{extra.container_id}"
+                )
                 assert state.rc == 0 and extra.container_id in state.stdout, (
-                    f"{handler}: {binary} does not know container {extra.container_id}: {state.stderr.strip()}")
+                    f"{handler}: {binary} does not know container {extra.container_id}: {state.stderr.strip()}"
+                )
         finally:
             extra.remove()
-    assert not broken, "; ".join(missing_binary_problem(handler, binary, layout.bin_dir) for handler, binary in broken)
+    assert not broken, "; ".join(
+        missing_binary_problem(handler, binary, layout.bin_dir) for handler, binary in broken
+    )

@@ -1,6 +1,6 @@
 """Is this node a correct containerd node? Checks over SSH (pytest-testinfra), no agent needed.
 
-    pytest tests/conformance --hosts=ssh://root@node1 [--ssh-config=...]
+pytest tests/conformance --hosts=ssh://root@node1 [--ssh-config=...]
 """
 
 import uuid
@@ -21,15 +21,21 @@ NAMESPACE = "containerd-deploy-conformance"
 @pytest.mark.parametrize("name", ["containerd", "ctr", "containerd-shim-runc-v2"])
 def test_containerd_binaries_are_root_owned_executables(host, layout, name):
     binary = host.file(f"{layout.bin_dir}/{name}")
-    assert binary.is_file, f"{binary.path} is missing: the containerd release tarball's bin/ was not installed"
-    assert (binary.user, binary.group) == ("root", "root"), f"{binary.path} is owned by {binary.user}:{binary.group}, expected root:root"
+    assert binary.is_file, (
+        f"{binary.path} is missing: the containerd release tarball's bin/ was not installed"
+    )
+    assert (binary.user, binary.group) == ("root", "root"), (
+        f"{binary.path} is owned by {binary.user}:{binary.group}, expected root:root"
+    )
     assert binary.mode == 0o755, f"{binary.path} has mode {binary.mode:o}, expected 755"
 
 
 def test_runc_is_a_root_owned_executable(host, layout):
     runc = host.file(layout.runc)
     assert runc.is_file, f"{layout.runc} is missing"
-    assert (runc.user, runc.group) == ("root", "root"), f"{layout.runc} is owned by {runc.user}:{runc.group}, expected root:root"
+    assert (runc.user, runc.group) == ("root", "root"), (
+        f"{layout.runc} is owned by {runc.user}:{runc.group}, expected root:root"
+    )
     assert runc.mode == 0o755, f"{layout.runc} has mode {runc.mode:o}, expected 755"
 
 
@@ -44,9 +50,13 @@ def test_binaries_are_the_deployed_versions(host, layout, expected_versions):
 def test_unit_is_installed_enabled_and_active(host, layout):
     unit_file = host.file(layout.unit_path)
     assert unit_file.is_file, f"{layout.unit_path} is missing"
-    assert f"ExecStart={layout.containerd}" in unit_file.content_string, f"{layout.unit_path} does not start {layout.containerd}"
+    assert f"ExecStart={layout.containerd}" in unit_file.content_string, (
+        f"{layout.unit_path} does not start {layout.containerd}"
+    )
     service = host.service(layout.unit)
-    assert service.is_enabled, f"{layout.unit} is not enabled: it would not start at boot (systemctl enable {layout.unit})"
+    assert service.is_enabled, (
+        f"{layout.unit} is not enabled: it would not start at boot (systemctl enable {layout.unit})"
+    )
     assert service.is_running, f"{layout.unit} is not running (journalctl -u {layout.unit})"
 
 
@@ -67,7 +77,9 @@ def test_effective_config_uses_systemd_cgroups(host, layout):
 def test_ctr_talks_to_a_daemon_of_its_own_version(host, layout, expected_versions):
     client, server = parse_ctr_version(host.check_output(f"{layout.ctr} version").splitlines())
     assert server is not None, "ctr got no answer from the daemon"
-    assert client == server, f"ctr {client} talks to a containerd {server}: the daemon was not restarted after an upgrade"
+    assert client == server, (
+        f"ctr {client} talks to a containerd {server}: the daemon was not restarted after an upgrade"
+    )
     assert release_version(server) == expected_versions[0]
 
 

@@ -56,20 +56,26 @@ def route_on_node(host, config_path: str, reference: str) -> Route:
 
 
 def _pull_failure(host, config_path: str, reference: str, error: grpc.RpcError) -> str:
-    return explain_failure(reference, route_on_node(host, config_path, reference), error.details() or str(error))
+    return explain_failure(
+        reference, route_on_node(host, config_path, reference), error.details() or str(error)
+    )
 
 
 def _get(host, port: int) -> tuple[bool, str]:
     """GET http://127.0.0.1:PORT/ on the node (curl, else wget, else python3)."""
     url = f"http://127.0.0.1:{port}/"
-    result = host.run(f"if command -v curl >/dev/null; then curl -fsS --max-time 5 {url}; "
-                      f"elif command -v wget >/dev/null; then wget -q -T 5 -O - {url}; "
-                      f"else python3 -c 'import sys,urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], "
-                      f"timeout=5).read().decode())' {url}; fi")
+    result = host.run(
+        f"if command -v curl >/dev/null; then curl -fsS --max-time 5 {url}; "
+        f"elif command -v wget >/dev/null; then wget -q -T 5 -O - {url}; "
+        f"else python3 -c 'import sys,urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], "
+        f"timeout=5).read().decode())' {url}; fi"
+    )
     return result.rc == 0, result.stdout if result.rc == 0 else result.stderr.strip()
 
 
-def test_image_pulls_through_the_configured_registries(request, host, cri, registry_config_path, pull_reference):
+def test_image_pulls_through_the_configured_registries(
+    request, host, cri, registry_config_path, pull_reference
+):
     if pull_reference is None:
         pytest.skip("no --pull-image=REF given: pass one to prove the node pulls through its registries")
     # Read once: what the failure message and the report say the pull went through.
@@ -77,13 +83,17 @@ def test_image_pulls_through_the_configured_registries(request, host, cri, regis
     started = time.monotonic()
     failure = None
     try:
-        cri.images.PullImage(api.PullImageRequest(image=api.ImageSpec(image=pull_reference)), timeout=PULL_TIMEOUT)
+        cri.images.PullImage(
+            api.PullImageRequest(image=api.ImageSpec(image=pull_reference)), timeout=PULL_TIMEOUT
+        )
     except grpc.RpcError as error:
         failure = explain_failure(pull_reference, expected, error.details() or str(error))
     if failure:  # failed outside the except block: the message, not a gRPC traceback
         pytest.fail(failure, pytrace=False)
     elapsed = time.monotonic() - started
-    status = cri.call(cri.images, "ImageStatus", api.ImageStatusRequest(image=api.ImageSpec(image=pull_reference)))
+    status = cri.call(
+        cri.images, "ImageStatus", api.ImageStatusRequest(image=api.ImageSpec(image=pull_reference))
+    )
     assert status.HasField("image"), f"{pull_reference} pulled, but the CRI does not list it"
     line = f"{host.backend.hostname}: pulled {pull_reference}: {status.image.size} bytes in {elapsed:.1f} s ({expected.describe()})"
 
@@ -97,7 +107,9 @@ def test_image_pulls_through_the_configured_registries(request, host, cri, regis
                 detail = error.details() or str(error)
                 failure = f"the pod running {pull_reference} did not start: {detail[-400:]}" + (
                     f"\n{_pull_failure(host, registry_config_path, _sandbox_reference(detail), error)}"
-                    if "sandbox image" in detail else "")
+                    if "sandbox image" in detail
+                    else ""
+                )
             if failure:
                 pytest.fail(failure, pytrace=False)
             deadline = time.monotonic() + SERVE_TIMEOUT
@@ -105,8 +117,10 @@ def test_image_pulls_through_the_configured_registries(request, host, cri, regis
             while not served and time.monotonic() < deadline:
                 time.sleep(1)
                 served, page = _get(host, port)
-            assert served, (f"{pull_reference} runs in a host-network pod but http://127.0.0.1:{port}/ on the node "
-                            f"did not answer within {SERVE_TIMEOUT} s: {page}")
+            assert served, (
+                f"{pull_reference} runs in a host-network pod but http://127.0.0.1:{port}/ on the node "
+                f"did not answer within {SERVE_TIMEOUT} s: {page}"
+            )
             line += f"; served http://127.0.0.1:{port}/ (title {page_title(page)!r}, {len(page)} bytes)"
         finally:
             pod.remove()
@@ -119,4 +133,4 @@ def _sandbox_reference(detail: str) -> str:
     if start < 0:
         return ""
     start += len('sandbox image "')
-    return detail[start:detail.find('"', start)]
+    return detail[start : detail.find('"', start)]

@@ -8,11 +8,22 @@ import sys
 from tests.harness.paths import REPO_ROOT
 
 
-def pyinfra(node: str, *extra: str, data: dict | None = None, yes: bool = True) -> tuple[subprocess.CompletedProcess, dict]:
+def pyinfra(
+    node: str, *extra: str, data: dict | None = None, yes: bool = True
+) -> tuple[subprocess.CompletedProcess, dict]:
     """Run the deploy against one local node, as an operator would; returns (process, JSON results).
     `yes=False`: without -y (and --json), so pyinfra detects changes first, as for --dry --diff."""
-    command = [sys.executable, "-m", "pyinfra", "inventories/local.py", "deploy.py",
-               *(["-y", "--json"] if yes else []), "--limit", node, *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "pyinfra",
+        "inventories/local.py",
+        "deploy.py",
+        *(["-y", "--json"] if yes else []),
+        "--limit",
+        node,
+        *extra,
+    ]
     for key, value in (data or {}).items():
         command += ["--data", f"{key}={value if isinstance(value, str) else json.dumps(value)}"]
     process = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
@@ -50,9 +61,23 @@ def conformance(node, *extra: str) -> subprocess.CompletedProcess:
     from tests.harness import vm
 
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-rf", "-p", "no:cacheprovider", "tests/conformance",
-         f"--hosts=ssh://{node.name}", f"--ssh-config={vm.ssh_config_file()}", *extra],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-rf",
+            "-p",
+            "no:cacheprovider",
+            "tests/conformance",
+            f"--hosts=ssh://{node.name}",
+            f"--ssh-config={vm.ssh_config_file()}",
+            *extra,
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
 
 

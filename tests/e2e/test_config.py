@@ -22,7 +22,9 @@ def schema(text: str) -> int:
 
 def test_an_operators_file_keeps_everything_but_what_the_deploy_owns(node, first_deploy):
     original = read(node, CONFIG)
-    operator = (FIXTURES / ("operator-1.7.toml" if schema(original) == 2 else "operator-2.1.toml")).read_text()
+    operator = (
+        FIXTURES / ("operator-1.7.toml" if schema(original) == 2 else "operator-2.1.toml")
+    ).read_text()
     write(node, CONFIG, operator)
     # The GPU runtime's binary, as the GPU operator installs it (the verify step checks it is there).
     node.vm.ssh("ln -sf /usr/bin/crun /usr/bin/nvidia-container-runtime")
@@ -31,7 +33,9 @@ def test_an_operators_file_keeps_everything_but_what_the_deploy_owns(node, first
         results = deploy_ok(node, containerd_sandbox_image="")
         assert any(CONFIG in name for name in changed_ops(results, node.name))
         after = read(node, CONFIG)
-        changes = [line for line in difflib.ndiff(operator.splitlines(), after.splitlines()) if line[:1] in "+-"]
+        changes = [
+            line for line in difflib.ndiff(operator.splitlines(), after.splitlines()) if line[:1] in "+-"
+        ]
         assert changes == [
             "-           SystemdCgroup = false   # the deploy owns this one",
             "+           SystemdCgroup = true   # the deploy owns this one",
@@ -72,7 +76,11 @@ KNOBS = {
     "containerd_http_proxy": "http://127.0.0.1:3128",
     "containerd_no_proxy": "localhost,127.0.0.1,.svc",
     "containerd_registries": {
-        "docker.io": {"mirrors": [{"host": "https://mirror.internal", "headers": {"Authorization": "Basic dXNlcjpzZWNyZXQ="}}]},
+        "docker.io": {
+            "mirrors": [
+                {"host": "https://mirror.internal", "headers": {"Authorization": "Basic dXNlcjpzZWNyZXQ="}}
+            ]
+        },
         "quay.io": {"mirrors": [{"host": "http://127.0.0.1:5000", "skip_verify": True}]},
     },
     "containerd_sandbox_image": "localhost/containerd-deploy/pause:test",
@@ -91,10 +99,14 @@ def test_knobs_reach_the_running_daemon_and_go_away_with_their_data(node, first_
         deploy_ok(node, **KNOBS)
         assert main_pid(node) != pid, "config, unit and drop-in changed: containerd must be restarted"
         service = node.vm.ssh("systemctl show containerd -p Environment -p LimitNOFILE").stdout
-        assert "HTTP_PROXY=http://127.0.0.1:3128" in service and "NO_PROXY=localhost,127.0.0.1,.svc" in service
+        assert (
+            "HTTP_PROXY=http://127.0.0.1:3128" in service and "NO_PROXY=localhost,127.0.0.1,.svc" in service
+        )
         assert "LimitNOFILE=1048576" in service
         modes = node.vm.ssh("stat -c '%n %a %U:%G' /etc/containerd/certs.d/*/hosts.toml").stdout.split("\n")
-        assert "/etc/containerd/certs.d/docker.io/hosts.toml 600 root:root" in modes, "credentials are private"
+        assert "/etc/containerd/certs.d/docker.io/hosts.toml 600 root:root" in modes, (
+            "credentials are private"
+        )
         assert "/etc/containerd/certs.d/quay.io/hosts.toml 644 root:root" in modes
         hosts = read(node, "/etc/containerd/certs.d/docker.io/hosts.toml")
         assert hosts.startswith(MARKER) and '[host."https://mirror.internal"]' in hosts
@@ -118,8 +130,12 @@ def test_knobs_reach_the_running_daemon_and_go_away_with_their_data(node, first_
 
         # Data gone: what only existed for it goes too.
         deploy_ok(node)
-        leftovers = node.vm.ssh("ls -A /etc/containerd/certs.d /etc/systemd/system/containerd.service.d").stdout
-        assert "docker.io" not in leftovers and "quay.io" not in leftovers and "http-proxy.conf" not in leftovers
+        leftovers = node.vm.ssh(
+            "ls -A /etc/containerd/certs.d /etc/systemd/system/containerd.service.d"
+        ).stdout
+        assert (
+            "docker.io" not in leftovers and "quay.io" not in leftovers and "http-proxy.conf" not in leftovers
+        )
         assert "HTTP_PROXY" not in node.vm.ssh("systemctl show containerd -p Environment").stdout
     finally:
         restore(node, original)

@@ -15,7 +15,9 @@ def test_conformance_fails_for_the_right_reason_on_a_cgroupfs_node(node, first_d
     try:
         # The checks a cgroup driver concerns, and the pod and version checks beside them, which
         # must still pass (the whole suite runs on this node in test_deploy).
-        process = conformance(node, "-k", "cgroup or scope or pod_container or cri_version or runtime_is_ready")
+        process = conformance(
+            node, "-k", "cgroup or scope or pod_container or cri_version or runtime_is_ready"
+        )
         assert process.returncode != 0, "a conformance suite that cannot fail is worthless"
         assert re.search(r"\b3 failed, 3 passed\b", process.stdout), process.stdout[-3000:]
         assert failed_tests(process.stdout) == {

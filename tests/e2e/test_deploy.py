@@ -41,8 +41,9 @@ def test_dry_diff_shows_the_config_change_and_the_restart_without_changing_anyth
     pid = main_pid(node)
     before = node_snapshot(node)
     # As an operator tries it: no -y, so pyinfra detects the changes (and shows their diff).
-    process, _ = pyinfra(node.name, "--dry", "--diff", data={"containerd_max_container_log_line_size": 32768},
-                         yes=False)
+    process, _ = pyinfra(
+        node.name, "--dry", "--diff", data={"containerd_max_container_log_line_size": 32768}, yes=False
+    )
     assert process.returncode == 0, process.stderr[-4000:]
     output = re.sub(r"\x1b\[[0-9;]*m", "", process.stdout + process.stderr)  # no colours
     assert "Will modify /etc/containerd/config.toml" in output, output[-3000:]
@@ -64,13 +65,16 @@ def test_tampered_artifact_is_refused_and_the_node_left_as_it_was(node, first_de
     assert main_pid(node) == pid
 
 
-@pytest.mark.parametrize("data, key", [
-    (["containerd_version=latest"], "containerd_version"),
-    # A version with no pinned checksum and none given: refused, never trusted.
-    (["containerd_version=1.7.99", "containerd_sha256="], "containerd_sha256"),
-    (["runc_sha256=not-a-checksum"], "runc_sha256"),
-    (["containerd_bin_dir=usr/local/bin"], "containerd_bin_dir"),
-])
+@pytest.mark.parametrize(
+    "data, key",
+    [
+        (["containerd_version=latest"], "containerd_version"),
+        # A version with no pinned checksum and none given: refused, never trusted.
+        (["containerd_version=1.7.99", "containerd_sha256="], "containerd_sha256"),
+        (["runc_sha256=not-a-checksum"], "runc_sha256"),
+        (["containerd_bin_dir=usr/local/bin"], "containerd_bin_dir"),
+    ],
+)
 def test_bad_data_is_refused_before_anything_changes(node, first_deploy, data, key):
     before = node_snapshot(node)
     process, _ = pyinfra(node.name, *[arg for item in data for arg in ("--data", item)])

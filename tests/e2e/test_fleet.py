@@ -25,19 +25,44 @@ def fleet():
 
 def test_two_nodes_deploy_in_one_run_and_pass_conformance_from_the_inventory(fleet):
     deploy = subprocess.run(
-        [sys.executable, "-m", "pyinfra", "inventories/local.py", "deploy.py", "-y", "--json",
-         *[arg for name in NAMES for arg in ("--limit", name)]],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "-m",
+            "pyinfra",
+            "inventories/local.py",
+            "deploy.py",
+            "-y",
+            "--json",
+            *[arg for name in NAMES for arg in ("--limit", name)],
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert deploy.returncode == 0, deploy.stderr[-4000:]
     results = json.loads(deploy.stdout)
     for name in NAMES:
-        assert any("Install containerd" in op for op in changed_ops(results, name)), f"{name} was not deployed"
+        assert any("Install containerd" in op for op in changed_ops(results, name)), (
+            f"{name} was not deployed"
+        )
 
     check = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/conformance",
-         "--inventory=inventories/local.py", f"--limit={','.join(NAMES)}"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "tests/conformance",
+            "--inventory=inventories/local.py",
+            f"--limit={','.join(NAMES)}",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert check.returncode == 0, check.stdout[-5000:]
     passed = re.search(r"(\d+) passed", check.stdout)

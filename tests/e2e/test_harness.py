@@ -16,7 +16,10 @@ def test_two_nodes_run_at_once_and_stop_by_pid():
     try:
         assert a.port != b.port and a.pid != b.pid
         for node in (a, b):
-            assert node.ssh("systemctl is-system-running --wait || true").stdout.strip() in ("running", "degraded")
+            assert node.ssh("systemctl is-system-running --wait || true").stdout.strip() in (
+                "running",
+                "degraded",
+            )
         # Each is its own disk: a file written on one is not on the other.
         a.ssh("echo a > /root/which")
         assert b.ssh("cat /root/which", check=False).returncode != 0

@@ -47,17 +47,22 @@ def test_a_distro_containerd_is_refused_then_removed_on_request(hosts):
     hosts.vm.ssh("dpkg -i /tmp/runc.deb /tmp/containerd.deb && systemctl is-active containerd", timeout=300)
     packaged = hosts.vm.ssh("dpkg-query -W -f='${Version}' containerd").stdout.strip()
 
-    refused(hosts, f"{NAME}: a distribution package installs containerd here: containerd {packaged} "
-                   "(dpkg, /usr/bin/containerd); containerd.service is running.",
-            "set data key 'containerd_distro_package' to 'remove'")
+    refused(
+        hosts,
+        f"{NAME}: a distribution package installs containerd here: containerd {packaged} "
+        "(dpkg, /usr/bin/containerd); containerd.service is running.",
+        "set data key 'containerd_distro_package' to 'remove'",
+    )
     assert hosts.vm.ssh("ls -A /usr/local/bin").stdout.strip() == ""
 
     results = deploy(hosts, containerd_distro_package="remove")
     assert any("Remove the distribution's containerd package" in name for name in changed_ops(results, NAME))
     status = hosts.vm.ssh("dpkg-query -W -f='${db:Status-Status}' containerd").stdout
     assert status == "config-files", f"the package is removed, its conffiles kept: {status}"
-    assert hosts.vm.ssh("readlink /proc/$(systemctl show -p MainPID --value containerd)/exe").stdout.strip() \
+    assert (
+        hosts.vm.ssh("readlink /proc/$(systemctl show -p MainPID --value containerd)/exe").stdout.strip()
         == "/usr/local/bin/containerd"
+    )
     version = release_data("trixie")["containerd_version"]
     assert ctr_versions(hosts) == (version, version)
     # The package's config.toml was the starting point: its settings are still there.
@@ -72,8 +77,13 @@ def test_a_2x_config_is_refused_by_a_1x_rollback_until_rebuilt_from_defaults(hos
     deploy(hosts, **release_data("sid"))  # a fresh 2.1.9: config.toml from its defaults, schema 3
     assert hosts.vm.ssh("grep -c '^version = 3' /etc/containerd/config.toml").stdout.strip() == "1"
     old = release_data("trixie")
-    refused(hosts, f"{NAME}: /etc/containerd/config.toml declares version = 3, which containerd "
-                   f"{old['containerd_version']} cannot read", "containerd_config_base=default", **old)
+    refused(
+        hosts,
+        f"{NAME}: /etc/containerd/config.toml declares version = 3, which containerd "
+        f"{old['containerd_version']} cannot read",
+        "containerd_config_base=default",
+        **old,
+    )
     deploy(hosts, containerd_config_base="default", **old)
     assert hosts.vm.ssh("grep -c '^version = 2' /etc/containerd/config.toml").stdout.strip() == "1"
     assert ctr_versions(hosts) == (old["containerd_version"],) * 2
@@ -83,11 +93,21 @@ def test_a_shell_without_systemd_is_refused(hosts):
     """A login whose commands run where systemd is not PID 1 and /run/systemd is absent (as in a
     container or a sysvinit host): a root alias whose sshd ForceCommand enters new PID and
     mount namespaces with an empty /run."""
-    entry = (f"Match User {NO_SYSTEMD_USER}\n    ForceCommand unshare --mount --pid --fork --mount-proc "
-             """sh -c 'mount -t tmpfs none /run && exec sh -c "$SSH_ORIGINAL_COMMAND"'\n""")
-    hosts.vm.ssh(f"id {NO_SYSTEMD_USER} >/dev/null 2>&1 || useradd -o -u 0 -g 0 -M -d /root -s /bin/sh {NO_SYSTEMD_USER}")
+    entry = (
+        f"Match User {NO_SYSTEMD_USER}\n    ForceCommand unshare --mount --pid --fork --mount-proc "
+        """sh -c 'mount -t tmpfs none /run && exec sh -c "$SSH_ORIGINAL_COMMAND"'\n"""
+    )
+    hosts.vm.ssh(
+        f"id {NO_SYSTEMD_USER} >/dev/null 2>&1 || useradd -o -u 0 -g 0 -M -d /root -s /bin/sh {NO_SYSTEMD_USER}"
+    )
     put(hosts, "/tmp/sshd-match", entry.encode())
-    hosts.vm.ssh("grep -q 'Match User nosystemd' /etc/ssh/sshd_config || cat /tmp/sshd-match >> /etc/ssh/sshd_config; "
-                 "sshd -t && systemctl reload ssh")
-    refused(hosts, f"{NAME}: systemd is not running as PID 1 (no /run/systemd/system)", "Use a systemd host",
-            ssh_user=NO_SYSTEMD_USER)
+    hosts.vm.ssh(
+        "grep -q 'Match User nosystemd' /etc/ssh/sshd_config || cat /tmp/sshd-match >> /etc/ssh/sshd_config; "
+        "sshd -t && systemctl reload ssh"
+    )
+    refused(
+        hosts,
+        f"{NAME}: systemd is not running as PID 1 (no /run/systemd/system)",
+        "Use a systemd host",
+        ssh_user=NO_SYSTEMD_USER,
+    )

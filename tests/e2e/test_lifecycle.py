@@ -27,8 +27,10 @@ CRASH_NAME = "life-crash"
 NAMESPACE = "lifecycle"
 LONG_RUNNING = "lifecycle-sleeper"
 # What a run may leave behind if it is cut short, and must not be there once a rerun is done.
-STRAY = ("find / -xdev \\( -name '*.containerd-deploy-new*' -o -name '.fetched-*' -o -name '*.partial' \\) "
-         "2>/dev/null; ls -d /var/cache/containerd-deploy 2>/dev/null; true")
+STRAY = (
+    "find / -xdev \\( -name '*.containerd-deploy-new*' -o -name '.fetched-*' -o -name '*.partial' \\) "
+    "2>/dev/null; ls -d /var/cache/containerd-deploy 2>/dev/null; true"
+)
 
 
 class Node:
@@ -47,8 +49,12 @@ def life():
 def release_data(suite: str) -> dict:
     """Data that selects the containerd and runc Debian `suite` ships (in the local mirror)."""
     release = mirror.release(suite)
-    return {"containerd_version": release.containerd_version, "containerd_sha256": release.containerd_sha256,
-            "runc_version": release.runc_version, "runc_sha256": release.runc_sha256}
+    return {
+        "containerd_version": release.containerd_version,
+        "containerd_sha256": release.containerd_sha256,
+        "runc_version": release.runc_version,
+        "runc_sha256": release.runc_sha256,
+    }
 
 
 def deploy(node: Node, **data) -> dict:
@@ -105,9 +111,13 @@ def test_upgrades_and_a_downgrade_restart_once_and_keep_containers_running(life)
         results = deploy(life, **data)
         changed = short(changed_ops(results, life.name))
         assert f"Install containerd {data['containerd_version']} into /usr/local/bin" in changed, changed
-        assert starts_since(life, since) == 1, f"containerd {data['containerd_version']}: not exactly one restart"
+        assert starts_since(life, since) == 1, (
+            f"containerd {data['containerd_version']}: not exactly one restart"
+        )
         assert main_pid(life) != before
-        assert ctr_versions(life) == (data["containerd_version"],) * 2, "client and server are the new version"
+        assert ctr_versions(life) == (data["containerd_version"],) * 2, (
+            "client and server are the new version"
+        )
         # The shim (KillMode=process) kept the container through the restart, and the new
         # daemon still manages it.
         assert life.vm.ssh(f"kill -0 {pid}", check=False).returncode == 0, "the container's process died"
@@ -125,8 +135,12 @@ def test_restart_discipline(life):
         ("nothing", {}, 0, 0),
         ("the config", {"containerd_oom_score": -500}, 0, 1),
         ("the unit", {"containerd_oom_score": -500, "containerd_limit_nofile": 1048576}, 1, 1),
-        ("a binary", {"containerd_oom_score": -500, "containerd_limit_nofile": 1048576,
-                      **release_data("bookworm")}, 0, 1),
+        (
+            "a binary",
+            {"containerd_oom_score": -500, "containerd_limit_nofile": 1048576, **release_data("bookworm")},
+            0,
+            1,
+        ),
         # Back to 1.7.24 (a binary), oom_score -400 (the config), no LimitNOFILE (the unit).
         ("all three", {"containerd_oom_score": -400, **release_data("trixie")}, 1, 1),
     ]
@@ -146,10 +160,17 @@ def test_a_second_run_waits_then_is_refused_while_one_holds_the_node(life):
     # SSH connection stays open.
     first = subprocess.Popen(
         [sys.executable, "-m", "pyinfra", "inventories/local.py", "deploy.py", "-y", "--limit", NAME],
-        cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 120
-        while f"pid {first.pid} since" not in life.vm.ssh("cat /run/containerd-deploy.lock.owner", check=False).stdout:
+        while (
+            f"pid {first.pid} since"
+            not in life.vm.ssh("cat /run/containerd-deploy.lock.owner", check=False).stdout
+        ):
             assert time.monotonic() < deadline, "the first run never took the lock"
             time.sleep(0.2)
         first.send_signal(signal.SIGSTOP)  # the run (and its connection) stays, doing nothing
@@ -170,10 +191,21 @@ def test_a_second_run_waits_then_is_refused_while_one_holds_the_node(life):
 def run_until(node: Node, operation: int, how: str, data: dict) -> str:
     """Start the deploy and cut it short when it starts its `operation`-th operation (1-based):
     kill -9 of pyinfra, or the node dropping its SSH connection."""
-    command = [sys.executable, "-m", "pyinfra", "inventories/local.py", "deploy.py", "-y", "--limit", node.name]
+    command = [
+        sys.executable,
+        "-m",
+        "pyinfra",
+        "inventories/local.py",
+        "deploy.py",
+        "-y",
+        "--limit",
+        node.name,
+    ]
     for key, value in data.items():
         command += ["--data", f"{key}={value}"]
-    process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     seen = []
     try:
         for line in process.stderr:
@@ -207,8 +239,15 @@ def assert_whole(node: Node) -> None:
 INSTALL_CUTS = [(2, "kill -9"), (4, "ssh drop"), (9, "kill -9")]
 # Operations: 1 remove leftovers, 2 fetch, 3-4 install containerd and runc, 8 config, 9 unit,
 # 11 reload/enable/(re)start, 12 verify.
-SWITCH_CUTS = [(3, "ssh drop"), (4, "kill -9"), (8, "kill -9"), (9, "ssh drop"), (11, "kill -9"), (11, "ssh drop"),
-               (12, "ssh drop")]
+SWITCH_CUTS = [
+    (3, "ssh drop"),
+    (4, "kill -9"),
+    (8, "kill -9"),
+    (9, "ssh drop"),
+    (11, "kill -9"),
+    (11, "ssh drop"),
+    (12, "ssh drop"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -225,8 +264,10 @@ def test_runs_cut_short_anywhere_converge_on_rerun(crash_node):
     life = crash_node
     old, new = release_data("trixie"), release_data("sid")
     plan = [("install", cut, old) for cut in INSTALL_CUTS]
-    plan += [("upgrade" if i % 2 == 0 else "downgrade", cut, new if i % 2 == 0 else old)
-             for i, cut in enumerate(SWITCH_CUTS)]
+    plan += [
+        ("upgrade" if i % 2 == 0 else "downgrade", cut, new if i % 2 == 0 else old)
+        for i, cut in enumerate(SWITCH_CUTS)
+    ]
     for phase, (operation, how), target in plan:
         if phase == "install":
             deploy(life, containerd_state="absent")
@@ -238,27 +279,44 @@ def test_runs_cut_short_anywhere_converge_on_rerun(crash_node):
         assert starts_since(life, since) <= 1, f"{phase}, {how} at {where}: more than one restart"
         assert ctr_versions(life) == (target["containerd_version"],) * 2, f"{phase}, {how} at {where}"
         assert "Verify containerd (containerd_verify)" in " ".join(
-            op["name"] for op in results["results"]["operations"] if life.name in op["no_change"])
+            op["name"] for op in results["results"]["operations"] if life.name in op["no_change"]
+        )
 
 
 def test_reset_removes_what_the_deploy_installed_and_nothing_else(life):
-    deploy(life, **release_data("trixie"), cni_plugins_version=mirror.cni_release("trixie").version,
-           cni_plugins_sha256=mirror.cni_release("trixie").sha256)
-    life.vm.ssh("echo mine > /opt/cni/bin/operator-plugin && echo mine > /etc/containerd/operator-notes "
-                "&& echo mine > /usr/local/bin/operator-tool")
+    deploy(
+        life,
+        **release_data("trixie"),
+        cni_plugins_version=mirror.cni_release("trixie").version,
+        cni_plugins_sha256=mirror.cni_release("trixie").sha256,
+    )
+    life.vm.ssh(
+        "echo mine > /opt/cni/bin/operator-plugin && echo mine > /etc/containerd/operator-notes "
+        "&& echo mine > /usr/local/bin/operator-tool"
+    )
     results = deploy(life, containerd_state="absent")
     assert changed_ops(results, life.name), "reset changed nothing"
-    left = {directory: life.vm.ssh(f"ls -A {directory}").stdout.split()
-            for directory in ("/usr/local/bin", "/usr/local/sbin", "/opt/cni/bin", "/etc/containerd")}
-    assert left == {"/usr/local/bin": ["operator-tool"], "/usr/local/sbin": [], "/opt/cni/bin": ["operator-plugin"],
-                    "/etc/containerd": ["operator-notes"]}, left
-    gone = life.vm.ssh("ls -d /var/lib/containerd-deploy /etc/systemd/system/containerd.service 2>&1; "
-                       "systemctl is-active containerd; true").stdout
+    left = {
+        directory: life.vm.ssh(f"ls -A {directory}").stdout.split()
+        for directory in ("/usr/local/bin", "/usr/local/sbin", "/opt/cni/bin", "/etc/containerd")
+    }
+    assert left == {
+        "/usr/local/bin": ["operator-tool"],
+        "/usr/local/sbin": [],
+        "/opt/cni/bin": ["operator-plugin"],
+        "/etc/containerd": ["operator-notes"],
+    }, left
+    gone = life.vm.ssh(
+        "ls -d /var/lib/containerd-deploy /etc/systemd/system/containerd.service 2>&1; "
+        "systemctl is-active containerd; true"
+    ).stdout
     assert gone.count("No such file or directory") == 2 and "inactive" in gone, gone
     assert life.vm.ssh("ls /var/lib/containerd").returncode == 0, "absent keeps containerd's data"
     again = deploy(life, containerd_state="absent")
     assert changed_ops(again, life.name) == [], "a second reset has nothing to do"
     # Purged: containerd's data goes too; then a deploy converges the node again.
     deploy(life, containerd_state="purged")
-    assert life.vm.ssh("ls -d /var/lib/containerd /run/containerd 2>&1; true").stdout.count("No such file") == 2
+    assert (
+        life.vm.ssh("ls -d /var/lib/containerd /run/containerd 2>&1; true").stdout.count("No such file") == 2
+    )
     deploy(life, **release_data("trixie"))

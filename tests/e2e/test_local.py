@@ -30,8 +30,11 @@ def run_local(node: vm.Node, operations: str = "deploy.py", timeout: float = 900
     the harness gives its nodes; (process, JSON results)."""
     data = json.loads((vm.node_dir(NAME) / "data.json").read_text())
     arguments = " ".join(f"--data {shlex.quote(f'{key}={value}')}" for key, value in data.items())
-    process = node.ssh(f"cd {on_node.SITE} && {on_node.VENV}/bin/pyinfra -y --json @local {operations} {arguments}",
-                       check=False, timeout=timeout)
+    process = node.ssh(
+        f"cd {on_node.SITE} && {on_node.VENV}/bin/pyinfra -y --json @local {operations} {arguments}",
+        check=False,
+        timeout=timeout,
+    )
     try:
         results = json.loads(process.stdout)
     except json.JSONDecodeError:
@@ -48,10 +51,17 @@ def test_a_node_deploys_itself_and_reruns_with_no_change(node):
     assert process.returncode == 0, process.stderr[-4000:]
     assert any("Install containerd" in name for name in changed(results)), changed(results)
     versions = node.ssh("/usr/local/bin/ctr version").stdout
-    client, server = [line.split(":", 1)[1].strip() for line in versions.splitlines() if "Version:" in line][:2]
+    client, server = [line.split(":", 1)[1].strip() for line in versions.splitlines() if "Version:" in line][
+        :2
+    ]
     assert client == server
     pid = node.ssh("systemctl show -p MainPID --value containerd").stdout.strip()
-    assert node.ssh(f"test ! -e {on_node.SITE}/tasks && {on_node.VENV}/bin/pip show containerd-deploy").returncode == 0
+    assert (
+        node.ssh(
+            f"test ! -e {on_node.SITE}/tasks && {on_node.VENV}/bin/pip show containerd-deploy"
+        ).returncode
+        == 0
+    )
 
     # The CLI form, without any deploy file: pyinfra imports the installed package's deploy.
     process, results = run_local(node, "containerd_deploy.containerd_node")
@@ -61,15 +71,18 @@ def test_a_node_deploys_itself_and_reruns_with_no_change(node):
 
 def test_a_run_on_the_node_waits_for_the_lock_and_stops_when_another_run_holds_it(node):
     """Regression: a run not coming through sshd reported the lock "unavailable" and went on unguarded."""
-    node.ssh("setsid sh -c 'exec 9>>/run/containerd-deploy.lock; flock 9; "
-             "echo \"controller ci-holder pid 4242 since now\" > /run/containerd-deploy.lock.owner; "
-             "touch /run/holder-ready; sleep 120' </dev/null >/dev/null 2>&1 & "
-             "while [ ! -e /run/holder-ready ]; do sleep 0.2; done")
+    node.ssh(
+        "setsid sh -c 'exec 9>>/run/containerd-deploy.lock; flock 9; "
+        'echo "controller ci-holder pid 4242 since now" > /run/containerd-deploy.lock.owner; '
+        "touch /run/holder-ready; sleep 120' </dev/null >/dev/null 2>&1 & "
+        "while [ ! -e /run/holder-ready ]; do sleep 0.2; done"
+    )
     try:
         process, _ = run_local(node)
         assert process.returncode != 0
-        assert "another containerd-deploy run holds this node (controller ci-holder pid 4242" in process.stderr, \
-            process.stderr[-3000:]
+        assert (
+            "another containerd-deploy run holds this node (controller ci-holder pid 4242" in process.stderr
+        ), process.stderr[-3000:]
     finally:
         node.ssh("pkill -f 'sleep 120'; rm -f /run/holder-ready", check=False)
     process, results = run_local(node)

@@ -35,9 +35,20 @@ def negative_controls(info: dict, closed_port: int) -> dict:
     tls = guest_url(info, "tls")
     down = f"https://{registry.GUEST_HOST}:{closed_port}"
     return {
-        "bad-auth.invalid": {"server": tls, "mirrors": [{"host": tls, "ca": registry.NODE_CA_PATH, "headers": {
-            "Authorization": registry.authorization(secret="not-the-password")}}]},
-        "no-ca.invalid": {"server": tls, "mirrors": [{"host": tls, "headers": {"Authorization": registry.authorization()}}]},
+        "bad-auth.invalid": {
+            "server": tls,
+            "mirrors": [
+                {
+                    "host": tls,
+                    "ca": registry.NODE_CA_PATH,
+                    "headers": {"Authorization": registry.authorization(secret="not-the-password")},
+                }
+            ],
+        },
+        "no-ca.invalid": {
+            "server": tls,
+            "mirrors": [{"host": tls, "headers": {"Authorization": registry.authorization()}}],
+        },
         "down.invalid": {"server": down, "mirrors": [{"host": down}]},
     }
 
@@ -45,7 +56,11 @@ def negative_controls(info: dict, closed_port: int) -> dict:
 def served_requests(kind: str, namespace: str, status: int, since: int = 0) -> int:
     """Access-log lines of one registry instance for manifest requests of a registry (`?ns=`)."""
     text = registry.log_path(kind).read_bytes()[since:].decode(errors="replace")
-    return len(re.findall(rf'"(?:GET|HEAD) /v2/\S+/manifests/\S+\?ns={re.escape(namespace)} HTTP/1\.1" {status} ', text))
+    return len(
+        re.findall(
+            rf'"(?:GET|HEAD) /v2/\S+/manifests/\S+\?ns={re.escape(namespace)} HTTP/1\.1" {status} ', text
+        )
+    )
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +78,9 @@ def mirrored(node, first_deploy):
     results = deploy_ok(node, **data)
     yield info, data, closed_port, results
     deploy_ok(node)
-    node.vm.ssh(f"{CTR} -n k8s.io images rm {PAUSE} {NGINX}; {CTR} images rm {NGINX}; rm -f {registry.NODE_CA_PATH}")
+    node.vm.ssh(
+        f"{CTR} -n k8s.io images rm {PAUSE} {NGINX}; {CTR} images rm {NGINX}; rm -f {registry.NODE_CA_PATH}"
+    )
 
 
 def test_the_guides_commands_pull_and_serve_nginx_through_a_tls_mirror_with_auth(node, mirrored):
@@ -87,8 +104,12 @@ def test_the_guides_commands_pull_and_serve_nginx_through_a_tls_mirror_with_auth
             time.sleep(1)
         assert registry.NGINX_PAGE_MARK in page, f"nginx did not serve its page: {page[:300]!r}"
     finally:
-        node.vm.ssh(f"{CTR} task kill nginx; sleep 1; {CTR} task rm -f nginx; {CTR} container rm nginx", check=False)
-    assert served_requests("tls", "docker.io", 200, log_start) >= 1, "the pull did not go through the TLS mirror"
+        node.vm.ssh(
+            f"{CTR} task kill nginx; sleep 1; {CTR} task rm -f nginx; {CTR} container rm nginx", check=False
+        )
+    assert served_requests("tls", "docker.io", 200, log_start) >= 1, (
+        "the pull did not go through the TLS mirror"
+    )
 
 
 def test_the_kubelets_path_and_negative_controls_fail_for_the_right_reason(node, mirrored):
@@ -102,25 +123,36 @@ def test_the_kubelets_path_and_negative_controls_fail_for_the_right_reason(node,
         f"{unrouted}/{registry.NGINX_IMAGE}": "no route:",
     }
     log_start = registry.log_path("tls").stat().st_size
-    process = conformance(node, "-k", "pull", "--serve-port=80", *(f"--pull-image={ref}" for ref in references))
+    process = conformance(
+        node, "-k", "pull", "--serve-port=80", *(f"--pull-image={ref}" for ref in references)
+    )
     output = process.stdout
     assert process.returncode == 1, output[-4000:]
     assert failed_tests(output) == {"test_image_pulls_through_the_configured_registries"}
     assert re.search(r"\b4 failed, 1 passed\b", output), output[-3000:]
     # The kubelet's path: pulled through the docker.io mirror, then a pod (its sandbox image
     # pulled through the registry.k8s.io mirror) whose nginx served the page.
-    assert re.search(rf"pulled {re.escape(NGINX)}: \d+ bytes in [\d.]+ s \({CERTS_D}/docker.io/hosts.toml: "
-                     rf"{re.escape(guest_url(info, 'tls'))} -> ", output), output[-3000:]
+    assert re.search(
+        rf"pulled {re.escape(NGINX)}: \d+ bytes in [\d.]+ s \({CERTS_D}/docker.io/hosts.toml: "
+        rf"{re.escape(guest_url(info, 'tls'))} -> ",
+        output,
+    ), output[-3000:]
     assert f"title '{registry.NGINX_PAGE_MARK}'" in output
-    assert served_requests("tls", "registry.k8s.io", 200, log_start) >= 1, "the sandbox image did not come through its mirror"
+    assert served_requests("tls", "registry.k8s.io", 200, log_start) >= 1, (
+        "the sandbox image did not come through its mirror"
+    )
     assert node.vm.ssh(f"{CTR} -n k8s.io images ls -q | grep -qxF {PAUSE}", check=False).returncode == 0
     # Each negative control: its own reason, the fix, and no raw gRPC traceback.
     for reference, reason in references.items():
         if reason:
-            assert f"{reason} " in output and reference in output, f"{reference}: no {reason!r} in\n{output[-6000:]}"
+            assert f"{reason} " in output and reference in output, (
+                f"{reference}: no {reason!r} in\n{output[-6000:]}"
+            )
     assert output.count("Fix: ") >= 4
     assert "_InactiveRpcError" not in output and "debug_error_string" not in output
-    assert served_requests("tls", "bad-auth.invalid", 401, log_start) >= 1, "the wrong password never reached the registry"
+    assert served_requests("tls", "bad-auth.invalid", 401, log_start) >= 1, (
+        "the wrong password never reached the registry"
+    )
     assert str(closed_port) in output
     assert registry.password() not in output and registry.authorization() not in output
 
@@ -131,17 +163,26 @@ def test_changing_only_the_registries_does_not_restart_and_the_next_pull_uses_th
     registries = dict(data["containerd_registries"])
     registries["docker.io"] = {"mirrors": [{"host": guest_url(info, "plain")}]}  # plain HTTP, no auth
     results = deploy_ok(node, **{**data, "containerd_registries": registries})
-    assert changed_ops(results, node.name) == [f"containerd node | Configure containerd | Write {CERTS_D}/docker.io/hosts.toml"]
-    assert main_pid(node) == pid, "containerd reads hosts.toml per pull: a registry change must not restart it"
+    assert changed_ops(results, node.name) == [
+        f"containerd node | Configure containerd | Write {CERTS_D}/docker.io/hosts.toml"
+    ]
+    assert main_pid(node) == pid, (
+        "containerd reads hosts.toml per pull: a registry change must not restart it"
+    )
     mode = node.vm.ssh(f"stat -c '%a' {CERTS_D}/docker.io/hosts.toml").stdout.strip()
     assert mode == "644", f"hosts.toml without credentials is {mode}"
 
     node.vm.ssh(f"{CTR} -n k8s.io images rm {NGINX}")
-    plain_start, tls_start = registry.log_path("plain").stat().st_size, registry.log_path("tls").stat().st_size
+    plain_start, tls_start = (
+        registry.log_path("plain").stat().st_size,
+        registry.log_path("tls").stat().st_size,
+    )
     process = conformance(node, "-k", "pull", f"--pull-image={NGINX}")
     assert process.returncode == 0, process.stdout[-4000:]
     assert served_requests("plain", "docker.io", 200, plain_start) >= 1, "the pull did not use the new mirror"
     assert served_requests("tls", "docker.io", 200, tls_start) == 0, "the pull still used the old mirror"
-    assert f"{CERTS_D}/docker.io/hosts.toml: {guest_url(info, 'plain')} -> https://registry-1.docker.io (server)" in process.stdout
+    assert (
+        f"{CERTS_D}/docker.io/hosts.toml: {guest_url(info, 'plain')} -> https://registry-1.docker.io (server)"
+        in process.stdout
+    )
     assert main_pid(node) == pid
-

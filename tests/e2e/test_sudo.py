@@ -25,15 +25,20 @@ DATA = {
     # A proxy on the node's own loopback: configured and checked, never contacted.
     "containerd_http_proxy": f"http://proxy-user:{PROXY_PASSWORD}@127.0.0.1:3128",
     "containerd_no_proxy": "localhost,127.0.0.1,.svc",
-    "containerd_registries": {"docker.io": {"mirrors": [{"host": "https://mirror.internal",
-                                                         "headers": {"Authorization": f"Basic {SECRET}"}}]}},
+    "containerd_registries": {
+        "docker.io": {
+            "mirrors": [{"host": "https://mirror.internal", "headers": {"Authorization": f"Basic {SECRET}"}}]
+        }
+    },
     "containerd_runtimes": [{"name": "crun", "binary_name": "/usr/bin/crun"}],
     "containerd_limit_nofile": "1048576",
 }
 HOSTS_TOML = "/etc/containerd/certs.d/docker.io/hosts.toml"
 DROPIN = "/etc/systemd/system/containerd.service.d/http-proxy.conf"
-LEFTOVERS = ("find / -xdev \\( -name '*.containerd-deploy-new*' -o -name 'containerd-deploy-upload.*' \\) "
-             "2>/dev/null; ls -A /var/cache/containerd-deploy 2>/dev/null; true")
+LEFTOVERS = (
+    "find / -xdev \\( -name '*.containerd-deploy-new*' -o -name 'containerd-deploy-upload.*' \\) "
+    "2>/dev/null; ls -A /var/cache/containerd-deploy 2>/dev/null; true"
+)
 
 
 def setup_users(node: OwnNode) -> None:
@@ -52,7 +57,7 @@ done
 echo 'deployer ALL=(ALL) NOPASSWD: ALL' > /etc/sudoers.d/deployer
 echo 'deployer-pw ALL=(ALL) ALL' > /etc/sudoers.d/deployer-pw
 chmod 440 /etc/sudoers.d/deployer /etc/sudoers.d/deployer-pw
-echo {shlex.quote('deployer-pw:' + SUDO_PASSWORD)} | chpasswd
+echo {shlex.quote("deployer-pw:" + SUDO_PASSWORD)} | chpasswd
 """
     node.vm.ssh(script)
 
@@ -83,15 +88,28 @@ def test_a_sudo_login_deploys_every_feature_with_secrets_never_readable(node, tm
     the upload, and a registry with headers failed the same way, leaving a hidden hosts.toml
     copy behind that later runs never removed."""
     # Another local user reads every place a secret passes through, for as long as the deploy runs.
-    watcher = subprocess.Popen(node.vm.ssh_command(
-        "su other -s /bin/sh -c 'n=0; while [ ! -e /tmp/stop-watch ]; do "
-        "cat /etc/containerd/certs.d/*/.hosts.toml* /etc/containerd/certs.d/*/hosts.toml "
-        "/etc/systemd/system/containerd.service.d/* /tmp/containerd-deploy-upload.*/* /tmp/pyinfra-* 2>/dev/null "
-        f"| grep -q {SECRET} && echo LEAKED; n=$((n+1)); done; echo WATCHED $n'"), stdout=subprocess.PIPE, text=True)
+    watcher = subprocess.Popen(
+        node.vm.ssh_command(
+            "su other -s /bin/sh -c 'n=0; while [ ! -e /tmp/stop-watch ]; do "
+            "cat /etc/containerd/certs.d/*/.hosts.toml* /etc/containerd/certs.d/*/hosts.toml "
+            "/etc/systemd/system/containerd.service.d/* /tmp/containerd-deploy-upload.*/* /tmp/pyinfra-* 2>/dev/null "
+            f"| grep -q {SECRET} && echo LEAKED; n=$((n+1)); done; echo WATCHED $n'"
+        ),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
-        process, results = as_user(node, "deployer", "-v", data={
-            **DATA, "artifact_source": "controller", "artifact_cache_dir": str(tmp_path / "cache"),
-            "artifact_mirror": node.data()["artifact_mirror"].replace("10.0.2.2", "127.0.0.1")})
+        process, results = as_user(
+            node,
+            "deployer",
+            "-v",
+            data={
+                **DATA,
+                "artifact_source": "controller",
+                "artifact_cache_dir": str(tmp_path / "cache"),
+                "artifact_mirror": node.data()["artifact_mirror"].replace("10.0.2.2", "127.0.0.1"),
+            },
+        )
     finally:
         node.vm.ssh("touch /tmp/stop-watch")
         watched, _ = watcher.communicate(timeout=120)
@@ -100,7 +118,9 @@ def test_a_sudo_login_deploys_every_feature_with_secrets_never_readable(node, tm
     assert "LEAKED" not in watched and int(watched.split("WATCHED")[1]) > 10, watched[-500:]
     assert secrets_in(process.stdout + process.stderr) == [], "a secret in pyinfra's output (-v)"
     changed = changed_ops(results, node.name)
-    assert any("Install containerd" in name for name in changed) and any(HOSTS_TOML in name for name in changed)
+    assert any("Install containerd" in name for name in changed) and any(
+        HOSTS_TOML in name for name in changed
+    )
 
     modes = node.vm.ssh(f"stat -c '%n %U:%G %a' {HOSTS_TOML} {DROPIN}").stdout.splitlines()
     assert modes == [f"{HOSTS_TOML} root:root 600", f"{DROPIN} root:root 600"]
@@ -124,15 +144,35 @@ def test_a_sudo_that_asks_a_password_deploys_too(node):
 
 
 def test_conformance_from_an_inventory_whose_host_uses_sudo(node, tmp_path):
-    data = {"ssh_hostname": "127.0.0.1", "ssh_port": node.vm.port, "ssh_user": "deployer", "ssh_key": str(ssh_key()),
-            "ssh_known_hosts_file": str(vm.known_hosts_file()), "ssh_strict_host_key_checking": "yes",
-            "_sudo": True}
+    data = {
+        "ssh_hostname": "127.0.0.1",
+        "ssh_port": node.vm.port,
+        "ssh_user": "deployer",
+        "ssh_key": str(ssh_key()),
+        "ssh_known_hosts_file": str(vm.known_hosts_file()),
+        "ssh_strict_host_key_checking": "yes",
+        "_sudo": True,
+    }
     inventory = tmp_path / "fleet.py"
     inventory.write_text(f"sudo_nodes = [({NAME!r}, {data!r})]\n")
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-rf", "-p", "no:cacheprovider", "tests/conformance",
-         f"--inventory={inventory}", "--expect-runtime-handlers=runc,crun"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-rf",
+            "-p",
+            "no:cacheprovider",
+            "tests/conformance",
+            f"--inventory={inventory}",
+            "--expect-runtime-handlers=runc,crun",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stdout[-5000:]
     assert " passed" in result.stdout and " failed" not in result.stdout
 
@@ -143,19 +183,34 @@ def test_another_users_staging_directory_cannot_swap_a_file(node):
     install. Here `other` owns it, world-writable, with a planted file and a symlink."""
     reset = as_user(node, "deployer", data={"containerd_state": "absent"})[0]
     assert reset.returncode == 0, reset.stderr[-3000:]
-    assert node.vm.ssh("ls -A /usr/local/bin; ls -A /etc/containerd 2>/dev/null; ls -A /var/lib/containerd-deploy "
-                       "2>/dev/null; ls /etc/systemd/system/containerd.service.d 2>/dev/null; true").stdout.strip() == ""
-    node.vm.ssh("install -d -m 777 -o other -g other /var/cache/containerd-deploy; "
-                "su other -s /bin/sh -c 'echo planted > /var/cache/containerd-deploy/.fetched-runc; "
-                "ln -s /etc/hostname /var/cache/containerd-deploy/.fetched-containerd.partial'")
+    assert (
+        node.vm.ssh(
+            "ls -A /usr/local/bin; ls -A /etc/containerd 2>/dev/null; ls -A /var/lib/containerd-deploy "
+            "2>/dev/null; ls /etc/systemd/system/containerd.service.d 2>/dev/null; true"
+        ).stdout.strip()
+        == ""
+    )
+    node.vm.ssh(
+        "install -d -m 777 -o other -g other /var/cache/containerd-deploy; "
+        "su other -s /bin/sh -c 'echo planted > /var/cache/containerd-deploy/.fetched-runc; "
+        "ln -s /etc/hostname /var/cache/containerd-deploy/.fetched-containerd.partial'"
+    )
     process, results = as_user(node, "deployer", data=DATA)
     assert process.returncode == 0, process.stderr[-4000:]
-    assert node.vm.ssh("cat /etc/hostname").stdout.strip() == "node", "a symlink planted in staging was followed"
+    assert node.vm.ssh("cat /etc/hostname").stdout.strip() == "node", (
+        "a symlink planted in staging was followed"
+    )
     installed = node.vm.ssh("sha256sum /usr/local/sbin/runc").stdout.split()[0]
     runc = node.vm.ssh("cat /var/lib/containerd-deploy/runc.manifest").stdout
     assert f"sha256 {node.data()['runc_sha256']}" in runc
-    assert installed == node.vm.ssh(
-        f"curl -fsS {node.data()['artifact_mirror']}/opencontainers/runc/releases/download/"
-        f"v{node.data()['runc_version']}/runc.amd64 | sha256sum").stdout.split()[0]
+    assert (
+        installed
+        == node.vm.ssh(
+            f"curl -fsS {node.data()['artifact_mirror']}/opencontainers/runc/releases/download/"
+            f"v{node.data()['runc_version']}/runc.amd64 | sha256sum"
+        ).stdout.split()[0]
+    )
     assert node.vm.ssh("ls -A /var/cache/containerd-deploy 2>&1; true").stdout.strip() in (
-        "", "ls: cannot access '/var/cache/containerd-deploy': No such file or directory")
+        "",
+        "ls: cannot access '/var/cache/containerd-deploy': No such file or directory",
+    )

@@ -15,8 +15,10 @@ from .helpers import OwnNode, changed_ops, main_pid, node_snapshot, pyinfra
 pytestmark = pytest.mark.xdist_group("supply")
 NAME = "supply-1"
 # Everything the deploy could have put on the node, and any staging leftovers.
-FOOTPRINT = ("ls -A /usr/local/bin /usr/local/sbin /var/lib/containerd-deploy /var/cache/containerd-deploy "
-             "/etc/containerd 2>&1; find / -xdev -name '*.containerd-deploy-new*' 2>/dev/null")
+FOOTPRINT = (
+    "ls -A /usr/local/bin /usr/local/sbin /var/lib/containerd-deploy /var/cache/containerd-deploy "
+    "/etc/containerd 2>&1; find / -xdev -name '*.containerd-deploy-new*' 2>/dev/null"
+)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +50,9 @@ def test_download_failures_leave_a_fresh_node_untouched(fresh):
     port = fresh.data()["artifact_mirror"].rsplit(":", 1)[1]
     # HTTP 404: a version the mirror does not have.
     output = refused(fresh, containerd_version="1.7.99", containerd_sha256="a" * 64)
-    assert "could not download http://10.0.2.2:" in output and "containerd-1.7.99-linux-amd64.tar.gz" in output
+    assert (
+        "could not download http://10.0.2.2:" in output and "containerd-1.7.99-linux-amd64.tar.gz" in output
+    )
     assert "nothing was installed" in output
     # The mirror down: nothing listens on that port.
     output = refused(fresh, artifact_mirror="http://10.0.2.2:9")
@@ -61,8 +65,13 @@ def test_download_failures_leave_a_fresh_node_untouched(fresh):
     data = real.read_bytes()
     truncated.write_bytes(data[: len(data) // 2])
     try:
-        output = refused(fresh, containerd_version="1.7.98", containerd_sha256=fresh.data()["containerd_sha256"])
-        assert f"checksum mismatch for http://10.0.2.2:{port}/containerd/containerd/releases/download/v1.7.98/" in output
+        output = refused(
+            fresh, containerd_version="1.7.98", containerd_sha256=fresh.data()["containerd_sha256"]
+        )
+        assert (
+            f"checksum mismatch for http://10.0.2.2:{port}/containerd/containerd/releases/download/v1.7.98/"
+            in output
+        )
         assert f"expected sha256 {fresh.data()['containerd_sha256']}" in output
     finally:
         shutil.rmtree(truncated.parent)
@@ -86,36 +95,64 @@ def test_controller_cache_deploys_a_node_that_cannot_reach_the_mirror(fresh, tmp
     # ... while the controller fetches once, verifies, and uploads over SSH.
     cache = tmp_path / "cache"
     # A tampered file is refused on the controller already, and never cached.
-    output = refused(fresh, artifact_mirror=unreachable, artifact_source="controller", artifact_cache_dir=str(cache),
-                     runc_sha256="b" * 64)
+    output = refused(
+        fresh,
+        artifact_mirror=unreachable,
+        artifact_source="controller",
+        artifact_cache_dir=str(cache),
+        runc_sha256="b" * 64,
+    )
     assert f"checksum mismatch for {unreachable}/opencontainers/runc/releases/download/" in output
     assert "expected sha256 " + "b" * 64 in output
     assert not any(path.name.endswith("runc.amd64") for path in cache.glob("*")), "a bad file was cached"
 
-    process, results = pyinfra(fresh.name, data={"artifact_mirror": unreachable, "artifact_source": "controller",
-                                                 "artifact_cache_dir": str(cache)})
+    process, results = pyinfra(
+        fresh.name,
+        data={
+            "artifact_mirror": unreachable,
+            "artifact_source": "controller",
+            "artifact_cache_dir": str(cache),
+        },
+    )
     assert process.returncode == 0, process.stderr[-4000:]
     changed = changed_ops(results, fresh.name)
-    assert any("Install containerd" in name for name in changed) and any("Install runc" in name for name in changed)
+    assert any("Install containerd" in name for name in changed) and any(
+        "Install runc" in name for name in changed
+    )
     data = fresh.data()
-    assert sorted(path.name for path in cache.iterdir()) == sorted([
-        f"{data['containerd_sha256']}-containerd-{data['containerd_version']}-linux-amd64.tar.gz",
-        f"{data['runc_sha256']}-runc.amd64",
-    ]), "one verified copy of each file, named by its sha256"
-    assert "containerd-deploy" not in fresh.vm.ssh("ls -A /var/cache").stdout.split(), \
+    assert sorted(path.name for path in cache.iterdir()) == sorted(
+        [
+            f"{data['containerd_sha256']}-containerd-{data['containerd_version']}-linux-amd64.tar.gz",
+            f"{data['runc_sha256']}-runc.amd64",
+        ]
+    ), "one verified copy of each file, named by its sha256"
+    assert "containerd-deploy" not in fresh.vm.ssh("ls -A /var/cache").stdout.split(), (
         "uploads are consumed and the staging directory removed"
-    owners = fresh.vm.ssh("stat -c '%n %U:%G %a' /usr/local/bin/containerd /usr/local/bin/ctr /usr/local/sbin/runc "
-                          "/etc/containerd/config.toml /etc/systemd/system/containerd.service").stdout.split("\n")
+    )
+    owners = fresh.vm.ssh(
+        "stat -c '%n %U:%G %a' /usr/local/bin/containerd /usr/local/bin/ctr /usr/local/sbin/runc "
+        "/etc/containerd/config.toml /etc/systemd/system/containerd.service"
+    ).stdout.split("\n")
     assert [line.split()[1:] for line in owners if line] == [
-        ["root:root", "755"], ["root:root", "755"], ["root:root", "755"], ["root:root", "644"], ["root:root", "644"]]
+        ["root:root", "755"],
+        ["root:root", "755"],
+        ["root:root", "755"],
+        ["root:root", "644"],
+        ["root:root", "644"],
+    ]
 
     # Converged: a rerun in cache mode uploads nothing and changes nothing.
     before = node_snapshot(fresh)
-    process, results = pyinfra(fresh.name, data={"artifact_mirror": unreachable, "artifact_source": "controller",
-                                                 "artifact_cache_dir": str(cache)})
+    process, results = pyinfra(
+        fresh.name,
+        data={
+            "artifact_mirror": unreachable,
+            "artifact_source": "controller",
+            "artifact_cache_dir": str(cache),
+        },
+    )
     assert process.returncode == 0 and changed_ops(results, fresh.name) == [], process.stderr[-3000:]
     assert node_snapshot(fresh) == before
-
 
 
 def test_cni_plugins_are_optional_and_removed_exactly(fresh):
@@ -127,8 +164,10 @@ def test_cni_plugins_are_optional_and_removed_exactly(fresh):
     data = {"cni_plugins_version": cni.version, "cni_plugins_sha256": cni.sha256}
     process, results = pyinfra(fresh.name, data=data)
     assert process.returncode == 0, process.stderr[-4000:]
-    assert short(changed_ops(results, fresh.name)) == ["Fetch and verify release files",
-                                                       f"Install the CNI plugins {cni.version} into /opt/cni/bin"]
+    assert short(changed_ops(results, fresh.name)) == [
+        "Fetch and verify release files",
+        f"Install the CNI plugins {cni.version} into /opt/cni/bin",
+    ]
     assert main_pid(fresh) == pid, "the CNI plugins are the kubelet's, not containerd's: no restart"
     listing = fresh.vm.ssh("stat -c '%n %U:%G %a' /opt/cni/bin/*").stdout
     assert "/opt/cni/bin/loopback root:root 755" in listing and "/opt/cni/bin/bridge root:root 755" in listing
@@ -138,7 +177,9 @@ def test_cni_plugins_are_optional_and_removed_exactly(fresh):
     process, results = pyinfra(fresh.name)
     assert process.returncode == 0, process.stderr[-4000:]
     assert short(changed_ops(results, fresh.name)) == ["Remove the CNI plugins (no cni_plugins_version)"]
-    assert fresh.vm.ssh("ls -A /opt/cni/bin").stdout.split() == ["operator-plugin"], "only what it installed goes"
+    assert fresh.vm.ssh("ls -A /opt/cni/bin").stdout.split() == ["operator-plugin"], (
+        "only what it installed goes"
+    )
 
 
 def test_an_upgrade_never_shows_a_partial_binary(fresh):
@@ -147,15 +188,25 @@ def test_an_upgrade_never_shows_a_partial_binary(fresh):
     process, _ = pyinfra(fresh.name)  # deployed with the node's own release (no change if already)
     assert process.returncode == 0, process.stderr[-4000:]
     reader = subprocess.Popen(
-        fresh.vm.ssh_command("i=0; while [ $i -lt 100000 ] && [ ! -e /tmp/stop-reader ]; do "
-                             "/usr/local/bin/containerd --version >/dev/null 2>/tmp/reader.err || echo FAIL; "
-                             "/usr/local/sbin/runc --version >/dev/null 2>>/tmp/reader.err || echo FAIL; "
-                             "i=$((i+1)); done; echo DONE $i"),
-        stdout=subprocess.PIPE, text=True)
+        fresh.vm.ssh_command(
+            "i=0; while [ $i -lt 100000 ] && [ ! -e /tmp/stop-reader ]; do "
+            "/usr/local/bin/containerd --version >/dev/null 2>/tmp/reader.err || echo FAIL; "
+            "/usr/local/sbin/runc --version >/dev/null 2>>/tmp/reader.err || echo FAIL; "
+            "i=$((i+1)); done; echo DONE $i"
+        ),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
-        process, results = pyinfra(fresh.name, data={
-            "containerd_version": sid.containerd_version, "containerd_sha256": sid.containerd_sha256,
-            "runc_version": sid.runc_version, "runc_sha256": sid.runc_sha256})
+        process, results = pyinfra(
+            fresh.name,
+            data={
+                "containerd_version": sid.containerd_version,
+                "containerd_sha256": sid.containerd_sha256,
+                "runc_version": sid.runc_version,
+                "runc_sha256": sid.runc_sha256,
+            },
+        )
         assert process.returncode == 0, process.stderr[-4000:]
         assert any("Install containerd" in name for name in changed_ops(results, fresh.name))
     finally:

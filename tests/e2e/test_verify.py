@@ -32,17 +32,25 @@ def test_verify_runs_a_container_and_a_cgroup_driver_mismatch_is_refused(node, f
     [line] = verify_lines(process.stderr, node.name)
     version = json.loads((vm.node_dir(node.name) / "data.json").read_text())["containerd_version"]
     assert f"containerd {version} verified: answers as {version} with its own ctr" in line
-    assert "CRI plugins loaded; SystemdCgroup = true in effect; a container ran in /system.slice/containerd-deploy-verify-" in line
-    assert host.run("/usr/local/bin/ctr -n k8s.io containers ls -q | grep containerd-deploy-verify").rc == 1, \
-        "the verify container is removed"
+    assert (
+        "CRI plugins loaded; SystemdCgroup = true in effect; a container ran in /system.slice/containerd-deploy-verify-"
+        in line
+    )
+    assert (
+        host.run("/usr/local/bin/ctr -n k8s.io containers ls -q | grep containerd-deploy-verify").rc == 1
+    ), "the verify container is removed"
 
     before = node_snapshot(node)
-    host.check_output(f"mkdir -p /var/lib/kubelet && printf 'kind: KubeletConfiguration\\ncgroupDriver: cgroupfs\\n' > {KUBELET_CONFIG}")
+    host.check_output(
+        f"mkdir -p /var/lib/kubelet && printf 'kind: KubeletConfiguration\\ncgroupDriver: cgroupfs\\n' > {KUBELET_CONFIG}"
+    )
     try:
         process, results = pyinfra(node.name)
         assert process.returncode != 0, "a node whose kubelet uses cgroupfs is refused"
-        assert (f"{node.name}: the kubelet's cgroupDriver is cgroupfs (/var/lib/kubelet/config.yaml) but data key "
-                "'containerd_systemd_cgroup' makes containerd's runc use systemd") in process.stderr
+        assert (
+            f"{node.name}: the kubelet's cgroupDriver is cgroupfs (/var/lib/kubelet/config.yaml) but data key "
+            "'containerd_systemd_cgroup' makes containerd's runc use systemd"
+        ) in process.stderr
         assert "Fix: set both to systemd" in process.stderr
         assert results.get("results", {}).get("operations", []) == [], "refused before any operation"
         assert node_snapshot(node) == before and main_pid(node) == pid, "the refusal changes nothing"
@@ -52,21 +60,29 @@ def test_verify_runs_a_container_and_a_cgroup_driver_mismatch_is_refused(node, f
 
 def test_a_runtime_handler_without_its_binary_is_named_with_the_fix(node, first_deploy):
     original = read(node, CONFIG)
-    runtimes = [{"name": "kata", "runtime_type": "io.containerd.kata.v2"},
-                {"name": "gone", "binary_name": "/usr/local/bin/no-such-runtime"}]
+    runtimes = [
+        {"name": "kata", "runtime_type": "io.containerd.kata.v2"},
+        {"name": "gone", "binary_name": "/usr/local/bin/no-such-runtime"},
+    ]
     try:
         process, _ = pyinfra(node.name, data={"containerd_runtimes": runtimes})
         assert process.returncode != 0, "the verify step fails the run"
         output = process.stderr
-        assert ("runtime handler 'kata' cannot run pods: containerd-shim-kata-v2 (looked for in /usr/local/bin:"
-                in output), output[-3000:]
-        assert ("runtime handler 'gone' cannot run pods: /usr/local/bin/no-such-runtime is not installed on the "
-                "node; install it, or take 'gone' out of containerd_runtimes") in output
+        assert (
+            "runtime handler 'kata' cannot run pods: containerd-shim-kata-v2 (looked for in /usr/local/bin:"
+            in output
+        ), output[-3000:]
+        assert (
+            "runtime handler 'gone' cannot run pods: /usr/local/bin/no-such-runtime is not installed on the "
+            "node; install it, or take 'gone' out of containerd_runtimes"
+        ) in output
         assert "'runc' cannot run pods" not in output and "'crun'" not in output
 
         checked = conformance(node, "-k", "runtime_handler")
         assert checked.returncode != 0
-        assert "runtime handler 'kata' cannot run pods: containerd-shim-kata-v2" in checked.stdout, checked.stdout[-3000:]
+        assert "runtime handler 'kata' cannot run pods: containerd-shim-kata-v2" in checked.stdout, (
+            checked.stdout[-3000:]
+        )
         assert "runtime handler 'gone' cannot run pods: /usr/local/bin/no-such-runtime" in checked.stdout
         assert "_InactiveRpcError" not in checked.stdout, "named, not a raw gRPC error"
     finally:

@@ -19,9 +19,9 @@ import sys
 import time
 import urllib.request
 
+from ..conformance.oci import PAUSE_IMAGE_NAME
 from . import image, mirror, registry, vm
 from .paths import REPO_ROOT, run_root
-from ..conformance.oci import PAUSE_IMAGE_NAME
 
 MIRROR_STATE = "mirror.json"
 
@@ -53,7 +53,10 @@ def _start_mirror() -> dict:
     log = open(run_root() / "mirror.log", "ab")
     process = subprocess.Popen(
         [sys.executable, "-m", "tests.harness", "serve-mirror", "--port", str(port)],
-        cwd=REPO_ROOT, stdout=log, stderr=log, start_new_session=True,
+        cwd=REPO_ROOT,
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
     )
     info = {"pid": process.pid, "port": port}
     deadline = time.monotonic() + 20
@@ -100,12 +103,19 @@ def node_data(release: mirror.Release, mirror_port: int) -> dict:
 def registry_data(info: dict) -> dict:
     """pyinfra data that makes the harness's TLS registry the mirror of docker.io and
     registry.k8s.io, with the sandbox image pinned there (as on a kubelet node)."""
-    return {"containerd_registries": registry.node_registries(info),
-            "containerd_sandbox_image": registry.PAUSE_REFERENCE}
+    return {
+        "containerd_registries": registry.node_registries(info),
+        "containerd_sandbox_image": registry.PAUSE_REFERENCE,
+    }
 
 
-def up(names: list[str], suite: str, release_suite: str | None = None, kernel_args: tuple = (),
-       with_registry: bool = False) -> list[vm.Node]:
+def up(
+    names: list[str],
+    suite: str,
+    release_suite: str | None = None,
+    kernel_args: tuple = (),
+    with_registry: bool = False,
+) -> list[vm.Node]:
     """Boot nodes of a Debian `suite` image, with data for the containerd and runc that
     `release_suite` ships (default: the same suite; sid's binaries need a trixie image), and
     `kernel_args` on the kernel's command line. `with_registry`: the node pulls docker.io and
@@ -123,7 +133,9 @@ def up(names: list[str], suite: str, release_suite: str | None = None, kernel_ar
             data.update(registry_data(registry.ensure()))
             registry.install_ca(node)
         vm.replace_file(vm.node_dir(name) / "data.json", json.dumps(data))
-        print(f"{name}: ssh root@127.0.0.1 -p {node.port} (up in {time.monotonic() - started:.1f}s)", flush=True)
+        print(
+            f"{name}: ssh root@127.0.0.1 -p {node.port} (up in {time.monotonic() - started:.1f}s)", flush=True
+        )
         nodes.append(node)
     return nodes
 
@@ -169,12 +181,24 @@ def main(argv=None) -> int:
     up_parser = commands.add_parser("up", help="boot local nodes")
     up_parser.add_argument("names", nargs="*", default=["node1"])
     up_parser.add_argument("--suite", default="bookworm", help="Debian suite of the node image")
-    up_parser.add_argument("--release", default=None,
-                           help="Debian suite whose containerd and runc the node gets (default: --suite)")
-    up_parser.add_argument("--kernel-arg", action="append", default=[], dest="kernel_args",
-                           help="add to the kernel command line, e.g. systemd.unified_cgroup_hierarchy=0")
-    up_parser.add_argument("--registry", action="store_true", dest="with_registry",
-                           help="pull docker.io and registry.k8s.io images through the harness's TLS registry")
+    up_parser.add_argument(
+        "--release",
+        default=None,
+        help="Debian suite whose containerd and runc the node gets (default: --suite)",
+    )
+    up_parser.add_argument(
+        "--kernel-arg",
+        action="append",
+        default=[],
+        dest="kernel_args",
+        help="add to the kernel command line, e.g. systemd.unified_cgroup_hierarchy=0",
+    )
+    up_parser.add_argument(
+        "--registry",
+        action="store_true",
+        dest="with_registry",
+        help="pull docker.io and registry.k8s.io images through the harness's TLS registry",
+    )
     guide = commands.add_parser("guide-nginx", help="the install guide's nginx pull/run/curl on a node")
     guide.add_argument("name")
     down_parser = commands.add_parser("down", help="stop local nodes (all by default)")

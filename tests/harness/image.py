@@ -16,17 +16,30 @@ from .paths import cache_root, debian_mirror_uri, digest
 
 # What a minimal systemd node needs to boot, be reached over SSH and fetch from the mirror.
 PACKAGES = [
-    "systemd", "systemd-sysv", "udev", "dbus", "kmod", "procps", "iproute2",
-    "openssh-server", "linux-image-amd64", "curl", "ca-certificates",
+    "systemd",
+    "systemd-sysv",
+    "udev",
+    "dbus",
+    "kmod",
+    "procps",
+    "iproute2",
+    "openssh-server",
+    "linux-image-amd64",
+    "curl",
+    "ca-certificates",
     # A second OCI runtime, for the extra-runtime-handler tests (containerd_runtimes).
     "crun",
     # The tests log in as unprivileged users too (pyinfra _sudo, conformance with sudo), and
     # run pyinfra on the node itself (@local).
-    "sudo", "python3", "python3-venv",
+    "sudo",
+    "python3",
+    "python3-venv",
 ]
 IMAGE_SIZE = "4G"
 MMDEBSTRAP_OPTIONS = [
-    "--variant=minbase", "--mode=root", "--format=directory",
+    "--variant=minbase",
+    "--mode=root",
+    "--format=directory",
     '--aptopt=Acquire::Languages "none"',
     "--dpkgopt=path-exclude=/usr/share/man/*",
     "--dpkgopt=path-exclude=/usr/share/doc/*",
@@ -93,9 +106,16 @@ def _customize(root: Path, pubkey: str) -> None:
             link.symlink_to(f"/lib/systemd/system/{unit}")
     # Nothing on the node should wait for a network it will never have, or wake up to do
     # housekeeping in the middle of a test.
-    for unit in ("systemd-networkd-wait-online.service", "apt-daily.timer", "apt-daily-upgrade.timer",
-                 "e2scrub_all.timer", "fstrim.timer", "man-db.timer", "dpkg-db-backup.timer",
-                 "systemd-timesyncd.service"):
+    for unit in (
+        "systemd-networkd-wait-online.service",
+        "apt-daily.timer",
+        "apt-daily-upgrade.timer",
+        "e2scrub_all.timer",
+        "fstrim.timer",
+        "man-db.timer",
+        "dpkg-db-backup.timer",
+        "systemd-timesyncd.service",
+    ):
         mask = root / "etc/systemd/system" / unit
         if mask.exists() or mask.is_symlink():
             mask.unlink()
@@ -104,7 +124,10 @@ def _customize(root: Path, pubkey: str) -> None:
     # harness writes it into known_hosts so SSH verifies it.
     for stale in (root / "etc/ssh").glob("ssh_host_*"):
         stale.unlink()
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / "etc/ssh/ssh_host_ed25519_key")], check=True)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / "etc/ssh/ssh_host_ed25519_key")],
+        check=True,
+    )
     (root / "etc/machine-id").write_text("")
 
 
@@ -112,7 +135,14 @@ def build(suite: str = "bookworm") -> Image:
     key = ssh_key()
     pubkey = key.with_suffix(".pub").read_text()
     # Keyed on what shapes the image, not on the rest of this file.
-    tag = digest(inspect.getsource(_customize), " ".join(MMDEBSTRAP_OPTIONS), IMAGE_SIZE, suite, pubkey, " ".join(PACKAGES))
+    tag = digest(
+        inspect.getsource(_customize),
+        " ".join(MMDEBSTRAP_OPTIONS),
+        IMAGE_SIZE,
+        suite,
+        pubkey,
+        " ".join(PACKAGES),
+    )
     images = cache_root() / "images"
     images.mkdir(exist_ok=True)
     image = Image(suite, images / f"debian-{suite}-{tag}")
@@ -133,8 +163,14 @@ def _build(image: Image, pubkey: str) -> None:
     try:
         root = work / "root"
         subprocess.run(
-            ["mmdebstrap", *MMDEBSTRAP_OPTIONS, "--include=" + ",".join(PACKAGES),
-             image.suite, str(root), debian_mirror_uri()],
+            [
+                "mmdebstrap",
+                *MMDEBSTRAP_OPTIONS,
+                "--include=" + ",".join(PACKAGES),
+                image.suite,
+                str(root),
+                debian_mirror_uri(),
+            ],
             check=True,
         )
         _customize(root, pubkey)
@@ -145,7 +181,9 @@ def _build(image: Image, pubkey: str) -> None:
         shutil.copy(kernel, out / "vmlinuz")
         shutil.copy(initrd, out / "initrd.img")
         shutil.copy(root / "etc/ssh/ssh_host_ed25519_key.pub", out / "ssh_host_ed25519_key.pub")
-        subprocess.run(["mkfs.ext4", "-q", "-L", "root", "-d", str(root), str(out / "root.raw"), IMAGE_SIZE], check=True)
+        subprocess.run(
+            ["mkfs.ext4", "-q", "-L", "root", "-d", str(root), str(out / "root.raw"), IMAGE_SIZE], check=True
+        )
         (out / "ready").write_text(image.suite + "\n")
         if image.directory.exists():
             shutil.rmtree(image.directory)

@@ -84,7 +84,9 @@ def _download_debs(suite: str, packages: list[str], into: Path) -> dict[str, Pat
 
 def _upstream_version(deb: Path) -> str:
     """'1.6.20~ds1-1+b1' -> '1.6.20': the upstream release a Debian package was built from."""
-    version = subprocess.run(["dpkg-deb", "-f", str(deb), "Version"], check=True, capture_output=True, text=True).stdout
+    version = subprocess.run(
+        ["dpkg-deb", "-f", str(deb), "Version"], check=True, capture_output=True, text=True
+    ).stdout
     match = re.match(r"(?:\d+:)?(\d+\.\d+\.\d+)", version.strip())
     if not match:
         raise RuntimeError(f"cannot read an upstream version from {deb.name}: {version!r}")
@@ -137,7 +139,9 @@ def mirror_root() -> Path:
 
 def _layout_path(component: str, version: str, arch: str) -> Path:
     """Where upstream's layout (the deploy's default URL template) puts a release file."""
-    return mirror_root() / DEFAULTS[f"{component}_download_url"].format(mirror="", version=version, arch=arch).lstrip("/")
+    return mirror_root() / DEFAULTS[f"{component}_download_url"].format(
+        mirror="", version=version, arch=arch
+    ).lstrip("/")
 
 
 def containerd_tarball_path(version: str, arch: str = ARCH) -> Path:
@@ -203,7 +207,9 @@ def cni_release(suite: str) -> CniRelease:
             with tempfile.TemporaryDirectory() as scratch:
                 work = Path(scratch)
                 subprocess.run(["dpkg-deb", "-x", str(deb), str(work)], check=True)
-                plugins = {f"./{path.name}": path for path in (work / "usr/lib/cni").iterdir() if path.is_file()}
+                plugins = {
+                    f"./{path.name}": path for path in (work / "usr/lib/cni").iterdir() if path.is_file()
+                }
                 _publish_targz(plugins, tarball, tarball.name + ".sha256")
     return CniRelease(version, _sha256(tarball))
 

@@ -30,8 +30,12 @@ containerd_node()
 
 def _pins() -> str:
     """The controller's own versions of everything pyinfra needs (so the node runs the same)."""
-    return subprocess.run([sys.executable, "-m", "pip", "freeze", "--exclude-editable"], check=True,
-                          capture_output=True, text=True).stdout
+    return subprocess.run(
+        [sys.executable, "-m", "pip", "freeze", "--exclude-editable"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
 
 
 def wheels(python_tag: str = "cp311") -> Path:
@@ -44,12 +48,37 @@ def wheels(python_tag: str = "cp311") -> Path:
             return directory
         constraints = cache_root() / f".constraints-{digest(pins)}.txt"
         constraints.write_text(pins)
-        wanted = [line for line in pins.splitlines()
-                  if line.split("==")[0].lower() in ("pyinfra", "tomlkit", "packaging")]
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", "--dest", str(directory),
-                        "--python-version", python_tag[2:], "--platform", "manylinux_2_34_x86_64",
-                        "--platform", "manylinux_2_28_x86_64", "--platform", "manylinux2014_x86_64",
-                        "--platform", "manylinux1_x86_64", "-c", str(constraints), *wanted], check=True)
+        wanted = [
+            line
+            for line in pins.splitlines()
+            if line.split("==")[0].lower() in ("pyinfra", "tomlkit", "packaging")
+        ]
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "-q",
+                "--only-binary=:all:",
+                "--dest",
+                str(directory),
+                "--python-version",
+                python_tag[2:],
+                "--platform",
+                "manylinux_2_34_x86_64",
+                "--platform",
+                "manylinux_2_28_x86_64",
+                "--platform",
+                "manylinux2014_x86_64",
+                "--platform",
+                "manylinux1_x86_64",
+                "-c",
+                str(constraints),
+                *wanted,
+            ],
+            check=True,
+        )
         (directory / "ready").write_text("")
     return directory
 
@@ -65,8 +94,11 @@ def build_wheel(into: Path) -> Path:
             else:
                 source.mkdir(exist_ok=True)
                 shutil.copy(path, source / name)
-        subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(into), str(source)],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(into), str(source)],
+            check=True,
+            capture_output=True,
+        )
     (wheel,) = into.glob("containerd_deploy-*.whl")
     return wheel
 
@@ -86,8 +118,10 @@ def install(node) -> None:
     with tempfile.TemporaryDirectory() as work:
         package = build_wheel(Path(work))
         archive = _tar({"wheels": wheels(), f"package/{package.name}": package})
-    script = (f"set -e; rm -rf /opt/node-setup {VENV} {SITE}; mkdir -p /opt/node-setup {SITE}; "
-              f"tar -xf - -C /opt/node-setup; python3 -m venv {VENV}; "
-              f"{VENV}/bin/pip install -q --no-index --find-links /opt/node-setup/wheels /opt/node-setup/package/*.whl; "
-              f"rm -rf /opt/node-setup; cat > {SITE}/deploy.py <<'CONTAINERD_DEPLOY_EOF'\n{USER_DEPLOY}CONTAINERD_DEPLOY_EOF")
+    script = (
+        f"set -e; rm -rf /opt/node-setup {VENV} {SITE}; mkdir -p /opt/node-setup {SITE}; "
+        f"tar -xf - -C /opt/node-setup; python3 -m venv {VENV}; "
+        f"{VENV}/bin/pip install -q --no-index --find-links /opt/node-setup/wheels /opt/node-setup/package/*.whl; "
+        f"rm -rf /opt/node-setup; cat > {SITE}/deploy.py <<'CONTAINERD_DEPLOY_EOF'\n{USER_DEPLOY}CONTAINERD_DEPLOY_EOF"
+    )
     subprocess.run(node.ssh_command(script), input=archive, check=True, capture_output=True, timeout=900)

@@ -94,21 +94,71 @@ def tls_files() -> dict[str, Path]:
     """A throw-away CA and a server certificate it signed for 127.0.0.1 and 10.0.2.2 (made once
     per checkout), and the htpasswd file with the test user's bcrypt hash."""
     work = _work_dir()
-    files = {name: work / f"{name}" for name in ("ca.key", "ca.crt", "server.key", "server.crt", "htpasswd", "password")}
+    files = {
+        name: work / f"{name}"
+        for name in ("ca.key", "ca.crt", "server.key", "server.crt", "htpasswd", "password")
+    }
     # Made for 30 days: well before they expire, a checkout gets new ones.
-    if all(path.exists() for path in files.values()) and time.time() - files["ca.crt"].stat().st_mtime < 20 * 86400:
+    if (
+        all(path.exists() for path in files.values())
+        and time.time() - files["ca.crt"].stat().st_mtime < 20 * 86400
+    ):
         return files
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30", "-subj", "/CN=containerd-deploy test CA",
-             "-keyout", "ca.key", "-out", "ca.crt", cwd=work)
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "30",
+        "-subj",
+        "/CN=containerd-deploy test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        cwd=work,
+    )
     (work / "server.ext").write_text(
         f"subjectAltName=IP:127.0.0.1,IP:{GUEST_HOST},DNS:localhost\nextendedKeyUsage=serverAuth\n"
-        "basicConstraints=CA:FALSE\n")
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=containerd-deploy test registry",
-             "-keyout", "server.key", "-out", "server.csr", cwd=work)
-    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-             "-days", "30", "-extfile", "server.ext", "-out", "server.crt", cwd=work)
+        "basicConstraints=CA:FALSE\n"
+    )
+    _openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=containerd-deploy test registry",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        cwd=work,
+    )
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "30",
+        "-extfile",
+        "server.ext",
+        "-out",
+        "server.crt",
+        cwd=work,
+    )
     password = secrets.token_urlsafe(18)
-    hashed = subprocess.run(["htpasswd", "-nbB", USER, password], check=True, capture_output=True, text=True).stdout
+    hashed = subprocess.run(
+        ["htpasswd", "-nbB", USER, password], check=True, capture_output=True, text=True
+    ).stdout
     (work / "htpasswd").write_text(hashed.strip() + "\n")
     (work / "password").write_text(password)
     return files
@@ -142,8 +192,15 @@ def _config(port: int, tls: bool) -> str:
         f"  secret: {secrets.token_hex(16)}",
     ]
     if tls:
-        lines += ["  tls:", f"    certificate: {files['server.crt']}", f"    key: {files['server.key']}",
-                  "auth:", "  htpasswd:", "    realm: containerd-deploy", f"    path: {files['htpasswd']}"]
+        lines += [
+            "  tls:",
+            f"    certificate: {files['server.crt']}",
+            f"    key: {files['server.key']}",
+            "auth:",
+            "  htpasswd:",
+            "    realm: containerd-deploy",
+            f"    path: {files['htpasswd']}",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -163,7 +220,9 @@ def _answers(info: dict, kind: str) -> bool:
     scheme = "https" if kind == "tls" else "http"
     context = ssl.create_default_context(cafile=str(tls_files()["ca.crt"]))
     try:
-        urllib.request.urlopen(f"{scheme}://127.0.0.1:{entry['port']}/v2/", timeout=5, context=context).close()
+        urllib.request.urlopen(
+            f"{scheme}://127.0.0.1:{entry['port']}/v2/", timeout=5, context=context
+        ).close()
     except urllib.error.HTTPError as error:
         return error.code == 401  # up, and asking for credentials
     except OSError:
@@ -182,8 +241,13 @@ def _start(kind: str) -> dict:
     config = _work_dir() / f"{kind}.yml"
     config.write_text(_config(port, tls=kind == "tls"))
     log = open(log_path(kind), "ab")
-    process = subprocess.Popen([str(_binary()), "serve", str(config)], stdout=log, stderr=log,
-                               stdin=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(
+        [str(_binary()), "serve", str(config)],
+        stdout=log,
+        stderr=log,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     return {"pid": process.pid, "port": port}
 
 
@@ -201,7 +265,9 @@ def ensure() -> dict:
         while not all(_answers(info, kind) for kind in info):
             if time.monotonic() > deadline:
                 stop(info)
-                raise RuntimeError(f"the test registry did not start; see {log_path('tls')} and {log_path('plain')}")
+                raise RuntimeError(
+                    f"the test registry did not start; see {log_path('tls')} and {log_path('plain')}"
+                )
             time.sleep(0.2)
         (run_root() / STATE).write_text(json.dumps(info))
         _push_images(info["tls"]["port"])
@@ -237,9 +303,22 @@ def _push_images(port: int) -> None:
             archive = work / "image.tar"
             archive.write_bytes(tarball)
             result = subprocess.run(
-                ["skopeo", "--policy", str(policy), "copy", "--quiet", "--dest-cert-dir", str(certs), "--dest-creds", f"{USER}:{password()}",
-                 f"oci-archive:{archive}", f"docker://127.0.0.1:{port}/{name}"],
-                capture_output=True, text=True)
+                [
+                    "skopeo",
+                    "--policy",
+                    str(policy),
+                    "copy",
+                    "--quiet",
+                    "--dest-cert-dir",
+                    str(certs),
+                    "--dest-creds",
+                    f"{USER}:{password()}",
+                    f"oci-archive:{archive}",
+                    f"docker://127.0.0.1:{port}/{name}",
+                ],
+                capture_output=True,
+                text=True,
+            )
             if result.returncode:
                 raise RuntimeError(f"skopeo could not push {name}: {result.stderr.strip()}")
 
@@ -252,9 +331,16 @@ def _debian_tree(packages: list[str], into: Path) -> None:
 def _nginx_members(root: Path) -> list[Path]:
     """What nginx needs from the extracted packages: the binary, shared libraries (no gconv,
     engines or docs), the loader's /lib64 link, mime types and the default page."""
-    wanted = [root / "usr/sbin/nginx", root / "lib64/ld-linux-x86-64.so.2", root / "etc/nginx/mime.types", root / "usr/share/nginx/html/index.html"]
+    wanted = [
+        root / "usr/sbin/nginx",
+        root / "lib64/ld-linux-x86-64.so.2",
+        root / "etc/nginx/mime.types",
+        root / "usr/share/nginx/html/index.html",
+    ]
     for libdir in ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu"):
-        wanted += [path for path in sorted((root / libdir).iterdir()) if ".so" in path.name and not path.is_dir()]
+        wanted += [
+            path for path in sorted((root / libdir).iterdir()) if ".so" in path.name and not path.is_dir()
+        ]
     return wanted
 
 
@@ -265,19 +351,41 @@ def nginx_image(name: str = NGINX_REFERENCE) -> bytes:
         _debian_tree(NGINX_PACKAGES, root)
         raw = io.BytesIO()
         with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-            directories = ["etc", "etc/nginx", "lib", "lib64", "lib/x86_64-linux-gnu", "usr", "usr/lib", "usr/lib/x86_64-linux-gnu",
-                           "usr/sbin", "usr/share", "usr/share/nginx", "usr/share/nginx/html", "run", "var", "var/lib",
-                           "var/lib/nginx", "var/log", "var/log/nginx"]
+            directories = [
+                "etc",
+                "etc/nginx",
+                "lib",
+                "lib64",
+                "lib/x86_64-linux-gnu",
+                "usr",
+                "usr/lib",
+                "usr/lib/x86_64-linux-gnu",
+                "usr/sbin",
+                "usr/share",
+                "usr/share/nginx",
+                "usr/share/nginx/html",
+                "run",
+                "var",
+                "var/lib",
+                "var/lib/nginx",
+                "var/log",
+                "var/log/nginx",
+            ]
             for directory in directories:
                 tar.addfile(oci._tarinfo(directory, type=tarfile.DIRTYPE, mode=0o755))
             tar.addfile(oci._tarinfo("tmp", type=tarfile.DIRTYPE, mode=0o1777))
             for path in _nginx_members(root):
                 arcname = str(path.relative_to(root))
                 if path.is_symlink():
-                    tar.addfile(oci._tarinfo(arcname, type=tarfile.SYMTYPE, linkname=os.readlink(path), mode=0o777))
+                    tar.addfile(
+                        oci._tarinfo(arcname, type=tarfile.SYMTYPE, linkname=os.readlink(path), mode=0o777)
+                    )
                 else:
                     data = path.read_bytes()
-                    tar.addfile(oci._tarinfo(arcname, size=len(data), mode=path.stat().st_mode & 0o777), io.BytesIO(data))
+                    tar.addfile(
+                        oci._tarinfo(arcname, size=len(data), mode=path.stat().st_mode & 0o777),
+                        io.BytesIO(data),
+                    )
             for arcname, text in {
                 "etc/nginx/nginx.conf": NGINX_CONF,
                 "etc/passwd": "root:x:0:0:root:/root:/bin/false\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
@@ -285,19 +393,26 @@ def nginx_image(name: str = NGINX_REFERENCE) -> bytes:
             }.items():
                 data = text.encode()
                 tar.addfile(oci._tarinfo(arcname, size=len(data), mode=0o644), io.BytesIO(data))
-        return oci.layout_tarball(raw.getvalue(), name, "amd64", {
-            "Cmd": ["/usr/sbin/nginx", "-g", "daemon off;"],
-            "ExposedPorts": {"80/tcp": {}},
-            "StopSignal": "SIGQUIT",
-        })
+        return oci.layout_tarball(
+            raw.getvalue(),
+            name,
+            "amd64",
+            {
+                "Cmd": ["/usr/sbin/nginx", "-g", "daemon off;"],
+                "ExposedPorts": {"80/tcp": {}},
+                "StopSignal": "SIGQUIT",
+            },
+        )
 
 
 def node_registries(info: dict, *, mirror_of: tuple[str, ...] = ("docker.io", "registry.k8s.io")) -> dict:
     """containerd_registries data making the TLS instance (CA at NODE_CA_PATH, basic auth) the
     mirror of each registry in `mirror_of`."""
     host = f"https://{GUEST_HOST}:{info['tls']['port']}"
-    return {name: {"mirrors": [{"host": host, "ca": NODE_CA_PATH, "headers": {"Authorization": authorization()}}]}
-            for name in mirror_of}
+    return {
+        name: {"mirrors": [{"host": host, "ca": NODE_CA_PATH, "headers": {"Authorization": authorization()}}]}
+        for name in mirror_of
+    }
 
 
 def install_ca(node_vm) -> None:

@@ -51,23 +51,36 @@ class Node:
         return ["ssh", *ssh_options(self.port), "root@127.0.0.1", *command]
 
     def ssh(self, *command: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run(self.ssh_command(*command), check=check, capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            self.ssh_command(*command), check=check, capture_output=True, text=True, timeout=timeout
+        )
 
 
 def ssh_options(port: int) -> list[str]:
     return [
-        "-p", str(port),
-        "-i", str(ssh_key()),
-        "-o", "BatchMode=yes",
-        "-o", "IdentitiesOnly=yes",
-        "-o", f"UserKnownHostsFile={known_hosts_file()}",
-        "-o", "StrictHostKeyChecking=yes",
-        "-o", "ConnectTimeout=10",
-        "-o", "LogLevel=ERROR",
+        "-p",
+        str(port),
+        "-i",
+        str(ssh_key()),
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        f"UserKnownHostsFile={known_hosts_file()}",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        "ConnectTimeout=10",
+        "-o",
+        "LogLevel=ERROR",
         # Reuse one connection per node: each new SSH handshake costs ~2 s under TCG.
-        "-o", "ControlMaster=auto",
-        "-o", f"ControlPath={control_dir()}/%C",
-        "-o", "ControlPersist=120",
+        "-o",
+        "ControlMaster=auto",
+        "-o",
+        f"ControlPath={control_dir()}/%C",
+        "-o",
+        "ControlPersist=120",
     ]
 
 
@@ -117,7 +130,9 @@ def _write_ssh_config() -> None:
 
 
 def _qemu_version() -> str:
-    return subprocess.run(["qemu-system-x86_64", "--version"], check=True, capture_output=True, text=True).stdout
+    return subprocess.run(
+        ["qemu-system-x86_64", "--version"], check=True, capture_output=True, text=True
+    ).stdout
 
 
 def _qemu_command(image: Image, disk: Path, directory: Path, port: int, kernel_args: tuple = ()) -> list[str]:
@@ -125,19 +140,44 @@ def _qemu_command(image: Image, disk: Path, directory: Path, port: int, kernel_a
     # for the saved state and every node resumed from it.
     return [
         "qemu-system-x86_64",
-        "-machine", "pc", "-accel", "tcg,thread=multi", "-cpu", "max",
-        "-smp", str(CPUS), "-m", str(MEMORY_MB),
-        "-kernel", str(image.kernel), "-initrd", str(image.initrd),
-        "-append", " ".join(["root=/dev/vda rw console=ttyS0 net.ifnames=0 panic=-1", *kernel_args]),
-        "-drive", f"file={disk},if=virtio,format=qcow2,cache=unsafe",
-        "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{port}-:22",
-        "-device", "virtio-net-pci,netdev=net0,romfile=",  # no PXE boot ROM needed (or installed)
-        "-device", "virtio-rng-pci",
-        "-display", "none", "-vga", "none", "-monitor", "none",
-        "-serial", f"file:{directory / 'console.log'}",
-        "-qmp", f"unix:{directory / 'qmp.sock'},server=on,wait=off",
-        "-pidfile", str(directory / "pid"),
-        "-no-reboot", "-daemonize",
+        "-machine",
+        "pc",
+        "-accel",
+        "tcg,thread=multi",
+        "-cpu",
+        "max",
+        "-smp",
+        str(CPUS),
+        "-m",
+        str(MEMORY_MB),
+        "-kernel",
+        str(image.kernel),
+        "-initrd",
+        str(image.initrd),
+        "-append",
+        " ".join(["root=/dev/vda rw console=ttyS0 net.ifnames=0 panic=-1", *kernel_args]),
+        "-drive",
+        f"file={disk},if=virtio,format=qcow2,cache=unsafe",
+        "-netdev",
+        f"user,id=net0,hostfwd=tcp:127.0.0.1:{port}-:22",
+        "-device",
+        "virtio-net-pci,netdev=net0,romfile=",  # no PXE boot ROM needed (or installed)
+        "-device",
+        "virtio-rng-pci",
+        "-display",
+        "none",
+        "-vga",
+        "none",
+        "-monitor",
+        "none",
+        "-serial",
+        f"file:{directory / 'console.log'}",
+        "-qmp",
+        f"unix:{directory / 'qmp.sock'},server=on,wait=off",
+        "-pidfile",
+        str(directory / "pid"),
+        "-no-reboot",
+        "-daemonize",
     ]
 
 
@@ -159,7 +199,11 @@ def _write_known_hosts(port: int, host_key: str) -> None:
     with open(run_root() / ".known_hosts.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         marker = f"[127.0.0.1]:{port} "
-        lines = [line for line in (path.read_text().splitlines() if path.exists() else []) if not line.startswith(marker)]
+        lines = [
+            line
+            for line in (path.read_text().splitlines() if path.exists() else [])
+            if not line.startswith(marker)
+        ]
         lines.append(marker + host_key)
         replace_file(path, "\n".join(lines) + "\n")
 
@@ -193,8 +237,13 @@ def _saved_state(image: Image, kernel_args: tuple = ()) -> Path:
     """Boot the image once and save the running VM (disk overlay + memory), keyed on qemu, the
     image and the kernel's command line (e.g. a cgroup v1 boot is a saved state of its own)."""
     # A saved state only resumes under the same qemu and command line, from the same disk.
-    key = digest(_qemu_version(), inspect.getsource(_qemu_command), f"{MEMORY_MB} {CPUS}", str(image.directory),
-                 *kernel_args)
+    key = digest(
+        _qemu_version(),
+        inspect.getsource(_qemu_command),
+        f"{MEMORY_MB} {CPUS}",
+        str(image.directory),
+        *kernel_args,
+    )
     # <image>[+<variant>]-<key>: a variant's states are kept apart from the plain boot's.
     variant = image.directory.name + ("+" + digest(*kernel_args)[:8] if kernel_args else "")
     snapshot = cache_root() / "snapshots" / f"{variant}-{key}"
@@ -234,9 +283,14 @@ def _saved_state(image: Image, kernel_args: tuple = ()) -> Path:
         # Saved states of images that are gone, or of this variant under an older qemu or harness.
         for stale in snapshot.parent.iterdir():
             stale_variant = stale.name.rsplit("-", 1)[0]
-            if stale.is_dir() and stale != snapshot and (
+            if (
+                stale.is_dir()
+                and stale != snapshot
+                and (
                     stale_variant == variant
-                    or not (image.directory.parent / stale_variant.split("+", 1)[0]).exists()):
+                    or not (image.directory.parent / stale_variant.split("+", 1)[0]).exists()
+                )
+            ):
                 shutil.rmtree(stale, ignore_errors=True)
     return snapshot
 

@@ -41,19 +41,36 @@ def converged(settings, arch: str = "amd64") -> NodeState:
         dest = artifacts.destination(settings, artifact)
         path = f"{dest}/{component}" if artifact.layout.tarball else dest
         files = {path: "0 1 755 root:root"}
-        manifests[component] = Manifest(fields={"component": component, "version": artifact.version,
-                                                "sha256": artifact.sha256}, files=files, actual=dict(files))
+        manifests[component] = Manifest(
+            fields={"component": component, "version": artifact.version, "sha256": artifact.sha256},
+            files=files,
+            actual=dict(files),
+        )
     default = (FIXTURES / DEFAULT_CONFIGS[settings.containerd_version.major]).read_text()
     config = desired_config(settings, default)
     version = str(settings.containerd_version)
     return NodeState(
-        machine={"amd64": "x86_64", "arm64": "aarch64"}[arch], kernel="Linux", systemd=True,
+        machine={"amd64": "x86_64", "arm64": "aarch64"}[arch],
+        kernel="Linux",
+        systemd=True,
         manifests=manifests,
-        unit_sha256=hashlib.sha256(unit_text(settings.containerd_bin_dir, settings.containerd_limit_nofile).encode()).hexdigest(),
-        config_text=config, default_config=default,
-        service={"ActiveState": "active", "UnitFileState": "enabled", "MainPID": "4242", "NeedDaemonReload": "no"},
-        ctr_client=version, ctr_server=version, exe=f"{settings.containerd_bin_dir}/containerd", lock="acquired",
-        started=time.time() - 60, mtimes={settings.containerd_config_path: time.time() - 120},
+        unit_sha256=hashlib.sha256(
+            unit_text(settings.containerd_bin_dir, settings.containerd_limit_nofile).encode()
+        ).hexdigest(),
+        config_text=config,
+        default_config=default,
+        service={
+            "ActiveState": "active",
+            "UnitFileState": "enabled",
+            "MainPID": "4242",
+            "NeedDaemonReload": "no",
+        },
+        ctr_client=version,
+        ctr_server=version,
+        exe=f"{settings.containerd_bin_dir}/containerd",
+        lock="acquired",
+        started=time.time() - 60,
+        mtimes={settings.containerd_config_path: time.time() - 120},
     )
 
 
@@ -79,8 +96,13 @@ class PreparedOp:
         return "\n".join(c.get_raw_value() if isinstance(c, StringCommand) else str(c) for c in self.commands)
 
 
-def prepare(monkeypatch, node: NodeState, data: dict | None = None, diff: bool = False,
-            files: dict[str, str] | None = None) -> list[PreparedOp]:
+def prepare(
+    monkeypatch,
+    node: NodeState,
+    data: dict | None = None,
+    diff: bool = False,
+    files: dict[str, str] | None = None,
+) -> list[PreparedOp]:
     """Prepare `containerd_node` for a host with `data` whose node fact is `node`; the operations
     it added, in order, with the commands each would run (none: no change). `diff`: as with
     pyinfra's --diff; `files`: path -> text the node's FileContents fact returns then."""

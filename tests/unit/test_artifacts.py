@@ -18,7 +18,9 @@ KNOWN = {
 
 def test_every_pinned_checksum_is_64_lowercase_hex():
     table = pinned_checksums()
-    values = [digest for component in table.values() for arches in component.values() for digest in arches.values()]
+    values = [
+        digest for component in table.values() for arches in component.values() for digest in arches.values()
+    ]
     assert values and all(re.fullmatch(r"[0-9a-f]{64}", digest) for digest in values)
 
 
@@ -33,8 +35,10 @@ def test_the_guides_versions_resolve_to_upstreams_release_urls(arch):
     artifacts = resolve(settings_for("n", {"containerd_version": "1.7.11", "runc_version": "1.1.11"}), arch)
     assert list(artifacts) == ["containerd", "runc"], "CNI plugins and crictl are off by default"
     containerd, runc = artifacts["containerd"], artifacts["runc"]
-    assert containerd.url == (f"https://github.com/containerd/containerd/releases/download/v1.7.11/"
-                              f"containerd-1.7.11-linux-{arch}.tar.gz")
+    assert containerd.url == (
+        f"https://github.com/containerd/containerd/releases/download/v1.7.11/"
+        f"containerd-1.7.11-linux-{arch}.tar.gz"
+    )
     assert runc.url == f"https://github.com/opencontainers/runc/releases/download/v1.1.11/runc.{arch}"
     assert containerd.sha256 == KNOWN[("containerd", "1.7.11", arch)]
     assert runc.sha256 == KNOWN[("runc", "1.1.11", arch)]
@@ -48,16 +52,34 @@ def test_the_default_versions_are_pinned_for_both_arches(arch):
 
 
 def test_a_mirror_keeps_upstreams_layout():
-    artifacts = resolve(settings_for("n", {"artifact_mirror": "http://mirror:8080/", "containerd_version": "1.7.11",
-                                           "cni_plugins_version": "1.8.0", "crictl_version": "1.35.0"}), "arm64")
-    assert artifacts["containerd"].url == ("http://mirror:8080/containerd/containerd/releases/download/v1.7.11/"
-                                           "containerd-1.7.11-linux-arm64.tar.gz")
+    artifacts = resolve(
+        settings_for(
+            "n",
+            {
+                "artifact_mirror": "http://mirror:8080/",
+                "containerd_version": "1.7.11",
+                "cni_plugins_version": "1.8.0",
+                "crictl_version": "1.35.0",
+            },
+        ),
+        "arm64",
+    )
+    assert artifacts["containerd"].url == (
+        "http://mirror:8080/containerd/containerd/releases/download/v1.7.11/"
+        "containerd-1.7.11-linux-arm64.tar.gz"
+    )
     assert artifacts["runc"].filename == "runc.arm64"
-    assert artifacts["cni_plugins"].url == ("http://mirror:8080/containernetworking/plugins/releases/download/v1.8.0/"
-                                            "cni-plugins-linux-arm64-v1.8.0.tgz")
-    assert artifacts["crictl"].url == ("http://mirror:8080/kubernetes-sigs/cri-tools/releases/download/v1.35.0/"
-                                       "crictl-v1.35.0-linux-arm64.tar.gz")
-    assert artifacts["cni_plugins"].sha256 == "57ce466fc3b79db1f19b8f4c63e07a1112306efa53c94fe810a2150dd9e07ddb"
+    assert artifacts["cni_plugins"].url == (
+        "http://mirror:8080/containernetworking/plugins/releases/download/v1.8.0/"
+        "cni-plugins-linux-arm64-v1.8.0.tgz"
+    )
+    assert artifacts["crictl"].url == (
+        "http://mirror:8080/kubernetes-sigs/cri-tools/releases/download/v1.35.0/"
+        "crictl-v1.35.0-linux-arm64.tar.gz"
+    )
+    assert (
+        artifacts["cni_plugins"].sha256 == "57ce466fc3b79db1f19b8f4c63e07a1112306efa53c94fe810a2150dd9e07ddb"
+    )
 
 
 def test_every_pinned_version_has_both_arches_and_parses():
@@ -92,8 +114,10 @@ def test_an_unpinned_version_without_a_checksum_is_refused():
 
 
 def test_a_given_checksum_wins_and_may_be_per_arch():
-    settings = settings_for("n", {"containerd_version": "1.7.99", "containerd_sha256": {"arm64": "c" * 64},
-                                  "runc_sha256": "d" * 64})
+    settings = settings_for(
+        "n",
+        {"containerd_version": "1.7.99", "containerd_sha256": {"arm64": "c" * 64}, "runc_sha256": "d" * 64},
+    )
     artifacts = resolve(settings, "arm64")
     assert (artifacts["containerd"].sha256, artifacts["runc"].sha256) == ("c" * 64, "d" * 64)
     with pytest.raises(DataError, match="containerd_sha256"):
@@ -118,12 +142,17 @@ def test_a_published_checksum_is_used_only_for_components_named_by_the_operator(
     with pytest.raises(DataError, match="containerd_sha256"):
         resolve(settings_for("n", unpinned), "amd64", published=published)
     assert asked == [], "never asked without the opt-in"
-    artifacts = resolve(settings_for("n", {**unpinned, "artifact_trust_mirror_checksums": ["containerd", "runc"]}),
-                        "amd64", published=published)
+    artifacts = resolve(
+        settings_for("n", {**unpinned, "artifact_trust_mirror_checksums": ["containerd", "runc"]}),
+        "amd64",
+        published=published,
+    )
     assert artifacts["containerd"].sha256 == "e" * 64 and len(asked) == 2
     assert asked[0].endswith("/v1.7.99/containerd-1.7.99-linux-amd64.tar.gz")
     # A pinned version never asks, even when named.
-    resolve(settings_for("n", {"artifact_trust_mirror_checksums": ["containerd"]}), "amd64", published=published)
+    resolve(
+        settings_for("n", {"artifact_trust_mirror_checksums": ["containerd"]}), "amd64", published=published
+    )
     assert len(asked) == 2
 
 
@@ -131,10 +160,14 @@ def test_an_unreadable_published_checksum_is_refused_naming_the_opt_in():
     def published(url):
         raise OSError("connection refused")
 
-    settings = settings_for("node3", {"containerd_version": "1.7.99", "artifact_trust_mirror_checksums": "containerd"})
+    settings = settings_for(
+        "node3", {"containerd_version": "1.7.99", "artifact_trust_mirror_checksums": "containerd"}
+    )
     with pytest.raises(DataError) as error:
         resolve(settings, "amd64", published=published)
-    assert str(error.value).startswith("node3: data key 'artifact_trust_mirror_checksums' names containerd, but its "
-                                       "published checksum could not be read (connection refused)")
+    assert str(error.value).startswith(
+        "node3: data key 'artifact_trust_mirror_checksums' names containerd, but its "
+        "published checksum could not be read (connection refused)"
+    )
     with pytest.raises(DataError, match="not a list of component names"):
         settings_for("n", {"artifact_trust_mirror_checksums": ["kubelet"]})

@@ -4,7 +4,13 @@ from pathlib import Path
 import pytest
 from packaging.version import Version
 
-from tasks.config_toml import RUNC_OPTIONS_PATH, ConfigError, runc_systemd_cgroup, set_systemd_cgroup, value_at
+from tasks.config_toml import (
+    RUNC_OPTIONS_PATH,
+    ConfigError,
+    runc_systemd_cgroup,
+    set_systemd_cgroup,
+    value_at,
+)
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "config"
 
@@ -72,11 +78,14 @@ def test_a_v2_file_is_accepted_by_containerd_2():
     assert value_at(after, RUNC_OPTIONS_PATH[2])["SystemdCgroup"] is True
 
 
-@pytest.mark.parametrize("text, message", [
-    ("[plugins\nbroken", "is not valid TOML"),
-    ('root = "/var/lib/containerd"\n', "no `version` key"),
-    ("version = 9\n", "does not know"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[plugins\nbroken", "is not valid TOML"),
+        ('root = "/var/lib/containerd"\n', "no `version` key"),
+        ("version = 9\n", "does not know"),
+    ],
+)
 def test_documents_that_cannot_be_edited_safely(text, message):
     with pytest.raises(ConfigError, match=message):
         set_systemd_cgroup(text, Version("1.7.24"))
@@ -95,7 +104,10 @@ def test_reading_an_unset_value():
 # Every knob, in every schema: the value lands at that schema's path and nothing else moves.
 from tasks.config_toml import PATHS, Knobs, Runtime, render  # noqa: E402
 
-SCHEMA_FIXTURES = [(f, v, s) for f, v, s in DEFAULTS] + [("operator-1.7.toml", "1.7.24", 2), ("operator-2.1.toml", "2.1.9", 3)]
+SCHEMA_FIXTURES = [(f, v, s) for f, v, s in DEFAULTS] + [
+    ("operator-1.7.toml", "1.7.24", 2),
+    ("operator-2.1.toml", "2.1.9", 3),
+]
 KNOB_VALUES = {
     "sandbox_image": ("sandbox_image", "localhost/pause:test"),
     "snapshotter": ("snapshotter", "native"),
@@ -111,20 +123,29 @@ def test_each_knob_lands_at_its_schemas_path(fixture, version, schema, knob):
     after = render(before, Version(version), Knobs(**{knob: value}))
     assert value_at(after, PATHS[path_name][schema]) == value
     key = PATHS[path_name][schema][-1]
-    unrelated = [line for line in changed_lines(before, after)
-                 if "SystemdCgroup" not in line and line[2:].strip() and not line[2:].lstrip().startswith(f"{key} =")]
+    unrelated = [
+        line
+        for line in changed_lines(before, after)
+        if "SystemdCgroup" not in line and line[2:].strip() and not line[2:].lstrip().startswith(f"{key} =")
+    ]
     assert unrelated == []
 
 
 @pytest.mark.parametrize("fixture, version, schema", SCHEMA_FIXTURES)
 def test_registry_config_path(fixture, version, schema):
-    after = render((FIXTURES / fixture).read_text(), Version(version), Knobs(registry_config_path="/etc/containerd/certs.d"))
+    after = render(
+        (FIXTURES / fixture).read_text(),
+        Version(version),
+        Knobs(registry_config_path="/etc/containerd/certs.d"),
+    )
     assert value_at(after, PATHS["registry"][schema] + ("config_path",)) == "/etc/containerd/certs.d"
 
 
 def test_registry_config_path_refuses_old_style_mirrors():
-    text = ('version = 2\n[plugins."io.containerd.grpc.v1.cri".registry.mirrors."docker.io"]\n'
-            '  endpoint = ["https://mirror.internal"]\n')
+    text = (
+        'version = 2\n[plugins."io.containerd.grpc.v1.cri".registry.mirrors."docker.io"]\n'
+        '  endpoint = ["https://mirror.internal"]\n'
+    )
     with pytest.raises(ConfigError, match="registry mirrors.*hosts.toml.*containerd_registries"):
         render(text, Version("1.7.24"), Knobs(registry_config_path="/etc/containerd/certs.d"))
     # Without config_path the operator's mirrors are left alone.
@@ -133,8 +154,10 @@ def test_registry_config_path_refuses_old_style_mirrors():
 
 @pytest.mark.parametrize("fixture, version, schema", SCHEMA_FIXTURES)
 def test_extra_runtimes_in_each_schema(fixture, version, schema):
-    runtimes = (Runtime("crun", binary_name="/usr/bin/crun"),
-                Runtime("kata", runtime_type="io.containerd.kata.v2", options={"ConfigPath": "/etc/kata.toml"}))
+    runtimes = (
+        Runtime("crun", binary_name="/usr/bin/crun"),
+        Runtime("kata", runtime_type="io.containerd.kata.v2", options={"ConfigPath": "/etc/kata.toml"}),
+    )
     after = render((FIXTURES / fixture).read_text(), Version(version), Knobs(runtimes=runtimes))
     base = PATHS["runtimes"][schema]
     assert value_at(after, base + ("crun", "runtime_type")) == "io.containerd.runc.v2"
@@ -154,20 +177,36 @@ def test_oom_score_is_top_level():
 
 def test_extra_toml_is_deep_merged_last():
     before = (FIXTURES / "operator-1.7.toml").read_text()
-    extra = {"plugins": {"io.containerd.grpc.v1.cri": {"enable_cdi": True, "containerd": {"default_runtime_name": "crun"}}},
-             "debug": {"level": "debug"}}
+    extra = {
+        "plugins": {
+            "io.containerd.grpc.v1.cri": {"enable_cdi": True, "containerd": {"default_runtime_name": "crun"}}
+        },
+        "debug": {"level": "debug"},
+    }
     after = render(before, Version("1.7.24"), Knobs(extra=extra))
     assert value_at(after, ("plugins", "io.containerd.grpc.v1.cri", "enable_cdi")) is True
-    assert value_at(after, ("plugins", "io.containerd.grpc.v1.cri", "containerd", "default_runtime_name")) == "crun"
+    assert (
+        value_at(after, ("plugins", "io.containerd.grpc.v1.cri", "containerd", "default_runtime_name"))
+        == "crun"
+    )
     assert value_at(after, ("debug", "level")) == "debug"
     # Merged, not replaced: the operator's GPU runtime and sandbox image are still there.
-    assert value_at(after, PATHS["runtimes"][2] + ("nvidia", "options", "BinaryName")) == "/usr/bin/nvidia-container-runtime"
+    assert (
+        value_at(after, PATHS["runtimes"][2] + ("nvidia", "options", "BinaryName"))
+        == "/usr/bin/nvidia-container-runtime"
+    )
     assert value_at(after, PATHS["sandbox_image"][2]) == "registry.k8s.io/pause:3.9"
 
 
 def test_extra_toml_can_override_what_a_knob_set():
-    after = render((FIXTURES / "default-1.7.24.toml").read_text(), Version("1.7.24"),
-                   Knobs(sandbox_image="a/pause:1", extra={"plugins": {"io.containerd.grpc.v1.cri": {"sandbox_image": "b/pause:2"}}}))
+    after = render(
+        (FIXTURES / "default-1.7.24.toml").read_text(),
+        Version("1.7.24"),
+        Knobs(
+            sandbox_image="a/pause:1",
+            extra={"plugins": {"io.containerd.grpc.v1.cri": {"sandbox_image": "b/pause:2"}}},
+        ),
+    )
     assert value_at(after, PATHS["sandbox_image"][2]) == "b/pause:2"
 
 
@@ -178,8 +217,14 @@ def test_a_table_where_a_value_is_expected_is_refused():
 
 @pytest.mark.parametrize("fixture, version, schema", SCHEMA_FIXTURES)
 def test_rendering_is_idempotent_with_every_knob(fixture, version, schema):
-    knobs = Knobs(sandbox_image="x/pause:1", registry_config_path="/etc/containerd/certs.d", snapshotter="overlayfs",
-                  max_container_log_line_size=1024, oom_score=-999, runtimes=(Runtime("crun", binary_name="/usr/bin/crun"),),
-                  extra={"debug": {"level": "info"}})
+    knobs = Knobs(
+        sandbox_image="x/pause:1",
+        registry_config_path="/etc/containerd/certs.d",
+        snapshotter="overlayfs",
+        max_container_log_line_size=1024,
+        oom_score=-999,
+        runtimes=(Runtime("crun", binary_name="/usr/bin/crun"),),
+        extra={"debug": {"level": "info"}},
+    )
     once = render((FIXTURES / fixture).read_text(), Version(version), knobs)
     assert render(once, Version(version), knobs) == once

@@ -4,8 +4,15 @@ from tasks.configure import unit_text
 def test_unit_is_the_guides_with_execstart_at_the_bin_dir():
     default = unit_text("/usr/local/bin")
     assert "ExecStart=/usr/local/bin/containerd\n" in default
-    for line in ("Type=notify", "Delegate=yes", "KillMode=process", "Restart=always", "OOMScoreAdjust=-999",
-                 "ExecStartPre=-/sbin/modprobe overlay", "WantedBy=multi-user.target"):
+    for line in (
+        "Type=notify",
+        "Delegate=yes",
+        "KillMode=process",
+        "Restart=always",
+        "OOMScoreAdjust=-999",
+        "ExecStartPre=-/sbin/modprobe overlay",
+        "WantedBy=multi-user.target",
+    ):
         assert line in default.splitlines()
     moved = unit_text("/opt/containerd/bin")
     assert "ExecStart=/opt/containerd/bin/containerd\n" in moved and "/usr/local/bin" not in moved
@@ -24,7 +31,9 @@ def test_limit_nofile_goes_into_the_service_section():
 
 def test_proxy_dropin():
     assert proxy_dropin_text(resolve("n", {})) is None
-    text = proxy_dropin_text(resolve("n", {"containerd_https_proxy": "http://p:3128", "containerd_no_proxy": "localhost,.svc"}))
+    text = proxy_dropin_text(
+        resolve("n", {"containerd_https_proxy": "http://p:3128", "containerd_no_proxy": "localhost,.svc"})
+    )
     assert text.splitlines()[1:] == [
         "[Service]",
         'Environment="HTTPS_PROXY=http://p:3128" "https_proxy=http://p:3128"',
@@ -33,19 +42,33 @@ def test_proxy_dropin():
 
 
 def test_registry_files_are_private_only_with_credentials():
-    settings = resolve("n", {"containerd_registries": {
-        "docker.io": {"mirrors": [{"host": "https://m", "headers": {"Authorization": "Bearer t"}}]},
-        "quay.io": {"mirrors": [{"host": "https://q"}]}}})
+    settings = resolve(
+        "n",
+        {
+            "containerd_registries": {
+                "docker.io": {"mirrors": [{"host": "https://m", "headers": {"Authorization": "Bearer t"}}]},
+                "quay.io": {"mirrors": [{"host": "https://q"}]},
+            }
+        },
+    )
     files = registry_files(settings)
     assert {path: mode for path, (_, mode) in files.items()} == {
-        "/etc/containerd/certs.d/docker.io/hosts.toml": "600", "/etc/containerd/certs.d/quay.io/hosts.toml": "644"}
+        "/etc/containerd/certs.d/docker.io/hosts.toml": "600",
+        "/etc/containerd/certs.d/quay.io/hosts.toml": "644",
+    }
 
 
 def test_registries_need_a_config_path():
     import pytest
     from pyinfra.api.exceptions import DeployError
 
-    settings = resolve("n", {"containerd_registry_config_path": "", "containerd_registries": {"q.io": {"mirrors": [{"host": "https://q"}]}}})
+    settings = resolve(
+        "n",
+        {
+            "containerd_registry_config_path": "",
+            "containerd_registries": {"q.io": {"mirrors": [{"host": "https://q"}]}},
+        },
+    )
     with pytest.raises(DeployError, match="containerd_registry_config_path"):
         registry_files(settings)
 
@@ -79,15 +102,21 @@ def test_extra_toml_cannot_contradict_the_cgroup_driver():
         node = node.setdefault(key, {})
     node["SystemdCgroup"] = False
     with pytest.raises(DataError) as refused:
-        desired_config(resolve("node1", {"containerd_version": "1.7.24", "containerd_config_extra": extra}), base)
-    assert str(refused.value).startswith("node1: data key 'containerd_config_extra' sets the runc runtime's SystemdCgroup")
+        desired_config(
+            resolve("node1", {"containerd_version": "1.7.24", "containerd_config_extra": extra}), base
+        )
+    assert str(refused.value).startswith(
+        "node1: data key 'containerd_config_extra' sets the runc runtime's SystemdCgroup"
+    )
     assert "Fix: set the cgroup driver with containerd_systemd_cgroup alone" in str(refused.value)
     # Agreeing with containerd_systemd_cgroup is fine, and so is the knob itself.
     node["SystemdCgroup"] = True
     assert "SystemdCgroup = true" in desired_config(
-        resolve("node1", {"containerd_version": "1.7.24", "containerd_config_extra": extra}), base)
+        resolve("node1", {"containerd_version": "1.7.24", "containerd_config_extra": extra}), base
+    )
     assert "SystemdCgroup = false" in desired_config(
-        resolve("node1", {"containerd_version": "1.7.24", "containerd_systemd_cgroup": False}), base)
+        resolve("node1", {"containerd_version": "1.7.24", "containerd_systemd_cgroup": False}), base
+    )
 
 
 def test_cri_is_taken_out_of_disabled_plugins():

@@ -1,8 +1,18 @@
 from tests.conformance.inventory import accept_new_wrapper, host_specs, select, ssh_config
 
 HOSTS = [
-    ("node1", ["local_nodes"], {"ssh_hostname": "127.0.0.1", "ssh_port": 2201, "ssh_user": "root",
-                                "ssh_key": "/keys/id", "ssh_known_hosts_file": "/kh", "ssh_strict_host_key_checking": "yes"}),
+    (
+        "node1",
+        ["local_nodes"],
+        {
+            "ssh_hostname": "127.0.0.1",
+            "ssh_port": 2201,
+            "ssh_user": "root",
+            "ssh_key": "/keys/id",
+            "ssh_known_hosts_file": "/kh",
+            "ssh_strict_host_key_checking": "yes",
+        },
+    ),
     ("worker-arm-1.example.com", ["k8s_workers"], {"ssh_user": "admin", "_sudo": True}),
 ]
 
@@ -10,7 +20,10 @@ HOSTS = [
 def test_each_host_becomes_an_openssh_entry_with_its_ssh_data():
     text = ssh_config(HOSTS, "/tmp/conformance-ssh-x1y2")
     assert "Host node1\n  HostName 127.0.0.1\n  Port 2201\n  User root\n  IdentityFile /keys/id\n" in text
-    assert "  UserKnownHostsFile /kh\n  IdentitiesOnly yes\n  StrictHostKeyChecking yes\n  ControlMaster auto\n" in text
+    assert (
+        "  UserKnownHostsFile /kh\n  IdentitiesOnly yes\n  StrictHostKeyChecking yes\n  ControlMaster auto\n"
+        in text
+    )
     assert "Host worker-arm-1.example.com\n  HostName worker-arm-1.example.com\n  User admin\n" in text
     assert host_specs(HOSTS) == ["ssh://node1", "ssh://worker-arm-1.example.com?sudo=true"]
     # Regression: sockets were /tmp/conformance-ssh-%C, a name another local user could take first.
@@ -37,7 +50,10 @@ def test_the_harness_keeps_its_ssh_sockets_in_a_private_directory(tmp_path, monk
 def test_accepting_new_host_keys_is_opt_in():
     assert "accept-new" not in ssh_config(HOSTS, "/d")
     assert ssh_config(HOSTS, "/d", accept_new_host_keys=True).count("StrictHostKeyChecking accept-new") == 2
-    assert accept_new_wrapper("/my/config") == "Host *\n  StrictHostKeyChecking accept-new\n\nInclude /my/config\n"
+    assert (
+        accept_new_wrapper("/my/config")
+        == "Host *\n  StrictHostKeyChecking accept-new\n\nInclude /my/config\n"
+    )
 
 
 def test_limit_by_name_group_or_glob():

@@ -20,29 +20,42 @@ Authorization = "Basic c2VjcmV0LXZhbHVl"
 PREFIX = 'failed to pull and unpack image "{ref}": failed to resolve reference "{ref}": '
 ERRORS = {
     "401 Unauthorized:": "pull access denied, repository does not exist or may require authorization: "
-                         "authorization failed: no basic auth credentials",
+    "authorization failed: no basic auth credentials",
     "TLS verification failed:": 'failed to do request: Head "https://10.0.2.2:60893/v2/library/nginx/manifests/alpine'
-                                '?ns=x": tls: failed to verify certificate: x509: certificate signed by unknown authority',
+    '?ns=x": tls: failed to verify certificate: x509: certificate signed by unknown authority',
     "mirror down:": 'failed to do request: Head "https://10.0.2.2:38971/v2/library/nginx/manifests/alpine?ns=x": '
-                    "dial tcp 10.0.2.2:38971: connect: connection refused",
+    "dial tcp 10.0.2.2:38971: connect: connection refused",
     "not found:": "docker.io/library/nginx:nope: not found",
 }
 
 
-@pytest.mark.parametrize(("reference", "registry"), [
-    ("nginx", "docker.io"), ("library/nginx:1.27", "docker.io"), ("docker.io/library/nginx:alpine", "docker.io"),
-    ("registry.k8s.io/pause:3.10", "registry.k8s.io"), ("10.0.2.2:5000/x/y:z", "10.0.2.2:5000"),
-    ("localhost/containerd-deploy/pause:conformance", "localhost"), ("someuser/app:v1", "docker.io"),
-])
+@pytest.mark.parametrize(
+    ("reference", "registry"),
+    [
+        ("nginx", "docker.io"),
+        ("library/nginx:1.27", "docker.io"),
+        ("docker.io/library/nginx:alpine", "docker.io"),
+        ("registry.k8s.io/pause:3.10", "registry.k8s.io"),
+        ("10.0.2.2:5000/x/y:z", "10.0.2.2:5000"),
+        ("localhost/containerd-deploy/pause:conformance", "localhost"),
+        ("someuser/app:v1", "docker.io"),
+    ],
+)
 def test_the_registry_of_a_reference_is_the_one_containerd_routes_by(reference, registry):
     assert registry_of(reference) == registry
 
 
 def test_the_route_is_the_registrys_own_hosts_toml_then_default_then_the_registry_itself():
-    own = route("docker.io", "/etc/containerd/certs.d", {"docker.io": HOSTS_TOML, "_default": "server = 'https://d'"})
+    own = route(
+        "docker.io", "/etc/containerd/certs.d", {"docker.io": HOSTS_TOML, "_default": "server = 'https://d'"}
+    )
     assert own == Route("docker.io", "/etc/containerd/certs.d/docker.io/hosts.toml", [TLS], TLS)
     fallback = route("quay.io", "/c", {"_default": f'[host."{TLS}"]\n'})
-    assert fallback.hosts_file == "/c/_default/hosts.toml" and fallback.mirrors == [TLS] and fallback.server == ""
+    assert (
+        fallback.hosts_file == "/c/_default/hosts.toml"
+        and fallback.mirrors == [TLS]
+        and fallback.server == ""
+    )
     nothing = route("quay.io", "/c", {})
     assert nothing.hosts_file is None and nothing.server == "https://quay.io"
     assert route("docker.io", "/c", {}).server == "https://registry-1.docker.io"
@@ -52,10 +65,16 @@ def test_the_route_is_the_registrys_own_hosts_toml_then_default_then_the_registr
 @pytest.mark.parametrize("reason", sorted(ERRORS))
 def test_each_failure_kind_has_its_own_reason_and_fix(reason):
     reference = "mirror.example/library/nginx:alpine"
-    message = explain_failure(reference, route("mirror.example", "/c", {"mirror.example": HOSTS_TOML}),
-                              PREFIX.format(ref=reference) + ERRORS[reason])
+    message = explain_failure(
+        reference,
+        route("mirror.example", "/c", {"mirror.example": HOSTS_TOML}),
+        PREFIX.format(ref=reference) + ERRORS[reason],
+    )
     assert message.startswith(reason)
-    assert f"expected {reference} to pull through /c/mirror.example/hosts.toml: {TLS} -> {TLS} (server)" in message
+    assert (
+        f"expected {reference} to pull through /c/mirror.example/hosts.toml: {TLS} -> {TLS} (server)"
+        in message
+    )
     assert "Fix: " in message
     others = [other for other in ERRORS if other != reason]
     assert not any(message.startswith(other) for other in others)
@@ -64,15 +83,20 @@ def test_each_failure_kind_has_its_own_reason_and_fix(reason):
 
 def test_a_registry_without_hosts_toml_is_no_route_whatever_the_network_said():
     reference = "10.0.2.2:39829/library/nginx:alpine"
-    message = explain_failure(reference, route("10.0.2.2:39829", "/c", {}), PREFIX.format(ref=reference)
-                              + "dial tcp 10.0.2.2:39829: connect: connection refused")
+    message = explain_failure(
+        reference,
+        route("10.0.2.2:39829", "/c", {}),
+        PREFIX.format(ref=reference) + "dial tcp 10.0.2.2:39829: connect: connection refused",
+    )
     assert message.startswith("no route: 10.0.2.2:39829 has no hosts.toml")
     assert "went to https://10.0.2.2:39829 itself" in message
     assert "Fix: add '10.0.2.2:39829' with a mirror" in message
 
 
 def test_an_unknown_error_is_shown_with_the_route_not_hidden():
-    message = explain_failure("a.example/b:c", route("a.example", "/c", {"a.example": HOSTS_TOML}), "something odd")
+    message = explain_failure(
+        "a.example/b:c", route("a.example", "/c", {"a.example": HOSTS_TOML}), "something odd"
+    )
     assert message.startswith("the pull failed:") and "something odd" in message and TLS in message
 
 

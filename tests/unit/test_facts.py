@@ -19,17 +19,22 @@ def test_ctr_version_client_and_server():
 
 
 def test_ctr_version_without_a_daemon():
-    lines = CTR_VERSION[:4] + ["ctr: failed to dial \"/run/containerd/containerd.sock\": context deadline exceeded"]
+    lines = CTR_VERSION[:4] + [
+        'ctr: failed to dial "/run/containerd/containerd.sock": context deadline exceeded'
+    ]
     assert parse_ctr_version(lines) == ("v1.7.11", None)
 
 
 def test_node_state_sections():
-    config = '# mine\n\nversion = 2\n'
+    config = "# mine\n\nversion = 2\n"
     output = [
         f"{SECTION}machine x86_64",
         f"{SECTION}systemd",
         f"{SECTION}manifest containerd.manifest",
-        "component containerd", "version 1.7.11", "sha256 " + "a" * 64, "url http://m/c.tar.gz",
+        "component containerd",
+        "version 1.7.11",
+        "sha256 " + "a" * 64,
+        "url http://m/c.tar.gz",
         "file /usr/local/bin/containerd " + "b" * 64,
         "file /usr/local/bin/ctr " + "c" * 64,
         f"{SECTION}actual containerd.manifest",
@@ -39,8 +44,12 @@ def test_node_state_sections():
         f"{SECTION}config",
         base64.b64encode(config.encode()).decode(),
         f"{SECTION}service",
-        "MainPID=482", "ActiveState=active", "UnitFileState=enabled", "NeedDaemonReload=no",
-        f"{SECTION}ctr", *CTR_VERSION,
+        "MainPID=482",
+        "ActiveState=active",
+        "UnitFileState=enabled",
+        "NeedDaemonReload=no",
+        f"{SECTION}ctr",
+        *CTR_VERSION,
         f"{SECTION}default",
     ]
     state = parse_node_state(output)
@@ -59,8 +68,19 @@ def test_node_state_sections():
 
 
 def test_a_bare_node():
-    state = parse_node_state([f"{SECTION}machine aarch64", f"{SECTION}unit", f"{SECTION}config", f"{SECTION}service",
-                              "MainPID=0", "ActiveState=inactive", "UnitFileState=", f"{SECTION}ctr", f"{SECTION}default"])
+    state = parse_node_state(
+        [
+            f"{SECTION}machine aarch64",
+            f"{SECTION}unit",
+            f"{SECTION}config",
+            f"{SECTION}service",
+            "MainPID=0",
+            "ActiveState=inactive",
+            "UnitFileState=",
+            f"{SECTION}ctr",
+            f"{SECTION}default",
+        ]
+    )
     assert state.machine == "aarch64" and not state.systemd
     assert state.manifests == {} and state.unit_sha256 is None and state.config_text is None
     assert (state.main_pid, state.active, state.enabled) == (0, False, False)
@@ -69,14 +89,26 @@ def test_a_bare_node():
 def test_node_state_reads_the_daemon_process_and_the_files_it_loaded():
     from tasks.facts import newer_than_daemon
 
-    output = [f"{SECTION}machine x86_64", f"{SECTION}service", "MainPID=482", "ActiveState=active",
-              "NeedDaemonReload=yes", f"{SECTION}exe", "/usr/local/bin/containerd (deleted)",
-              f"{SECTION}started", "1000.25", f"{SECTION}mtimes", "990 /etc/containerd/config.toml",
-              "1003 /etc/systemd/system/containerd.service"]
+    output = [
+        f"{SECTION}machine x86_64",
+        f"{SECTION}service",
+        "MainPID=482",
+        "ActiveState=active",
+        "NeedDaemonReload=yes",
+        f"{SECTION}exe",
+        "/usr/local/bin/containerd (deleted)",
+        f"{SECTION}started",
+        "1000.25",
+        f"{SECTION}mtimes",
+        "990 /etc/containerd/config.toml",
+        "1003 /etc/systemd/system/containerd.service",
+    ]
     state = parse_node_state(output)
     assert state.need_daemon_reload and state.exe.endswith(" (deleted)") and state.started == 1000.25
     loaded = ("/etc/containerd/config.toml", "/etc/systemd/system/containerd.service", "/absent")
-    assert newer_than_daemon(state.started, state.mtimes, loaded) == ["/etc/systemd/system/containerd.service"]
+    assert newer_than_daemon(state.started, state.mtimes, loaded) == [
+        "/etc/systemd/system/containerd.service"
+    ]
     # Within the clock's resolution of the start: not stale (the deploy writes, then restarts).
     assert newer_than_daemon(1000.25, {"/c": 1001}, ("/c",)) == []
     assert newer_than_daemon(None, {"/c": 5000}, ("/c",)) == [], "no daemon, nothing stale"
@@ -97,12 +129,17 @@ def test_the_lock_holder_stops_what_a_dead_run_left_behind():
     connection = f"127.0.0.1 {os.getpid()} 10.0.2.15 22"
     environment = {**os.environ, "SSH_CONNECTION": connection}
     leftover = subprocess.Popen(["setsid", "sleep", "300"], env=environment)
-    other_run = subprocess.Popen(["setsid", "sleep", "300"], env={**environment, "SSH_CONNECTION": connection + "0"})
+    other_run = subprocess.Popen(
+        ["setsid", "sleep", "300"], env={**environment, "SSH_CONNECTION": connection + "0"}
+    )
     try:
         started = time.monotonic()
         # The holder inherits the run's SSH_CONNECTION too, as on a node.
-        holder = subprocess.run(["setsid", "sh", "-c", LOCK_HOLDER, "lock-holder", str(gone.pid), connection],
-                                env=environment, timeout=30)
+        holder = subprocess.run(
+            ["setsid", "sh", "-c", LOCK_HOLDER, "lock-holder", str(gone.pid), connection],
+            env=environment,
+            timeout=30,
+        )
         assert holder.returncode == 0
         assert leftover.wait(timeout=5) == -15, "the leftover got SIGTERM"
         assert time.monotonic() - started < 5
@@ -111,17 +148,42 @@ def test_the_lock_holder_stops_what_a_dead_run_left_behind():
         leftover.kill()
         other_run.kill()
     # Without an SSH_CONNECTION (not run through sshd) it only waits for the connection.
-    assert subprocess.run(["sh", "-c", LOCK_HOLDER, "lock-holder", str(gone.pid), ""], timeout=5).returncode == 0
+    assert (
+        subprocess.run(["sh", "-c", LOCK_HOLDER, "lock-holder", str(gone.pid), ""], timeout=5).returncode == 0
+    )
 
 
 def test_a_process_start_from_its_proc_stat_line_and_the_boot_time():
     from tasks.facts import process_start
 
     # Field 22 (starttime, in ticks of 1/100 s) follows a command name that may hold ") ".
-    fields = ["S", "1", "482", "482", "0", "-1", "4194560", "0", "0", "0", "0", "5", "3", "0", "0", "20", "0", "12",
-              "0", "123456"]
+    fields = [
+        "S",
+        "1",
+        "482",
+        "482",
+        "0",
+        "-1",
+        "4194560",
+        "0",
+        "0",
+        "0",
+        "0",
+        "5",
+        "3",
+        "0",
+        "0",
+        "20",
+        "0",
+        "12",
+        "0",
+        "123456",
+    ]
     assert fields[19] == "123456"
-    assert process_start([f"stat 482 (conta) inerd) {' '.join(fields)} 99 100", "btime 1700000000"]) == 1700001234.56
+    assert (
+        process_start([f"stat 482 (conta) inerd) {' '.join(fields)} 99 100", "btime 1700000000"])
+        == 1700001234.56
+    )
     assert process_start(["1000.25"]) == 1000.25, "as runs before printed it"
     assert process_start(["stat 482 (containerd) S 1"]) is None
     assert process_start([]) is None

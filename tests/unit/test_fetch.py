@@ -32,8 +32,10 @@ def test_a_tampered_file_is_never_cached(tmp_path):
     cache = tmp_path / "cache"
     with pytest.raises(FetchError) as error:
         ensure_cached(str(cache), artifact_at(source, "0" * 64))
-    assert str(error.value) == (f"checksum mismatch for file://{source}: expected sha256 {'0' * 64}, got "
-                                f"{hashlib.sha256(b'evil').hexdigest()}; nothing was cached or installed")
+    assert str(error.value) == (
+        f"checksum mismatch for file://{source}: expected sha256 {'0' * 64}, got "
+        f"{hashlib.sha256(b'evil').hexdigest()}; nothing was cached or installed"
+    )
     assert list(cache.iterdir()) == []
 
 
@@ -48,4 +50,7 @@ def test_a_corrupted_cache_entry_is_fetched_again(tmp_path):
 
 def test_an_unreachable_mirror_is_a_clear_error(tmp_path):
     with pytest.raises(FetchError, match=r"could not download file://.*/absent to the controller's cache"):
-        ensure_cached(str(tmp_path / "cache"), Artifact("runc", "1.1.11", "amd64", f"file://{tmp_path}/absent", "1" * 64))
+        ensure_cached(
+            str(tmp_path / "cache"),
+            Artifact("runc", "1.1.11", "amd64", f"file://{tmp_path}/absent", "1" * 64),
+        )

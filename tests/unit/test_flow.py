@@ -31,9 +31,14 @@ def test_a_converged_node_changes_nothing_and_keeps_its_daemon(monkeypatch, sett
 
 def test_a_fresh_node_gets_everything_and_a_started_daemon(monkeypatch, settings):
     changed = changed_names(prepare(monkeypatch, fresh()))
-    for expected in ("Fetch and verify release files", f"Install containerd {settings.containerd_version} into",
-                     "Install runc", "Write /etc/containerd/config.toml", "Install /etc/systemd/system/containerd.service",
-                     "Enable, start and check containerd"):
+    for expected in (
+        "Fetch and verify release files",
+        f"Install containerd {settings.containerd_version} into",
+        "Install runc",
+        "Write /etc/containerd/config.toml",
+        "Install /etc/systemd/system/containerd.service",
+        "Enable, start and check containerd",
+    ):
         assert any(expected in name for name in changed), (expected, changed)
     text = service_op(prepare(monkeypatch, fresh())).text()
     assert "systemctl enable" in text and RELOAD in text and RESTART in text
@@ -41,10 +46,14 @@ def test_a_fresh_node_gets_everything_and_a_started_daemon(monkeypatch, settings
 
 def test_config_drift_rewrites_the_config_and_restarts_once(monkeypatch, settings):
     node = converged(settings)
-    node = drifted(node, config_text=node.config_text.replace("SystemdCgroup = true", "SystemdCgroup = false"))
+    node = drifted(
+        node, config_text=node.config_text.replace("SystemdCgroup = true", "SystemdCgroup = false")
+    )
     prepared = prepare(monkeypatch, node)
-    assert changed_names(prepared) == ["Configure containerd | Write /etc/containerd/config.toml",
-                                       "Run containerd | Enable, start and check containerd"]
+    assert changed_names(prepared) == [
+        "Configure containerd | Write /etc/containerd/config.toml",
+        "Run containerd | Enable, start and check containerd",
+    ]
     text = service_op(prepared).text()
     assert text.count(RESTART) == 1 and RELOAD not in text and "systemctl enable" not in text
 
@@ -75,12 +84,17 @@ def test_a_changed_unit_is_reloaded_and_restarts(monkeypatch, settings):
 def test_a_registry_change_needs_no_restart(monkeypatch, settings):
     data = {"containerd_registries": {"docker.io": {"mirrors": [{"host": "https://mirror.internal"}]}}}
     prepared = prepare(monkeypatch, converged(settings), data)
-    assert changed_names(prepared) == ["Configure containerd | Write /etc/containerd/certs.d/docker.io/hosts.toml"]
+    assert changed_names(prepared) == [
+        "Configure containerd | Write /etc/containerd/certs.d/docker.io/hosts.toml"
+    ]
 
 
 def test_a_daemon_older_than_its_binary_is_restarted_with_nothing_else_changed(monkeypatch, settings):
-    for stale in ({"ctr_server": "1.6.0"}, {"exe": "/usr/local/bin/containerd (deleted)"},
-                  {"mtimes": {settings.containerd_config_path: 4e9}}):
+    for stale in (
+        {"ctr_server": "1.6.0"},
+        {"exe": "/usr/local/bin/containerd (deleted)"},
+        {"mtimes": {settings.containerd_config_path: 4e9}},
+    ):
         prepared = prepare(monkeypatch, drifted(converged(settings), **stale))
         assert changed_names(prepared) == ["Run containerd | Enable, start and check containerd"], stale
         assert RESTART in service_op(prepared).text(), stale
@@ -88,7 +102,9 @@ def test_a_daemon_older_than_its_binary_is_restarted_with_nothing_else_changed(m
 
 def test_a_stopped_converged_node_is_started_not_restarted(monkeypatch, settings):
     node = converged(settings)
-    prepared = prepare(monkeypatch, drifted(node, service={**node.service, "ActiveState": "inactive", "MainPID": "0"}))
+    prepared = prepare(
+        monkeypatch, drifted(node, service={**node.service, "ActiveState": "inactive", "MainPID": "0"})
+    )
     text = service_op(prepared).text()
     assert START in text and RESTART not in text
 
@@ -110,25 +126,32 @@ def test_a_proxy_drop_in_left_from_earlier_data_is_removed_and_restarts(monkeypa
 
 
 @pytest.mark.parametrize("driver, refused", [("cgroupfs", True), ("systemd", False)])
-def test_a_kubelet_on_another_cgroup_driver_stops_the_flow_before_any_operation(monkeypatch, settings, driver, refused):
+def test_a_kubelet_on_another_cgroup_driver_stops_the_flow_before_any_operation(
+    monkeypatch, settings, driver, refused
+):
     node = drifted(converged(settings), kubelet_config=KUBELET.format(driver))
     if not refused:
         assert changed_names(prepare(monkeypatch, node)) == []
         return
-    with pytest.raises(DeployError, match="the kubelet's cgroupDriver is cgroupfs .*'containerd_systemd_cgroup'"):
+    with pytest.raises(
+        DeployError, match="the kubelet's cgroupDriver is cgroupfs .*'containerd_systemd_cgroup'"
+    ):
         prepare(monkeypatch, node)
 
 
 def test_another_run_holding_the_node_stops_the_flow(monkeypatch, settings):
     node = drifted(converged(settings), lock="busy controller ci pid 4242 since 12:00")
-    with pytest.raises(DeployError, match=r"another containerd-deploy run holds this node \(controller ci pid 4242"):
+    with pytest.raises(
+        DeployError, match=r"another containerd-deploy run holds this node \(controller ci pid 4242"
+    ):
         prepare(monkeypatch, node)
-
 
 
 def test_diff_shows_the_config_change_and_says_restart(monkeypatch, caplog, settings):
     node = converged(settings)
-    node = drifted(node, config_text=node.config_text.replace("SystemdCgroup = true", "SystemdCgroup = false"))
+    node = drifted(
+        node, config_text=node.config_text.replace("SystemdCgroup = true", "SystemdCgroup = false")
+    )
     with caplog.at_level("INFO"):
         prepare(monkeypatch, node, diff=True)
     log = caplog.text
@@ -140,20 +163,35 @@ def test_diff_shows_the_config_change_and_says_restart(monkeypatch, caplog, sett
 def test_diff_of_the_unit_reads_it_from_the_node_and_says_reload_and_restart(monkeypatch, caplog, settings):
     node = drifted(converged(settings), unit_sha256="0" * 64)
     with caplog.at_level("INFO"):
-        prepare(monkeypatch, node, diff=True, files={settings.containerd_unit_path: "[Service]\nExecStart=/old/containerd\n"})
+        prepare(
+            monkeypatch,
+            node,
+            diff=True,
+            files={settings.containerd_unit_path: "[Service]\nExecStart=/old/containerd\n"},
+        )
     assert "Will modify /etc/systemd/system/containerd.service" in caplog.text
     assert "ExecStart=/old/containerd" in caplog.text and "ExecStart=/usr/local/bin/containerd" in caplog.text
-    assert "Will restart containerd.service (something it loads at start changed) after a systemd daemon-reload" in caplog.text
+    assert (
+        "Will restart containerd.service (something it loads at start changed) after a systemd daemon-reload"
+        in caplog.text
+    )
 
 
 def test_diff_never_shows_credentials_and_says_no_restart_for_registries(monkeypatch, caplog, settings):
     secret = "Basic c3VwZXItc2VjcmV0"
-    data = {"containerd_registries": {"docker.io": {"mirrors": [{"host": "https://m.internal", "headers": {"Authorization": secret}}]}},
-            "containerd_config_extra": {"plugins": {"example": {"password": "hunter2", "token": "t0ken"}}}}
+    data = {
+        "containerd_registries": {
+            "docker.io": {"mirrors": [{"host": "https://m.internal", "headers": {"Authorization": secret}}]}
+        },
+        "containerd_config_extra": {"plugins": {"example": {"password": "hunter2", "token": "t0ken"}}},
+    }
     with caplog.at_level("INFO"):
         prepare(monkeypatch, converged(settings), data, diff=True)
     log = caplog.text
-    assert "Will create /etc/containerd/certs.d/docker.io/hosts.toml (contents not shown: it holds credentials)" in log
+    assert (
+        "Will create /etc/containerd/certs.d/docker.io/hosts.toml (contents not shown: it holds credentials)"
+        in log
+    )
     assert secret not in log and "c3VwZXItc2VjcmV0" not in log
     assert "hunter2" not in log and "t0ken" not in log and 'password = "***"' in log
     assert "Will restart containerd.service" in log  # config_extra changed config.toml

@@ -32,17 +32,73 @@ from tasks.values import DataError, is_system_tree
 from .operations import commands, run_commands, shell_text
 from .test_scripts import tarball
 
-PIECES = [" ", "  ", "'", '"', "$(touch pwned)", "`touch pwned`", "$HOME", "\n", "\r", "\0", "\t", "-", "--x",
-          "..", ".", "/", "//", "%", "%H", "%40", "\\", "\\n", ";", "&", "|", "*", "?", "~", ":", "@", "#", "=",
-          "١٢", "٣", "é", "ß", "a", "bin", "x" * 300, "0", "9", "{", "}", "{mirror}", "[", "]"]
+PIECES = [
+    " ",
+    "  ",
+    "'",
+    '"',
+    "$(touch pwned)",
+    "`touch pwned`",
+    "$HOME",
+    "\n",
+    "\r",
+    "\0",
+    "\t",
+    "-",
+    "--x",
+    "..",
+    ".",
+    "/",
+    "//",
+    "%",
+    "%H",
+    "%40",
+    "\\",
+    "\\n",
+    ";",
+    "&",
+    "|",
+    "*",
+    "?",
+    "~",
+    ":",
+    "@",
+    "#",
+    "=",
+    "١٢",
+    "٣",
+    "é",
+    "ß",
+    "a",
+    "bin",
+    "x" * 300,
+    "0",
+    "9",
+    "{",
+    "}",
+    "{mirror}",
+    "[",
+    "]",
+]
 hostile = st.lists(st.one_of(st.sampled_from(PIECES), st.text(max_size=4)), max_size=7).map("".join)
 long_text = st.text(min_size=2000, max_size=6000)
 
-PATH_KEYS = ["containerd_bin_dir", "runc_path", "cni_bin_dir", "containerd_config_path", "containerd_unit_path",
-             "containerd_deploy_state_dir", "containerd_staging_dir", "containerd_registry_config_path"]
+PATH_KEYS = [
+    "containerd_bin_dir",
+    "runc_path",
+    "cni_bin_dir",
+    "containerd_config_path",
+    "containerd_unit_path",
+    "containerd_deploy_state_dir",
+    "containerd_staging_dir",
+    "containerd_registry_config_path",
+]
 EXAMPLES = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-RUN_EXAMPLES = settings(max_examples=40, deadline=None,
-                        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+RUN_EXAMPLES = settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 
 
 def refused_properly(error: DataError, key: str) -> None:
@@ -60,7 +116,9 @@ def accept(key: str, value):
 
 
 def no_control(text: str) -> bool:
-    return not any(ord(char) < 32 or 127 <= ord(char) < 160 or (char.isspace() and char != " ") for char in text)
+    return not any(
+        ord(char) < 32 or 127 <= ord(char) < 160 or (char.isspace() and char != " ") for char in text
+    )
 
 
 @EXAMPLES
@@ -101,18 +159,34 @@ def test_install_manifest_rerun_and_removal_hold_for_any_accepted_directory(tmp_
         return
     bin_dir = settings_.containerd_bin_dir
     mirror = root / "mirror.tar.gz"
-    artifact = Artifact("containerd", "1.7.11", "amd64", f"file://{mirror}",
-                        tarball(mirror, {"containerd": b"daemon", "ctr": b"client"}))
+    artifact = Artifact(
+        "containerd",
+        "1.7.11",
+        "amd64",
+        f"file://{mirror}",
+        tarball(mirror, {"containerd": b"daemon", "ctr": b"client"}),
+    )
     state_dir, staging = str(root / "state"), str(root / "staging")
-    result = subprocess.run(["sh", "-c", install_artifact_script(artifact, bin_dir, staging, state_dir)],
-                            capture_output=True, text=True, cwd=root)
+    result = subprocess.run(
+        ["sh", "-c", install_artifact_script(artifact, bin_dir, staging, state_dir)],
+        capture_output=True,
+        text=True,
+        cwd=root,
+    )
     assert result.returncode == 0, result.stderr
     assert Path(bin_dir, "containerd").read_bytes() == b"daemon"
-    facts = subprocess.run(["sh", "-c", node_state_command(bin_dir, str(root / "config.toml"), str(root / "unit"),
-                                                           state_dir)], capture_output=True, text=True, cwd=root)
+    facts = subprocess.run(
+        ["sh", "-c", node_state_command(bin_dir, str(root / "config.toml"), str(root / "unit"), state_dir)],
+        capture_output=True,
+        text=True,
+        cwd=root,
+    )
     manifest = parse_node_state(facts.stdout.splitlines()).manifests["containerd"]
     assert artifact_is_installed(manifest, artifact, bin_dir), "a rerun would reinstall and restart"
-    assert subprocess.run(["sh", "-c", remove_artifact_script("containerd", state_dir)], cwd=root).returncode == 0
+    assert (
+        subprocess.run(["sh", "-c", remove_artifact_script("containerd", state_dir)], cwd=root).returncode
+        == 0
+    )
     assert not Path(bin_dir, "containerd").exists() and not Path(bin_dir, "ctr").exists()
     assert not (root / "pwned").exists()
 
@@ -183,13 +257,16 @@ def systemd_values(dropin: str) -> list[str]:
     values = []
     for line in dropin.splitlines():
         if line.startswith("Environment="):
-            values += [without_specifiers(word) for word in shlex.split(line[len("Environment="):])]
+            values += [without_specifiers(word) for word in shlex.split(line[len("Environment=") :])]
     return values
 
 
 @EXAMPLES
-@given(key=st.sampled_from(["containerd_http_proxy", "containerd_https_proxy", "containerd_no_proxy"]),
-       password=hostile, tail=hostile)
+@given(
+    key=st.sampled_from(["containerd_http_proxy", "containerd_https_proxy", "containerd_no_proxy"]),
+    password=hostile,
+    tail=hostile,
+)
 def test_proxy_values_reach_the_drop_in_exactly(key, password, tail):
     """Regression: `%` in a percent-encoded password made systemd drop the variable, `%H` was
     expanded."""
@@ -202,7 +279,11 @@ def test_proxy_values_reach_the_drop_in_exactly(key, password, tail):
 
 
 @EXAMPLES
-@given(value=st.one_of(hostile, st.integers(), st.sampled_from(["1024:512", "١٠٢٤", "0", "infinity:1", "1:infinity"])))
+@given(
+    value=st.one_of(
+        hostile, st.integers(), st.sampled_from(["1024:512", "١٠٢٤", "0", "infinity:1", "1:infinity"])
+    )
+)
 def test_limit_nofile_is_refused_or_a_valid_systemd_limit(value):
     """Regression: non-ASCII digits and soft > hard passed."""
     settings_ = accept("containerd_limit_nofile", value)
@@ -212,13 +293,16 @@ def test_limit_nofile_is_refused_or_a_valid_systemd_limit(value):
     numbers = [float("inf") if part == "infinity" else int(part) for part in (soft, hard or soft)]
     assert all(part == "infinity" or (part.isascii() and part.isdigit()) for part in (soft, hard or soft))
     assert 0 < numbers[0] <= numbers[1]
-    assert f"LimitNOFILE={settings_.containerd_limit_nofile}\n" in unit_text("/usr/local/bin",
-                                                                          settings_.containerd_limit_nofile)
+    assert f"LimitNOFILE={settings_.containerd_limit_nofile}\n" in unit_text(
+        "/usr/local/bin", settings_.containerd_limit_nofile
+    )
 
 
 @EXAMPLES
-@given(key=st.sampled_from(["containerd_version", "runc_version", "cni_plugins_version", "crictl_version"]),
-       value=st.one_of(hostile, st.sampled_from(["١.٧.١١", "1.٧.11", "v1.7.11", "1.7.11\n"])))
+@given(
+    key=st.sampled_from(["containerd_version", "runc_version", "cni_plugins_version", "crictl_version"]),
+    value=st.one_of(hostile, st.sampled_from(["١.٧.١١", "1.٧.11", "v1.7.11", "1.7.11\n"])),
+)
 def test_versions_are_refused_or_ascii_releases(key, value):
     settings_ = accept(key, value)
     version = settings_ and getattr(settings_, key)
@@ -227,19 +311,34 @@ def test_versions_are_refused_or_ascii_releases(key, value):
 
 
 @EXAMPLES
-@given(key=st.sampled_from(["artifact_mirror", "containerd_download_url", "runc_download_url"]),
-       value=st.one_of(hostile, hostile.map(lambda tail: "https://mirror.internal/" + tail),
-                       hostile.map(lambda head: head + "https://m/x"),
-                       st.sampled_from(["-o/etc/passwd", "https://user:pw@m", "file:///srv", "ftp://m",
-                                        "{mirror}/{version.__class__}", "https://-x/", "https://m/a b"])))
+@given(
+    key=st.sampled_from(["artifact_mirror", "containerd_download_url", "runc_download_url"]),
+    value=st.one_of(
+        hostile,
+        hostile.map(lambda tail: "https://mirror.internal/" + tail),
+        hostile.map(lambda head: head + "https://m/x"),
+        st.sampled_from(
+            [
+                "-o/etc/passwd",
+                "https://user:pw@m",
+                "file:///srv",
+                "ftp://m",
+                "{mirror}/{version.__class__}",
+                "https://-x/",
+                "https://m/a b",
+            ]
+        ),
+    ),
+)
 def test_urls_are_refused_or_reach_curl_after_its_options(tmp_path_factory, key, value):
     """Regression: URLs were not validated and curl/wget got them without `--`: a value starting
     with `-` became an option."""
     settings_ = accept(key, value)
     if settings_ is None:
         return
-    url = (getattr(settings_, "containerd_download_url" if key == "artifact_mirror" else key)
-           .format(mirror=settings_.artifact_mirror, version="1.7.11", arch="amd64"))
+    url = getattr(settings_, "containerd_download_url" if key == "artifact_mirror" else key).format(
+        mirror=settings_.artifact_mirror, version="1.7.11", arch="amd64"
+    )
     assert url.split("://", 1)[0] in ("http", "https") and "@" not in url.split("/")[2]
     artifact = Artifact("containerd", "1.7.11", "amd64", url, "a" * 64)
     work = tmp_path_factory.mktemp("fetch")
@@ -248,9 +347,25 @@ def test_urls_are_refused_or_reach_curl_after_its_options(tmp_path_factory, key,
 
 
 @EXAMPLES
-@given(root=st.one_of(hostile.map(lambda tail: "/" + tail),
-                      st.sampled_from(["/", "/usr", "/run", "/var/lib", "/var/lib/../..", "/etc/containerd",
-                                       "/usr/local/bin", "/var/lib/containerd", "/data/containerd/", "//var"])))
+@given(
+    root=st.one_of(
+        hostile.map(lambda tail: "/" + tail),
+        st.sampled_from(
+            [
+                "/",
+                "/usr",
+                "/run",
+                "/var/lib",
+                "/var/lib/../..",
+                "/etc/containerd",
+                "/usr/local/bin",
+                "/var/lib/containerd",
+                "/data/containerd/",
+                "//var",
+            ]
+        ),
+    )
+)
 def test_purged_deletes_only_a_dedicated_directory(root):
     """Regression: `purged` deleted whatever root the config named: /usr, /run, a path with `..`."""
     deploy_paths = ("/usr/local/bin", "/usr/local/sbin/runc", "/etc/containerd", "/var/lib/containerd-deploy")
@@ -281,47 +396,102 @@ def test_free_text_keys_reach_config_toml_exactly(value):
 
 def test_every_data_key_is_covered_by_a_property_or_a_choice():
     """A new data key needs its hostile-value property here (or is a choice/bool/number)."""
-    covered = set(PATH_KEYS) | {"containerd_registries", "containerd_http_proxy", "containerd_https_proxy",
-                                "containerd_no_proxy", "containerd_limit_nofile", "containerd_version", "runc_version",
-                                "cni_plugins_version", "crictl_version", "artifact_mirror", "containerd_download_url",
-                                "runc_download_url", "containerd_sandbox_image"}
+    covered = set(PATH_KEYS) | {
+        "containerd_registries",
+        "containerd_http_proxy",
+        "containerd_https_proxy",
+        "containerd_no_proxy",
+        "containerd_limit_nofile",
+        "containerd_version",
+        "runc_version",
+        "cni_plugins_version",
+        "crictl_version",
+        "artifact_mirror",
+        "containerd_download_url",
+        "runc_download_url",
+        "containerd_sandbox_image",
+    }
     # Choices, booleans, numbers, checksums and structures with tests of their own.
-    others = {"containerd_state", "containerd_distro_package", "containerd_sha256", "runc_sha256",
-              "cni_plugins_sha256", "crictl_sha256", "cni_plugins_download_url", "crictl_download_url",
-              "artifact_source", "artifact_allow_file_urls", "artifact_cache_dir", "artifact_trust_mirror_checksums",
-              "containerd_config_base", "containerd_systemd_cgroup", "containerd_snapshotter",
-              "containerd_max_container_log_line_size", "containerd_oom_score", "containerd_runtimes",
-              "containerd_config_extra", "containerd_ready_timeout", "containerd_verify"}
+    others = {
+        "containerd_state",
+        "containerd_distro_package",
+        "containerd_sha256",
+        "runc_sha256",
+        "cni_plugins_sha256",
+        "crictl_sha256",
+        "cni_plugins_download_url",
+        "crictl_download_url",
+        "artifact_source",
+        "artifact_allow_file_urls",
+        "artifact_cache_dir",
+        "artifact_trust_mirror_checksums",
+        "containerd_config_base",
+        "containerd_systemd_cgroup",
+        "containerd_snapshotter",
+        "containerd_max_container_log_line_size",
+        "containerd_oom_score",
+        "containerd_runtimes",
+        "containerd_config_extra",
+        "containerd_ready_timeout",
+        "containerd_verify",
+    }
     assert covered | others == set(DEFAULTS)
 
 
 def test_hosts_toml_of_an_accepted_registry_parses_back():
     import tomlkit
 
-    settings_ = resolve("node1", {"containerd_registries": {"docker.io": {"mirrors": [
-        {"host": "https://mirror.internal", "headers": {"Authorization": 'Basic "q\\%'}}]}}})
+    settings_ = resolve(
+        "node1",
+        {
+            "containerd_registries": {
+                "docker.io": {
+                    "mirrors": [
+                        {"host": "https://mirror.internal", "headers": {"Authorization": 'Basic "q\\%'}}
+                    ]
+                }
+            }
+        },
+    )
     text = hosts_toml("docker.io", settings_.containerd_registries["docker.io"])
     assert tomlkit.parse(text)["host"]["https://mirror.internal"]["header"]["Authorization"] == 'Basic "q\\%'
 
 
 @pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="needs systemd-analyze")
-@pytest.mark.parametrize("bin_name, proxy, no_proxy, limit", [
-    ("my bin%x$y", 'http://u:p%40s"s\\@proxy:3128', "a,%H,.svc", "1024:2048"),
-    ("bin", "http://proxy:3128/%Z", "%%", "infinity"),
-])
+@pytest.mark.parametrize(
+    "bin_name, proxy, no_proxy, limit",
+    [
+        ("my bin%x$y", 'http://u:p%40s"s\\@proxy:3128', "a,%H,.svc", "1024:2048"),
+        ("bin", "http://proxy:3128/%Z", "%%", "infinity"),
+    ],
+)
 def test_systemd_reads_the_unit_and_drop_in_without_a_complaint(tmp_path, bin_name, proxy, no_proxy, limit):
     """What systemd itself says of the files the deploy writes from hostile values: a `%` it
     cannot resolve makes it drop the whole assignment, logged only."""
-    settings_ = resolve("node1", {"containerd_bin_dir": str(tmp_path / bin_name), "containerd_http_proxy": proxy,
-                                  "containerd_no_proxy": no_proxy, "containerd_limit_nofile": limit})
+    settings_ = resolve(
+        "node1",
+        {
+            "containerd_bin_dir": str(tmp_path / bin_name),
+            "containerd_http_proxy": proxy,
+            "containerd_no_proxy": no_proxy,
+            "containerd_limit_nofile": limit,
+        },
+    )
     (tmp_path / bin_name).mkdir()
     shutil.copy("/bin/true", tmp_path / bin_name / "containerd")
     units = tmp_path / "units"
     (units / "containerd.service.d").mkdir(parents=True)
-    (units / "containerd.service").write_text(unit_text(settings_.containerd_bin_dir, settings_.containerd_limit_nofile))
+    (units / "containerd.service").write_text(
+        unit_text(settings_.containerd_bin_dir, settings_.containerd_limit_nofile)
+    )
     (units / "containerd.service.d" / "http-proxy.conf").write_text(proxy_dropin_text(settings_))
-    result = subprocess.run(["systemd-analyze", "verify", "containerd.service"], capture_output=True, text=True,
-                            cwd=units, env={**os.environ, "SYSTEMD_UNIT_PATH": f"{units}:"})
+    result = subprocess.run(
+        ["systemd-analyze", "verify", "containerd.service"],
+        capture_output=True,
+        text=True,
+        cwd=units,
+        env={**os.environ, "SYSTEMD_UNIT_PATH": f"{units}:"},
+    )
     complaints = [line for line in (result.stdout + result.stderr).splitlines() if str(units) in line]
     assert complaints == []
     assert systemd_values(proxy_dropin_text(settings_))[0] == f"HTTP_PROXY={proxy}"
@@ -329,9 +499,11 @@ def test_systemd_reads_the_unit_and_drop_in_without_a_complaint(tmp_path, bin_na
 
 values = st.recursive(
     st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), hostile, long_text),
-    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.one_of(hostile, st.integers()), inner,
-                                                                          max_size=4)),
-    max_leaves=12)
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(st.one_of(hostile, st.integers()), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
 
 
 @EXAMPLES

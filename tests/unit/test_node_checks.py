@@ -19,17 +19,25 @@ DEBIAN = DistroPackage("dpkg", "containerd", "1.7.24~ds1-6+deb13u1", "/usr/bin/c
 
 
 def node_with(*sections: str):
-    return parse_node_state([f"{SECTION}machine x86_64", f"{SECTION}kernel Linux", f"{SECTION}systemd", *sections])
+    return parse_node_state(
+        [f"{SECTION}machine x86_64", f"{SECTION}kernel Linux", f"{SECTION}systemd", *sections]
+    )
 
 
 def test_the_fact_reads_a_kubelet_config_and_distro_packages():
     config = KUBELET.format("cgroupfs")
-    state = node_with(f"{SECTION}kubelet", base64.b64encode(config.encode()).decode(), f"{SECTION}packages",
-                      "dpkg containerd 1.7.24~ds1-6+deb13u1 /usr/bin/containerd",
-                      "rpm containerd.io 1.7.27-3.1.el9 /usr/bin/containerd")
+    state = node_with(
+        f"{SECTION}kubelet",
+        base64.b64encode(config.encode()).decode(),
+        f"{SECTION}packages",
+        "dpkg containerd 1.7.24~ds1-6+deb13u1 /usr/bin/containerd",
+        "rpm containerd.io 1.7.27-3.1.el9 /usr/bin/containerd",
+    )
     assert state.kubelet_config == config
-    assert state.distro_packages == [DEBIAN, DistroPackage("rpm", "containerd.io", "1.7.27-3.1.el9",
-                                                           "/usr/bin/containerd")]
+    assert state.distro_packages == [
+        DEBIAN,
+        DistroPackage("rpm", "containerd.io", "1.7.27-3.1.el9", "/usr/bin/containerd"),
+    ]
     bare = node_with(f"{SECTION}kubelet", f"{SECTION}packages")
     assert bare.kubelet_config is None and bare.distro_packages == []
 
@@ -45,13 +53,21 @@ def test_the_package_probe_names_the_owner_of_a_containerd_binary(tmp_path):
     /usr/bin/containerd: one line per owned binary, with the package's version."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    fake_tool(bin_dir, "dpkg-query", 'case "$1" in\n'
-              '  -S) [ "$2" = /usr/bin/containerd ] && echo "containerd:amd64: $2" && exit 0; exit 1;;\n'
-              '  -W) echo -n "1.7.24~ds1-6+deb13u1";;\n'
-              'esac\n')
-    script = "\n".join(distro_package_lines()).replace("[ -e \"$path\" ] || continue", ":")
-    result = subprocess.run(["sh", "-c", script], capture_output=True, text=True,
-                            env={**os.environ, "PATH": f"{bin_dir}:/usr/bin:/bin"})
+    fake_tool(
+        bin_dir,
+        "dpkg-query",
+        'case "$1" in\n'
+        '  -S) [ "$2" = /usr/bin/containerd ] && echo "containerd:amd64: $2" && exit 0; exit 1;;\n'
+        '  -W) echo -n "1.7.24~ds1-6+deb13u1";;\n'
+        "esac\n",
+    )
+    script = "\n".join(distro_package_lines()).replace('[ -e "$path" ] || continue', ":")
+    result = subprocess.run(
+        ["sh", "-c", script],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PATH": f"{bin_dir}:/usr/bin:/bin"},
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["dpkg containerd 1.7.24~ds1-6+deb13u1 /usr/bin/containerd"]
 
@@ -70,9 +86,15 @@ def test_a_host_that_is_not_linux_is_refused_by_name():
         check_supported(resolve("n1", {}), parse_node_state(["uname: not found"]))
 
 
-@pytest.mark.parametrize("kubelet, systemd_cgroup, refused", [
-    ("systemd", True, False), ("cgroupfs", False, False), ("cgroupfs", True, True), ("systemd", False, True),
-])
+@pytest.mark.parametrize(
+    "kubelet, systemd_cgroup, refused",
+    [
+        ("systemd", True, False),
+        ("cgroupfs", False, False),
+        ("cgroupfs", True, True),
+        ("systemd", False, True),
+    ],
+)
 def test_a_kubelet_on_another_cgroup_driver_is_refused(kubelet, systemd_cgroup, refused):
     config = KUBELET.format(kubelet)
     state = node_with(f"{SECTION}kubelet", base64.b64encode(config.encode()).decode())
@@ -95,13 +117,20 @@ def test_a_kubelet_config_without_a_driver_means_cgroupfs():
 
 
 def test_a_distro_containerd_is_refused_unless_the_operator_says_remove():
-    state = node_with(f"{SECTION}packages", "dpkg containerd 1.7.24~ds1-6+deb13u1 /usr/bin/containerd",
-                      f"{SECTION}service", "ActiveState=active", "MainPID=77")
+    state = node_with(
+        f"{SECTION}packages",
+        "dpkg containerd 1.7.24~ds1-6+deb13u1 /usr/bin/containerd",
+        f"{SECTION}service",
+        "ActiveState=active",
+        "MainPID=77",
+    )
     with pytest.raises(DeployError) as refusal:
         check_distro_package(resolve("n1", {}), state)
     message = str(refusal.value)
-    assert message.startswith("n1: a distribution package installs containerd here: containerd "
-                              "1.7.24~ds1-6+deb13u1 (dpkg, /usr/bin/containerd); containerd.service is running.")
+    assert message.startswith(
+        "n1: a distribution package installs containerd here: containerd "
+        "1.7.24~ds1-6+deb13u1 (dpkg, /usr/bin/containerd); containerd.service is running."
+    )
     assert "'containerd_distro_package' to 'remove'" in message
     check_distro_package(resolve("n1", {"containerd_distro_package": "remove"}), state)
     check_distro_package(resolve("n1", {}), node_with(f"{SECTION}packages"))
@@ -119,8 +148,14 @@ def test_a_run_that_could_not_take_the_lock_stops():
     from tasks.node import check_locked, check_not_busy
 
     settings = resolve("node1", {})
-    for lock in ("unavailable not run through sshd (nor by pyinfra on the node itself)", "unavailable flock is not installed", ""):
-        with pytest.raises(DeployError, match=r"^node1: could not take the node's run lock .*Fix: run over SSH"):
+    for lock in (
+        "unavailable not run through sshd (nor by pyinfra on the node itself)",
+        "unavailable flock is not installed",
+        "",
+    ):
+        with pytest.raises(
+            DeployError, match=r"^node1: could not take the node's run lock .*Fix: run over SSH"
+        ):
             check_locked(settings, node_with(f"{SECTION}lock", lock))
     with pytest.raises(DeployError, match="another containerd-deploy run holds this node"):
         check_not_busy(settings, node_with(f"{SECTION}lock", "busy controller c1 pid 7 since now"))
@@ -140,10 +175,15 @@ def test_a_run_on_the_node_itself_holds_the_lock_for_its_own_process(tmp_path):
     again = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=30)
     assert again.stdout.splitlines()[-1] == "held", "the same run asks again"
     other = "\n".join(node_lock_lines("controller other", anchor_pid=1)).replace(
-        "/run/containerd-deploy.lock", str(tmp_path / "lock"))
+        "/run/containerd-deploy.lock", str(tmp_path / "lock")
+    )
     busy = subprocess.run(["sh", "-c", other], capture_output=True, text=True, timeout=30)
-    assert busy.stdout.splitlines()[-1] == "unavailable not run through sshd (nor by pyinfra on the node itself)"
-    unanchored = "\n".join(node_lock_lines("controller x")).replace("/run/containerd-deploy.lock", str(tmp_path / "lock"))
+    assert (
+        busy.stdout.splitlines()[-1] == "unavailable not run through sshd (nor by pyinfra on the node itself)"
+    )
+    unanchored = "\n".join(node_lock_lines("controller x")).replace(
+        "/run/containerd-deploy.lock", str(tmp_path / "lock")
+    )
     result = subprocess.run(["setsid", "sh", "-c", unanchored], capture_output=True, text=True, timeout=30)
     assert result.stdout.splitlines()[-1].startswith("unavailable not run through sshd")
 
@@ -166,26 +206,31 @@ def test_every_hosts_data_is_checked_before_the_first_host_is_asked():
     check_inventory_data(connected(Inventory((["good"], {}))))
 
 
-@pytest.mark.parametrize("config, refused", [
-    ('root = "/usr"\n', "a directory of the operating system"),
-    ('state = "/run"\n', "a directory of the operating system"),
-    ('root = "/var/lib/../.."\n', "not a plain path"),
-    ('root = "/etc/containerd"\n', "which the deploy manages"),
-    ('root = "relative"\n', "not an absolute path"),
-    ('root = "/data/containerd"\nstate = "/run/containerd"\n', None),
-    (None, None),
-])
+@pytest.mark.parametrize(
+    "config, refused",
+    [
+        ('root = "/usr"\n', "a directory of the operating system"),
+        ('state = "/run"\n', "a directory of the operating system"),
+        ('root = "/var/lib/../.."\n', "not a plain path"),
+        ('root = "/etc/containerd"\n', "which the deploy manages"),
+        ('root = "relative"\n', "not an absolute path"),
+        ('root = "/data/containerd"\nstate = "/run/containerd"\n', None),
+        (None, None),
+    ],
+)
 def test_purged_refuses_a_root_or_state_that_is_not_containerds_own(config, refused):
     """Regression: purged deleted whatever root/state config.toml named (only / was refused)."""
     from tasks.reset import check_purge
     from tasks.values import DataError
 
-    node = node_with(*( [f"{SECTION}config", base64.b64encode(config.encode()).decode()] if config else []))
+    node = node_with(*([f"{SECTION}config", base64.b64encode(config.encode()).decode()] if config else []))
     settings = resolve("node1", {"containerd_state": "purged"})
     if refused is None:
         check_purge(settings, node)
         return
-    with pytest.raises(DataError, match=rf"^node1: data key 'containerd_state' is purged, .*{refused}.*Fix: set"):
+    with pytest.raises(
+        DataError, match=rf"^node1: data key 'containerd_state' is purged, .*{refused}.*Fix: set"
+    ):
         check_purge(settings, node)
     check_purge(resolve("node1", {"containerd_state": "absent"}), node)  # absent keeps the data: no refusal
 
@@ -195,17 +240,34 @@ def test_the_node_fact_finds_what_runs_cut_short_left_beside_the_deploys_files(t
     from tasks.facts import node_state_command
 
     certs, bins, sbin = tmp_path / "certs.d", tmp_path / "my bin", tmp_path / "sbin"
-    for directory in (certs / "docker.io", certs / "quay.io", bins, sbin, tmp_path / "state", tmp_path / "etc"):
+    for directory in (
+        certs / "docker.io",
+        certs / "quay.io",
+        bins,
+        sbin,
+        tmp_path / "state",
+        tmp_path / "etc",
+    ):
         directory.mkdir(parents=True)
-    leftovers = [certs / "docker.io" / ".hosts.toml.containerd-deploy-new", bins / ".containerd-deploy-new.4242",
-                 sbin / ".containerd-deploy-new.7", tmp_path / "etc" / ".config.toml.containerd-deploy-new",
-                 tmp_path / "state" / "runc.manifest.containerd-deploy-new"]
+    leftovers = [
+        certs / "docker.io" / ".hosts.toml.containerd-deploy-new",
+        bins / ".containerd-deploy-new.4242",
+        sbin / ".containerd-deploy-new.7",
+        tmp_path / "etc" / ".config.toml.containerd-deploy-new",
+        tmp_path / "state" / "runc.manifest.containerd-deploy-new",
+    ]
     for path in leftovers:
         path.mkdir() if "new." in path.name else path.write_text("x")
     (certs / "quay.io" / "hosts.toml").write_text("kept")
     (bins / "containerd").write_text("kept")
-    command = node_state_command(str(bins), str(tmp_path / "etc" / "config.toml"), str(tmp_path / "unit"),
-                                 str(tmp_path / "state"), certs_dir=str(certs), install_dirs=(str(sbin),))
+    command = node_state_command(
+        str(bins),
+        str(tmp_path / "etc" / "config.toml"),
+        str(tmp_path / "unit"),
+        str(tmp_path / "state"),
+        certs_dir=str(certs),
+        install_dirs=(str(sbin),),
+    )
     result = subprocess.run(["sh", "-c", command], capture_output=True, text=True)
     found = parse_node_state(result.stdout.splitlines()).hidden_leftovers
     assert sorted(found) == sorted(str(path) for path in leftovers)
@@ -218,14 +280,17 @@ def test_the_node_fact_asks_systemd_about_the_unit_the_deploy_installs(tmp_path)
 
     fake = tmp_path / "bin"
     fake.mkdir()
-    (fake / "systemctl").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path}/systemctl-calls\n"
-                                    "echo ActiveState=active; echo MainPID=0\n")
+    (fake / "systemctl").write_text(
+        f'#!/bin/sh\necho "$@" >> {tmp_path}/systemctl-calls\necho ActiveState=active; echo MainPID=0\n'
+    )
     (fake / "systemctl").chmod(0o755)
     unit = tmp_path / "etc" / "containerd-k8s.service"
-    command = node_state_command(str(tmp_path / "bin-none"), str(tmp_path / "config.toml"), str(unit),
-                                 str(tmp_path / "state"))
-    result = subprocess.run(["sh", "-c", command], capture_output=True, text=True,
-                            env={"PATH": f"{fake}:/usr/bin:/bin"})
+    command = node_state_command(
+        str(tmp_path / "bin-none"), str(tmp_path / "config.toml"), str(unit), str(tmp_path / "state")
+    )
+    result = subprocess.run(
+        ["sh", "-c", command], capture_output=True, text=True, env={"PATH": f"{fake}:/usr/bin:/bin"}
+    )
     calls = (tmp_path / "systemctl-calls").read_text()
     assert "show containerd-k8s.service " in calls, calls
     assert "containerd.service" not in calls
@@ -240,15 +305,21 @@ def test_through_sudo_the_lock_holder_learns_the_connection_from_the_login_shell
     sshd = tmp_path / "sshd"  # an ancestor named like OpenSSH's, as the lock lines look for
     sshd.write_bytes(open("/bin/dash", "rb").read())
     sshd.chmod(0o755)
-    lines = "\n".join(node_lock_lines("controller test")).replace("/run/containerd-deploy.lock", str(tmp_path / "lock"))
+    lines = "\n".join(node_lock_lines("controller test")).replace(
+        "/run/containerd-deploy.lock", str(tmp_path / "lock")
+    )
     # The holder's arguments, recorded instead of starting it.
     record = f"setsid() {{ shift 3; printf '%s\\n' \"$@\" > {tmp_path}/holder-args; }}\n"
     (tmp_path / "lock-lines").write_text(record + lines)
     connection = "192.0.2.7 50000 192.0.2.1 22"
     # sshd -> login shell (with SSH_CONNECTION) -> a command whose environment was reset (sudo's).
     login = f"env -u SSH_CONNECTION sh {tmp_path / 'lock-lines'}; true"
-    result = subprocess.run([str(sshd), "-c", f"env SSH_CONNECTION={shlex.quote(connection)} sh -c {shlex.quote(login)}; true"],
-                            capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [str(sshd), "-c", f"env SSH_CONNECTION={shlex.quote(connection)} sh -c {shlex.quote(login)}; true"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.stdout.splitlines()[-1] == "acquired", result.stdout + result.stderr
     name, _session, given = (tmp_path / "holder-args").read_text().splitlines()
     assert (name, given) == ("lock-holder", connection)
@@ -266,8 +337,14 @@ def test_the_flow_refuses_an_unsupported_host_before_saying_the_lock_was_unavail
     state = State(inventory, Config())
     host = inventory.get_host("node1")
     state.activate_host(host)
-    container = parse_node_state([f"{SECTION}machine x86_64", f"{SECTION}kernel Linux", f"{SECTION}lock",
-                                  "unavailable not run through sshd (nor by pyinfra on the node itself)"])
+    container = parse_node_state(
+        [
+            f"{SECTION}machine x86_64",
+            f"{SECTION}kernel Linux",
+            f"{SECTION}lock",
+            "unavailable not run through sshd (nor by pyinfra on the node itself)",
+        ]
+    )
     monkeypatch.setattr(flow, "gather", lambda settings: container)
     with ctx_state.use(state), ctx_host.use(host):
         with pytest.raises(DeployError, match="systemd is not running as PID 1"):

@@ -8,8 +8,15 @@ from io import StringIO
 import pytest
 
 from tasks.artifacts import Artifact
-from tasks.operations import (containerd_service, directory_absent, file_absent, file_content, leftovers_absent,
-                              release_files_fetched, service_absent)
+from tasks.operations import (
+    containerd_service,
+    directory_absent,
+    file_absent,
+    file_content,
+    leftovers_absent,
+    release_files_fetched,
+    service_absent,
+)
 
 from .operations import commands, run_commands, shell_text, uploads
 
@@ -19,7 +26,10 @@ HOSTILE = "/srv/a b;touch pwned/`id`$(id)'\"-x %H"
 def test_file_absent_passes_any_path_as_one_argument(tmp_path):
     yielded = commands(file_absent, path=HOSTILE, present=True, remove_empty_parent=True)
     calls = run_commands(tmp_path, [shell_text(c) for c in yielded], ("rm", "rmdir", "touch", "id"))
-    assert calls == [["rm", "-f", "--", HOSTILE], ["rmdir", "--ignore-fail-on-non-empty", "--", HOSTILE.rsplit("/", 1)[0]]]
+    assert calls == [
+        ["rm", "-f", "--", HOSTILE],
+        ["rmdir", "--ignore-fail-on-non-empty", "--", HOSTILE.rsplit("/", 1)[0]],
+    ]
 
 
 def test_file_absent_is_a_noop_for_an_absent_file():
@@ -29,7 +39,8 @@ def test_file_absent_is_a_noop_for_an_absent_file():
 def test_directory_absent_passes_any_path_as_one_argument(tmp_path):
     yielded = commands(directory_absent, path=HOSTILE, present=True, only_if_empty=True)
     assert run_commands(tmp_path, [shell_text(c) for c in yielded], ("rmdir", "touch", "id")) == [
-        ["rmdir", "--ignore-fail-on-non-empty", "--", HOSTILE]]
+        ["rmdir", "--ignore-fail-on-non-empty", "--", HOSTILE]
+    ]
 
 
 def test_service_absent_passes_the_unit_as_one_argument(tmp_path):
@@ -42,68 +53,111 @@ def test_leftovers_are_removed_each_as_one_argument(tmp_path):
     paths = [HOSTILE + "/.hosts.toml.containerd-deploy-new", "/usr/local/bin/.containerd-deploy-new.123"]
     yielded = commands(leftovers_absent, paths=paths)
     assert run_commands(tmp_path, [shell_text(c) for c in yielded], ("rm", "touch", "id")) == [
-        ["rm", "-rf", "--", path] for path in paths]
+        ["rm", "-rf", "--", path] for path in paths
+    ]
     assert commands(leftovers_absent, paths=[]) == []
 
 
 def test_a_file_with_the_wanted_content_is_left_alone():
     text = "version = 2\n"
-    assert commands(file_content, path="/etc/containerd/config.toml", content=text,
-                    current_sha256=hashlib.sha256(text.encode()).hexdigest()) == []
+    assert (
+        commands(
+            file_content,
+            path="/etc/containerd/config.toml",
+            content=text,
+            current_sha256=hashlib.sha256(text.encode()).hexdigest(),
+        )
+        == []
+    )
 
 
 def test_a_public_file_is_written_in_one_command():
-    (command,) = commands(file_content, path="/etc/containerd/config.toml", content="version = 2\n",
-                          current_sha256=None)
+    (command,) = commands(
+        file_content, path="/etc/containerd/config.toml", content="version = 2\n", current_sha256=None
+    )
     assert "base64 -d" in command and "chmod 644" in command
 
 
 def test_a_private_file_logged_in_as_root_is_uploaded_into_a_root_only_file():
-    yielded = commands(file_content, path="/etc/containerd/certs.d/docker.io/hosts.toml", content="secret",
-                       current_sha256=None, mode="600")
+    yielded = commands(
+        file_content,
+        path="/etc/containerd/certs.d/docker.io/hosts.toml",
+        content="secret",
+        current_sha256=None,
+        mode="600",
+    )
     assert "install -m 600 -o 0 -g 0 /dev/null" in yielded[0]
     (upload,) = uploads(yielded)
     assert upload.dest == "/etc/containerd/certs.d/docker.io/.hosts.toml.containerd-deploy-new"
     assert upload.remote_temp_filename is None
-    assert all("secret" not in shell_text(command) for command in yielded if not isinstance(command, type(upload)))
+    assert all(
+        "secret" not in shell_text(command) for command in yielded if not isinstance(command, type(upload))
+    )
     assert "mv -fT" in yielded[-1] and "chmod 600" in yielded[-1]
 
 
 def test_a_private_file_through_sudo_goes_via_a_directory_of_the_login_users_own():
     """Regression: through sudo, SFTP writes as the login user: the upload went straight into
     root's directory (PermissionError) and left the hidden copy behind."""
-    yielded = commands(file_content, {"_sudo": True}, path="/etc/containerd/certs.d/docker.io/hosts.toml",
-                       content="secret", current_sha256=None, mode="600")
+    yielded = commands(
+        file_content,
+        {"_sudo": True},
+        path="/etc/containerd/certs.d/docker.io/hosts.toml",
+        content="secret",
+        current_sha256=None,
+        mode="600",
+    )
     made = [c for c in yielded if getattr(c, "connector_arguments", {}).get("_sudo") is False]
     assert len(made) == 1 and shell_text(made[0]).startswith("mkdir -m 700 /tmp/containerd-deploy-upload.")
     via = shell_text(made[0]).split()[-1]
     (upload,) = uploads(yielded)
-    assert upload.remote_temp_filename.startswith(via + "/"), "the login user's copy stays in its 0700 directory"
-    assert upload.dest.endswith("/.hosts.toml.containerd-deploy-new"), "root copies it into the root-only file"
+    assert upload.remote_temp_filename.startswith(via + "/"), (
+        "the login user's copy stays in its 0700 directory"
+    )
+    assert upload.dest.endswith("/.hosts.toml.containerd-deploy-new"), (
+        "root copies it into the root-only file"
+    )
     assert f"rm -rf -- {via}" in yielded[-1]
     # Every run its own unguessable directory: no other user can prepare it.
-    again = commands(file_content, {"_sudo": True}, path="/x/hosts.toml", content="s", current_sha256=None, mode="600")
+    again = commands(
+        file_content, {"_sudo": True}, path="/x/hosts.toml", content="s", current_sha256=None, mode="600"
+    )
     assert via not in " ".join(shell_text(c) for c in again)
 
 
 def test_release_files_from_the_controller_through_sudo_reach_the_root_only_staging_directory(tmp_path):
     artifact = Artifact("runc", "1.1.11", "amd64", "https://mirror/runc.amd64", "a" * 64)
-    yielded = commands(release_files_fetched, {"_sudo": True}, artifacts=[artifact],
-                       staging_dir="/var/cache/containerd-deploy", cache_dir=str(tmp_path))
+    yielded = commands(
+        release_files_fetched,
+        {"_sudo": True},
+        artifacts=[artifact],
+        staging_dir="/var/cache/containerd-deploy",
+        cache_dir=str(tmp_path),
+    )
     texts = [shell_text(c) for c in yielded]
-    assert any('chmod 700 -- "$staging"' in text for text in texts), "staging is locked down before the upload"
+    assert any('chmod 700 -- "$staging"' in text for text in texts), (
+        "staging is locked down before the upload"
+    )
     (upload,) = uploads(yielded)
     assert upload.dest == "/var/cache/containerd-deploy/.fetched-runc"
     via = upload.remote_temp_filename.rsplit("/", 1)[0]
     assert via.startswith("/tmp/containerd-deploy-upload.") and texts[-1] == f"rm -rf -- {via}"
-    root = commands(release_files_fetched, artifacts=[artifact], staging_dir="/var/cache/containerd-deploy",
-                    cache_dir=str(tmp_path))
-    assert uploads(root)[0].remote_temp_filename is None and not any("rm -rf --" in shell_text(c) for c in root)
+    root = commands(
+        release_files_fetched,
+        artifacts=[artifact],
+        staging_dir="/var/cache/containerd-deploy",
+        cache_dir=str(tmp_path),
+    )
+    assert uploads(root)[0].remote_temp_filename is None and not any(
+        "rm -rf --" in shell_text(c) for c in root
+    )
 
 
 def test_node_side_fetch_is_one_command_and_nothing_to_fetch_is_a_noop():
     artifact = Artifact("runc", "1.1.11", "amd64", "https://mirror/runc.amd64", "a" * 64)
-    (script,) = commands(release_files_fetched, artifacts=[artifact], staging_dir="/var/cache/containerd-deploy")
+    (script,) = commands(
+        release_files_fetched, artifacts=[artifact], staging_dir="/var/cache/containerd-deploy"
+    )
     assert "get https://mirror/runc.amd64" in script
     assert commands(release_files_fetched, artifacts=[], staging_dir="/var/cache/containerd-deploy") == []
 
@@ -111,16 +165,22 @@ def test_node_side_fetch_is_one_command_and_nothing_to_fetch_is_a_noop():
 SERVICE = dict(unit="containerd.service", ctr="/usr/local/bin/ctr", version="1.7.24", timeout=60)
 
 
-@pytest.mark.parametrize("state, action", [
-    (dict(active=True, enabled=True), None),
-    (dict(active=True, enabled=True, restart=True), "restart"),
-    (dict(active=True, enabled=True, restart=lambda: True), "restart"),
-    (dict(active=True, enabled=True, restart=lambda: False), None),
-    (dict(active=False, enabled=True), "start"),
-    (dict(active=False, enabled=True, restart=True), "restart"),  # a stopped daemon with new files: one restart
-    (dict(active=False, enabled=False), "start"),
-    (dict(active=True, enabled=True, reload=lambda: True), ""),
-])
+@pytest.mark.parametrize(
+    "state, action",
+    [
+        (dict(active=True, enabled=True), None),
+        (dict(active=True, enabled=True, restart=True), "restart"),
+        (dict(active=True, enabled=True, restart=lambda: True), "restart"),
+        (dict(active=True, enabled=True, restart=lambda: False), None),
+        (dict(active=False, enabled=True), "start"),
+        (
+            dict(active=False, enabled=True, restart=True),
+            "restart",
+        ),  # a stopped daemon with new files: one restart
+        (dict(active=False, enabled=False), "start"),
+        (dict(active=True, enabled=True, reload=lambda: True), ""),
+    ],
+)
 def test_containerd_is_restarted_only_when_told(state, action):
     yielded = commands(containerd_service, **SERVICE, **state)
     if action is None:
@@ -129,13 +189,20 @@ def test_containerd_is_restarted_only_when_told(state, action):
     (script,) = yielded
     assert script.count('systemctl restart "$unit"') == (action == "restart")
     assert script.count('systemctl start "$unit"') == (action == "start")
-    assert script.count("systemctl daemon-reload") == (1 if state.get("reload") or not state["enabled"] else 0)
+    assert script.count("systemctl daemon-reload") == (
+        1 if state.get("reload") or not state["enabled"] else 0
+    )
 
 
 def test_private_upload_sources_are_never_in_a_command_line():
-    yielded = commands(file_content, {"_sudo": True}, path="/etc/systemd/system/containerd.service.d/http-proxy.conf",
-                       content='Environment="HTTPS_PROXY=http://u:hunter2@proxy:3128"', current_sha256=None,
-                       mode="600")
+    yielded = commands(
+        file_content,
+        {"_sudo": True},
+        path="/etc/systemd/system/containerd.service.d/http-proxy.conf",
+        content='Environment="HTTPS_PROXY=http://u:hunter2@proxy:3128"',
+        current_sha256=None,
+        mode="600",
+    )
     assert isinstance(uploads(yielded)[0].src, StringIO)
     assert not any("hunter2" in shell_text(c) for c in yielded if not hasattr(c, "src"))
 

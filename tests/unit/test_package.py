@@ -37,7 +37,8 @@ def test_dependency_ranges_admit_the_pinned_test_versions():
         requirement = Requirement(dependency)
         assert requirement.name.lower() in pins, f"{requirement.name} is not pinned in requirements.txt"
         assert requirement.specifier.contains(pins[requirement.name.lower()]), (
-            f"requirements.txt pins {requirement.name}=={pins[requirement.name.lower()]}, outside {requirement.specifier}")
+            f"requirements.txt pins {requirement.name}=={pins[requirement.name.lower()]}, outside {requirement.specifier}"
+        )
 
 
 def test_the_wheel_is_built_from_the_tree_as_it_is_laid_out():
@@ -52,6 +53,11 @@ def test_the_registries_module_does_not_import_the_settings_it_is_part_of():
     import subprocess
     import sys
 
-    found = subprocess.run([sys.executable, "-c", "import sys, tasks.registries; print('tasks.settings' in sys.modules)"],
-                           cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    found = subprocess.run(
+        [sys.executable, "-c", "import sys, tasks.registries; print('tasks.settings' in sys.modules)"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     assert found == "False"

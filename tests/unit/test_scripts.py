@@ -14,7 +14,9 @@ from tasks.facts import node_state_command, parse_node_state
 from tasks.operations import artifact_is_installed
 from tasks.scripts import NEW_SUFFIX, install_artifact_script
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the script installs root-owned files (run as root)")
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0, reason="the script installs root-owned files (run as root)"
+)
 
 
 def tarball(path: Path, files: dict[str, bytes], directory: str = "bin") -> str:
@@ -44,8 +46,13 @@ def install(node: Path, artifact: Artifact, dest: str) -> subprocess.CompletedPr
 
 
 def state_of(node: Path):
-    return parse_node_state(run(node_state_command(str(node / "bin"), str(node / "config.toml"),
-                                                   str(node / "unit"), str(node / "state"))).stdout.splitlines())
+    return parse_node_state(
+        run(
+            node_state_command(
+                str(node / "bin"), str(node / "config.toml"), str(node / "unit"), str(node / "state")
+            )
+        ).stdout.splitlines()
+    )
 
 
 def containerd(node: Path, version: str, files: dict[str, bytes]) -> Artifact:
@@ -92,7 +99,9 @@ def test_missing_download_is_a_clear_error(node):
 def test_not_a_release_tarball(node):
     path = node / "mirror/containerd.tar.gz"
     path.write_bytes(b"<html>404</html>")
-    artifact = Artifact("containerd", "1.7.11", "amd64", f"file://{path}", hashlib.sha256(path.read_bytes()).hexdigest())
+    artifact = Artifact(
+        "containerd", "1.7.11", "amd64", f"file://{path}", hashlib.sha256(path.read_bytes()).hexdigest()
+    )
     result = install(node, artifact, str(node / "bin"))
     assert result.returncode != 0 and "is not a release tarball" in result.stderr
     assert list((node / "bin").iterdir()) == []
@@ -114,14 +123,18 @@ def test_upgrade_replaces_by_rename_and_drops_files_the_new_release_lacks(node):
 def test_single_binary_goes_to_its_path(node):
     path = node / "mirror/runc.amd64"
     path.write_bytes(b"runc binary")
-    artifact = Artifact("runc", "1.1.11", "amd64", f"file://{path}", hashlib.sha256(b"runc binary").hexdigest())
+    artifact = Artifact(
+        "runc", "1.1.11", "amd64", f"file://{path}", hashlib.sha256(b"runc binary").hexdigest()
+    )
     result = install(node, artifact, str(node / "sbin/runc"))
     assert result.returncode == 0, result.stderr
     assert (node / "sbin/runc").read_bytes() == b"runc binary"
     manifest = state_of(node).manifests["runc"]
     installed = (node / "sbin/runc").stat()
-    assert manifest.files == {str(node / "sbin/runc"): f"{installed.st_ino}:{installed.st_size}:"
-                              f"{installed.st_ctime_ns // 10**9}.{installed.st_ctime_ns % 10**9:09d}"}
+    assert manifest.files == {
+        str(node / "sbin/runc"): f"{installed.st_ino}:{installed.st_size}:"
+        f"{installed.st_ctime_ns // 10**9}.{installed.st_ctime_ns % 10**9:09d}"
+    }
     assert manifest.intact()
     (node / "sbin/runc").write_bytes(b"tampered on the node")
     assert not artifact_is_installed(state_of(node).manifests["runc"], artifact, str(node / "sbin/runc"))
@@ -133,7 +146,9 @@ def test_any_change_to_an_installed_file_is_seen_without_hashing(node, change):
     over it, even one that leaves the bytes or the size as they were."""
     path = node / "mirror/runc.amd64"
     path.write_bytes(b"runc binary")
-    artifact = Artifact("runc", "1.1.11", "amd64", f"file://{path}", hashlib.sha256(b"runc binary").hexdigest())
+    artifact = Artifact(
+        "runc", "1.1.11", "amd64", f"file://{path}", hashlib.sha256(b"runc binary").hexdigest()
+    )
     assert install(node, artifact, str(node / "sbin/runc")).returncode == 0
     runc = node / "sbin/runc"
     if change == "same bytes written again":
@@ -155,8 +170,10 @@ def test_a_manifest_from_before_identities_is_checked_by_hashing(node):
     artifact = Artifact("runc", "1.1.11", "amd64", f"file://{path}", digest)
     assert install(node, artifact, str(node / "sbin/runc")).returncode == 0
     manifest_path = node / "state/runc.manifest"
-    lines = [f"file {node / 'sbin/runc'} {digest}" if line.startswith("file ") else line
-             for line in manifest_path.read_text().splitlines()]
+    lines = [
+        f"file {node / 'sbin/runc'} {digest}" if line.startswith("file ") else line
+        for line in manifest_path.read_text().splitlines()
+    ]
     manifest_path.write_text("\n".join(lines) + "\n")
     assert artifact_is_installed(state_of(node).manifests["runc"], artifact, str(node / "sbin/runc"))
     (node / "sbin/runc").write_bytes(b"runc binarY")
@@ -173,7 +190,12 @@ def test_cni_plugins_tarball_goes_into_its_directory_and_can_be_removed(node):
     (node / "cni" / "operator-plugin").write_bytes(b"theirs")
     result = install(node, artifact, str(node / "cni"))
     assert result.returncode == 0, result.stderr
-    assert sorted(p.name for p in (node / "cni").iterdir()) == ["LICENSE", "bridge", "loopback", "operator-plugin"]
+    assert sorted(p.name for p in (node / "cni").iterdir()) == [
+        "LICENSE",
+        "bridge",
+        "loopback",
+        "operator-plugin",
+    ]
     assert state_of(node).manifests["cni_plugins"].intact()
     # Turned off: exactly what it installed goes, the operator's plugin stays.
     assert run(remove_artifact_script("cni_plugins", str(node / "state"))).returncode == 0
@@ -184,7 +206,9 @@ def test_cni_plugins_tarball_goes_into_its_directory_and_can_be_removed(node):
 def test_a_tarball_without_the_components_file_is_refused(node):
     path = node / "mirror" / "cni-plugins-linux-amd64-v1.8.0.tgz"
     digest = tarball(path, {"bridge": b"br"}, directory=".")
-    result = install(node, Artifact("cni_plugins", "1.8.0", "amd64", f"file://{path}", digest), str(node / "cni"))
+    result = install(
+        node, Artifact("cni_plugins", "1.8.0", "amd64", f"file://{path}", digest), str(node / "cni")
+    )
     assert result.returncode != 0 and "has no loopback; nothing was installed" in result.stderr
     assert not (node / "cni").exists() or list((node / "cni").iterdir()) == []
 
@@ -192,10 +216,15 @@ def test_a_tarball_without_the_components_file_is_refused(node):
 def test_a_file_uploaded_by_the_controller_is_verified_then_installed_and_removed(node):
     artifact = containerd(node, "1.7.11", {"containerd": b"daemon", "ctr": b"client"})
     uploaded = node / "staging" / ".upload-containerd"
-    uploaded.write_bytes(Path(artifact.url[len("file://"):]).read_bytes())
-    offline = Artifact("containerd", "1.7.11", "amd64", "http://unreachable.invalid/containerd.tar.gz", artifact.sha256)
-    result = run(install_artifact_script(offline, str(node / "bin"), str(node / "staging"), str(node / "state"),
-                                         uploaded=str(uploaded)))
+    uploaded.write_bytes(Path(artifact.url[len("file://") :]).read_bytes())
+    offline = Artifact(
+        "containerd", "1.7.11", "amd64", "http://unreachable.invalid/containerd.tar.gz", artifact.sha256
+    )
+    result = run(
+        install_artifact_script(
+            offline, str(node / "bin"), str(node / "staging"), str(node / "state"), uploaded=str(uploaded)
+        )
+    )
     assert result.returncode == 0, result.stderr
     assert (node / "bin/containerd").read_bytes() == b"daemon"
     assert not (node / "staging").exists(), "the uploaded copy is consumed"
@@ -203,8 +232,11 @@ def test_a_file_uploaded_by_the_controller_is_verified_then_installed_and_remove
     uploaded.parent.mkdir()
     uploaded.write_bytes(b"not the release")
     changed = Artifact("containerd", "1.7.12", "amd64", offline.url, "f" * 64)
-    result = run(install_artifact_script(changed, str(node / "bin"), str(node / "staging"), str(node / "state"),
-                                         uploaded=str(uploaded)))
+    result = run(
+        install_artifact_script(
+            changed, str(node / "bin"), str(node / "staging"), str(node / "state"), uploaded=str(uploaded)
+        )
+    )
     assert result.returncode != 0 and "checksum mismatch" in result.stderr
     assert (node / "bin/containerd").read_bytes() == b"daemon"
     assert not (node / "staging").exists()
@@ -212,15 +244,27 @@ def test_a_file_uploaded_by_the_controller_is_verified_then_installed_and_remove
 
 def test_only_a_file_this_runs_node_side_fetch_checked_skips_the_second_hash(node):
     artifact = containerd(node, "1.7.11", {"containerd": b"daemon", "ctr": b"client"})
-    hashed = install_artifact_script(artifact, str(node / "bin"), str(node / "staging"), str(node / "state"),
-                                     uploaded=str(node / "staging" / ".fetched-containerd"))
-    fetched = install_artifact_script(artifact, str(node / "bin"), str(node / "staging"), str(node / "state"),
-                                      uploaded=str(node / "staging" / ".fetched-containerd"), verified=True)
-    downloaded = install_artifact_script(artifact, str(node / "bin"), str(node / "staging"), str(node / "state"),
-                                         verified=True)
+    hashed = install_artifact_script(
+        artifact,
+        str(node / "bin"),
+        str(node / "staging"),
+        str(node / "state"),
+        uploaded=str(node / "staging" / ".fetched-containerd"),
+    )
+    fetched = install_artifact_script(
+        artifact,
+        str(node / "bin"),
+        str(node / "staging"),
+        str(node / "state"),
+        uploaded=str(node / "staging" / ".fetched-containerd"),
+        verified=True,
+    )
+    downloaded = install_artifact_script(
+        artifact, str(node / "bin"), str(node / "staging"), str(node / "state"), verified=True
+    )
     assert "sha256sum" in hashed and "sha256sum" in downloaded, "what it downloads itself is always checked"
     assert "sha256sum" not in fetched
-    (node / "staging" / ".fetched-containerd").write_bytes(Path(artifact.url[len("file://"):]).read_bytes())
+    (node / "staging" / ".fetched-containerd").write_bytes(Path(artifact.url[len("file://") :]).read_bytes())
     result = run(fetched)
     assert result.returncode == 0, result.stderr
     assert (node / "bin/ctr").read_bytes() == b"client"
@@ -285,7 +329,10 @@ def test_reset_finds_containerds_data_where_the_config_puts_it():
 
     defaults = {"root": "/var/lib/containerd", "state": "/run/containerd"}
     assert data_directories(None) == defaults
-    assert data_directories('version = 2\nroot = "/data/containerd"\n') == {**defaults, "root": "/data/containerd"}
+    assert data_directories('version = 2\nroot = "/data/containerd"\n') == {
+        **defaults,
+        "root": "/data/containerd",
+    }
     # What the config names, however odd: check_purge judges it (and refuses these).
     assert data_directories('root = "/"\nstate = "relative"\n') == {"root": "/", "state": "relative"}
     assert data_directories("not [ toml") == defaults
@@ -300,11 +347,19 @@ def test_what_runs_cut_short_left_in_staging_is_seen_and_removed_and_nothing_els
     (staging / "containerd.Ab12Cd" / "download").write_bytes(b"x")
     (staging / ".fetched-containerd.partial").write_bytes(b"x")
     (staging / "operator-notes.txt").write_text("not ours")
-    facts = node_state_command(str(node / "bin"), str(node / "config.toml"), str(node / "unit"), str(node / "state"),
-                               staging_dir=str(staging))
+    facts = node_state_command(
+        str(node / "bin"),
+        str(node / "config.toml"),
+        str(node / "unit"),
+        str(node / "state"),
+        staging_dir=str(staging),
+    )
     leftovers = parse_node_state(run(facts).stdout.splitlines()).staging_leftovers
     assert sorted(Path(path).name for path in leftovers) == [
-        ".fetched-containerd.partial", ".fetched-runc", "containerd.Ab12Cd"]
+        ".fetched-containerd.partial",
+        ".fetched-runc",
+        "containerd.Ab12Cd",
+    ]
 
     runc_file = node / "mirror" / "runc.amd64"
     runc_file.write_bytes(b"runc")
@@ -344,8 +399,20 @@ def test_a_signal_during_cleanup_does_not_cut_the_cleanup_short(node):
     assert not (node / "staging").exists()
 
 
-@pytest.mark.parametrize("line", ["mkdir -p -m 700 -- \"$staging\"", "chmod 700 -- \"$staging\"", "stage=$(mktemp", "hidden=\"$dest_dir", "mkdir -m 700",
-                                  "tar -xzf", "chown 0:0", "mv -f -t", "stat -c"])
+@pytest.mark.parametrize(
+    "line",
+    [
+        'mkdir -p -m 700 -- "$staging"',
+        'chmod 700 -- "$staging"',
+        "stage=$(mktemp",
+        'hidden="$dest_dir',
+        "mkdir -m 700",
+        "tar -xzf",
+        "chown 0:0",
+        "mv -f -t",
+        "stat -c",
+    ],
+)
 def test_an_install_stopped_by_a_signal_at_any_step_leaves_nothing_behind(node, line):
     """SIGTERM (what the lock holder sends a dead run's leftovers) right after `line` runs."""
     artifact = containerd(node, "1.7.11", {"containerd": b"daemon", "ctr": b"client"})
@@ -355,7 +422,9 @@ def test_an_install_stopped_by_a_signal_at_any_step_leaves_nothing_behind(node, 
     lines.insert(at + 1, "kill -TERM $$")
     result = run("\n".join(lines))
     assert result.returncode != 0
-    left = sorted(str(p.relative_to(node)) for p in node.rglob("*") if NEW_SUFFIX in p.name or "staging" in str(p))
+    left = sorted(
+        str(p.relative_to(node)) for p in node.rglob("*") if NEW_SUFFIX in p.name or "staging" in str(p)
+    )
     assert left == [], left
 
 
@@ -391,16 +460,21 @@ def test_a_fetch_stopped_by_a_signal_stops_its_downloads_and_keeps_nothing(node,
 
     fake = tmp_path / "fakebin"
     fake.mkdir()
-    (fake / "curl").write_text('#!/bin/sh\nfor a; do out=$url; url=$a; done\n'
-                               'case "$url" in *slow*) echo started > "$SLOW_MARK"; exec sleep 60;; esac\n'
-                               'while [ "$1" != -o ]; do shift; done; cp "${url#file://}" "$2"\n')
+    (fake / "curl").write_text(
+        "#!/bin/sh\nfor a; do out=$url; url=$a; done\n"
+        'case "$url" in *slow*) echo started > "$SLOW_MARK"; exec sleep 60;; esac\n'
+        'while [ "$1" != -o ]; do shift; done; cp "${url#file://}" "$2"\n'
+    )
     (fake / "curl").chmod(0o755)
     fast = containerd(node, "1.7.11", {"containerd": b"daemon", "ctr": b"client"})
     slow = Artifact("runc", "1.1.11", "amd64", "http://slow.invalid/runc.amd64", "0" * 64)
     mark = tmp_path / "slow-started"
-    process = subprocess.Popen(["sh", "-c", fetch_artifacts_script([fast, slow], str(node / "staging"))],
-                               env={**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "SLOW_MARK": str(mark)},
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        ["sh", "-c", fetch_artifacts_script([fast, slow], str(node / "staging"))],
+        env={**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "SLOW_MARK": str(mark)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     for _ in range(100):
         if mark.exists() and (node / "staging" / ".fetched-containerd").exists():
             break
@@ -418,7 +492,9 @@ def test_a_failure_told_to_a_dropped_connection_still_cleans_up(node):
     script still removes its hidden directory and staging files."""
     bad = node / "mirror" / "not-a-tarball.tar.gz"
     bad.write_bytes(b"not a tarball")
-    artifact = Artifact("containerd", "1.7.11", "amd64", f"file://{bad}", hashlib.sha256(b"not a tarball").hexdigest())
+    artifact = Artifact(
+        "containerd", "1.7.11", "amd64", f"file://{bad}", hashlib.sha256(b"not a tarball").hexdigest()
+    )
     script = install_artifact_script(artifact, str(node / "bin"), str(node / "staging"), str(node / "state"))
     read_end, write_end = os.pipe()
     os.close(read_end)  # nobody reads what the script says any more
@@ -427,7 +503,9 @@ def test_a_failure_told_to_a_dropped_connection_still_cleans_up(node):
     finally:
         os.close(write_end)
     assert result.returncode != 0
-    left = sorted(str(p.relative_to(node)) for p in node.rglob("*") if NEW_SUFFIX in p.name or "staging" in str(p))
+    left = sorted(
+        str(p.relative_to(node)) for p in node.rglob("*") if NEW_SUFFIX in p.name or "staging" in str(p)
+    )
     assert left == [], left
 
 

@@ -26,8 +26,10 @@ def test_versions_that_are_not_releases_are_refused(value):
     assert message.startswith("node1: data key 'containerd_version'") and "Fix:" in message
 
 
-@pytest.mark.parametrize("key, value", [("containerd_version", "1.5.18"), ("containerd_version", "3.0.0"),
-                                        ("runc_version", "1.0.3")])
+@pytest.mark.parametrize(
+    "key, value",
+    [("containerd_version", "1.5.18"), ("containerd_version", "3.0.0"), ("runc_version", "1.0.3")],
+)
 def test_unsupported_release_lines_are_refused(key, value):
     with pytest.raises(DataError, match=f"'{key}' is .* outside the supported"):
         resolve("node1", {key: value})
@@ -44,8 +46,14 @@ def test_checksums_per_arch_are_accepted():
     assert settings.runc_sha256 == {"amd64": "a" * 64, "arm64": "b" * 64}
 
 
-@pytest.mark.parametrize("key, value", [("containerd_bin_dir", "usr/local/bin"), ("runc_path", "/usr/../etc/runc"),
-                                        ("containerd_config_path", 7)])
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("containerd_bin_dir", "usr/local/bin"),
+        ("runc_path", "/usr/../etc/runc"),
+        ("containerd_config_path", 7),
+    ],
+)
 def test_relative_or_odd_paths_are_refused(key, value):
     with pytest.raises(DataError, match=f"'{key}' is .* not an absolute path"):
         resolve("node1", {key: value})
@@ -87,29 +95,38 @@ def test_other_arches_are_refused_by_name():
         arch_of("n", "riscv64")
 
 
-@pytest.mark.parametrize("key, value", [
-    ("containerd_config_base", "fresh"),
-    ("containerd_sandbox_image", 'pause"; rm -rf /'),
-    ("containerd_oom_score", -2000),
-    ("containerd_max_container_log_line_size", "big"),
-    ("containerd_limit_nofile", "lots"),
-    ("containerd_runtimes", {"name": "crun"}),
-    ("containerd_runtimes", [{"binary_name": "/usr/bin/crun"}]),
-    ("containerd_runtimes", [{"name": "runc"}]),
-    ("containerd_runtimes", [{"name": "crun", "binary": "/usr/bin/crun"}]),
-    ("containerd_config_extra", ["debug"]),
-    ("containerd_http_proxy", "http://p\nX-Injected: 1"),
-    ("containerd_registry_config_path", "certs.d"),
-])
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("containerd_config_base", "fresh"),
+        ("containerd_sandbox_image", 'pause"; rm -rf /'),
+        ("containerd_oom_score", -2000),
+        ("containerd_max_container_log_line_size", "big"),
+        ("containerd_limit_nofile", "lots"),
+        ("containerd_runtimes", {"name": "crun"}),
+        ("containerd_runtimes", [{"binary_name": "/usr/bin/crun"}]),
+        ("containerd_runtimes", [{"name": "runc"}]),
+        ("containerd_runtimes", [{"name": "crun", "binary": "/usr/bin/crun"}]),
+        ("containerd_config_extra", ["debug"]),
+        ("containerd_http_proxy", "http://p\nX-Injected: 1"),
+        ("containerd_registry_config_path", "certs.d"),
+    ],
+)
 def test_bad_knob_values_are_refused_by_key(key, value):
     with pytest.raises(DataError, match=f"n: data key '{key}'"):
         resolve("n", {key: value})
 
 
 def test_knob_values():
-    settings = resolve("n", {"containerd_config_base": "default", "containerd_limit_nofile": 1048576,
-                             "containerd_runtimes": [{"name": "crun", "binary_name": "/usr/bin/crun"}],
-                             "containerd_registry_config_path": ""})
+    settings = resolve(
+        "n",
+        {
+            "containerd_config_base": "default",
+            "containerd_limit_nofile": 1048576,
+            "containerd_runtimes": [{"name": "crun", "binary_name": "/usr/bin/crun"}],
+            "containerd_registry_config_path": "",
+        },
+    )
     assert settings.containerd_config_base == "default"
     assert settings.containerd_limit_nofile == "1048576"
     assert settings.containerd_runtimes[0].binary_name == "/usr/bin/crun"

@@ -21,26 +21,50 @@ def built_scripts() -> dict[str, str]:
     return {
         "fetch": scripts.fetch_artifacts_script(list(WANTED.values()), "/var/cache/containerd-deploy"),
         "remove staging leftovers": scripts.remove_staging_leftovers_script("/var/cache/containerd-deploy"),
-        "remove staging leftovers, keep": scripts.remove_staging_leftovers_script("/var/cache/containerd-deploy", keep=True),
-        "remove paths": scripts.remove_paths_script([f"{ODD}/a", "/etc/containerd/.config.toml.containerd-deploy-new"]),
+        "remove staging leftovers, keep": scripts.remove_staging_leftovers_script(
+            "/var/cache/containerd-deploy", keep=True
+        ),
+        "remove paths": scripts.remove_paths_script(
+            [f"{ODD}/a", "/etc/containerd/.config.toml.containerd-deploy-new"]
+        ),
         "remove artifact": scripts.remove_artifact_script("containerd", "/var/lib/containerd-deploy"),
-        "write file": scripts.write_file_script("a = 1\n", "/tmp/x.containerd-deploy-new", f"{ODD}/config.toml", "644"),
+        "write file": scripts.write_file_script(
+            "a = 1\n", "/tmp/x.containerd-deploy-new", f"{ODD}/config.toml", "644"
+        ),
         "private file": scripts.private_file_script("/etc/containerd/.hosts.toml.containerd-deploy-new"),
-        "replace file": scripts.replace_file_script("/tmp/t", f"{ODD}/hosts.toml", "600", "/tmp/containerd-deploy-upload.ab"),
+        "replace file": scripts.replace_file_script(
+            "/tmp/t", f"{ODD}/hosts.toml", "600", "/tmp/containerd-deploy-upload.ab"
+        ),
         "remove tree": scripts.remove_tree_script(f"{ODD}/containerd"),
-        "install tarball": scripts.install_artifact_script(containerd, "/usr/local/bin", "/var/cache/containerd-deploy",
-                                                           "/var/lib/containerd-deploy"),
-        "install binary": scripts.install_artifact_script(runc, "/usr/local/sbin/runc", "/var/cache/containerd-deploy",
-                                                          "/var/lib/containerd-deploy"),
-        "service restart": scripts.service_script("containerd.service", "/usr/local/bin/ctr", "restart", True, "2.2.1", 60,
-                                                  reload=True),
-        "service verify only": scripts.service_script("containerd.service", "/usr/local/bin/ctr", "", False, "2.2.1", 60),
-        "node fact": facts.node_state_command("/usr/local/bin", "/etc/containerd/config.toml",
-                                              "/etc/systemd/system/containerd.service", "/var/lib/containerd-deploy",
-                                              ("/etc/containerd/certs.d/docker.io/hosts.toml",), "/etc/containerd/certs.d"),
-        "daemon fact": daemon.daemon_state_command("/usr/local/bin", "/etc/containerd/config.toml", "containerd.service",
-                                                  ("/etc/containerd/config.toml",), "registry.k8s.io/pause:3.10", True,
-                                                  ("runc", "/usr/bin/crun")),
+        "install tarball": scripts.install_artifact_script(
+            containerd, "/usr/local/bin", "/var/cache/containerd-deploy", "/var/lib/containerd-deploy"
+        ),
+        "install binary": scripts.install_artifact_script(
+            runc, "/usr/local/sbin/runc", "/var/cache/containerd-deploy", "/var/lib/containerd-deploy"
+        ),
+        "service restart": scripts.service_script(
+            "containerd.service", "/usr/local/bin/ctr", "restart", True, "2.2.1", 60, reload=True
+        ),
+        "service verify only": scripts.service_script(
+            "containerd.service", "/usr/local/bin/ctr", "", False, "2.2.1", 60
+        ),
+        "node fact": facts.node_state_command(
+            "/usr/local/bin",
+            "/etc/containerd/config.toml",
+            "/etc/systemd/system/containerd.service",
+            "/var/lib/containerd-deploy",
+            ("/etc/containerd/certs.d/docker.io/hosts.toml",),
+            "/etc/containerd/certs.d",
+        ),
+        "daemon fact": daemon.daemon_state_command(
+            "/usr/local/bin",
+            "/etc/containerd/config.toml",
+            "containerd.service",
+            ("/etc/containerd/config.toml",),
+            "registry.k8s.io/pause:3.10",
+            True,
+            ("runc", "/usr/bin/crun"),
+        ),
         "verify failure": verify.failure_script("node1", ["it's broken", "$(not run)"]),
     }
 
@@ -51,6 +75,10 @@ def test_every_node_script_passes_shellcheck_as_posix_sh(name):
         pytest.fail("shellcheck is not installed (Debian: apt-get install shellcheck; `make deps` does)")
     # The failure message is operator text quoted for printing: a `$` in it is meant literally.
     excluded = ["--exclude=SC2016"] if name == "verify failure" else []
-    result = subprocess.run(["shellcheck", "--shell=sh", "--format=gcc", *excluded, "-"], input=built_scripts()[name],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        ["shellcheck", "--shell=sh", "--format=gcc", *excluded, "-"],
+        input=built_scripts()[name],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, f"{name}:\n{result.stdout}"

@@ -9,7 +9,10 @@ from tasks.update_checksums import digest_in, header_of, main, render_table
 
 def test_digest_in_each_published_format():
     digest = "ab" * 32
-    assert digest_in(f"{digest}  containerd-2.2.2-linux-amd64.tar.gz\n", "containerd-2.2.2-linux-amd64.tar.gz") == digest
+    assert (
+        digest_in(f"{digest}  containerd-2.2.2-linux-amd64.tar.gz\n", "containerd-2.2.2-linux-amd64.tar.gz")
+        == digest
+    )
     assert digest_in(f"{'cd' * 32} *runc.arm64\n{digest} *runc.amd64\n", "runc.amd64") == digest
     assert digest_in(f"{digest}\n", "crictl-v1.35.0-linux-amd64.tar.gz") == digest
     assert digest_in("not a checksum file\n", "runc.amd64") is None
@@ -19,8 +22,17 @@ def test_rendering_the_table_keeps_every_value_and_orders_versions():
     table = pinned_checksums()
     text = render_table(table, "# header\n")
     assert tomllib.loads(text) == table
-    assert text.index('[containerd."2.2.1"]') < text.index('[containerd."1.7.30"]') < text.index('[containerd."1.7.11"]')
-    assert text.index("[containerd.") < text.index("[runc.") < text.index("[cni_plugins.") < text.index("[crictl.")
+    assert (
+        text.index('[containerd."2.2.1"]')
+        < text.index('[containerd."1.7.30"]')
+        < text.index('[containerd."1.7.11"]')
+    )
+    assert (
+        text.index("[containerd.")
+        < text.index("[runc.")
+        < text.index("[cni_plugins.")
+        < text.index("[crictl.")
+    )
 
 
 def test_adding_a_release_from_a_mirror(tmp_path):
@@ -30,7 +42,9 @@ def test_adding_a_release_from_a_mirror(tmp_path):
         directory = mirror / "opencontainers/runc/releases/download/v1.3.9"
         directory.mkdir(parents=True, exist_ok=True)
         digests[arch] = hashlib.sha256(arch.encode()).hexdigest()
-    (directory / "runc.sha256sum").write_text("".join(f"{digests[a]}  runc.{a}\n" for a in ("amd64", "arm64")))
+    (directory / "runc.sha256sum").write_text(
+        "".join(f"{digests[a]}  runc.{a}\n" for a in ("amd64", "arm64"))
+    )
     table_file = tmp_path / "checksums.toml"
     original = '# kept\n\n[runc."1.1.11"]\namd64 = "' + "1" * 64 + '"\narm64 = "' + "2" * 64 + '"\n'
     table_file.write_text(original)

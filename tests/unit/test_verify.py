@@ -9,7 +9,14 @@ from packaging.version import Version
 from tasks.config_toml import Knobs, Runtime, render
 from tasks.daemon import parse_daemon_state
 from tasks.facts import SECTION
-from tasks.verify import Expected, failure_script, judge, kubelet_cgroup_driver, release_version, sandbox_image
+from tasks.verify import (
+    Expected,
+    failure_script,
+    judge,
+    kubelet_cgroup_driver,
+    release_version,
+    sandbox_image,
+)
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 CONFIG = "/etc/containerd/config.toml"
@@ -18,7 +25,9 @@ PAUSE = "localhost/containerd-deploy/pause:conformance"
 
 
 def expected(version="1.7.24", systemd_cgroup=True, sandbox=PAUSE):
-    return Expected(version=version, systemd_cgroup=systemd_cgroup, sandbox_image=sandbox, loaded_files=(CONFIG, UNIT))
+    return Expected(
+        version=version, systemd_cgroup=systemd_cgroup, sandbox_image=sandbox, loaded_files=(CONFIG, UNIT)
+    )
 
 
 def captured(name: str):
@@ -39,27 +48,48 @@ def dump_of(fixture: str, version: str, **knobs) -> str:
 
 
 CTR = ["Client:", "  Version:  1.7.24~ds1", "", "Server:", "  Version:  1.7.24~ds1", "  UUID: x"]
-PLUGINS = ["TYPE                  ID      PLATFORMS      STATUS",
-           "io.containerd.grpc.v1 cri     linux/amd64    ok"]
+PLUGINS = [
+    "TYPE                  ID      PLATFORMS      STATUS",
+    "io.containerd.grpc.v1 cri     linux/amd64    ok",
+]
 
 
-def healthy(dump=None, container=("task RUNNING", "cgroup 0::/system.slice/containerd-deploy-verify-9.scope"),
-            kubelet=None, ctr=CTR, plugins=PLUGINS, started="1000.50", mtimes=("990 " + CONFIG, "991 " + UNIT),
-            exe="/usr/local/bin/containerd", service=("MainPID=582", "ActiveState=active", "NeedDaemonReload=no")):
+def healthy(
+    dump=None,
+    container=("task RUNNING", "cgroup 0::/system.slice/containerd-deploy-verify-9.scope"),
+    kubelet=None,
+    ctr=CTR,
+    plugins=PLUGINS,
+    started="1000.50",
+    mtimes=("990 " + CONFIG, "991 " + UNIT),
+    exe="/usr/local/bin/containerd",
+    service=("MainPID=582", "ActiveState=active", "NeedDaemonReload=no"),
+):
     dump = dump if dump is not None else dump_of("default-1.7.24.toml", "1.7.24")
-    lines = [*section("service", *service), *section("exe", exe), *section("started", started),
-             *section("mtimes", *mtimes), *section("ctr", *ctr), *section("plugins", *plugins),
-             *section("dump", "ok " + b64(dump)), *section("kubelet", *([b64(kubelet)] if kubelet else [])),
-             *section("container", *container)]
+    lines = [
+        *section("service", *service),
+        *section("exe", exe),
+        *section("started", started),
+        *section("mtimes", *mtimes),
+        *section("ctr", *ctr),
+        *section("plugins", *plugins),
+        *section("dump", "ok " + b64(dump)),
+        *section("kubelet", *([b64(kubelet)] if kubelet else [])),
+        *section("container", *container),
+    ]
     return parse_daemon_state(lines)
 
 
 def test_a_healthy_node_passes_every_check():
     verdict = judge(expected(), healthy())
     assert verdict.problems == []
-    assert verdict.checked == ["answers as 1.7.24 with its own ctr", "runs the unit and config on disk",
-                               "CRI plugins loaded", "SystemdCgroup = true in effect",
-                               "a container ran in /system.slice/containerd-deploy-verify-9.scope"]
+    assert verdict.checked == [
+        "answers as 1.7.24 with its own ctr",
+        "runs the unit and config on disk",
+        "CRI plugins loaded",
+        "SystemdCgroup = true in effect",
+        "a container ran in /system.slice/containerd-deploy-verify-9.scope",
+    ]
     assert verdict.summary("1.7.24").startswith("containerd 1.7.24 verified: answers as 1.7.24")
 
 
@@ -75,7 +105,8 @@ def test_captured_nodes_pass(name, version):
 def test_a_stopped_service_is_reported_with_where_to_look():
     state = healthy(service=("MainPID=0", "ActiveState=failed", "NeedDaemonReload=no"))
     assert judge(expected(), state).problems == [
-        "containerd.service is failed, not active: see journalctl -u containerd.service"]
+        "containerd.service is failed, not active: see journalctl -u containerd.service"
+    ]
 
 
 def test_a_daemon_that_does_not_answer():
@@ -120,13 +151,19 @@ def test_cri_plugin_not_running(status):
 
 
 def test_containerd_2_needs_its_split_cri_plugins():
-    verdict = judge(expected("2.1.9"), healthy(ctr=[line.replace("1.7.24", "2.1.9") for line in CTR],
-                                               dump=dump_of("default-2.1.9.toml", "2.1.9")))
+    verdict = judge(
+        expected("2.1.9"),
+        healthy(
+            ctr=[line.replace("1.7.24", "2.1.9") for line in CTR], dump=dump_of("default-2.1.9.toml", "2.1.9")
+        ),
+    )
     [problem] = verdict.problems
     assert "io.containerd.cri.v1 runtime: not loaded" in problem and "io.containerd.cri.v1 images" in problem
 
 
-@pytest.mark.parametrize("fixture, version", [("default-1.7.24.toml", "1.7.24"), ("default-2.1.9.toml", "2.1.9")])
+@pytest.mark.parametrize(
+    "fixture, version", [("default-1.7.24.toml", "1.7.24"), ("default-2.1.9.toml", "2.1.9")]
+)
 def test_effective_systemd_cgroup_must_be_the_declared_one(fixture, version):
     dump = dump_of(fixture, version, systemd_cgroup=False)
     ctr = [line.replace("1.7.24", version) for line in CTR]
@@ -139,18 +176,28 @@ def test_effective_systemd_cgroup_must_be_the_declared_one(fixture, version):
 
 
 def test_config_dump_failure_is_reported():
-    lines = [*section("service", "ActiveState=active", "MainPID=1"), *section("ctr", *CTR),
-             *section("plugins", *PLUGINS), *section("dump", "error " + b64("failed to load TOML: near line 3")),
-             *section("container", "absent")]
+    lines = [
+        *section("service", "ActiveState=active", "MainPID=1"),
+        *section("ctr", *CTR),
+        *section("plugins", *PLUGINS),
+        *section("dump", "error " + b64("failed to load TOML: near line 3")),
+        *section("container", "absent"),
+    ]
     [problem] = judge(expected(), parse_daemon_state(lines)).problems
     assert problem == "containerd config dump failed: failed to load TOML: near line 3"
 
 
-@pytest.mark.parametrize("kubelet, driver", [
-    ("apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\ncgroupDriver: systemd\n", "systemd"),
-    ("kind: KubeletConfiguration\ncgroupDriver: \"cgroupfs\"  # old\n", "cgroupfs"),
-    ("kind: KubeletConfiguration\n", "cgroupfs"),
-])
+@pytest.mark.parametrize(
+    "kubelet, driver",
+    [
+        (
+            "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\ncgroupDriver: systemd\n",
+            "systemd",
+        ),
+        ('kind: KubeletConfiguration\ncgroupDriver: "cgroupfs"  # old\n', "cgroupfs"),
+        ("kind: KubeletConfiguration\n", "cgroupfs"),
+    ],
+)
 def test_kubelet_cgroup_driver(kubelet, driver):
     assert kubelet_cgroup_driver(kubelet) == driver
     verdict = judge(expected(), healthy(kubelet=kubelet))
@@ -158,18 +205,24 @@ def test_kubelet_cgroup_driver(kubelet, driver):
         assert verdict.problems == [] and "kubelet cgroupDriver systemd matches" in verdict.checked
     else:
         [problem] = verdict.problems
-        assert problem.startswith("the kubelet's cgroupDriver is cgroupfs") and "set both to systemd" in problem
+        assert (
+            problem.startswith("the kubelet's cgroupDriver is cgroupfs") and "set both to systemd" in problem
+        )
 
 
 def test_no_sandbox_image_on_the_node_is_a_note_not_a_failure():
     verdict = judge(expected(), healthy(container=("absent",)))
     assert verdict.problems == []
-    assert verdict.notes == [f"no container run: the sandbox image {PAUSE} is not on the node yet "
-                             "(a kubelet pulls it for the first pod)"]
+    assert verdict.notes == [
+        f"no container run: the sandbox image {PAUSE} is not on the node yet "
+        "(a kubelet pulls it for the first pod)"
+    ]
 
 
 def test_a_container_that_does_not_run():
-    state = healthy(container=("failed ctr: failed to create shim task: OCI runtime create failed: exec format error",))
+    state = healthy(
+        container=("failed ctr: failed to create shim task: OCI runtime create failed: exec format error",)
+    )
     [problem] = judge(expected(), state).problems
     assert problem.startswith(f"a container from {PAUSE} did not run: ctr: failed to create shim task")
 
@@ -185,8 +238,10 @@ def test_a_container_that_exited():
     assert "is not running (task STOPPED)" in problem
 
 
-@pytest.mark.parametrize("fixture, version", [
-    ("default-1.6.20.toml", "1.6.20"), ("default-1.7.24.toml", "1.7.24"), ("default-2.1.9.toml", "2.1.9")])
+@pytest.mark.parametrize(
+    "fixture, version",
+    [("default-1.6.20.toml", "1.6.20"), ("default-1.7.24.toml", "1.7.24"), ("default-2.1.9.toml", "2.1.9")],
+)
 def test_sandbox_image_from_the_config_at_its_schemas_path(fixture, version):
     text = (FIXTURES / "config" / fixture).read_text()
     assert sandbox_image(text, Version(version)).startswith("registry.k8s.io/pause:")
@@ -206,7 +261,9 @@ def test_failure_script_prints_each_problem_quoted():
 
 
 def test_a_dump_that_is_not_toml_is_a_problem_not_a_crash():
-    [problem] = judge(expected(), healthy(dump='time="x" level=warning msg="migrated"\nversion = 3\n')).problems
+    [problem] = judge(
+        expected(), healthy(dump='time="x" level=warning msg="migrated"\nversion = 3\n')
+    ).problems
     assert problem.startswith("containerd config dump failed: its output is not valid TOML")
 
 
@@ -219,8 +276,11 @@ for _ in $(seq 100); do [ "$(wc -l < "$log/started")" -ge {questions} ] && break
 [ "$(wc -l < "$log/started")" -ge {questions} ] || echo "$*" >> "$log/alone"
 """
 
-FAKE_CTR = FAKE_QUESTION.replace("#!/bin/sh", "#!/bin/sh\ncase \"$3\" in run|tasks|containers) ;; *)", 1).replace(
-    "\n\"\"\"", "") + """;; esac
+FAKE_CTR = (
+    FAKE_QUESTION.replace("#!/bin/sh", '#!/bin/sh\ncase "$3" in run|tasks|containers) ;; *)', 1).replace(
+        '\n"""', ""
+    )
+    + """;; esac
 case "$3" in
   version) printf 'Client:\\n  Version:  v1.7.24\\n\\nServer:\\n  Version:  v1.7.24\\n';;
   plugins) printf 'TYPE ID PLATFORMS STATUS\\nio.containerd.grpc.v1 cri - ok\\n';;
@@ -229,6 +289,7 @@ case "$3" in
   tasks) [ "$4" = ls ] && echo "$(cat {log}/container) 1 RUNNING";;
 esac
 """
+)
 
 
 @pytest.mark.parametrize("images", ["listed", "unlistable"])
@@ -248,15 +309,23 @@ def test_the_verify_fact_asks_the_daemon_its_questions_side_by_side(tmp_path, im
     fakes = {
         "ctr": FAKE_CTR,
         "containerd": FAKE_QUESTION + "echo 'version = 2'\n",
-        "systemctl": "#!/bin/sh\ncase \"$*\" in *--value*) echo 0;; *) printf 'ActiveState=active\\nMainPID=0\\n"
-                     "NeedDaemonReload=no\\n';; esac\n",
+        "systemctl": '#!/bin/sh\ncase "$*" in *--value*) echo 0;; *) printf \'ActiveState=active\\nMainPID=0\\n'
+        "NeedDaemonReload=no\\n';; esac\n",
     }
     for name, text in fakes.items():
-        (bin_dir / name).write_text(text.replace("{log}", str(log)).replace("{questions}", "4").replace("{image}", image))
+        (bin_dir / name).write_text(
+            text.replace("{log}", str(log)).replace("{questions}", "4").replace("{image}", image)
+        )
         (bin_dir / name).chmod(0o755)
-    script = daemon_state_command(str(bin_dir), str(tmp_path / "config.toml"), "containerd.service", (), image, True)
-    result = subprocess.run(["sh", "-c", script], capture_output=True, text=True,
-                            env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    script = daemon_state_command(
+        str(bin_dir), str(tmp_path / "config.toml"), "containerd.service", (), image, True
+    )
+    result = subprocess.run(
+        ["sh", "-c", script],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"},
+    )
     assert result.returncode == 0, result.stderr
     assert not (log / "alone").exists(), "a question ran alone: " + (log / "alone").read_text()
     state = parse_daemon_state(result.stdout.splitlines())
@@ -273,30 +342,42 @@ def test_the_verify_fact_asks_the_daemon_its_questions_side_by_side(tmp_path, im
 def test_the_binaries_each_runtime_handler_needs():
     from tasks.verify import configured_runtimes, runtime_binaries
 
-    text = dump_of("default-1.7.24.toml", "1.7.24", runtimes=(
-        Runtime("crun", "io.containerd.runc.v2", "/usr/bin/crun", {}),
-        Runtime("kata", "io.containerd.kata.v2", None, {}),
-        Runtime("own-shim", "/opt/shims/containerd-shim-x-v1", None, {}),
-    ))
+    text = dump_of(
+        "default-1.7.24.toml",
+        "1.7.24",
+        runtimes=(
+            Runtime("crun", "io.containerd.runc.v2", "/usr/bin/crun", {}),
+            Runtime("kata", "io.containerd.kata.v2", None, {}),
+            Runtime("own-shim", "/opt/shims/containerd-shim-x-v1", None, {}),
+        ),
+    )
     assert runtime_binaries(configured_runtimes(text, Version("1.7.24"))) == [
-        ("crun", "containerd-shim-runc-v2"), ("crun", "/usr/bin/crun"),
+        ("crun", "containerd-shim-runc-v2"),
+        ("crun", "/usr/bin/crun"),
         ("kata", "containerd-shim-kata-v2"),
         ("own-shim", "/opt/shims/containerd-shim-x-v1"),
-        ("runc", "containerd-shim-runc-v2"), ("runc", "runc"),
+        ("runc", "containerd-shim-runc-v2"),
+        ("runc", "runc"),
     ]
     # The CRI status reports the same table in camelCase.
-    assert runtime_binaries({"gpu": {"runtimeType": "io.containerd.runc.v2", "options": {"BinaryName": "/x/nv"}}}) == [
-        ("gpu", "containerd-shim-runc-v2"), ("gpu", "/x/nv")]
+    assert runtime_binaries(
+        {"gpu": {"runtimeType": "io.containerd.runc.v2", "options": {"BinaryName": "/x/nv"}}}
+    ) == [("gpu", "containerd-shim-runc-v2"), ("gpu", "/x/nv")]
     assert configured_runtimes("not toml [", Version("1.7.24")) == {}
 
 
 def test_a_handler_whose_binary_is_missing_fails_verify_naming_it_and_the_fix():
-    needed = (("runc", "containerd-shim-runc-v2"), ("runc", "runc"), ("kata", "containerd-shim-kata-v2"),
-              ("gpu", "/usr/bin/nvidia-container-runtime"))
+    needed = (
+        ("runc", "containerd-shim-runc-v2"),
+        ("runc", "runc"),
+        ("kata", "containerd-shim-kata-v2"),
+        ("gpu", "/usr/bin/nvidia-container-runtime"),
+    )
     state = healthy()
     state.missing_binaries = ["containerd-shim-kata-v2", "/usr/bin/nvidia-container-runtime"]
-    verdict = judge(Expected(version="1.7.24", systemd_cgroup=True, sandbox_image=PAUSE, runtime_binaries=needed),
-                    state)
+    verdict = judge(
+        Expected(version="1.7.24", systemd_cgroup=True, sandbox_image=PAUSE, runtime_binaries=needed), state
+    )
     assert verdict.problems == [
         "runtime handler 'kata' cannot run pods: containerd-shim-kata-v2 (looked for in /usr/local/bin:"
         "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin) is not installed on the node; install it, "
@@ -304,8 +385,10 @@ def test_a_handler_whose_binary_is_missing_fails_verify_naming_it_and_the_fix():
         "runtime handler 'gpu' cannot run pods: /usr/bin/nvidia-container-runtime is not installed on the node; "
         "install it, or take 'gpu' out of containerd_runtimes (or out of the config) and redeploy",
     ]
-    fine = judge(Expected(version="1.7.24", systemd_cgroup=True, sandbox_image=PAUSE, runtime_binaries=needed[:2]),
-                 healthy())
+    fine = judge(
+        Expected(version="1.7.24", systemd_cgroup=True, sandbox_image=PAUSE, runtime_binaries=needed[:2]),
+        healthy(),
+    )
     assert fine.problems == [] and fine.checked[-1] == "the runtime handlers' binaries are installed (runc)"
 
 
@@ -318,7 +401,19 @@ def test_the_fact_looks_for_handler_binaries_as_containerd_does(tmp_path):
     bin_dir.mkdir()
     (bin_dir / "containerd-shim-runc-v2").write_text("#!/bin/sh\n")
     (bin_dir / "containerd-shim-runc-v2").chmod(0o755)
-    script = "\n".join(missing_binaries_lines(str(bin_dir), (
-        "containerd-shim-runc-v2", "sh", "containerd-shim-kata-v2", "/bin/sh", str(tmp_path / "absent runtime"))))
-    result = subprocess.run(["/bin/sh", "-c", script], capture_output=True, text=True, env={"PATH": "/nonexistent"})
+    script = "\n".join(
+        missing_binaries_lines(
+            str(bin_dir),
+            (
+                "containerd-shim-runc-v2",
+                "sh",
+                "containerd-shim-kata-v2",
+                "/bin/sh",
+                str(tmp_path / "absent runtime"),
+            ),
+        )
+    )
+    result = subprocess.run(
+        ["/bin/sh", "-c", script], capture_output=True, text=True, env={"PATH": "/nonexistent"}
+    )
     assert result.stdout.splitlines() == ["containerd-shim-kata-v2", str(tmp_path / "absent runtime")]
