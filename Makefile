@@ -39,6 +39,10 @@ lint: deps
 	$(VENV)/bin/ruff format --check $(PY_TREES)
 	$(VENV)/bin/mypy
 
+# The node scripts' unit tests once more without root (a user namespace where this user is
+# nobody): developers run them so.
+UNPRIVILEGED := unshare --user
+
 # Lint and unit tests first (they fail before any VM boots), then deploy + conformance +
 # idempotency + refusals on real VMs: three node generations (Debian 12 + containerd 1.6,
 # Debian 13 + 1.7, Debian 13 + 2.1), one xdist worker each, and the fleet, supply-chain,
@@ -46,6 +50,7 @@ lint: deps
 # by size), which tests/e2e/conftest.py starts with the longest group.
 test: deps lint
 	$(PY) -m pytest -p no:cacheprovider -q -n 2 tests/unit
+	$(UNPRIVILEGED) $(PY) -m pytest -p no:cacheprovider -q tests/unit/test_scripts.py
 	$(PY) -m pytest -p no:cacheprovider -v --durations=30 -n 3 --dist loadgroup --no-loadscope-reorder tests/e2e
 
 unit: deps lint

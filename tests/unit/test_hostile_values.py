@@ -147,7 +147,6 @@ def test_a_path_reaches_rm_as_one_argument(tmp_path_factory, tail):
     assert calls == [["rm", "-f", "--", path]]
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="the script installs root-owned files (run as root)")
 @RUN_EXAMPLES
 @given(name=hostile)
 def test_install_manifest_rerun_and_removal_hold_for_any_accepted_directory(tmp_path_factory, name):
