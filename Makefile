@@ -28,7 +28,7 @@ $(VENV)/.installed: requirements.txt
 demo: deps
 	$(PY) -m tests.harness up --registry $(DEMO_NODE)
 	$(PY) -m pyinfra inventories/local.py deploy.py -y --limit $(DEMO_NODE)
-	$(PY) -m pytest -p no:cacheprovider tests/conformance --hosts=ssh://$(DEMO_NODE) --ssh-config=.nodes/ssh_config -v \
+	$(PY) -m pytest -p no:cacheprovider tasks/conformance --hosts=ssh://$(DEMO_NODE) --ssh-config=.nodes/ssh_config -v \
 	  --pull-image=docker.io/library/nginx:alpine --serve-port=80
 	$(PY) -m tests.harness guide-nginx $(DEMO_NODE)
 	@echo "the node keeps running: ssh -F .nodes/ssh_config $(DEMO_NODE); stop it with: make down"

@@ -7,7 +7,7 @@ binary, unit and config that are on disk now (not older ones it started with), i
 plugins loaded, the effective config has the declared SystemdCgroup, a kubelet on the node
 (if any) uses the same cgroup driver, and a container actually runs (from the sandbox image,
 when the node has it; under a systemd scope when systemd cgroups are on). The CRI walk of a
-pod sandbox is the conformance suite's (`tests/conformance`), which needs a controller-side
+pod sandbox is the conformance suite's (`tasks/conformance`), which needs a controller-side
 gRPC client.
 """
 

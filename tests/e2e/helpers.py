@@ -69,7 +69,7 @@ def conformance(node, *extra: str) -> subprocess.CompletedProcess:
             "-rf",
             "-p",
             "no:cacheprovider",
-            "tests/conformance",
+            "tasks/conformance",
             f"--hosts=ssh://{node.name}",
             f"--ssh-config={vm.ssh_config_file()}",
             *extra,

@@ -55,7 +55,7 @@ def test_two_nodes_deploy_in_one_run_and_pass_conformance_from_the_inventory(fle
             "-q",
             "-p",
             "no:cacheprovider",
-            "tests/conformance",
+            "tasks/conformance",
             "--inventory=inventories/local.py",
             f"--limit={','.join(NAMES)}",
         ],

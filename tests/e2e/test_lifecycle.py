@@ -11,10 +11,10 @@ import tomllib
 import pytest
 import testinfra
 
+from tasks.conformance import oci
+from tasks.conformance.images import import_image
 from tasks.facts import parse_ctr_version
 from tasks.verify import release_version
-from tests.conformance import oci
-from tests.conformance.images import import_image
 from tests.harness import __main__ as harness
 from tests.harness import mirror, vm
 from tests.harness.paths import REPO_ROOT

@@ -1,11 +1,14 @@
 """`pyinfra @local` on the node itself, as root (a machine provisioning itself, as from
 cloud-init), with the deploy installed from its wheel into a venv of its own: an operator's
 deploy file (`from containerd_deploy import containerd_node`) deploys and verifies; the CLI
-form `pyinfra @local containerd_deploy.containerd_node` reruns with no change; the run takes the
+form `pyinfra @local containerd_deploy.containerd_node` reruns with no change; the installed
+package's conformance suite (`python -m containerd_deploy.conformance --hosts=local://`) passes
+on the node it runs on; the run takes the
 node's run lock for its own process: with another run holding it, it waits and stops, never
 goes on unguarded."""
 
 import json
+import re
 import shlex
 
 import pytest
@@ -67,6 +70,25 @@ def test_a_node_deploys_itself_and_reruns_with_no_change(node):
     process, results = run_local(node, "containerd_deploy.containerd_node")
     assert process.returncode == 0 and changed(results) == [], process.stderr[-3000:]
     assert node.ssh("systemctl show -p MainPID --value containerd").stdout.strip() == pid
+
+
+def test_the_installed_conformance_suite_passes_on_the_node_it_runs_on(node):
+    """No clone, no SSH: the package's own suite, from the operator's site directory."""
+    process = node.ssh(
+        f"cd {on_node.SITE} && {on_node.VENV}/bin/python -m containerd_deploy.conformance "
+        "--hosts=local:// -v -rfE",
+        check=False,
+        timeout=900,
+    )
+    summary = process.stdout.strip().splitlines()[-1] if process.stdout.strip() else ""
+    assert process.returncode == 0, process.stdout[-4000:] + process.stderr[-2000:]
+    passed = re.search(r"(\d+) passed", summary)
+    assert passed and int(passed.group(1)) >= 10 and "failed" not in summary and "error" not in summary, (
+        summary
+    )
+    # Through the CRI socket itself (no forward): a pod's container in its systemd slice and scope.
+    for check in ("test_pod_container_runs_and_execs", "test_container_process_is_in_a_systemd_scope"):
+        assert re.search(rf"test_cri\.py::{check}\S* PASSED", process.stdout), process.stdout[-3000:]
 
 
 def test_a_run_on_the_node_waits_for_the_lock_and_stops_when_another_run_holds_it(node):

@@ -164,7 +164,7 @@ def test_conformance_from_an_inventory_whose_host_uses_sudo(node, tmp_path):
             "-rf",
             "-p",
             "no:cacheprovider",
-            "tests/conformance",
+            "tasks/conformance",
             f"--inventory={inventory}",
             "--expect-runtime-handlers=runc,crun",
         ],

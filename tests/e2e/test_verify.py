@@ -7,8 +7,8 @@ import json
 
 import testinfra
 
-from tests.conformance import oci
-from tests.conformance.images import import_image
+from tasks.conformance import oci
+from tasks.conformance.images import import_image
 from tests.harness import vm
 
 from .helpers import CONFIG, changed_ops, conformance, main_pid, node_snapshot, pyinfra, read, restore

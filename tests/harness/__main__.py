@@ -19,7 +19,8 @@ import sys
 import time
 import urllib.request
 
-from ..conformance.oci import PAUSE_IMAGE_NAME
+from tasks.conformance.oci import PAUSE_IMAGE_NAME
+
 from . import image, mirror, registry, vm
 from .paths import REPO_ROOT, run_root
 

@@ -4,7 +4,9 @@ provisions itself (as from cloud-init) with a deploy file of its operator's own.
 The node reaches no package index: the controller builds this tree's wheel (containerd-deploy,
 importable as `containerd_deploy`), downloads the wheels of the versions it runs itself (for
 the node's Python, the image's python3) once into the cache, and copies them over SSH; the node
-pip-installs the package into a fresh venv, as a user would from an index.
+pip-installs the package with its conformance extra into a fresh venv, as a user would from an
+index. The conformance suite builds its test image from busybox-static's /bin/busybox: the
+controller's is copied too (the operator's `apt install busybox-static`).
 """
 
 import fcntl
@@ -38,21 +40,30 @@ def _pins() -> str:
     ).stdout
 
 
+# The package's dependencies and its conformance extra's (pyproject.toml), at the controller's versions.
+WANTED = (
+    "pyinfra",
+    "tomlkit",
+    "packaging",
+    "pytest",
+    "pytest-testinfra",
+    "container-runtime-interface-api",
+    "grpcio",
+    "protobuf",
+)
+
+
 def wheels(python_tag: str = "cp311") -> Path:
-    """A directory of wheels for pyinfra, tomlkit and packaging at the controller's versions."""
+    """A directory of wheels for what the package needs, at the controller's versions."""
     pins = _pins()
-    directory = cache_root() / f"node-wheels-{python_tag}-{digest(pins)}"
+    directory = cache_root() / f"node-wheels-{python_tag}-{digest(pins + ' '.join(WANTED))}"
     with open(cache_root() / ".node-wheels.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (directory / "ready").exists():
             return directory
         constraints = cache_root() / f".constraints-{digest(pins)}.txt"
         constraints.write_text(pins)
-        wanted = [
-            line
-            for line in pins.splitlines()
-            if line.split("==")[0].lower() in ("pyinfra", "tomlkit", "packaging")
-        ]
+        wanted = [line for line in pins.splitlines() if line.split("==")[0].lower() in WANTED]
         subprocess.run(
             [
                 sys.executable,
@@ -117,11 +128,19 @@ def install(node) -> None:
     and an operator's deploy file at SITE/deploy.py that imports it, on `node` (a vm.Node)."""
     with tempfile.TemporaryDirectory() as work:
         package = build_wheel(Path(work))
-        archive = _tar({"wheels": wheels(), f"package/{package.name}": package})
+        archive = _tar(
+            {
+                "wheels": wheels(),
+                f"package/{package.name}": package,
+                "busybox": Path("/bin/busybox").resolve(),
+            }
+        )
     script = (
         f"set -e; rm -rf /opt/node-setup {VENV} {SITE}; mkdir -p /opt/node-setup {SITE}; "
         f"tar -xf - -C /opt/node-setup; python3 -m venv {VENV}; "
-        f"{VENV}/bin/pip install -q --no-index --find-links /opt/node-setup/wheels /opt/node-setup/package/*.whl; "
+        f"{VENV}/bin/pip install -q --no-index --find-links /opt/node-setup/wheels "
+        '"$(echo /opt/node-setup/package/*.whl)[conformance]"; '
+        "install -m 0755 /opt/node-setup/busybox /bin/busybox; "
         f"rm -rf /opt/node-setup; cat > {SITE}/deploy.py <<'CONTAINERD_DEPLOY_EOF'\n{USER_DEPLOY}CONTAINERD_DEPLOY_EOF"
     )
     subprocess.run(node.ssh_command(script), input=archive, check=True, capture_output=True, timeout=900)

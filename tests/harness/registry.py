@@ -31,7 +31,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from ..conformance import oci
+from tasks.conformance import oci
+
 from . import mirror, vm
 from .paths import cache_root, run_root
 

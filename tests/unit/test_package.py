@@ -33,7 +33,7 @@ def test_dependency_ranges_admit_the_pinned_test_versions():
         if "==" in line:
             name, version = line.split("==")
             pins[name.lower()] = version
-    for dependency in project["dependencies"]:
+    for dependency in project["dependencies"] + project["optional-dependencies"]["conformance"]:
         requirement = Requirement(dependency)
         assert requirement.name.lower() in pins, f"{requirement.name} is not pinned in requirements.txt"
         assert requirement.specifier.contains(pins[requirement.name.lower()]), (

@@ -460,7 +460,7 @@ def test_a_fetch_stopped_by_a_signal_stops_its_downloads_and_keeps_nothing(node,
     fake.mkdir()
     (fake / "curl").write_text(
         "#!/bin/sh\nfor a; do out=$url; url=$a; done\n"
-        'case "$url" in *slow*) echo started > "$SLOW_MARK"; exec sleep 60;; esac\n'
+        'case "$url" in *slow*) echo $$ > "$SLOW_MARK.pid"; mv "$SLOW_MARK.pid" "$SLOW_MARK"; exec sleep 60;; esac\n'
         'while [ "$1" != -o ]; do shift; done; cp "${url#file://}" "$2"\n'
     )
     (fake / "curl").chmod(0o755)
@@ -481,8 +481,17 @@ def test_a_fetch_stopped_by_a_signal_stops_its_downloads_and_keeps_nothing(node,
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=20) != 0
     assert not (node / "staging").exists(), list((node / "staging").iterdir())
-    sleeping = subprocess.run(["pgrep", "-f", "sleep 60"], capture_output=True, text=True).stdout.split()
-    assert not sleeping, "the slow download was stopped"
+    # This run's own download (its PID, written before it became the sleep), not any `sleep 60`.
+    download = int(mark.read_text())
+    for _ in range(50):
+        try:
+            if Path(f"/proc/{download}/stat").read_text().split()[2] == "Z":
+                break  # killed, not yet reaped
+        except FileNotFoundError:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("the slow download was not stopped")
 
 
 def test_a_failure_told_to_a_dropped_connection_still_cleans_up(node):

@@ -10,10 +10,9 @@ import uuid
 
 import pytest
 
-from tasks.config_toml import PATHS, value_at
-from tasks.daemon import missing_binaries_lines
-from tasks.verify import kubelet_cgroup_driver, missing_binary_problem, release_version, runtime_binaries
-
+from ..config_toml import PATHS, value_at
+from ..daemon import missing_binaries_lines
+from ..verify import kubelet_cgroup_driver, missing_binary_problem, release_version, runtime_binaries
 from . import oci
 from .cri import Pod, cri_config, runtime_handlers, sandbox_image, systemd_cgroup
 from .images import import_image

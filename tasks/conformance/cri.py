@@ -65,9 +65,10 @@ class Forward:
     """The node's CRI socket as a local path: an SSH forward, or the socket itself on local://."""
 
     def __init__(self, host, remote: str = SOCKET, timeout: float = 30):
-        self.process = None
-        self.directory = None
-        self.host, self.relay_unit = host, None
+        self.process: subprocess.Popen | None = None
+        self.directory: str | None = None
+        self.host = host
+        self.relay_unit: str | None = None
         backend = host.backend
         if backend.NAME == "local":
             self.path = remote
@@ -240,10 +241,11 @@ class Pod:
                 ),
             ),
         )
-        self.sandbox_id = self.container_id = None
+        self.sandbox_id: str | None = None
+        self.container_id: str | None = None
 
     def start(self) -> "Pod":
-        self.sandbox_id = self.cri.call(
+        self.sandbox_id = sandbox_id = self.cri.call(
             self.cri.runtime,
             "RunPodSandbox",
             api.RunPodSandboxRequest(config=self.sandbox_config, runtime_handler=self.handler),
@@ -254,30 +256,35 @@ class Pod:
             command=list(self.command or ()),
             linux=api.LinuxContainerConfig(),
         )
-        self.container_id = self.cri.call(
+        self.container_id = container_id = self.cri.call(
             self.cri.runtime,
             "CreateContainer",
             api.CreateContainerRequest(
-                pod_sandbox_id=self.sandbox_id, config=container, sandbox_config=self.sandbox_config
+                pod_sandbox_id=sandbox_id, config=container, sandbox_config=self.sandbox_config
             ),
         ).container_id
         self.cri.call(
-            self.cri.runtime, "StartContainer", api.StartContainerRequest(container_id=self.container_id)
+            self.cri.runtime, "StartContainer", api.StartContainerRequest(container_id=container_id)
         )
         return self
+
+    @property
+    def started_container(self) -> str:
+        assert self.container_id, "the pod's container was not started"
+        return self.container_id
 
     def exec(self, *command: str):
         return self.cri.call(
             self.cri.runtime,
             "ExecSync",
-            api.ExecSyncRequest(container_id=self.container_id, cmd=list(command), timeout=30),
+            api.ExecSyncRequest(container_id=self.started_container, cmd=list(command), timeout=30),
         )
 
     def pid(self) -> int:
         status = self.cri.call(
             self.cri.runtime,
             "ContainerStatus",
-            api.ContainerStatusRequest(container_id=self.container_id, verbose=True),
+            api.ContainerStatusRequest(container_id=self.started_container, verbose=True),
         )
         assert status.status.state == api.CONTAINER_RUNNING, (
             f"the container is {status.status.state}, not running"
@@ -285,18 +292,25 @@ class Pod:
         return int(json.loads(status.info["info"])["pid"])
 
     def remove(self) -> None:
-        runtime = self.cri.runtime
+        """Stop and remove the container and the sandbox. Each step is tried even when one before
+        it failed (a container whose shim died cannot be stopped, its sandbox still must go);
+        the first failure is raised at the end."""
+        runtime, steps = self.cri.runtime, []
         if self.container_id:
-            self.cri.call(
-                runtime, "StopContainer", api.StopContainerRequest(container_id=self.container_id, timeout=5)
-            )
-            self.cri.call(
-                runtime, "RemoveContainer", api.RemoveContainerRequest(container_id=self.container_id)
-            )
+            steps += [
+                ("StopContainer", api.StopContainerRequest(container_id=self.container_id, timeout=5)),
+                ("RemoveContainer", api.RemoveContainerRequest(container_id=self.container_id)),
+            ]
         if self.sandbox_id:
-            self.cri.call(
-                runtime, "StopPodSandbox", api.StopPodSandboxRequest(pod_sandbox_id=self.sandbox_id)
-            )
-            self.cri.call(
-                runtime, "RemovePodSandbox", api.RemovePodSandboxRequest(pod_sandbox_id=self.sandbox_id)
-            )
+            steps += [
+                ("StopPodSandbox", api.StopPodSandboxRequest(pod_sandbox_id=self.sandbox_id)),
+                ("RemovePodSandbox", api.RemovePodSandboxRequest(pod_sandbox_id=self.sandbox_id)),
+            ]
+        failures = []
+        for method, request in steps:
+            try:
+                self.cri.call(runtime, method, request)
+            except grpc.RpcError as error:
+                failures.append(error)
+        if failures:
+            raise failures[0]

@@ -56,7 +56,7 @@ def route(registry: str, config_path: str, hosts_files: dict[str, str]) -> Route
             document = tomllib.loads(text)
         except tomllib.TOMLDecodeError:
             return Route(registry, path, [], "(unreadable hosts.toml)")
-        hosts = document.get("host") if isinstance(document.get("host"), dict) else {}
+        hosts = document["host"] if isinstance(document.get("host"), dict) else {}
         server = document.get("server") or (default_server(registry) if name != "_default" else "")
         return Route(registry, path, list(hosts), server)
     return Route(registry, None, [], default_server(registry))

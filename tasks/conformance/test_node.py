@@ -1,16 +1,15 @@
 """Is this node a correct containerd node? Checks over SSH (pytest-testinfra), no agent needed.
 
-pytest tests/conformance --hosts=ssh://root@node1 [--ssh-config=...]
+pytest tasks/conformance --hosts=ssh://root@node1 [--ssh-config=...]
 """
 
 import uuid
 
 import pytest
 
-from tasks.config_toml import runc_systemd_cgroup
-from tasks.facts import parse_ctr_version
-from tasks.verify import release_version
-
+from ..config_toml import runc_systemd_cgroup
+from ..facts import parse_ctr_version
+from ..verify import release_version
 from . import oci
 from .images import import_image
 

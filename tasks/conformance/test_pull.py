@@ -1,6 +1,6 @@
 """Pulls through the node's registries, as a kubelet makes them (opt-in: --pull-image=REF).
 
-    pytest tests/conformance --hosts=ssh://root@node1 --pull-image=docker.io/library/nginx:alpine \
+    pytest tasks/conformance --hosts=ssh://root@node1 --pull-image=docker.io/library/nginx:alpine \
         [--serve-port=80]
 
 Each reference is pulled through the CRI, so containerd routes it by the node's hosts.toml files
@@ -17,8 +17,7 @@ import grpc
 import pytest
 from cri_api.v1 import api_pb2 as api
 
-from tasks.config_toml import PATHS, value_at
-
+from ..config_toml import PATHS, value_at
 from .conftest import PULLS
 from .cri import Pod
 from .pull import DEFAULT_CONFIG_PATH, Route, explain_failure, page_title, registry_of, route
