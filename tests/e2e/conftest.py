@@ -57,10 +57,20 @@ def first_deploy(node):
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config, items):
     # One xdist worker per matrix entry (--dist loadgroup): its node boots once for all its tests.
+    kept, deselected = [], []
     for item in items:
         callspec = getattr(item, "callspec", None)
         if callspec and "node" in callspec.params:
-            item.add_marker(pytest.mark.xdist_group(callspec.params["node"].label))
+            label = callspec.params["node"].label
+            only = item.get_closest_marker("generations")
+            if only and label not in only.args:
+                deselected.append(item)
+                continue
+            item.add_marker(pytest.mark.xdist_group(label))
+        kept.append(item)
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = kept
     # xdist hands groups to workers in collection order: the longest (runs cut short at ten
     # points) goes first, so it runs beside the others instead of after them.
     items.sort(key=lambda item: 0 if item.get_closest_marker("slowest_group") else 1)

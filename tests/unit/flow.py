@@ -18,7 +18,7 @@ from pyinfra.context import ctx_host, ctx_state
 import tasks.node as flow
 from tasks import artifacts
 from tasks.configure import desired_config, unit_text
-from tasks.facts import Manifest, NodeState
+from tasks.facts import ContainerdNode, Manifest, NodeState
 from tasks.settings import resolve
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "config"
@@ -102,17 +102,28 @@ def prepare(
     data: dict | None = None,
     diff: bool = False,
     files: dict[str, str] | None = None,
+    asked: dict | None = None,
 ) -> list[PreparedOp]:
     """Prepare `containerd_node` for a host with `data` whose node fact is `node`; the operations
     it added, in order, with the commands each would run (none: no change). `diff`: as with
-    pyinfra's --diff; `files`: path -> text the node's FileContents fact returns then."""
+    pyinfra's --diff; `files`: path -> text the node's FileContents fact returns then; `asked`: filled with
+    the arguments the deploy gave the node fact."""
     data = {"containerd_verify": False, **(data or {})}
     inventory = Inventory(([("node1", data)], {}))
     state = State(inventory, Config(DIFF=diff))
     host = inventory.get_host("node1")
     state.activate_host(host)
-    monkeypatch.setattr(host, "get_fact", lambda fact, path="", **kwargs: (files or {})[path].splitlines())
-    monkeypatch.setattr(flow, "gather", lambda settings: node)
+
+    def get_fact(fact, path="", **kwargs):
+        # The node fact answers with `node` (what the deploy asked is kept in `asked`); the
+        # FileContents fact (--diff) with `files`.
+        if fact is ContainerdNode:
+            if asked is not None:
+                asked.update(kwargs)
+            return node
+        return (files or {})[path].splitlines()
+
+    monkeypatch.setattr(host, "get_fact", get_fact)
     monkeypatch.setattr(flow, "fetch_digest", no_fetch)
     with ctx_state.use(state), ctx_host.use(host):
         flow.containerd_node._inner()

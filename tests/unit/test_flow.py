@@ -204,3 +204,54 @@ def test_diff_says_no_restart_when_only_a_registry_changes(monkeypatch, caplog, 
     assert "No restart: containerd.service keeps running" in caplog.text
     assert "Will create /etc/containerd/certs.d/docker.io/hosts.toml" in caplog.text
     assert 'host."https://m.internal"' in caplog.text
+
+
+def test_the_node_is_asked_about_the_paths_the_data_names(monkeypatch):
+    """One fact, asked once, with every path taken from the host's data (a drifted path would
+    read one place and write another)."""
+    import os
+    import socket
+
+    data = {
+        "containerd_bin_dir": "/opt/containerd/bin",
+        "containerd_config_path": "/etc/ctd/config.toml",
+        "containerd_unit_path": "/etc/systemd/system/ctd.service",
+        "containerd_deploy_state_dir": "/var/lib/ctd-deploy",
+        "containerd_staging_dir": "/var/tmp/ctd-staging",
+        "runc_path": "/opt/runc/runc",
+        "cni_bin_dir": "/opt/cni/bin",
+        "containerd_registry_config_path": "/etc/ctd/certs.d",
+        "containerd_config_base": "default",
+        "containerd_registries": {"docker.io": {"mirrors": [{"host": "https://mirror.internal"}]}},
+    }
+    settings = settings_for(data)
+    asked: dict = {}
+    prepare(monkeypatch, converged(settings), data, asked=asked)
+    assert asked == {
+        "bin_dir": "/opt/containerd/bin",
+        "config_path": "/etc/ctd/config.toml",
+        "unit_path": "/etc/systemd/system/ctd.service",
+        "state_dir": "/var/lib/ctd-deploy",
+        "files": (
+            "/etc/systemd/system/ctd.service.d/http-proxy.conf",
+            "/etc/crictl.yaml",
+            "/etc/ctd/certs.d/docker.io/hosts.toml",
+        ),
+        "certs_dir": "/etc/ctd/certs.d",
+        "marker": asked["marker"],
+        "always_defaults": True,
+        "loaded": (
+            "/etc/ctd/config.toml",
+            "/etc/systemd/system/ctd.service",
+            "/etc/systemd/system/ctd.service.d/http-proxy.conf",
+        ),
+        "lock_owner": f"controller {socket.gethostname()} pid {os.getpid()}",
+        "staging_dir": "/var/tmp/ctd-staging",
+        "install_dirs": ("/opt/runc", "/opt/cni/bin"),
+        "anchor_pid": 0,  # over SSH the lock is tied to the connection, not to this process
+    }
+    from tasks.registries import MARKER
+
+    assert asked["marker"] == MARKER
+    prepare(monkeypatch, converged(settings_for()), asked=asked)
+    assert asked["always_defaults"] is False, "the default base is the existing config"

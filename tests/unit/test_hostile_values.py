@@ -93,9 +93,18 @@ PATH_KEYS = [
     "containerd_staging_dir",
     "containerd_registry_config_path",
 ]
-EXAMPLES = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# `make mutation` runs the unit tests once per mutant: fewer examples there (each surviving
+# mutant runs every property), the full number in `make test`.
+MUTATION = os.environ.get("CONTAINERD_DEPLOY_MUTATION") == "1"
+EXAMPLES = settings(
+    max_examples=30 if MUTATION else 300,
+    derandomize=MUTATION,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 RUN_EXAMPLES = settings(
-    max_examples=40,
+    max_examples=10 if MUTATION else 40,
+    derandomize=MUTATION,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )

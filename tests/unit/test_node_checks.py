@@ -356,3 +356,41 @@ def test_the_flow_refuses_an_unsupported_host_before_saying_the_lock_was_unavail
         monkeypatch.setattr(flow, "for_host", lambda host: resolve("node1", {"containerd_state": "absent"}))
         with pytest.raises(DeployError, match="could not take the node's run lock"):
             flow.containerd_node._inner()
+
+
+def test_an_unpinned_version_is_refused_for_every_host_before_any_is_asked_unless_it_is_being_removed():
+    from pyinfra.api import Config, Inventory, State
+
+    from tasks.node import check_inventory_data
+    from tasks.values import DataError
+
+    def connected(hosts):
+        state = State(Inventory((hosts, {})), Config())
+        for one in state.inventory:
+            state.activate_host(one)
+        return state
+
+    unpinned = {"containerd_version": "1.7.99"}
+    with pytest.raises(
+        DataError, match=r"^later: data key 'containerd_sha256' is not set, and containerd 1.7.99"
+    ):
+        check_inventory_data(connected([("first", {}), ("later", unpinned)]))
+    # Removing containerd needs no release: an unpinned version there is nothing to refuse.
+    check_inventory_data(connected([("first", {}), ("later", {**unpinned, "containerd_state": "absent"})]))
+
+
+def test_only_a_local_connector_runs_on_the_node():
+    """@local ties the run lock to this process; any other connector to its connection."""
+    from pyinfra.api import Config, Inventory, State
+    from pyinfra.context import ctx_host, ctx_state
+
+    from tasks.node import runs_on_the_node
+
+    inventory = Inventory((["@local", "node1", "@docker/debian"], {}))
+    state = State(inventory, Config())
+    answers = {}
+    with ctx_state.use(state):
+        for one in inventory:
+            with ctx_host.use(one):
+                answers[one.name] = runs_on_the_node()
+    assert answers == {"@local": True, "node1": False, "@docker/debian": False}
