@@ -240,6 +240,33 @@ def distro_package_lines() -> list[str]:
     ]
 
 
+def manifest_lines(state_dir: str) -> list[str]:
+    """Shell lines printing each manifest in `state_dir` and the identity each file it lists
+    has now (sections `manifest <name>` and `actual <name>`)."""
+    q = shlex.quote
+    return [
+        f"for m in {q(state_dir)}/*.manifest; do",
+        '  [ -f "$m" ] || continue',
+        f'  echo "{SECTION}manifest ${{m##*/}}"',
+        '  cat "$m"',
+        f'  echo "{SECTION}actual ${{m##*/}}"',
+        # One stat for all of a manifest's files (each command started costs on a small node).
+        "  set --",
+        # `file <path> <identity>`: the path (spaces and all) runs to the last space.
+        "  while IFS= read -r line; do",
+        '    case "$line" in "file "*) ;; *) continue;; esac',
+        "    rest=${line#file }",
+        "    path=${rest% *}",
+        "    recorded=${rest##* }",
+        '    [ -f "$path" ] || continue',
+        # A manifest written before identities were recorded holds digests: hash those files.
+        '    case "$recorded" in *:*) set -- "$@" "$path";; *) sha256sum "$path";; esac',
+        '  done < "$m"',
+        f"  [ $# -eq 0 ] || stat -c '{FILE_IDENTITY_FORMAT}  %n' \"$@\"",
+        "done",
+    ]
+
+
 def node_state_command(
     bin_dir: str,
     config_path: str,
@@ -268,25 +295,7 @@ def node_state_command(
             f'echo "{SECTION}machine $2"',
             f'echo "{SECTION}kernel $1"',
             f'if [ -d /run/systemd/system ]; then echo "{SECTION}systemd"; fi',
-            f"for m in {q(state_dir)}/*.manifest; do",
-            '  [ -f "$m" ] || continue',
-            f'  echo "{SECTION}manifest ${{m##*/}}"',
-            '  cat "$m"',
-            f'  echo "{SECTION}actual ${{m##*/}}"',
-            # One stat for all of a manifest's files (each command started costs on a small node).
-            "  set --",
-            # `file <path> <identity>`: the path (spaces and all) runs to the last space.
-            "  while IFS= read -r line; do",
-            '    case "$line" in "file "*) ;; *) continue;; esac',
-            "    rest=${line#file }",
-            "    path=${rest% *}",
-            "    recorded=${rest##* }",
-            '    [ -f "$path" ] || continue',
-            # A manifest written before identities were recorded holds digests: hash those files.
-            '    case "$recorded" in *:*) set -- "$@" "$path";; *) sha256sum "$path";; esac',
-            '  done < "$m"',
-            f"  [ $# -eq 0 ] || stat -c '{FILE_IDENTITY_FORMAT}  %n' \"$@\"",
-            "done",
+            *manifest_lines(state_dir),
             f'echo "{SECTION}unit"',
             f"[ -f {q(unit_path)} ] && sha256sum {q(unit_path)}",
             f'echo "{SECTION}config"',
@@ -491,3 +500,21 @@ class ContainerdDefaultConfig(FactBase):
 
     def process(self, output):
         return decode_lines(output)
+
+
+class ReleaseManifests(FactBase):
+    """
+    Returns the manifests of what this deploy installed (component -> ``Manifest``: version,
+    sha256, each file with its recorded and its current identity), for operations called
+    on their own; the deploy reads them with ``ContainerdNode``.
+    """
+
+    @staticmethod
+    def default():
+        return {}
+
+    def command(self, state_dir):
+        return "\n".join(manifest_lines(state_dir))
+
+    def process(self, output):
+        return parse_node_state(list(output)).manifests

@@ -1,7 +1,9 @@
 """pyinfra operations of this deploy: thin, each decides from the node state it is given.
 
-They take the state the `ContainerdNode` fact gathered at the start of the run instead of
-asking the node again, so a run with nothing to do costs one round trip for that fact.
+The deploy gives them the state the `ContainerdNode` fact gathered at the start of the run
+instead of asking the node again, so a run with nothing to do costs one round trip for that
+fact. Called on their own (in a deploy of the operator's), they read that state themselves:
+an argument left at `FROM_NODE` is asked of the node with a fact of its own.
 """
 
 import hashlib
@@ -16,11 +18,12 @@ from typing import IO
 from pyinfra import host, logger
 from pyinfra.api import FileUploadCommand, FunctionCommand, StringCommand, operation
 from pyinfra.api.command import PyinfraCommand
-from pyinfra.facts.files import FileContents
+from pyinfra.facts.files import Directory, File, FileContents, Sha256File
+from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 from pyinfra.operations.util.files import generate_color_diff
 
 from .artifacts import Artifact
-from .facts import UPLOAD_DIR_PREFIX, DistroPackage, Manifest, hidden_copy
+from .facts import UPLOAD_DIR_PREFIX, DistroPackage, Manifest, ReleaseManifests, hidden_copy
 from .fetch import FetchError, cached_path, ensure_cached
 from .scripts import (
     fetch_artifacts_script,
@@ -37,6 +40,31 @@ from .scripts import (
 )
 
 q = shlex.quote
+
+
+class FromNode:
+    """The default of an operation's state argument: read it from the node (see FROM_NODE)."""
+
+    def __repr__(self) -> str:
+        return "FROM_NODE"
+
+
+FROM_NODE = FromNode()
+
+
+def installed_manifest(
+    component: str, state_dir: str, given: "Manifest | None | FromNode"
+) -> Manifest | None:
+    if isinstance(given, FromNode):
+        return host.get_fact(ReleaseManifests, state_dir=state_dir).get(component)
+    return given
+
+
+def unit_state(unit: str) -> tuple[bool, bool]:
+    """(active, enabled) of a systemd unit, asked of the node."""
+    active = host.get_fact(SystemdStatus, services=[unit]).get(unit, False)
+    enabled = host.get_fact(SystemdEnabled, services=[unit]).get(unit, False)
+    return active, enabled
 
 
 def _escalated() -> bool:
@@ -148,8 +176,9 @@ def release_artifact(
     dest: str,
     staging_dir: str,
     state_dir: str,
-    installed: Manifest | None = None,
+    installed: Manifest | None | FromNode = FROM_NODE,
     verified: bool = False,
+    fetched: bool = True,
 ):
     """
     Install a release artifact fetched by ``release_files_fetched`` (its sha256 checked on the node),
@@ -159,10 +188,14 @@ def release_artifact(
     + dest: directory for a tarball's files, or the final path of a single binary
     + staging_dir: where the fetched file waits
     + state_dir: where the manifest of installed files is kept
-    + installed: the component's manifest from the ``ContainerdNode`` fact
+    + installed: the component's manifest from the ``ContainerdNode`` fact (None: not installed);
+      read from ``state_dir`` on the node when not given
     + verified: the node itself downloaded and checked the file earlier in this run
       (artifact_source=node), so it is not hashed a second time; a file uploaded from the
       controller is checked on the node before it is installed
+    + fetched: ``release_files_fetched`` put the file into ``staging_dir`` earlier in the run
+      (the deploy fetches every file before it installs any); False: download and verify it
+      here, for one artifact installed on its own
 
     **Example:**
 
@@ -174,8 +207,10 @@ def release_artifact(
             dest="/usr/local/sbin/runc",
             staging_dir="/var/cache/containerd-deploy",
             state_dir="/var/lib/containerd-deploy",
+            fetched=False,
         )
     """
+    installed = installed_manifest(artifact.component, state_dir, installed)
     if artifact_is_installed(installed, artifact, dest):
         host.noop(f"{artifact.component} {artifact.version} ({artifact.sha256[:12]}) is installed and intact")
         return
@@ -184,19 +219,22 @@ def release_artifact(
         dest,
         staging_dir,
         state_dir,
-        uploaded=fetched_path(staging_dir, artifact),
-        verified=verified,
+        uploaded=fetched_path(staging_dir, artifact) if fetched else None,
+        verified=verified and fetched,
     )
 
 
 @operation()
-def release_artifact_absent(component: str, state_dir: str, installed: Manifest | None):
+def release_artifact_absent(
+    component: str, state_dir: str, installed: Manifest | None | FromNode = FROM_NODE
+):
     """
     Remove what an earlier run installed of a component the data no longer asks for.
 
     + component: e.g. ``cni_plugins``
     + state_dir: where the manifests are kept
-    + installed: the component's manifest from the ``ContainerdNode`` fact (None: nothing to do)
+    + installed: the component's manifest from the ``ContainerdNode`` fact (None: nothing to do);
+      read from ``state_dir`` on the node when not given
 
     **Example:**
 
@@ -205,7 +243,7 @@ def release_artifact_absent(component: str, state_dir: str, installed: Manifest 
         release_artifact_absent(name="Remove crictl", component="crictl",
                                 state_dir="/var/lib/containerd-deploy", installed=node.manifests.get("crictl"))
     """
-    if installed is None:
+    if installed_manifest(component, state_dir, installed) is None:
         host.noop(f"{component} is not installed")
         return
     yield remove_artifact_script(component, state_dir)
@@ -239,7 +277,7 @@ def show_diff(path: str, current: str | None, wanted: str, secret: bool) -> None
 def file_content(
     path: str,
     content: str | Callable[[], str],
-    current_sha256: str | None,
+    current_sha256: str | None | FromNode = FROM_NODE,
     mode: str = "644",
     current_text: str | None = None,
 ):
@@ -248,7 +286,8 @@ def file_content(
 
     + path: the file on the node
     + content: the wanted text, or a callable returning it (called when the operation runs)
-    + current_sha256: sha256 of the node's file from the ``ContainerdNode`` fact, None if absent
+    + current_sha256: sha256 of the node's file from the ``ContainerdNode`` fact, None if absent;
+      read from the node when not given
     + mode: octal mode of the file; ``600`` files (credentials) are uploaded into a root-only
       file, never passed in a command line, shown or world-readable for an instant
     + current_text: the node's file, when the caller has it; with ``--diff`` it is read
@@ -265,6 +304,8 @@ def file_content(
             current_sha256=node.unit_sha256,
         )
     """
+    if isinstance(current_sha256, FromNode):
+        current_sha256 = host.get_fact(Sha256File, path=path)
     text = content() if callable(content) else content
     if hashlib.sha256(text.encode()).hexdigest() == current_sha256:
         host.noop(f"{path} is up to date")
@@ -293,12 +334,12 @@ def file_content(
 
 
 @operation()
-def file_absent(path: str, present: bool, remove_empty_parent: bool = False):
+def file_absent(path: str, present: bool | FromNode = FROM_NODE, remove_empty_parent: bool = False):
     """
     Remove a file the deploy wrote earlier and no longer wants.
 
     + path: the file on the node
-    + present: whether the ``ContainerdNode`` fact found it
+    + present: whether the ``ContainerdNode`` fact found it; asked of the node when not given
     + remove_empty_parent: also remove its directory if nothing else is left in it
 
     **Example:**
@@ -307,6 +348,8 @@ def file_absent(path: str, present: bool, remove_empty_parent: bool = False):
 
         file_absent(name="Remove the proxy drop-in", path=dropin, present=dropin in node.files)
     """
+    if isinstance(present, FromNode):
+        present = bool(host.get_fact(File, path=path))
     if not present:
         host.noop(f"{path} is absent")
         return
@@ -352,8 +395,8 @@ def containerd_service(
     ctr: str,
     version: str,
     timeout: int,
-    active: bool,
-    enabled: bool,
+    active: bool | FromNode = FROM_NODE,
+    enabled: bool | FromNode = FROM_NODE,
     restart: bool | Callable[[], bool] = False,
     reload: bool | Callable[[], bool] = False,
 ):
@@ -365,7 +408,8 @@ def containerd_service(
     + ctr: path of the installed ``ctr``, used to ask the daemon for its version
     + version: the containerd version the daemon must report
     + timeout: seconds to wait for the daemon to answer after (re)starting it
-    + active, enabled: the unit's state from the ``ContainerdNode`` fact
+    + active, enabled: the unit's state from the ``ContainerdNode`` fact; asked of systemd on
+      the node when not given
     + restart: whether (or a callable deciding at run time whether) to restart
     + reload: whether (or a callable deciding at run time whether) systemd must reload its units
 
@@ -380,6 +424,10 @@ def containerd_service(
             reload=any_changed(unit_file),
         )
     """
+    if isinstance(active, FromNode) or isinstance(enabled, FromNode):
+        asked = unit_state(unit)
+        active = asked[0] if isinstance(active, FromNode) else active
+        enabled = asked[1] if isinstance(enabled, FromNode) else enabled
     must_restart = restart() if callable(restart) else restart
     must_reload = reload() if callable(reload) else reload
     action = "restart" if must_restart else ("" if active else "start")
@@ -398,13 +446,14 @@ def containerd_service(
 
 
 @operation()
-def service_absent(unit: str, present: bool):
+def service_absent(unit: str, present: bool | FromNode = FROM_NODE):
     """
     Stop and disable a unit, and kill what its cgroup still holds (with ``KillMode=process``
     the shims and containers outlive the daemon; without their binaries they must go too).
 
     + unit: the systemd unit name
-    + present: whether the ``ContainerdNode`` fact found the unit installed, enabled or running
+    + present: whether the ``ContainerdNode`` fact found the unit installed, enabled or running;
+      asked of systemd on the node (running or enabled) when not given
 
     **Example:**
 
@@ -412,6 +461,8 @@ def service_absent(unit: str, present: bool):
 
         service_absent(name="Stop containerd", unit="containerd.service", present=node.active)
     """
+    if isinstance(present, FromNode):
+        present = any(unit_state(unit))
     if not present:
         host.noop(f"{unit} is not installed")
         return
@@ -442,12 +493,12 @@ def service_absent(unit: str, present: bool):
 
 
 @operation()
-def directory_absent(path: str, present: bool, only_if_empty: bool = False):
+def directory_absent(path: str, present: bool | FromNode = FROM_NODE, only_if_empty: bool = False):
     """
     Remove a directory the deploy made (with everything in it, or only once it is empty).
 
     + path: the directory on the node
-    + present: whether it is (or may be) there
+    + present: whether it is (or may be) there; asked of the node when not given
     + only_if_empty: leave it when anything else is in it
 
     **Example:**
@@ -457,6 +508,8 @@ def directory_absent(path: str, present: bool, only_if_empty: bool = False):
         directory_absent(name="Remove the state directory", path="/var/lib/containerd-deploy",
                          present=True, only_if_empty=True)
     """
+    if isinstance(present, FromNode):
+        present = bool(host.get_fact(Directory, path=path))
     if not present:
         host.noop(f"{path} is absent")
         return

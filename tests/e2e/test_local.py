@@ -91,6 +91,36 @@ def test_the_installed_conformance_suite_passes_on_the_node_it_runs_on(node):
         assert re.search(rf"test_cri\.py::{check}\S* PASSED", process.stdout), process.stdout[-3000:]
 
 
+STANDALONE = """\
+# An operator's own deploy using one of the package's operations on its own (no node state
+# given: it reads the manifest from the node, and downloads and verifies the file itself).
+from pyinfra import host
+
+from containerd_deploy.artifacts import Artifact
+from containerd_deploy.operations import release_artifact
+
+version = host.data.runc_version
+runc = Artifact(
+    "runc", version, "amd64",
+    f"{host.data.artifact_mirror}/opencontainers/runc/releases/download/v{version}/runc.amd64",
+    host.data.runc_sha256,
+)
+release_artifact(name="Install runc", artifact=runc, dest="/opt/standalone/runc",
+                 staging_dir="/var/cache/standalone", state_dir="/var/lib/standalone", fetched=False)
+"""
+
+
+def test_the_packages_operations_work_on_their_own_in_an_operators_deploy(node):
+    node.ssh(f"cat > {on_node.SITE}/standalone.py <<'EOF'\n{STANDALONE}EOF")
+    process, results = run_local(node, "standalone.py")
+    assert process.returncode == 0, process.stderr[-3000:]
+    assert changed(results) == ["Install runc"], changed(results)
+    data = json.loads((vm.node_dir(NAME) / "data.json").read_text())
+    assert data["runc_version"] in node.ssh("/opt/standalone/runc --version").stdout
+    process, results = run_local(node, "standalone.py")
+    assert process.returncode == 0 and changed(results) == [], process.stderr[-3000:]
+
+
 def test_a_run_on_the_node_waits_for_the_lock_and_stops_when_another_run_holds_it(node):
     """Regression: a run not coming through sshd reported the lock "unavailable" and went on unguarded."""
     node.ssh(

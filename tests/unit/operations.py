@@ -14,12 +14,27 @@ from pyinfra.api import Config, FileUploadCommand, Inventory, State, StringComma
 from pyinfra.context import ctx_host, ctx_state
 
 
-def commands(op, connector_arguments: dict | None = None, **kwargs) -> list:
+class Facts:
+    """The node's answers: fact class -> function of the fact's arguments; each question asked
+    is kept in `asked` (fact name, arguments). A fact without an answer fails the test."""
+
+    def __init__(self, answers: dict | None = None):
+        self.answers, self.asked = dict(answers or {}), []
+
+    def get_fact(self, fact, **arguments):
+        self.asked.append((fact.__name__, arguments))
+        assert fact in self.answers, f"the operation asked the node for {fact.__name__}{arguments}"
+        return self.answers[fact](**arguments)
+
+
+def commands(op, connector_arguments: dict | None = None, facts: Facts | None = None, **kwargs) -> list:
     """What `op(**kwargs)` yields for a host whose operation runs with `connector_arguments`
-    (e.g. {"_sudo": True}); [] when it calls host.noop."""
+    (e.g. {"_sudo": True}), the node answering facts with `facts` (default: none may be
+    asked); [] when it calls host.noop."""
     inventory = Inventory((["node1"], {}))
     state = State(inventory, Config())
     host = inventory.get_host("node1")
+    host.get_fact = (facts or Facts()).get_fact  # type: ignore[method-assign]
     with ctx_state.use(state), ctx_host.use(host):
         host.current_op_global_arguments = dict(connector_arguments or {})
         try:

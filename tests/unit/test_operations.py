@@ -6,19 +6,24 @@ import hashlib
 from io import StringIO
 
 import pytest
+from pyinfra.facts.files import Directory, File, Sha256File
+from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 
 from tasks.artifacts import Artifact
+from tasks.facts import Manifest, ReleaseManifests
 from tasks.operations import (
     containerd_service,
     directory_absent,
     file_absent,
     file_content,
     leftovers_absent,
+    release_artifact,
+    release_artifact_absent,
     release_files_fetched,
     service_absent,
 )
 
-from .operations import commands, run_commands, shell_text, uploads
+from .operations import Facts, commands, run_commands, shell_text, uploads
 
 HOSTILE = "/srv/a b;touch pwned/`id`$(id)'\"-x %H"
 
@@ -226,3 +231,138 @@ def test_with_diff_the_file_is_read_to_show_it_only_while_changes_are_detected(m
             yielded = list(file_content._inner(path="/etc/x.conf", content="new\n", current_sha256="0" * 64))
             assert yielded, "a changed file is written either way"
     assert reads == ["/etc/x.conf"]
+
+
+# Called on their own (an operator's deploy gives no node state): each operation asks the node
+# for the state it needs, with one fact, and decides from the answer exactly as when given it.
+
+RUNC = Artifact("runc", "1.1.11", "amd64", "https://mirror.internal/runc.amd64", "a" * 64)
+
+
+def intact_manifest(artifact: Artifact, path: str) -> Manifest:
+    identity = "1700000000:1:755:0:0"
+    return Manifest(
+        fields={"component": artifact.component, "version": artifact.version, "sha256": artifact.sha256},
+        files={path: identity},
+        actual={path: identity},
+    )
+
+
+@pytest.mark.parametrize(
+    "manifests, installs",
+    [
+        ({}, True),
+        ({"runc": intact_manifest(RUNC, "/usr/local/sbin/runc")}, False),
+        ({"runc": intact_manifest(RUNC, "/opt/elsewhere/runc")}, True),
+    ],
+)
+def test_a_release_artifact_on_its_own_reads_the_manifests_from_its_state_dir(manifests, installs):
+    facts = Facts({ReleaseManifests: lambda state_dir: manifests})
+    yielded = commands(
+        release_artifact,
+        facts=facts,
+        artifact=RUNC,
+        dest="/usr/local/sbin/runc",
+        staging_dir="/var/cache/containerd-deploy",
+        state_dir="/var/lib/containerd-deploy",
+    )
+    assert facts.asked == [("ReleaseManifests", {"state_dir": "/var/lib/containerd-deploy"})]
+    assert bool(yielded) is installs
+    # Given the manifest, it asks nothing.
+    given = commands(
+        release_artifact,
+        artifact=RUNC,
+        dest="/usr/local/sbin/runc",
+        staging_dir="/var/cache/containerd-deploy",
+        state_dir="/var/lib/containerd-deploy",
+        installed=manifests.get("runc"),
+    )
+    assert bool(given) is installs
+
+
+def test_a_release_artifact_absent_on_its_own_removes_only_what_a_manifest_records():
+    for manifests, removes in (({}, False), ({"crictl": Manifest()}, True)):
+        facts = Facts({ReleaseManifests: lambda state_dir, found=manifests: found})
+        yielded = commands(release_artifact_absent, facts=facts, component="crictl", state_dir="/var/lib/cd")
+        assert facts.asked == [("ReleaseManifests", {"state_dir": "/var/lib/cd"})]
+        assert bool(yielded) is removes
+
+
+@pytest.mark.parametrize("on_node, writes", [(None, True), ("b" * 64, True), ("wanted", False)])
+def test_file_content_on_its_own_reads_the_files_sha256(on_node, writes):
+    wanted = "version = 2\n"
+    digest = hashlib.sha256(wanted.encode()).hexdigest() if on_node == "wanted" else on_node
+    facts = Facts({Sha256File: lambda path: digest})
+    yielded = commands(file_content, facts=facts, path="/etc/containerd/config.toml", content=wanted)
+    assert facts.asked == [("Sha256File", {"path": "/etc/containerd/config.toml"})]
+    assert bool(yielded) is writes
+
+
+@pytest.mark.parametrize(
+    "op, fact, answer, removes",
+    [
+        (file_absent, File, {"mode": 644}, True),
+        (file_absent, File, None, False),
+        (file_absent, File, False, False),  # something else than a file: not this operation's
+        (directory_absent, Directory, {"mode": 755}, True),
+        (directory_absent, Directory, None, False),
+    ],
+)
+def test_absent_operations_on_their_own_ask_whether_the_path_is_there(op, fact, answer, removes):
+    facts = Facts({fact: lambda path: answer})
+    yielded = commands(op, facts=facts, path="/etc/containerd/x")
+    assert facts.asked == [(fact.__name__, {"path": "/etc/containerd/x"})]
+    assert bool(yielded) is removes
+
+
+@pytest.mark.parametrize(
+    "running, enabled, action",
+    [(True, True, None), (False, True, "start"), (False, False, "start"), (True, False, "")],
+)
+def test_containerd_service_on_its_own_asks_systemd_for_the_units_state(running, enabled, action):
+    facts = Facts(
+        {
+            SystemdStatus: lambda services: {"containerd.service": running},
+            SystemdEnabled: lambda services: {"containerd.service": enabled},
+        }
+    )
+    arguments = {key: value for key, value in SERVICE.items() if key not in ("active", "enabled")}
+    yielded = commands(containerd_service, facts=facts, **arguments)
+    assert [name for name, _ in facts.asked] == ["SystemdStatus", "SystemdEnabled"]
+    assert all(asked == {"services": ["containerd.service"]} for _, asked in facts.asked)
+    if action is None:
+        assert yielded == []
+        return
+    (script,) = yielded
+    assert script.count('systemctl start "$unit"') == (action == "start")
+    assert script.count("systemctl enable") == (not enabled)
+
+
+@pytest.mark.parametrize(
+    "running, enabled, stops", [(False, False, False), (True, False, True), (False, True, True)]
+)
+def test_service_absent_on_its_own_stops_a_unit_that_runs_or_is_enabled(running, enabled, stops):
+    facts = Facts(
+        {
+            SystemdStatus: lambda services: {"containerd.service": running},
+            SystemdEnabled: lambda services: {"containerd.service": enabled},
+        }
+    )
+    yielded = commands(service_absent, facts=facts, unit="containerd.service")
+    assert bool(yielded) is stops
+
+
+def test_a_release_artifact_not_fetched_earlier_downloads_and_verifies_it_itself():
+    arguments = dict(
+        artifact=RUNC,
+        dest="/usr/local/sbin/runc",
+        staging_dir="/var/cache/containerd-deploy",
+        state_dir="/var/lib/containerd-deploy",
+        installed=None,
+    )
+    (fetched,) = commands(release_artifact, **arguments, verified=True)
+    (alone,) = commands(release_artifact, **arguments, verified=True, fetched=False)
+    assert "uploaded=/var/cache/containerd-deploy/.fetched-runc\n" in fetched
+    assert "uploaded=''\n" in alone, "it downloads the URL itself"
+    # What it downloads itself is always hashed, whatever `verified` says of a fetched file.
+    assert alone.count("sha256sum") > fetched.count("sha256sum")

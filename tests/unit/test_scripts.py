@@ -544,3 +544,23 @@ def test_a_staging_directory_another_user_made_is_taken_over_before_use(node):
     staging.symlink_to(node / "mirror")
     result = run(fetch_artifacts_script([runc], str(staging)))
     assert result.returncode != 0 and "is a symbolic link" in result.stderr
+
+
+def test_the_release_manifests_fact_reads_what_an_install_recorded_and_sees_a_changed_file(node):
+    from tasks.facts import ReleaseManifests
+
+    artifact = containerd(node, "1.7.11", {"containerd": b"daemon", "ctr": b"client"})
+    assert install(node, artifact, str(node / "bin")).returncode == 0
+    fact = ReleaseManifests()
+
+    def manifests():
+        output = run(fact.command(str(node / "state")))
+        assert output.returncode == 0, output.stderr
+        return fact.process(output.stdout.splitlines())
+
+    found = manifests()
+    assert list(found) == ["containerd"]
+    assert artifact_is_installed(found["containerd"], artifact, str(node / "bin"))
+    (node / "bin" / "ctr").write_bytes(b"tampered")
+    assert not artifact_is_installed(manifests()["containerd"], artifact, str(node / "bin"))
+    assert run(fact.command(str(node / "absent"))).stdout == "", "no state directory: no manifests"

@@ -56,6 +56,7 @@ def built_scripts() -> dict[str, str]:
             ("/etc/containerd/certs.d/docker.io/hosts.toml",),
             "/etc/containerd/certs.d",
         ),
+        "release manifests fact": facts.ReleaseManifests().command("/var/lib/containerd-deploy"),
         "daemon fact": daemon.daemon_state_command(
             "/usr/local/bin",
             "/etc/containerd/config.toml",
