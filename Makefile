@@ -51,7 +51,7 @@ UNPRIVILEGED := unshare --user
 test: deps lint
 	$(PY) -m pytest -p no:cacheprovider -q -n 2 tests/unit
 	$(UNPRIVILEGED) $(PY) -m pytest -p no:cacheprovider -q tests/unit/test_scripts.py
-	$(PY) -m pytest -p no:cacheprovider -v --durations=30 -n 3 --dist loadgroup --no-loadscope-reorder tests/e2e
+	$(PY) -m pytest -p no:cacheprovider -v --durations=60 -n 3 --dist loadgroup --no-loadscope-reorder tests/e2e
 
 unit: deps lint
 	$(PY) -m pytest -p no:cacheprovider tests/unit

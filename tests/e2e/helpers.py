@@ -7,6 +7,11 @@ import sys
 
 from tests.harness.paths import REPO_ROOT
 
+# The deploy of the local nodes, and the conformance suite from the clone, as an operator runs them
+# (the tests add their own options).
+DEPLOY = [sys.executable, "-m", "pyinfra", "inventories/local.py", "deploy.py"]
+CONFORMANCE = [sys.executable, "-m", "pytest", "-q", "-rf", "-p", "no:cacheprovider", "tasks/conformance"]
+
 
 def pyinfra(
     node: str, *extra: str, data: dict | None = None, yes: bool = True
@@ -14,11 +19,7 @@ def pyinfra(
     """Run the deploy against one local node, as an operator would; returns (process, JSON results).
     `yes=False`: without -y (and --json), so pyinfra detects changes first, as for --dry --diff."""
     command = [
-        sys.executable,
-        "-m",
-        "pyinfra",
-        "inventories/local.py",
-        "deploy.py",
+        *DEPLOY,
         *(["-y", "--json"] if yes else []),
         "--limit",
         node,
@@ -61,19 +62,7 @@ def conformance(node, *extra: str) -> subprocess.CompletedProcess:
     from tests.harness import vm
 
     return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-rf",
-            "-p",
-            "no:cacheprovider",
-            "tasks/conformance",
-            f"--hosts=ssh://{node.name}",
-            f"--ssh-config={vm.ssh_config_file()}",
-            *extra,
-        ],
+        [*CONFORMANCE, f"--hosts=ssh://{node.name}", f"--ssh-config={vm.ssh_config_file()}", *extra],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,

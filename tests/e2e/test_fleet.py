@@ -10,7 +10,7 @@ import pytest
 from tests.harness import __main__ as harness
 from tests.harness.paths import REPO_ROOT
 
-from .helpers import changed_ops
+from .helpers import DEPLOY, changed_ops
 
 pytestmark = pytest.mark.xdist_group("fleet")
 NAMES = ["fleet-a", "fleet-b"]
@@ -26,11 +26,7 @@ def fleet():
 def test_two_nodes_deploy_in_one_run_and_pass_conformance_from_the_inventory(fleet):
     deploy = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "pyinfra",
-            "inventories/local.py",
-            "deploy.py",
+            *DEPLOY,
             "-y",
             "--json",
             *[arg for name in NAMES for arg in ("--limit", name)],

@@ -19,7 +19,7 @@ from tests.harness import __main__ as harness
 from tests.harness import mirror, vm
 from tests.harness.paths import REPO_ROOT
 
-from .helpers import changed_ops, main_pid, pyinfra
+from .helpers import DEPLOY, changed_ops, main_pid, pyinfra
 
 pytestmark = pytest.mark.xdist_group("lifecycle")
 NAME = "life-1"
@@ -192,11 +192,7 @@ def run_until(node: Node, operation: int, how: str, data: dict) -> str:
     """Start the deploy and cut it short when it starts its `operation`-th operation (1-based):
     kill -9 of pyinfra, or the node dropping its SSH connection."""
     command = [
-        sys.executable,
-        "-m",
-        "pyinfra",
-        "inventories/local.py",
-        "deploy.py",
+        *DEPLOY,
         "-y",
         "--limit",
         node.name,

@@ -5,7 +5,6 @@ moment, nothing is left behind, and another user's staging directory cannot swap
 
 import shlex
 import subprocess
-import sys
 
 import pytest
 
@@ -14,7 +13,7 @@ from tests.harness import vm
 from tests.harness.image import ssh_key
 from tests.harness.paths import REPO_ROOT
 
-from .helpers import OwnNode, changed_ops, pyinfra
+from .helpers import CONFORMANCE, OwnNode, changed_ops, pyinfra
 
 pytestmark = pytest.mark.xdist_group("sudo")
 NAME = "sudo-1"
@@ -156,18 +155,7 @@ def test_conformance_from_an_inventory_whose_host_uses_sudo(node, tmp_path):
     inventory = tmp_path / "fleet.py"
     inventory.write_text(f"sudo_nodes = [({NAME!r}, {data!r})]\n")
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-rf",
-            "-p",
-            "no:cacheprovider",
-            "tasks/conformance",
-            f"--inventory={inventory}",
-            "--expect-runtime-handlers=runc,crun",
-        ],
+        [*CONFORMANCE, f"--inventory={inventory}", "--expect-runtime-handlers=runc,crun"],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
