@@ -69,8 +69,13 @@ def test_registries_need_a_config_path():
             "containerd_registries": {"q.io": {"mirrors": [{"host": "https://q"}]}},
         },
     )
-    with pytest.raises(DeployError, match="containerd_registry_config_path"):
+    with pytest.raises(DeployError) as refused:
         registry_files(settings)
+    assert str(refused.value) == (
+        "n: data key 'containerd_registries' is set but 'containerd_registry_config_path' is empty. "
+        "Fix: set containerd_registry_config_path (default /etc/containerd/certs.d) so containerd reads "
+        "hosts.toml files"
+    )
 
 
 def test_config_base_policy():
@@ -108,7 +113,22 @@ def test_extra_toml_cannot_contradict_the_cgroup_driver():
     assert str(refused.value).startswith(
         "node1: data key 'containerd_config_extra' sets the runc runtime's SystemdCgroup"
     )
-    assert "Fix: set the cgroup driver with containerd_systemd_cgroup alone" in str(refused.value)
+    assert str(refused.value).endswith(
+        "against containerd_systemd_cgroup = true. Fix: set the cgroup driver with containerd_systemd_cgroup alone"
+    )
+    node["SystemdCgroup"] = True
+    with pytest.raises(DataError, match=r"against containerd_systemd_cgroup = false\. Fix"):
+        desired_config(
+            resolve(
+                "node1",
+                {
+                    "containerd_version": "1.7.24",
+                    "containerd_config_extra": extra,
+                    "containerd_systemd_cgroup": False,
+                },
+            ),
+            base,
+        )
     # Agreeing with containerd_systemd_cgroup is fine, and so is the knob itself.
     node["SystemdCgroup"] = True
     assert "SystemdCgroup = true" in desired_config(
@@ -139,3 +159,46 @@ def test_a_proxy_with_credentials_makes_the_drop_in_private():
 
     assert proxy_dropin_mode(resolve("n", {"containerd_https_proxy": "http://user:pw@proxy:3128"})) == "600"
     assert proxy_dropin_mode(resolve("n", {"containerd_http_proxy": "http://proxy:3128"})) == "644"
+
+
+def test_every_config_key_reaches_the_knobs_config_toml_is_rendered_with():
+    from tasks.config_toml import Knobs
+    from tasks.configure import knobs
+
+    settings = resolve(
+        "n",
+        {
+            "containerd_systemd_cgroup": False,
+            "containerd_sandbox_image": "registry.internal/pause:3.10",
+            "containerd_registry_config_path": "/etc/ctd/certs.d",
+            "containerd_snapshotter": "native",
+            "containerd_max_container_log_line_size": 32768,
+            "containerd_oom_score": -500,
+            "containerd_runtimes": [{"name": "crun", "binary_name": "/usr/bin/crun"}],
+            "containerd_config_extra": {"debug": {"level": "info"}},
+        },
+    )
+    assert knobs(settings) == Knobs(
+        systemd_cgroup=False,
+        sandbox_image="registry.internal/pause:3.10",
+        registry_config_path="/etc/ctd/certs.d",
+        snapshotter="native",
+        max_container_log_line_size=32768,
+        oom_score=-500,
+        runtimes=settings.containerd_runtimes,
+        extra={"debug": {"level": "info"}},
+    )
+    assert len(settings.containerd_runtimes) == 1
+    # An empty registry config path leaves config_path as the base has it.
+    assert knobs(resolve("n", {"containerd_registry_config_path": ""})).registry_config_path is None
+
+
+def test_a_config_the_schema_code_cannot_edit_is_refused_naming_the_host_and_file():
+    import pytest
+    from pyinfra.api.exceptions import DeployError
+
+    from tasks.configure import desired_config
+
+    with pytest.raises(DeployError) as refused:
+        desired_config(resolve("node1", {"containerd_version": "1.7.24"}), "version = 3\n")
+    assert str(refused.value).startswith("node1: /etc/containerd/config.toml "), str(refused.value)

@@ -255,3 +255,15 @@ def test_the_node_is_asked_about_the_paths_the_data_names(monkeypatch):
     assert asked["marker"] == MARKER
     prepare(monkeypatch, converged(settings_for()), asked=asked)
     assert asked["always_defaults"] is False, "the default base is the existing config"
+
+
+def test_a_run_on_the_node_itself_ties_the_lock_to_its_own_process(monkeypatch):
+    import os
+
+    import tasks.node
+
+    settings = settings_for()
+    monkeypatch.setattr(tasks.node, "runs_on_the_node", lambda: True)
+    asked: dict = {}
+    prepare(monkeypatch, converged(settings), asked=asked)
+    assert asked["anchor_pid"] == os.getpid()

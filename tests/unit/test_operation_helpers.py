@@ -108,8 +108,11 @@ def test_diff_logs_the_change_line_by_line_indented_then_a_blank_line(caplog):
     assert body and all(line.startswith("  ") for line in body), body
     assert any("- a = 1" in line for line in body) and any("+ a = 2" in line for line in body), body
     assert not any("old" in line or "new" in line for line in body), "credential values never shown"
-    assert messages[messages.index("") + 1].endswith("Will create /etc/new.toml")
-    assert any("+ b = 1" in line for line in messages), messages
+    created = messages.index("") + 1
+    assert messages[created].endswith("Will create /etc/new.toml")
+    assert [line.strip() for line in messages[created + 1 :] if line] == ["@@ -0,0 +1 @@", "+ b = 1"], (
+        messages
+    )
 
 
 def test_diff_of_a_secret_file_names_it_only(caplog):

@@ -317,15 +317,19 @@ def test_absent_operations_on_their_own_ask_whether_the_path_is_there(op, fact, 
 
 @pytest.mark.parametrize(
     "running, enabled, action",
-    [(True, True, None), (False, True, "start"), (False, False, "start"), (True, False, "")],
+    [
+        (True, True, None),
+        (False, True, "start"),
+        (False, False, "start"),
+        (True, False, ""),
+        (None, None, "start"),  # a unit systemd does not know: neither running nor enabled
+    ],
 )
 def test_containerd_service_on_its_own_asks_systemd_for_the_units_state(running, enabled, action):
-    facts = Facts(
-        {
-            SystemdStatus: lambda services: {"containerd.service": running},
-            SystemdEnabled: lambda services: {"containerd.service": enabled},
-        }
-    )
+    def answer(value):
+        return lambda services: {} if value is None else {"containerd.service": value}
+
+    facts = Facts({SystemdStatus: answer(running), SystemdEnabled: answer(enabled)})
     arguments = {key: value for key, value in SERVICE.items() if key not in ("active", "enabled")}
     yielded = commands(containerd_service, facts=facts, **arguments)
     assert [name for name, _ in facts.asked] == ["SystemdStatus", "SystemdEnabled"]
@@ -366,3 +370,21 @@ def test_a_release_artifact_not_fetched_earlier_downloads_and_verifies_it_itself
     assert "uploaded=''\n" in alone, "it downloads the URL itself"
     # What it downloads itself is always hashed, whatever `verified` says of a fetched file.
     assert alone.count("sha256sum") > fetched.count("sha256sum")
+
+
+def test_state_arguments_left_to_the_node_say_so():
+    from tasks.operations import FROM_NODE
+
+    assert repr(FROM_NODE) == "FROM_NODE"
+
+
+def test_an_artifact_is_installed_only_under_the_wanted_directory_however_it_is_written():
+    from tasks.operations import artifact_is_installed
+
+    manifest = intact_manifest(RUNC, "/usr/local/sbin/runc")
+    assert artifact_is_installed(manifest, RUNC, "/usr/local/sbin/runc")
+    assert artifact_is_installed(manifest, RUNC, "/usr/local/sbin")
+    assert artifact_is_installed(manifest, RUNC, "/usr/local/sbin/")
+    assert not artifact_is_installed(manifest, RUNC, "/usr/local/sb")
+    assert not artifact_is_installed(manifest, RUNC, "/opt")
+    assert not artifact_is_installed(None, RUNC, "/usr/local/sbin")
