@@ -1,6 +1,7 @@
 """What every data check shares: the error that names host, key and fix, and the tests for
 values that may never reach a node (control characters, system trees, passwords in URLs)."""
 
+import re
 import urllib.parse
 
 from pyinfra.api.exceptions import DeployError
@@ -86,9 +87,24 @@ def redact_url(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{parts.netloc.rpartition('@')[2]}"))
 
 
+# A password in a URL (`scheme://user:password@`), and the value of a mapping key that names a
+# credential (`'Authorization': '…'`), wherever a refusal quotes a value.
+_URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^\s/@'\"]*?:)[^\s/@'\"]*@")
+_CREDENTIAL_ITEM = re.compile(
+    r"""(['"][^'"]*(?:authorization|password|passwd|token|secret|auth)[^'"]*['"]\s*:\s*)(['"]).*?(?<!\\)\2""",
+    re.IGNORECASE,
+)
+
+
+def redact_secrets(text: str) -> str:
+    """`text` with URL passwords and credential values replaced by ***."""
+    return _CREDENTIAL_ITEM.sub(r"\1\2***\2", _URL_PASSWORD.sub(r"\1***@", text))
+
+
 class DataError(DeployError):
-    """A data value this deploy cannot use; raised before the host is changed."""
+    """A data value this deploy cannot use; raised before the host is changed. The message
+    never shows a secret, whichever key a value was (mistakenly) given to."""
 
     def __init__(self, host: str, key: str, problem: str, fix: str):
         self.host, self.key = host, key
-        super().__init__(f"{host}: data key {key!r} {problem}. Fix: {fix}")
+        super().__init__(redact_secrets(f"{host}: data key {key!r} {problem}. Fix: {fix}"))
