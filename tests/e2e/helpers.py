@@ -104,3 +104,16 @@ def restore(node, config: str) -> None:
     write(node, CONFIG, config)
     node.vm.ssh("systemctl restart containerd")
     deploy_ok(node)
+
+
+def node_story(node, since: str = "-15min") -> str:
+    """What the node said lately, for a failure message: containerd's journal and any kernel
+    OOM kill (a container's shim dying shows there, not in the CRI error)."""
+    journal = node.vm.ssh(
+        f"journalctl -u containerd --since {shlex.quote(since)} --no-pager -o short-monotonic | tail -n 60; "
+        "echo '--- kernel:'; dmesg | grep -iE 'oom|killed process|segfault' | tail -n 10; "
+        "echo '--- memory:'; free -m",
+        check=False,
+        timeout=60,
+    )
+    return journal.stdout[-8000:]

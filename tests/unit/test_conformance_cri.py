@@ -2,6 +2,7 @@
 
 import grpc
 import pytest
+from cri_api.v1 import api_pb2 as api
 
 from tasks.conformance.cri import Pod
 
@@ -11,18 +12,21 @@ class ShimGone(grpc.RpcError):
 
 
 class FakeCRI:
-    """Answers RunPodSandbox and CreateContainer with ids; fails the methods named in `failing`."""
+    """Answers RunPodSandbox and CreateContainer with ids, ContainerStatus with `state`; fails
+    the methods named in `failing`."""
 
     runtime = "runtime-service"
 
-    def __init__(self, failing=()):
-        self.failing, self.calls = set(failing), []
+    def __init__(self, failing=(), state=api.CONTAINER_RUNNING):
+        self.failing, self.calls, self.state = set(failing), [], state
 
     def call(self, stub, method, request):
         assert stub == self.runtime
         self.calls.append(method)
         if method in self.failing:
             raise ShimGone(f"{method}: ttrpc: closed")
+        if method == "ContainerStatus":
+            return api.ContainerStatusResponse(status=api.ContainerStatus(state=self.state))
         return type("Response", (), {"pod_sandbox_id": "sandbox-1", "container_id": "container-1"})()
 
 
@@ -40,7 +44,26 @@ def test_a_container_that_cannot_be_stopped_still_has_its_sandbox_removed_and_th
     pod = Pod(cri).start()  # type: ignore[arg-type]
     with pytest.raises(ShimGone, match="StopContainer: ttrpc: closed"):
         pod.remove()
-    assert cri.calls[3:] == ["StopContainer", "RemoveContainer", "StopPodSandbox", "RemovePodSandbox"]
+    assert cri.calls[3:] == [
+        "StopContainer",
+        "ContainerStatus",
+        "RemoveContainer",
+        "StopPodSandbox",
+        "RemovePodSandbox",
+    ]
+
+
+def test_a_failed_stop_of_a_container_that_did_exit_is_no_failure():
+    cri = FakeCRI(failing={"StopContainer"}, state=api.CONTAINER_EXITED)
+    pod = Pod(cri).start()  # type: ignore[arg-type]
+    pod.remove()
+    assert cri.calls[3:] == [
+        "StopContainer",
+        "ContainerStatus",
+        "RemoveContainer",
+        "StopPodSandbox",
+        "RemovePodSandbox",
+    ]
 
 
 def test_a_pod_whose_sandbox_never_started_removes_nothing():
