@@ -61,7 +61,7 @@ e2e: deps
 
 # Mutation testing: every mutant of tasks/ against the unit tests alone (incremental: a rerun
 # checks only what changed), then the kill rate per module into docs/mutation.md; fails when a
-# module held to a floor (tests/mutation.py) is below it. Not part of `make test` (~40 min here).
+# module held to a floor (tests/mutation.py) is below it. Not part of `make test` (over an hour here).
 mutation: deps
 	mkdir -p mutants
 	CONTAINERD_DEPLOY_MUTATION=1 $(VENV)/bin/mutmut run --max-children $$(nproc) >mutants/run.log 2>&1 \
