@@ -30,6 +30,16 @@ class FakeCRI:
         return type("Response", (), {"pod_sandbox_id": "sandbox-1", "container_id": "container-1"})()
 
 
+# A failed StopContainer is followed by a look at the container, then every other step.
+EVERY_STEP_AFTER_A_FAILED_STOP = [
+    "StopContainer",
+    "ContainerStatus",
+    "RemoveContainer",
+    "StopPodSandbox",
+    "RemovePodSandbox",
+]
+
+
 def test_a_pod_is_removed_container_first_then_its_sandbox():
     cri = FakeCRI()
     pod = Pod(cri).start()  # type: ignore[arg-type]
@@ -44,26 +54,14 @@ def test_a_container_that_cannot_be_stopped_still_has_its_sandbox_removed_and_th
     pod = Pod(cri).start()  # type: ignore[arg-type]
     with pytest.raises(ShimGone, match="StopContainer: ttrpc: closed"):
         pod.remove()
-    assert cri.calls[3:] == [
-        "StopContainer",
-        "ContainerStatus",
-        "RemoveContainer",
-        "StopPodSandbox",
-        "RemovePodSandbox",
-    ]
+    assert cri.calls[3:] == EVERY_STEP_AFTER_A_FAILED_STOP
 
 
 def test_a_failed_stop_of_a_container_that_did_exit_is_no_failure():
     cri = FakeCRI(failing={"StopContainer"}, state=api.CONTAINER_EXITED)
     pod = Pod(cri).start()  # type: ignore[arg-type]
     pod.remove()
-    assert cri.calls[3:] == [
-        "StopContainer",
-        "ContainerStatus",
-        "RemoveContainer",
-        "StopPodSandbox",
-        "RemovePodSandbox",
-    ]
+    assert cri.calls[3:] == EVERY_STEP_AFTER_A_FAILED_STOP
 
 
 def test_a_pod_whose_sandbox_never_started_removes_nothing():
