@@ -47,9 +47,16 @@ def verdicts(meta: Path) -> Counter:
     return counts
 
 
+def judged(counts: Counter) -> int:
+    return counts["killed"] + counts["survived"] + counts["no tests"] + counts["suspicious"]
+
+
 def kill_rate(counts: Counter) -> float:
-    judged = counts["killed"] + counts["survived"] + counts["no tests"] + counts["suspicious"]
-    return counts["killed"] / judged if judged else 1.0
+    return counts["killed"] / judged(counts) if judged(counts) else 1.0
+
+
+def shown_rate(counts: Counter) -> str:
+    return f"{kill_rate(counts):.0%}" if judged(counts) else "not run"
 
 
 def report(by_module: dict[str, Counter]) -> str:
@@ -77,12 +84,12 @@ def report(by_module: dict[str, Counter]) -> str:
         lines.append(
             f"| `{name}` | {sum(counts[k] for k in ('killed', 'survived', 'no tests', 'suspicious'))} "
             f"| {counts['killed']} | {counts['timeout']} | {counts['survived']} | {counts['no tests']} "
-            f"| {counts['not checked']} | {kill_rate(counts):.0%} | {f'{floor:.0%}' if floor else ''} |"
+            f"| {counts['not checked']} | {shown_rate(counts)} | {f'{floor:.0%}' if floor else ''} |"
         )
     lines.append(
         f"| all | {sum(total[k] for k in ('killed', 'survived', 'no tests', 'suspicious'))} | {total['killed']} "
         f"| {total['timeout']} | {total['survived']} | {total['no tests']} | {total['not checked']} "
-        f"| {kill_rate(total):.0%} | |"
+        f"| {shown_rate(total)} | |"
     )
     return "\n".join(lines) + "\n"
 
@@ -104,7 +111,7 @@ def main() -> int:
     below = [
         f"{name}: {kill_rate(by_module[name]):.0%} < {floor:.0%}"
         for name, floor in FLOORS.items()
-        if name in by_module and kill_rate(by_module[name]) < floor
+        if name in by_module and judged(by_module[name]) and kill_rate(by_module[name]) < floor
     ]
     for line in below:
         print(f"below its floor: {line} (see `mutmut results`, `mutmut show <name>`)", file=sys.stderr)
