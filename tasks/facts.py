@@ -518,3 +518,22 @@ class ReleaseManifests(FactBase):
 
     def process(self, output):
         return parse_node_state(list(output)).manifests
+
+
+class UnitState(FactBase):
+    """
+    Returns ``(active, enabled)`` of one systemd unit, read the way the ``ContainerdNode`` fact
+    reads them (``ActiveState`` is ``active``, ``UnitFileState`` is ``enabled``), in one call.
+    """
+
+    @staticmethod
+    def default():
+        return (False, False)
+
+    def command(self, unit):
+        return f"systemctl show -p ActiveState -p UnitFileState -- {shlex.quote(unit)} 2>/dev/null || true"
+
+    def process(self, output):
+        properties = dict(line.strip().partition("=")[::2] for line in output if "=" in line)
+        state = NodeState(service=properties)
+        return (state.active, state.enabled)

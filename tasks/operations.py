@@ -19,11 +19,10 @@ from pyinfra import host, logger
 from pyinfra.api import FileUploadCommand, FunctionCommand, StringCommand, operation
 from pyinfra.api.command import PyinfraCommand
 from pyinfra.facts.files import Directory, File, FileContents, Sha256File
-from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 from pyinfra.operations.util.files import generate_color_diff
 
 from .artifacts import Artifact
-from .facts import UPLOAD_DIR_PREFIX, DistroPackage, Manifest, ReleaseManifests, hidden_copy
+from .facts import UPLOAD_DIR_PREFIX, DistroPackage, Manifest, ReleaseManifests, UnitState, hidden_copy
 from .fetch import FetchError, cached_path, ensure_cached
 from .scripts import (
     fetch_artifacts_script,
@@ -61,10 +60,8 @@ def installed_manifest(
 
 
 def unit_state(unit: str) -> tuple[bool, bool]:
-    """(active, enabled) of a systemd unit, asked of the node."""
-    active = host.get_fact(SystemdStatus, services=[unit]).get(unit, False)
-    enabled = host.get_fact(SystemdEnabled, services=[unit]).get(unit, False)
-    return active, enabled
+    """(active, enabled) of a systemd unit, asked of the node (one command)."""
+    return host.get_fact(UnitState, unit=unit)
 
 
 def _escalated() -> bool:

@@ -187,3 +187,14 @@ def test_a_process_start_from_its_proc_stat_line_and_the_boot_time():
     assert process_start(["1000.25"]) == 1000.25, "as runs before printed it"
     assert process_start(["stat 482 (containerd) S 1"]) is None
     assert process_start([]) is None
+
+
+def test_a_units_state_is_read_as_the_node_fact_reads_it():
+    from tasks.facts import UnitState
+
+    fact = UnitState()
+    assert fact.process(["ActiveState=active", "UnitFileState=enabled"]) == (True, True)
+    assert fact.process(["ActiveState=activating", "UnitFileState=disabled"]) == (False, False)
+    assert fact.process(["ActiveState=inactive", "UnitFileState="]) == (False, False)
+    assert fact.process([]) == (False, False)
+    assert fact.command("a b.service").endswith("-- 'a b.service' 2>/dev/null || true")

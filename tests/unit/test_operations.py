@@ -7,10 +7,9 @@ from io import StringIO
 
 import pytest
 from pyinfra.facts.files import Directory, File, Sha256File
-from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 
 from tasks.artifacts import Artifact
-from tasks.facts import Manifest, ReleaseManifests
+from tasks.facts import Manifest, ReleaseManifests, UnitState
 from tasks.operations import (
     containerd_service,
     directory_absent,
@@ -322,18 +321,14 @@ def test_absent_operations_on_their_own_ask_whether_the_path_is_there(op, fact, 
         (False, True, "start"),
         (False, False, "start"),
         (True, False, ""),
-        (None, None, "start"),  # a unit systemd does not know: neither running nor enabled
+        (None, None, "start"),  # a unit systemd does not know (the fact's default)
     ],
 )
 def test_containerd_service_on_its_own_asks_systemd_for_the_units_state(running, enabled, action):
-    def answer(value):
-        return lambda services: {} if value is None else {"containerd.service": value}
-
-    facts = Facts({SystemdStatus: answer(running), SystemdEnabled: answer(enabled)})
+    facts = Facts({UnitState: lambda unit: (bool(running), bool(enabled))})
     arguments = {key: value for key, value in SERVICE.items() if key not in ("active", "enabled")}
     yielded = commands(containerd_service, facts=facts, **arguments)
-    assert [name for name, _ in facts.asked] == ["SystemdStatus", "SystemdEnabled"]
-    assert all(asked == {"services": ["containerd.service"]} for _, asked in facts.asked)
+    assert facts.asked == [("UnitState", {"unit": "containerd.service"})]
     if action is None:
         assert yielded == []
         return
@@ -346,12 +341,7 @@ def test_containerd_service_on_its_own_asks_systemd_for_the_units_state(running,
     "running, enabled, stops", [(False, False, False), (True, False, True), (False, True, True)]
 )
 def test_service_absent_on_its_own_stops_a_unit_that_runs_or_is_enabled(running, enabled, stops):
-    facts = Facts(
-        {
-            SystemdStatus: lambda services: {"containerd.service": running},
-            SystemdEnabled: lambda services: {"containerd.service": enabled},
-        }
-    )
+    facts = Facts({UnitState: lambda unit: (running, enabled)})
     yielded = commands(service_absent, facts=facts, unit="containerd.service")
     assert bool(yielded) is stops
 

@@ -57,6 +57,7 @@ def built_scripts() -> dict[str, str]:
             "/etc/containerd/certs.d",
         ),
         "release manifests fact": facts.ReleaseManifests().command("/var/lib/containerd-deploy"),
+        "unit state fact": facts.UnitState().command("containerd.service"),
         "daemon fact": daemon.daemon_state_command(
             "/usr/local/bin",
             "/etc/containerd/config.toml",
