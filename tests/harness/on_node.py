@@ -16,7 +16,10 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import tomllib
 from pathlib import Path
+
+from packaging.requirements import Requirement
 
 from .paths import REPO_ROOT, cache_root, digest
 
@@ -40,17 +43,15 @@ def _pins() -> str:
     ).stdout
 
 
-# The package's dependencies and its conformance extra's (pyproject.toml), at the controller's versions.
-WANTED = (
-    "pyinfra",
-    "tomlkit",
-    "packaging",
-    "pytest",
-    "pytest-testinfra",
-    "container-runtime-interface-api",
-    "grpcio",
-    "protobuf",
-)
+def _wanted() -> tuple[str, ...]:
+    """The package's dependencies and its conformance extra's, as pyproject.toml names them."""
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    requirements = project["dependencies"] + project["optional-dependencies"]["conformance"]
+    return tuple(Requirement(requirement).name.lower() for requirement in requirements)
+
+
+# At the controller's versions (pip freeze), downloaded for the node's Python.
+WANTED = _wanted()
 
 
 def wheels(python_tag: str = "cp311") -> Path:
