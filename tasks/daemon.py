@@ -1,6 +1,7 @@
 """The running containerd as the verify step sees it: one fact that asks the daemon itself (ctr,
-the CRI plugins, a container under the systemd cgroup driver) and the binaries its runtime
-handlers need."""
+the CRI plugins, its effective config, whether the sandbox image is there) and the binaries its
+runtime handlers need; and the command that runs a container from that image, which the verify
+operation runs when the run changed the node."""
 
 import base64
 import shlex
@@ -36,9 +37,7 @@ class DaemonState:
     dump: str | None = None
     dump_error: str = ""
     kubelet_config: str | None = None
-    container: str = "absent"  # "absent", "failed <why>", or "task <status>" of the container it ran
-    container_cgroups: list = field(default_factory=list)
-    container_scope: str | None = None
+    sandbox_image: str = "absent"  # in the k8s.io namespace: "present", "absent" or "unlisted <why>"
     missing_binaries: list = field(default_factory=list)  # runtime handlers' binaries not on the node
 
 
@@ -74,14 +73,10 @@ def daemon_state_command(
     unit: str,
     files: tuple,
     image: str,
-    systemd_cgroup: bool,
     binaries: tuple = (),
 ) -> str:
     q = shlex.quote
     ctr = f"{q(f'{bin_dir}/ctr')} -n {VERIFY_NAMESPACE}"
-    # ctr's own systemd-cgroup flag puts the task in system.slice/containerd-deploy-<id>.scope,
-    # as the CRI puts a pod's containers in scopes.
-    cgroup = '--runc-systemd-cgroup --cgroup "system.slice:containerd-deploy:$id" ' if systemd_cgroup else ""
     return "\n".join(
         [
             f"unit={q(unit)}",
@@ -108,32 +103,62 @@ def daemon_state_command(
             *missing_binaries_lines(bin_dir, binaries),
             "wait",
             'cat "$answers/1" "$answers/2" "$answers/3"',
-            f'echo "{SECTION}container"',
-            'id="verify-$$"',
-            'listed=""',
-            'found=""',
-            'if [ -n "$image" ]; then',
-            '  read -r listed < "$answers/images.rc"',
-            '  while IFS= read -r line; do [ "$line" != "$image" ] || found=1; done < "$answers/images"',
-            "fi",
-            'if [ -n "$image" ] && [ "$listed" != ok ]; then',
+            f'echo "{SECTION}image"',
+            'if [ -z "$image" ]; then echo absent',
+            'elif [ "$(cat "$answers/images.rc")" != ok ]; then',
             '  why=""',
             '  while IFS= read -r line; do why="$why$line "; done < "$answers/images"',
-            '  echo "failed could not list the k8s.io images: $why"',
-            'elif [ -n "$found" ]; then',
-            f'  if out=$(timeout {CTR_TIMEOUT} {ctr} run -d {cgroup}"$image" "containerd-deploy-$id" 2>&1); then',
-            f"""    task=$({ctr} tasks ls 2>/dev/null | awk -v id="containerd-deploy-$id" '$1 == id {{ print $2, $3 }}')""",
-            '    echo "task ${task#* }"',
-            '    [ -n "$task" ] && sed "s/^/cgroup /" "/proc/${task%% *}/cgroup"',
-            "  else",
-            '''    echo "failed $(printf %s "$out" | tr '\\n' ' ')"''',
-            "  fi",
-            f'  timeout {CTR_TIMEOUT} {ctr} tasks rm -f "containerd-deploy-$id" >/dev/null 2>&1',
-            f'  timeout {CTR_TIMEOUT} {ctr} containers rm "containerd-deploy-$id" >/dev/null 2>&1',
-            "else",
-            "  echo absent",
+            '  echo "unlisted $why"',
+            'elif grep -q -x -F -e "$image" "$answers/images"; then echo present',
+            "else echo absent",
             "fi",
             "exit 0",
+        ]
+    )
+
+
+def container_check_script(host_name: str, bin_dir: str, image: str, systemd_cgroup: bool, unit: str) -> str:
+    """A command that runs a container from `image` (in the k8s.io namespace, where the CRI has
+    it) as the CRI would, checks that it runs (in a systemd scope under the systemd cgroup
+    driver), removes it, and prints where it ran; or fails, naming the problem and its fix."""
+    q = shlex.quote
+    ctr = f"timeout {CTR_TIMEOUT} {q(f'{bin_dir}/ctr')} -n {VERIFY_NAMESPACE}"
+    # ctr's own systemd-cgroup flag puts the task in system.slice/containerd-deploy-verify-<pid>.scope,
+    # as the CRI puts a pod's containers in scopes.
+    cgroup = (
+        '--runc-systemd-cgroup --cgroup "system.slice:containerd-deploy:verify-$$" ' if systemd_cgroup else ""
+    )
+    header = f"containerd-deploy: {host_name} is not a conformant containerd node:"
+    from_image = f"a container from {image}"
+    return "\n".join(
+        [
+            'id="containerd-deploy-verify-$$"',
+            "remove() {",
+            f'  {ctr} tasks rm -f "$id" >/dev/null 2>&1',
+            f'  {ctr} containers rm "$id" >/dev/null 2>&1',
+            "}",
+            f'fail() {{ remove; printf "%s\\n" {q(header)} "  - $1" >&2; exit 1; }}',
+            f'if ! out=$({ctr} run -d {cgroup}{q(image)} "$id" 2>&1); then',
+            """  why=$(printf %s "$out" | tr '\\n' ' ' | cut -c1-500)""",
+            f'  fail {q(from_image + " did not run: ")}"$why"',
+            "fi",
+            f"""task=$({ctr} tasks ls 2>/dev/null | awk -v id="$id" '$1 == id {{ print $2, $3 }}')""",
+            "status=${task#* }",
+            'if [ "$status" != RUNNING ]; then',
+            f'  fail {q(from_image + " started but is not running (task ")}"${{status:-gone}}"{q(f"): see journalctl -u {unit}")}',
+            "fi",
+            """scope=$(awk -F: '$3 ~ /containerd-deploy-[^\\/]*[.]scope$/ { print $3; exit }' "/proc/${task%% *}/cgroup" 2>/dev/null)""",
+            *(
+                [
+                    'if [ -z "$scope" ]; then',
+                    f"""  fail {q(from_image + " ran, but not in a systemd scope (its /proc/PID/cgroup: ")}"$(tr '\\n' ';' < "/proc/${{task%% *}}/cgroup" | cut -c1-300)"{q("): runc cannot use systemd cgroups here (is dbus running?)")}""",
+                    "fi",
+                ]
+                if systemd_cgroup
+                else []
+            ),
+            "remove",
+            'echo "a container ran${scope:+ in $scope}"',
         ]
     )
 
@@ -167,37 +192,23 @@ def parse_daemon_state(lines: list[str]) -> DaemonState:
             state.kubelet_config = decode_lines(body) if any(line.strip() for line in body) else None
         elif name == "missing":
             state.missing_binaries = [line for line in body if line]
-        elif name == "container":
-            for line in body:
-                if line.startswith("cgroup "):
-                    state.container_cgroups.append(line[len("cgroup ") :].strip())
-                elif line.strip():
-                    state.container = line.strip()
-            state.container_scope = next(
-                (
-                    cgroup.split(":", 2)[-1]
-                    for cgroup in state.container_cgroups
-                    if cgroup.endswith(".scope") and "containerd-deploy-" in cgroup
-                ),
-                None,
-            )
+        elif name == "image":
+            state.sandbox_image = " ".join(line.strip() for line in body if line.strip()) or "absent"
     return state
 
 
 class ContainerdDaemon(FactBase):
     """
     Returns a ``DaemonState``: the running containerd's service state, process, version,
-    CRI plugins, effective config, a kubelet's config, and whether a container runs.
+    CRI plugins, effective config, a kubelet's config, and whether the sandbox image is there.
     """
 
     @staticmethod
     def default():
         return DaemonState()
 
-    def command(self, bin_dir, config_path, unit, files=(), image="", systemd_cgroup=True, binaries=()):
-        return daemon_state_command(
-            bin_dir, config_path, unit, tuple(files), image, systemd_cgroup, tuple(binaries)
-        )
+    def command(self, bin_dir, config_path, unit, files=(), image="", binaries=()):
+        return daemon_state_command(bin_dir, config_path, unit, tuple(files), image, tuple(binaries))
 
     def process(self, output):
         return parse_daemon_state(output)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from pyinfra.api import FactBase
 
-from .lock import node_lock_lines
+from .lock import lock_state_lines
 
 # Marks the start of each section of the fact's output (a line that no section's content has).
 SECTION = "##containerd-deploy:"
@@ -72,7 +72,9 @@ class NodeState:
     files: dict = field(default_factory=dict)  # path -> sha256 of the other files the deploy manages
     managed_hosts: list = field(default_factory=list)  # hosts.toml files this deploy wrote
     exe: str = ""  # the running daemon's binary ("… (deleted)" once replaced on disk)
-    lock: str = ""  # the run lock: "acquired", "held", "busy <owner>" or "unavailable <why>"
+    lock: str = (
+        ""  # the run lock: "free <generation>", "held", "busy <generation> <owner>", "unavailable <why>"
+    )
     started: float | None = None  # epoch seconds the running daemon started
     mtimes: dict = field(default_factory=dict)  # path -> epoch mtime of the files it loads at start
     kubelet_config: str | None = None  # /var/lib/kubelet/config.yaml, if a kubelet is set up
@@ -277,7 +279,6 @@ def node_state_command(
     marker: str = "",
     always_defaults: bool = False,
     loaded: tuple = (),
-    lock_owner: str = "",
     staging_dir: str = "",
     install_dirs: tuple = (),
     anchor_pid: int = 0,
@@ -289,7 +290,8 @@ def node_state_command(
     defaults_when = "true" if always_defaults else f"[ ! -f {q(config_path)} ]"
     return "\n".join(
         [
-            *([f'echo "{SECTION}lock"', *node_lock_lines(lock_owner, anchor_pid)] if lock_owner else []),
+            f'echo "{SECTION}lock"',
+            *lock_state_lines(anchor_pid),
             "# shellcheck disable=SC2046 # split on purpose: kernel name, machine",
             "set -- $(uname -sm)",
             f'echo "{SECTION}machine $2"',
@@ -464,7 +466,6 @@ class ContainerdNode(FactBase):
         marker="",
         always_defaults=False,
         loaded=(),
-        lock_owner="",
         staging_dir="",
         install_dirs=(),
         anchor_pid=0,
@@ -479,7 +480,6 @@ class ContainerdNode(FactBase):
             marker,
             always_defaults,
             tuple(loaded),
-            lock_owner,
             staging_dir,
             tuple(install_dirs),
             anchor_pid,
@@ -537,3 +537,21 @@ class UnitState(FactBase):
         properties = dict(line.strip().partition("=")[::2] for line in output if "=" in line)
         state = NodeState(service=properties)
         return (state.active, state.enabled)
+
+
+class RunLock(FactBase):
+    """
+    Returns the node's run lock as this run sees it, taking nothing: ``free <generation>``,
+    ``held`` (this run has it), ``busy <owner>`` or ``unavailable <why>``; for the lock operation
+    called on its own (the deploy reads it with ``ContainerdNode``).
+    """
+
+    @staticmethod
+    def default():
+        return ""
+
+    def command(self, anchor_pid=0):
+        return "\n".join(lock_state_lines(anchor_pid))
+
+    def process(self, output):
+        return " ".join(line.strip() for line in output if line.strip())

@@ -13,8 +13,8 @@ from . import artifacts, registries
 from .configure import configure_containerd, loaded_at_start, managed_paths
 from .facts import KUBELET_CONFIG, ContainerdNode, NodeState
 from .install import install_release_files
-from .lock import LOCK_PATH, LOCK_WAIT_SECONDS
-from .operations import artifact_is_installed, leftovers_absent
+from .lock import busy_message, unavailable_message
+from .operations import artifact_is_installed, leftovers_absent, run_lock_taken
 from .reset import check_purge, remove_containerd
 from .service import run_containerd
 from .settings import DEFAULTS, Settings, arch_of, for_host, resolve
@@ -41,7 +41,6 @@ def gather(settings: Settings) -> NodeState:
         marker=registries.MARKER,
         always_defaults=settings.containerd_config_base == "default",
         loaded=loaded_at_start(settings),
-        lock_owner=f"controller {socket.gethostname()} pid {os.getpid()}",
         staging_dir=settings.containerd_staging_dir,
         install_dirs=(posixpath.dirname(settings.runc_path), settings.cni_bin_dir),
         anchor_pid=os.getpid() if runs_on_the_node() else 0,
@@ -53,21 +52,37 @@ def check_locked(settings: Settings, node: NodeState) -> None:
     it would be unguarded against another run."""
     if node.lock.startswith("unavailable") or not node.lock:
         why = node.lock[len("unavailable") :].strip() or "the node did not answer for it"
-        raise DeployError(
-            f"{settings.host}: could not take the node's run lock ({LOCK_PATH}): {why}. Without it two runs "
-            "could change the node at once. Fix: run over SSH (pyinfra's default connector) or with pyinfra "
-            "@local on the node itself, and make sure flock (util-linux) is installed."
-        )
+        raise DeployError(unavailable_message(settings.host, why))
 
 
 def check_not_busy(settings: Settings, node: NodeState) -> None:
-    """One run at a time per node: another run holds the lock the node fact asked for."""
+    """One run at a time per node: another run held the lock all the time the node fact waited."""
     if node.lock.startswith("busy"):
-        owner = node.lock[len("busy") :].strip() or "another run"
-        raise DeployError(
-            f"{settings.host}: another containerd-deploy run holds this node ({owner}); it is released when that "
-            f"run ends or its SSH connection drops. Waited {LOCK_WAIT_SECONDS}s; rerun when it is done."
-        )
+        owner = node.lock.split(" ", 2)[2:]
+        raise DeployError(busy_message(settings.host, owner[0] if owner else ""))
+
+
+def ops_since(first: int) -> list:
+    """This host's operations added since it had `first` (their OperationMeta, in order)."""
+    return [host.state.get_op_data_for_host(host, op).operation_meta for op in host.op_hash_order[first:]]
+
+
+def run_owner() -> str:
+    return f"controller {socket.gethostname()} pid {os.getpid()}"
+
+
+def lock_for_changes(node: NodeState) -> list:
+    """The run lock, taken first when the operations added after it will change the node;
+    returns the list the caller fills with those operations (``ops_since``) once it has added them."""
+    later: list = []
+    run_lock_taken(
+        name="Take the node's run lock",
+        owner=run_owner(),
+        lock=node.lock,
+        changes=lambda: any(op.will_change for op in later),
+        anchor_pid=os.getpid() if runs_on_the_node() else 0,
+    )
+    return later
 
 
 def check_supported(settings: Settings, node: NodeState) -> str:
@@ -151,10 +166,13 @@ def containerd_node():
     if settings.containerd_state != "present":
         check_locked(settings, node)
         check_purge(settings, node)
+        later = lock_for_changes(node)
+        first = len(host.op_hash_order)
         leftovers_absent(
             name="Remove what runs cut short left beside the deploy's files", paths=node.hidden_leftovers
         )
         remove_containerd(settings, node)
+        later.extend(ops_since(first))
         return
     arch = check_supported(settings, node)
     check_locked(settings, node)
@@ -162,6 +180,8 @@ def containerd_node():
     check_distro_package(settings, node)
     wanted = artifacts.resolve(settings, arch, published=fetch_digest)
 
+    later = lock_for_changes(node)
+    first = len(host.op_hash_order)
     leftovers_absent(
         name="Remove what runs cut short left beside the deploy's files", paths=node.hidden_leftovers
     )
@@ -184,5 +204,7 @@ def containerd_node():
             configured.dropin,
         ),
     )
+    changes = ops_since(first)
+    later.extend(changes)
     if settings.containerd_verify:
-        verify_containerd(settings, configured.config_text, configured.loaded_files)
+        verify_containerd(settings, configured.config_text, configured.loaded_files, changed_before=changes)

@@ -16,14 +16,23 @@ from io import StringIO
 from typing import IO
 
 from pyinfra import host, logger
-from pyinfra.api import FileUploadCommand, FunctionCommand, StringCommand, operation
+from pyinfra.api import FileUploadCommand, FunctionCommand, OperationError, StringCommand, operation
 from pyinfra.api.command import PyinfraCommand
 from pyinfra.facts.files import Directory, File, FileContents, Sha256File
 from pyinfra.operations.util.files import generate_color_diff
 
 from .artifacts import Artifact
-from .facts import UPLOAD_DIR_PREFIX, DistroPackage, Manifest, ReleaseManifests, UnitState, hidden_copy
+from .facts import (
+    UPLOAD_DIR_PREFIX,
+    DistroPackage,
+    Manifest,
+    ReleaseManifests,
+    RunLock,
+    UnitState,
+    hidden_copy,
+)
 from .fetch import FetchError, cached_path, ensure_cached
+from .lock import NO_SESSION, take_lock_script, unavailable_message
 from .scripts import (
     fetch_artifacts_script,
     fetched_path,
@@ -165,6 +174,58 @@ def release_files_fetched(
     )
     if _escalated():
         yield StringCommand("rm", "-rf", "--", q(via))
+
+
+def lock_generation(lock: str) -> int | None:
+    """The generation in a "free <generation>" or "busy <generation> <owner>" lock state; None otherwise."""
+    word, _, rest = lock.partition(" ")
+    number = rest.split(" ", 1)[0]
+    return int(number) if word in ("free", "busy") and number.isdigit() else None
+
+
+@operation()
+def run_lock_taken(
+    owner: str,
+    lock: str | FromNode = FROM_NODE,
+    changes: Callable[[], bool] | None = None,
+    anchor_pid: int = 0,
+):
+    """
+    Take the node's run lock for the rest of this run (until its SSH connection, or with
+    ``anchor_pid`` the process of a run on the node itself, ends), when the run will change the
+    node. Another run holding it is waited for (10 s), then the run stops; so does a run that
+    finds another run held the node after it read ``lock``, since it decided from a stale look.
+
+    + owner: who this run is, shown to a run that finds the node busy
+    + lock: the lock's state this run read before deciding (``NodeState.lock``: ``free
+      <generation>``, ``held``, ``busy <generation> <owner>``, ``unavailable <why>``); read from
+      the node when not given
+    + changes: whether any later operation will change the node (asked when this operation
+      runs); the lock is left alone when none will and nobody holds it. None: always take it
+    + anchor_pid: a run on the node itself (pyinfra @local): hold the lock for this process
+
+    **Example:**
+
+    .. code:: python
+
+        run_lock_taken(
+            name="Take the node's run lock",
+            owner="controller ci-1 pid 4242",
+        )
+    """
+    state: str = host.get_fact(RunLock, anchor_pid=anchor_pid) if isinstance(lock, FromNode) else lock
+    if state == "held":
+        host.noop("this run holds the node's run lock")
+        return
+    if state.startswith("unavailable") or not state:
+        why = state[len("unavailable") :].strip() or NO_SESSION
+        raise OperationError(unavailable_message(host.name, why))
+    # A busy node was read while another run changed it: the lock is taken (waited for, and the
+    # run stopped) even when nothing seemed to need changing.
+    if not state.startswith("busy") and changes is not None and not changes():
+        host.noop("nothing will change: the run lock is not needed")
+        return
+    yield take_lock_script(host.name, owner, lock_generation(state), anchor_pid)
 
 
 @operation()

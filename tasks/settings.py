@@ -638,7 +638,7 @@ KEYS: dict[str, Key] = {
     "containerd_verify": Key(
         True,
         _plain(_bool),
-        doc="last step of every run: check the running daemon (see [Verify](#verify)) and fail the run, naming each problem, if it falls short; reports no change when it passes",
+        doc="last step of every run: check the running daemon (see [Verify](#verify)), and run a container when the run changed the node; fail the run, naming each problem, if it falls short; a passing check of an unchanged node is no change",
     ),
 }
 

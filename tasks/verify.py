@@ -1,14 +1,14 @@
 """The deploy's last step (`containerd_verify`): is the running daemon what a kubelet needs?
 
 Run after every other operation, from one fact read at that moment, so a run with nothing to
-change still proves the node and reports no change. The checks are the conformance suite's
+change still checks the node and reports no change. The checks are the conformance suite's
 node-side ones: the daemon answers as the declared version with its own ctr, it runs the
 binary, unit and config that are on disk now (not older ones it started with), its CRI
 plugins loaded, the effective config has the declared SystemdCgroup, a kubelet on the node
-(if any) uses the same cgroup driver, and a container actually runs (from the sandbox image,
-when the node has it; under a systemd scope when systemd cgroups are on). The CRI walk of a
-pod sandbox is the conformance suite's (`tasks/conformance`), which needs a controller-side
-gRPC client.
+(if any) uses the same cgroup driver. When the run changed the node, a container then actually
+runs (from the sandbox image, when the node has it; under a systemd scope when systemd cgroups
+are on): the operation's own command, since a fact only asks. The CRI walk of a pod sandbox is
+the conformance suite's (`tasks/conformance`), which needs a controller-side gRPC client.
 """
 
 import re
@@ -16,11 +16,11 @@ import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from pyinfra import host
+from pyinfra import host, logger
 from pyinfra.api import StringCommand, deploy, operation
 
 from .config_toml import PATHS, ConfigError, parse, runc_systemd_cgroup, schema_version, value_at
-from .daemon import SERVICE_PATH, ContainerdDaemon, DaemonState
+from .daemon import SERVICE_PATH, ContainerdDaemon, DaemonState, container_check_script
 from .facts import newer_than_daemon
 from .settings import DEFAULTS, Settings
 
@@ -219,29 +219,18 @@ def judge(expected: Expected, state: DaemonState) -> Verdict:
         else:
             checked(f"kubelet cgroupDriver {kubelet} matches")
 
-    if state.container == "absent":
+    if state.sandbox_image.startswith("unlisted"):
+        problem(
+            f"could not list the k8s.io images to find the sandbox image {expected.sandbox_image}: "
+            f"{state.sandbox_image[len('unlisted') :].strip()[:300]}; see journalctl -u {expected.unit}"
+        )
+    elif state.sandbox_image != "present":
         verdict.notes.append(
             f"no container run: the sandbox image {expected.sandbox_image} is not on the node yet "
             "(a kubelet pulls it for the first pod)"
             if expected.sandbox_image
             else "no container run: the config names no sandbox image"
         )
-    elif state.container.startswith("failed"):
-        problem(
-            f"a container from {expected.sandbox_image} did not run: {state.container[len('failed') :].strip()[:500]}"
-        )
-    elif state.container != "task RUNNING":
-        problem(
-            f"a container from {expected.sandbox_image} started but is not running "
-            f"({state.container}): see journalctl -u {expected.unit}"
-        )
-    elif expected.systemd_cgroup and not state.container_scope:
-        problem(
-            f"a container from {expected.sandbox_image} ran, but not in a systemd scope (its /proc/PID/cgroup: "
-            f"{'; '.join(state.container_cgroups)[:300]}): runc cannot use systemd cgroups here (is dbus running?)"
-        )
-    else:
-        checked(f"a container ran{' in ' + state.container_scope if state.container_scope else ''}")
 
     missing = [
         (handler, binary) for handler, binary in expected.runtime_binaries if binary in state.missing_binaries
@@ -263,16 +252,25 @@ def failure_script(host_name: str, problems: list[str]) -> str:
 
 
 @operation()
-def containerd_verified(expected: Expected | Callable[[], Expected], bin_dir: str, config_path: str):
+def containerd_verified(
+    expected: Expected | Callable[[], Expected],
+    bin_dir: str,
+    config_path: str,
+    run_container: bool | Callable[[], bool] = True,
+):
     """
-    Check the running containerd against ``expected``; fail the run, naming each problem, if it falls short.
+    Check the running containerd against ``expected``; fail the run, naming each problem, if it
+    falls short. Then, if ``run_container``, run a container from the sandbox image (when the
+    node has it) and fail the run if it does not run as a kubelet's would.
 
-    Reads the node when the operation runs (after the ones before it), reports no change
-    when the node passes, and does nothing in a dry run.
+    Reads the node when the operation runs (after the ones before it), reports no change when
+    the node passes without running a container, and does nothing in a dry run.
 
     + expected: an ``Expected``, or a callable returning one when the operation runs
     + bin_dir: where containerd and ctr are installed
     + config_path: containerd's config file
+    + run_container: also run a container (a change: one is created and removed), or a callable
+      asked when the operation runs; the deploy runs one when the run changed the node
 
     **Example:**
 
@@ -296,19 +294,32 @@ def containerd_verified(expected: Expected | Callable[[], Expected], bin_dir: st
         unit=expected.unit,
         files=expected.loaded_files,
         image=expected.sandbox_image or "",
-        systemd_cgroup=expected.systemd_cgroup,
         binaries=tuple(dict.fromkeys(binary for _, binary in expected.runtime_binaries)),
     )
     verdict = judge(expected, state)
     if verdict.problems:
         yield StringCommand(failure_script(host.name, verdict.problems))
         return
+    log = logger.info if host.state.print_noop_info else logger.debug
+    if state.sandbox_image == "present" and expected.sandbox_image:
+        if run_container() if callable(run_container) else run_container:
+            log(
+                f"{host.print_prefix}{verdict.summary(expected.version)}; next, a container from {expected.sandbox_image}"
+            )
+            yield StringCommand(
+                container_check_script(
+                    host.name, bin_dir, expected.sandbox_image, expected.systemd_cgroup, expected.unit
+                )
+            )
+            return
+        verdict.notes.append("no container run: this run changed nothing")
     host.noop(verdict.summary(expected.version))
 
 
 @deploy("Verify containerd", data_defaults=DEFAULTS)
-def verify_containerd(settings: Settings, config_text, loaded_files: tuple):
-    """`config_text`: the config.toml this run leaves (text, or a callable giving it when run)."""
+def verify_containerd(settings: Settings, config_text, loaded_files: tuple, changed_before=()):
+    """`config_text`: the config.toml this run leaves (text, or a callable giving it when run);
+    `changed_before`: the operations before it whose changes call for a container run."""
 
     def expected() -> Expected:
         text = config_text() if callable(config_text) else config_text
@@ -327,4 +338,5 @@ def verify_containerd(settings: Settings, config_text, loaded_files: tuple):
         expected=expected,
         bin_dir=settings.containerd_bin_dir,
         config_path=settings.containerd_config_path,
+        run_container=lambda: any(op.did_change() for op in changed_before),
     )

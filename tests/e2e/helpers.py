@@ -39,6 +39,21 @@ def changed_ops(results: dict, node: str) -> list[str]:
     return [op["name"] for op in results["results"]["operations"] if node in op["success"]]
 
 
+# Every run that changes a node takes its run lock first, and its verify step then runs a
+# container (when the node has the sandbox image): both are changes of their own.
+LOCK_OP = "containerd node | Take the node's run lock"
+VERIFY_OP = "containerd node | Verify containerd | Verify containerd (containerd_verify)"
+
+
+def changed_steps(results: dict, node: str) -> list[str]:
+    """The operations that changed the node, less the run lock and the verify step (asserted:
+    a run that changed anything took the lock first)."""
+    changed = changed_ops(results, node)
+    steps = [name for name in changed if name not in (LOCK_OP, VERIFY_OP)]
+    assert not steps or changed[0] == LOCK_OP, changed
+    return steps
+
+
 def unchanged_ops(results: dict, node: str) -> list[str]:
     return [op["name"] for op in results["results"]["operations"] if node in op["no_change"]]
 

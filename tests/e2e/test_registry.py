@@ -15,7 +15,7 @@ import pytest
 
 from tests.harness import registry, vm
 
-from .helpers import changed_ops, conformance, deploy_ok, main_pid, node_story
+from .helpers import changed_ops, changed_steps, conformance, deploy_ok, main_pid, node_story
 from .test_cri import failed_tests
 
 CERTS_D = "/etc/containerd/certs.d"
@@ -165,7 +165,7 @@ def test_changing_only_the_registries_does_not_restart_and_the_next_pull_uses_th
     registries = dict(data["containerd_registries"])
     registries["docker.io"] = {"mirrors": [{"host": guest_url(info, "plain")}]}  # plain HTTP, no auth
     results = deploy_ok(node, **{**data, "containerd_registries": registries})
-    assert changed_ops(results, node.name) == [
+    assert changed_steps(results, node.name) == [
         f"containerd node | Configure containerd | Write {CERTS_D}/docker.io/hosts.toml"
     ]
     assert main_pid(node) == pid, (

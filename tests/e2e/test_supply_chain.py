@@ -10,7 +10,7 @@ import pytest
 from tests.harness import __main__ as harness
 from tests.harness import mirror
 
-from .helpers import OwnNode, changed_ops, main_pid, node_snapshot, pyinfra
+from .helpers import OwnNode, changed_ops, changed_steps, main_pid, node_snapshot, pyinfra
 
 pytestmark = pytest.mark.xdist_group("supply")
 NAME = "supply-1"
@@ -164,7 +164,7 @@ def test_cni_plugins_are_optional_and_removed_exactly(fresh):
     data = {"cni_plugins_version": cni.version, "cni_plugins_sha256": cni.sha256}
     process, results = pyinfra(fresh.name, data=data)
     assert process.returncode == 0, process.stderr[-4000:]
-    assert short(changed_ops(results, fresh.name)) == [
+    assert short(changed_steps(results, fresh.name)) == [
         "Fetch and verify release files",
         f"Install the CNI plugins {cni.version} into /opt/cni/bin",
     ]
@@ -176,7 +176,7 @@ def test_cni_plugins_are_optional_and_removed_exactly(fresh):
 
     process, results = pyinfra(fresh.name)
     assert process.returncode == 0, process.stderr[-4000:]
-    assert short(changed_ops(results, fresh.name)) == ["Remove the CNI plugins (no cni_plugins_version)"]
+    assert short(changed_steps(results, fresh.name)) == ["Remove the CNI plugins (no cni_plugins_version)"]
     assert fresh.vm.ssh("ls -A /opt/cni/bin").stdout.split() == ["operator-plugin"], (
         "only what it installed goes"
     )

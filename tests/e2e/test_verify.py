@@ -1,5 +1,5 @@
-"""The deploy's own verify step (containerd_verify) on every generation: it runs a container
-and reports no change on a good node; a node whose kubelet wants another cgroup driver than
+"""The deploy's own verify step (containerd_verify) on every generation: it reports no change on
+a good node, and runs a container when the run changed the node; a node whose kubelet wants another cgroup driver than
 containerd's is refused before anything changes; a runtime handler whose binary is missing is
 named, with its binary and the fix, by the verify step and by the conformance suite."""
 
@@ -11,7 +11,17 @@ from tasks.conformance import oci
 from tasks.conformance.images import import_image
 from tests.harness import vm
 
-from .helpers import CONFIG, changed_ops, conformance, main_pid, node_snapshot, pyinfra, read, restore
+from .helpers import (
+    CONFIG,
+    VERIFY_OP,
+    changed_ops,
+    conformance,
+    main_pid,
+    node_snapshot,
+    pyinfra,
+    read,
+    restore,
+)
 
 KUBELET_CONFIG = "/var/lib/kubelet/config.yaml"
 
@@ -32,13 +42,23 @@ def test_verify_runs_a_container_and_a_cgroup_driver_mismatch_is_refused(node, f
     [line] = verify_lines(process.stderr, node.name)
     version = json.loads((vm.node_dir(node.name) / "data.json").read_text())["containerd_version"]
     assert f"containerd {version} verified: answers as {version} with its own ctr" in line
-    assert (
-        "CRI plugins loaded; SystemdCgroup = true in effect; a container ran in /system.slice/containerd-deploy-verify-"
-        in line
-    )
+    assert "CRI plugins loaded; SystemdCgroup = true in effect" in line
+    assert line.endswith("(no container run: this run changed nothing)"), line
+
+    # A run that changes the node (here a registry's hosts.toml: no restart) ends by running a
+    # container, in a systemd scope, and removing it.
+    mirror_data = {
+        "containerd_registries": {"example.org": {"mirrors": [{"host": "https://mirror.example.org"}]}}
+    }
+    process, results = pyinfra(node.name, "-vvv", data=mirror_data)
+    assert process.returncode == 0, process.stderr[-4000:]
+    assert VERIFY_OP in changed_ops(results, node.name)
+    assert "a container ran in /system.slice/containerd-deploy-verify-" in process.stdout + process.stderr
     assert (
         host.run("/usr/local/bin/ctr -n k8s.io containers ls -q | grep containerd-deploy-verify").rc == 1
     ), "the verify container is removed"
+    process, results = pyinfra(node.name)
+    assert process.returncode == 0 and main_pid(node) == pid, "the mirror's hosts.toml removed, no restart"
 
     before = node_snapshot(node)
     host.check_output(

@@ -68,7 +68,7 @@ def converged(settings, arch: str = "amd64") -> NodeState:
         ctr_client=version,
         ctr_server=version,
         exe=f"{settings.containerd_bin_dir}/containerd",
-        lock="acquired",
+        lock="free 0",
         started=time.time() - 60,
         mtimes={settings.containerd_config_path: time.time() - 120},
     )
@@ -76,7 +76,7 @@ def converged(settings, arch: str = "amd64") -> NodeState:
 
 def fresh() -> NodeState:
     """A systemd node with nothing of this deploy on it."""
-    return NodeState(machine="x86_64", kernel="Linux", systemd=True, lock="acquired")
+    return NodeState(machine="x86_64", kernel="Linux", systemd=True, lock="free 0")
 
 
 def drifted(node: NodeState, **changes) -> NodeState:

@@ -114,15 +114,18 @@ def test_node_state_reads_the_daemon_process_and_the_files_it_loaded():
     assert newer_than_daemon(None, {"/c": 5000}, ("/c",)) == [], "no daemon, nothing stale"
 
 
-def test_the_lock_holder_stops_what_a_dead_run_left_behind():
+def test_the_lock_holder_stops_what_a_dead_run_left_behind(tmp_path):
     """Once the run's sshd (here: a process that has exited) is gone, the holder stops the
-    processes carrying the run's SSH_CONNECTION, leaves others and its own helpers alone, and
-    exits: the lock is free."""
+    processes carrying the run's SSH_CONNECTION, leaves others and its own helpers alone,
+    raises the lock's generation, and exits: the lock is free."""
     import os
     import subprocess
     import time
 
-    from tasks.lock import LOCK_HOLDER
+    from tasks.lock import LOCK_HOLDER, LOCK_PATH
+
+    holder_script = LOCK_HOLDER.replace(LOCK_PATH, str(tmp_path / "lock"))
+    (tmp_path / "lock.generation").write_text("7\n")
 
     gone = subprocess.Popen(["true"])
     gone.wait()
@@ -136,7 +139,7 @@ def test_the_lock_holder_stops_what_a_dead_run_left_behind():
         started = time.monotonic()
         # The holder inherits the run's SSH_CONNECTION too, as on a node.
         holder = subprocess.run(
-            ["setsid", "sh", "-c", LOCK_HOLDER, "lock-holder", str(gone.pid), connection],
+            ["setsid", "sh", "-c", holder_script, "lock-holder", str(gone.pid), connection],
             env=environment,
             timeout=30,
         )
@@ -144,13 +147,16 @@ def test_the_lock_holder_stops_what_a_dead_run_left_behind():
         assert leftover.wait(timeout=5) == -15, "the leftover got SIGTERM"
         assert time.monotonic() - started < 5
         assert other_run.poll() is None, "another connection's process is left alone"
+        assert (tmp_path / "lock.generation").read_text() == "8\n", "a run that looked meanwhile knows"
     finally:
         leftover.kill()
         other_run.kill()
     # Without an SSH_CONNECTION (not run through sshd) it only waits for the connection.
     assert (
-        subprocess.run(["sh", "-c", LOCK_HOLDER, "lock-holder", str(gone.pid), ""], timeout=5).returncode == 0
+        subprocess.run(["sh", "-c", holder_script, "lock-holder", str(gone.pid), ""], timeout=5).returncode
+        == 0
     )
+    assert (tmp_path / "lock.generation").read_text() == "9\n"
 
 
 def test_a_process_start_from_its_proc_stat_line_and_the_boot_time():

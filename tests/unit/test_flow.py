@@ -1,9 +1,11 @@
 """`containerd_node` on fake node states: which operations change, and whether containerd is
 started, restarted or left alone, on a fresh node, a converged one and each kind of drift; and
-the refusals that stop the flow before any operation (a kubelet on another cgroup driver,
-another run holding the node)."""
+the refusals that stop the flow before any operation (a kubelet on another cgroup driver);
+the run lock, taken first by a run that will change the node (or finds another run on it)."""
 
 import hashlib
+import os
+import socket
 
 import pytest
 from pyinfra.api.exceptions import DeployError
@@ -15,6 +17,7 @@ from .flow import changed_names, converged, drifted, fresh, prepare, service_op,
 RESTART = 'systemctl restart "$unit"'
 START = 'systemctl start "$unit"'
 RELOAD = "systemctl daemon-reload"
+LOCK = "Take the node's run lock"
 KUBELET = "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\ncgroupDriver: {}\n"
 
 
@@ -51,6 +54,7 @@ def test_config_drift_rewrites_the_config_and_restarts_once(monkeypatch, setting
     )
     prepared = prepare(monkeypatch, node)
     assert changed_names(prepared) == [
+        LOCK,
         "Configure containerd | Write /etc/containerd/config.toml",
         "Run containerd | Enable, start and check containerd",
     ]
@@ -85,7 +89,8 @@ def test_a_registry_change_needs_no_restart(monkeypatch, settings):
     data = {"containerd_registries": {"docker.io": {"mirrors": [{"host": "https://mirror.internal"}]}}}
     prepared = prepare(monkeypatch, converged(settings), data)
     assert changed_names(prepared) == [
-        "Configure containerd | Write /etc/containerd/certs.d/docker.io/hosts.toml"
+        LOCK,
+        "Configure containerd | Write /etc/containerd/certs.d/docker.io/hosts.toml",
     ]
 
 
@@ -96,7 +101,7 @@ def test_a_daemon_older_than_its_binary_is_restarted_with_nothing_else_changed(m
         {"mtimes": {settings.containerd_config_path: 4e9}},
     ):
         prepared = prepare(monkeypatch, drifted(converged(settings), **stale))
-        assert changed_names(prepared) == ["Run containerd | Enable, start and check containerd"], stale
+        assert changed_names(prepared) == [LOCK, "Run containerd | Enable, start and check containerd"], stale
         assert RESTART in service_op(prepared).text(), stale
 
 
@@ -139,12 +144,43 @@ def test_a_kubelet_on_another_cgroup_driver_stops_the_flow_before_any_operation(
         prepare(monkeypatch, node)
 
 
+def lock_op(prepared):
+    (found,) = [op for op in prepared if op.name == LOCK]
+    return found
+
+
+def test_a_run_that_changes_the_node_takes_the_lock_first_expecting_the_generation_it_saw(
+    monkeypatch, settings
+):
+    prepared = prepare(monkeypatch, drifted(fresh(), lock="free 41"))
+    assert changed_names(prepared)[0] == LOCK
+    text = lock_op(prepared).text()
+    assert 'if [ "$generation" != 41 ]; then' in text and "flock -w 10 9" in text
+    assert f"controller {socket.gethostname()} pid {os.getpid()}" in text
+
+
+def test_a_run_that_changes_nothing_leaves_the_lock_alone(monkeypatch, settings):
+    for lock in ("free 3", "held"):
+        prepared = prepare(monkeypatch, drifted(converged(settings), lock=lock))
+        assert not lock_op(prepared).changes, lock
+    # A run that already holds it does not take it again, whatever it changes.
+    assert LOCK not in changed_names(prepare(monkeypatch, drifted(fresh(), lock="held")))
+
+
 def test_another_run_holding_the_node_stops_the_flow(monkeypatch, settings):
-    node = drifted(converged(settings), lock="busy controller ci pid 4242 since 12:00")
+    """The node fact waited for the lock; another run held it all that time."""
+    node = drifted(converged(settings), lock="busy 7 controller ci pid 4242 since 12:00")
     with pytest.raises(
-        DeployError, match=r"another containerd-deploy run holds this node \(controller ci pid 4242"
+        DeployError,
+        match=r"another containerd-deploy run holds this node \(controller ci pid 4242 since 12:00\)",
     ):
         prepare(monkeypatch, node)
+
+
+def test_removal_takes_the_lock_too(monkeypatch, settings):
+    prepared = prepare(monkeypatch, converged(settings), {"containerd_state": "absent"})
+    changed = changed_names(prepared)
+    assert changed[0] == LOCK and len(changed) > 1, changed
 
 
 def test_diff_shows_the_config_change_and_says_restart(monkeypatch, caplog, settings):
@@ -209,8 +245,6 @@ def test_diff_says_no_restart_when_only_a_registry_changes(monkeypatch, caplog, 
 def test_the_node_is_asked_about_the_paths_the_data_names(monkeypatch):
     """One fact, asked once, with every path taken from the host's data (a drifted path would
     read one place and write another)."""
-    import os
-    import socket
 
     data = {
         "containerd_bin_dir": "/opt/containerd/bin",
@@ -245,7 +279,6 @@ def test_the_node_is_asked_about_the_paths_the_data_names(monkeypatch):
             "/etc/systemd/system/ctd.service",
             "/etc/systemd/system/ctd.service.d/http-proxy.conf",
         ),
-        "lock_owner": f"controller {socket.gethostname()} pid {os.getpid()}",
         "staging_dir": "/var/tmp/ctd-staging",
         "install_dirs": ("/opt/runc", "/opt/cni/bin"),
         "anchor_pid": 0,  # over SSH the lock is tied to the connection, not to this process

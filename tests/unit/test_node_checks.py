@@ -145,7 +145,7 @@ def test_the_distro_package_policy_is_a_choice():
 
 def test_a_run_that_could_not_take_the_lock_stops():
     """Regression: a run not coming through sshd reported the lock "unavailable" and went on unguarded."""
-    from tasks.node import check_locked, check_not_busy
+    from tasks.node import check_locked
 
     settings = resolve("node1", {})
     for lock in (
@@ -157,35 +157,121 @@ def test_a_run_that_could_not_take_the_lock_stops():
             DeployError, match=r"^node1: could not take the node's run lock .*Fix: run over SSH"
         ):
             check_locked(settings, node_with(f"{SECTION}lock", lock))
-    with pytest.raises(DeployError, match="another containerd-deploy run holds this node"):
-        check_not_busy(settings, node_with(f"{SECTION}lock", "busy controller c1 pid 7 since now"))
-    for lock in ("acquired", "held"):
+    # Busy is the lock operation's to wait for; the look itself goes on.
+    for lock in ("free 0", "held", "busy 4 controller c1 pid 7 since now"):
         check_locked(settings, node_with(f"{SECTION}lock", lock))
-        check_not_busy(settings, node_with(f"{SECTION}lock", lock))
 
 
-def test_a_run_on_the_node_itself_holds_the_lock_for_its_own_process(tmp_path):
-    """pyinfra @local: no sshd above the commands; the lock is held for the controller's process."""
-    from tasks.lock import node_lock_lines
+def lock_scripts(tmp_path, anchor_pid: int, wait: int = 1):
+    """The lock's look (fact lines) and a take (the operation's command) for a run anchored to
+    `anchor_pid`, on a lock file under tmp_path; the take waits `wait` s instead of 10."""
+    from tasks.lock import LOCK_PATH, LOCK_WAIT_SECONDS, lock_state_lines, take_lock_script
 
-    lines = node_lock_lines("controller test", anchor_pid=os.getpid())
-    script = "\n".join(lines).replace("/run/containerd-deploy.lock", str(tmp_path / "lock"))
-    first = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=30)
-    assert first.stdout.splitlines()[-1] == "acquired", first.stderr
-    again = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=30)
-    assert again.stdout.splitlines()[-1] == "held", "the same run asks again"
-    other = "\n".join(node_lock_lines("controller other", anchor_pid=1)).replace(
-        "/run/containerd-deploy.lock", str(tmp_path / "lock")
+    def local(script: str) -> str:
+        return (
+            script.replace(LOCK_PATH, str(tmp_path / "lock"))
+            .replace(f"flock -w {LOCK_WAIT_SECONDS} ", f"flock -w {wait} ")
+            .replace(f'[ "$tries" -lt {LOCK_WAIT_SECONDS * 5} ]', f'[ "$tries" -lt {wait * 5} ]')
+        )
+
+    def look() -> str:
+        script = local("\n".join(lock_state_lines(anchor_pid=anchor_pid)))
+        return subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=30).stdout.strip()
+
+    def take(owner: str, generation: int | None) -> subprocess.CompletedProcess:
+        script = local(take_lock_script("node1", owner, generation, anchor_pid=anchor_pid))
+        return subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=30)
+
+    return look, take
+
+
+def test_the_lock_is_looked_at_without_taking_it_and_taken_by_the_operation(tmp_path):
+    """pyinfra @local (no sshd above the commands): the lock is held for the run's process. The
+    look changes nothing (it waits for another run's lock, then says busy); the take holds it
+    until that process ends; a second run waits, then is refused naming the holder; a run that
+    looked before another run held the node stops."""
+    import time
+
+    first_run, second_run = subprocess.Popen(["sleep", "120"]), subprocess.Popen(["sleep", "120"])
+    try:
+        look, take = lock_scripts(tmp_path, first_run.pid)
+        look_second, take_second = lock_scripts(tmp_path, second_run.pid)
+        assert look() == "free 0" and look() == "free 0", "looking takes nothing"
+        assert not (tmp_path / "lock").exists()
+        taken = take("controller c1 pid 1", 0)
+        assert taken.returncode == 0, taken.stderr
+        assert look() == "held", "the same run looks again"
+        assert take("controller c1 pid 1", 0).returncode == 0, "and takes it again: it has it"
+        assert (tmp_path / "lock.generation").read_text() == "1\n"
+        started = time.monotonic()
+        seen = look_second()
+        assert seen.startswith("busy 1 controller c1 pid 1 since "), seen
+        assert time.monotonic() - started >= 1, "the look waited for the other run first"
+        started = time.monotonic()
+        refused = take_second("controller c2 pid 2", 1)
+        assert refused.returncode == 1 and time.monotonic() - started >= 1, "it waited for the lock"
+        assert refused.stderr.startswith(
+            "node1: another containerd-deploy run holds this node (controller c1 pid 1 since "
+        ), refused.stderr
+        assert "Waited 10s; rerun when it is done." in refused.stderr
+
+        first_run.kill()  # the first run ends: its holder raises the generation and frees the lock
+        first_run.wait()
+        for _ in range(100):
+            if look_second().startswith("free"):
+                break
+            time.sleep(0.1)
+        assert look_second() == "free 2"
+        stale = take_second("controller c2 pid 2", 1)
+        assert stale.returncode == 1
+        assert stale.stderr.strip() == (
+            "node1: another containerd-deploy run held this node while or after this run looked at it (the run "
+            "lock's generation was 1, now 2), so what this run planned is out of date; it changed nothing. "
+            "Rerun to start from the node as it is now."
+        )
+        assert look_second() == "free 2", "the stale run left the lock as it was"
+        assert take_second("controller c2 pid 2", 2).returncode == 0
+        look_third, _ = lock_scripts(tmp_path, os.getpid())
+        assert look_second() == "held" and look_third().startswith("busy 3 controller c2 pid 2 since ")
+    finally:
+        first_run.kill()
+        second_run.kill()
+
+
+def test_without_sshd_or_an_anchor_or_flock_the_lock_is_unavailable(tmp_path):
+    from tasks.lock import LOCK_PATH, lock_state_lines, take_lock_script
+
+    look = "\n".join(lock_state_lines()).replace(LOCK_PATH, str(tmp_path / "lock"))
+    result = subprocess.run(["setsid", "sh", "-c", look], capture_output=True, text=True, timeout=30)
+    assert result.stdout.strip() == "unavailable not run through sshd (nor by pyinfra on the node itself)"
+    take = take_lock_script("node1", "controller x", 0).replace(LOCK_PATH, str(tmp_path / "lock"))
+    result = subprocess.run(["setsid", "sh", "-c", take], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert result.stderr.startswith(
+        f"node1: could not take the node's run lock ({tmp_path / 'lock'}): not run through sshd"
     )
-    busy = subprocess.run(["sh", "-c", other], capture_output=True, text=True, timeout=30)
-    assert (
-        busy.stdout.splitlines()[-1] == "unavailable not run through sshd (nor by pyinfra on the node itself)"
+    # An anchor that is gone is no anchor either.
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    look, take_it = lock_scripts(tmp_path, gone.pid)
+    assert look().startswith("unavailable not run through sshd")
+    no_flock = tmp_path / "bin"
+    no_flock.mkdir()
+    for tool in ("sh", "cat", "awk", "stat", "printf", "tr", "sed"):
+        found = subprocess.run(
+            ["sh", "-c", f"command -v {tool}"], capture_output=True, text=True
+        ).stdout.strip()
+        if found.startswith("/"):
+            (no_flock / tool).symlink_to(found)
+    script = "\n".join(lock_state_lines(anchor_pid=os.getpid())).replace(LOCK_PATH, str(tmp_path / "lock"))
+    result = subprocess.run(
+        [str(no_flock / "sh"), "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PATH": str(no_flock)},
     )
-    unanchored = "\n".join(node_lock_lines("controller x")).replace(
-        "/run/containerd-deploy.lock", str(tmp_path / "lock")
-    )
-    result = subprocess.run(["setsid", "sh", "-c", unanchored], capture_output=True, text=True, timeout=30)
-    assert result.stdout.splitlines()[-1].startswith("unavailable not run through sshd")
+    assert result.stdout.strip() == "unavailable flock is not installed"
 
 
 def test_every_hosts_data_is_checked_before_the_first_host_is_asked():
@@ -300,12 +386,12 @@ def test_the_node_fact_asks_systemd_about_the_unit_the_deploy_installs(tmp_path)
 def test_through_sudo_the_lock_holder_learns_the_connection_from_the_login_shell(tmp_path):
     """sudo resets the environment: without this the holder got no SSH_CONNECTION and could not
     stop what a dropped sudo run left running."""
-    from tasks.lock import node_lock_lines
+    from tasks.lock import take_lock_script
 
     sshd = tmp_path / "sshd"  # an ancestor named like OpenSSH's, as the lock lines look for
     sshd.write_bytes(open("/bin/dash", "rb").read())
     sshd.chmod(0o755)
-    lines = "\n".join(node_lock_lines("controller test")).replace(
+    lines = take_lock_script("node1", "controller test", 0).replace(
         "/run/containerd-deploy.lock", str(tmp_path / "lock")
     )
     # The holder's arguments, recorded instead of starting it.
@@ -320,7 +406,7 @@ def test_through_sudo_the_lock_holder_learns_the_connection_from_the_login_shell
         text=True,
         timeout=30,
     )
-    assert result.stdout.splitlines()[-1] == "acquired", result.stdout + result.stderr
+    assert result.returncode == 0 and (tmp_path / "lock.owner").exists(), result.stdout + result.stderr
     name, _session, given = (tmp_path / "holder-args").read_text().splitlines()
     assert (name, given) == ("lock-holder", connection)
 

@@ -378,3 +378,48 @@ def test_an_artifact_is_installed_only_under_the_wanted_directory_however_it_is_
     assert not artifact_is_installed(manifest, RUNC, "/usr/local/sb")
     assert not artifact_is_installed(manifest, RUNC, "/opt")
     assert not artifact_is_installed(None, RUNC, "/usr/local/sbin")
+
+
+def lock_op(lock=None, changes=None, anchor_pid=0):
+    from tasks.facts import RunLock
+    from tasks.operations import run_lock_taken
+
+    facts = Facts({RunLock: lambda anchor_pid: "free 5"})
+    given = {} if lock is None else {"lock": lock}
+    yielded = commands(
+        run_lock_taken,
+        facts=facts,
+        owner="controller c1 pid 7",
+        changes=changes,
+        anchor_pid=anchor_pid,
+        **given,
+    )
+    return yielded, facts.asked
+
+
+def test_the_lock_operation_takes_the_lock_expecting_the_generation_it_read():
+    from tasks.lock import take_lock_script
+
+    [command], asked = lock_op(anchor_pid=4242)
+    assert asked == [("RunLock", {"anchor_pid": 4242})], "on its own it reads the lock itself"
+    assert shell_text(command) == take_lock_script("node1", "controller c1 pid 7", 5, 4242)
+    [command], asked = lock_op(lock="free 0", changes=lambda: True)
+    assert asked == [] and 'if [ "$generation" != 0 ]; then' in shell_text(command)
+
+
+def test_the_lock_operation_leaves_the_lock_when_nothing_will_change_unless_another_run_holds_it():
+    assert lock_op(lock="free 3", changes=lambda: False) == ([], [])
+    assert lock_op(lock="held", changes=lambda: True) == ([], []), "this run has it already"
+    [command], _ = lock_op(lock="busy 3 controller c2 pid 9 since now", changes=lambda: False)
+    assert 'if [ "$generation" != 3 ]; then' in shell_text(command)
+
+
+def test_the_lock_operation_refuses_when_the_lock_cannot_be_taken():
+    from pyinfra.api import OperationError
+
+    for lock, why in (
+        ("unavailable flock is not installed", "flock is not installed"),
+        ("", "not run through sshd"),
+    ):
+        with pytest.raises(OperationError, match=f"^node1: could not take the node's run lock .*{why}"):
+            lock_op(lock=lock)

@@ -29,9 +29,9 @@ REFUSED = {
     "lock held by another run": (
         check_not_busy,
         {},
-        {"lock": "busy controller ci-1 pid 4242 since 2026-11-27T10:00:00Z"},
+        {"lock": "busy 4 controller ci-1 pid 4242 since 2026-11-27T10:00:00Z"},
     ),
-    "lock held, owner unknown": (check_not_busy, {}, {"lock": "busy"}),
+    "lock held, owner unknown": (check_not_busy, {}, {"lock": "busy 0"}),
     "node state unreadable": (check_supported, {}, {"machine": ""}),
     "not Linux": (check_supported, {}, {"kernel": "FreeBSD", "machine": "amd64"}),
     "unknown architecture": (check_supported, {}, {"machine": "riscv64"}),
@@ -56,9 +56,11 @@ REFUSED = {
 
 # name -> (check, data, changes): each must pass.
 ACCEPTED = {
-    "lock acquired": (check_locked, {}, {"lock": "acquired"}),
-    "lock held by this run": (check_not_busy, {}, {"lock": "held"}),
-    "lock acquired is not busy": (check_not_busy, {}, {"lock": "acquired"}),
+    "lock free": (check_locked, {}, {"lock": "free 3"}),
+    "lock held by this run": (check_locked, {}, {"lock": "held"}),
+    "lock busy is not for check_locked": (check_locked, {}, {"lock": "busy 3 controller c1 pid 7"}),
+    "lock free is not busy": (check_not_busy, {}, {"lock": "free 3"}),
+    "lock held by this run is not busy": (check_not_busy, {}, {"lock": "held"}),
     "unavailable is not busy": (check_not_busy, {}, {"lock": "unavailable"}),
     "arm64 host": (check_supported, {}, {"machine": "aarch64"}),
     "no kernel name read": (check_supported, {}, {"kernel": ""}),

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from tasks import artifacts, daemon, facts, scripts, verify
+from tasks import artifacts, daemon, facts, lock, scripts, verify
 
 from .flow import no_fetch, settings_for
 
@@ -64,9 +64,19 @@ def built_scripts() -> dict[str, str]:
             "containerd.service",
             ("/etc/containerd/config.toml",),
             "registry.k8s.io/pause:3.10",
-            True,
             ("runc", "/usr/bin/crun"),
         ),
+        "verify container, systemd": daemon.container_check_script(
+            "node1", "/usr/local/bin", "registry.k8s.io/pause:3.10", True, "containerd.service"
+        ),
+        "verify container, cgroupfs": daemon.container_check_script(
+            "node'1", "/opt/c d/bin", "registry.k8s.io/pause:3.10", False, "containerd.service"
+        ),
+        "run lock fact": facts.RunLock().command(),
+        "run lock fact, @local": facts.RunLock().command(anchor_pid=4242),
+        "take run lock": lock.take_lock_script("node'1", "controller $(x) pid 1", 3),
+        "take run lock, @local, any generation": lock.take_lock_script("node1", "controller c", None, 4242),
+        "lock holder": lock.LOCK_HOLDER,
         "verify failure": verify.failure_script("node1", ["it's broken", "$(not run)"]),
     }
 
@@ -75,8 +85,10 @@ def built_scripts() -> dict[str, str]:
 def test_every_node_script_passes_shellcheck_as_posix_sh(name):
     if shutil.which("shellcheck") is None:
         pytest.fail("shellcheck is not installed (Debian: apt-get install shellcheck; `make deps` does)")
-    # The failure message is operator text quoted for printing: a `$` in it is meant literally.
-    excluded = ["--exclude=SC2016"] if name == "verify failure" else []
+    # Operator text quoted for printing, and the lock holder's script given to `sh -c`: a `$`
+    # in them is meant literally.
+    literal_dollars = name == "verify failure" or name.startswith("take run lock")
+    excluded = ["--exclude=SC2016"] if literal_dollars else []
     result = subprocess.run(
         ["shellcheck", "--shell=sh", "--format=gcc", *excluded, "-"],
         input=built_scripts()[name],

@@ -11,11 +11,8 @@ from tasks.daemon import parse_daemon_state
 from tasks.facts import SECTION
 from tasks.verify import (
     Expected,
-    failure_script,
     judge,
     kubelet_cgroup_driver,
-    release_version,
-    sandbox_image,
 )
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
@@ -56,7 +53,7 @@ PLUGINS = [
 
 def healthy(
     dump=None,
-    container=("task RUNNING", "cgroup 0::/system.slice/containerd-deploy-verify-9.scope"),
+    image="present",
     kubelet=None,
     ctr=CTR,
     plugins=PLUGINS,
@@ -75,7 +72,7 @@ def healthy(
         *section("plugins", *plugins),
         *section("dump", "ok " + b64(dump)),
         *section("kubelet", *([b64(kubelet)] if kubelet else [])),
-        *section("container", *container),
+        *section("image", image),
     ]
     return parse_daemon_state(lines)
 
@@ -88,8 +85,8 @@ def test_a_healthy_node_passes_every_check():
         "runs the unit and config on disk",
         "CRI plugins loaded",
         "SystemdCgroup = true in effect",
-        "a container ran in /system.slice/containerd-deploy-verify-9.scope",
     ]
+    assert verdict.notes == []
     assert verdict.summary("1.7.24").startswith("containerd 1.7.24 verified: answers as 1.7.24")
 
 
@@ -98,7 +95,7 @@ def test_captured_nodes_pass(name, version):
     state = captured(name)
     verdict = judge(expected(version), state)
     assert verdict.problems == [], verdict.problems
-    assert state.container == "task RUNNING" and state.container_scope.endswith(".scope")
+    assert state.sandbox_image == "present"
     assert state.main_pid > 0 and state.started > 1.7e9
 
 
@@ -170,8 +167,8 @@ def test_effective_systemd_cgroup_must_be_the_declared_one(fixture, version):
     plugins = PLUGINS + ["io.containerd.cri.v1 runtime linux/amd64 ok", "io.containerd.cri.v1 images - ok"]
     [problem] = judge(expected(version), healthy(dump=dump, ctr=ctr, plugins=plugins)).problems
     assert "has SystemdCgroup = false on the runc runtime but containerd_systemd_cgroup is true" in problem
-    # ... and a node deployed with false on purpose passes, its container outside a systemd scope.
-    state = healthy(dump=dump, ctr=ctr, plugins=plugins, container=("task RUNNING", "cgroup 0::/k8s.io/x"))
+    # ... and a node deployed with false on purpose passes.
+    state = healthy(dump=dump, ctr=ctr, plugins=plugins)
     assert judge(expected(version, systemd_cgroup=False), state).problems == []
 
 
@@ -181,7 +178,7 @@ def test_config_dump_failure_is_reported():
         *section("ctr", *CTR),
         *section("plugins", *PLUGINS),
         *section("dump", "error " + b64("failed to load TOML: near line 3")),
-        *section("container", "absent"),
+        *section("image", "absent"),
     ]
     [problem] = judge(expected(), parse_daemon_state(lines)).problems
     assert problem == "containerd config dump failed: failed to load TOML: near line 3"
@@ -211,60 +208,88 @@ def test_kubelet_cgroup_driver(kubelet, driver):
 
 
 def test_no_sandbox_image_on_the_node_is_a_note_not_a_failure():
-    verdict = judge(expected(), healthy(container=("absent",)))
+    verdict = judge(expected(), healthy(image="absent"))
     assert verdict.problems == []
     assert verdict.notes == [
         f"no container run: the sandbox image {PAUSE} is not on the node yet "
         "(a kubelet pulls it for the first pod)"
     ]
+    assert judge(expected(), healthy(image="present")).notes == []
 
 
-def test_a_container_that_does_not_run():
-    state = healthy(
-        container=("failed ctr: failed to create shim task: OCI runtime create failed: exec format error",)
+def test_images_the_daemon_cannot_list_are_a_problem():
+    [problem] = judge(expected(), healthy(image="unlisted ctr: connection refused ")).problems
+    assert problem == (
+        f"could not list the k8s.io images to find the sandbox image {PAUSE}: ctr: connection refused; "
+        "see journalctl -u containerd.service"
     )
-    [problem] = judge(expected(), state).problems
-    assert problem.startswith(f"a container from {PAUSE} did not run: ctr: failed to create shim task")
 
 
-def test_a_container_outside_a_systemd_scope_when_systemd_cgroups_are_wanted():
-    state = healthy(container=("task RUNNING", "cgroup 0::/k8s.io/containerd-deploy-verify-9"))
-    [problem] = judge(expected(), state).problems
-    assert "not in a systemd scope" in problem
-
-
-def test_a_container_that_exited():
-    [problem] = judge(expected(), healthy(container=("task STOPPED",))).problems
-    assert "is not running (task STOPPED)" in problem
+FAKE_RUN_CTR = """#!/bin/sh
+# ctr as the container check uses it: run -d, tasks ls, tasks rm, containers rm; `log` records.
+echo "$*" >> {log}/calls
+case "$3" in
+  run) [ ! -e {log}/run-fails ] || {{ echo "ctr: failed to create shim task: OCI runtime create failed:"; \
+         echo "exec format error"; exit 1; }}
+       shift $(($# - 1)); echo "$1" > {log}/container;;
+  tasks) [ "$4" = ls ] && echo "$(cat {log}/container) 4242 $(cat {log}/status)";;
+esac
+"""
 
 
 @pytest.mark.parametrize(
-    "fixture, version",
-    [("default-1.6.20.toml", "1.6.20"), ("default-1.7.24.toml", "1.7.24"), ("default-2.1.9.toml", "2.1.9")],
+    "case, systemd_cgroup, problem",
+    [
+        ("runs in a scope", True, None),
+        ("runs outside a scope, cgroupfs wanted", False, None),
+        (
+            "does not run",
+            True,
+            "did not run: ctr: failed to create shim task: OCI runtime create failed: exec format",
+        ),
+        ("exited", True, "started but is not running (task STOPPED): see journalctl -u containerd.service"),
+        ("outside a scope", True, "ran, but not in a systemd scope (its /proc/PID/cgroup: 0::/k8s.io/x;)"),
+    ],
 )
-def test_sandbox_image_from_the_config_at_its_schemas_path(fixture, version):
-    text = (FIXTURES / "config" / fixture).read_text()
-    assert sandbox_image(text, Version(version)).startswith("registry.k8s.io/pause:")
-    assert sandbox_image(dump_of(fixture, version, sandbox_image=PAUSE), Version(version)) == PAUSE
-    assert sandbox_image("not toml [", Version(version)) is None
+def test_the_container_check_runs_one_checks_it_and_removes_it(tmp_path, case, systemd_cgroup, problem):
+    import subprocess
 
+    from tasks.daemon import container_check_script
 
-def test_release_version():
-    assert release_version("v1.7.11") == release_version("1.7.11~ds1") == "1.7.11"
-    assert release_version(None) is None
-
-
-def test_failure_script_prints_each_problem_quoted():
-    script = failure_script("node1", ["it's broken", "$(reboot)"])
-    assert script.endswith(">&2; exit 1")
-    assert "'  - it'\"'\"'s broken'" in script and "'  - $(reboot)'" in script
-
-
-def test_a_dump_that_is_not_toml_is_a_problem_not_a_crash():
-    [problem] = judge(
-        expected(), healthy(dump='time="x" level=warning msg="migrated"\nversion = 3\n')
-    ).problems
-    assert problem.startswith("containerd config dump failed: its output is not valid TOML")
+    bin_dir, log = tmp_path / "bin", tmp_path / "log"
+    bin_dir.mkdir()
+    log.mkdir()
+    (bin_dir / "ctr").write_text(FAKE_RUN_CTR.format(log=log))
+    (bin_dir / "ctr").chmod(0o755)
+    (log / "status").write_text("STOPPED\n" if case == "exited" else "RUNNING\n")
+    if case == "does not run":
+        (log / "run-fails").touch()
+    in_scope = case == "runs in a scope"
+    (tmp_path / "cgroup-4242").write_text(
+        "0::/system.slice/containerd-deploy-verify-77.scope\n" if in_scope else "0::/k8s.io/x\n"
+    )
+    script = container_check_script(
+        "node1", str(bin_dir), PAUSE, systemd_cgroup, "containerd.service"
+    ).replace("/proc/${task%% *}/cgroup", f"{tmp_path}/cgroup-${{task%% *}}")
+    result = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=30)
+    calls = (log / "calls").read_text()
+    assert (
+        f"-n k8s.io run -d {'--runc-systemd-cgroup --cgroup system.slice:containerd-deploy:verify-' if systemd_cgroup else ''}"
+        in calls
+    )
+    assert (
+        "tasks rm -f containerd-deploy-verify-" in calls
+        and "containers rm containerd-deploy-verify-" in calls
+    ), "the container is removed whatever happened"
+    if problem is None:
+        assert result.returncode == 0, result.stderr
+        where = " in /system.slice/containerd-deploy-verify-77.scope" if in_scope else ""
+        assert result.stdout == f"a container ran{where}\n"
+    else:
+        assert result.returncode == 1
+        header, detail = result.stderr.splitlines()
+        assert header == "containerd-deploy: node1 is not a conformant containerd node:"
+        assert detail.startswith(f"  - a container from {PAUSE} {problem}"), detail
 
 
 FAKE_QUESTION = """#!/bin/sh
@@ -277,16 +302,12 @@ for _ in $(seq 100); do [ "$(wc -l < "$log/started")" -ge {questions} ] && break
 """
 
 FAKE_CTR = (
-    FAKE_QUESTION.replace("#!/bin/sh", '#!/bin/sh\ncase "$3" in run|tasks|containers) ;; *)', 1).replace(
-        '\n"""', ""
-    )
-    + """;; esac
-case "$3" in
+    FAKE_QUESTION
+    + """case "$3" in
   version) printf 'Client:\\n  Version:  v1.7.24\\n\\nServer:\\n  Version:  v1.7.24\\n';;
   plugins) printf 'TYPE ID PLATFORMS STATUS\\nio.containerd.grpc.v1 cri - ok\\n';;
-  images) if [ -e {log}/images-fail ]; then echo "connection refused"; exit 1; fi; echo {image};;
-  run) shift $(($# - 1)); echo "$1" > {log}/container;;
-  tasks) [ "$4" = ls ] && echo "$(cat {log}/container) 1 RUNNING";;
+  images) if [ -e {log}/images-fail ]; then echo "connection refused"; exit 1; fi; echo other; echo {image};;
+  *) echo "$*" >> {log}/acted;;
 esac
 """
 )
@@ -318,7 +339,7 @@ def test_the_verify_fact_asks_the_daemon_its_questions_side_by_side(tmp_path, im
         )
         (bin_dir / name).chmod(0o755)
     script = daemon_state_command(
-        str(bin_dir), str(tmp_path / "config.toml"), "containerd.service", (), image, True
+        str(bin_dir), str(tmp_path / "config.toml"), "containerd.service", (), image
     )
     result = subprocess.run(
         ["sh", "-c", script],
@@ -333,9 +354,10 @@ def test_the_verify_fact_asks_the_daemon_its_questions_side_by_side(tmp_path, im
     assert state.plugins == {("io.containerd.grpc.v1", "cri"): "ok"}
     assert state.dump == "version = 2\n" and state.active_state == "active"
     if images == "listed":
-        assert state.container == "task RUNNING" and state.container_cgroups, result.stdout
+        assert state.sandbox_image == "present", result.stdout
     else:
-        assert state.container == "failed could not list the k8s.io images: connection refused"
+        assert state.sandbox_image == "unlisted connection refused"
+    assert not (log / "acted").exists(), "the fact only asks: " + (log / "acted").read_text()
     assert not any(tmp_path.glob("tmp*")), "its answers are removed"
 
 
@@ -417,3 +439,71 @@ def test_the_fact_looks_for_handler_binaries_as_containerd_does(tmp_path):
         ["/bin/sh", "-c", script], capture_output=True, text=True, env={"PATH": "/nonexistent"}
     )
     assert result.stdout.splitlines() == ["containerd-shim-kata-v2", str(tmp_path / "absent runtime")]
+
+
+def verify_op(image: str = "present", run_container=True, **state_changes):
+    """What the verify operation yields when it runs, the node's daemon answering as `healthy`."""
+    from tasks.daemon import ContainerdDaemon
+    from tasks.verify import containerd_verified
+
+    from .operations import Facts, commands
+
+    facts = Facts({ContainerdDaemon: lambda **_: healthy(image=image, **state_changes)})
+    yielded = commands(
+        containerd_verified,
+        facts=facts,
+        executing=True,
+        expected=expected(),
+        bin_dir="/usr/local/bin",
+        config_path=CONFIG,
+        run_container=run_container,
+    )
+    return yielded, facts.asked
+
+
+def test_the_verify_operation_asks_once_and_runs_a_container_only_when_told():
+    from tasks.daemon import container_check_script
+
+    from .operations import shell_text
+
+    yielded, asked = verify_op(run_container=False)
+    assert yielded == [], "a passing node with nothing changed: no change"
+    assert asked == [
+        (
+            "ContainerdDaemon",
+            {
+                "bin_dir": "/usr/local/bin",
+                "config_path": CONFIG,
+                "unit": "containerd.service",
+                "files": (CONFIG, UNIT),
+                "image": PAUSE,
+                "binaries": (),
+            },
+        )
+    ]
+    assert verify_op(run_container=lambda: False)[0] == []
+    for told in (True, lambda: True):
+        [command] = verify_op(run_container=told)[0]
+        assert shell_text(command) == container_check_script(
+            "node1", "/usr/local/bin", PAUSE, True, "containerd.service"
+        )
+    # No sandbox image on the node: nothing to run a container from.
+    assert verify_op(image="absent", run_container=True)[0] == []
+
+
+def test_the_verify_operation_fails_the_run_on_a_problem_before_any_container():
+    from .operations import shell_text
+
+    [command] = verify_op(run_container=True, service=("MainPID=0", "ActiveState=failed"))[0]
+    assert "containerd.service is failed, not active" in shell_text(command)
+    assert "exit 1" in shell_text(command) and "ctr" not in shell_text(command)
+
+
+def test_the_verify_operation_does_nothing_while_the_run_is_prepared():
+    from tasks.verify import containerd_verified
+
+    from .operations import commands
+
+    assert (
+        commands(containerd_verified, expected=expected(), bin_dir="/usr/local/bin", config_path=CONFIG) == []
+    ), "no fact asked (none may be), nothing yielded"
