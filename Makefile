@@ -39,8 +39,8 @@ lint: deps
 	$(VENV)/bin/ruff format --check $(PY_TREES)
 	$(VENV)/bin/mypy
 
-# The node scripts' unit tests once more without root (a user namespace where this user is
-# nobody): developers run them so.
+# The unit tests once more without root (a user namespace where this user is nobody):
+# developers run them so.
 UNPRIVILEGED := unshare --user
 
 # Lint and unit tests first (they fail before any VM boots), then deploy + conformance +
@@ -50,7 +50,7 @@ UNPRIVILEGED := unshare --user
 # by size), which tests/e2e/conftest.py starts with the longest group.
 test: deps lint
 	$(PY) -m pytest -p no:cacheprovider -q -n 2 tests/unit
-	$(UNPRIVILEGED) $(PY) -m pytest -p no:cacheprovider -q tests/unit/test_scripts.py
+	$(UNPRIVILEGED) $(PY) -m pytest -p no:cacheprovider -q -n 2 tests/unit
 	$(PY) -m pytest -p no:cacheprovider -v --durations=60 -n 3 --dist loadgroup --no-loadscope-reorder tests/e2e
 
 unit: deps lint

@@ -79,7 +79,7 @@ def session_lines(anchor_pid: int = 0, connection: bool = True) -> list[str]:
         # the commands they run).
         *(
             [
-                'connection=${SSH_CONNECTION:-$(tr "\\000" "\\n" < "/proc/$child/environ" 2>/dev/null | '
+                'connection=${SSH_CONNECTION:-$(tr "\\000" "\\n" 2>/dev/null < "/proc/$child/environ" | '
                 "sed -n 's/^SSH_CONNECTION=//p')}"
             ]
             if follow_child
