@@ -300,3 +300,13 @@ def test_a_run_on_the_node_itself_ties_the_lock_to_its_own_process(monkeypatch):
     asked: dict = {}
     prepare(monkeypatch, converged(settings), asked=asked)
     assert asked["anchor_pid"] == os.getpid()
+
+
+def test_the_lock_is_held_for_the_connection_or_with_local_for_this_process(monkeypatch):
+    import tasks.node
+
+    over_ssh = lock_op(prepare(monkeypatch, fresh())).text()
+    assert "sshd|sshd-session" in over_ssh and f"session={os.getpid()}" not in over_ssh
+    monkeypatch.setattr(tasks.node, "runs_on_the_node", lambda: True)
+    local = lock_op(prepare(monkeypatch, fresh())).text()
+    assert f"session={os.getpid()}" in local and "sshd|sshd-session" not in local

@@ -423,3 +423,21 @@ def test_the_lock_operation_refuses_when_the_lock_cannot_be_taken():
     ):
         with pytest.raises(OperationError, match=f"^node1: could not take the node's run lock .*{why}"):
             lock_op(lock=lock)
+
+
+@pytest.mark.parametrize(
+    "lock, generation",
+    [
+        ("free 3", 3),
+        ("free 0", 0),
+        ("busy 4 controller c1 pid 7 since now", 4),
+        ("free", None),
+        ("held", None),
+        ("unavailable 5 reasons", None),
+        ("busy controller c1", None),
+    ],
+)
+def test_the_generation_a_run_saw(lock, generation):
+    from tasks.operations import lock_generation
+
+    assert lock_generation(lock) == generation

@@ -1,0 +1,228 @@
+"""Each data parser at its edges, with the exact message an operator reads: what the broad
+data tests (hypothesis, the golden table) pass through without pinning down."""
+
+import pytest
+
+from tasks import settings
+from tasks.config_toml import Runtime
+from tasks.settings import resolve
+from tasks.values import DataError
+
+PATH_FIX = "Fix: set containerd_bin_dir to an absolute path such as /usr/local/bin"
+RUNTIMES_FIX = (
+    "Fix: set containerd_runtimes to a list of mappings with name, and optionally runtime_type, binary_name "
+    'and options, e.g. [{"name": "crun", "binary_name": "/usr/bin/crun"}]'
+)
+NOFILE_FIX = "Fix: set containerd_limit_nofile to a number, SOFT:HARD with SOFT <= HARD, or infinity (systemd's LimitNOFILE)"
+HTTP_FIX = (
+    "https:// or http:// URL without spaces or credentials (file:// URLs need artifact_allow_file_urls=true)"
+)
+
+
+def parsed(key: str, value, **other):
+    return getattr(resolve("node1", {key: value, **other}), key)
+
+
+def refusal(key: str, value, **other) -> str:
+    with pytest.raises(DataError) as raised:
+        resolve("node1", {key: value, **other})
+    return str(raised.value)
+
+
+def test_absolute_paths_at_their_edges():
+    assert refusal("containerd_bin_dir", "/opt/x ") == (
+        f"node1: data key 'containerd_bin_dir' is '/opt/x ', not an absolute path. {PATH_FIX}"
+    )
+    assert parsed("containerd_bin_dir", "/Xen//bin/") == "/Xen/bin"
+    assert refusal("containerd_bin_dir", "//") == (
+        f"node1: data key 'containerd_bin_dir' is '/', not a path of its own. {PATH_FIX}"
+    )
+    # The kernel's limits: 255 bytes a name, 4095 in all.
+    name = "n" * 255
+    assert parsed("containerd_bin_dir", "/" + name) == "/" + name
+    assert refusal("containerd_bin_dir", "/" + name + "n") == (
+        f"node1: data key 'containerd_bin_dir' is {('/' + name)[:80]!r}…, longer than a path may be "
+        f"(255 bytes a name, 4095 in all). {PATH_FIX}"
+    )
+    three = "/".join(["n" * 200] * 3)  # 600 bytes in names of 200: fine
+    assert parsed("containerd_bin_dir", "/" + three) == "/" + three
+    longest = ("/" + "/".join(["n" * 254] * 17))[:4095]
+    assert len(longest) == 4095 and parsed("containerd_bin_dir", longest) == longest
+    assert "longer than a path may be" in refusal("containerd_bin_dir", longest + "n")
+
+
+def test_a_dedicated_directory_is_never_a_system_tree():
+    assert refusal("containerd_staging_dir", "/usr") == (
+        "node1: data key 'containerd_staging_dir' is '/usr', a directory of the operating system (or one "
+        "holding one), which the deploy would make root-only and empty. Fix: set containerd_staging_dir to a "
+        "directory of its own, such as /var/cache/containerd-deploy"
+    )
+
+
+@pytest.mark.parametrize("value, number", [(1, 1), ("5", 5), (60, 60)])
+def test_positive_numbers_of_seconds(value, number):
+    assert parsed("containerd_ready_timeout", value) == number
+
+
+@pytest.mark.parametrize("value", [0, "0", "+5", " 5", "5.0", True, None, "five"])
+def test_anything_else_is_not_a_number_of_seconds(value):
+    assert refusal("containerd_ready_timeout", value) == (
+        f"node1: data key 'containerd_ready_timeout' is {value!r}, not a positive number of seconds. "
+        "Fix: set containerd_ready_timeout to e.g. 60"
+    )
+
+
+def test_bounded_numbers_include_both_ends():
+    assert parsed("containerd_oom_score", 1000) == 1000 and parsed("containerd_oom_score", -1000) == -1000
+    assert refusal("containerd_oom_score", 1001) == (
+        "node1: data key 'containerd_oom_score' is 1001. Fix: set containerd_oom_score to a whole number "
+        "from -1000 to 1000, or leave it unset"
+    )
+
+
+@pytest.mark.parametrize("value", ["1", "infinity", "1024:infinity", "4096:4096"])
+def test_limit_nofile_values_systemd_takes(value):
+    assert parsed("containerd_limit_nofile", value) == value
+
+
+def test_limit_nofile_values_systemd_would_refuse():
+    for value in ("0", "infinity:1024", "2:1"):
+        assert refusal("containerd_limit_nofile", value) == (
+            f"node1: data key 'containerd_limit_nofile' is {value!r}, a soft limit above its hard limit "
+            f"(or zero). {NOFILE_FIX}"
+        )
+    assert refusal("containerd_limit_nofile", True) == (
+        f"node1: data key 'containerd_limit_nofile' is True. {NOFILE_FIX}"
+    )
+
+
+def test_proxies():
+    assert parsed("containerd_http_proxy", "socks5://proxy.internal:1080") == "socks5://proxy.internal:1080"
+    for value in ("ftp://proxy.internal", "http://", "proxy.internal:3128"):
+        assert refusal("containerd_http_proxy", value) == (
+            f"node1: data key 'containerd_http_proxy' is {value!r}, not a proxy URL. "
+            "Fix: set containerd_http_proxy to e.g. http://proxy:3128"
+        )
+    # The password never shows, whatever else is wrong.
+    assert refusal("containerd_http_proxy", "http://user:secret@proxy internal:3128") == (
+        "node1: data key 'containerd_http_proxy' is 'http://user:***@proxy internal:3128', not a single-line "
+        "value without spaces. Fix: set containerd_http_proxy to e.g. http://proxy:3128"
+    )
+
+
+def test_extra_runtimes_keep_their_type_and_options():
+    entry = {"name": "Kata.v2_x-1", "runtime_type": "io.containerd.kata.v2", "options": {"A": 1}}
+    assert parsed("containerd_runtimes", [entry]) == (
+        Runtime("Kata.v2_x-1", "io.containerd.kata.v2", None, {"A": 1}),
+    )
+    assert parsed("containerd_runtimes", [{"name": "crun", "binary_name": "/usr/bin/crun"}]) == (
+        Runtime("crun", "io.containerd.runc.v2", "/usr/bin/crun", {}),
+    )
+
+
+@pytest.mark.parametrize(
+    "value, problem",
+    [
+        (
+            [{"name": "runc"}],
+            "redefines 'runc', which the deploy owns. Fix: give the extra runtime another name",
+        ),
+        ([{"name": "gpu", "options": "fast"}], f"has non-mapping options in 'gpu'. {RUNTIMES_FIX}"),
+        (
+            [{"name": "gpu", "binary": "/usr/bin/x"}],
+            f"has unknown fields ['binary'] in 'gpu'. {RUNTIMES_FIX}",
+        ),
+        (
+            [{"name": "gpu runtime"}],
+            f"has the entry {{'name': 'gpu runtime'}}, which needs a name of letters, digits, . _ -. {RUNTIMES_FIX}",
+        ),
+        ({"name": "gpu"}, f"is {{'name': 'gpu'}}, not a list. {RUNTIMES_FIX}"),
+    ],
+)
+def test_extra_runtimes_refused(value, problem):
+    assert refusal("containerd_runtimes", value) == f"node1: data key 'containerd_runtimes' {problem}"
+
+
+def test_file_urls_only_when_allowed():
+    assert (
+        parsed("artifact_mirror", "file:///srv/mirror", artifact_allow_file_urls=True) == "file:///srv/mirror"
+    )
+    assert parsed("artifact_mirror", "http://mirror.internal", artifact_allow_file_urls=True) == (
+        "http://mirror.internal"
+    )
+    assert refusal("artifact_mirror", "file:///srv/mirror") == (
+        f"node1: data key 'artifact_mirror' is 'file:///srv/mirror', not an https/http URL. Fix: set "
+        f"artifact_mirror to an {HTTP_FIX}"
+    )
+    assert refusal("artifact_mirror", "ftp://mirror.internal", artifact_allow_file_urls=True) == (
+        "node1: data key 'artifact_mirror' is 'ftp://mirror.internal', not an https/http/file URL. Fix: set "
+        "artifact_mirror to an https:// or http:// or file:// URL without spaces or credentials"
+    )
+    template = "{mirror}/runc.{arch}"
+    allowed = {"artifact_mirror": "file:///srv/m", "artifact_allow_file_urls": True}
+    assert parsed("runc_download_url", template, **allowed) == template
+
+
+def test_a_url_template_checks_the_mirror_it_is_filled_with():
+    raw = {"artifact_mirror": "ftp://mirror.internal", "artifact_allow_file_urls": False}
+    with pytest.raises(DataError) as raised:
+        settings._url_template_key("node1", "runc_download_url", "{mirror}/runc", raw)
+    assert str(raised.value) == (
+        "node1: data key 'artifact_mirror' is 'ftp://mirror.internal', not an https/http URL. Fix: set "
+        f"artifact_mirror to an {HTTP_FIX}"
+    )
+    allowed = {"artifact_mirror": "file:///srv/m", "artifact_allow_file_urls": True}
+    assert (
+        settings._url_template_key("node1", "runc_download_url", "{mirror}/runc", allowed) == "{mirror}/runc"
+    )
+
+
+def test_a_hosts_settings_carry_its_name():
+    class Host:
+        name = "worker-7"
+        data = {"containerd_ready_timeout": "nope"}
+
+    with pytest.raises(DataError, match="^worker-7: data key 'containerd_ready_timeout' is 'nope'"):
+        settings.for_host(Host())
+    Host.data = {}
+    assert settings.for_host(Host()).host == "worker-7"
+
+
+def test_release_versions_from_the_lowest_supported():
+    assert str(parsed("containerd_version", "1.6.0")) == "1.6.0"
+    assert str(parsed("containerd_version", "2.1.9")) == "2.1.9"
+    assert refusal("containerd_version", "latest") == (
+        "node1: data key 'containerd_version' is 'latest', not a release version. Fix: set containerd_version "
+        "to a release number such as 1.6.0 (X.Y.Z, no 'latest')"
+    )
+    assert refusal("containerd_version", "1.5.9") == (
+        "node1: data key 'containerd_version' is 1.5.9, outside the supported 1.6.x to <3 releases. Fix: set "
+        "containerd_version to a release number such as 1.6.0 (X.Y.Z, no 'latest')"
+    )
+
+
+@pytest.mark.parametrize(
+    "url, problem",
+    [
+        ("http://[::1", "is '<a URL that cannot be parsed>', not a URL"),
+        ("http:///releases", "is 'http:///releases', which names no host"),
+        ("http://-mirror.internal", "is 'http://-mirror.internal', which names no host"),
+        ("http://mirror internal", "is 'http://mirror internal', not an https/http URL"),
+    ],
+)
+def test_urls_that_name_no_usable_host(url, problem):
+    assert (
+        refusal("artifact_mirror", url)
+        == f"node1: data key 'artifact_mirror' {problem}. Fix: set artifact_mirror to an {HTTP_FIX}"
+    )
+
+
+def test_a_mirror_loses_only_its_trailing_slashes():
+    assert parsed("artifact_mirror", "http://mirror.internal/X//") == "http://mirror.internal/X"
+
+
+def test_a_proxy_that_is_not_even_a_url():
+    assert refusal("containerd_https_proxy", "http://[::1") == (
+        "node1: data key 'containerd_https_proxy' is '<a URL that cannot be parsed>', not a proxy URL. "
+        "Fix: set containerd_https_proxy to e.g. http://proxy:3128"
+    )
