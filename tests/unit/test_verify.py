@@ -13,6 +13,7 @@ from tasks.verify import (
     Expected,
     judge,
     kubelet_cgroup_driver,
+    sandbox_image,
 )
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
@@ -507,3 +508,35 @@ def test_the_verify_operation_does_nothing_while_the_run_is_prepared():
     assert (
         commands(containerd_verified, expected=expected(), bin_dir="/usr/local/bin", config_path=CONFIG) == []
     ), "no fact asked (none may be), nothing yielded"
+
+
+@pytest.mark.parametrize(
+    "fixture, version, image",
+    [
+        ("default-1.6.20.toml", "1.6.20", "registry.k8s.io/pause:3.6"),
+        ("default-1.7.24.toml", "1.7.24", "registry.k8s.io/pause:3.8"),
+        ("default-2.1.9.toml", "2.1.9", "registry.k8s.io/pause:3.10"),
+    ],
+)
+def test_the_sandbox_image_a_config_names_at_its_schemas_path(fixture, version, image):
+    text = (FIXTURES / "config" / fixture).read_text()
+    assert sandbox_image(text, Version(version)) == image
+    assert sandbox_image(text.replace(image, ""), Version(version)) is None, "an empty name is none"
+    assert sandbox_image("version = [", Version(version)) is None, "a config that does not parse names none"
+
+
+def test_the_daemon_fact_asks_with_its_arguments_and_reads_its_answer():
+    from tasks.daemon import ContainerdDaemon, daemon_state_command
+
+    fact = ContainerdDaemon()
+    assert fact.command(
+        "/opt/bin", "/etc/c.toml", "c.service", files=["/etc/c.toml"], image=PAUSE, binaries=["runc"]
+    ) == daemon_state_command("/opt/bin", "/etc/c.toml", "c.service", ("/etc/c.toml",), PAUSE, ("runc",))
+    assert fact.command("/opt/bin", "/etc/c.toml", "c.service") == daemon_state_command(
+        "/opt/bin", "/etc/c.toml", "c.service", (), "", ()
+    )
+    assert fact.process([*section("image", "present")]).sandbox_image == "present"
+    assert (
+        ContainerdDaemon.default() == ContainerdDaemon.default()
+        and ContainerdDaemon.default().active_state == ""
+    )
