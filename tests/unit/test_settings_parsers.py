@@ -226,3 +226,13 @@ def test_a_proxy_that_is_not_even_a_url():
         "node1: data key 'containerd_https_proxy' is '<a URL that cannot be parsed>', not a proxy URL. "
         "Fix: set containerd_https_proxy to e.g. http://proxy:3128"
     )
+
+
+def test_a_per_arch_checksum_is_checked_per_arch():
+    assert refusal("containerd_sha256", {"amd64": "a" * 64, "arm64": "zz"}).startswith(
+        "node1: data key 'containerd_sha256' is 'zz', not a sha256. Fix: set containerd_sha256 to the "
+        "64-character lowercase hex sha256"
+    )
+    assert refusal("containerd_sha256", {"riscv64": "a" * 64}).startswith(
+        "node1: data key 'containerd_sha256' has an entry for 'riscv64', not amd64 or arm64."
+    )
