@@ -72,9 +72,7 @@ class NodeState:
     files: dict = field(default_factory=dict)  # path -> sha256 of the other files the deploy manages
     managed_hosts: list = field(default_factory=list)  # hosts.toml files this deploy wrote
     exe: str = ""  # the running daemon's binary ("… (deleted)" once replaced on disk)
-    lock: str = (
-        ""  # the run lock: "free <generation>", "held", "busy <generation> <owner>", "unavailable <why>"
-    )
+    lock: str = ""  # the run lock: free/held/busy/unavailable (tasks/lock.py, lock_state_lines)
     started: float | None = None  # epoch seconds the running daemon started
     mtimes: dict = field(default_factory=dict)  # path -> epoch mtime of the files it loads at start
     kubelet_config: str | None = None  # /var/lib/kubelet/config.yaml, if a kubelet is set up
@@ -542,7 +540,7 @@ class UnitState(FactBase):
 class RunLock(FactBase):
     """
     Returns the node's run lock as this run sees it, taking nothing: ``free <generation>``,
-    ``held`` (this run has it), ``busy <owner>`` or ``unavailable <why>``; for the lock operation
+    ``held`` (this run has it), ``busy <generation> <owner>`` or ``unavailable <why>``; for the lock operation
     called on its own (the deploy reads it with ``ContainerdNode``).
     """
 

@@ -63,15 +63,14 @@ def session_lines(anchor_pid: int = 0, connection: bool = True) -> list[str]:
             '[ -d "/proc/$session" ] || session=1',
             *(['connection=""'] if connection else []),
         ]
-    # The child of sshd is the login shell, whose environment holds the connection.
-    follow_child = connection
     return [
         "session=$$",
-        *(["child=$$"] if follow_child else []),
+        # sshd's child is the login shell, whose environment holds the connection.
+        *(["child=$$"] if connection else []),
         # The sshd process of this connection: the first sshd/sshd-session ancestor.
         'while [ "${session:-1}" -gt 1 ]; do',
         '  case "$(cat "/proc/$session/comm" 2>/dev/null)" in sshd|sshd-session) break;; esac',
-        *(["  child=$session"] if follow_child else []),
+        *(["  child=$session"] if connection else []),
         '  session=$(awk \'{ sub(/.*\\) /, ""); print $2 }\' "/proc/$session/stat" 2>/dev/null)',
         "done",
         # Through sudo the environment is reset: the connection is read from the login
@@ -82,7 +81,7 @@ def session_lines(anchor_pid: int = 0, connection: bool = True) -> list[str]:
                 'connection=${SSH_CONNECTION:-$(tr "\\000" "\\n" 2>/dev/null < "/proc/$child/environ" | '
                 "sed -n 's/^SSH_CONNECTION=//p')}"
             ]
-            if follow_child
+            if connection
             else []
         ),
     ]

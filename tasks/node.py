@@ -4,6 +4,8 @@ import os
 import posixpath
 import socket
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from pyinfra import host
 from pyinfra.api import deploy
@@ -16,7 +18,7 @@ from .install import install_release_files
 from .lock import busy_message, unavailable_message
 from .operations import artifact_is_installed, leftovers_absent, run_lock_taken
 from .reset import check_purge, remove_containerd
-from .service import run_containerd
+from .service import any_changed, run_containerd
 from .settings import DEFAULTS, Settings, arch_of, for_host, resolve
 from .update_checksums import fetch_digest
 from .verify import kubelet_cgroup_driver, verify_containerd
@@ -62,27 +64,28 @@ def check_not_busy(settings: Settings, node: NodeState) -> None:
         raise DeployError(busy_message(settings.host, owner[0] if owner else ""))
 
 
-def ops_since(first: int) -> list:
-    """This host's operations added since it had `first` (their OperationMeta, in order)."""
-    return [host.state.get_op_data_for_host(host, op).operation_meta for op in host.op_hash_order[first:]]
-
-
 def run_owner() -> str:
     return f"controller {socket.gethostname()} pid {os.getpid()}"
 
 
-def lock_for_changes(node: NodeState) -> list:
-    """The run lock, taken first when the operations added after it will change the node;
-    returns the list the caller fills with those operations (``ops_since``) once it has added them."""
-    later: list = []
+@contextmanager
+def locked_for_changes(node: NodeState) -> Iterator[list]:
+    """Add the run lock first, then the operations of the `with` body; the lock is taken when
+    one of them will change the node. Yields the list that holds those operations
+    (OperationMeta, in order) once the body has added them."""
+    changes: list = []
     run_lock_taken(
         name="Take the node's run lock",
         owner=run_owner(),
         lock=node.lock,
-        changes=lambda: any(op.will_change for op in later),
+        changes=lambda: any_changed(*changes)(),
         anchor_pid=os.getpid() if runs_on_the_node() else 0,
     )
-    return later
+    first = len(host.op_hash_order)
+    yield changes
+    changes.extend(
+        host.state.get_op_data_for_host(host, op).operation_meta for op in host.op_hash_order[first:]
+    )
 
 
 def check_supported(settings: Settings, node: NodeState) -> str:
@@ -166,13 +169,11 @@ def containerd_node():
     if settings.containerd_state != "present":
         check_locked(settings, node)
         check_purge(settings, node)
-        later = lock_for_changes(node)
-        first = len(host.op_hash_order)
-        leftovers_absent(
-            name="Remove what runs cut short left beside the deploy's files", paths=node.hidden_leftovers
-        )
-        remove_containerd(settings, node)
-        later.extend(ops_since(first))
+        with locked_for_changes(node):
+            leftovers_absent(
+                name="Remove what runs cut short left beside the deploy's files", paths=node.hidden_leftovers
+            )
+            remove_containerd(settings, node)
         return
     arch = check_supported(settings, node)
     check_locked(settings, node)
@@ -180,31 +181,27 @@ def containerd_node():
     check_distro_package(settings, node)
     wanted = artifacts.resolve(settings, arch, published=fetch_digest)
 
-    later = lock_for_changes(node)
-    first = len(host.op_hash_order)
-    leftovers_absent(
-        name="Remove what runs cut short left beside the deploy's files", paths=node.hidden_leftovers
-    )
-
-    installed = install_release_files(settings, node, wanted)
-    binaries_current = artifact_is_installed(
-        node.manifests.get("containerd"), wanted["containerd"], settings.containerd_bin_dir
-    )
-    configured = configure_containerd(settings, node, binaries_current)
-    run_containerd(
-        settings,
-        node,
-        reload_after=(configured.unit, configured.dropin),
-        # The CNI plugins and crictl are run by others, not by the daemon: no restart for them.
-        restart_after=(
-            installed["containerd"],
-            installed["runc"],
-            configured.config,
-            configured.unit,
-            configured.dropin,
-        ),
-    )
-    changes = ops_since(first)
-    later.extend(changes)
+    with locked_for_changes(node) as changes:
+        leftovers_absent(
+            name="Remove what runs cut short left beside the deploy's files", paths=node.hidden_leftovers
+        )
+        installed = install_release_files(settings, node, wanted)
+        binaries_current = artifact_is_installed(
+            node.manifests.get("containerd"), wanted["containerd"], settings.containerd_bin_dir
+        )
+        configured = configure_containerd(settings, node, binaries_current)
+        run_containerd(
+            settings,
+            node,
+            reload_after=(configured.unit, configured.dropin),
+            # The CNI plugins and crictl are run by others, not by the daemon: no restart for them.
+            restart_after=(
+                installed["containerd"],
+                installed["runc"],
+                configured.config,
+                configured.unit,
+                configured.dropin,
+            ),
+        )
     if settings.containerd_verify:
         verify_containerd(settings, configured.config_text, configured.loaded_files, changed_before=changes)

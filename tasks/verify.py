@@ -22,6 +22,7 @@ from pyinfra.api import StringCommand, deploy, operation
 from .config_toml import PATHS, ConfigError, parse, runc_systemd_cgroup, schema_version, value_at
 from .daemon import SERVICE_PATH, ContainerdDaemon, DaemonState, container_check_script
 from .facts import newer_than_daemon
+from .service import any_changed
 from .settings import DEFAULTS, Settings
 
 # The CRI plugins a kubelet needs, as `ctr plugins ls` names them (type, id); 2.x split the
@@ -338,5 +339,5 @@ def verify_containerd(settings: Settings, config_text, loaded_files: tuple, chan
         expected=expected,
         bin_dir=settings.containerd_bin_dir,
         config_path=settings.containerd_config_path,
-        run_container=lambda: any(op.did_change() for op in changed_before),
+        run_container=any_changed(*changed_before),
     )
