@@ -4,8 +4,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # Debian packages the local test nodes need: qemu (TCG), mmdebstrap for the image, busybox for
 # the conformance test image, an SSH client; for the test registry (Debian's docker-registry,
-# run from its .deb): openssl for its CA, htpasswd for its users, skopeo to push images.
-APT_PACKAGES := qemu-system-x86 qemu-utils mmdebstrap gpg libdpkg-perl arch-test mount busybox-static openssh-client curl e2fsprogs ca-certificates debian-archive-keyring openssl apache2-utils skopeo shellcheck
+# run from its .deb): openssl for its CA, htpasswd for its users, skopeo to push images; for the
+# arm64 node: qemu-system-arm (qemu-system-aarch64), qemu-user-static + binfmt-support to build its
+# image, kmod (depmod) and cpio for its kernel modules and initrd, made on this machine.
+APT_PACKAGES := qemu-system-x86 qemu-utils mmdebstrap gpg libdpkg-perl arch-test mount busybox-static openssh-client curl e2fsprogs ca-certificates debian-archive-keyring openssl apache2-utils skopeo shellcheck qemu-system-arm qemu-user-static binfmt-support kmod cpio
 DEMO_NODE := demo
 
 .PHONY: deps demo lint test unit e2e mutation bench down clean
@@ -45,8 +47,8 @@ UNPRIVILEGED := unshare --user
 
 # Lint and unit tests first (they fail before any VM boots), then deploy + conformance +
 # idempotency + refusals on real VMs: three node generations (Debian 12 + containerd 1.6,
-# Debian 13 + 1.7, Debian 13 + 2.1), one xdist worker each, and the fleet, supply-chain,
-# lifecycle, sudo and @local nodes. Groups go to workers in collection order (no reordering
+# Debian 13 + 1.7, Debian 13 + 2.1), one xdist worker each, and the mixed amd64/arm64 fleet,
+# supply-chain, lifecycle, sudo and @local nodes. Groups go to workers in collection order (no reordering
 # by size), which tests/e2e/conftest.py starts with the longest group.
 test: deps lint
 	$(PY) -m pytest -p no:cacheprovider -q -n 2 tests/unit

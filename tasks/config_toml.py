@@ -29,6 +29,13 @@ PATHS: dict[str, dict[int, tuple[str, ...]]] = {
         2: _CRI_V2 + ("max_container_log_line_size",),
         3: _CRI_RUNTIME + ("max_container_log_line_size",),
     },
+    "default_runtime_name": {
+        2: _CRI_V2 + ("containerd", "default_runtime_name"),
+        3: _CRI_RUNTIME + ("containerd", "default_runtime_name"),
+    },
+    # CDI: containerd 1.7 and later (settings refuses these keys for 1.6).
+    "enable_cdi": {2: _CRI_V2 + ("enable_cdi",), 3: _CRI_RUNTIME + ("enable_cdi",)},
+    "cdi_spec_dirs": {2: _CRI_V2 + ("cdi_spec_dirs",), 3: _CRI_RUNTIME + ("cdi_spec_dirs",)},
 }
 for _paths in PATHS.values():
     _paths[4] = _paths[3]
@@ -69,6 +76,9 @@ class Knobs:
     max_container_log_line_size: int | None = None
     oom_score: int | None = None
     runtimes: tuple[Runtime, ...] = ()
+    default_runtime: str | None = None
+    enable_cdi: bool | None = None
+    cdi_spec_dirs: tuple[str, ...] | None = None
     extra: Mapping = field(default_factory=dict)  # merged last, table by table
 
 
@@ -207,6 +217,12 @@ def render(text: str, containerd_version: Version, knobs: Knobs) -> str:
             # A runc-compatible handler must use the same cgroup driver as runc itself.
             options.setdefault("SystemdCgroup", knobs.systemd_cgroup)
         _merge(document, base + ("options",), options)
+    if knobs.default_runtime is not None:
+        _set(document, PATHS["default_runtime_name"][schema], knobs.default_runtime)
+    if knobs.enable_cdi is not None:
+        _set(document, PATHS["enable_cdi"][schema], knobs.enable_cdi)
+    if knobs.cdi_spec_dirs is not None:
+        _set(document, PATHS["cdi_spec_dirs"][schema], list(knobs.cdi_spec_dirs))
     _merge(document, (), knobs.extra)
     return tomlkit.dumps(document)
 

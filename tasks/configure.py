@@ -14,7 +14,7 @@ from .config_toml import ConfigError, Knobs, render, runc_systemd_cgroup
 from .facts import ContainerdDefaultConfig, NodeState
 from .install import CRICTL_CONFIG
 from .operations import file_absent, file_content
-from .settings import DEFAULTS, Settings, has_credentials
+from .settings import DEFAULTS, Settings, has_credentials, runtime_handlers
 from .values import DataError
 
 UNIT_TEMPLATE = resource("containerd.service")
@@ -83,7 +83,10 @@ def knobs(settings: Settings) -> Knobs:
         snapshotter=settings.containerd_snapshotter,
         max_container_log_line_size=settings.containerd_max_container_log_line_size,
         oom_score=settings.containerd_oom_score,
-        runtimes=settings.containerd_runtimes,
+        runtimes=runtime_handlers(settings),
+        default_runtime=settings.containerd_default_runtime,
+        enable_cdi=settings.containerd_enable_cdi,
+        cdi_spec_dirs=settings.containerd_cdi_spec_dirs,
         extra=settings.containerd_config_extra,
     )
 

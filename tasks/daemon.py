@@ -13,6 +13,7 @@ from .facts import (
     SECTION,
     daemon_process_lines,
     decode_lines,
+    missing_binaries_lines,
     parse_ctr_version,
     parse_process_section,
     service_lines,
@@ -45,26 +46,6 @@ class DaemonState:
 # binaries slowly and a timeout here would read as a broken daemon.
 CTR_TIMEOUT = 60
 VERIFY_NAMESPACE = "k8s.io"  # the sandbox image is where the CRI (and so a kubelet) has it
-
-
-# The PATH systemd gives containerd (the unit sets none); containerd's own directory goes first.
-SERVICE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
-
-def missing_binaries_lines(bin_dir: str, binaries: tuple) -> list[str]:
-    """Shell lines printing each of `binaries` (paths, or names looked up as containerd does)
-    that the node does not have."""
-    q = shlex.quote
-    if not binaries:
-        return []
-    return [
-        f"for binary in {' '.join(q(binary) for binary in binaries)}; do",
-        '  case "$binary" in',
-        '    /*) [ -x "$binary" ] || printf "%s\\n" "$binary";;',
-        f'    *) PATH={q(bin_dir + ":" + SERVICE_PATH)} command -v -- "$binary" >/dev/null 2>&1 || printf "%s\\n" "$binary";;',
-        "  esac",
-        "done",
-    ]
 
 
 def daemon_state_command(
@@ -117,48 +98,73 @@ def daemon_state_command(
     )
 
 
-def container_check_script(host_name: str, bin_dir: str, image: str, systemd_cgroup: bool, unit: str) -> str:
+RUNC_STATE_ROOT = "/run/containerd/runc"  # the runc shim's --root, one directory per namespace
+
+
+def container_check_script(
+    host_name: str,
+    bin_dir: str,
+    image: str,
+    systemd_cgroup: bool,
+    unit: str,
+    handlers: tuple = (("runc", ""),),
+) -> str:
     """A command that runs a container from `image` (in the k8s.io namespace, where the CRI has
-    it) as the CRI would, checks that it runs (in a systemd scope under the systemd cgroup
-    driver), removes it, and prints where it ran; or fails, naming the problem and its fix."""
+    it) through each of `handlers` — (name, runc-compatible binary, "" for runc itself) — as the
+    CRI would, checks that it runs (in a systemd scope under the systemd cgroup driver) and, for
+    a handler's own binary, that this binary runs it; removes it, and prints where it ran; or
+    fails, naming the problem and its fix."""
     q = shlex.quote
     ctr = f"timeout {CTR_TIMEOUT} {q(f'{bin_dir}/ctr')} -n {VERIFY_NAMESPACE}"
-    # ctr's own systemd-cgroup flag puts the task in system.slice/containerd-deploy-verify-<pid>.scope,
+    # ctr's own systemd-cgroup flag puts the task in system.slice/containerd-deploy-verify-<pid>-<handler>.scope,
     # as the CRI puts a pod's containers in scopes.
     cgroup = (
-        '--runc-systemd-cgroup --cgroup "system.slice:containerd-deploy:verify-$$" ' if systemd_cgroup else ""
+        '--runc-systemd-cgroup --cgroup "system.slice:containerd-deploy:verify-$$-$1" '
+        if systemd_cgroup
+        else ""
     )
     header = f"containerd-deploy: {host_name} is not a conformant containerd node:"
-    from_image = f"a container from {image}"
     return "\n".join(
         [
-            'id="containerd-deploy-verify-$$"',
             "remove() {",
             f'  {ctr} tasks rm -f "$id" >/dev/null 2>&1',
             f'  {ctr} containers rm "$id" >/dev/null 2>&1',
             "}",
-            f'fail() {{ remove; printf "%s\\n" {q(header)} "  - $1" >&2; exit 1; }}',
-            f'if ! out=$({ctr} run -d {cgroup}{q(image)} "$id" 2>&1); then',
-            """  why=$(printf %s "$out" | tr '\\n' ' ' | cut -c1-500)""",
-            f'  fail {q(from_image + " did not run: ")}"$why"',
-            "fi",
-            f"""task=$({ctr} tasks ls 2>/dev/null | awk -v id="$id" '$1 == id {{ print $2, $3 }}')""",
-            "status=${task#* }",
-            'if [ "$status" != RUNNING ]; then',
-            f'  fail {q(from_image + " started but is not running (task ")}"${{status:-gone}}"{q(f"): see journalctl -u {unit}")}',
-            "fi",
-            """scope=$(awk -F: '$3 ~ /containerd-deploy-[^\\/]*[.]scope$/ { print $3; exit }' "/proc/${task%% *}/cgroup" 2>/dev/null)""",
+            f'fail() {{ remove; printf "%s\\n" {q(header)} "  - $what $1" >&2; exit 1; }}',
+            "# $1: the handler, $2: its runc-compatible binary (empty: runc's own)",
+            "run_one() {",
+            '  id="containerd-deploy-verify-$$-$1"',
+            f"  what={q(f'a container from {image}')}",
+            '  [ -z "$2" ] || what="$what through runtime handler $1 ($2)"',
+            f'  if ! out=$({ctr} run -d {cgroup}${{2:+--runc-binary "$2"}} {q(image)} "$id" 2>&1); then',
+            """    fail "did not run: $(printf %s "$out" | tr '\\n' ' ' | cut -c1-500)""" + '"',
+            "  fi",
+            f"""  task=$({ctr} tasks ls 2>/dev/null | awk -v id="$id" '$1 == id {{ print $2, $3 }}')""",
+            "  status=${task#* }",
+            '  if [ "$status" != RUNNING ]; then',
+            f'    fail "started but is not running (task ${{status:-gone}}): see journalctl -u {unit}"',
+            "  fi",
+            # The scope itself, or a cgroup inside it: crun puts the process in <scope>/container.
+            """  scope=$(awk -F: '$3 ~ /containerd-deploy-[^\\/]*[.]scope(\\/|$)/ { sub(/[.]scope\\/.*/, ".scope", $3); print $3; exit }' "/proc/${task%% *}/cgroup" 2>/dev/null)""",
             *(
                 [
-                    'if [ -z "$scope" ]; then',
-                    f"""  fail {q(from_image + " ran, but not in a systemd scope (its /proc/PID/cgroup: ")}"$(tr '\\n' ';' < "/proc/${{task%% *}}/cgroup" | cut -c1-300)"{q("): runc cannot use systemd cgroups here (is dbus running?)")}""",
-                    "fi",
+                    '  if [ -z "$scope" ]; then',
+                    """    fail "ran, but not in a systemd scope (its /proc/PID/cgroup: $(tr '\\n' ';' < "/proc/${task%% *}/cgroup" | cut -c1-300)): runc cannot use systemd cgroups here (is dbus running?)"""
+                    + '"',
+                    "  fi",
                 ]
                 if systemd_cgroup
                 else []
             ),
-            "remove",
-            'echo "a container ran${scope:+ in $scope}"',
+            # Only the binary that created a container can read its state back: proof that the
+            # handler's own binary ran it, not runc.
+            f'  if [ -n "$2" ] && ! "$2" --root {RUNC_STATE_ROOT}/{VERIFY_NAMESPACE} state "$id" >/dev/null 2>&1; then',
+            '    fail "ran, but not through $2 (it does not know the container): is BinaryName right?"',
+            "  fi",
+            "  remove",
+            '  echo "a container ran${2:+ through $1}${scope:+ in $scope}"',
+            "}",
+            *[f"run_one {q(name)} {q(binary or '')}" for name, binary in handlers],
         ]
     )
 

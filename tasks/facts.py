@@ -81,6 +81,9 @@ class NodeState:
     hidden_leftovers: list = field(
         default_factory=list
     )  # hidden new files/dirs runs cut short left beside final paths
+    missing_binaries: list = field(
+        default_factory=list
+    )  # of those asked for: runtime handlers' binaries not on the node
 
     @property
     def main_pid(self) -> int:
@@ -267,6 +270,26 @@ def manifest_lines(state_dir: str) -> list[str]:
     ]
 
 
+# The PATH systemd gives containerd (the unit sets none); containerd's own directory goes first.
+SERVICE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def missing_binaries_lines(bin_dir: str, binaries: tuple) -> list[str]:
+    """Shell lines printing each of `binaries` (paths, or names looked up as containerd does)
+    that the node does not have."""
+    q = shlex.quote
+    if not binaries:
+        return []
+    return [
+        f"for binary in {' '.join(q(binary) for binary in binaries)}; do",
+        '  case "$binary" in',
+        '    /*) [ -x "$binary" ] || printf "%s\\n" "$binary";;',
+        f'    *) PATH={q(bin_dir + ":" + SERVICE_PATH)} command -v -- "$binary" >/dev/null 2>&1 || printf "%s\\n" "$binary";;',
+        "  esac",
+        "done",
+    ]
+
+
 def node_state_command(
     bin_dir: str,
     config_path: str,
@@ -280,6 +303,7 @@ def node_state_command(
     staging_dir: str = "",
     install_dirs: tuple = (),
     anchor_pid: int = 0,
+    handler_binaries: tuple = (),
 ) -> str:
     q = shlex.quote
     ctr, containerd = q(f"{bin_dir}/ctr"), q(f"{bin_dir}/containerd")
@@ -295,6 +319,8 @@ def node_state_command(
             f'echo "{SECTION}machine $2"',
             f'echo "{SECTION}kernel $1"',
             f'if [ -d /run/systemd/system ]; then echo "{SECTION}systemd"; fi',
+            f'echo "{SECTION}missing"',
+            *missing_binaries_lines(bin_dir, handler_binaries),
             *manifest_lines(state_dir),
             f'echo "{SECTION}unit"',
             f"[ -f {q(unit_path)} ] && sha256sum {q(unit_path)}",
@@ -435,6 +461,8 @@ def parse_node_state(lines: list[str]) -> NodeState:
             state.staging_leftovers = [line.strip() for line in body if line.strip()]
         elif name == "hidden":
             state.hidden_leftovers = [line for line in body if line]
+        elif name == "missing":
+            state.missing_binaries = [line for line in body if line]
         elif name == "packages":
             for line in body:
                 fields = line.split()
@@ -467,6 +495,7 @@ class ContainerdNode(FactBase):
         staging_dir="",
         install_dirs=(),
         anchor_pid=0,
+        handler_binaries=(),
     ):
         return node_state_command(
             bin_dir,
@@ -481,6 +510,7 @@ class ContainerdNode(FactBase):
             staging_dir,
             tuple(install_dirs),
             anchor_pid,
+            tuple(handler_binaries),
         )
 
     def process(self, output):

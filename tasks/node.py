@@ -13,15 +13,15 @@ from pyinfra.api.exceptions import DeployError
 
 from . import artifacts, registries
 from .configure import configure_containerd, loaded_at_start, managed_paths
-from .facts import KUBELET_CONFIG, ContainerdNode, NodeState
+from .facts import KUBELET_CONFIG, SERVICE_PATH, ContainerdNode, NodeState
 from .install import install_release_files
 from .lock import busy_message, unavailable_message
 from .operations import artifact_is_installed, leftovers_absent, run_lock_taken
 from .reset import check_purge, remove_containerd
 from .service import any_changed, run_containerd
-from .settings import DEFAULTS, Settings, arch_of, for_host, resolve
+from .settings import DEFAULTS, NVIDIA_HANDLER, Settings, arch_of, for_host, resolve, runtime_handlers
 from .update_checksums import fetch_digest
-from .verify import kubelet_cgroup_driver, verify_containerd
+from .verify import handler_binaries_to_check, kubelet_cgroup_driver, verify_containerd
 
 
 def runs_on_the_node() -> bool:
@@ -46,6 +46,9 @@ def gather(settings: Settings) -> NodeState:
         staging_dir=settings.containerd_staging_dir,
         install_dirs=(posixpath.dirname(settings.runc_path), settings.cni_bin_dir),
         anchor_pid=os.getpid() if runs_on_the_node() else 0,
+        handler_binaries=tuple(
+            dict.fromkeys(binary for _, binary in handler_binaries_to_check(runtime_handlers(settings)))
+        ),
     )
 
 
@@ -123,6 +126,35 @@ def check_kubelet(settings: Settings, node: NodeState) -> None:
         )
 
 
+def check_runtime_binaries(settings: Settings, node: NodeState) -> None:
+    """Every runtime handler the data adds must find its binaries on the node: containerd would
+    start with it, and every pod that asks for it would fail."""
+    problems = []
+    for handler, binary in handler_binaries_to_check(runtime_handlers(settings)):
+        if binary not in node.missing_binaries:
+            continue
+        where = (
+            binary
+            if binary.startswith("/")
+            else f"{binary} (looked for in {settings.containerd_bin_dir}:{SERVICE_PATH})"
+        )
+        if handler == NVIDIA_HANDLER and settings.containerd_nvidia_runtime:
+            problems.append(
+                f"data key 'containerd_nvidia_runtime' adds the runtime handler 'nvidia', but {where} is not "
+                "on the node. Fix: install the NVIDIA Container Toolkit (package nvidia-container-toolkit) first, "
+                "set containerd_nvidia_runtime_path to where it put nvidia-container-runtime, or set "
+                "containerd_nvidia_runtime to false"
+            )
+        else:
+            problems.append(
+                f"data key 'containerd_runtimes' adds the runtime handler {handler!r}, but {where} is not on the "
+                f"node. Fix: install it first, correct its binary_name/runtime_type, or take {handler!r} out of "
+                "containerd_runtimes"
+            )
+    if problems:
+        raise DeployError(f"{settings.host}: " + f"\n{settings.host}: ".join(problems))
+
+
 def check_distro_package(settings: Settings, node: NodeState) -> None:
     """A containerd from the distribution's packages stays only if the operator says to remove it."""
     if not node.distro_packages or settings.containerd_distro_package == "remove":
@@ -178,6 +210,7 @@ def containerd_node():
     arch = check_supported(settings, node)
     check_locked(settings, node)
     check_kubelet(settings, node)
+    check_runtime_binaries(settings, node)
     check_distro_package(settings, node)
     wanted = artifacts.resolve(settings, arch, published=fetch_digest)
 

@@ -67,6 +67,11 @@ class Settings:
     containerd_max_container_log_line_size: int | None
     containerd_oom_score: int | None
     containerd_runtimes: tuple
+    containerd_nvidia_runtime: bool
+    containerd_nvidia_runtime_path: str
+    containerd_default_runtime: str | None
+    containerd_enable_cdi: bool | None
+    containerd_cdi_spec_dirs: tuple | None
     containerd_config_extra: dict
     containerd_registry_config_path: str
     containerd_registries: dict
@@ -138,10 +143,10 @@ def _sha256(host: str, key: str, value) -> str | dict | None:
     return value
 
 
-def _absolute_path(host: str, key: str, value) -> str:
+def _absolute_path(host: str, key: str, value, example: str | None = None) -> str:
     """An absolute path without `..`, control characters, backslashes or trailing spaces (other
     spaces and characters are fine: every command quotes it); never `/` itself."""
-    fix = f"set {key} to an absolute path such as {DEFAULTS[key]}"
+    fix = f"set {key} to an absolute path such as {example or DEFAULTS[key]}"
     # (A backslash too: sha256sum escapes names holding one, so the node fact could not read them back.)
     if (
         not isinstance(value, str)
@@ -342,6 +347,95 @@ def _runtimes(host: str, key: str, value) -> tuple:
             )
         )
     return tuple(runtimes)
+
+
+NVIDIA_HANDLER = "nvidia"
+# containerd's own CDI directories (its default cdi_spec_dirs).
+CDI_SPEC_DIRS_EXAMPLE = '["/etc/cdi", "/var/run/cdi"]'
+CDI_SINCE = Version("1.7")
+
+
+def _nvidia_runtime(host: str, key: str, value, raw: Mapping) -> bool:
+    enabled = _bool(host, key, value)
+    declared = raw["containerd_runtimes"] if isinstance(raw["containerd_runtimes"], (list, tuple)) else []
+    if enabled and any(
+        isinstance(entry, Mapping) and entry.get("name") == NVIDIA_HANDLER for entry in declared
+    ):
+        raise DataError(
+            host,
+            key,
+            f"is true and containerd_runtimes also defines {NVIDIA_HANDLER!r}",
+            f"keep one: take the {NVIDIA_HANDLER!r} entry out of containerd_runtimes (the preset writes it), "
+            "or set containerd_nvidia_runtime to false",
+        )
+    return enabled
+
+
+def _default_runtime(host: str, key: str, value, raw: Mapping) -> str | None:
+    """A handler this deploy configures: runc, one of containerd_runtimes, or the nvidia preset's."""
+    if value in (None, ""):
+        return None
+    names = [
+        "runc",
+        *(runtime.name for runtime in _runtimes(host, "containerd_runtimes", raw["containerd_runtimes"])),
+    ]
+    if _bool(host, "containerd_nvidia_runtime", raw["containerd_nvidia_runtime"]):
+        names.append(NVIDIA_HANDLER)
+    if value not in names:
+        raise DataError(
+            host,
+            key,
+            f"is {value!r}, which is not a runtime handler this deploy configures ({', '.join(names)})",
+            "name one of those, add the handler to containerd_runtimes (for nvidia: set containerd_nvidia_runtime "
+            "to true), or unset it to leave the config's default_runtime_name as it is",
+        )
+    return value
+
+
+def _needs_cdi(host: str, key: str, raw: Mapping) -> None:
+    version = parse_version(host, "containerd_version", raw["containerd_version"], SUPPORTED_CONTAINERD)
+    if version < CDI_SINCE:
+        raise DataError(
+            host,
+            key,
+            f"is set, but containerd {version} has no CDI support (it came in {CDI_SINCE})",
+            f"unset {key}, or set containerd_version to {CDI_SINCE}.0 or later",
+        )
+
+
+def _enable_cdi(host: str, key: str, value, raw: Mapping) -> bool | None:
+    if value in (None, ""):
+        return None
+    enabled = _bool(host, key, value)
+    _needs_cdi(host, key, raw)
+    return enabled
+
+
+def _cdi_spec_dirs(host: str, key: str, value, raw: Mapping) -> tuple | None:
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple)) or not value:
+        raise DataError(
+            host,
+            key,
+            f"is {value!r}, not a list of directories",
+            f"set {key} to a list of absolute paths, e.g. {CDI_SPEC_DIRS_EXAMPLE}, or unset it",
+        )
+    directories = tuple(_absolute_path(host, key, entry, "/etc/cdi") for entry in value)
+    _needs_cdi(host, key, raw)
+    return directories
+
+
+def runtime_handlers(settings: "Settings") -> tuple:
+    """Every extra runtime handler the deploy writes: containerd_runtimes, then the nvidia preset's."""
+    from .config_toml import Runtime
+
+    preset = (
+        (Runtime(NVIDIA_HANDLER, binary_name=settings.containerd_nvidia_runtime_path),)
+        if settings.containerd_nvidia_runtime
+        else ()
+    )
+    return settings.containerd_runtimes + preset
 
 
 def _registries(host: str, key: str, value) -> dict:
@@ -596,7 +690,35 @@ KEYS: dict[str, Key] = {
     "containerd_runtimes": Key(
         [],
         _plain(_runtimes),
-        doc="extra CRI runtime handlers: a list of `{name, runtime_type, binary_name, options}`; `runtime_type` defaults to `io.containerd.runc.v2`, for which `binary_name` names a runc-compatible binary (crun, nvidia-container-runtime)",
+        doc="extra CRI runtime handlers: a list of `{name, runtime_type, binary_name, options}`; `runtime_type` defaults to `io.containerd.runc.v2`, for which `binary_name` names a runc-compatible binary (crun, nvidia-container-runtime). Each handler's binary must be on the node (checked before any change). Taking one out of the list leaves its table in the config",
+    ),
+    "containerd_nvidia_runtime": Key(
+        False,
+        _nvidia_runtime,
+        doc="the GPU preset: add the `nvidia` handler (runc shim, `BinaryName` = `containerd_nvidia_runtime_path`, the cgroup driver of runc); the NVIDIA Container Toolkit must be installed. Make it the default with `containerd_default_runtime: nvidia`. See [GPU nodes](#gpu-nodes)",
+    ),
+    "containerd_nvidia_runtime_path": Key(
+        "/usr/bin/nvidia-container-runtime",
+        _plain(_absolute_path),
+        doc="the preset's `BinaryName`: where the toolkit installed `nvidia-container-runtime`",
+    ),
+    "containerd_default_runtime": Key(
+        None,
+        _default_runtime,
+        shown="unset (the config's, runc by default)",
+        doc="`default_runtime_name`: the handler of pods that name none; `runc`, a `containerd_runtimes` name, or `nvidia` with the preset. Unset leaves the config's value as it is (so one set by `nvidia-ctk --set-as-default` stays)",
+    ),
+    "containerd_enable_cdi": Key(
+        None,
+        _enable_cdi,
+        shown="unset (the config's: off in 1.7, on in 2.x)",
+        doc="`enable_cdi` of the CRI plugin (Container Device Interface: devices named in CDI specs, e.g. `nvidia.com/gpu=all`); containerd 1.7 or later",
+    ),
+    "containerd_cdi_spec_dirs": Key(
+        None,
+        _cdi_spec_dirs,
+        shown="unset (containerd's: `/etc/cdi`, `/var/run/cdi`)",
+        doc="`cdi_spec_dirs`: the directories CDI specs are read from, a list of absolute paths; containerd 1.7 or later",
     ),
     "containerd_config_extra": Key(
         {},

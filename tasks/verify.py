@@ -20,8 +20,8 @@ from pyinfra import host, logger
 from pyinfra.api import StringCommand, deploy, operation
 
 from .config_toml import PATHS, ConfigError, parse, runc_systemd_cgroup, schema_version, value_at
-from .daemon import SERVICE_PATH, ContainerdDaemon, DaemonState, container_check_script
-from .facts import newer_than_daemon
+from .daemon import ContainerdDaemon, DaemonState, container_check_script
+from .facts import SERVICE_PATH, newer_than_daemon
 from .service import any_changed
 from .settings import DEFAULTS, Settings
 
@@ -69,6 +69,28 @@ def runtime_binaries(runtimes) -> list[tuple[str, str]]:
     return needed
 
 
+# Shipped in containerd's release tarball (1.6 also ships the v1 shims) or installed by the
+# deploy itself (runc): never missing before an install, whatever the node has now.
+INSTALLED_BY_THE_DEPLOY = ("containerd-shim-runc-v2", "containerd-shim-runc-v1", "containerd-shim", "runc")
+
+
+def handler_binaries_to_check(runtimes) -> list[tuple[str, str]]:
+    """(handler, binary) the data's runtime handlers need that the deploy does not install:
+    checked on the node before any change."""
+    table = {
+        runtime.name: {
+            "runtime_type": runtime.runtime_type,
+            "options": {"BinaryName": runtime.binary_name} if runtime.binary_name else {},
+        }
+        for runtime in runtimes
+    }
+    return [
+        (handler, binary)
+        for handler, binary in runtime_binaries(table)
+        if binary not in INSTALLED_BY_THE_DEPLOY
+    ]
+
+
 def missing_binary_problem(handler: str, binary: str, bin_dir: str) -> str:
     """What to say of a runtime handler whose binary is not on the node, with the fix."""
     where = binary if binary.startswith("/") else f"{binary} (looked for in {bin_dir}:{SERVICE_PATH})"
@@ -76,6 +98,20 @@ def missing_binary_problem(handler: str, binary: str, bin_dir: str) -> str:
         f"runtime handler {handler!r} cannot run pods: {where} is not installed on the node; install it, "
         f"or take {handler!r} out of containerd_runtimes (or out of the config) and redeploy"
     )
+
+
+def container_handlers(runtimes) -> tuple:
+    """(handler, binary) the container check runs one container through: runc, and each
+    runc-type handler with a BinaryName of its own. Other runtime types (Kata, gVisor) take
+    options ctr cannot pass; the conformance suite runs a CRI pod through each."""
+    handlers = [("runc", "")]
+    for handler, runtime in sorted((runtimes or {}).items()):
+        if handler == "runc" or not isinstance(runtime, Mapping):
+            continue
+        binary = (runtime.get("options") or {}).get("BinaryName")
+        if (runtime.get("runtime_type") or RUNC_TYPE) == RUNC_TYPE and binary:
+            handlers.append((handler, str(binary)))
+    return tuple(handlers)
 
 
 def configured_runtimes(config_text: str | None, containerd_version) -> dict:
@@ -100,6 +136,10 @@ class Expected:
     # (handler, binary) each configured runtime handler needs on the node.
     runtime_binaries: tuple = ()
     bin_dir: str = "/usr/local/bin"
+    # (handler, runc-compatible binary or "") each run a container in the container check.
+    handlers: tuple = (("runc", ""),)
+    # (setting, value) the effective config must have: PATHS keys the data sets.
+    settings: tuple = ()
 
 
 @dataclass
@@ -208,6 +248,25 @@ def judge(expected: Expected, state: DaemonState) -> Verdict:
             )
         else:
             checked(f"SystemdCgroup = {str(effective).lower()} in effect")
+        for setting, wanted in expected.settings:
+            found = next(
+                (
+                    value
+                    for value in (
+                        value_at(state.dump, path) for path in dict.fromkeys(PATHS[setting].values())
+                    )
+                    if value is not None
+                ),
+                None,
+            )
+            if found != wanted:
+                problem(
+                    f"the effective config (containerd config dump) has {setting} = {_toml(found)}, but the data "
+                    f"sets {_toml(wanted)}: something overrides it (containerd_config_extra, or a file in the "
+                    "config's imports, e.g. one nvidia-ctk wrote)"
+                )
+            else:
+                checked(f"{setting} = {_toml(wanted)} in effect")
 
     driver = "systemd" if expected.systemd_cgroup else "cgroupfs"
     if state.kubelet_config is not None:
@@ -243,6 +302,16 @@ def judge(expected: Expected, state: DaemonState) -> Verdict:
             f"the runtime handlers' binaries are installed ({', '.join(sorted({h for h, _ in expected.runtime_binaries}))})"
         )
     return verdict
+
+
+def _toml(value) -> str:
+    if value is None:
+        return "(unset)"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml(item) for item in value) + "]"
+    return f'"{value}"' if isinstance(value, str) else str(value)
 
 
 def failure_script(host_name: str, problems: list[str]) -> str:
@@ -309,12 +378,30 @@ def containerd_verified(
             )
             yield StringCommand(
                 container_check_script(
-                    host.name, bin_dir, expected.sandbox_image, expected.systemd_cgroup, expected.unit
+                    host.name,
+                    bin_dir,
+                    expected.sandbox_image,
+                    expected.systemd_cgroup,
+                    expected.unit,
+                    expected.handlers,
                 )
             )
             return
         verdict.notes.append("no container run: this run changed nothing")
     host.noop(verdict.summary(expected.version))
+
+
+def data_settings(settings: Settings) -> tuple:
+    """(setting, value) of the config settings the data sets that the effective config must show."""
+    wanted = (
+        ("default_runtime_name", settings.containerd_default_runtime),
+        ("enable_cdi", settings.containerd_enable_cdi),
+        (
+            "cdi_spec_dirs",
+            list(settings.containerd_cdi_spec_dirs) if settings.containerd_cdi_spec_dirs else None,
+        ),
+    )
+    return tuple((setting, value) for setting, value in wanted if value is not None)
 
 
 @deploy("Verify containerd", data_defaults=DEFAULTS)
@@ -324,14 +411,17 @@ def verify_containerd(settings: Settings, config_text, loaded_files: tuple, chan
 
     def expected() -> Expected:
         text = config_text() if callable(config_text) else config_text
+        runtimes = configured_runtimes(text, settings.containerd_version)
         return Expected(
             version=str(settings.containerd_version),
             systemd_cgroup=settings.containerd_systemd_cgroup,
             unit=settings.containerd_unit_path.rsplit("/", 1)[-1],
             sandbox_image=sandbox_image(text, settings.containerd_version),
             loaded_files=loaded_files,
-            runtime_binaries=tuple(runtime_binaries(configured_runtimes(text, settings.containerd_version))),
+            runtime_binaries=tuple(runtime_binaries(runtimes)),
             bin_dir=settings.containerd_bin_dir,
+            handlers=container_handlers(runtimes),
+            settings=data_settings(settings),
         )
 
     containerd_verified(

@@ -6,6 +6,7 @@ import os
 import posixpath
 import shutil
 import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -77,6 +78,14 @@ def pytest_addoption(parser):
         help="with --inventory: only these hosts or groups (comma-separated, globs allowed)",
     )
     group.addoption(
+        "--busybox",
+        action="append",
+        default=[],
+        metavar="ARCH=PATH",
+        help="a static busybox for nodes of another arch than this machine's (the test image is built "
+        "from it), e.g. arm64=/srv/busybox.arm64; this machine's arch uses /bin/busybox",
+    )
+    group.addoption(
         "--accept-new-host-keys",
         action="store_true",
         default=False,
@@ -117,6 +126,17 @@ def pytest_collection_modifyitems(config, items):
         )
 
 
+def busybox_paths(values: list[str]) -> dict:
+    """--busybox ARCH=PATH options as arch -> Path."""
+    paths = {}
+    for value in values:
+        arch, _, path = value.partition("=")
+        if arch not in ("amd64", "arm64") or not path:
+            raise pytest.UsageError(f"--busybox {value!r}: give ARCH=PATH with ARCH amd64 or arm64")
+        paths[arch] = Path(path)
+    return paths
+
+
 class Layout:
     def __init__(self, config):
         self.bin_dir = config.getoption("containerd_bin_dir")
@@ -131,6 +151,7 @@ class Layout:
         self.expect_handlers = [
             name for name in config.getoption("expect_runtime_handlers").split(",") if name
         ]
+        self.busybox = busybox_paths(config.getoption("busybox"))
 
 
 @pytest.fixture(scope="session")

@@ -15,13 +15,17 @@ def _upload(host, data: bytes, path: str) -> None:
     host.check_output(f"base64 -d {path}.b64 > {path} && rm -f {path}.b64")
 
 
-def import_image(host, ctr: str, namespace: str, name: str, command: list[str] | None = None) -> None:
-    """Import the busybox image `name` into a containerd namespace, unless it is there already."""
+def import_image(host, layout, namespace: str, name: str, command: list[str] | None = None) -> None:
+    """Import the busybox image `name` into a containerd namespace, unless it is there already;
+    built for the node's arch, from the busybox `layout` names for it."""
+    ctr = layout.ctr
     if host.run(f"{ctr} -n {namespace} image ls -q | grep -qxF {name}").rc == 0:
         return
+    arch = oci.node_arch(host.check_output("uname -m"))
+    busybox = oci.busybox_for(arch, layout.busybox)
     path = host.check_output("mktemp /tmp/containerd-deploy-image.XXXXXX")
     try:
-        _upload(host, oci.build(name=name, command=command), path)
+        _upload(host, oci.build(busybox, name=name, arch=arch, command=command), path)
         host.check_output(f"{ctr} -n {namespace} image import {path}")
     finally:
         host.run(f"rm -f {path} {path}.b64")

@@ -8,6 +8,7 @@ import gzip
 import hashlib
 import io
 import json
+import platform
 import tarfile
 from pathlib import Path
 
@@ -17,6 +18,34 @@ IMAGE_NAME = "localhost/containerd-deploy/busybox:conformance"
 PAUSE_IMAGE_NAME = "localhost/containerd-deploy/pause:conformance"
 PAUSE_COMMAND = ["/bin/sleep", "2147483647"]
 APPLETS = ("sh", "echo", "cat", "sleep", "ls", "id", "true")
+
+
+# `uname -m` -> the OCI (and containerd release) arch name.
+ARCHES = {"x86_64": "amd64", "aarch64": "arm64"}
+
+
+def node_arch(machine: str) -> str:
+    try:
+        return ARCHES[machine.strip()]
+    except KeyError:
+        raise ValueError(
+            f"the node is {machine.strip()!r}; the conformance suite knows x86_64 and aarch64"
+        ) from None
+
+
+def busybox_for(arch: str, given: dict) -> Path:
+    """The static busybox to build a node's test image from: one given for its arch
+    (--busybox ARCH=PATH), else this machine's own when the node has this machine's arch."""
+    if arch in given:
+        return given[arch]
+    here = ARCHES.get(platform.machine())
+    if arch == here:
+        return BUSYBOX
+    raise ValueError(
+        f"the node is {arch} and this machine is {here or platform.machine()}: its /bin/busybox cannot run "
+        f"there. Pass --busybox {arch}=PATH, a static busybox for {arch} (Debian: apt-get download "
+        f"busybox-static:{arch}, then dpkg-deb -x the .deb and take bin/busybox)"
+    )
 
 
 def _tarinfo(name: str, **fields) -> tarfile.TarInfo:

@@ -33,11 +33,11 @@ def daemon_config(cri):
 @pytest.fixture(scope="module")
 def images(host, layout, cri, daemon_config):
     """The test image, and the sandbox image when it is this suite's own (no registry needed)."""
-    import_image(host, layout.ctr, K8S_NAMESPACE, oci.IMAGE_NAME)
+    import_image(host, layout, K8S_NAMESPACE, oci.IMAGE_NAME)
     # 1.x reports the pause image in the CRI status; 2.x keeps it in the images plugin's config.
     pause = sandbox_image(daemon_config[1]) or configured_sandbox_image(host, layout)
     if pause == oci.PAUSE_IMAGE_NAME:
-        import_image(host, layout.ctr, K8S_NAMESPACE, pause, command=oci.PAUSE_COMMAND)
+        import_image(host, layout, K8S_NAMESPACE, pause, command=oci.PAUSE_COMMAND)
     # Any other sandbox image is containerd's to pull, as it would for a kubelet.
     return pause
 
@@ -119,9 +119,27 @@ def test_container_process_is_in_a_systemd_scope_under_the_pod_slice(host, pod):
     )
 
 
+def ran_through(host, layout, pod, handler: str, runtime: dict) -> None:
+    """The pod's container runs and execs, and was run by `handler`'s own binary: for runc-type
+    handlers, only the binary that created a container can read its state back (the runc shim
+    keeps each namespace's state under one root)."""
+    marker = f"{handler}-{uuid.uuid4().hex[:8]}"
+    result = pod.exec("/bin/echo", marker)
+    assert result.stdout.decode().strip() == marker, f"{handler}: exec printed {result.stdout!r}"
+    if (runtime.get("runtimeType") or runtime.get("runtime_type")) != "io.containerd.runc.v2":
+        return
+    binary = (runtime.get("options") or {}).get("BinaryName") or layout.runc
+    state = host.run(
+        f"{shlex.quote(binary)} --root /run/containerd/runc/{K8S_NAMESPACE} state {pod.container_id}"
+    )
+    assert state.rc == 0 and pod.container_id in state.stdout, (
+        f"{handler}: {binary} does not know container {pod.container_id}: {state.stderr.strip()}"
+    )
+
+
 def test_every_runtime_handler_runs_a_container(host, layout, cri, images, daemon_config):
-    """Each configured handler (runc and any extra ones, e.g. crun) runs a pod, and its container is
-    run by that handler's own binary."""
+    """Each configured handler (runc and any extra ones, e.g. crun, nvidia), named by a pod, runs
+    it, and its container is run by that handler's own binary."""
     handlers = runtime_handlers(daemon_config[1])
     missing = [name for name in layout.expect_handlers if name not in handlers]
     assert not missing, (
@@ -140,28 +158,30 @@ def test_every_runtime_handler_runs_a_container(host, layout, cri, images, daemo
     for handler, runtime in sorted(handlers.items()):
         if handler in {name for name, _ in broken}:
             continue
-        extra = Pod(cri, handler="" if handler == "runc" else handler)
+        named = Pod(cri, handler=handler)
         try:
-            extra.start()
-            marker = f"{handler}-{uuid.uuid4().hex[:8]}"
-            result = extra.exec("/bin/echo", marker)
-            assert result.stdout.decode().strip() == marker, f"{handler}: exec printed {result.stdout!r}"
-            binary = (runtime.get("options") or {}).get("BinaryName")
-            if (
-                binary
-                and (runtime.get("runtimeType") or runtime.get("runtime_type")) == "io.containerd.runc.v2"
-            ):
-                # The runc shim keeps each runtime's state under this root; only the binary that
-                # created a container can read its state back.
-                state = host.run(
-                    f"{shlex.quote(binary)} --root /run/containerd/runc/{K8S_NAMESPACE} state "
-                    f"{extra.container_id}"
-                )
-                assert state.rc == 0 and extra.container_id in state.stdout, (
-                    f"{handler}: {binary} does not know container {extra.container_id}: {state.stderr.strip()}"
-                )
+            named.start()
+            ran_through(host, layout, named, handler, runtime)
         finally:
-            extra.remove()
+            named.remove()
     assert not broken, "; ".join(
         missing_binary_problem(handler, binary, layout.bin_dir) for handler, binary in broken
     )
+
+
+def test_a_pod_naming_no_handler_runs_through_the_default_one(host, layout, cri, images, daemon_config):
+    """What a kubelet asks for a pod without a RuntimeClass: the config's default_runtime_name
+    (runc, or e.g. nvidia on a GPU node), and that handler's binary runs it."""
+    config = daemon_config[1]
+    default = (config.get("containerd") or {}).get("defaultRuntimeName") or "runc"
+    runtime = runtime_handlers(config).get(default)
+    assert runtime is not None, (
+        f"the default runtime handler {default!r} is not among the configured ones {sorted(runtime_handlers(config))}: "
+        "pods without a RuntimeClass fail; set containerd_default_runtime to a configured handler"
+    )
+    pod = Pod(cri, handler="")
+    try:
+        pod.start()
+        ran_through(host, layout, pod, default, runtime)
+    finally:
+        pod.remove()

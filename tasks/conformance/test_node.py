@@ -84,7 +84,7 @@ def test_ctr_talks_to_a_daemon_of_its_own_version(host, layout, expected_version
 
 def test_a_container_runs(host, layout):
     ctr = f"{layout.ctr} -n {NAMESPACE}"
-    import_image(host, layout.ctr, NAMESPACE, oci.IMAGE_NAME)
+    import_image(host, layout, NAMESPACE, oci.IMAGE_NAME)
     marker = f"conformance-{uuid.uuid4().hex[:8]}"
     result = host.run(f"{ctr} run --rm {oci.IMAGE_NAME} {marker} /bin/echo {marker}")
     assert result.rc == 0, f"ctr run failed (exit {result.rc}): {result.stderr}"

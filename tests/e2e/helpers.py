@@ -4,6 +4,7 @@ import json
 import shlex
 import subprocess
 import sys
+from types import SimpleNamespace
 
 from tests.harness.paths import REPO_ROOT
 
@@ -132,3 +133,8 @@ def node_story(node, since: str = "-15min") -> str:
         timeout=60,
     )
     return journal.stdout[-8000:]
+
+
+# What tasks.conformance.images.import_image reads of the conformance suite's layout, for the
+# default paths of an amd64 node.
+NODE_CTR = SimpleNamespace(ctr="/usr/local/bin/ctr", busybox={})

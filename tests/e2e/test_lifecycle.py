@@ -19,7 +19,7 @@ from tests.harness import __main__ as harness
 from tests.harness import mirror, vm
 from tests.harness.paths import REPO_ROOT
 
-from .helpers import DEPLOY, changed_ops, main_pid, pyinfra
+from .helpers import DEPLOY, NODE_CTR, changed_ops, main_pid, pyinfra
 
 pytestmark = pytest.mark.xdist_group("lifecycle")
 NAME = "life-1"
@@ -100,7 +100,7 @@ def sleeper_pid(node: Node) -> int | None:
 
 def test_upgrades_and_a_downgrade_restart_once_and_keep_containers_running(life):
     deploy(life, **release_data("bookworm"))  # containerd 1.6.20 / runc 1.1.5
-    import_image(life.host, "/usr/local/bin/ctr", NAMESPACE, oci.IMAGE_NAME)
+    import_image(life.host, NODE_CTR, NAMESPACE, oci.IMAGE_NAME)
     life.vm.ssh(f"/usr/local/bin/ctr -n {NAMESPACE} run -d {oci.IMAGE_NAME} {LONG_RUNNING} /bin/sleep 100000")
     pid = sleeper_pid(life)
     assert pid, "the long-running container started"

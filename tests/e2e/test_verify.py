@@ -6,13 +6,16 @@ named, with its binary and the fix, by the verify step and by the conformance su
 import json
 
 import testinfra
+from packaging.version import Version
 
+from tasks.config_toml import Knobs, Runtime, render
 from tasks.conformance import oci
 from tasks.conformance.images import import_image
 from tests.harness import vm
 
 from .helpers import (
     CONFIG,
+    NODE_CTR,
     VERIFY_OP,
     changed_ops,
     conformance,
@@ -21,6 +24,7 @@ from .helpers import (
     pyinfra,
     read,
     restore,
+    write,
 )
 
 KUBELET_CONFIG = "/var/lib/kubelet/config.yaml"
@@ -33,7 +37,7 @@ def verify_lines(output: str, node: str) -> list[str]:
 def test_verify_runs_a_container_and_a_cgroup_driver_mismatch_is_refused(node, first_deploy):
     host = testinfra.get_host(f"ssh://{node.name}", ssh_config=str(vm.ssh_config_file()))
     # The local nodes' sandbox image, as a kubelet would have pulled it.
-    import_image(host, "/usr/local/bin/ctr", "k8s.io", oci.PAUSE_IMAGE_NAME, command=oci.PAUSE_COMMAND)
+    import_image(host, NODE_CTR, "k8s.io", oci.PAUSE_IMAGE_NAME, command=oci.PAUSE_COMMAND)
     pid = main_pid(node)
 
     process, results = pyinfra(node.name, "-v")
@@ -85,7 +89,39 @@ def test_a_runtime_handler_without_its_binary_is_named_with_the_fix(node, first_
         {"name": "gone", "binary_name": "/usr/local/bin/no-such-runtime"},
     ]
     try:
+        # From data: refused before any change.
+        before, pid = node_snapshot(node), main_pid(node)
         process, _ = pyinfra(node.name, data={"containerd_runtimes": runtimes})
+        assert process.returncode != 0, "a handler without its binary is refused"
+        output = process.stderr
+        assert (
+            "data key 'containerd_runtimes' adds the runtime handler 'kata', but containerd-shim-kata-v2 "
+            "(looked for in /usr/local/bin:" in output
+        ), output[-3000:]
+        assert (
+            "data key 'containerd_runtimes' adds the runtime handler 'gone', but /usr/local/bin/no-such-runtime "
+            "is not on the node. Fix: install it first"
+        ) in output
+        assert node_snapshot(node) == before and main_pid(node) == pid, "the refusal changed the node"
+
+        # Put in config.toml by someone else (a GPU operator, by hand) and loaded: the verify
+        # step and the conformance suite name each, with its binary and the fix.
+        write(
+            node,
+            CONFIG,
+            render(
+                original,
+                Version("2.9.0"),  # any release that reads the file's schema
+                Knobs(
+                    runtimes=(
+                        Runtime("kata", "io.containerd.kata.v2"),
+                        Runtime("gone", binary_name="/usr/local/bin/no-such-runtime"),
+                    )
+                ),
+            ),
+        )
+        node.vm.ssh("systemctl restart containerd")
+        process, _ = pyinfra(node.name)
         assert process.returncode != 0, "the verify step fails the run"
         output = process.stderr
         assert (

@@ -1,6 +1,6 @@
 """Local throw-away nodes and their artifact mirror, for `make demo`, the tests and by hand.
 
-    python -m tests.harness up [--suite bookworm] [--registry] [NAME ...]   # boot nodes (default: node1)
+    python -m tests.harness up [--suite bookworm] [--arch arm64] [--registry] [NAME ...]   # boot nodes (default: node1)
     python -m tests.harness guide-nginx NAME    # the install guide's nginx check, typed on the node
     python -m tests.harness status
     python -m tests.harness down [NAME ...]                   # stop nodes (default: all)
@@ -23,6 +23,7 @@ from tasks.conformance.oci import PAUSE_IMAGE_NAME
 
 from . import image, mirror, registry, vm
 from .paths import REPO_ROOT, run_root
+from .platforms import NATIVE, PLATFORMS
 
 MIRROR_STATE = "mirror.json"
 
@@ -116,13 +117,15 @@ def up(
     release_suite: str | None = None,
     kernel_args: tuple = (),
     with_registry: bool = False,
+    arch: str = NATIVE,
 ) -> list[vm.Node]:
     """Boot nodes of a Debian `suite` image, with data for the containerd and runc that
     `release_suite` ships (default: the same suite; sid's binaries need a trixie image), and
     `kernel_args` on the kernel's command line. `with_registry`: the node pulls docker.io and
-    registry.k8s.io images through the harness's registry (its CA is put on the node)."""
-    built = image.build(suite)
-    release = mirror.release(release_suite or suite)
+    registry.k8s.io images through the harness's registry (its CA is put on the node). `arch`:
+    amd64 (this machine's) or arm64 (emulated), with that arch's containerd and runc."""
+    built = image.build(suite, arch)
+    release = mirror.release(release_suite or suite, arch)
     nodes = []
     for name in names:
         started = time.monotonic()
@@ -188,6 +191,9 @@ def main(argv=None) -> int:
         help="Debian suite whose containerd and runc the node gets (default: --suite)",
     )
     up_parser.add_argument(
+        "--arch", default=NATIVE, choices=sorted(PLATFORMS), help="the node's machine kind"
+    )
+    up_parser.add_argument(
         "--kernel-arg",
         action="append",
         default=[],
@@ -210,14 +216,14 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "up":
-        up(args.names, args.suite, args.release, tuple(args.kernel_args), args.with_registry)
+        up(args.names, args.suite, args.release, tuple(args.kernel_args), args.with_registry, args.arch)
     elif args.command == "guide-nginx":
         return guide_nginx(args.name)
     elif args.command == "down":
         down(args.names)
     elif args.command == "status":
         for node in vm.running():
-            print(f"{node.name}: 127.0.0.1:{node.port} pid {node.pid} ({node.suite})")
+            print(f"{node.name}: 127.0.0.1:{node.port} pid {node.pid} ({node.suite}, {node.arch})")
     elif args.command == "serve-mirror":
         with mirror.Mirror(args.port) as served:
             signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

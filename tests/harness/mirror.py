@@ -19,6 +19,7 @@ import functools
 import hashlib
 import http.server
 import io
+import os
 import re
 import shutil
 import subprocess
@@ -32,7 +33,7 @@ from tasks.settings import DEFAULTS
 
 from .paths import cache_root, debian_mirror_uri
 
-ARCH = "amd64"  # the test nodes are x86_64 VMs
+ARCH = "amd64"  # this machine's, and the default test node's
 
 
 @dataclass(frozen=True)
@@ -40,15 +41,20 @@ class Release:
     """The containerd and runc that one Debian suite ships."""
 
     suite: str
+    arch: str
     containerd_version: str
     runc_version: str
     containerd_sha256: str
     runc_sha256: str
 
 
-def _apt(suite: str, *args: str, cwd: Path | None = None) -> None:
-    """apt-get against one Debian suite through a private configuration in the cache."""
-    base = cache_root() / "apt" / suite
+def _apt_dir(suite: str, arch: str) -> Path:
+    return cache_root() / "apt" / (suite if arch == ARCH else f"{suite}-{arch}")
+
+
+def _apt(suite: str, *args: str, cwd: Path | None = None, arch: str = ARCH) -> None:
+    """apt-get against one Debian suite and arch through a private configuration in the cache."""
+    base = _apt_dir(suite, arch)
     (base / "lists/partial").mkdir(parents=True, exist_ok=True)
     (base / "cache/archives/partial").mkdir(parents=True, exist_ok=True)
     sources = base / "sources.list"
@@ -61,7 +67,7 @@ def _apt(suite: str, *args: str, cwd: Path | None = None) -> None:
         f"-o=Dir::State::Lists={base / 'lists'}",
         f"-o=Dir::Cache={base / 'cache'}",
         "-o=Acquire::Languages=none",
-        f"-o=APT::Architecture={ARCH}",
+        f"-o=APT::Architecture={arch}",
         "-q",
     ]
     result = subprocess.run(["apt-get", *options, *args], cwd=cwd, capture_output=True, text=True)
@@ -69,15 +75,15 @@ def _apt(suite: str, *args: str, cwd: Path | None = None) -> None:
         raise RuntimeError(f"apt-get {' '.join(args)} for {suite} failed:\n{result.stderr}")
 
 
-def _download_debs(suite: str, packages: list[str], into: Path) -> dict[str, Path]:
-    """The .deb of each package in the suite (downloaded once, kept in the cache)."""
+def _download_debs(suite: str, packages: list[str], into: Path, arch: str = ARCH) -> dict[str, Path]:
+    """The .deb of each package in the suite, for `arch` (downloaded once, kept in the cache)."""
     into.mkdir(parents=True, exist_ok=True)
     found = {}
     for package in packages:
         if not list(into.glob(f"{package}_*.deb")):
-            if not any((cache_root() / "apt" / suite / "lists").glob("*_Packages*")):
-                _apt(suite, "update")
-            _apt(suite, "download", package, cwd=into)  # apt-get download writes into cwd
+            if not any((_apt_dir(suite, arch) / "lists").glob("*_Packages*")):
+                _apt(suite, "update", arch=arch)
+            _apt(suite, "download", package, cwd=into, arch=arch)  # apt-get download writes into cwd
         found[package] = sorted(into.glob(f"{package}_*.deb"))[-1]
     return found
 
@@ -127,8 +133,16 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _runc_binaries(directory: Path) -> list[Path]:
+    """Every arch's runc of one release: upstream's runc.sha256sum lists them all."""
+    return sorted(path for path in directory.glob("runc.*") if path.suffix not in (".sha256sum", ".part"))
+
+
 def _write_sumfile(path: Path, entries: list[Path]) -> None:
-    path.write_text("".join(f"{_sha256(entry)}  {entry.name}\n" for entry in entries))
+    # By rename: both arches of a release write runc.sha256sum, each under its own lock.
+    temp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+    temp.write_text("".join(f"{_sha256(entry)}  {entry.name}\n" for entry in entries))
+    temp.rename(path)
 
 
 def mirror_root() -> Path:
@@ -157,21 +171,22 @@ def cni_plugins_path(version: str, arch: str = ARCH) -> Path:
 
 
 @contextlib.contextmanager
-def _suite_debs(suite: str, packages: list[str]):
-    """The suite's .debs of `packages` (downloaded once), with the suite's mirror lock held."""
-    with open(mirror_root().parent / f".{suite}.lock", "w") as lock:
+def _suite_debs(suite: str, packages: list[str], arch: str = ARCH):
+    """The suite's .debs of `packages` for `arch` (downloaded once), with the suite's mirror lock held."""
+    name = suite if arch == ARCH else f"{suite}-{arch}"
+    with open(mirror_root().parent / f".{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        yield _download_debs(suite, packages, cache_root() / "debs" / suite)
+        yield _download_debs(suite, packages, cache_root() / "debs" / name, arch)
 
 
 @functools.lru_cache(maxsize=None)
-def release(suite: str) -> Release:
-    """Make (once) the suite's containerd tarball and runc binary in the mirror tree."""
-    with _suite_debs(suite, ["containerd", "runc"]) as debs:
+def release(suite: str, arch: str = ARCH) -> Release:
+    """Make (once) the suite's containerd tarball and runc binary for `arch` in the mirror tree."""
+    with _suite_debs(suite, ["containerd", "runc"], arch) as debs:
         containerd_version = _upstream_version(debs["containerd"])
         runc_version = _upstream_version(debs["runc"])
-        tarball = containerd_tarball_path(containerd_version)
-        runc = runc_binary_path(runc_version)
+        tarball = containerd_tarball_path(containerd_version, arch)
+        runc = runc_binary_path(runc_version, arch)
         if not tarball.exists() or not runc.exists():
             with tempfile.TemporaryDirectory() as scratch:
                 work = Path(scratch)
@@ -186,8 +201,8 @@ def release(suite: str) -> Release:
                 runc.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy(work / "usr/sbin/runc", runc.with_suffix(".part"))
                 runc.with_suffix(".part").rename(runc)
-                _write_sumfile(runc.with_name("runc.sha256sum"), [runc])
-    return Release(suite, containerd_version, runc_version, _sha256(tarball), _sha256(runc))
+                _write_sumfile(runc.with_name("runc.sha256sum"), _runc_binaries(runc.parent))
+    return Release(suite, arch, containerd_version, runc_version, _sha256(tarball), _sha256(runc))
 
 
 @dataclass(frozen=True)
@@ -197,12 +212,12 @@ class CniRelease:
 
 
 @functools.lru_cache(maxsize=None)
-def cni_release(suite: str) -> CniRelease:
+def cni_release(suite: str, arch: str = ARCH) -> CniRelease:
     """Debian's containernetworking-plugins as upstream's cni-plugins tarball (files at its top)."""
-    with _suite_debs(suite, ["containernetworking-plugins"]) as debs:
+    with _suite_debs(suite, ["containernetworking-plugins"], arch) as debs:
         deb = debs["containernetworking-plugins"]
         version = _upstream_version(deb)
-        tarball = cni_plugins_path(version)
+        tarball = cni_plugins_path(version, arch)
         if not tarball.exists():
             with tempfile.TemporaryDirectory() as scratch:
                 work = Path(scratch)
@@ -241,8 +256,22 @@ class Mirror:
         return f"http://10.0.2.2:{self.port}"
 
 
-def suite_debs(suite: str, packages: list[str]) -> dict[str, Path]:
-    """package -> its .deb from the suite (downloaded once into the cache), e.g. to install a
-    distro-packaged containerd on a node."""
-    with _suite_debs(suite, packages) as debs:
+def suite_debs(suite: str, packages: list[str], arch: str = ARCH) -> dict[str, Path]:
+    """package -> its .deb from the suite for `arch` (downloaded once into the cache), e.g. to
+    install a distro-packaged containerd on a node, or an arm64 node's kernel."""
+    with _suite_debs(suite, packages, arch) as debs:
         return debs
+
+
+def static_busybox(arch: str, suite: str = "bookworm") -> Path:
+    """Debian's static busybox for `arch` (extracted once into the cache): what the conformance
+    suite builds a foreign-arch node's test image from (`--busybox ARCH=PATH`)."""
+    target = cache_root() / "busybox" / arch / "busybox"
+    if not target.exists():
+        deb = suite_debs(suite, ["busybox-static"], arch)["busybox-static"]
+        with tempfile.TemporaryDirectory() as scratch:
+            subprocess.run(["dpkg-deb", "-x", str(deb), scratch], check=True)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(Path(scratch) / "bin/busybox", target.with_suffix(".part"))
+            target.with_suffix(".part").rename(target)
+    return target

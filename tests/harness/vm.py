@@ -24,6 +24,7 @@ from pathlib import Path
 
 from .image import Image, ssh_key
 from .paths import cache_root, digest, run_root
+from .platforms import NATIVE, platform
 from .qmp import QMP
 
 MEMORY_MB = 1024
@@ -39,6 +40,7 @@ class Node:
     directory: str
     host_key: str
     suite: str
+    arch: str = NATIVE
 
     @property
     def pid(self) -> int | None:
@@ -129,23 +131,21 @@ def _write_ssh_config() -> None:
         replace_file(ssh_config_file(), "\n".join(entries))
 
 
-def _qemu_version() -> str:
+def _qemu_version(arch: str) -> str:
     return subprocess.run(
-        ["qemu-system-x86_64", "--version"], check=True, capture_output=True, text=True
+        [platform(arch).qemu, "--version"], check=True, capture_output=True, text=True
     ).stdout
 
 
 def _qemu_command(image: Image, disk: Path, directory: Path, port: int, kernel_args: tuple = ()) -> list[str]:
     # Everything but the disk path, the run directory and the forwarded port must be the same
     # for the saved state and every node resumed from it.
+    target = platform(image.arch)
     return [
-        "qemu-system-x86_64",
-        "-machine",
-        "pc",
+        target.qemu,
+        *target.machine,
         "-accel",
         "tcg,thread=multi",
-        "-cpu",
-        "max",
         "-smp",
         str(CPUS),
         "-m",
@@ -155,7 +155,7 @@ def _qemu_command(image: Image, disk: Path, directory: Path, port: int, kernel_a
         "-initrd",
         str(image.initrd),
         "-append",
-        " ".join(["root=/dev/vda rw console=ttyS0 net.ifnames=0 panic=-1", *kernel_args]),
+        " ".join([f"root=/dev/vda rw console={target.console} net.ifnames=0 panic=-1", *kernel_args]),
         "-drive",
         f"file={disk},if=virtio,format=qcow2,cache=unsafe",
         "-netdev",
@@ -165,8 +165,6 @@ def _qemu_command(image: Image, disk: Path, directory: Path, port: int, kernel_a
         "-device",
         "virtio-rng-pci",
         "-display",
-        "none",
-        "-vga",
         "none",
         "-monitor",
         "none",
@@ -238,8 +236,9 @@ def _saved_state(image: Image, kernel_args: tuple = ()) -> Path:
     image and the kernel's command line (e.g. a cgroup v1 boot is a saved state of its own)."""
     # A saved state only resumes under the same qemu and command line, from the same disk.
     key = digest(
-        _qemu_version(),
+        _qemu_version(image.arch),
         inspect.getsource(_qemu_command),
+        repr(platform(image.arch)),
         f"{MEMORY_MB} {CPUS}",
         str(image.directory),
         *kernel_args,
@@ -260,7 +259,7 @@ def _saved_state(image: Image, kernel_args: tuple = ()) -> Path:
         # qemu's pid, console and QMP socket live in a short directory of their own: a socket
         # path under the cache can pass the 107 bytes AF_UNIX allows.
         boot = Path(tempfile.mkdtemp(prefix="containerd-deploy-boot-"))
-        node = Node("snapshot", port, str(boot), image.host_key, image.suite)
+        node = Node("snapshot", port, str(boot), image.host_key, image.suite, image.arch)
         subprocess.run(_qemu_command(image, snapshot / "disk.qcow2", boot, port, kernel_args), check=True)
         try:
             _wait_for_ssh(node, BOOT_TIMEOUT)
@@ -325,7 +324,7 @@ def start(name: str, image: Image, port: int | None = None, kernel_args: tuple =
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
     port = port or free_port()
-    node = Node(name, port, str(directory), image.host_key, image.suite)
+    node = Node(name, port, str(directory), image.host_key, image.suite, image.arch)
     _overlay(snapshot / "disk.qcow2", "qcow2", directory / "disk.qcow2")
     _write_known_hosts(port, image.host_key)
     command = _qemu_command(image, directory / "disk.qcow2", directory, port, kernel_args)

@@ -282,6 +282,7 @@ def test_the_node_is_asked_about_the_paths_the_data_names(monkeypatch):
         "staging_dir": "/var/tmp/ctd-staging",
         "install_dirs": ("/opt/runc", "/opt/cni/bin"),
         "anchor_pid": 0,  # over SSH the lock is tied to the connection, not to this process
+        "handler_binaries": (),  # no extra runtime handlers in the data
     }
     from tasks.registries import MARKER
 

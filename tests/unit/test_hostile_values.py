@@ -402,6 +402,53 @@ def test_free_text_keys_reach_config_toml_exactly(value):
     tomlkit.parse(text)
 
 
+@EXAMPLES
+@given(path=hostile, handler=hostile, directory=hostile, version=st.sampled_from(["1.7.24", "2.1.9"]))
+def test_gpu_keys_reach_config_toml_exactly_or_are_refused(path, handler, directory, version):
+    """The nvidia preset's binary, a default handler and CDI directories: refused with the key
+    named, or written as given (in the schema of the version), checked on the node quoted."""
+    import tomlkit
+
+    from tasks.config_toml import PATHS, value_at
+    from tasks.configure import desired_config
+    from tasks.settings import runtime_handlers
+    from tasks.verify import handler_binaries_to_check
+
+    data = {
+        "containerd_version": version,
+        "containerd_nvidia_runtime": True,
+        "containerd_nvidia_runtime_path": path,
+        "containerd_runtimes": [{"name": "crun", "binary_name": "/usr/bin/crun"}],
+        "containerd_default_runtime": handler,
+        "containerd_cdi_spec_dirs": [directory, "/etc/cdi"],
+    }
+    try:
+        settings_ = resolve("node1", data)
+    except DataError as error:
+        assert error.key in (
+            "containerd_nvidia_runtime_path",
+            "containerd_default_runtime",
+            "containerd_cdi_spec_dirs",
+        ), error
+        refused_properly(error, error.key)
+        return
+    schema = 2 if version.startswith("1.") else 3
+    base = f"version = {schema}\n"
+    text = desired_config(settings_, base)
+    tomlkit.parse(text)
+    runtimes = value_at(text, PATHS["runtimes"][schema])
+    assert runtimes["nvidia"]["options"]["BinaryName"] == settings_.containerd_nvidia_runtime_path
+    assert settings_.containerd_nvidia_runtime_path == "/" + posixpath.normpath(path).lstrip("/")
+    assert value_at(text, PATHS["default_runtime_name"][schema]) == settings_.containerd_default_runtime
+    assert settings_.containerd_default_runtime in (None, "runc", "crun", "nvidia")
+    assert value_at(text, PATHS["cdi_spec_dirs"][schema]) == list(settings_.containerd_cdi_spec_dirs)
+    # The preflight asks for the binary by its exact path, one quoted word in the node fact.
+    binaries = tuple(binary for _, binary in handler_binaries_to_check(runtime_handlers(settings_)))
+    assert binaries == ("/usr/bin/crun", settings_.containerd_nvidia_runtime_path)
+    command = node_state_command("/usr/local/bin", "/c", "/u", "/s", handler_binaries=binaries)
+    assert shlex.quote(settings_.containerd_nvidia_runtime_path) in command
+
+
 def test_every_data_key_is_covered_by_a_property_or_a_choice():
     """A new data key needs its hostile-value property here (or is a choice/bool/number)."""
     covered = set(PATH_KEYS) | {
@@ -418,6 +465,9 @@ def test_every_data_key_is_covered_by_a_property_or_a_choice():
         "containerd_download_url",
         "runc_download_url",
         "containerd_sandbox_image",
+        "containerd_nvidia_runtime_path",
+        "containerd_default_runtime",
+        "containerd_cdi_spec_dirs",
     }
     # Choices, booleans, numbers, checksums and structures with tests of their own.
     others = {
@@ -442,6 +492,8 @@ def test_every_data_key_is_covered_by_a_property_or_a_choice():
         "containerd_config_extra",
         "containerd_ready_timeout",
         "containerd_verify",
+        "containerd_nvidia_runtime",
+        "containerd_enable_cdi",
     }
     assert covered | others == set(DEFAULTS)
 

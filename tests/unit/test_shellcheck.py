@@ -4,6 +4,7 @@ arguments, including paths with spaces and quotes."""
 
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -72,6 +73,21 @@ def built_scripts() -> dict[str, str]:
         "verify container, cgroupfs": daemon.container_check_script(
             "node'1", "/opt/c d/bin", "registry.k8s.io/pause:3.10", False, "containerd.service"
         ),
+        "verify container, runtime handlers": daemon.container_check_script(
+            "node1",
+            "/usr/local/bin",
+            "registry.k8s.io/pause:3.10",
+            True,
+            "containerd.service",
+            (("runc", ""), ("nvidia", "/usr/bin/nvidia-container-runtime"), ("odd", ODD)),
+        ),
+        "node fact, runtime handlers": facts.node_state_command(
+            "/usr/local/bin",
+            "/etc/containerd/config.toml",
+            "/etc/systemd/system/containerd.service",
+            "/var/lib/containerd-deploy",
+            handler_binaries=("/usr/bin/nvidia-container-runtime", "containerd-shim-runsc-v1", ODD),
+        ),
         "run lock fact": facts.RunLock().command(),
         "run lock fact, @local": facts.RunLock().command(anchor_pid=4242),
         "take run lock": lock.take_lock_script("node'1", "controller $(x) pid 1", 3),
@@ -96,3 +112,12 @@ def test_every_node_script_passes_shellcheck_as_posix_sh(name):
         text=True,
     )
     assert result.returncode == 0, f"{name}:\n{result.stdout}"
+
+
+def test_the_real_gpu_check_for_operators_passes_shellcheck():
+    """docs/gpu-node-check.sh runs on an operator's GPU node (bash): never here, so lint it."""
+    if shutil.which("shellcheck") is None:
+        pytest.fail("shellcheck is not installed (Debian: apt-get install shellcheck; `make deps` does)")
+    script = Path(__file__).resolve().parents[2] / "docs" / "gpu-node-check.sh"
+    result = subprocess.run(["shellcheck", "--format=gcc", str(script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
