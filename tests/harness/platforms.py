@@ -63,6 +63,14 @@ def ensure_binfmt(target: Platform) -> None:
     if not (BINFMT / "status").exists():
         subprocess.run(["mount", "-t", "binfmt_misc", "binfmt_misc", str(BINFMT)], check=True)
     if not (BINFMT / target.binfmt).exists():
-        subprocess.run(["update-binfmts", "--enable", target.binfmt], check=True)
+        # qemu-user-static's postinst could not register it when binfmt_misc was not mounted.
+        if subprocess.run(["update-binfmts", "--enable", target.binfmt], check=False).returncode:
+            subprocess.run(["update-binfmts", "--import", target.binfmt], check=True)
+            subprocess.run(["update-binfmts", "--enable", target.binfmt], check=False)
+    if not (BINFMT / target.binfmt).exists():
+        raise RuntimeError(
+            f"binfmt_misc has no {target.binfmt} entry: install qemu-user-static and binfmt-support "
+            f"(make deps does), then: update-binfmts --enable {target.binfmt}"
+        )
     if (BINFMT / target.binfmt).read_text().splitlines()[0].strip() != "enabled":
         raise RuntimeError(f"binfmt_misc entry {target.binfmt} is registered but disabled")
