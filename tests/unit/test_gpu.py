@@ -479,3 +479,43 @@ def test_a_handler_that_runs_the_process_in_a_cgroup_inside_the_scope_is_in_the_
     (tmp_path / "cgroup-4242").write_text("0::/system.slice/containerd-deploy-verify-77-crun.scoped\n")
     result = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=30)
     assert result.returncode == 1 and "not in a systemd scope" in result.stderr
+
+
+def test_a_missing_binary_after_a_present_one_is_still_found(monkeypatch):
+    """Handlers are checked in name order: crun's binary is there, nvidia's is not."""
+    data = {
+        "containerd_nvidia_runtime": True,
+        "containerd_runtimes": [{"name": "crun", "binary_name": "/usr/bin/crun"}],
+    }
+    with pytest.raises(DeployError) as raised:
+        prepare(monkeypatch, drifted(fresh(), missing_binaries=[NVIDIA]), data)
+    assert "adds the runtime handler 'nvidia'" in str(raised.value) and "'crun'" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (
+            {"containerd_nvidia_runtime": "yes"},
+            "node1: data key 'containerd_nvidia_runtime' is 'yes', not true or false. Fix: set "
+            "containerd_nvidia_runtime to true or false",
+        ),
+        (
+            {"containerd_enable_cdi": "on"},
+            "node1: data key 'containerd_enable_cdi' is 'on', not true or false. Fix: set containerd_enable_cdi "
+            "to true or false",
+        ),
+        (
+            {"containerd_cdi_spec_dirs": ["/etc/cdi", "cdi"]},
+            "node1: data key 'containerd_cdi_spec_dirs' is 'cdi', not an absolute path. Fix: set "
+            "containerd_cdi_spec_dirs to an absolute path such as /etc/cdi",
+        ),
+        (
+            {"containerd_version": "1.6.20", "containerd_enable_cdi": False},
+            "node1: data key 'containerd_enable_cdi' is set, but containerd 1.6.20 has no CDI support (it came in "
+            "1.7). Fix: unset containerd_enable_cdi, or set containerd_version to 1.7.0 or later",
+        ),
+    ],
+)
+def test_each_gpu_key_refuses_with_the_host_the_key_and_the_fix(data, message):
+    assert refusal(data) == message

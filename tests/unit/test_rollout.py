@@ -2,6 +2,7 @@
 a pyinfra run says failed. The batch runs here are fakes; pyinfra's JSON is as its CLI prints it."""
 
 import json
+import sys
 
 import pytest
 from hypothesis import given
@@ -168,6 +169,9 @@ def test_the_cli_runs_pyinfra_once_per_batch_with_its_hosts(monkeypatch, capsys)
     commands = []
 
     def fake_run(command, **kwargs):
+        assert kwargs == {"capture_output": True, "text": True}, (
+            "pyinfra's JSON and messages are read as text"
+        )
         commands.append(command)
         failing = "node1" in command
         stdout = json_run([{"name": "x", "error": ["node1"] if failing else []}], [])
@@ -176,7 +180,19 @@ def test_the_cli_runs_pyinfra_once_per_batch_with_its_hosts(monkeypatch, capsys)
     monkeypatch.setattr(rollout.subprocess, "run", fake_run)
     assert rollout.main(["inv.py", "deploy.py", "--batch", "3", "--", "--data", "k=v"]) == 1
     assert len(commands) == 1, "the failed canary stopped the rollout"
-    assert commands[0][3:] == ["inv.py", "deploy.py", "-y", "--json", "--limit", "node1", "--data", "k=v"]
+    assert commands[0] == [
+        sys.executable,
+        "-m",
+        "pyinfra",
+        "inv.py",
+        "deploy.py",
+        "-y",
+        "--json",
+        "--limit",
+        "node1",
+        "--data",
+        "k=v",
+    ]
     assert "not touched: node2, node3, node4" in capsys.readouterr().out
 
     commands.clear()
