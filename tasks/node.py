@@ -13,7 +13,7 @@ from pyinfra.api.exceptions import DeployError
 
 from . import artifacts, registries
 from .configure import configure_containerd, loaded_at_start, managed_paths
-from .facts import KUBELET_CONFIG, SERVICE_PATH, ContainerdNode, NodeState
+from .facts import KUBELET_CONFIG, ContainerdNode, NodeState
 from .install import install_release_files
 from .lock import busy_message, unavailable_message
 from .operations import artifact_is_installed, leftovers_absent, run_lock_taken
@@ -21,7 +21,7 @@ from .reset import check_purge, remove_containerd
 from .service import any_changed, run_containerd
 from .settings import DEFAULTS, NVIDIA_HANDLER, Settings, arch_of, for_host, resolve, runtime_handlers
 from .update_checksums import fetch_digest
-from .verify import handler_binaries_to_check, kubelet_cgroup_driver, verify_containerd
+from .verify import binary_location, handler_binaries_to_check, kubelet_cgroup_driver, verify_containerd
 
 
 def runs_on_the_node() -> bool:
@@ -133,11 +133,7 @@ def check_runtime_binaries(settings: Settings, node: NodeState) -> None:
     for handler, binary in handler_binaries_to_check(runtime_handlers(settings)):
         if binary not in node.missing_binaries:
             continue
-        where = (
-            binary
-            if binary.startswith("/")
-            else f"{binary} (looked for in {settings.containerd_bin_dir}:{SERVICE_PATH})"
-        )
+        where = binary_location(binary, settings.containerd_bin_dir)
         if handler == NVIDIA_HANDLER and settings.containerd_nvidia_runtime:
             problems.append(
                 f"data key 'containerd_nvidia_runtime' adds the runtime handler 'nvidia', but {where} is not "

@@ -91,9 +91,14 @@ def handler_binaries_to_check(runtimes) -> list[tuple[str, str]]:
     ]
 
 
+def binary_location(binary: str, bin_dir: str) -> str:
+    """A handler's binary as a message names it: a path, or a name and where containerd looks."""
+    return binary if binary.startswith("/") else f"{binary} (looked for in {bin_dir}:{SERVICE_PATH})"
+
+
 def missing_binary_problem(handler: str, binary: str, bin_dir: str) -> str:
     """What to say of a runtime handler whose binary is not on the node, with the fix."""
-    where = binary if binary.startswith("/") else f"{binary} (looked for in {bin_dir}:{SERVICE_PATH})"
+    where = binary_location(binary, bin_dir)
     return (
         f"runtime handler {handler!r} cannot run pods: {where} is not installed on the node; install it, "
         f"or take {handler!r} out of containerd_runtimes (or out of the config) and redeploy"

@@ -12,16 +12,14 @@ import platform
 import tarfile
 from pathlib import Path
 
+from ..settings import ARCHES  # `uname -m` -> the OCI (and containerd release) arch name
+
 BUSYBOX = Path("/bin/busybox")
 IMAGE_NAME = "localhost/containerd-deploy/busybox:conformance"
 # A pod sandbox ("pause") image made the same way: busybox sleeping until it is stopped.
 PAUSE_IMAGE_NAME = "localhost/containerd-deploy/pause:conformance"
 PAUSE_COMMAND = ["/bin/sleep", "2147483647"]
 APPLETS = ("sh", "echo", "cat", "sleep", "ls", "id", "true")
-
-
-# `uname -m` -> the OCI (and containerd release) arch name.
-ARCHES = {"x86_64": "amd64", "aarch64": "arm64"}
 
 
 def node_arch(machine: str) -> str:

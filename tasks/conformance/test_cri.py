@@ -11,7 +11,7 @@ import uuid
 import pytest
 
 from ..config_toml import PATHS, value_at
-from ..daemon import missing_binaries_lines
+from ..daemon import RUNC_STATE_ROOT, missing_binaries_lines
 from ..verify import kubelet_cgroup_driver, missing_binary_problem, release_version, runtime_binaries
 from . import oci
 from .cri import Pod, cri_config, runtime_handlers, sandbox_image, systemd_cgroup
@@ -130,7 +130,7 @@ def ran_through(host, layout, pod, handler: str, runtime: dict) -> None:
         return
     binary = (runtime.get("options") or {}).get("BinaryName") or layout.runc
     state = host.run(
-        f"{shlex.quote(binary)} --root /run/containerd/runc/{K8S_NAMESPACE} state {pod.container_id}"
+        f"{shlex.quote(binary)} --root {RUNC_STATE_ROOT}/{K8S_NAMESPACE} state {pod.container_id}"
     )
     assert state.rc == 0 and pod.container_id in state.stdout, (
         f"{handler}: {binary} does not know container {pod.container_id}: {state.stderr.strip()}"
