@@ -108,12 +108,14 @@ def container_check_script(
     systemd_cgroup: bool,
     unit: str,
     handlers: tuple = (("runc", ""),),
+    rollback_lines: list[str] | None = None,
 ) -> str:
     """A command that runs a container from `image` (in the k8s.io namespace, where the CRI has
     it) through each of `handlers` — (name, runc-compatible binary, "" for runc itself) — as the
     CRI would, checks that it runs (in a systemd scope under the systemd cgroup driver) and, for
     a handler's own binary, that this binary runs it; removes it, and prints where it ran; or
-    fails, naming the problem and its fix."""
+    fails, naming the problem and its fix (after putting back a release kept before this run's
+    restart, given `rollback_lines`: ``rollback.rollback_lines``)."""
     q = shlex.quote
     ctr = f"timeout {CTR_TIMEOUT} {q(f'{bin_dir}/ctr')} -n {VERIFY_NAMESPACE}"
     # ctr's own systemd-cgroup flag puts the task in system.slice/containerd-deploy-verify-<pid>-<handler>.scope,
@@ -130,7 +132,8 @@ def container_check_script(
             f'  {ctr} tasks rm -f "$id" >/dev/null 2>&1',
             f'  {ctr} containers rm "$id" >/dev/null 2>&1',
             "}",
-            f'fail() {{ remove; printf "%s\\n" {q(header)} "  - $what $1" >&2; exit 1; }}',
+            *(rollback_lines or ["rollback() { return 1; }"]),
+            f'fail() {{ remove; printf "%s\\n" {q(header)} "  - $what $1" >&2; rollback || true; exit 1; }}',
             "# $1: the handler, $2: its runc-compatible binary (empty: runc's own)",
             "run_one() {",
             '  id="containerd-deploy-verify-$$-$1"',

@@ -84,6 +84,7 @@ class NodeState:
     missing_binaries: list = field(
         default_factory=list
     )  # of those asked for: runtime handlers' binaries not on the node
+    kept_release: str = ""  # the version of a release kept to roll back to (tasks/rollback.py)
 
     @property
     def main_pid(self) -> int:
@@ -198,6 +199,7 @@ def staging_leftovers_lines(staging_dir: str, action: str = "echo") -> list[str]
 # of a release being installed (`.containerd-deploy-new.<pid>`), and the private directory an
 # upload through sudo goes through.
 NEW_SUFFIX = ".containerd-deploy-new"
+KEPT_DIR_NAME = "previous-release"  # in the state dir: the release a rollback puts back (tasks/rollback.py)
 HIDDEN_DIR_PREFIX = ".containerd-deploy-new."
 UPLOAD_DIR_PREFIX = "/tmp/containerd-deploy-upload."
 
@@ -359,6 +361,8 @@ def node_state_command(
                 if staging_dir
                 else []
             ),
+            f'echo "{SECTION}kept"',
+            f"cat {q(state_dir + '/' + KEPT_DIR_NAME + '/version')} 2>/dev/null",
             f'echo "{SECTION}hidden"',
             *hidden_leftovers_lines(
                 (config_path, unit_path, *files),
@@ -463,6 +467,8 @@ def parse_node_state(lines: list[str]) -> NodeState:
             state.hidden_leftovers = [line for line in body if line]
         elif name == "missing":
             state.missing_binaries = [line for line in body if line]
+        elif name == "kept":
+            state.kept_release = "".join(line.strip() for line in body)
         elif name == "packages":
             for line in body:
                 fields = line.split()

@@ -18,7 +18,14 @@ from .install import install_release_files
 from .lock import busy_message, unavailable_message
 from .operations import artifact_is_installed, leftovers_absent, run_lock_taken
 from .reset import check_purge, remove_containerd
-from .service import any_changed, run_containerd
+from .service import (
+    any_changed,
+    drop_kept_release,
+    hooks_around_restart,
+    keep_running_release,
+    restarts_running_daemon,
+    run_containerd,
+)
 from .settings import DEFAULTS, NVIDIA_HANDLER, Settings, arch_of, for_host, resolve, runtime_handlers
 from .update_checksums import fetch_digest
 from .verify import binary_location, handler_binaries_to_check, kubelet_cgroup_driver, verify_containerd
@@ -210,7 +217,12 @@ def containerd_node():
     check_distro_package(settings, node)
     wanted = artifacts.resolve(settings, arch, published=fetch_digest)
 
+    rollback = settings.containerd_deploy_state_dir if settings.containerd_rollback else ""
+    restart_after: list = []  # the operations whose change restarts containerd, once added below
+    restarts = restarts_running_daemon(settings, node, restart_after)
     with locked_for_changes(node) as changes:
+        hooks_around_restart(settings, restarts, "before")
+        kept = keep_running_release(settings, node, restarts) if rollback else (lambda: False)
         leftovers_absent(
             name="Remove what runs cut short left beside the deploy's files", paths=node.hidden_leftovers
         )
@@ -219,18 +231,28 @@ def containerd_node():
             node.manifests.get("containerd"), wanted["containerd"], settings.containerd_bin_dir
         )
         configured = configure_containerd(settings, node, binaries_current)
+        # The CNI plugins and crictl are run by others, not by the daemon: no restart for them.
+        restart_after += [
+            installed["containerd"],
+            installed["runc"],
+            configured.config,
+            configured.unit,
+            configured.dropin,
+        ]
         run_containerd(
             settings,
             node,
             reload_after=(configured.unit, configured.dropin),
-            # The CNI plugins and crictl are run by others, not by the daemon: no restart for them.
-            restart_after=(
-                installed["containerd"],
-                installed["runc"],
-                configured.config,
-                configured.unit,
-                configured.dropin,
-            ),
+            restart_after=restart_after,
+            rollback=rollback,
         )
     if settings.containerd_verify:
-        verify_containerd(settings, configured.config_text, configured.loaded_files, changed_before=changes)
+        verify_containerd(
+            settings,
+            configured.config_text,
+            configured.loaded_files,
+            changed_before=changes,
+            rollback=rollback,
+        )
+    drop_kept_release(settings, node, kept)
+    hooks_around_restart(settings, restarts, "after")

@@ -32,7 +32,9 @@ from .facts import (
     hidden_copy,
 )
 from .fetch import FetchError, cached_path, ensure_cached
+from .hooks import HookFailed, hook_argv, run_hook
 from .lock import NO_SESSION, take_lock_script, unavailable_message
+from .rollback import drop_kept_script, keep_release_script, rollback_lines
 from .scripts import (
     fetch_artifacts_script,
     fetched_path,
@@ -457,10 +459,12 @@ def containerd_service(
     enabled: bool | FromNode = FROM_NODE,
     restart: bool | Callable[[], bool] = False,
     reload: bool | Callable[[], bool] = False,
+    rollback: str = "",
 ):
     """
     Keep the containerd unit enabled and running; reload systemd and restart it when told;
-    wait until it answers. One command, with at most one systemd reload.
+    wait until it answers. One command, with at most one systemd reload. When it does not
+    answer (as ``version``), a release ``release_kept`` kept is put back before the run fails.
 
     + unit: the systemd unit name
     + ctr: path of the installed ``ctr``, used to ask the daemon for its version
@@ -470,6 +474,8 @@ def containerd_service(
       the node when not given
     + restart: whether (or a callable deciding at run time whether) to restart
     + reload: whether (or a callable deciding at run time whether) systemd must reload its units
+    + rollback: the deploy's state directory, where ``release_kept`` keeps the release to put
+      back; "" never rolls back
 
     **Example:**
 
@@ -499,8 +505,131 @@ def containerd_service(
         host.noop(f"{unit} is enabled and running")
         return
     yield service_script(
-        unit, ctr, action, enable=not enabled, version=version, timeout=timeout, reload=must_reload
+        unit,
+        ctr,
+        action,
+        enable=not enabled,
+        version=version,
+        timeout=timeout,
+        reload=must_reload,
+        rollback_lines=rollback_lines(rollback, unit, ctr, timeout) if rollback else None,
     )
+
+
+@operation()
+def release_kept(
+    state_dir: str,
+    release_files: list[str] | tuple,
+    other_files: list[str] | tuple,
+    version: str,
+    when: bool | Callable[[], bool] = True,
+):
+    """
+    Keep the release a running containerd was started from, so that ``containerd_service`` and
+    the verify step can put it back if the release this run installs falls short. Hard links
+    where the filesystem allows (installs rename new files over old ones), copies otherwise.
+    A release an earlier, unfinished run kept stays: it is the one that last ran well.
+
+    + state_dir: the deploy's state directory (the release is kept in ``previous-release`` there)
+    + release_files: its binaries, by manifest (linked: installs rename over them)
+    + other_files: the manifests and the files the daemon loads at start (copied; those
+      missing now are removed on a rollback)
+    + version: the containerd version that release answers as
+    + when: whether (or a callable deciding when the operation runs whether) this run will
+      restart the daemon; nothing is kept otherwise
+
+    **Example:**
+
+    .. code:: python
+
+        release_kept(
+            name="Keep the running release until the new one is verified",
+            state_dir="/var/lib/containerd-deploy",
+            release_files=["/usr/local/bin/containerd", "/usr/local/sbin/runc"],
+            other_files=["/var/lib/containerd-deploy/containerd.manifest",
+                         "/etc/containerd/config.toml", "/etc/systemd/system/containerd.service"],
+            version="1.7.24",
+        )
+    """
+    if not (when() if callable(when) else when):
+        host.noop("no restart: nothing to keep")
+        return
+    yield keep_release_script(state_dir, tuple(release_files), tuple(other_files), version)
+
+
+@operation()
+def kept_release_dropped(state_dir: str, present: bool | Callable[[], bool] = True):
+    """
+    Drop the release ``release_kept`` kept, once the new one has answered and been verified.
+
+    + state_dir: the deploy's state directory
+    + present: whether (or a callable deciding when the operation runs whether) a kept
+      release is there: one kept by this run, or one an unfinished run left
+
+    **Example:**
+
+    .. code:: python
+
+        kept_release_dropped(name="Drop the kept release", state_dir="/var/lib/containerd-deploy")
+    """
+    if not (present() if callable(present) else present):
+        host.noop("no release kept")
+        return
+    yield drop_kept_script(state_dir)
+
+
+def _hook(state, host, key: str, argv: list[str], timeout: int) -> bool:
+    """Run on the controller: a restart hook; its failure fails the operation, naming why."""
+    try:
+        output = run_hook(key, argv, timeout, host.name)
+    except HookFailed as error:
+        host.log_styled(f"containerd-deploy: {error}", fg="red", log_func=logger.error)
+        return False
+    for line in output.splitlines()[-5:]:
+        host.log(f"{key}: {line}", logger.info)
+    return True
+
+
+@operation()
+def restart_hook(
+    key: str,
+    command: list[str] | tuple,
+    address: str,
+    timeout: int,
+    when: bool | Callable[[], bool] = True,
+):
+    """
+    Run a command on the controller for this host, when its containerd will be restarted (e.g.
+    ``kubectl drain {host}`` before, ``kubectl uncordon {host}`` after). A failing or timed-out
+    command fails the operation, so the host's later operations do not run.
+
+    + key: the data key the command came from (named in errors)
+    + command: the program and its arguments; ``{host}`` and ``{address}`` in an argument are
+      replaced by the host's inventory name and the address the controller connects to (each
+      stays one argument: no shell runs)
+    + address: the address the controller connects to for this host
+    + timeout: seconds the command may run before it is killed (with what it started)
+    + when: whether (or a callable deciding when the operation runs whether) the host's
+      containerd will be, or was, restarted by this run
+
+    **Example:**
+
+    .. code:: python
+
+        restart_hook(
+            name="Drain the node before containerd restarts",
+            key="containerd_restart_hook_before",
+            command=["kubectl", "drain", "{host}", "--ignore-daemonsets"],
+            address="10.0.0.5", timeout=600, when=True,
+        )
+    """
+    if not command or not (when() if callable(when) else when):
+        host.noop("no restart: no hook to run")
+        return
+    argv = hook_argv(tuple(command), host.name, address)
+    if not host.state.is_executing:
+        host.log(f"Will run {shlex.join(argv)} on the controller ({key})", logger.info)
+    yield FunctionCommand(_hook, (key, argv, timeout), {})
 
 
 @operation()

@@ -339,13 +339,22 @@ def replace_file_script(temp_path: str, path: str, mode: str, upload_dir: str = 
 
 
 def service_script(
-    unit: str, ctr: str, action: str, enable: bool, version: str, timeout: int, reload: bool = False
+    unit: str,
+    ctr: str,
+    action: str,
+    enable: bool,
+    version: str,
+    timeout: int,
+    reload: bool = False,
+    rollback_lines: list[str] | None = None,
 ) -> str:
     """Reload systemd, enable/start/restart the unit, wait until the daemon answers, and check
     its version.
 
     `action` is "restart", "start" or "" (leave the service as it is and only verify).
     `reload`: a unit file changed (or an earlier run left a reload pending).
+    `rollback_lines`: define `rollback` (``rollback.rollback_lines``), called when the daemon
+    falls short, before the command fails: a kept release is put back.
     """
     lines = [
         _PRELUDE,
@@ -353,6 +362,9 @@ def service_script(
         f"ctr={q(ctr)}",
         f"expected={q(version)}",
         f"timeout={int(timeout)}",
+        *(rollback_lines or ["rollback() { return 1; }"]),
+        # The daemon fell short: say why, put a kept release back (if any), fail.
+        'give_up() { echo "containerd-deploy: $*" >&2; [ -z "${journal:-}" ] || { echo "containerd-deploy: last lines of its journal:" >&2; journalctl -u "$unit" -n 30 --no-pager >&2 || true; }; rollback || true; exit 1; }',
     ]
     if enable:
         # `enable` reloads systemd by itself; with --no-reload, the one reload below does for
@@ -367,17 +379,15 @@ def service_script(
         "while :; do",
         '  out=$(timeout 10 "$ctr" version 2>&1) && break',
         '  if [ "$(date +%s)" -ge "$deadline" ]; then',
-        '    echo "containerd-deploy: $unit did not answer on its socket within ${timeout}s; ctr said: $out" >&2',
-        '    echo "containerd-deploy: last lines of its journal:" >&2',
-        '    journalctl -u "$unit" -n 30 --no-pager >&2 || true',
-        "    exit 1",
+        "    journal=yes",
+        '    give_up "$unit did not answer on its socket within ${timeout}s; ctr said: $out"',
         "  fi",
         "  sleep 1",
         "done",
         """client=$(echo "$out" | sed -n 's/^ *Version: *//p' | sed -n 1p)""",
         """server=$(echo "$out" | sed -n 's/^ *Version: *//p' | sed -n 2p)""",
-        '[ "$client" = "$server" ] || fail "ctr $client talks to a containerd $server daemon: the running daemon is not the installed binary"',
-        'case "$server" in "$expected"*|"v$expected"*) ;; *) fail "containerd answers as $server, expected $expected";; esac',
+        '[ "$client" = "$server" ] || give_up "ctr $client talks to a containerd $server daemon: the running daemon is not the installed binary"',
+        'case "$server" in "$expected"*|"v$expected"*) ;; *) give_up "containerd answers as $server, expected $expected";; esac',
         'echo "containerd $server answering (pid $(systemctl show -p MainPID --value "$unit"))"',
     ]
     return "\n".join(lines) + "\n"

@@ -17,7 +17,7 @@ from typing import Any
 
 from packaging.version import Version
 
-from . import registries
+from . import hooks, registries
 from .values import DataError, control_characters, is_system_tree, redact_url
 
 # Release lines this deploy knows how to configure (config schema v2 for 1.x, v3+ for 2.x).
@@ -81,6 +81,10 @@ class Settings:
     containerd_limit_nofile: str | None
     containerd_ready_timeout: int
     containerd_verify: bool
+    containerd_rollback: bool
+    containerd_restart_hook_before: tuple
+    containerd_restart_hook_after: tuple
+    containerd_restart_hook_timeout: int
 
 
 def parse_version(host: str, key: str, value, supported: tuple[Version, Version]) -> Version:
@@ -757,6 +761,28 @@ KEYS: dict[str, Key] = {
         True,
         _plain(_bool),
         doc="last step of every run: check the running daemon (see [Verify](#verify)), and run a container when the run changed the node; fail the run, naming each problem, if it falls short; a passing check of an unchanged node is no change",
+    ),
+    "containerd_rollback": Key(
+        True,
+        _plain(_bool),
+        doc="before a run restarts a running containerd, keep the release it runs (files by manifest, config, unit) until the new one answers and passes the verify step; if it does not, put the kept one back, restart once, wait for it to answer, and fail the run naming the host (see [Rolling out to a fleet](#rolling-out-to-a-fleet))",
+    ),
+    "containerd_restart_hook_before": Key(
+        "",
+        _plain(hooks.parse_hook),
+        doc="a command the controller runs before it changes a node whose containerd this run will restart, e.g. `kubectl drain {host} --ignore-daemonsets --delete-emptydir-data`; a command line (split into arguments, no shell) or a list of arguments; `{host}` is the inventory name, `{address}` what the controller connects to; if it fails or times out, that node is not changed",
+        shown="unset",
+    ),
+    "containerd_restart_hook_after": Key(
+        "",
+        _plain(hooks.parse_hook),
+        doc="a command the controller runs once that node's restarted containerd has answered and passed the verify step, e.g. `kubectl uncordon {host}`; same form as the before hook; not run when the run failed or rolled back",
+        shown="unset",
+    ),
+    "containerd_restart_hook_timeout": Key(
+        600,
+        _plain(_positive_int),
+        doc="seconds each restart hook may take; one still running then is killed (with what it started) and counts as failed",
     ),
 }
 

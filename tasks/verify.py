@@ -22,6 +22,7 @@ from pyinfra.api import StringCommand, deploy, operation
 from .config_toml import PATHS, ConfigError, parse, runc_systemd_cgroup, schema_version, value_at
 from .daemon import ContainerdDaemon, DaemonState, container_check_script
 from .facts import SERVICE_PATH, newer_than_daemon
+from .rollback import rollback_lines
 from .service import any_changed
 from .settings import DEFAULTS, Settings
 
@@ -319,11 +320,16 @@ def _toml(value) -> str:
     return f'"{value}"' if isinstance(value, str) else str(value)
 
 
-def failure_script(host_name: str, problems: list[str]) -> str:
-    """A command that prints the problems on stderr and fails, so the run fails with them."""
+def failure_script(host_name: str, problems: list[str], rollback_lines: list[str] | None = None) -> str:
+    """A command that prints the problems on stderr and fails, so the run fails with them; with
+    `rollback_lines` (``rollback.rollback_lines``), a release kept before this run's restart is
+    put back first."""
     lines = [f"containerd-deploy: {host_name} is not a conformant containerd node:"]
     lines += [f"  - {text}" for text in problems]
-    return "printf '%s\\n' " + " ".join(shlex.quote(line) for line in lines) + " >&2; exit 1"
+    said = "printf '%s\\n' " + " ".join(shlex.quote(line) for line in lines) + " >&2"
+    if not rollback_lines:
+        return said + "; exit 1"
+    return "\n".join([*rollback_lines, said, "rollback || true", "exit 1"]) + "\n"
 
 
 @operation()
@@ -332,10 +338,13 @@ def containerd_verified(
     bin_dir: str,
     config_path: str,
     run_container: bool | Callable[[], bool] = True,
+    rollback: str = "",
+    timeout: int = 60,
 ):
     """
     Check the running containerd against ``expected``; fail the run, naming each problem, if it
-    falls short. Then, if ``run_container``, run a container from the sandbox image (when the
+    falls short (after putting back a release ``release_kept`` kept, given ``rollback``). Then,
+    if ``run_container``, run a container from the sandbox image (when the
     node has it) and fail the run if it does not run as a kubelet's would.
 
     Reads the node when the operation runs (after the ones before it), reports no change when
@@ -346,6 +355,9 @@ def containerd_verified(
     + config_path: containerd's config file
     + run_container: also run a container (a change: one is created and removed), or a callable
       asked when the operation runs; the deploy runs one when the run changed the node
+    + rollback: the deploy's state directory, where ``release_kept`` keeps the release to put
+      back when the check fails; "" never rolls back
+    + timeout: seconds a put-back release may take to answer
 
     **Example:**
 
@@ -372,8 +384,9 @@ def containerd_verified(
         binaries=tuple(dict.fromkeys(binary for _, binary in expected.runtime_binaries)),
     )
     verdict = judge(expected, state)
+    put_back = rollback_lines(rollback, expected.unit, f"{bin_dir}/ctr", timeout) if rollback else None
     if verdict.problems:
-        yield StringCommand(failure_script(host.name, verdict.problems))
+        yield StringCommand(failure_script(host.name, verdict.problems, put_back))
         return
     log = logger.info if host.state.print_noop_info else logger.debug
     if state.sandbox_image == "present" and expected.sandbox_image:
@@ -389,6 +402,7 @@ def containerd_verified(
                     expected.systemd_cgroup,
                     expected.unit,
                     expected.handlers,
+                    put_back,
                 )
             )
             return
@@ -410,9 +424,12 @@ def data_settings(settings: Settings) -> tuple:
 
 
 @deploy("Verify containerd", data_defaults=DEFAULTS)
-def verify_containerd(settings: Settings, config_text, loaded_files: tuple, changed_before=()):
+def verify_containerd(
+    settings: Settings, config_text, loaded_files: tuple, changed_before=(), rollback: str = ""
+):
     """`config_text`: the config.toml this run leaves (text, or a callable giving it when run);
-    `changed_before`: the operations before it whose changes call for a container run."""
+    `changed_before`: the operations before it whose changes call for a container run;
+    `rollback`: the state directory of a release kept to put back if the check fails ("": none)."""
 
     def expected() -> Expected:
         text = config_text() if callable(config_text) else config_text
@@ -435,4 +452,6 @@ def verify_containerd(settings: Settings, config_text, loaded_files: tuple, chan
         bin_dir=settings.containerd_bin_dir,
         config_path=settings.containerd_config_path,
         run_container=any_changed(*changed_before),
+        rollback=rollback,
+        timeout=settings.containerd_ready_timeout,
     )

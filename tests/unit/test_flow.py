@@ -18,6 +18,10 @@ RESTART = 'systemctl restart "$unit"'
 START = 'systemctl start "$unit"'
 RELOAD = "systemctl daemon-reload"
 LOCK = "Take the node's run lock"
+KEEP = (
+    "Keep the running release | Keep the running release until the new one is verified (containerd_rollback)"
+)
+DROP = "Drop the kept release | Drop the kept release: the new one answered"
 KUBELET = "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\ncgroupDriver: {}\n"
 
 
@@ -55,8 +59,10 @@ def test_config_drift_rewrites_the_config_and_restarts_once(monkeypatch, setting
     prepared = prepare(monkeypatch, node)
     assert changed_names(prepared) == [
         LOCK,
+        KEEP,
         "Configure containerd | Write /etc/containerd/config.toml",
         "Run containerd | Enable, start and check containerd",
+        DROP,
     ]
     text = service_op(prepared).text()
     assert text.count(RESTART) == 1 and RELOAD not in text and "systemctl enable" not in text
@@ -101,7 +107,12 @@ def test_a_daemon_older_than_its_binary_is_restarted_with_nothing_else_changed(m
         {"mtimes": {settings.containerd_config_path: 4e9}},
     ):
         prepared = prepare(monkeypatch, drifted(converged(settings), **stale))
-        assert changed_names(prepared) == [LOCK, "Run containerd | Enable, start and check containerd"], stale
+        assert changed_names(prepared) == [
+            LOCK,
+            KEEP,
+            "Run containerd | Enable, start and check containerd",
+            DROP,
+        ], stale
         assert RESTART in service_op(prepared).text(), stale
 
 

@@ -468,6 +468,8 @@ def test_every_data_key_is_covered_by_a_property_or_a_choice():
         "containerd_nvidia_runtime_path",
         "containerd_default_runtime",
         "containerd_cdi_spec_dirs",
+        "containerd_restart_hook_before",  # test_restart_guard.py
+        "containerd_restart_hook_after",
     }
     # Choices, booleans, numbers, checksums and structures with tests of their own.
     others = {
@@ -494,6 +496,8 @@ def test_every_data_key_is_covered_by_a_property_or_a_choice():
         "containerd_verify",
         "containerd_nvidia_runtime",
         "containerd_enable_cdi",
+        "containerd_rollback",
+        "containerd_restart_hook_timeout",
     }
     assert covered | others == set(DEFAULTS)
 

@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from tasks import artifacts, daemon, facts, lock, scripts, verify
+from tasks import artifacts, daemon, facts, lock, rollback, scripts, verify
 
 from .flow import no_fetch, settings_for
 
 SETTINGS = settings_for({"cni_plugins_version": "1.7.1", "crictl_version": "1.33.0"})
 WANTED = artifacts.resolve(SETTINGS, "amd64", published=no_fetch)
 ODD = "/srv/my dir/it's"
+ROLLBACK = rollback.rollback_lines(f"{ODD}/state", "containerd.service", f"{ODD}/bin/ctr", 60)
 
 
 def built_scripts() -> dict[str, str]:
@@ -94,6 +95,26 @@ def built_scripts() -> dict[str, str]:
         "take run lock, @local, any generation": lock.take_lock_script("node1", "controller c", None, 4242),
         "lock holder": lock.LOCK_HOLDER,
         "verify failure": verify.failure_script("node1", ["it's broken", "$(not run)"]),
+        "verify failure, rollback": verify.failure_script("node1", ["it's broken"], ROLLBACK),
+        "verify container, rollback": daemon.container_check_script(
+            "node1",
+            "/usr/local/bin",
+            "registry.k8s.io/pause:3.10",
+            True,
+            "containerd.service",
+            rollback_lines=ROLLBACK,
+        ),
+        "service restart, rollback": scripts.service_script(
+            "containerd.service", "/usr/local/bin/ctr", "restart", False, "2.2.1", 60, rollback_lines=ROLLBACK
+        ),
+        # (A state directory with a quote makes shellcheck read the trap's "$new" as holding quotes.)
+        "keep release": rollback.keep_release_script(
+            "/srv/my dir/state",
+            (f"{ODD}/bin/containerd",),
+            ("/etc/containerd/config.toml", "/srv/my dir/state/runc.manifest"),
+            "1.7.24",
+        ),
+        "drop kept release": rollback.drop_kept_script(f"{ODD}/state"),
     }
 
 
@@ -103,7 +124,7 @@ def test_every_node_script_passes_shellcheck_as_posix_sh(name):
         pytest.fail("shellcheck is not installed (Debian: apt-get install shellcheck; `make deps` does)")
     # Operator text quoted for printing, and the lock holder's script given to `sh -c`: a `$`
     # in them is meant literally.
-    literal_dollars = name == "verify failure" or name.startswith("take run lock")
+    literal_dollars = name.startswith("verify failure") or name.startswith("take run lock")
     excluded = ["--exclude=SC2016"] if literal_dollars else []
     result = subprocess.run(
         ["shellcheck", "--shell=sh", "--format=gcc", *excluded, "-"],

@@ -1,0 +1,127 @@
+"""Keep the release a node ran before a restart until the new one has proven itself, and put it
+back when the new one does not answer (or fails the verify step).
+
+Before a run restarts a running daemon, `keep_release_script` saves everything that restart
+depends on — containerd's and runc's files by their manifests, the manifests, config.toml, the
+unit and its drop-in — in ``<state_dir>/previous-release`` (hard links where the filesystem
+allows: every install renames new files over old ones, so a link keeps the old file for free).
+`rollback_lines` define the shell function the service and verify commands call when the new
+release falls short: it puts those files back (each by a rename), restarts once, waits for the
+kept version to answer, and says so; the command still fails, so the run names the host. Once
+the new release is verified, the kept one is dropped (`drop_kept_script`).
+"""
+
+import shlex
+
+from .facts import KEPT_DIR_NAME, NEW_SUFFIX
+from .scripts import TAB
+
+q = shlex.quote
+
+KEPT_COMPONENTS = ("containerd", "runc")  # what the daemon runs; the CNI plugins and crictl are not
+
+
+def kept_dir(state_dir: str) -> str:
+    return f"{state_dir.rstrip('/')}/{KEPT_DIR_NAME}"
+
+
+def manifest_path(state_dir: str, component: str) -> str:
+    return f"{state_dir.rstrip('/')}/{component}.manifest"
+
+
+def keep_release_script(state_dir: str, release_files: tuple, other_files: tuple, version: str) -> str:
+    """Save `release_files` (by manifest: an install only ever renames over them, so a hard link
+    keeps the old file), `other_files` (the manifests, the files the daemon loads at start:
+    copied, since an editor may write them in place) and the version the daemon answers with,
+    unless an earlier run's kept release is still there: that run stopped before its release was
+    verified, so the older one is the release that last ran well. Written beside its final name
+    and renamed: a run stopped here leaves either no kept release or a whole one."""
+    linked = dict.fromkeys(release_files)
+    paths = [*linked, *(path for path in dict.fromkeys(other_files) if path not in linked)]
+    keep = kept_dir(state_dir)
+    lines = [
+        "set -eu",
+        "umask 077",
+        f"keep={q(keep)}",
+        f"version={q(version)}",
+        'if [ -f "$keep/version" ]; then echo "the release kept by an earlier run ($(cat "$keep/version")) stays kept"; exit 0; fi',
+        f'new="$keep{NEW_SUFFIX}"',
+        'rm -rf -- "$new" "$keep"',
+        "trap 'rm -rf -- \"$new\"' EXIT",
+        "trap 'exit 1' HUP INT TERM PIPE",
+        'mkdir -p -- "$new/files"',
+        "n=0",
+        ': > "$new/restore"',
+        f"linked={len(linked)}",
+        "for path in " + " ".join(q(path) for path in paths) + "; do",
+        "  n=$((n + 1))",
+        '  if [ -f "$path" ]; then',
+        # A link costs nothing (another filesystem gets a copy: mode, owner and times kept).
+        '    if [ "$n" -gt "$linked" ] || ! ln -- "$path" "$new/files/$n" 2>/dev/null; then cp -p -- "$path" "$new/files/$n"; fi',
+        f'    printf "%s{TAB}%s\\n" "$n" "$path" >> "$new/restore"',
+        "  else",
+        f'    printf "%s{TAB}%s\\n" - "$path" >> "$new/restore"',
+        "  fi",
+        "done",
+        'printf "%s\\n" "$version" > "$new/version"',
+        'mv -T -- "$new" "$keep"',
+        'echo "kept containerd $version to put back if the new release does not answer"',
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def rollback_lines(state_dir: str, unit: str, ctr: str, timeout: int) -> list[str]:
+    """Shell lines defining `rollback`: with a kept release, put it back, restart once, wait for
+    its version to answer, drop it, and print what happened (on stderr); returns 1 when there is
+    nothing kept (nothing is changed then)."""
+    keep = kept_dir(state_dir)
+    restored = "$keep/restore"
+    lines = [
+        "rollback() {",
+        f"  keep={q(keep)}",
+        '  [ -f "$keep/version" ] || return 1',
+        "  set +e",
+        '  kept=$(cat "$keep/version")',
+        '  echo "containerd-deploy: rolling back to containerd $kept (kept in $keep)" >&2',
+        # Files the new release brought that the kept one did not have.
+    ]
+    manifests = " ".join(q(manifest_path(state_dir, component)) for component in KEPT_COMPONENTS)
+    lines += [
+        f"  for manifest in {manifests}; do",
+        '    [ -f "$manifest" ] || continue',
+        # `file <path> <identity>` lines: the path runs to the last space.
+        f"""    awk -F "{TAB}" 'FNR == NR {{ kept[$2] = 1; next }} /^file / {{ p = substr($0, 6); sub(/ [^ ]*$/, "", p); if (!(p in kept)) print p }}' \\""",
+        f'      "{restored}" "$manifest" | while IFS= read -r path; do rm -f -- "$path"; done',
+        "  done",
+    ]
+    lines += [
+        f'  while IFS="$(printf "{TAB}")" read -r saved path; do',
+        '    if [ "$saved" = - ]; then rm -f -- "$path"; continue; fi',
+        f'    cp -p -- "$keep/files/$saved" "$path{NEW_SUFFIX}" && mv -fT -- "$path{NEW_SUFFIX}" "$path" \\',
+        '      || echo "containerd-deploy: could not put back $path" >&2',
+        f'  done < "{restored}"',
+        "  systemctl daemon-reload",
+        f"  systemctl restart {q(unit)}",
+        f"  deadline=$(( $(date +%s) + {int(timeout)} ))",
+        "  while :; do",
+        f"    answer=$(timeout 10 {q(ctr)} version 2>&1)",
+        """    server=$(printf '%s\\n' "$answer" | sed -n 's/^ *Version: *//p' | sed -n 2p)""",
+        '    case "$server" in "$kept"*|"v$kept"*) break;; esac',
+        '    if [ "$(date +%s)" -ge "$deadline" ]; then',
+        f'      echo "containerd-deploy: the rollback to containerd $kept did not answer within {int(timeout)}s either; ctr said: $answer" >&2',
+        '      echo "containerd-deploy: the kept release stays in $keep" >&2',
+        "      return 2",
+        "    fi",
+        "    sleep 1",
+        "  done",
+        '  rm -rf -- "$keep"',
+        f'  echo "containerd-deploy: rolled back: containerd $server answers again (pid $(systemctl show -p MainPID --value {q(unit)})); running containers were left running" >&2',
+        "  return 0",
+        "}",
+    ]
+    return lines
+
+
+def drop_kept_script(state_dir: str) -> str:
+    """The new release is verified: the kept one goes."""
+    return f"rm -rf -- {q(kept_dir(state_dir))} {q(kept_dir(state_dir) + NEW_SUFFIX)}\n"

@@ -1,0 +1,438 @@
+"""What guards a restart (issue #16): the release kept before it and put back when the new one
+falls short (tasks/rollback.py, the service and verify commands), and the operator's hooks run
+on the controller around it (tasks/hooks.py): the scripts run for real against a directory
+tree with stand-in systemctl/ctr; the hooks as real processes; the deploy's flow on fake node
+states says when each runs."""
+
+import os
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pyinfra.api import FunctionCommand
+
+from tasks import hooks, rollback, scripts, verify
+from tasks.values import DataError
+
+from .flow import changed_names, converged, drifted, fresh, prepare, service_op, settings_for
+
+UNIT = "containerd.service"
+
+
+def executable(path: Path, text: str) -> Path:
+    path.write_text(text)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return path
+
+
+class Node:
+    """A directory tree standing in for a node: the release in bin/, a manifest and a config;
+    `systemctl restart` "starts" whatever bin/containerd holds (copies it to `running`); the
+    stand-in ctr answers as the running release ("release X"), or not at all ("broken")."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.bin = root / "bin"
+        self.state = root / "state"
+        self.stand_ins = root / "stand-ins"
+        for directory in (self.bin, self.state, self.stand_ins, root / "etc"):
+            directory.mkdir(parents=True)
+        self.config = root / "etc" / "config.toml"
+        self.dropin = root / "etc" / "http-proxy.conf"
+        self.running = root / "running"
+        self.calls = root / "systemctl.log"
+        executable(
+            self.stand_ins / "systemctl",
+            f"""#!/bin/sh
+echo "$*" >> {self.calls}
+case "$1" in restart) cp {self.bin}/containerd {self.running};; show) echo 4242;; esac
+""",
+        )
+        executable(self.stand_ins / "journalctl", "#!/bin/sh\necho 'journal: level=fatal msg=broken'\n")
+        self.ctr = executable(
+            self.stand_ins / "ctr",
+            f"""#!/bin/sh
+read -r word version < {self.running} || exit 1
+[ "$word" = release ] || {{ echo "connection refused" >&2; exit 1; }}
+printf 'Client:\\n  Version:  %s\\nServer:\\n  Version:  %s\\n' "$version" "$version"
+""",
+        )
+
+    def install(self, files: dict[str, str], config: str) -> None:
+        """As an install does: new files renamed over the old, the manifest rewritten, files the
+        new release lacks removed."""
+        for old in self.bin.glob("containerd*"):
+            if old.name not in files:
+                old.unlink()
+        lines = ["component containerd", "version x"]
+        for name, text in files.items():
+            temp = self.bin / f".{name}.new"
+            temp.write_text(text)
+            temp.rename(self.bin / name)
+            lines.append(f"file {self.bin / name} 1:2:3")
+        (self.state / "containerd.manifest").write_text("\n".join(lines) + "\n")
+        self.config.write_text(config)
+
+    def release(self) -> dict[str, str]:
+        return {path.name: path.read_text() for path in sorted(self.bin.glob("containerd*"))}
+
+    def keep(self, version: str) -> subprocess.CompletedProcess:
+        release = tuple(str(self.bin / name) for name in self.release())
+        others = (
+            str(self.state / "containerd.manifest"),
+            str(self.state / "runc.manifest"),
+            str(self.config),
+            str(self.dropin),
+        )
+        return self.run(rollback.keep_release_script(str(self.state), release, others, version))
+
+    def rollback_lines(self) -> list[str]:
+        return rollback.rollback_lines(str(self.state), UNIT, str(self.ctr), 3)
+
+    def run(self, script: str) -> subprocess.CompletedProcess:
+        environment = dict(os.environ, PATH=f"{self.stand_ins}:{os.environ['PATH']}")
+        return subprocess.run(
+            ["sh", "-c", script], capture_output=True, text=True, env=environment, timeout=60
+        )
+
+    def restart_into(self, version: str) -> subprocess.CompletedProcess:
+        return self.run(
+            scripts.service_script(
+                UNIT, str(self.ctr), "restart", False, version, 2, rollback_lines=self.rollback_lines()
+            )
+        )
+
+    def systemctl_calls(self) -> list[str]:
+        return self.calls.read_text().splitlines() if self.calls.exists() else []
+
+
+@pytest.fixture
+def node(tmp_path) -> Node:
+    node = Node(tmp_path / "node")
+    node.install({"containerd": "release 1.7.24\n", "containerd-shim-runc-v1": "old shim\n"}, "version = 2\n")
+    node.run(f"systemctl restart {UNIT}")
+    node.calls.unlink()
+    return node
+
+
+def test_a_release_that_does_not_answer_is_rolled_back_and_the_run_fails(node):
+    before = node.release()
+    manifest = (node.state / "containerd.manifest").read_text()
+    kept = node.keep("1.7.24")
+    assert kept.returncode == 0, kept.stderr
+    node.install({"containerd": "broken\n", "containerd-stress": "new only\n"}, "version = 3\n")
+    node.dropin.write_text("[Service]\n")  # a file the kept release did not have
+
+    result = node.restart_into("2.1.9")
+
+    assert result.returncode == 1
+    assert "did not answer on its socket within 2s" in result.stderr
+    assert "journal: level=fatal msg=broken" in result.stderr
+    assert "rolled back: containerd 1.7.24 answers again" in result.stderr
+    assert node.release() == before  # the new-only file gone, the old shim back
+    assert (node.state / "containerd.manifest").read_text() == manifest
+    assert node.config.read_text() == "version = 2\n"
+    assert not node.dropin.exists() and not (node.state / "runc.manifest").exists()
+    assert not (node.state / rollback.KEPT_DIR_NAME).exists()
+    # One restart into the new release, one back (after a reload: the unit may have changed).
+    assert node.systemctl_calls() == [
+        f"restart {UNIT}",
+        "daemon-reload",
+        f"restart {UNIT}",
+        f"show -p MainPID --value {UNIT}",
+    ]
+
+
+def test_a_release_answering_as_another_version_is_rolled_back(node):
+    node.keep("1.7.24")
+    node.install({"containerd": "release 2.0.0\n"}, "version = 3\n")
+    result = node.restart_into("2.1.9")
+    assert result.returncode == 1
+    assert "containerd answers as 2.0.0, expected 2.1.9" in result.stderr
+    assert node.release()["containerd"] == "release 1.7.24\n"
+
+
+def test_a_release_that_answers_keeps_the_old_one_until_it_is_dropped(node):
+    node.keep("1.7.24")
+    node.install({"containerd": "release 2.1.9\n"}, "version = 3\n")
+    result = node.restart_into("2.1.9")
+    assert result.returncode == 0, result.stderr
+    assert (
+        node.systemctl_calls()[0] == f"restart {UNIT}"
+        and node.systemctl_calls().count(f"restart {UNIT}") == 1
+    )
+    assert (node.state / rollback.KEPT_DIR_NAME / "version").read_text() == "1.7.24\n"
+    node.run(rollback.drop_kept_script(str(node.state)))
+    assert not (node.state / rollback.KEPT_DIR_NAME).exists()
+
+
+def test_without_a_kept_release_a_failure_restarts_nothing_more(node):
+    node.install({"containerd": "broken\n"}, "version = 3\n")
+    result = node.restart_into("2.1.9")
+    assert result.returncode == 1 and "rolled back" not in result.stderr
+    assert node.systemctl_calls().count(f"restart {UNIT}") == 1
+    assert node.release() == {"containerd": "broken\n"}
+
+
+def test_a_release_an_unfinished_run_kept_stays_the_one_put_back(node):
+    node.keep("1.7.24")
+    node.install({"containerd": "release 2.0.0\n"}, "version = 3\n")  # that run stopped here
+    again = node.keep("2.0.0")
+    assert again.returncode == 0 and "kept by an earlier run (1.7.24) stays kept" in again.stdout
+    node.install({"containerd": "broken\n"}, "version = 4\n")
+    assert node.restart_into("2.1.9").returncode == 1
+    assert node.release()["containerd"] == "release 1.7.24\n"
+
+
+def test_a_failed_verify_step_puts_the_kept_release_back(node):
+    node.keep("1.7.24")
+    node.install({"containerd": "release 2.1.9\n"}, "version = 3\n")
+    assert node.restart_into("2.1.9").returncode == 0
+    result = node.run(verify.failure_script("node1", ["the CRI plugin is not loaded"], node.rollback_lines()))
+    assert result.returncode == 1
+    assert "node1 is not a conformant containerd node" in result.stderr and "rolled back" in result.stderr
+    assert node.release()["containerd"] == "release 1.7.24\n" and node.config.read_text() == "version = 2\n"
+
+
+def test_a_rollback_that_does_not_answer_either_says_so_and_keeps_the_release(node):
+    node.keep("1.7.24")
+    (node.state / rollback.KEPT_DIR_NAME / "version").write_text("1.6.0\n")  # never answers as that
+    node.install({"containerd": "broken\n"}, "version = 3\n")
+    result = node.restart_into("2.1.9")
+    assert result.returncode == 1
+    assert "the rollback to containerd 1.6.0 did not answer within 3s either" in result.stderr
+    assert (node.state / rollback.KEPT_DIR_NAME).exists()
+
+
+def test_keeping_links_rather_than_copies_on_one_filesystem(node):
+    node.keep("1.7.24")
+    kept = node.state / rollback.KEPT_DIR_NAME / "files"
+    inodes = {path.stat().st_ino for path in kept.iterdir()}
+    assert (node.bin / "containerd").stat().st_ino in inodes
+
+
+# --- hooks, as real processes on the controller ---
+
+
+@pytest.fixture
+def kubectl(tmp_path) -> tuple[Path, Path]:
+    calls = tmp_path / "kubectl.calls"
+    program = executable(
+        tmp_path / "kubectl",
+        f"""#!/bin/sh
+for arg; do printf '%s\\n' "$arg"; done >> {calls}
+echo "---" >> {calls}
+[ "${{KUBECTL_FAIL:-}}" = "" ] || {{ echo "error: cannot evict pod kube-system/coredns: password=hunter2"; exit 3; }}
+echo "node/$2 drained"
+""",
+    )
+    return program, calls
+
+
+def test_a_hook_gets_the_host_as_one_argument_whatever_it_holds(kubectl):
+    program, calls = kubectl
+    argv = hooks.parse_hook(
+        "n1", "containerd_restart_hook_before", f"{program} drain {{host}} --ignore-daemonsets"
+    )
+    name = "node-1; touch /tmp/pwned $(id)"
+    output = hooks.run_hook(
+        "containerd_restart_hook_before", hooks.hook_argv(argv, name, "10.0.0.5"), 10, name
+    )
+    assert calls.read_text() == f"drain\n{name}\n--ignore-daemonsets\n---\n"
+    assert f"node/{name} drained" in output
+
+
+def test_a_failing_hook_names_host_key_command_status_and_hides_secrets(kubectl, monkeypatch):
+    program, _ = kubectl
+    monkeypatch.setenv("KUBECTL_FAIL", "1")
+    with pytest.raises(hooks.HookFailed) as raised:
+        hooks.run_hook("containerd_restart_hook_before", [str(program), "drain", "node1"], 10, "node1")
+    message = str(raised.value)
+    assert message.startswith("node1: data key 'containerd_restart_hook_before': ")
+    assert f"{program} drain node1 failed (exit status 3)" in message
+    assert "cannot evict pod" in message and "hunter2" not in message
+
+
+def test_a_hook_past_its_timeout_is_killed_with_what_it_started(tmp_path):
+    pid_file = tmp_path / "child.pid"
+    slow = executable(tmp_path / "slow", f"#!/bin/sh\nsleep 300 &\necho $! > {pid_file}\nwait\n")
+    started = time.monotonic()
+    with pytest.raises(
+        hooks.HookFailed, match=r"did not finish within 1s \(containerd_restart_hook_timeout\)"
+    ):
+        hooks.run_hook("containerd_restart_hook_after", [str(slow)], 1, "node1")
+    assert time.monotonic() - started < 30
+    child = int(pid_file.read_text())
+    for _ in range(50):
+        if not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("the hook's child outlived the timeout")
+
+
+def test_a_hook_that_is_not_there_is_a_clear_failure():
+    with pytest.raises(
+        hooks.HookFailed, match="could not run /nonexistent/kubectl uncordon n1: No such file"
+    ):
+        hooks.run_hook("containerd_restart_hook_after", ["/nonexistent/kubectl", "uncordon", "n1"], 5, "n1")
+
+
+@pytest.mark.parametrize(
+    "value, problem",
+    [
+        ("kubectl drain {node}", "unknown placeholder {node}"),
+        ("kubectl drain {host!r}", "unknown placeholder {host}"),
+        ("kubectl drain {host:>9}", "unknown placeholder {host}"),
+        ("kubectl drain {", "is not a template"),
+        ("kubectl 'drain", "does not split into arguments"),
+        ("kubectl drain\n{host}", "control character"),
+        (["kubectl", 3], "not a command line or a list of arguments"),
+        (True, "not a command line or a list of arguments"),
+        ("''", "names no program"),
+    ],
+)
+def test_a_bad_hook_is_refused_naming_the_key_and_the_fix(value, problem):
+    with pytest.raises(DataError) as raised:
+        hooks.parse_hook("n1", "containerd_restart_hook_before", value)
+    assert problem in str(raised.value)
+    assert str(raised.value).startswith("n1: data key 'containerd_restart_hook_before' ")
+    assert "Fix: set containerd_restart_hook_before to a command such as" in str(raised.value)
+
+
+def test_braces_are_written_doubled_and_lists_are_taken_as_they_are():
+    argv = hooks.parse_hook("n1", "k", ["kubectl", "annotate", "{host}", "x={{y}}"])
+    assert hooks.hook_argv(argv, "n 1", "a") == ["kubectl", "annotate", "n 1", "x={y}"]
+    assert hooks.hook_argv(hooks.parse_hook("n1", "k", "ssh {address} true"), "n1", "10.0.0.5") == [
+        "ssh",
+        "10.0.0.5",
+        "true",
+    ]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    words=st.lists(
+        st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=0x2FF), min_size=1), min_size=1
+    ),
+    name=st.text(min_size=1),
+)
+def test_any_command_either_parses_or_is_refused_and_a_host_name_is_never_split(words, name):
+    value = " ".join(words)
+    try:
+        argv = hooks.parse_hook("n1", "containerd_restart_hook_before", value)
+    except DataError as error:
+        assert "containerd_restart_hook_before" in str(error)
+        return
+    filled = hooks.hook_argv((*argv, "{host}"), name, "a")
+    assert len(filled) == len(argv) + 1 and filled[-1] == name
+
+
+# --- when the deploy keeps, drops, and runs the hooks ---
+
+HOOKS = {
+    "containerd_restart_hook_before": [sys.executable, "-c", "pass", "drain", "{host}"],
+    "containerd_restart_hook_after": [sys.executable, "-c", "pass", "uncordon", "{address}"],
+}
+BEFORE = "Restart hook | Run containerd_restart_hook_before on the controller (containerd will restart)"
+AFTER = "Restart hook | Run containerd_restart_hook_after on the controller"
+KEEP = (
+    "Keep the running release | Keep the running release until the new one is verified (containerd_rollback)"
+)
+DROP = "Drop the kept release | Drop the kept release: the new one answered"
+
+
+def config_drift(settings_):
+    node = converged(settings_)
+    return drifted(
+        node, config_text=node.config_text.replace("SystemdCgroup = true", "SystemdCgroup = false")
+    )
+
+
+def test_a_restart_of_a_running_daemon_is_drained_kept_then_dropped_and_uncordoned(monkeypatch):
+    settings_ = settings_for(HOOKS)
+    prepared = prepare(monkeypatch, config_drift(settings_), HOOKS)
+    changed = changed_names(prepared)
+    assert changed == [
+        "Take the node's run lock",
+        BEFORE,
+        KEEP,
+        "Configure containerd | Write /etc/containerd/config.toml",
+        "Run containerd | Enable, start and check containerd",
+        DROP,
+        AFTER,
+    ]
+    by_name = {op.name: op for op in prepared}
+    (before,) = by_name[BEFORE].commands
+    assert isinstance(before, FunctionCommand) and before.args[1] == [
+        sys.executable,
+        "-c",
+        "pass",
+        "drain",
+        "node1",
+    ]
+    (after,) = by_name[AFTER].commands
+    assert after.args[1][-1] == "node1"  # no ssh_hostname: the inventory name is the address
+    keep = by_name[KEEP].full_text()
+    for path in (
+        "/usr/local/bin/containerd",
+        "/usr/local/sbin/runc",
+        "/var/lib/containerd-deploy/containerd.manifest",
+        "/etc/containerd/config.toml",
+        "/etc/systemd/system/containerd.service",
+    ):
+        assert path in keep, path
+    assert f"version={settings_.containerd_version}" in keep
+    assert (
+        "rollback() {\n  keep=/var/lib/containerd-deploy/previous-release" in service_op(prepared).full_text()
+    )
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["converged", "registry change only", "fresh node", "stopped daemon"],
+)
+def test_no_restart_of_a_running_daemon_runs_no_hook_and_keeps_nothing(monkeypatch, case):
+    settings_ = settings_for(HOOKS)
+    node, data = converged(settings_), dict(HOOKS)
+    if case == "registry change only":
+        data["containerd_registries"] = {"docker.io": {"mirrors": [{"host": "https://mirror.internal"}]}}
+    elif case == "fresh node":
+        node = fresh()
+    elif case == "stopped daemon":
+        node = drifted(
+            config_drift(settings_), service={**node.service, "ActiveState": "inactive", "MainPID": "0"}
+        )
+    changed = changed_names(prepare(monkeypatch, node, data))
+    assert not {BEFORE, AFTER, KEEP, DROP} & set(changed), changed
+
+
+def test_a_stale_daemon_restart_runs_the_hooks_too(monkeypatch):
+    settings_ = settings_for(HOOKS)
+    changed = changed_names(prepare(monkeypatch, drifted(converged(settings_), ctr_server="1.6.0"), HOOKS))
+    assert changed[1:3] == [BEFORE, KEEP] and changed[-2:] == [DROP, AFTER]
+
+
+def test_rollback_turned_off_keeps_nothing_and_never_rolls_back(monkeypatch):
+    data = {"containerd_rollback": False}
+    prepared = prepare(monkeypatch, config_drift(settings_for(data)), data)
+    assert not {KEEP, DROP} & set(changed_names(prepared))
+    assert "previous-release" not in service_op(prepared).full_text()
+
+
+def test_a_release_an_unfinished_run_kept_is_dropped_once_a_run_gets_through(monkeypatch):
+    settings_ = settings_for()
+    assert changed_names(prepare(monkeypatch, drifted(converged(settings_), kept_release="1.7.24"))) == [DROP]
+    assert changed_names(prepare(monkeypatch, converged(settings_))) == []
+
+
+def test_a_node_without_this_deploys_release_has_nothing_to_keep(monkeypatch):
+    settings_ = settings_for()
+    node = config_drift(settings_)
+    node = drifted(node, manifests={})
+    assert KEEP not in changed_names(prepare(monkeypatch, node))
