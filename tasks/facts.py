@@ -369,6 +369,7 @@ def node_state_command(
                 (bin_dir, *install_dirs),
                 (
                     f"{q(state_dir)}/*.manifest{NEW_SUFFIX}",
+                    f"{q(state_dir)}/{KEPT_DIR_NAME}{NEW_SUFFIX}",
                     q(UPLOAD_DIR_PREFIX) + "*",
                     *([f"{q(certs_dir)}/*/{q('.hosts.toml' + NEW_SUFFIX)}"] if certs_dir else []),
                 ),

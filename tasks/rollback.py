@@ -101,6 +101,8 @@ def rollback_lines(state_dir: str, unit: str, ctr: str, timeout: int) -> list[st
         '      || echo "containerd-deploy: could not put back $path" >&2',
         f'  done < "{restored}"',
         "  systemctl daemon-reload",
+        # A release that failed fast may have used up the unit's start limit.
+        f"  systemctl reset-failed {q(unit)} 2>/dev/null",
         f"  systemctl restart {q(unit)}",
         f"  deadline=$(( $(date +%s) + {int(timeout)} ))",
         "  while :; do",

@@ -132,7 +132,10 @@ def failed_hosts(hosts: list[str], returncode: int, stdout: str, stderr: str) ->
     failed: dict[str, str] = {}
     for operation in results.get("operations", []):
         for host in operation.get("error", []):
-            failed.setdefault(host, f"operation failed: {operation.get('name', '?')}")
+            said = host_said(host, stderr)
+            failed.setdefault(
+                host, f"operation failed: {operation.get('name', '?')}" + (f" ({said})" if said else "")
+            )
     for host in results.get("failed_hosts", []):
         failed.setdefault(host, "pyinfra marked it failed")
     if returncode and not failed:

@@ -92,8 +92,9 @@ def keep_running_release(settings: Settings, node: NodeState, restarts):
     """Keep what the running daemon was started from (containerd_rollback) when this run will
     restart it; returns whether it does (a callable, asked when the operations run)."""
     manifest = node.manifests.get("containerd")
-    if manifest is None:  # not installed by this deploy: nothing it could put back
-        return lambda: False
+    # Not installed by this deploy (or not yet): nothing it could put back. The operation is
+    # there all the same, so a run has the same operations on every node.
+    keeps = (lambda: False) if manifest is None else restarts
     state_dir = settings.containerd_deploy_state_dir
     release_files = [
         path
@@ -110,10 +111,10 @@ def keep_running_release(settings: Settings, node: NodeState, restarts):
         state_dir=state_dir,
         release_files=release_files,
         other_files=other_files,
-        version=manifest.fields.get("version", ""),
-        when=restarts,
+        version=manifest.fields.get("version", "") if manifest else "",
+        when=keeps,
     )
-    return restarts
+    return keeps
 
 
 @deploy("Drop the kept release", data_defaults=DEFAULTS)

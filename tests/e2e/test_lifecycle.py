@@ -29,7 +29,7 @@ LONG_RUNNING = "lifecycle-sleeper"
 # What a run may leave behind if it is cut short, and must not be there once a rerun is done.
 STRAY = (
     "find / -xdev \\( -name '*.containerd-deploy-new*' -o -name '.fetched-*' -o -name '*.partial' \\) "
-    "2>/dev/null; ls -d /var/cache/containerd-deploy 2>/dev/null; true"
+    "2>/dev/null; ls -d /var/cache/containerd-deploy /var/lib/containerd-deploy/previous-release 2>/dev/null; true"
 )
 
 
@@ -233,19 +233,19 @@ def assert_whole(node: Node) -> None:
         tomllib.loads(config)
 
 
-# (operation index to cut at, how): ten distinct points, over first installs and over
+# (operation index to cut at, how): eight distinct points, over first installs and over
 # upgrades and downgrades between containerd 1.7.24 and 2.1.9.
-INSTALL_CUTS = [(3, "kill -9"), (5, "ssh drop"), (10, "kill -9")]
-# Operations: 1 take the run lock, 2 remove leftovers, 3 fetch, 4-5 install containerd and runc,
-# 9 config, 10 unit, 12 reload/enable/(re)start, 13 verify (runs a container).
+INSTALL_CUTS = [(4, "kill -9"), (11, "kill -9")]
+# Operations: 1 take the run lock, 2 keep the running release, 3 remove leftovers, 4 fetch,
+# 5-6 install containerd and runc, 10 config, 11 unit, 13 reload/enable/(re)start, 14 verify
+# (runs a container), 15 drop the kept release.
 SWITCH_CUTS = [
-    (4, "ssh drop"),
-    (5, "kill -9"),
-    (9, "kill -9"),
-    (10, "ssh drop"),
-    (12, "kill -9"),
-    (12, "ssh drop"),
+    (2, "ssh drop"),
+    (6, "kill -9"),
+    (10, "kill -9"),
+    (13, "kill -9"),
     (13, "ssh drop"),
+    (15, "ssh drop"),
 ]
 
 

@@ -205,6 +205,39 @@ def release(suite: str, arch: str = ARCH) -> Release:
     return Release(suite, arch, containerd_version, runc_version, _sha256(tarball), _sha256(runc))
 
 
+BROKEN_DIR = "broken"  # under the mirror root: releases that install but do not start
+BROKEN_CONTAINERD = b"""#!/bin/sh
+echo "containerd: this build is broken on purpose (containerd-deploy's rollout test)" >&2
+exit 1
+"""
+
+
+def broken_release(suite: str, arch: str = ARCH) -> tuple[str, str]:
+    """The suite's containerd tarball with a `containerd` that exits at once (ctr and the shims
+    are the real ones), published under the mirror's broken/ tree in the release layout:
+    (`containerd_download_url` template for it, its sha256). It passes every check before the
+    restart, as a bad build with a pinned checksum would."""
+    good = release(suite, arch)
+    tarball = (
+        mirror_root()
+        / BROKEN_DIR
+        / containerd_tarball_path(good.containerd_version, arch).relative_to(mirror_root())
+    )
+    if not tarball.exists():
+        with tempfile.TemporaryDirectory() as scratch:
+            work = Path(scratch)
+            with tarfile.open(containerd_tarball_path(good.containerd_version, arch)) as tar:
+                tar.extractall(work, filter="data")
+            (work / "bin" / "containerd").write_bytes(BROKEN_CONTAINERD)
+            _publish_targz(
+                {f"bin/{path.name}": path for path in (work / "bin").iterdir()},
+                tarball,
+                tarball.name + ".sha256sum",
+            )
+    template = DEFAULTS["containerd_download_url"].replace("{mirror}", "{mirror}/" + BROKEN_DIR, 1)
+    return template, _sha256(tarball)
+
+
 @dataclass(frozen=True)
 class CniRelease:
     version: str

@@ -41,6 +41,7 @@ class Node:
     host_key: str
     suite: str
     arch: str = NATIVE
+    kind: str = "vm"  # or "nspawn" (tests/harness/nspawn.py: light nodes for fan-out benchmarks)
 
     @property
     def pid(self) -> int | None:
@@ -113,7 +114,7 @@ def replace_file(path: Path, text: str) -> None:
     os.replace(temp, path)
 
 
-def _write_ssh_config() -> None:
+def write_ssh_config() -> None:
     with open(run_root() / ".ssh_config.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # nodes of parallel test workers come and go at once
         entries = []
@@ -192,7 +193,7 @@ def _overlay(backing: Path, backing_format: str, dest: Path) -> None:
     )
 
 
-def _write_known_hosts(port: int, host_key: str) -> None:
+def write_known_hosts(port: int, host_key: str) -> None:
     path = known_hosts_file()
     with open(run_root() / ".known_hosts.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -206,12 +207,12 @@ def _write_known_hosts(port: int, host_key: str) -> None:
         replace_file(path, "\n".join(lines) + "\n")
 
 
-def _wait_for_ssh(node: Node, timeout: float) -> None:
+def wait_for_ssh(node: Node, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     last = ""
     while time.monotonic() < deadline:
-        if node.pid is None or not _alive(node.pid):
-            raise RuntimeError(f"node {node.name}: qemu exited; console log: {node.directory}/console.log")
+        if node.pid is None or not alive(node.pid):
+            raise RuntimeError(f"node {node.name}: it exited; console log: {node.directory}/console.log")
         try:
             result = node.ssh("true", check=False, timeout=30)
             if result.returncode == 0:
@@ -223,7 +224,7 @@ def _wait_for_ssh(node: Node, timeout: float) -> None:
     raise TimeoutError(f"node {node.name}: no SSH on 127.0.0.1:{node.port} after {timeout:.0f}s ({last})")
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
         return True
@@ -255,14 +256,14 @@ def _saved_state(image: Image, kernel_args: tuple = ()) -> Path:
         snapshot.mkdir()
         port = free_port()
         _overlay(image.disk, "raw", snapshot / "disk.qcow2")
-        _write_known_hosts(port, image.host_key)
+        write_known_hosts(port, image.host_key)
         # qemu's pid, console and QMP socket live in a short directory of their own: a socket
         # path under the cache can pass the 107 bytes AF_UNIX allows.
         boot = Path(tempfile.mkdtemp(prefix="containerd-deploy-boot-"))
         node = Node("snapshot", port, str(boot), image.host_key, image.suite, image.arch)
         subprocess.run(_qemu_command(image, snapshot / "disk.qcow2", boot, port, kernel_args), check=True)
         try:
-            _wait_for_ssh(node, BOOT_TIMEOUT)
+            wait_for_ssh(node, BOOT_TIMEOUT)
             node.ssh("sync")
             with QMP(boot / "qmp.sock") as qmp:
                 qmp.command("stop")
@@ -300,7 +301,7 @@ def _kill(node: Node, timeout: float = 20) -> None:
         return
     deadline = time.monotonic() + timeout
     sig = signal.SIGTERM
-    while _alive(pid):
+    while alive(pid):
         try:
             os.kill(pid, sig)
         except ProcessLookupError:
@@ -326,12 +327,12 @@ def start(name: str, image: Image, port: int | None = None, kernel_args: tuple =
     port = port or free_port()
     node = Node(name, port, str(directory), image.host_key, image.suite, image.arch)
     _overlay(snapshot / "disk.qcow2", "qcow2", directory / "disk.qcow2")
-    _write_known_hosts(port, image.host_key)
+    write_known_hosts(port, image.host_key)
     command = _qemu_command(image, directory / "disk.qcow2", directory, port, kernel_args)
     command += ["-incoming", f"exec:cat {snapshot / 'state'}"]
     subprocess.run(command, check=True)
     replace_file(directory / "node.json", json.dumps(asdict(node)))
-    _write_ssh_config()
+    write_ssh_config()
     try:
         with QMP(directory / "qmp.sock") as qmp:
             while qmp.command("query-status")["status"] == "inmigrate":
@@ -342,7 +343,7 @@ def start(name: str, image: Image, port: int | None = None, kernel_args: tuple =
                     raise TimeoutError(f"node {name}: loading the saved state did not finish")
                 time.sleep(0.1)
             qmp.command("cont")
-        _wait_for_ssh(node, RESUME_TIMEOUT)
+        wait_for_ssh(node, RESUME_TIMEOUT)
         # The guest's clock stopped when the state was saved.
         node.ssh(f"date -u -s @{int(time.time())} >/dev/null && hwclock -w 2>/dev/null; true")
     except BaseException:
@@ -360,16 +361,20 @@ def load(name: str) -> Node | None:
 
 def stop(name: str) -> None:
     node = load(name)
-    if node is not None:
+    if node is not None and node.kind == "nspawn":
+        from . import nspawn
+
+        nspawn.stop(node)
+    elif node is not None:
         _kill(node)
     shutil.rmtree(node_dir(name), ignore_errors=True)
-    _write_ssh_config()
+    write_ssh_config()
 
 
 def running() -> list[Node]:
     nodes = []
     for path in sorted(run_root().glob("*/node.json")):
         node = Node(**json.loads(path.read_text()))
-        if node.pid and _alive(node.pid):
+        if node.pid and alive(node.pid):
             nodes.append(node)
     return nodes

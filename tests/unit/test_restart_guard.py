@@ -143,6 +143,7 @@ def test_a_release_that_does_not_answer_is_rolled_back_and_the_run_fails(node):
     assert node.systemctl_calls() == [
         f"restart {UNIT}",
         "daemon-reload",
+        f"reset-failed {UNIT}",
         f"restart {UNIT}",
         f"show -p MainPID --value {UNIT}",
     ]

@@ -1,0 +1,157 @@
+"""Light nodes for fan-out benchmarks: systemd-nspawn machines booting the same Debian image the
+VMs boot (its root.raw, loop-mounted read-only and shared), each with an overlay of its own,
+systemd as PID 1 and its own sshd on a 127.0.0.1 port of the host's network.
+
+A TCG VM spends host CPU even idle and runs everything emulated; a machine here runs natively
+and idles at next to nothing, so 32 or 64 of them on two cores let a benchmark measure the
+controller rather than starved nodes. They share the host's kernel (and its cgroup layout):
+fine for measuring what the controller does per node, not a node anyone calls conformant —
+conformance is proven on the VMs. Needs root and `systemd-container`.
+
+Each machine lives in .nodes/<name>/ like a VM (node.json, data.json, pid) so inventories/
+local.py and `python -m tests.harness down` treat it the same.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from . import vm
+from .image import Image
+from .paths import cache_root
+
+KIND = "nspawn"
+BOOT_TIMEOUT = 120
+# Units of the VM image that must not run in a machine sharing the host's network (networkd
+# would configure the host's interfaces) or that only wait for a console or a network it
+# does not own.
+MASKED = (
+    "systemd-networkd.service",
+    "systemd-networkd.socket",
+    "systemd-networkd-wait-online.service",
+    "systemd-resolved.service",
+    "systemd-timesyncd.service",
+    "getty@.service",
+    "serial-getty@.service",
+    "console-getty.service",
+)
+
+
+def _mounted(path: Path) -> bool:
+    return os.path.ismount(path)
+
+
+def lower(image: Image) -> Path:
+    """The image's root filesystem, loop-mounted read-only once for every machine."""
+    path = cache_root() / "nspawn" / image.directory.name
+    path.mkdir(parents=True, exist_ok=True)
+    if not _mounted(path):
+        subprocess.run(["mount", "-o", "loop,ro", str(image.disk), str(path)], check=True)
+    return path
+
+
+def _prepare(root: Path, name: str, port: int) -> None:
+    (root / "etc/ssh/sshd_config.d/port.conf").write_text(f"Port {port}\nListenAddress 127.0.0.1\n")
+    for unit in MASKED:
+        link = root / "etc/systemd/system" / unit
+        link.unlink(missing_ok=True)
+        link.symlink_to("/dev/null")
+    (root / "etc/hostname").write_text(name + "\n")
+
+
+def start(name: str, image: Image, port: int | None = None) -> vm.Node:
+    """A fresh machine from the image: its own overlay on the shared read-only root, and an
+    ext4 directory of its own bound at /var/lib/containerd (overlayfs cannot hold containerd's
+    overlay snapshots)."""
+    vm.stop(name)
+    directory = vm.node_dir(name)
+    shutil.rmtree(directory, ignore_errors=True)
+    for part in ("upper", "work", "root", "containerd"):
+        (directory / part).mkdir(parents=True)
+    port = port or vm.free_port()
+    subprocess.run(
+        [
+            "mount",
+            "-t",
+            "overlay",
+            "overlay",
+            "-o",
+            f"lowerdir={lower(image)},upperdir={directory / 'upper'},workdir={directory / 'work'}",
+            str(directory / "root"),
+        ],
+        check=True,
+    )
+    _prepare(directory / "root", name, port)
+    node = vm.Node(name, port, str(directory), image.host_key, image.suite, image.arch, kind=KIND)
+    vm.write_known_hosts(port, image.host_key)
+    with open(directory / "console.log", "w") as console:
+        process = subprocess.Popen(
+            [
+                "systemd-nspawn",
+                "--quiet",
+                "--register=no",  # no systemd-machined on the host
+                "--keep-unit",  # nor a host systemd to make it a scope
+                "--boot",
+                "--console=passive",
+                f"--machine={name}",
+                f"--directory={directory / 'root'}",
+                f"--bind={directory / 'containerd'}:/var/lib/containerd",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=console,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    (directory / "pid").write_text(str(process.pid))
+    vm.replace_file(directory / "node.json", json.dumps(asdict(node)))
+    vm.write_ssh_config()
+    try:
+        vm.wait_for_ssh(node, BOOT_TIMEOUT)
+    except BaseException:
+        stop(node)
+        raise
+    return node
+
+
+def stop(node: vm.Node) -> None:
+    """Power the machine off (SIGTERM makes nspawn ask its systemd to), then take its mounts down."""
+    pid = node.pid
+    if pid is not None:
+        deadline = time.monotonic() + 30
+        sent = signal.SIGTERM
+        while vm.alive(pid):
+            try:
+                os.kill(pid, sent)
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
+            if time.monotonic() > deadline:
+                sent = signal.SIGKILL
+    root = Path(node.directory) / "root"
+    if _mounted(root):
+        subprocess.run(["umount", "-l", str(root)], check=False)
+    (Path(node.directory) / "pid").unlink(missing_ok=True)
+
+
+def processes(pid: int) -> list[int]:
+    """`pid` and every process below it (the machine: nspawn, its systemd and all they run)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(entry.name))
+    found, queue = [], [pid]
+    while queue:
+        current = queue.pop()
+        found.append(current)
+        queue.extend(children.get(current, []))
+    return found
