@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := qemu-system-x86 qemu-utils mmdebstrap gpg libdpkg-perl arch-test mount busybox-static openssh-client curl e2fsprogs ca-certificates debian-archive-keyring openssl apache2-utils skopeo shellcheck qemu-system-arm qemu-user-static binfmt-support kmod cpio
 DEMO_NODE := demo
 
-.PHONY: deps demo lint test unit e2e mutation bench down clean
+.PHONY: deps demo lint test unit e2e mutation bench bench-fanout down clean
 
 deps: $(VENV)/.installed
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -74,6 +74,11 @@ mutation: deps
 # memory, on local VMs; writes docs/benchmarks.md. Not part of `make test` (nothing is timed there).
 bench: deps
 	$(PY) -m bench
+
+# The controller at 1, 8, 32 and 64 nodes (systemd-nspawn machines: needs systemd-container);
+# writes its own section of docs/benchmarks.md.
+bench-fanout: deps
+	$(PY) -m bench.fanout
 
 down:
 	$(PY) -m tests.harness down

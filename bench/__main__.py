@@ -30,7 +30,18 @@ from tests.harness import __main__ as harness
 from tests.harness import mirror, vm
 from tests.harness.paths import REPO_ROOT
 
-from .measure import FLOORS, Report, artifact_sets, busy_share, cpu_times, median, remote_commands
+from .fanout import HEADING as FANOUT_HEADING
+from .measure import (
+    FLOORS,
+    Report,
+    artifact_sets,
+    busy_share,
+    cpu_times,
+    median,
+    remote_commands,
+    replace_section,
+    section,
+)
 
 SUITE = "trixie"  # Debian 13 nodes with Debian 13's containerd 1.7.24 and runc 1.1.15
 FLOOR_SCRIPT = Path(__file__).with_name("floor.sh")
@@ -377,7 +388,10 @@ def main(argv=None) -> int:
     finally:
         harness.down([*(f"bench-floor-{i}" for i in range(1, 5)), *names])
     OUTPUT.parent.mkdir(exist_ok=True)
-    OUTPUT.write_text(report.markdown())
+    text = report.markdown()
+    # `python -m bench.fanout` writes a section of its own here: it stays.
+    fanout = section(OUTPUT.read_text(), FANOUT_HEADING) if OUTPUT.exists() else None
+    OUTPUT.write_text(replace_section(text, FANOUT_HEADING, fanout) if fanout else text)
     print(f"wrote {OUTPUT.relative_to(REPO_ROOT)}")
     return 0
 

@@ -87,3 +87,59 @@ class Report:
         if self.notes:
             lines += ["", "## Notes", ""] + [f"- {note}" for note in self.notes]
         return "\n".join(lines) + "\n"
+
+
+# Fan-out at fleet scale (issue #16): the controller's share per node.
+FANOUT_FLOORS = {"noop_cpu_per_node": 0.2, "rss_per_node_mib": 2.0}
+
+
+def marginal(low: tuple[int, float], high: tuple[int, float]) -> float:
+    """What each node past the first `low[0]` added: (high value - low value) / (high count - low count)."""
+    (low_count, low_value), (high_count, high_value) = low, high
+    return (high_value - low_value) / (high_count - low_count) if high_count != low_count else float("nan")
+
+
+def replace_section(text: str, heading: str, body: str) -> str:
+    """`text` (markdown) with its `## heading` section (up to the next `## `) replaced by `body`,
+    or `body` appended when there is none; `body` starts with its own heading line."""
+    lines = text.splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if line.rstrip("\n") == f"## {heading}"), None)
+    if start is None:
+        return text.rstrip("\n") + "\n\n" + body.rstrip("\n") + "\n"
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    rest = "".join(lines[end:])
+    return "".join(lines[:start]) + body.rstrip("\n") + "\n" + ("\n" + rest if rest else "")
+
+
+def package_of(filename: str) -> str:
+    """The part of the controller a profiled function belongs to: a site-package's top-level
+    name, this deploy (`tasks`), the standard library, or Python's built-ins."""
+    if filename.startswith("~") or filename.startswith("<"):
+        return "built-ins"
+    parts = filename.replace("\\", "/").split("/")
+    if "site-packages" in parts:
+        name = parts[parts.index("site-packages") + 1]
+        return name.removesuffix(".py")
+    if "tasks" in parts:
+        return "tasks (this deploy)"
+    return "standard library"
+
+
+def time_by_package(stats: dict) -> list[tuple[str, float]]:
+    """Own time (tottime) summed by `package_of`, largest first, from pstats' `stats` mapping
+    ((file, line, function) -> (calls, primitive calls, tottime, cumtime, callers))."""
+    totals: dict[str, float] = {}
+    for (filename, _, _), (_, _, tottime, _, _) in stats.items():
+        package = package_of(filename)
+        totals[package] = totals.get(package, 0.0) + tottime
+    return sorted(totals.items(), key=lambda item: item[1], reverse=True)
+
+
+def section(text: str, heading: str) -> str | None:
+    """The `## heading` section of markdown `text` (up to the next `## `), or None."""
+    lines = text.splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if line.rstrip("\n") == f"## {heading}"), None)
+    if start is None:
+        return None
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    return "".join(lines[start:end]).rstrip("\n") + "\n"

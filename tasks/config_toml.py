@@ -5,6 +5,8 @@ ordering, quoting) comes out byte-for-byte as it went in; a value already as wan
 rewritten.
 """
 
+import copy
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -91,7 +93,7 @@ def parse(text: str) -> tomlkit.TOMLDocument:
         ) from None
 
 
-def schema_version(document: tomlkit.TOMLDocument, containerd_version: Version) -> int:
+def schema_version(document: Mapping, containerd_version: Version) -> int:
     """The document's config schema, checked against the containerd that will read it."""
     version = document.get("version")
     if version is None:
@@ -232,14 +234,27 @@ def set_systemd_cgroup(text: str, containerd_version: Version, enabled: bool = T
     return render(text, containerd_version, Knobs(systemd_cgroup=enabled))
 
 
+@functools.lru_cache(maxsize=64)
+def _plain(text: str) -> dict:
+    """The document as plain Python values (no tomlkit proxies for out-of-order tables), parsed
+    once per text: a run reads the same config.toml and `config dump` of each host several
+    times, and tomlkit's parser is most of a no-op run's controller time. Never mutated."""
+    return parse(text).unwrap()
+
+
+def read_schema(text: str, containerd_version: Version) -> int:
+    """`schema_version` of a config text, for readers (parsed once per text)."""
+    return schema_version(_plain(text), containerd_version)
+
+
 def value_at(text: str, path: tuple[str, ...]):
-    """The plain value at `path` in a config document, or None."""
-    node = parse(text).unwrap()  # plain dicts: no tomlkit proxies for out-of-order tables
+    """The plain value at `path` in a config document (a copy: the parse is shared), or None."""
+    node = _plain(text)
     for key in path:
         if not isinstance(node, dict) or key not in node:
             return None
         node = node[key]
-    return node
+    return copy.deepcopy(node)
 
 
 def runc_systemd_cgroup(text: str) -> bool | None:

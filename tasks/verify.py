@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pyinfra import host, logger
 from pyinfra.api import StringCommand, deploy, operation
 
-from .config_toml import PATHS, ConfigError, parse, runc_systemd_cgroup, schema_version, value_at
+from .config_toml import PATHS, ConfigError, read_schema, runc_systemd_cgroup, value_at
 from .daemon import ContainerdDaemon, DaemonState, container_check_script
 from .facts import SERVICE_PATH, newer_than_daemon
 from .rollback import rollback_lines
@@ -123,7 +123,7 @@ def container_handlers(runtimes) -> tuple:
 def configured_runtimes(config_text: str | None, containerd_version) -> dict:
     """The runtimes table a config declares (empty if it cannot be read)."""
     try:
-        schema = schema_version(parse(config_text or ""), containerd_version)
+        schema = read_schema(config_text or "", containerd_version)
     except ConfigError:
         return {}
     path = PATHS["runtimes"].get(schema)
@@ -176,7 +176,7 @@ def kubelet_cgroup_driver(config_yaml: str) -> str:
 def sandbox_image(config_text: str, containerd_version) -> str | None:
     """The pause image a config names, at its schema's path."""
     try:
-        schema = schema_version(parse(config_text), containerd_version)
+        schema = read_schema(config_text, containerd_version)
     except ConfigError:
         return None
     image = value_at(config_text, PATHS["sandbox_image"][schema])

@@ -55,8 +55,10 @@ def lower(image: Image) -> Path:
     return path
 
 
-def _prepare(root: Path, name: str, port: int) -> None:
+def _prepare(root: Path, name: str, port: int, files: dict[str, str]) -> None:
     (root / "etc/ssh/sshd_config.d/port.conf").write_text(f"Port {port}\nListenAddress 127.0.0.1\n")
+    for path, text in files.items():
+        (root / path.lstrip("/")).write_text(text)
     for unit in MASKED:
         link = root / "etc/systemd/system" / unit
         link.unlink(missing_ok=True)
@@ -64,10 +66,10 @@ def _prepare(root: Path, name: str, port: int) -> None:
     (root / "etc/hostname").write_text(name + "\n")
 
 
-def start(name: str, image: Image, port: int | None = None) -> vm.Node:
+def start(name: str, image: Image, port: int | None = None, files: dict[str, str] | None = None) -> vm.Node:
     """A fresh machine from the image: its own overlay on the shared read-only root, and an
     ext4 directory of its own bound at /var/lib/containerd (overlayfs cannot hold containerd's
-    overlay snapshots)."""
+    overlay snapshots). `files`: path -> text written into it before it boots."""
     vm.stop(name)
     directory = vm.node_dir(name)
     shutil.rmtree(directory, ignore_errors=True)
@@ -86,7 +88,7 @@ def start(name: str, image: Image, port: int | None = None) -> vm.Node:
         ],
         check=True,
     )
-    _prepare(directory / "root", name, port)
+    _prepare(directory / "root", name, port, files or {})
     node = vm.Node(name, port, str(directory), image.host_key, image.suite, image.arch, kind=KIND)
     vm.write_known_hosts(port, image.host_key)
     with open(directory / "console.log", "w") as console:

@@ -225,11 +225,18 @@ def wait_for_ssh(node: Node, timeout: float) -> None:
 
 
 def alive(pid: int) -> bool:
+    """Whether `pid` runs: a zombie does not (a node process this process started and has not
+    reaped yet is reaped here)."""
     try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:
+        pass  # not our child (qemu daemonizes)
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
         return False
+    return state != "Z"
 
 
 def _saved_state(image: Image, kernel_args: tuple = ()) -> Path:

@@ -45,3 +45,51 @@ def test_host_cpu_busy_share_from_proc_stat():
     assert before == (150, 1000) and after == (350, 1250)
     assert busy_share(before, after) == 200 / 250
     assert busy_share(after, after) == 0.0
+
+
+def test_what_each_node_past_the_first_ones_added():
+    from bench.measure import marginal
+
+    assert abs(marginal((8, 2.0), (32, 6.8)) - 0.2) < 1e-9
+    assert marginal((8, 60.0), (8, 61.0)) != marginal((8, 60.0), (8, 61.0))  # nan: no step
+
+
+DOC = "# Benchmarks\n\n## Figures\n\n| a |\n\n## Notes\n\n- n\n"
+
+
+def test_the_fan_out_section_is_replaced_in_place_or_appended_and_read_back():
+    from bench.measure import replace_section, section
+
+    appended = replace_section(DOC, "Fan-out at fleet scale", "## Fan-out at fleet scale\n\n| 32 |\n")
+    assert appended == DOC + "\n## Fan-out at fleet scale\n\n| 32 |\n"
+    again = replace_section(appended, "Fan-out at fleet scale", "## Fan-out at fleet scale\n\n| 64 |\n")
+    assert again == DOC + "\n## Fan-out at fleet scale\n\n| 64 |\n"
+    middle = replace_section(DOC, "Figures", "## Figures\n\n| b |\n")
+    assert middle == "# Benchmarks\n\n## Figures\n\n| b |\n\n## Notes\n\n- n\n"
+    assert section(again, "Fan-out at fleet scale") == "## Fan-out at fleet scale\n\n| 64 |\n"
+    assert section(DOC, "Notes") == "## Notes\n\n- n\n"
+    assert section(DOC, "Missing") is None
+
+
+def test_profiled_time_is_summed_by_package():
+    from bench.measure import package_of, time_by_package
+
+    site = "/v/lib/python3.11/site-packages"
+    stats = {
+        (f"{site}/paramiko/transport.py", 1, "run"): (1, 1, 2.0, 3.0, {}),
+        (f"{site}/paramiko/packet.py", 1, "read"): (1, 1, 1.0, 1.0, {}),
+        (f"{site}/gevent/hub.py", 1, "switch"): (1, 1, 0.5, 0.5, {}),
+        ("/work/main/tasks/facts.py", 1, "parse"): (1, 1, 0.25, 0.25, {}),
+        ("~", 0, "<method 'read' of '_io.FileIO' objects>"): (1, 1, 0.75, 0.75, {}),
+        ("/usr/lib/python3.11/json/decoder.py", 1, "decode"): (1, 1, 0.1, 0.1, {}),
+        (f"{site}/six.py", 1, "x"): (1, 1, 0.01, 0.01, {}),
+    }
+    assert time_by_package(stats) == [
+        ("paramiko", 3.0),
+        ("built-ins", 0.75),
+        ("gevent", 0.5),
+        ("tasks (this deploy)", 0.25),
+        ("standard library", 0.1),
+        ("six", 0.01),
+    ]
+    assert package_of("<string>") == "built-ins"

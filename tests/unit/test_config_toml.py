@@ -228,3 +228,28 @@ def test_rendering_is_idempotent_with_every_knob(fixture, version, schema):
     )
     once = render((FIXTURES / fixture).read_text(), Version(version), knobs)
     assert render(once, Version(version), knobs) == once
+
+
+def test_a_config_read_many_times_is_parsed_once(monkeypatch):
+    """The fan-out profile: tomlkit's parser was most of a no-op run's controller CPU, the same
+    texts parsed seven times per host. Readers now share one parse per text (never mutated)."""
+    import tomlkit
+
+    from tasks import config_toml
+    from tasks.verify import configured_runtimes, sandbox_image
+
+    calls = []
+    real = tomlkit.parse
+    monkeypatch.setattr(tomlkit, "parse", lambda text: calls.append(text) or real(text))
+    text = 'version = 2\n[plugins."io.containerd.grpc.v1.cri"]\nsandbox_image = "pause:x"\n# unique 1f3a\n'
+    for _ in range(3):
+        assert sandbox_image(text, Version("1.7.24")) == "pause:x"
+        assert configured_runtimes(text, Version("1.7.24")) == {}
+        assert config_toml.runc_systemd_cgroup(text) is None
+    assert calls == [text]
+    # What a reader gets is its own copy: changing it changes nothing for the next reader.
+    runtimes_text = (
+        text + '[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]\nruntime_type = "x"\n'
+    )
+    configured_runtimes(runtimes_text, Version("1.7.24"))["runc"]["runtime_type"] = "changed"
+    assert configured_runtimes(runtimes_text, Version("1.7.24"))["runc"]["runtime_type"] == "x"
