@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 # run from its .deb): openssl for its CA, htpasswd for its users, skopeo to push images; for the
 # arm64 node: qemu-system-arm (qemu-system-aarch64), qemu-user-static + binfmt-support to build its
 # image, kmod (depmod) and cpio for its kernel modules and initrd, made on this machine.
-APT_PACKAGES := qemu-system-x86 qemu-utils mmdebstrap gpg libdpkg-perl arch-test mount busybox-static openssh-client curl e2fsprogs ca-certificates debian-archive-keyring openssl apache2-utils skopeo shellcheck qemu-system-arm qemu-user-static binfmt-support kmod cpio
+APT_PACKAGES := qemu-system-x86 qemu-utils mmdebstrap gpg libdpkg-perl arch-test mount busybox-static openssh-client curl e2fsprogs ca-certificates debian-archive-keyring openssl apache2-utils skopeo shellcheck qemu-system-arm qemu-user-static binfmt-support kmod cpio systemd-container
 DEMO_NODE := demo
 
 .PHONY: deps demo lint test unit e2e mutation bench bench-fanout down clean

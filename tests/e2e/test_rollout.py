@@ -4,7 +4,7 @@ then a batch of 3, drain/uncordon hooks given to a stand-in kubectl on the contr
 First the canary gets a release that installs (pinned checksum) but whose containerd does not
 start: it rolls itself back to the release it ran, its container alive, and the rollout stops
 with nodes 2-4 untouched. Then a good release goes to all four, each restarted exactly once,
-the hooks called in order."""
+the hooks called in order. Last, a drain that fails stops the canary's change and the rollout."""
 
 import json
 import re
@@ -83,7 +83,13 @@ def sleeper_pid(node: Node) -> int:
 def test_a_bad_release_stops_at_the_canary_which_rolls_back_then_a_good_one_reaches_all(fleet, tmp_path):
     calls = tmp_path / "kubectl.calls"
     kubectl = tmp_path / "kubectl"
-    kubectl.write_text(f'#!/bin/sh\necho "$*" >> {calls}\necho "node/$2 done"\n')
+    # Records its calls; refuses to drain a node named in the file `refuse` beside it.
+    refuse = tmp_path / "refuse"
+    kubectl.write_text(
+        f'#!/bin/sh\necho "$*" >> {calls}\n'
+        f'if [ "$1" = drain ] && grep -qx "$2" {refuse} 2>/dev/null; then echo "error: cannot evict pod" >&2; exit 1; fi\n'
+        'echo "node/$2 done"\n'
+    )
     kubectl.chmod(0o755)
     old, new = release_data("trixie"), release_data("sid")  # containerd 1.7.24 -> 2.1.9
     for name in NAMES:
@@ -159,3 +165,18 @@ def test_a_bad_release_stops_at_the_canary_which_rolls_back_then_a_good_one_reac
     ), hooks
     for name in REST:
         assert hooks.index(f"drain {name} --ignore-daemonsets") < hooks.index(f"uncordon {name}"), hooks
+
+    # 3. A drain that fails stops that node's change: a config change whose canary cannot be
+    # drained changes nothing anywhere.
+    refuse.write_text(CANARY + "\n")
+    calls.unlink()
+    for name in NAMES:
+        set_data(name, containerd_max_container_log_line_size=32768)
+    before = {node.name: (main_pid(node), node_snapshot(node)) for node in fleet}
+    result = rollout()
+    said = result.stdout + result.stderr
+    assert result.returncode == 1, said[-4000:]
+    assert "containerd_restart_hook_before" in said and "cannot evict pod" in said, said[-4000:]
+    for node in fleet:
+        assert (main_pid(node), node_snapshot(node)) == before[node.name], f"{node.name} was changed"
+    assert calls.read_text().splitlines() == [f"drain {CANARY} --ignore-daemonsets"]

@@ -21,7 +21,7 @@ import urllib.request
 
 from tasks.conformance.oci import PAUSE_IMAGE_NAME
 
-from . import image, mirror, registry, vm
+from . import image, mirror, nspawn, registry, vm
 from .paths import REPO_ROOT, run_root
 from .platforms import NATIVE, PLATFORMS
 
@@ -150,6 +150,7 @@ def down(names: list[str]) -> None:
         vm.stop(name)
     if not names:
         stop_mirror()
+        nspawn.release_images()
 
 
 GUIDE_NGINX = [

@@ -55,6 +55,17 @@ def lower(image: Image) -> Path:
     return path
 
 
+# Every machine's systemd, journald and logind hold inotify instances, all of them root's: the
+# kernel's default of 128 per user runs out at about 26 machines ("it exited" at boot).
+INOTIFY_INSTANCES = 8192
+INOTIFY_LIMIT = Path("/proc/sys/fs/inotify/max_user_instances")
+
+
+def _enough_inotify_instances() -> None:
+    if int(INOTIFY_LIMIT.read_text()) < INOTIFY_INSTANCES:
+        INOTIFY_LIMIT.write_text(f"{INOTIFY_INSTANCES}\n")
+
+
 def _prepare(root: Path, name: str, port: int, files: dict[str, str]) -> None:
     (root / "etc/ssh/sshd_config.d/port.conf").write_text(f"Port {port}\nListenAddress 127.0.0.1\n")
     for path, text in files.items():
@@ -71,6 +82,7 @@ def start(name: str, image: Image, port: int | None = None, files: dict[str, str
     ext4 directory of its own bound at /var/lib/containerd (overlayfs cannot hold containerd's
     overlay snapshots). `files`: path -> text written into it before it boots."""
     vm.stop(name)
+    _enough_inotify_instances()
     directory = vm.node_dir(name)
     shutil.rmtree(directory, ignore_errors=True)
     for part in ("upper", "work", "root", "containerd"):
@@ -118,6 +130,13 @@ def start(name: str, image: Image, port: int | None = None, files: dict[str, str
         stop(node)
         raise
     return node
+
+
+def release_images() -> None:
+    """Unmount the shared image roots (once no machine uses them: `down` of every node)."""
+    for path in sorted((cache_root() / "nspawn").glob("*")):
+        if _mounted(path):
+            subprocess.run(["umount", str(path)], check=False)
 
 
 def stop(node: vm.Node) -> None:
