@@ -13,7 +13,6 @@
 import argparse
 import concurrent.futures
 import functools
-import json
 import os
 import platform
 import shlex
@@ -30,6 +29,7 @@ from tests.harness import __main__ as harness
 from tests.harness import mirror, vm
 from tests.harness.paths import REPO_ROOT
 
+from . import fanout
 from .fanout import HEADING as FANOUT_HEADING
 from .measure import (
     FLOORS,
@@ -79,29 +79,14 @@ def host_cpu() -> tuple[int, int]:
 def deploy(names: list[str], data: dict) -> dict:
     """One pyinfra run against `names` at once: wall seconds, the controller's peak RSS and CPU
     seconds, how busy the host's CPUs were, the results."""
-    command = [sys.executable, "-m", "pyinfra", "inventories/local.py", "deploy.py", "-y", "--json"]
-    for name in names:
-        command += ["--limit", name]
-    for key, value in data.items():
-        command += ["--data", f"{key}={value}"]
     cpu_before = host_cpu()
-    started = time.monotonic()
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=out, stderr=err, text=True)
-        _, status, usage = os.wait4(process.pid, 0)
-        wall = time.monotonic() - started
-        out.seek(0)
-        err.seek(0)
-        stdout, stderr = out.read(), err.read()
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        raise SystemExit(f"deploy to {', '.join(names)} failed ({code}):\n{stderr[-4000:]}")
+    run = fanout.deploy(names, data=data)
     return {
-        "wall": wall,
-        "max_rss_mb": usage.ru_maxrss / 1024,
-        "controller_cpu": usage.ru_utime + usage.ru_stime,
+        "wall": run["wall"],
+        "max_rss_mb": run["rss_mib"],
+        "controller_cpu": run["cpu"],
         "host_busy": busy_share(cpu_before, host_cpu()),
-        "results": json.loads(stdout),
+        "results": run["results"],
     }
 
 

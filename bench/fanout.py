@@ -48,13 +48,15 @@ def boot(wanted: list[str], data: dict) -> list[vm.Node]:
     return nodes
 
 
-def deploy(wanted: list[str], profile: Path | None = None) -> dict:
+def deploy(wanted: list[str], profile: Path | None = None, data: dict | None = None) -> dict:
     """One pyinfra run against `wanted` at once: wall and controller CPU seconds, its peak RSS,
-    the JSON results; `profile`: under cProfile, written there."""
+    the JSON results; `profile`: under cProfile, written there; `data`: given with --data."""
     command = [sys.executable, *(["-m", "cProfile", "-o", str(profile)] if profile else [])]
     command += ["-m", "pyinfra", "inventories/local.py", "deploy.py", "-y", "--json"]
     for name in wanted:
         command += ["--limit", name]
+    for key, value in (data or {}).items():
+        command += ["--data", f"{key}={value}"]
     started = time.monotonic()
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=out, stderr=err, text=True)

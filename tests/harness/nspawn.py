@@ -15,9 +15,7 @@ local.py and `python -m tests.harness down` treat it the same.
 import json
 import os
 import shutil
-import signal
 import subprocess
-import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -141,18 +139,7 @@ def release_images() -> None:
 
 def stop(node: vm.Node) -> None:
     """Power the machine off (SIGTERM makes nspawn ask its systemd to), then take its mounts down."""
-    pid = node.pid
-    if pid is not None:
-        deadline = time.monotonic() + 30
-        sent = signal.SIGTERM
-        while vm.alive(pid):
-            try:
-                os.kill(pid, sent)
-            except ProcessLookupError:
-                break
-            time.sleep(0.2)
-            if time.monotonic() > deadline:
-                sent = signal.SIGKILL
+    vm.kill(node, timeout=30)
     root = Path(node.directory) / "root"
     if _mounted(root):
         subprocess.run(["umount", "-l", str(root)], check=False)

@@ -281,7 +281,7 @@ def _saved_state(image: Image, kernel_args: tuple = ()) -> Path:
                     raise RuntimeError("saving the VM state failed")
                 qmp.command("quit")
         finally:
-            _kill(node)
+            kill(node)
             if (boot / "console.log").exists():  # kept for a boot that failed
                 shutil.copy(boot / "console.log", snapshot / "console.log")
             shutil.rmtree(boot, ignore_errors=True)
@@ -302,7 +302,7 @@ def _saved_state(image: Image, kernel_args: tuple = ()) -> Path:
     return snapshot
 
 
-def _kill(node: Node, timeout: float = 20) -> None:
+def kill(node: Node, timeout: float = 20) -> None:
     pid = node.pid
     if pid is None:
         return
@@ -354,7 +354,7 @@ def start(name: str, image: Image, port: int | None = None, kernel_args: tuple =
         # The guest's clock stopped when the state was saved.
         node.ssh(f"date -u -s @{int(time.time())} >/dev/null && hwclock -w 2>/dev/null; true")
     except BaseException:
-        _kill(node)
+        kill(node)
         raise
     return node
 
@@ -373,7 +373,7 @@ def stop(name: str) -> None:
 
         nspawn.stop(node)
     elif node is not None:
-        _kill(node)
+        kill(node)
     shutil.rmtree(node_dir(name), ignore_errors=True)
     write_ssh_config()
 
