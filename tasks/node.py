@@ -219,14 +219,16 @@ def containerd_node():
 
     rollback = settings.containerd_deploy_state_dir if settings.containerd_rollback else ""
     restart_after: list = []  # the operations whose change restarts containerd, once added below
+    installs: dict = {}  # component -> its install operation, once added below
     restarts = restarts_running_daemon(settings, node, restart_after)
     with locked_for_changes(node) as changes:
         hooks_around_restart(settings, restarts, "before")
-        kept = keep_running_release(settings, node, restarts) if rollback else (lambda: False)
+        kept = keep_running_release(settings, node, restarts, installs) if rollback else (lambda: False)
         leftovers_absent(
             name="Remove what runs cut short left beside the deploy's files", paths=node.hidden_leftovers
         )
         installed = install_release_files(settings, node, wanted)
+        installs.update(installed)
         binaries_current = artifact_is_installed(
             node.manifests.get("containerd"), wanted["containerd"], settings.containerd_bin_dir
         )

@@ -519,8 +519,8 @@ def containerd_service(
 @operation()
 def release_kept(
     state_dir: str,
-    release_files: list[str] | tuple,
-    other_files: list[str] | tuple,
+    release_files: list[str] | tuple | Callable[[], list[str]],
+    other_files: list[str] | tuple | Callable[[], list[str]],
     version: str,
     when: bool | Callable[[], bool] = True,
 ):
@@ -531,9 +531,10 @@ def release_kept(
     A release an earlier, unfinished run kept stays: it is the one that last ran well.
 
     + state_dir: the deploy's state directory (the release is kept in ``previous-release`` there)
-    + release_files: its binaries, by manifest (linked: installs rename over them)
-    + other_files: the manifests and the files the daemon loads at start (copied; those
-      missing now are removed on a rollback)
+    + release_files: the binaries of the components this run replaces, by manifest (linked:
+      installs rename over them), or a callable giving them when the operation runs
+    + other_files: those components' manifests and the files the daemon loads at start
+      (copied; those missing now are removed on a rollback), or a callable
     + version: the containerd version that release answers as
     + when: whether (or a callable deciding when the operation runs whether) this run will
       restart the daemon; nothing is kept otherwise
@@ -554,7 +555,9 @@ def release_kept(
     if not (when() if callable(when) else when):
         host.noop("no restart: nothing to keep")
         return
-    yield keep_release_script(state_dir, tuple(release_files), tuple(other_files), version)
+    linked = release_files() if callable(release_files) else release_files
+    copied = other_files() if callable(other_files) else other_files
+    yield keep_release_script(state_dir, tuple(linked), tuple(copied), version)
 
 
 @operation()

@@ -13,7 +13,7 @@ the new release is verified, the kept one is dropped (`drop_kept_script`).
 
 import shlex
 
-from .facts import KEPT_DIR_NAME, NEW_SUFFIX
+from .facts import FILE_IDENTITY_FORMAT, KEPT_DIR_NAME, NEW_SUFFIX
 from .scripts import TAB
 
 q = shlex.quote
@@ -88,6 +88,8 @@ def rollback_lines(state_dir: str, unit: str, ctr: str, timeout: int) -> list[st
     manifests = " ".join(q(manifest_path(state_dir, component)) for component in KEPT_COMPONENTS)
     lines += [
         f"  for manifest in {manifests}; do",
+        # Only the components that release was kept of: the others were left alone.
+        f"""    awk -F "{TAB}" -v m="$manifest" '$2 == m {{ found = 1 }} END {{ exit !found }}' "{restored}" || continue""",
         '    [ -f "$manifest" ] || continue',
         # `file <path> <identity>` lines: the path runs to the last space.
         f"""    awk -F "{TAB}" 'FNR == NR {{ kept[$2] = 1; next }} /^file / {{ p = substr($0, 6); sub(/ [^ ]*$/, "", p); if (!(p in kept)) print p }}' \\""",
@@ -100,6 +102,16 @@ def rollback_lines(state_dir: str, unit: str, ctr: str, timeout: int) -> list[st
         f'    cp -p -- "$keep/files/$saved" "$path{NEW_SUFFIX}" && mv -fT -- "$path{NEW_SUFFIX}" "$path" \\',
         '      || echo "containerd-deploy: could not put back $path" >&2',
         f'  done < "{restored}"',
+        # The files put back are copies (new inodes): their manifests get the identities they
+        # have now, or the next run would take them for files changed outside the deploy.
+        f"  for manifest in {manifests}; do",
+        f"""    awk -F "{TAB}" -v m="$manifest" '$1 != "-" && $2 == m {{ found = 1 }} END {{ exit !found }}' "{restored}" || continue""",
+        "    set --",
+        '    while IFS= read -r line; do case "$line" in "file "*) rest=${line#file }; set -- "$@" "${rest% *}";; esac; done < "$manifest"',
+        f'    grep -v "^file " "$manifest" > "$manifest{NEW_SUFFIX}"',
+        f'    [ $# -eq 0 ] || stat -c \'file %n {FILE_IDENTITY_FORMAT}\' "$@" >> "$manifest{NEW_SUFFIX}"',
+        f'    mv -f -- "$manifest{NEW_SUFFIX}" "$manifest"',
+        "  done",
         "  systemctl daemon-reload",
         # A release that failed fast may have used up the unit's start limit.
         f"  systemctl reset-failed {q(unit)} 2>/dev/null",

@@ -88,29 +88,38 @@ def hooks_around_restart(settings: Settings, restarts, when: str):
 
 
 @deploy("Keep the running release", data_defaults=DEFAULTS)
-def keep_running_release(settings: Settings, node: NodeState, restarts):
+def keep_running_release(settings: Settings, node: NodeState, restarts, installs: dict):
     """Keep what the running daemon was started from (containerd_rollback) when this run will
-    restart it; returns whether it does (a callable, asked when the operations run)."""
+    restart it; returns whether it does (a callable, asked when the operations run).
+    `installs`: component -> its install operation, filled once those are added: only the
+    components this run replaces are kept (a link to a file changes its ctime, which the
+    manifest records; a component left alone must keep its identity, and needs no putting back)."""
     manifest = node.manifests.get("containerd")
     # Not installed by this deploy (or not yet): nothing it could put back. The operation is
     # there all the same, so a run has the same operations on every node.
     keeps = (lambda: False) if manifest is None else restarts
     state_dir = settings.containerd_deploy_state_dir
-    release_files = [
-        path
-        for component in KEPT_COMPONENTS
-        if component in node.manifests
-        for path in node.manifests[component].files
-    ]
-    other_files = [
-        *(manifest_path(state_dir, component) for component in KEPT_COMPONENTS),
-        *loaded_at_start(settings),
-    ]
+
+    def replaced() -> list[str]:
+        return [
+            component
+            for component in KEPT_COMPONENTS
+            if component in installs and any_changed(installs[component])()
+        ]
+
     release_kept(
         name="Keep the running release until the new one is verified (containerd_rollback)",
         state_dir=state_dir,
-        release_files=release_files,
-        other_files=other_files,
+        release_files=lambda: [
+            path
+            for component in replaced()
+            if component in node.manifests
+            for path in node.manifests[component].files
+        ],
+        other_files=lambda: [
+            *(manifest_path(state_dir, component) for component in replaced()),
+            *loaded_at_start(settings),
+        ],
         version=manifest.fields.get("version", "") if manifest else "",
         when=keeps,
     )
