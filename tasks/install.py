@@ -2,6 +2,7 @@
 Each is verified before it reaches its paths."""
 
 import hashlib
+from collections.abc import Callable
 
 from pyinfra.api import deploy
 
@@ -37,8 +38,16 @@ def crictl_config_is_ours(node: NodeState) -> bool:
 
 
 @deploy("Install release files", data_defaults=DEFAULTS)
-def install_release_files(settings: Settings, node: NodeState, artifacts: dict[str, Artifact]) -> dict:
-    """Returns component -> operation, so later steps can restart only when a binary changed."""
+def install_release_files(
+    settings: Settings,
+    node: NodeState,
+    artifacts: dict[str, Artifact],
+    after_fetch: Callable[[], object] | None = None,
+) -> dict:
+    """Returns component -> operation, so later steps can restart only when a binary changed.
+    `after_fetch`: adds the operations that must come once every file is fetched and verified
+    and before any is installed (keeping the running release: a file that fails its checksum
+    stops the run before anything, that too, is changed)."""
     needed = [
         artifact
         for component, artifact in artifacts.items()
@@ -52,6 +61,8 @@ def install_release_files(settings: Settings, node: NodeState, artifacts: dict[s
         cache_dir=settings.artifact_cache_dir if settings.artifact_source == "controller" else None,
         leftovers=node.staging_leftovers,
     )
+    if after_fetch is not None:
+        after_fetch()
     if settings.containerd_distro_package == "remove":
         # Only now, with the release files on the node: a failed download leaves the package running.
         distro_packages_absent(

@@ -223,11 +223,16 @@ def containerd_node():
     restarts = restarts_running_daemon(settings, node, restart_after)
     with locked_for_changes(node) as changes:
         hooks_around_restart(settings, restarts, "before")
-        kept = keep_running_release(settings, node, restarts, installs) if rollback else (lambda: False)
         leftovers_absent(
             name="Remove what runs cut short left beside the deploy's files", paths=node.hidden_leftovers
         )
-        installed = install_release_files(settings, node, wanted)
+        keeping: list = []  # whether the running release is kept (a callable), once that is added
+
+        def keep():
+            keeping.append(keep_running_release(settings, node, restarts, installs))
+
+        installed = install_release_files(settings, node, wanted, after_fetch=keep if rollback else None)
+        kept = keeping[0] if keeping else (lambda: False)
         installs.update(installed)
         binaries_current = artifact_is_installed(
             node.manifests.get("containerd"), wanted["containerd"], settings.containerd_bin_dir

@@ -236,11 +236,11 @@ def assert_whole(node: Node) -> None:
 # (operation index to cut at, how): eight distinct points, over first installs and over
 # upgrades and downgrades between containerd 1.7.24 and 2.1.9.
 INSTALL_CUTS = [(4, "kill -9"), (11, "kill -9")]
-# Operations: 1 take the run lock, 2 keep the running release, 3 remove leftovers, 4 fetch,
+# Operations: 1 take the run lock, 2 remove leftovers, 3 fetch, 4 keep the running release,
 # 5-6 install containerd and runc, 10 config, 11 unit, 13 reload/enable/(re)start, 14 verify
 # (runs a container), 15 drop the kept release.
 SWITCH_CUTS = [
-    (2, "ssh drop"),
+    (4, "ssh drop"),
     (6, "kill -9"),
     (10, "kill -9"),
     (13, "kill -9"),

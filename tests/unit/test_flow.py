@@ -18,9 +18,7 @@ RESTART = 'systemctl restart "$unit"'
 START = 'systemctl start "$unit"'
 RELOAD = "systemctl daemon-reload"
 LOCK = "Take the node's run lock"
-KEEP = (
-    "Keep the running release | Keep the running release until the new one is verified (containerd_rollback)"
-)
+KEEP = "Install release files | Keep the running release | Keep the running release until the new one is verified (containerd_rollback)"
 DROP = "Drop the kept release | Drop the kept release: the new one answered"
 KUBELET = "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\ncgroupDriver: {}\n"
 

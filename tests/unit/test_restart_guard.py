@@ -353,9 +353,7 @@ HOOKS = {
 }
 BEFORE = "Restart hook | Run containerd_restart_hook_before on the controller (containerd will restart)"
 AFTER = "Restart hook | Run containerd_restart_hook_after on the controller"
-KEEP = (
-    "Keep the running release | Keep the running release until the new one is verified (containerd_rollback)"
-)
+KEEP = "Install release files | Keep the running release | Keep the running release until the new one is verified (containerd_rollback)"
 DROP = "Drop the kept release | Drop the kept release: the new one answered"
 
 
@@ -458,3 +456,20 @@ def test_an_upgrade_keeps_the_release_it_replaces_and_only_that(monkeypatch):
     assert "/usr/local/bin/containerd" in keep and "/var/lib/containerd-deploy/containerd.manifest" in keep
     assert "/usr/local/sbin/runc" not in keep and "runc.manifest" not in keep
     assert "linked=1" in keep  # the binary is linked, the manifest and config copied
+
+
+def test_the_release_is_kept_only_after_every_file_is_fetched_and_verified(monkeypatch):
+    """Regression (seen on the VMs): a tampered release file must leave the node as it was; the
+    keep step ran before the fetch and left a kept release behind the refused run."""
+    settings_ = settings_for()
+    node = converged(settings_)
+    manifest = node.manifests["containerd"]
+    tampered = dataclasses.replace(manifest, actual={path: "other" for path in manifest.files})
+    names = [
+        op.name
+        for op in prepare(monkeypatch, drifted(node, manifests={**node.manifests, "containerd": tampered}))
+    ]
+    fetch = names.index("Install release files | Fetch and verify release files")
+    assert (
+        fetch < names.index(KEEP) < min(i for i, name in enumerate(names) if "| Install containerd" in name)
+    )
