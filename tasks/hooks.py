@@ -113,4 +113,5 @@ def run_hook(key: str, argv: list[str], timeout: int, host_name: str) -> str:
 def _tail(output: str) -> str:
     lines = [line for line in (output or "").splitlines() if line.strip()][-OUTPUT_SHOWN:]
     shown = (_SECRET_ASSIGNMENT.sub(r"\1***", redact_secrets(line)) for line in lines)
-    return ("; it said:\n  " + "\n  ".join(shown)) if lines else ""
+    # One line: a rollout reports the last line the run printed about the host.
+    return ("; it said: " + " | ".join(shown)) if lines else ""
