@@ -225,18 +225,19 @@ def wait_for_ssh(node: Node, timeout: float) -> None:
 
 
 def alive(pid: int) -> bool:
-    """Whether `pid` runs: a zombie does not (a node process this process started and has not
-    reaped yet is reaped here)."""
+    """Whether `pid` runs. A node process this process started (an nspawn machine) is reaped
+    here once it exits, else it would stay a zombie that answers kill(0) for ever; one it did not
+    start (qemu daemonizes) runs until its parent has reaped it."""
     try:
         if os.waitpid(pid, os.WNOHANG)[0] == pid:
             return False
     except ChildProcessError:
-        pass  # not our child (qemu daemonizes)
+        pass
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
         return False
-    return state != "Z"
 
 
 def _saved_state(image: Image, kernel_args: tuple = ()) -> Path:
