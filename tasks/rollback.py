@@ -2,11 +2,12 @@
 back when the new one does not answer (or fails the verify step).
 
 Before a run restarts a running daemon, `keep_release_script` saves everything that restart
-depends on — containerd's and runc's files by their manifests, the manifests, config.toml, the
-unit and its drop-in — in ``<state_dir>/previous-release`` (hard links where the filesystem
-allows: every install renames new files over old ones, so a link keeps the old file for free).
-`rollback_lines` define the shell function the service and verify commands call when the new
-release falls short: it puts those files back (each by a rename), restarts once, waits for the
+depends on — the files of the components it replaces (containerd, runc) by their manifests, those
+manifests, config.toml, the unit and its drop-in — in ``<state_dir>/previous-release`` (release
+files as hard links where the filesystem allows: every install renames new files over old ones;
+the rest copied). `rollback_lines` define the shell function the service and verify commands call
+when the new release falls short: it puts those files back (a copy renamed over each path, the
+manifests rewritten with the copies' identities), restarts once, waits for the
 kept version to answer, and says so; the command still fails, so the run names the host. Once
 the new release is verified, the kept one is dropped (`drop_kept_script`).
 """
