@@ -139,7 +139,9 @@ def install(node) -> None:
     script = (
         f"set -e; rm -rf /opt/node-setup {VENV} {SITE}; mkdir -p /opt/node-setup {SITE}; "
         f"tar -xf - -C /opt/node-setup; python3 -m venv {VENV}; "
-        f"{VENV}/bin/pip install -q --no-index --find-links /opt/node-setup/wheels "
+        # --no-compile: byte-compiling every module of every wheel is most of an install under
+        # TCG (221 s -> 148 s); what a run imports is compiled when first imported (+12 s).
+        f"{VENV}/bin/pip install -q --no-compile --no-index --find-links /opt/node-setup/wheels "
         '"$(echo /opt/node-setup/package/*.whl)[conformance]"; '
         "install -m 0755 /opt/node-setup/busybox /bin/busybox; "
         f"rm -rf /opt/node-setup; cat > {SITE}/deploy.py <<'CONTAINERD_DEPLOY_EOF'\n{USER_DEPLOY}CONTAINERD_DEPLOY_EOF"
