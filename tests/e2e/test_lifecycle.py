@@ -217,9 +217,11 @@ def run_until(node: Node, operation: int, how: str, data: dict) -> str:
                         # Held still while its connection is cut: a short last operation would
                         # otherwise let the run end (and its sshd go) before the cut.
                         process.send_signal(signal.SIGSTOP)
-                        session = node.vm.ssh("cat /run/containerd-deploy.lock.session").stdout.strip()
-                        node.vm.ssh(f"kill -9 {session}")
-                        process.send_signal(signal.SIGCONT)
+                        try:
+                            session = node.vm.ssh("cat /run/containerd-deploy.lock.session").stdout.strip()
+                            node.vm.ssh(f"kill -9 {session}")
+                        finally:  # a stopped run would hold the wait below, hiding why the cut failed
+                            process.send_signal(signal.SIGCONT)
                     break
     finally:
         process.wait(timeout=300)
