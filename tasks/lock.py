@@ -87,19 +87,22 @@ def session_lines(anchor_pid: int = 0, connection: bool = True) -> list[str]:
     ]
 
 
-def lock_holders_lines() -> list[str]:
-    """Shell lines defining `lock_holders`, which prints the pids holding the flock on LOCK_PATH
-    (nothing: free), read from /proc/locks, which names each lock by its file's device and
-    inode: asking takes nothing."""
-    q = shlex.quote
+# What flock exits with when the lock is held (a conflict), told apart from its other failures.
+HELD_EXIT = 75
+
+
+def lock_held_lines() -> list[str]:
+    """Shell lines defining `lock_held`, true while a run holds the flock on LOCK_PATH. Asked of
+    the lock itself: a shared lock tried without waiting and given back at once (nothing is
+    created, nothing kept). Not read from /proc/locks: in a PID namespace of its own (a node that
+    is a container) the kernel leaves out a lock whose taker has exited, as a run's has (the
+    take hands it to a holder process and exits)."""
+    lock = shlex.quote(LOCK_PATH)
     return [
-        "lock_holders() {",
-        "  # shellcheck disable=SC2046 # split on purpose: device, inode",
-        f"  set -- $(stat -c '%d %i' {q(LOCK_PATH)} 2>/dev/null)",
-        "  [ $# -eq 2 ] || return 0",
-        # st_dev as /proc/locks prints it: major:minor in hex (the kernel's own split of it).
-        """  id=$(printf '%02x:%02x:%s' $((($1 >> 8) & 0xfff)) $((($1 & 0xff) | (($1 >> 12) & 0xfff00))) "$2")""",
-        """  awk -v id="$id" '$2 == "FLOCK" && $6 == id { print $5 }' /proc/locks""",
+        "lock_held() {",
+        f"  [ -e {lock} ] || return 1",
+        f"  flock -n -s -E {HELD_EXIT} {lock} true 2>/dev/null",
+        f"  [ $? -eq {HELD_EXIT} ]",
         "}",
     ]
 
@@ -117,19 +120,20 @@ def lock_state_lines(anchor_pid: int = 0) -> list[str]:
     q = shlex.quote
     return [
         *session_lines(anchor_pid, connection=False),
-        *lock_holders_lines(),
-        "holders=$(lock_holders)",
-        f'if [ -n "$holders" ] && [ "${{session:-1}}" -gt 1 ] && [ "$(cat {q(LOCK_PATH)}.session 2>/dev/null)" != "$session" ]; then',
+        *lock_held_lines(),
+        "held=0",
+        "lock_held && held=1",
+        f'if [ "$held" = 1 ] && [ "${{session:-1}}" -gt 1 ] && [ "$(cat {q(LOCK_PATH)}.session 2>/dev/null)" != "$session" ]; then',
         "  tries=0",
-        f'  while [ -n "$holders" ] && [ "$tries" -lt {LOCK_WAIT_SECONDS * 5} ]; do',
+        f'  while [ "$held" = 1 ] && [ "$tries" -lt {LOCK_WAIT_SECONDS * 5} ]; do',
         "    sleep 0.2",
         "    tries=$((tries + 1))",
-        "    holders=$(lock_holders)",
+        "    lock_held || held=0",
         "  done",
         "fi",
         f'if ! command -v flock >/dev/null 2>&1; then echo "unavailable {NO_FLOCK}"',
         f'elif [ "${{session:-1}}" -le 1 ]; then echo "unavailable {NO_SESSION}"',
-        f'elif [ -z "$holders" ]; then echo "free $(cat {q(LOCK_PATH)}.generation 2>/dev/null || echo 0)"',
+        f'elif [ "$held" = 0 ]; then echo "free $(cat {q(LOCK_PATH)}.generation 2>/dev/null || echo 0)"',
         f'elif [ "$(cat {q(LOCK_PATH)}.session 2>/dev/null)" = "$session" ]; then echo held',
         f'else echo "busy $(cat {q(LOCK_PATH)}.generation 2>/dev/null || echo 0) $(cat {q(LOCK_PATH)}.owner 2>/dev/null)"',
         "fi",
@@ -191,11 +195,10 @@ def take_lock_script(host_name: str, owner: str, generation: int | None, anchor_
         [
             "fail() { printf '%s\\n' \"$1\" >&2; exit 1; }",
             *session_lines(anchor_pid),
-            *lock_holders_lines(),
-            "holders=$(lock_holders)",
+            *lock_held_lines(),
             f"command -v flock >/dev/null 2>&1 || fail {q(unavailable_message(host_name, NO_FLOCK))}",
             f'[ "${{session:-1}}" -gt 1 ] || fail {q(unavailable_message(host_name, NO_SESSION))}',
-            f'if [ -n "$holders" ] && [ "$(cat {lock}.session 2>/dev/null)" = "$session" ]; then exit 0; fi',
+            f'if lock_held && [ "$(cat {lock}.session 2>/dev/null)" = "$session" ]; then exit 0; fi',
             f"exec 9>>{lock}",
             f"if ! flock -w {LOCK_WAIT_SECONDS} 9; then",
             f"  owner=$(cat {lock}.owner 2>/dev/null)",

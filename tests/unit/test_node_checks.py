@@ -14,6 +14,8 @@ from tasks.facts import SECTION, DistroPackage, distro_package_lines, parse_node
 from tasks.node import check_distro_package, check_kubelet, check_supported
 from tasks.settings import resolve
 
+from .rootless import needs_root
+
 KUBELET = "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\ncgroupDriver: {}\n"
 DEBIAN = DistroPackage("dpkg", "containerd", "1.7.24~ds1-6+deb13u1", "/usr/bin/containerd")
 
@@ -236,6 +238,49 @@ def test_the_lock_is_looked_at_without_taking_it_and_taken_by_the_operation(tmp_
     finally:
         first_run.kill()
         second_run.kill()
+
+
+@needs_root
+def test_a_node_that_is_a_container_sees_a_held_lock(tmp_path):
+    """Regression (found on a systemd-nspawn machine): in a PID namespace of its own the kernel's
+    /proc/locks leaves out a lock whose taker has exited, as a run's has (the take hands the lock
+    to a holder and exits), so the look said "free" while another run held the node."""
+    from tasks.lock import LOCK_PATH, LOCK_WAIT_SECONDS, lock_state_lines
+
+    lock = tmp_path / "lock"
+    # The take as a run's: a short-lived shell locks, hands the lock to a process that stays, exits.
+    holder = subprocess.Popen(
+        ["sh", "-c", 'exec 9>>"$0"; flock 9; sleep 60 & echo $!', str(lock)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    holder_pid = int(holder.stdout.readline())
+    holder.wait()
+    # The look runs as in the container, anchored to a process there (pid 2: `sleep`, started
+    # by the namespace's first process), waiting 0.4 s instead of LOCK_WAIT_SECONDS.
+    look = (
+        "\n".join(lock_state_lines(anchor_pid=2))
+        .replace(LOCK_PATH, str(lock))
+        .replace(f"-lt {LOCK_WAIT_SECONDS * 5} ]", "-lt 2 ]")
+    )
+    in_container = [
+        "unshare",
+        "--pid",
+        "--fork",
+        "--mount-proc",
+        "sh",
+        "-c",
+        'sleep 30 & sh -c "$0"; kill $!',
+        look,
+    ]
+    try:
+        seen = subprocess.run(in_container, capture_output=True, text=True, timeout=30)
+        assert seen.stdout.strip() == "busy 0", seen.stdout + seen.stderr
+    finally:
+        os.kill(holder_pid, 9)
+    seen = subprocess.run(in_container, capture_output=True, text=True, timeout=30)
+    assert seen.stdout.strip() == "free 0", "freed when its holder is gone"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lock"], "the look made no file"
 
 
 def test_without_sshd_or_an_anchor_or_flock_the_lock_is_unavailable(tmp_path):
