@@ -395,7 +395,8 @@ def service_script(
 
 def remove_tree_script(path: str) -> str:
     """Delete a directory tree, first detaching whatever is mounted beneath it (container rootfs
-    and snapshot mounts outlive a stopped containerd); never crosses into another filesystem."""
+    and snapshot mounts outlive a stopped containerd); never crosses into another filesystem.
+    A directory that is itself a mount point (a dedicated disk) is emptied and kept."""
     return (
         "\n".join(
             [
@@ -408,7 +409,11 @@ def remove_tree_script(path: str) -> str:
                 # Deepest first, so nested mounts come off before the ones holding them.
                 """findmnt -rn -o TARGET | awk -v d="$dir" 'index($0, d "/") == 1' | sort -r | """
                 'while read -r m; do umount -l "$m"; done',
-                'rm -rf --one-file-system "$dir"',
+                'if findmnt -rn --mountpoint "$dir" >/dev/null; then',
+                '  find "$dir" -mindepth 1 -maxdepth 1 -exec rm -rf --one-file-system -- {} +',
+                "else",
+                '  rm -rf --one-file-system "$dir"',
+                "fi",
             ]
         )
         + "\n"

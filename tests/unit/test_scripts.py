@@ -322,6 +322,28 @@ def test_remove_tree_detaches_mounts_beneath_and_deletes(tmp_path):
     assert run(remove_tree_script(str(tree))).returncode == 0, "absent already: nothing to do"
 
 
+@needs_root
+def test_remove_tree_empties_a_mount_point_and_keeps_it(tmp_path):
+    """Regression (found on a machine, whose /var/lib/containerd is a bind mount, as a node's
+    dedicated disk is): a purge failed with 'rm: cannot remove ...: Device or resource busy'."""
+    from tasks.scripts import remove_tree_script
+
+    tree = tmp_path / "var-lib-containerd"
+    tree.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(tree)], check=True)
+    try:
+        (tree / "io.containerd.content.v1.content" / "blobs").mkdir(parents=True)
+        (tree / ".hidden").write_text("x")
+        beneath = tree / "rootfs"
+        beneath.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(beneath)], check=True)
+        result = run(remove_tree_script(str(tree)))
+        assert result.returncode == 0, result.stderr
+        assert os.path.ismount(tree) and list(tree.iterdir()) == [], "emptied, the mount point kept"
+    finally:
+        subprocess.run(["umount", "-R", str(tree)], check=False)
+
+
 def test_reset_finds_containerds_data_where_the_config_puts_it():
     from tasks.reset import data_directories
 
