@@ -31,6 +31,10 @@ PATHS: dict[str, dict[int, tuple[str, ...]]] = {
         2: _CRI_V2 + ("max_container_log_line_size",),
         3: _CRI_RUNTIME + ("max_container_log_line_size",),
     },
+    "restrict_oom_score_adj": {
+        2: _CRI_V2 + ("restrict_oom_score_adj",),
+        3: _CRI_RUNTIME + ("restrict_oom_score_adj",),
+    },
     "default_runtime_name": {
         2: _CRI_V2 + ("containerd", "default_runtime_name"),
         3: _CRI_RUNTIME + ("containerd", "default_runtime_name"),
@@ -77,6 +81,7 @@ class Knobs:
     snapshotter: str | None = None
     max_container_log_line_size: int | None = None
     oom_score: int | None = None
+    restrict_oom_score_adj: bool | None = None
     runtimes: tuple[Runtime, ...] = ()
     default_runtime: str | None = None
     enable_cdi: bool | None = None
@@ -209,6 +214,8 @@ def render(text: str, containerd_version: Version, knobs: Knobs) -> str:
         _set(document, PATHS["max_container_log_line_size"][schema], knobs.max_container_log_line_size)
     if knobs.oom_score is not None:
         _set(document, ("oom_score",), knobs.oom_score)
+    if knobs.restrict_oom_score_adj is not None:
+        _set(document, PATHS["restrict_oom_score_adj"][schema], knobs.restrict_oom_score_adj)
     for runtime in knobs.runtimes:
         base = PATHS["runtimes"][schema] + (runtime.name,)
         _set(document, base + ("runtime_type",), runtime.runtime_type)

@@ -83,6 +83,7 @@ def knobs(settings: Settings) -> Knobs:
         snapshotter=settings.containerd_snapshotter,
         max_container_log_line_size=settings.containerd_max_container_log_line_size,
         oom_score=settings.containerd_oom_score,
+        restrict_oom_score_adj=settings.containerd_restrict_oom_score_adj,
         runtimes=runtime_handlers(settings),
         default_runtime=settings.containerd_default_runtime,
         enable_cdi=settings.containerd_enable_cdi,

@@ -66,6 +66,7 @@ class Settings:
     containerd_snapshotter: str | None
     containerd_max_container_log_line_size: int | None
     containerd_oom_score: int | None
+    containerd_restrict_oom_score_adj: bool | None
     containerd_runtimes: tuple
     containerd_nvidia_runtime: bool
     containerd_nvidia_runtime_path: str
@@ -415,6 +416,10 @@ def _enable_cdi(host: str, key: str, value, raw: Mapping) -> bool | None:
     return enabled
 
 
+def _optional_bool(host: str, key: str, value) -> bool | None:
+    return None if value in (None, "") else _bool(host, key, value)
+
+
 def _cdi_spec_dirs(host: str, key: str, value, raw: Mapping) -> tuple | None:
     if value is None:
         return None
@@ -690,6 +695,12 @@ KEYS: dict[str, Key] = {
         _int_between(-1000, 1000),
         shown="unset",
         doc="the daemon's `oom_score` (the unit also sets `OOMScoreAdjust=-999`)",
+    ),
+    "containerd_restrict_oom_score_adj": Key(
+        None,
+        _plain(_optional_bool),
+        shown="unset (the config's: false)",
+        doc="CRI `restrict_oom_score_adj`: no container's `oom_score_adj` below containerd's own. For a containerd that cannot lower it (no `CAP_SYS_RESOURCE`: inside LXC or systemd-nspawn), where every pod fails with `failed to update /proc/self/oom_score_adj`",
     ),
     "containerd_runtimes": Key(
         [],

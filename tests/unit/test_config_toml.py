@@ -112,6 +112,7 @@ KNOB_VALUES = {
     "sandbox_image": ("sandbox_image", "localhost/pause:test"),
     "snapshotter": ("snapshotter", "native"),
     "max_container_log_line_size": ("max_container_log_line_size", 65536),
+    "restrict_oom_score_adj": ("restrict_oom_score_adj", True),
 }
 
 

@@ -174,6 +174,7 @@ def test_every_config_key_reaches_the_knobs_config_toml_is_rendered_with():
             "containerd_snapshotter": "native",
             "containerd_max_container_log_line_size": 32768,
             "containerd_oom_score": -500,
+            "containerd_restrict_oom_score_adj": "true",
             "containerd_runtimes": [{"name": "crun", "binary_name": "/usr/bin/crun"}],
             "containerd_config_extra": {"debug": {"level": "info"}},
         },
@@ -185,6 +186,7 @@ def test_every_config_key_reaches_the_knobs_config_toml_is_rendered_with():
         snapshotter="native",
         max_container_log_line_size=32768,
         oom_score=-500,
+        restrict_oom_score_adj=True,
         runtimes=settings.containerd_runtimes,
         extra={"debug": {"level": "info"}},
     )

@@ -490,6 +490,7 @@ def test_every_data_key_is_covered_by_a_property_or_a_choice():
         "containerd_snapshotter",
         "containerd_max_container_log_line_size",
         "containerd_oom_score",
+        "containerd_restrict_oom_score_adj",
         "containerd_runtimes",
         "containerd_config_extra",
         "containerd_ready_timeout",
