@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := qemu-system-x86 qemu-utils mmdebstrap gpg libdpkg-perl arch-test mount busybox-static openssh-client curl e2fsprogs ca-certificates debian-archive-keyring openssl apache2-utils skopeo shellcheck qemu-system-arm qemu-user-static binfmt-support kmod cpio systemd-container
 DEMO_NODE := demo
 
-.PHONY: deps demo lint test unit e2e mutation bench bench-fanout down clean
+.PHONY: deps demo lint test check unit e2e mutation bench bench-fanout down clean
 
 deps: $(VENV)/.installed
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -45,15 +45,22 @@ lint: deps
 # developers run them so.
 UNPRIVILEGED := unshare --user
 
-# Lint and unit tests first (they fail before any VM boots), then deploy + conformance +
-# idempotency + refusals on real VMs: three node generations (Debian 12 + containerd 1.6,
-# Debian 13 + 1.7, Debian 13 + 2.1), one xdist worker each, and the mixed amd64/arm64 fleet,
-# supply-chain, lifecycle, sudo and @local nodes. Groups go to workers in collection order (no reordering
-# by size), which tests/e2e/conftest.py starts with the longest group.
+# Lint and unit tests first (they fail before any node boots), then the e2e tests: the deploy's
+# logic on systemd-nspawn machines (three node generations: Debian 12 + containerd 1.6, Debian 13
+# + 1.7, Debian 13 + 2.1; lifecycle, runs cut short, refusals, rollout, sudo, @local, registries),
+# and on qemu VMs what a kernel of the node's own decides (each generation's full CRI
+# conformance, cgroup v1, the mixed amd64/arm64 fleet, supply chain). Each xdist group boots its
+# node once; groups go to workers in collection order (tests/e2e/conftest.py puts the longest
+# first). pytest ends with each group's time.
 test: deps lint
 	$(PY) -m pytest -p no:cacheprovider -q -n 2 tests/unit
 	$(UNPRIVILEGED) $(PY) -m pytest -p no:cacheprovider -q -n 2 tests/unit
 	$(PY) -m pytest -p no:cacheprovider -v --durations=60 -n 3 --dist loadgroup --no-loadscope-reorder tests/e2e
+
+# The inner loop (minutes): lint, types, the unit tests and the e2e tests on machines, no VM.
+check: deps lint
+	$(PY) -m pytest -p no:cacheprovider -q -n 2 tests/unit
+	$(PY) -m pytest -p no:cacheprovider -v -n 3 --dist loadgroup --no-loadscope-reorder --node-kind machine tests/e2e
 
 unit: deps lint
 	$(PY) -m pytest -p no:cacheprovider tests/unit

@@ -153,8 +153,8 @@ def main(argv=None) -> int:
     counts = sorted({int(count) for count in args.counts.split(",")})
     release = mirror.release(SUITE)
     port = harness.ensure_mirror()["port"]
-    vm_data = harness.node_data(release, port)
-    data = {**vm_data, "artifact_mirror": f"http://127.0.0.1:{port}"}  # machines share the host's network
+    vm_data = harness.node_data(release, port, vm.VM)
+    data = harness.node_data(release, port, vm.MACHINE)
     rows: list[Row] = []
     notes: list[str] = []
     try:

@@ -1,4 +1,16 @@
-"""The VM matrix: each entry is a real node of its own, tested on its own xdist worker."""
+"""The e2e nodes. Every test says which kind of node it needs, and why, with a marker:
+
+- `@pytest.mark.machine("why")`: a systemd-nspawn machine (tests/harness/nspawn.py): the node's
+  image, systemd as PID 1, its own sshd, run natively on this machine's kernel. For what the
+  deploy decides on a node: config edits, upgrades, runs cut short, refusals, rollouts.
+- `@pytest.mark.vm("why")`: a qemu VM: where the kernel or the boot is the subject (cgroup v1,
+  arm64), for the full CRI conformance of each generation, and wherever a CRI pod must run
+  (this machine's sandbox lacks CAP_SYS_RESOURCE, so in a machine runc cannot give a pod's
+  sandbox the oom_score_adj containerd asks for).
+
+A test module's `pytestmark` or the test itself carries it; collection fails without one.
+`make check` runs the machine tests only.
+"""
 
 from dataclasses import dataclass
 
@@ -7,7 +19,7 @@ import pytest
 from tests.harness import __main__ as harness
 from tests.harness import vm
 
-from .helpers import pyinfra
+from .helpers import KIND_MARKERS, node_kind, pyinfra
 
 
 @dataclass(frozen=True)
@@ -18,10 +30,6 @@ class Generation:
     release: str  # Debian suite whose containerd and runc are repackaged into the mirror
     label: str
 
-    @property
-    def node_name(self) -> str:
-        return f"e2e-{self.label}"
-
 
 MATRIX = [
     Generation("bookworm", "bookworm", "debian12-containerd1.6"),
@@ -31,6 +39,22 @@ MATRIX = [
 ]
 
 
+@dataclass(frozen=True)
+class MatrixNode:
+    """One generation on one kind of node: each its own xdist group, booted once for its tests."""
+
+    generation: Generation
+    kind: str
+
+    @property
+    def group(self) -> str:
+        return f"{self.generation.label}-{self.kind}"
+
+    @property
+    def node_name(self) -> str:
+        return f"e2e-{self.group}"
+
+
 @dataclass
 class TestNode:
     name: str
@@ -38,12 +62,44 @@ class TestNode:
     generation: Generation
 
 
-@pytest.fixture(scope="session", params=MATRIX, ids=[generation.label for generation in MATRIX])
+def pytest_addoption(parser):
+    parser.addoption(
+        "--node-kind",
+        choices=sorted(KIND_MARKERS),
+        default=None,
+        help="run only the tests on this kind of node (make check: machine)",
+    )
+
+
+def pytest_configure(config):
+    for marker in KIND_MARKERS.values():
+        config.addinivalue_line(
+            "markers", f"{marker}(why): the test's node is a {marker}, for the reason given"
+        )
+    config.addinivalue_line("markers", "generations(*labels): run on these generations of the matrix only")
+    config.addinivalue_line("markers", "slowest_group: schedule this test's xdist group first")
+
+
+def pytest_generate_tests(metafunc):
+    # The matrix's node (not a module's own `node`), of the kind the test is marked for, on every
+    # generation or those its `generations` marker names.
+    definitions = metafunc.definition._fixtureinfo.name2fixturedefs.get("node", ())
+    if not definitions or definitions[-1].func.__module__ != __name__:
+        return
+    only = metafunc.definition.get_closest_marker("generations")
+    kind = node_kind(metafunc.definition)
+    params = [MatrixNode(g, kind) for g in MATRIX if only is None or g.label in only.args]
+    ids = [param.generation.label for param in params]
+    metafunc.parametrize("node", params, ids=ids, indirect=True, scope="session")
+
+
+@pytest.fixture(scope="session")
 def node(request):
-    generation = request.param
-    (started,) = harness.up([generation.node_name], generation.image, generation.release)
-    yield TestNode(generation.node_name, started, generation)
-    harness.down([generation.node_name])
+    matrix: MatrixNode = request.param
+    generation = matrix.generation
+    (started,) = harness.up([matrix.node_name], generation.image, generation.release, kind=matrix.kind)
+    yield TestNode(matrix.node_name, started, generation)
+    harness.down([matrix.node_name])
 
 
 @pytest.fixture(scope="session")
@@ -56,26 +112,45 @@ def first_deploy(node):
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config, items):
-    # One xdist worker per matrix entry (--dist loadgroup): its node boots once for all its tests.
-    kept, deselected = [], []
-    for item in items:
-        callspec = getattr(item, "callspec", None)
-        if callspec and "node" in callspec.params:
-            label = callspec.params["node"].label
-            only = item.get_closest_marker("generations")
-            if only and label not in only.args:
-                deselected.append(item)
-                continue
-            item.add_marker(pytest.mark.xdist_group(label))
-        kept.append(item)
+    wanted = config.getoption("--node-kind")
+    deselected = [item for item in items if wanted and node_kind(item) != wanted]
     if deselected:
         config.hook.pytest_deselected(items=deselected)
-        items[:] = kept
-    # xdist hands groups to workers in collection order: the longest (runs cut short at ten
-    # points) goes first, so it runs beside the others instead of after them.
+        items[:] = [item for item in items if item not in deselected]
+    for item in items:
+        kind = node_kind(item)
+        callspec = getattr(item, "callspec", None)
+        if callspec and isinstance(callspec.params.get("node"), MatrixNode):
+            # One xdist worker per matrix entry (--dist loadgroup): its node boots once for all its tests.
+            item.add_marker(pytest.mark.xdist_group(callspec.params["node"].group))
+        group = item.get_closest_marker("xdist_group")
+        item.user_properties.append(("group", group.args[0] if group else item.nodeid))
+        item.user_properties.append(("kind", kind))
+    # xdist hands groups to workers in collection order: the longest goes first, so it runs
+    # beside the others instead of after them.
     items.sort(key=lambda item: 0 if item.get_closest_marker("slowest_group") else 1)
 
 
 def pytest_sessionfinish(session):
     # Each xdist worker, when done: the last one to finish finds no node running and stops it.
     harness.stop_mirror_if_idle()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Each group's time (setup, call and teardown of its tests, from pytest's own reports), so a
+    run shows where its minutes went."""
+    groups: dict[tuple[str, str], float] = {}
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            properties = dict(getattr(report, "user_properties", ()) or ())
+            if "group" in properties and isinstance(getattr(report, "duration", None), float):
+                key = (properties["group"], properties["kind"])
+                groups[key] = groups.get(key, 0.0) + report.duration
+    if not groups:
+        return
+    terminalreporter.write_sep("=", "e2e time per group (worker seconds)")
+    for (group, kind), seconds in sorted(groups.items(), key=lambda entry: -entry[1]):
+        terminalreporter.write_line(f"{seconds:8.1f} s  {kind:<8} {group}")
+    for kind in KIND_MARKERS:
+        total = sum(seconds for (_, k), seconds in groups.items() if k == kind)
+        terminalreporter.write_line(f"{total:8.1f} s  {kind:<8} all {kind} groups")

@@ -1,12 +1,37 @@
 """Running the deploy and looking at a node, as the e2e tests do."""
 
+import contextlib
+import fcntl
 import json
 import shlex
 import subprocess
 import sys
 from types import SimpleNamespace
 
-from tests.harness.paths import REPO_ROOT
+import pytest
+
+from tests.harness import vm
+from tests.harness.paths import REPO_ROOT, run_root
+
+# The marker that says which kind of node a test needs (tests/e2e/conftest.py says which is for what).
+KIND_MARKERS = {vm.MACHINE: "machine", vm.VM: "vm"}
+
+
+def node_kind(item) -> str:
+    """The kind of node a test asks for: its closest machine(why) or vm(why) marker (a test's own
+    overrides its module's), which must give a reason."""
+    for marker in item.iter_markers():  # closest first
+        if marker.name in KIND_MARKERS.values():
+            if len(marker.args) != 1 or not str(marker.args[0]).strip():
+                raise pytest.UsageError(f"{item.nodeid}: its {marker.name} marker must say why")
+            return next(kind for kind, name in KIND_MARKERS.items() if name == marker.name)
+    raise pytest.UsageError(f"{item.nodeid}: mark it machine(why) or vm(why) (tests/e2e/conftest.py)")
+
+
+def module_kind(request) -> str:
+    """The kind of node a module-scoped fixture boots: what the module's pytestmark says."""
+    return node_kind(request.node)
+
 
 # The deploy of the local nodes, and the conformance suite from the clone, as an operator runs them
 # (the tests add their own options).
@@ -73,10 +98,17 @@ def node_snapshot(node) -> str:
     ).stdout
 
 
+@contextlib.contextmanager
+def one_at_a_time(what: str):
+    """Holds something the test workers' nodes share (machines share this machine's network, so
+    its port 80; every node's pulls land in the one registry's log) for one worker at a time."""
+    with open(run_root() / f".{what}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def conformance(node, *extra: str) -> subprocess.CompletedProcess:
     """The conformance suite against one node, as an operator runs it."""
-    from tests.harness import vm
-
     return subprocess.run(
         [*CONFORMANCE, f"--hosts=ssh://{node.name}", f"--ssh-config={vm.ssh_config_file()}", *extra],
         cwd=REPO_ROOT,
@@ -99,8 +131,6 @@ class OwnNode:
         self.name, self.vm = name, started
 
     def data(self) -> dict:
-        from tests.harness import vm
-
         return json.loads((vm.node_dir(self.name) / "data.json").read_text())
 
 

@@ -10,7 +10,10 @@ from tests.harness import __main__ as harness
 from .helpers import changed_ops, conformance, deploy_ok
 from .test_lifecycle import Node
 
-pytestmark = pytest.mark.xdist_group("cgroup-v1")
+pytestmark = [
+    pytest.mark.xdist_group("cgroup-v1"),
+    pytest.mark.vm("the cgroup version is the kernel's: a machine has this machine's"),
+]
 NAME = "cgv1-1"
 CGROUP_V1 = ("systemd.unified_cgroup_hierarchy=0",)
 

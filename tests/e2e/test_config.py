@@ -4,11 +4,14 @@ everything else survives, and a broken file stops the deploy with nothing change
 import difflib
 from pathlib import Path
 
+import pytest
+
 from tasks.config_toml import PATHS, RUNC_OPTIONS_PATH, parse, runc_systemd_cgroup, value_at
 from tasks.registries import MARKER
 
 from .helpers import CONFIG, changed_ops, deploy_ok, main_pid, node_snapshot, pyinfra, read, restore, write
 
+pytestmark = pytest.mark.machine("config.toml edits and the daemon reading them are the deploy's logic")
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "config"
 
 
@@ -29,8 +32,9 @@ def test_an_operators_file_keeps_everything_but_what_the_deploy_owns(node, first
     # The GPU runtime's binary, as the GPU operator installs it (the verify step checks it is there).
     node.vm.ssh("ln -sf /usr/bin/crun /usr/bin/nvidia-container-runtime")
     try:
-        # Unset, the sandbox image is the operator's: only SystemdCgroup is the deploy's to change.
-        results = deploy_ok(node, containerd_sandbox_image="")
+        # Unset, the sandbox image (and a machine's restrict_oom_score_adj) is the operator's: only
+        # SystemdCgroup is the deploy's to change.
+        results = deploy_ok(node, containerd_sandbox_image="", containerd_restrict_oom_score_adj="")
         assert any(CONFIG in name for name in changed_ops(results, node.name))
         after = read(node, CONFIG)
         changes = [

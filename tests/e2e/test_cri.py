@@ -7,6 +7,8 @@ import pytest
 
 from .helpers import conformance, deploy_ok, main_pid
 
+pytestmark = pytest.mark.machine("which runtime handler and cgroup driver a pod gets is the deploy's config")
+
 
 def failed_tests(output: str) -> set[str]:
     return {re.sub(r"\[.*", "", name) for name in re.findall(r"^FAILED \S+::(\S+)", output, re.MULTILINE)}

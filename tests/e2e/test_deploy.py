@@ -10,6 +10,8 @@ import pytest
 
 from .helpers import changed_ops, conformance, main_pid, node_snapshot, pyinfra, unchanged_ops
 
+pytestmark = pytest.mark.machine("what a run installs, changes and refuses is the deploy's logic")
+
 
 def test_first_deploy_installs_configures_and_starts(node, first_deploy):
     changed = changed_ops(first_deploy, node.name)
@@ -18,6 +20,7 @@ def test_first_deploy_installs_configures_and_starts(node, first_deploy):
     assert main_pid(node) > 0
 
 
+@pytest.mark.vm("the full CRI conformance of each generation, pods included, on a kernel of its own")
 def test_conformance_suite_passes_on_the_node(node, first_deploy):
     process = conformance(node)
     assert process.returncode == 0, f"conformance failed:\n{process.stdout[-6000:]}"

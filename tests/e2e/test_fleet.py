@@ -14,7 +14,11 @@ from tests.harness.paths import REPO_ROOT
 
 from .helpers import CONFORMANCE, DEPLOY, VERIFY_OP, changed_ops, main_pid
 
-pytestmark = pytest.mark.xdist_group("fleet")
+pytestmark = [
+    pytest.mark.xdist_group("fleet"),
+    pytest.mark.vm("an arm64 node needs its own (emulated) kernel; CRI pods run on both"),
+    pytest.mark.slowest_group,  # an emulated arm64 VM (and, on a fresh machine, its image): scheduled first
+]
 AMD64, ARM64 = "fleet-amd64", "fleet-arm64"
 NAMES = [AMD64, ARM64]
 ARCHES = {AMD64: "amd64", ARM64: "arm64"}

@@ -8,6 +8,7 @@ execs runc, which is all containerd sees of the real one (README, GPU nodes).
 
 import re
 
+import pytest
 import testinfra
 
 from tasks.config_toml import PATHS, value_at
@@ -35,6 +36,11 @@ echo "$*" >> {CALLS}
 exec /usr/local/sbin/runc "$@"
 """
 CDI_DIRS = ["/etc/cdi", "/var/run/cdi"]
+
+
+pytestmark = pytest.mark.machine(
+    "the GPU preset is config and a stand-in runtime: pods run through it on a machine"
+)
 
 
 def creates(node) -> list[str]:

@@ -7,7 +7,7 @@ import pytest
 from tests.harness import __main__ as harness
 from tests.harness import vm
 
-pytestmark = pytest.mark.xdist_group("fleet")
+pytestmark = [pytest.mark.xdist_group("fleet"), pytest.mark.vm("the VM harness itself is the subject")]
 
 
 def test_two_nodes_run_at_once_and_stop_by_pid():

@@ -10,17 +10,20 @@ import testinfra
 from tests.harness import __main__ as harness
 from tests.harness import mirror, vm
 
-from .helpers import changed_ops, main_pid, node_snapshot, pyinfra
+from .helpers import changed_ops, main_pid, module_kind, node_snapshot, pyinfra
 from .test_lifecycle import Node, ctr_versions, deploy, release_data
 
-pytestmark = pytest.mark.xdist_group("hosts")
+pytestmark = [
+    pytest.mark.xdist_group("hosts"),
+    pytest.mark.machine("what the deploy refuses on a host, and removes on request, is its logic"),
+]
 NAME = "hosts-1"
 NO_SYSTEMD_USER = "nosystemd"
 
 
 @pytest.fixture(scope="module")
-def hosts():
-    (started,) = harness.up([NAME], "trixie")
+def hosts(request):
+    (started,) = harness.up([NAME], "trixie", kind=module_kind(request))
     yield Node(started, NAME)
     harness.down([NAME])
 

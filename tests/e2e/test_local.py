@@ -16,13 +16,20 @@ import pytest
 from tests.harness import __main__ as harness
 from tests.harness import on_node, vm
 
-pytestmark = pytest.mark.xdist_group("local")
+from .helpers import module_kind
+
+pytestmark = [
+    pytest.mark.xdist_group("local"),
+    pytest.mark.machine("pyinfra @local and the installed package run in the node's userland"),
+]
 NAME = "local-1"
 
 
 @pytest.fixture(scope="module")
-def node():
-    (started,) = harness.up([NAME], "bookworm")  # its python3 is the controller's 3.11: the same wheels
+def node(request):
+    (started,) = harness.up(
+        [NAME], "bookworm", kind=module_kind(request)
+    )  # its python3 is the controller's 3.11: the same wheels
     on_node.install(started)
     yield started
     harness.down([NAME])

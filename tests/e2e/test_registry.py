@@ -15,25 +15,29 @@ import pytest
 
 from tests.harness import registry, vm
 
-from .helpers import changed_ops, changed_steps, conformance, deploy_ok, main_pid, node_story
+from .helpers import changed_ops, changed_steps, conformance, deploy_ok, main_pid, node_story, one_at_a_time
 from .test_cri import failed_tests
 
+pytestmark = pytest.mark.machine(
+    "hosts.toml is the deploy's logic; pulls and pods are containerd's, on any node"
+)
 CERTS_D = "/etc/containerd/certs.d"
 CTR = "/usr/local/bin/ctr"
 NGINX = registry.NGINX_REFERENCE
 PAUSE = registry.PAUSE_REFERENCE
 
 
-def guest_url(info: dict, kind: str) -> str:
-    return f"{'https' if kind == 'tls' else 'http'}://{registry.GUEST_HOST}:{info[kind]['port']}"
+def guest_url(node, info: dict, kind: str) -> str:
+    """A registry instance's URL as the node reaches this machine."""
+    return f"{'https' if kind == 'tls' else 'http'}://{node.vm.controller_address}:{info[kind]['port']}"
 
 
-def negative_controls(info: dict, closed_port: int) -> dict:
+def negative_controls(node, info: dict, closed_port: int) -> dict:
     """Registries that must fail, each for one reason. Their `server` is the same loopback host
     as the mirror: after a failed mirror containerd tries the server, which must not be a name
     that would leave this machine."""
-    tls = guest_url(info, "tls")
-    down = f"https://{registry.GUEST_HOST}:{closed_port}"
+    tls = guest_url(node, info, "tls")
+    down = f"https://{node.vm.controller_address}:{closed_port}"
     return {
         "bad-auth.invalid": {
             "server": tls,
@@ -66,12 +70,21 @@ def served_requests(kind: str, namespace: str, status: int, since: int = 0) -> i
 @pytest.fixture(scope="module")
 def mirrored(node, first_deploy):
     """The node with the TLS registry as the mirror of docker.io and registry.k8s.io (sandbox
-    image pinned there, as a kubelet node's is), and the negative controls; put back afterwards."""
+    image pinned there, as a kubelet node's is), and the negative controls; put back afterwards.
+    The module's tests serve port 80 and count the registry's log: one worker's at a time."""
+    with one_at_a_time("registry-tests"):
+        yield from _mirrored(node)
+
+
+def _mirrored(node):
     info = registry.ensure()
     registry.install_ca(node.vm)
     closed_port = vm.free_port()
     data = {
-        "containerd_registries": {**registry.node_registries(info), **negative_controls(info, closed_port)},
+        "containerd_registries": {
+            **registry.node_registries(info, node.vm.controller_address),
+            **negative_controls(node, info, closed_port),
+        },
         "containerd_sandbox_image": PAUSE,
     }
     node.vm.ssh(f"{CTR} -n k8s.io images rm {PAUSE} {NGINX}; {CTR} images rm {NGINX}", check=False)
@@ -114,7 +127,7 @@ def test_the_guides_commands_pull_and_serve_nginx_through_a_tls_mirror_with_auth
 
 def test_the_kubelets_path_and_negative_controls_fail_for_the_right_reason(node, mirrored):
     info, _, closed_port, _ = mirrored
-    unrouted = f"{registry.GUEST_HOST}:{vm.free_port()}"  # no hosts.toml: containerd goes there itself
+    unrouted = f"{node.vm.controller_address}:{vm.free_port()}"  # no hosts.toml: containerd goes there itself
     references = {
         NGINX: None,
         f"bad-auth.invalid/{registry.NGINX_IMAGE}": "401 Unauthorized:",
@@ -136,7 +149,7 @@ def test_the_kubelets_path_and_negative_controls_fail_for_the_right_reason(node,
     # pulled through the registry.k8s.io mirror) whose nginx served the page.
     assert re.search(
         rf"pulled {re.escape(NGINX)}: \d+ bytes in [\d.]+ s \({CERTS_D}/docker.io/hosts.toml: "
-        rf"{re.escape(guest_url(info, 'tls'))} -> ",
+        rf"{re.escape(guest_url(node, info, 'tls'))} -> ",
         output,
     ), output[-3000:]
     assert f"title '{registry.NGINX_PAGE_MARK}'" in output
@@ -163,7 +176,7 @@ def test_changing_only_the_registries_does_not_restart_and_the_next_pull_uses_th
     info, data, _, _ = mirrored
     pid = main_pid(node)
     registries = dict(data["containerd_registries"])
-    registries["docker.io"] = {"mirrors": [{"host": guest_url(info, "plain")}]}  # plain HTTP, no auth
+    registries["docker.io"] = {"mirrors": [{"host": guest_url(node, info, "plain")}]}  # plain HTTP, no auth
     results = deploy_ok(node, **{**data, "containerd_registries": registries})
     assert changed_steps(results, node.name) == [
         f"containerd node | Configure containerd | Write {CERTS_D}/docker.io/hosts.toml"
@@ -184,7 +197,7 @@ def test_changing_only_the_registries_does_not_restart_and_the_next_pull_uses_th
     assert served_requests("plain", "docker.io", 200, plain_start) >= 1, "the pull did not use the new mirror"
     assert served_requests("tls", "docker.io", 200, tls_start) == 0, "the pull still used the old mirror"
     assert (
-        f"{CERTS_D}/docker.io/hosts.toml: {guest_url(info, 'plain')} -> https://registry-1.docker.io (server)"
+        f"{CERTS_D}/docker.io/hosts.toml: {guest_url(node, info, 'plain')} -> https://registry-1.docker.io (server)"
         in process.stdout
     )
     assert main_pid(node) == pid

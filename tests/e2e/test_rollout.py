@@ -19,10 +19,15 @@ from tests.harness import __main__ as harness
 from tests.harness import mirror, vm
 from tests.harness.paths import REPO_ROOT
 
-from .helpers import DEPLOY, NODE_CTR, main_pid, node_snapshot
-from .test_lifecycle import Node, ctr_versions, node_time, release_data, starts_since
+from .helpers import DEPLOY, NODE_CTR, main_pid, module_kind, node_snapshot
+from .test_lifecycle import Node, ctr_versions, journal_mark, release_data, starts_since
 
-pytestmark = pytest.mark.xdist_group("rollout")
+pytestmark = [
+    pytest.mark.xdist_group("rollout"),
+    pytest.mark.machine(
+        "batches, hooks and rollback are the deploy's logic; the verify step runs its container with ctr"
+    ),
+]
 NAMES = [f"rollout-{index}" for index in range(1, 5)]  # inventory order: rollout-1 is the canary
 CANARY, REST = NAMES[0], NAMES[1:]
 NAMESPACE = "rollout-test"
@@ -31,8 +36,10 @@ KEPT = "/var/lib/containerd-deploy/previous-release"
 
 
 @pytest.fixture(scope="module")
-def fleet():
-    started = harness.up(NAMES, "trixie")  # containerd 1.7.24 and runc from Debian 13 in their data
+def fleet(request):
+    started = harness.up(
+        NAMES, "trixie", kind=module_kind(request)
+    )  # containerd 1.7.24 and runc from Debian 13 in their data
     yield [Node(node, name) for name, node in zip(NAMES, started, strict=True)]
     harness.down(NAMES)
 
@@ -153,7 +160,7 @@ def test_a_bad_release_stops_at_the_canary_which_rolls_back_then_a_good_one_reac
     # 2. The good release for the canary too: all four go, canary first.
     set_data(CANARY, containerd_download_url=None, containerd_sha256=new["containerd_sha256"])
     calls.unlink()
-    since = {node.name: node_time(node) for node in fleet}
+    since = {node.name: journal_mark(node) for node in fleet}
     result = rollout()
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     for node in fleet:

@@ -12,7 +12,10 @@ from tests.harness import mirror
 
 from .helpers import OwnNode, changed_ops, changed_steps, main_pid, node_snapshot, pyinfra
 
-pytestmark = pytest.mark.xdist_group("supply")
+pytestmark = [
+    pytest.mark.xdist_group("supply"),
+    pytest.mark.vm("a node that cannot reach an address the controller can needs a network of its own"),
+]
 NAME = "supply-1"
 # Everything the deploy could have put on the node, and any staging leftovers.
 FOOTPRINT = (

@@ -5,6 +5,7 @@ named, with its binary and the fix, by the verify step and by the conformance su
 
 import json
 
+import pytest
 import testinfra
 from packaging.version import Version
 
@@ -27,6 +28,9 @@ from .helpers import (
     write,
 )
 
+pytestmark = pytest.mark.machine(
+    "the verify step runs its container with ctr (no CRI pod), and refusals change nothing"
+)
 KUBELET_CONFIG = "/var/lib/kubelet/config.yaml"
 
 

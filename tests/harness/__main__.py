@@ -1,6 +1,6 @@
 """Local throw-away nodes and their artifact mirror, for `make demo`, the tests and by hand.
 
-    python -m tests.harness up [--suite bookworm] [--arch arm64] [--registry] [NAME ...]   # boot nodes (default: node1)
+    python -m tests.harness up [--kind machine] [--suite bookworm] [--arch arm64] [--registry] [NAME ...]   # boot nodes (default: node1)
     python -m tests.harness guide-nginx NAME    # the install guide's nginx check, typed on the node
     python -m tests.harness status
     python -m tests.harness down [NAME ...]                   # stop nodes (default: all)
@@ -89,10 +89,11 @@ def stop_mirror_if_idle() -> None:
             registry.stop()
 
 
-def node_data(release: mirror.Release, mirror_port: int) -> dict:
-    """pyinfra data that points a local node at the mirror and the Debian-built artifacts."""
-    return {
-        "artifact_mirror": f"http://10.0.2.2:{mirror_port}",
+def node_data(release: mirror.Release, mirror_port: int, kind: str) -> dict:
+    """pyinfra data that points a local node of `kind` at the mirror (on this machine, as that
+    kind of node reaches it) and the Debian-built artifacts."""
+    data: dict = {
+        "artifact_mirror": f"http://{vm.CONTROLLER_ADDRESS[kind]}:{mirror_port}",
         "containerd_version": release.containerd_version,
         "containerd_sha256": release.containerd_sha256,
         "runc_version": release.runc_version,
@@ -100,13 +101,19 @@ def node_data(release: mirror.Release, mirror_port: int) -> dict:
         # No registry here: the CRI conformance checks import this pause image themselves.
         "containerd_sandbox_image": PAUSE_IMAGE_NAME,
     }
+    if kind == vm.MACHINE:
+        # This machine's sandbox has no CAP_SYS_RESOURCE: a machine's runc cannot lower a pod
+        # sandbox's oom_score_adj to the -998 containerd asks for, so every pod would fail.
+        data["containerd_restrict_oom_score_adj"] = True
+    return data
 
 
-def registry_data(info: dict) -> dict:
-    """pyinfra data that makes the harness's TLS registry the mirror of docker.io and
-    registry.k8s.io, with the sandbox image pinned there (as on a kubelet node)."""
+def registry_data(info: dict, address: str) -> dict:
+    """pyinfra data that makes the harness's TLS registry (on this machine, at `address` as the
+    node sees it) the mirror of docker.io and registry.k8s.io, with the sandbox image pinned there
+    (as on a kubelet node)."""
     return {
-        "containerd_registries": registry.node_registries(info),
+        "containerd_registries": registry.node_registries(info, address),
         "containerd_sandbox_image": registry.PAUSE_REFERENCE,
     }
 
@@ -118,23 +125,33 @@ def up(
     kernel_args: tuple = (),
     with_registry: bool = False,
     arch: str = NATIVE,
+    kind: str = vm.VM,
 ) -> list[vm.Node]:
     """Boot nodes of a Debian `suite` image, with data for the containerd and runc that
     `release_suite` ships (default: the same suite; sid's binaries need a trixie image), and
     `kernel_args` on the kernel's command line. `with_registry`: the node pulls docker.io and
     registry.k8s.io images through the harness's registry (its CA is put on the node). `arch`:
-    amd64 (this machine's) or arm64 (emulated), with that arch's containerd and runc."""
+    amd64 (this machine's) or arm64 (emulated), with that arch's containerd and runc. `kind`: a
+    qemu VM, or a systemd-nspawn machine of the same image on this machine's kernel (no kernel
+    arguments, this machine's arch)."""
+    if kind == vm.MACHINE and (kernel_args or arch != NATIVE):
+        raise ValueError(
+            "a machine runs on this machine's kernel: kernel arguments and other arches need --kind vm"
+        )
     built = image.build(suite, arch)
     release = mirror.release(release_suite or suite, arch)
     nodes = []
     for name in names:
         started = time.monotonic()
-        node = vm.start(name, built, kernel_args=tuple(kernel_args))
+        if kind == vm.MACHINE:
+            node = nspawn.start(name, built)
+        else:
+            node = vm.start(name, built, kernel_args=tuple(kernel_args))
         # Asked for once the node runs: a mirror is only stopped when no node runs.
         port = ensure_mirror()["port"]
-        data = node_data(release, port)
+        data = node_data(release, port, kind)
         if with_registry:
-            data.update(registry_data(registry.ensure()))
+            data.update(registry_data(registry.ensure(), node.controller_address))
             registry.install_ca(node)
         vm.replace_file(vm.node_dir(name) / "data.json", json.dumps(data))
         print(
@@ -192,6 +209,12 @@ def main(argv=None) -> int:
         help="Debian suite whose containerd and runc the node gets (default: --suite)",
     )
     up_parser.add_argument(
+        "--kind",
+        default=vm.VM,
+        choices=vm.KINDS,
+        help="a qemu VM (its own kernel), or a systemd-nspawn machine (this machine's kernel, native speed)",
+    )
+    up_parser.add_argument(
         "--arch", default=NATIVE, choices=sorted(PLATFORMS), help="the node's machine kind"
     )
     up_parser.add_argument(
@@ -217,14 +240,24 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "up":
-        up(args.names, args.suite, args.release, tuple(args.kernel_args), args.with_registry, args.arch)
+        up(
+            args.names,
+            args.suite,
+            args.release,
+            tuple(args.kernel_args),
+            args.with_registry,
+            args.arch,
+            args.kind,
+        )
     elif args.command == "guide-nginx":
         return guide_nginx(args.name)
     elif args.command == "down":
         down(args.names)
     elif args.command == "status":
         for node in vm.running():
-            print(f"{node.name}: 127.0.0.1:{node.port} pid {node.pid} ({node.suite}, {node.arch})")
+            print(
+                f"{node.name}: 127.0.0.1:{node.port} pid {node.pid} ({node.kind}, {node.suite}, {node.arch})"
+            )
     elif args.command == "serve-mirror":
         with mirror.Mirror(args.port) as served:
             signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

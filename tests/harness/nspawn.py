@@ -1,17 +1,21 @@
-"""Light nodes for fan-out benchmarks: systemd-nspawn machines booting the same Debian image the
-VMs boot (its root.raw, loop-mounted read-only and shared), each with an overlay of its own,
-systemd as PID 1 and its own sshd on a 127.0.0.1 port of the host's network.
+"""Machines: systemd-nspawn nodes booting the same Debian image the VMs boot (its root.raw,
+loop-mounted read-only and shared), each with an overlay of its own, systemd as PID 1 and its
+own sshd on a 127.0.0.1 port of this machine's network (`up --kind machine`).
 
-A TCG VM spends host CPU even idle and runs everything emulated; a machine here runs natively
-and idles at next to nothing, so 32 or 64 of them on two cores let a benchmark measure the
-controller rather than starved nodes. They share the host's kernel (and its cgroup layout):
-fine for measuring what the controller does per node, not a node anyone calls conformant —
-conformance is proven on the VMs. Needs root and `systemd-container`.
+A TCG VM spends host CPU even idle and runs everything emulated; a machine runs natively and
+idles at next to nothing: the e2e tests of the deploy's logic run on machines (and 32 or 64 of
+them let the fan-out benchmark measure the controller rather than starved nodes). They share
+this machine's kernel: its cgroup layout, AppArmor, arch and boot are not the node's, so what
+the kernel decides is proven on VMs (tests/e2e/conftest.py). Containers and CRI pods run in them:
+each gets a writable cgroup of its own in every controller hierarchy, the capabilities and
+system calls runc needs, and an ext4 directory of its own bound at /var/lib/containerd. Needs
+root and `systemd-container`.
 
 Each machine lives in .nodes/<name>/ like a VM (node.json, data.json, pid) so inventories/
 local.py and `python -m tests.harness down` treat it the same.
 """
 
+import fcntl
 import json
 import os
 import shutil
@@ -23,7 +27,6 @@ from . import vm
 from .image import Image
 from .paths import cache_root
 
-KIND = "nspawn"
 BOOT_TIMEOUT = 120
 # Units of the VM image that must not run in a machine sharing the host's network (networkd
 # would configure the host's interfaces) or that only wait for a console or a network it
@@ -48,8 +51,10 @@ def lower(image: Image) -> Path:
     """The image's root filesystem, loop-mounted read-only once for every machine."""
     path = cache_root() / "nspawn" / image.directory.name
     path.mkdir(parents=True, exist_ok=True)
-    if not _mounted(path):
-        subprocess.run(["mount", "-o", "loop,ro", str(image.disk), str(path)], check=True)
+    with open(path.parent / f".{path.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # machines of parallel test workers start at once
+        if not _mounted(path):
+            subprocess.run(["mount", "-o", "loop,ro", str(image.disk), str(path)], check=True)
     return path
 
 
@@ -62,6 +67,48 @@ INOTIFY_LIMIT = Path("/proc/sys/fs/inotify/max_user_instances")
 def _enough_inotify_instances() -> None:
     if int(INOTIFY_LIMIT.read_text()) < INOTIFY_INSTANCES:
         INOTIFY_LIMIT.write_text(f"{INOTIFY_INSTANCES}\n")
+
+
+# This machine's cgroups are hybrid: the controllers (cpu, memory, pids, ...) are v1 hierarchies,
+# and nspawn gives a machine those read-only, so runc could place no container. Each machine gets
+# a cgroup of its own in every controller hierarchy (nspawn's cgroup namespace roots the machine's
+# view there, so machines do not see each other's), remounted writable in the machine once it is up.
+CONTROLLER_CGROUPS = "containerd-deploy-machines"
+WRITABLE_CGROUPS = (
+    'for hierarchy in /sys/fs/cgroup/*/; do mount -o remount,rw,bind "$hierarchy" || exit 1; done; '
+    'for hierarchy in /sys/fs/cgroup/*/; do [ -w "$hierarchy" ] || { echo "$hierarchy stays read-only"; exit 1; }; done'
+)
+
+
+def controller_hierarchies(mounts: str) -> list[Path]:
+    """The v1 controller hierarchies among `mounts` (/proc/self/mounts): not systemd's named one."""
+    found = []
+    for line in mounts.splitlines():
+        fields = line.split()
+        if (
+            len(fields) > 3
+            and fields[2] == "cgroup"
+            and not any(o.startswith("name=") for o in fields[3].split(","))
+        ):
+            found.append(Path(fields[1]))
+    return found
+
+
+def _own_cgroups(name: str) -> list[Path]:
+    return [
+        hierarchy / CONTROLLER_CGROUPS / name
+        for hierarchy in controller_hierarchies(Path("/proc/self/mounts").read_text())
+    ]
+
+
+def _remove_cgroups(name: str) -> None:
+    """The machine's cgroups and whatever its containers left in them (their processes are gone)."""
+    for top in _own_cgroups(name):
+        for directory, _, _ in sorted(os.walk(top), key=lambda entry: -len(entry[0])):
+            try:
+                os.rmdir(directory)
+            except OSError:
+                pass
 
 
 def _prepare(root: Path, name: str, port: int, files: dict[str, str]) -> None:
@@ -82,6 +129,8 @@ def start(name: str, image: Image, port: int | None = None, files: dict[str, str
     vm.stop(name)
     _enough_inotify_instances()
     directory = vm.node_dir(name)
+    if _mounted(directory / "root"):  # left by a start that failed before node.json was written
+        subprocess.run(["umount", "-l", str(directory / "root")], check=False)
     shutil.rmtree(directory, ignore_errors=True)
     for part in ("upper", "work", "root", "containerd"):
         (directory / part).mkdir(parents=True)
@@ -99,8 +148,21 @@ def start(name: str, image: Image, port: int | None = None, files: dict[str, str
         check=True,
     )
     _prepare(directory / "root", name, port, files or {})
-    node = vm.Node(name, port, str(directory), image.host_key, image.suite, image.arch, kind=KIND)
+    node = vm.Node(name, port, str(directory), image.host_key, image.suite, image.arch, kind=vm.MACHINE)
     vm.write_known_hosts(port, image.host_key)
+    _remove_cgroups(name)
+    cgroups = _own_cgroups(name)
+    for cgroup in cgroups:
+        for level in (cgroup.parent, cgroup):
+            level.mkdir(exist_ok=True)
+            for inherited in ("cpuset.cpus", "cpuset.mems"):  # a new cpuset is empty: no task may join
+                if (level / inherited).exists() and not (level / inherited).read_text().strip():
+                    (level / inherited).write_text((level.parent / inherited).read_text())
+
+    def enter_own_cgroups() -> None:
+        for cgroup in cgroups:
+            (cgroup / "cgroup.procs").write_text(str(os.getpid()))
+
     with open(directory / "console.log", "w") as console:
         process = subprocess.Popen(
             [
@@ -113,7 +175,12 @@ def start(name: str, image: Image, port: int | None = None, files: dict[str, str
                 f"--machine={name}",
                 f"--directory={directory / 'root'}",
                 f"--bind={directory / 'containerd'}:/var/lib/containerd",
+                # What runc needs to make a container: every capability this machine has, and the
+                # system calls nspawn filters out by default (the session keyring, device cgroups).
+                "--capability=all",
+                "--system-call-filter=add_key keyctl request_key bpf",
             ],
+            preexec_fn=enter_own_cgroups,
             stdin=subprocess.DEVNULL,
             stdout=console,
             stderr=subprocess.STDOUT,
@@ -124,6 +191,7 @@ def start(name: str, image: Image, port: int | None = None, files: dict[str, str
     vm.write_ssh_config()
     try:
         vm.wait_for_ssh(node, BOOT_TIMEOUT)
+        node.ssh(WRITABLE_CGROUPS)
     except BaseException:
         stop(node)
         raise
@@ -143,6 +211,7 @@ def stop(node: vm.Node) -> None:
     root = Path(node.directory) / "root"
     if _mounted(root):
         subprocess.run(["umount", "-l", str(root)], check=False)
+    _remove_cgroups(node.name)
     (Path(node.directory) / "pid").unlink(missing_ok=True)
 
 

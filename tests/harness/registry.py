@@ -38,7 +38,6 @@ from .paths import cache_root, run_root
 
 DEBIAN_SUITE = "bookworm"  # whose docker-registry and nginx the harness uses
 STATE = "registry.json"
-GUEST_HOST = "10.0.2.2"  # this machine's loopback, as the VMs see it
 USER = "containerd-deploy"
 NGINX_IMAGE = "library/nginx:alpine"
 NGINX_REFERENCE = f"docker.io/{NGINX_IMAGE}"
@@ -122,7 +121,7 @@ def tls_files() -> dict[str, Path]:
         cwd=work,
     )
     (work / "server.ext").write_text(
-        f"subjectAltName=IP:127.0.0.1,IP:{GUEST_HOST},DNS:localhost\nextendedKeyUsage=serverAuth\n"
+        f"subjectAltName={','.join(f'IP:{address}' for address in sorted(set(vm.CONTROLLER_ADDRESS.values())))},DNS:localhost\nextendedKeyUsage=serverAuth\n"
         "basicConstraints=CA:FALSE\n"
     )
     _openssl(
@@ -406,10 +405,12 @@ def nginx_image(name: str = NGINX_REFERENCE) -> bytes:
         )
 
 
-def node_registries(info: dict, *, mirror_of: tuple[str, ...] = ("docker.io", "registry.k8s.io")) -> dict:
-    """containerd_registries data making the TLS instance (CA at NODE_CA_PATH, basic auth) the
-    mirror of each registry in `mirror_of`."""
-    host = f"https://{GUEST_HOST}:{info['tls']['port']}"
+def node_registries(
+    info: dict, address: str, *, mirror_of: tuple[str, ...] = ("docker.io", "registry.k8s.io")
+) -> dict:
+    """containerd_registries data making the TLS instance (CA at NODE_CA_PATH, basic auth; at
+    `address` as the node sees this machine) the mirror of each registry in `mirror_of`."""
+    host = f"https://{address}:{info['tls']['port']}"
     return {
         name: {"mirrors": [{"host": host, "ca": NODE_CA_PATH, "headers": {"Authorization": authorization()}}]}
         for name in mirror_of

@@ -32,6 +32,14 @@ CPUS = 2
 BOOT_TIMEOUT = 600  # a cold TCG boot on a loaded 2-core machine
 RESUME_TIMEOUT = 180
 
+# The two kinds of node: a qemu VM (its own kernel: for what the kernel or the boot decides) and
+# a systemd-nspawn machine (tests/harness/nspawn.py: the same image natively, for the deploy's logic).
+VM, MACHINE = "vm", "machine"
+KINDS = (VM, MACHINE)
+# Where a node reaches this machine's loopback services (the mirror, the registries): a VM
+# through qemu's user network; a machine shares this machine's network.
+CONTROLLER_ADDRESS = {VM: "10.0.2.2", MACHINE: "127.0.0.1"}
+
 
 @dataclass
 class Node:
@@ -41,7 +49,11 @@ class Node:
     host_key: str
     suite: str
     arch: str = NATIVE
-    kind: str = "vm"  # or "nspawn" (tests/harness/nspawn.py: light nodes for fan-out benchmarks)
+    kind: str = VM  # or MACHINE
+
+    @property
+    def controller_address(self) -> str:
+        return CONTROLLER_ADDRESS[self.kind]
 
     @property
     def pid(self) -> int | None:
@@ -369,7 +381,7 @@ def load(name: str) -> Node | None:
 
 def stop(name: str) -> None:
     node = load(name)
-    if node is not None and node.kind == "nspawn":
+    if node is not None and node.kind == MACHINE:
         from . import nspawn
 
         nspawn.stop(node)

@@ -1,5 +1,5 @@
-"""The light machines of the fan-out benchmark (tests/harness/nspawn.py): what is written into a
-machine before it boots, and how its processes are found for the idle measure."""
+"""The machines (tests/harness/nspawn.py): what is written into a machine before it boots, where
+its cgroups go, and how its processes are found for the idle measure."""
 
 import os
 import subprocess
@@ -47,3 +47,22 @@ def test_a_zombie_node_process_counts_as_stopped():
     process = subprocess.Popen(["true"])
     time.sleep(0.5)  # exited, not reaped: a zombie
     assert not vm.alive(process.pid)
+
+
+def test_a_machine_gets_a_cgroup_in_each_v1_controller_hierarchy_and_nowhere_else():
+    """Its cgroups go where the controllers are (v1 hierarchies), not into systemd's named one nor
+    cgroup2: a machine's runc needs writable controllers."""
+    mounts = (
+        "tmpfs /sys/fs/cgroup tmpfs rw,relatime,mode=755 0 0\n"
+        "cgroup /sys/fs/cgroup/cpu cgroup rw,relatime,cpu 0 0\n"
+        "cgroup /sys/fs/cgroup/memory cgroup rw,relatime,memory 0 0\n"
+        "cgroup /sys/fs/cgroup/systemd cgroup rw,relatime,xattr,name=systemd 0 0\n"
+        "cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0\n"
+        "cgroup /mnt/cpu,cpuacct cgroup rw,cpu,cpuacct 0 0\n"
+    )
+    assert [str(path) for path in nspawn.controller_hierarchies(mounts)] == [
+        "/sys/fs/cgroup/cpu",
+        "/sys/fs/cgroup/memory",
+        "/mnt/cpu,cpuacct",
+    ]
+    assert nspawn.controller_hierarchies("cgroup2 /sys/fs/cgroup cgroup2 rw 0 0\n") == [], "cgroup v2 only"
