@@ -104,10 +104,21 @@ def run_hook(key: str, argv: list[str], timeout: int, host_name: str) -> str:
             f"(containerd_restart_hook_timeout); killed it{_tail(output)}"
         ) from None
     if process.returncode != 0:
-        raise HookFailed(
-            f"{host_name}: data key {key!r}: {shown} failed (exit status {process.returncode}){_tail(output)}"
+        # A negative return code: killed by that signal (the OOM killer, an operator's Ctrl-C).
+        how = (
+            f"was killed by {_signal_name(-process.returncode)}"
+            if process.returncode < 0
+            else f"failed (exit status {process.returncode})"
         )
+        raise HookFailed(f"{host_name}: data key {key!r}: {shown} {how}{_tail(output)}")
     return output
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def _tail(output: str) -> str:

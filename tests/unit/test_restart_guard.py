@@ -273,6 +273,18 @@ def test_a_failing_hook_names_host_key_command_status_and_hides_secrets(kubectl,
     assert "\n" not in message
 
 
+def test_a_hook_killed_by_a_signal_is_a_failure_that_says_so(tmp_path):
+    """A drain killed (by the OOM killer, by someone's Ctrl-C) did not drain the node: a
+    negative return code is a failure, never a success."""
+    killed = executable(tmp_path / "kubectl", "#!/bin/sh\necho draining\nkill -KILL $$\n")
+    with pytest.raises(hooks.HookFailed) as raised:
+        hooks.run_hook("containerd_restart_hook_before", [str(killed), "drain", "n1"], 10, "n1")
+    assert str(raised.value) == (
+        f"n1: data key 'containerd_restart_hook_before': {killed} drain n1 was killed by SIGKILL; it said: draining"
+    )
+    assert hooks._signal_name(15) == "SIGTERM" and hooks._signal_name(99) == "signal 99"
+
+
 def test_a_hook_past_its_timeout_is_killed_with_what_it_started(tmp_path):
     pid_file = tmp_path / "child.pid"
     slow = executable(tmp_path / "slow", f"#!/bin/sh\nsleep 300 &\necho $! > {pid_file}\nwait\n")
