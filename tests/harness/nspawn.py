@@ -94,7 +94,7 @@ def controller_hierarchies(mounts: str) -> list[Path]:
     return found
 
 
-def _own_cgroups(name: str) -> list[Path]:
+def own_cgroups(name: str) -> list[Path]:
     return [
         hierarchy / CONTROLLER_CGROUPS / name
         for hierarchy in controller_hierarchies(Path("/proc/self/mounts").read_text())
@@ -103,7 +103,7 @@ def _own_cgroups(name: str) -> list[Path]:
 
 def _remove_cgroups(name: str) -> None:
     """The machine's cgroups and whatever its containers left in them (their processes are gone)."""
-    for top in _own_cgroups(name):
+    for top in own_cgroups(name):
         for directory, _, _ in sorted(os.walk(top), key=lambda entry: -len(entry[0])):
             try:
                 os.rmdir(directory)
@@ -151,7 +151,7 @@ def start(name: str, image: Image, port: int | None = None, files: dict[str, str
     node = vm.Node(name, port, str(directory), image.host_key, image.suite, image.arch, kind=vm.MACHINE)
     vm.write_known_hosts(port, image.host_key)
     _remove_cgroups(name)
-    cgroups = _own_cgroups(name)
+    cgroups = own_cgroups(name)
     for cgroup in cgroups:
         for level in (cgroup.parent, cgroup):
             level.mkdir(exist_ok=True)
