@@ -126,8 +126,8 @@ def pytest_collection_modifyitems(config, items):
         group = item.get_closest_marker("xdist_group")
         item.user_properties.append(("group", group.args[0] if group else item.nodeid))
         item.user_properties.append(("kind", kind))
-    # xdist hands groups to workers in collection order: the longest goes first, so it runs
-    # beside the others instead of after them.
+    # xdist hands groups to workers in collection order: the longest (the arm64 fleet, the runs
+    # cut short) go first, so they run beside the others instead of after them.
     items.sort(key=lambda item: 0 if item.get_closest_marker("slowest_group") else 1)
 
 
@@ -136,6 +136,7 @@ def pytest_sessionfinish(session):
     harness.stop_mirror_if_idle()
 
 
+@pytest.hookimpl(trylast=True)  # after pytest's own --durations list
 def pytest_terminal_summary(terminalreporter):
     """Each group's time (setup, call and teardown of its tests, from pytest's own reports), so a
     run shows where its minutes went."""
@@ -151,6 +152,6 @@ def pytest_terminal_summary(terminalreporter):
     terminalreporter.write_sep("=", "e2e time per group (worker seconds)")
     for (group, kind), seconds in sorted(groups.items(), key=lambda entry: -entry[1]):
         terminalreporter.write_line(f"{seconds:8.1f} s  {kind:<8} {group}")
-    for kind in KIND_MARKERS:
+    for kind in sorted({kind for _, kind in groups}):
         total = sum(seconds for (_, k), seconds in groups.items() if k == kind)
         terminalreporter.write_line(f"{total:8.1f} s  {kind:<8} all {kind} groups")

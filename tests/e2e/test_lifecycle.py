@@ -267,6 +267,7 @@ def crash_node(request):
 
 
 @pytest.mark.xdist_group("lifecycle-crash")
+@pytest.mark.slowest_group  # the longest machine group: scheduled first (tests/e2e/conftest.py)
 def test_runs_cut_short_anywhere_converge_on_rerun(crash_node):
     life = crash_node
     old, new = release_data("trixie"), release_data("sid")
