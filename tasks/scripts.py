@@ -373,6 +373,9 @@ def service_script(
     if enable or reload:
         lines.append("systemctl daemon-reload")
     if action:
+        # One deliberate start: systemd's start limit (5 in 10 s) counts starts others made (an
+        # operator's restart, a crash loop it gave up on) and would refuse it.
+        lines.append('systemctl reset-failed "$unit" 2>/dev/null || true')
         lines.append(f'systemctl {action} "$unit" || true')  # the wait below reports why
     lines += [
         "deadline=$(( $(date +%s) + timeout ))",

@@ -121,6 +121,35 @@ def node(tmp_path) -> Node:
     return node
 
 
+def test_the_deploys_restart_is_not_refused_by_the_start_limit_others_used_up(node):
+    """Regression (found on a machine, where runs and restarts follow each other within seconds):
+    systemd refuses a start once the unit has started 5 times in 10 s ('start-limit-hit'),
+    counting restarts that others made; the deploy's one deliberate restart then failed and
+    rolled back a good release."""
+    limited = node.root / "start-limit-hit"
+    limited.write_text("")
+    executable(
+        node.stand_ins / "systemctl",
+        f"""#!/bin/sh
+echo "$*" >> {node.calls}
+case "$1" in
+  reset-failed) rm -f {limited};;
+  restart) [ ! -e {limited} ] || {{ echo "Job for $2 failed: start request repeated too quickly" >&2; exit 1; }}
+           cp {node.bin}/containerd {node.running};;
+  show) echo 4242;;
+esac
+""",
+    )
+    node.install({"containerd": "release 2.1.9\n"}, "version = 3\n")
+    result = node.restart_into("2.1.9")
+    assert result.returncode == 0, result.stderr
+    assert node.systemctl_calls() == [
+        f"reset-failed {UNIT}",
+        f"restart {UNIT}",
+        f"show -p MainPID --value {UNIT}",
+    ]
+
+
 def test_a_release_that_does_not_answer_is_rolled_back_and_the_run_fails(node):
     before = node.release()
     manifest = (node.state / "containerd.manifest").read_text()
@@ -152,6 +181,7 @@ def test_a_release_that_does_not_answer_is_rolled_back_and_the_run_fails(node):
     assert not (node.state / rollback.KEPT_DIR_NAME).exists()
     # One restart into the new release, one back (after a reload: the unit may have changed).
     assert node.systemctl_calls() == [
+        f"reset-failed {UNIT}",
         f"restart {UNIT}",
         "daemon-reload",
         f"reset-failed {UNIT}",
@@ -174,10 +204,8 @@ def test_a_release_that_answers_keeps_the_old_one_until_it_is_dropped(node):
     node.install({"containerd": "release 2.1.9\n"}, "version = 3\n")
     result = node.restart_into("2.1.9")
     assert result.returncode == 0, result.stderr
-    assert (
-        node.systemctl_calls()[0] == f"restart {UNIT}"
-        and node.systemctl_calls().count(f"restart {UNIT}") == 1
-    )
+    assert node.systemctl_calls()[:2] == [f"reset-failed {UNIT}", f"restart {UNIT}"]
+    assert node.systemctl_calls().count(f"restart {UNIT}") == 1
     assert (node.state / rollback.KEPT_DIR_NAME / "version").read_text() == "1.7.24\n"
     node.run(rollback.drop_kept_script(str(node.state)))
     assert not (node.state / rollback.KEPT_DIR_NAME).exists()
