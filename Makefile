@@ -57,7 +57,8 @@ test: deps lint
 	$(UNPRIVILEGED) $(PY) -m pytest -p no:cacheprovider -q -n 2 tests/unit
 	$(PY) -m pytest -p no:cacheprovider -v --durations=60 -n 3 --dist loadgroup --no-loadscope-reorder tests/e2e
 
-# The inner loop (minutes): lint, types, the unit tests and the e2e tests on machines, no VM.
+# The inner loop (minutes): lint, types, the unit tests (as root; `make test` runs them without
+# root too) and the e2e tests on machines, no VM.
 check: deps lint
 	$(PY) -m pytest -p no:cacheprovider -q -n 2 tests/unit
 	$(PY) -m pytest -p no:cacheprovider -v -n 3 --dist loadgroup --no-loadscope-reorder --node-kind machine tests/e2e

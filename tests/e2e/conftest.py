@@ -3,16 +3,18 @@
 - `@pytest.mark.machine("why")`: a systemd-nspawn machine (tests/harness/nspawn.py): the node's
   image, systemd as PID 1, its own sshd, run natively on this machine's kernel. For what the
   deploy decides on a node: config edits, upgrades, runs cut short, refusals, rollouts.
+  Containers and CRI pods run there (with containerd_restrict_oom_score_adj: this machine's
+  sandbox lacks CAP_SYS_RESOURCE).
 - `@pytest.mark.vm("why")`: a qemu VM: where the kernel or the boot is the subject (cgroup v1,
-  arm64), for the full CRI conformance of each generation, and wherever a CRI pod must run
-  (this machine's sandbox lacks CAP_SYS_RESOURCE, so in a machine runc cannot give a pod's
-  sandbox the oom_score_adj containerd asks for).
+  arm64), for the full CRI conformance of each generation (a kernel of its own, containerd's
+  default oom_score_adj), and a node that must not reach what this machine reaches.
 
 A test module's `pytestmark` or the test itself carries it; collection fails without one.
-`make check` runs the machine tests only.
+`make check` runs the machine tests only. docs/testing.md lists every test with its kind.
 """
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -82,15 +84,26 @@ def pytest_configure(config):
 
 def pytest_generate_tests(metafunc):
     # The matrix's node (not a module's own `node`), of the kind the test is marked for, on every
-    # generation or those its `generations` marker names.
+    # generation (the same list for every test, so a serial run keeps each node for all its
+    # tests); a `generations` marker deselects the others at collection.
     definitions = metafunc.definition._fixtureinfo.name2fixturedefs.get("node", ())
     if not definitions or definitions[-1].func.__module__ != __name__:
         return
-    only = metafunc.definition.get_closest_marker("generations")
     kind = node_kind(metafunc.definition)
-    params = [MatrixNode(g, kind) for g in MATRIX if only is None or g.label in only.args]
+    params = [MatrixNode(generation, kind) for generation in MATRIX]
     ids = [param.generation.label for param in params]
     metafunc.parametrize("node", params, ids=ids, indirect=True, scope="session")
+
+
+def _deselected(config, item) -> bool:
+    """Not on the node kind --node-kind asks for, or not on a generation its marker names."""
+    wanted = config.getoption("--node-kind")
+    if wanted and node_kind(item) != wanted:
+        return True
+    only = item.get_closest_marker("generations")
+    callspec = getattr(item, "callspec", None)
+    matrix = callspec.params.get("node") if callspec else None
+    return bool(only and isinstance(matrix, MatrixNode) and matrix.generation.label not in only.args)
 
 
 @pytest.fixture(scope="session")
@@ -112,8 +125,10 @@ def first_deploy(node):
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config, items):
-    wanted = config.getoption("--node-kind")
-    deselected = [item for item in items if wanted and node_kind(item) != wanted]
+    here = Path(__file__).parent
+    outside = [item for item in items if here not in item.path.parents]  # another suite in one run
+    items[:] = [item for item in items if here in item.path.parents]
+    deselected = [item for item in items if _deselected(config, item)]
     if deselected:
         config.hook.pytest_deselected(items=deselected)
         items[:] = [item for item in items if item not in deselected]
@@ -129,6 +144,7 @@ def pytest_collection_modifyitems(config, items):
     # xdist hands groups to workers in collection order: the longest (the arm64 fleet, the runs
     # cut short) go first, so they run beside the others instead of after them.
     items.sort(key=lambda item: 0 if item.get_closest_marker("slowest_group") else 1)
+    items[:0] = outside
 
 
 def pytest_sessionfinish(session):

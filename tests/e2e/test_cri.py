@@ -39,6 +39,16 @@ def test_conformance_fails_for_the_right_reason_on_a_cgroupfs_node(node, first_d
 
 
 def test_an_extra_runtime_handler_runs_pods_with_its_own_binary(node, first_deploy):
+    extra_handler_runs_pods(node)
+
+
+@pytest.mark.vm("crun's pods on a kernel of the node's own (cgroup v2), containerd's default oom_score_adj")
+@pytest.mark.generations("debian13-containerd2.1")
+def test_an_extra_runtime_handler_runs_pods_on_a_vm_too(node, first_deploy):
+    extra_handler_runs_pods(node)
+
+
+def extra_handler_runs_pods(node) -> None:
     pid = main_pid(node)
     deploy_ok(node, containerd_runtimes=[{"name": "crun", "binary_name": "/usr/bin/crun"}])
     assert main_pid(node) != pid, "a new runtime handler needs a restart to be offered"

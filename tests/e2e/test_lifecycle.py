@@ -234,7 +234,10 @@ def run_until(node: Node, operation: int, how: str, data: dict) -> str:
     finally:
         process.wait(timeout=300)
         process.stderr.close()
-    return seen[-1] if seen else "(before the first operation)"
+    assert len(seen) == operation, (
+        f"the run ended after {len(seen)} operations, before the cut at {operation}"
+    )
+    return seen[-1]
 
 
 def assert_whole(node: Node) -> None:
@@ -256,6 +259,9 @@ def assert_whole(node: Node) -> None:
 OPERATIONS = range(1, 16)
 INSTALL_CUTS = [(op, "kill -9" if op % 2 else "ssh drop") for op in OPERATIONS]
 SWITCH_CUTS = [(op, "ssh drop" if op % 2 and op > 1 else "kill -9") for op in OPERATIONS]
+# Only an upgrade keeps a release (4), restarts a running daemon (13) and drops what it kept
+# (15): those are cut both ways in the upgrades and downgrades alone.
+SWITCH_CUTS += [(4, "ssh drop"), (13, "kill -9"), (15, "kill -9")]
 
 
 @pytest.fixture(scope="module")

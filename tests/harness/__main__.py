@@ -162,8 +162,8 @@ def up(
 
 
 def down(names: list[str]) -> None:
-    """Stop the named nodes; with no names, every node and the mirror."""
-    for name in names or [node.name for node in vm.running()]:
+    """Stop the named nodes; with no names, every node (a dead one's mounts too) and the mirror."""
+    for name in names or vm.known():
         vm.stop(name)
     if not names:
         stop_mirror()

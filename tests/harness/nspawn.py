@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -72,11 +73,13 @@ def _enough_inotify_instances() -> None:
 # This machine's cgroups are hybrid: the controllers (cpu, memory, pids, ...) are v1 hierarchies,
 # and nspawn gives a machine those read-only, so runc could place no container. Each machine gets
 # a cgroup of its own in every controller hierarchy (nspawn's cgroup namespace roots the machine's
-# view there, so machines do not see each other's), remounted writable in the machine once it is up.
+# view there, so machines do not see each other's), remounted writable in the machine once it is
+# up. (A host with cgroup v2 only has no such hierarchies: nothing to do there.)
 CONTROLLER_CGROUPS = "containerd-deploy-machines"
 WRITABLE_CGROUPS = (
-    'for hierarchy in /sys/fs/cgroup/*/; do mount -o remount,rw,bind "$hierarchy" || exit 1; done; '
-    'for hierarchy in /sys/fs/cgroup/*/; do [ -w "$hierarchy" ] || { echo "$hierarchy stays read-only"; exit 1; }; done'
+    "for hierarchy in $(awk '$3 == \"cgroup\" && $4 !~ /(^|,)name=/ { print $2 }' /proc/self/mounts); do "
+    'mount -o remount,rw,bind "$hierarchy" && [ -w "$hierarchy" ] || { echo "$hierarchy stays read-only"; exit 1; }; '
+    "done"
 )
 
 
@@ -101,14 +104,45 @@ def own_cgroups(name: str) -> list[Path]:
     ]
 
 
+def _cgroups_lock():
+    """Held while a machine's cgroups are made or removed: their shared parent comes and goes."""
+    path = cache_root() / "nspawn" / ".cgroups.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = open(path, "w")
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    return lock
+
+
+def _make_cgroups(name: str) -> list[Path]:
+    cgroups = own_cgroups(name)
+    with _cgroups_lock():
+        for cgroup in cgroups:
+            for level in (cgroup.parent, cgroup):
+                level.mkdir(exist_ok=True)
+                for inherited in ("cpuset.cpus", "cpuset.mems"):  # a new cpuset is empty: no task may join
+                    if (level / inherited).exists() and not (level / inherited).read_text().strip():
+                        (level / inherited).write_text((level.parent / inherited).read_text())
+    return cgroups
+
+
 def _remove_cgroups(name: str) -> None:
-    """The machine's cgroups and whatever its containers left in them (their processes are gone)."""
+    """The machine's cgroups and whatever its containers left in them (their processes are gone),
+    then the parent they share once no machine's is left."""
+    with _cgroups_lock():
+        _remove_cgroups_locked(name)
+
+
+def _remove_cgroups_locked(name: str) -> None:
     for top in own_cgroups(name):
         for directory, _, _ in sorted(os.walk(top), key=lambda entry: -len(entry[0])):
             try:
                 os.rmdir(directory)
-            except OSError:
-                pass
+            except OSError as error:
+                print(f"{name}: cgroup {directory} stays: {error}", file=sys.stderr)
+        try:
+            top.parent.rmdir()
+        except OSError:
+            pass  # another machine's cgroup is in it
 
 
 def _prepare(root: Path, name: str, port: int, files: dict[str, str]) -> None:
@@ -135,6 +169,17 @@ def start(name: str, image: Image, port: int | None = None, files: dict[str, str
     for part in ("upper", "work", "root", "containerd"):
         (directory / part).mkdir(parents=True)
     port = port or vm.free_port()
+    node = vm.Node(name, port, str(directory), image.host_key, image.suite, image.arch, kind=vm.MACHINE)
+    try:
+        _boot(node, image, files or {})
+    except BaseException:
+        stop(node)
+        raise
+    return node
+
+
+def _boot(node: vm.Node, image: Image, files: dict[str, str]) -> None:
+    name, port, directory = node.name, node.port, Path(node.directory)
     subprocess.run(
         [
             "mount",
@@ -147,17 +192,10 @@ def start(name: str, image: Image, port: int | None = None, files: dict[str, str
         ],
         check=True,
     )
-    _prepare(directory / "root", name, port, files or {})
-    node = vm.Node(name, port, str(directory), image.host_key, image.suite, image.arch, kind=vm.MACHINE)
+    _prepare(directory / "root", name, port, files)
     vm.write_known_hosts(port, image.host_key)
     _remove_cgroups(name)
-    cgroups = own_cgroups(name)
-    for cgroup in cgroups:
-        for level in (cgroup.parent, cgroup):
-            level.mkdir(exist_ok=True)
-            for inherited in ("cpuset.cpus", "cpuset.mems"):  # a new cpuset is empty: no task may join
-                if (level / inherited).exists() and not (level / inherited).read_text().strip():
-                    (level / inherited).write_text((level.parent / inherited).read_text())
+    cgroups = _make_cgroups(name)
 
     def enter_own_cgroups() -> None:
         for cgroup in cgroups:
@@ -189,20 +227,22 @@ def start(name: str, image: Image, port: int | None = None, files: dict[str, str
     (directory / "pid").write_text(str(process.pid))
     vm.replace_file(directory / "node.json", json.dumps(asdict(node)))
     vm.write_ssh_config()
-    try:
-        vm.wait_for_ssh(node, BOOT_TIMEOUT)
-        node.ssh(WRITABLE_CGROUPS)
-    except BaseException:
-        stop(node)
-        raise
-    return node
+    vm.wait_for_ssh(node, BOOT_TIMEOUT)
+    # Every machine has the image's host key: a port that another node took meanwhile would
+    # answer for this one. Its name says which machine answered.
+    answered = node.ssh("cat /etc/hostname").stdout.strip()
+    if answered != name:
+        raise RuntimeError(f"node {name}: port {port} is answered by {answered!r}; start it again")
+    node.ssh(WRITABLE_CGROUPS)
 
 
 def release_images() -> None:
     """Unmount the shared image roots (once no machine uses them: `down` of every node)."""
-    for path in sorted((cache_root() / "nspawn").glob("*")):
-        if _mounted(path):
-            subprocess.run(["umount", str(path)], check=False)
+    for path in sorted(p for p in (cache_root() / "nspawn").glob("*") if p.is_dir()):
+        with open(path.parent / f".{path.name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # not while a machine of another worker mounts it
+            if _mounted(path):
+                subprocess.run(["umount", str(path)], check=False)
 
 
 def stop(node: vm.Node) -> None:

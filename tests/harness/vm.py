@@ -376,7 +376,18 @@ def load(name: str) -> Node | None:
     path = node_dir(name) / "node.json"
     if not path.exists():
         return None
-    return Node(**json.loads(path.read_text()))
+    return _node(json.loads(path.read_text()))
+
+
+def _node(fields: dict) -> Node:
+    if fields.get("kind") == "nspawn":  # how a machine's node.json said it before the two kinds
+        fields["kind"] = MACHINE
+    return Node(**fields)
+
+
+def known() -> list[str]:
+    """Every node this checkout has a directory for, running or not."""
+    return sorted(path.parent.name for path in run_root().glob("*/node.json"))
 
 
 def stop(name: str) -> None:
@@ -394,7 +405,7 @@ def stop(name: str) -> None:
 def running() -> list[Node]:
     nodes = []
     for path in sorted(run_root().glob("*/node.json")):
-        node = Node(**json.loads(path.read_text()))
+        node = _node(json.loads(path.read_text()))
         if node.pid and alive(node.pid):
             nodes.append(node)
     return nodes
