@@ -301,6 +301,47 @@ def test_a_failing_hook_names_host_key_command_status_and_hides_secrets(kubectl,
     assert "\n" not in message
 
 
+def test_a_hook_runs_with_the_controllers_environment_the_host_named_and_no_input(tmp_path, monkeypatch):
+    """What a hook sees and what is kept of what it says: the controller's environment plus
+    CONTAINERD_DEPLOY_HOST, /dev/null as input (a hook that reads never waits), its stderr
+    with its stdout, bytes that are not UTF-8 replaced."""
+    monkeypatch.setenv("KUBECONFIG", "/etc/kube/admin.conf")
+    hook = executable(
+        tmp_path / "hook",
+        "#!/bin/sh\n"
+        'echo "host=$CONTAINERD_DEPLOY_HOST kubeconfig=$KUBECONFIG stdin=$(readlink /proc/self/fd/0)"\n'
+        "echo 'warning: on stderr' >&2\n"
+        "printf 'bytes: \\377\\n'\n",
+    )
+    output = hooks.run_hook("containerd_restart_hook_after", [str(hook)], 10, "node-1")
+    assert output.splitlines() == [
+        "host=node-1 kubeconfig=/etc/kube/admin.conf stdin=/dev/null",
+        "warning: on stderr",
+        "bytes: \ufffd",
+    ]
+
+
+def test_what_a_failed_hook_said_is_its_last_lines_on_one_line_or_nothing(tmp_path):
+    quiet = executable(tmp_path / "quiet", "#!/bin/sh\nexit 4\n")
+    with pytest.raises(hooks.HookFailed) as raised:
+        hooks.run_hook("containerd_restart_hook_before", [str(quiet)], 10, "n1")
+    assert (
+        str(raised.value) == f"n1: data key 'containerd_restart_hook_before': {quiet} failed (exit status 4)"
+    )
+    talkative = executable(
+        tmp_path / "talkative",
+        "#!/bin/sh\ni=0\nwhile [ $i -lt 25 ]; do i=$((i + 1)); echo line $i; echo; done\nexit 1\n",
+    )
+    with pytest.raises(hooks.HookFailed) as raised:
+        hooks.run_hook("containerd_restart_hook_before", [str(talkative)], 10, "n1")
+    shown = " | ".join(f"line {i}" for i in range(26 - hooks.OUTPUT_SHOWN, 26))  # blank lines left out
+    assert str(raised.value).endswith(f"failed (exit status 1); it said: {shown}")
+    slow = executable(tmp_path / "slow", "#!/bin/sh\necho started draining\nsleep 30\n")
+    with pytest.raises(hooks.HookFailed) as raised:
+        hooks.run_hook("containerd_restart_hook_before", [str(slow)], 1, "n1")
+    assert str(raised.value).endswith("killed it; it said: started draining")
+
+
 def test_a_hook_killed_by_a_signal_is_a_failure_that_says_so(tmp_path):
     """A drain killed (by the OOM killer, by someone's Ctrl-C) did not drain the node: a
     negative return code is a failure, never a success."""
