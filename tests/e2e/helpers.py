@@ -107,6 +107,12 @@ def one_at_a_time(what: str):
         yield
 
 
+def mirror_from_controller(url: str, node_vm) -> str:
+    """A mirror URL of a node's data as this machine (the controller) reaches it: on its loopback
+    (from a VM the node's 127.0.0.1 is the node itself)."""
+    return url.replace(f"//{node_vm.controller_address}:", "//127.0.0.1:", 1)
+
+
 def conformance(node, *extra: str) -> subprocess.CompletedProcess:
     """The conformance suite against one node, as an operator runs it."""
     return subprocess.run(

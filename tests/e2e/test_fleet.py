@@ -12,7 +12,7 @@ from tests.harness import __main__ as harness
 from tests.harness import mirror, vm
 from tests.harness.paths import REPO_ROOT
 
-from .helpers import CONFORMANCE, DEPLOY, VERIFY_OP, changed_ops, main_pid
+from .helpers import CONFORMANCE, DEPLOY, VERIFY_OP, changed_ops, main_pid, mirror_from_controller
 
 pytestmark = [
     pytest.mark.xdist_group("fleet"),
@@ -55,7 +55,7 @@ def node_data(name: str) -> dict:
 
 def test_a_mixed_fleet_deploys_in_one_run_each_node_with_its_own_arch(fleet, tmp_path):
     # The controller fetches (from the mirror, on its loopback), verifies, caches and uploads.
-    loopback = node_data(AMD64)["artifact_mirror"].replace("10.0.2.2", "127.0.0.1")
+    loopback = mirror_from_controller(node_data(AMD64)["artifact_mirror"], fleet[0].vm)
     cache = tmp_path / "cache"
     _, results = deploy_fleet(
         "--data",

@@ -13,7 +13,7 @@ from tests.harness import vm
 from tests.harness.image import ssh_key
 from tests.harness.paths import REPO_ROOT
 
-from .helpers import CONFORMANCE, OwnNode, changed_ops, module_kind, pyinfra
+from .helpers import CONFORMANCE, OwnNode, changed_ops, mirror_from_controller, module_kind, pyinfra
 
 pytestmark = [
     pytest.mark.xdist_group("sudo"),
@@ -109,7 +109,7 @@ def test_a_sudo_login_deploys_every_feature_with_secrets_never_readable(node, tm
                 **DATA,
                 "artifact_source": "controller",
                 "artifact_cache_dir": str(tmp_path / "cache"),
-                "artifact_mirror": node.data()["artifact_mirror"].replace("10.0.2.2", "127.0.0.1"),
+                "artifact_mirror": mirror_from_controller(node.data()["artifact_mirror"], node.vm),
             },
         )
     finally:

@@ -10,7 +10,15 @@ import pytest
 from tests.harness import __main__ as harness
 from tests.harness import mirror
 
-from .helpers import OwnNode, changed_ops, changed_steps, main_pid, node_snapshot, pyinfra
+from .helpers import (
+    OwnNode,
+    changed_ops,
+    changed_steps,
+    main_pid,
+    mirror_from_controller,
+    node_snapshot,
+    pyinfra,
+)
 
 pytestmark = [
     pytest.mark.xdist_group("supply"),
@@ -38,7 +46,7 @@ def short(names: list[str]) -> list[str]:
 
 def loopback_mirror(node: OwnNode) -> str:
     """The mirror as the controller sees it; from the node, 127.0.0.1 is the node itself."""
-    return node.data()["artifact_mirror"].replace("10.0.2.2", "127.0.0.1")
+    return mirror_from_controller(node.data()["artifact_mirror"], node.vm)
 
 
 def refused(node: OwnNode, *extra: str, **data) -> str:

@@ -18,6 +18,7 @@ local.py and `python -m tests.harness down` treat it the same.
 import fcntl
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -76,11 +77,25 @@ def _enough_inotify_instances() -> None:
 # view there, so machines do not see each other's), remounted writable in the machine once it is
 # up. (A host with cgroup v2 only has no such hierarchies: nothing to do there.)
 CONTROLLER_CGROUPS = "containerd-deploy-machines"
-WRITABLE_CGROUPS = (
-    "for hierarchy in $(awk '$3 == \"cgroup\" && $4 !~ /(^|,)name=/ { print $2 }' /proc/self/mounts); do "
-    'mount -o remount,rw,bind "$hierarchy" && [ -w "$hierarchy" ] || { echo "$hierarchy stays read-only"; exit 1; }; '
-    "done"
-)
+
+
+def settle_script(name: str, hierarchies: list[Path]) -> str:
+    """What a machine runs once it answers, in one SSH round trip: say it is `name` (every
+    machine has the image's host key, so a port another node took meanwhile would answer for
+    this one), then make its controller hierarchies (nspawn mounts them where this machine has
+    them) writable."""
+    q = shlex.quote
+    return "\n".join(
+        [
+            f'answered=$(cat /etc/hostname); [ "$answered" = {q(name)} ] || '
+            '{ echo "answered by $answered" >&2; exit 3; }',
+            *(
+                f"mount -o remount,rw,bind {q(str(h))} && [ -w {q(str(h))} ] || "
+                f"{{ echo '{h} stays read-only' >&2; exit 1; }}"
+                for h in hierarchies
+            ),
+        ]
+    )
 
 
 def controller_hierarchies(mounts: str) -> list[Path]:
@@ -97,11 +112,12 @@ def controller_hierarchies(mounts: str) -> list[Path]:
     return found
 
 
+def this_machines_hierarchies() -> list[Path]:
+    return controller_hierarchies(Path("/proc/self/mounts").read_text())
+
+
 def own_cgroups(name: str) -> list[Path]:
-    return [
-        hierarchy / CONTROLLER_CGROUPS / name
-        for hierarchy in controller_hierarchies(Path("/proc/self/mounts").read_text())
-    ]
+    return [hierarchy / CONTROLLER_CGROUPS / name for hierarchy in this_machines_hierarchies()]
 
 
 def _cgroups_lock():
@@ -228,12 +244,9 @@ def _boot(node: vm.Node, image: Image, files: dict[str, str]) -> None:
     vm.replace_file(directory / "node.json", json.dumps(asdict(node)))
     vm.write_ssh_config()
     vm.wait_for_ssh(node, BOOT_TIMEOUT)
-    # Every machine has the image's host key: a port that another node took meanwhile would
-    # answer for this one. Its name says which machine answered.
-    answered = node.ssh("cat /etc/hostname").stdout.strip()
-    if answered != name:
-        raise RuntimeError(f"node {name}: port {port} is answered by {answered!r}; start it again")
-    node.ssh(WRITABLE_CGROUPS)
+    settled = node.ssh(settle_script(name, this_machines_hierarchies()), check=False)
+    if settled.returncode:
+        raise RuntimeError(f"node {name} on port {port}: {settled.stderr.strip()}; start it again")
 
 
 def release_images() -> None:
