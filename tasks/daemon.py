@@ -134,7 +134,7 @@ def container_check_script(
             "}",
             *(rollback_lines or ["rollback() { return 1; }"]),
             f'fail() {{ remove; printf "%s\\n" {q(header)} "  - $what $1" >&2; rollback || true; exit 1; }}',
-            "# $1: the handler, $2: its runc-compatible binary (empty: runc's own)",
+            # run_one's $1: the handler, $2: its runc-compatible binary (empty: runc's own).
             "run_one() {",
             '  id="containerd-deploy-verify-$$-$1"',
             f"  what={q(f'a container from {image}')}",
@@ -192,7 +192,7 @@ def parse_daemon_state(lines: list[str]) -> DaemonState:
                     state.plugins[(columns[0], columns[1])] = columns[-1]
         elif name == "dump":
             outcome, _, encoded = "".join(body).strip().partition(" ")
-            text = base64.b64decode(encoded).decode(errors="replace") if encoded else ""
+            text = base64.b64decode(encoded).decode(errors="replace")
             if outcome == "ok":
                 state.dump = text
             else:

@@ -57,9 +57,7 @@ def parse_hook(host: str, key: str, value) -> tuple[str, ...]:
                 host, key, f"has an argument {arg!r} that is not a template ({error})", fix
             ) from None
         for _, field, spec, conversion in fields:
-            if field is None:
-                continue
-            if field not in PLACEHOLDERS or spec or conversion:
+            if field is not None and (field not in PLACEHOLDERS or spec or conversion):
                 raise DataError(
                     host, key, f"has an argument {arg!r} with an unknown placeholder {{{field}}}", fix
                 )
@@ -103,13 +101,12 @@ def run_hook(key: str, argv: list[str], timeout: int, host_name: str) -> str:
             f"{host_name}: data key {key!r}: {shown} did not finish within {timeout}s "
             f"(containerd_restart_hook_timeout); killed it{_tail(output)}"
         ) from None
-    if process.returncode != 0:
-        # A negative return code: killed by that signal (the OOM killer, an operator's Ctrl-C).
-        how = (
-            f"was killed by {_signal_name(-process.returncode)}"
-            if process.returncode < 0
-            else f"failed (exit status {process.returncode})"
+    if process.returncode > 0:
+        raise HookFailed(
+            f"{host_name}: data key {key!r}: {shown} failed (exit status {process.returncode}){_tail(output)}"
         )
+    if process.returncode < 0:  # killed by that signal (the OOM killer, an operator's Ctrl-C)
+        how = f"was killed by {_signal_name(-process.returncode)}"
         raise HookFailed(f"{host_name}: data key {key!r}: {shown} {how}{_tail(output)}")
     return output
 

@@ -18,7 +18,7 @@ CAPABILITIES = {"pull", "resolve", "push"}
 KEY = "containerd_registries"
 FIX = (
     f"set {KEY} to a mapping of registry name to {{server, mirrors: [{{host, capabilities, skip_verify, "
-    'ca, headers}}]}}, e.g. {"docker.io": {"mirrors": [{"host": "https://mirror.internal"}]}}'
+    'ca, headers}]}, e.g. {"docker.io": {"mirrors": [{"host": "https://mirror.internal"}]}}'
 )
 
 

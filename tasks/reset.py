@@ -43,13 +43,14 @@ def purge_refusal(path: str, deploy_paths: tuple[str, ...]) -> str | None:
     """Why `path` is not a directory `purged` may delete (None: it is containerd's own)."""
     if not path.startswith("/") or control_characters(path) or "\\" in path:
         return "is not an absolute path"
-    if ".." in path.split("/") or posixpath.normpath(path) != (path.rstrip("/") or "/"):
+    # normpath takes out `.`, `..` and doubled slashes but keeps a leading `//`.
+    normal = posixpath.normpath(path)
+    if "//" in path or normal != (path.rstrip("/") or "/"):
         return "is not a plain path (it has .., . or doubled slashes)"
-    normal = "/" + posixpath.normpath(path).lstrip("/")
     if is_system_tree(normal):
         return "is a directory of the operating system, or holds one"
     for owned in deploy_paths:
-        if owned == normal or owned.startswith(normal.rstrip("/") + "/"):
+        if owned == normal or owned.startswith(normal + "/"):
             return f"holds {owned}, which the deploy manages"
     return None
 

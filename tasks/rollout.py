@@ -7,9 +7,10 @@ pyinfra runs each operation on every host of a run before the next operation (`-
 serialises each operation), so one run over the whole fleet would install a release everywhere
 before restarting anywhere; batches of separate runs are how a bad release is stopped early.
 
-    python -m tasks.rollout inventories/prod.py deploy.py --canary 1 --batch 25% [-- --data k=v ...]
+    python -m containerd_deploy.rollout inventories/prod.py deploy.py --canary 1 --batch 25% [-- --data k=v ...]
 
-Not yet here (next steps of #16): restart hooks (drain/uncordon) and automatic rollback.
+Each run drains and uncordons through the restart hooks and rolls a node back on its own
+(`hooks.py`, `rollback.py`); here a failed host only counts against its batch.
 """
 
 import argparse
@@ -58,7 +59,18 @@ def plan(hosts: Sequence[str], batch: str | int, canary: int = 1) -> list[list[s
 
 def past_allowance(failed: int, size: int, max_fail_percent: float) -> bool:
     """True when `failed` of `size` hosts is more than the allowed percentage (0: any failure)."""
-    return failed > 0 and failed * 100 > max_fail_percent * size
+    return failed * 100 > max_fail_percent * size
+
+
+def fail_percent(text: str) -> float:
+    """`--max-fail-percent`: a percentage from 0 to 100."""
+    try:
+        percent = float(text)
+    except ValueError:
+        percent = math.nan
+    if not 0 <= percent <= 100:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a percentage from 0 to 100 (e.g. 10)")
+    return percent
 
 
 @dataclass
@@ -163,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m containerd_deploy.rollout",
         description="Deploy a fleet in batches: a canary, then batches, stopping at the first failed one.",
     )
-    parser.add_argument("inventory")
+    parser.add_argument("inventory", help="the pyinfra inventory file, e.g. inventories/prod.py")
     parser.add_argument("deploy", help="the deploy file (or module) pyinfra runs, e.g. deploy.py")
     parser.add_argument(
         "--batch", default="25%", help="hosts per batch: a number, or a percentage (default 25%%)"
@@ -173,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--max-fail-percent",
-        type=float,
+        type=fail_percent,
         default=0,
         help="failed hosts a batch may have and the rollout go on, in percent of the batch (default 0)",
     )

@@ -81,7 +81,7 @@ def handler_binaries_to_check(runtimes) -> list[tuple[str, str]]:
     table = {
         runtime.name: {
             "runtime_type": runtime.runtime_type,
-            "options": {"BinaryName": runtime.binary_name} if runtime.binary_name else {},
+            "options": {"BinaryName": runtime.binary_name},  # empty: runc
         }
         for runtime in runtimes
     }
@@ -161,15 +161,16 @@ class Verdict:
 
 def release_version(text: str | None) -> str | None:
     """'containerd github.com/containerd/containerd v1.7.11 64b8a81' -> '1.7.11' (Debian's '1.6.20~ds1' too)."""
-    match = re.search(r"\bv?(\d+\.\d+\.\d+)", text or "")
+    match = re.search(r"\bv?(\d+\.\d+\.\d+)", text) if text else None
     return match.group(1) if match else None
 
 
 def kubelet_cgroup_driver(config_yaml: str) -> str:
     """The cgroupDriver of a KubeletConfiguration file (the kubelet's default, cgroupfs, if unset)."""
     for line in config_yaml.splitlines():
-        if line.startswith("cgroupDriver:"):
-            return line.split(":", 1)[1].split("#", 1)[0].strip().strip("'\"") or "cgroupfs"
+        key, _, value = line.partition(":")
+        if key == "cgroupDriver":
+            return value.partition("#")[0].strip().strip("'\"") or "cgroupfs"
     return "cgroupfs"
 
 

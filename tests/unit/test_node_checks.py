@@ -525,3 +525,47 @@ def test_only_a_local_connector_runs_on_the_node():
             with ctx_host.use(one):
                 answers[one.name] = runs_on_the_node()
     assert answers == {"@local": True, "node1": False, "@docker/debian": False}
+
+
+DEPLOY_PATHS = ("/usr/local/bin", "/srv/tools/runc", "/var/lib/containerd-deploy")
+
+
+@pytest.mark.parametrize(
+    "path, why",
+    [
+        ("/data/containerd", None),
+        ("/data/containerd/", None),
+        ("relative/containerd", "is not an absolute path"),
+        ("/data/a\\b", "is not an absolute path"),
+        ("/data/a\x01b", "is not an absolute path"),
+        ("/data/../containerd", "is not a plain path (it has .., . or doubled slashes)"),
+        ("/data/./containerd", "is not a plain path (it has .., . or doubled slashes)"),
+        ("/data//containerd", "is not a plain path (it has .., . or doubled slashes)"),
+        ("//data/containerd", "is not a plain path (it has .., . or doubled slashes)"),
+        ("/", "is a directory of the operating system, or holds one"),
+        ("/usr", "is a directory of the operating system, or holds one"),
+        ("/srv/tools", "holds /srv/tools/runc, which the deploy manages"),
+        ("/srv/tools/runc", "holds /srv/tools/runc, which the deploy manages"),
+        ("/srv/tool", None),
+        ("/var/lib/containerd-deploy", "holds /var/lib/containerd-deploy, which the deploy manages"),
+    ],
+)
+def test_what_purged_may_delete_and_why_not(path, why):
+    from tasks.reset import purge_refusal
+
+    assert purge_refusal(path, DEPLOY_PATHS) == why
+
+
+def test_purged_never_deletes_the_registry_configuration_the_deploy_writes():
+    from tasks.reset import check_purge
+    from tasks.values import DataError
+
+    config = base64.b64encode(b'root = "/data"\n').decode()
+    node = node_with(f"{SECTION}config", config)
+    settings = resolve(
+        "node1", {"containerd_state": "purged", "containerd_registry_config_path": "/data/registries"}
+    )
+    with pytest.raises(
+        DataError, match=r"names '/data' as root, which holds /data/registries, which the deploy"
+    ):
+        check_purge(settings, node)

@@ -441,3 +441,22 @@ def test_the_generation_a_run_saw(lock, generation):
     from tasks.operations import lock_generation
 
     assert lock_generation(lock) == generation
+
+
+def test_crictl_is_pointed_at_containerds_socket_and_an_operators_own_config_is_theirs():
+    import hashlib
+
+    from tasks import install
+    from tasks.facts import NodeState
+
+    header, *lines = install.crictl_config().splitlines()
+    assert header == install.CRICTL_CONFIG_HEADER.rstrip("\n")
+    assert dict(line.split(": ", 1) for line in lines) == {
+        "runtime-endpoint": "unix:///run/containerd/containerd.sock",
+        "image-endpoint": "unix:///run/containerd/containerd.sock",
+        "timeout": "10",
+    }
+    ours = hashlib.sha256(install.crictl_config().encode()).hexdigest()
+    assert install.crictl_config_is_ours(NodeState(files={"/etc/crictl.yaml": ours}))
+    assert not install.crictl_config_is_ours(NodeState(files={"/etc/crictl.yaml": "0" * 64}))
+    assert not install.crictl_config_is_ours(NodeState(files={"/etc/other.yaml": ours}))

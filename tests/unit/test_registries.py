@@ -70,3 +70,88 @@ def test_server_defaults_to_the_registry_itself_and_can_be_set():
 def test_bad_registry_data_is_refused_by_key(value):
     with pytest.raises(DataError, match="n: data key 'containerd_registries'"):
         parse("n", value)
+
+
+GOLDEN = __import__("pathlib").Path(__file__).parent / "golden" / "registries.txt"
+
+
+def mirror(**fields):
+    return {"docker.io": {"mirrors": [{"host": "https://mirror.internal", **fields}]}}
+
+
+# Each value a mirror, header or server can be given, good and bad.
+VALUES = [
+    {"docker.io": {"mirrors": ["https://mirror.internal"]}},
+    {"docker.io": {"mirrors": [{"host": "ftp://mirror.internal"}]}},
+    {"docker.io": {"mirrors": [{"host": "https://"}]}},
+    {"docker.io": {"mirrors": [{"host": "https://mirror .internal"}]}},
+    {"docker.io": {"mirrors": [{"host": "https://user:s3cret@mirror.internal"}]}},
+    {"docker.io": {"mirrors": [{"host": 5}]}},
+    {"docker.io": {"mirrors": [{"host": "https://mirror.internal\n"}]}},
+    {"docker.io": {"mirrors": [{"host": "https://[::1"}]}},
+    mirror(hots="x"),
+    mirror(capabilities=[]),
+    mirror(capabilities="pull"),
+    mirror(capabilities=5),
+    mirror(capabilities=["pull", "fly"]),
+    mirror(skip_verify="yes"),
+    mirror(override_path=1),
+    mirror(ca=5),
+    mirror(ca=["", "/etc/ssl/a.pem"]),
+    mirror(ca=["/etc/ssl/a.pem\n"]),
+    mirror(ca="/etc/ssl/a.pem\n"),
+    mirror(headers="Authorization: Basic s3cret"),
+    mirror(headers={"Bad Name": "v"}),
+    mirror(headers={"N" * 70 + " ": "v"}),
+    mirror(headers={5: "v"}),
+    mirror(headers={"X-A": []}),
+    mirror(headers={"X-A": ["a", "s3cret\n"]}),
+    mirror(headers={"X-A": "s3cret\r"}),
+    mirror(headers={"X-A": 5}),
+    {"docker.io": {"mirrors": [{"host": "https://mirror.internal"}], "server": "ftp://registry"}},
+    {"docker.io": {"mirrors": [], "server": "https://registry"}},
+    {"docker.io": {"mirror": [], "servers": "https://registry"}},
+    {"docker.io": "https://mirror.internal"},
+    {"../etc": {"mirrors": [{"host": "https://mirror.internal"}]}},
+    ["docker.io"],
+    # Accepted: each rendered as the hosts.toml the node gets.
+    mirror(
+        capabilities=["pull"],
+        skip_verify=True,
+        ca=["/etc/ssl/a.pem", "/etc/ssl/b.pem"],
+        override_path=True,
+        headers={"Authorization": "Basic s3cret", "X-Two": ["a", "b"]},
+    ),
+    mirror(ca="/etc/ssl/a.pem", skip_verify=False),
+    {"_default": {"mirrors": [{"host": "http://mirror.internal:5000"}]}},
+    {"registry.internal:5000": {"mirrors": [{"host": "https://mirror.internal"}]}},
+    {
+        "quay.io": {
+            "server": "https://quay.internal",
+            "mirrors": [{"host": "https://m1"}, {"host": "https://m2"}],
+        }
+    },
+]
+
+
+def answer(value) -> str:
+    try:
+        registries = parse("node1", value)
+    except DataError as error:
+        return f"refused: {error}"
+    return "".join(f"--- {name}/hosts.toml\n{hosts_toml(name, spec)}" for name, spec in registries.items())
+
+
+def test_each_registries_value_gives_what_the_golden_file_says():
+    """The refusal (naming the host, the key, the registry and mirror, never a header's value
+    or a password) or the hosts.toml files, for each value; golden/registries.txt, rewritten
+    with `UPDATE_GOLDEN=1` after a deliberate change (review its diff)."""
+    import os
+
+    text = "".join(f"== {value!r}\n{answer(value)}\n" for value in VALUES)
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        GOLDEN.write_text(text)
+    assert text == GOLDEN.read_text(), "an answer changed: review it, then UPDATE_GOLDEN=1"
+    for value in VALUES:
+        if answer(value).startswith("refused"):
+            assert "s3cret" not in answer(value)

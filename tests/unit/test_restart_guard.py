@@ -6,6 +6,7 @@ states says when each runs."""
 
 import dataclasses
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -18,11 +19,14 @@ from hypothesis import strategies as st
 from pyinfra.api import FunctionCommand
 
 from tasks import hooks, rollback, scripts, verify
+from tasks.facts import NEW_SUFFIX
 from tasks.values import DataError
 
 from .flow import changed_names, converged, drifted, fresh, prepare, service_op, settings_for
 
 UNIT = "containerd.service"
+# What sh says of a command or file it could not use, or a script it could not read.
+SHELL_COMPLAINTS = re.compile(r"not found|No such file|[Ss]yntax error|Permission denied|[Bb]ad substitution")
 
 
 def executable(path: Path, text: str) -> Path:
@@ -97,9 +101,12 @@ printf 'Client:\\n  Version:  %s\\nServer:\\n  Version:  %s\\n' "$version" "$ver
 
     def run(self, script: str) -> subprocess.CompletedProcess:
         environment = dict(os.environ, PATH=f"{self.stand_ins}:{os.environ['PATH']}")
-        return subprocess.run(
+        result = subprocess.run(
             ["sh", "-c", script], capture_output=True, text=True, env=environment, timeout=60
         )
+        # Whatever a script says on its way, the shell itself never has to complain.
+        assert not SHELL_COMPLAINTS.search(result.stderr), result.stderr
+        return result
 
     def restart_into(self, version: str) -> subprocess.CompletedProcess:
         return self.run(
@@ -296,6 +303,9 @@ def test_a_failing_hook_names_host_key_command_status_and_hides_secrets(kubectl,
     assert message.startswith("node1: data key 'containerd_restart_hook_before': ")
     assert f"{program} drain node1 failed (exit status 3)" in message
     assert "cannot evict pod" in message and "hunter2" not in message
+    assert (
+        hooks._tail("token: abc\nuser password=hunter2 ok") == "; it said: token: *** | user password=*** ok"
+    )
     # Regression (seen on the VMs): on one line, so the rollout's report of the host (its last
     # line) holds what the hook said.
     assert "\n" not in message
@@ -313,7 +323,17 @@ def test_a_hook_runs_with_the_controllers_environment_the_host_named_and_no_inpu
         "echo 'warning: on stderr' >&2\n"
         "printf 'bytes: \\377\\n'\n",
     )
-    output = hooks.run_hook("containerd_restart_hook_after", [str(hook)], 10, "node-1")
+    # The controller's own input is something a hook could read and wait on: a pipe.
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"the operator's input\n")
+    saved = os.dup(0)
+    os.dup2(read_end, 0)
+    try:
+        output = hooks.run_hook("containerd_restart_hook_after", [str(hook)], 10, "node-1")
+    finally:
+        os.dup2(saved, 0)
+        for fd in (saved, read_end, write_end):
+            os.close(fd)
     assert output.splitlines() == [
         "host=node-1 kubeconfig=/etc/kube/admin.conf stdin=/dev/null",
         "warning: on stderr",
@@ -388,6 +408,12 @@ def test_a_hook_that_is_not_there_is_a_clear_failure():
         ("kubectl drain {", "is not a template"),
         ("kubectl 'drain", "does not split into arguments"),
         ("kubectl drain\n{host}", "control character"),
+        (
+            "kubectl drain\x7f{host}",
+            "is 'kubectl drain\\x7f{host}', with a control character (one command, on one line)",
+        ),
+        (["kubectl", "a\x7fb"], "has an argument with a control character ('a\\x7fb')"),
+        (["kubectl", "drain", "\x1f"], "has an argument with a control character ('\\x1f')"),
         (["kubectl", 3], "not a command line or a list of arguments"),
         (True, "not a command line or a list of arguments"),
         ("''", "names no program"),
@@ -402,8 +428,8 @@ def test_a_bad_hook_is_refused_naming_the_key_and_the_fix(value, problem):
 
 
 def test_braces_are_written_doubled_and_lists_are_taken_as_they_are():
-    argv = hooks.parse_hook("n1", "k", ["kubectl", "annotate", "{host}", "x={{y}}"])
-    assert hooks.hook_argv(argv, "n 1", "a") == ["kubectl", "annotate", "n 1", "x={y}"]
+    argv = hooks.parse_hook("n1", "k", ["kubectl", "annotate", "{host}", "x={{y}}", "note=a b"])
+    assert hooks.hook_argv(argv, "n 1", "a") == ["kubectl", "annotate", "n 1", "x={y}", "note=a b"]
     assert hooks.hook_argv(hooks.parse_hook("n1", "k", "ssh {address} true"), "n1", "10.0.0.5") == [
         "ssh",
         "10.0.0.5",
@@ -557,3 +583,15 @@ def test_the_release_is_kept_only_after_every_file_is_fetched_and_verified(monke
     assert (
         fetch < names.index(KEEP) < min(i for i, name in enumerate(names) if "| Install containerd" in name)
     )
+
+
+def test_dropping_the_kept_release_removes_a_half_written_one_too(node):
+    """A run stopped while keeping leaves `<kept>.new`; the next verified run drops both. The
+    state directory may be given with a trailing slash."""
+    assert node.keep("1.7.24").returncode == 0
+    half = node.state / (rollback.KEPT_DIR_NAME + NEW_SUFFIX)
+    half.mkdir()
+    node.run(rollback.drop_kept_script(f"{node.state}/"))
+    assert not (node.state / rollback.KEPT_DIR_NAME).exists() and not half.exists()
+    assert rollback.kept_dir("/var/lib/d/") == f"/var/lib/d/{rollback.KEPT_DIR_NAME}"
+    assert rollback.manifest_path("/var/lib/d/", "runc") == "/var/lib/d/runc.manifest"

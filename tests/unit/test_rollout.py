@@ -8,7 +8,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tasks.rollout import Outcome, RolloutError, batch_size, failed_hosts, past_allowance, plan, roll_out
+from tasks import rollout
+from tasks.rollout import (
+    Outcome,
+    RolloutError,
+    batch_size,
+    failed_hosts,
+    host_said,
+    past_allowance,
+    plan,
+    roll_out,
+)
 
 HOSTS = [f"node{n}" for n in range(1, 11)]
 
@@ -23,6 +33,7 @@ HOSTS = [f"node{n}" for n in range(1, 11)]
         ("1%", 10, 1),
         ("100%", 7, 7),
         ("12.5%", 8, 1),
+        ("50%", 202, 101),
     ],
 )
 def test_a_batch_is_a_count_or_a_percentage_rounded_up(spec, total, size):
@@ -70,6 +81,16 @@ def test_the_allowance_is_a_share_of_the_batch():
     assert not past_allowance(3, 3, 100)
 
 
+@pytest.mark.parametrize("text", ["-1", "100.5", "nan", "ten", ""])
+def test_an_allowance_that_is_no_percentage_is_refused_before_any_run(text, capsys):
+    with pytest.raises(SystemExit) as stop:
+        rollout.main(["inv.py", "deploy.py", "--max-fail-percent", text])
+    assert stop.value.code == 2
+    assert (
+        f"--max-fail-percent: {text!r}: give a percentage from 0 to 100 (e.g. 10)" in capsys.readouterr().err
+    )
+
+
 def fake_runs(failing: dict[str, str]):
     ran: list[list[str]] = []
 
@@ -96,7 +117,9 @@ def test_a_failed_canary_stops_the_rollout_and_leaves_every_other_host_untouched
 
 def test_a_good_rollout_runs_every_batch_in_order():
     run, ran = fake_runs({})
-    outcome = roll_out(plan(HOSTS[:4], 3), run, say=lambda line: None)
+    said: list[str] = []
+    outcome = roll_out(plan(HOSTS[:4], 3), run, say=said.append)
+    assert said == ["rollout: batch 1/2: node1", "rollout: batch 2/2: node2, node3, node4"]
     assert ran == [["node1"], ["node2", "node3", "node4"]]
     assert outcome == Outcome(done=ran, failed={}, stopped_at=None, untouched=[]) and outcome.ok
 
@@ -111,6 +134,11 @@ def test_failures_within_the_allowance_go_on_and_are_still_reported():
     outcome = roll_out(plan(HOSTS[:10], 3), run, max_fail_percent=34, say=lambda line: None)
     assert ran == [["node1"], ["node2", "node3", "node4"]] and outcome.stopped_at == 1
     assert outcome.untouched == HOSTS[4:10]
+    # Stopped at the last batch: nothing left untouched, and it says so.
+    run, ran = fake_runs({"node2": "down"})
+    said: list[str] = []
+    roll_out([["node1"], ["node2"]], run, say=said.append)
+    assert said[-1] == "rollout: stopped after batch 2: 1 of 1 failed (allowed: 0%); not touched: none"
 
 
 def json_run(operations: list[dict], failed: list[str]) -> str:
@@ -146,6 +174,28 @@ def test_what_failed_is_read_from_pyinfras_json():
         "a": "pyinfra exited 1",
         "b": "pyinfra exited 1",
     }
+
+
+def test_parts_pyinfras_json_leaves_out_are_nothing_failed():
+    """pyinfra leaves out an empty list and an operation without a name; that is no failure."""
+    assert failed_hosts(["a"], 0, json.dumps({"results": {}}), "") == {}
+    assert failed_hosts(["a"], 0, json.dumps({"results": {"operations": [{"name": "x"}]}}), "") == {}
+    assert failed_hosts(["a"], 1, json.dumps({"results": {"operations": [{"error": ["a"]}]}}), "") == {
+        "a": "operation failed: ?"
+    }
+
+
+def test_a_failed_operation_says_what_the_deploy_said_of_the_host():
+    stderr = "    [b] Connected\n    [b] containerd-deploy: ctr version did not answer within 60s\n    [b] Error: executed 3 commands\n"
+    ops = [{"name": "Run containerd", "error": ["b"]}]
+    assert failed_hosts(["a", "b"], 1, json_run(ops, []), stderr) == {
+        "b": "operation failed: Run containerd (containerd-deploy: ctr version did not answer within 60s)"
+    }
+
+
+def test_a_host_pyinfra_said_nothing_of_has_said_nothing():
+    assert host_said("a", "") is None
+    assert host_said("a", "    [a] Connected\n    [a] Success\n    [ab] other host\n") is None
 
 
 def test_a_run_stopped_before_its_json_fails_the_whole_batch_with_pyinfras_last_word():
@@ -203,6 +253,74 @@ def test_the_cli_runs_pyinfra_once_per_batch_with_its_hosts(monkeypatch, capsys)
         ["--limit", "node3", "--limit", "node4"],
     ]
     assert "rollout: all 3 hosts done in 2 batches" in capsys.readouterr().out
+
+
+def fake_fleet(monkeypatch, hosts: list[str], outcome):
+    """The inventory `inv.py` with `hosts`, each pyinfra run answered by `outcome(hosts of the
+    run)` -> (exit status, stdout, stderr); returns the --limit hosts of each run."""
+    import subprocess
+
+    def load(path):
+        assert path == "inv.py"
+        return [(name, ["workers"], {}) for name in hosts]
+
+    monkeypatch.setattr(rollout.inventories, "load", load)
+    limited: list[list[str]] = []
+
+    def fake_run(command, **kwargs):
+        run_hosts = [command[i + 1] for i, arg in enumerate(command) if arg == "--limit"]
+        limited.append(run_hosts)
+        return subprocess.CompletedProcess(command, *outcome(run_hosts))
+
+    monkeypatch.setattr(rollout.subprocess, "run", fake_run)
+    return limited
+
+
+def test_by_default_a_canary_then_a_quarter_of_the_fleet_per_batch_and_no_failure_allowed(
+    monkeypatch, capsys
+):
+    limited = fake_fleet(monkeypatch, HOSTS[:5], lambda hosts: (0, json_run([], []), ""))
+    assert rollout.main(["inv.py", "deploy.py"]) == 0
+    assert limited == [["node1"], ["node2", "node3"], ["node4", "node5"]]
+    # 1 failed host of a batch of 101 is past the default allowance (0%), not only of 1%.
+    fleet = [f"n{i}" for i in range(101)]
+    limited = fake_fleet(
+        monkeypatch, fleet, lambda hosts: (1, json_run([{"name": "x", "error": ["n50"]}], []), "")
+    )
+    assert rollout.main(["inv.py", "deploy.py", "--canary", "0", "--batch", "100%"]) == 1
+    assert "rollout: stopped after batch 1: 1 of 101 failed (allowed: 0%)" in capsys.readouterr().out
+
+
+def test_the_cli_passes_limit_canary_and_allowance_on(monkeypatch, capsys):
+    failing = {"node3"}
+
+    def outcome(hosts):
+        bad = [host for host in hosts if host in failing]
+        return (1 if bad else 0), json_run([{"name": "x", "error": bad}], []), ""
+
+    limited = fake_fleet(monkeypatch, HOSTS[:6], outcome)
+    assert rollout.main(["inv.py", "deploy.py", "--limit", "node2,node3,node4,node5", "--canary", "0"]) == 1
+    assert limited == [["node2"], ["node3"]], "no canary; a failure stops it by default"
+    capsys.readouterr()
+    limited.clear()
+    argv = ["inv.py", "deploy.py", "--canary", "2", "--batch", "2", "--max-fail-percent", "50"]
+    assert rollout.main(argv) == 1
+    assert limited == [["node1", "node2"], ["node3", "node4"], ["node5", "node6"]]
+    assert "rollout: every batch ran; failed within the allowance: node3" in capsys.readouterr().out
+
+
+def test_a_batch_run_that_stopped_without_its_json_fails_its_hosts(monkeypatch, capsys):
+    fake_fleet(monkeypatch, HOSTS[:2], lambda hosts: (1, "", "--> pyinfra error: boom\n"))
+    assert rollout.main(["inv.py", "deploy.py", "--batch", "1"]) == 1
+    assert "rollout: node1 failed: --> pyinfra error: boom" in capsys.readouterr().out
+
+
+def test_a_limit_that_matches_no_host_is_refused(monkeypatch, capsys):
+    fake_fleet(monkeypatch, HOSTS[:2], lambda hosts: (0, "", ""))
+    with pytest.raises(SystemExit) as stop:
+        rollout.main(["inv.py", "deploy.py", "--limit", "web*"])
+    assert stop.value.code == 2
+    assert "no hosts in inv.py match --limit=web*" in capsys.readouterr().err
 
 
 def test_a_host_that_failed_the_run_is_named_with_what_the_deploy_said_of_it():

@@ -1,6 +1,7 @@
 """The verify step's judgement of a node, and the fact it reads (output captured from real VMs)."""
 
 import base64
+import re
 from pathlib import Path
 
 import pytest
@@ -246,10 +247,15 @@ esac
         (
             "does not run",
             True,
-            "did not run: ctr: failed to create shim task: OCI runtime create failed: exec format",
+            "did not run: ctr: failed to create shim task: OCI runtime create failed: exec format error",
         ),
         ("exited", True, "started but is not running (task STOPPED): see journalctl -u containerd.service"),
-        ("outside a scope", True, "ran, but not in a systemd scope (its /proc/PID/cgroup: 0::/k8s.io/x;)"),
+        (
+            "outside a scope",
+            True,
+            "ran, but not in a systemd scope (its /proc/PID/cgroup: 0::/k8s.io/x;): runc cannot use systemd "
+            "cgroups here (is dbus running?)",
+        ),
     ],
 )
 def test_the_container_check_runs_one_checks_it_and_removes_it(tmp_path, case, systemd_cgroup, problem):
@@ -274,9 +280,13 @@ def test_the_container_check_runs_one_checks_it_and_removes_it(tmp_path, case, s
     ).replace("/proc/${task%% *}/cgroup", f"{tmp_path}/cgroup-${{task%% *}}")
     result = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=30)
     calls = (log / "calls").read_text()
-    assert (
-        f"-n k8s.io run -d {'--runc-systemd-cgroup --cgroup system.slice:containerd-deploy:verify-' if systemd_cgroup else ''}"
-        in calls
+    cgroup = (
+        r"--runc-systemd-cgroup --cgroup system\.slice:containerd-deploy:verify-\d+-runc "
+        if systemd_cgroup
+        else ""
+    )
+    assert re.search(
+        rf"^-n k8s\.io run -d {cgroup}{re.escape(PAUSE)} containerd-deploy-verify-\d+-runc$", calls, re.M
     )
     assert (
         "tasks rm -f containerd-deploy-verify-" in calls
@@ -290,7 +300,7 @@ def test_the_container_check_runs_one_checks_it_and_removes_it(tmp_path, case, s
         assert result.returncode == 1
         header, detail = result.stderr.splitlines()
         assert header == "containerd-deploy: node1 is not a conformant containerd node:"
-        assert detail.startswith(f"  - a container from {PAUSE} {problem}"), detail
+        assert detail == f"  - a container from {PAUSE} {problem}"
 
 
 FAKE_QUESTION = """#!/bin/sh
@@ -330,9 +340,13 @@ def test_the_verify_fact_asks_the_daemon_its_questions_side_by_side(tmp_path, im
         (log / "images-fail").touch()
     fakes = {
         "ctr": FAKE_CTR,
-        "containerd": FAKE_QUESTION + "echo 'version = 2'\n",
-        "systemctl": '#!/bin/sh\ncase "$*" in *--value*) echo 0;; *) printf \'ActiveState=active\\nMainPID=0\\n'
-        "NeedDaemonReload=no\\n';; esac\n",
+        "containerd": FAKE_QUESTION
+        + f'[ "$*" = "--config {tmp_path}/config.toml config dump" ] || exit 1\necho \'version = 2\'\n',
+        "crun": "#!/bin/sh\n",
+        # Each answers only the question the fact must ask.
+        "systemctl": '#!/bin/sh\ncase "$*" in *--value*) echo 0;; '
+        "'show containerd.service -p ActiveState -p MainPID -p NeedDaemonReload') "
+        "printf 'ActiveState=active\\nMainPID=0\\nNeedDaemonReload=no\\n';; *) exit 1;; esac\n",
     }
     for name, text in fakes.items():
         (bin_dir / name).write_text(
@@ -340,7 +354,7 @@ def test_the_verify_fact_asks_the_daemon_its_questions_side_by_side(tmp_path, im
         )
         (bin_dir / name).chmod(0o755)
     script = daemon_state_command(
-        str(bin_dir), str(tmp_path / "config.toml"), "containerd.service", (), image
+        str(bin_dir), str(tmp_path / "config.toml"), "containerd.service", (), image, ("crun", "/no/kata")
     )
     result = subprocess.run(
         ["sh", "-c", script],
@@ -348,9 +362,10 @@ def test_the_verify_fact_asks_the_daemon_its_questions_side_by_side(tmp_path, im
         text=True,
         env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"},
     )
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 0 and result.stderr == "", result.stderr
     assert not (log / "alone").exists(), "a question ran alone: " + (log / "alone").read_text()
     state = parse_daemon_state(result.stdout.splitlines())
+    assert state.missing_binaries == ["/no/kata"], "crun is in the bin directory"
     assert (state.ctr_client, state.ctr_server) == ("v1.7.24", "v1.7.24")
     assert state.plugins == {("io.containerd.grpc.v1", "cri"): "ok"}
     assert state.dump == "version = 2\n" and state.active_state == "active"
@@ -540,3 +555,196 @@ def test_the_daemon_fact_asks_with_its_arguments_and_reads_its_answer():
         ContainerdDaemon.default() == ContainerdDaemon.default()
         and ContainerdDaemon.default().active_state == ""
     )
+
+
+def sections(**bodies: list[str]) -> list[str]:
+    return [line for name, body in bodies.items() for line in (f"{SECTION}{name}", *body)]
+
+
+def test_what_the_verify_fact_makes_of_odd_or_missing_answers():
+    state = parse_daemon_state(sections(service=["NeedDaemonReload=yes"]))
+    assert (state.active_state, state.main_pid, state.need_daemon_reload) == ("", 0, True)
+    for pid, parsed in (("MainPID=", 0), ("MainPID=x1", 0), ("MainPID=4242", 4242)):
+        assert parse_daemon_state(sections(service=[pid])).main_pid == parsed
+    refused = ["Client:", "  Version:  v1.7.24", "ctr: connection refused"]
+    assert parse_daemon_state(sections(ctr=refused)).ctr_error == "\n".join(refused)
+    answered = ["Client:", "  Version:  v1.7.24", "", "Server:", "  Version:  v1.7.24"]
+    assert parse_daemon_state(sections(ctr=answered)).ctr_error == ""
+    dump = base64.b64encode(b"version = 3\n").decode()
+    assert parse_daemon_state(sections(dump=[f"ok {dump}", ""])).dump == "version = 3\n"
+    bad = base64.b64encode(b"bad \xff config").decode()
+    assert parse_daemon_state(sections(dump=[f"error {bad}"])).dump_error == "bad \ufffd config"
+    assert parse_daemon_state(sections(dump=["error "])).dump_error == "no output"
+    assert parse_daemon_state(sections(dump=["ok"])).dump == ""
+    assert parse_daemon_state(sections(kubelet=["", "  "])).kubelet_config is None
+    assert parse_daemon_state(sections(missing=["/no/kata", ""])).missing_binaries == ["/no/kata"]
+    assert parse_daemon_state(sections(image=[" unlisted ", "connection refused "])).sandbox_image == (
+        "unlisted connection refused"
+    )
+    assert parse_daemon_state(sections(image=[" "])).sandbox_image == "absent"
+
+
+GOLDEN_VERDICTS = Path(__file__).parent / "golden" / "verdicts.txt"
+NOT_TOML = "version = 2\n[plugins\n"
+
+
+def verdict_cases():
+    """(name, Expected, DaemonState): one node per way the verify step can judge it."""
+    runtimes = (("crun", "/usr/bin/crun"), ("kata", "containerd-shim-kata-v2"))
+    yield "healthy", expected(), healthy()
+    yield "no unit", expected(), healthy(service=("MainPID=0",))
+    yield "no answer", expected(), healthy(ctr=["ctr: " + "connection refused " * 30])
+    yield (
+        "another ctr",
+        expected(),
+        healthy(ctr=["Client:", "  Version:  1.6.20", "Server:", "  Version:  1.7.24"]),
+    )
+    yield "another version", expected("1.7.25"), healthy()
+    yield (
+        "replaced, unit not reloaded",
+        expected(),
+        healthy(
+            exe="/usr/local/bin/containerd (deleted)",
+            service=("MainPID=582", "ActiveState=active", "NeedDaemonReload=yes"),
+        ),
+    )
+    yield "config and unit newer", expected(), healthy(mtimes=("1003 " + CONFIG, "1004 " + UNIT))
+    yield (
+        "2.x without its CRI parts",
+        expected("2.1.9"),
+        healthy(
+            ctr=["Client:", "  Version:  v2.1.9", "Server:", "  Version:  v2.1.9"],
+            dump=dump_of("default-2.1.9.toml", "2.1.9"),
+        ),
+    )
+    yield "dump not TOML", expected(), healthy(dump=NOT_TOML)
+    yield (
+        "cgroupfs in effect",
+        expected(),
+        healthy(dump=dump_of("default-1.7.24.toml", "1.7.24", systemd_cgroup=False)),
+    )
+    settings = (
+        ("sandbox_image", "registry.internal/pause:3.10"),
+        ("enable_cdi", True),
+        ("cdi_spec_dirs", ["/etc/cdi", "/run/cdi"]),
+        ("max_container_log_line_size", 16384),
+    )
+    yield (
+        "settings overridden or unset",
+        Expected(version="1.7.24", systemd_cgroup=True, sandbox_image=PAUSE, settings=settings),
+        healthy(),
+    )
+    yield (
+        "a setting the dump lacks",
+        Expected(
+            version="1.7.24", systemd_cgroup=True, sandbox_image=PAUSE, settings=(("enable_cdi", True),)
+        ),
+        healthy(dump=dump_of("default-1.6.20.toml", "1.6.20")),
+    )
+    yield (
+        "kubelet on cgroupfs",
+        expected(),
+        healthy(kubelet="kind: KubeletConfiguration\ncgroupDriver: cgroupfs\n"),
+    )
+    yield (
+        "kubelet and containerd on cgroupfs",
+        expected(systemd_cgroup=False),
+        healthy(
+            dump=dump_of("default-1.7.24.toml", "1.7.24", systemd_cgroup=False),
+            kubelet="cgroupDriver: cgroupfs\n",
+        ),
+    )
+    yield "images unlisted", expected(), healthy(image="unlisted " + "connection refused " * 30)
+    yield "no sandbox image yet", expected(), healthy(image="absent")
+    yield "no sandbox image named", expected(sandbox=None), healthy(image="absent")
+    yield (
+        "handlers' binaries there",
+        Expected(version="1.7.24", systemd_cgroup=True, sandbox_image=PAUSE, runtime_binaries=runtimes),
+        healthy(),
+    )
+    missing = healthy()
+    missing.missing_binaries = ["/usr/bin/crun", "containerd-shim-kata-v2"]
+    yield (
+        "handlers' binaries missing",
+        Expected(version="1.7.24", systemd_cgroup=True, sandbox_image=PAUSE, runtime_binaries=runtimes),
+        missing,
+    )
+
+
+def verdicts_text() -> str:
+    out = []
+    for name, wanted, state in verdict_cases():
+        verdict = judge(wanted, state)
+        out.append(f"== {name}")
+        out += [f"problem: {text}" for text in verdict.problems]
+        out += [f"note: {text}" for text in verdict.notes]
+        out.append(f"summary: {verdict.summary(wanted.version)}")
+    return "\n".join(out) + "\n"
+
+
+def test_each_way_a_node_can_fall_short_is_said_as_the_golden_file_says():
+    """Every verdict the verify step gives, word for word, in golden/verdicts.txt; after a
+    deliberate change rewrite it with `UPDATE_GOLDEN=1` and review its diff."""
+    import os
+
+    text = verdicts_text()
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        GOLDEN_VERDICTS.write_text(text)
+    assert text == GOLDEN_VERDICTS.read_text(), "a verdict changed: review it, then UPDATE_GOLDEN=1"
+
+
+def test_a_summary_lists_what_was_checked_then_the_notes():
+    from tasks.verify import Verdict
+
+    assert Verdict(checked=["a", "b"], notes=["n1", "n2"]).summary("1.7.24") == (
+        "containerd 1.7.24 verified: a; b (n1; n2)"
+    )
+    assert Verdict(checked=["a"]).summary("2.1.9") == "containerd 2.1.9 verified: a"
+
+
+@pytest.mark.parametrize(
+    "yaml, driver",
+    [
+        ("cgroupDriver: systemd\n", "systemd"),
+        ("kind: KubeletConfiguration\ncgroupDriver: 'systemd' # see: docs # again\n", "systemd"),
+        ('cgroupDriver: "cgroupfs"\n', "cgroupfs"),
+        ("cgroupDriver:systemd\n", "systemd"),
+        ("cgroupDriver: XYZ\n", "XYZ"),
+        ("cgroupDriver: ''\n", "cgroupfs"),
+        ("cgroupDriver: # unset\n", "cgroupfs"),
+        ("  cgroupDriver: systemd\n", "cgroupfs"),
+        ("kind: KubeletConfiguration\n", "cgroupfs"),
+    ],
+)
+def test_the_kubelets_cgroup_driver_is_read_as_the_kubelet_reads_it(yaml, driver):
+    assert kubelet_cgroup_driver(yaml) == driver
+
+
+def test_what_each_runtime_handler_needs_and_which_the_container_check_runs_through():
+    from tasks.verify import container_handlers, release_version, runtime_binaries, shim_binary
+
+    assert shim_binary("io.containerd.kata.v2") == "containerd-shim-kata-v2"
+    assert shim_binary("/opt/shim") == "/opt/shim"
+    assert shim_binary("com.example.runtime.v1") is None and shim_binary("io.containerd.v2") is None
+    runtimes = {
+        "a-not-a-table": "junk",
+        "crun": {"runtime_type": RUNC, "options": {"BinaryName": "/usr/bin/crun"}},
+        "kata": {"runtimeType": "io.containerd.kata.v2"},
+        "runc": {"options": {"BinaryName": "/usr/sbin/runc"}},
+        "plain": {},
+    }
+    assert runtime_binaries(runtimes) == [
+        ("crun", "containerd-shim-runc-v2"),
+        ("crun", "/usr/bin/crun"),
+        ("kata", "containerd-shim-kata-v2"),
+        ("plain", "containerd-shim-runc-v2"),
+        ("plain", "runc"),
+        ("runc", "containerd-shim-runc-v2"),
+        ("runc", "/usr/sbin/runc"),
+    ]
+    assert container_handlers(runtimes) == (("runc", ""), ("crun", "/usr/bin/crun"))
+    assert release_version("containerd github.com/containerd/containerd v1.7.11 64b8a81") == "1.7.11"
+    assert release_version("no version") is None and release_version(None) is None
+
+
+RUNC = "io.containerd.runc.v2"

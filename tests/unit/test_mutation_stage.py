@@ -1,0 +1,60 @@
+"""The mutation stage of `make test` (tests/mutation.py): which mutants it draws within its
+budget, and what fails it."""
+
+from tests.mutation import FLOOR, Module, Sample, draw, function_of, judge
+
+OLD = {"tasks.hooks.x_run": "aaa", "tasks.hooks.x_parse": "bbb", "tasks.lock.x_look": "ccc"}
+
+
+def found(run_hash: str = "aaa") -> dict[str, Module]:
+    hooks = {f"tasks.hooks.x_run__mutmut_{n}": None for n in range(1, 11)}
+    hooks |= {f"tasks.hooks.x_parse__mutmut_{n}": None for n in range(1, 11)}
+    return {
+        "hooks.py": Module("hooks.py", hooks, {"tasks.hooks.x_run": run_hash, "tasks.hooks.x_parse": "bbb"}),
+        "lock.py": Module("lock.py", {"tasks.lock.x_look__mutmut_1": None}, {"tasks.lock.x_look": "ccc"}),
+        "values.py": Module("values.py", {"tasks.values.x_q__mutmut_1": None}, {"tasks.values.x_q": "d"}),
+    }
+
+
+def test_a_mutants_function_is_its_name_before_the_mutant_number():
+    assert function_of("tasks.rollout.x_main__mutmut_17") == "tasks.rollout.x_main"
+    assert function_of("tasks.hooks.x__tail__mutmut_3") == "tasks.hooks.x__tail"
+
+
+def test_changed_functions_come_first_and_the_budget_bounds_the_sample():
+    nodes = found(run_hash="changed")
+    cost = {mutant: 1.0 for module in nodes.values() for mutant in module.codes}
+    sample = draw(nodes, {"functions": OLD}, cost, budget=12, seed="abc")
+    assert sorted(sample.changed) == sorted(f"tasks.hooks.x_run__mutmut_{n}" for n in range(1, 11))
+    assert len(sample.unchanged) == 2 and sample.estimated_seconds == 12
+    assert not any(mutant.startswith("tasks.values.") for mutant in sample.unchanged), "not a decision module"
+    assert draw(nodes, {"functions": OLD}, cost, 12, "abc") == sample, "the same commit draws the same"
+    others = {tuple(draw(nodes, {"functions": OLD}, cost, 12, seed).unchanged) for seed in "abcdefgh"}
+    assert len(others) > 1, "another commit draws others"
+    unchanged = draw(found(), {"functions": OLD}, cost, 100, "abc")
+    assert not unchanged.changed and len(unchanged.unchanged) == 21
+
+
+def test_changed_functions_below_the_floor_fail_the_stage():
+    sample = Sample(changed=[f"m__mutmut_{n}" for n in range(10)])
+    codes = {mutant: 1 for mutant in sample.changed}
+    assert judge(sample, codes, {"not_killed": []}) == []
+    codes["m__mutmut_0"] = 0  # 90% killed: at the floor
+    assert FLOOR == 0.90 and judge(sample, codes, {"not_killed": []}) == []
+    codes["m__mutmut_1"] = 33  # no test reaches it: not killed either
+    (problem,) = judge(sample, codes, {"not_killed": ["m__mutmut_0"]})
+    assert "killed: 8 of 10 (80% < 90%); not killed: m__mutmut_0 m__mutmut_1" in problem
+
+
+def test_a_mutant_the_baseline_saw_killed_that_survives_fails_the_stage():
+    sample = Sample(unchanged=["a__mutmut_1", "b__mutmut_1", "c__mutmut_1"])
+    codes = {"a__mutmut_1": 1, "b__mutmut_1": 0, "c__mutmut_1": 0}
+    assert judge(sample, codes, {"not_killed": ["b__mutmut_1"]}) == [
+        "c__mutmut_1 was killed at the baseline and is not now: a test lost its grip"
+    ]
+    codes["c__mutmut_1"] = 1
+    assert judge(sample, codes, {"not_killed": ["b__mutmut_1"]}) == []
+    codes["c__mutmut_1"] = None
+    assert judge(sample, codes, {"not_killed": ["b__mutmut_1"]}) == [
+        "1 sampled mutants were not checked (the run stopped early)"
+    ]
