@@ -79,6 +79,7 @@ mutation: deps
 	mkdir -p mutants
 	CONTAINERD_DEPLOY_MUTATION=1 $(VENV)/bin/mutmut run --max-children $$(nproc) >mutants/run.log 2>&1 \
 	  || { tail -c 4000 mutants/run.log; exit 1; }
+	$(PY) -m tests.mutation recheck
 	$(PY) -m tests.mutation report
 
 # First converge vs a hand-written script, no-op rerun, fan-out, upstream bytes, controller

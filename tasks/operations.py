@@ -181,7 +181,7 @@ def release_files_fetched(
 def lock_generation(lock: str) -> int | None:
     """The generation in a "free <generation>" or "busy <generation> <owner>" lock state; None otherwise."""
     word, _, rest = lock.partition(" ")
-    number = rest.split(" ", 1)[0]
+    number = rest.partition(" ")[0]
     return int(number) if word in ("free", "busy") and number.isdigit() else None
 
 
@@ -325,9 +325,9 @@ def show_diff(path: str, current: str | None, wanted: str, secret: bool) -> None
         return
     verb = "create" if current is None else "modify"
     if secret:
-        host.log(f"Will {verb} {path} (contents not shown: it holds credentials)", logger.info)
+        host.log(f"Will {verb} {path} (contents not shown: it holds credentials)")
         return
-    host.log(f"Will {verb} {path}", logger.info)
+    host.log(f"Will {verb} {path}")
     for line in generate_color_diff(redacted_lines(current or ""), redacted_lines(wanted)):
         logger.info("  %s", line)
     logger.info("")
@@ -500,7 +500,7 @@ def containerd_service(
             "restart": f"Will restart {unit} (something it loads at start changed)",
             "start": f"Will start {unit}",
         }.get(action, f"No restart: {unit} keeps running")
-        host.log(said + (" after a systemd daemon-reload" if must_reload else ""), logger.info)
+        host.log(said + (" after a systemd daemon-reload" if must_reload else ""))
     if not action and enabled and not must_reload:
         host.noop(f"{unit} is enabled and running")
         return
@@ -589,7 +589,7 @@ def _hook(state, host, key: str, argv: list[str], timeout: int) -> bool:
         host.log_styled(f"containerd-deploy: {error}", fg="red", log_func=logger.error)
         return False
     for line in output.splitlines()[-5:]:
-        host.log(f"{key}: {line}", logger.info)
+        host.log(f"{key}: {line}")
     return True
 
 
@@ -631,7 +631,7 @@ def restart_hook(
         return
     argv = hook_argv(tuple(command), host.name, address)
     if not host.state.is_executing:
-        host.log(f"Will run {shlex.join(argv)} on the controller ({key})", logger.info)
+        host.log(f"Will run {shlex.join(argv)} on the controller ({key})")
     yield FunctionCommand(_hook, (key, argv, timeout), {})
 
 

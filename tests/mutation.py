@@ -1,8 +1,9 @@
 """Mutation testing of `tasks/` against the unit tests alone (mutmut), two ways.
 
-`python -m tests.mutation report` (`make mutation`, after a whole `mutmut run`, over an hour
-here): the verdicts per module into docs/mutation.md, and the baseline — each function's hash and
-the mutants no unit test kills, reviewed in that report — into tests/mutation_baseline.json.
+`python -m tests.mutation report` (`make mutation`, after a whole `mutmut run` and `recheck`,
+which runs the mutants no test killed again against today's tests; over an hour here): the
+verdicts per module into docs/mutation.md, and the baseline — each function's hash and
+the mutants no unit test kills — into tests/mutation_baseline.json.
 Fails when a decision module is below its floor, or the run did not check every mutant.
 
 `python -m tests.mutation sample` (in `make test`, a few minutes): mutants of the decision modules
@@ -91,7 +92,8 @@ def modules() -> dict[str, Module]:
     for meta in sorted((MUTANTS / "tasks").rglob("*.py.meta")):
         data = json.loads(meta.read_text())
         name = str(meta.relative_to(MUTANTS / "tasks"))[: -len(".meta")]
-        dotted = "tasks." + name[: -len(".py")].replace("/", ".")
+        parts = ["tasks", *name[: -len(".py")].split("/")]
+        dotted = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)  # as mutmut names it
         hashes = {
             f"{dotted}.{function}": digest for function, digest in data["hash_by_function_name"].items()
         }
@@ -304,16 +306,38 @@ def sample_stage(budget: float) -> int:
     return 1 if problems else 0
 
 
+def recheck() -> int:
+    """mutmut keeps a verdict while the function's code is unchanged, even when tests were added
+    since: run every mutant no test killed once more against today's tests."""
+    names = [
+        mutant
+        for module in modules().values()
+        for mutant, code in module.codes.items()
+        if verdict(code) in ("survived", "no tests", "suspicious")
+    ]
+    if not names:
+        return 0
+    log = MUTANTS / "recheck.log"
+    log.write_text("")
+    result = mutmut("run", "--max-children", str(os.cpu_count() or 2), *names, log=log)
+    if result.returncode:
+        print(log.read_text()[-4000:], file=sys.stderr)
+    return result.returncode
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.mutation", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("recheck", help="run every mutant no test killed again, against today's tests")
     commands.add_parser("report", help="after a whole `mutmut run`: docs/mutation.md and the baseline")
     sample = commands.add_parser("sample", help="a time-boxed sample of the decision modules' mutants")
     sample.add_argument(
-        "--budget", type=float, default=300, help="seconds of estimated test time to sample (default 300)"
+        "--budget", type=float, default=900, help="seconds of estimated test time to sample (default 900)"
     )
     args = parser.parse_args(argv)
-    return report() if args.command == "report" else sample_stage(args.budget)
+    if args.command == "sample":
+        return sample_stage(args.budget)
+    return report() if args.command == "report" else recheck()
 
 
 if __name__ == "__main__":

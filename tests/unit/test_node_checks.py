@@ -6,6 +6,7 @@ import os
 import shlex
 import stat
 import subprocess
+from pathlib import Path
 
 import pytest
 from pyinfra.api.exceptions import DeployError
@@ -569,3 +570,24 @@ def test_purged_never_deletes_the_registry_configuration_the_deploy_writes():
         DataError, match=r"names '/data' as root, which holds /data/registries, which the deploy"
     ):
         check_purge(settings, node)
+
+
+def test_a_node_without_flock_is_told_to_install_it_before_anything_is_taken(tmp_path):
+    from tasks.lock import NO_FLOCK, take_lock_script, unavailable_message
+
+    bin_dir = tmp_path / "bin"  # the system's tools, but flock
+    bin_dir.mkdir()
+    for tool in Path("/usr/bin").iterdir():
+        if tool.name != "flock":
+            (bin_dir / tool.name).symlink_to(tool)
+    script = take_lock_script("node1", "controller test", 0).replace(
+        "/run/containerd-deploy.lock", str(tmp_path / "lock")
+    )
+    result = subprocess.run(
+        ["/bin/sh", "-c", script], capture_output=True, text=True, env={"PATH": str(bin_dir)}, timeout=30
+    )
+    said = unavailable_message("node1", NO_FLOCK).replace(
+        "/run/containerd-deploy.lock", str(tmp_path / "lock")
+    )
+    assert (result.returncode, result.stderr) == (1, said + "\n")
+    assert not (tmp_path / "lock").exists()

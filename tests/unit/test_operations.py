@@ -378,6 +378,7 @@ def test_an_artifact_is_installed_only_under_the_wanted_directory_however_it_is_
     assert not artifact_is_installed(manifest, RUNC, "/usr/local/sb")
     assert not artifact_is_installed(manifest, RUNC, "/opt")
     assert not artifact_is_installed(None, RUNC, "/usr/local/sbin")
+    assert artifact_is_installed(intact_manifest(RUNC, "/opt/X/runc"), RUNC, "/opt/X")
 
 
 def lock_op(lock=None, changes=None, anchor_pid=0):
@@ -460,3 +461,58 @@ def test_crictl_is_pointed_at_containerds_socket_and_an_operators_own_config_is_
     assert install.crictl_config_is_ours(NodeState(files={"/etc/crictl.yaml": ours}))
     assert not install.crictl_config_is_ours(NodeState(files={"/etc/crictl.yaml": "0" * 64}))
     assert not install.crictl_config_is_ours(NodeState(files={"/etc/other.yaml": ours}))
+
+
+class LoggingHost:
+    """A pyinfra host as controller-side commands use it: its name, and what it logs."""
+
+    name = "node1"
+
+    def __init__(self):
+        self.logged: list[tuple] = []
+
+    def log(self, message, log_func=None):
+        self.logged.append((message, log_func))
+
+    def log_styled(self, message, log_func=None, **style):
+        self.logged.append((message, log_func, style))
+
+
+def test_a_restart_hook_run_logs_its_last_lines_or_fails_saying_why(tmp_path):
+    import sys
+
+    from pyinfra import logger
+
+    from tasks.operations import _hook
+
+    host = LoggingHost()
+    talk = "import sys; print('\\n'.join(f'line {n}' for n in range(1, 8))); sys.exit(int(sys.argv[1]))"
+    assert _hook(None, host, "containerd_restart_hook_before", [sys.executable, "-c", talk, "0"], 10) is True
+    assert host.logged == [(f"containerd_restart_hook_before: line {n}", None) for n in range(3, 8)]
+    host = LoggingHost()
+    assert _hook(None, host, "containerd_restart_hook_after", [sys.executable, "-c", talk, "3"], 10) is False
+    [(message, log_func, style)] = host.logged
+    assert message.startswith("containerd-deploy: node1: data key 'containerd_restart_hook_after': ")
+    assert message.endswith(
+        "failed (exit status 3); it said: line 1 | line 2 | line 3 | line 4 | line 5 | line 6 | line 7"
+    )
+    assert (log_func, style) == (logger.error, {"fg": "red"})
+
+
+def test_a_download_the_controller_cannot_make_fails_naming_the_host(monkeypatch):
+    from pyinfra import logger
+
+    from tasks import operations
+    from tasks.fetch import FetchError
+
+    def refuse(cache_dir, artifact):
+        raise FetchError(f"could not download {artifact.url}")
+
+    monkeypatch.setattr(operations, "ensure_cached", refuse)
+    host = LoggingHost()
+    assert operations._fetch_into_cache(None, host, "/cache", [RUNC]) is False
+    assert host.logged == [
+        (f"containerd-deploy: node1: could not download {RUNC.url}", logger.error, {"fg": "red"})
+    ]
+    monkeypatch.setattr(operations, "ensure_cached", lambda cache_dir, artifact: None)
+    assert operations._fetch_into_cache(None, host, "/cache", [RUNC, RUNC]) is True
