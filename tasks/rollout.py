@@ -62,15 +62,19 @@ def past_allowance(failed: int, size: int, max_fail_percent: float) -> bool:
     return failed * 100 > max_fail_percent * size
 
 
+def allowance(percent: float) -> float:
+    """The failed hosts a batch may have, in percent of it: from 0 to 100."""
+    if not 0 <= percent <= 100:  # NaN too
+        raise RolloutError(f"--max-fail-percent {percent:g}: give a percentage from 0 to 100 (e.g. 10)")
+    return percent + 0.0  # -0 is 0
+
+
 def fail_percent(text: str) -> float:
-    """`--max-fail-percent`: a percentage from 0 to 100."""
+    """`--max-fail-percent` as argparse reads it."""
     try:
-        percent = float(text)
-    except ValueError:
-        percent = math.nan
-    if not 0 <= percent <= 100:
-        raise argparse.ArgumentTypeError(f"{text!r}: give a percentage from 0 to 100 (e.g. 10)")
-    return percent
+        return allowance(float(text))
+    except ValueError:  # RolloutError too
+        raise argparse.ArgumentTypeError(f"{text!r}: give a percentage from 0 to 100 (e.g. 10)") from None
 
 
 @dataclass
@@ -92,6 +96,7 @@ def roll_out(
     say: Callable[[str], None] = print,
 ) -> Outcome:
     """Run each batch after the one before it; stop after the first one past the allowance."""
+    max_fail_percent = allowance(max_fail_percent)
     outcome = Outcome()
     for index, hosts in enumerate(batches):
         say(f"rollout: batch {index + 1}/{len(batches)}: {', '.join(hosts)}")

@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -207,6 +208,7 @@ class Sample:
     changed: list[str] = field(default_factory=list)  # mutants of functions changed since the baseline
     unchanged: list[str] = field(default_factory=list)
     estimated_seconds: float = 0.0
+    changed_left_out: int = 0  # mutants of changed functions past the budget
 
 
 def draw(
@@ -217,9 +219,12 @@ def draw(
     order = random.Random(seed)
     old = baseline["functions"]
     changed, unchanged = [], []
+    missing = [name for name in DECISION_MODULES if name not in found]
+    if missing:
+        raise SystemExit(f"mutation sample: no mutants of {', '.join(missing)}: moved? (DECISION_MODULES)")
     for name in DECISION_MODULES:
-        module = found.get(name)
-        for mutant in sorted(module.codes) if module else ():
+        module = found[name]
+        for mutant in sorted(module.codes):
             function = function_of(mutant)
             (unchanged if old.get(function) == module.hashes.get(function) else changed).append(mutant)
     order.shuffle(changed)
@@ -228,6 +233,7 @@ def draw(
     for part, mutants in ((sample.changed, changed), (sample.unchanged, unchanged)):
         for mutant in mutants:
             if sample.estimated_seconds + cost[mutant] > budget:
+                sample.changed_left_out = len(changed) - len(sample.changed)
                 return sample
             sample.estimated_seconds += cost[mutant]
             part.append(mutant)
@@ -256,8 +262,23 @@ def judge(sample: Sample, codes: dict[str, int | None], baseline: dict) -> list[
 
 
 def commit() -> str:
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True)
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True)
+    except OSError:
+        return "no-commit"
     return head.stdout.strip() or "no-commit"
+
+
+def forget(mutants: list[str]) -> None:
+    """Clear mutmut's verdicts of `mutants`, so a run that stops early leaves them unchecked
+    rather than judged by an older run."""
+    wanted = set(mutants)
+    for meta in (MUTANTS / "tasks").rglob("*.py.meta"):
+        data = json.loads(meta.read_text())
+        codes = data["exit_code_by_key"]
+        if wanted & set(codes):
+            codes.update({mutant: None for mutant in wanted & set(codes)})
+            meta.write_text(json.dumps(data))
 
 
 def mutmut(*args: str, log: Path) -> subprocess.CompletedProcess:
@@ -269,6 +290,10 @@ def mutmut(*args: str, log: Path) -> subprocess.CompletedProcess:
 def sample_stage(budget: float) -> int:
     started = time.monotonic()
     MUTANTS.mkdir(exist_ok=True)
+    # mutmut maps tests to functions only for tests it has not seen, and never removes a test
+    # deleted since: today's tests, mapped afresh (a whole run's verdicts stay).
+    (MUTANTS / "mutmut-stats.json").unlink(missing_ok=True)
+    shutil.rmtree(MUTANTS / "tests", ignore_errors=True)
     log = MUTANTS / "sample.log"
     log.write_text("")
     mutmut("run", NO_SUCH_MUTANT, log=log)
@@ -291,18 +316,39 @@ def sample_stage(budget: float) -> int:
     seed = commit()
     sample = draw(found, baseline, cost, budget, seed)
     picked = sample.changed + sample.unchanged
-    mutmut("run", "--max-children", str(os.cpu_count() or 2), *picked, log=log)
+    if not picked:  # mutmut given no names runs every mutant it has not checked: hours
+        print(f"mutation sample: no mutant fits a budget of {budget:g} s", file=sys.stderr)
+        return 2
+    forget(picked)
+    run = mutmut("run", "--max-children", str(os.cpu_count() or 2), *picked, log=log)
+    if run.returncode:
+        print(log.read_text()[-4000:], file=sys.stderr)
+        print(
+            f"mutation sample: mutmut failed (exit status {run.returncode}); its output is above",
+            file=sys.stderr,
+        )
+        return 2
     codes = {mutant: code for module in modules().values() for mutant, code in module.codes.items()}
     counts = counts_of(codes[mutant] for mutant in picked)
     print(
         f"mutation sample (commit {seed[:12]}, {time.monotonic() - started:.0f} s): {len(picked)} mutants of the "
-        f"decision modules ({len(sample.changed)} of functions changed since the baseline), "
+        f"decision modules ({len(sample.changed)} of functions changed since the baseline"
+        + (f", {sample.changed_left_out} more past the budget" if sample.changed_left_out else "")
+        + "), "
         f"killed {counts['killed']}, survived {counts['survived']}, no tests {counts['no tests']}; "
         f"log: mutants/sample.log"
     )
     problems = judge(sample, codes, baseline)
     for problem in problems:
-        print(f"mutation sample: {problem} (`mutmut show <name>`)", file=sys.stderr)
+        print(f"mutation sample: {problem}", file=sys.stderr)
+    if problems:
+        print(
+            "mutation sample: see a mutant with `.venv/bin/mutmut show <name>`; kill it with a test that "
+            "checks what it changes. A mutant that cannot change behaviour: make the code plain, or mark "
+            "the line `# pragma: no mutate` saying why. A function changed by what it calls or a "
+            "constant it reads looks unchanged: `make mutation` takes a new baseline.",
+            file=sys.stderr,
+        )
     return 1 if problems else 0
 
 

@@ -1,6 +1,15 @@
+import os
+
 import pytest
+from hypothesis import settings
 
 from . import rootless
+
+# Under mutation testing (tests/mutation.py) a property draws the same examples every run, with
+# no deadline and no example database: a mutant one run kills, every run kills.
+if os.environ.get("CONTAINERD_DEPLOY_MUTATION") == "1":
+    settings.register_profile("mutation", derandomize=True, deadline=None, database=None)
+    settings.load_profile("mutation")
 
 
 def pytest_configure(config):

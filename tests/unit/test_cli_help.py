@@ -16,6 +16,9 @@ TOOLS = {"rollout": rollout.main, "update_checksums": update_checksums.main}
 
 def help_text(main, monkeypatch, capsys) -> str:
     monkeypatch.setenv("COLUMNS", "100")  # argparse wraps to the terminal's width
+    monkeypatch.setenv("NO_COLOR", "1")  # and colours its help on newer Pythons
+    for name in ("FORCE_COLOR", "PYTHON_COLORS"):
+        monkeypatch.delenv(name, raising=False)
     with pytest.raises(SystemExit) as stop:
         main(["--help"])
     assert stop.value.code == 0

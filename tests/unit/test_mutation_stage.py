@@ -1,7 +1,9 @@
 """The mutation stage of `make test` (tests/mutation.py): which mutants it draws within its
 budget, and what fails it."""
 
-from tests.mutation import FLOOR, Module, Sample, draw, function_of, judge
+import pytest
+
+from tests.mutation import DECISION_MODULES, FLOOR, Module, Sample, draw, function_of, judge
 
 OLD = {"tasks.hooks.x_run": "aaa", "tasks.hooks.x_parse": "bbb", "tasks.lock.x_look": "ccc"}
 
@@ -10,6 +12,7 @@ def found(run_hash: str = "aaa") -> dict[str, Module]:
     hooks = {f"tasks.hooks.x_run__mutmut_{n}": None for n in range(1, 11)}
     hooks |= {f"tasks.hooks.x_parse__mutmut_{n}": None for n in range(1, 11)}
     return {
+        **{name: Module(name, {}, {}) for name in DECISION_MODULES},
         "hooks.py": Module("hooks.py", hooks, {"tasks.hooks.x_run": run_hash, "tasks.hooks.x_parse": "bbb"}),
         "lock.py": Module("lock.py", {"tasks.lock.x_look__mutmut_1": None}, {"tasks.lock.x_look": "ccc"}),
         "values.py": Module("values.py", {"tasks.values.x_q__mutmut_1": None}, {"tasks.values.x_q": "d"}),
@@ -26,7 +29,9 @@ def test_changed_functions_come_first_and_the_budget_bounds_the_sample():
     cost = {mutant: 1.0 for module in nodes.values() for mutant in module.codes}
     sample = draw(nodes, {"functions": OLD}, cost, budget=12, seed="abc")
     assert sorted(sample.changed) == sorted(f"tasks.hooks.x_run__mutmut_{n}" for n in range(1, 11))
-    assert len(sample.unchanged) == 2 and sample.estimated_seconds == 12
+    assert len(sample.unchanged) == 2 and sample.estimated_seconds == 12 and sample.changed_left_out == 0
+    short = draw(nodes, {"functions": OLD}, cost, budget=4, seed="abc")
+    assert (len(short.changed), short.changed_left_out, short.unchanged) == (4, 6, [])
     assert not any(mutant.startswith("tasks.values.") for mutant in sample.unchanged), "not a decision module"
     assert draw(nodes, {"functions": OLD}, cost, 12, "abc") == sample, "the same commit draws the same"
     others = {tuple(draw(nodes, {"functions": OLD}, cost, 12, seed).unchanged) for seed in "abcdefgh"}
@@ -58,3 +63,10 @@ def test_a_mutant_the_baseline_saw_killed_that_survives_fails_the_stage():
     assert judge(sample, codes, {"not_killed": ["b__mutmut_1"]}) == [
         "1 sampled mutants were not checked (the run stopped early)"
     ]
+
+
+def test_a_decision_module_the_sample_cannot_find_stops_it():
+    nodes = found()
+    del nodes["node.py"]
+    with pytest.raises(SystemExit, match="no mutants of node.py: moved"):
+        draw(nodes, {"functions": OLD}, {}, 10, "abc")

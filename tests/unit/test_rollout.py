@@ -81,6 +81,17 @@ def test_the_allowance_is_a_share_of_the_batch():
     assert not past_allowance(3, 3, 100)
 
 
+def test_an_allowance_out_of_range_is_refused_before_any_batch_runs():
+    run, ran = fake_runs({})
+    for percent in (-1, 100.5, float("nan")):
+        with pytest.raises(RolloutError, match="give a percentage from 0 to 100"):
+            roll_out([["node1"]], run, max_fail_percent=percent, say=lambda line: None)
+    assert ran == []
+    said: list[str] = []
+    roll_out([["node1"]], fake_runs({"node1": "down"})[0], max_fail_percent=-0.0, say=said.append)
+    assert said[-1].endswith("(allowed: 0%); not touched: none")
+
+
 @pytest.mark.parametrize("text", ["-1", "100.5", "nan", "ten", ""])
 def test_an_allowance_that_is_no_percentage_is_refused_before_any_run(text, capsys):
     with pytest.raises(SystemExit) as stop:
