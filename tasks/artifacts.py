@@ -34,7 +34,6 @@ COMPONENTS = {
     "cni_plugins": Layout(tarball=True, required="loopback", dest_key="cni_bin_dir"),
     "crictl": Layout(tarball=True, required="crictl", dest_key="containerd_bin_dir"),
 }
-OPTIONAL = ("cni_plugins", "crictl")
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ an argument left at `FROM_NODE` is asked of the node with a fact of its own.
 
 import hashlib
 import posixpath
-import re
 import secrets
 import shlex
 from collections.abc import Callable, Iterator
@@ -48,6 +47,7 @@ from .scripts import (
     service_script,
     write_file_script,
 )
+from .values import redact_secrets
 
 q = shlex.quote
 
@@ -309,14 +309,9 @@ def release_artifact_absent(
     yield remove_artifact_script(component, state_dir)
 
 
-# TOML or unit lines whose key names a credential: shown as `key = "***"` in diffs.
-SECRET_LINE = re.compile(
-    r'^(\s*"?[A-Za-z0-9_.-]*(?:password|passwd|token|secret|auth)[A-Za-z0-9_.-]*"?\s*=\s*).+$', re.IGNORECASE
-)
-
-
 def redacted_lines(text: str) -> list[str]:
-    return [SECRET_LINE.sub(r'\1"***"', line) + "\n" for line in text.splitlines()]
+    """Lines of a file for a diff, credential values hidden (`key = "***"`)."""
+    return [redact_secrets(line) + "\n" for line in text.splitlines()]
 
 
 def show_diff(path: str, current: str | None, wanted: str, secret: bool) -> None:

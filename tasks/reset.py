@@ -16,7 +16,13 @@ from .config_toml import ConfigError, value_at
 from .configure import proxy_dropin_path
 from .facts import NodeState
 from .install import CRICTL_CONFIG, crictl_config_is_ours
-from .operations import directory_absent, file_absent, release_artifact_absent, service_absent
+from .operations import (
+    directory_absent,
+    file_absent,
+    kept_release_dropped,
+    release_artifact_absent,
+    service_absent,
+)
 from .service import any_changed
 from .settings import DEFAULTS, Settings
 from .values import DataError, control_characters, is_system_tree
@@ -127,10 +133,15 @@ def remove_containerd(settings: Settings, node: NodeState):
     )
     file_absent(name=f"Remove {CRICTL_CONFIG}", path=CRICTL_CONFIG, present=crictl_config_is_ours(node))
     systemd.daemon_reload(name="Reload systemd units", _if=any_changed(unit_op, dropin_op))
+    kept_release_dropped(
+        name="Drop the release kept to roll back to",
+        state_dir=settings.containerd_deploy_state_dir,
+        present=bool(node.kept_release),
+    )
     directory_absent(
         name=f"Remove {settings.containerd_deploy_state_dir}",
         path=settings.containerd_deploy_state_dir,
-        present=bool(node.manifests),
+        present=bool(node.manifests or node.kept_release),
         only_if_empty=True,
     )
     if settings.containerd_state == "purged":

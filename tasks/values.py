@@ -87,18 +87,33 @@ def redact_url(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{parts.netloc.rpartition('@')[2]}"))
 
 
-# A password in a URL (`scheme://user:password@`), and the value of a mapping key that names a
-# credential (`'Authorization': '…'`), wherever a refusal quotes a value.
+# The one rule for hiding credentials wherever the deploy shows text (refusals, diffs, what a
+# hook printed): a URL's password (`scheme://user:password@`); the value of a quoted mapping item
+# whose key names a credential (`'Authorization': '…'`, as a refusal quotes a value); and the
+# rest of the line after such a name in an assignment (`token=…`, `Authorization: Bearer …`,
+# `password = "…"` in TOML), a quoted value keeping its quotes.
+_SECRET_NAME = r"(?:authorization|password|passwd|token|secret|(?<![a-z])auth)"  # not "unauthorized"
 _URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^\s/@'\"]*?:)[^\s/@'\"]*@")
 _CREDENTIAL_ITEM = re.compile(
-    r"""(['"][^'"]*(?:authorization|password|passwd|token|secret|auth)[^'"]*['"]\s*:\s*)(['"]).*?(?<!\\)\2""",
+    rf"""(['"][^'"]*{_SECRET_NAME}[^'"]*['"]\s*:\s*)(['"]).*?(?<!\\)\2""",
+    re.IGNORECASE,
+)
+_CREDENTIAL_ASSIGNMENT = re.compile(
+    rf"""((?<![\w.'"-])[\w.-]*{_SECRET_NAME}[\w.-]*\s*[=:]\s*|"[^"\n]*{_SECRET_NAME}[^"\n]*"\s*=\s*)(\S[^\n]*)""",
     re.IGNORECASE,
 )
 
 
+def _hidden_value(match: re.Match) -> str:
+    value = match[2]
+    quote = value[0] if len(value) > 1 and value[0] in "'\"" and value.endswith(value[0]) else ""
+    return f"{match[1]}{quote}***{quote}"
+
+
 def redact_secrets(text: str) -> str:
     """`text` with URL passwords and credential values replaced by ***."""
-    return _CREDENTIAL_ITEM.sub(r"\1\2***\2", _URL_PASSWORD.sub(r"\1***@", text))
+    text = _CREDENTIAL_ITEM.sub(r"\1\2***\2", _URL_PASSWORD.sub(r"\1***@", text))
+    return _CREDENTIAL_ASSIGNMENT.sub(_hidden_value, text)
 
 
 class DataError(DeployError):

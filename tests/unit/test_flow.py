@@ -320,3 +320,23 @@ def test_the_lock_is_held_for_the_connection_or_with_local_for_this_process(monk
     monkeypatch.setattr(tasks.node, "runs_on_the_node", lambda: True)
     local = lock_op(prepare(monkeypatch, fresh())).text()
     assert f"session={os.getpid()}" in local and "sshd|sshd-session" not in local
+
+
+def test_removal_drops_a_kept_release_so_the_state_directory_goes_too(monkeypatch, settings):
+    """Regression (#25): with a release kept to roll back to, `absent` left
+    <state_dir>/previous-release, and so the state directory, behind."""
+    from tasks.rollback import drop_kept_script
+
+    state_dir = settings.containerd_deploy_state_dir
+    prepared = prepare(
+        monkeypatch, drifted(converged(settings), kept_release="1.7.24"), {"containerd_state": "absent"}
+    )
+    texts = [op.full_text() for op in prepared if op.changes]
+    dropped = texts.index(drop_kept_script(state_dir).strip())
+    removed = next(i for i, text in enumerate(texts) if "rmdir" in text and state_dir in text)
+    assert dropped < removed, "the kept release goes before the state directory is removed"
+    # Only a kept release left (an earlier removal stopped after the manifests went).
+    prepared = prepare(monkeypatch, drifted(fresh(), kept_release="1.7.24"), {"containerd_state": "absent"})
+    texts = [op.full_text() for op in prepared if op.changes]
+    assert drop_kept_script(state_dir).strip() in texts
+    assert any("rmdir" in text and state_dir in text for text in texts)

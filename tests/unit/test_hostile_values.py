@@ -577,3 +577,50 @@ def test_any_value_of_any_key_is_accepted_or_refused_by_name(key, value):
     """Every data key, any shape of value: a DataError naming the host, the key and the fix, or
     settings; never another exception (a traceback instead of a refusal)."""
     accept(key, value)
+
+
+CREDENTIAL_VALUE = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABC0123456789+=_-", min_size=6, max_size=30)
+# Each way a credential reaches text the deploy shows: a refusal quoting a value, a diff of a
+# TOML file, what a hook printed.
+CREDENTIAL_FORMS = [
+    "{'Authorization': 'Basic %s'}",
+    '{"headers": {"X-Auth-Token": "%s"}}',
+    'password = "%s"',
+    '  "Authorization" = "Bearer %s"',
+    "Authorization: Bearer %s",
+    "error: token=%s rejected",
+    "client_secret: %s",
+    "accessToken: %s",
+    "https://user:%s@proxy.internal:3128",
+    "auth = '%s'",
+]
+
+
+@EXAMPLES
+@given(
+    secret=CREDENTIAL_VALUE,
+    form=st.sampled_from(CREDENTIAL_FORMS),
+    before=st.sampled_from(["", "node1: ", "  - "]),
+)
+def test_a_credential_is_hidden_in_whatever_form_it_is_shown(secret, form, before):
+    """Regression (#25): three redaction rules disagreed; a hook's `Authorization: Bearer …` was
+    shown whole."""
+    from tasks.values import redact_secrets
+
+    shown = redact_secrets(before + form % secret)
+    assert secret not in shown and "***" in shown and shown.startswith(before)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "error: unauthorized: authentication required",
+        'username = "me"',
+        "plain = 1",
+        "node1: data key 'containerd_registries' has a header 'Authorization' for https://m (value not shown)",
+    ],
+)
+def test_text_without_a_credential_is_shown_as_it_is(text):
+    from tasks.values import redact_secrets
+
+    assert redact_secrets(text) == text

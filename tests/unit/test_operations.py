@@ -6,6 +6,7 @@ import hashlib
 from io import StringIO
 
 import pytest
+from pyinfra import logger
 from pyinfra.facts.files import Directory, File, Sha256File
 
 from tasks.artifacts import Artifact
@@ -471,10 +472,10 @@ class LoggingHost:
     def __init__(self):
         self.logged: list[tuple] = []
 
-    def log(self, message, log_func=None):
+    def log(self, message, log_func=logger.info):  # pyinfra's defaults
         self.logged.append((message, log_func))
 
-    def log_styled(self, message, log_func=None, **style):
+    def log_styled(self, message, log_func=logger.info, **style):
         self.logged.append((message, log_func, style))
 
 
@@ -488,7 +489,7 @@ def test_a_restart_hook_run_logs_its_last_lines_or_fails_saying_why(tmp_path):
     host = LoggingHost()
     talk = "import sys; print('\\n'.join(f'line {n}' for n in range(1, 8))); sys.exit(int(sys.argv[1]))"
     assert _hook(None, host, "containerd_restart_hook_before", [sys.executable, "-c", talk, "0"], 10) is True
-    assert host.logged == [(f"containerd_restart_hook_before: line {n}", None) for n in range(3, 8)]
+    assert host.logged == [(f"containerd_restart_hook_before: line {n}", logger.info) for n in range(3, 8)]
     host = LoggingHost()
     assert _hook(None, host, "containerd_restart_hook_after", [sys.executable, "-c", talk, "3"], 10) is False
     [(message, log_func, style)] = host.logged
