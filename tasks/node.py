@@ -13,7 +13,7 @@ from pyinfra.api.exceptions import DeployError
 
 from . import artifacts, registries
 from .configure import configure_containerd, loaded_at_start, managed_paths
-from .facts import KUBELET_CONFIG, ContainerdNode, NodeState
+from .facts import ContainerdNode, NodeState
 from .install import install_release_files
 from .lock import busy_message, unavailable_message
 from .operations import artifact_is_installed, leftovers_absent, run_lock_taken
@@ -28,7 +28,13 @@ from .service import (
 )
 from .settings import DEFAULTS, NVIDIA_HANDLER, Settings, arch_of, for_host, resolve, runtime_handlers
 from .update_checksums import fetch_digest
-from .verify import binary_location, handler_binaries_to_check, kubelet_cgroup_driver, verify_containerd
+from .verify import (
+    binary_location,
+    handler_binaries_to_check,
+    kubelet_driver_problem,
+    missing_binary_problem,
+    verify_containerd,
+)
 
 
 def runs_on_the_node() -> bool:
@@ -120,17 +126,9 @@ def check_supported(settings: Settings, node: NodeState) -> str:
 
 def check_kubelet(settings: Settings, node: NodeState) -> None:
     """A kubelet already set up on the node must use the cgroup driver containerd will use."""
-    if node.kubelet_config is None:
-        return
-    kubelet = kubelet_cgroup_driver(node.kubelet_config)
-    ours = "systemd" if settings.containerd_systemd_cgroup else "cgroupfs"
-    if kubelet != ours:
-        raise DeployError(
-            f"{settings.host}: the kubelet's cgroupDriver is {kubelet} ({KUBELET_CONFIG}) but data key "
-            f"'containerd_systemd_cgroup' makes containerd's runc use {ours}; pods would fail or be "
-            "mis-accounted. Fix: set both to systemd (kubelet cgroupDriver: systemd, then restart the kubelet; "
-            "containerd_systemd_cgroup=true), or both to cgroupfs."
-        )
+    problem = kubelet_driver_problem(node.kubelet_config, settings.containerd_systemd_cgroup)
+    if problem:
+        raise DeployError(f"{settings.host}: {problem}")
 
 
 def check_runtime_binaries(settings: Settings, node: NodeState) -> None:
@@ -150,9 +148,7 @@ def check_runtime_binaries(settings: Settings, node: NodeState) -> None:
             )
         else:
             problems.append(
-                f"data key 'containerd_runtimes' adds the runtime handler {handler!r}, but {where} is not on the "
-                f"node. Fix: install it first, correct its binary_name/runtime_type, or take {handler!r} out of "
-                "containerd_runtimes"
+                f"data key 'containerd_runtimes': {missing_binary_problem(handler, binary, settings.containerd_bin_dir)}"
             )
     if problems:
         raise DeployError(f"{settings.host}: " + f"\n{settings.host}: ".join(problems))

@@ -21,7 +21,7 @@ from pyinfra.api import StringCommand, deploy, operation
 
 from .config_toml import PATHS, ConfigError, read_schema, runc_systemd_cgroup, value_at
 from .daemon import ContainerdDaemon, DaemonState, container_check_script
-from .facts import SERVICE_PATH, newer_than_daemon
+from .facts import KUBELET_CONFIG, SERVICE_PATH, newer_than_daemon
 from .rollback import rollback_lines
 from .service import any_changed
 from .settings import DEFAULTS, Settings
@@ -94,15 +94,20 @@ def handler_binaries_to_check(runtimes) -> list[tuple[str, str]]:
 
 def binary_location(binary: str, bin_dir: str) -> str:
     """A handler's binary as a message names it: a path, or a name and where containerd looks."""
-    return binary if binary.startswith("/") else f"{binary} (looked for in {bin_dir}:{SERVICE_PATH})"
+    if binary.startswith("/"):
+        return binary
+    searched = ":".join(dict.fromkeys([bin_dir, *SERVICE_PATH.split(":")]))
+    return f"{binary} (looked for in {searched})"
 
 
 def missing_binary_problem(handler: str, binary: str, bin_dir: str) -> str:
-    """What to say of a runtime handler whose binary is not on the node, with the fix."""
+    """What to say of a runtime handler whose binary is not on the node, with the fix (the same
+    before a run changes the node and when the verify step or the conformance suite finds it)."""
     where = binary_location(binary, bin_dir)
     return (
-        f"runtime handler {handler!r} cannot run pods: {where} is not installed on the node; install it, "
-        f"or take {handler!r} out of containerd_runtimes (or out of the config) and redeploy"
+        f"the runtime handler {handler!r} needs {where}, which is not on the node: every pod that asks "
+        f"for it would fail. Fix: install it first, correct its binary_name/runtime_type in "
+        f"containerd_runtimes, or take {handler!r} out of containerd_runtimes (or out of the config)"
     )
 
 
@@ -172,6 +177,23 @@ def kubelet_cgroup_driver(config_yaml: str) -> str:
         if key == "cgroupDriver":
             return value.partition("#")[0].strip().strip("'\"") or "cgroupfs"
     return "cgroupfs"
+
+
+def kubelet_driver_problem(kubelet_config: str | None, systemd_cgroup: bool) -> str | None:
+    """What is wrong when a kubelet on the node uses another cgroup driver than containerd's runc
+    (said the same before a run changes the node and when the verify step finds it)."""
+    if kubelet_config is None:
+        return None
+    kubelet = kubelet_cgroup_driver(kubelet_config)
+    ours = "systemd" if systemd_cgroup else "cgroupfs"
+    if kubelet == ours:
+        return None
+    return (
+        f"the kubelet's cgroupDriver is {kubelet} ({KUBELET_CONFIG}) but data key "
+        f"'containerd_systemd_cgroup' makes containerd's runc use {ours}; pods would fail or be "
+        "mis-accounted. Fix: set both to systemd (kubelet cgroupDriver: systemd, then restart the kubelet; "
+        "containerd_systemd_cgroup=true), or both to cgroupfs."
+    )
 
 
 def sandbox_image(config_text: str, containerd_version) -> str | None:
@@ -275,16 +297,11 @@ def judge(expected: Expected, state: DaemonState) -> Verdict:
             else:
                 checked(f"{setting} = {_toml(wanted)} in effect")
 
-    driver = "systemd" if expected.systemd_cgroup else "cgroupfs"
-    if state.kubelet_config is not None:
-        kubelet = kubelet_cgroup_driver(state.kubelet_config)
-        if kubelet != driver:
-            problem(
-                f"the kubelet's cgroupDriver is {kubelet} (/var/lib/kubelet/config.yaml) but containerd's runc "
-                f"uses {driver}: set both to systemd (kubelet cgroupDriver: systemd; containerd_systemd_cgroup=true)"
-            )
-        else:
-            checked(f"kubelet cgroupDriver {kubelet} matches")
+    driver_problem = kubelet_driver_problem(state.kubelet_config, expected.systemd_cgroup)
+    if driver_problem:
+        problem(driver_problem)
+    elif state.kubelet_config is not None:
+        checked(f"kubelet cgroupDriver {kubelet_cgroup_driver(state.kubelet_config)} matches")
 
     if state.sandbox_image.startswith("unlisted"):
         problem(

@@ -99,12 +99,12 @@ def test_a_runtime_handler_without_its_binary_is_named_with_the_fix(node, first_
         assert process.returncode != 0, "a handler without its binary is refused"
         output = process.stderr
         assert (
-            "data key 'containerd_runtimes' adds the runtime handler 'kata', but containerd-shim-kata-v2 "
+            "data key 'containerd_runtimes': the runtime handler 'kata' needs containerd-shim-kata-v2 "
             "(looked for in /usr/local/bin:" in output
         ), output[-3000:]
         assert (
-            "data key 'containerd_runtimes' adds the runtime handler 'gone', but /usr/local/bin/no-such-runtime "
-            "is not on the node. Fix: install it first"
+            "data key 'containerd_runtimes': the runtime handler 'gone' needs /usr/local/bin/no-such-runtime, "
+            "which is not on the node: every pod that asks for it would fail. Fix: install it first"
         ) in output
         assert node_snapshot(node) == before and main_pid(node) == pid, "the refusal changed the node"
 
@@ -129,21 +129,22 @@ def test_a_runtime_handler_without_its_binary_is_named_with_the_fix(node, first_
         assert process.returncode != 0, "the verify step fails the run"
         output = process.stderr
         assert (
-            "runtime handler 'kata' cannot run pods: containerd-shim-kata-v2 (looked for in /usr/local/bin:"
+            "the runtime handler 'kata' needs containerd-shim-kata-v2 (looked for in /usr/local/bin:"
             in output
         ), output[-3000:]
         assert (
-            "runtime handler 'gone' cannot run pods: /usr/local/bin/no-such-runtime is not installed on the "
-            "node; install it, or take 'gone' out of containerd_runtimes"
+            "the runtime handler 'gone' needs /usr/local/bin/no-such-runtime, which is not on the node: every "
+            "pod that asks for it would fail. Fix: install it first, correct its binary_name/runtime_type in "
+            "containerd_runtimes, or take 'gone' out of containerd_runtimes"
         ) in output
-        assert "'runc' cannot run pods" not in output and "'crun'" not in output
+        assert "handler 'runc' needs" not in output and "'crun'" not in output
 
         checked = conformance(node, "-k", "runtime_handler")
         assert checked.returncode != 0
-        assert "runtime handler 'kata' cannot run pods: containerd-shim-kata-v2" in checked.stdout, (
-            checked.stdout[-3000:]
-        )
-        assert "runtime handler 'gone' cannot run pods: /usr/local/bin/no-such-runtime" in checked.stdout
+        assert "the runtime handler 'kata' needs containerd-shim-kata-v2" in checked.stdout, checked.stdout[
+            -3000:
+        ]
+        assert "the runtime handler 'gone' needs /usr/local/bin/no-such-runtime" in checked.stdout
         assert "_InactiveRpcError" not in checked.stdout, "named, not a raw gRPC error"
     finally:
         restore(node, original)

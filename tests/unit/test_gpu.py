@@ -2,6 +2,7 @@
 preflight check of each handler's binary, and what verify then expects of the daemon."""
 
 import difflib
+import re
 import subprocess
 from pathlib import Path
 
@@ -251,18 +252,20 @@ def test_the_node_is_asked_for_each_handlers_binary_the_deploy_does_not_install(
         (
             {"containerd_runtimes": [{"name": "gvisor", "runtime_type": "io.containerd.runsc.v1"}]},
             ["containerd-shim-runsc-v1"],
-            "node1: data key 'containerd_runtimes' adds the runtime handler 'gvisor', but containerd-shim-runsc-v1 "
-            "(looked for in /usr/local/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin) is not on "
-            "the node. Fix: install it first, correct its binary_name/runtime_type, or take 'gvisor' out of "
-            "containerd_runtimes",
+            "node1: data key 'containerd_runtimes': the runtime handler 'gvisor' needs containerd-shim-runsc-v1 "
+            "(looked for in /usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin), which is not on the "
+            "node: every pod that asks for it would fail. Fix: install it first, correct its "
+            "binary_name/runtime_type in containerd_runtimes, or take 'gvisor' out of containerd_runtimes (or out "
+            "of the config)",
         ),
         (
             # The operator's own handler named nvidia is theirs, not the preset's.
             {"containerd_runtimes": [{"name": "nvidia", "binary_name": NVIDIA}]},
             [NVIDIA],
-            "node1: data key 'containerd_runtimes' adds the runtime handler 'nvidia', but "
-            "/usr/bin/nvidia-container-runtime is not on the node. Fix: install it first, correct its "
-            "binary_name/runtime_type, or take 'nvidia' out of containerd_runtimes",
+            "node1: data key 'containerd_runtimes': the runtime handler 'nvidia' needs "
+            "/usr/bin/nvidia-container-runtime, which is not on the node: every pod that asks for it would "
+            "fail. Fix: install it first, correct its binary_name/runtime_type in containerd_runtimes, or take "
+            "'nvidia' out of containerd_runtimes (or out of the config)",
         ),
     ],
 )
@@ -287,7 +290,7 @@ def test_every_missing_handler_is_named_in_one_refusal(monkeypatch):
     with pytest.raises(DeployError) as raised:
         prepare(monkeypatch, drifted(fresh(), missing_binaries=["/usr/bin/crun", NVIDIA]), data)
     lines = str(raised.value).splitlines()
-    assert [line.split(" adds the runtime handler ")[1].split(",")[0] for line in lines] == [
+    assert [re.search(r"runtime handler ('\w+')", line)[1] for line in lines] == [
         "'crun'",
         "'nvidia'",
     ]

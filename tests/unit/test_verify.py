@@ -417,11 +417,13 @@ def test_a_handler_whose_binary_is_missing_fails_verify_naming_it_and_the_fix():
         Expected(version="1.7.24", systemd_cgroup=True, sandbox_image=PAUSE, runtime_binaries=needed), state
     )
     assert verdict.problems == [
-        "runtime handler 'kata' cannot run pods: containerd-shim-kata-v2 (looked for in /usr/local/bin:"
-        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin) is not installed on the node; install it, "
-        "or take 'kata' out of containerd_runtimes (or out of the config) and redeploy",
-        "runtime handler 'gpu' cannot run pods: /usr/bin/nvidia-container-runtime is not installed on the node; "
-        "install it, or take 'gpu' out of containerd_runtimes (or out of the config) and redeploy",
+        "the runtime handler 'kata' needs containerd-shim-kata-v2 (looked for in /usr/local/bin:"
+        "/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin), which is not on the node: every pod that asks for it "
+        "would fail. Fix: install it first, correct its binary_name/runtime_type in containerd_runtimes, or "
+        "take 'kata' out of containerd_runtimes (or out of the config)",
+        "the runtime handler 'gpu' needs /usr/bin/nvidia-container-runtime, which is not on the node: every "
+        "pod that asks for it would fail. Fix: install it first, correct its binary_name/runtime_type in "
+        "containerd_runtimes, or take 'gpu' out of containerd_runtimes (or out of the config)",
     ]
     fine = judge(
         Expected(version="1.7.24", systemd_cgroup=True, sandbox_image=PAUSE, runtime_binaries=needed[:2]),
