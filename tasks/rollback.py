@@ -15,7 +15,7 @@ the new release is verified, the kept one is dropped (`drop_kept_script`).
 import shlex
 
 from .facts import FILE_IDENTITY_FORMAT, KEPT_DIR_NAME, NEW_SUFFIX
-from .scripts import TAB
+from .scripts import TAB, answer_wait_lines
 
 q = shlex.quote
 
@@ -72,12 +72,13 @@ def keep_release_script(state_dir: str, release_files: tuple, other_files: tuple
 
 
 def rollback_lines(state_dir: str, unit: str, ctr: str, timeout: int) -> list[str]:
-    """Shell lines defining `rollback`: with a kept release, put it back, restart once, wait for
+    """Shell lines defining `rollback` (and the `wait_answer` it uses): with a kept release, put it back, restart once, wait for
     its version to answer, drop it, and print what happened (on stderr); returns 1 when there is
     nothing kept (nothing is changed then)."""
     keep = kept_dir(state_dir)
     restored = "$keep/restore"
     lines = [
+        *answer_wait_lines(),
         "rollback() {",
         f"  keep={q(keep)}",
         '  [ -f "$keep/version" ] || return 1',
@@ -117,18 +118,11 @@ def rollback_lines(state_dir: str, unit: str, ctr: str, timeout: int) -> list[st
         # A release that failed fast may have used up the unit's start limit.
         f"  systemctl reset-failed {q(unit)} 2>/dev/null",
         f"  systemctl restart {q(unit)}",
-        f"  deadline=$(( $(date +%s) + {int(timeout)} ))",
-        "  while :; do",
-        f"    answer=$(timeout 10 {q(ctr)} version 2>&1)",
-        """    server=$(printf '%s\\n' "$answer" | sed -n 's/^ *Version: *//p' | sed -n 2p)""",
-        '    case "$server" in "$kept"*|"v$kept"*) break;; esac',
-        '    if [ "$(date +%s)" -ge "$deadline" ]; then',
-        f'      echo "containerd-deploy: the rollback to containerd $kept did not answer within {int(timeout)}s either; ctr said: $answer" >&2',
-        '      echo "containerd-deploy: the kept release stays in $keep" >&2',
-        "      return 2",
-        "    fi",
-        "    sleep 1",
-        "  done",
+        f'  if ! wait_answer {q(ctr)} {int(timeout)} "$kept"; then',
+        f'    echo "containerd-deploy: the rollback to containerd $kept did not answer within {int(timeout)}s either; ctr said: $answer" >&2',
+        '    echo "containerd-deploy: the kept release stays in $keep" >&2',
+        "    return 2",
+        "  fi",
         '  rm -rf -- "$keep"',
         f'  echo "containerd-deploy: rolled back: containerd $server answers again (pid $(systemctl show -p MainPID --value {q(unit)})); running containers were left running" >&2',
         "  return 0",

@@ -338,6 +338,26 @@ def replace_file_script(temp_path: str, path: str, mode: str, upload_dir: str = 
     )
 
 
+def answer_wait_lines() -> list[str]:
+    """Shell lines defining `wait_answer CTR SECONDS [VERSION]`: wait until `CTR version` answers
+    (as VERSION, when given), leaving what it said in $answer and the daemon's version in
+    $server; returns 1 once SECONDS have passed without."""
+    return [
+        "wait_answer() {",
+        "  deadline=$(( $(date +%s) + $2 ))",
+        "  while :; do",
+        '    if answer=$(timeout 10 "$1" version 2>&1); then',
+        """      server=$(printf '%s\\n' "$answer" | sed -n 's/^ *Version: *//p' | sed -n 2p)""",
+        '      [ -n "${3:-}" ] || return 0',
+        '      case "$server" in "$3"*|"v$3"*) return 0;; esac',
+        "    fi",
+        '    [ "$(date +%s)" -lt "$deadline" ] || return 1',
+        "    sleep 1",
+        "  done",
+        "}",
+    ]
+
+
 def service_script(
     unit: str,
     ctr: str,
@@ -362,7 +382,8 @@ def service_script(
         f"ctr={q(ctr)}",
         f"expected={q(version)}",
         f"timeout={int(timeout)}",
-        *(rollback_lines or ["rollback() { return 1; }"]),
+        # rollback_lines define wait_answer too (a rollback waits for the kept release).
+        *(rollback_lines or [*answer_wait_lines(), "rollback() { return 1; }"]),
         # The daemon fell short: say why, put a kept release back (if any), fail.
         'give_up() { echo "containerd-deploy: $*" >&2; [ -z "${journal:-}" ] || { echo "containerd-deploy: last lines of its journal:" >&2; journalctl -u "$unit" -n 30 --no-pager >&2 || true; }; rollback || true; exit 1; }',
     ]
@@ -378,17 +399,11 @@ def service_script(
         lines.append('systemctl reset-failed "$unit" 2>/dev/null || true')
         lines.append(f'systemctl {action} "$unit" || true')  # the wait below reports why
     lines += [
-        "deadline=$(( $(date +%s) + timeout ))",
-        "while :; do",
-        '  out=$(timeout 10 "$ctr" version 2>&1) && break',
-        '  if [ "$(date +%s)" -ge "$deadline" ]; then',
-        "    journal=yes",
-        '    give_up "$unit did not answer on its socket within ${timeout}s; ctr said: $out"',
-        "  fi",
-        "  sleep 1",
-        "done",
-        """client=$(echo "$out" | sed -n 's/^ *Version: *//p' | sed -n 1p)""",
-        """server=$(echo "$out" | sed -n 's/^ *Version: *//p' | sed -n 2p)""",
+        'if ! wait_answer "$ctr" "$timeout"; then',
+        "  journal=yes",
+        '  give_up "$unit did not answer on its socket within ${timeout}s; ctr said: $answer"',
+        "fi",
+        """client=$(printf '%s\\n' "$answer" | sed -n 's/^ *Version: *//p' | sed -n 1p)""",
         '[ "$client" = "$server" ] || give_up "ctr $client talks to a containerd $server daemon: the running daemon is not the installed binary"',
         'case "$server" in "$expected"*|"v$expected"*) ;; *) give_up "containerd answers as $server, expected $expected";; esac',
         'echo "containerd $server answering (pid $(systemctl show -p MainPID --value "$unit"))"',
