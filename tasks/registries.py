@@ -5,12 +5,11 @@ never printed: the operations upload it without a diff.
 """
 
 import re
-import urllib.parse
 from collections.abc import Mapping
 
 import tomlkit
 
-from .values import DataError, control_characters, redact_url
+from .values import DataError, control_characters, redact_url, url_problem
 
 MARKER = "# Managed by containerd-deploy (data key containerd_registries): edits here are overwritten."
 MIRROR_FIELDS = {"host", "capabilities", "skip_verify", "ca", "headers", "override_path"}
@@ -59,19 +58,7 @@ def _check_mirror(host: str, registry: str, mirror) -> None:
             host, KEY, f"has a mirror of {registry!r} that is a {type(mirror).__name__}, not a mapping", FIX
         )
     shown = _mirror_host(mirror)
-    url = mirror.get("host")
-    url = url if isinstance(url, str) else ""
-    try:
-        parts = urllib.parse.urlsplit(url) if _printable(url) else None
-    except ValueError:
-        parts = None
-    if (
-        parts is None
-        or parts.scheme not in ("http", "https")
-        or not parts.hostname
-        or " " in url
-        or "@" in parts.netloc
-    ):
+    if url_problem(mirror.get("host"), ("http", "https")):
         raise DataError(
             host,
             KEY,
@@ -141,23 +128,13 @@ def parse(host: str, value) -> dict:
                 host, KEY, f"has {_names(spec)} for {registry!r}; only server and mirrors are known", FIX
             )
         server = spec.get("server")
-        if server is not None:
-            try:
-                parts = urllib.parse.urlsplit(server) if _printable(server) else None
-            except ValueError:
-                parts = None
-            if (
-                parts is None
-                or parts.scheme not in ("http", "https")
-                or not parts.hostname
-                or "@" in parts.netloc
-            ):
-                raise DataError(
-                    host,
-                    KEY,
-                    f"has a server for {registry!r} that is not an http(s):// URL without credentials",
-                    FIX,
-                )
+        if server is not None and url_problem(server, ("http", "https")):
+            raise DataError(
+                host,
+                KEY,
+                f"has a server for {registry!r} that is not an http(s):// URL without credentials",
+                FIX,
+            )
         mirrors = spec.get("mirrors", [])
         if not isinstance(mirrors, list) or not mirrors:
             raise DataError(host, KEY, f"has no list of mirrors for {registry!r}", FIX)

@@ -18,7 +18,7 @@ from typing import Any
 from packaging.version import Version
 
 from . import hooks, registries
-from .values import DataError, control_characters, is_system_tree, redact_url
+from .values import DataError, control_characters, is_system_tree, redact_url, url_problem
 
 # Release lines this deploy knows how to configure (config schema v2 for 1.x, v3+ for 2.x).
 SUPPORTED_CONTAINERD = (Version("1.6"), Version("3"))
@@ -194,15 +194,12 @@ def _url(host: str, key: str, url: str, allow_file: bool, shown) -> None:
     fix = f"set {key} to an {' or '.join(s + '://' for s in schemes)} URL without spaces or credentials" + (
         "" if allow_file else " (file:// URLs need artifact_allow_file_urls=true)"
     )
-    try:
-        parts = urllib.parse.urlsplit(url)
-    except ValueError:
-        raise DataError(host, key, f"is {shown!r}, not a URL", fix) from None
-    if parts.scheme not in schemes or control_characters(url) or any(char.isspace() for char in url):
-        raise DataError(host, key, f"is {shown!r}, not an {'/'.join(schemes)} URL", fix)
-    if parts.scheme != "file" and (not parts.hostname or parts.hostname.startswith("-")):
-        raise DataError(host, key, f"is {shown!r}, which names no host", fix)
-    if "@" in parts.netloc:
+    problem = url_problem(url, schemes)
+    if problem and problem != "holds credentials":
+        raise DataError(
+            host, key, f"is {shown!r}, {'which ' if problem == 'names no host' else ''}{problem}", fix
+        )
+    if problem:
         # Credentials would travel in the node's command lines and land in its manifests.
         raise DataError(
             host,
@@ -278,14 +275,8 @@ def _proxy(host: str, key: str, value, example: str) -> str | None:
         raise DataError(
             host, key, f"is {shown!r}, not a single-line value without spaces", f"set {key} to e.g. {example}"
         )
-    if key != "containerd_no_proxy":
-        try:
-            parts = urllib.parse.urlsplit(value)
-            valid = parts.scheme in ("http", "https", "socks5") and bool(parts.hostname)
-        except ValueError:
-            valid = False
-        if not valid:
-            raise DataError(host, key, f"is {shown!r}, not a proxy URL", f"set {key} to e.g. {example}")
+    if key != "containerd_no_proxy" and url_problem(value, ("http", "https", "socks5"), credentials=True):
+        raise DataError(host, key, f"is {shown!r}, not a proxy URL", f"set {key} to e.g. {example}")
     return value
 
 

@@ -75,6 +75,26 @@ def is_system_tree(path: str) -> bool:
     return path in SYSTEM_TREES or any(tree.startswith(path.rstrip("/") + "/") for tree in SYSTEM_TREES)
 
 
+def url_problem(url, schemes: tuple[str, ...], credentials: bool = False) -> str | None:
+    """Why `url` is not a URL the deploy can hand to a node (one of `schemes`, no white space or
+    control character, a host that cannot be read as an option, no user:password unless
+    `credentials`), or None: "not a URL", "not a <schemes> URL", "names no host", "holds
+    credentials"."""
+    try:
+        parts = urllib.parse.urlsplit(url) if isinstance(url, str) else None
+    except ValueError:
+        return "not a URL"
+    if parts is None:
+        return "not a URL"
+    if parts.scheme not in schemes or control_characters(url) or any(char.isspace() for char in url):
+        return f"not an {'/'.join(schemes)} URL"
+    if parts.scheme != "file" and (not parts.hostname or parts.hostname.startswith("-")):
+        return "names no host"
+    if not credentials and "@" in parts.netloc:
+        return "holds credentials"
+    return None
+
+
 def redact_url(url: str) -> str:
     """The URL with any password in it replaced by ***, for messages and logs."""
     try:

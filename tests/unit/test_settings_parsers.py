@@ -236,3 +236,25 @@ def test_a_per_arch_checksum_is_checked_per_arch():
     assert refusal("containerd_sha256", {"riscv64": "a" * 64}).startswith(
         "node1: data key 'containerd_sha256' has an entry for 'riscv64', not amd64 or arm64."
     )
+
+
+@pytest.mark.parametrize(
+    "url, schemes, credentials, problem",
+    [
+        ("https://mirror.internal/x", ("https",), False, None),
+        ("file:///srv/mirror", ("https", "file"), False, None),
+        ("file:///srv/mirror", ("https",), False, "not an https URL"),
+        ("http://[::1", ("http",), False, "not a URL"),
+        (5, ("http",), False, "not a URL"),
+        ("https://mirror .internal", ("https",), False, "not an https URL"),
+        ("https://mirror.internal/\t", ("https",), False, "not an https URL"),
+        ("https:///x", ("https",), False, "names no host"),
+        ("https://-mirror/x", ("https",), False, "names no host"),
+        ("https://u:p@mirror/x", ("https",), False, "holds credentials"),
+        ("http://u:p@proxy:3128", ("http", "socks5"), True, None),
+    ],
+)
+def test_one_url_check_for_every_key_that_takes_a_url(url, schemes, credentials, problem):
+    from tasks.values import url_problem
+
+    assert url_problem(url, schemes, credentials) == problem
