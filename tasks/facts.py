@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from pyinfra.api import FactBase
 
-from .lock import lock_state_lines
+from .lock import LockState, lock_state_lines, parse_lock_state
 
 # Marks the start of each section of the fact's output (a line that no section's content has).
 SECTION = "##containerd-deploy:"
@@ -72,7 +72,7 @@ class NodeState:
     files: dict = field(default_factory=dict)  # path -> sha256 of the other files the deploy manages
     managed_hosts: list = field(default_factory=list)  # hosts.toml files this deploy wrote
     exe: str = ""  # the running daemon's binary ("… (deleted)" once replaced on disk)
-    lock: str = ""  # the run lock: free/held/busy/unavailable (tasks/lock.py, lock_state_lines)
+    lock: LockState = LockState("unavailable")  # the run lock (tasks/lock.py)
     started: float | None = None  # epoch seconds the running daemon started
     mtimes: dict = field(default_factory=dict)  # path -> epoch mtime of the files it loads at start
     kubelet_config: str | None = None  # /var/lib/kubelet/config.yaml, if a kubelet is set up
@@ -459,7 +459,7 @@ def parse_node_state(lines: list[str]) -> NodeState:
         elif name == "managed":
             state.managed_hosts = [line.strip() for line in body if line.strip()]
         elif name == "lock":
-            state.lock = " ".join(line.strip() for line in body if line.strip())
+            state.lock = parse_lock_state(" ".join(line.strip() for line in body if line.strip()))
         elif name == "kubelet":
             state.kubelet_config = decode_lines(body)
         elif name == "staging":
@@ -576,17 +576,16 @@ class UnitState(FactBase):
 
 class RunLock(FactBase):
     """
-    Returns the node's run lock as this run sees it, taking nothing: ``free <generation>``,
-    ``held`` (this run has it), ``busy <generation> <owner>`` or ``unavailable <why>``; for the lock operation
-    called on its own (the deploy reads it with ``ContainerdNode``).
+    Returns the node's run lock as this run sees it, taking nothing (a ``LockState``); for the
+    lock operation called on its own (the deploy reads it with ``ContainerdNode``).
     """
 
     @staticmethod
     def default():
-        return ""
+        return LockState("unavailable")
 
     def command(self, anchor_pid=0):
         return "\n".join(lock_state_lines(anchor_pid))
 
     def process(self, output):
-        return " ".join(line.strip() for line in output if line.strip())
+        return parse_lock_state(" ".join(line.strip() for line in output if line.strip()))

@@ -8,6 +8,7 @@ operation whether another run held the node between this run's look and its lock
 this run read is stale, and it stops before changing anything."""
 
 import shlex
+from dataclasses import dataclass
 
 # Held, while a run's SSH connection lasts, by a small process on the node: a second run
 # waits for it, then is refused; a run killed or cut off frees it within a second.
@@ -109,6 +110,28 @@ def lock_held_lines() -> list[str]:
 
 NO_FLOCK = "flock is not installed"
 NO_SESSION = "not run through sshd (nor by pyinfra on the node itself)"
+
+
+@dataclass(frozen=True)
+class LockState:
+    """The run lock as a run reads it (`lock_state_lines` print it, `parse_lock_state` reads it)."""
+
+    kind: str  # "free", "held" (this run has it already), "busy" (another run has it), "unavailable"
+    generation: int | None = None  # free, busy: raised at each take and free; None: any
+    owner: str = ""  # busy: who holds it
+    why: str = ""  # unavailable: why it cannot be taken ("": the node did not say)
+
+
+def parse_lock_state(text: str) -> LockState:
+    """What `lock_state_lines` printed; anything else is unavailable."""
+    word, _, rest = text.strip().partition(" ")
+    if word in ("free", "busy"):
+        number, _, owner = rest.partition(" ")
+        generation = int(number) if number.isdigit() else None
+        return LockState(word, generation, owner.strip() if generation is not None else rest.strip())
+    if word == "held":
+        return LockState("held")
+    return LockState("unavailable", why=rest.strip() if word == "unavailable" else "")
 
 
 def lock_state_lines(anchor_pid: int = 0) -> list[str]:

@@ -68,16 +68,16 @@ def gather(settings: Settings) -> NodeState:
 def check_locked(settings: Settings, node: NodeState) -> None:
     """A run that could not take the lock stops (after the host's own refusals, which say more):
     it would be unguarded against another run."""
-    if node.lock.startswith("unavailable") or not node.lock:
-        why = node.lock[len("unavailable") :].strip() or "the node did not answer for it"
-        raise DeployError(unavailable_message(settings.host, why))
+    if node.lock.kind == "unavailable":
+        raise DeployError(
+            unavailable_message(settings.host, node.lock.why or "the node did not answer for it")
+        )
 
 
 def check_not_busy(settings: Settings, node: NodeState) -> None:
     """One run at a time per node: another run held the lock all the time the node fact waited."""
-    if node.lock.startswith("busy"):
-        owner = node.lock.split(" ", 2)[2:]
-        raise DeployError(busy_message(settings.host, owner[0] if owner else ""))
+    if node.lock.kind == "busy":
+        raise DeployError(busy_message(settings.host, node.lock.owner))
 
 
 def run_owner() -> str:

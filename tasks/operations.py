@@ -32,7 +32,7 @@ from .facts import (
 )
 from .fetch import FetchError, cached_path, ensure_cached
 from .hooks import HookFailed, hook_argv, run_hook
-from .lock import NO_SESSION, take_lock_script, unavailable_message
+from .lock import NO_SESSION, LockState, take_lock_script, unavailable_message
 from .rollback import drop_kept_script, keep_release_script, rollback_lines
 from .scripts import (
     fetch_artifacts_script,
@@ -178,17 +178,10 @@ def release_files_fetched(
         yield StringCommand("rm", "-rf", "--", q(via))
 
 
-def lock_generation(lock: str) -> int | None:
-    """The generation in a "free <generation>" or "busy <generation> <owner>" lock state; None otherwise."""
-    word, _, rest = lock.partition(" ")
-    number = rest.partition(" ")[0]
-    return int(number) if word in ("free", "busy") and number.isdigit() else None
-
-
 @operation()
 def run_lock_taken(
     owner: str,
-    lock: str | FromNode = FROM_NODE,
+    lock: LockState | FromNode = FROM_NODE,
     changes: Callable[[], bool] | None = None,
     anchor_pid: int = 0,
 ):
@@ -199,9 +192,8 @@ def run_lock_taken(
     finds another run held the node after it read ``lock``, since it decided from a stale look.
 
     + owner: who this run is, shown to a run that finds the node busy
-    + lock: the lock's state this run read before deciding (``NodeState.lock``: ``free
-      <generation>``, ``held``, ``busy <generation> <owner>``, ``unavailable <why>``); read from
-      the node when not given
+    + lock: the lock's state this run read before deciding (``NodeState.lock``, a
+      ``LockState``); read from the node when not given
     + changes: whether any later operation will change the node (asked when this operation
       runs); the lock is left alone when none will and nobody holds it. None: always take it
     + anchor_pid: a run on the node itself (pyinfra @local): hold the lock for this process
@@ -215,19 +207,18 @@ def run_lock_taken(
             owner="controller ci-1 pid 4242",
         )
     """
-    state: str = host.get_fact(RunLock, anchor_pid=anchor_pid) if isinstance(lock, FromNode) else lock
-    if state == "held":
+    state: LockState = host.get_fact(RunLock, anchor_pid=anchor_pid) if isinstance(lock, FromNode) else lock
+    if state.kind == "held":
         host.noop("this run holds the node's run lock")
         return
-    if state.startswith("unavailable") or not state:
-        why = state[len("unavailable") :].strip() or NO_SESSION
-        raise OperationError(unavailable_message(host.name, why))
+    if state.kind == "unavailable":
+        raise OperationError(unavailable_message(host.name, state.why or NO_SESSION))
     # A busy node was read while another run changed it: the lock is taken (waited for, and the
     # run stopped) even when nothing seemed to need changing.
-    if not state.startswith("busy") and changes is not None and not changes():
+    if state.kind != "busy" and changes is not None and not changes():
         host.noop("nothing will change: the run lock is not needed")
         return
-    yield take_lock_script(host.name, owner, lock_generation(state), anchor_pid)
+    yield take_lock_script(host.name, owner, state.generation, anchor_pid)
 
 
 @operation()

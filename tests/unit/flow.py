@@ -20,6 +20,7 @@ import tasks.node as flow
 from tasks import artifacts
 from tasks.configure import desired_config, unit_text
 from tasks.facts import ContainerdNode, Manifest, NodeState
+from tasks.lock import parse_lock_state
 from tasks.settings import resolve
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "config"
@@ -69,7 +70,7 @@ def converged(settings, arch: str = "amd64") -> NodeState:
         ctr_client=version,
         ctr_server=version,
         exe=f"{settings.containerd_bin_dir}/containerd",
-        lock="free 0",
+        lock=parse_lock_state("free 0"),
         started=time.time() - 60,
         mtimes={settings.containerd_config_path: time.time() - 120},
     )
@@ -77,7 +78,7 @@ def converged(settings, arch: str = "amd64") -> NodeState:
 
 def fresh() -> NodeState:
     """A systemd node with nothing of this deploy on it."""
-    return NodeState(machine="x86_64", kernel="Linux", systemd=True, lock="free 0")
+    return NodeState(machine="x86_64", kernel="Linux", systemd=True, lock=parse_lock_state("free 0"))
 
 
 def drifted(node: NodeState, **changes) -> NodeState:

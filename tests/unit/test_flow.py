@@ -11,6 +11,7 @@ import pytest
 from pyinfra.api.exceptions import DeployError
 
 from tasks.facts import Manifest
+from tasks.lock import parse_lock_state
 
 from .flow import changed_names, converged, drifted, fresh, prepare, service_op, settings_for
 
@@ -161,7 +162,7 @@ def lock_op(prepared):
 def test_a_run_that_changes_the_node_takes_the_lock_first_expecting_the_generation_it_saw(
     monkeypatch, settings
 ):
-    prepared = prepare(monkeypatch, drifted(fresh(), lock="free 41"))
+    prepared = prepare(monkeypatch, drifted(fresh(), lock=parse_lock_state("free 41")))
     assert changed_names(prepared)[0] == LOCK
     text = lock_op(prepared).text()
     assert 'if [ "$generation" != 41 ]; then' in text and "flock -w 10 9" in text
@@ -170,15 +171,15 @@ def test_a_run_that_changes_the_node_takes_the_lock_first_expecting_the_generati
 
 def test_a_run_that_changes_nothing_leaves_the_lock_alone(monkeypatch, settings):
     for lock in ("free 3", "held"):
-        prepared = prepare(monkeypatch, drifted(converged(settings), lock=lock))
+        prepared = prepare(monkeypatch, drifted(converged(settings), lock=parse_lock_state(lock)))
         assert not lock_op(prepared).changes, lock
     # A run that already holds it does not take it again, whatever it changes.
-    assert LOCK not in changed_names(prepare(monkeypatch, drifted(fresh(), lock="held")))
+    assert LOCK not in changed_names(prepare(monkeypatch, drifted(fresh(), lock=parse_lock_state("held"))))
 
 
 def test_another_run_holding_the_node_stops_the_flow(monkeypatch, settings):
     """The node fact waited for the lock; another run held it all that time."""
-    node = drifted(converged(settings), lock="busy 7 controller ci pid 4242 since 12:00")
+    node = drifted(converged(settings), lock=parse_lock_state("busy 7 controller ci pid 4242 since 12:00"))
     with pytest.raises(
         DeployError,
         match=r"another containerd-deploy run holds this node \(controller ci pid 4242 since 12:00\)",

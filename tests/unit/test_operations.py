@@ -384,10 +384,11 @@ def test_an_artifact_is_installed_only_under_the_wanted_directory_however_it_is_
 
 def lock_op(lock=None, changes=None, anchor_pid=0):
     from tasks.facts import RunLock
+    from tasks.lock import parse_lock_state
     from tasks.operations import run_lock_taken
 
-    facts = Facts({RunLock: lambda anchor_pid: "free 5"})
-    given = {} if lock is None else {"lock": lock}
+    facts = Facts({RunLock: lambda anchor_pid: parse_lock_state("free 5")})
+    given = {} if lock is None else {"lock": parse_lock_state(lock)}
     yielded = commands(
         run_lock_taken,
         facts=facts,
@@ -428,21 +429,23 @@ def test_the_lock_operation_refuses_when_the_lock_cannot_be_taken():
 
 
 @pytest.mark.parametrize(
-    "lock, generation",
+    "text, state",
     [
-        ("free 3", 3),
-        ("free 0", 0),
-        ("busy 4 controller c1 pid 7 since now", 4),
-        ("free", None),
-        ("held", None),
-        ("unavailable 5 reasons", None),
-        ("busy controller c1", None),
+        ("free 3", ("free", 3, "", "")),
+        ("free 0", ("free", 0, "", "")),
+        ("busy 4 controller c1 pid 7 since now", ("busy", 4, "controller c1 pid 7 since now", "")),
+        ("free", ("free", None, "", "")),
+        ("held", ("held", None, "", "")),
+        ("unavailable flock is not installed", ("unavailable", None, "", "flock is not installed")),
+        ("", ("unavailable", None, "", "")),
+        ("garbage 5", ("unavailable", None, "", "")),
+        ("busy controller c1", ("busy", None, "controller c1", "")),
     ],
 )
-def test_the_generation_a_run_saw(lock, generation):
-    from tasks.operations import lock_generation
+def test_the_lock_state_a_run_read(text, state):
+    from tasks.lock import LockState, parse_lock_state
 
-    assert lock_generation(lock) == generation
+    assert parse_lock_state(text) == LockState(*state)
 
 
 def test_crictl_is_pointed_at_containerds_socket_and_an_operators_own_config_is_theirs():

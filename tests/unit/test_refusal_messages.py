@@ -81,6 +81,10 @@ ACCEPTED = {
 
 
 def node_for(data: dict, changes: dict):
+    from tasks.lock import parse_lock_state
+
+    if "lock" in changes:  # as the node printed it
+        changes = {**changes, "lock": parse_lock_state(changes["lock"])}
     settings = settings_for(data)
     node = dataclasses.replace(converged(settings), **changes)
     if "service" in changes:
