@@ -1,4 +1,4 @@
-# Data for the k8s_workers group of inventories/example.py (keys: see README, Data).
+# Data for the k8s_workers group of inventories/example.py (keys: see docs/data.md).
 containerd_version = "2.2.1"
 runc_version = "1.3.4"
 

@@ -236,11 +236,6 @@ def render(text: str, containerd_version: Version, knobs: Knobs) -> str:
     return tomlkit.dumps(document)
 
 
-def set_systemd_cgroup(text: str, containerd_version: Version, enabled: bool = True) -> str:
-    """`text` with only the runc runtime's SystemdCgroup set."""
-    return render(text, containerd_version, Knobs(systemd_cgroup=enabled))
-
-
 @functools.lru_cache(maxsize=64)
 def _plain(text: str) -> dict:
     """The document as plain Python values (no tomlkit proxies for out-of-order tables), parsed

@@ -1,5 +1,5 @@
 """Every data key the deploy reads, declared once in `KEYS`: its default, its check, and its row
-in the README's data table (`python -m tasks.settings` prints the table).
+in the data table of docs/data.md (`python -m tasks.settings` prints the table).
 
 Inventory data, group_data/ files and `--data key=value` override these defaults (pyinfra's
 usual precedence). `resolve()` turns one host's raw data into a validated `Settings`, before
@@ -511,12 +511,12 @@ def _url_template_key(host: str, key: str, value, raw: Mapping) -> str:
 
 @dataclass(frozen=True)
 class Key:
-    """One data key, declared once: its default, its parser, and its row in the README."""
+    """One data key, declared once: its default, its parser, and its row in docs/data.md."""
 
     default: Any
     parse: Parser
     doc: str
-    shown: str | None = None  # the README's default column, when the default alone says too little
+    shown: str | None = None  # the default column of docs/data.md, when the default alone says too little
 
     def shown_default(self) -> str:
         if self.shown is not None:
@@ -532,7 +532,7 @@ _PROXY_DOC = (
     "as typed; a proxy URL with credentials makes the drop-in 0600 and is shown as `user:***@` in messages"
 )
 
-# Every data key the deploy reads, in the order the README lists them (and they are checked).
+# Every data key the deploy reads, in the order docs/data.md lists them (and they are checked).
 KEYS: dict[str, Key] = {
     "containerd_state": Key(
         "present",
@@ -547,7 +547,7 @@ KEYS: dict[str, Key] = {
     "containerd_version": Key(
         "2.2.1",
         _release(SUPPORTED_CONTAINERD),
-        doc="containerd release to install (X.Y.Z; 1.6.x to 2.x; [pinned versions](#artifacts-mirrors-the-controller-cache-adding-a-version), the install guide's is 1.7.11)",
+        doc="containerd release to install (X.Y.Z; 1.6.x to 2.x; [pinned versions](artifacts.md), the install guide's is 1.7.11)",
     ),
     "containerd_sha256": Key(
         None,
@@ -701,7 +701,7 @@ KEYS: dict[str, Key] = {
     "containerd_nvidia_runtime": Key(
         False,
         _nvidia_runtime,
-        doc="the GPU preset: add the `nvidia` handler (runc shim, `BinaryName` = `containerd_nvidia_runtime_path`, the cgroup driver of runc); the NVIDIA Container Toolkit must be installed. Make it the default with `containerd_default_runtime: nvidia`. See [GPU nodes](#gpu-nodes)",
+        doc="the GPU preset: add the `nvidia` handler (runc shim, `BinaryName` = `containerd_nvidia_runtime_path`, the cgroup driver of runc); the NVIDIA Container Toolkit must be installed. Make it the default with `containerd_default_runtime: nvidia`. See [GPU nodes](gpu.md)",
     ),
     "containerd_nvidia_runtime_path": Key(
         "/usr/bin/nvidia-container-runtime",
@@ -762,12 +762,12 @@ KEYS: dict[str, Key] = {
     "containerd_verify": Key(
         True,
         _plain(_bool),
-        doc="last step of every run: check the running daemon (see [Verify](#verify)), and run a container when the run changed the node; fail the run, naming each problem, if it falls short; a passing check of an unchanged node is no change",
+        doc="last step of every run: check the running daemon (see [Verify](verify.md)), and run a container when the run changed the node; fail the run, naming each problem, if it falls short; a passing check of an unchanged node is no change",
     ),
     "containerd_rollback": Key(
         True,
         _plain(_bool),
-        doc="before a run restarts a running containerd, keep the release it runs (files by manifest, config, unit) until the new one answers and passes the verify step; if it does not, put the kept one back, restart once, wait for it to answer, and fail the run naming the host (see [Rolling out to a fleet](#rolling-out-to-a-fleet))",
+        doc="before a run restarts a running containerd, keep the release it runs (files by manifest, config, unit) until the new one answers and passes the verify step; if it does not, put the kept one back, restart once, wait for it to answer, and fail the run naming the host (see [Rolling out to a fleet](rollout.md))",
     ),
     "containerd_restart_hook_before": Key(
         "",
@@ -792,7 +792,7 @@ DEFAULTS: dict = {name: key.default for name, key in KEYS.items()}
 
 
 def data_table() -> str:
-    """The README's data table, from KEYS (`python -m tasks.settings` prints it)."""
+    """The data table of docs/data.md, from KEYS (`python -m tasks.settings` prints it)."""
     lines = ["| key | default | meaning |", "| --- | --- | --- |"]
     lines += [f"| `{name}` | {key.shown_default()} | {key.doc} |" for name, key in KEYS.items()]
     return "\n".join(lines) + "\n"

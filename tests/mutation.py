@@ -139,7 +139,7 @@ def report_text(by_module: dict[str, Counter]) -> str:
         "the unit tests alone (no VM). Killed counts mutants a test failed on, or that hung (timeout);",
         "the kill rate is killed / (killed + survived + no test reached it). A floor is the least",
         "kill rate the module is held to; `make mutation` fails below it. The mutants no test kills",
-        "are listed in `tests/mutation_baseline.json`; `make test` runs a sample (see the README).",
+        "are listed in `tests/mutation_baseline.json`; `make test` runs a sample (docs/unit-and-mutation-tests.md).",
         "",
         "| module | mutants | killed | of them timeouts | survived | no tests | not checked | kill rate | floor |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",

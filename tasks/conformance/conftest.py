@@ -122,7 +122,7 @@ def pytest_collection_modifyitems(config, items):
     if items and not config.getoption("hosts", None):
         raise pytest.UsageError(
             "the conformance suite checks nodes over SSH: give them with "
-            "--hosts=ssh://root@node1,ssh://root@node2 or --inventory=inventories/prod.py (see the README, Conformance)"
+            "--hosts=ssh://root@node1,ssh://root@node2 or --inventory=inventories/prod.py (see docs/conformance.md)"
         )
 
 

@@ -3,7 +3,7 @@ preset is refused until the toolkit's binary is there, then pods (named `nvidia`
 handler once it is the default) run through it; CDI settings reach the running daemon.
 
 No GPU is involved: `nvidia-container-runtime` here is a wrapper that records each call and
-execs runc, which is all containerd sees of the real one (README, GPU nodes).
+execs runc, which is all containerd sees of the real one (docs/gpu.md).
 """
 
 import re

@@ -5,14 +5,23 @@ import pytest
 from packaging.version import Version
 
 from tasks.config_toml import (
+    PATHS,
     RUNC_OPTIONS_PATH,
     ConfigError,
+    Knobs,
+    Runtime,
+    render,
     runc_systemd_cgroup,
-    set_systemd_cgroup,
     value_at,
 )
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "config"
+
+
+def set_systemd_cgroup(text: str, containerd_version: Version, enabled: bool = True) -> str:
+    """`text` rendered with only the runc runtime's SystemdCgroup set (every other knob left)."""
+    return render(text, containerd_version, Knobs(systemd_cgroup=enabled))
+
 
 # (fixture, version of the containerd that made or reads it, schema)
 DEFAULTS = [
@@ -102,7 +111,6 @@ def test_reading_an_unset_value():
 
 
 # Every knob, in every schema: the value lands at that schema's path and nothing else moves.
-from tasks.config_toml import PATHS, Knobs, Runtime, render  # noqa: E402
 
 SCHEMA_FIXTURES = [(f, v, s) for f, v, s in DEFAULTS] + [
     ("operator-1.7.toml", "1.7.24", 2),

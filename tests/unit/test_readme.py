@@ -3,15 +3,17 @@ from pathlib import Path
 
 from tasks.settings import DEFAULTS
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+ROOT = Path(__file__).resolve().parents[2]
+README = ROOT / "README.md"
+DOCS = ROOT / "docs"
 
 
 def test_the_readme_data_table_is_the_one_generated_from_the_keys():
     from tasks.settings import data_table
 
-    section = README.read_text().split("### Data", 1)[1].split("\n### ", 1)[0]
+    section = (DOCS / "data.md").read_text()
     table = "".join(line + "\n" for line in section.splitlines() if line.startswith("| "))
-    assert table == data_table(), "README's data table is stale: paste `python -m tasks.settings` over it"
+    assert table == data_table(), "docs/data.md's table is stale: paste `python -m tasks.settings` over it"
     rows = [line for line in table.splitlines() if line.startswith("| `")]
     assert [re.match(r"\| `([a-z_0-9]+)`", row).group(1) for row in rows] == list(DEFAULTS)
 
@@ -27,8 +29,27 @@ def test_every_key_is_a_settings_field_and_every_field_a_key():
 def test_the_readme_lists_exactly_the_pinned_versions():
     from tasks.artifacts import pinned_checksums
 
-    section = README.read_text().split("Checksums are never fetched", 1)[1].split("Any other version", 1)[0]
+    section = (
+        (DOCS / "artifacts.md")
+        .read_text()
+        .split("Checksums are never fetched", 1)[1]
+        .split("Any other version", 1)[0]
+    )
     names = {"containerd": "containerd", "runc": "runc", "cni_plugins": "CNI plugins", "crictl": "crictl"}
     for component, versions in pinned_checksums().items():
         listed = re.search(rf"{names[component]} ([0-9., ]+)", section.replace("\n", " ")).group(1)
         assert sorted(v for v in re.split(r"[, ]+", listed.strip(" ,")) if v) == sorted(versions), component
+
+
+def test_the_readme_is_a_front_door_naming_only_declared_keys_and_docs_that_exist():
+    from tasks.settings import KEYS
+
+    text = README.read_text()
+    assert len(text.splitlines()) <= 200
+    named = set(re.findall(r"`((?:containerd|runc|cni_plugins|crictl|artifact)_[a-z0-9_]+)", text))
+    assert named and named <= set(KEYS), sorted(named - set(KEYS))
+    for link in re.findall(r"\]\((docs/[^)#]+)", text):
+        assert (ROOT / link).is_file(), link
+    for page in DOCS.glob("*.md"):
+        for link in re.findall(r"\]\(([a-z0-9-]+\.md)", page.read_text()):
+            assert (DOCS / link).is_file(), f"{page.name} links to {link}"
