@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pyinfra.api import FactBase
 
 from .facts import (
+    KUBELET_CONFIG,
     SECTION,
     daemon_process_lines,
     decode_lines,
@@ -79,7 +80,7 @@ def daemon_state_command(
             *service_lines('"$unit"', "-p ActiveState -p MainPID -p NeedDaemonReload"),
             *daemon_process_lines(files),
             f'echo "{SECTION}kubelet"',
-            "[ -f /var/lib/kubelet/config.yaml ] && base64 -w0 /var/lib/kubelet/config.yaml && echo",
+            f"[ -f {q(KUBELET_CONFIG)} ] && base64 -w0 {q(KUBELET_CONFIG)} && echo",
             f'echo "{SECTION}missing"',
             *missing_binaries_lines(bin_dir, binaries),
             "wait",
