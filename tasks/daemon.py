@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from pyinfra.api import FactBase
 
 from .facts import (
-    KUBELET_CONFIG,
     SECTION,
     daemon_process_lines,
     decode_lines,
+    kubelet_config_lines,
     missing_binaries_lines,
     parse_ctr_version,
     parse_process_section,
@@ -79,8 +79,7 @@ def daemon_state_command(
             f'echo "{SECTION}service"',
             *service_lines('"$unit"', "-p ActiveState -p MainPID -p NeedDaemonReload"),
             *daemon_process_lines(files),
-            f'echo "{SECTION}kubelet"',
-            f"[ -f {q(KUBELET_CONFIG)} ] && base64 -w0 {q(KUBELET_CONFIG)} && echo",
+            *kubelet_config_lines(),
             f'echo "{SECTION}missing"',
             *missing_binaries_lines(bin_dir, binaries),
             "wait",

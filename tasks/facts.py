@@ -171,6 +171,15 @@ def parse_process_section(name: str, body: list[str], state) -> None:
                 state.mtimes[path] = int(mtime)
 
 
+def kubelet_config_lines() -> list[str]:
+    """Shell lines printing the `kubelet` section: a kubelet's config, base64 (none: no kubelet)."""
+    q = shlex.quote
+    return [
+        f'echo "{SECTION}kubelet"',
+        f"[ -f {q(KUBELET_CONFIG)} ] && base64 -w0 {q(KUBELET_CONFIG)} && echo",
+    ]
+
+
 def newer_than_daemon(started: float | None, mtimes: dict, paths: tuple) -> list[str]:
     """Which of `paths` changed after the daemon started (so it runs without them)."""
     if not started:
@@ -349,8 +358,7 @@ def node_state_command(
                 if certs_dir
                 else ":"
             ),
-            f'echo "{SECTION}kubelet"',
-            f"[ -f {KUBELET_CONFIG} ] && base64 -w0 {KUBELET_CONFIG} && echo",
+            *kubelet_config_lines(),
             f'echo "{SECTION}packages"',
             *distro_package_lines(),
             f'echo "{SECTION}staging"',

@@ -72,9 +72,9 @@ def keep_release_script(state_dir: str, release_files: tuple, other_files: tuple
 
 
 def rollback_lines(state_dir: str, unit: str, ctr: str, timeout: int) -> list[str]:
-    """Shell lines defining `rollback` (and the `wait_answer` it uses): with a kept release, put it back, restart once, wait for
-    its version to answer, drop it, and print what happened (on stderr); returns 1 when there is
-    nothing kept (nothing is changed then)."""
+    """Shell lines defining `rollback` (and the `wait_answer` it uses): with a kept release, put
+    it back, restart once, wait for its version to answer, drop it, and print what happened (on
+    stderr); returns 1 when there is nothing kept (nothing is changed then)."""
     keep = kept_dir(state_dir)
     restored = "$keep/restore"
     lines = [
