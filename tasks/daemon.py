@@ -101,6 +101,32 @@ def daemon_state_command(
 RUNC_STATE_ROOT = "/run/containerd/runc"  # the runc shim's --root, one directory per namespace
 
 
+def scope_retry_lines() -> list[str]:
+    """Shell: `retry_scope BINARY`, after `start` failed. When systemd failed the container's
+    scope (runc: "error creating systemd unit"; seen once in a loaded CI run, and a kubelet
+    would retry its pod), takes systemd's reason from the journal, clears the failed unit and
+    starts the container once more under a new name; $retried and $why carry the reason into
+    the report. Any other failure fails at once (status 1)."""
+    return [
+        "retry_scope() {",
+        '  case "$out" in *"error creating systemd unit"*) ;; *) return 1;; esac',
+        '  scope="containerd-deploy-$name.scope"',
+        """  reason=$(journalctl -q -o cat -n 3 -u "$scope" 2>/dev/null | tr '\\n' ' ' | cut -c1-300)""",
+        '  [ -n "$reason" ] || reason="nothing in its journal"',
+        '  reason="systemd said about $scope: ${reason%% }"',
+        '  systemctl reset-failed "$scope" >/dev/null 2>&1',
+        "  remove",
+        '  name="$name-again"',
+        '  id="containerd-deploy-$name"',
+        '  retried=" (on a second try; at the first, $reason)"',
+        '  why="; at the first try, $reason"',
+        '  start "$1" && return 0',
+        '  systemctl reset-failed "containerd-deploy-$name.scope" >/dev/null 2>&1',
+        "  return 1",
+        "}",
+    ]
+
+
 def container_check_script(
     host_name: str,
     bin_dir: str,
@@ -120,11 +146,7 @@ def container_check_script(
     ctr = f"timeout {CTR_TIMEOUT} {q(f'{bin_dir}/ctr')} -n {VERIFY_NAMESPACE}"
     # ctr's own systemd-cgroup flag puts the task in system.slice/containerd-deploy-verify-<pid>-<handler>.scope,
     # as the CRI puts a pod's containers in scopes.
-    cgroup = (
-        '--runc-systemd-cgroup --cgroup "system.slice:containerd-deploy:verify-$$-$1" '
-        if systemd_cgroup
-        else ""
-    )
+    cgroup = '--runc-systemd-cgroup --cgroup "system.slice:containerd-deploy:$name" ' if systemd_cgroup else ""
     header = f"containerd-deploy: {host_name} is not a conformant containerd node:"
     return "\n".join(
         [
@@ -134,13 +156,22 @@ def container_check_script(
             "}",
             *(rollback_lines or ["rollback() { return 1; }"]),
             f'fail() {{ remove; printf "%s\\n" {q(header)} "  - $what $1" >&2; rollback || true; exit 1; }}',
+            # start's $1: the container's runc-compatible binary (empty: runc's own); $name and $id
+            # name it (and its scope: containerd-deploy-$name.scope).
+            "start() {",
+            f'  out=$({ctr} run -d {cgroup}${{1:+--runc-binary "$1"}} {q(image)} "$id" 2>&1)',
+            "}",
+            *(scope_retry_lines() if systemd_cgroup else ["retry_scope() { return 1; }"]),
             # run_one's $1: the handler, $2: its runc-compatible binary (empty: runc's own).
             "run_one() {",
-            '  id="containerd-deploy-verify-$$-$1"',
+            '  name="verify-$$-$1"',
+            '  why=""',
+            '  retried=""',
+            '  id="containerd-deploy-$name"',
             f"  what={q(f'a container from {image}')}",
             '  [ -z "$2" ] || what="$what through runtime handler $1 ($2)"',
-            f'  if ! out=$({ctr} run -d {cgroup}${{2:+--runc-binary "$2"}} {q(image)} "$id" 2>&1); then',
-            """    fail "did not run: $(printf %s "$out" | tr '\\n' ' ' | cut -c1-500)""" + '"',
+            '  if ! start "$2" && ! retry_scope "$2"; then',
+            """    fail "did not run: $(printf %s "$out" | tr '\\n' ' ' | cut -c1-500)$why""" + '"',
             "  fi",
             f"""  task=$({ctr} tasks ls 2>/dev/null | awk -v id="$id" '$1 == id {{ print $2, $3 }}')""",
             "  status=${task#* }",
@@ -165,7 +196,7 @@ def container_check_script(
             '    fail "ran, but not through $2 (it does not know the container): is BinaryName right?"',
             "  fi",
             "  remove",
-            '  echo "a container ran${2:+ through $1}${scope:+ in $scope}"',
+            '  echo "a container ran${2:+ through $1}${scope:+ in $scope}$retried"',
             "}",
             *[f"run_one {q(name)} {q(binary or '')}" for name, binary in handlers],
         ]

@@ -229,10 +229,16 @@ def test_images_the_daemon_cannot_list_are_a_problem():
 
 FAKE_RUN_CTR = """#!/bin/sh
 # ctr as the container check uses it: run -d, tasks ls, tasks rm, containers rm; `log` records.
+# Each line of scope-fails is a run whose scope systemd fails.
 echo "$*" >> {log}/calls
 case "$3" in
   run) [ ! -e {log}/run-fails ] || {{ echo "ctr: failed to create shim task: OCI runtime create failed:"; \
          echo "exec format error"; exit 1; }}
+       if [ -s {log}/scope-fails ]; then
+         sed -i 1d {log}/scope-fails
+         echo "ctr: failed to create shim task: OCI runtime create failed: unable to apply cgroup configuration:"
+         echo "error creating systemd unit \\`containerd-deploy-x.scope\\`: got \\`failed\\`: unknown"; exit 1
+       fi
        shift $(($# - 1)); echo "$1" > {log}/container;;
   tasks) [ "$4" = ls ] && echo "$(cat {log}/container) 4242 $(cat {log}/status)";;
 esac
@@ -249,6 +255,15 @@ esac
             True,
             "did not run: ctr: failed to create shim task: OCI runtime create failed: exec format error",
         ),
+        (
+            "scope fails twice",
+            True,
+            "did not run: ctr: failed to create shim task: OCI runtime create failed: unable to apply cgroup "
+            "configuration: error creating systemd unit `containerd-deploy-x.scope`: got `failed`: unknown; at "
+            "the first try, systemd said about containerd-deploy-verify-N-runc.scope: Failed to add PIDs to "
+            "scope's control group: No such process",
+        ),
+        ("scope fails once", True, None),
         ("exited", True, "started but is not running (task STOPPED): see journalctl -u containerd.service"),
         (
             "outside a scope",
@@ -259,6 +274,7 @@ esac
     ],
 )
 def test_the_container_check_runs_one_checks_it_and_removes_it(tmp_path, case, systemd_cgroup, problem):
+    import os
     import subprocess
 
     from tasks.daemon import container_check_script
@@ -271,36 +287,59 @@ def test_the_container_check_runs_one_checks_it_and_removes_it(tmp_path, case, s
     (log / "status").write_text("STOPPED\n" if case == "exited" else "RUNNING\n")
     if case == "does not run":
         (log / "run-fails").touch()
-    in_scope = case == "runs in a scope"
+    (log / "scope-fails").write_text({"scope fails twice": "1\n2\n", "scope fails once": "1\n"}.get(case, ""))
+    # systemd's side of a failed scope: its journal, and the failed unit cleared.
+    (bin_dir / "journalctl").write_text(
+        "#!/bin/sh\n"
+        'case "$*" in "-q -o cat -n 3 -u containerd-deploy-verify-"*"-runc.scope")\n'
+        '  echo "Failed to add PIDs to scope\'s control group: No such process";;\n'
+        'esac\n'
+    )
+    (bin_dir / "systemctl").write_text(f'#!/bin/sh\necho "systemctl $*" >> {log}/calls\n')
+    for tool in ("journalctl", "systemctl"):
+        (bin_dir / tool).chmod(0o755)
+    in_scope = case in ("runs in a scope", "scope fails once")
     (tmp_path / "cgroup-4242").write_text(
         "0::/system.slice/containerd-deploy-verify-77.scope\n" if in_scope else "0::/k8s.io/x\n"
     )
     script = container_check_script(
         "node1", str(bin_dir), PAUSE, systemd_cgroup, "containerd.service"
     ).replace("/proc/${task%% *}/cgroup", f"{tmp_path}/cgroup-${{task%% *}}")
-    result = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=30)
-    calls = (log / "calls").read_text()
-    cgroup = (
-        r"--runc-systemd-cgroup --cgroup system\.slice:containerd-deploy:verify-\d+-runc "
-        if systemd_cgroup
-        else ""
-    )
-    assert re.search(
-        rf"^-n k8s\.io run -d {cgroup}{re.escape(PAUSE)} containerd-deploy-verify-\d+-runc$", calls, re.M
-    )
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    result = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=30, env=env)
+    calls = re.sub(r"verify-\d+-", "verify-N-", (log / "calls").read_text())
+    cgroup = "--runc-systemd-cgroup --cgroup system.slice:containerd-deploy:verify-N-runc " if systemd_cgroup else ""
+    runs = [line for line in calls.splitlines() if " run " in line]
+    retried = case.startswith("scope fails")
+    assert runs == [f"-n k8s.io run -d {cgroup}{PAUSE} containerd-deploy-verify-N-runc"] + (
+        [f"-n k8s.io run -d {cgroup.replace('-runc ', '-runc-again ')}{PAUSE} containerd-deploy-verify-N-runc-again"]
+        if retried
+        else []
+    ), "a second try only after systemd failed the scope, under a new name"
+    resets = [line for line in calls.splitlines() if line.startswith("systemctl")]
+    assert resets == [
+        "systemctl reset-failed containerd-deploy-verify-N-runc.scope",
+        "systemctl reset-failed containerd-deploy-verify-N-runc-again.scope",
+    ][: {"scope fails once": 1, "scope fails twice": 2}.get(case, 0)], "each failed scope is cleared"
+    last = "containerd-deploy-verify-N-runc" + ("-again" if retried else "")
     assert (
-        "tasks rm -f containerd-deploy-verify-" in calls
-        and "containers rm containerd-deploy-verify-" in calls
+        f"tasks rm -f {last}" in calls and f"containers rm {last}" in calls
     ), "the container is removed whatever happened"
     if problem is None:
         assert result.returncode == 0, result.stderr
         where = " in /system.slice/containerd-deploy-verify-77.scope" if in_scope else ""
-        assert result.stdout == f"a container ran{where}\n"
+        again = (
+            " (on a second try; at the first, systemd said about containerd-deploy-verify-N-runc.scope: Failed "
+            "to add PIDs to scope's control group: No such process)"
+            if retried
+            else ""
+        )
+        assert re.sub(r"verify-\d+-", "verify-N-", result.stdout) == f"a container ran{where}{again}\n"
     else:
         assert result.returncode == 1
         header, detail = result.stderr.splitlines()
         assert header == "containerd-deploy: node1 is not a conformant containerd node:"
-        assert detail == f"  - a container from {PAUSE} {problem}"
+        assert re.sub(r"verify-\d+-", "verify-N-", detail) == f"  - a container from {PAUSE} {problem}"
 
 
 FAKE_QUESTION = """#!/bin/sh
