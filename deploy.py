@@ -4,6 +4,6 @@ pyinfra inventories/example.py deploy.py -y
 pyinfra my-host.example.com deploy.py --data containerd_version=1.7.11 -y
 """
 
-from tasks.node import containerd_node
+from containerd_deploy import containerd_node
 
 containerd_node()

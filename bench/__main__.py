@@ -216,7 +216,7 @@ def run(max_nodes: int, rounds: int) -> Report:
             accepts_connections(node)
         return [nodes[name] for name in wanted]
 
-    from tasks.configure import unit_text
+    from containerd_deploy.plan.files import unit_text
 
     unit = unit_text("/usr/local/bin")
     with CountingMirror() as counting:

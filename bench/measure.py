@@ -113,15 +113,15 @@ def replace_section(text: str, heading: str, body: str) -> str:
 
 def package_of(filename: str) -> str:
     """The part of the controller a profiled function belongs to: a site-package's top-level
-    name, this deploy (`tasks`), the standard library, or Python's built-ins."""
+    name, this deploy (`containerd_deploy`), the standard library, or Python's built-ins."""
     if filename.startswith("~") or filename.startswith("<"):
         return "built-ins"
     parts = filename.replace("\\", "/").split("/")
     if "site-packages" in parts:
         name = parts[parts.index("site-packages") + 1]
         return name.removesuffix(".py")
-    if "tasks" in parts:
-        return "tasks (this deploy)"
+    if "containerd_deploy" in parts:
+        return "containerd_deploy (this deploy)"
     return "standard library"
 
 

@@ -1,7 +1,14 @@
-"""Mutation testing of `tasks/` against the unit tests alone (mutmut), two ways.
+"""Mutation testing of the package (tasks/containerd_deploy) against the unit tests alone (mutmut).
+
+mutmut names a mutant by its file's path, and activates it only when that name is the module's
+import name: it runs in a workspace (`.mutation/`, a copy of the tree kept in step) where the
+package sits at the top, as `containerd_deploy/`.
+
+`python -m tests.mutation run` (`make mutation`): every mutant, incrementally (a function whose
+code is unchanged keeps its verdict).
 
 `python -m tests.mutation report` (`make mutation`, after a whole `mutmut run` and `recheck`,
-which runs the mutants no test killed again against today's tests; over an hour here): the
+which runs the mutants no test killed again against today's tests): the
 verdicts per module into docs/mutation.md, and the baseline — each function's hash and
 the mutants no unit test kills — into tests/mutation_baseline.json.
 Fails when a decision module is below its floor, or the run did not check every mutant.
@@ -29,28 +36,50 @@ from pathlib import Path
 
 from tests.harness.paths import REPO_ROOT
 
-MUTANTS = REPO_ROOT / "mutants"
+PACKAGE = "containerd_deploy"
+WORKSPACE = REPO_ROOT / ".mutation"
+MUTANTS = WORKSPACE / "mutants"
+
+
+def workspace_entries() -> tuple[str, ...]:
+    """What the workspace holds besides the package at its top: the tree as the unit tests read
+    it (pyproject's also_copy, which mutmut copies on into mutants/), the tests and pyproject."""
+    import tomllib
+
+    config = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["mutmut"]
+    return tuple(
+        dict.fromkeys(["tests", "pyproject.toml", *(entry.rstrip("/") for entry in config["also_copy"])])
+    )
+
+
 REPORT = REPO_ROOT / "docs" / "mutation.md"
 BASELINE = REPO_ROOT / "tests" / "mutation_baseline.json"
 MUTMUT = Path(sys.executable).with_name("mutmut")
 FLOOR = 0.90
 # The modules whose logic decides what changes on a node, when it restarts, and what a run or
 # a rollout reports; each is held to FLOOR.
+# mutmut leaves functions under a decorator alone, so the deploy's steps (@deploy) and the
+# verify operation are not here: what they decide is plan/'s, held to the floor.
 DECISION_MODULES = (
-    "node.py",
-    "service.py",
-    "operations.py",
-    "configure.py",
-    "settings.py",
-    "verify.py",
+    "deploy/node.py",
+    "deploy/reset.py",
+    "operations/__init__.py",
+    "operations/release.py",
+    "operations/files.py",
+    "operations/service.py",
+    "plan/run.py",
+    "plan/files.py",
+    "plan/verdict.py",
+    "controller/hooks.py",
+    "data/settings.py",
+    "data/registries.py",
+    "data/hooks.py",
+    "facts/daemon.py",
+    "remote/daemon_state.py",
+    "remote/container_check.py",
+    "remote/lock.py",
+    "remote/rollback.py",
     "rollout.py",
-    "rollback.py",
-    "hooks.py",
-    "lock.py",
-    "registries.py",
-    "install.py",
-    "reset.py",
-    "daemon.py",
 )
 
 # mutmut's exit codes (mutmut/stats.py): a failing test kills; so does a hang (timeout, SIGXCPU)
@@ -61,7 +90,7 @@ NO_TESTS = {5, 33}
 TIMEOUTS = {36, 24, -24, 152, 255}
 # mutmut has no generate-only command: a run filtered to this name (no mutant has it) makes
 # every mutant and the tests' stats, then stops at its filter.
-NO_SUCH_MUTANT = "tasks.no_such_module.x_generate_only__mutmut_0"
+NO_SUCH_MUTANT = "containerd_deploy.no_such_module.x_generate_only__mutmut_0"
 
 
 def verdict(code: int | None) -> str:
@@ -75,7 +104,8 @@ def verdict(code: int | None) -> str:
 
 
 def function_of(mutant: str) -> str:
-    """`tasks.rollout.x_main__mutmut_7` -> `tasks.rollout.x_main` (mutmut's name for the function)."""
+    """`containerd_deploy.rollout.x_main__mutmut_7` -> `containerd_deploy.rollout.x_main` (mutmut's name
+    for the function)."""
     return mutant.rsplit("__mutmut_", 1)[0]
 
 
@@ -90,10 +120,10 @@ class Module:
 
 def modules() -> dict[str, Module]:
     found = {}
-    for meta in sorted((MUTANTS / "tasks").rglob("*.py.meta")):
+    for meta in sorted((MUTANTS / PACKAGE).rglob("*.py.meta")):
         data = json.loads(meta.read_text())
-        name = str(meta.relative_to(MUTANTS / "tasks"))[: -len(".meta")]
-        parts = ["tasks", *name[: -len(".py")].split("/")]
+        name = str(meta.relative_to(MUTANTS / PACKAGE))[: -len(".meta")]
+        parts = [PACKAGE, *name[: -len(".py")].split("/")]
         dotted = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)  # as mutmut names it
         hashes = {
             f"{dotted}.{function}": digest for function, digest in data["hash_by_function_name"].items()
@@ -135,7 +165,7 @@ def report_text(by_module: dict[str, Counter]) -> str:
             if unchecked
             else []
         ),
-        f"`make mutation` ({date.today()}, mutmut {version('mutmut')}): every mutant of `tasks/` run against",
+        f"`make mutation` ({date.today()}, mutmut {version('mutmut')}): every mutant of `tasks/containerd_deploy/` run against",
         "the unit tests alone (no VM). Killed counts mutants a test failed on, or that hung (timeout);",
         "the kill rate is killed / (killed + survived + no test reached it). A floor is the least",
         "kill rate the module is held to; `make mutation` fails below it. The mutants no test kills",
@@ -178,9 +208,7 @@ def baseline_of(found: dict[str, Module]) -> dict:
 def report() -> int:
     found = modules()
     if not found:
-        print(
-            "no mutmut results under mutants/: run `mutmut run` first (make mutation does)", file=sys.stderr
-        )
+        print("no mutmut results under .mutation/mutants/: run `make mutation` first", file=sys.stderr)
         return 2
     by_module = {name: counts_of(module.codes.values()) for name, module in found.items()}
     REPORT.write_text(report_text(by_module))
@@ -196,7 +224,10 @@ def report() -> int:
         if name in by_module and kill_rate(by_module[name]) < FLOOR
     ]
     for line in below:
-        print(f"below its floor: {line} (see `mutmut results`, `mutmut show <name>`)", file=sys.stderr)
+        print(
+            f"below its floor: {line} (see `cd .mutation && ../.venv/bin/mutmut show <name>`)",
+            file=sys.stderr,
+        )
     return 1 if below else 0
 
 
@@ -273,7 +304,7 @@ def forget(mutants: list[str]) -> None:
     """Clear mutmut's verdicts of `mutants`, so a run that stops early leaves them unchecked
     rather than judged by an older run."""
     wanted = set(mutants)
-    for meta in (MUTANTS / "tasks").rglob("*.py.meta"):
+    for meta in (MUTANTS / PACKAGE).rglob("*.py.meta"):
         data = json.loads(meta.read_text())
         codes = data["exit_code_by_key"]
         if wanted & set(codes):
@@ -281,19 +312,79 @@ def forget(mutants: list[str]) -> None:
             meta.write_text(json.dumps(data))
 
 
+def sync(source: Path, target: Path) -> None:
+    """Make `target` a copy of `source` (a file or a tree), copying only what differs and keeping
+    modification times: mutmut remakes a module's mutants only when its source is newer."""
+    if source.is_file():
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif target.is_symlink():
+            target.unlink()
+        if not target.is_file() or (target.stat().st_mtime, target.stat().st_size) != (
+            source.stat().st_mtime,
+            source.stat().st_size,
+        ):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+        return
+    if target.is_file() or target.is_symlink():
+        target.unlink()
+    target.mkdir(parents=True, exist_ok=True)
+    wanted = {entry.name for entry in source.iterdir() if entry.name != "__pycache__"}
+    for entry in target.iterdir():
+        if entry.name not in wanted and entry.name != "__pycache__":
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+    for name in sorted(wanted):
+        sync(source / name, target / name)
+
+
+def prepare_workspace() -> None:
+    """The tree as mutmut needs it: the package at the top, everything the unit tests read beside it."""
+    for entry in workspace_entries():
+        if (REPO_ROOT / entry).exists():
+            sync(REPO_ROOT / entry, WORKSPACE / entry)
+    sync(REPO_ROOT / "tasks" / PACKAGE, WORKSPACE / PACKAGE)
+    MUTANTS.mkdir(exist_ok=True)
+    # mutmut maps tests to functions only for tests it has not seen, and never for a function
+    # that moved or was renamed since: today's tests, mapped afresh (the verdicts stay).
+    (MUTANTS / "mutmut-stats.json").unlink(missing_ok=True)
+    # mutmut copies the rest of the tree into mutants/ over what an older run left: let it copy afresh.
+    for entry in workspace_entries():
+        stale = MUTANTS / entry
+        shutil.rmtree(stale) if stale.is_dir() else stale.unlink(missing_ok=True)
+    # A module or file moved or removed leaves its copy (and a module its verdicts) behind: drop them.
+    for mutated in list((MUTANTS / PACKAGE).rglob("*")):
+        source = WORKSPACE / PACKAGE / mutated.relative_to(MUTANTS / PACKAGE)
+        if mutated.name.endswith((".py.meta", ".py.spans")):
+            source = source.with_name(source.name.rsplit(".", 1)[0])
+        if mutated.is_file() and "__pycache__" not in mutated.parts and not source.exists():
+            mutated.unlink()
+    # mutmut copies the package's other files (its data) once and never again: keep them current.
+    for path in (WORKSPACE / PACKAGE).rglob("*"):
+        if path.is_file() and path.suffix != ".py" and "__pycache__" not in path.parts:
+            sync(path, MUTANTS / path.relative_to(WORKSPACE))
+
+
 def mutmut(*args: str, log: Path) -> subprocess.CompletedProcess:
     environment = dict(os.environ, CONTAINERD_DEPLOY_MUTATION="1")
     with log.open("a") as out:
-        return subprocess.run([str(MUTMUT), *args], cwd=REPO_ROOT, env=environment, stdout=out, stderr=out)
+        return subprocess.run([str(MUTMUT), *args], cwd=WORKSPACE, env=environment, stdout=out, stderr=out)
+
+
+def run_all() -> int:
+    """Every mutant not yet judged for its function's current code."""
+    prepare_workspace()
+    log = MUTANTS / "run.log"
+    log.write_text("")
+    result = mutmut("run", "--max-children", str(os.cpu_count() or 2), log=log)
+    if result.returncode:
+        print(log.read_text()[-4000:], file=sys.stderr)
+    return result.returncode
 
 
 def sample_stage(budget: float) -> int:
     started = time.monotonic()
-    MUTANTS.mkdir(exist_ok=True)
-    # mutmut maps tests to functions only for tests it has not seen, and never removes a test
-    # deleted since: today's tests, mapped afresh (a whole run's verdicts stay).
-    (MUTANTS / "mutmut-stats.json").unlink(missing_ok=True)
-    shutil.rmtree(MUTANTS / "tests", ignore_errors=True)
+    prepare_workspace()
     log = MUTANTS / "sample.log"
     log.write_text("")
     mutmut("run", NO_SUCH_MUTANT, log=log)
@@ -336,14 +427,14 @@ def sample_stage(budget: float) -> int:
         + (f", {sample.changed_left_out} more past the budget" if sample.changed_left_out else "")
         + "), "
         f"killed {counts['killed']}, survived {counts['survived']}, no tests {counts['no tests']}; "
-        f"log: mutants/sample.log"
+        f"log: .mutation/mutants/sample.log"
     )
     problems = judge(sample, codes, baseline)
     for problem in problems:
         print(f"mutation sample: {problem}", file=sys.stderr)
     if problems:
         print(
-            "mutation sample: see a mutant with `.venv/bin/mutmut show <name>`; kill it with a test that "
+            "mutation sample: see a mutant with `cd .mutation && ../.venv/bin/mutmut show <name>`; kill it with a test that "
             "checks what it changes. A mutant that cannot change behaviour: make the code plain, or mark "
             "the line `# pragma: no mutate` saying why. A function changed by what it calls or a "
             "constant it reads looks unchanged: `make mutation` takes a new baseline.",
@@ -363,6 +454,7 @@ def recheck() -> int:
     ]
     if not names:
         return 0
+    prepare_workspace()
     log = MUTANTS / "recheck.log"
     log.write_text("")
     result = mutmut("run", "--max-children", str(os.cpu_count() or 2), *names, log=log)
@@ -374,6 +466,7 @@ def recheck() -> int:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.mutation", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("run", help="every mutant whose function changed since it was judged (incremental)")
     commands.add_parser("recheck", help="run every mutant no test killed again, against today's tests")
     commands.add_parser("report", help="after a whole `mutmut run`: docs/mutation.md and the baseline")
     sample = commands.add_parser("sample", help="a time-boxed sample of the decision modules' mutants")
@@ -383,7 +476,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.command == "sample":
         return sample_stage(args.budget)
-    return report() if args.command == "report" else recheck()
+    return {"run": run_all, "report": report, "recheck": recheck}[args.command]()
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ def module_kind(request) -> str:
 # The deploy of the local nodes, and the conformance suite from the clone, as an operator runs them
 # (the tests add their own options).
 DEPLOY = [sys.executable, "-m", "pyinfra", "inventories/local.py", "deploy.py"]
-CONFORMANCE = [sys.executable, "-m", "pytest", "-q", "-rf", "-p", "no:cacheprovider", "tasks/conformance"]
+CONFORMANCE = [sys.executable, "-m", "containerd_deploy.conformance", "-q", "-rf"]
 
 
 def pyinfra(
@@ -171,6 +171,6 @@ def node_story(node, since: str = "-15min") -> str:
     return journal.stdout[-8000:]
 
 
-# What tasks.conformance.images.import_image reads of the conformance suite's layout, for the
+# What containerd_deploy.conformance.images.import_image reads of the conformance suite's layout, for the
 # default paths of an amd64 node.
 NODE_CTR = SimpleNamespace(ctr="/usr/local/bin/ctr", busybox={})

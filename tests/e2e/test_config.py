@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.config_toml import PATHS, RUNC_OPTIONS_PATH, parse, runc_systemd_cgroup, value_at
-from tasks.registries import MARKER
+from containerd_deploy.data.config_toml import PATHS, RUNC_OPTIONS_PATH, parse, runc_systemd_cgroup, value_at
+from containerd_deploy.data.registries import MARKER
 
 from .helpers import CONFIG, changed_ops, deploy_ok, main_pid, node_snapshot, pyinfra, read, restore, write
 

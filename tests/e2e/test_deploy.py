@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from .helpers import changed_ops, conformance, main_pid, node_snapshot, pyinfra, unchanged_ops
+from .helpers import LOCK_OP, changed_ops, conformance, main_pid, node_snapshot, pyinfra, unchanged_ops
 
 pytestmark = pytest.mark.machine("what a run installs, changes and refuses is the deploy's logic")
 
@@ -51,8 +51,43 @@ def test_dry_diff_shows_the_config_change_and_the_restart_without_changing_anyth
     output = re.sub(r"\x1b\[[0-9;]*m", "", process.stdout + process.stderr)  # no colours
     assert "Will modify /etc/containerd/config.toml" in output, output[-3000:]
     assert re.search(r"\+ .*max_container_log_line_size = 32768", output), output[-3000:]
-    assert "Will restart containerd.service" in output
+    assert "Will restart containerd.service (/etc/containerd/config.toml changed)" in output
     assert node_snapshot(node) == before and main_pid(node) == pid
+
+
+def plan_line(output: str, name: str) -> str:
+    [line] = [line for line in output.splitlines() if f"[{name}] containerd-deploy plan: " in line]
+    return line.split("containerd-deploy plan: ", 1)[1]
+
+
+def test_the_dry_run_the_diff_and_the_real_run_read_one_plan(node, first_deploy):
+    """Regression: `--dry -v` said "the run lock is not needed" (and so no change) while
+    `--dry --diff` said "Will restart": the lock asked about operations not added yet."""
+    data = {"containerd_max_container_log_line_size": 32768}
+    pid = main_pid(node)
+    planned = (
+        "write /etc/containerd/config.toml; keep the running release, to put back if the restarted one "
+        "fails; restart the running containerd (/etc/containerd/config.toml changed); drop the release kept "
+        "for a rollback"
+    )
+    dry, _ = pyinfra(node.name, "--dry", "-v", data=data, yes=False)
+    assert dry.returncode == 0, dry.stderr[-4000:]
+    dry_output = re.sub(r"\x1b\[[0-9;]*m", "", dry.stdout + dry.stderr)
+    assert plan_line(dry_output, node.name) == planned
+    assert "the run lock is not needed" not in dry_output
+    diff, _ = pyinfra(node.name, "--dry", "--diff", data=data, yes=False)
+    assert plan_line(re.sub(r"\x1b\[[0-9;]*m", "", diff.stdout + diff.stderr), node.name) == planned
+    assert main_pid(node) == pid
+    try:
+        run, results = pyinfra(node.name, "-v", data=data)
+        assert run.returncode == 0, run.stderr[-4000:]
+        assert plan_line(re.sub(r"\x1b\[[0-9;]*m", "", run.stdout + run.stderr), node.name) == planned
+        changed = changed_ops(results, node.name)
+        assert changed[0] == LOCK_OP and any("Keep the running release" in name for name in changed), changed
+        assert main_pid(node) != pid, "restarted, as planned"
+    finally:
+        back, _ = pyinfra(node.name)
+        assert back.returncode == 0, back.stderr[-4000:]
 
 
 def test_tampered_artifact_is_refused_and_the_node_left_as_it_was(node, first_deploy):

@@ -11,9 +11,9 @@ import re
 import pytest
 import testinfra
 
-from tasks.config_toml import PATHS, value_at
-from tasks.conformance import oci
-from tasks.conformance.images import import_image
+from containerd_deploy.conformance import oci
+from containerd_deploy.conformance.images import import_image
+from containerd_deploy.data.config_toml import PATHS, value_at
 from tests.harness import vm
 
 from .helpers import (

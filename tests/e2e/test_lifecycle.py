@@ -12,10 +12,10 @@ import tomllib
 import pytest
 import testinfra
 
-from tasks.conformance import oci
-from tasks.conformance.images import import_image
-from tasks.facts import parse_ctr_version
-from tasks.verify import release_version
+from containerd_deploy.conformance import oci
+from containerd_deploy.conformance.images import import_image
+from containerd_deploy.facts.node import parse_ctr_version
+from containerd_deploy.plan.verdict import release_version
 from tests.harness import __main__ as harness
 from tests.harness import mirror, vm
 from tests.harness.paths import REPO_ROOT

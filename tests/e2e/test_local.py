@@ -103,8 +103,8 @@ STANDALONE = """\
 # given: it reads the manifest from the node, and downloads and verifies the file itself).
 from pyinfra import host
 
-from containerd_deploy.artifacts import Artifact
-from containerd_deploy.operations import release_artifact
+from containerd_deploy.data.artifacts import Artifact
+from containerd_deploy.operations.release import release_artifact
 
 version = host.data.runc_version
 runc = Artifact(

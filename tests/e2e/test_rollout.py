@@ -1,4 +1,4 @@
-"""A rolling upgrade of four nodes (issue #16): `python -m tasks.rollout` with a canary of 1,
+"""A rolling upgrade of four nodes (issue #16): `python -m containerd_deploy.rollout` with a canary of 1,
 then a batch of 3, drain/uncordon hooks given to a stand-in kubectl on the controller.
 
 First the canary gets a release that installs (pinned checksum) but whose containerd does not
@@ -13,8 +13,8 @@ import sys
 
 import pytest
 
-from tasks.conformance import oci
-from tasks.conformance.images import import_image
+from containerd_deploy.conformance import oci
+from containerd_deploy.conformance.images import import_image
 from tests.harness import __main__ as harness
 from tests.harness import mirror, vm
 from tests.harness.paths import REPO_ROOT
@@ -61,7 +61,7 @@ def rollout() -> subprocess.CompletedProcess:
         [
             sys.executable,
             "-m",
-            "tasks.rollout",
+            "containerd_deploy.rollout",
             "inventories/local.py",
             "deploy.py",
             "--limit",

@@ -9,9 +9,9 @@ import pytest
 import testinfra
 from packaging.version import Version
 
-from tasks.config_toml import Knobs, Runtime, render
-from tasks.conformance import oci
-from tasks.conformance.images import import_image
+from containerd_deploy.conformance import oci
+from containerd_deploy.conformance.images import import_image
+from containerd_deploy.data.config_toml import Knobs, Runtime, render
 from tests.harness import vm
 
 from .helpers import (

@@ -19,7 +19,7 @@ import sys
 import time
 import urllib.request
 
-from tasks.conformance.oci import PAUSE_IMAGE_NAME
+from containerd_deploy.conformance.oci import PAUSE_IMAGE_NAME
 
 from . import image, mirror, nspawn, registry, vm
 from .paths import REPO_ROOT, run_root

@@ -29,7 +29,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks.settings import DEFAULTS
+from containerd_deploy.data.settings import DEFAULTS
 
 from .paths import cache_root, debian_mirror_uri
 

@@ -101,8 +101,10 @@ def build_wheel(into: Path) -> Path:
         source = Path(work) / "src"
         for name in PACKAGE_FILES:
             path = REPO_ROOT / name
-            if path.is_dir():  # tasks/files is a link to files/: the copy holds the files themselves
-                shutil.copytree(path, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+            if path.is_dir():
+                # What a build or an editable install left in the tree is not the tree.
+                ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "build")
+                shutil.copytree(path, source / name, ignore=ignore)
             else:
                 source.mkdir(exist_ok=True)
                 shutil.copy(path, source / name)

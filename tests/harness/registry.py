@@ -31,7 +31,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tasks.conformance import oci
+from containerd_deploy.conformance import oci
 
 from . import mirror, vm
 from .paths import cache_root, run_root

@@ -16,12 +16,12 @@ from pathlib import Path
 from pyinfra.api import Config, Inventory, State, StringCommand
 from pyinfra.context import ctx_host, ctx_state
 
-import tasks.node as flow
-from tasks import artifacts
-from tasks.configure import desired_config, unit_text
-from tasks.facts import ContainerdNode, Manifest, NodeState
-from tasks.lock import parse_lock_state
-from tasks.settings import resolve
+import containerd_deploy.deploy.node as flow
+from containerd_deploy.data import artifacts
+from containerd_deploy.data.settings import resolve
+from containerd_deploy.facts.node import ContainerdNode, Manifest, NodeState
+from containerd_deploy.plan.files import desired_config, unit_text
+from containerd_deploy.remote.lock import parse_lock_state
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "config"
 DEFAULT_CONFIGS = {1: "default-1.7.24.toml", 2: "default-2.1.9.toml"}
@@ -89,6 +89,7 @@ def drifted(node: NodeState, **changes) -> NodeState:
 class PreparedOp:
     name: str
     commands: list
+    dry_run_change: bool | None = None  # what pyinfra's dry run (change detection) said, when asked
 
     @property
     def changes(self) -> bool:
@@ -110,16 +111,19 @@ def prepare(
     diff: bool = False,
     files: dict[str, str] | None = None,
     asked: dict | None = None,
+    dry_run: bool = False,
 ) -> list[PreparedOp]:
     """Prepare `containerd_node` for a host with `data` whose node fact is `node`; the operations
     it added, in order, with the commands each would run (none: no change). `diff`: as with
     pyinfra's --diff; `files`: path -> text the node's FileContents fact returns then; `asked`: filled with
-    the arguments the deploy gave the node fact."""
+    the arguments the deploy gave the node fact; `dry_run`: pyinfra checks each operation for a
+    change as it is added (as with --dry, or before asking to go ahead), kept in `dry_run_change`."""
     data = {"containerd_verify": False, **(data or {})}
     inventory = Inventory(([("node1", data)], {}))
     state = State(inventory, Config(DIFF=diff))
     host = inventory.get_host("node1")
     state.activate_host(host)
+    state.check_for_changes = dry_run
 
     def get_fact(fact, path="", **kwargs):
         # The node fact answers with `node` (what the deploy asked is kept in `asked`); the
@@ -138,7 +142,14 @@ def prepare(
         for op_hash in state.get_op_order():
             op_data = state.get_op_data_for_host(host, op_hash)
             names = state.op_meta[op_hash].names
-            prepared.append(PreparedOp(" | ".join(sorted(names)), list(op_data.command_generator())))
+            meta = op_data.operation_meta
+            prepared.append(
+                PreparedOp(
+                    " | ".join(sorted(names)),
+                    list(op_data.command_generator()),
+                    meta._maybe_is_change if dry_run else None,
+                )
+            )
     return prepared
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.conformance import oci
+from containerd_deploy.conformance import oci
 from tests.harness.image import FOREIGN_LEFT_OUT, PACKAGES, module_load_order, packages
 from tests.harness.platforms import platform
 
@@ -85,7 +85,7 @@ def test_the_image_records_the_arch_it_was_built_for(tmp_path):
 
 
 def test_busybox_options_name_an_arch_and_a_path():
-    from tasks.conformance.conftest import busybox_paths
+    from containerd_deploy.conformance.conftest import busybox_paths
 
     assert busybox_paths(["arm64=/srv/bb", "amd64=/bin/busybox"]) == {
         "arm64": Path("/srv/bb"),

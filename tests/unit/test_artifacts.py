@@ -2,9 +2,9 @@ import re
 
 import pytest
 
-from tasks.artifacts import pinned_checksums, resolve
-from tasks.settings import resolve as settings_for
-from tasks.values import DataError
+from containerd_deploy.data.artifacts import pinned_checksums, resolve
+from containerd_deploy.data.settings import resolve as settings_for
+from containerd_deploy.data.values import DataError
 
 # Upstream values, from the releases' own .sha256sum files.
 KNOWN = {
@@ -97,7 +97,7 @@ def test_every_release_line_in_use_has_a_pinned_containerd(line):
 
 
 def test_an_unpinned_version_is_refused_before_the_host_is_asked():
-    from tasks.artifacts import check_all_arches
+    from containerd_deploy.data.artifacts import check_all_arches
 
     with pytest.raises(DataError) as error:
         check_all_arches(settings_for("node7", {"crictl_version": "1.29.0"}))
@@ -125,8 +125,8 @@ def test_a_given_checksum_wins_and_may_be_per_arch():
 
 
 def test_settings_know_every_component():
-    from tasks.artifacts import COMPONENTS
-    from tasks.settings import COMPONENT_NAMES
+    from containerd_deploy.data.artifacts import COMPONENTS
+    from containerd_deploy.data.settings import COMPONENT_NAMES
 
     assert tuple(COMPONENTS) == COMPONENT_NAMES
 

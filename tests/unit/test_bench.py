@@ -79,7 +79,7 @@ def test_profiled_time_is_summed_by_package():
         (f"{site}/paramiko/transport.py", 1, "run"): (1, 1, 2.0, 3.0, {}),
         (f"{site}/paramiko/packet.py", 1, "read"): (1, 1, 1.0, 1.0, {}),
         (f"{site}/gevent/hub.py", 1, "switch"): (1, 1, 0.5, 0.5, {}),
-        ("/work/main/tasks/facts.py", 1, "parse"): (1, 1, 0.25, 0.25, {}),
+        ("/work/main/tasks/containerd_deploy/facts.py", 1, "parse"): (1, 1, 0.25, 0.25, {}),
         ("~", 0, "<method 'read' of '_io.FileIO' objects>"): (1, 1, 0.75, 0.75, {}),
         ("/usr/lib/python3.11/json/decoder.py", 1, "decode"): (1, 1, 0.1, 0.1, {}),
         (f"{site}/six.py", 1, "x"): (1, 1, 0.01, 0.01, {}),
@@ -88,7 +88,7 @@ def test_profiled_time_is_summed_by_package():
         ("paramiko", 3.0),
         ("built-ins", 0.75),
         ("gevent", 0.5),
-        ("tasks (this deploy)", 0.25),
+        ("containerd_deploy (this deploy)", 0.25),
         ("standard library", 0.1),
         ("six", 0.01),
     ]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks import rollout, update_checksums
+from containerd_deploy import rollout, update_checksums
 
 GOLDEN = Path(__file__).parent / "golden" / "cli-help.txt"
 TOOLS = {"rollout": rollout.main, "update_checksums": update_checksums.main}

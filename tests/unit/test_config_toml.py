@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 from packaging.version import Version
 
-from tasks.config_toml import (
+from containerd_deploy.data.config_toml import (
     PATHS,
     RUNC_OPTIONS_PATH,
     ConfigError,
@@ -244,8 +244,8 @@ def test_a_config_read_many_times_is_parsed_once(monkeypatch):
     texts parsed seven times per host. Readers now share one parse per text (never mutated)."""
     import tomlkit
 
-    from tasks import config_toml
-    from tasks.verify import configured_runtimes, sandbox_image
+    from containerd_deploy.data import config_toml
+    from containerd_deploy.plan.verdict import configured_runtimes, sandbox_image
 
     calls = []
     real = tomlkit.parse

@@ -1,4 +1,4 @@
-from tasks.configure import unit_text
+from containerd_deploy.plan.files import unit_text
 
 
 def test_unit_is_the_guides_with_execstart_at_the_bin_dir():
@@ -18,8 +18,8 @@ def test_unit_is_the_guides_with_execstart_at_the_bin_dir():
     assert "ExecStart=/opt/containerd/bin/containerd\n" in moved and "/usr/local/bin" not in moved
 
 
-from tasks.configure import proxy_dropin_text, registry_files  # noqa: E402
-from tasks.settings import resolve  # noqa: E402
+from containerd_deploy.data.settings import resolve  # noqa: E402
+from containerd_deploy.plan.files import proxy_dropin_text, registry_files  # noqa: E402
 
 
 def test_limit_nofile_goes_into_the_service_section():
@@ -79,8 +79,8 @@ def test_registries_need_a_config_path():
 
 
 def test_config_base_policy():
-    from tasks.configure import config_base
-    from tasks.facts import NodeState
+    from containerd_deploy.facts.node import NodeState
+    from containerd_deploy.plan.files import config_base
 
     existing = NodeState(config_text="version = 2\n# mine\n", default_config="version = 2\n")
     fresh = NodeState(config_text=None, default_config="version = 2\n")
@@ -95,9 +95,9 @@ def test_config_base_policy():
 def test_extra_toml_cannot_contradict_the_cgroup_driver():
     import pytest
 
-    from tasks.config_toml import RUNC_OPTIONS_PATH
-    from tasks.configure import desired_config
-    from tasks.values import DataError
+    from containerd_deploy.data.config_toml import RUNC_OPTIONS_PATH
+    from containerd_deploy.data.values import DataError
+    from containerd_deploy.plan.files import desired_config
 
     base = "version = 2\n"
     path = RUNC_OPTIONS_PATH[2]
@@ -142,7 +142,7 @@ def test_extra_toml_cannot_contradict_the_cgroup_driver():
 def test_cri_is_taken_out_of_disabled_plugins():
     from packaging.version import Version
 
-    from tasks.config_toml import Knobs, render, value_at
+    from containerd_deploy.data.config_toml import Knobs, render, value_at
 
     docker_package = '# containerd.io ships this\ndisabled_plugins = ["cri"]\n'
     text = render("version = 2\n" + docker_package, Version("1.7.24"), Knobs())
@@ -154,16 +154,16 @@ def test_cri_is_taken_out_of_disabled_plugins():
 
 def test_a_proxy_with_credentials_makes_the_drop_in_private():
     """Regression: the drop-in travelled base64 in a command line (readable in ps) and was 0644."""
-    from tasks.configure import proxy_dropin_mode
-    from tasks.settings import resolve
+    from containerd_deploy.data.settings import resolve
+    from containerd_deploy.plan.files import proxy_dropin_mode
 
     assert proxy_dropin_mode(resolve("n", {"containerd_https_proxy": "http://user:pw@proxy:3128"})) == "600"
     assert proxy_dropin_mode(resolve("n", {"containerd_http_proxy": "http://proxy:3128"})) == "644"
 
 
 def test_every_config_key_reaches_the_knobs_config_toml_is_rendered_with():
-    from tasks.config_toml import Knobs
-    from tasks.configure import knobs
+    from containerd_deploy.data.config_toml import Knobs
+    from containerd_deploy.plan.files import knobs
 
     settings = resolve(
         "n",
@@ -199,7 +199,7 @@ def test_a_config_the_schema_code_cannot_edit_is_refused_naming_the_host_and_fil
     import pytest
     from pyinfra.api.exceptions import DeployError
 
-    from tasks.configure import desired_config
+    from containerd_deploy.plan.files import desired_config
 
     with pytest.raises(DeployError) as refused:
         desired_config(resolve("node1", {"containerd_version": "1.7.24"}), "version = 3\n")

@@ -4,7 +4,7 @@ import grpc
 import pytest
 from cri_api.v1 import api_pb2 as api
 
-from tasks.conformance.cri import Pod
+from containerd_deploy.conformance.cri import Pod
 
 
 class ShimGone(grpc.RpcError):

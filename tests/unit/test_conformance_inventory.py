@@ -1,4 +1,4 @@
-from tasks.conformance.inventory import accept_new_wrapper, host_specs, select, ssh_config
+from containerd_deploy.conformance.inventory import accept_new_wrapper, host_specs, select, ssh_config
 
 HOSTS = [
     (
@@ -63,7 +63,7 @@ def test_limit_by_name_group_or_glob():
 
 
 def test_loading_the_example_inventory_with_its_group_data():
-    from tasks.conformance.inventory import load
+    from containerd_deploy.conformance.inventory import load
 
     hosts = {name: (groups, data) for name, groups, data in load("inventories/example.py")}
     assert "worker-arm-1.example.com" in hosts and len(hosts) == 5

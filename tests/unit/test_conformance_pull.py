@@ -4,7 +4,7 @@ route it expected, and never shows a header value."""
 
 import pytest
 
-from tasks.conformance.pull import Route, explain_failure, page_title, registry_of, route
+from containerd_deploy.conformance.pull import Route, explain_failure, page_title, registry_of, route
 
 TLS = "https://10.0.2.2:60893"
 HOSTS_TOML = f"""# Managed by containerd-deploy

@@ -7,8 +7,8 @@ with `UPDATE_GOLDEN=1 pytest tests/unit/test_data_messages.py` and review its di
 import os
 from pathlib import Path
 
-from tasks.settings import KEYS, resolve
-from tasks.values import DataError
+from containerd_deploy.data.settings import KEYS, resolve
+from containerd_deploy.data.values import DataError
 
 GOLDEN = Path(__file__).parent / "golden" / "data.txt"
 

@@ -1,6 +1,7 @@
 import base64
 
-from tasks.facts import SECTION, parse_ctr_version, parse_node_state
+from containerd_deploy.facts.node import parse_ctr_version, parse_node_state
+from containerd_deploy.remote.node_state import SECTION
 
 CTR_VERSION = """Client:
   Version:  v1.7.11
@@ -87,7 +88,7 @@ def test_a_bare_node():
 
 
 def test_node_state_reads_the_daemon_process_and_the_files_it_loaded():
-    from tasks.facts import newer_than_daemon
+    from containerd_deploy.facts.node import newer_than_daemon
 
     output = [
         f"{SECTION}machine x86_64",
@@ -98,7 +99,8 @@ def test_node_state_reads_the_daemon_process_and_the_files_it_loaded():
         f"{SECTION}exe",
         "/usr/local/bin/containerd (deleted)",
         f"{SECTION}started",
-        "1000.25",
+        "stat 482 (containerd) S 1 482 482 0 -1 4194560 0 0 0 0 5 3 0 0 20 0 12 0 10025 0",
+        "btime 900",
         f"{SECTION}mtimes",
         "990 /etc/containerd/config.toml",
         "1003 /etc/systemd/system/containerd.service",
@@ -122,7 +124,8 @@ def test_the_lock_holder_stops_what_a_dead_run_left_behind(tmp_path):
     import subprocess
     import time
 
-    from tasks.lock import LOCK_HOLDER, LOCK_PATH
+    from containerd_deploy.remote.lock import LOCK_HOLDER
+    from containerd_deploy.remote.paths import LOCK_PATH
 
     holder_script = LOCK_HOLDER.replace(LOCK_PATH, str(tmp_path / "lock"))
     (tmp_path / "lock.generation").write_text("7\n")
@@ -160,7 +163,7 @@ def test_the_lock_holder_stops_what_a_dead_run_left_behind(tmp_path):
 
 
 def test_a_process_start_from_its_proc_stat_line_and_the_boot_time():
-    from tasks.facts import process_start
+    from containerd_deploy.facts.node import process_start
 
     # Field 22 (starttime, in ticks of 1/100 s) follows a command name that may hold ") ".
     fields = [
@@ -190,13 +193,13 @@ def test_a_process_start_from_its_proc_stat_line_and_the_boot_time():
         process_start([f"stat 482 (conta) inerd) {' '.join(fields)} 99 100", "btime 1700000000"])
         == 1700001234.56
     )
-    assert process_start(["1000.25"]) == 1000.25, "as runs before printed it"
+    assert process_start(["1000.25"]) is None, "only what today's fact prints"
     assert process_start(["stat 482 (containerd) S 1"]) is None
     assert process_start([]) is None
 
 
 def test_a_units_state_is_read_as_the_node_fact_reads_it():
-    from tasks.facts import UnitState
+    from containerd_deploy.facts.node import UnitState
 
     fact = UnitState()
     assert fact.process(["ActiveState=active", "UnitFileState=enabled"]) == (True, True)

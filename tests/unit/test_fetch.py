@@ -4,8 +4,8 @@ import hashlib
 
 import pytest
 
-from tasks.artifacts import Artifact
-from tasks.fetch import FetchError, cached_path, ensure_cached
+from containerd_deploy.controller.cache import FetchError, cached_path, ensure_cached
+from containerd_deploy.data.artifacts import Artifact
 
 
 def artifact_at(path, digest=None) -> Artifact:

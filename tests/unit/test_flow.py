@@ -10,8 +10,8 @@ import socket
 import pytest
 from pyinfra.api.exceptions import DeployError
 
-from tasks.facts import Manifest
-from tasks.lock import parse_lock_state
+from containerd_deploy.facts.node import Manifest
+from containerd_deploy.remote.lock import parse_lock_state
 
 from .flow import changed_names, converged, drifted, fresh, prepare, service_op, settings_for
 
@@ -19,7 +19,9 @@ RESTART = 'systemctl restart "$unit"'
 START = 'systemctl start "$unit"'
 RELOAD = "systemctl daemon-reload"
 LOCK = "Take the node's run lock"
-KEEP = "Install release files | Keep the running release | Keep the running release until the new one is verified (containerd_rollback)"
+KEEP = (
+    "Keep the running release | Keep the running release until the new one is verified (containerd_rollback)"
+)
 DROP = "Drop the kept release | Drop the kept release: the new one answered"
 KUBELET = "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\ncgroupDriver: {}\n"
 
@@ -218,7 +220,7 @@ def test_diff_of_the_unit_reads_it_from_the_node_and_says_reload_and_restart(mon
     assert "Will modify /etc/systemd/system/containerd.service" in caplog.text
     assert "ExecStart=/old/containerd" in caplog.text and "ExecStart=/usr/local/bin/containerd" in caplog.text
     assert (
-        "Will restart containerd.service (something it loads at start changed) after a systemd daemon-reload"
+        "Will restart containerd.service (/etc/systemd/system/containerd.service changed) after a systemd daemon-reload"
         in caplog.text
     )
 
@@ -294,7 +296,7 @@ def test_the_node_is_asked_about_the_paths_the_data_names(monkeypatch):
         "anchor_pid": 0,  # over SSH the lock is tied to the connection, not to this process
         "handler_binaries": (),  # no extra runtime handlers in the data
     }
-    from tasks.registries import MARKER
+    from containerd_deploy.data.registries import MARKER
 
     assert asked["marker"] == MARKER
     prepare(monkeypatch, converged(settings_for()), asked=asked)
@@ -304,21 +306,21 @@ def test_the_node_is_asked_about_the_paths_the_data_names(monkeypatch):
 def test_a_run_on_the_node_itself_ties_the_lock_to_its_own_process(monkeypatch):
     import os
 
-    import tasks.node
+    import containerd_deploy.deploy.node
 
     settings = settings_for()
-    monkeypatch.setattr(tasks.node, "runs_on_the_node", lambda: True)
+    monkeypatch.setattr(containerd_deploy.deploy.node, "runs_on_the_node", lambda: True)
     asked: dict = {}
     prepare(monkeypatch, converged(settings), asked=asked)
     assert asked["anchor_pid"] == os.getpid()
 
 
 def test_the_lock_is_held_for_the_connection_or_with_local_for_this_process(monkeypatch):
-    import tasks.node
+    import containerd_deploy.deploy.node
 
     over_ssh = lock_op(prepare(monkeypatch, fresh())).text()
     assert "sshd|sshd-session" in over_ssh and f"session={os.getpid()}" not in over_ssh
-    monkeypatch.setattr(tasks.node, "runs_on_the_node", lambda: True)
+    monkeypatch.setattr(containerd_deploy.deploy.node, "runs_on_the_node", lambda: True)
     local = lock_op(prepare(monkeypatch, fresh())).text()
     assert f"session={os.getpid()}" in local and "sshd|sshd-session" not in local
 
@@ -326,7 +328,7 @@ def test_the_lock_is_held_for_the_connection_or_with_local_for_this_process(monk
 def test_removal_drops_a_kept_release_so_the_state_directory_goes_too(monkeypatch, settings):
     """Regression (#25): with a release kept to roll back to, `absent` left
     <state_dir>/previous-release, and so the state directory, behind."""
-    from tasks.rollback import drop_kept_script
+    from containerd_deploy.remote.rollback import drop_kept_script
 
     state_dir = settings.containerd_deploy_state_dir
     prepared = prepare(

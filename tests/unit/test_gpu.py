@@ -10,10 +10,10 @@ import pytest
 import tomlkit
 from pyinfra.api.exceptions import DeployError
 
-from tasks.config_toml import PATHS, Runtime, value_at
-from tasks.configure import desired_config
-from tasks.settings import resolve, runtime_handlers
-from tasks.values import DataError
+from containerd_deploy.data.config_toml import PATHS, Runtime, value_at
+from containerd_deploy.data.settings import resolve, runtime_handlers
+from containerd_deploy.data.values import DataError
+from containerd_deploy.plan.files import desired_config
 
 from .flow import FIXTURES, changed_names, converged, drifted, fresh, prepare, settings_for
 
@@ -299,7 +299,8 @@ def test_every_missing_handler_is_named_in_one_refusal(monkeypatch):
 
 def test_the_node_fact_finds_a_missing_handler_binary(tmp_path):
     """The fact's own lines, run: a path must be executable; a name is looked up as containerd does."""
-    from tasks.facts import SECTION, missing_binaries_lines, parse_node_state
+    from containerd_deploy.facts.node import parse_node_state
+    from containerd_deploy.remote.node_state import SECTION, missing_binaries_lines
 
     present = tmp_path / "present"
     present.write_text("#!/bin/sh\n")
@@ -319,7 +320,7 @@ def test_the_node_fact_finds_a_missing_handler_binary(tmp_path):
 
 
 def test_verify_expects_the_default_handler_and_cdi_the_data_sets():
-    from tasks.verify import data_settings
+    from containerd_deploy.plan.verdict import data_settings
 
     assert data_settings(settings_for()) == ()
     settings = settings_for(
@@ -339,7 +340,7 @@ def test_verify_expects_the_default_handler_and_cdi_the_data_sets():
 
 @pytest.mark.parametrize("version", sorted(GENERATIONS))
 def test_verify_finds_a_default_handler_or_cdi_overridden_in_the_effective_config(version):
-    from tasks.verify import Expected, judge
+    from containerd_deploy.plan.verdict import Expected, judge
 
     from .test_verify import dump_of, healthy
 
@@ -381,7 +382,7 @@ def test_verify_finds_a_default_handler_or_cdi_overridden_in_the_effective_confi
 
 
 def test_the_container_check_runs_through_runc_and_each_runc_type_handler_with_a_binary():
-    from tasks.verify import container_handlers
+    from containerd_deploy.plan.verdict import container_handlers
 
     runtimes = {
         "runc": {"runtime_type": "io.containerd.runc.v2", "options": {"SystemdCgroup": True}},
@@ -406,7 +407,7 @@ grep -q -- "--runc-binary {path}" {log}/calls
 def container_check(tmp_path, handlers: tuple, cgroup: str) -> tuple[str, Path]:
     """The container check's script against a fake ctr whose task runs in `cgroup`, with
     `handlers`; returns (script, the fake's log directory)."""
-    from tasks.daemon import container_check_script
+    from containerd_deploy.remote.container_check import container_check_script
 
     from .test_verify import FAKE_RUN_CTR, PAUSE
 

@@ -19,15 +19,21 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tasks.artifacts import Artifact
-from tasks.configure import proxy_dropin_text, unit_text
-from tasks.facts import node_state_command, parse_node_state
-from tasks.operations import artifact_is_installed, file_absent
-from tasks.registries import hosts_toml
-from tasks.reset import purge_refusal
-from tasks.scripts import fetch_artifacts_script, install_artifact_script, remove_artifact_script
-from tasks.settings import DEFAULTS, resolve
-from tasks.values import DataError, is_system_tree
+from containerd_deploy.data.artifacts import Artifact
+from containerd_deploy.data.registries import hosts_toml
+from containerd_deploy.data.settings import DEFAULTS, resolve
+from containerd_deploy.data.values import DataError, is_system_tree
+from containerd_deploy.deploy.reset import purge_refusal
+from containerd_deploy.facts.node import parse_node_state
+from containerd_deploy.operations.files import file_absent
+from containerd_deploy.plan.files import proxy_dropin_text, unit_text
+from containerd_deploy.plan.run import artifact_is_installed
+from containerd_deploy.remote.node_state import node_state_command
+from containerd_deploy.remote.scripts import (
+    fetch_artifacts_script,
+    install_artifact_script,
+    remove_artifact_script,
+)
 
 from .operations import commands, run_commands, shell_text
 from .test_scripts import tarball
@@ -389,8 +395,8 @@ def test_purged_deletes_only_a_dedicated_directory(root):
 def test_free_text_keys_reach_config_toml_exactly(value):
     import tomlkit
 
-    from tasks.config_toml import PATHS, value_at
-    from tasks.configure import desired_config
+    from containerd_deploy.data.config_toml import PATHS, value_at
+    from containerd_deploy.plan.files import desired_config
 
     settings_ = accept("containerd_sandbox_image", value)
     if settings_ is None or settings_.containerd_sandbox_image is None:
@@ -409,10 +415,10 @@ def test_gpu_keys_reach_config_toml_exactly_or_are_refused(path, handler, direct
     named, or written as given (in the schema of the version), checked on the node quoted."""
     import tomlkit
 
-    from tasks.config_toml import PATHS, value_at
-    from tasks.configure import desired_config
-    from tasks.settings import runtime_handlers
-    from tasks.verify import handler_binaries_to_check
+    from containerd_deploy.data.config_toml import PATHS, value_at
+    from containerd_deploy.data.settings import runtime_handlers
+    from containerd_deploy.plan.files import desired_config
+    from containerd_deploy.plan.verdict import handler_binaries_to_check
 
     data = {
         "containerd_version": version,
@@ -605,7 +611,7 @@ CREDENTIAL_FORMS = [
 def test_a_credential_is_hidden_in_whatever_form_it_is_shown(secret, form, before):
     """Regression (#25): three redaction rules disagreed; a hook's `Authorization: Bearer …` was
     shown whole."""
-    from tasks.values import redact_secrets
+    from containerd_deploy.data.values import redact_secrets
 
     shown = redact_secrets(before + form % secret)
     assert secret not in shown and "***" in shown and shown.startswith(before)
@@ -621,6 +627,6 @@ def test_a_credential_is_hidden_in_whatever_form_it_is_shown(secret, form, befor
     ],
 )
 def test_text_without_a_credential_is_shown_as_it_is(text):
-    from tasks.values import redact_secrets
+    from containerd_deploy.data.values import redact_secrets
 
     assert redact_secrets(text) == text

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 from pyinfra.api.exceptions import DeployError
 
-from tasks.facts import SECTION, DistroPackage, distro_package_lines, parse_node_state
-from tasks.node import check_distro_package, check_kubelet, check_supported
-from tasks.settings import resolve
+from containerd_deploy.data.settings import resolve
+from containerd_deploy.deploy.node import check_distro_package, check_kubelet, check_supported
+from containerd_deploy.facts.node import DistroPackage, parse_node_state
+from containerd_deploy.remote.node_state import SECTION, distro_package_lines
 
 from .rootless import needs_root
 
@@ -140,7 +141,7 @@ def test_a_distro_containerd_is_refused_unless_the_operator_says_remove():
 
 
 def test_the_distro_package_policy_is_a_choice():
-    from tasks.values import DataError
+    from containerd_deploy.data.values import DataError
 
     with pytest.raises(DataError, match="containerd_distro_package"):
         resolve("n1", {"containerd_distro_package": "replace"})
@@ -148,7 +149,7 @@ def test_the_distro_package_policy_is_a_choice():
 
 def test_a_run_that_could_not_take_the_lock_stops():
     """Regression: a run not coming through sshd reported the lock "unavailable" and went on unguarded."""
-    from tasks.node import check_locked
+    from containerd_deploy.deploy.node import check_locked
 
     settings = resolve("node1", {})
     for lock in (
@@ -168,7 +169,8 @@ def test_a_run_that_could_not_take_the_lock_stops():
 def lock_scripts(tmp_path, anchor_pid: int, wait: int = 1):
     """The lock's look (fact lines) and a take (the operation's command) for a run anchored to
     `anchor_pid`, on a lock file under tmp_path; the take waits `wait` s instead of 10."""
-    from tasks.lock import LOCK_PATH, LOCK_WAIT_SECONDS, lock_state_lines, take_lock_script
+    from containerd_deploy.remote.lock import LOCK_WAIT_SECONDS, lock_state_lines, take_lock_script
+    from containerd_deploy.remote.paths import LOCK_PATH
 
     def local(script: str) -> str:
         return (
@@ -246,7 +248,8 @@ def test_a_node_that_is_a_container_sees_a_held_lock(tmp_path):
     """Regression (found on a systemd-nspawn machine): in a PID namespace of its own the kernel's
     /proc/locks leaves out a lock whose taker has exited, as a run's has (the take hands the lock
     to a holder and exits), so the look said "free" while another run held the node."""
-    from tasks.lock import LOCK_PATH, LOCK_WAIT_SECONDS, lock_state_lines
+    from containerd_deploy.remote.lock import LOCK_WAIT_SECONDS, lock_state_lines
+    from containerd_deploy.remote.paths import LOCK_PATH
 
     lock = tmp_path / "lock"
     # The take as a run's: a short-lived shell locks, hands the lock to a process that stays, exits.
@@ -285,7 +288,8 @@ def test_a_node_that_is_a_container_sees_a_held_lock(tmp_path):
 
 
 def test_without_sshd_or_an_anchor_or_flock_the_lock_is_unavailable(tmp_path):
-    from tasks.lock import LOCK_PATH, lock_state_lines, take_lock_script
+    from containerd_deploy.remote.lock import lock_state_lines, take_lock_script
+    from containerd_deploy.remote.paths import LOCK_PATH
 
     look = "\n".join(lock_state_lines()).replace(LOCK_PATH, str(tmp_path / "lock"))
     result = subprocess.run(["setsid", "sh", "-c", look], capture_output=True, text=True, timeout=30)
@@ -323,8 +327,8 @@ def test_without_sshd_or_an_anchor_or_flock_the_lock_is_unavailable(tmp_path):
 def test_every_hosts_data_is_checked_before_the_first_host_is_asked():
     from pyinfra.api import Config, Inventory, State
 
-    from tasks.node import check_inventory_data
-    from tasks.values import DataError
+    from containerd_deploy.data.values import DataError
+    from containerd_deploy.deploy.node import check_inventory_data
 
     def connected(inventory):
         state = State(inventory, Config())
@@ -352,8 +356,8 @@ def test_every_hosts_data_is_checked_before_the_first_host_is_asked():
 )
 def test_purged_refuses_a_root_or_state_that_is_not_containerds_own(config, refused):
     """Regression: purged deleted whatever root/state config.toml named (only / was refused)."""
-    from tasks.reset import check_purge
-    from tasks.values import DataError
+    from containerd_deploy.data.values import DataError
+    from containerd_deploy.deploy.reset import check_purge
 
     node = node_with(*([f"{SECTION}config", base64.b64encode(config.encode()).decode()] if config else []))
     settings = resolve("node1", {"containerd_state": "purged"})
@@ -369,7 +373,7 @@ def test_purged_refuses_a_root_or_state_that_is_not_containerds_own(config, refu
 
 def test_the_node_fact_finds_what_runs_cut_short_left_beside_the_deploys_files(tmp_path):
     """Regression: a hidden hosts.toml copy left by a failed upload was never removed."""
-    from tasks.facts import node_state_command
+    from containerd_deploy.remote.node_state import node_state_command
 
     certs, bins, sbin = tmp_path / "certs.d", tmp_path / "my bin", tmp_path / "sbin"
     for directory in (
@@ -408,7 +412,7 @@ def test_the_node_fact_finds_what_runs_cut_short_left_beside_the_deploys_files(t
 def test_the_node_fact_asks_systemd_about_the_unit_the_deploy_installs(tmp_path):
     """Regression: the fact asked about containerd.service while the operations installed and
     started the unit named by containerd_unit_path (so a renamed unit was never seen running)."""
-    from tasks.facts import node_state_command
+    from containerd_deploy.remote.node_state import node_state_command
 
     fake = tmp_path / "bin"
     fake.mkdir()
@@ -432,7 +436,7 @@ def test_the_node_fact_asks_systemd_about_the_unit_the_deploy_installs(tmp_path)
 def test_through_sudo_the_lock_holder_learns_the_connection_from_the_login_shell(tmp_path):
     """sudo resets the environment: without this the holder got no SSH_CONNECTION and could not
     stop what a dropped sudo run left running."""
-    from tasks.lock import take_lock_script
+    from containerd_deploy.remote.lock import take_lock_script
 
     sshd = tmp_path / "sshd"  # an ancestor named like OpenSSH's, as the lock lines look for
     sshd.write_bytes(open("/bin/dash", "rb").read())
@@ -463,7 +467,7 @@ def test_the_flow_refuses_an_unsupported_host_before_saying_the_lock_was_unavail
     from pyinfra.api import Config, Inventory, State
     from pyinfra.context import ctx_host, ctx_state
 
-    import tasks.node as flow
+    import containerd_deploy.deploy.node as flow
 
     inventory = Inventory((["node1"], {}))
     state = State(inventory, Config())
@@ -493,8 +497,8 @@ def test_the_flow_refuses_an_unsupported_host_before_saying_the_lock_was_unavail
 def test_an_unpinned_version_is_refused_for_every_host_before_any_is_asked_unless_it_is_being_removed():
     from pyinfra.api import Config, Inventory, State
 
-    from tasks.node import check_inventory_data
-    from tasks.values import DataError
+    from containerd_deploy.data.values import DataError
+    from containerd_deploy.deploy.node import check_inventory_data
 
     def connected(hosts):
         state = State(Inventory((hosts, {})), Config())
@@ -516,7 +520,7 @@ def test_only_a_local_connector_runs_on_the_node():
     from pyinfra.api import Config, Inventory, State
     from pyinfra.context import ctx_host, ctx_state
 
-    from tasks.node import runs_on_the_node
+    from containerd_deploy.deploy.node import runs_on_the_node
 
     inventory = Inventory((["@local", "node1", "@docker/debian"], {}))
     state = State(inventory, Config())
@@ -552,14 +556,14 @@ DEPLOY_PATHS = ("/usr/local/bin", "/srv/tools/runc", "/var/lib/containerd-deploy
     ],
 )
 def test_what_purged_may_delete_and_why_not(path, why):
-    from tasks.reset import purge_refusal
+    from containerd_deploy.deploy.reset import purge_refusal
 
     assert purge_refusal(path, DEPLOY_PATHS) == why
 
 
 def test_purged_never_deletes_the_registry_configuration_the_deploy_writes():
-    from tasks.reset import check_purge
-    from tasks.values import DataError
+    from containerd_deploy.data.values import DataError
+    from containerd_deploy.deploy.reset import check_purge
 
     config = base64.b64encode(b'root = "/data"\n').decode()
     node = node_with(f"{SECTION}config", config)
@@ -573,7 +577,7 @@ def test_purged_never_deletes_the_registry_configuration_the_deploy_writes():
 
 
 def test_a_node_without_flock_is_told_to_install_it_before_anything_is_taken(tmp_path):
-    from tasks.lock import NO_FLOCK, take_lock_script, unavailable_message
+    from containerd_deploy.remote.lock import NO_FLOCK, take_lock_script, unavailable_message
 
     bin_dir = tmp_path / "bin"  # the system's tools, but flock
     bin_dir.mkdir()

@@ -10,16 +10,10 @@ from pyinfra.api import Config, Inventory, State
 from pyinfra.api.command import FileUploadCommand, StringCommand
 from pyinfra.context import ctx_host, ctx_state
 
-from tasks.configure import proxy_dropin_mode, registry_files, systemd_word, unit_text
-from tasks.operations import (
-    UPLOAD_DIR_PREFIX,
-    _escalated,
-    private_uploads,
-    redacted_lines,
-    show_diff,
-    upload_directory,
-)
-from tasks.service import any_changed
+from containerd_deploy.operations import _escalated
+from containerd_deploy.operations.files import private_uploads, redacted_lines, show_diff, upload_directory
+from containerd_deploy.plan.files import proxy_dropin_mode, registry_files, systemd_word, unit_text
+from containerd_deploy.remote.paths import UPLOAD_DIR_PREFIX
 
 from .flow import settings_for
 
@@ -185,23 +179,13 @@ class Op:
         return self.did
 
 
-def test_what_an_executed_operation_did_counts_not_what_it_was_expected_to_do():
-    # Executed: did_change decides (an operation expected to change may have found nothing to do).
-    assert any_changed(Op(True, did=False, will=True))() is False
-    assert any_changed(Op(True, did=True, will=False))() is True
-    # Not executed yet (a dry run): what it will do.
-    assert any_changed(Op(False, will=True))() is True
-    assert any_changed(Op(False, will=False), Op(True, did=False))() is False
-    assert any_changed()() is False
-
-
 def test_the_controller_cache_step_caches_every_file_or_stops_the_host_saying_why(tmp_path, caplog):
     import hashlib
 
     from pyinfra import context
 
-    from tasks.artifacts import Artifact
-    from tasks.operations import _fetch_into_cache
+    from containerd_deploy.data.artifacts import Artifact
+    from containerd_deploy.operations.release import _fetch_into_cache
 
     good_file, other_file = tmp_path / "runc.amd64", tmp_path / "crictl.tar.gz"
     good_file.write_bytes(b"runc")

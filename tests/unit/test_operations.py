@@ -9,19 +9,15 @@ import pytest
 from pyinfra import logger
 from pyinfra.facts.files import Directory, File, Sha256File
 
-from tasks.artifacts import Artifact
-from tasks.facts import Manifest, ReleaseManifests, UnitState
-from tasks.operations import (
-    containerd_service,
-    directory_absent,
-    file_absent,
-    file_content,
-    leftovers_absent,
+from containerd_deploy.data.artifacts import Artifact
+from containerd_deploy.facts.node import Manifest, ReleaseManifests, UnitState
+from containerd_deploy.operations.files import directory_absent, file_absent, file_content, leftovers_absent
+from containerd_deploy.operations.release import (
     release_artifact,
     release_artifact_absent,
     release_files_fetched,
-    service_absent,
 )
+from containerd_deploy.operations.service import containerd_service, service_absent
 
 from .operations import Facts, commands, run_commands, shell_text, uploads
 
@@ -175,15 +171,14 @@ SERVICE = dict(unit="containerd.service", ctr="/usr/local/bin/ctr", version="1.7
     [
         (dict(active=True, enabled=True), None),
         (dict(active=True, enabled=True, restart=True), "restart"),
-        (dict(active=True, enabled=True, restart=lambda: True), "restart"),
-        (dict(active=True, enabled=True, restart=lambda: False), None),
+        (dict(active=True, enabled=True, restart=False), None),
         (dict(active=False, enabled=True), "start"),
         (
             dict(active=False, enabled=True, restart=True),
             "restart",
         ),  # a stopped daemon with new files: one restart
         (dict(active=False, enabled=False), "start"),
-        (dict(active=True, enabled=True, reload=lambda: True), ""),
+        (dict(active=True, enabled=True, reload=True), ""),
     ],
 )
 def test_containerd_is_restarted_only_when_told(state, action):
@@ -218,7 +213,7 @@ def test_with_diff_the_file_is_read_to_show_it_only_while_changes_are_detected(m
     from pyinfra.api import Config, Inventory, State
     from pyinfra.context import ctx_host, ctx_state
 
-    from tasks.operations import file_content
+    from containerd_deploy.operations.files import file_content
 
     inventory = Inventory((["node1"], {}))
     state = State(inventory, Config(DIFF=True))
@@ -364,13 +359,13 @@ def test_a_release_artifact_not_fetched_earlier_downloads_and_verifies_it_itself
 
 
 def test_state_arguments_left_to_the_node_say_so():
-    from tasks.operations import FROM_NODE
+    from containerd_deploy.operations import FROM_NODE
 
     assert repr(FROM_NODE) == "FROM_NODE"
 
 
 def test_an_artifact_is_installed_only_under_the_wanted_directory_however_it_is_written():
-    from tasks.operations import artifact_is_installed
+    from containerd_deploy.plan.run import artifact_is_installed
 
     manifest = intact_manifest(RUNC, "/usr/local/sbin/runc")
     assert artifact_is_installed(manifest, RUNC, "/usr/local/sbin/runc")
@@ -383,9 +378,9 @@ def test_an_artifact_is_installed_only_under_the_wanted_directory_however_it_is_
 
 
 def lock_op(lock=None, changes=None, anchor_pid=0):
-    from tasks.facts import RunLock
-    from tasks.lock import parse_lock_state
-    from tasks.operations import run_lock_taken
+    from containerd_deploy.facts.node import RunLock
+    from containerd_deploy.operations.service import run_lock_taken
+    from containerd_deploy.remote.lock import parse_lock_state
 
     facts = Facts({RunLock: lambda anchor_pid: parse_lock_state("free 5")})
     given = {} if lock is None else {"lock": parse_lock_state(lock)}
@@ -401,19 +396,22 @@ def lock_op(lock=None, changes=None, anchor_pid=0):
 
 
 def test_the_lock_operation_takes_the_lock_expecting_the_generation_it_read():
-    from tasks.lock import take_lock_script
+    from containerd_deploy.remote.lock import take_lock_script
 
     [command], asked = lock_op(anchor_pid=4242)
     assert asked == [("RunLock", {"anchor_pid": 4242})], "on its own it reads the lock itself"
     assert shell_text(command) == take_lock_script("node1", "controller c1 pid 7", 5, 4242)
-    [command], asked = lock_op(lock="free 0", changes=lambda: True)
+    [command], asked = lock_op(lock="free 0", changes=True)
     assert asked == [] and 'if [ "$generation" != 0 ]; then' in shell_text(command)
 
 
 def test_the_lock_operation_leaves_the_lock_when_nothing_will_change_unless_another_run_holds_it():
-    assert lock_op(lock="free 3", changes=lambda: False) == ([], [])
-    assert lock_op(lock="held", changes=lambda: True) == ([], []), "this run has it already"
-    [command], _ = lock_op(lock="busy 3 controller c2 pid 9 since now", changes=lambda: False)
+    assert lock_op(lock="free 3", changes=False) == ([], [])
+    [command], _ = lock_op(lock="free 3", changes=True)
+    assert 'if [ "$generation" != 3 ]; then' in shell_text(command), "a run that changes the node takes it"
+    assert len(lock_op(lock="free 3")[0]) == 1, "given no plan: always taken"
+    assert lock_op(lock="held", changes=True) == ([], []), "this run has it already"
+    [command], _ = lock_op(lock="busy 3 controller c2 pid 9 since now", changes=False)
     assert 'if [ "$generation" != 3 ]; then' in shell_text(command)
 
 
@@ -443,7 +441,7 @@ def test_the_lock_operation_refuses_when_the_lock_cannot_be_taken():
     ],
 )
 def test_the_lock_state_a_run_read(text, state):
-    from tasks.lock import LockState, parse_lock_state
+    from containerd_deploy.remote.lock import LockState, parse_lock_state
 
     assert parse_lock_state(text) == LockState(*state)
 
@@ -451,20 +449,20 @@ def test_the_lock_state_a_run_read(text, state):
 def test_crictl_is_pointed_at_containerds_socket_and_an_operators_own_config_is_theirs():
     import hashlib
 
-    from tasks import install
-    from tasks.facts import NodeState
+    from containerd_deploy.facts.node import NodeState
+    from containerd_deploy.plan import files
 
-    header, *lines = install.crictl_config().splitlines()
-    assert header == install.CRICTL_CONFIG_HEADER.rstrip("\n")
+    header, *lines = files.crictl_config().splitlines()
+    assert header == files.CRICTL_CONFIG_HEADER.rstrip("\n")
     assert dict(line.split(": ", 1) for line in lines) == {
         "runtime-endpoint": "unix:///run/containerd/containerd.sock",
         "image-endpoint": "unix:///run/containerd/containerd.sock",
         "timeout": "10",
     }
-    ours = hashlib.sha256(install.crictl_config().encode()).hexdigest()
-    assert install.crictl_config_is_ours(NodeState(files={"/etc/crictl.yaml": ours}))
-    assert not install.crictl_config_is_ours(NodeState(files={"/etc/crictl.yaml": "0" * 64}))
-    assert not install.crictl_config_is_ours(NodeState(files={"/etc/other.yaml": ours}))
+    ours = hashlib.sha256(files.crictl_config().encode()).hexdigest()
+    assert files.crictl_config_is_ours(NodeState(files={"/etc/crictl.yaml": ours}))
+    assert not files.crictl_config_is_ours(NodeState(files={"/etc/crictl.yaml": "0" * 64}))
+    assert not files.crictl_config_is_ours(NodeState(files={"/etc/other.yaml": ours}))
 
 
 class LoggingHost:
@@ -487,7 +485,7 @@ def test_a_restart_hook_run_logs_its_last_lines_or_fails_saying_why(tmp_path):
 
     from pyinfra import logger
 
-    from tasks.operations import _hook
+    from containerd_deploy.operations.service import _hook
 
     host = LoggingHost()
     talk = "import sys; print('\\n'.join(f'line {n}' for n in range(1, 8))); sys.exit(int(sys.argv[1]))"
@@ -506,17 +504,17 @@ def test_a_restart_hook_run_logs_its_last_lines_or_fails_saying_why(tmp_path):
 def test_a_download_the_controller_cannot_make_fails_naming_the_host(monkeypatch):
     from pyinfra import logger
 
-    from tasks import operations
-    from tasks.fetch import FetchError
+    from containerd_deploy.controller.cache import FetchError
+    from containerd_deploy.operations import release
 
     def refuse(cache_dir, artifact):
         raise FetchError(f"could not download {artifact.url}")
 
-    monkeypatch.setattr(operations, "ensure_cached", refuse)
+    monkeypatch.setattr(release, "ensure_cached", refuse)
     host = LoggingHost()
-    assert operations._fetch_into_cache(None, host, "/cache", [RUNC]) is False
+    assert release._fetch_into_cache(None, host, "/cache", [RUNC]) is False
     assert host.logged == [
         (f"containerd-deploy: node1: could not download {RUNC.url}", logger.error, {"fg": "red"})
     ]
-    monkeypatch.setattr(operations, "ensure_cached", lambda cache_dir, artifact: None)
-    assert operations._fetch_into_cache(None, host, "/cache", [RUNC, RUNC]) is True
+    monkeypatch.setattr(release, "ensure_cached", lambda cache_dir, artifact: None)
+    assert release._fetch_into_cache(None, host, "/cache", [RUNC, RUNC]) is True

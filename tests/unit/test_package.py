@@ -3,26 +3,29 @@ wheel, its import name exports the deploy, and its dependency ranges admit the p
 the tests prove."""
 
 import tomllib
+from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
 
-import tasks
+import containerd_deploy
 from tests.harness.paths import REPO_ROOT
+
+PACKAGE_DIR = REPO_ROOT / "tasks" / "containerd_deploy"
 
 
 def test_shipped_files_are_found_through_the_package():
     for name in ("checksums.toml", "containerd.service"):
-        assert tasks.resource(name).read_bytes() == (REPO_ROOT / "files" / name).read_bytes()
+        assert containerd_deploy.resource(name).read_bytes() == (PACKAGE_DIR / "files" / name).read_bytes()
 
 
 def test_the_package_exports_the_deploy_lazily():
-    from tasks.node import containerd_node
+    from containerd_deploy.deploy.node import containerd_node
 
-    assert tasks.containerd_node is containerd_node
-    assert tasks.__all__ == ["containerd_node"]
+    assert containerd_deploy.containerd_node is containerd_node
+    assert containerd_deploy.__all__ == ["containerd_node"]
     with pytest.raises(AttributeError):
-        tasks.no_such_thing  # noqa: B018 - the attribute access is the test
+        containerd_deploy.no_such_thing  # noqa: B018 - the attribute access is the test
 
 
 def test_dependency_ranges_admit_the_pinned_test_versions():
@@ -41,10 +44,26 @@ def test_dependency_ranges_admit_the_pinned_test_versions():
         )
 
 
-def test_the_wheel_is_built_from_the_tree_as_it_is_laid_out():
+def test_the_wheel_is_built_from_the_tree_as_it_is_laid_out(tmp_path):
+    """One name: the wheel holds exactly the package as the tree lays it out (tasks/containerd_deploy,
+    its files inside it, no link; nothing an earlier build left), and the clone's venv imports the
+    same folder (editable)."""
+    import zipfile
+
+    from tests.harness.on_node import build_wheel
+
     tool = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    assert tool["package-dir"] == {"containerd_deploy": "tasks"}
-    assert (REPO_ROOT / "tasks" / "files").resolve() == (REPO_ROOT / "files").resolve()
+    assert tool["packages"]["find"] == {"where": ["tasks"], "include": ["containerd_deploy*"]}
+    assert not any(path.is_symlink() for path in (REPO_ROOT / "tasks").rglob("*")), "no links in the package"
+    assert Path(containerd_deploy.__file__).parent == PACKAGE_DIR, "the venv imports the tree itself"
+    names = set(zipfile.ZipFile(build_wheel(tmp_path)).namelist())
+    packaged = {name for name in names if name.startswith("containerd_deploy/")}
+    tree = {
+        str(path.relative_to(PACKAGE_DIR.parent))
+        for path in PACKAGE_DIR.rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts and not path.name.endswith(".pyc")
+    }
+    assert packaged == tree, (sorted(packaged - tree), sorted(tree - packaged))
 
 
 def test_the_registries_module_does_not_import_the_settings_it_is_part_of():
@@ -54,7 +73,11 @@ def test_the_registries_module_does_not_import_the_settings_it_is_part_of():
     import sys
 
     found = subprocess.run(
-        [sys.executable, "-c", "import sys, tasks.registries; print('tasks.settings' in sys.modules)"],
+        [
+            sys.executable,
+            "-c",
+            "import sys, containerd_deploy.data.registries; print('containerd_deploy.data.settings' in sys.modules)",
+        ],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,

@@ -10,9 +10,15 @@ from pathlib import Path
 import pytest
 from pyinfra.api.exceptions import DeployError
 
-from tasks.facts import DistroPackage
-from tasks.node import check_distro_package, check_kubelet, check_locked, check_not_busy, check_supported
-from tasks.values import DataError
+from containerd_deploy.data.values import DataError
+from containerd_deploy.deploy.node import (
+    check_distro_package,
+    check_kubelet,
+    check_locked,
+    check_not_busy,
+    check_supported,
+)
+from containerd_deploy.facts.node import DistroPackage
 
 from .flow import converged, settings_for
 
@@ -81,7 +87,7 @@ ACCEPTED = {
 
 
 def node_for(data: dict, changes: dict):
-    from tasks.lock import parse_lock_state
+    from containerd_deploy.remote.lock import parse_lock_state
 
     if "lock" in changes:  # as the node printed it
         changes = {**changes, "lock": parse_lock_state(changes["lock"])}

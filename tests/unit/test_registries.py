@@ -1,8 +1,8 @@
 import pytest
 import tomlkit
 
-from tasks.registries import MARKER, has_credentials, hosts_toml, parse
-from tasks.values import DataError
+from containerd_deploy.data.registries import MARKER, has_credentials, hosts_toml, parse
+from containerd_deploy.data.values import DataError
 
 
 def test_hosts_toml_lists_mirrors_then_the_server():

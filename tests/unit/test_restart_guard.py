@@ -1,6 +1,6 @@
 """What guards a restart (issue #16): the release kept before it and put back when the new one
-falls short (tasks/rollback.py, the service and verify commands), and the operator's hooks run
-on the controller around it (tasks/hooks.py): the scripts run for real against a directory
+falls short (remote/rollback.py, the service and verify commands), and the operator's hooks run
+on the controller around it (controller/hooks.py): the scripts run for real against a directory
 tree with stand-in systemctl/ctr; the hooks as real processes; the deploy's flow on fake node
 states says when each runs."""
 
@@ -18,9 +18,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pyinfra.api import FunctionCommand
 
-from tasks import hooks, rollback, scripts, verify
-from tasks.facts import NEW_SUFFIX
-from tasks.values import DataError
+from containerd_deploy.controller import hooks
+from containerd_deploy.data.hooks import hook_argv, parse_hook
+from containerd_deploy.data.values import DataError
+from containerd_deploy.remote import container_check, rollback, scripts
+from containerd_deploy.remote.paths import NEW_SUFFIX
 
 from .flow import changed_names, converged, drifted, fresh, prepare, service_op, settings_for
 
@@ -240,7 +242,9 @@ def test_a_failed_verify_step_puts_the_kept_release_back(node):
     node.keep("1.7.24")
     node.install({"containerd": "release 2.1.9\n"}, "version = 3\n")
     assert node.restart_into("2.1.9").returncode == 0
-    result = node.run(verify.failure_script("node1", ["the CRI plugin is not loaded"], node.rollback_lines()))
+    result = node.run(
+        container_check.failure_script("node1", ["the CRI plugin is not loaded"], node.rollback_lines())
+    )
     assert result.returncode == 1
     assert "node1 is not a conformant containerd node" in result.stderr and "rolled back" in result.stderr
     assert node.release()["containerd"] == "release 1.7.24\n" and node.config.read_text() == "version = 2\n"
@@ -283,13 +287,9 @@ echo "node/$2 drained"
 
 def test_a_hook_gets_the_host_as_one_argument_whatever_it_holds(kubectl):
     program, calls = kubectl
-    argv = hooks.parse_hook(
-        "n1", "containerd_restart_hook_before", f"{program} drain {{host}} --ignore-daemonsets"
-    )
+    argv = parse_hook("n1", "containerd_restart_hook_before", f"{program} drain {{host}} --ignore-daemonsets")
     name = "node-1; touch /tmp/pwned $(id)"
-    output = hooks.run_hook(
-        "containerd_restart_hook_before", hooks.hook_argv(argv, name, "10.0.0.5"), 10, name
-    )
+    output = hooks.run_hook("containerd_restart_hook_before", hook_argv(argv, name, "10.0.0.5"), 10, name)
     assert calls.read_text() == f"drain\n{name}\n--ignore-daemonsets\n---\n"
     assert f"node/{name} drained" in output
 
@@ -419,16 +419,16 @@ def test_a_hook_that_is_not_there_is_a_clear_failure():
 )
 def test_a_bad_hook_is_refused_naming_the_key_and_the_fix(value, problem):
     with pytest.raises(DataError) as raised:
-        hooks.parse_hook("n1", "containerd_restart_hook_before", value)
+        parse_hook("n1", "containerd_restart_hook_before", value)
     assert problem in str(raised.value)
     assert str(raised.value).startswith("n1: data key 'containerd_restart_hook_before' ")
     assert "Fix: set containerd_restart_hook_before to a command such as" in str(raised.value)
 
 
 def test_braces_are_written_doubled_and_lists_are_taken_as_they_are():
-    argv = hooks.parse_hook("n1", "k", ["kubectl", "annotate", "{host}", "x={{y}}", "note=a b"])
-    assert hooks.hook_argv(argv, "n 1", "a") == ["kubectl", "annotate", "n 1", "x={y}", "note=a b"]
-    assert hooks.hook_argv(hooks.parse_hook("n1", "k", "ssh {address} true"), "n1", "10.0.0.5") == [
+    argv = parse_hook("n1", "k", ["kubectl", "annotate", "{host}", "x={{y}}", "note=a b"])
+    assert hook_argv(argv, "n 1", "a") == ["kubectl", "annotate", "n 1", "x={y}", "note=a b"]
+    assert hook_argv(parse_hook("n1", "k", "ssh {address} true"), "n1", "10.0.0.5") == [
         "ssh",
         "10.0.0.5",
         "true",
@@ -445,11 +445,11 @@ def test_braces_are_written_doubled_and_lists_are_taken_as_they_are():
 def test_any_command_either_parses_or_is_refused_and_a_host_name_is_never_split(words, name):
     value = " ".join(words)
     try:
-        argv = hooks.parse_hook("n1", "containerd_restart_hook_before", value)
+        argv = parse_hook("n1", "containerd_restart_hook_before", value)
     except DataError as error:
         assert "containerd_restart_hook_before" in str(error)
         return
-    filled = hooks.hook_argv((*argv, "{host}"), name, "a")
+    filled = hook_argv((*argv, "{host}"), name, "a")
     assert len(filled) == len(argv) + 1 and filled[-1] == name
 
 
@@ -461,7 +461,9 @@ HOOKS = {
 }
 BEFORE = "Restart hook | Run containerd_restart_hook_before on the controller (containerd will restart)"
 AFTER = "Restart hook | Run containerd_restart_hook_after on the controller"
-KEEP = "Install release files | Keep the running release | Keep the running release until the new one is verified (containerd_rollback)"
+KEEP = (
+    "Keep the running release | Keep the running release until the new one is verified (containerd_rollback)"
+)
 DROP = "Drop the kept release | Drop the kept release: the new one answered"
 
 
@@ -543,7 +545,11 @@ def test_rollback_turned_off_keeps_nothing_and_never_rolls_back(monkeypatch):
 
 def test_a_release_an_unfinished_run_kept_is_dropped_once_a_run_gets_through(monkeypatch):
     settings_ = settings_for()
-    assert changed_names(prepare(monkeypatch, drifted(converged(settings_), kept_release="1.7.24"))) == [DROP]
+    # Under the run lock, as every change: the unfinished run's verify step never passed.
+    assert changed_names(prepare(monkeypatch, drifted(converged(settings_), kept_release="1.7.24"))) == [
+        "Take the node's run lock",
+        DROP,
+    ]
     assert changed_names(prepare(monkeypatch, converged(settings_))) == []
 
 
@@ -577,7 +583,7 @@ def test_the_release_is_kept_only_after_every_file_is_fetched_and_verified(monke
         op.name
         for op in prepare(monkeypatch, drifted(node, manifests={**node.manifests, "containerd": tampered}))
     ]
-    fetch = names.index("Install release files | Fetch and verify release files")
+    fetch = names.index("Fetch release files | Fetch and verify release files")
     assert (
         fetch < names.index(KEEP) < min(i for i, name in enumerate(names) if "| Install containerd" in name)
     )

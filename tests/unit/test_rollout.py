@@ -1,4 +1,4 @@
-"""Rolling a fleet out in batches (tasks/rollout.py): the plan, the stop at a bad batch, and what
+"""Rolling a fleet out in batches (rollout.py): the plan, the stop at a bad batch, and what
 a pyinfra run says failed. The batch runs here are fakes; pyinfra's JSON is as its CLI prints it."""
 
 import json
@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tasks import rollout
-from tasks.rollout import (
+from containerd_deploy import rollout
+from containerd_deploy.rollout import (
     Outcome,
     RolloutError,
     batch_size,
@@ -222,7 +222,7 @@ def test_a_run_stopped_before_its_json_fails_the_whole_batch_with_pyinfras_last_
 def test_the_cli_runs_pyinfra_once_per_batch_with_its_hosts(monkeypatch, capsys):
     import subprocess
 
-    from tasks import rollout
+    from containerd_deploy import rollout
 
     monkeypatch.setattr(
         rollout.inventories, "load", lambda path: [(name, ["workers"], {}) for name in HOSTS[:4]]
@@ -337,7 +337,7 @@ def test_a_limit_that_matches_no_host_is_refused(monkeypatch, capsys):
 def test_a_host_that_failed_the_run_is_named_with_what_the_deploy_said_of_it():
     """Regression (tried on two VMs): a canary whose download failed was reported as "pyinfra
     error: No hosts remaining!"; pyinfra prints no JSON when every host of a run failed."""
-    stderr = """--> Starting operation: containerd node | Install release files | Fetch and verify release files
+    stderr = """--> Starting operation: containerd node | Fetch release files | Fetch and verify release files
     [ro1] curl: (22) The requested URL returned error: 404
     [ro1] containerd-deploy: could not download http://10.0.2.2:33937/containerd-1.7.99-linux-amd64.tar.gz; nothing was installed
     [ro1] Error: executed 0 commands

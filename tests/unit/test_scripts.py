@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from tasks.artifacts import Artifact
-from tasks.facts import node_state_command, parse_node_state
-from tasks.operations import artifact_is_installed
-from tasks.scripts import NEW_SUFFIX, install_artifact_script
+from containerd_deploy.data.artifacts import Artifact
+from containerd_deploy.facts.node import parse_node_state
+from containerd_deploy.plan.run import artifact_is_installed
+from containerd_deploy.remote.node_state import node_state_command
+from containerd_deploy.remote.paths import NEW_SUFFIX
+from containerd_deploy.remote.scripts import install_artifact_script
 
 from .rootless import needs_root, owner
 
@@ -179,7 +181,7 @@ def test_a_manifest_from_before_identities_is_checked_by_hashing(node):
 
 
 def test_cni_plugins_tarball_goes_into_its_directory_and_can_be_removed(node):
-    from tasks.scripts import remove_artifact_script
+    from containerd_deploy.remote.scripts import remove_artifact_script
 
     path = node / "mirror" / "cni-plugins-linux-amd64-v1.8.0.tgz"
     digest = tarball(path, {"loopback": b"lo", "bridge": b"br", "LICENSE": b"text"}, directory=".")
@@ -282,7 +284,7 @@ def test_release_files_are_made_beside_their_paths_root_owned_and_executable(nod
 
 
 def test_fetch_verifies_every_file_before_any_is_kept(node):
-    from tasks.scripts import fetch_artifacts_script, fetched_path
+    from containerd_deploy.remote.scripts import fetch_artifacts_script, fetched_path
 
     good = containerd(node, "1.7.11", {"containerd": b"daemon", "ctr": b"client"})
     runc_file = node / "mirror" / "runc.amd64"
@@ -308,7 +310,7 @@ def test_fetch_verifies_every_file_before_any_is_kept(node):
 
 @needs_root
 def test_remove_tree_detaches_mounts_beneath_and_deletes(tmp_path):
-    from tasks.scripts import remove_tree_script
+    from containerd_deploy.remote.scripts import remove_tree_script
 
     tree = tmp_path / "var-lib-containerd"
     (tree / "io.containerd.snapshotter.v1.overlayfs" / "snapshots" / "1").mkdir(parents=True)
@@ -326,7 +328,7 @@ def test_remove_tree_detaches_mounts_beneath_and_deletes(tmp_path):
 def test_remove_tree_empties_a_mount_point_and_keeps_it(tmp_path):
     """Regression (found on a machine, whose /var/lib/containerd is a bind mount, as a node's
     dedicated disk is): a purge failed with 'rm: cannot remove ...: Device or resource busy'."""
-    from tasks.scripts import remove_tree_script
+    from containerd_deploy.remote.scripts import remove_tree_script
 
     tree = tmp_path / "var-lib-containerd"
     tree.mkdir()
@@ -345,7 +347,7 @@ def test_remove_tree_empties_a_mount_point_and_keeps_it(tmp_path):
 
 
 def test_reset_finds_containerds_data_where_the_config_puts_it():
-    from tasks.reset import data_directories
+    from containerd_deploy.plan.run import data_directories
 
     defaults = {"root": "/var/lib/containerd", "state": "/run/containerd"}
     assert data_directories(None) == defaults
@@ -359,7 +361,7 @@ def test_reset_finds_containerds_data_where_the_config_puts_it():
 
 
 def test_what_runs_cut_short_left_in_staging_is_seen_and_removed_and_nothing_else(node):
-    from tasks.scripts import fetch_artifacts_script, remove_staging_leftovers_script
+    from containerd_deploy.remote.scripts import fetch_artifacts_script, remove_staging_leftovers_script
 
     staging = node / "staging"
     (staging / ".fetched-runc").write_bytes(b"half a run")
@@ -449,7 +451,7 @@ def test_an_install_stopped_by_a_signal_at_any_step_leaves_nothing_behind(node, 
 
 
 def test_a_file_is_written_in_one_command_and_renamed_over_the_old_one(tmp_path):
-    from tasks.scripts import write_file_script
+    from containerd_deploy.remote.scripts import write_file_script
 
     path = tmp_path / "etc" / "containerd" / "config.toml"
     temp = path.parent / f".config.toml{NEW_SUFFIX}"
@@ -476,7 +478,7 @@ def test_a_fetch_stopped_by_a_signal_stops_its_downloads_and_keeps_nothing(node,
     import signal
     import time
 
-    from tasks.scripts import fetch_artifacts_script
+    from containerd_deploy.remote.scripts import fetch_artifacts_script
 
     fake = tmp_path / "fakebin"
     fake.mkdir()
@@ -542,7 +544,7 @@ def test_a_failure_told_to_a_dropped_connection_still_cleans_up(node):
 def test_a_staging_directory_another_user_made_is_taken_over_before_use(node):
     """Regression: `mkdir -p -m 700` kept a pre-existing staging directory's owner and mode, so
     another local user could swap a verified file before it was installed."""
-    from tasks.scripts import fetch_artifacts_script
+    from containerd_deploy.remote.scripts import fetch_artifacts_script
 
     staging = node / "staging"
     os.chown(staging, 65534, 65534)
@@ -569,7 +571,7 @@ def test_a_staging_directory_another_user_made_is_taken_over_before_use(node):
 
 
 def test_the_release_manifests_fact_reads_what_an_install_recorded_and_sees_a_changed_file(node):
-    from tasks.facts import ReleaseManifests
+    from containerd_deploy.facts.node import ReleaseManifests
 
     artifact = containerd(node, "1.7.11", {"containerd": b"daemon", "ctr": b"client"})
     assert install(node, artifact, str(node / "bin")).returncode == 0

@@ -1,8 +1,8 @@
 import pytest
 from packaging.version import Version
 
-from tasks.settings import DEFAULTS, arch_of, resolve
-from tasks.values import DataError
+from containerd_deploy.data.settings import DEFAULTS, arch_of, resolve
+from containerd_deploy.data.values import DataError
 
 
 def test_defaults_resolve():

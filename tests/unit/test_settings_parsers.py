@@ -3,10 +3,10 @@ data tests (hypothesis, the golden table) pass through without pinning down."""
 
 import pytest
 
-from tasks import settings
-from tasks.config_toml import Runtime
-from tasks.settings import resolve
-from tasks.values import DataError
+from containerd_deploy.data import settings
+from containerd_deploy.data.config_toml import Runtime
+from containerd_deploy.data.settings import resolve
+from containerd_deploy.data.values import DataError
 
 PATH_FIX = "Fix: set containerd_bin_dir to an absolute path such as /usr/local/bin"
 RUNTIMES_FIX = (
@@ -255,6 +255,6 @@ def test_a_per_arch_checksum_is_checked_per_arch():
     ],
 )
 def test_one_url_check_for_every_key_that_takes_a_url(url, schemes, credentials, problem):
-    from tasks.values import url_problem
+    from containerd_deploy.data.values import url_problem
 
     assert url_problem(url, schemes, credentials) == problem

@@ -1,5 +1,5 @@
 """Every script the deploy sends to a node passes shellcheck as POSIX sh (the node's /bin/sh may
-be dash or busybox): each builder in scripts.py, facts.py and verify.py, with representative
+be dash or busybox): each builder in remote/, the facts and the verify step, with representative
 arguments, including paths with spaces and quotes."""
 
 import shutil
@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks import artifacts, daemon, facts, lock, rollback, scripts, verify
+from containerd_deploy.data import artifacts
+from containerd_deploy.facts import node as facts
+from containerd_deploy.remote import container_check, daemon_state, lock, node_state, rollback, scripts
 
 from .flow import no_fetch, settings_for
 
@@ -50,7 +52,7 @@ def built_scripts() -> dict[str, str]:
         "service verify only": scripts.service_script(
             "containerd.service", "/usr/local/bin/ctr", "", False, "2.2.1", 60
         ),
-        "node fact": facts.node_state_command(
+        "node fact": node_state.node_state_command(
             "/usr/local/bin",
             "/etc/containerd/config.toml",
             "/etc/systemd/system/containerd.service",
@@ -60,7 +62,7 @@ def built_scripts() -> dict[str, str]:
         ),
         "release manifests fact": facts.ReleaseManifests().command("/var/lib/containerd-deploy"),
         "unit state fact": facts.UnitState().command("containerd.service"),
-        "daemon fact": daemon.daemon_state_command(
+        "daemon fact": daemon_state.daemon_state_command(
             "/usr/local/bin",
             "/etc/containerd/config.toml",
             "containerd.service",
@@ -68,13 +70,13 @@ def built_scripts() -> dict[str, str]:
             "registry.k8s.io/pause:3.10",
             ("runc", "/usr/bin/crun"),
         ),
-        "verify container, systemd": daemon.container_check_script(
+        "verify container, systemd": container_check.container_check_script(
             "node1", "/usr/local/bin", "registry.k8s.io/pause:3.10", True, "containerd.service"
         ),
-        "verify container, cgroupfs": daemon.container_check_script(
+        "verify container, cgroupfs": container_check.container_check_script(
             "node'1", "/opt/c d/bin", "registry.k8s.io/pause:3.10", False, "containerd.service"
         ),
-        "verify container, runtime handlers": daemon.container_check_script(
+        "verify container, runtime handlers": container_check.container_check_script(
             "node1",
             "/usr/local/bin",
             "registry.k8s.io/pause:3.10",
@@ -82,7 +84,7 @@ def built_scripts() -> dict[str, str]:
             "containerd.service",
             (("runc", ""), ("nvidia", "/usr/bin/nvidia-container-runtime"), ("odd", ODD)),
         ),
-        "node fact, runtime handlers": facts.node_state_command(
+        "node fact, runtime handlers": node_state.node_state_command(
             "/usr/local/bin",
             "/etc/containerd/config.toml",
             "/etc/systemd/system/containerd.service",
@@ -94,9 +96,9 @@ def built_scripts() -> dict[str, str]:
         "take run lock": lock.take_lock_script("node'1", "controller $(x) pid 1", 3),
         "take run lock, @local, any generation": lock.take_lock_script("node1", "controller c", None, 4242),
         "lock holder": lock.LOCK_HOLDER,
-        "verify failure": verify.failure_script("node1", ["it's broken", "$(not run)"]),
-        "verify failure, rollback": verify.failure_script("node1", ["it's broken"], ROLLBACK),
-        "verify container, rollback": daemon.container_check_script(
+        "verify failure": container_check.failure_script("node1", ["it's broken", "$(not run)"]),
+        "verify failure, rollback": container_check.failure_script("node1", ["it's broken"], ROLLBACK),
+        "verify container, rollback": container_check.container_check_script(
             "node1",
             "/usr/local/bin",
             "registry.k8s.io/pause:3.10",

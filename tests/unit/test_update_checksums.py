@@ -3,8 +3,9 @@
 import hashlib
 import tomllib
 
-from tasks.artifacts import pinned_checksums
-from tasks.update_checksums import digest_in, header_of, main, render_table
+from containerd_deploy.controller.cache import digest_in
+from containerd_deploy.data.artifacts import pinned_checksums
+from containerd_deploy.update_checksums import header_of, main, render_table
 
 
 def test_digest_in_each_published_format():

@@ -1,0 +1,832 @@
+"""Every data key the deploy reads, declared once in `KEYS`: its default, its check, and its row
+in the data table of docs/data.md (`python -m containerd_deploy.data.settings` prints the table).
+
+Inventory data, group_data/ files and `--data key=value` override these defaults (pyinfra's
+usual precedence). `resolve()` turns one host's raw data into a validated `Settings`, before
+any operation touches the host; a bad value raises `DataError`, naming the host, the key and
+the fix.
+"""
+
+import json
+import posixpath
+import re
+import urllib.parse
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from packaging.version import Version
+
+from containerd_deploy.data import hooks, registries
+from containerd_deploy.data.values import (
+    DataError,
+    control_characters,
+    is_system_tree,
+    redact_url,
+    url_problem,
+)
+
+# Release lines this deploy knows how to configure (config schema v2 for 1.x, v3+ for 2.x).
+SUPPORTED_CONTAINERD = (Version("1.6"), Version("3"))
+SUPPORTED_RUNC = (Version("1.1"), Version("2"))
+SUPPORTED_CNI_PLUGINS = (Version("1.0"), Version("2"))
+SUPPORTED_CRICTL = (Version("1.20"), Version("2"))
+ARCHES = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# ASCII digits only: Python's \d also matches other scripts' digits, which no release has.
+VERSION = re.compile(r"^v?([0-9]+\.[0-9]+\.[0-9]+)$")
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str
+    containerd_state: str
+    containerd_version: Version
+    containerd_sha256: str | dict | None
+    runc_version: Version
+    runc_sha256: str | dict | None
+    cni_plugins_version: Version | None
+    cni_plugins_sha256: str | dict | None
+    crictl_version: Version | None
+    crictl_sha256: str | dict | None
+    artifact_mirror: str
+    containerd_download_url: str
+    runc_download_url: str
+    cni_plugins_download_url: str
+    crictl_download_url: str
+    artifact_source: str
+    artifact_allow_file_urls: bool
+    containerd_distro_package: str
+    artifact_cache_dir: str
+    artifact_trust_mirror_checksums: tuple
+    containerd_bin_dir: str
+    runc_path: str
+    cni_bin_dir: str
+    containerd_config_path: str
+    containerd_unit_path: str
+    containerd_deploy_state_dir: str
+    containerd_staging_dir: str
+    containerd_config_base: str
+    containerd_systemd_cgroup: bool
+    containerd_sandbox_image: str | None
+    containerd_snapshotter: str | None
+    containerd_max_container_log_line_size: int | None
+    containerd_oom_score: int | None
+    containerd_restrict_oom_score_adj: bool | None
+    containerd_runtimes: tuple
+    containerd_nvidia_runtime: bool
+    containerd_nvidia_runtime_path: str
+    containerd_default_runtime: str | None
+    containerd_enable_cdi: bool | None
+    containerd_cdi_spec_dirs: tuple | None
+    containerd_config_extra: dict
+    containerd_registry_config_path: str
+    containerd_registries: dict
+    containerd_http_proxy: str | None
+    containerd_https_proxy: str | None
+    containerd_no_proxy: str | None
+    containerd_limit_nofile: str | None
+    containerd_ready_timeout: int
+    containerd_verify: bool
+    containerd_rollback: bool
+    containerd_restart_hook_before: tuple
+    containerd_restart_hook_after: tuple
+    containerd_restart_hook_timeout: int
+
+
+def parse_version(host: str, key: str, value, supported: tuple[Version, Version]) -> Version:
+    # `--data containerd_version=2.0` arrives as the float 2.0: compare its text.
+    text = str(value).strip()
+    match = VERSION.match(text)
+    low, high = supported
+    fix = f"set {key} to a release number such as {low.major}.{low.minor}.0 (X.Y.Z, no 'latest')"
+    if not match:
+        raise DataError(host, key, f"is {value!r}, not a release version", fix)
+    version = Version(match.group(1))  # the pattern admits only valid versions
+    if not low <= version < high:
+        raise DataError(host, key, f"is {version}, outside the supported {low}.x to <{high} releases", fix)
+    return version
+
+
+def _optional_version(host: str, key: str, value, supported: tuple[Version, Version]) -> Version | None:
+    return None if value in (None, "", False) else parse_version(host, key, value, supported)
+
+
+COMPONENT_NAMES = ("containerd", "runc", "cni_plugins", "crictl")
+
+
+def _components(host: str, key: str, value) -> tuple:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or any(item not in COMPONENT_NAMES for item in items):
+        raise DataError(
+            host,
+            key,
+            f"is {value!r}, not a list of component names",
+            f"list some of {', '.join(COMPONENT_NAMES)} (or leave it empty)",
+        )
+    return tuple(items)
+
+
+def _cache_dir(host: str, key: str, value) -> str:
+    """A directory on the controller (`~` allowed)."""
+    if not isinstance(value, str) or not value.strip() or control_characters(value):
+        raise DataError(
+            host,
+            key,
+            f"is {value!r}, not a directory",
+            "set it to a directory on the controller, e.g. ~/.cache/containerd-deploy/artifacts",
+        )
+    return posixpath.expanduser(value.strip())
+
+
+def _sha256(host: str, key: str, value) -> str | dict | None:
+    fix = f"set {key} to the 64-character lowercase hex sha256 from the release's .sha256sum file"
+    if value in (None, ""):
+        return None
+    if isinstance(value, Mapping):
+        for arch, digest in value.items():
+            if arch not in ("amd64", "arm64"):
+                raise DataError(host, key, f"has an entry for {arch!r}, not amd64 or arm64", fix)
+            _sha256(host, key, digest)
+        return dict(value)
+    if not isinstance(value, str) or not SHA256.match(value):
+        raise DataError(host, key, f"is {value!r}, not a sha256", fix)
+    return value
+
+
+def _absolute_path(host: str, key: str, value, example: str | None = None) -> str:
+    """An absolute path without `..`, control characters, backslashes or trailing spaces (other
+    spaces and characters are fine: every command quotes it); never `/` itself."""
+    fix = f"set {key} to an absolute path such as {example or DEFAULTS[key]}"
+    # (A backslash too: sha256sum escapes names holding one, so the node fact could not read them back.)
+    if (
+        not isinstance(value, str)
+        or not value.startswith("/")
+        or ".." in value.split("/")
+        or control_characters(value)
+        or "\\" in value
+        or value != value.rstrip()
+    ):
+        raise DataError(host, key, f"is {value!r}, not an absolute path", fix)
+    path = "/" + posixpath.normpath(value).lstrip("/")
+    if path == "/":
+        raise DataError(host, key, "is '/', not a path of its own", fix)
+    # The kernel's limits (NAME_MAX, PATH_MAX): refused here rather than failing on the node.
+    if len(path.encode()) >= 4096 or any(len(part.encode()) > 255 for part in path.split("/")):
+        raise DataError(
+            host, key, f"is {path[:80]!r}…, longer than a path may be (255 bytes a name, 4095 in all)", fix
+        )
+    return path
+
+
+def _dedicated_directory(host: str, key: str, value) -> str:
+    """A directory the deploy owns outright (made root-only, emptied, removed): no system tree."""
+    path = _absolute_path(host, key, value)
+    if is_system_tree(path):
+        raise DataError(
+            host,
+            key,
+            f"is {path!r}, a directory of the operating system (or one holding one), "
+            "which the deploy would make root-only and empty",
+            f"set {key} to a directory of its own, such as {DEFAULTS[key]}",
+        )
+    return path
+
+
+def _url(host: str, key: str, url: str, allow_file: bool, shown) -> None:
+    """Refuse a URL that is not http(s) (or file://, when allowed), holds credentials, spaces or
+    control characters, or could be read as an option (a leading -)."""
+    schemes = ("https", "http", "file") if allow_file else ("https", "http")
+    fix = f"set {key} to an {' or '.join(s + '://' for s in schemes)} URL without spaces or credentials" + (
+        "" if allow_file else " (file:// URLs need artifact_allow_file_urls=true)"
+    )
+    problem = url_problem(url, schemes)
+    if problem and problem != "holds credentials":
+        raise DataError(
+            host, key, f"is {shown!r}, {'which ' if problem == 'names no host' else ''}{problem}", fix
+        )
+    if problem:
+        # Credentials would travel in the node's command lines and land in its manifests.
+        raise DataError(
+            host,
+            key,
+            f"is {shown!r}, which holds credentials",
+            "give the mirror credentials-free read access from the nodes (or the controller, "
+            "with artifact_source=controller), e.g. by network; URLs with user:password are not "
+            "supported",
+        )
+
+
+def _mirror(host: str, key: str, value, allow_file: bool) -> str:
+    mirror = str(value).rstrip("/")
+    _url(host, key, mirror, allow_file, redact_url(mirror))
+    return mirror
+
+
+def _url_template(host: str, key: str, value, mirror: str, allow_file: bool) -> str:
+    # Sample values, to see that the template fills and makes a URL: any version and arch would do.
+    fields = {"mirror": mirror, "version": "1.0.0", "arch": "amd64"}  # pragma: no mutate
+    try:
+        url = str(value).format(**fields)
+    except (KeyError, IndexError, ValueError, AttributeError) as error:
+        raise DataError(
+            host,
+            key,
+            f"is {redact_url(str(value))!r}, which is not a valid template ({error})",
+            f"use only the fields {{mirror}}, {{version}} and {{arch}}, as in the default {DEFAULTS[key]}",
+        ) from None
+    _url(host, key, url, allow_file, redact_url(str(value)))
+    return str(value)
+
+
+def _bool(host: str, key: str, value) -> bool:
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() in ("true", "false"):
+        return str(value).lower() == "true"
+    raise DataError(host, key, f"is {value!r}, not true or false", f"set {key} to true or false")
+
+
+def _positive_int(host: str, key: str, value) -> int:
+    # Digits only: int() would also take " 5", "+5" and "5_0".
+    number = int(value) if isinstance(value, int) or re.fullmatch(r"[0-9]+", str(value)) else 0
+    if number <= 0 or isinstance(value, bool):
+        raise DataError(
+            host, key, f"is {value!r}, not a positive number of seconds", f"set {key} to e.g. {DEFAULTS[key]}"
+        )
+    return number
+
+
+def _choice(host: str, key: str, value, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise DataError(host, key, f"is {value!r}", f"set {key} to one of: {', '.join(choices)}")
+    return value
+
+
+def _optional_text(host: str, key: str, value, example: str) -> str | None:
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str) or control_characters(value) or '"' in value:
+        raise DataError(host, key, f"is {value!r}, not a single-line string", f"set {key} to e.g. {example}")
+    return value
+
+
+def _proxy(host: str, key: str, value, example: str) -> str | None:
+    """A proxy URL (credentials allowed: the drop-in holding it is written 0600, and messages
+    show it without the password); control characters and spaces are refused."""
+    if value in (None, ""):
+        return None
+    shown = redact_url(value) if isinstance(value, str) else value
+    if not isinstance(value, str) or control_characters(value) or any(char.isspace() for char in value):
+        raise DataError(
+            host, key, f"is {shown!r}, not a single-line value without spaces", f"set {key} to e.g. {example}"
+        )
+    if key != "containerd_no_proxy" and url_problem(value, ("http", "https", "socks5"), credentials=True):
+        raise DataError(host, key, f"is {shown!r}, not a proxy URL", f"set {key} to e.g. {example}")
+    return value
+
+
+def has_credentials(url: str | None) -> bool:
+    return bool(url) and "@" in urllib.parse.urlsplit(url).netloc
+
+
+def _optional_int(host: str, key: str, value, low: int, high: int) -> int | None:
+    if value in (None, ""):
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise DataError(
+            host, key, f"is {value!r}", f"set {key} to a whole number from {low} to {high}, or leave it unset"
+        )
+    return value
+
+
+def _limit_nofile(host: str, key: str, value) -> str | None:
+    if value in (None, ""):
+        return None
+    text = str(value) if not isinstance(value, bool) else ""
+    fix = f"set {key} to a number, SOFT:HARD with SOFT <= HARD, or infinity (systemd's LimitNOFILE)"
+    match = re.fullmatch(r"([0-9]+|infinity)(?::([0-9]+|infinity))?", text)
+    if not match:
+        raise DataError(host, key, f"is {value!r}", fix)
+    soft, hard = (
+        float("inf") if part == "infinity" else int(part) for part in (match[1], match[2] or match[1])
+    )
+    if soft > hard or not 0 < soft:
+        raise DataError(host, key, f"is {value!r}, a soft limit above its hard limit (or zero)", fix)
+    return text
+
+
+def _runtimes(host: str, key: str, value) -> tuple:
+    from containerd_deploy.data.config_toml import Runtime
+
+    fix = (
+        f"set {key} to a list of mappings with name, and optionally runtime_type, binary_name "
+        'and options, e.g. [{"name": "crun", "binary_name": "/usr/bin/crun"}]'
+    )
+    if not isinstance(value, (list, tuple)):
+        raise DataError(host, key, f"is {value!r}, not a list", fix)
+    runtimes = []
+    for entry in value:
+        if not isinstance(entry, Mapping) or not re.fullmatch(r"[A-Za-z0-9_.-]+", str(entry.get("name", ""))):
+            raise DataError(
+                host, key, f"has the entry {entry!r}, which needs a name of letters, digits, . _ -", fix
+            )
+        unknown = set(entry) - {"name", "runtime_type", "binary_name", "options"}
+        if unknown:
+            raise DataError(host, key, f"has unknown fields {sorted(unknown)} in {entry['name']!r}", fix)
+        if entry["name"] == "runc":
+            raise DataError(
+                host, key, "redefines 'runc', which the deploy owns", "give the extra runtime another name"
+            )
+        if not isinstance(entry.get("options", {}), Mapping):
+            raise DataError(host, key, f"has non-mapping options in {entry['name']!r}", fix)
+        runtimes.append(
+            Runtime(
+                entry["name"],
+                entry.get("runtime_type", "io.containerd.runc.v2"),
+                entry.get("binary_name"),
+                dict(entry.get("options", {})),
+            )
+        )
+    return tuple(runtimes)
+
+
+NVIDIA_HANDLER = "nvidia"
+# containerd's own CDI directories (its default cdi_spec_dirs).
+CDI_SPEC_DIRS_EXAMPLE = '["/etc/cdi", "/var/run/cdi"]'
+CDI_SINCE = Version("1.7")
+
+
+def _nvidia_runtime(host: str, key: str, value, raw: Mapping) -> bool:
+    enabled = _bool(host, key, value)
+    declared = raw["containerd_runtimes"] if isinstance(raw["containerd_runtimes"], (list, tuple)) else []
+    if enabled and any(
+        isinstance(entry, Mapping) and entry.get("name") == NVIDIA_HANDLER for entry in declared
+    ):
+        raise DataError(
+            host,
+            key,
+            f"is true and containerd_runtimes also defines {NVIDIA_HANDLER!r}",
+            f"keep one: take the {NVIDIA_HANDLER!r} entry out of containerd_runtimes (the preset writes it), "
+            "or set containerd_nvidia_runtime to false",
+        )
+    return enabled
+
+
+def _default_runtime(host: str, key: str, value, raw: Mapping) -> str | None:
+    """A handler this deploy configures: runc, one of containerd_runtimes, or the nvidia preset's."""
+    if value in (None, ""):
+        return None
+    names = [
+        "runc",
+        *(runtime.name for runtime in _runtimes(host, "containerd_runtimes", raw["containerd_runtimes"])),
+    ]
+    if _bool(host, "containerd_nvidia_runtime", raw["containerd_nvidia_runtime"]):
+        names.append(NVIDIA_HANDLER)
+    if value not in names:
+        raise DataError(
+            host,
+            key,
+            f"is {value!r}, which is not a runtime handler this deploy configures ({', '.join(names)})",
+            "name one of those, add the handler to containerd_runtimes (for nvidia: set containerd_nvidia_runtime "
+            "to true), or unset it to leave the config's default_runtime_name as it is",
+        )
+    return value
+
+
+def _needs_cdi(host: str, key: str, raw: Mapping) -> None:
+    version = parse_version(host, "containerd_version", raw["containerd_version"], SUPPORTED_CONTAINERD)
+    if version < CDI_SINCE:
+        raise DataError(
+            host,
+            key,
+            f"is set, but containerd {version} has no CDI support (it came in {CDI_SINCE})",
+            f"unset {key}, or set containerd_version to {CDI_SINCE}.0 or later",
+        )
+
+
+def _enable_cdi(host: str, key: str, value, raw: Mapping) -> bool | None:
+    if value in (None, ""):
+        return None
+    enabled = _bool(host, key, value)
+    _needs_cdi(host, key, raw)
+    return enabled
+
+
+def _optional_bool(host: str, key: str, value) -> bool | None:
+    return None if value in (None, "") else _bool(host, key, value)
+
+
+def _cdi_spec_dirs(host: str, key: str, value, raw: Mapping) -> tuple | None:
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple)) or not value:
+        raise DataError(
+            host,
+            key,
+            f"is {value!r}, not a list of directories",
+            f"set {key} to a list of absolute paths, e.g. {CDI_SPEC_DIRS_EXAMPLE}, or unset it",
+        )
+    directories = tuple(_absolute_path(host, key, entry, "/etc/cdi") for entry in value)
+    _needs_cdi(host, key, raw)
+    return directories
+
+
+def runtime_handlers(settings: "Settings") -> tuple:
+    """Every extra runtime handler the deploy writes: containerd_runtimes, then the nvidia preset's."""
+    from containerd_deploy.data.config_toml import Runtime
+
+    preset = (
+        (Runtime(NVIDIA_HANDLER, binary_name=settings.containerd_nvidia_runtime_path),)
+        if settings.containerd_nvidia_runtime
+        else ()
+    )
+    return settings.containerd_runtimes + preset
+
+
+def _registries(host: str, key: str, value) -> dict:
+    return registries.parse(host, value)
+
+
+def _mapping(host: str, key: str, value, fix: str) -> dict:
+    if value in (None, ""):
+        return {}
+    if not isinstance(value, Mapping):
+        raise DataError(host, key, f"is {value!r}, not a mapping", fix)
+    return dict(value)
+
+
+def _optional_absolute_path(host: str, key: str, value) -> str:
+    return _absolute_path(host, key, value) if value else ""
+
+
+# Each key's parser: (host, key, value, raw) -> the validated value, or DataError. `raw` holds
+# every key's unparsed value, for the few keys that depend on another.
+Parser = Callable[[str, str, Any, Mapping], Any]
+
+# The factories below run once, at import, to build KEYS; mutmut activates a mutant only while a
+# test runs, so it cannot judge them (`no mutate`). What they wrap is tested through every key.
+
+
+def _plain(parse: Callable[[str, str, Any], Any]) -> Parser:
+    return lambda host, key, value, raw: parse(host, key, value)  # pragma: no mutate
+
+
+def _one_of(*choices: str) -> Parser:
+    return lambda host, key, value, raw: _choice(host, key, value, choices)  # pragma: no mutate
+
+
+def _release(supported: tuple[Version, Version]) -> Parser:
+    return lambda host, key, value, raw: parse_version(host, key, value, supported)  # pragma: no mutate
+
+
+def _optional_release(supported: tuple[Version, Version]) -> Parser:
+    return lambda host, key, value, raw: _optional_version(host, key, value, supported)  # pragma: no mutate
+
+
+def _text_like(example: str) -> Parser:
+    return lambda host, key, value, raw: _optional_text(host, key, value, example)  # pragma: no mutate
+
+
+def _int_between(low: int, high: int) -> Parser:
+    return lambda host, key, value, raw: _optional_int(host, key, value, low, high)  # pragma: no mutate
+
+
+def _proxy_like(example: str) -> Parser:
+    return lambda host, key, value, raw: _proxy(host, key, value, example)  # pragma: no mutate
+
+
+def _mapping_of(fix: str) -> Parser:
+    return lambda host, key, value, raw: _mapping(host, key, value, fix)  # pragma: no mutate
+
+
+def _allow_file(host: str, raw: Mapping) -> bool:
+    return _bool(host, "artifact_allow_file_urls", raw["artifact_allow_file_urls"])
+
+
+def _mirror_key(host: str, key: str, value, raw: Mapping) -> str:
+    return _mirror(host, key, value, _allow_file(host, raw))
+
+
+def _url_template_key(host: str, key: str, value, raw: Mapping) -> str:
+    allow_file = _allow_file(host, raw)
+    return _url_template(
+        host, key, value, _mirror(host, "artifact_mirror", raw["artifact_mirror"], allow_file), allow_file
+    )
+
+
+@dataclass(frozen=True)
+class Key:
+    """One data key, declared once: its default, its parser, and its row in docs/data.md."""
+
+    default: Any
+    parse: Parser
+    doc: str
+    shown: str | None = None  # the default column of docs/data.md, when the default alone says too little
+
+    def shown_default(self) -> str:
+        if self.shown is not None:
+            return self.shown
+        if isinstance(self.default, (bool, list, dict)):
+            return f"`{json.dumps(self.default)}`"
+        return f"`{self.default}`"
+
+
+_PROXY_DOC = (
+    " for containerd, in the drop-in `containerd.service.d/http-proxy.conf` (removed when all are unset); "
+    "values are escaped for systemd (`%` → `%%`, quotes), so a percent-encoded password reaches containerd "
+    "as typed; a proxy URL with credentials makes the drop-in 0600 and is shown as `user:***@` in messages"
+)
+
+# Every data key the deploy reads, in the order docs/data.md lists them (and they are checked).
+KEYS: dict[str, Key] = {
+    "containerd_state": Key(
+        "present",
+        _one_of("present", "absent", "purged"),
+        doc="`present`: a containerd node; `absent`: stop and disable containerd (and what its cgroup still runs) and remove what this deploy installed — release files by their manifests, unit, drop-in, config.toml, its hosts.toml files, crictl.yaml — and nothing else; `purged`: `absent`, and containerd's `root`/`state` directories (images, snapshots, containers) too — only directories of containerd's own: a `root`/`state` in config.toml that is a system tree (`/usr`, `/run`, `/var/lib`, …) or holds one, holds a path the deploy manages, has `..`, or is reached through a symbolic link is refused before any change",
+    ),
+    "containerd_distro_package": Key(
+        "refuse",
+        _one_of("refuse", "remove"),
+        doc="a containerd installed by the node's package manager (Debian/Ubuntu `containerd`, `docker.io`'s, Docker's `containerd.io`, Fedora/RHEL's): `refuse` stops the run before any change, naming the package; `remove` removes it (`dpkg --remove` / `rpm --erase`, which stop its service) once the release files are fetched and verified. Its conffiles stay, so a packaged `config.toml` is the starting config; a package that depends on it (e.g. `docker.io`) makes the removal fail with nothing removed",
+    ),
+    "containerd_version": Key(
+        "2.2.1",
+        _release(SUPPORTED_CONTAINERD),
+        doc="containerd release to install (X.Y.Z; 1.6.x to 2.x; [pinned versions](artifacts.md), the install guide's is 1.7.11)",
+    ),
+    "containerd_sha256": Key(
+        None,
+        _plain(_sha256),
+        shown="none (from `files/checksums.toml`)",
+        doc='sha256 of the release tarball; a string, or `{"amd64": …, "arm64": …}`; required for versions not in the table',
+    ),
+    "runc_version": Key(
+        "1.3.4",
+        _release(SUPPORTED_RUNC),
+        doc="runc release to install (X.Y.Z; 1.1.x and later 1.x; the guide's is 1.1.11)",
+    ),
+    "runc_sha256": Key(
+        None,
+        _plain(_sha256),
+        shown="none (from `files/checksums.toml`)",
+        doc="sha256 of `runc.<arch>`, as for `containerd_sha256`",
+    ),
+    "cni_plugins_version": Key(
+        None,
+        _optional_release(SUPPORTED_CNI_PLUGINS),
+        shown="unset (not installed)",
+        doc="CNI plugins release to install into `cni_bin_dir`; unsetting it later removes exactly the files it installed",
+    ),
+    "cni_plugins_sha256": Key(
+        None,
+        _plain(_sha256),
+        shown="none (from `files/checksums.toml`)",
+        doc="sha256 of `cni-plugins-linux-<arch>-v<version>.tgz`, as for `containerd_sha256`",
+    ),
+    "crictl_version": Key(
+        None,
+        _optional_release(SUPPORTED_CRICTL),
+        shown="unset (not installed)",
+        doc="crictl release to install into `containerd_bin_dir`, with `/etc/crictl.yaml` pointing at containerd's socket; unsetting it removes both",
+    ),
+    "crictl_sha256": Key(
+        None,
+        _plain(_sha256),
+        shown="none (from `files/checksums.toml`)",
+        doc="sha256 of `crictl-v<version>-linux-<arch>.tar.gz`, as for `containerd_sha256`",
+    ),
+    "artifact_mirror": Key(
+        "https://github.com",
+        _mirror_key,
+        doc="base URL holding upstream's release layout (`…/containerd/containerd/releases/download/v<version>/…`)",
+    ),
+    "containerd_download_url": Key(
+        "{mirror}/containerd/containerd/releases/download/v{version}/containerd-{version}-linux-{arch}.tar.gz",
+        _url_template_key,
+        doc="template of the containerd tarball URL (`{mirror}`, `{version}`, `{arch}`)",
+    ),
+    "runc_download_url": Key(
+        "{mirror}/opencontainers/runc/releases/download/v{version}/runc.{arch}",
+        _url_template_key,
+        doc="template of the runc URL",
+    ),
+    "cni_plugins_download_url": Key(
+        "{mirror}/containernetworking/plugins/releases/download/v{version}/cni-plugins-linux-{arch}-v{version}.tgz",
+        _url_template_key,
+        doc="template of the CNI plugins URL",
+    ),
+    "crictl_download_url": Key(
+        "{mirror}/kubernetes-sigs/cri-tools/releases/download/v{version}/crictl-v{version}-linux-{arch}.tar.gz",
+        _url_template_key,
+        doc="template of the crictl URL",
+    ),
+    "artifact_source": Key(
+        "node",
+        _one_of("node", "controller"),
+        doc="`node`: each node downloads the URLs itself; `controller`: the controller downloads each file once into `artifact_cache_dir`, verifies it, and uploads it to every node over SSH (nodes need no route to the mirror); the node checks the sha256 again either way",
+    ),
+    "artifact_allow_file_urls": Key(
+        False,
+        _plain(_bool),
+        doc="let `artifact_mirror` and the `*_download_url` templates be `file://` URLs (files on the node, or on the controller with `artifact_source=controller`); otherwise only `https://` and `http://` URLs are accepted, none with credentials, spaces or control characters",
+    ),
+    "artifact_cache_dir": Key(
+        "~/.cache/containerd-deploy/artifacts",
+        _plain(_cache_dir),
+        doc="the controller's cache for `artifact_source=controller` (files named by their sha256)",
+    ),
+    "artifact_trust_mirror_checksums": Key(
+        [],
+        _plain(_components),
+        doc='components (e.g. `["containerd"]`) whose checksum, when neither `files/checksums.toml` nor data has one, the controller may read from the `.sha256sum` published next to the file — an explicit opt-in to trusting the file\'s own source',
+    ),
+    "containerd_bin_dir": Key(
+        "/usr/local/bin", _plain(_absolute_path), doc="where the tarball's `bin/` files go"
+    ),
+    "runc_path": Key("/usr/local/sbin/runc", _plain(_absolute_path), doc="where runc goes"),
+    "cni_bin_dir": Key("/opt/cni/bin", _plain(_absolute_path), doc="where the CNI plugins go"),
+    "containerd_config_path": Key(
+        "/etc/containerd/config.toml", _plain(_absolute_path), doc="containerd's config file"
+    ),
+    "containerd_unit_path": Key(
+        "/etc/systemd/system/containerd.service", _plain(_absolute_path), doc="the systemd unit file"
+    ),
+    "containerd_deploy_state_dir": Key(
+        "/var/lib/containerd-deploy",
+        _plain(_dedicated_directory),
+        doc="manifests of what this deploy installed (versions, file checksums); a directory of its own (no system tree)",
+    ),
+    "containerd_staging_dir": Key(
+        "/var/cache/containerd-deploy",
+        _plain(_dedicated_directory),
+        doc="where downloads wait until verified (emptied after each install); a directory of its own, made root-owned 0700 before use whatever it was (a symbolic link is refused), so no other local user can swap a verified file",
+    ),
+    "containerd_config_base": Key(
+        "existing",
+        _one_of("existing", "default"),
+        doc="`existing`: edit the node's config.toml in place, keeping every other setting and comment; `default`: start from the installed binary's `containerd config default` each run (drops edits made outside this deploy)",
+    ),
+    "containerd_systemd_cgroup": Key(
+        True,
+        _plain(_bool),
+        doc="`SystemdCgroup` of the runc runtime (and of runc-type extra runtimes); must match the kubelet's `cgroupDriver`",
+    ),
+    "containerd_sandbox_image": Key(
+        None,
+        _text_like("registry.k8s.io/pause:3.10"),
+        shown="unset (containerd's default)",
+        doc="the pause image: 1.x `sandbox_image`, 2.x `pinned_images.sandbox`",
+    ),
+    "containerd_snapshotter": Key(
+        None, _text_like("overlayfs"), shown="unset", doc="the CRI snapshotter (e.g. `overlayfs`, `native`)"
+    ),
+    "containerd_max_container_log_line_size": Key(
+        None,
+        _int_between(-1, 1 << 30),
+        shown="unset",
+        doc="CRI `max_container_log_line_size` (bytes; -1 for no limit)",
+    ),
+    "containerd_oom_score": Key(
+        None,
+        _int_between(-1000, 1000),
+        shown="unset",
+        doc="the daemon's `oom_score` (the unit also sets `OOMScoreAdjust=-999`)",
+    ),
+    "containerd_restrict_oom_score_adj": Key(
+        None,
+        _plain(_optional_bool),
+        shown="unset (the config's: false)",
+        doc="CRI `restrict_oom_score_adj`: no container's `oom_score_adj` below containerd's own. For a containerd that cannot lower it (no `CAP_SYS_RESOURCE`: inside LXC or systemd-nspawn), where every pod fails with `failed to update /proc/self/oom_score_adj`",
+    ),
+    "containerd_runtimes": Key(
+        [],
+        _plain(_runtimes),
+        doc="extra CRI runtime handlers: a list of `{name, runtime_type, binary_name, options}`; `runtime_type` defaults to `io.containerd.runc.v2`, for which `binary_name` names a runc-compatible binary (crun, nvidia-container-runtime). Each handler's binary must be on the node (checked before any change). Taking one out of the list leaves its table in the config",
+    ),
+    "containerd_nvidia_runtime": Key(
+        False,
+        _nvidia_runtime,
+        doc="the GPU preset: add the `nvidia` handler (runc shim, `BinaryName` = `containerd_nvidia_runtime_path`, the cgroup driver of runc); the NVIDIA Container Toolkit must be installed. Make it the default with `containerd_default_runtime: nvidia`. See [GPU nodes](gpu.md)",
+    ),
+    "containerd_nvidia_runtime_path": Key(
+        "/usr/bin/nvidia-container-runtime",
+        _plain(_absolute_path),
+        doc="the preset's `BinaryName`: where the toolkit installed `nvidia-container-runtime`",
+    ),
+    "containerd_default_runtime": Key(
+        None,
+        _default_runtime,
+        shown="unset (the config's, runc by default)",
+        doc="`default_runtime_name`: the handler of pods that name none; `runc`, a `containerd_runtimes` name, or `nvidia` with the preset. Unset leaves the config's value as it is (so one set by `nvidia-ctk --set-as-default` stays)",
+    ),
+    "containerd_enable_cdi": Key(
+        None,
+        _enable_cdi,
+        shown="unset (the config's: off in 1.7, on in 2.x)",
+        doc="`enable_cdi` of the CRI plugin (Container Device Interface: devices named in CDI specs, e.g. `nvidia.com/gpu=all`); containerd 1.7 or later",
+    ),
+    "containerd_cdi_spec_dirs": Key(
+        None,
+        _cdi_spec_dirs,
+        shown="unset (containerd's: `/etc/cdi`, `/var/run/cdi`)",
+        doc="`cdi_spec_dirs`: the directories CDI specs are read from, a list of absolute paths; containerd 1.7 or later",
+    ),
+    "containerd_config_extra": Key(
+        {},
+        _mapping_of("set containerd_config_extra to a mapping of TOML tables and keys"),
+        doc="any other TOML, as nested mappings, deep-merged last (tables merge, other values replace)",
+    ),
+    "containerd_registry_config_path": Key(
+        "/etc/containerd/certs.d",
+        _plain(_optional_absolute_path),
+        doc='CRI registry `config_path`; `""` leaves it unset. Refused if the config still has old-style `registry.mirrors` (containerd\'s CRI plugin does not load with both)',
+    ),
+    "containerd_registries": Key(
+        {},
+        _plain(_registries),
+        doc='one `hosts.toml` per registry under `containerd_registry_config_path`, e.g. `{"docker.io": {"mirrors": [{"host": "https://mirror.internal", "capabilities": ["pull", "resolve"], "skip_verify": false, "ca": "/etc/ssl/mirror.pem", "headers": {"Authorization": "Basic …"}}]}}`; optional `server` (default: the registry\'s own). Files with headers are 0600; removed when their registry leaves the data',
+    ),
+    "containerd_http_proxy": Key(
+        None, _proxy_like("http://proxy:3128"), shown="unset", doc="`HTTP_PROXY`" + _PROXY_DOC
+    ),
+    "containerd_https_proxy": Key(
+        None, _proxy_like("http://proxy:3128"), shown="unset", doc="`HTTPS_PROXY`" + _PROXY_DOC
+    ),
+    "containerd_no_proxy": Key(
+        None, _proxy_like("localhost,127.0.0.1,.svc"), shown="unset", doc="`NO_PROXY`" + _PROXY_DOC
+    ),
+    "containerd_limit_nofile": Key(
+        None,
+        _plain(_limit_nofile),
+        shown="unset (systemd's default)",
+        doc="`LimitNOFILE` of the unit (a number, `SOFT:HARD` with SOFT ≤ HARD, or `infinity`; ASCII digits)",
+    ),
+    "containerd_ready_timeout": Key(
+        60, _plain(_positive_int), doc="seconds to wait for containerd to answer after a (re)start"
+    ),
+    "containerd_verify": Key(
+        True,
+        _plain(_bool),
+        doc="last step of every run: check the running daemon (see [Verify](verify.md)), and run a container when the run changed the node; fail the run, naming each problem, if it falls short; a passing check of an unchanged node is no change",
+    ),
+    "containerd_rollback": Key(
+        True,
+        _plain(_bool),
+        doc="before a run restarts a running containerd, keep the release it runs (files by manifest, config, unit) until the new one answers and passes the verify step; if it does not, put the kept one back, restart once, wait for it to answer, and fail the run naming the host (see [Rolling out to a fleet](rollout.md))",
+    ),
+    "containerd_restart_hook_before": Key(
+        "",
+        _plain(hooks.parse_hook),
+        doc="a command the controller runs before it changes a node whose containerd this run will restart, e.g. `kubectl drain {host} --ignore-daemonsets --delete-emptydir-data`; a command line (split into arguments, no shell) or a list of arguments; `{host}` is the inventory name, `{address}` what the controller connects to; if it fails or times out, that node is not changed",
+        shown="unset",
+    ),
+    "containerd_restart_hook_after": Key(
+        "",
+        _plain(hooks.parse_hook),
+        doc="a command the controller runs once that node's restarted containerd has answered and passed the verify step, e.g. `kubectl uncordon {host}`; same form as the before hook; not run when the run failed or rolled back",
+        shown="unset",
+    ),
+    "containerd_restart_hook_timeout": Key(
+        600,
+        _plain(_positive_int),
+        doc="seconds each restart hook may take; one still running then is killed (with what it started) and counts as failed",
+    ),
+}
+
+DEFAULTS: dict = {name: key.default for name, key in KEYS.items()}
+
+
+def data_table() -> str:
+    """The data table of docs/data.md, from KEYS (`python -m containerd_deploy.data.settings` prints it)."""
+    lines = ["| key | default | meaning |", "| --- | --- | --- |"]
+    lines += [f"| `{name}` | {key.shown_default()} | {key.doc} |" for name, key in KEYS.items()]
+    return "\n".join(lines) + "\n"
+
+
+def resolve(host: str, data: Mapping) -> Settings:
+    """Validated settings for one host from its data (missing keys take their defaults)."""
+    raw = {name: data.get(name, key.default) for name, key in KEYS.items()}
+    return Settings(host=host, **{name: key.parse(host, name, raw[name], raw) for name, key in KEYS.items()})
+
+
+def for_host(host) -> "Settings":
+    """Settings of a pyinfra host (inventory, group and --data values over DEFAULTS)."""
+    return resolve(host.name, {key: host.data.get(key, default) for key, default in DEFAULTS.items()})
+
+
+def arch_of(host: str, machine: str) -> str:
+    """Release arch name from `uname -m`: x86_64 -> amd64, aarch64 -> arm64."""
+    try:
+        return ARCHES[machine]
+    except KeyError:
+        raise DataError(
+            host,
+            "(host architecture)",
+            f"is {machine!r}; containerd releases exist for amd64 and arm64 only",
+            "deploy to x86_64 or aarch64 hosts, or leave this host out of the inventory",
+        ) from None
+
+
+if __name__ == "__main__":
+    print(data_table(), end="")

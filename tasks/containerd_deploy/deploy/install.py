@@ -1,0 +1,77 @@
+"""Install the release files: containerd and runc, and the CNI plugins and crictl when asked for.
+Each is verified before it reaches its paths."""
+
+from pyinfra.api import deploy
+
+from containerd_deploy.data.artifacts import COMPONENTS, Artifact, destination
+from containerd_deploy.data.settings import DEFAULTS, Settings
+from containerd_deploy.facts.node import NodeState
+from containerd_deploy.operations.files import file_absent, file_content
+from containerd_deploy.operations.release import (
+    distro_packages_absent,
+    release_artifact,
+    release_artifact_absent,
+    release_files_fetched,
+)
+from containerd_deploy.plan.files import crictl_config, crictl_config_is_ours
+from containerd_deploy.plan.run import NAMES, Plan
+from containerd_deploy.remote.paths import CRICTL_CONFIG
+
+
+@deploy("Fetch release files", data_defaults=DEFAULTS)
+def fetch_release_files(settings: Settings, node: NodeState, artifacts: dict[str, Artifact], plan: Plan):
+    """Fetch and verify every release file this run installs, before anything else changes: a
+    file that fails its checksum stops the run with the node as it was."""
+    release_files_fetched(
+        name="Fetch and verify release files"
+        + (" (through the controller)" if settings.artifact_source == "controller" else ""),
+        artifacts=[artifacts[component] for component in plan.fetch],
+        staging_dir=settings.containerd_staging_dir,
+        cache_dir=settings.artifact_cache_dir if settings.artifact_source == "controller" else None,
+        leftovers=node.staging_leftovers,
+    )
+
+
+@deploy("Install release files", data_defaults=DEFAULTS)
+def install_release_files(settings: Settings, node: NodeState, artifacts: dict[str, Artifact]):
+    """Install the fetched release files (each checked again on the node) and remove those of
+    components no longer wanted; crictl's config goes with crictl."""
+    if settings.containerd_distro_package == "remove":
+        # Only now, with the release files on the node: a failed download leaves the package running.
+        distro_packages_absent(
+            name="Remove the distribution's containerd package (containerd_distro_package)",
+            packages=node.distro_packages,
+        )
+    for component in COMPONENTS:
+        artifact = artifacts.get(component)
+        if artifact is None:
+            release_artifact_absent(
+                name=f"Remove {NAMES[component]} (no {component}_version)",
+                component=component,
+                state_dir=settings.containerd_deploy_state_dir,
+                installed=node.manifests.get(component),
+            )
+            continue
+        dest = destination(settings, artifact)
+        release_artifact(
+            name=f"Install {NAMES[component]} {artifact.version} {'as' if not artifact.layout.tarball else 'into'} {dest}",
+            artifact=artifact,
+            dest=dest,
+            staging_dir=settings.containerd_staging_dir,
+            state_dir=settings.containerd_deploy_state_dir,
+            installed=node.manifests.get(component),
+            verified=settings.artifact_source == "node",
+        )
+    if "crictl" in artifacts:
+        file_content(
+            name=f"Write {CRICTL_CONFIG}",
+            path=CRICTL_CONFIG,
+            content=crictl_config(),
+            current_sha256=node.files.get(CRICTL_CONFIG),
+        )
+    else:
+        file_absent(
+            name=f"Remove {CRICTL_CONFIG} (no crictl_version)",
+            path=CRICTL_CONFIG,
+            present=crictl_config_is_ours(node),
+        )

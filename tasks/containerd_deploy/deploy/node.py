@@ -1,0 +1,238 @@
+"""The whole deploy for one node: look once, then install, configure and run containerd."""
+
+import os
+import posixpath
+import socket
+import weakref
+
+from pyinfra import host, logger
+from pyinfra.api import deploy
+from pyinfra.api.exceptions import DeployError
+
+from containerd_deploy.controller.cache import fetch_digest
+from containerd_deploy.data import artifacts, registries
+from containerd_deploy.data.settings import (
+    DEFAULTS,
+    NVIDIA_HANDLER,
+    Settings,
+    arch_of,
+    for_host,
+    resolve,
+    runtime_handlers,
+)
+from containerd_deploy.deploy.configure import configure_containerd
+from containerd_deploy.deploy.install import fetch_release_files, install_release_files
+from containerd_deploy.deploy.reset import check_purge, remove_containerd
+from containerd_deploy.deploy.service import (
+    drop_kept_release,
+    hooks_around_restart,
+    keep_running_release,
+    run_containerd,
+)
+from containerd_deploy.deploy.verify import verify_containerd
+from containerd_deploy.facts.node import ContainerdNode, NodeState
+from containerd_deploy.operations.files import leftovers_absent
+from containerd_deploy.operations.service import run_lock_taken
+from containerd_deploy.plan.files import loaded_at_start, managed_paths
+from containerd_deploy.plan.run import Plan, plan_removal, plan_run
+from containerd_deploy.plan.verdict import (
+    binary_location,
+    handler_binaries_to_check,
+    kubelet_driver_problem,
+    missing_binary_problem,
+)
+from containerd_deploy.remote.lock import busy_message, unavailable_message
+
+
+def runs_on_the_node() -> bool:
+    """pyinfra's @local: the run's commands are children of this process, not of an sshd."""
+    from pyinfra.connectors.local import LocalConnector
+
+    return getattr(host, "connector_cls", None) is LocalConnector
+
+
+def gather(settings: Settings) -> NodeState:
+    return host.get_fact(
+        ContainerdNode,
+        bin_dir=settings.containerd_bin_dir,
+        config_path=settings.containerd_config_path,
+        unit_path=settings.containerd_unit_path,
+        state_dir=settings.containerd_deploy_state_dir,
+        files=managed_paths(settings),
+        certs_dir=settings.containerd_registry_config_path,
+        marker=registries.MARKER,
+        always_defaults=settings.containerd_config_base == "default",
+        loaded=loaded_at_start(settings),
+        staging_dir=settings.containerd_staging_dir,
+        install_dirs=(posixpath.dirname(settings.runc_path), settings.cni_bin_dir),
+        anchor_pid=os.getpid() if runs_on_the_node() else 0,
+        handler_binaries=tuple(
+            dict.fromkeys(binary for _, binary in handler_binaries_to_check(runtime_handlers(settings)))
+        ),
+    )
+
+
+def check_locked(settings: Settings, node: NodeState) -> None:
+    """A run that could not take the lock stops (after the host's own refusals, which say more):
+    it would be unguarded against another run."""
+    if node.lock.kind == "unavailable":
+        raise DeployError(
+            unavailable_message(settings.host, node.lock.why or "the node did not answer for it")
+        )
+
+
+def check_not_busy(settings: Settings, node: NodeState) -> None:
+    """One run at a time per node: another run held the lock all the time the node fact waited."""
+    if node.lock.kind == "busy":
+        raise DeployError(busy_message(settings.host, node.lock.owner))
+
+
+def run_owner() -> str:
+    return f"controller {socket.gethostname()} pid {os.getpid()}"
+
+
+def take_run_lock(node: NodeState, plan: Plan) -> None:
+    """The run's first operation: the node's run lock, taken when the plan changes the node."""
+    run_lock_taken(
+        name="Take the node's run lock",
+        owner=run_owner(),
+        lock=node.lock,
+        changes=plan.changes,
+        anchor_pid=os.getpid() if runs_on_the_node() else 0,
+    )
+
+
+def report_plan(settings: Settings, plan: Plan) -> None:
+    """The plan, as the dry run and the real run both show it (pyinfra -v)."""
+    logger.info(f"[{settings.host}] containerd-deploy plan: " + "; ".join(plan.lines()))
+
+
+def check_supported(settings: Settings, node: NodeState) -> str:
+    """The host's release arch; refuses hosts this deploy cannot serve, before changing them."""
+    if not node.machine:
+        raise DeployError(
+            f"{settings.host}: could not read the node's state (is it a Linux host with a POSIX shell?)"
+        )
+    if node.kernel and node.kernel != "Linux":
+        raise DeployError(
+            f"{settings.host}: the node runs {node.kernel}, not Linux; containerd's release binaries "
+            "are Linux programs. Use a Linux host."
+        )
+    arch = arch_of(settings.host, node.machine)
+    if not node.systemd:
+        raise DeployError(
+            f"{settings.host}: systemd is not running as PID 1 (no /run/systemd/system); this deploy "
+            "installs containerd as a systemd service. Use a systemd host."
+        )
+    return arch
+
+
+def check_kubelet(settings: Settings, node: NodeState) -> None:
+    """A kubelet already set up on the node must use the cgroup driver containerd will use."""
+    problem = kubelet_driver_problem(node.kubelet_config, settings.containerd_systemd_cgroup)
+    if problem:
+        raise DeployError(f"{settings.host}: {problem}")
+
+
+def check_runtime_binaries(settings: Settings, node: NodeState) -> None:
+    """Every runtime handler the data adds must find its binaries on the node: containerd would
+    start with it, and every pod that asks for it would fail."""
+    problems = []
+    for handler, binary in handler_binaries_to_check(runtime_handlers(settings)):
+        if binary not in node.missing_binaries:
+            continue
+        where = binary_location(binary, settings.containerd_bin_dir)
+        if handler == NVIDIA_HANDLER and settings.containerd_nvidia_runtime:
+            problems.append(
+                f"data key 'containerd_nvidia_runtime' adds the runtime handler 'nvidia', but {where} is not "
+                "on the node. Fix: install the NVIDIA Container Toolkit (package nvidia-container-toolkit) first, "
+                "set containerd_nvidia_runtime_path to where it put nvidia-container-runtime, or set "
+                "containerd_nvidia_runtime to false"
+            )
+        else:
+            problems.append(
+                f"data key 'containerd_runtimes': {missing_binary_problem(handler, binary, settings.containerd_bin_dir)}"
+            )
+    if problems:
+        raise DeployError(f"{settings.host}: " + f"\n{settings.host}: ".join(problems))
+
+
+def check_distro_package(settings: Settings, node: NodeState) -> None:
+    """A containerd from the distribution's packages stays only if the operator says to remove it."""
+    if not node.distro_packages or settings.containerd_distro_package == "remove":
+        return
+    found = ", ".join(
+        f"{package.name} {package.version} ({package.manager}, {package.path})"
+        for package in node.distro_packages
+    )
+    running = "; containerd.service is running" if node.active else ""
+    raise DeployError(
+        f"{settings.host}: a distribution package installs containerd here: {found}{running}. This deploy "
+        "installs its own under the same unit name, and package upgrades would restart it. Fix: remove the "
+        "package (apt-get remove containerd / dnf remove containerd), or set data key "
+        "'containerd_distro_package' to 'remove' to have the deploy remove it (its packaged config.toml stays "
+        "and is kept as the starting config)."
+    )
+
+
+_checked_states: "weakref.WeakSet" = weakref.WeakSet()  # runs (pyinfra States) whose inventory passed
+
+
+def check_inventory_data(state) -> None:
+    """Every active host's data, once per run, before the first host is asked anything: one
+    bad value anywhere stops the run with no host asked or changed (pyinfra prepares hosts one
+    after another, so checking each host's own data only as it comes would have asked the
+    hosts before it already)."""
+    if state in _checked_states:
+        return
+    for other in state.inventory.get_active_hosts():
+        settings = resolve(
+            other.name, {key: other.data.get(key, default) for key, default in DEFAULTS.items()}
+        )
+        if settings.containerd_state == "present":
+            artifacts.check_all_arches(settings)  # an unpinned version is refused before the node is asked
+    _checked_states.add(state)
+
+
+@deploy("containerd node", data_defaults=DEFAULTS)
+def containerd_node():
+    check_inventory_data(host.state)
+    settings = for_host(host)
+    node = gather(settings)
+    check_not_busy(settings, node)
+    if settings.containerd_state != "present":
+        check_locked(settings, node)
+        check_purge(settings, node)
+        plan = plan_removal(settings, node)
+        report_plan(settings, plan)
+        take_run_lock(node, plan)
+        leftovers_absent(
+            name="Remove what runs cut short left beside the deploy's files", paths=node.hidden_leftovers
+        )
+        remove_containerd(settings, node, plan)
+        return
+    arch = check_supported(settings, node)
+    check_locked(settings, node)
+    check_kubelet(settings, node)
+    check_runtime_binaries(settings, node)
+    check_distro_package(settings, node)
+    wanted = artifacts.resolve(settings, arch, published=fetch_digest)
+    plan = plan_run(settings, node, wanted)
+    report_plan(settings, plan)
+
+    rollback = settings.containerd_deploy_state_dir if settings.containerd_rollback else ""
+    take_run_lock(node, plan)
+    hooks_around_restart(settings, plan, "before")
+    leftovers_absent(
+        name="Remove what runs cut short left beside the deploy's files", paths=node.hidden_leftovers
+    )
+    fetch_release_files(settings, node, wanted, plan)
+    if rollback:  # once every file is fetched and verified, before any is installed
+        keep_running_release(settings, node, plan)
+    install_release_files(settings, node, wanted)
+    config_text = configure_containerd(settings, node, plan)
+    run_containerd(settings, node, plan, rollback=rollback)
+    if settings.containerd_verify:
+        verify_containerd(settings, config_text, run_container=plan.changes, rollback=rollback)
+    drop_kept_release(settings, plan)
+    hooks_around_restart(settings, plan, "after")

@@ -1,0 +1,123 @@
+"""Take a node back: stop containerd and remove what this deploy installed, and nothing else.
+
+Selected with `containerd_state=absent` (or `purged`, which also deletes containerd's data:
+images, snapshots, container state). Everything it removes, it knows from the node fact: the
+manifests of installed release files, the files the deploy writes, the hosts.toml files that
+carry its marker. Operator files beside them stay. A later deploy converges the node again.
+"""
+
+import posixpath
+
+from pyinfra.api import deploy
+from pyinfra.operations import systemd
+
+from containerd_deploy.data.artifacts import COMPONENTS
+from containerd_deploy.data.settings import DEFAULTS, Settings
+from containerd_deploy.data.values import DataError, control_characters, is_system_tree
+from containerd_deploy.facts.node import NodeState
+from containerd_deploy.operations.files import directory_absent, file_absent
+from containerd_deploy.operations.release import kept_release_dropped, release_artifact_absent
+from containerd_deploy.operations.service import service_absent
+from containerd_deploy.plan.files import proxy_dropin_path
+from containerd_deploy.plan.run import DATA_DEFAULTS, Plan, data_directories
+from containerd_deploy.remote.paths import CRICTL_CONFIG
+
+
+def purge_refusal(path: str, deploy_paths: tuple[str, ...]) -> str | None:
+    """Why `path` is not a directory `purged` may delete (None: it is containerd's own)."""
+    if not path.startswith("/") or control_characters(path) or "\\" in path:
+        return "is not an absolute path"
+    # normpath takes out `.`, `..` and doubled slashes but keeps a leading `//`.
+    normal = posixpath.normpath(path)
+    if "//" in path or normal != (path.rstrip("/") or "/"):
+        return "is not a plain path (it has .., . or doubled slashes)"
+    if is_system_tree(normal):
+        return "is a directory of the operating system, or holds one"
+    for owned in deploy_paths:
+        if owned == normal or owned.startswith(normal + "/"):
+            return f"holds {owned}, which the deploy manages"
+    return None
+
+
+def check_purge(settings: Settings, node: NodeState) -> None:
+    """`purged` deletes containerd's root and state directories: only dedicated ones, refused
+    before any change otherwise (the node-side removal also refuses one reached through a
+    symbolic link)."""
+    if settings.containerd_state != "purged":
+        return
+    deploy_paths = (
+        settings.containerd_bin_dir,
+        settings.runc_path,
+        settings.cni_bin_dir,
+        posixpath.dirname(settings.containerd_config_path),
+        settings.containerd_unit_path,
+        settings.containerd_deploy_state_dir,
+        settings.containerd_staging_dir,
+        settings.containerd_registry_config_path or settings.containerd_deploy_state_dir,
+    )
+    for key, path in data_directories(node.config_text).items():
+        why = purge_refusal(path, deploy_paths)
+        if why:
+            raise DataError(
+                settings.host,
+                "containerd_state",
+                f"is purged, which deletes containerd's {key} directory, but {settings.containerd_config_path} "
+                f"names {path!r} as {key}, which {why}",
+                f"set {key} in {settings.containerd_config_path} to a directory of containerd's own (e.g. "
+                f"{DATA_DEFAULTS[key]}), or use containerd_state=absent, which keeps the data",
+            )
+
+
+@deploy("Remove containerd", data_defaults=DEFAULTS)
+def remove_containerd(settings: Settings, node: NodeState, plan: Plan):
+    """Remove what `plan` (plan_removal) says, in an order that leaves nothing running from a
+    removed file."""
+    unit = posixpath.basename(settings.containerd_unit_path)
+    service_absent(
+        name=f"Stop and disable {unit}, and stop what it left running", unit=unit, present=plan.stop
+    )
+    for component in COMPONENTS:
+        release_artifact_absent(
+            name=f"Remove {component} files",
+            component=component,
+            state_dir=settings.containerd_deploy_state_dir,
+            installed=node.manifests.get(component) if component in plan.remove else None,
+        )
+    for path in node.managed_hosts:
+        file_absent(name=f"Remove {path}", path=path, present=path in plan.delete, remove_empty_parent=True)
+    if settings.containerd_registry_config_path:
+        directory_absent(
+            name=f"Remove {settings.containerd_registry_config_path} if empty",
+            path=settings.containerd_registry_config_path,
+            present=bool(node.managed_hosts),
+            only_if_empty=True,
+        )
+    file_absent(
+        name=f"Remove {settings.containerd_config_path}",
+        path=settings.containerd_config_path,
+        present=settings.containerd_config_path in plan.delete,
+        remove_empty_parent=True,
+    )
+    dropin = proxy_dropin_path(settings)
+    file_absent(
+        name=f"Remove {settings.containerd_unit_path}",
+        path=settings.containerd_unit_path,
+        present=settings.containerd_unit_path in plan.delete,
+    )
+    file_absent(name=f"Remove {dropin}", path=dropin, present=dropin in plan.delete, remove_empty_parent=True)
+    file_absent(name=f"Remove {CRICTL_CONFIG}", path=CRICTL_CONFIG, present=CRICTL_CONFIG in plan.delete)
+    if plan.reload:  # a unit file went: systemd forgets it
+        systemd.daemon_reload(name="Reload systemd units")
+    kept_release_dropped(
+        name="Drop the release kept to roll back to",
+        state_dir=settings.containerd_deploy_state_dir,
+        present=plan.drop_kept,
+    )
+    directory_absent(
+        name=f"Remove {settings.containerd_deploy_state_dir}",
+        path=settings.containerd_deploy_state_dir,
+        present=bool(node.manifests or node.kept_release),
+        only_if_empty=True,
+    )
+    for directory in plan.purge:
+        directory_absent(name=f"Remove containerd's data in {directory}", path=directory, present=True)

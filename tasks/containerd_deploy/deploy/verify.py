@@ -1,0 +1,62 @@
+"""The deploy's last step (`containerd_verify`): is the running daemon what a kubelet needs?
+
+Run after every other operation, from one fact read at that moment, so a run with nothing to
+change still checks the node and reports no change. The checks are the conformance suite's
+node-side ones: the daemon answers as the declared version with its own ctr, it runs the
+binary, unit and config that are on disk now (not older ones it started with), its CRI
+plugins loaded, the effective config has the declared SystemdCgroup, a kubelet on the node
+(if any) uses the same cgroup driver. When the run changed the node, a container then actually
+runs (from the sandbox image, when the node has it; under a systemd scope when systemd cgroups
+are on): the operation's own command, since a fact only asks. The CRI walk of a pod sandbox is
+the conformance suite's (`conformance/`), which needs a controller-side gRPC client.
+
+The verdict is plan/verdict.py's, the operation operations/verify.py's, the container's script
+remote/container_check.py's.
+"""
+
+from pyinfra.api import deploy
+
+from containerd_deploy.data.settings import DEFAULTS, Settings
+from containerd_deploy.operations.verify import containerd_verified
+from containerd_deploy.plan.files import loaded_at_start
+from containerd_deploy.plan.verdict import (
+    Expected,
+    configured_runtimes,
+    container_handlers,
+    data_settings,
+    runtime_binaries,
+    sandbox_image,
+)
+
+
+@deploy("Verify containerd", data_defaults=DEFAULTS)
+def verify_containerd(settings: Settings, config_text, run_container: bool, rollback: str = ""):
+    """`config_text`: the config.toml this run leaves (text, or a callable giving it when run);
+    `run_container`: the run changed the node (the plan's `changes`): a container proves it;
+    `rollback`: the state directory of a release kept to put back if the check fails ("": none)."""
+    loaded_files = loaded_at_start(settings)
+
+    def expected() -> Expected:
+        text = config_text() if callable(config_text) else config_text
+        runtimes = configured_runtimes(text, settings.containerd_version)
+        return Expected(
+            version=str(settings.containerd_version),
+            systemd_cgroup=settings.containerd_systemd_cgroup,
+            unit=settings.containerd_unit_path.rsplit("/", 1)[-1],
+            sandbox_image=sandbox_image(text, settings.containerd_version),
+            loaded_files=loaded_files,
+            runtime_binaries=tuple(runtime_binaries(runtimes)),
+            bin_dir=settings.containerd_bin_dir,
+            handlers=container_handlers(runtimes),
+            settings=data_settings(settings),
+        )
+
+    containerd_verified(
+        name="Verify containerd (containerd_verify)",
+        expected=expected,
+        bin_dir=settings.containerd_bin_dir,
+        config_path=settings.containerd_config_path,
+        run_container=run_container,
+        rollback=rollback,
+        timeout=settings.containerd_ready_timeout,
+    )

@@ -1,0 +1,29 @@
+"""pyinfra operations of this deploy: thin, each decides from the node state it is given.
+
+The deploy gives them the state the `ContainerdNode` fact gathered at the start of the run
+instead of asking the node again, so a run with nothing to do costs one round trip for that
+fact. Called on their own (in a deploy of the operator's), they read that state themselves:
+an argument left at `FROM_NODE` is asked of the node with a fact of its own.
+
+`release` installs, keeps and removes release files; `files` writes and removes files;
+`service` runs the unit, the run lock and the restart hooks; `cache` and `hooks` are what they
+run on the controller.
+"""
+
+from pyinfra import host
+
+
+class FromNode:
+    """The default of an operation's state argument: read it from the node (see FROM_NODE)."""
+
+    def __repr__(self) -> str:
+        return "FROM_NODE"
+
+
+FROM_NODE = FromNode()
+
+
+def _escalated() -> bool:
+    """Whether this operation's commands run through sudo/doas/su (so uploads go via the login user)."""
+    arguments: dict = dict(host.current_op_global_arguments or {})
+    return bool(arguments.get("_sudo") or arguments.get("_doas") or arguments.get("_su_user"))

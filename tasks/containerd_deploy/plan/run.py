@@ -1,0 +1,261 @@
+"""The run's plan: from the node's state and the settings, what this run will do to the node,
+decided before the first operation is added."""
+
+import hashlib
+from dataclasses import dataclass
+
+from containerd_deploy.data.artifacts import COMPONENTS, DAEMON_COMPONENTS, Artifact, destination
+from containerd_deploy.data.config_toml import ConfigError, value_at
+from containerd_deploy.data.settings import Settings
+from containerd_deploy.facts.node import Manifest, NodeState, newer_than_daemon
+from containerd_deploy.plan.files import (
+    config_base,
+    crictl_config,
+    crictl_config_is_ours,
+    desired_config,
+    loaded_at_start,
+    no_config_defaults,
+    proxy_dropin_path,
+    proxy_dropin_text,
+    registry_files,
+    unit_text,
+)
+from containerd_deploy.remote.paths import CRICTL_CONFIG
+
+
+def artifact_is_installed(manifest: Manifest | None, artifact: Artifact, paths_under: str) -> bool:
+    """True when the node has exactly this artifact's files, unmodified, at the wanted place."""
+    return bool(
+        manifest
+        and manifest.fields.get("sha256") == artifact.sha256
+        and manifest.fields.get("version") == artifact.version
+        and manifest.intact()
+        and all(
+            path == paths_under or path.startswith(paths_under.rstrip("/") + "/") for path in manifest.files
+        )
+    )
+
+
+def daemon_is_stale(settings: Settings, node: NodeState) -> bool:
+    """A daemon older than what is on disk is a leftover of a run that stopped (or an upgrade
+    that never restarted it): its ctr answers with another version, its binary was replaced,
+    or a file it loads at start is newer than it. It is restarted even when a run changes nothing."""
+    return node.active and bool(
+        (node.ctr_server and node.ctr_client and node.ctr_server != node.ctr_client)
+        or node.exe.endswith(" (deleted)")
+        or newer_than_daemon(node.started, node.mtimes, loaded_at_start(settings))
+    )
+
+
+NAMES = {"containerd": "containerd", "runc": "runc", "cni_plugins": "the CNI plugins", "crictl": "crictl"}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one run does to one node, decided before its first operation is added: the steps
+    build their operations from it, the dry run and --diff show it, the run reports it."""
+
+    fetch: tuple[str, ...] = ()  # components fetched and verified before anything changes
+    install: tuple[str, ...] = ()  # components installed or replaced
+    remove: tuple[str, ...] = ()  # components removed (their <component>_version unset)
+    write: tuple[str, ...] = ()  # files written: their content differs (or cannot be known yet)
+    delete: tuple[str, ...] = ()  # files removed
+    leftovers: bool = False  # what runs cut short left beside the deploy's files is removed
+    distro_packages: bool = False  # the distribution's containerd packages are removed
+    reload: bool = False  # systemd reloads its units
+    enable: bool = False
+    start: bool = False  # the daemon was not running and is started
+    restart: tuple[str, ...] = ()  # why the daemon is restarted (empty: it is not)
+    restarts_running: bool = False  # a running daemon is restarted: the hooks run around it
+    keep: bool = False  # the running release is kept until the new one is verified
+    keep_components: tuple[str, ...] = ()  # of it, the binaries this run replaces
+    drop_kept: bool = False  # a kept release is dropped (once the new one answered)
+    config_text: str | None = None  # config.toml as this run leaves it (None: from new defaults)
+    stop: bool = False  # taking the node back: the service is stopped and disabled
+    purge: tuple[str, ...] = ()  # taking the node back: containerd's data directories deleted
+
+    @property
+    def changes(self) -> bool:
+        """Whether the run changes the node: it takes the run lock first, and the verify step
+        runs a container (a release an unfinished run kept is a change too: that run's verify
+        step never passed)."""
+        return bool(
+            self.fetch
+            or self.install
+            or self.remove
+            or self.write
+            or self.delete
+            or self.leftovers
+            or self.distro_packages
+            or self.reload
+            or self.enable
+            or self.start
+            or self.restart
+            or self.keep
+            or self.drop_kept
+            or self.stop
+            or self.purge
+        )
+
+    def lines(self) -> list[str]:
+        """The plan as an operator reads it, one line per kind of change."""
+        said = ["stop and disable containerd"] if self.stop else []
+        if self.install:
+            said.append("install " + ", ".join(NAMES[c] for c in self.install))
+        if self.remove:
+            said.append("remove " + ", ".join(NAMES[c] for c in self.remove))
+        if self.write:
+            said.append(
+                "write "
+                + ", ".join(self.write)
+                + (" (config.toml from the new containerd's defaults)" if self.config_text is None else "")
+            )
+        if self.delete:
+            said.append("remove " + ", ".join(self.delete))
+        if self.leftovers:
+            said.append("remove what runs cut short left beside the deploy's files")
+        if self.distro_packages:
+            said.append("remove the distribution's containerd package")
+        if self.reload:
+            said.append("reload systemd units")
+        if self.keep:
+            said.append("keep the running release, to put back if the restarted one fails")
+        if self.restart:
+            said.append(
+                ("restart the running containerd" if self.restarts_running else "start containerd")
+                + f" ({'; '.join(self.restart)})"
+            )
+        elif self.start:
+            said.append("start containerd")
+        if self.enable:
+            said.append("enable containerd")
+        if self.drop_kept:
+            said.append("drop the release kept for a rollback")
+        if self.purge:
+            said.append("delete containerd's data in " + ", ".join(self.purge))
+        return said or ["no change"]
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def plan_run(settings: Settings, node: NodeState, wanted: dict[str, Artifact]) -> Plan:
+    """The plan of a run that leaves `node` with the release files `wanted` and `settings`'
+    files, service and rollback (containerd_state=present). A config.toml that does not parse,
+    or that `settings` cannot be applied to, is refused here: before any operation."""
+    install = tuple(
+        component
+        for component, artifact in wanted.items()
+        if not artifact_is_installed(node.manifests.get(component), artifact, destination(settings, artifact))
+    )
+    remove = tuple(
+        component for component in COMPONENTS if component not in wanted and component in node.manifests
+    )
+    binaries_current = "containerd" not in install
+    base = config_base(settings, node, binaries_current)
+    if base is None and binaries_current:  # the installed binary gave no defaults to start from
+        raise no_config_defaults(settings)
+    config_text = desired_config(settings, base) if base is not None else None
+    files: dict[str, str | None] = {  # path -> the text this run leaves (None: not known yet)
+        settings.containerd_config_path: config_text,
+        settings.containerd_unit_path: unit_text(
+            settings.containerd_bin_dir, settings.containerd_limit_nofile
+        ),
+        **{path: text for path, (text, _) in registry_files(settings).items()},
+    }
+    current = {
+        settings.containerd_config_path: node.config_text and _sha256(node.config_text),
+        settings.containerd_unit_path: node.unit_sha256,
+    }
+    dropin, dropin_text = proxy_dropin_path(settings), proxy_dropin_text(settings)
+    delete = [path for path in node.managed_hosts if path not in files]
+    if dropin_text is not None:
+        files[dropin] = dropin_text
+    elif dropin in node.files:
+        delete.append(dropin)
+    if "crictl" in wanted:
+        files[CRICTL_CONFIG] = crictl_config()
+    elif crictl_config_is_ours(node):
+        delete.append(CRICTL_CONFIG)
+    write = tuple(
+        path
+        for path, text in files.items()
+        if text is None or _sha256(text) != current.get(path, node.files.get(path))
+    )
+    loaded = loaded_at_start(settings)
+    restart = [f"{NAMES[c]} {wanted[c].version} installed" for c in install if c in DAEMON_COMPONENTS]
+    # A config.toml from new defaults comes with a new binary: that restart says why.
+    restart += [
+        f"{path} changed"
+        for path in (*write, *delete)
+        if path in loaded and (path != settings.containerd_config_path or config_text is not None)
+    ]
+    if daemon_is_stale(settings, node):
+        restart.append("it is older than what is on disk")
+    restarts_running = node.active and bool(restart)
+    keep = bool(settings.containerd_rollback and restarts_running and "containerd" in node.manifests)
+    unit_files = (settings.containerd_unit_path, dropin)
+    return Plan(
+        fetch=install,
+        install=install,
+        remove=remove,
+        write=write,
+        delete=tuple(delete),
+        leftovers=bool(node.hidden_leftovers or node.staging_leftovers),
+        distro_packages=settings.containerd_distro_package == "remove" and bool(node.distro_packages),
+        reload=node.need_daemon_reload or any(path in unit_files for path in (*write, *delete)),
+        enable=not node.enabled,
+        start=not node.active and not restart,
+        restart=tuple(restart),
+        restarts_running=restarts_running,
+        keep=keep,
+        keep_components=tuple(c for c in DAEMON_COMPONENTS if keep and c in install),
+        drop_kept=keep or bool(node.kept_release),
+        config_text=config_text,
+    )
+
+
+DATA_DEFAULTS = {"root": "/var/lib/containerd", "state": "/run/containerd"}
+
+
+def data_directories(config_text: str | None) -> dict[str, str]:
+    """containerd's `root` and `state` directories (key -> path), as its config sets them (or
+    their defaults where it does not, or cannot be read)."""
+    found = {}
+    for key, default in DATA_DEFAULTS.items():
+        value = None
+        if config_text:
+            try:
+                value = value_at(config_text, (key,))
+            except ConfigError:
+                value = None
+        found[key] = value if isinstance(value, str) else default
+    return found
+
+
+def plan_removal(settings: Settings, node: NodeState) -> Plan:
+    """The plan of a run that takes the node back (containerd_state=absent, or purged: also
+    containerd's data directories, as its config names them)."""
+    dropin = proxy_dropin_path(settings)
+    present = {
+        **{path: True for path in node.managed_hosts},
+        settings.containerd_config_path: node.config_text is not None,
+        settings.containerd_unit_path: node.unit_sha256 is not None,
+        dropin: dropin in node.files,
+        CRICTL_CONFIG: crictl_config_is_ours(node),
+    }
+    delete = tuple(path for path, there in present.items() if there)
+    return Plan(
+        remove=tuple(component for component in COMPONENTS if component in node.manifests),
+        delete=delete,
+        leftovers=bool(node.hidden_leftovers),
+        stop=node.service.get("ActiveState") not in (None, "", "inactive")
+        or node.enabled
+        or node.unit_sha256 is not None,
+        reload=settings.containerd_unit_path in delete or dropin in delete,
+        drop_kept=bool(node.kept_release),
+        purge=tuple(data_directories(node.config_text).values())
+        if settings.containerd_state == "purged"
+        else (),
+    )

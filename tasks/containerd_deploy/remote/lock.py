@@ -1,0 +1,241 @@
+"""The node's run lock: one containerd-deploy run at a time per node, held for as long as the
+run's SSH connection (or, with @local, its pyinfra process) lives.
+
+The node fact only reads it (free, held by this run, busy, or unavailable, with its generation);
+the deploy's first operation takes it, and only when the run will change the node. A
+generation number, raised each time the lock is taken and again when it is freed, tells that
+operation whether another run held the node between this run's look and its lock: then what
+this run read is stale, and it stops before changing anything."""
+
+import shlex
+from dataclasses import dataclass
+
+from containerd_deploy.remote.paths import LOCK_PATH
+
+# Held, while a run's SSH connection lasts, by a small process on the node: a second run
+# waits for it, then is refused; a run killed or cut off frees it within a second.
+LOCK_WAIT_SECONDS = 10
+
+
+# The lock holder: `sh -c LOCK_HOLDER lock-holder <sshd pid> <$SSH_CONNECTION of the run>`.
+# Once the connection's sshd is gone, the run's commands that outlive it (a killed controller
+# or a dropped link does not stop them) are stopped: TERM, then KILL after 10 s, as if the run
+# had been cut off at that point, a point every step is safe to stop at. They are the
+# processes whose environment carries the run's SSH_CONNECTION (its client address and port).
+# So the next run never works beside a dead one's leftovers. Last, still holding the lock, it
+# raises the generation: a run that looked at the node meanwhile knows it changed.
+LOCK_HOLDER = "\n".join(
+    [
+        'while kill -0 "$1" 2>/dev/null; do sleep 1; done',
+        "connection=$2",
+        "leftovers() {",
+        '  [ -n "$connection" ] || return 0',
+        '  grep -l -s -z -x -F "SSH_CONNECTION=$connection" /proc/[0-9]*/environ | while read -r environ; do',
+        "    pid=${environ#/proc/}",
+        "    pid=${pid%/environ}",
+        # Not this holder's own session (it is a session leader: setsid), so not its helpers;
+        # nor a zombie, which is gone already.
+        """    sid=$(awk '{ sub(/.*\\) /, ""); if ($1 != "Z") print $4 }' "/proc/$pid/stat" 2>/dev/null)""",
+        '    [ -n "$sid" ] && [ "$sid" != "$$" ] && echo "$pid"',
+        "  done",
+        "  true",
+        "}",
+        "waited=0",
+        "# shellcheck disable=SC2086 # the pids: one word each",
+        'while pids=$(leftovers) && [ -n "$pids" ] && [ "$waited" -lt 20 ]; do',
+        '  if [ "$waited" -eq 0 ]; then kill -TERM $pids 2>/dev/null; fi',
+        '  if [ "$waited" -ge 10 ]; then kill -KILL $pids 2>/dev/null; fi',
+        "  waited=$((waited + 1))",
+        "  sleep 1",
+        "done",
+        f"generation=$(cat {shlex.quote(LOCK_PATH)}.generation 2>/dev/null)",
+        f"echo $((${{generation:-0}} + 1)) > {shlex.quote(LOCK_PATH)}.generation",
+    ]
+)
+
+
+def session_lines(anchor_pid: int = 0, connection: bool = True) -> list[str]:
+    """Shell lines setting `session` (the pid whose life the lock is held for: the sshd serving
+    this connection, or `anchor_pid`, the process of a run on the node itself, pyinfra's
+    @local; 1 or empty when there is none) and, with `connection`, `connection` (the run's
+    SSH_CONNECTION)."""
+    if anchor_pid:
+        return [
+            f"session={int(anchor_pid)}",
+            '[ -d "/proc/$session" ] || session=1',
+            *(['connection=""'] if connection else []),
+        ]
+    return [
+        "session=$$",
+        # sshd's child is the login shell, whose environment holds the connection.
+        *(["child=$$"] if connection else []),
+        # The sshd process of this connection: the first sshd/sshd-session ancestor.
+        'while [ "${session:-1}" -gt 1 ]; do',
+        '  case "$(cat "/proc/$session/comm" 2>/dev/null)" in sshd|sshd-session) break;; esac',
+        *(["  child=$session"] if connection else []),
+        '  session=$(awk \'{ sub(/.*\\) /, ""); print $2 }\' "/proc/$session/stat" 2>/dev/null)',
+        "done",
+        # Through sudo the environment is reset: the connection is read from the login
+        # shell sshd started (the run's sudo processes carry it too, and relay a TERM to
+        # the commands they run).
+        *(
+            [
+                'connection=${SSH_CONNECTION:-$(tr "\\000" "\\n" 2>/dev/null < "/proc/$child/environ" | '
+                "sed -n 's/^SSH_CONNECTION=//p')}"
+            ]
+            if connection
+            else []
+        ),
+    ]
+
+
+# What flock exits with when the lock is held (a conflict), told apart from its other failures.
+HELD_EXIT = 75
+
+
+def lock_held_lines() -> list[str]:
+    """Shell lines defining `lock_held`, true while a run holds the flock on LOCK_PATH. Asked of
+    the lock itself: a shared lock tried without waiting and given back at once (nothing is
+    created, nothing kept). Not read from /proc/locks: in a PID namespace of its own (a node that
+    is a container) the kernel leaves out a lock whose taker has exited, as a run's has (the
+    take hands it to a holder process and exits)."""
+    lock = shlex.quote(LOCK_PATH)
+    return [
+        "lock_held() {",
+        f"  [ -e {lock} ] || return 1",
+        f"  flock -n -s -E {HELD_EXIT} {lock} true 2>/dev/null",
+        f"  [ $? -eq {HELD_EXIT} ]",
+        "}",
+    ]
+
+
+NO_FLOCK = "flock is not installed"
+NO_SESSION = "not run through sshd (nor by pyinfra on the node itself)"
+
+
+@dataclass(frozen=True)
+class LockState:
+    """The run lock as a run reads it (`lock_state_lines` print it, `parse_lock_state` reads it)."""
+
+    kind: str  # "free", "held" (this run has it already), "busy" (another run has it), "unavailable"
+    generation: int | None = None  # free, busy: raised at each take and free; None: any
+    owner: str = ""  # busy: who holds it
+    why: str = ""  # unavailable: why it cannot be taken ("": the node did not say)
+
+
+def parse_lock_state(text: str) -> LockState:
+    """What `lock_state_lines` printed; anything else is unavailable."""
+    word, _, rest = text.strip().partition(" ")
+    if word in ("free", "busy"):
+        number, _, owner = rest.partition(" ")
+        generation = int(number) if number.isdigit() else None
+        return LockState(word, generation, owner.strip() if generation is not None else rest.strip())
+    if word == "held":
+        return LockState("held")
+    return LockState("unavailable", why=rest.strip() if word == "unavailable" else "")
+
+
+def lock_state_lines(anchor_pid: int = 0) -> list[str]:
+    """Shell lines that print the lock's state, changing nothing: "free <generation>", "held"
+    (this run has it already), "busy <generation> <owner>", or "unavailable <why>" (no flock, or
+    neither sshd nor an anchor process to hold it for). Another run's lock is waited for first
+    (up to LOCK_WAIT_SECONDS), so a run started as another ends (or is cut off, and its holder
+    is stopping what it left running) looks at the node that run left."""
+    q = shlex.quote
+    return [
+        *session_lines(anchor_pid, connection=False),
+        *lock_held_lines(),
+        "held=0",
+        "lock_held && held=1",
+        f'if [ "$held" = 1 ] && [ "${{session:-1}}" -gt 1 ] && [ "$(cat {q(LOCK_PATH)}.session 2>/dev/null)" != "$session" ]; then',
+        "  tries=0",
+        f'  while [ "$held" = 1 ] && [ "$tries" -lt {LOCK_WAIT_SECONDS * 5} ]; do',
+        "    sleep 0.2",
+        "    tries=$((tries + 1))",
+        "    lock_held || held=0",
+        "  done",
+        "fi",
+        f'if ! command -v flock >/dev/null 2>&1; then echo "unavailable {NO_FLOCK}"',
+        f'elif [ "${{session:-1}}" -le 1 ]; then echo "unavailable {NO_SESSION}"',
+        f'elif [ "$held" = 0 ]; then echo "free $(cat {q(LOCK_PATH)}.generation 2>/dev/null || echo 0)"',
+        f'elif [ "$(cat {q(LOCK_PATH)}.session 2>/dev/null)" = "$session" ]; then echo held',
+        f'else echo "busy $(cat {q(LOCK_PATH)}.generation 2>/dev/null || echo 0) $(cat {q(LOCK_PATH)}.owner 2>/dev/null)"',
+        "fi",
+    ]
+
+
+def unavailable_message(host_name: str, why: str) -> str:
+    return (
+        f"{host_name}: could not take the node's run lock ({LOCK_PATH}): {why}. Without it two runs "
+        "could change the node at once. Fix: run over SSH (pyinfra's default connector) or with pyinfra "
+        "@local on the node itself, and make sure flock (util-linux) is installed."
+    )
+
+
+def busy_message(host_name: str, owner: str) -> str:
+    return (
+        f"{host_name}: another containerd-deploy run holds this node ({owner or 'another run'}); it is released "
+        f"when that run ends or its SSH connection drops. Waited {LOCK_WAIT_SECONDS}s; rerun when it is done."
+    )
+
+
+def stale_message(host_name: str, generation: int, now: str) -> str:
+    return (
+        f"{host_name}: another containerd-deploy run held this node while or after this run looked at it (the run "
+        f"lock's generation was {generation}, now {now}), so what this run planned is out of date; it changed "
+        "nothing. Rerun to start from the node as it is now."
+    )
+
+
+MARK = "\0"  # where a shell variable goes in a message (no host name or owner holds a NUL)
+
+
+def with_variable(message: str, variable: str) -> str:
+    """`message` as one shell word, with `variable` (e.g. '$owner') expanded at MARK."""
+    before, after = message.split(MARK)
+    return f'{shlex.quote(before)}"{variable}"{shlex.quote(after)}'
+
+
+def take_lock_script(host_name: str, owner: str, generation: int | None, anchor_pid: int = 0) -> str:
+    """A command that takes the node's run lock for as long as this SSH connection lives (or,
+    with `anchor_pid`, the process of a run on the node itself), waiting up to
+    LOCK_WAIT_SECONDS for another run to free it. It fails, saying why, when it cannot, or when
+    the lock's generation is no longer `generation` (None: any): another run held the node since
+    this run read it. The flock on LOCK_PATH is handed to a detached process that exits when the
+    sshd serving this connection (or the anchor process) does; a run that holds it already
+    passes."""
+    q = shlex.quote
+    lock = q(LOCK_PATH)
+    check_generation = (
+        []
+        if generation is None
+        else [
+            f'if [ "$generation" != {int(generation)} ]; then',
+            f"  fail {with_variable(stale_message(host_name, int(generation), MARK), '$generation')}",
+            "fi",
+        ]
+    )
+    return "\n".join(
+        [
+            "fail() { printf '%s\\n' \"$1\" >&2; exit 1; }",
+            *session_lines(anchor_pid),
+            *lock_held_lines(),
+            f"command -v flock >/dev/null 2>&1 || fail {q(unavailable_message(host_name, NO_FLOCK))}",
+            f'[ "${{session:-1}}" -gt 1 ] || fail {q(unavailable_message(host_name, NO_SESSION))}',
+            f'if lock_held && [ "$(cat {lock}.session 2>/dev/null)" = "$session" ]; then exit 0; fi',
+            f"exec 9>>{lock}",
+            f"if ! flock -w {LOCK_WAIT_SECONDS} 9; then",
+            f"  owner=$(cat {lock}.owner 2>/dev/null)",
+            f"  fail {with_variable(busy_message(host_name, MARK), '${owner:-another run}')}",
+            "fi",
+            f"generation=$(cat {lock}.generation 2>/dev/null)",
+            "generation=${generation:-0}",
+            *check_generation,
+            f"echo $((generation + 1)) > {lock}.generation",
+            f'echo "$session" > {lock}.session',
+            f'printf "%s since %s\\n" {q(owner)} "$(date -u +%FT%TZ)" > {lock}.owner',
+            # The holder keeps fd 9 (the lock) until this connection's sshd is gone and what the
+            # run still had running has been stopped.
+            f'setsid sh -c {q(LOCK_HOLDER)} lock-holder "$session" "$connection" </dev/null >/dev/null 2>&1 &',
+        ]
+    )

@@ -1,0 +1,247 @@
+"""The node-side half of the `ContainerdNode` fact: the script that prints, in sections, everything
+the deploy asks a node in one round trip (facts/node.py parses it).
+"""
+
+import posixpath
+import shlex
+
+from containerd_deploy.data.artifacts import COMPONENTS
+from containerd_deploy.remote.lock import lock_state_lines
+from containerd_deploy.remote.paths import (
+    DISTRO_BINARIES,
+    FILE_IDENTITY_FORMAT,
+    HIDDEN_DIR_PREFIX,
+    KEPT_DIR_NAME,
+    KUBELET_CONFIG,
+    NEW_SUFFIX,
+    SERVICE_PATH,
+    UPLOAD_DIR_PREFIX,
+    hidden_copy,
+)
+
+# Marks the start of each section of the fact's output (a line that no section's content has).
+SECTION = "##containerd-deploy:"
+
+
+# Clock ticks per second in /proc/PID/stat: USER_HZ, fixed at 100 in the kernel's ABI on the
+# arches this deploy serves (amd64, arm64).
+USER_HZ = 100
+
+
+def service_lines(unit_expr: str, properties: str) -> list[str]:
+    """Shell lines printing `systemctl show` properties of a unit (MainPID among them) and
+    setting $pid to its main process, with one systemctl call (each costs on a small node)."""
+    return [
+        f"props=$(systemctl show {unit_expr} {properties} 2>/dev/null)",
+        'echo "$props"',
+        "pid=${props#*MainPID=}",
+        "pid=${pid%%[!0-9]*}",
+    ]
+
+
+def daemon_process_lines(loaded_files: tuple) -> list[str]:
+    """Shell lines printing the daemon's binary and start (for $pid, from `service_lines`), and
+    the mtimes of the files it loads at start: a file newer than the daemon was never loaded.
+    Shell builtins where they do (every command started costs on a small node); the start
+    time is worked out by the controller."""
+    q = shlex.quote
+    return [
+        'if [ "${pid:-0}" -gt 0 ] 2>/dev/null; then',
+        f'  echo "{SECTION}exe"',
+        '  readlink "/proc/$pid/exe"',
+        f'  echo "{SECTION}started"',
+        '  read -r stat < "/proc/$pid/stat" && echo "stat $stat"',
+        '  while read -r key value; do [ "$key" != btime ] || echo "btime $value"; done < /proc/stat',
+        "fi",
+        f'echo "{SECTION}mtimes"',
+        "set --",
+        *[f'[ ! -e {q(path)} ] || set -- "$@" {q(path)}' for path in loaded_files],
+        "[ $# -eq 0 ] || stat -c '%Y %n' \"$@\"",
+    ]
+
+
+def kubelet_config_lines() -> list[str]:
+    """Shell lines printing the `kubelet` section: a kubelet's config, base64 (none: no kubelet)."""
+    q = shlex.quote
+    return [
+        f'echo "{SECTION}kubelet"',
+        f"[ -f {q(KUBELET_CONFIG)} ] && base64 -w0 {q(KUBELET_CONFIG)} && echo",
+    ]
+
+
+def staging_leftovers_lines(staging_dir: str, action: str = "echo") -> list[str]:
+    """Shell lines running `action` on each thing a run cut short can leave in the staging
+    directory: fetched files, partial downloads, per-install work directories (mktemp's
+    <component>.XXXXXX). Only those names: the directory may be shared with other files."""
+    q = shlex.quote
+
+    globs = [".fetched-*", "*.partial", *(f"{component}.??????" for component in COMPONENTS)]
+    return [
+        f"for leftover in {' '.join(q(staging_dir) + '/' + glob for glob in globs)}; do",
+        f'  if [ -e "$leftover" ]; then {action} "$leftover"; fi',
+        "done",
+    ]
+
+
+def hidden_leftovers_lines(files: tuple, directories: tuple, globs: tuple) -> list[str]:
+    """Shell lines printing each hidden leftover that exists: the hidden copy of each of
+    `files`, a release's hidden directory in each of `directories`, and `globs` (already
+    quoted shell patterns)."""
+    q = shlex.quote
+    candidates = [q(hidden_copy(path)) for path in files]
+    candidates += [q(directory.rstrip("/") + "/" + HIDDEN_DIR_PREFIX) + "*" for directory in directories]
+    candidates += list(globs)
+    return (
+        [
+            f"for leftover in {' '.join(candidates)}; do",
+            '  if [ -e "$leftover" ] || [ -L "$leftover" ]; then printf "%s\\n" "$leftover"; fi',
+            "done",
+        ]
+        if candidates
+        else []
+    )
+
+
+def distro_package_lines() -> list[str]:
+    """Shell lines printing "<manager> <package> <version> <path>" for each containerd binary
+    that the node's package manager owns (an unowned one is an operator's, and not reported)."""
+    return [
+        f"for path in {' '.join(DISTRO_BINARIES)}; do",
+        '  [ -e "$path" ] || continue',
+        '  if command -v dpkg-query >/dev/null 2>&1 && owner=$(dpkg-query -S "$path" 2>/dev/null); then',
+        "    package=${owner%%:*}",
+        '    echo "dpkg $package $(dpkg-query -W -f=\'${Version}\' "$package" 2>/dev/null) $path"',
+        "  elif command -v rpm >/dev/null 2>&1 && owner=$(rpm -qf --qf '%{NAME} %{VERSION}-%{RELEASE}' \"$path\" 2>/dev/null); then",
+        '    echo "rpm $owner $path"',
+        "  fi",
+        "done",
+    ]
+
+
+def manifest_lines(state_dir: str) -> list[str]:
+    """Shell lines printing each manifest in `state_dir` and the identity each file it lists
+    has now (sections `manifest <name>` and `actual <name>`)."""
+    q = shlex.quote
+    return [
+        f"for m in {q(state_dir)}/*.manifest; do",
+        '  [ -f "$m" ] || continue',
+        f'  echo "{SECTION}manifest ${{m##*/}}"',
+        '  cat "$m"',
+        f'  echo "{SECTION}actual ${{m##*/}}"',
+        # One stat for all of a manifest's files (each command started costs on a small node).
+        "  set --",
+        # `file <path> <identity>`: the path (spaces and all) runs to the last space.
+        "  while IFS= read -r line; do",
+        '    case "$line" in "file "*) ;; *) continue;; esac',
+        "    rest=${line#file }",
+        "    path=${rest% *}",
+        "    recorded=${rest##* }",
+        '    [ -f "$path" ] || continue',
+        # A manifest written before identities were recorded holds digests: hash those files.
+        '    case "$recorded" in *:*) set -- "$@" "$path";; *) sha256sum "$path";; esac',
+        '  done < "$m"',
+        f"  [ $# -eq 0 ] || stat -c '{FILE_IDENTITY_FORMAT}  %n' \"$@\"",
+        "done",
+    ]
+
+
+def missing_binaries_lines(bin_dir: str, binaries: tuple) -> list[str]:
+    """Shell lines printing each of `binaries` (paths, or names looked up as containerd does)
+    that the node does not have."""
+    q = shlex.quote
+    if not binaries:
+        return []
+    return [
+        f"for binary in {' '.join(q(binary) for binary in binaries)}; do",
+        '  case "$binary" in',
+        '    /*) [ -x "$binary" ] || printf "%s\\n" "$binary";;',
+        f'    *) PATH={q(bin_dir + ":" + SERVICE_PATH)} command -v -- "$binary" >/dev/null 2>&1 || printf "%s\\n" "$binary";;',
+        "  esac",
+        "done",
+    ]
+
+
+def node_state_command(
+    bin_dir: str,
+    config_path: str,
+    unit_path: str,
+    state_dir: str,
+    files: tuple = (),
+    certs_dir: str = "",
+    marker: str = "",
+    always_defaults: bool = False,
+    loaded: tuple = (),
+    staging_dir: str = "",
+    install_dirs: tuple = (),
+    anchor_pid: int = 0,
+    handler_binaries: tuple = (),
+) -> str:
+    q = shlex.quote
+    ctr, containerd = q(f"{bin_dir}/ctr"), q(f"{bin_dir}/containerd")
+    # Defaults come from the installed binary: needed when there is no config file to start
+    # from, or always when the operator chose to start from defaults.
+    defaults_when = "true" if always_defaults else f"[ ! -f {q(config_path)} ]"
+    return "\n".join(
+        [
+            f'echo "{SECTION}lock"',
+            *lock_state_lines(anchor_pid),
+            "# shellcheck disable=SC2046 # split on purpose: kernel name, machine",
+            "set -- $(uname -sm)",
+            f'echo "{SECTION}machine $2"',
+            f'echo "{SECTION}kernel $1"',
+            f'if [ -d /run/systemd/system ]; then echo "{SECTION}systemd"; fi',
+            f'echo "{SECTION}missing"',
+            *missing_binaries_lines(bin_dir, handler_binaries),
+            *manifest_lines(state_dir),
+            f'echo "{SECTION}unit"',
+            f"[ -f {q(unit_path)} ] && sha256sum {q(unit_path)}",
+            f'echo "{SECTION}config"',
+            # base64 keeps the file's exact bytes (blank lines, no trailing newline) through the
+            # line-based fact output.
+            f"[ -f {q(config_path)} ] && base64 -w0 {q(config_path)} && echo",
+            f'echo "{SECTION}service"',
+            # The unit the operations install and start: named by containerd_unit_path.
+            *service_lines(
+                q(posixpath.basename(unit_path)),
+                "-p ActiveState -p UnitFileState -p MainPID -p NeedDaemonReload",
+            ),
+            *daemon_process_lines(loaded),
+            f'echo "{SECTION}ctr"',
+            f"[ -x {ctr} ] && [ -S /run/containerd/containerd.sock ] && timeout 10 {ctr} version 2>&1",
+            f'echo "{SECTION}default"',
+            f"{defaults_when} && [ -x {containerd} ] && {containerd} config default 2>/dev/null | base64 -w0 && echo",
+            f'echo "{SECTION}files"',
+            *[f"[ -f {q(path)} ] && sha256sum {q(path)}" for path in files],
+            f'echo "{SECTION}managed"',
+            (
+                f"[ -d {q(certs_dir)} ] && grep -l -s -F -- {q(marker)} {q(certs_dir)}/*/hosts.toml"
+                if certs_dir
+                else ":"
+            ),
+            *kubelet_config_lines(),
+            f'echo "{SECTION}packages"',
+            *distro_package_lines(),
+            f'echo "{SECTION}staging"',
+            *(staging_leftovers_lines(staging_dir) if staging_dir else []),
+            # An emptied staging directory a run was stopped before removing (rmdir: only if empty).
+            *(
+                [f'[ -d {q(staging_dir)} ] && [ -z "$(ls -A {q(staging_dir)})" ] && echo {q(staging_dir)}']
+                if staging_dir
+                else []
+            ),
+            f'echo "{SECTION}kept"',
+            f"cat {q(state_dir + '/' + KEPT_DIR_NAME + '/version')} 2>/dev/null",
+            f'echo "{SECTION}hidden"',
+            *hidden_leftovers_lines(
+                (config_path, unit_path, *files),
+                (bin_dir, *install_dirs),
+                (
+                    f"{q(state_dir)}/*.manifest{NEW_SUFFIX}",
+                    f"{q(state_dir)}/{KEPT_DIR_NAME}{NEW_SUFFIX}",
+                    q(UPLOAD_DIR_PREFIX) + "*",
+                    *([f"{q(certs_dir)}/*/{q('.hosts.toml' + NEW_SUFFIX)}"] if certs_dir else []),
+                ),
+            ),
+            "exit 0",
+        ]
+    )

@@ -1,0 +1,38 @@
+"""Where things are on a node, each written once: the names the deploy makes beside a final
+path, the state it keeps, the files it reads of others, and the PATH its commands run with.
+"""
+
+# A file's identity (inode, size, ctime to the nanosecond): any write, chmod or rename over
+# the path changes it, and userspace cannot set a ctime back. Recorded in a manifest when a
+# file is installed, it proves the file untouched without hashing ~90 MB of binaries per run.
+FILE_IDENTITY_FORMAT = "%i:%s:%.9Z"
+
+
+# Where distribution packages (Debian/Ubuntu containerd, docker.io's, Docker's containerd.io,
+# Fedora/RHEL's) put containerd: a second containerd beside this deploy's, which package
+# upgrades restart under the same unit name.
+DISTRO_BINARIES = ("/usr/bin/containerd", "/usr/sbin/containerd")
+KUBELET_CONFIG = "/var/lib/kubelet/config.yaml"
+CRICTL_CONFIG = "/etc/crictl.yaml"  # written only when crictl is installed, removed only when ours
+LOCK_PATH = "/run/containerd-deploy.lock"  # the run lock's flock, and its .generation/.owner/.session
+RUNC_STATE_ROOT = "/run/containerd/runc"  # the runc shim's --root, one directory per namespace
+
+
+# What a run cut short can leave beside the paths it writes: the hidden copy of a file about to
+# be renamed over its path (`.<name>.containerd-deploy-new`), a manifest's, the hidden directory
+# of a release being installed (`.containerd-deploy-new.<pid>`), and the private directory an
+# upload through sudo goes through.
+NEW_SUFFIX = ".containerd-deploy-new"
+KEPT_DIR_NAME = "previous-release"  # in the state dir: the release a rollback puts back (remote/rollback.py)
+HIDDEN_DIR_PREFIX = ".containerd-deploy-new."
+UPLOAD_DIR_PREFIX = "/tmp/containerd-deploy-upload."
+
+
+def hidden_copy(path: str) -> str:
+    """The hidden file written beside `path` and renamed over it."""
+    directory, _, name = path.rpartition("/")
+    return f"{directory}/.{name}{NEW_SUFFIX}"
+
+
+# The PATH systemd gives containerd (the unit sets none); containerd's own directory goes first.
+SERVICE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

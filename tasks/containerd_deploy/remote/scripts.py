@@ -1,0 +1,435 @@
+"""Shell scripts the operations run on a node, built by pure functions (unit-tested locally).
+
+Each script is one SSH round trip and leaves the node either as it was or fully changed:
+downloads go to a private staging directory, are checked against the pinned sha256 there, and
+only then are installed, each file by an atomic rename in its own directory.
+"""
+
+import posixpath
+import shlex
+
+from containerd_deploy.data.artifacts import Artifact
+from containerd_deploy.remote.node_state import staging_leftovers_lines
+from containerd_deploy.remote.paths import FILE_IDENTITY_FORMAT, HIDDEN_DIR_PREFIX, NEW_SUFFIX
+
+q = shlex.quote
+
+_PRELUDE = r"""set -eu
+umask 022
+fail() { echo "containerd-deploy: $*" >&2; exit 1; }
+"""
+
+# `--` before the URL: whatever it holds is never read as an option.
+_FETCH = r"""fetch() {
+  if command -v curl >/dev/null 2>&1; then
+    curl -fsSL --retry 2 --connect-timeout 20 -o "$2" -- "$1"
+  elif command -v wget >/dev/null 2>&1; then
+    wget -q -T 20 -t 3 -O "$2" -- "$1"
+  else
+    fail "neither curl nor wget is installed on this host; install one of them"
+  fi
+}
+"""
+
+# A tab between the fields of the install's plan (file name, final path): paths may hold
+# spaces, never a tab (settings refuses control characters).
+TAB = "\t"
+
+
+def staging_dir_lines() -> list[str]:
+    """Shell lines making "$staging" this deploy's own before anything is put in it: not a
+    symbolic link, root-owned, 0700, whatever it was before (another local user must not be
+    able to swap a verified file before it is installed)."""
+    return [
+        '[ ! -L "$staging" ] || fail "the staging directory $staging is a symbolic link; set containerd_staging_dir to a directory of its own"',
+        "# shellcheck disable=SC2174 # parents keep their modes; chmod below covers the directory itself",
+        'mkdir -p -m 700 -- "$staging"',
+        'chown -h 0:0 -- "$staging"',
+        'chmod 700 -- "$staging"',
+        'if [ ! -d "$staging" ] || [ -L "$staging" ]; then fail "the staging directory $staging changed while it was locked down"; fi',
+    ]
+
+
+def manifest_path_lines(manifest: str, command: str) -> list[str]:
+    """Shell lines running `command "$path"` for each file a manifest lists (`file <path>
+    <identity>` lines: the path is everything between the first and the last space)."""
+    return [
+        "while IFS= read -r line; do",
+        '  case "$line" in "file "*) ;; *) continue;; esac',
+        "  rest=${line#file }",
+        f'  path=${{rest% *}}; {command} "$path"',
+        f"done < {manifest}",
+    ]
+
+
+def install_artifact_script(
+    artifact: Artifact,
+    dest: str,
+    staging_dir: str,
+    state_dir: str,
+    uploaded: str | None = None,
+    verified: bool = False,
+) -> str:
+    """Fetch, verify and install one artifact, then record what was installed in its manifest.
+
+    `dest` is the directory a tarball's files go into (containerd's bin/, the CNI plugins,
+    crictl), or the final path of a single binary (runc). `uploaded` is where the file already
+    waits on the node (put there by ``release_files_fetched``); it is checked the same way,
+    unless `verified`: this run's own fetch on the node checked it moments ago in the same
+    root-only directory, under the node's lock. Files an earlier release of the same component
+    installed and this one does not have are removed; nothing else is touched.
+    """
+    layout = artifact.layout
+    manifest = f"{state_dir}/{artifact.component}.manifest"
+    dest_dir = dest if layout.tarball else (dest.rsplit("/", 1)[0] or "/")
+    lines = [
+        _PRELUDE,
+        _FETCH,
+        f"url={q(artifact.url)}",
+        f"expected={q(artifact.sha256)}",
+        f"manifest={q(manifest)}",
+        f"uploaded={q(uploaded or '')}",
+        f"staging={q(staging_dir)}",
+        f"dest_dir={q(dest_dir)}",
+        'stage=""',
+        'hidden=""',
+        # On any exit: drop this run's staging directory (and the staging directory itself
+        # once empty), an uploaded copy, and the hidden directory of new files not yet renamed
+        # into place. Set before anything is made, so a run stopped at any line leaves nothing
+        # behind. A signal during cleanup must not cut it short (the lock holder sends TERM
+        # once the run's connection is gone): it ignores them, then removes everything.
+        'cleanup() { trap "" HUP INT TERM PIPE; set +e; [ -z "$stage" ] || rm -rf "$stage"; [ -z "$hidden" ] || rm -rf "$hidden"; '
+        '[ -z "$uploaded" ] || rm -f "$uploaded"; rmdir "$staging" 2>/dev/null || true; }',
+        "trap cleanup EXIT",
+        "trap 'exit 1' HUP INT TERM PIPE",
+        *staging_dir_lines(),
+        f'stage=$(mktemp -d "$staging/{artifact.component}.XXXXXX")',
+    ]
+    if uploaded:
+        lines.append(
+            'mv -f "$uploaded" "$stage/download" || fail "the release file $url is not in the staging directory; nothing was installed"'
+        )
+    else:
+        lines.append(
+            'fetch "$url" "$stage/download" || fail "could not download $url; nothing was installed"'
+        )
+    if not (uploaded and verified):
+        lines += [
+            'actual=$(sha256sum "$stage/download")',
+            "actual=${actual%% *}",
+            '[ "$actual" = "$expected" ] || fail "checksum mismatch for $url: expected sha256 $expected, got $actual; nothing was installed"',
+        ]
+    lines += [
+        'mkdir -p "$dest_dir"',
+        # The new files are made in a hidden directory beside their final paths: on the same
+        # filesystem, so each goes into place by a rename (no second copy), and made there, so
+        # they get what the destination gives new files (SELinux labels), not the staging
+        # directory's. Listed before it exists: cleanup removes it whenever the run stops.
+        f'hidden="$dest_dir/{HIDDEN_DIR_PREFIX}$$"',
+        'rm -rf "$hidden"',
+        'mkdir -m 700 "$hidden"',
+    ]
+    if layout.tarball:
+        member = f" {q(layout.member)}" if layout.member else ""
+        where = f" with a {layout.member}/ directory" if layout.member else ""
+        lines += [
+            f'tar -xzf "$stage/download" -C "$hidden" --no-same-owner{member} || fail "$url is not a release tarball{where}; nothing was installed"',
+            f'src="$hidden{"/" + layout.member if layout.member else ""}"',
+            f'[ -f "$src/{layout.required}" ] || fail "$url has no {(layout.member + "/") if layout.member else ""}{layout.required}; nothing was installed"',
+            f'for f in "$src"/*; do if [ -f "$f" ]; then printf "%s{TAB}%s\\n" "${{f##*/}}" "$dest_dir/${{f##*/}}"; fi; done > "$stage/plan"',
+        ]
+    else:
+        name = dest.rsplit("/", 1)[-1]
+        lines += [
+            'src="$hidden"',
+            f'mv "$stage/download" "$src/{name}"',
+            f'printf "%s{TAB}%s\\n" {q(name)} {q(dest)} > "$stage/plan"',
+        ]
+    lines += [
+        "{",
+        f"  echo component {q(artifact.component)}",
+        f"  echo version {q(artifact.version)}",
+        '  echo "sha256 $expected"',
+        '  echo "url $url"',
+        '} > "$stage/manifest"',
+        # Each command started costs on a small node: one chown, chmod, mv and stat for all files.
+        "set --",
+        f'while IFS="$(printf "{TAB}")" read -r name path; do set -- "$@" "$src/$name"; done < "$stage/plan"',
+        # First make every new file whole (root-owned, 0755), then rename them all (each file
+        # keeps its name, so all go into the one directory): a failure before the renames
+        # leaves every final path as it was.
+        'chown 0:0 "$@"',
+        'chmod 0755 "$@"',
+        'mv -f -t "$dest_dir" "$@"',
+        "set --",
+        f'while IFS="$(printf "{TAB}")" read -r name path; do set -- "$@" "$path"; done < "$stage/plan"',
+        # Each file's identity once in place (the rename sets its ctime): the node fact checks
+        # files are untouched by comparing identities, without rehashing them every run.
+        f'stat -c \'file %n {FILE_IDENTITY_FORMAT}\' "$@" >> "$stage/manifest"',
+        # Files the previous install of this component recorded that this one did not bring.
+        'if [ -f "$manifest" ]; then',
+        """  awk 'function path(line) { line = substr(line, 6); sub(/ [^ ]*$/, "", line); return line }""",
+        """    FNR == NR { if ($1 == "file") kept[path($0)] = 1; next }""",
+        """    $1 == "file" && !(path($0) in kept) { print path($0) }' \\""",
+        '    "$stage/manifest" "$manifest" | while IFS= read -r path; do rm -f -- "$path"; done',
+        "fi",
+        f"mkdir -p {q(state_dir)}",
+        f'cp "$stage/manifest" "$manifest{NEW_SUFFIX}"',
+        f'mv -f "$manifest{NEW_SUFFIX}" "$manifest"',
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def fetched_path(staging_dir: str, artifact: Artifact) -> str:
+    """Where a release file waits, verified, between the fetch and its install."""
+    return f"{staging_dir}/.fetched-{artifact.component}"
+
+
+def fetch_artifacts_script(artifacts: list[Artifact], staging_dir: str) -> str:
+    """Download every artifact into the staging directory and verify each sha256, before any
+    is installed: one bad file and none is kept, so no final path changes. The files are
+    fetched side by side (one's download beside another's hashing: a small node's CPUs are
+    what a first converge waits on)."""
+    lines = [
+        _PRELUDE,
+        _FETCH,
+        f"staging={q(staging_dir)}",
+        'kept=""',
+        'jobs=""',
+        'done_ok=""',
+        # On failure: stop the other downloads, remove every file fetched so far (and the
+        # staging directory once empty).
+        # (set +e: a download already gone must not end the cleanup early.)
+        'cleanup() { trap "" HUP INT TERM PIPE; set +e; if [ -z "$done_ok" ]; then '
+        'for job in $jobs; do pkill -TERM -P "$job" 2>/dev/null; kill "$job" 2>/dev/null; done; wait; '
+        'for f in $kept; do rm -f "$f" "$f.partial"; done; rmdir "$staging" 2>/dev/null; fi; }',
+        "trap cleanup EXIT",
+        "trap 'exit 1' HUP INT TERM PIPE",
+        # Fetch one file to <path>.partial, check it, rename it to <path>; a failure is told on
+        # stderr (not in a file: the staging disk may be what is full).
+        "get() {",
+        '  fetch "$1" "$3.partial" || { echo "containerd-deploy: could not download $1; nothing was installed" >&2; return 1; }',
+        '  actual=$(sha256sum "$3.partial")',
+        "  actual=${actual%% *}",
+        '  [ "$actual" = "$2" ] || { echo "containerd-deploy: checksum mismatch for $1: expected sha256 $2, got $actual; '
+        'nothing was installed" >&2; return 1; }',
+        '  mv -f "$3.partial" "$3"',
+        "}",
+        *staging_dir_lines(),
+        # What runs cut short left here (this run holds the node's lock: no other run is using it).
+        *staging_leftovers_lines(staging_dir, "rm -rf"),
+    ]
+    paths = [fetched_path(staging_dir, artifact) for artifact in artifacts]
+    for artifact, path in zip(artifacts, paths, strict=True):
+        lines += [
+            # Listed before it exists: cleanup removes it whenever the run stops.
+            f'kept="$kept {path}"',
+            f"get {q(artifact.url)} {q(artifact.sha256)} {q(path)} &",
+            'jobs="$jobs $!"',
+        ]
+    lines += [
+        'failed=""',
+        'for job in $jobs; do wait "$job" || failed=1; done',
+        'jobs=""',
+        # Each failed download said why; stop (cleanup removes every file).
+        '[ -z "$failed" ] || exit 1',
+        "done_ok=1",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def remove_staging_leftovers_script(staging_dir: str, keep: bool = False) -> str:
+    """Remove what runs cut short left in the staging directory, then the directory if empty
+    (or, with `keep`, lock it down for the files about to be uploaded into it)."""
+    lines = [_PRELUDE, f"staging={q(staging_dir)}"]
+    if keep:
+        lines += staging_dir_lines()
+    lines += staging_leftovers_lines(staging_dir, "rm -rf")
+    if not keep:
+        lines.append('rmdir -- "$staging" 2>/dev/null || true')
+    return "\n".join(lines) + "\n"
+
+
+def remove_paths_script(paths: list[str]) -> str:
+    """Remove files and directories (what a run cut short left beside the deploy's files)."""
+    return "\n".join([_PRELUDE, *(f"rm -rf -- {q(path)}" for path in paths)]) + "\n"
+
+
+def remove_artifact_script(component: str, state_dir: str) -> str:
+    """Remove the files a component's manifest lists, then the manifest (the component was turned off)."""
+    manifest = f"{state_dir}/{component}.manifest"
+    return (
+        "\n".join(
+            [
+                _PRELUDE,
+                f"manifest={q(manifest)}",
+                '[ -f "$manifest" ] || exit 0',
+                *manifest_path_lines('"$manifest"', "rm -f --"),
+                'rm -f -- "$manifest"',
+            ]
+        )
+        + "\n"
+    )
+
+
+def write_file_script(text: str, temp_path: str, path: str, mode: str) -> str:
+    """Write `text` beside `path` and rename it over `path` (atomic), root-owned with `mode`, in
+    one command. The text travels in the command line, which the node's other users can read
+    while it runs: only for files they may read anyway (not 0600 ones)."""
+    import base64
+
+    encoded = base64.b64encode(text.encode()).decode()
+    return (
+        "\n".join(
+            [
+                _PRELUDE,
+                f"temp={q(temp_path)}",
+                "trap 'rm -f \"$temp\"' EXIT",
+                "trap 'exit 1' HUP INT TERM PIPE",
+                f"mkdir -p -- {q(posixpath.dirname(path))}",
+                f'printf %s {encoded} | base64 -d > "$temp"',
+                *_place_file_lines(mode, path),
+            ]
+        )
+        + "\n"
+    )
+
+
+def _place_file_lines(mode: str, path: str) -> list[str]:
+    """Make "$temp" root-owned with `mode`, then rename it over `path` (atomic)."""
+    return [
+        f'chown 0:0 "$temp" && chmod {mode} "$temp"',
+        f'mv -fT "$temp" {q(path)}',  # -T: onto a directory of that name is an error, not a move into it
+    ]
+
+
+def private_file_script(temp_path: str) -> str:
+    """Make the root-only 0600 file an upload fills (so the content is never readable by others)."""
+    return (
+        "\n".join(
+            [
+                _PRELUDE,
+                f"temp={q(temp_path)}",
+                'mkdir -p -- "$(dirname -- "$temp")"',
+                'rm -f -- "$temp"',
+                'install -m 600 -o 0 -g 0 /dev/null "$temp"',
+            ]
+        )
+        + "\n"
+    )
+
+
+def replace_file_script(temp_path: str, path: str, mode: str, upload_dir: str = "") -> str:
+    """Move an uploaded temporary file over `path` atomically, root-owned with `mode` (and
+    remove the directory the upload went through, if any)."""
+    return (
+        "\n".join(
+            [
+                _PRELUDE,
+                f"temp={q(temp_path)}",
+                *([f"rm -rf -- {q(upload_dir)}"] if upload_dir else []),
+                *_place_file_lines(mode, path),
+            ]
+        )
+        + "\n"
+    )
+
+
+def answer_wait_lines() -> list[str]:
+    """Shell lines defining `wait_answer CTR SECONDS [VERSION]`: wait until `CTR version` answers
+    (as VERSION, when given), leaving what it said in $answer and the daemon's version in
+    $server; returns 1 once SECONDS have passed without."""
+    return [
+        "wait_answer() {",
+        "  deadline=$(( $(date +%s) + $2 ))",
+        "  while :; do",
+        '    if answer=$(timeout 10 "$1" version 2>&1); then',
+        """      server=$(printf '%s\\n' "$answer" | sed -n 's/^ *Version: *//p' | sed -n 2p)""",
+        '      [ -n "${3:-}" ] || return 0',
+        '      case "$server" in "$3"*|"v$3"*) return 0;; esac',
+        "    fi",
+        '    [ "$(date +%s)" -lt "$deadline" ] || return 1',
+        "    sleep 1",
+        "  done",
+        "}",
+    ]
+
+
+def service_script(
+    unit: str,
+    ctr: str,
+    action: str,
+    enable: bool,
+    version: str,
+    timeout: int,
+    reload: bool = False,
+    rollback_lines: list[str] | None = None,
+) -> str:
+    """Reload systemd, enable/start/restart the unit, wait until the daemon answers, and check
+    its version.
+
+    `action` is "restart", "start" or "" (leave the service as it is and only verify).
+    `reload`: a unit file changed (or an earlier run left a reload pending).
+    `rollback_lines`: define `rollback` (``rollback.rollback_lines``), called when the daemon
+    falls short, before the command fails: a kept release is put back.
+    """
+    lines = [
+        _PRELUDE,
+        f"unit={q(unit)}",
+        f"ctr={q(ctr)}",
+        f"expected={q(version)}",
+        f"timeout={int(timeout)}",
+        # rollback_lines define wait_answer too (a rollback waits for the kept release).
+        *(rollback_lines or [*answer_wait_lines(), "rollback() { return 1; }"]),
+        # The daemon fell short: say why, put a kept release back (if any), fail.
+        'give_up() { echo "containerd-deploy: $*" >&2; [ -z "${journal:-}" ] || { echo "containerd-deploy: last lines of its journal:" >&2; journalctl -u "$unit" -n 30 --no-pager >&2 || true; }; rollback || true; exit 1; }',
+    ]
+    if enable:
+        # `enable` reloads systemd by itself; with --no-reload, the one reload below does for
+        # both (a reload takes seconds on a small node).
+        lines.append('systemctl enable --quiet --no-reload "$unit"')
+    if enable or reload:
+        lines.append("systemctl daemon-reload")
+    if action:
+        # One deliberate start: systemd's start limit (5 in 10 s) counts starts others made (an
+        # operator's restart, a crash loop it gave up on) and would refuse it.
+        lines.append('systemctl reset-failed "$unit" 2>/dev/null || true')
+        lines.append(f'systemctl {action} "$unit" || true')  # the wait below reports why
+    lines += [
+        'if ! wait_answer "$ctr" "$timeout"; then',
+        "  journal=yes",
+        '  give_up "$unit did not answer on its socket within ${timeout}s; ctr said: $answer"',
+        "fi",
+        """client=$(printf '%s\\n' "$answer" | sed -n 's/^ *Version: *//p' | sed -n 1p)""",
+        '[ "$client" = "$server" ] || give_up "ctr $client talks to a containerd $server daemon: the running daemon is not the installed binary"',
+        'case "$server" in "$expected"*|"v$expected"*) ;; *) give_up "containerd answers as $server, expected $expected";; esac',
+        'echo "containerd $server answering (pid $(systemctl show -p MainPID --value "$unit"))"',
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def remove_tree_script(path: str) -> str:
+    """Delete a directory tree, first detaching whatever is mounted beneath it (container rootfs
+    and snapshot mounts outlive a stopped containerd); never crosses into another filesystem.
+    A directory that is itself a mount point (a dedicated disk) is emptied and kept."""
+    return (
+        "\n".join(
+            [
+                _PRELUDE,
+                f"dir={q(path.rstrip('/'))}",
+                '[ -e "$dir" ] || [ -L "$dir" ] || exit 0',
+                # Never through a symbolic link (the path itself or a directory above it): that deletes
+                # somewhere else than the config names.
+                '[ "$(readlink -f -- "$dir")" = "$dir" ] || fail "$dir is or passes through a symbolic link (to $(readlink -f -- "$dir")); not deleting it"',
+                # Deepest first, so nested mounts come off before the ones holding them.
+                """findmnt -rn -o TARGET | awk -v d="$dir" 'index($0, d "/") == 1' | sort -r | """
+                'while read -r m; do umount -l "$m"; done',
+                'if findmnt -rn --mountpoint "$dir" >/dev/null; then',
+                '  find "$dir" -mindepth 1 -maxdepth 1 -exec rm -rf --one-file-system -- {} +',
+                "else",
+                '  rm -rf --one-file-system "$dir"',
+                "fi",
+            ]
+        )
+        + "\n"
+    )

@@ -1,0 +1,304 @@
+"""The run's plan (plan/run.py): decided from the node's state and the settings before the first
+operation is added, it is what the run does — the dry run (pyinfra checking each operation for a
+change as it is added) and the real run (each operation's commands once all are added) read it
+alike, and so does the line the run prints."""
+
+import hashlib
+
+import pytest
+
+from containerd_deploy.data import artifacts
+from containerd_deploy.facts.node import DistroPackage, Manifest, NodeState
+from containerd_deploy.plan.run import NAMES, Plan, plan_removal, plan_run
+
+from .flow import converged, drifted, fresh, no_fetch, prepare, settings_for
+
+CONFIG = "/etc/containerd/config.toml"
+UNIT = "/etc/systemd/system/containerd.service"
+DROPIN = "/etc/systemd/system/containerd.service.d/http-proxy.conf"
+MIRROR = {"containerd_registries": {"docker.io": {"mirrors": [{"host": "https://mirror.internal"}]}}}
+HOSTS = "/etc/containerd/certs.d/docker.io/hosts.toml"
+
+
+def upgraded(node: NodeState) -> NodeState:
+    """The node running an older containerd, installed by this deploy."""
+    manifest = node.manifests["containerd"]
+    old = Manifest(
+        {**manifest.fields, "version": "1.7.0", "sha256": "0" * 64}, manifest.files, manifest.actual
+    )
+    return drifted(
+        node, manifests={**node.manifests, "containerd": old}, ctr_client="1.7.0", ctr_server="1.7.0"
+    )
+
+
+def stopped(node: NodeState) -> NodeState:
+    return drifted(node, service={**node.service, "ActiveState": "inactive", "MainPID": "0"})
+
+
+# (case, data, the node from the converged one (None: fresh), the plan's lines)
+WANTED = artifacts.resolve(settings_for(), "amd64", published=no_fetch)
+VERSION, RUNC = WANTED["containerd"].version, WANTED["runc"].version
+CONFIG_DRIFT = {"containerd_max_container_log_line_size": 32768}
+KEEP = "keep the running release, to put back if the restarted one fails"
+DROP = "drop the release kept for a rollback"
+HOOKS = {
+    "containerd_restart_hook_before": ["kubectl", "drain", "{host}"],
+    "containerd_restart_hook_after": ["kubectl", "uncordon", "{host}"],
+}
+CASES = [
+    ("converged", {}, lambda node: node, ["no change"]),
+    (
+        "fresh",
+        {},
+        None,
+        [
+            "install containerd, runc",
+            f"write {CONFIG}, {UNIT} (config.toml from the new containerd's defaults)",
+            "reload systemd units",
+            f"start containerd (containerd {VERSION} installed; runc {RUNC} installed; {UNIT} changed)",
+            "enable containerd",
+        ],
+    ),
+    (
+        "a changed setting, with hooks",
+        {**CONFIG_DRIFT, **HOOKS},
+        lambda node: node,
+        [f"write {CONFIG}", KEEP, f"restart the running containerd ({CONFIG} changed)", DROP],
+    ),
+    (
+        "an upgrade, no rollback",
+        {"containerd_rollback": False},
+        upgraded,
+        ["install containerd", f"restart the running containerd (containerd {VERSION} installed)"],
+    ),
+    (
+        "an upgrade from defaults",
+        {"containerd_config_base": "default"},
+        upgraded,
+        [
+            "install containerd",
+            f"write {CONFIG} (config.toml from the new containerd's defaults)",
+            KEEP,
+            f"restart the running containerd (containerd {VERSION} installed)",
+            DROP,
+        ],
+    ),
+    (
+        "a stale daemon",
+        {},
+        lambda node: drifted(node, exe="/usr/local/bin/containerd (deleted)"),
+        [KEEP, "restart the running containerd (it is older than what is on disk)", DROP],
+    ),
+    ("stopped", {}, stopped, ["start containerd"]),
+    (
+        "stopped, with a changed setting",
+        CONFIG_DRIFT,
+        stopped,
+        [f"write {CONFIG}", f"start containerd ({CONFIG} changed)"],
+    ),
+    (
+        "a pending reload",
+        {},
+        lambda node: drifted(node, service={**node.service, "NeedDaemonReload": "yes"}),
+        ["reload systemd units"],
+    ),
+    ("a registry added", MIRROR, lambda node: node, [f"write {HOSTS}"]),
+    (
+        "a registry gone",
+        {},
+        lambda node: drifted(node, managed_hosts=[HOSTS]),
+        [f"remove {HOSTS}"],
+    ),
+    (
+        "a proxy, crictl and the CNI plugins",
+        {
+            "containerd_http_proxy": "http://proxy.internal:3128",
+            "crictl_version": "1.33.0",
+            "cni_plugins_version": "1.7.1",
+        },
+        lambda node: node,
+        [
+            "install the CNI plugins, crictl",
+            f"write {DROPIN}, /etc/crictl.yaml",
+            "reload systemd units",
+            KEEP,
+            f"restart the running containerd ({DROPIN} changed)",
+            DROP,
+        ],
+    ),
+    (
+        "an old drop-in, disabled",
+        {"containerd_rollback": False},
+        lambda node: drifted(
+            node,
+            files={DROPIN: hashlib.sha256(b"old").hexdigest()},
+            service={**node.service, "UnitFileState": "disabled"},
+        ),
+        [
+            f"remove {DROPIN}",
+            "reload systemd units",
+            f"restart the running containerd ({DROPIN} changed)",
+            "enable containerd",
+        ],
+    ),
+    (
+        "a kept release and leftovers",
+        {},
+        lambda node: drifted(
+            node, kept_release="1.7.0", hidden_leftovers=["/usr/local/bin/.x.containerd-deploy-new"]
+        ),
+        ["remove what runs cut short left beside the deploy's files", DROP],
+    ),
+    (
+        "a distribution package",
+        {"containerd_distro_package": "remove"},
+        None,
+        [
+            "install containerd, runc",
+            f"write {CONFIG}, {UNIT} (config.toml from the new containerd's defaults)",
+            "remove the distribution's containerd package",
+            "reload systemd units",
+            f"start containerd (containerd {VERSION} installed; runc {RUNC} installed; {UNIT} changed)",
+            "enable containerd",
+        ],
+    ),
+]
+DISTRO = [DistroPackage("dpkg", "containerd", "1.6.20~ds1-1", "/usr/bin/containerd")]
+
+
+def plan_of(data: dict, node: NodeState) -> Plan:
+    settings = settings_for(data)
+    return plan_run(settings, node, artifacts.resolve(settings, "amd64", published=no_fetch))
+
+
+def node_of(case: str, data: dict, change) -> NodeState:
+    # The node as the deploy leaves it with no data: the case's data is what changed since.
+    node = fresh() if change is None else change(converged(settings_for()))
+    return drifted(node, distro_packages=DISTRO) if case == "a distribution package" else node
+
+
+@pytest.mark.parametrize("case, data, change, lines", CASES, ids=[case[0] for case in CASES])
+def test_the_plan_says_what_the_run_will_do(case, data, change, lines):
+    plan = plan_of(data, node_of(case, data, change))
+    assert plan.lines() == lines
+    assert plan.changes == (case != "converged")
+
+
+def changed_ops(prepared) -> dict[str, object]:
+    return {op.name.rsplit(" | ", 1)[-1]: op for op in prepared if op.changes}
+
+
+@pytest.mark.parametrize("case, data, change, lines", CASES, ids=[case[0] for case in CASES])
+def test_the_dry_run_and_the_real_run_read_the_same_plan(monkeypatch, case, data, change, lines):
+    """Each operation says the same when pyinfra's dry run checks it as it is added as when it
+    runs after all were added; and the operations that change are the ones the plan names."""
+    node = node_of(case, data, change)
+    plan = plan_of(data, node)
+    prepared = prepare(monkeypatch, node, data, dry_run=True)
+    assert [(op.name, op.dry_run_change) for op in prepared] == [(op.name, op.changes) for op in prepared]
+    changed = changed_ops(prepared)
+    # What each operation decided on its own, from the node state, against the plan.
+    written = {name.split(" ", 1)[1] for name in changed if name.startswith(("Write /", "Install /"))}
+    assert written == set(plan.write)
+    removed = {name.split(" ", 2)[1] for name in changed if name.startswith("Remove /")}
+    assert removed == set(plan.delete)
+    installed = {
+        component
+        for component, shown in NAMES.items()
+        if any(name.startswith(f"Install {shown} ") for name in changed)
+    }
+    assert installed == set(plan.install)
+    assert ("Fetch and verify release files" in changed) == bool(plan.fetch or node.staging_leftovers)
+    assert ("Remove what runs cut short left beside the deploy's files" in changed) == bool(
+        node.hidden_leftovers
+    )
+    assert any(name.startswith("Remove the distribution") for name in changed) == plan.distro_packages
+    service = changed.get("Enable, start and check containerd")
+    text = service.text() if service else ""
+    assert ("systemctl enable" in text) == plan.enable
+    assert ('systemctl start "$unit"' in text) == plan.start
+    assert ('systemctl restart "$unit"' in text) == bool(plan.restart)
+    assert ("systemctl daemon-reload" in text) == plan.reload
+    # What the deploy gave them from the plan.
+    assert ("Take the node's run lock" in changed) == plan.changes
+    assert any(name.startswith("Keep the running release") for name in changed) == plan.keep
+    assert any(name.startswith("Drop the kept release") for name in changed) == plan.drop_kept
+    hooks = [name for name in changed if name.startswith("Run containerd_restart_hook_")]
+    assert len(hooks) == (2 if plan.restarts_running and "containerd_restart_hook_before" in data else 0)
+
+
+@pytest.mark.parametrize("case, data, change, lines", CASES, ids=[case[0] for case in CASES])
+def test_the_verify_step_runs_a_container_when_the_plan_changes_the_node(
+    monkeypatch, case, data, change, lines
+):
+    import containerd_deploy.deploy.node as flow
+
+    asked = []
+    monkeypatch.setattr(
+        flow, "verify_containerd", lambda *args, **kwargs: asked.append(kwargs["run_container"])
+    )
+    node = node_of(case, data, change)
+    prepare(monkeypatch, node, {**data, "containerd_verify": True})
+    assert asked == [plan_of(data, node).changes]
+
+
+def test_the_run_says_its_plan(monkeypatch, caplog):
+    with caplog.at_level("INFO"):
+        prepare(monkeypatch, converged(settings_for()), CONFIG_DRIFT)
+    said = [
+        record.getMessage() for record in caplog.records if "containerd-deploy plan" in record.getMessage()
+    ]
+    assert said == [
+        f"[node1] containerd-deploy plan: write {CONFIG}; {KEEP}; restart the running containerd "
+        f"({CONFIG} changed); {DROP}"
+    ]
+
+
+def test_a_node_being_taken_back_is_planned_too():
+    settings = settings_for({"containerd_state": "absent"})
+    node = drifted(converged(settings), kept_release="1.7.0", files={DROPIN: "0" * 64})
+    plan = plan_removal(settings, node)
+    assert plan.lines() == [
+        "stop and disable containerd",
+        "remove containerd, runc",
+        f"remove {CONFIG}, {UNIT}, {DROPIN}",
+        "reload systemd units",
+        DROP,
+    ]
+    assert plan.reload and plan.changes
+    assert plan_removal(settings, fresh()).lines() == ["no change"]
+    purged = plan_removal(settings_for({"containerd_state": "purged"}), fresh())
+    assert purged.lines() == ["delete containerd's data in /var/lib/containerd, /run/containerd"]
+    assert purged.changes
+
+
+def test_a_config_that_cannot_be_made_is_refused_before_any_operation():
+    from pyinfra.api.exceptions import DeployError
+
+    with pytest.raises(DeployError, match=r"^node1: /etc/containerd/config.toml is not valid TOML"):
+        plan_of({}, drifted(converged(settings_for()), config_text="version = 2\n[plugins\n"))
+    # From defaults the installed binary did not give: nothing to start from.
+    data = {"containerd_config_base": "default"}
+    with pytest.raises(
+        DeployError, match=r"^node1: /usr/local/bin/containerd config default printed nothing$"
+    ):
+        plan_of(data, drifted(converged(settings_for(data)), default_config=None))
+
+
+@pytest.mark.parametrize("state", ["absent", "purged"])
+@pytest.mark.parametrize("kind", ["converged", "fresh", "kept release only"])
+def test_a_removal_reads_one_plan_in_the_dry_run_and_the_real_run(monkeypatch, state, kind):
+    data = {"containerd_state": state}
+    settings = settings_for(data)
+    node = {
+        "converged": lambda: drifted(converged(settings), files={DROPIN: "0" * 64}),
+        "fresh": fresh,
+        "kept release only": lambda: drifted(fresh(), kept_release="1.7.0"),
+    }[kind]()
+    plan = plan_removal(settings, node)
+    prepared = prepare(monkeypatch, node, data, dry_run=True)
+    assert [(op.name, op.dry_run_change) for op in prepared] == [(op.name, op.changes) for op in prepared]
+    changed = [op.name.rsplit(" | ", 1)[-1] for op in prepared if op.changes]
+    assert ("Take the node's run lock" in changed) == plan.changes
+    assert ("Reload systemd units" in changed) == plan.reload
+    assert any(name.startswith("Stop and disable") for name in changed) == plan.stop
