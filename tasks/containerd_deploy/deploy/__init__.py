@@ -1,1 +1,1 @@
-"""The deploy's steps, each adding the operations of one part of a node, composed by node.containerd_node."""
+"""The deploy's steps, each adding the operations of one part of a node, from the run's plan, composed by node.containerd_node."""

@@ -6,8 +6,8 @@ fact. Called on their own (in a deploy of the operator's), they read that state 
 an argument left at `FROM_NODE` is asked of the node with a fact of its own.
 
 `release` installs, keeps and removes release files; `files` writes and removes files;
-`service` runs the unit, the run lock and the restart hooks; `cache` and `hooks` are what they
-run on the controller.
+`service` runs the unit, the run lock and the restart hooks; `verify` checks the running daemon.
+What they run on the controller itself is controller/'s.
 """
 
 from pyinfra import host
