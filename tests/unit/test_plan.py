@@ -208,7 +208,7 @@ def test_the_dry_run_and_the_real_run_read_the_same_plan(monkeypatch, case, data
         if any(name.startswith(f"Install {shown} ") for name in changed)
     }
     assert installed == set(plan.install)
-    assert ("Fetch and verify release files" in changed) == bool(plan.fetch or node.staging_leftovers)
+    assert ("Fetch and verify release files" in changed) == bool(plan.install or node.staging_leftovers)
     assert ("Remove what runs cut short left beside the deploy's files" in changed) == bool(
         node.hidden_leftovers
     )

@@ -20,12 +20,13 @@ from containerd_deploy.remote.paths import CRICTL_CONFIG
 
 @deploy("Fetch release files", data_defaults=DEFAULTS)
 def fetch_release_files(settings: Settings, node: NodeState, artifacts: dict[str, Artifact], plan: Plan):
-    """Fetch and verify every release file this run installs, before anything else changes: a
+    """Fetch and verify every release file this run installs (the plan's `install`), before
+    anything else changes: a
     file that fails its checksum stops the run with the node as it was."""
     release_files_fetched(
         name="Fetch and verify release files"
         + (" (through the controller)" if settings.artifact_source == "controller" else ""),
-        artifacts=[artifacts[component] for component in plan.fetch],
+        artifacts=[artifacts[component] for component in plan.install],
         staging_dir=settings.containerd_staging_dir,
         cache_dir=settings.artifact_cache_dir if settings.artifact_source == "controller" else None,
         leftovers=node.staging_leftovers,

@@ -103,7 +103,7 @@ def take_run_lock(node: NodeState, plan: Plan) -> None:
 
 
 def report_plan(settings: Settings, plan: Plan) -> None:
-    """The plan, as the dry run and the real run both show it (pyinfra -v)."""
+    """The plan, as the dry run, --diff and the real run all print it."""
     logger.info(f"[{settings.host}] containerd-deploy plan: " + "; ".join(plan.lines()))
 
 

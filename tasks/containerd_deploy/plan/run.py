@@ -55,8 +55,7 @@ class Plan:
     """What one run does to one node, decided before its first operation is added: the steps
     build their operations from it, the dry run and --diff show it, the run reports it."""
 
-    fetch: tuple[str, ...] = ()  # components fetched and verified before anything changes
-    install: tuple[str, ...] = ()  # components installed or replaced
+    install: tuple[str, ...] = ()  # components installed or replaced (fetched and verified first)
     remove: tuple[str, ...] = ()  # components removed (their <component>_version unset)
     write: tuple[str, ...] = ()  # files written: their content differs (or cannot be known yet)
     delete: tuple[str, ...] = ()  # files removed
@@ -80,8 +79,7 @@ class Plan:
         runs a container (a release an unfinished run kept is a change too: that run's verify
         step never passed)."""
         return bool(
-            self.fetch
-            or self.install
+            self.install
             or self.remove
             or self.write
             or self.delete
@@ -197,7 +195,6 @@ def plan_run(settings: Settings, node: NodeState, wanted: dict[str, Artifact]) -
     keep = bool(settings.containerd_rollback and restarts_running and "containerd" in node.manifests)
     unit_files = (settings.containerd_unit_path, dropin)
     return Plan(
-        fetch=install,
         install=install,
         remove=remove,
         write=write,
