@@ -19,9 +19,10 @@ from pyinfra.context import ctx_host, ctx_state
 import containerd_deploy.deploy.node as flow
 from containerd_deploy.data import artifacts
 from containerd_deploy.data.settings import resolve
-from containerd_deploy.facts.node import ContainerdNode, Manifest, NodeState
+from containerd_deploy.facts.node import ContainerdNode, NodeState
 from containerd_deploy.plan.files import desired_config, unit_text
 from containerd_deploy.remote.lock import parse_lock_state
+from containerd_deploy.remote.manifest import Manifest
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "config"
 DEFAULT_CONFIGS = {1: "default-1.7.24.toml", 2: "default-2.1.9.toml"}

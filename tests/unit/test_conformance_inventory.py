@@ -70,3 +70,22 @@ def test_loading_the_example_inventory_with_its_group_data():
     groups, data = hosts["worker-arm-1.example.com"]
     assert "k8s_workers" in groups and data["ssh_user"] == "admin" and data["_sudo"] is True
     assert data["containerd_version"] == "2.2.1", "group_data/k8s_workers.py applies"
+
+
+def test_without_expected_versions_the_suite_reads_those_the_deploy_recorded():
+    """The versions a node is held to come from the manifests the deploy wrote there, read as
+    the deploy reads them (a path with spaces, the fields in any order)."""
+    from types import SimpleNamespace
+
+    from containerd_deploy.conformance.conftest import recorded_version
+
+    files = {
+        "/var/lib/containerd-deploy/runc.manifest": "component runc\nfile /usr/local/sbin/my runc 1:2:3.4\nversion 1.2.5\n"
+    }
+
+    def file(path):
+        return SimpleNamespace(exists=path in files, content_string=files.get(path, ""))
+
+    host = SimpleNamespace(file=file)
+    assert recorded_version(host, "runc") == "1.2.5"
+    assert recorded_version(host, "containerd") is None

@@ -10,8 +10,8 @@ import socket
 import pytest
 from pyinfra.api.exceptions import DeployError
 
-from containerd_deploy.facts.node import Manifest
 from containerd_deploy.remote.lock import parse_lock_state
+from containerd_deploy.remote.manifest import Manifest
 
 from .flow import changed_names, converged, drifted, fresh, prepare, service_op, settings_for
 

@@ -391,6 +391,10 @@ def test_the_node_fact_finds_what_runs_cut_short_left_beside_the_deploys_files(t
         sbin / ".containerd-deploy-new.7",
         tmp_path / "etc" / ".config.toml.containerd-deploy-new",
         tmp_path / "state" / "runc.manifest.containerd-deploy-new",
+        # What an install or a rollback cut short leaves: a manifest's and a binary's new copy.
+        tmp_path / "state" / ".containerd.manifest.containerd-deploy-new",
+        sbin / ".runc.containerd-deploy-new",
+        bins / ".ctr.containerd-deploy-new",
     ]
     for path in leftovers:
         path.mkdir() if "new." in path.name else path.write_text("x")
@@ -547,7 +551,7 @@ DEPLOY_PATHS = ("/usr/local/bin", "/srv/tools/runc", "/var/lib/containerd-deploy
         ("/data/./containerd", "is not a plain path (it has .., . or doubled slashes)"),
         ("/data//containerd", "is not a plain path (it has .., . or doubled slashes)"),
         ("//data/containerd", "is not a plain path (it has .., . or doubled slashes)"),
-        ("/", "is a directory of the operating system, or holds one"),
+        ("/", "is not a path of its own"),
         ("/usr", "is a directory of the operating system, or holds one"),
         ("/srv/tools", "holds /srv/tools/runc, which the deploy manages"),
         ("/srv/tools/runc", "holds /srv/tools/runc, which the deploy manages"),

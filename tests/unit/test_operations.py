@@ -3,23 +3,31 @@ yield out; commands with data paths are run against recording fakes, so the test
 the argv each program got (a path with `;` or a space must stay one argument)."""
 
 import hashlib
+import stat
+import subprocess
 from io import StringIO
+from pathlib import Path
 
 import pytest
 from pyinfra import logger
 from pyinfra.facts.files import Directory, File, Sha256File
 
 from containerd_deploy.data.artifacts import Artifact
-from containerd_deploy.facts.node import Manifest, ReleaseManifests, UnitState
+from containerd_deploy.facts.node import DistroPackage, ReleaseManifests, UnitState
 from containerd_deploy.operations.files import directory_absent, file_absent, file_content, leftovers_absent
 from containerd_deploy.operations.release import (
+    distro_packages_absent,
+    kept_release_dropped,
     release_artifact,
     release_artifact_absent,
     release_files_fetched,
+    release_kept,
 )
-from containerd_deploy.operations.service import containerd_service, service_absent
+from containerd_deploy.operations.service import containerd_service, restart_hook, service_absent
+from containerd_deploy.remote.manifest import Manifest
 
 from .operations import Facts, commands, run_commands, shell_text, uploads
+from .rootless import owner
 
 HOSTILE = "/srv/a b;touch pwned/`id`$(id)'\"-x %H"
 
@@ -72,14 +80,15 @@ def test_a_file_with_the_wanted_content_is_left_alone():
     )
 
 
-def test_a_public_file_is_written_in_one_command():
-    (command,) = commands(
-        file_content, path="/etc/containerd/config.toml", content="version = 2\n", current_sha256=None
-    )
-    assert "base64 -d" in command and "chmod 644" in command
+def test_a_public_file_is_written_in_one_command(tmp_path):
+    path = tmp_path / "etc" / "config.toml"
+    (command,) = commands(file_content, path=str(path), content="version = 2\n", current_sha256=None)
+    assert subprocess.run(["sh", "-c", shell_text(command)], capture_output=True).returncode == 0
+    assert path.read_text() == "version = 2\n" and stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert owner(path) == (0, 0) and [p.name for p in path.parent.iterdir()] == ["config.toml"]
 
 
-def test_a_private_file_logged_in_as_root_is_uploaded_into_a_root_only_file():
+def test_a_private_file_logged_in_as_root_is_uploaded_into_a_root_only_file(tmp_path):
     yielded = commands(
         file_content,
         path="/etc/containerd/certs.d/docker.io/hosts.toml",
@@ -94,7 +103,18 @@ def test_a_private_file_logged_in_as_root_is_uploaded_into_a_root_only_file():
     assert all(
         "secret" not in shell_text(command) for command in yielded if not isinstance(command, type(upload))
     )
-    assert "mv -fT" in yielded[-1] and "chmod 600" in yielded[-1]
+    # Run as pyinfra would after the upload: the private copy goes into place, 0600, root's.
+    directory = tmp_path / "certs.d" / "docker.io"
+    directory.mkdir(parents=True)
+    placed = commands(
+        file_content, path=str(directory / "hosts.toml"), content="s", current_sha256=None, mode="600"
+    )
+    (upload,) = uploads(placed)
+    Path(upload.dest).write_text("secret")
+    assert subprocess.run(["sh", "-c", shell_text(placed[-1])], capture_output=True).returncode == 0
+    hosts = directory / "hosts.toml"
+    assert hosts.read_text() == "secret" and stat.S_IMODE(hosts.stat().st_mode) == 0o600
+    assert owner(hosts) == (0, 0) and [p.name for p in directory.iterdir()] == ["hosts.toml"]
 
 
 def test_a_private_file_through_sudo_goes_via_a_directory_of_the_login_users_own():
@@ -518,3 +538,67 @@ def test_a_download_the_controller_cannot_make_fails_naming_the_host(monkeypatch
     ]
     monkeypatch.setattr(release, "ensure_cached", lambda cache_dir, artifact: None)
     assert release._fetch_into_cache(None, host, "/cache", [RUNC, RUNC]) is True
+
+
+def test_the_running_release_is_kept_only_when_the_plan_restarts_it(tmp_path):
+    """Kept by one command that keeps every file named (run here in a sandbox); nothing when
+    the run does not restart the daemon."""
+    assert (
+        commands(release_kept, state_dir="/s", release_files=[], other_files=[], version="1.7.24", when=False)
+        == []
+    )
+    (tmp_path / "containerd").write_text("old daemon")
+    (tmp_path / "config.toml").write_text("version = 2\n")
+    state = tmp_path / "state"
+    (command,) = commands(
+        release_kept,
+        state_dir=str(state),
+        release_files=[str(tmp_path / "containerd")],
+        other_files=[str(tmp_path / "config.toml"), str(tmp_path / "no-dropin.conf")],
+        version="1.7.24",
+    )
+    result = subprocess.run(["sh", "-c", shell_text(command)], capture_output=True, text=True)
+    assert result.returncode == 0 and "kept containerd 1.7.24" in result.stdout
+    kept = state / "previous-release"
+    assert (kept / "version").read_text() == "1.7.24\n"
+    assert sorted((kept / "files").iterdir()) == [kept / "files" / "1", kept / "files" / "2"]
+    assert (kept / "files" / "1").read_text() == "old daemon"
+    assert (kept / "files" / "2").read_text() == "version = 2\n"
+
+
+def test_a_kept_release_is_dropped_only_when_one_is_there(tmp_path):
+    assert commands(kept_release_dropped, state_dir="/s", present=False) == []
+    kept = tmp_path / "previous-release"
+    (kept / "files").mkdir(parents=True)
+    (command,) = commands(kept_release_dropped, state_dir=str(tmp_path))
+    assert subprocess.run(["sh", "-c", shell_text(command)]).returncode == 0
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_distribution_packages_are_removed_by_their_own_manager_each_name_once(tmp_path):
+    assert commands(distro_packages_absent, packages=[]) == []
+    packages = [
+        DistroPackage("dpkg", "containerd", "1.6.20", "/usr/bin/containerd"),
+        DistroPackage("dpkg", "containerd", "1.6.20", "/usr/sbin/containerd"),
+        DistroPackage("rpm", "containerd.io", "1.7.0-3", "/usr/bin/containerd"),
+    ]
+    yielded = [shell_text(command) for command in commands(distro_packages_absent, packages=packages)]
+    assert run_commands(tmp_path, yielded, ("env", "rpm")) == [
+        ["env", "DEBIAN_FRONTEND=noninteractive", "dpkg", "--remove", "--", "containerd"],
+        ["rpm", "--erase", "--", "containerd.io"],
+    ]
+
+
+def test_a_restart_hook_runs_on_the_controller_only_when_the_plan_restarts():
+    from pyinfra.api import FunctionCommand
+
+    hook = {"key": "containerd_restart_hook_before", "address": "10.0.0.5", "timeout": 60}
+    assert commands(restart_hook, command=["kubectl", "drain", "{host}"], when=False, **hook) == []
+    assert commands(restart_hook, command=[], **hook) == []
+    (command,) = commands(restart_hook, command=["kubectl", "drain", "{host}", "--address={address}"], **hook)
+    assert isinstance(command, FunctionCommand)
+    assert command.args == (
+        "containerd_restart_hook_before",
+        ["kubectl", "drain", "node1", "--address=10.0.0.5"],
+        60,
+    )

@@ -8,8 +8,9 @@ import hashlib
 import pytest
 
 from containerd_deploy.data import artifacts
-from containerd_deploy.facts.node import DistroPackage, Manifest, NodeState
+from containerd_deploy.facts.node import DistroPackage, NodeState
 from containerd_deploy.plan.run import NAMES, Plan, plan_removal, plan_run
+from containerd_deploy.remote.manifest import Manifest
 
 from .flow import converged, drifted, fresh, no_fetch, prepare, settings_for
 

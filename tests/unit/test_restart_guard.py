@@ -21,7 +21,7 @@ from pyinfra.api import FunctionCommand
 from containerd_deploy.controller import hooks
 from containerd_deploy.data.hooks import hook_argv, parse_hook
 from containerd_deploy.data.values import DataError
-from containerd_deploy.remote import container_check, rollback, scripts
+from containerd_deploy.remote import container_check, manifest, rollback, scripts
 from containerd_deploy.remote.paths import NEW_SUFFIX
 
 from .flow import changed_names, converged, drifted, fresh, prepare, service_op, settings_for
@@ -197,6 +197,46 @@ def test_a_release_that_does_not_answer_is_rolled_back_and_the_run_fails(node):
         f"restart {UNIT}",
         f"show -p MainPID --value {UNIT}",
     ]
+
+
+def identity(path: Path) -> str:
+    """A file's identity as a manifest records it (inode, size, ctime to the nanosecond)."""
+    info = os.stat(path)
+    return f"{info.st_ino}:{info.st_size}:{info.st_ctime_ns // 10**9}.{info.st_ctime_ns % 10**9:09d}"
+
+
+def install_runc(node: Node, text: str) -> Path:
+    """As an install of runc does: the new binary renamed over the old, its manifest rewritten."""
+    runc = node.root / "sbin" / "runc"
+    runc.parent.mkdir(exist_ok=True)
+    new = runc.parent / ".runc.new"
+    new.write_text(text)
+    new.rename(runc)
+    (node.state / "runc.manifest").write_text(
+        f"component runc\nversion {text.strip()}\nfile {runc} {identity(runc)}\n"
+    )
+    return runc
+
+
+def test_runc_is_kept_with_the_release_and_put_back_by_a_rollback(node):
+    """Both daemon components go back together: the runc a release ran with is kept by its
+    manifest, put back by a rollback, and its manifest records the copy put back, so the next
+    run reads runc as intact (not changed outside the deploy), and nothing is left beside it."""
+    runc = install_runc(node, "runc 1.1.12\n")
+    release = (*(str(node.bin / name) for name in node.release()), str(runc))
+    others = (str(node.state / "containerd.manifest"), str(node.state / "runc.manifest"), str(node.config))
+    assert node.run(rollback.keep_release_script(str(node.state), release, others, "1.7.24")).returncode == 0
+    install_runc(node, "runc 1.2.5\n")
+    node.install({"containerd": "broken\n"}, "version = 3\n")
+
+    result = node.restart_into("2.1.9")
+
+    assert result.returncode == 1 and "rolled back: containerd 1.7.24 answers again" in result.stderr
+    assert runc.read_text() == "runc 1.1.12\n"
+    recorded = manifest.Manifest()
+    manifest.read_manifest((node.state / "runc.manifest").read_text().splitlines(), recorded)
+    assert recorded.fields["version"] == "runc 1.1.12" and recorded.files == {str(runc): identity(runc)}
+    assert [p.name for p in node.root.rglob(f"*{NEW_SUFFIX}")] == []
 
 
 def test_a_release_answering_as_another_version_is_rolled_back(node):
@@ -598,4 +638,4 @@ def test_dropping_the_kept_release_removes_a_half_written_one_too(node):
     node.run(rollback.drop_kept_script(f"{node.state}/"))
     assert not (node.state / rollback.KEPT_DIR_NAME).exists() and not half.exists()
     assert rollback.kept_dir("/var/lib/d/") == f"/var/lib/d/{rollback.KEPT_DIR_NAME}"
-    assert rollback.manifest_path("/var/lib/d/", "runc") == "/var/lib/d/runc.manifest"
+    assert manifest.manifest_path("/var/lib/d/", "runc") == "/var/lib/d/runc.manifest"

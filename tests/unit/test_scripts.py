@@ -3,6 +3,7 @@
 import hashlib
 import io
 import os
+import shlex
 import subprocess
 import tarfile
 from pathlib import Path
@@ -430,9 +431,11 @@ def test_a_signal_during_cleanup_does_not_cut_the_cleanup_short(node):
         'hidden="$dest_dir',
         "mkdir -m 700",
         "tar -xzf",
-        "chown 0:0",
+        'chown 0:0 "$@"',
         "mv -f -t",
-        "stat -c",
+        'manifest_record "$@"',
+        'cp "$stage/manifest"',
+        'put_in_place "$new_manifest"',
     ],
 )
 def test_an_install_stopped_by_a_signal_at_any_step_leaves_nothing_behind(node, line):
@@ -588,3 +591,15 @@ def test_the_release_manifests_fact_reads_what_an_install_recorded_and_sees_a_ch
     (node / "bin" / "ctr").write_bytes(b"tampered")
     assert not artifact_is_installed(manifests()["containerd"], artifact, str(node / "bin"))
     assert run(fact.command(str(node / "absent"))).stdout == "", "no state directory: no manifests"
+
+
+@pytest.mark.parametrize(
+    "path", ["/etc/containerd/config.toml", "/usr/local/bin/containerd", "/a b/c d.manifest"]
+)
+def test_a_new_copy_is_named_by_one_rule_in_python_and_in_shell(path):
+    """The name a script gives a file's new copy is the one the node fact looks for."""
+    from containerd_deploy.remote.paths import hidden_copy
+    from containerd_deploy.remote.shell import hidden_copy_expression
+
+    script = f"path={shlex.quote(path)}; printf %s {hidden_copy_expression('path')}"
+    assert run(script).stdout == hidden_copy(path)

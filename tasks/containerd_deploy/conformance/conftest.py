@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from containerd_deploy.data.settings import DEFAULTS
+from containerd_deploy.remote.manifest import Manifest, manifest_path, read_manifest
 
 from . import inventory
 from .cri import CRI, Forward, ForwardError
@@ -161,14 +162,13 @@ def layout(request):
 
 
 def recorded_version(host, component: str) -> str | None:
-    """The version the deploy recorded in its manifest on the node."""
-    manifest = host.file(f"/var/lib/containerd-deploy/{component}.manifest")
-    if not manifest.exists:
+    """The version the deploy recorded in its manifest on the node (its default state directory)."""
+    file = host.file(manifest_path(DEFAULTS["containerd_deploy_state_dir"], component))
+    if not file.exists:
         return None
-    for line in manifest.content_string.splitlines():
-        if line.startswith("version "):
-            return line.split(" ", 1)[1].strip()
-    return None
+    recorded = Manifest()
+    read_manifest(file.content_string.splitlines(), recorded)
+    return recorded.fields.get("version")
 
 
 @pytest.fixture

@@ -22,6 +22,8 @@ from containerd_deploy.data.values import (
     DataError,
     control_characters,
     is_system_tree,
+    normal_path,
+    path_problem,
     redact_url,
     url_problem,
 )
@@ -155,28 +157,21 @@ def _sha256(host: str, key: str, value) -> str | dict | None:
 
 
 def _absolute_path(host: str, key: str, value, example: str | None = None) -> str:
-    """An absolute path without `..`, control characters, backslashes or trailing spaces (other
-    spaces and characters are fine: every command quotes it); never `/` itself."""
-    fix = f"set {key} to an absolute path such as {example or DEFAULTS[key]}"
-    # (A backslash too: sha256sum escapes names holding one, so the node fact could not read them back.)
-    if (
-        not isinstance(value, str)
-        or not value.startswith("/")
-        or ".." in value.split("/")
-        or control_characters(value)
-        or "\\" in value
-        or value != value.rstrip()
-    ):
-        raise DataError(host, key, f"is {value!r}, not an absolute path", fix)
-    path = "/" + posixpath.normpath(value).lstrip("/")
-    if path == "/":
-        raise DataError(host, key, "is '/', not a path of its own", fix)
-    # The kernel's limits (NAME_MAX, PATH_MAX): refused here rather than failing on the node.
-    if len(path.encode()) >= 4096 or any(len(part.encode()) > 255 for part in path.split("/")):
+    """An absolute path (``values.path_problem``), normalized; never `/` itself."""
+    problem = path_problem(value)
+    if problem:
+        if problem == "not an absolute path":
+            shown = repr(value)
+        else:  # as the deploy would use it: `/` for `//`, the start of a path too long to show
+            normal = normal_path(value)
+            shown = repr(normal) if len(normal) <= 80 else f"{normal[:80]!r}…"
         raise DataError(
-            host, key, f"is {path[:80]!r}…, longer than a path may be (255 bytes a name, 4095 in all)", fix
+            host,
+            key,
+            f"is {shown}, {problem}",
+            f"set {key} to an absolute path such as {example or DEFAULTS[key]}",
         )
-    return path
+    return normal_path(value)
 
 
 def _dedicated_directory(host: str, key: str, value) -> str:

@@ -1,6 +1,7 @@
 """What every data check shares: the error that names host, key and fix, and the tests for
 values that may never reach a node (control characters, system trees, passwords in URLs)."""
 
+import posixpath
 import re
 import urllib.parse
 
@@ -73,6 +74,41 @@ def control_characters(text: str) -> bool:
 def is_system_tree(path: str) -> bool:
     """`path` (normalized, absolute) is a tree of the operating system or holds one."""
     return path in SYSTEM_TREES or any(tree.startswith(path.rstrip("/") + "/") for tree in SYSTEM_TREES)
+
+
+NOT_PLAIN = "not a plain path (it has .., . or doubled slashes)"
+
+
+def normal_path(path: str) -> str:
+    """`path` without `.`, doubled slashes or a trailing slash (normpath keeps a leading `//`)."""
+    return "/" + posixpath.normpath(path).lstrip("/")
+
+
+def path_problem(path, plain: bool = False) -> str | None:
+    """Why `path` is not an absolute path every command on a node takes as it is, or None: "not
+    an absolute path" (also for `..`, control characters, a backslash: sha256sum escapes names
+    holding one, so the node fact could not read them back; trailing spaces), "'/', not a path
+    of its own", "longer than a path may be …". `plain`: a path used as written (containerd's
+    own directories, which `purged` deletes) may not have `..`, `.` or doubled slashes either."""
+    if (
+        not isinstance(path, str)
+        or not path.startswith("/")
+        or control_characters(path)
+        or "\\" in path
+        or path != path.rstrip()
+    ):
+        return "not an absolute path"
+    normal = normal_path(path)
+    if plain and ("//" in path or ".." in path.split("/") or normal != (path.rstrip("/") or "/")):
+        return NOT_PLAIN
+    if ".." in path.split("/"):
+        return "not an absolute path"
+    if normal == "/":
+        return "not a path of its own"
+    # The kernel's limits (NAME_MAX, PATH_MAX): refused here rather than failing on the node.
+    if len(normal.encode()) >= 4096 or any(len(part.encode()) > 255 for part in normal.split("/")):
+        return "longer than a path may be (255 bytes a name, 4095 in all)"
+    return None
 
 
 def url_problem(url, schemes: tuple[str, ...], credentials: bool = False) -> str | None:

@@ -1,4 +1,5 @@
-"""Write config.toml, the systemd unit and its proxy drop-in, and the registry hosts.toml files."""
+"""Write the files the deploy owns as the plan has them — config.toml, the systemd unit and its
+proxy drop-in, the registries' hosts.toml files, crictl's config — and remove those it no longer wants."""
 
 from collections.abc import Callable
 
@@ -8,24 +9,16 @@ from pyinfra.api import deploy
 from containerd_deploy.data.settings import DEFAULTS, Settings
 from containerd_deploy.facts.node import ContainerdDefaultConfig, NodeState
 from containerd_deploy.operations.files import file_absent, file_content
-from containerd_deploy.plan.files import (
-    _sha256,
-    desired_config,
-    no_config_defaults,
-    proxy_dropin_mode,
-    proxy_dropin_path,
-    proxy_dropin_text,
-    registry_files,
-    unit_text,
-)
+from containerd_deploy.plan.files import desired_config, no_config_defaults
 from containerd_deploy.plan.run import Plan
+from containerd_deploy.remote.paths import CRICTL_CONFIG
 
 
 @deploy("Configure containerd", data_defaults=DEFAULTS)
 def configure_containerd(settings: Settings, node: NodeState, plan: Plan):
-    """Write config.toml as the plan has it, the unit, its proxy drop-in and each registry's
-    hosts.toml (removing those no longer in data). Returns the config.toml text this run leaves,
-    or a callable giving it when the run reads it.
+    """Write each file of the plan's (config.toml, the unit, its proxy drop-in, each registry's
+    hosts.toml, crictl's config) and remove those it drops. Returns the config.toml text this run
+    leaves, or a callable giving it when the run reads it.
 
     With `containerd_config_base = existing` (the default) a node's config.toml is edited in
     place, so everything else in it survives; a node without one, or with the `default` policy,
@@ -50,43 +43,28 @@ def configure_containerd(settings: Settings, node: NodeState, plan: Plan):
 
         config = rendered_config
 
-    file_content(
-        name=f"Write {settings.containerd_config_path}",
-        path=settings.containerd_config_path,
-        content=config,
-        current_sha256=_sha256(node.config_text),
-        current_text=node.config_text,
-    )
-    file_content(
-        name=f"Install {settings.containerd_unit_path}",
-        path=settings.containerd_unit_path,
-        content=unit_text(settings.containerd_bin_dir, settings.containerd_limit_nofile),
-        current_sha256=node.unit_sha256,
-    )
-    dropin_path = proxy_dropin_path(settings)
-    dropin_text = proxy_dropin_text(settings)
-    if dropin_text is None:
-        file_absent(name=f"Remove {dropin_path}", path=dropin_path, present=dropin_path in node.files)
-    else:
+    for path, file in plan.files.items():
         file_content(
-            name=f"Write {dropin_path}",
-            path=dropin_path,
-            content=dropin_text,
-            current_sha256=node.files.get(dropin_path),
-            mode=proxy_dropin_mode(settings),
+            name=f"{'Install' if path == settings.containerd_unit_path else 'Write'} {path}",
+            path=path,
+            content=file.text if file.text is not None else config,
+            current_sha256=file.current_sha256,
+            current_text=node.config_text if path == settings.containerd_config_path else None,
+            mode=file.mode,
         )
-
-    wanted = registry_files(settings)
-    for path, (text, mode) in wanted.items():
-        file_content(
-            name=f"Write {path}", path=path, content=text, current_sha256=node.files.get(path), mode=mode
+    for path in plan.delete:
+        file_absent(
+            name=f"Remove {path}{_why_removed(node, path)}",
+            path=path,
+            present=True,
+            remove_empty_parent=path in node.managed_hosts,
         )
-    for path in node.managed_hosts:
-        if path not in wanted:
-            file_absent(
-                name=f"Remove {path} (no longer in containerd_registries)",
-                path=path,
-                present=True,
-                remove_empty_parent=True,
-            )
     return config
+
+
+def _why_removed(node: NodeState, path: str) -> str:
+    if path in node.managed_hosts:
+        return " (no longer in containerd_registries)"
+    if path == CRICTL_CONFIG:
+        return " (no crictl_version)"
+    return ""

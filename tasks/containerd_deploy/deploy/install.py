@@ -6,16 +6,13 @@ from pyinfra.api import deploy
 from containerd_deploy.data.artifacts import COMPONENTS, Artifact, destination
 from containerd_deploy.data.settings import DEFAULTS, Settings
 from containerd_deploy.facts.node import NodeState
-from containerd_deploy.operations.files import file_absent, file_content
 from containerd_deploy.operations.release import (
     distro_packages_absent,
     release_artifact,
     release_artifact_absent,
     release_files_fetched,
 )
-from containerd_deploy.plan.files import crictl_config, crictl_config_is_ours
 from containerd_deploy.plan.run import NAMES, Plan
-from containerd_deploy.remote.paths import CRICTL_CONFIG
 
 
 @deploy("Fetch release files", data_defaults=DEFAULTS)
@@ -36,7 +33,7 @@ def fetch_release_files(settings: Settings, node: NodeState, artifacts: dict[str
 @deploy("Install release files", data_defaults=DEFAULTS)
 def install_release_files(settings: Settings, node: NodeState, artifacts: dict[str, Artifact]):
     """Install the fetched release files (each checked again on the node) and remove those of
-    components no longer wanted; crictl's config goes with crictl."""
+    components no longer wanted (crictl's config is one of the files configure_containerd writes)."""
     if settings.containerd_distro_package == "remove":
         # Only now, with the release files on the node: a failed download leaves the package running.
         distro_packages_absent(
@@ -62,17 +59,4 @@ def install_release_files(settings: Settings, node: NodeState, artifacts: dict[s
             state_dir=settings.containerd_deploy_state_dir,
             installed=node.manifests.get(component),
             verified=settings.artifact_source == "node",
-        )
-    if "crictl" in artifacts:
-        file_content(
-            name=f"Write {CRICTL_CONFIG}",
-            path=CRICTL_CONFIG,
-            content=crictl_config(),
-            current_sha256=node.files.get(CRICTL_CONFIG),
-        )
-    else:
-        file_absent(
-            name=f"Remove {CRICTL_CONFIG} (no crictl_version)",
-            path=CRICTL_CONFIG,
-            present=crictl_config_is_ours(node),
         )

@@ -13,7 +13,7 @@ from pyinfra.operations import systemd
 
 from containerd_deploy.data.artifacts import COMPONENTS
 from containerd_deploy.data.settings import DEFAULTS, Settings
-from containerd_deploy.data.values import DataError, control_characters, is_system_tree
+from containerd_deploy.data.values import DataError, is_system_tree, normal_path, path_problem
 from containerd_deploy.facts.node import NodeState
 from containerd_deploy.operations.files import directory_absent, file_absent
 from containerd_deploy.operations.release import kept_release_dropped, release_artifact_absent
@@ -25,12 +25,10 @@ from containerd_deploy.remote.paths import CRICTL_CONFIG
 
 def purge_refusal(path: str, deploy_paths: tuple[str, ...]) -> str | None:
     """Why `path` is not a directory `purged` may delete (None: it is containerd's own)."""
-    if not path.startswith("/") or control_characters(path) or "\\" in path:
-        return "is not an absolute path"
-    # normpath takes out `.`, `..` and doubled slashes but keeps a leading `//`.
-    normal = posixpath.normpath(path)
-    if "//" in path or normal != (path.rstrip("/") or "/"):
-        return "is not a plain path (it has .., . or doubled slashes)"
+    problem = path_problem(path, plain=True)
+    if problem:
+        return f"is {problem}"
+    normal = normal_path(path)
     if is_system_tree(normal):
         return "is a directory of the operating system, or holds one"
     for owned in deploy_paths:

@@ -13,7 +13,7 @@ from containerd_deploy.operations.release import kept_release_dropped, release_k
 from containerd_deploy.operations.service import containerd_service, restart_hook
 from containerd_deploy.plan.files import loaded_at_start
 from containerd_deploy.plan.run import Plan
-from containerd_deploy.remote.rollback import manifest_path
+from containerd_deploy.remote.manifest import manifest_path
 
 
 @deploy("Run containerd", data_defaults=DEFAULTS)

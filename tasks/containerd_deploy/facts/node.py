@@ -17,23 +17,9 @@ from dataclasses import dataclass, field
 from pyinfra.api import FactBase
 
 from containerd_deploy.remote.lock import LockState, lock_state_lines, parse_lock_state
-from containerd_deploy.remote.node_state import SECTION, USER_HZ, manifest_lines, node_state_command
-
-
-@dataclass
-class Manifest:
-    """What one install of a release artifact put on the node (written last, by that install)."""
-
-    fields: dict = field(default_factory=dict)  # component, version, sha256, url
-    files: dict = field(
-        default_factory=dict
-    )  # path -> identity (FILE_IDENTITY_FORMAT) recorded at install time
-    actual: dict = field(default_factory=dict)  # path -> identity now (missing files absent)
-
-    def intact(self) -> bool:
-        return bool(self.files) and all(
-            self.actual.get(path) == digest for path, digest in self.files.items()
-        )
+from containerd_deploy.remote.manifest import SUFFIX as MANIFEST_SUFFIX
+from containerd_deploy.remote.manifest import Manifest, read_manifest
+from containerd_deploy.remote.node_state import SECTION, USER_HZ, manifest_state_lines, node_state_command
 
 
 @dataclass(frozen=True)
@@ -166,24 +152,12 @@ def split_sections(lines: list[str]) -> list[tuple[str, list[str]]]:
     return sections
 
 
-def read_manifest(body: list[str], manifest: "Manifest") -> None:
-    """A manifest's lines into `manifest`: `file <path> <identity>` (a path may hold spaces, the
-    identity does not), and `<key> <value>` for the rest (component, version, sha256)."""
-    for line in body:
-        key, _, value = line.strip().partition(" ")
-        if key == "file":
-            path, _, identity = value.rpartition(" ")
-            manifest.files[path] = identity
-        elif key:
-            manifest.fields[key] = value
-
-
 def _lines(body: list[str]) -> list[str]:
     return [line.strip() for line in body if line.strip()]
 
 
 def _manifest_of(state: NodeState, argument: str) -> "Manifest":
-    return state.manifests.setdefault(argument.removesuffix(".manifest"), Manifest())
+    return state.manifests.setdefault(argument.removesuffix(MANIFEST_SUFFIX), Manifest())
 
 
 def _service(state: NodeState, body: list[str]) -> None:
@@ -318,7 +292,7 @@ class ReleaseManifests(FactBase):
         return {}
 
     def command(self, state_dir):
-        return "\n".join(manifest_lines(state_dir))
+        return "\n".join(manifest_state_lines(state_dir))
 
     def process(self, output):
         return parse_node_state(list(output)).manifests

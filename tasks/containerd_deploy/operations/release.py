@@ -10,10 +10,11 @@ from pyinfra.api import FunctionCommand, StringCommand, operation
 
 from containerd_deploy.controller.cache import FetchError, cached_path, ensure_cached
 from containerd_deploy.data.artifacts import Artifact
-from containerd_deploy.facts.node import DistroPackage, Manifest, ReleaseManifests
+from containerd_deploy.facts.node import DistroPackage, ReleaseManifests
 from containerd_deploy.operations import FROM_NODE, FromNode, _escalated
 from containerd_deploy.operations.files import private_uploads, upload_directory
 from containerd_deploy.plan.run import artifact_is_installed
+from containerd_deploy.remote.manifest import Manifest
 from containerd_deploy.remote.rollback import drop_kept_script, keep_release_script
 from containerd_deploy.remote.scripts import (
     fetch_artifacts_script,

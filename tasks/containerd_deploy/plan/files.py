@@ -139,7 +139,8 @@ def managed_paths(settings: Settings) -> tuple[str, ...]:
     return (proxy_dropin_path(settings), CRICTL_CONFIG, *registry_files(settings))
 
 
-def _sha256(text: str | None) -> str | None:
+def text_sha256(text: str | None) -> str | None:
+    """The sha256 the node fact reports for a file holding `text` (None: no file)."""
     return hashlib.sha256(text.encode()).hexdigest() if text is not None else None
 
 
@@ -172,4 +173,4 @@ def crictl_config() -> str:
 
 def crictl_config_is_ours(node: NodeState) -> bool:
     """Whether the node's crictl.yaml is the one this deploy writes (an operator's own stays)."""
-    return node.files.get(CRICTL_CONFIG) == hashlib.sha256(crictl_config().encode()).hexdigest()
+    return node.files.get(CRICTL_CONFIG) == text_sha256(crictl_config())

@@ -1,13 +1,13 @@
 """The run's plan: from the node's state and the settings, what this run will do to the node,
 decided before the first operation is added."""
 
-import hashlib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from containerd_deploy.data.artifacts import COMPONENTS, DAEMON_COMPONENTS, Artifact, destination
 from containerd_deploy.data.config_toml import ConfigError, value_at
 from containerd_deploy.data.settings import Settings
-from containerd_deploy.facts.node import Manifest, NodeState, newer_than_daemon
+from containerd_deploy.facts.node import NodeState, newer_than_daemon
 from containerd_deploy.plan.files import (
     config_base,
     crictl_config,
@@ -15,11 +15,14 @@ from containerd_deploy.plan.files import (
     desired_config,
     loaded_at_start,
     no_config_defaults,
+    proxy_dropin_mode,
     proxy_dropin_path,
     proxy_dropin_text,
     registry_files,
+    text_sha256,
     unit_text,
 )
+from containerd_deploy.remote.manifest import Manifest
 from containerd_deploy.remote.paths import CRICTL_CONFIG
 
 
@@ -51,13 +54,27 @@ NAMES = {"containerd": "containerd", "runc": "runc", "cni_plugins": "the CNI plu
 
 
 @dataclass(frozen=True)
+class FileToLeave:
+    """A file the deploy owns, as a run leaves it."""
+
+    text: str | None  # None: config.toml from the defaults of the containerd this run installs
+    mode: str
+    current_sha256: str | None  # the node's file now (None: it has none)
+
+    @property
+    def changes(self) -> bool:
+        return self.text is None or text_sha256(self.text) != self.current_sha256
+
+
+@dataclass(frozen=True)
 class Plan:
     """What one run does to one node, decided before its first operation is added: the steps
     build their operations from it, the dry run and --diff show it, the run reports it."""
 
     install: tuple[str, ...] = ()  # components installed or replaced (fetched and verified first)
     remove: tuple[str, ...] = ()  # components removed (their <component>_version unset)
-    write: tuple[str, ...] = ()  # files written: their content differs (or cannot be known yet)
+    files: Mapping[str, FileToLeave] = field(default_factory=dict)  # every file it owns, by path
+    write: tuple[str, ...] = ()  # of them, those written: their content differs (or is not known yet)
     delete: tuple[str, ...] = ()  # files removed
     leftovers: bool = False  # what runs cut short left beside the deploy's files is removed
     distro_packages: bool = False  # the distribution's containerd packages are removed
@@ -134,10 +151,6 @@ class Plan:
         return said or ["no change"]
 
 
-def _sha256(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 def plan_run(settings: Settings, node: NodeState, wanted: dict[str, Artifact]) -> Plan:
     """The plan of a run that leaves `node` with the release files `wanted` and `settings`'
     files, service and rollback (containerd_state=present). A config.toml that does not parse,
@@ -155,32 +168,27 @@ def plan_run(settings: Settings, node: NodeState, wanted: dict[str, Artifact]) -
     if base is None and binaries_current:  # the installed binary gave no defaults to start from
         raise no_config_defaults(settings)
     config_text = desired_config(settings, base) if base is not None else None
-    files: dict[str, str | None] = {  # path -> the text this run leaves (None: not known yet)
-        settings.containerd_config_path: config_text,
-        settings.containerd_unit_path: unit_text(
-            settings.containerd_bin_dir, settings.containerd_limit_nofile
+    files = {
+        settings.containerd_config_path: FileToLeave(config_text, "644", text_sha256(node.config_text)),
+        settings.containerd_unit_path: FileToLeave(
+            unit_text(settings.containerd_bin_dir, settings.containerd_limit_nofile), "644", node.unit_sha256
         ),
-        **{path: text for path, (text, _) in registry_files(settings).items()},
-    }
-    current = {
-        settings.containerd_config_path: node.config_text and _sha256(node.config_text),
-        settings.containerd_unit_path: node.unit_sha256,
+        **{
+            path: FileToLeave(text, mode, node.files.get(path))
+            for path, (text, mode) in registry_files(settings).items()
+        },
     }
     dropin, dropin_text = proxy_dropin_path(settings), proxy_dropin_text(settings)
     delete = [path for path in node.managed_hosts if path not in files]
     if dropin_text is not None:
-        files[dropin] = dropin_text
+        files[dropin] = FileToLeave(dropin_text, proxy_dropin_mode(settings), node.files.get(dropin))
     elif dropin in node.files:
         delete.append(dropin)
     if "crictl" in wanted:
-        files[CRICTL_CONFIG] = crictl_config()
+        files[CRICTL_CONFIG] = FileToLeave(crictl_config(), "644", node.files.get(CRICTL_CONFIG))
     elif crictl_config_is_ours(node):
         delete.append(CRICTL_CONFIG)
-    write = tuple(
-        path
-        for path, text in files.items()
-        if text is None or _sha256(text) != current.get(path, node.files.get(path))
-    )
+    write = tuple(path for path, file in files.items() if file.changes)
     loaded = loaded_at_start(settings)
     restart = [f"{NAMES[c]} {wanted[c].version} installed" for c in install if c in DAEMON_COMPONENTS]
     # A config.toml from new defaults comes with a new binary: that restart says why.
@@ -197,6 +205,7 @@ def plan_run(settings: Settings, node: NodeState, wanted: dict[str, Artifact]) -
     return Plan(
         install=install,
         remove=remove,
+        files=files,
         write=write,
         delete=tuple(delete),
         leftovers=bool(node.hidden_leftovers or node.staging_leftovers),

@@ -7,9 +7,10 @@ import shlex
 
 from containerd_deploy.data.artifacts import COMPONENTS
 from containerd_deploy.remote.lock import lock_state_lines
+from containerd_deploy.remote.manifest import FILE_IDENTITY_FORMAT, manifest_files_lines, manifest_path
+from containerd_deploy.remote.manifest import SUFFIX as MANIFEST_SUFFIX
 from containerd_deploy.remote.paths import (
     DISTRO_BINARIES,
-    FILE_IDENTITY_FORMAT,
     HIDDEN_DIR_PREFIX,
     KEPT_DIR_NAME,
     KUBELET_CONFIG,
@@ -18,6 +19,7 @@ from containerd_deploy.remote.paths import (
     UPLOAD_DIR_PREFIX,
     hidden_copy,
 )
+from containerd_deploy.remote.shell import TAB
 
 # Marks the start of each section of the fact's output (a line that no section's content has).
 SECTION = "##containerd-deploy:"
@@ -89,7 +91,12 @@ def hidden_leftovers_lines(files: tuple, directories: tuple, globs: tuple) -> li
     quoted shell patterns)."""
     q = shlex.quote
     candidates = [q(hidden_copy(path)) for path in files]
-    candidates += [q(directory.rstrip("/") + "/" + HIDDEN_DIR_PREFIX) + "*" for directory in directories]
+    for directory in directories:
+        candidates += [
+            q(directory.rstrip("/") + "/" + HIDDEN_DIR_PREFIX) + "*",
+            # A release file a rollback was putting back.
+            q(directory.rstrip("/") + "/.") + "*" + q(NEW_SUFFIX),
+        ]
     candidates += list(globs)
     return (
         [
@@ -118,28 +125,26 @@ def distro_package_lines() -> list[str]:
     ]
 
 
-def manifest_lines(state_dir: str) -> list[str]:
+def manifest_state_lines(state_dir: str) -> list[str]:
     """Shell lines printing each manifest in `state_dir` and the identity each file it lists
     has now (sections `manifest <name>` and `actual <name>`)."""
     q = shlex.quote
     return [
-        f"for m in {q(state_dir)}/*.manifest; do",
+        *manifest_files_lines(),
+        f"for m in {q(state_dir)}/*{MANIFEST_SUFFIX}; do",
         '  [ -f "$m" ] || continue',
         f'  echo "{SECTION}manifest ${{m##*/}}"',
         '  cat "$m"',
         f'  echo "{SECTION}actual ${{m##*/}}"',
         # One stat for all of a manifest's files (each command started costs on a small node).
         "  set --",
-        # `file <path> <identity>`: the path (spaces and all) runs to the last space.
-        "  while IFS= read -r line; do",
-        '    case "$line" in "file "*) ;; *) continue;; esac',
-        "    rest=${line#file }",
-        "    path=${rest% *}",
-        "    recorded=${rest##* }",
+        f'  while IFS="{TAB}" read -r recorded path; do',
         '    [ -f "$path" ] || continue',
         # A manifest written before identities were recorded holds digests: hash those files.
         '    case "$recorded" in *:*) set -- "$@" "$path";; *) sha256sum "$path";; esac',
-        '  done < "$m"',
+        "  done <<EOF",
+        '$(manifest_files "$m")',
+        "EOF",
         f"  [ $# -eq 0 ] || stat -c '{FILE_IDENTITY_FORMAT}  %n' \"$@\"",
         "done",
     ]
@@ -192,7 +197,7 @@ def node_state_command(
             f'if [ -d /run/systemd/system ]; then echo "{SECTION}systemd"; fi',
             f'echo "{SECTION}missing"',
             *missing_binaries_lines(bin_dir, handler_binaries),
-            *manifest_lines(state_dir),
+            *manifest_state_lines(state_dir),
             f'echo "{SECTION}unit"',
             f"[ -f {q(unit_path)} ] && sha256sum {q(unit_path)}",
             f'echo "{SECTION}config"',
@@ -233,10 +238,16 @@ def node_state_command(
             f"cat {q(state_dir + '/' + KEPT_DIR_NAME + '/version')} 2>/dev/null",
             f'echo "{SECTION}hidden"',
             *hidden_leftovers_lines(
-                (config_path, unit_path, *files),
+                (
+                    config_path,
+                    unit_path,
+                    *files,
+                    *(manifest_path(state_dir, component) for component in COMPONENTS),
+                ),
                 (bin_dir, *install_dirs),
                 (
-                    f"{q(state_dir)}/*.manifest{NEW_SUFFIX}",
+                    # A manifest's new copy as an older version of this deploy named it.
+                    f"{q(state_dir)}/*{MANIFEST_SUFFIX}{NEW_SUFFIX}",
                     f"{q(state_dir)}/{KEPT_DIR_NAME}{NEW_SUFFIX}",
                     q(UPLOAD_DIR_PREFIX) + "*",
                     *([f"{q(certs_dir)}/*/{q('.hosts.toml' + NEW_SUFFIX)}"] if certs_dir else []),

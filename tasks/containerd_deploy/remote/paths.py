@@ -2,12 +2,6 @@
 path, the state it keeps, the files it reads of others, and the PATH its commands run with.
 """
 
-# A file's identity (inode, size, ctime to the nanosecond): any write, chmod or rename over
-# the path changes it, and userspace cannot set a ctime back. Recorded in a manifest when a
-# file is installed, it proves the file untouched without hashing ~90 MB of binaries per run.
-FILE_IDENTITY_FORMAT = "%i:%s:%.9Z"
-
-
 # Where distribution packages (Debian/Ubuntu containerd, docker.io's, Docker's containerd.io,
 # Fedora/RHEL's) put containerd: a second containerd beside this deploy's, which package
 # upgrades restart under the same unit name.

@@ -15,18 +15,15 @@ the new release is verified, the kept one is dropped (`drop_kept_script`).
 import shlex
 
 from containerd_deploy.data.artifacts import DAEMON_COMPONENTS
-from containerd_deploy.remote.paths import FILE_IDENTITY_FORMAT, KEPT_DIR_NAME, NEW_SUFFIX
-from containerd_deploy.remote.scripts import TAB, answer_wait_lines
+from containerd_deploy.remote.manifest import manifest_lines, manifest_path
+from containerd_deploy.remote.paths import KEPT_DIR_NAME, NEW_SUFFIX
+from containerd_deploy.remote.shell import TAB, answer_wait_lines, hidden_copy_expression
 
 q = shlex.quote
 
 
 def kept_dir(state_dir: str) -> str:
     return f"{state_dir.rstrip('/')}/{KEPT_DIR_NAME}"
-
-
-def manifest_path(state_dir: str, component: str) -> str:
-    return f"{state_dir.rstrip('/')}/{component}.manifest"
 
 
 def keep_release_script(state_dir: str, release_files: tuple, other_files: tuple, version: str) -> str:
@@ -78,6 +75,7 @@ def rollback_lines(state_dir: str, unit: str, ctr: str, timeout: int) -> list[st
     restored = "$keep/restore"
     lines = [
         *answer_wait_lines(),
+        *manifest_lines(),
         "rollback() {",
         f"  keep={q(keep)}",
         '  [ -f "$keep/version" ] || return 1',
@@ -88,30 +86,24 @@ def rollback_lines(state_dir: str, unit: str, ctr: str, timeout: int) -> list[st
     ]
     manifests = " ".join(q(manifest_path(state_dir, component)) for component in DAEMON_COMPONENTS)
     lines += [
+        f'  cut -f 2- "{restored}" > "$keep/paths"',
         f"  for manifest in {manifests}; do",
         # Only the components that release was kept of: the others were left alone.
-        f"""    awk -F "{TAB}" -v m="$manifest" '$2 == m {{ found = 1 }} END {{ exit !found }}' "{restored}" || continue""",
+        '    grep -qxF -- "$manifest" "$keep/paths" || continue',
         '    [ -f "$manifest" ] || continue',
-        # `file <path> <identity>` lines: the path runs to the last space.
-        f"""    awk -F "{TAB}" 'FNR == NR {{ kept[$2] = 1; next }} /^file / {{ p = substr($0, 6); sub(/ [^ ]*$/, "", p); if (!(p in kept)) print p }}' \\""",
-        f'      "{restored}" "$manifest" | while IFS= read -r path; do rm -f -- "$path"; done',
+        '    manifest_paths_not_in "$manifest" "$keep/paths" | remove_each',
         "  done",
-    ]
-    lines += [
         f'  while IFS="$(printf "{TAB}")" read -r saved path; do',
         '    if [ "$saved" = - ]; then rm -f -- "$path"; continue; fi',
-        f'    cp -p -- "$keep/files/$saved" "$path{NEW_SUFFIX}" && mv -fT -- "$path{NEW_SUFFIX}" "$path" \\',
+        f"    new={hidden_copy_expression('path')}",
+        '    { cp -p -- "$keep/files/$saved" "$new" && put_in_place "$new" "$path"; } \\',
         '      || echo "containerd-deploy: could not put back $path" >&2',
         f'  done < "{restored}"',
         # The files put back are copies (new inodes): their manifests get the identities they
         # have now, or the next run would take them for files changed outside the deploy.
         f"  for manifest in {manifests}; do",
         f"""    awk -F "{TAB}" -v m="$manifest" '$1 != "-" && $2 == m {{ found = 1 }} END {{ exit !found }}' "{restored}" || continue""",
-        "    set --",
-        '    while IFS= read -r line; do case "$line" in "file "*) rest=${line#file }; set -- "$@" "${rest% *}";; esac; done < "$manifest"',
-        f'    grep -v "^file " "$manifest" > "$manifest{NEW_SUFFIX}"',
-        f'    [ $# -eq 0 ] || stat -c \'file %n {FILE_IDENTITY_FORMAT}\' "$@" >> "$manifest{NEW_SUFFIX}"',
-        f'    mv -f -- "$manifest{NEW_SUFFIX}" "$manifest"',
+        '    manifest_refresh "$manifest"',
         "  done",
         "  systemctl daemon-reload",
         # A release that failed fast may have used up the unit's start limit.

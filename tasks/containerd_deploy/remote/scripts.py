@@ -9,31 +9,19 @@ import posixpath
 import shlex
 
 from containerd_deploy.data.artifacts import Artifact
+from containerd_deploy.remote.manifest import manifest_lines, manifest_path
 from containerd_deploy.remote.node_state import staging_leftovers_lines
-from containerd_deploy.remote.paths import FILE_IDENTITY_FORMAT, HIDDEN_DIR_PREFIX, NEW_SUFFIX
+from containerd_deploy.remote.paths import HIDDEN_DIR_PREFIX
+from containerd_deploy.remote.shell import (
+    FETCH,
+    PRELUDE,
+    TAB,
+    answer_wait_lines,
+    hidden_copy_expression,
+    put_in_place_lines,
+)
 
 q = shlex.quote
-
-_PRELUDE = r"""set -eu
-umask 022
-fail() { echo "containerd-deploy: $*" >&2; exit 1; }
-"""
-
-# `--` before the URL: whatever it holds is never read as an option.
-_FETCH = r"""fetch() {
-  if command -v curl >/dev/null 2>&1; then
-    curl -fsSL --retry 2 --connect-timeout 20 -o "$2" -- "$1"
-  elif command -v wget >/dev/null 2>&1; then
-    wget -q -T 20 -t 3 -O "$2" -- "$1"
-  else
-    fail "neither curl nor wget is installed on this host; install one of them"
-  fi
-}
-"""
-
-# A tab between the fields of the install's plan (file name, final path): paths may hold
-# spaces, never a tab (settings refuses control characters).
-TAB = "\t"
 
 
 def staging_dir_lines() -> list[str]:
@@ -47,18 +35,6 @@ def staging_dir_lines() -> list[str]:
         'chown -h 0:0 -- "$staging"',
         'chmod 700 -- "$staging"',
         'if [ ! -d "$staging" ] || [ -L "$staging" ]; then fail "the staging directory $staging changed while it was locked down"; fi',
-    ]
-
-
-def manifest_path_lines(manifest: str, command: str) -> list[str]:
-    """Shell lines running `command "$path"` for each file a manifest lists (`file <path>
-    <identity>` lines: the path is everything between the first and the last space)."""
-    return [
-        "while IFS= read -r line; do",
-        '  case "$line" in "file "*) ;; *) continue;; esac',
-        "  rest=${line#file }",
-        f'  path=${{rest% *}}; {command} "$path"',
-        f"done < {manifest}",
     ]
 
 
@@ -79,47 +55,32 @@ def install_artifact_script(
     root-only directory, under the node's lock. Files an earlier release of the same component
     installed and this one does not have are removed; nothing else is touched.
     """
-    layout = artifact.layout
-    manifest = f"{state_dir}/{artifact.component}.manifest"
-    dest_dir = dest if layout.tarball else (dest.rsplit("/", 1)[0] or "/")
+    dest_dir = dest if artifact.layout.tarball else (dest.rsplit("/", 1)[0] or "/")
     lines = [
-        _PRELUDE,
-        _FETCH,
+        PRELUDE,
+        FETCH,
+        *manifest_lines(),
         f"url={q(artifact.url)}",
         f"expected={q(artifact.sha256)}",
-        f"manifest={q(manifest)}",
+        f"manifest={q(manifest_path(state_dir, artifact.component))}",
         f"uploaded={q(uploaded or '')}",
         f"staging={q(staging_dir)}",
         f"dest_dir={q(dest_dir)}",
         'stage=""',
         'hidden=""',
+        'new_manifest=""',
         # On any exit: drop this run's staging directory (and the staging directory itself
-        # once empty), an uploaded copy, and the hidden directory of new files not yet renamed
-        # into place. Set before anything is made, so a run stopped at any line leaves nothing
+        # once empty), an uploaded copy, and the hidden directory of new files (and the
+        # manifest's new copy) not yet renamed into place. Set before anything is made, so a run stopped at any line leaves nothing
         # behind. A signal during cleanup must not cut it short (the lock holder sends TERM
         # once the run's connection is gone): it ignores them, then removes everything.
         'cleanup() { trap "" HUP INT TERM PIPE; set +e; [ -z "$stage" ] || rm -rf "$stage"; [ -z "$hidden" ] || rm -rf "$hidden"; '
-        '[ -z "$uploaded" ] || rm -f "$uploaded"; rmdir "$staging" 2>/dev/null || true; }',
+        '[ -z "$new_manifest" ] || rm -f "$new_manifest"; [ -z "$uploaded" ] || rm -f "$uploaded"; rmdir "$staging" 2>/dev/null || true; }',
         "trap cleanup EXIT",
         "trap 'exit 1' HUP INT TERM PIPE",
         *staging_dir_lines(),
         f'stage=$(mktemp -d "$staging/{artifact.component}.XXXXXX")',
-    ]
-    if uploaded:
-        lines.append(
-            'mv -f "$uploaded" "$stage/download" || fail "the release file $url is not in the staging directory; nothing was installed"'
-        )
-    else:
-        lines.append(
-            'fetch "$url" "$stage/download" || fail "could not download $url; nothing was installed"'
-        )
-    if not (uploaded and verified):
-        lines += [
-            'actual=$(sha256sum "$stage/download")',
-            "actual=${actual%% *}",
-            '[ "$actual" = "$expected" ] || fail "checksum mismatch for $url: expected sha256 $expected, got $actual; nothing was installed"',
-        ]
-    lines += [
+        *_verified_download_lines(uploaded, verified),
         'mkdir -p "$dest_dir"',
         # The new files are made in a hidden directory beside their final paths: on the same
         # filesystem, so each goes into place by a rename (no second copy), and made there, so
@@ -128,24 +89,54 @@ def install_artifact_script(
         f'hidden="$dest_dir/{HIDDEN_DIR_PREFIX}$$"',
         'rm -rf "$hidden"',
         'mkdir -m 700 "$hidden"',
+        *_unpack_lines(artifact, dest),
+        *_rename_and_record_lines(artifact, state_dir),
     ]
-    if layout.tarball:
-        member = f" {q(layout.member)}" if layout.member else ""
-        where = f" with a {layout.member}/ directory" if layout.member else ""
-        lines += [
-            f'tar -xzf "$stage/download" -C "$hidden" --no-same-owner{member} || fail "$url is not a release tarball{where}; nothing was installed"',
-            f'src="$hidden{"/" + layout.member if layout.member else ""}"',
-            f'[ -f "$src/{layout.required}" ] || fail "$url has no {(layout.member + "/") if layout.member else ""}{layout.required}; nothing was installed"',
-            f'for f in "$src"/*; do if [ -f "$f" ]; then printf "%s{TAB}%s\\n" "${{f##*/}}" "$dest_dir/${{f##*/}}"; fi; done > "$stage/plan"',
+    return "\n".join(lines) + "\n"
+
+
+def _verified_download_lines(uploaded: str | None, verified: bool) -> list[str]:
+    """Shell lines putting the release file in "$stage/download", checked against $expected."""
+    if uploaded:
+        lines = [
+            'mv -f "$uploaded" "$stage/download" || fail "the release file $url is not in the staging directory; nothing was installed"'
         ]
     else:
-        name = dest.rsplit("/", 1)[-1]
+        lines = ['fetch "$url" "$stage/download" || fail "could not download $url; nothing was installed"']
+    if not (uploaded and verified):
         lines += [
+            'actual=$(sha256sum "$stage/download")',
+            "actual=${actual%% *}",
+            '[ "$actual" = "$expected" ] || fail "checksum mismatch for $url: expected sha256 $expected, got $actual; nothing was installed"',
+        ]
+    return lines
+
+
+def _unpack_lines(artifact: Artifact, dest: str) -> list[str]:
+    """Shell lines putting the release's files in "$hidden" (as "$src") and listing, in
+    "$stage/plan", each file's name and final path."""
+    layout = artifact.layout
+    if not layout.tarball:
+        name = dest.rsplit("/", 1)[-1]
+        return [
             'src="$hidden"',
             f'mv "$stage/download" "$src/{name}"',
             f'printf "%s{TAB}%s\\n" {q(name)} {q(dest)} > "$stage/plan"',
         ]
-    lines += [
+    member = f" {q(layout.member)}" if layout.member else ""
+    where = f" with a {layout.member}/ directory" if layout.member else ""
+    return [
+        f'tar -xzf "$stage/download" -C "$hidden" --no-same-owner{member} || fail "$url is not a release tarball{where}; nothing was installed"',
+        f'src="$hidden{"/" + layout.member if layout.member else ""}"',
+        f'[ -f "$src/{layout.required}" ] || fail "$url has no {(layout.member + "/") if layout.member else ""}{layout.required}; nothing was installed"',
+        f'for f in "$src"/*; do if [ -f "$f" ]; then printf "%s{TAB}%s\\n" "${{f##*/}}" "$dest_dir/${{f##*/}}"; fi; done > "$stage/plan"',
+    ]
+
+
+def _rename_and_record_lines(artifact: Artifact, state_dir: str) -> list[str]:
+    """Shell lines renaming the files "$stage/plan" lists into place, removing what the previous
+    install of the component recorded and this one does not bring, and writing the manifest."""
+    return [
         "{",
         f"  echo component {q(artifact.component)}",
         f"  echo version {q(artifact.version)}",
@@ -163,21 +154,17 @@ def install_artifact_script(
         'mv -f -t "$dest_dir" "$@"',
         "set --",
         f'while IFS="$(printf "{TAB}")" read -r name path; do set -- "$@" "$path"; done < "$stage/plan"',
-        # Each file's identity once in place (the rename sets its ctime): the node fact checks
-        # files are untouched by comparing identities, without rehashing them every run.
-        f'stat -c \'file %n {FILE_IDENTITY_FORMAT}\' "$@" >> "$stage/manifest"',
-        # Files the previous install of this component recorded that this one did not bring.
+        # Each file's identity once in place (the rename sets its ctime).
+        'manifest_record "$@" >> "$stage/manifest"',
         'if [ -f "$manifest" ]; then',
-        """  awk 'function path(line) { line = substr(line, 6); sub(/ [^ ]*$/, "", line); return line }""",
-        """    FNR == NR { if ($1 == "file") kept[path($0)] = 1; next }""",
-        """    $1 == "file" && !(path($0) in kept) { print path($0) }' \\""",
-        '    "$stage/manifest" "$manifest" | while IFS= read -r path; do rm -f -- "$path"; done',
+        '  manifest_paths "$stage/manifest" > "$stage/paths"',
+        '  manifest_paths_not_in "$manifest" "$stage/paths" | remove_each',
         "fi",
         f"mkdir -p {q(state_dir)}",
-        f'cp "$stage/manifest" "$manifest{NEW_SUFFIX}"',
-        f'mv -f "$manifest{NEW_SUFFIX}" "$manifest"',
+        f"new_manifest={hidden_copy_expression('manifest')}",
+        'cp "$stage/manifest" "$new_manifest"',
+        'put_in_place "$new_manifest" "$manifest" 644',
     ]
-    return "\n".join(lines) + "\n"
 
 
 def fetched_path(staging_dir: str, artifact: Artifact) -> str:
@@ -191,8 +178,8 @@ def fetch_artifacts_script(artifacts: list[Artifact], staging_dir: str) -> str:
     fetched side by side (one's download beside another's hashing: a small node's CPUs are
     what a first converge waits on)."""
     lines = [
-        _PRELUDE,
-        _FETCH,
+        PRELUDE,
+        FETCH,
         f"staging={q(staging_dir)}",
         'kept=""',
         'jobs=""',
@@ -241,7 +228,7 @@ def fetch_artifacts_script(artifacts: list[Artifact], staging_dir: str) -> str:
 def remove_staging_leftovers_script(staging_dir: str, keep: bool = False) -> str:
     """Remove what runs cut short left in the staging directory, then the directory if empty
     (or, with `keep`, lock it down for the files about to be uploaded into it)."""
-    lines = [_PRELUDE, f"staging={q(staging_dir)}"]
+    lines = [PRELUDE, f"staging={q(staging_dir)}"]
     if keep:
         lines += staging_dir_lines()
     lines += staging_leftovers_lines(staging_dir, "rm -rf")
@@ -252,19 +239,19 @@ def remove_staging_leftovers_script(staging_dir: str, keep: bool = False) -> str
 
 def remove_paths_script(paths: list[str]) -> str:
     """Remove files and directories (what a run cut short left beside the deploy's files)."""
-    return "\n".join([_PRELUDE, *(f"rm -rf -- {q(path)}" for path in paths)]) + "\n"
+    return "\n".join([PRELUDE, *(f"rm -rf -- {q(path)}" for path in paths)]) + "\n"
 
 
 def remove_artifact_script(component: str, state_dir: str) -> str:
     """Remove the files a component's manifest lists, then the manifest (the component was turned off)."""
-    manifest = f"{state_dir}/{component}.manifest"
     return (
         "\n".join(
             [
-                _PRELUDE,
-                f"manifest={q(manifest)}",
+                PRELUDE,
+                *manifest_lines(),
+                f"manifest={q(manifest_path(state_dir, component))}",
                 '[ -f "$manifest" ] || exit 0',
-                *manifest_path_lines('"$manifest"', "rm -f --"),
+                'manifest_paths "$manifest" | remove_each',
                 'rm -f -- "$manifest"',
             ]
         )
@@ -282,25 +269,18 @@ def write_file_script(text: str, temp_path: str, path: str, mode: str) -> str:
     return (
         "\n".join(
             [
-                _PRELUDE,
+                PRELUDE,
                 f"temp={q(temp_path)}",
                 "trap 'rm -f \"$temp\"' EXIT",
                 "trap 'exit 1' HUP INT TERM PIPE",
                 f"mkdir -p -- {q(posixpath.dirname(path))}",
                 f'printf %s {encoded} | base64 -d > "$temp"',
-                *_place_file_lines(mode, path),
+                *put_in_place_lines(),
+                f'put_in_place "$temp" {q(path)} {mode}',
             ]
         )
         + "\n"
     )
-
-
-def _place_file_lines(mode: str, path: str) -> list[str]:
-    """Make "$temp" root-owned with `mode`, then rename it over `path` (atomic)."""
-    return [
-        f'chown 0:0 "$temp" && chmod {mode} "$temp"',
-        f'mv -fT "$temp" {q(path)}',  # -T: onto a directory of that name is an error, not a move into it
-    ]
 
 
 def private_file_script(temp_path: str) -> str:
@@ -308,7 +288,7 @@ def private_file_script(temp_path: str) -> str:
     return (
         "\n".join(
             [
-                _PRELUDE,
+                PRELUDE,
                 f"temp={q(temp_path)}",
                 'mkdir -p -- "$(dirname -- "$temp")"',
                 'rm -f -- "$temp"',
@@ -325,34 +305,15 @@ def replace_file_script(temp_path: str, path: str, mode: str, upload_dir: str = 
     return (
         "\n".join(
             [
-                _PRELUDE,
+                PRELUDE,
                 f"temp={q(temp_path)}",
                 *([f"rm -rf -- {q(upload_dir)}"] if upload_dir else []),
-                *_place_file_lines(mode, path),
+                *put_in_place_lines(),
+                f'put_in_place "$temp" {q(path)} {mode}',
             ]
         )
         + "\n"
     )
-
-
-def answer_wait_lines() -> list[str]:
-    """Shell lines defining `wait_answer CTR SECONDS [VERSION]`: wait until `CTR version` answers
-    (as VERSION, when given), leaving what it said in $answer and the daemon's version in
-    $server; returns 1 once SECONDS have passed without."""
-    return [
-        "wait_answer() {",
-        "  deadline=$(( $(date +%s) + $2 ))",
-        "  while :; do",
-        '    if answer=$(timeout 10 "$1" version 2>&1); then',
-        """      server=$(printf '%s\\n' "$answer" | sed -n 's/^ *Version: *//p' | sed -n 2p)""",
-        '      [ -n "${3:-}" ] || return 0',
-        '      case "$server" in "$3"*|"v$3"*) return 0;; esac',
-        "    fi",
-        '    [ "$(date +%s)" -lt "$deadline" ] || return 1',
-        "    sleep 1",
-        "  done",
-        "}",
-    ]
 
 
 def service_script(
@@ -374,7 +335,7 @@ def service_script(
     falls short, before the command fails: a kept release is put back.
     """
     lines = [
-        _PRELUDE,
+        PRELUDE,
         f"unit={q(unit)}",
         f"ctr={q(ctr)}",
         f"expected={q(version)}",
@@ -415,7 +376,7 @@ def remove_tree_script(path: str) -> str:
     return (
         "\n".join(
             [
-                _PRELUDE,
+                PRELUDE,
                 f"dir={q(path.rstrip('/'))}",
                 '[ -e "$dir" ] || [ -L "$dir" ] || exit 0',
                 # Never through a symbolic link (the path itself or a directory above it): that deletes
