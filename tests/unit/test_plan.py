@@ -303,3 +303,73 @@ def test_a_removal_reads_one_plan_in_the_dry_run_and_the_real_run(monkeypatch, s
     assert ("Take the node's run lock" in changed) == plan.changes
     assert ("Reload systemd units" in changed) == plan.reload
     assert any(name.startswith("Stop and disable") for name in changed) == plan.stop
+
+
+def test_the_plan_holds_every_file_the_run_leaves_with_its_mode_and_writes_only_those_that_differ():
+    """The file table configure_containerd writes from: each owned file's text and mode (0600 for
+    credentials), and the node's copy now; on a node that has each file as wanted, none is written,
+    and one that differs by a byte is."""
+    from containerd_deploy.plan.files import (
+        crictl_config,
+        proxy_dropin_text,
+        registry_files,
+        text_sha256,
+        unit_text,
+    )
+
+    settings = settings_for(
+        {
+            "containerd_https_proxy": "http://user:s3cret@proxy.internal:3128",
+            "crictl_version": "1.33.0",
+            "containerd_limit_nofile": "1048576",
+            "containerd_registries": {
+                "docker.io": {"mirrors": [{"host": "https://mirror.internal"}]},
+                "quay.io": {
+                    "mirrors": [{"host": "https://q.internal", "headers": {"Authorization": "Basic dTpw"}}]
+                },
+            },
+        }
+    )
+    wanted = artifacts.resolve(settings, "amd64", published=no_fetch)
+    hosts = registry_files(settings)
+    texts = {
+        CONFIG: converged(settings).config_text,
+        UNIT: unit_text(settings.containerd_bin_dir, "1048576"),
+        **{path: text for path, (text, _) in hosts.items()},
+        DROPIN: proxy_dropin_text(settings),
+        "/etc/crictl.yaml": crictl_config(),
+    }
+    node = drifted(
+        converged(settings),
+        files={path: text_sha256(text) for path, text in texts.items() if path not in (CONFIG, UNIT)},
+        manifests=converged(settings).manifests,
+    )
+    plan = plan_run(settings, node, wanted)
+    assert {path: (file.text, file.mode) for path, file in plan.files.items()} == {
+        CONFIG: (texts[CONFIG], "644"),
+        UNIT: (texts[UNIT], "644"),
+        "/etc/containerd/certs.d/docker.io/hosts.toml": (
+            texts["/etc/containerd/certs.d/docker.io/hosts.toml"],
+            "644",
+        ),
+        "/etc/containerd/certs.d/quay.io/hosts.toml": (
+            texts["/etc/containerd/certs.d/quay.io/hosts.toml"],
+            "600",
+        ),
+        DROPIN: (texts[DROPIN], "600"),
+        "/etc/crictl.yaml": (texts["/etc/crictl.yaml"], "644"),
+    }
+    assert plan.write == () and plan.delete == ()
+    assert [
+        path for path, file in plan.files.items() if file.current_sha256 != text_sha256(texts[path])
+    ] == []
+    for path in texts:
+        if path in (CONFIG, UNIT):
+            continue
+        changed = drifted(node, files={**node.files, path: text_sha256(texts[path] + " ")})
+        assert plan_run(settings, changed, wanted).write == (path,), path
+    # A component installed earlier and no longer asked for is removed (with its manifest).
+    cni = Manifest({"version": "1.7.1"}, {"/opt/cni/bin/bridge": "1:2:3"}, {"/opt/cni/bin/bridge": "1:2:3"})
+    assert plan_run(
+        settings, drifted(node, manifests={**node.manifests, "cni_plugins": cni}), wanted
+    ).remove == ("cni_plugins",)

@@ -223,6 +223,7 @@ def test_runc_is_kept_with_the_release_and_put_back_by_a_rollback(node):
     manifest, put back by a rollback, and its manifest records the copy put back, so the next
     run reads runc as intact (not changed outside the deploy), and nothing is left beside it."""
     runc = install_runc(node, "runc 1.1.12\n")
+    node.config.chmod(0o640)  # an operator's mode: put back as it was
     release = (*(str(node.bin / name) for name in node.release()), str(runc))
     others = (str(node.state / "containerd.manifest"), str(node.state / "runc.manifest"), str(node.config))
     assert node.run(rollback.keep_release_script(str(node.state), release, others, "1.7.24")).returncode == 0
@@ -233,6 +234,7 @@ def test_runc_is_kept_with_the_release_and_put_back_by_a_rollback(node):
 
     assert result.returncode == 1 and "rolled back: containerd 1.7.24 answers again" in result.stderr
     assert runc.read_text() == "runc 1.1.12\n"
+    assert node.config.read_text() == "version = 2\n" and stat.S_IMODE(node.config.stat().st_mode) == 0o640
     recorded = manifest.Manifest()
     manifest.read_manifest((node.state / "runc.manifest").read_text().splitlines(), recorded)
     assert recorded.fields["version"] == "runc 1.1.12" and recorded.files == {str(runc): identity(runc)}
@@ -639,3 +641,38 @@ def test_dropping_the_kept_release_removes_a_half_written_one_too(node):
     assert not (node.state / rollback.KEPT_DIR_NAME).exists() and not half.exists()
     assert rollback.kept_dir("/var/lib/d/") == f"/var/lib/d/{rollback.KEPT_DIR_NAME}"
     assert manifest.manifest_path("/var/lib/d/", "runc") == "/var/lib/d/runc.manifest"
+
+
+def test_a_file_a_rollback_could_not_put_back_is_said_and_its_copy_found_by_the_next_run(node):
+    """The copy a rollback writes beside a path is named as the node fact looks for it: when
+    the rename fails (here: a stand-in mv refusing runc's path) the rollback says so, and the
+    next run finds the copy and removes it."""
+    from containerd_deploy.facts.node import parse_node_state
+    from containerd_deploy.remote.node_state import node_state_command
+
+    runc = install_runc(node, "runc 1.1.12\n")
+    release = (*(str(node.bin / name) for name in node.release()), str(runc))
+    others = (str(node.state / "containerd.manifest"), str(node.state / "runc.manifest"))
+    assert node.run(rollback.keep_release_script(str(node.state), release, others, "1.7.24")).returncode == 0
+    install_runc(node, "runc 1.2.5\n")
+    node.install({"containerd": "broken\n"}, "version = 3\n")
+    executable(
+        node.stand_ins / "mv",
+        f'#!/bin/sh\nfor last; do :; done\n[ "$last" != {runc} ] || exit 1\nexec /bin/mv "$@"\n',
+    )
+
+    result = node.restart_into("2.1.9")
+
+    assert f"could not put back {runc}" in result.stderr
+    assert runc.read_text() == "runc 1.2.5\n"
+    fact = node_state_command(
+        str(node.bin),
+        str(node.config),
+        str(node.root / "unit"),
+        str(node.state),
+        install_dirs=(str(runc.parent),),
+    )
+    found = parse_node_state(
+        subprocess.run(["sh", "-c", fact], capture_output=True, text=True).stdout.splitlines()
+    )
+    assert found.hidden_leftovers == [str(runc.parent / f".runc{NEW_SUFFIX}")]

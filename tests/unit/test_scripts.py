@@ -603,3 +603,24 @@ def test_a_new_copy_is_named_by_one_rule_in_python_and_in_shell(path):
 
     script = f"path={shlex.quote(path)}; printf %s {hidden_copy_expression('path')}"
     assert run(script).stdout == hidden_copy(path)
+
+
+def test_a_manifest_refreshed_after_a_rollback_records_the_files_there_and_leaves_nothing_beside(tmp_path):
+    """A file the refreshed manifest lists may be gone (a rollback removes what the kept
+    release did not have): the others still get their identities, and no copy is left."""
+    from containerd_deploy.remote.manifest import Manifest, manifest_lines, read_manifest
+
+    there, gone = tmp_path / "bin dir" / "containerd", tmp_path / "bin dir" / "gone"
+    there.parent.mkdir()
+    there.write_text("daemon")
+    manifest = tmp_path / "containerd.manifest"
+    manifest.write_text(f"component containerd\nversion 1.7.24\nfile {there} 1:2:3\nfile {gone} 4:5:6\n")
+    script = "\n".join(["set -eu", *manifest_lines(), f"manifest_refresh {shlex.quote(str(manifest))}"])
+    assert run(script).returncode == 0
+    recorded = Manifest()
+    read_manifest(manifest.read_text().splitlines(), recorded)
+    info = there.stat()
+    ctime = f"{info.st_ctime_ns // 10**9}.{info.st_ctime_ns % 10**9:09d}"
+    assert recorded.fields == {"component": "containerd", "version": "1.7.24"}
+    assert recorded.files == {str(there): f"{info.st_ino}:{info.st_size}:{ctime}"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bin dir", "containerd.manifest"]

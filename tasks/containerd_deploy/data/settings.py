@@ -162,9 +162,10 @@ def _absolute_path(host: str, key: str, value, example: str | None = None) -> st
     if problem:
         if problem == "not an absolute path":
             shown = repr(value)
-        else:  # as the deploy would use it: `/` for `//`, the start of a path too long to show
-            normal = normal_path(value)
-            shown = repr(normal) if len(normal) <= 80 else f"{normal[:80]!r}…"
+        elif problem == "not a path of its own":  # as the deploy would use it: `/` for `//`
+            shown = repr(normal_path(value))
+        else:  # too long to show whole
+            shown = f"{normal_path(value)[:80]!r}…"
         raise DataError(
             host,
             key,

@@ -50,33 +50,39 @@ def read_manifest(lines: list[str], manifest: Manifest) -> None:
             manifest.fields[key] = value
 
 
-def manifest_files_lines() -> list[str]:
-    """Shell lines defining `manifest_files MANIFEST`: each file it lists, as
-    `<identity><TAB><path>` (the shell's reading of the format; ``read_manifest`` is Python's)."""
+def manifest_entry_lines() -> list[str]:
+    """Shell lines defining `manifest_entry LINE`: for a manifest's `file` line, sets
+    $entry_path and $entry_identity and returns 0; 1 for any other line (the shell's reading of
+    the format; ``read_manifest`` is Python's). A builtin only: the node fact runs it on every
+    line of every manifest, every run."""
     return [
-        "manifest_files() {",
-        "  while IFS= read -r line; do",
-        """    case "$line" in "file "*) rest=${line#file }; printf '%s\\t%s\\n' "${rest##* }" "${rest% *}";; esac""",
-        '  done < "$1"',
+        "manifest_entry() {",
+        '  case "$1" in "file "*) ;; *) return 1;; esac',
+        "  entry_rest=${1#file }",
+        "  entry_path=${entry_rest% *}",
+        "  # shellcheck disable=SC2034 # read by the node fact (remote/node_state.py)",
+        "  entry_identity=${entry_rest##* }",
         "}",
     ]
 
 
 def manifest_lines() -> list[str]:
-    """Shell lines defining, besides `manifest_files` (``manifest_files_lines``) and
+    """Shell lines defining, besides `manifest_entry` (``manifest_entry_lines``) and
     `put_in_place` (``shell.put_in_place_lines``):
 
     - `manifest_paths MANIFEST`: each path it lists;
     - `manifest_paths_not_in MANIFEST LIST`: each path it lists that is not a line of LIST;
     - `manifest_record PATH...`: the `file` lines of PATHs as they are now;
     - `manifest_refresh MANIFEST`: its `file` lines given the identities their paths have now
-      (files put back as copies), written beside it and renamed over it;
+      (files put back as copies; a file gone is left out), written beside it and renamed over it;
     - `remove_each`: remove each path read from standard input.
     """
     return [
         *put_in_place_lines(),
-        *manifest_files_lines(),
-        'manifest_paths() { manifest_files "$1" | cut -f 2-; }',
+        *manifest_entry_lines(),
+        "manifest_paths() {",
+        '  while IFS= read -r line; do if manifest_entry "$line"; then printf \'%s\\n\' "$entry_path"; fi; done < "$1"',
+        "}",
         # An empty LIST holds no pattern and so matches nothing: every path is printed.
         'manifest_paths_not_in() { manifest_paths "$1" | grep -vxF -f "$2" || true; }',
         f"manifest_record() {{ [ $# -eq 0 ] || stat -c 'file %n {FILE_IDENTITY_FORMAT}' -- \"$@\"; }}",
@@ -84,9 +90,9 @@ def manifest_lines() -> list[str]:
         "  refreshing=$1",
         f"  refreshed={hidden_copy_expression('refreshing')}",
         "  set --",
-        '  while IFS= read -r path; do [ -z "$path" ] || set -- "$@" "$path"; done <<EOF',
-        '$(manifest_paths "$refreshing")',
-        "EOF",
+        "  while IFS= read -r line; do",
+        '    if manifest_entry "$line" && [ -f "$entry_path" ]; then set -- "$@" "$entry_path"; fi',
+        '  done < "$refreshing"',
         '  { grep -v "^file " "$refreshing" || true; manifest_record "$@"; } > "$refreshed" &&',
         '  put_in_place "$refreshed" "$refreshing" 644',
         "}",

@@ -7,7 +7,7 @@ import shlex
 
 from containerd_deploy.data.artifacts import COMPONENTS
 from containerd_deploy.remote.lock import lock_state_lines
-from containerd_deploy.remote.manifest import FILE_IDENTITY_FORMAT, manifest_files_lines, manifest_path
+from containerd_deploy.remote.manifest import FILE_IDENTITY_FORMAT, manifest_entry_lines, manifest_path
 from containerd_deploy.remote.manifest import SUFFIX as MANIFEST_SUFFIX
 from containerd_deploy.remote.paths import (
     DISTRO_BINARIES,
@@ -19,7 +19,6 @@ from containerd_deploy.remote.paths import (
     UPLOAD_DIR_PREFIX,
     hidden_copy,
 )
-from containerd_deploy.remote.shell import TAB
 
 # Marks the start of each section of the fact's output (a line that no section's content has).
 SECTION = "##containerd-deploy:"
@@ -130,7 +129,7 @@ def manifest_state_lines(state_dir: str) -> list[str]:
     has now (sections `manifest <name>` and `actual <name>`)."""
     q = shlex.quote
     return [
-        *manifest_files_lines(),
+        *manifest_entry_lines(),
         f"for m in {q(state_dir)}/*{MANIFEST_SUFFIX}; do",
         '  [ -f "$m" ] || continue',
         f'  echo "{SECTION}manifest ${{m##*/}}"',
@@ -138,13 +137,12 @@ def manifest_state_lines(state_dir: str) -> list[str]:
         f'  echo "{SECTION}actual ${{m##*/}}"',
         # One stat for all of a manifest's files (each command started costs on a small node).
         "  set --",
-        f'  while IFS="{TAB}" read -r recorded path; do',
-        '    [ -f "$path" ] || continue',
+        "  while IFS= read -r line; do",
+        '    if manifest_entry "$line" && [ -f "$entry_path" ]; then',
         # A manifest written before identities were recorded holds digests: hash those files.
-        '    case "$recorded" in *:*) set -- "$@" "$path";; *) sha256sum "$path";; esac',
-        "  done <<EOF",
-        '$(manifest_files "$m")',
-        "EOF",
+        '      case "$entry_identity" in *:*) set -- "$@" "$entry_path";; *) sha256sum "$entry_path";; esac',
+        "    fi",
+        '  done < "$m"',
         f"  [ $# -eq 0 ] || stat -c '{FILE_IDENTITY_FORMAT}  %n' \"$@\"",
         "done",
     ]

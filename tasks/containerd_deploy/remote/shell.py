@@ -34,11 +34,12 @@ def hidden_copy_expression(variable: str) -> str:
 
 def put_in_place_lines() -> list[str]:
     """Shell lines defining `put_in_place NEW PATH [MODE]`: NEW, a whole file written beside
-    PATH (``paths.hidden_copy``), becomes root-owned (with MODE, when given) and is renamed over
-    PATH, so PATH is never seen half written and a run cut short leaves it as it was."""
+    PATH (``paths.hidden_copy``), is renamed over PATH, so PATH is never seen half written and a
+    run cut short leaves it as it was. With MODE, NEW is made root-owned with MODE first;
+    without, it keeps its owner and mode (a kept file put back: a copy made with `cp -p`)."""
     return [
         "put_in_place() {",
-        '  chown 0:0 "$1" && { [ -z "${3:-}" ] || chmod "$3" "$1"; } &&',
+        '  if [ -n "${3:-}" ]; then chown 0:0 "$1" && chmod "$3" "$1" || return 1; fi',
         '  mv -fT -- "$1" "$2"',  # -T: onto a directory of that name is an error, not a move into it
         "}",
     ]
