@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from containerd_deploy.conformance import inventory as inventories
+from containerd_deploy.data.values import redact_secrets
 
 # What a batch run reports: host -> why it failed (hosts not named succeeded).
 BatchRun = Callable[[list[str]], dict[str, str]]
@@ -129,7 +130,7 @@ def host_said(host: str, stderr: str) -> str | None:
         if text.startswith(f"[{host}] "):
             message = text[len(host) + 3 :].strip()
             if message and not PROGRESS.fullmatch(message):
-                said = message
+                said = redact_secrets(message)
     return said
 
 
@@ -144,14 +145,20 @@ def failed_hosts(hosts: list[str], returncode: int, stdout: str, stderr: str) ->
             return {}
         # No JSON: the run stopped (every host failed, or a refusal at prepare): the whole batch
         # failed, each host with the last thing pyinfra said of it, else pyinfra's last word.
-        last = stderr.strip().splitlines()[-1].strip() if stderr.strip() else f"pyinfra exited {returncode}"
+        last = (
+            redact_secrets(stderr.strip().splitlines()[-1].strip())
+            if stderr.strip()
+            else f"pyinfra exited {returncode}"
+        )
         return {host: host_said(host, stderr) or last for host in hosts}
     failed: dict[str, str] = {}
     for operation in results.get("operations", []):
         for host in operation.get("error", []):
             said = host_said(host, stderr)
             failed.setdefault(
-                host, f"operation failed: {operation.get('name', '?')}" + (f" ({said})" if said else "")
+                host,
+                redact_secrets(f"operation failed: {operation.get('name', '?')}")
+                + (f" ({said})" if said else ""),
             )
     for host in results.get("failed_hosts", []):
         failed.setdefault(host, "pyinfra marked it failed")
@@ -160,11 +167,23 @@ def failed_hosts(hosts: list[str], returncode: int, stdout: str, stderr: str) ->
     return failed
 
 
+def exact_limit(name: str) -> str:
+    """A `--limit` pattern that selects the host called `name` and nothing else. pyinfra reads a
+    pattern as a group's name first, then as a glob: a host called like a group selected the
+    whole group, and `node[1]` selected `node1`. Each character a glob reads (and the first one
+    a bracket can hold, so that no group is ever named by the pattern) goes in brackets: it then
+    matches only itself."""
+    first = next((index for index, char in enumerate(name) if char not in "!]"), None)
+    return "".join(
+        f"[{char}]" if char in "*?[" or index == first else char for index, char in enumerate(name)
+    )
+
+
 def pyinfra_batches(inventory: str, deploy: str, extra: Sequence[str] = ()) -> BatchRun:
-    """Each batch as one pyinfra CLI run limited to its hosts."""
+    """Each batch as one pyinfra CLI run limited to exactly its hosts."""
 
     def run(hosts: list[str]) -> dict[str, str]:
-        limits = [arg for host in hosts for arg in ("--limit", host)]
+        limits = [arg for host in hosts for arg in ("--limit", exact_limit(host))]
         process = subprocess.run(
             [sys.executable, "-m", "pyinfra", inventory, deploy, "-y", "--json", *limits, *extra],
             capture_output=True,

@@ -183,7 +183,7 @@ def test_a_second_run_waits_then_is_refused_while_one_holds_the_node(life):
         starts = (line for line in first.stderr if line.startswith("--> Starting operation:"))
         assert next(starts, None) and next(starts, None), "the first run did not get past the lock"
         first.send_signal(signal.SIGSTOP)  # the run (and its connection) stays, doing nothing
-        owner = life.vm.ssh("cat /run/containerd-deploy.lock.owner", check=False).stdout
+        owner = life.vm.ssh("cat /run/containerd-deploy/lock.owner", check=False).stdout
         assert f"pid {first.pid} since" in owner, f"the first run does not hold the lock: {owner!r}"
         started = time.monotonic()
         process, _ = pyinfra(life.name)
@@ -226,7 +226,7 @@ def run_until(node: Node, operation: int, how: str, data: dict) -> str:
                         # otherwise let the run end (and its sshd go) before the cut.
                         process.send_signal(signal.SIGSTOP)
                         try:
-                            session = node.vm.ssh("cat /run/containerd-deploy.lock.session").stdout.strip()
+                            session = node.vm.ssh("cat /run/containerd-deploy/lock.session").stdout.strip()
                             node.vm.ssh(f"kill -9 {session}")
                         finally:  # a stopped run would hold the wait below, hiding why the cut failed
                             process.send_signal(signal.SIGCONT)

@@ -131,8 +131,8 @@ def test_the_packages_operations_work_on_their_own_in_an_operators_deploy(node):
 def test_a_run_on_the_node_waits_for_the_lock_and_stops_when_another_run_holds_it(node):
     """Regression: a run not coming through sshd reported the lock "unavailable" and went on unguarded."""
     node.ssh(
-        "setsid sh -c 'exec 9>>/run/containerd-deploy.lock; flock 9; "
-        'echo "controller ci-holder pid 4242 since now" > /run/containerd-deploy.lock.owner; '
+        "setsid sh -c 'mkdir -p -m 700 /run/containerd-deploy; exec 9>>/run/containerd-deploy/lock; flock 9; "
+        'echo "controller ci-holder pid 4242 since now" > /run/containerd-deploy/lock.owner; '
         "touch /run/holder-ready; sleep 120' </dev/null >/dev/null 2>&1 & "
         "while [ ! -e /run/holder-ready ]; do sleep 0.2; done"
     )

@@ -204,3 +204,47 @@ def test_another_users_staging_directory_cannot_swap_a_file(node):
         "",
         "ls: cannot access '/var/cache/containerd-deploy': No such file or directory",
     )
+
+
+def test_another_local_user_can_neither_hold_the_run_lock_nor_steer_root_through_tmp(node):
+    """Regression (#26): the run lock was a 0644 file in /run (flock needs only a read handle),
+    so any local user could hold it and stop every run as "busy"; and the node fact listed
+    /tmp/containerd-deploy-upload.* one name a line, root removing each: a name holding a
+    newline made root delete, here, the login user's ~/.ssh."""
+    from containerd_deploy.remote.paths import LOCK_PATH
+
+    planted = "/tmp/containerd-deploy-upload.x\n.ssh"
+    node.vm.ssh(f"su other -s /bin/sh -c {shlex.quote(f'mkdir {shlex.quote(planted)}')}")
+    holder = node.vm.ssh(
+        f"su other -s /bin/sh -c {shlex.quote(f'flock -n {LOCK_PATH} true')}; echo exit=$?",
+        check=False,
+    )
+    assert "exit=0" not in holder.stdout, holder  # it could not even open the lock
+    node.vm.ssh(
+        f"su other -s /bin/sh -c {shlex.quote(f'flock {LOCK_PATH} sleep 120')} </dev/null >/dev/null 2>&1 &",
+        check=False,
+    )
+    try:
+        rotated = {
+            **DATA,
+            "containerd_max_container_log_line_size": 32768,  # a change: the run takes the lock
+            "containerd_registries": {  # a new secret: written through the login user's upload
+                "docker.io": {
+                    "mirrors": [
+                        {"host": "https://mirror.internal", "headers": {"Authorization": f"Basic {SECRET}-2"}}
+                    ]
+                }
+            },
+        }
+        process, results = as_user(node, "deployer", data=rotated)
+        assert process.returncode == 0, process.stderr[-3000:]
+        assert HOSTS_TOML in " ".join(changed_ops(results, node.name))
+    finally:
+        node.vm.ssh("pkill -u other flock; true", check=False)
+    assert node.vm.ssh("test -d /home/deployer/.ssh && echo kept").stdout.strip() == "kept"
+    # Another user's names are theirs: root never acted on it, nor did the login user.
+    assert node.vm.ssh(f"test -d {shlex.quote(planted)} && echo there").stdout.strip() == "there"
+    node.vm.ssh(f"rm -rf {shlex.quote(planted)}")
+    assert node.vm.ssh(LEFTOVERS).stdout.strip() == "", "nothing left behind"
+    process, _ = as_user(node, "deployer", data=DATA)
+    assert process.returncode == 0, process.stderr[-3000:]

@@ -92,51 +92,75 @@ def test_config_base_policy():
     assert config_base(resolve("n", {"containerd_config_base": "default"}), existing, False) is None
 
 
-def test_extra_toml_cannot_contradict_the_cgroup_driver():
+def test_extra_toml_cannot_set_what_the_deploy_owns():
+    """Regression (#26): containerd_config_extra could override `version`, `root`/`state`, the
+    registry config_path or put the CRI plugin in disabled_plugins (and a None in it crashed
+    tomlkit); runc's SystemdCgroup alone was checked, after rendering. Each is refused by name."""
     import pytest
 
-    from containerd_deploy.data.config_toml import RUNC_OPTIONS_PATH
+    from containerd_deploy.data.config_toml import PATHS, RUNC_OPTIONS_PATH
     from containerd_deploy.data.values import DataError
-    from containerd_deploy.plan.files import desired_config
 
-    base = "version = 2\n"
-    path = RUNC_OPTIONS_PATH[2]
-    extra: dict = {}
-    node = extra
-    for key in path:
-        node = node.setdefault(key, {})
-    node["SystemdCgroup"] = False
-    with pytest.raises(DataError) as refused:
-        desired_config(
-            resolve("node1", {"containerd_version": "1.7.24", "containerd_config_extra": extra}), base
+    def nested(path, value):
+        extra: dict = {}
+        node = extra
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = value
+        return extra
+
+    cases = [
+        (nested(("version",), 3), "sets version, which the deploy owns (the schema"),
+        (nested(("root",), "/srv/x"), "sets root, which the deploy owns (containerd's data directory"),
+        (nested(("state",), "/run/x"), "sets state, which the deploy owns"),
+        *(
+            (
+                nested((*path, "SystemdCgroup"), False),
+                "which the deploy owns (runc's cgroup driver: set containerd_systemd_cgroup)",
+            )
+            for path in RUNC_OPTIONS_PATH.values()
+        ),
+        *(
+            (
+                nested((*path, "config_path"), "/x"),
+                "which the deploy owns (set containerd_registry_config_path)",
+            )
+            for path in PATHS["registry"].values()
+        ),
+        ({"disabled_plugins": ["io.containerd.grpc.v1.cri"]}, "disables the CRI plugin in disabled_plugins"),
+        ({"disabled_plugins": "cri"}, "disables the CRI plugin in disabled_plugins"),
+        ({"disabled_plugins": "tracing"}, "sets disabled_plugins to 'tracing', not a list of plugin IDs"),
+        ({"DISABLED_PLUGINS": ["CRI"]}, "disables the CRI plugin"),
+        ({"Root": "/srv/x"}, "sets Root, which the deploy owns"),
+        ({"imports": ["/etc/containerd/conf.d/*.toml"]}, "sets imports, which the deploy owns (other files"),
+        (
+            nested((*RUNC_OPTIONS_PATH[2][:-1], "options"), "x"),
+            "replaces the table plugins.io.containerd.grpc.v1.cri.containerd.runtimes.runc.options with 'x'",
+        ),
+        (
+            nested((*PATHS["registry"][2], "mirrors", "docker.io", "endpoint"), ["https://m"]),
+            "registry mirrors beside containerd_registries' hosts.toml files (use those)",
+        ),
+        (nested(("plugins", "x", "y"), None), "has no value (None) at plugins.x.y, which TOML cannot write"),
+        ({"timeouts": {"a": [1, None]}}, "has no value (None) at timeouts.a"),
+    ]
+    for extra, problem in cases:
+        with pytest.raises(DataError) as refused:
+            resolve("node1", {"containerd_config_extra": extra})
+        message = str(refused.value)
+        assert message.startswith("node1: data key 'containerd_config_extra' ") and problem in message, (
+            message
         )
-    assert str(refused.value).startswith(
-        "node1: data key 'containerd_config_extra' sets the runc runtime's SystemdCgroup"
+        assert message.endswith("Fix: take it out of containerd_config_extra")
+    # Without hosts.toml files (containerd_registry_config_path = ""), mirrors in the config are the operator's way.
+    mirrors = nested((*PATHS["registry"][2], "mirrors", "docker.io", "endpoint"), ["https://m"])
+    assert resolve("node1", {"containerd_registry_config_path": "", "containerd_config_extra": mirrors})
+    # What the deploy does not own merges as before.
+    assert resolve(
+        "node1", {"containerd_config_extra": {"disabled_plugins": ["io.containerd.internal.v1.tracing"]}}
     )
-    assert str(refused.value).endswith(
-        "against containerd_systemd_cgroup = true. Fix: set the cgroup driver with containerd_systemd_cgroup alone"
-    )
-    node["SystemdCgroup"] = True
-    with pytest.raises(DataError, match=r"against containerd_systemd_cgroup = false\. Fix"):
-        desired_config(
-            resolve(
-                "node1",
-                {
-                    "containerd_version": "1.7.24",
-                    "containerd_config_extra": extra,
-                    "containerd_systemd_cgroup": False,
-                },
-            ),
-            base,
-        )
-    # Agreeing with containerd_systemd_cgroup is fine, and so is the knob itself.
-    node["SystemdCgroup"] = True
-    assert "SystemdCgroup = true" in desired_config(
-        resolve("node1", {"containerd_version": "1.7.24", "containerd_config_extra": extra}), base
-    )
-    assert "SystemdCgroup = false" in desired_config(
-        resolve("node1", {"containerd_version": "1.7.24", "containerd_systemd_cgroup": False}), base
-    )
+    with pytest.raises(DataError, match="has no value \\(None\\) for a field of 'crun'"):
+        resolve("node1", {"containerd_runtimes": [{"name": "crun", "options": {"BinaryName": None}}]})
 
 
 def test_cri_is_taken_out_of_disabled_plugins():

@@ -94,7 +94,7 @@ def test_the_preset_and_an_nvidia_entry_of_ones_own_are_refused_together():
     )
     # Either alone is fine.
     resolve("node1", {"containerd_runtimes": [{"name": "nvidia", "binary_name": NVIDIA}]})
-    resolve("node1", {"containerd_nvidia_runtime": True, "containerd_runtimes": [{"name": "kata"}]})
+    resolve("node1", {"containerd_nvidia_runtime": True, "containerd_runtimes": [{"name": "crun"}]})
     resolve("node1", {"containerd_nvidia_runtime": False, "containerd_runtimes": [{"name": "nvidia"}]})
 
 

@@ -599,6 +599,14 @@ CREDENTIAL_FORMS = [
     "accessToken: %s",
     "https://user:%s@proxy.internal:3128",
     "auth = '%s'",
+    # A hook's command line as the dry run, its failure and the rollout's report show it.
+    "curl -fsS -H 'Authorization: Bearer %s' https://api.internal/drain",
+    "['curl', '-H', 'Authorization: Basic %s']",
+    "curl -H 'Authorization: Splunk %s' https://hec.internal",
+    "curl -H 'PRIVATE-TOKEN: %s' https://git.internal",
+    'curl -H "X-Vault-Token: %s" https://vault.internal',
+    "kubectl --token %s drain node1",
+    "curl -u deploy:%s https://api.internal",
 ]
 
 
@@ -623,6 +631,7 @@ def test_a_credential_is_hidden_in_whatever_form_it_is_shown(secret, form, befor
         "error: unauthorized: authentication required",
         'username = "me"',
         "plain = 1",
+        "The bearer of this message: the token is not valid",
         "node1: data key 'containerd_registries' has a header 'Authorization' for https://m (value not shown)",
     ],
 )

@@ -3,6 +3,7 @@ systemd, a kubelet on another cgroup driver, a containerd from the distribution'
 
 import base64
 import os
+import re
 import shlex
 import stat
 import subprocess
@@ -15,6 +16,7 @@ from containerd_deploy.data.settings import resolve
 from containerd_deploy.deploy.node import check_distro_package, check_kubelet, check_supported
 from containerd_deploy.facts.node import DistroPackage, parse_node_state
 from containerd_deploy.remote.node_state import SECTION, distro_package_lines
+from containerd_deploy.remote.paths import LOCK_PATH
 
 from .rootless import needs_root
 
@@ -445,9 +447,7 @@ def test_through_sudo_the_lock_holder_learns_the_connection_from_the_login_shell
     sshd = tmp_path / "sshd"  # an ancestor named like OpenSSH's, as the lock lines look for
     sshd.write_bytes(open("/bin/dash", "rb").read())
     sshd.chmod(0o755)
-    lines = take_lock_script("node1", "controller test", 0).replace(
-        "/run/containerd-deploy.lock", str(tmp_path / "lock")
-    )
+    lines = take_lock_script("node1", "controller test", 0).replace(LOCK_PATH, str(tmp_path / "lock"))
     # The holder's arguments, recorded instead of starting it.
     record = f"setsid() {{ shift 3; printf '%s\\n' \"$@\" > {tmp_path}/holder-args; }}\n"
     (tmp_path / "lock-lines").write_text(record + lines)
@@ -519,6 +519,28 @@ def test_an_unpinned_version_is_refused_for_every_host_before_any_is_asked_unles
     check_inventory_data(connected([("first", {}), ("later", {**unpinned, "containerd_state": "absent"})]))
 
 
+def test_a_hook_a_hosts_name_or_address_would_turn_into_an_option_is_refused_before_any_host_is_asked():
+    """Regression (#26): the check ran only when the hook ran, mid-run on that host."""
+    from pyinfra.api import Config, Inventory, State
+
+    from containerd_deploy.data.values import DataError
+    from containerd_deploy.deploy.node import check_inventory_data
+
+    hook = {
+        "containerd_restart_hook_before": "kubectl drain {host}",
+        "containerd_restart_hook_after": "ssh {address} true",
+    }
+    for hosts, refused in (
+        ([("first", hook), ("--selector=kubernetes.io/os=linux", hook)], "--selector=kubernetes.io/os=linux"),
+        ([("first", hook), ("later", {**hook, "ssh_hostname": "-oProxyCommand=x"})], "later"),
+    ):
+        state = State(Inventory((hosts, {})), Config())
+        for one in state.inventory:
+            state.activate_host(one)
+        with pytest.raises(DataError, match=f"^{re.escape(refused)}: data key 'containerd_restart_hook_"):
+            check_inventory_data(state)
+
+
 def test_only_a_local_connector_runs_on_the_node():
     """@local ties the run lock to this process; any other connector to its connection."""
     from pyinfra.api import Config, Inventory, State
@@ -588,14 +610,42 @@ def test_a_node_without_flock_is_told_to_install_it_before_anything_is_taken(tmp
     for tool in Path("/usr/bin").iterdir():
         if tool.name != "flock":
             (bin_dir / tool.name).symlink_to(tool)
-    script = take_lock_script("node1", "controller test", 0).replace(
-        "/run/containerd-deploy.lock", str(tmp_path / "lock")
-    )
+    script = take_lock_script("node1", "controller test", 0).replace(LOCK_PATH, str(tmp_path / "lock"))
     result = subprocess.run(
         ["/bin/sh", "-c", script], capture_output=True, text=True, env={"PATH": str(bin_dir)}, timeout=30
     )
-    said = unavailable_message("node1", NO_FLOCK).replace(
-        "/run/containerd-deploy.lock", str(tmp_path / "lock")
-    )
+    said = unavailable_message("node1", NO_FLOCK).replace(LOCK_PATH, str(tmp_path / "lock"))
     assert (result.returncode, result.stderr) == (1, said + "\n")
     assert not (tmp_path / "lock").exists()
+
+
+def test_the_run_lock_lives_in_a_directory_only_its_owner_can_enter(tmp_path):
+    """Regression (#26): the lock was a 0644 file in /run, and flock needs only a read handle:
+    any local user could hold it forever and every run stopped as "busy". Now the take makes
+    the lock's directory 0700 (and the lock 0600) and refuses one that is not so, or a link."""
+    from containerd_deploy.remote.lock import take_lock_script
+
+    def take(lock_dir: Path) -> subprocess.CompletedProcess:
+        script = take_lock_script("node1", "controller c1", None, anchor_pid=os.getpid())
+        script = script.replace(LOCK_PATH, str(lock_dir / "lock"))
+        return subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=30)
+
+    made = tmp_path / "run" / "containerd-deploy"
+    made.parent.mkdir()
+    assert take(made).returncode == 0
+    assert stat.S_IMODE(made.stat().st_mode) == 0o700
+    assert stat.S_IMODE((made / "lock").stat().st_mode) == 0o600
+    for name, prepare in (
+        ("open", lambda d: (d.mkdir(), d.chmod(0o755))),
+        ("link", lambda d: d.symlink_to(made)),
+    ):
+        directory = tmp_path / name
+        prepare(directory)
+        result = take(directory)
+        assert result.returncode == 1
+        assert result.stderr == (
+            f"node1: the run lock's directory {directory} is not root's alone (root-owned, mode 0700, not a "
+            "symbolic link), so another user could hold or forge the lock; nothing was changed. Fix: remove "
+            "it (it holds nothing but the lock) and rerun.\n"
+        )
+    assert sorted(p.name for p in (tmp_path / "open").iterdir()) == []

@@ -3,19 +3,29 @@ escalated (and how uploads go then), what --diff logs, when a proxy drop-in is s
 file words are quoted, and whether an earlier operation changed something."""
 
 import logging
+import os
 import re
+import stat
+import subprocess
 
 import pytest
 from pyinfra.api import Config, Inventory, State
 from pyinfra.api.command import FileUploadCommand, StringCommand
 from pyinfra.context import ctx_host, ctx_state
 
-from containerd_deploy.operations import _escalated
-from containerd_deploy.operations.files import private_uploads, redacted_lines, show_diff, upload_directory
+from containerd_deploy.operations import ESCALATIONS, _escalated
+from containerd_deploy.operations.files import (
+    private_uploads,
+    redacted_lines,
+    show_diff,
+    upload_directory,
+    uploads_done,
+)
 from containerd_deploy.plan.files import proxy_dropin_mode, registry_files, systemd_word, unit_text
 from containerd_deploy.remote.paths import UPLOAD_DIR_PREFIX
 
 from .flow import settings_for
+from .rootless import ROOT
 
 
 def in_a_run(diff: bool = False, executing: bool = False, arguments: dict | None = None):
@@ -53,17 +63,47 @@ def test_uploads_as_root_go_straight_to_their_paths():
     assert (upload.src, upload.dest, upload.remote_temp_filename) == ("local.txt", "/etc/secret", None)
 
 
-def test_uploads_through_sudo_go_via_a_private_directory_the_login_user_makes():
+def test_uploads_through_sudo_go_via_a_private_directory_the_login_user_makes(tmp_path):
+    """Regression (#26): the node fact listed /tmp/containerd-deploy-upload.* one name a line,
+    and root removed each listed name: a name holding a newline made root delete a path of the
+    planter's choosing. Now the login user makes its directory (0700) and removes its own that
+    runs cut short left, with no listing read back; root never acts in /tmp."""
     state_context, host_context = in_a_run(arguments={"_sudo": True})
     with state_context, host_context:
         mkdir, first, second = private_uploads([("a", "/etc/a"), ("b", "/etc/b")], "/tmp/up")
-    assert isinstance(mkdir, StringCommand) and mkdir.get_raw_value() == "mkdir -m 700 /tmp/up"
-    # As the login user, not root: sudo/doas/su all off for this one command.
-    assert mkdir.connector_arguments == {"_sudo": False, "_doas": False, "_su_user": ""}
+        (done,) = uploads_done("/tmp/up")
+    # As the login user, not root: sudo/doas/su all off for these commands.
+    for command in (mkdir, done):
+        assert isinstance(command, StringCommand)
+        assert (
+            command.connector_arguments
+            == ESCALATIONS
+            == {"_sudo": False, "_doas": False, "_dzdo": False, "_su_user": ""}
+        )
     assert [(c.dest, c.remote_temp_filename) for c in (first, second)] == [
         ("/etc/a", "/tmp/up/0"),
         ("/etc/b", "/tmp/up/1"),
     ]
+    shared = tmp_path / "tmp"
+    shared.mkdir()
+    stale = shared / "containerd-deploy-upload.old\n.ssh"
+    stale.mkdir()
+    (stale / "0").write_text("secret")
+    (tmp_path / ".ssh").mkdir()
+    others = shared / "containerd-deploy-upload.someone-elses"
+    others.mkdir()
+    if ROOT:
+        os.chown(others, 65534, 65534)
+    run = [
+        mkdir.get_raw_value().replace("/tmp", str(shared)),
+        done.get_raw_value().replace("/tmp", str(shared)),
+    ]
+    assert subprocess.run(["sh", "-c", run[0]], cwd=tmp_path).returncode == 0
+    assert stat.S_IMODE((shared / "up").stat().st_mode) == 0o700
+    assert not stale.exists() and (tmp_path / ".ssh").is_dir()
+    assert others.exists() == ROOT  # another user's name is never touched (without root, all are ours)
+    assert subprocess.run(["sh", "-c", run[1]], cwd=tmp_path).returncode == 0
+    assert not (shared / "up").exists()
 
 
 def test_upload_directories_are_unguessable():

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from pyinfra import logger
+from pyinfra.api import FileUploadCommand
 from pyinfra.facts.files import Directory, File, Sha256File
 
 from containerd_deploy.data.artifacts import Artifact
@@ -128,9 +129,14 @@ def test_a_private_file_through_sudo_goes_via_a_directory_of_the_login_users_own
         current_sha256=None,
         mode="600",
     )
+    # As the login user: make the directory first, remove it last; root never acts in /tmp.
     made = [c for c in yielded if getattr(c, "connector_arguments", {}).get("_sudo") is False]
-    assert len(made) == 1 and shell_text(made[0]).startswith("mkdir -m 700 /tmp/containerd-deploy-upload.")
+    assert len(made) == 2 and made[-1] is yielded[-1]
     via = shell_text(made[0]).split()[-1]
+    assert via.startswith("/tmp/containerd-deploy-upload.") and shell_text(made[-1]) == f"rm -rf -- {via}"
+    assert all(
+        "/tmp" not in shell_text(c) for c in yielded if c not in made and not isinstance(c, FileUploadCommand)
+    )
     (upload,) = uploads(yielded)
     assert upload.remote_temp_filename.startswith(via + "/"), (
         "the login user's copy stays in its 0700 directory"
@@ -138,7 +144,6 @@ def test_a_private_file_through_sudo_goes_via_a_directory_of_the_login_users_own
     assert upload.dest.endswith("/.hosts.toml.containerd-deploy-new"), (
         "root copies it into the root-only file"
     )
-    assert f"rm -rf -- {via}" in yielded[-1]
     # Every run its own unguessable directory: no other user can prepare it.
     again = commands(
         file_content, {"_sudo": True}, path="/x/hosts.toml", content="s", current_sha256=None, mode="600"

@@ -331,7 +331,12 @@ def test_a_hook_gets_the_host_as_one_argument_whatever_it_holds(kubectl):
     program, calls = kubectl
     argv = parse_hook("n1", "containerd_restart_hook_before", f"{program} drain {{host}} --ignore-daemonsets")
     name = "node-1; touch /tmp/pwned $(id)"
-    output = hooks.run_hook("containerd_restart_hook_before", hook_argv(argv, name, "10.0.0.5"), 10, name)
+    output = hooks.run_hook(
+        "containerd_restart_hook_before",
+        hook_argv(argv, name, "10.0.0.5", "containerd_restart_hook_before"),
+        10,
+        name,
+    )
     assert calls.read_text() == f"drain\n{name}\n--ignore-daemonsets\n---\n"
     assert f"node/{name} drained" in output
 
@@ -469,8 +474,8 @@ def test_a_bad_hook_is_refused_naming_the_key_and_the_fix(value, problem):
 
 def test_braces_are_written_doubled_and_lists_are_taken_as_they_are():
     argv = parse_hook("n1", "k", ["kubectl", "annotate", "{host}", "x={{y}}", "note=a b"])
-    assert hook_argv(argv, "n 1", "a") == ["kubectl", "annotate", "n 1", "x={y}", "note=a b"]
-    assert hook_argv(parse_hook("n1", "k", "ssh {address} true"), "n1", "10.0.0.5") == [
+    assert hook_argv(argv, "n 1", "a", "k") == ["kubectl", "annotate", "n 1", "x={y}", "note=a b"]
+    assert hook_argv(parse_hook("n1", "k", "ssh {address} true"), "n1", "10.0.0.5", "k") == [
         "ssh",
         "10.0.0.5",
         "true",
@@ -491,7 +496,11 @@ def test_any_command_either_parses_or_is_refused_and_a_host_name_is_never_split(
     except DataError as error:
         assert "containerd_restart_hook_before" in str(error)
         return
-    filled = hook_argv((*argv, "{host}"), name, "a")
+    try:
+        filled = hook_argv((*argv, "{host}"), name, "a", "containerd_restart_hook_before")
+    except DataError as error:
+        assert name.startswith("-") and "read as an option" in str(error)
+        return
     assert len(filled) == len(argv) + 1 and filled[-1] == name
 
 
@@ -676,3 +685,49 @@ def test_a_file_a_rollback_could_not_put_back_is_said_and_its_copy_found_by_the_
         subprocess.run(["sh", "-c", fact], capture_output=True, text=True).stdout.splitlines()
     )
     assert found.hidden_leftovers == [str(runc.parent / f".runc{NEW_SUFFIX}")]
+
+
+def test_a_host_name_a_hook_would_read_as_an_option_is_refused():
+    """Regression (#26): `{host}` filled a whole argument, so a host named
+    `--selector=kubernetes.io/os=linux` turned `kubectl drain {host}` into "drain every Linux node"."""
+    argv = parse_hook("n1", "containerd_restart_hook_before", "kubectl drain {host} --node-name={host}")
+    with pytest.raises(DataError) as refused:
+        hook_argv(argv, "--selector=kubernetes.io/os=linux", "10.0.0.5", "containerd_restart_hook_before")
+    assert str(refused.value) == (
+        "--selector=kubernetes.io/os=linux: data key 'containerd_restart_hook_before' would pass "
+        "'--selector=kubernetes.io/os=linux' (from '{host}'), which the program would read as an option, not a "
+        "name. Fix: give the host an inventory name and address that do not start with '-'"
+    )
+    with pytest.raises(DataError):
+        hook_argv(parse_hook("n1", "k", "ssh {address} true"), "n1", "-oProxyCommand=x", "k")
+    # An option of the hook's own, with a name in it, stays as written.
+    assert hook_argv(("kubectl", "--context={host}"), "-n1", "a", "k") == ["kubectl", "--context=-n1"]
+
+
+def test_a_hooks_credentials_never_show_in_its_dry_run_its_output_its_failure_or_the_rollouts_report(
+    tmp_path, caplog
+):
+    """Regression (#26): a hook's arguments (`-H 'Authorization: Bearer …'`) appeared in the dry
+    run, in its failure and in the rollout's report, and a successful hook's output was logged
+    unredacted."""
+    from containerd_deploy.operations.service import restart_hook
+    from containerd_deploy.rollout import failed_hosts
+
+    from .operations import commands
+
+    token = "tok-3f9a8b7c6d5e"
+    talker = executable(
+        tmp_path / "hook", f'#!/bin/sh\necho "sent Authorization: Bearer {token}"\nexit "$1"\n'
+    )
+    argv = [str(talker), "0", "-H", f"Authorization: Bearer {token}"]
+    with caplog.at_level("INFO"):
+        commands(restart_hook, key="containerd_restart_hook_before", command=argv, address="a", timeout=10)
+    assert "Will run" in caplog.text and token not in caplog.text
+    output = hooks.run_hook("containerd_restart_hook_before", argv, 10, "node1")
+    assert "sent Authorization: ***" in output and token not in output
+    with pytest.raises(hooks.HookFailed) as failed:
+        hooks.run_hook("containerd_restart_hook_before", [str(talker), "3", *argv[2:]], 10, "node1")
+    assert "failed (exit status 3)" in str(failed.value) and token not in str(failed.value)
+    # What pyinfra printed of the host (e.g. a hook of an operator's own deploy), as the rollout reports it.
+    said = failed_hosts(["node1"], 1, "", f"[node1] curl -H 'Authorization: Bearer {token}' exited 3\n")
+    assert said == {"node1": "curl -H 'Authorization: ***' exited 3"}

@@ -234,7 +234,7 @@ def test_the_cli_runs_pyinfra_once_per_batch_with_its_hosts(monkeypatch, capsys)
             "pyinfra's JSON and messages are read as text"
         )
         commands.append(command)
-        failing = "node1" in command
+        failing = "[n]ode1" in command
         stdout = json_run([{"name": "x", "error": ["node1"] if failing else []}], [])
         return subprocess.CompletedProcess(command, 1 if failing else 0, stdout, "")
 
@@ -250,7 +250,7 @@ def test_the_cli_runs_pyinfra_once_per_batch_with_its_hosts(monkeypatch, capsys)
         "-y",
         "--json",
         "--limit",
-        "node1",
+        "[n]ode1",
         "--data",
         "k=v",
     ]
@@ -260,15 +260,16 @@ def test_the_cli_runs_pyinfra_once_per_batch_with_its_hosts(monkeypatch, capsys)
     monkeypatch.setattr(rollout.inventories, "load", lambda path: [(name, [], {}) for name in HOSTS[1:4]])
     assert rollout.main(["inv.py", "deploy.py", "--batch", "50%", "--canary", "1"]) == 0
     assert [command[command.index("--json") + 1 :] for command in commands] == [
-        ["--limit", "node2"],
-        ["--limit", "node3", "--limit", "node4"],
+        ["--limit", "[n]ode2"],
+        ["--limit", "[n]ode3", "--limit", "[n]ode4"],
     ]
     assert "rollout: all 3 hosts done in 2 batches" in capsys.readouterr().out
 
 
 def fake_fleet(monkeypatch, hosts: list[str], outcome):
     """The inventory `inv.py` with `hosts`, each pyinfra run answered by `outcome(hosts of the
-    run)` -> (exit status, stdout, stderr); returns the --limit hosts of each run."""
+    run)` -> (exit status, stdout, stderr); returns the hosts each run's --limit selects."""
+    import fnmatch
     import subprocess
 
     def load(path):
@@ -279,7 +280,9 @@ def fake_fleet(monkeypatch, hosts: list[str], outcome):
     limited: list[list[str]] = []
 
     def fake_run(command, **kwargs):
-        run_hosts = [command[i + 1] for i, arg in enumerate(command) if arg == "--limit"]
+        patterns = [command[i + 1] for i, arg in enumerate(command) if arg == "--limit"]
+        run_hosts = [name for pattern in patterns for name in hosts if fnmatch.fnmatchcase(name, pattern)]
+        assert len(run_hosts) == len(patterns), "each --limit selects one host"
         limited.append(run_hosts)
         return subprocess.CompletedProcess(command, *outcome(run_hosts))
 
@@ -350,3 +353,52 @@ def test_a_host_that_failed_the_run_is_named_with_what_the_deploy_said_of_it():
         "nothing was installed",
         "ro10": "--> pyinfra error: No hosts remaining!",
     }
+
+
+# Names a glob or pyinfra's --limit reads as more than themselves (glob characters, a group's
+# name, a leading ! or ], brackets inside, spaces, non-ASCII), beside plain ones.
+TRICKY_NAMES = [
+    "node1",
+    "node[1]",
+    "node?",
+    "node*",
+    "workers",
+    "[!x]",
+    "!node",
+    "!web",
+    "]node",
+    "n]o[de",
+    "no de",
+    "nœud-1",
+    "a[b-c]d",
+    "x\\y",
+    "-x",
+    "node1.example.com",
+]
+
+
+def test_a_batch_selects_its_hosts_by_exact_name_as_pyinfra_reads_a_limit():
+    """Regression (#26): pyinfra reads a --limit as a group's name first, then as a glob, so a
+    host called like a group selected the whole group, and `node[1]` selected `node1`. Each
+    host's pattern, read by pyinfra's own --limit code (in a process of its own: importing
+    pyinfra's CLI takes over the process's signals and streams), selects that host alone."""
+    import json
+    import subprocess
+
+    program = """
+import json, sys
+from pyinfra.api import Inventory
+from pyinfra_cli.cli import _get_inventory_pattern_matches
+names, patterns = json.load(sys.stdin)
+inventory = Inventory((names, {}), workers=(["node1"], {}), **{"!web": (["node1"], {})})
+print(json.dumps([sorted(h.name for h in _get_inventory_pattern_matches(inventory, [p], "--limit")) for p in patterns]))
+"""
+    patterns = [rollout.exact_limit(name) for name in TRICKY_NAMES]
+    answer = subprocess.run(
+        [sys.executable, "-c", program],
+        input=json.dumps([TRICKY_NAMES, patterns]),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(answer.stdout) == [[name] for name in TRICKY_NAMES]

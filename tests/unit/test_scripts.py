@@ -624,3 +624,90 @@ def test_a_manifest_refreshed_after_a_rollback_records_the_files_there_and_leave
     assert recorded.fields == {"component": "containerd", "version": "1.7.24"}
     assert recorded.files == {str(there): f"{info.st_ino}:{info.st_size}:{ctime}"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bin dir", "containerd.manifest"]
+
+
+def test_a_staging_directory_any_characters_name_is_only_ever_a_path_to_the_fetch(node):
+    """Regression (#26): the fetch script listed its files as `kept="$kept <path>"`, the staging
+    directory unquoted inside double quotes: `$(…)` in containerd_staging_dir ran as root, and a
+    space split a path in the cleanup. Every character a path may hold (settings refuse only
+    control characters and backslashes) stays part of the path."""
+    from containerd_deploy.data.settings import resolve
+    from containerd_deploy.remote.scripts import fetch_artifacts_script
+
+    hostile = str(node / "st $(touch PWNED) `touch PWNED2` 'q\" *; x")
+    assert resolve("node1", {"containerd_staging_dir": hostile}).containerd_staging_dir == hostile
+    good = containerd(node, "1.7.11", {"containerd": b"daemon", "ctr": b"client"})
+    runc_file = node / "mirror" / "runc.amd64"
+    runc_file.write_bytes(b"runc")
+    runc = Artifact("runc", "1.1.11", "amd64", f"file://{runc_file}", hashlib.sha256(b"runc").hexdigest())
+    before = sorted(p.name for p in node.iterdir())
+    result = subprocess.run(
+        ["sh", "-c", fetch_artifacts_script([good, runc], hostile)], capture_output=True, text=True, cwd=node
+    )
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in Path(hostile).iterdir()) == [".fetched-containerd", ".fetched-runc"]
+    tampered = Artifact("runc", "1.1.11", "amd64", runc.url, "0" * 64)
+    result = subprocess.run(
+        ["sh", "-c", fetch_artifacts_script([good, tampered], hostile)],
+        capture_output=True,
+        text=True,
+        cwd=node,
+    )
+    assert result.returncode != 0 and not Path(hostile).exists()
+    assert sorted(p.name for p in node.iterdir()) == before, "nothing made or run beside it"
+
+
+HOSTILE_NAME = "d $(touch PWNED) `touch PWNED2` 'q\" *; x"
+
+
+def test_hostile_paths_are_only_ever_paths_to_the_install_the_removal_the_write_and_the_keep(node):
+    """Regression (#26): the install put runc's file name inside double quotes (`"$src/<name>"`),
+    so a `$(…)` in containerd_runc_path ran as root. Every script that takes a path the operator
+    chose, given paths holding every character settings accept, touches those paths alone."""
+    from containerd_deploy.data.settings import resolve
+    from containerd_deploy.remote import rollback
+    from containerd_deploy.remote.scripts import remove_artifact_script, write_file_script
+
+    base = node / HOSTILE_NAME
+    runc_path, bin_dir, state = base / f"runc {HOSTILE_NAME}", base / "bin", base / "state"
+    assert resolve(
+        "node1", {"runc_path": str(runc_path), "containerd_bin_dir": str(bin_dir)}
+    ).runc_path == str(runc_path)
+    before = sorted(p.name for p in node.iterdir())
+    runc_file = node / "mirror" / "runc.amd64"
+    runc_file.write_bytes(b"runc")
+    runc = Artifact("runc", "1.1.11", "amd64", f"file://{runc_file}", hashlib.sha256(b"runc").hexdigest())
+    tarball_artifact = containerd(node, "1.7.11", {"containerd": b"daemon", "ctr": b"client"})
+    scripts = [
+        install_artifact_script(runc, str(runc_path), str(base / "staging"), str(state)),
+        install_artifact_script(tarball_artifact, str(bin_dir), str(base / "staging"), str(state)),
+        write_file_script(
+            "x = 1\n",
+            str(base / f".config {HOSTILE_NAME}.containerd-deploy-new"),
+            str(base / f"config {HOSTILE_NAME}"),
+            "644",
+        ),
+        rollback.keep_release_script(
+            str(state),
+            (str(runc_path), str(bin_dir / "containerd")),
+            (str(base / f"config {HOSTILE_NAME}"),),
+            "1.7.11",
+        ),
+    ]
+    for script in scripts:
+        result = subprocess.run(["sh", "-c", script], capture_output=True, text=True, cwd=node)
+        assert result.returncode == 0, result.stderr
+    assert runc_path.read_bytes() == b"runc" and (bin_dir / "ctr").read_bytes() == b"client"
+    assert (base / f"config {HOSTILE_NAME}").read_text() == "x = 1\n"
+    for component in ("runc", "containerd"):
+        result = subprocess.run(
+            ["sh", "-c", remove_artifact_script(component, str(state))],
+            capture_output=True,
+            text=True,
+            cwd=node,
+        )
+        assert result.returncode == 0, result.stderr
+    assert not runc_path.exists() and not (bin_dir / "ctr").exists()
+    assert sorted(p.name for p in node.iterdir()) == sorted([*before, base.name]), (
+        "nothing made or run beside"
+    )

@@ -258,3 +258,28 @@ def test_one_url_check_for_every_key_that_takes_a_url(url, schemes, credentials,
     from containerd_deploy.data.values import url_problem
 
     assert url_problem(url, schemes, credentials) == problem
+
+
+@pytest.mark.parametrize(
+    ("name", "runtime_type"),
+    [
+        ("kata", "io.containerd.kata.v2"),
+        ("kata-qemu", "io.containerd.kata.v2"),
+        ("gvisor", "io.containerd.runsc.v1"),
+        ("runsc", "io.containerd.runsc.v1"),
+    ],
+)
+def test_a_handler_named_for_a_sandbox_must_say_which_shim_gives_it(name, runtime_type):
+    """Regression (#26): `{"name": "kata"}` was taken as a runc handler, so pods asking for the
+    RuntimeClass `kata` ran unsandboxed."""
+    with pytest.raises(DataError) as refused:
+        resolve("node1", {"containerd_runtimes": [{"name": name}]})
+    assert str(refused.value) == (
+        f"node1: data key 'containerd_runtimes' has {name!r} without a runtime_type, which would make it a runc "
+        "handler: pods asking for it would run without the sandbox its name promises. Fix: give it the "
+        f'sandbox\'s shim, e.g. {{"name": "{name}", "runtime_type": "{runtime_type}"}}'
+    )
+    given = resolve("node1", {"containerd_runtimes": [{"name": name, "runtime_type": runtime_type}]})
+    assert [runtime.runtime_type for runtime in given.containerd_runtimes] == [runtime_type]
+    # A name that only looks alike is a plain handler.
+    assert resolve("node1", {"containerd_runtimes": [{"name": "katana"}]}).containerd_runtimes

@@ -37,7 +37,7 @@ def built_scripts() -> dict[str, str]:
         ),
         "private file": scripts.private_file_script("/etc/containerd/.hosts.toml.containerd-deploy-new"),
         "replace file": scripts.replace_file_script(
-            "/tmp/t", f"{ODD}/hosts.toml", "600", "/tmp/containerd-deploy-upload.ab"
+            f"{ODD}/.hosts.toml.containerd-deploy-new", f"{ODD}/hosts.toml", "600"
         ),
         "remove tree": scripts.remove_tree_script(f"{ODD}/containerd"),
         "install tarball": scripts.install_artifact_script(

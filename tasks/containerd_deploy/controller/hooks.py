@@ -18,10 +18,10 @@ class HookFailed(Exception):
 
 
 def run_hook(key: str, argv: list[str], timeout: int, host_name: str) -> str:
-    """Run a hook on the controller; its output on success, HookFailed naming the host, the key,
+    """Run a hook on the controller; its output (redacted) on success, HookFailed naming the host, the key,
     the command and why (exit status and the last lines it printed, or the timeout) otherwise.
     A hook that runs past `timeout` is killed with everything it started."""
-    shown = shlex.join(argv)
+    shown = redact_secrets(shlex.join(argv))  # e.g. curl -H 'Authorization: Bearer …'
     environment = dict(os.environ, CONTAINERD_DEPLOY_HOST=host_name)
     try:
         process = subprocess.Popen(
@@ -52,7 +52,7 @@ def run_hook(key: str, argv: list[str], timeout: int, host_name: str) -> str:
     if process.returncode < 0:  # killed by that signal (the OOM killer, an operator's Ctrl-C)
         how = f"was killed by {_signal_name(-process.returncode)}"
         raise HookFailed(f"{host_name}: data key {key!r}: {shown} {how}{_tail(output)}")
-    return output
+    return redact_secrets(output)
 
 
 def _signal_name(number: int) -> str:

@@ -198,6 +198,69 @@ def _enable_cri(document) -> None:
             del disabled[index]
 
 
+# What the deploy sets in config.toml and containerd_config_extra may not (path -> why); keys
+# compared without case, as containerd's TOML decoder matches fields.
+OWNED_BY_THE_DEPLOY = {
+    ("version",): "the schema, which the deploy takes from the file and containerd_version",
+    ("root",): "containerd's data directory, which `purged` finds there (edit config.toml itself)",
+    ("state",): "containerd's state directory, which `purged` finds there (edit config.toml itself)",
+    ("imports",): "other files merged into config.toml, which could set anything the deploy owns",
+    **{
+        path + ("SystemdCgroup",): "runc's cgroup driver: set containerd_systemd_cgroup"
+        for path in RUNC_OPTIONS_PATH.values()
+    },
+    **{path + ("config_path",): "set containerd_registry_config_path" for path in PATHS["registry"].values()},
+}
+_OWNED = {tuple(key.lower() for key in path): why for path, why in OWNED_BY_THE_DEPLOY.items()}
+# Tables holding what the deploy sets: replaced by a value, what it set there is gone.
+_TABLES = {
+    tuple(key.lower() for key in path[:end])
+    for path in (*OWNED_BY_THE_DEPLOY, *(p for by_schema in PATHS.values() for p in by_schema.values()))
+    for end in range(1, len(path))
+}
+_MIRRORS = {tuple(key.lower() for key in path + ("mirrors",)) for path in PATHS["registry"].values()}
+
+
+def extra_problem(extra: Mapping, hosts_toml: bool = True, prefix: tuple[str, ...] = ()) -> str | None:
+    """Why containerd_config_extra cannot be merged into config.toml (None: it can): it sets
+    what the deploy owns, replaces a table holding it, disables the CRI plugin, sets registry
+    mirrors beside the hosts.toml files (`hosts_toml`: containerd_registry_config_path is set;
+    the CRI plugin does not load with both), or holds a value TOML has not (None)."""
+    for key, value in extra.items():
+        path = (*prefix, str(key))
+        folded = tuple(part.lower() for part in path)
+        dotted = ".".join(path)
+        if folded in _OWNED:
+            return f"sets {dotted}, which the deploy owns ({_OWNED[folded]})"
+        if folded in _TABLES and not isinstance(value, Mapping):
+            return f"replaces the table {dotted} with {value!r}: the deploy sets keys inside it"
+        if hosts_toml and folded in _MIRRORS:
+            return (
+                f"sets {dotted}, registry mirrors beside containerd_registries' hosts.toml files (use those)"
+            )
+        if folded == ("disabled_plugins",):
+            plugins = value if isinstance(value, (list, tuple)) else [value]
+            if any(str(plugin).lower() in CRI_PLUGIN_IDS for plugin in plugins):
+                return "disables the CRI plugin in disabled_plugins, which a kubelet needs"
+            if not isinstance(value, (list, tuple)):
+                return f"sets disabled_plugins to {value!r}, not a list of plugin IDs"
+        if isinstance(value, Mapping):
+            problem = extra_problem(value, hosts_toml, path)
+            if problem:
+                return problem
+        elif _holds_none(value):
+            return f"has no value (None) at {dotted}, which TOML cannot write"
+    return None
+
+
+def _holds_none(value) -> bool:
+    if isinstance(value, (list, tuple)):
+        return any(_holds_none(item) for item in value)
+    if isinstance(value, Mapping):
+        return any(_holds_none(item) for item in value.values())
+    return value is None
+
+
 def render(text: str, containerd_version: Version, knobs: Knobs) -> str:
     """`text` with every knob applied, in the schema the document declares."""
     document = parse(text)

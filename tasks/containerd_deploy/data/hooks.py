@@ -56,6 +56,19 @@ def parse_hook(host: str, key: str, value) -> tuple[str, ...]:
     return tuple(argv)
 
 
-def hook_argv(argv: tuple, host_name: str, address: str) -> list[str]:
-    """The hook's arguments with the placeholders filled in (each stays one argument)."""
-    return [arg.format(host=host_name, address=address) for arg in argv]
+def hook_argv(argv: tuple, host_name: str, address: str, key: str) -> list[str]:
+    """The hook's arguments with the placeholders filled in (each stays one argument). An
+    argument a placeholder would turn into an option is refused: a host named
+    `--selector=kubernetes.io/os=linux` must not make `kubectl drain {host}` drain every node."""
+    filled = []
+    for arg in argv:
+        value = arg.format(host=host_name, address=address)
+        if value.startswith("-") and not arg.startswith("-"):
+            raise DataError(
+                host_name,
+                key,
+                f"would pass {value!r} (from {arg!r}), which the program would read as an option, not a name",
+                "give the host an inventory name and address that do not start with '-'",
+            )
+        filled.append(value)
+    return filled

@@ -312,6 +312,30 @@ def _limit_nofile(host: str, key: str, value) -> str | None:
     return text
 
 
+# Handler names that promise a sandbox, and the shim that gives it (Kata Containers, gVisor).
+SANDBOX_RUNTIME_TYPES = {
+    "kata": "io.containerd.kata.v2",
+    "gvisor": "io.containerd.runsc.v1",
+    "runsc": "io.containerd.runsc.v1",
+}
+
+
+def sandbox_runtime_type(name: str) -> str | None:
+    """The shim a handler called `name` needs to be the sandbox it is named for (`kata`,
+    `kata-qemu`, `gvisor`, `runsc`, …), or None."""
+    return SANDBOX_RUNTIME_TYPES.get(re.split(r"[-_.]", name.lower(), maxsplit=1)[0])
+
+
+def _config_extra(host: str, key: str, value, raw: Mapping) -> dict:
+    from containerd_deploy.data.config_toml import extra_problem
+
+    extra = _mapping(host, key, value, "set containerd_config_extra to a mapping of TOML tables and keys")
+    problem = extra_problem(extra, hosts_toml=bool(raw["containerd_registry_config_path"]))
+    if problem:
+        raise DataError(host, key, problem, "take it out of containerd_config_extra")
+    return extra
+
+
 def _runtimes(host: str, key: str, value) -> tuple:
     from containerd_deploy.data.config_toml import Runtime
 
@@ -336,6 +360,20 @@ def _runtimes(host: str, key: str, value) -> tuple:
             )
         if not isinstance(entry.get("options", {}), Mapping):
             raise DataError(host, key, f"has non-mapping options in {entry['name']!r}", fix)
+        if any(option is None for option in entry.get("options", {}).values()) or any(
+            entry.get(field, "") is None for field in ("runtime_type", "binary_name")
+        ):
+            raise DataError(host, key, f"has no value (None) for a field of {entry['name']!r}", fix)
+        sandbox = sandbox_runtime_type(entry["name"])
+        if sandbox and "runtime_type" not in entry:
+            # Without it the handler is runc's: pods asking for this RuntimeClass run unsandboxed.
+            raise DataError(
+                host,
+                key,
+                f"has {entry['name']!r} without a runtime_type, which would make it a runc handler: "
+                "pods asking for it would run without the sandbox its name promises",
+                f'give it the sandbox\'s shim, e.g. {{"name": "{entry["name"]}", "runtime_type": "{sandbox}"}}',
+            )
         runtimes.append(
             Runtime(
                 entry["name"],
@@ -698,7 +736,7 @@ KEYS: dict[str, Key] = {
     "containerd_runtimes": Key(
         [],
         _plain(_runtimes),
-        doc="extra CRI runtime handlers: a list of `{name, runtime_type, binary_name, options}`; `runtime_type` defaults to `io.containerd.runc.v2`, for which `binary_name` names a runc-compatible binary (crun, nvidia-container-runtime). Each handler's binary must be on the node (checked before any change). Taking one out of the list leaves its table in the config",
+        doc="extra CRI runtime handlers: a list of `{name, runtime_type, binary_name, options}`; `runtime_type` defaults to `io.containerd.runc.v2`, for which `binary_name` names a runc-compatible binary (crun, nvidia-container-runtime); a handler named for a sandbox (`kata…`, `gvisor`, `runsc`) must give its `runtime_type`. Each handler's binary must be on the node (checked before any change). Taking one out of the list leaves its table in the config",
     ),
     "containerd_nvidia_runtime": Key(
         False,
@@ -730,8 +768,8 @@ KEYS: dict[str, Key] = {
     ),
     "containerd_config_extra": Key(
         {},
-        _mapping_of("set containerd_config_extra to a mapping of TOML tables and keys"),
-        doc="any other TOML, as nested mappings, deep-merged last (tables merge, other values replace)",
+        _config_extra,
+        doc="any other TOML, as nested mappings, deep-merged last (tables merge, other values replace); what the deploy owns (`version`, `root`, `state`, `imports`, runc's `SystemdCgroup`, the registry `config_path`, the CRI plugin in `disabled_plugins`), a value in place of a table holding it, registry mirrors beside hosts.toml files, and a value of None are refused",
     ),
     "containerd_registry_config_path": Key(
         "/etc/containerd/certs.d",

@@ -166,9 +166,27 @@ def _hidden_value(match: re.Match) -> str:
     return f"{match[1]}{quote}***{quote}"
 
 
+# A credential inside a quoted word of a command line or an argument list, however it is
+# written: a header (`-H 'Authorization: Splunk …'`, `'PRIVATE-TOKEN: …'`: the rest of the
+# word), an option and its value (`--token …`, `--password=…`), curl's `-u user:…`, and a
+# bearer token standing alone (`Bearer eyJ…`: a word with a digit, not "the bearer of").
+_QUOTED_HEADER = re.compile(
+    rf"""((?<=['"])[\w-]*{_SECRET_NAME}[\w-]*\s*:\s*)[^'"\n]+""",
+    re.IGNORECASE,
+)
+_CREDENTIAL_OPTION = re.compile(
+    rf"""((?<![\w-])--?[\w-]*{_SECRET_NAME}[\w-]*(?:\s+|=)['"]?)[^\s'"]+""",
+    re.IGNORECASE,
+)
+_CURL_USER = re.compile(r"""((?<![\w-])(?:-u|--user)(?:\s+|=)['"]?[^\s:'"]*:)[^\s'"]+""")
+_BEARER = re.compile(r"""(\bbearer\s+)(?=[^\s'"]*[0-9])[^\s'",}]+""", re.IGNORECASE)
+
+
 def redact_secrets(text: str) -> str:
     """`text` with URL passwords and credential values replaced by ***."""
     text = _CREDENTIAL_ITEM.sub(r"\1\2***\2", _URL_PASSWORD.sub(r"\1***@", text))
+    for rule in (_QUOTED_HEADER, _CREDENTIAL_OPTION, _CURL_USER, _BEARER):
+        text = rule.sub(r"\1***", text)
     return _CREDENTIAL_ASSIGNMENT.sub(_hidden_value, text)
 
 

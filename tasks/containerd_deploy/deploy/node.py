@@ -24,6 +24,7 @@ from containerd_deploy.deploy.configure import configure_containerd
 from containerd_deploy.deploy.install import fetch_release_files, install_release_files
 from containerd_deploy.deploy.reset import check_purge, remove_containerd
 from containerd_deploy.deploy.service import (
+    check_hooks,
     drop_kept_release,
     hooks_around_restart,
     keep_running_release,
@@ -191,6 +192,7 @@ def check_inventory_data(state) -> None:
         )
         if settings.containerd_state == "present":
             artifacts.check_all_arches(settings)  # an unpinned version is refused before the node is asked
+            check_hooks(settings, other)
     _checked_states.add(state)
 
 

@@ -7,6 +7,7 @@ import posixpath
 from pyinfra import host
 from pyinfra.api import deploy
 
+from containerd_deploy.data.hooks import hook_argv
 from containerd_deploy.data.settings import DEFAULTS, Settings
 from containerd_deploy.facts.node import NodeState
 from containerd_deploy.operations.release import kept_release_dropped, release_kept
@@ -40,6 +41,18 @@ def run_containerd(settings: Settings, node: NodeState, plan: Plan, rollback: st
 HOOK_KEYS = {"before": "containerd_restart_hook_before", "after": "containerd_restart_hook_after"}
 
 
+def hook_address(node_host) -> str:
+    """What `{address}` in a hook stands for: the address the controller connects to."""
+    return str(node_host.data.get("ssh_hostname") or node_host.name)
+
+
+def check_hooks(settings: Settings, node_host) -> None:
+    """A hook whose placeholders this host's name or address would turn into an option is
+    refused (``data.hooks.hook_argv``), for every host before any is asked."""
+    for key in HOOK_KEYS.values():
+        hook_argv(getattr(settings, key), node_host.name, hook_address(node_host), key)
+
+
 @deploy("Restart hook", data_defaults=DEFAULTS)
 def hooks_around_restart(settings: Settings, plan: Plan, when: str):
     """The operator's command for `when` ("before": first thing, so a failing one stops the
@@ -53,7 +66,7 @@ def hooks_around_restart(settings: Settings, plan: Plan, when: str):
         name=f"Run {key} on the controller" + (" (containerd will restart)" if when == "before" else ""),
         key=key,
         command=command,
-        address=str(host.data.get("ssh_hostname") or host.name),
+        address=hook_address(host),
         timeout=settings.containerd_restart_hook_timeout,
         when=plan.restarts_running,
     )

@@ -24,6 +24,12 @@ FROM_NODE = FromNode()
 
 
 def _escalated() -> bool:
-    """Whether this operation's commands run through sudo/doas/su (so uploads go via the login user)."""
+    """Whether this operation's commands run through sudo/doas/dzdo/su (so uploads go via the
+    login user)."""
     arguments: dict = dict(host.current_op_global_arguments or {})
-    return bool(arguments.get("_sudo") or arguments.get("_doas") or arguments.get("_su_user"))
+    return any(arguments.get(name) for name in ESCALATIONS)
+
+
+# pyinfra's arguments that run a command as another user, and their "off" value: a command the
+# login user runs itself is given all of them.
+ESCALATIONS = {"_sudo": False, "_doas": False, "_dzdo": False, "_su_user": ""}

@@ -40,15 +40,31 @@ def private_uploads(files: list[tuple[str | IO, str]], upload_dir: str) -> Itera
     Through sudo, pyinfra's SFTP writes as the login user, then copies as root: the copy goes
     through `upload_dir`, made here by the login user itself (0700, so no other user reads a
     secret in it or swaps a file), and each path keeps the owner and mode it already has.
-    The caller removes `upload_dir` (as root) when the files are in place."""
-    escalated = _escalated()
-    if escalated:
-        # _su_user="" (falsy): pyinfra's default, which its type hint does not admit as None.
-        yield StringCommand("mkdir", "-m", "700", q(upload_dir), _sudo=False, _doas=False, _su_user="")
+    Root never acts in the shared temporary directory: the login user makes `upload_dir`,
+    first removing those of its own a run cut short left there, and `uploads_done` has it
+    remove `upload_dir` once the files are in place."""
+    if _escalated():
+        yield _as_login_user(
+            f"find {q(posixpath.dirname(UPLOAD_DIR_PREFIX) + '/')} -maxdepth 1 "
+            f'-name {q(posixpath.basename(UPLOAD_DIR_PREFIX) + "*")} -user "$(id -u)" -exec rm -rf -- {{}} +; '
+            f"mkdir -m 700 {q(upload_dir)}"
+        )
     for index, (source, path) in enumerate(files):
         yield FileUploadCommand(
-            source, path, remote_temp_filename=f"{upload_dir}/{index}" if escalated else None
+            source, path, remote_temp_filename=f"{upload_dir}/{index}" if _escalated() else None
         )
+
+
+def uploads_done(upload_dir: str) -> Iterator[PyinfraCommand]:
+    """The login user removes the directory `private_uploads` went through (through sudo)."""
+    if _escalated():
+        yield _as_login_user(f"rm -rf -- {q(upload_dir)}")
+
+
+def _as_login_user(command: str) -> StringCommand:
+    # Every one of ESCALATIONS off; _su_user="" (falsy): pyinfra's default, which its type hint
+    # does not admit as None.
+    return StringCommand(command, _sudo=False, _doas=False, _dzdo=False, _su_user="")
 
 
 def redacted_lines(text: str) -> list[str]:
@@ -127,7 +143,8 @@ def file_content(
     yield private_file_script(temp_path)
     via = upload_directory()
     yield from private_uploads([(StringIO(text), temp_path)], via)
-    yield replace_file_script(temp_path, path, mode, upload_dir=via if _escalated() else "")
+    yield replace_file_script(temp_path, path, mode)
+    yield from uploads_done(via)
 
 
 @operation()
@@ -170,7 +187,7 @@ def file_absent(path: str, present: bool | FromNode = FROM_NODE, remove_empty_pa
 def leftovers_absent(paths: list[str]):
     """
     Remove what runs cut short left beside the paths the deploy writes: hidden copies not yet
-    renamed into place, hidden release directories, upload directories.
+    renamed into place, hidden release directories, a manifest's or a kept release's new copy.
 
     + paths: the leftovers the ``ContainerdNode`` fact found (only names the deploy makes)
 

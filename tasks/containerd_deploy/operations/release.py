@@ -11,8 +11,8 @@ from pyinfra.api import FunctionCommand, StringCommand, operation
 from containerd_deploy.controller.cache import FetchError, cached_path, ensure_cached
 from containerd_deploy.data.artifacts import Artifact
 from containerd_deploy.facts.node import DistroPackage, ReleaseManifests
-from containerd_deploy.operations import FROM_NODE, FromNode, _escalated
-from containerd_deploy.operations.files import private_uploads, upload_directory
+from containerd_deploy.operations import FROM_NODE, FromNode
+from containerd_deploy.operations.files import private_uploads, upload_directory, uploads_done
 from containerd_deploy.plan.run import artifact_is_installed
 from containerd_deploy.remote.manifest import Manifest
 from containerd_deploy.remote.rollback import drop_kept_script, keep_release_script
@@ -94,8 +94,7 @@ def release_files_fetched(
         ],
         via,
     )
-    if _escalated():
-        yield StringCommand("rm", "-rf", "--", q(via))
+    yield from uploads_done(via)
 
 
 @operation()

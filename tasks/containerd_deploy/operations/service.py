@@ -10,6 +10,7 @@ from pyinfra.api import FunctionCommand, OperationError, StringCommand, operatio
 
 from containerd_deploy.controller.hooks import HookFailed, run_hook
 from containerd_deploy.data.hooks import hook_argv
+from containerd_deploy.data.values import redact_secrets
 from containerd_deploy.facts.node import RunLock, UnitState
 from containerd_deploy.operations import FROM_NODE, FromNode
 from containerd_deploy.remote.lock import NO_SESSION, LockState, take_lock_script, unavailable_message
@@ -181,9 +182,9 @@ def restart_hook(
     if not command or not when:
         host.noop("no restart: no hook to run")
         return
-    argv = hook_argv(tuple(command), host.name, address)
+    argv = hook_argv(tuple(command), host.name, address, key)
     if not host.state.is_executing:
-        host.log(f"Will run {shlex.join(argv)} on the controller ({key})")
+        host.log(f"Will run {redact_secrets(shlex.join(argv))} on the controller ({key})")
     yield FunctionCommand(_hook, (key, argv, timeout), {})
 
 

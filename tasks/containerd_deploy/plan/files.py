@@ -9,9 +9,8 @@ from pyinfra.api.exceptions import DeployError
 
 from containerd_deploy import resource
 from containerd_deploy.data import registries
-from containerd_deploy.data.config_toml import ConfigError, Knobs, render, runc_systemd_cgroup
+from containerd_deploy.data.config_toml import ConfigError, Knobs, render
 from containerd_deploy.data.settings import Settings, has_credentials, runtime_handlers
-from containerd_deploy.data.values import DataError
 from containerd_deploy.facts.node import NodeState
 from containerd_deploy.remote.paths import CRICTL_CONFIG
 
@@ -100,14 +99,6 @@ def desired_config(settings: Settings, base_text: str) -> str:
         text = render(base_text, settings.containerd_version, knobs(settings))
     except ConfigError as error:
         raise DeployError(f"{settings.host}: {settings.containerd_config_path} {error}") from None
-    if bool(runc_systemd_cgroup(text)) != settings.containerd_systemd_cgroup:
-        wanted = str(settings.containerd_systemd_cgroup).lower()
-        raise DataError(
-            settings.host,
-            "containerd_config_extra",
-            f"sets the runc runtime's SystemdCgroup against containerd_systemd_cgroup = {wanted}",
-            "set the cgroup driver with containerd_systemd_cgroup alone",
-        )
     return text
 
 

@@ -88,7 +88,7 @@ def container_check_script(
             f"""  task=$({ctr} tasks ls 2>/dev/null | awk -v id="$id" '$1 == id {{ print $2, $3 }}')""",
             "  status=${task#* }",
             '  if [ "$status" != RUNNING ]; then',
-            f'    fail "started but is not running (task ${{status:-gone}}): see journalctl -u {unit}"',
+            f'    fail "started but is not running (task ${{status:-gone}}): see journalctl -u "{q(unit)}',
             "  fi",
             # The scope itself, or a cgroup inside it: crun puts the process in <scope>/container.
             """  scope=$(awk -F: '$3 ~ /containerd-deploy-[^\\/]*[.]scope(\\/|$)/ { sub(/[.]scope\\/.*/, ".scope", $3); print $3; exit }' "/proc/${task%% *}/cgroup" 2>/dev/null)""",

@@ -179,6 +179,14 @@ def busy_message(host_name: str, owner: str) -> str:
     )
 
 
+def untrusted_lock_message(host_name: str, directory: str) -> str:
+    return (
+        f"{host_name}: the run lock's directory {directory} is not root's alone (root-owned, mode 0700, not a "
+        "symbolic link), so another user could hold or forge the lock; nothing was changed. Fix: remove it "
+        f"(it holds nothing but the lock) and rerun."
+    )
+
+
 def stale_message(host_name: str, generation: int, now: str) -> str:
     return (
         f"{host_name}: another containerd-deploy run held this node while or after this run looked at it (the run "
@@ -222,6 +230,13 @@ def take_lock_script(host_name: str, owner: str, generation: int | None, anchor_
             *lock_held_lines(),
             f"command -v flock >/dev/null 2>&1 || fail {q(unavailable_message(host_name, NO_FLOCK))}",
             f'[ "${{session:-1}}" -gt 1 ] || fail {q(unavailable_message(host_name, NO_SESSION))}',
+            # The lock's directory is root's alone (0700; /run is root's): made so, or refused.
+            f"lock_dir=$(dirname -- {lock})",
+            "umask 077",
+            '[ -e "$lock_dir" ] || [ -L "$lock_dir" ] || mkdir -m 700 -- "$lock_dir"',
+            'if [ -L "$lock_dir" ] || [ "$(stat -c %u:%a -- "$lock_dir")" != "$(id -u):700" ]; then',
+            f"  fail {with_variable(untrusted_lock_message(host_name, MARK), '$lock_dir')}",
+            "fi",
             f'if lock_held && [ "$(cat {lock}.session 2>/dev/null)" = "$session" ]; then exit 0; fi',
             f"exec 9>>{lock}",
             f"if ! flock -w {LOCK_WAIT_SECONDS} 9; then",

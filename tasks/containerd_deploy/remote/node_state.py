@@ -16,7 +16,6 @@ from containerd_deploy.remote.paths import (
     KUBELET_CONFIG,
     NEW_SUFFIX,
     SERVICE_PATH,
-    UPLOAD_DIR_PREFIX,
     hidden_copy,
 )
 
@@ -247,7 +246,6 @@ def node_state_command(
                     # A manifest's new copy as an older version of this deploy named it.
                     f"{q(state_dir)}/*{MANIFEST_SUFFIX}{NEW_SUFFIX}",
                     f"{q(state_dir)}/{KEPT_DIR_NAME}{NEW_SUFFIX}",
-                    q(UPLOAD_DIR_PREFIX) + "*",
                     *([f"{q(certs_dir)}/*/{q('.hosts.toml' + NEW_SUFFIX)}"] if certs_dir else []),
                 ),
             ),

@@ -8,7 +8,10 @@ path, the state it keeps, the files it reads of others, and the PATH its command
 DISTRO_BINARIES = ("/usr/bin/containerd", "/usr/sbin/containerd")
 KUBELET_CONFIG = "/var/lib/kubelet/config.yaml"
 CRICTL_CONFIG = "/etc/crictl.yaml"  # written only when crictl is installed, removed only when ours
-LOCK_PATH = "/run/containerd-deploy.lock"  # the run lock's flock, and its .generation/.owner/.session
+# The run lock's flock, and its .generation/.owner/.session, in a directory only root can enter:
+# no other user opens the lock (a read handle is all flock needs) or writes what it records.
+LOCK_DIR = "/run/containerd-deploy"
+LOCK_PATH = f"{LOCK_DIR}/lock"
 RUNC_STATE_ROOT = "/run/containerd/runc"  # the runc shim's --root, one directory per namespace
 
 

@@ -120,7 +120,7 @@ def _unpack_lines(artifact: Artifact, dest: str) -> list[str]:
         name = dest.rsplit("/", 1)[-1]
         return [
             'src="$hidden"',
-            f'mv "$stage/download" "$src/{name}"',
+            f'mv "$stage/download" "$src/"{q(name)}',
             f'printf "%s{TAB}%s\\n" {q(name)} {q(dest)} > "$stage/plan"',
         ]
     member = f" {q(layout.member)}" if layout.member else ""
@@ -177,11 +177,12 @@ def fetch_artifacts_script(artifacts: list[Artifact], staging_dir: str) -> str:
     is installed: one bad file and none is kept, so no final path changes. The files are
     fetched side by side (one's download beside another's hashing: a small node's CPUs are
     what a first converge waits on)."""
+    # Each file's name in the staging directory; the directory itself only ever as "$staging".
+    names = [posixpath.basename(fetched_path(staging_dir, artifact)) for artifact in artifacts]
     lines = [
         PRELUDE,
         FETCH,
         f"staging={q(staging_dir)}",
-        'kept=""',
         'jobs=""',
         'done_ok=""',
         # On failure: stop the other downloads, remove every file fetched so far (and the
@@ -189,7 +190,8 @@ def fetch_artifacts_script(artifacts: list[Artifact], staging_dir: str) -> str:
         # (set +e: a download already gone must not end the cleanup early.)
         'cleanup() { trap "" HUP INT TERM PIPE; set +e; if [ -z "$done_ok" ]; then '
         'for job in $jobs; do pkill -TERM -P "$job" 2>/dev/null; kill "$job" 2>/dev/null; done; wait; '
-        'for f in $kept; do rm -f "$f" "$f.partial"; done; rmdir "$staging" 2>/dev/null; fi; }',
+        f'for name in {" ".join(q(name) for name in names)}; do rm -f -- "$staging/$name" "$staging/$name.partial"; done; '
+        'rmdir "$staging" 2>/dev/null; fi; }',
         "trap cleanup EXIT",
         "trap 'exit 1' HUP INT TERM PIPE",
         # Fetch one file to <path>.partial, check it, rename it to <path>; a failure is told on
@@ -206,12 +208,9 @@ def fetch_artifacts_script(artifacts: list[Artifact], staging_dir: str) -> str:
         # What runs cut short left here (this run holds the node's lock: no other run is using it).
         *staging_leftovers_lines(staging_dir, "rm -rf"),
     ]
-    paths = [fetched_path(staging_dir, artifact) for artifact in artifacts]
-    for artifact, path in zip(artifacts, paths, strict=True):
+    for artifact, name in zip(artifacts, names, strict=True):
         lines += [
-            # Listed before it exists: cleanup removes it whenever the run stops.
-            f'kept="$kept {path}"',
-            f"get {q(artifact.url)} {q(artifact.sha256)} {q(path)} &",
+            f'get {q(artifact.url)} {q(artifact.sha256)} "$staging/"{q(name)} &',
             'jobs="$jobs $!"',
         ]
     lines += [
@@ -299,15 +298,13 @@ def private_file_script(temp_path: str) -> str:
     )
 
 
-def replace_file_script(temp_path: str, path: str, mode: str, upload_dir: str = "") -> str:
-    """Move an uploaded temporary file over `path` atomically, root-owned with `mode` (and
-    remove the directory the upload went through, if any)."""
+def replace_file_script(temp_path: str, path: str, mode: str) -> str:
+    """Move an uploaded temporary file over `path` atomically, root-owned with `mode`."""
     return (
         "\n".join(
             [
                 PRELUDE,
                 f"temp={q(temp_path)}",
-                *([f"rm -rf -- {q(upload_dir)}"] if upload_dir else []),
                 *put_in_place_lines(),
                 f'put_in_place "$temp" {q(path)} {mode}',
             ]
