@@ -10,6 +10,8 @@ an argument left at `FROM_NODE` is asked of the node with a fact of its own.
 What they run on the controller itself is controller/'s.
 """
 
+from typing import Any
+
 from pyinfra import host
 
 
@@ -32,4 +34,5 @@ def _escalated() -> bool:
 
 # pyinfra's arguments that run a command as another user, and their "off" value: a command the
 # login user runs itself is given all of them.
-ESCALATIONS = {"_sudo": False, "_doas": False, "_dzdo": False, "_su_user": ""}
+# (_su_user="": pyinfra's own default, which its type hint does not admit as None.)
+ESCALATIONS: dict[str, Any] = {"_sudo": False, "_doas": False, "_dzdo": False, "_su_user": ""}

@@ -17,7 +17,7 @@ from pyinfra.facts.files import Directory, File, FileContents, Sha256File
 from pyinfra.operations.util.files import generate_color_diff
 
 from containerd_deploy.data.values import redact_secrets
-from containerd_deploy.operations import FROM_NODE, FromNode, _escalated
+from containerd_deploy.operations import ESCALATIONS, FROM_NODE, FromNode, _escalated
 from containerd_deploy.remote.paths import UPLOAD_DIR_PREFIX, hidden_copy
 from containerd_deploy.remote.scripts import (
     private_file_script,
@@ -62,9 +62,7 @@ def uploads_done(upload_dir: str) -> Iterator[PyinfraCommand]:
 
 
 def _as_login_user(command: str) -> StringCommand:
-    # Every one of ESCALATIONS off; _su_user="" (falsy): pyinfra's default, which its type hint
-    # does not admit as None.
-    return StringCommand(command, _sudo=False, _doas=False, _dzdo=False, _su_user="")
+    return StringCommand(command, **ESCALATIONS)
 
 
 def redacted_lines(text: str) -> list[str]:
