@@ -168,10 +168,11 @@ def test_conformance_from_an_inventory_whose_host_uses_sudo(node, tmp_path):
     assert " passed" in result.stdout and " failed" not in result.stdout
 
 
-def test_another_users_staging_directory_cannot_swap_a_file(node):
-    """Regression: a staging directory that existed kept its owner and mode (mkdir -p -m 700
-    does not change them), so another local user could replace a verified file before its
-    install. Here `other` owns it, world-writable, with a planted file and a symlink."""
+def test_another_users_staging_or_state_directory_is_refused_before_any_change(node):
+    """Regression (#26): a staging directory that existed was taken over (chown, chmod 700),
+    and a state directory another user made was used as it was: they could swap a verified
+    file before its install, or plant manifests (files root then deletes) and a kept release.
+    Now either is refused, naming it, with nothing changed and nothing of theirs touched."""
     reset = as_user(node, "deployer", data={"containerd_state": "absent"})[0]
     assert reset.returncode == 0, reset.stderr[-3000:]
     assert (
@@ -182,27 +183,37 @@ def test_another_users_staging_directory_cannot_swap_a_file(node):
         == ""
     )
     hostname = node.vm.ssh("cat /etc/hostname").stdout
-    node.vm.ssh(
-        "install -d -m 777 -o other -g other /var/cache/containerd-deploy; "
-        "su other -s /bin/sh -c 'echo planted > /var/cache/containerd-deploy/.fetched-runc; "
-        "ln -s /etc/hostname /var/cache/containerd-deploy/.fetched-containerd.partial'"
+    planted = (
+        "echo planted > /var/cache/containerd-deploy/.fetched-runc; "
+        "ln -s /etc/hostname /var/cache/containerd-deploy/.fetched-containerd.partial; "
+        "printf 'component runc\\nfile /etc/hostname sha256:0\\n' > /var/lib/containerd-deploy/runc.manifest"
     )
-    process, results = as_user(node, "deployer", data=DATA)
+    listing = "stat -c '%u %a %n' /var/cache/containerd-deploy /var/lib/containerd-deploy; ls -lA /var/cache/containerd-deploy /var/lib/containerd-deploy"
+    try:
+        node.vm.ssh(
+            "install -d -m 777 -o other -g other /var/cache/containerd-deploy /var/lib/containerd-deploy; "
+            f"su other -s /bin/sh -c {shlex.quote(planted)}"
+        )
+        before = node.vm.ssh(listing).stdout
+        process, _ = as_user(node, "deployer", data=DATA)
+        assert process.returncode != 0
+        said = process.stdout + process.stderr
+        for directory, key in [
+            ("/var/cache/containerd-deploy", "containerd_staging_dir"),
+            ("/var/lib/containerd-deploy", "containerd_deploy_state_dir"),
+        ]:
+            assert f"{directory} is owned by uid" in said and f"data key {key!r}" in said, said[-3000:]
+        assert "nothing was changed" in said
+        assert node.vm.ssh(listing).stdout == before, "root acted in another user's directory"
+        assert node.vm.ssh("cat /etc/hostname").stdout == hostname
+        assert node.vm.ssh("ls -A /usr/local/bin /etc/containerd 2>/dev/null; true").stdout.strip() == ""
+    finally:
+        node.vm.ssh("rm -rf /var/cache/containerd-deploy /var/lib/containerd-deploy")
+    process, _ = as_user(node, "deployer", data=DATA)
     assert process.returncode == 0, process.stderr[-4000:]
-    assert node.vm.ssh("cat /etc/hostname").stdout == hostname, "a symlink planted in staging was followed"
-    installed = node.vm.ssh("sha256sum /usr/local/sbin/runc").stdout.split()[0]
-    runc = node.vm.ssh("cat /var/lib/containerd-deploy/runc.manifest").stdout
-    assert f"sha256 {node.data()['runc_sha256']}" in runc
     assert (
-        installed
-        == node.vm.ssh(
-            f"curl -fsS {node.data()['artifact_mirror']}/opencontainers/runc/releases/download/"
-            f"v{node.data()['runc_version']}/runc.amd64 | sha256sum"
-        ).stdout.split()[0]
-    )
-    assert node.vm.ssh("ls -A /var/cache/containerd-deploy 2>&1; true").stdout.strip() in (
-        "",
-        "ls: cannot access '/var/cache/containerd-deploy': No such file or directory",
+        f"sha256 {node.data()['runc_sha256']}"
+        in node.vm.ssh("cat /var/lib/containerd-deploy/runc.manifest").stdout
     )
 
 

@@ -19,7 +19,7 @@ from pyinfra.context import ctx_host, ctx_state
 import containerd_deploy.deploy.node as flow
 from containerd_deploy.data import artifacts
 from containerd_deploy.data.settings import resolve
-from containerd_deploy.facts.node import ContainerdNode, NodeState
+from containerd_deploy.facts.node import ContainerdNode, MissingBinaries, NodeState
 from containerd_deploy.plan.files import desired_config, unit_text
 from containerd_deploy.remote.lock import parse_lock_state
 from containerd_deploy.remote.manifest import Manifest
@@ -113,12 +113,16 @@ def prepare(
     files: dict[str, str] | None = None,
     asked: dict | None = None,
     dry_run: bool = False,
+    missing: tuple = (),
+    asked_binaries: list | None = None,
 ) -> list[PreparedOp]:
     """Prepare `containerd_node` for a host with `data` whose node fact is `node`; the operations
     it added, in order, with the commands each would run (none: no change). `diff`: as with
     pyinfra's --diff; `files`: path -> text the node's FileContents fact returns then; `asked`: filled with
     the arguments the deploy gave the node fact; `dry_run`: pyinfra checks each operation for a
-    change as it is added (as with --dry, or before asking to go ahead), kept in `dry_run_change`."""
+    change as it is added (as with --dry, or before asking to go ahead), kept in `dry_run_change`;
+    `missing`: the binaries the MissingBinaries fact finds missing (each question it is asked
+    goes into `asked_binaries`)."""
     data = {"containerd_verify": False, **(data or {})}
     inventory = Inventory(([("node1", data)], {}))
     state = State(inventory, Config(DIFF=diff))
@@ -133,6 +137,10 @@ def prepare(
             if asked is not None:
                 asked.update(kwargs)
             return node
+        if fact is MissingBinaries:
+            if asked_binaries is not None:
+                asked_binaries.append(kwargs["binaries"])
+            return [binary for binary in kwargs["binaries"] if binary in missing]
         return (files or {})[path].splitlines()
 
     monkeypatch.setattr(host, "get_fact", get_fact)

@@ -3,6 +3,7 @@ started, restarted or left alone, on a fresh node, a converged one and each kind
 the refusals that stop the flow before any operation (a kubelet on another cgroup driver);
 the run lock, taken first by a run that will change the node (or finds another run on it)."""
 
+import dataclasses
 import hashlib
 import os
 import socket
@@ -156,6 +157,140 @@ def test_a_kubelet_on_another_cgroup_driver_stops_the_flow_before_any_operation(
         prepare(monkeypatch, node)
 
 
+@pytest.mark.parametrize("state", ["present", "absent"])
+@pytest.mark.parametrize(
+    "untrusted, names, fix",
+    [
+        (
+            ("/var/lib/containerd-deploy", "is owned by uid 1000, not root"),
+            "data key 'containerd_deploy_state_dir'",
+            "chown root:root /var/lib/containerd-deploy; chmod go-w /var/lib/containerd-deploy) once you know "
+            "nothing in it came from another user, or set containerd_deploy_state_dir to a directory",
+        ),
+        (
+            ("/var/cache", "is writable by group or others"),
+            "data key 'containerd_staging_dir'",
+            "set containerd_staging_dir to a directory that only root can write, all the way up",
+        ),
+        (
+            ("/usr/local", "is writable by group or others"),
+            "data keys 'containerd_bin_dir' and 'runc_path'",
+            "chmod go-w /usr/local",
+        ),
+        (
+            ("/etc/containerd", "is a symbolic link"),
+            "data keys 'containerd_config_path' and 'containerd_registry_config_path'",
+            "to the real path, without the link",
+        ),
+        (
+            ("/run/containerd-deploy", "is not a directory"),
+            "a place the deploy keeps files in",
+            "move the file away",
+        ),
+    ],
+)
+def test_a_directory_another_user_could_change_stops_the_flow_before_any_operation(
+    monkeypatch, settings, state, untrusted, names, fix
+):
+    """Regression (#26): only the staging directory itself was locked down; a state directory
+    another user made, a parent anyone can write, or a link on the way were trusted."""
+    node = drifted(converged(settings), untrusted_directories=[untrusted])
+    with pytest.raises(DeployError) as refused:
+        prepare(monkeypatch, node, {"containerd_state": state})
+    message = str(refused.value)
+    assert message.startswith(f"{settings.host}: {untrusted[0]} {untrusted[1]}, on the path of {names}:"), (
+        message
+    )
+    assert "nothing was changed" in message and fix in message, message
+
+
+KATA = {"containerd_runtimes": [{"name": "kata", "runtime_type": "io.containerd.kata.v2"}]}
+
+
+@pytest.mark.parametrize("missing", [True, False])
+def test_a_handler_the_nodes_config_declares_without_its_binary_stops_the_flow_before_any_change(
+    monkeypatch, settings, missing
+):
+    """Regression (#26): a node whose config.toml already had a handler with no binary
+    (kubespray's defaults with kata, on a node without Kata) was restarted by every run and rolled
+    back by its verify step, run after run. The config's own handlers are checked like the data's."""
+    node = drifted(
+        converged(settings_for(KATA)),  # its config.toml has kata's table; the data no longer names it
+        mtimes={},  # a change to make: the restart the storm came from
+        ctr_server="1.7.0",
+    )
+    asked: list = []
+    if missing:
+        with pytest.raises(DeployError) as refused:
+            prepare(monkeypatch, node, missing=("containerd-shim-kata-v2",), asked_binaries=asked)
+        message = str(refused.value)
+        assert message.startswith(
+            "node1: /etc/containerd/config.toml declares the runtime handler 'kata', which needs containerd-shim-kata-v2"
+        )
+        assert (
+            "nothing was changed" in message
+            and "(runtimes.kata) out of /etc/containerd/config.toml" in message
+        )
+    else:
+        prepared = prepare(monkeypatch, node, asked_binaries=asked)
+        assert RESTART in service_op(prepared).text()
+    assert asked == [("containerd-shim-kata-v2",)]
+
+
+def test_a_config_with_no_handler_of_its_own_asks_the_node_nothing_more(monkeypatch, settings):
+    asked: list = []
+    assert changed_names(prepare(monkeypatch, converged(settings), asked_binaries=asked)) == []
+    # The data's own handlers were asked in the node fact already.
+    prepare(monkeypatch, converged(settings_for(KATA)), KATA, asked_binaries=asked)
+    assert asked == []
+
+
+@pytest.mark.parametrize("same", [True, False])
+def test_a_run_that_would_restart_into_what_the_last_rollback_undid_is_refused(monkeypatch, settings, same):
+    """Regression (#26): a change that failed its verify step was rolled back, and the next run
+    with the same data made it again: a restart and a rollback on every run, never converging."""
+    from containerd_deploy.data import artifacts
+    from containerd_deploy.plan.run import plan_run
+
+    from .flow import no_fetch
+
+    node = drifted(
+        converged(settings),
+        config_text=converged(settings).config_text.replace("SystemdCgroup = true", "SystemdCgroup = false"),
+    )
+    attempt = plan_run(settings, node, artifacts.resolve(settings, "amd64", published=no_fetch)).attempt
+    node = drifted(node, rolled_back=f"{attempt if same else 'f' * 64} 2026-12-06T18:00:00Z")
+    if not same:
+        assert RESTART in service_op(prepare(monkeypatch, node)).text()
+        return
+    with pytest.raises(DeployError) as refused:
+        prepare(monkeypatch, node)
+    message = str(refused.value)
+    assert message.startswith("node1: the last run made this same change (write /etc/containerd/config.toml;")
+    assert "rolled it back at 2026-12-06T18:00:00Z" in message and "nothing was changed" in message
+    assert "remove /var/lib/containerd-deploy/rolled-back to try the same change again" in message
+    # Without a restart to make (the node as the rollback left it, data changed back) it is no refusal.
+    assert changed_names(prepare(monkeypatch, drifted(converged(settings), rolled_back=f"{attempt} x"))) == []
+
+
+def test_the_attempt_names_what_a_restart_goes_into_and_nothing_else(settings):
+    from containerd_deploy.data import artifacts
+    from containerd_deploy.plan.run import plan_run
+
+    from .flow import no_fetch
+
+    wanted = artifacts.resolve(settings, "amd64", published=no_fetch)
+    node = converged(settings)
+    first = plan_run(settings, node, wanted).attempt
+    # The node's state does not change it (the same data tried on a drifted node is the same attempt)...
+    assert plan_run(settings, drifted(node, ctr_server="1.6.0", mtimes={}), wanted).attempt == first
+    # ...what the run leaves does: a setting, a release file.
+    other = settings_for({"containerd_max_container_log_line_size": 32768})
+    assert plan_run(other, node, artifacts.resolve(other, "amd64", published=no_fetch)).attempt != first
+    changed = {**wanted, "runc": dataclasses.replace(wanted["runc"], sha256="0" * 64)}
+    assert plan_run(settings, node, changed).attempt != first
+
+
 def lock_op(prepared):
     (found,) = [op for op in prepared if op.name == LOCK]
     return found
@@ -295,6 +430,18 @@ def test_the_node_is_asked_about_the_paths_the_data_names(monkeypatch):
         "install_dirs": ("/opt/runc", "/opt/cni/bin"),
         "anchor_pid": 0,  # over SSH the lock is tied to the connection, not to this process
         "handler_binaries": (),  # no extra runtime handlers in the data
+        "trusted_dirs": (
+            "/var/lib/ctd-deploy",
+            "/var/tmp/ctd-staging",
+            "/opt/containerd/bin",
+            "/opt/runc",
+            "/opt/cni/bin",
+            "/etc/ctd",
+            "/etc/systemd/system/ctd.service.d",
+            "/etc/ctd/certs.d",
+            "/etc",
+            "/run/containerd-deploy",
+        ),
     }
     from containerd_deploy.data.registries import MARKER
 

@@ -88,7 +88,7 @@ printf 'Client:\\n  Version:  %s\\nServer:\\n  Version:  %s\\n' "$version" "$ver
     def release(self) -> dict[str, str]:
         return {path.name: path.read_text() for path in sorted(self.bin.glob("containerd*"))}
 
-    def keep(self, version: str) -> subprocess.CompletedProcess:
+    def keep(self, version: str, attempt: str = "") -> subprocess.CompletedProcess:
         release = tuple(str(self.bin / name) for name in self.release())
         others = (
             str(self.state / "containerd.manifest"),
@@ -96,7 +96,7 @@ printf 'Client:\\n  Version:  %s\\nServer:\\n  Version:  %s\\n' "$version" "$ver
             str(self.config),
             str(self.dropin),
         )
-        return self.run(rollback.keep_release_script(str(self.state), release, others, version))
+        return self.run(rollback.keep_release_script(str(self.state), release, others, version, attempt))
 
     def rollback_lines(self) -> list[str]:
         return rollback.rollback_lines(str(self.state), UNIT, str(self.ctr), 3)
@@ -260,6 +260,38 @@ def test_a_release_that_answers_keeps_the_old_one_until_it_is_dropped(node):
     assert (node.state / rollback.KEPT_DIR_NAME / "version").read_text() == "1.7.24\n"
     node.run(rollback.drop_kept_script(str(node.state)))
     assert not (node.state / rollback.KEPT_DIR_NAME).exists()
+
+
+@pytest.mark.parametrize("fails", ["to answer", "its verify step"])
+def test_a_rollback_records_what_it_undid_for_the_next_runs_fact_and_a_verified_run_drops_it(node, fails):
+    """Regression (#26): what a rollback undid was forgotten, so the next run with the same data
+    restarted into it again and rolled back again, run after run."""
+    from containerd_deploy.facts.node import parse_node_state
+    from containerd_deploy.remote.node_state import node_state_command
+
+    def fact():
+        # The whole node fact (the stand-in systemctl's MainPID has no /proc entry here).
+        script = node_state_command(str(node.bin), str(node.config), "/u", str(node.state))
+        output = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=60).stdout
+        return parse_node_state(output.splitlines())
+
+    node.keep("1.7.24", attempt="a" * 64)
+    if fails == "to answer":
+        node.install({"containerd": "broken\n"}, "version = 3\n")
+        assert node.restart_into("2.1.9").returncode == 1
+    else:
+        node.install({"containerd": "release 2.1.9\n"}, "version = 3\n")
+        assert node.restart_into("2.1.9").returncode == 0
+        failure = container_check.failure_script("node1", ["no container ran"], node.rollback_lines())
+        assert node.run(failure).returncode == 1
+    attempt, when = fact().rolled_back.split(" ")
+    assert attempt == "a" * 64 and when.endswith("Z")
+    # A later run with other data gets through: the record goes with its kept release.
+    node.keep("1.7.24", attempt="b" * 64)
+    node.install({"containerd": "release 2.1.9\n"}, "version = 3\n")
+    assert node.restart_into("2.1.9").returncode == 0
+    node.run(rollback.drop_kept_script(str(node.state)))
+    assert fact().rolled_back == ""
 
 
 def test_without_a_kept_release_a_failure_restarts_nothing_more(node):

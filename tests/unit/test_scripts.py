@@ -17,7 +17,7 @@ from containerd_deploy.remote.node_state import node_state_command
 from containerd_deploy.remote.paths import NEW_SUFFIX
 from containerd_deploy.remote.scripts import install_artifact_script
 
-from .rootless import needs_root, owner
+from .rootless import ROOT, needs_root, owner
 
 
 def tarball(path: Path, files: dict[str, bytes], directory: str = "bin") -> str:
@@ -243,30 +243,26 @@ def test_a_file_uploaded_by_the_controller_is_verified_then_installed_and_remove
     assert not (node / "staging").exists()
 
 
-def test_only_a_file_this_runs_node_side_fetch_checked_skips_the_second_hash(node):
+def test_a_file_the_nodes_own_fetch_checked_is_checked_again_as_it_is_installed(node):
+    """Regression (#26): a file this run's node-side fetch had checked was installed unhashed,
+    so whoever could change the staging directory between the two commands chose root's
+    binaries. What is renamed into place is what was checked, every time."""
     artifact = containerd(node, "1.7.11", {"containerd": b"daemon", "ctr": b"client"})
-    hashed = install_artifact_script(
+    script = install_artifact_script(
         artifact,
         str(node / "bin"),
         str(node / "staging"),
         str(node / "state"),
         uploaded=str(node / "staging" / ".fetched-containerd"),
     )
-    fetched = install_artifact_script(
-        artifact,
-        str(node / "bin"),
-        str(node / "staging"),
-        str(node / "state"),
-        uploaded=str(node / "staging" / ".fetched-containerd"),
-        verified=True,
-    )
-    downloaded = install_artifact_script(
-        artifact, str(node / "bin"), str(node / "staging"), str(node / "state"), verified=True
-    )
-    assert "sha256sum" in hashed and "sha256sum" in downloaded, "what it downloads itself is always checked"
-    assert "sha256sum" not in fetched
+    (node / "staging").mkdir(exist_ok=True)
+    (node / "staging" / ".fetched-containerd").write_bytes(b"swapped after the fetch checked it")
+    result = run(script)
+    assert result.returncode != 0 and "checksum mismatch" in result.stderr
+    assert not (node / "bin/containerd").exists() and not (node / "bin/ctr").exists()
+    (node / "staging").mkdir(exist_ok=True)
     (node / "staging" / ".fetched-containerd").write_bytes(Path(artifact.url[len("file://") :]).read_bytes())
-    result = run(fetched)
+    result = run(script)
     assert result.returncode == 0, result.stderr
     assert (node / "bin/ctr").read_bytes() == b"client"
 
@@ -543,34 +539,116 @@ def test_a_failure_told_to_a_dropped_connection_still_cleans_up(node):
     assert left == [], left
 
 
-@needs_root
-def test_a_staging_directory_another_user_made_is_taken_over_before_use(node):
-    """Regression: `mkdir -p -m 700` kept a pre-existing staging directory's owner and mode, so
-    another local user could swap a verified file before it was installed."""
+def _make_untrusted(node: Path, how: str) -> tuple[Path, str]:
+    """A staging directory another user could change, as `how` says; what the refusal names."""
+    staging = node / "staging"
+    if how == "another user owns it":
+        os.chown(staging, 65534, 65534)
+        return staging, f"{staging} is owned by uid 65534, not root"
+    if how == "anyone can write it":
+        staging.chmod(0o777)
+        return staging, f"{staging} is writable by group or others"
+    if how == "anyone can write a directory above it (sticky, like /tmp)":
+        node.chmod(0o1777)
+        return staging, f"{node} is writable by group or others"
+    if how == "another user owns a directory above it":
+        os.chown(node, 65534, 65534)
+        return staging, f"{node} is owned by uid 65534, not root"
+    if how == "it is a symbolic link":
+        staging.rmdir()
+        staging.symlink_to(node / "mirror")
+        return staging, f"{staging} is a symbolic link"
+    elsewhere = node / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "staging").mkdir()
+    (node / "via").symlink_to(elsewhere)
+    return node / "via" / "staging", f"{node / 'via'} is a symbolic link"
+
+
+UNTRUSTED = [
+    "another user owns it",
+    "anyone can write it",
+    "anyone can write a directory above it (sticky, like /tmp)",
+    "another user owns a directory above it",
+    "it is a symbolic link",
+    "a directory above it is a symbolic link",
+]
+
+
+@pytest.mark.parametrize("how", UNTRUSTED)
+def test_a_staging_directory_another_user_could_change_is_refused_before_anything_is_put_in_it(node, how):
+    """Regression (#26): a staging directory that existed was taken over (chown, chmod) and any
+    directory above it trusted, so a user who could write a parent swapped the directory
+    between the fetch and the install. Now it is root's alone all the way up, or nothing is
+    fetched, taken over or touched."""
     from containerd_deploy.remote.scripts import fetch_artifacts_script
 
-    staging = node / "staging"
-    os.chown(staging, 65534, 65534)
-    staging.chmod(0o777)
-    (staging / ".fetched-runc").write_bytes(b"planted")
-    target = node / "not-yours"
-    target.write_text("kept")
-    (staging / ".fetched-runc.partial").symlink_to(target)
+    if how.startswith("another user") and not ROOT:
+        pytest.skip("makes a directory another user's (run as root)")
     runc_file = node / "mirror" / "runc.amd64"
     runc_file.write_bytes(b"runc")
     runc = Artifact("runc", "1.1.11", "amd64", f"file://{runc_file}", hashlib.sha256(b"runc").hexdigest())
+    staging, named = _make_untrusted(node, how)
+    target = node / "not-yours"
+    target.write_text("kept")
+    (staging / ".fetched-runc.partial").symlink_to(target)
+    before = staging.lstat()
     result = run(fetch_artifacts_script([runc], str(staging)))
-    assert result.returncode == 0, result.stderr
-    info = staging.stat()
-    assert (info.st_uid, info.st_gid, info.st_mode & 0o777) == (0, 0, 0o700)
-    assert (staging / ".fetched-runc").read_bytes() == b"runc" and target.read_text() == "kept"
+    assert result.returncode != 0
+    assert f"containerd_staging_dir): {named}: another user could change" in result.stderr, result.stderr
+    after = staging.lstat()
+    assert (after.st_uid, after.st_mode) == (before.st_uid, before.st_mode), "taken over"
+    assert target.read_text() == "kept" and not (staging / ".fetched-runc").exists()
+    assert (staging / ".fetched-runc.partial").is_symlink(), "root acted in it (its cleanup)"
 
-    for leftover in staging.iterdir():
-        leftover.unlink()
-    staging.rmdir()
-    staging.symlink_to(node / "mirror")
-    result = run(fetch_artifacts_script([runc], str(staging)))
-    assert result.returncode != 0 and "is a symbolic link" in result.stderr
+
+def test_a_leftover_name_holding_a_newline_is_never_read_as_two_names(node):
+    """Regression (#26): the fact printed leftovers one name a line, and the next run removed
+    each line's path as root: a name holding a newline named a second path of its maker's
+    choosing. Such a name is left out (the directory's trust check is what keeps them out)."""
+    (node / "bin" / ".containerd-deploy-new.1\nvictim").mkdir()
+    (node / "staging" / ".fetched-x\nvictim").write_text("")
+    (node / "bin" / ".containerd-deploy-new.2").mkdir()
+    state = parse_node_state(
+        run(
+            node_state_command(
+                str(node / "bin"), "/c", "/u", str(node / "state"), staging_dir=str(node / "staging")
+            )
+        ).stdout.splitlines()
+    )
+    assert state.hidden_leftovers == [str(node / "bin" / ".containerd-deploy-new.2")]
+    assert state.staging_leftovers == []
+
+
+@needs_root
+def test_the_node_fact_names_each_directory_on_the_way_another_user_could_change(node):
+    """The fact's `untrusted` section, run for real: each directory the deploy keeps things in
+    and each above it, lstat'ed (a link is never followed), one (path, why) per problem."""
+    base = node / "dirs"
+    base.mkdir(mode=0o755)
+    for name, mode in [("ok", 0o700), ("group", 0o770), ("world", 0o1777), ("theirs", 0o700)]:
+        (base / name).mkdir()
+        (base / name).chmod(mode)
+        (base / name / "below").mkdir(mode=0o700)
+    os.chown(base / "theirs", 65534, 65534)
+    (base / "link").symlink_to(base / "ok")
+    (base / "file").write_text("")
+    wanted = [f"{base}/{name}/below" for name in ("ok", "group", "world", "theirs", "link")]
+    wanted += [f"{base}/file", f"{base}/missing/below"]
+    script = node_state_command("/b", "/c", "/u", str(node / "state"), trusted_dirs=tuple(wanted))
+    # The sandbox lives under the tester's home: only what the test made is judged.
+    inside = [
+        (path, why)
+        for path, why in parse_node_state(run(script).stdout.splitlines()).untrusted_directories
+        if path.startswith(str(base))
+    ]
+    assert sorted(inside) == [
+        (f"{base}/file", "is not a directory"),
+        (f"{base}/group", "is writable by group or others"),
+        (f"{base}/link", "is a symbolic link"),
+        (f"{base}/theirs", "is owned by uid 65534, not root"),
+        (f"{base}/world", "is writable by group or others"),
+    ]
 
 
 def test_the_release_manifests_fact_reads_what_an_install_recorded_and_sees_a_changed_file(node):

@@ -59,6 +59,7 @@ def built_scripts() -> dict[str, str]:
             "/var/lib/containerd-deploy",
             ("/etc/containerd/certs.d/docker.io/hosts.toml",),
             "/etc/containerd/certs.d",
+            trusted_dirs=("/var/lib/containerd-deploy", "/var/cache/containerd-deploy"),
         ),
         "release manifests fact": facts.ReleaseManifests().command("/var/lib/containerd-deploy"),
         "unit state fact": facts.UnitState().command("containerd.service"),

@@ -58,5 +58,4 @@ def install_release_files(settings: Settings, node: NodeState, artifacts: dict[s
             staging_dir=settings.containerd_staging_dir,
             state_dir=settings.containerd_deploy_state_dir,
             installed=node.manifests.get(component),
-            verified=settings.artifact_source == "node",
         )

@@ -31,18 +31,23 @@ from containerd_deploy.deploy.service import (
     run_containerd,
 )
 from containerd_deploy.deploy.verify import verify_containerd
-from containerd_deploy.facts.node import ContainerdNode, NodeState
+from containerd_deploy.facts.node import ContainerdNode, MissingBinaries, NodeState
 from containerd_deploy.operations.files import leftovers_absent
 from containerd_deploy.operations.service import run_lock_taken
-from containerd_deploy.plan.files import loaded_at_start, managed_paths
+from containerd_deploy.plan.files import loaded_at_start, managed_paths, proxy_dropin_path
 from containerd_deploy.plan.run import Plan, plan_removal, plan_run
 from containerd_deploy.plan.verdict import (
+    INSTALLED_BY_THE_DEPLOY,
     binary_location,
+    configured_runtimes,
     handler_binaries_to_check,
     kubelet_driver_problem,
     missing_binary_problem,
+    runtime_binaries,
 )
 from containerd_deploy.remote.lock import busy_message, unavailable_message
+from containerd_deploy.remote.paths import CRICTL_CONFIG, LOCK_DIR, ancestors
+from containerd_deploy.remote.rollback import rolled_back_path
 
 
 def runs_on_the_node() -> bool:
@@ -50,6 +55,73 @@ def runs_on_the_node() -> bool:
     from pyinfra.connectors.local import LocalConnector
 
     return getattr(host, "connector_cls", None) is LocalConnector
+
+
+def trusted_directories(settings: Settings) -> dict[str, str]:
+    """Each directory root keeps, makes or removes the deploy's files in -> what names it (a
+    data key, or what the deploy keeps there): it and every directory above it must be root's
+    alone, or another local user could swap what root installs, reads or deletes there."""
+    directories = {
+        settings.containerd_deploy_state_dir: "containerd_deploy_state_dir",
+        settings.containerd_staging_dir: "containerd_staging_dir",
+        settings.containerd_bin_dir: "containerd_bin_dir",
+        posixpath.dirname(settings.runc_path): "runc_path",
+        settings.cni_bin_dir: "cni_bin_dir",
+        posixpath.dirname(settings.containerd_config_path): "containerd_config_path",
+        posixpath.dirname(proxy_dropin_path(settings)): "containerd_unit_path",
+    }
+    if settings.containerd_registry_config_path:
+        directories.setdefault(settings.containerd_registry_config_path, "containerd_registry_config_path")
+    directories.setdefault(posixpath.dirname(CRICTL_CONFIG), "")  # crictl's config: a fixed path
+    directories.setdefault(LOCK_DIR, "")  # the run lock
+    return directories
+
+
+def untrusted_problem(settings: Settings, node: NodeState) -> str | None:
+    """What to say when a directory the deploy keeps things in, or one above it, is not root's
+    alone (the node fact asks each, `untrusted`)."""
+    named = trusted_directories(settings)
+    problems = []
+    for path, why in node.untrusted_directories:
+        keys = list(
+            dict.fromkeys(key for directory, key in named.items() if key and path in ancestors(directory))
+        )
+        quoted = [repr(key) for key in keys]
+        what = (
+            f"data key{'s' if len(keys) > 1 else ''} {' and '.join(quoted)}"
+            if keys
+            else "a place the deploy keeps files in"
+        )
+        if why == "is a symbolic link":
+            fix = (
+                f"set {' / '.join(keys)} to the real path, without the link"
+                if keys
+                else "replace the link with a directory"
+            )
+        elif why == "is not a directory":
+            fix = "move the file away" + (f", or set {' / '.join(keys)} to another path" if keys else "")
+        else:
+            fix = (
+                f"make it root's alone (chown root:root {path}; chmod go-w {path}) once you know nothing in it "
+                "came from another user"
+                + (
+                    f", or set {' / '.join(keys)} to a directory that only root can write, all the way up"
+                    if keys
+                    else ""
+                )
+            )
+        problems.append(
+            f"{path} {why}, on the path of {what}: another local user could change what root "
+            f"keeps there; nothing was changed. Fix: {fix}"
+        )
+    return f"\n{settings.host}: ".join(problems) or None
+
+
+def check_trusted(settings: Settings, node: NodeState) -> None:
+    """Root keeps the deploy's files only where no other user can change them."""
+    problem = untrusted_problem(settings, node)
+    if problem:
+        raise DeployError(f"{settings.host}: {problem}")
 
 
 def gather(settings: Settings) -> NodeState:
@@ -70,6 +142,7 @@ def gather(settings: Settings) -> NodeState:
         handler_binaries=tuple(
             dict.fromkeys(binary for _, binary in handler_binaries_to_check(runtime_handlers(settings)))
         ),
+        trusted_dirs=tuple(trusted_directories(settings)),
     )
 
 
@@ -158,6 +231,60 @@ def check_runtime_binaries(settings: Settings, node: NodeState) -> None:
         raise DeployError(f"{settings.host}: " + f"\n{settings.host}: ".join(problems))
 
 
+def config_handler_binaries(settings: Settings, plan: Plan) -> list[tuple[str, str]]:
+    """(handler, binary) the runtime handlers config.toml keeps from the node's own config need,
+    beyond what the deploy installs and what the node fact already asked for the data's."""
+    asked = {binary for _, binary in handler_binaries_to_check(runtime_handlers(settings))}
+    runtimes = configured_runtimes(plan.config_text, settings.containerd_version)
+    return [
+        (handler, binary)
+        for handler, binary in runtime_binaries(runtimes)
+        if binary not in INSTALLED_BY_THE_DEPLOY and binary not in asked
+    ]
+
+
+def check_config_handlers(settings: Settings, plan: Plan) -> None:
+    """A handler the node's config.toml already declares must find its binaries too: containerd
+    would start with it, the verify step would name it and roll the restart back, and the next
+    run would do the same (one more question of the node, only when such handlers exist)."""
+    needed = config_handler_binaries(settings, plan)
+    if not needed:
+        return
+    missing = host.get_fact(
+        MissingBinaries,
+        bin_dir=settings.containerd_bin_dir,
+        binaries=tuple(dict.fromkeys(binary for _, binary in needed)),
+    )
+    config = settings.containerd_config_path
+    problems = [
+        f"{config} declares the runtime handler {handler!r}, which needs "
+        f"{binary_location(binary, settings.containerd_bin_dir)}, not on the node: containerd would start "
+        "with it, every pod asking for it would fail, and the verify step would roll each restart back, run "
+        f"after run; nothing was changed. Fix: install it first, or take the handler's table "
+        f"(runtimes.{handler}) out of {config}"
+        for handler, binary in needed
+        if binary in missing
+    ]
+    if problems:
+        raise DeployError(f"{settings.host}: " + f"\n{settings.host}: ".join(problems))
+
+
+def check_not_repeating_a_rollback(settings: Settings, node: NodeState, plan: Plan) -> None:
+    """A run never restarts into what the last rollback undid: it would fail the same way and
+    roll back again, run after run (each time restarting the node's containers' runtime)."""
+    attempt, _, when = node.rolled_back.partition(" ")
+    if not plan.restart or not attempt or attempt != plan.attempt:
+        return
+    record = rolled_back_path(settings.containerd_deploy_state_dir)
+    raise DeployError(
+        f"{settings.host}: the last run made this same change ({'; '.join(plan.lines())}) and rolled it back "
+        f"at {when or 'an unknown time'}: the restarted containerd did not answer or failed its verify step. "
+        "Running it again would restart containerd and roll back again; nothing was changed. Fix: correct "
+        "what that run's error named (its output, `journalctl -u containerd`), then remove "
+        f"{record} to try the same change again, or change the data"
+    )
+
+
 def check_distro_package(settings: Settings, node: NodeState) -> None:
     """A containerd from the distribution's packages stays only if the operator says to remove it."""
     if not node.distro_packages or settings.containerd_distro_package == "remove":
@@ -203,6 +330,7 @@ def containerd_node():
     node = gather(settings)
     check_not_busy(settings, node)
     if settings.containerd_state != "present":
+        check_trusted(settings, node)
         check_locked(settings, node)
         check_purge(settings, node)
         plan = plan_removal(settings, node)
@@ -214,12 +342,15 @@ def containerd_node():
         remove_containerd(settings, node, plan)
         return
     arch = check_supported(settings, node)
+    check_trusted(settings, node)
     check_locked(settings, node)
     check_kubelet(settings, node)
     check_runtime_binaries(settings, node)
     check_distro_package(settings, node)
     wanted = artifacts.resolve(settings, arch, published=fetch_digest)
     plan = plan_run(settings, node, wanted)
+    check_config_handlers(settings, plan)
+    check_not_repeating_a_rollback(settings, node, plan)
     report_plan(settings, plan)
 
     rollback = settings.containerd_deploy_state_dir if settings.containerd_rollback else ""

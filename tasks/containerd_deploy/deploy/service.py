@@ -96,6 +96,7 @@ def keep_running_release(settings: Settings, node: NodeState, plan: Plan):
         ],
         version=manifest.fields.get("version", "") if manifest else "",
         when=plan.keep,
+        attempt=plan.attempt,
     )
 
 

@@ -19,7 +19,13 @@ from pyinfra.api import FactBase
 from containerd_deploy.remote.lock import LockState, lock_state_lines, parse_lock_state
 from containerd_deploy.remote.manifest import SUFFIX as MANIFEST_SUFFIX
 from containerd_deploy.remote.manifest import Manifest, read_manifest
-from containerd_deploy.remote.node_state import SECTION, USER_HZ, manifest_state_lines, node_state_command
+from containerd_deploy.remote.node_state import (
+    SECTION,
+    USER_HZ,
+    manifest_state_lines,
+    missing_binaries_lines,
+    node_state_command,
+)
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,10 @@ class NodeState:
     missing_binaries: list = field(
         default_factory=list
     )  # of those asked for: runtime handlers' binaries not on the node
+    # (path, why) of each directory the deploy keeps things in, or one above it, another user
+    # could change (remote/shell.py untrusted): the run is refused before any change.
+    untrusted_directories: list = field(default_factory=list)
+    rolled_back: str = ""  # "<attempt> <when>" the last rollback undid (remote/rollback.py)
     kept_release: str = ""  # the version of a release kept to roll back to (remote/rollback.py)
 
     @property
@@ -192,8 +202,13 @@ FIELDS: dict[str, tuple[str, Callable[[str, list[str]], object]]] = {
     "kubelet": ("kubelet_config", lambda argument, body: decode_lines(body)),
     "staging": ("staging_leftovers", lambda argument, body: _lines(body)),
     "hidden": ("hidden_leftovers", lambda argument, body: [line for line in body if line]),
+    "untrusted": (
+        "untrusted_directories",
+        lambda argument, body: [tuple(line.split("\t", 1)) for line in body if "\t" in line],
+    ),
     "missing": ("missing_binaries", lambda argument, body: [line for line in body if line]),
     "kept": ("kept_release", lambda argument, body: "".join(line.strip() for line in body)),
+    "rolled_back": ("rolled_back", lambda argument, body: "".join(line.strip() for line in body)),
 }
 # The others: section -> what it fills in, given (state, the header's argument, the body).
 READERS: dict[str, Callable[[NodeState, str, list[str]], None]] = {
@@ -246,6 +261,7 @@ class ContainerdNode(FactBase):
         install_dirs=(),
         anchor_pid=0,
         handler_binaries=(),
+        trusted_dirs=(),
     ):
         return node_state_command(
             bin_dir,
@@ -261,6 +277,7 @@ class ContainerdNode(FactBase):
             tuple(install_dirs),
             anchor_pid,
             tuple(handler_binaries),
+            tuple(trusted_dirs),
         )
 
     def process(self, output):
@@ -315,6 +332,23 @@ class UnitState(FactBase):
         properties = dict(line.strip().partition("=")[::2] for line in output if "=" in line)
         state = NodeState(service=properties)
         return (state.active, state.enabled)
+
+
+class MissingBinaries(FactBase):
+    """
+    Returns which of ``binaries`` (paths, or names looked up as containerd does: ``bin_dir``, then
+    the service's PATH) the node does not have, the way the ``ContainerdNode`` fact asks.
+    """
+
+    @staticmethod
+    def default():
+        return []
+
+    def command(self, bin_dir, binaries):
+        return "\n".join(["true", *missing_binaries_lines(bin_dir, tuple(binaries))])
+
+    def process(self, output):
+        return [line for line in output if line]
 
 
 class RunLock(FactBase):

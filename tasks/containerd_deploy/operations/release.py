@@ -104,7 +104,6 @@ def release_artifact(
     staging_dir: str,
     state_dir: str,
     installed: Manifest | None | FromNode = FROM_NODE,
-    verified: bool = False,
     fetched: bool = True,
 ):
     """
@@ -117,9 +116,6 @@ def release_artifact(
     + state_dir: where the manifest of installed files is kept
     + installed: the component's manifest from the ``ContainerdNode`` fact (None: not installed);
       read from ``state_dir`` on the node when not given
-    + verified: the node itself downloaded and checked the file earlier in this run
-      (artifact_source=node), so it is not hashed a second time; a file uploaded from the
-      controller is checked on the node before it is installed
     + fetched: ``release_files_fetched`` put the file into ``staging_dir`` earlier in the run
       (the deploy fetches every file before it installs any); False: download and verify it
       here, for one artifact installed on its own
@@ -147,7 +143,6 @@ def release_artifact(
         staging_dir,
         state_dir,
         uploaded=fetched_path(staging_dir, artifact) if fetched else None,
-        verified=verified and fetched,
     )
 
 
@@ -183,6 +178,7 @@ def release_kept(
     other_files: list[str] | tuple,
     version: str,
     when: bool = True,
+    attempt: str = "",
 ):
     """
     Keep the release a running containerd was started from, so that ``containerd_service`` and
@@ -198,6 +194,8 @@ def release_kept(
     + version: the containerd version that release answers as
     + when: whether this run restarts the daemon (the deploy's plan says); nothing is kept
       otherwise
+    + attempt: what this run restarts into (the plan's ``attempt``): a rollback records it, so
+      the next run does not try the same again
 
     **Example:**
 
@@ -215,7 +213,7 @@ def release_kept(
     if not when:
         host.noop("no restart: nothing to keep")
         return
-    yield keep_release_script(state_dir, tuple(release_files), tuple(other_files), version)
+    yield keep_release_script(state_dir, tuple(release_files), tuple(other_files), version, attempt)
 
 
 @operation()

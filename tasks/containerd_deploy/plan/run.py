@@ -1,6 +1,7 @@
 """The run's plan: from the node's state and the settings, what this run will do to the node,
 decided before the first operation is added."""
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -87,6 +88,9 @@ class Plan:
     keep_components: tuple[str, ...] = ()  # of it, the binaries this run replaces
     drop_kept: bool = False  # a kept release is dropped (once the new one answered)
     config_text: str | None = None  # config.toml as this run leaves it (None: from new defaults)
+    # What a restart goes into (the release files' checksums and every file's text): a rollback
+    # records it, and a run that would try the same again is refused.
+    attempt: str = ""
     stop: bool = False  # taking the node back: the service is stopped and disabled
     purge: tuple[str, ...] = ()  # taking the node back: containerd's data directories deleted
 
@@ -219,6 +223,23 @@ def plan_run(settings: Settings, node: NodeState, wanted: dict[str, Artifact]) -
         keep_components=tuple(c for c in DAEMON_COMPONENTS if keep and c in install),
         drop_kept=keep or bool(node.kept_release),
         config_text=config_text,
+        attempt=attempt_of(wanted, files),
+    )
+
+
+def attempt_of(wanted: dict[str, Artifact], files: Mapping[str, FileToLeave]) -> str:
+    """One word for what a run leaves the node with: its release files and its files' texts."""
+    return (
+        text_sha256(
+            json.dumps(
+                {
+                    "release": {component: artifact.sha256 for component, artifact in wanted.items()},
+                    "files": {path: file.text for path, file in files.items()},
+                },
+                sort_keys=True,
+            )
+        )
+        or ""
     )
 
 

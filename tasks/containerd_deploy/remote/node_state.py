@@ -15,9 +15,12 @@ from containerd_deploy.remote.paths import (
     KEPT_DIR_NAME,
     KUBELET_CONFIG,
     NEW_SUFFIX,
+    ROLLED_BACK_NAME,
     SERVICE_PATH,
+    ancestors,
     hidden_copy,
 )
+from containerd_deploy.remote.shell import untrusted_lines
 
 # Marks the start of each section of the fact's output (a line that no section's content has).
 SECTION = "##containerd-deploy:"
@@ -77,7 +80,9 @@ def staging_leftovers_lines(staging_dir: str, action: str = "echo") -> list[str]
 
     globs = [".fetched-*", "*.partial", *(f"{component}.??????" for component in COMPONENTS)]
     return [
+        "nl='\n'",
         f"for leftover in {' '.join(q(staging_dir) + '/' + glob for glob in globs)}; do",
+        '  case "$leftover" in *"$nl"*) continue;; esac',  # as hidden_leftovers_lines
         f'  if [ -e "$leftover" ]; then {action} "$leftover"; fi',
         "done",
     ]
@@ -98,7 +103,11 @@ def hidden_leftovers_lines(files: tuple, directories: tuple, globs: tuple) -> li
     candidates += list(globs)
     return (
         [
+            "nl='\n'",
             f"for leftover in {' '.join(candidates)}; do",
+            # One name a line: a name holding a newline (root's directories only, all the way up,
+            # make none) is never printed as two.
+            '  case "$leftover" in *"$nl"*) continue;; esac',
             '  if [ -e "$leftover" ] || [ -L "$leftover" ]; then printf "%s\\n" "$leftover"; fi',
             "done",
         ]
@@ -177,8 +186,11 @@ def node_state_command(
     install_dirs: tuple = (),
     anchor_pid: int = 0,
     handler_binaries: tuple = (),
+    trusted_dirs: tuple = (),
 ) -> str:
     q = shlex.quote
+    # Every directory the deploy keeps or makes things in, and each above it, asked once.
+    chain = dict.fromkeys(directory for path in trusted_dirs for directory in ancestors(path))
     ctr, containerd = q(f"{bin_dir}/ctr"), q(f"{bin_dir}/containerd")
     # Defaults come from the installed binary: needed when there is no config file to start
     # from, or always when the operator chose to start from defaults.
@@ -192,6 +204,12 @@ def node_state_command(
             f'echo "{SECTION}machine $2"',
             f'echo "{SECTION}kernel $1"',
             f'if [ -d /run/systemd/system ]; then echo "{SECTION}systemd"; fi',
+            f'echo "{SECTION}untrusted"',
+            *(
+                [*untrusted_lines(), f"untrusted {' '.join(q(directory) for directory in chain)}"]
+                if chain
+                else []
+            ),
             f'echo "{SECTION}missing"',
             *missing_binaries_lines(bin_dir, handler_binaries),
             *manifest_state_lines(state_dir),
@@ -233,6 +251,8 @@ def node_state_command(
             ),
             f'echo "{SECTION}kept"',
             f"cat {q(state_dir + '/' + KEPT_DIR_NAME + '/version')} 2>/dev/null",
+            f'echo "{SECTION}rolled_back"',
+            f"cat {q(state_dir + '/' + ROLLED_BACK_NAME)} 2>/dev/null",
             f'echo "{SECTION}hidden"',
             *hidden_leftovers_lines(
                 (

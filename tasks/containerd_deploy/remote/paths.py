@@ -21,8 +21,15 @@ RUNC_STATE_ROOT = "/run/containerd/runc"  # the runc shim's --root, one director
 # upload through sudo goes through.
 NEW_SUFFIX = ".containerd-deploy-new"
 KEPT_DIR_NAME = "previous-release"  # in the state dir: the release a rollback puts back (remote/rollback.py)
+ROLLED_BACK_NAME = "rolled-back"  # in the state dir: what the last rollback undid (remote/rollback.py)
 HIDDEN_DIR_PREFIX = ".containerd-deploy-new."
 UPLOAD_DIR_PREFIX = "/tmp/containerd-deploy-upload."
+
+
+def ancestors(path: str) -> tuple[str, ...]:
+    """`path` and every directory above it, from the root down ("/a/b" -> "/", "/a", "/a/b")."""
+    parts = [part for part in path.split("/") if part]
+    return ("/", *("/" + "/".join(parts[: depth + 1]) for depth in range(len(parts))))
 
 
 def hidden_copy(path: str) -> str:

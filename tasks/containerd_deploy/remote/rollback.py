@@ -16,7 +16,7 @@ import shlex
 
 from containerd_deploy.data.artifacts import DAEMON_COMPONENTS
 from containerd_deploy.remote.manifest import manifest_lines, manifest_path
-from containerd_deploy.remote.paths import KEPT_DIR_NAME, NEW_SUFFIX
+from containerd_deploy.remote.paths import KEPT_DIR_NAME, NEW_SUFFIX, ROLLED_BACK_NAME
 from containerd_deploy.remote.shell import TAB, answer_wait_lines, hidden_copy_expression
 
 q = shlex.quote
@@ -26,7 +26,14 @@ def kept_dir(state_dir: str) -> str:
     return f"{state_dir.rstrip('/')}/{KEPT_DIR_NAME}"
 
 
-def keep_release_script(state_dir: str, release_files: tuple, other_files: tuple, version: str) -> str:
+def rolled_back_path(state_dir: str) -> str:
+    """What a rollback records ("<attempt> <when>"): the next run with the same attempt is refused."""
+    return f"{state_dir.rstrip('/')}/{ROLLED_BACK_NAME}"
+
+
+def keep_release_script(
+    state_dir: str, release_files: tuple, other_files: tuple, version: str, attempt: str = ""
+) -> str:
     """Save `release_files` (by manifest: an install only ever renames over them, so a hard link
     keeps the old file), `other_files` (the manifests, the files the daemon loads at start:
     copied, since an editor may write them in place) and the version the daemon answers with,
@@ -41,7 +48,12 @@ def keep_release_script(state_dir: str, release_files: tuple, other_files: tuple
         "umask 077",
         f"keep={q(keep)}",
         f"version={q(version)}",
-        'if [ -f "$keep/version" ]; then echo "the release kept by an earlier run ($(cat "$keep/version")) stays kept"; exit 0; fi',
+        f"attempt={q(attempt)}",
+        'if [ -f "$keep/version" ]; then',
+        '  printf "%s\\n" "$attempt" > "$keep/attempt"',
+        '  echo "the release kept by an earlier run ($(cat "$keep/version")) stays kept"',
+        "  exit 0",
+        "fi",
         f'new="$keep{NEW_SUFFIX}"',
         'rm -rf -- "$new" "$keep"',
         "trap 'rm -rf -- \"$new\"' EXIT",
@@ -61,6 +73,7 @@ def keep_release_script(state_dir: str, release_files: tuple, other_files: tuple
         "  fi",
         "done",
         'printf "%s\\n" "$version" > "$new/version"',
+        'printf "%s\\n" "$attempt" > "$new/attempt"',
         'mv -T -- "$new" "$keep"',
         'echo "kept containerd $version to put back if the new release does not answer"',
     ]
@@ -105,6 +118,10 @@ def rollback_lines(state_dir: str, unit: str, ctr: str, timeout: int) -> list[st
         f"""    awk -F "{TAB}" -v m="$manifest" '$1 != "-" && $2 == m {{ found = 1 }} END {{ exit !found }}' "{restored}" || continue""",
         '    manifest_refresh "$manifest"',
         "  done",
+        # What was tried is recorded: the next run with the same data is refused, not restarted
+        # into the same failure again (the kept release goes once it answers).
+        '  tried=$(cat "$keep/attempt" 2>/dev/null)',
+        f'  [ -z "$tried" ] || printf "%s %s\\n" "$tried" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" > {q(rolled_back_path(state_dir))}',
         "  systemctl daemon-reload",
         # A release that failed fast may have used up the unit's start limit.
         f"  systemctl reset-failed {q(unit)} 2>/dev/null",
@@ -123,5 +140,8 @@ def rollback_lines(state_dir: str, unit: str, ctr: str, timeout: int) -> list[st
 
 
 def drop_kept_script(state_dir: str) -> str:
-    """The new release is verified: the kept one goes."""
-    return f"rm -rf -- {q(kept_dir(state_dir))} {q(kept_dir(state_dir) + NEW_SUFFIX)}\n"
+    """The new release is verified: the kept one goes, and the record of an earlier rollback."""
+    return (
+        f"rm -rf -- {q(kept_dir(state_dir))} {q(kept_dir(state_dir) + NEW_SUFFIX)} "
+        f"{q(rolled_back_path(state_dir))}\n"
+    )

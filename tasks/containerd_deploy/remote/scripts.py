@@ -11,7 +11,7 @@ import shlex
 from containerd_deploy.data.artifacts import Artifact
 from containerd_deploy.remote.manifest import manifest_lines, manifest_path
 from containerd_deploy.remote.node_state import staging_leftovers_lines
-from containerd_deploy.remote.paths import HIDDEN_DIR_PREFIX
+from containerd_deploy.remote.paths import HIDDEN_DIR_PREFIX, ancestors
 from containerd_deploy.remote.shell import (
     FETCH,
     PRELUDE,
@@ -19,22 +19,36 @@ from containerd_deploy.remote.shell import (
     answer_wait_lines,
     hidden_copy_expression,
     put_in_place_lines,
+    untrusted_lines,
 )
 
 q = shlex.quote
 
 
-def staging_dir_lines() -> list[str]:
-    """Shell lines making "$staging" this deploy's own before anything is put in it: not a
-    symbolic link, root-owned, 0700, whatever it was before (another local user must not be
-    able to swap a verified file before it is installed)."""
+def trusted_dir_lines(path: str, what: str) -> list[str]:
+    """Shell lines failing unless `path` and every directory above it are root's alone
+    (`untrusted`, from ``shell.untrusted_lines``, defined first): what root keeps there, no
+    other user can swap. The node fact asks the same before a run changes anything; this holds
+    for an operation run on its own."""
     return [
-        '[ ! -L "$staging" ] || fail "the staging directory $staging is a symbolic link; set containerd_staging_dir to a directory of its own"',
+        f"problem=$(untrusted {' '.join(q(directory) for directory in ancestors(path))})",
+        f'[ -z "$problem" ] || fail "{what} $(printf "%s" "$problem" | head -n 1 | tr "\\t" " "): another user '
+        'could change what root keeps there; nothing was changed"',
+    ]
+
+
+STAGING = "the staging directory (containerd_staging_dir):"
+
+
+def staging_dir_lines() -> list[str]:
+    """Shell lines making "$staging" (checked by ``trusted_dir_lines`` first) this deploy's own
+    before anything is put in it: root-owned and 0700 (no other local user reads what waits
+    there)."""
+    return [
         "# shellcheck disable=SC2174 # parents keep their modes; chmod below covers the directory itself",
         'mkdir -p -m 700 -- "$staging"',
         'chown -h 0:0 -- "$staging"',
         'chmod 700 -- "$staging"',
-        'if [ ! -d "$staging" ] || [ -L "$staging" ]; then fail "the staging directory $staging changed while it was locked down"; fi',
     ]
 
 
@@ -44,21 +58,21 @@ def install_artifact_script(
     staging_dir: str,
     state_dir: str,
     uploaded: str | None = None,
-    verified: bool = False,
 ) -> str:
     """Fetch, verify and install one artifact, then record what was installed in its manifest.
 
     `dest` is the directory a tarball's files go into (containerd's bin/, the CNI plugins,
     crictl), or the final path of a single binary (runc). `uploaded` is where the file already
-    waits on the node (put there by ``release_files_fetched``); it is checked the same way,
-    unless `verified`: this run's own fetch on the node checked it moments ago in the same
-    root-only directory, under the node's lock. Files an earlier release of the same component
+    waits on the node (put there by ``release_files_fetched``); it is checked again all the
+    same, as what is renamed into place (a fetch's check and this rename are separate
+    commands). Files an earlier release of the same component
     installed and this one does not have are removed; nothing else is touched.
     """
     dest_dir = dest if artifact.layout.tarball else (dest.rsplit("/", 1)[0] or "/")
     lines = [
         PRELUDE,
         FETCH,
+        *untrusted_lines(),
         *manifest_lines(),
         f"url={q(artifact.url)}",
         f"expected={q(artifact.sha256)}",
@@ -76,11 +90,13 @@ def install_artifact_script(
         # once the run's connection is gone): it ignores them, then removes everything.
         'cleanup() { trap "" HUP INT TERM PIPE; set +e; [ -z "$stage" ] || rm -rf "$stage"; [ -z "$hidden" ] || rm -rf "$hidden"; '
         '[ -z "$new_manifest" ] || rm -f "$new_manifest"; [ -z "$uploaded" ] || rm -f "$uploaded"; rmdir "$staging" 2>/dev/null || true; }',
+        # Root acts in the staging directory (its cleanup too) only once it is root's alone.
+        *trusted_dir_lines(staging_dir, STAGING),
         "trap cleanup EXIT",
         "trap 'exit 1' HUP INT TERM PIPE",
         *staging_dir_lines(),
         f'stage=$(mktemp -d "$staging/{artifact.component}.XXXXXX")',
-        *_verified_download_lines(uploaded, verified),
+        *_verified_download_lines(uploaded),
         'mkdir -p "$dest_dir"',
         # The new files are made in a hidden directory beside their final paths: on the same
         # filesystem, so each goes into place by a rename (no second copy), and made there, so
@@ -95,7 +111,7 @@ def install_artifact_script(
     return "\n".join(lines) + "\n"
 
 
-def _verified_download_lines(uploaded: str | None, verified: bool) -> list[str]:
+def _verified_download_lines(uploaded: str | None) -> list[str]:
     """Shell lines putting the release file in "$stage/download", checked against $expected."""
     if uploaded:
         lines = [
@@ -103,13 +119,12 @@ def _verified_download_lines(uploaded: str | None, verified: bool) -> list[str]:
         ]
     else:
         lines = ['fetch "$url" "$stage/download" || fail "could not download $url; nothing was installed"']
-    if not (uploaded and verified):
-        lines += [
-            'actual=$(sha256sum "$stage/download")',
-            "actual=${actual%% *}",
-            '[ "$actual" = "$expected" ] || fail "checksum mismatch for $url: expected sha256 $expected, got $actual; nothing was installed"',
-        ]
-    return lines
+    return [
+        *lines,
+        'actual=$(sha256sum "$stage/download")',
+        "actual=${actual%% *}",
+        '[ "$actual" = "$expected" ] || fail "checksum mismatch for $url: expected sha256 $expected, got $actual; nothing was installed"',
+    ]
 
 
 def _unpack_lines(artifact: Artifact, dest: str) -> list[str]:
@@ -160,6 +175,7 @@ def _rename_and_record_lines(artifact: Artifact, state_dir: str) -> list[str]:
         '  manifest_paths "$stage/manifest" > "$stage/paths"',
         '  manifest_paths_not_in "$manifest" "$stage/paths" | remove_each',
         "fi",
+        *trusted_dir_lines(state_dir, "the state directory (containerd_deploy_state_dir):"),
         f"mkdir -p {q(state_dir)}",
         f"new_manifest={hidden_copy_expression('manifest')}",
         'cp "$stage/manifest" "$new_manifest"',
@@ -182,6 +198,7 @@ def fetch_artifacts_script(artifacts: list[Artifact], staging_dir: str) -> str:
     lines = [
         PRELUDE,
         FETCH,
+        *untrusted_lines(),
         f"staging={q(staging_dir)}",
         'jobs=""',
         'done_ok=""',
@@ -192,6 +209,8 @@ def fetch_artifacts_script(artifacts: list[Artifact], staging_dir: str) -> str:
         'for job in $jobs; do pkill -TERM -P "$job" 2>/dev/null; kill "$job" 2>/dev/null; done; wait; '
         f'for name in {" ".join(q(name) for name in names)}; do rm -f -- "$staging/$name" "$staging/$name.partial"; done; '
         'rmdir "$staging" 2>/dev/null; fi; }',
+        # Root acts in the staging directory (its cleanup too) only once it is root's alone.
+        *trusted_dir_lines(staging_dir, STAGING),
         "trap cleanup EXIT",
         "trap 'exit 1' HUP INT TERM PIPE",
         # Fetch one file to <path>.partial, check it, rename it to <path>; a failure is told on
@@ -227,7 +246,12 @@ def fetch_artifacts_script(artifacts: list[Artifact], staging_dir: str) -> str:
 def remove_staging_leftovers_script(staging_dir: str, keep: bool = False) -> str:
     """Remove what runs cut short left in the staging directory, then the directory if empty
     (or, with `keep`, lock it down for the files about to be uploaded into it)."""
-    lines = [PRELUDE, f"staging={q(staging_dir)}"]
+    lines = [
+        PRELUDE,
+        *untrusted_lines(),
+        f"staging={q(staging_dir)}",
+        *trusted_dir_lines(staging_dir, STAGING),
+    ]
     if keep:
         lines += staging_dir_lines()
     lines += staging_leftovers_lines(staging_dir, "rm -rf")

@@ -26,6 +26,30 @@ FETCH = r"""fetch() {
 TAB = "\t"
 
 
+def untrusted_lines() -> list[str]:
+    """Shell lines defining `untrusted DIR...`: prints "<path><TAB><why>" for each DIR that exists
+    and another user could change (owned by neither root nor the user checking, as sshd's
+    StrictModes allows, or writable by group or others, sticky or not), that is a symbolic link (followed, it puts root's files where its owner chose) or not
+    a directory. Given a path and every directory above it (``paths.ancestors``), it says
+    whether what root keeps there is root's alone, as sshd's StrictModes asks of a key file.
+    One stat for all (each command started costs on a small node)."""
+    return [
+        "untrusted() {",
+        "  me=$(id -u)",
+        "  stat -c '%u %f %n' -- \"$@\" 2>/dev/null | while read -r uid mode name; do",
+        "    kind=$(( 0x$mode & 0xF000 ))",
+        "    if [ \"$kind\" -eq $(( 0xA000 )) ]; then why='is a symbolic link'",
+        "    elif [ \"$kind\" -ne $(( 0x4000 )) ]; then why='is not a directory'",
+        '    elif [ "$uid" != 0 ] && [ "$uid" != "$me" ]; then why="is owned by uid $uid, not root"',
+        "    elif [ $(( 0x$mode & 0x12 )) -ne 0 ]; then why='is writable by group or others'",
+        "    else continue",
+        "    fi",
+        f'    printf "%s{TAB}%s\\n" "$name" "$why"',
+        "  done",
+        "}",
+    ]
+
+
 def hidden_copy_expression(variable: str) -> str:
     """The shell expression for ``paths.hidden_copy`` of the path in $`variable` (a script that
     learns a path on the node names its new copy by the same rule the node fact looks for)."""
