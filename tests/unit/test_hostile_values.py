@@ -8,6 +8,7 @@ quotes, `$()`, backticks, newlines, NUL, a leading `-`, `..`, `%`, backslashes, 
 other scripts, and very long strings.
 """
 
+import hashlib
 import os
 import posixpath
 import shlex
@@ -16,7 +17,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from containerd_deploy.data.artifacts import Artifact
@@ -29,6 +30,7 @@ from containerd_deploy.operations.files import file_absent
 from containerd_deploy.plan.files import proxy_dropin_text, unit_text
 from containerd_deploy.plan.run import artifact_is_installed
 from containerd_deploy.remote.node_state import node_state_command
+from containerd_deploy.remote.paths import hidden_copy
 from containerd_deploy.remote.scripts import (
     fetch_artifacts_script,
     install_artifact_script,
@@ -203,6 +205,143 @@ def test_install_manifest_rerun_and_removal_hold_for_any_accepted_directory(tmp_
     )
     assert not Path(bin_dir, "containerd").exists() and not Path(bin_dir, "ctr").exists()
     assert not (root / "pwned").exists()
+
+
+def _tree(root: Path) -> dict[str, bytes | None]:
+    """Every path under `root` (links not followed) -> its bytes (None: a directory or link)."""
+    found: dict[str, bytes | None] = {}
+    for path in sorted(root.rglob("*")):
+        found[str(path.relative_to(root))] = (
+            path.read_bytes() if path.is_file() and not path.is_symlink() else None
+        )
+    return found
+
+
+# A file name settings accept in a path, as hostile as they allow (never "." or "..": "n" first).
+path_name = st.lists(
+    st.one_of(
+        st.sampled_from(
+            [
+                piece
+                for piece in PIECES
+                if piece.isprintable() and "/" not in piece and "\\" not in piece and len(piece) < 50
+            ]
+        ),
+        st.text(
+            st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp"), blacklist_characters="/\\"),
+            max_size=4,
+        ),
+    ),
+    max_size=5,
+).map(lambda pieces: "n" + "".join(pieces))
+
+
+@RUN_EXAMPLES
+@given(names=st.lists(path_name, min_size=5, max_size=5))
+def test_every_node_script_touches_only_its_own_paths_whatever_they_hold(tmp_path_factory, names):
+    """#26: every node-side script that takes a path the operator chose, rendered with paths
+    holding any character settings accept and run in a sandbox, in a run's order (fetch,
+    install, write, keep, the node fact, leftovers, then a reset's removals): each makes,
+    changes and removes its own paths and nothing else (a neighbour and a decoy stay as they
+    were, nothing ran)."""
+    from containerd_deploy.remote import rollback
+    from containerd_deploy.remote.scripts import (
+        remove_paths_script,
+        remove_staging_leftovers_script,
+        remove_tree_script,
+        write_file_script,
+    )
+
+    root = tmp_path_factory.mktemp("node")
+    keys = [
+        "containerd_bin_dir",
+        "runc_path",
+        "containerd_deploy_state_dir",
+        "containerd_staging_dir",
+        "containerd_config_path",
+    ]
+    paths = {}
+    for key, name in zip(keys, names, strict=True):
+        resolved = accept(key, f"{root}/{key}/{name}")
+        assume(resolved is not None)
+        paths[key] = getattr(resolved, key)
+    bin_dir, runc_path = paths["containerd_bin_dir"], paths["runc_path"]
+    state, staging, config = (
+        paths["containerd_deploy_state_dir"],
+        paths["containerd_staging_dir"],
+        paths["containerd_config_path"],
+    )
+    (root / "neighbour").mkdir()
+    (root / "neighbour" / "keep").write_bytes(b"not the deploy's")
+    decoy = root / "containerd_data"
+    decoy.mkdir()
+    (decoy / "keep").write_bytes(b"not the deploy's either")
+    runc_file = root / "neighbour" / "runc.amd64"
+    runc = Artifact("runc", "1.1.11", "amd64", f"file://{runc_file}", hashlib.sha256(b"runc").hexdigest())
+    runc_file.write_bytes(b"runc")
+    tarball_file = root / "neighbour" / "containerd.tar.gz"
+    release = Artifact(
+        "containerd",
+        "1.7.11",
+        "amd64",
+        f"file://{tarball_file}",
+        tarball(tarball_file, {"containerd": b"d", "ctr": b"c"}),
+    )
+    untouched = {
+        key: value for key, value in _tree(root).items() if key.startswith(("neighbour", "containerd_data"))
+    }
+
+    def run(script: str) -> None:
+        result = subprocess.run(["sh", "-c", script], capture_output=True, text=True, cwd=root / "neighbour")
+        assert result.returncode == 0, result.stderr
+
+    run(fetch_artifacts_script([release, runc], staging))
+    run(install_artifact_script(release, bin_dir, staging, state, uploaded=f"{staging}/.fetched-containerd"))
+    run(install_artifact_script(runc, runc_path, staging, state, uploaded=f"{staging}/.fetched-runc"))
+    run(write_file_script("version = 2\n", hidden_copy(config), config, "644"))
+    assert Path(runc_path).read_bytes() == b"runc" and Path(bin_dir, "ctr").read_bytes() == b"c"
+    assert Path(config).read_text() == "version = 2\n"
+    facts = subprocess.run(
+        [
+            "sh",
+            "-c",
+            node_state_command(
+                bin_dir,
+                config,
+                f"{root}/unit",
+                state,
+                staging_dir=staging,
+                install_dirs=(posixpath.dirname(runc_path),),
+                trusted_dirs=(bin_dir, state, staging, posixpath.dirname(config)),
+            ),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=root / "neighbour",
+    )
+    node = parse_node_state(facts.stdout.splitlines())
+    assert artifact_is_installed(node.manifests["runc"], runc, runc_path)
+    assert node.hidden_leftovers == [] and node.staging_leftovers == [] and node.untrusted_directories == []
+    # (A release is kept after the node is read: its links change the files' identities.)
+    run(
+        rollback.keep_release_script(
+            state, (runc_path, f"{bin_dir}/containerd"), (config,), "1.7.11", "a" * 64
+        )
+    )
+    assert Path(state, "previous-release", "version").read_text() == "1.7.11\n"
+    run(remove_staging_leftovers_script(staging))
+    run(rollback.drop_kept_script(state))
+    run(remove_artifact_script("runc", state))
+    run(remove_artifact_script("containerd", state))
+    run(remove_paths_script([config]))
+    run(remove_tree_script(state))
+    assert not Path(runc_path).exists() and not Path(bin_dir, "ctr").exists() and not Path(config).exists()
+    assert not Path(state).exists() and not Path(staging).exists()
+    after = _tree(root)
+    assert {
+        key: value for key, value in after.items() if key.startswith(("neighbour", "containerd_data"))
+    } == untouched
+    assert not [key for key in after if "pwned" in key.rsplit("/", 1)[-1] and "pwned" not in "".join(names)]
 
 
 @EXAMPLES
@@ -538,7 +677,8 @@ def test_hosts_toml_of_an_accepted_registry_parses_back():
 )
 def test_systemd_reads_the_unit_and_drop_in_without_a_complaint(tmp_path, bin_name, proxy, no_proxy, limit):
     """What systemd itself says of the files the deploy writes from hostile values: a `%` it
-    cannot resolve makes it drop the whole assignment, logged only."""
+    cannot resolve makes it drop the whole assignment, logged only; a program path it cannot
+    find (regression, #26: a `$` in containerd_bin_dir was doubled) does not start."""
     settings_ = resolve(
         "node1",
         {
@@ -563,7 +703,7 @@ def test_systemd_reads_the_unit_and_drop_in_without_a_complaint(tmp_path, bin_na
         cwd=units,
         env={**os.environ, "SYSTEMD_UNIT_PATH": f"{units}:"},
     )
-    complaints = [line for line in (result.stdout + result.stderr).splitlines() if str(units) in line]
+    complaints = [line for line in (result.stdout + result.stderr).splitlines() if str(tmp_path) in line]
     assert complaints == []
     assert systemd_values(proxy_dropin_text(settings_))[0] == f"HTTP_PROXY={proxy}"
 

@@ -23,12 +23,14 @@ PROXY_DROPIN = "http-proxy.conf"
 DROPIN_HEADER = "# Managed by containerd-deploy (data keys containerd_*_proxy): edits here are overwritten.\n"
 
 
-def systemd_word(value: str, in_command: bool = False) -> str:
+def systemd_word(value: str) -> str:
     """`value` as one double-quoted word of a unit file setting, read back exactly: `%` starts a
-    specifier in every setting (an unknown one makes systemd drop the whole line), `$` a
-    variable in a command line; quotes and backslashes are escaped."""
+    specifier in every setting (an unknown one makes systemd drop the whole line); quotes and
+    backslashes are escaped. (Not for a command's arguments: systemd expands `$` there; the
+    one command the deploy writes takes none, and its program path is never expanded, so a
+    `$` in it stays as it is: doubled, it would name another file.)"""
     escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
-    return '"' + (escaped.replace("$", "$$") if in_command else escaped) + '"'
+    return '"' + escaped + '"'
 
 
 def unit_text(bin_dir: str, limit_nofile: str | None = None) -> str:
@@ -36,7 +38,7 @@ def unit_text(bin_dir: str, limit_nofile: str | None = None) -> str:
     text = UNIT_TEMPLATE.read_text()
     binary = f"{bin_dir}/containerd"
     if not re.fullmatch(r"[A-Za-z0-9/._+-]+", binary):  # a plain path stays as upstream writes it
-        binary = systemd_word(binary, in_command=True)
+        binary = systemd_word(binary)
     text = text.replace("ExecStart=/usr/local/bin/containerd\n", f"ExecStart={binary}\n")
     if limit_nofile:
         text = text.replace("LimitNPROC=infinity\n", f"LimitNOFILE={limit_nofile}\nLimitNPROC=infinity\n")
