@@ -206,7 +206,9 @@ def test_another_users_staging_or_state_directory_is_refused_before_any_change(n
         assert "nothing was changed" in said
         assert node.vm.ssh(listing).stdout == before, "root acted in another user's directory"
         assert node.vm.ssh("cat /etc/hostname").stdout == hostname
-        assert node.vm.ssh("ls -A /usr/local/bin; ls -A /etc/containerd 2>/dev/null; true").stdout.strip() == ""
+        assert (
+            node.vm.ssh("ls -A /usr/local/bin; ls -A /etc/containerd 2>/dev/null; true").stdout.strip() == ""
+        )
     finally:
         node.vm.ssh("rm -rf /var/cache/containerd-deploy /var/lib/containerd-deploy")
     process, _ = as_user(node, "deployer", data=DATA)

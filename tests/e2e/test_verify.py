@@ -108,8 +108,9 @@ def test_a_runtime_handler_without_its_binary_is_named_with_the_fix(node, first_
         ) in output
         assert node_snapshot(node) == before and main_pid(node) == pid, "the refusal changed the node"
 
-        # Put in config.toml by someone else (a GPU operator, by hand) and loaded: the verify
-        # step and the conformance suite name each, with its binary and the fix.
+        # Put in config.toml by someone else (a GPU operator, by hand) and loaded: the deploy
+        # names each before any change (regression, #26: it restarted, verify failed and rolled
+        # back, run after run), and the conformance suite names each, with its binary and the fix.
         write(
             node,
             CONFIG,
@@ -125,19 +126,24 @@ def test_a_runtime_handler_without_its_binary_is_named_with_the_fix(node, first_
             ),
         )
         node.vm.ssh("systemctl restart containerd")
-        process, _ = pyinfra(node.name)
-        assert process.returncode != 0, "the verify step fails the run"
+        before, pid = node_snapshot(node), main_pid(node)
+        process, _ = pyinfra(node.name, data={"containerd_max_container_log_line_size": 32768})
+        assert process.returncode != 0, "refused"
         output = process.stderr
         assert (
-            "the runtime handler 'kata' needs containerd-shim-kata-v2 (looked for in /usr/local/bin:"
-            in output
+            f"{CONFIG} declares the runtime handler 'kata', which needs containerd-shim-kata-v2 (looked for in "
+            "/usr/local/bin:" in output
         ), output[-3000:]
         assert (
-            "the runtime handler 'gone' needs /usr/local/bin/no-such-runtime, which is not on the node: every "
-            "pod that asks for it would fail. Fix: install it first, correct its binary_name/runtime_type in "
-            "containerd_runtimes, or take 'gone' out of containerd_runtimes"
+            f"{CONFIG} declares the runtime handler 'gone', which needs /usr/local/bin/no-such-runtime, not on "
+            "the node: containerd would start with it"
         ) in output
+        assert (
+            f"nothing was changed. Fix: install it first, or take the handler's table (runtimes.gone) out of {CONFIG}"
+            in output
+        )
         assert "handler 'runc' needs" not in output and "'crun'" not in output
+        assert node_snapshot(node) == before and main_pid(node) == pid, "the refusal changed the node"
 
         checked = conformance(node, "-k", "runtime_handler")
         assert checked.returncode != 0
