@@ -176,6 +176,7 @@ def start(name: str, image: Image, port: int | None = None, files: dict[str, str
     """A fresh machine from the image: its own overlay on the shared read-only root, and an
     ext4 directory of its own bound at /var/lib/containerd (overlayfs cannot hold containerd's
     overlay snapshots). `files`: path -> text written into it before it boots."""
+    vm.ssh_config_host(name)  # refused before anything is made for it
     vm.stop(name)
     _enough_inotify_instances()
     directory = vm.node_dir(name)

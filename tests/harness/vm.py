@@ -126,6 +126,22 @@ def replace_file(path: Path, text: str) -> None:
     os.replace(temp, path)
 
 
+def ssh_config_word(value: str) -> str:
+    """`value` as one word of an ssh_config line: double-quoted when it has a space; a value that
+    would end the line or the quotes (and so add directives, a ProxyCommand) is refused."""
+    if not value or any(char in value for char in '"\\') or not value.isprintable():
+        raise ValueError(f"{value!r} cannot be written into ssh_config as one word")
+    return f'"{value}"' if any(char.isspace() for char in value) else value
+
+
+def ssh_config_host(name: str) -> str:
+    """A node name as ssh_config's Host and HostKeyAlias: letters, digits, '.', '_', '-' only
+    (a Host pattern reads '*', '?', '!' and ',' as wildcards and lists)."""
+    if not name or not all(char.isascii() and (char.isalnum() or char in "._-") for char in name):
+        raise ValueError(f"node name {name!r}: use letters, digits, '.', '_' and '-' only")
+    return name
+
+
 def write_ssh_config() -> None:
     with open(run_root() / ".ssh_config.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # nodes of parallel test workers come and go at once
@@ -133,12 +149,12 @@ def write_ssh_config() -> None:
         for path in sorted(run_root().glob("*/node.json")):
             node = json.loads(path.read_text())
             entries.append(
-                f"Host {node['name']}\n"
-                f"  HostName 127.0.0.1\n  Port {node['port']}\n  User root\n"
-                f"  IdentityFile {ssh_key()}\n  IdentitiesOnly yes\n"
-                f"  UserKnownHostsFile {known_hosts_file()}\n  StrictHostKeyChecking yes\n"
+                f"Host {ssh_config_host(node['name'])}\n"
+                f"  HostName 127.0.0.1\n  Port {int(node['port'])}\n  User root\n"
+                f"  IdentityFile {ssh_config_word(str(ssh_key()))}\n  IdentitiesOnly yes\n"
+                f"  UserKnownHostsFile {ssh_config_word(str(known_hosts_file()))}\n  StrictHostKeyChecking yes\n"
                 # One TCP+SSH handshake per node for a whole test run: each costs ~2 s under TCG.
-                f"  ControlMaster auto\n  ControlPath {control_dir()}/%C\n  ControlPersist 120\n"
+                f"  ControlMaster auto\n  ControlPath {ssh_config_word(f'{control_dir()}/%C')}\n  ControlPersist 120\n"
                 "  LogLevel ERROR\n"
             )
         replace_file(ssh_config_file(), "\n".join(entries))
@@ -339,6 +355,7 @@ def node_dir(name: str) -> Path:
 def start(name: str, image: Image, port: int | None = None, kernel_args: tuple = ()) -> Node:
     """A fresh node resumed from the image's saved state (made on first use), booted with
     `kernel_args` added to the kernel's command line."""
+    ssh_config_host(name)  # refused before anything is made for it
     stop(name)
     snapshot = _saved_state(image, kernel_args)
     directory = node_dir(name)

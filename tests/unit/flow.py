@@ -19,7 +19,13 @@ from pyinfra.context import ctx_host, ctx_state
 import containerd_deploy.deploy.node as flow
 from containerd_deploy.data import artifacts
 from containerd_deploy.data.settings import resolve
-from containerd_deploy.facts.node import ContainerdNode, MissingBinaries, NodeState
+from containerd_deploy.facts.node import (
+    ContainerdNode,
+    DataDirectories,
+    DataDirectory,
+    MissingBinaries,
+    NodeState,
+)
 from containerd_deploy.plan.files import desired_config, unit_text
 from containerd_deploy.remote.lock import parse_lock_state
 from containerd_deploy.remote.manifest import Manifest
@@ -115,6 +121,7 @@ def prepare(
     dry_run: bool = False,
     missing: tuple = (),
     asked_binaries: list | None = None,
+    data_directories: dict | None = None,
 ) -> list[PreparedOp]:
     """Prepare `containerd_node` for a host with `data` whose node fact is `node`; the operations
     it added, in order, with the commands each would run (none: no change). `diff`: as with
@@ -122,7 +129,8 @@ def prepare(
     the arguments the deploy gave the node fact; `dry_run`: pyinfra checks each operation for a
     change as it is added (as with --dry, or before asking to go ahead), kept in `dry_run_change`;
     `missing`: the binaries the MissingBinaries fact finds missing (each question it is asked
-    goes into `asked_binaries`)."""
+    goes into `asked_binaries`); `data_directories`: path -> DataDirectory the DataDirectories
+    fact answers for a purge (by default each is there, empty, and root's alone)."""
     data = {"containerd_verify": False, **(data or {})}
     inventory = Inventory(([("node1", data)], {}))
     state = State(inventory, Config(DIFF=diff))
@@ -137,6 +145,9 @@ def prepare(
             if asked is not None:
                 asked.update(kwargs)
             return node
+        if fact is DataDirectories:
+            given = data_directories or {}
+            return {path: given.get(path, DataDirectory(path, ())) for path in kwargs["paths"]}
         if fact is MissingBinaries:
             if asked_binaries is not None:
                 asked_binaries.append(kwargs["binaries"])

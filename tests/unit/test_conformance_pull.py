@@ -103,3 +103,45 @@ def test_an_unknown_error_is_shown_with_the_route_not_hidden():
 def test_page_title():
     assert page_title("<html><head><title>Welcome to nginx!</title>") == "Welcome to nginx!"
     assert page_title("plain") is None
+
+
+def test_the_test_image_goes_through_a_directory_only_root_can_enter_and_leaves_nothing(tmp_path):
+    """Regression (#26): the suite uploaded the image as `<mktemp name>.b64` in /tmp as root: a
+    name another local user could see coming and plant a link at (root then wrote through it)."""
+    import shutil
+    import subprocess
+    import tarfile
+    import types
+    from pathlib import Path
+
+    from containerd_deploy.conformance import images
+
+    if not (shutil.which("busybox") or images.oci.BUSYBOX.exists()):
+        pytest.skip("needs a static busybox (busybox-static)")
+    imported = tmp_path / "imported"
+    ctr = tmp_path / "ctr"
+    # A stand-in ctr: no image yet; an import copies what it was given and says where it was.
+    ctr.write_text(
+        f'#!/bin/sh\ncase "$*" in *" image ls "*) exit 0;; esac\ncp "$5" {imported}\necho "$5" > {imported}.from\n'
+    )
+    ctr.chmod(0o755)
+    commands: list[str] = []
+
+    class LocalHost:
+        def run(self, command):
+            commands.append(command)
+            done = subprocess.run(["sh", "-c", command], capture_output=True, text=True)
+            return types.SimpleNamespace(rc=done.returncode, stdout=done.stdout)
+
+        def check_output(self, command):
+            result = self.run(command)
+            assert result.rc == 0, command
+            return result.stdout.strip()
+
+    layout = types.SimpleNamespace(ctr=str(ctr), busybox={})
+    images.import_image(LocalHost(), layout, "k8s.io", images.oci.IMAGE_NAME)
+    directory = Path(imported.with_suffix(".from").read_text().strip()).parent
+    assert directory.parent == Path("/tmp") and directory.name.startswith("containerd-deploy-image.")
+    assert tarfile.is_tarfile(imported), "the image reached ctr whole"
+    assert not directory.exists(), "its directory is gone"
+    assert any(command.startswith("mktemp -d ") for command in commands)

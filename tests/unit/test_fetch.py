@@ -54,3 +54,50 @@ def test_an_unreachable_mirror_is_a_clear_error(tmp_path):
             str(tmp_path / "cache"),
             Artifact("runc", "1.1.11", "amd64", f"file://{tmp_path}/absent", "1" * 64),
         )
+
+
+@pytest.mark.parametrize(
+    "how", ["anyone can write it", "anyone can write a directory above it", "another user owns it"]
+)
+def test_a_cache_another_local_user_could_change_is_refused_before_any_download(tmp_path, how):
+    """Regression (#26): any cache directory was used as found, so another user who could write
+    it swapped a verified release file before its upload to every node."""
+    import os
+
+    from .rootless import ROOT
+
+    source = tmp_path / "runc.amd64"
+    source.write_bytes(b"runc binary")
+    parent = tmp_path / "shared"
+    cache = parent / "cache"
+    cache.mkdir(parents=True)
+    if how == "anyone can write it":
+        cache.chmod(0o777)
+    elif how == "anyone can write a directory above it":
+        parent.chmod(0o777)
+    else:
+        if not ROOT:
+            pytest.skip("makes a directory another user's (run as root)")
+        os.chown(cache, 65534, 65534)
+    with pytest.raises(FetchError) as refused:
+        ensure_cached(str(cache), artifact_at(source))
+    assert f"the artifact cache {cache} is not this user's alone" in str(refused.value)
+    assert "nothing was downloaded. Fix: set artifact_cache_dir" in str(refused.value)
+    assert list(cache.iterdir()) == []
+
+
+def test_a_partial_download_is_made_anew_never_written_through_a_planted_link(tmp_path):
+    import os
+
+    source = tmp_path / "runc.amd64"
+    source.write_bytes(b"runc binary")
+    artifact = artifact_at(source)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"not the cache's")
+    path = cached_path(str(cache), artifact)
+    (cache / f".{path.name}.{os.getpid()}.partial").symlink_to(victim)
+    assert ensure_cached(str(cache), artifact).read_bytes() == b"runc binary"
+    assert victim.read_bytes() == b"not the cache's"
+    assert [p.name for p in cache.iterdir()] == [path.name]

@@ -649,3 +649,115 @@ def test_the_run_lock_lives_in_a_directory_only_its_owner_can_enter(tmp_path):
             "it (it holds nothing but the lock) and rerun.\n"
         )
     assert sorted(p.name for p in (tmp_path / "open").iterdir()) == []
+
+
+SSH = ("sshd_config", "ssh_host_ed25519_key", "moduli")
+
+
+@pytest.mark.parametrize(
+    "path, entries, untrusted, why",
+    [
+        # The issue's examples: deeper system trees a list of them never ends on.
+        (
+            "/etc/ssh",
+            SSH,
+            (),
+            "holds 'moduli', 'ssh_host_ed25519_key', 'sshd_config', which containerd does not make",
+        ),
+        ("/var/lib/dpkg", ("status", "info"), (), "holds 'info', 'status', which containerd does not make"),
+        (
+            "/usr/lib/x86_64-linux-gnu",
+            ("libc.so.6",),
+            (),
+            "holds 'libc.so.6', which containerd does not make",
+        ),
+        ("/boot/efi", ("EFI",), (), "holds 'EFI', which containerd does not make"),
+        (
+            "/data/containerd",
+            tuple(f"f{n}" for n in range(7)),
+            (),
+            "holds 'f0', 'f1', 'f2', 'f3', 'f4', …, which",
+        ),
+        # containerd's own: its layout and nothing else, an empty directory, no directory.
+        (
+            "/data/containerd",
+            (
+                "io.containerd.content.v1.content",
+                "io.containerd.snapshotter.v1.overlayfs",
+                "tmpmounts",
+                "lost+found",
+            ),
+            (),
+            None,
+        ),
+        (
+            "/data/run",
+            ("containerd.sock", "containerd.sock.ttrpc", "runc", "s", "io.containerd.runtime.v2.task"),
+            (),
+            None,
+        ),
+        ("/data/containerd", (), (), None),
+        ("/data/containerd", None, (), None),
+        # Its default holds what containerd's plugins of any release make there.
+        ("/var/lib/containerd", ("io.containerd.something.new", "opt"), (), None),
+        # On a path another user could change: never.
+        (
+            "/var/lib/containerd",
+            (),
+            (("/var/lib", "is writable by group or others"),),
+            "is not root's alone (/var/lib is",
+        ),
+    ],
+)
+def test_purged_deletes_only_containerds_default_or_its_own_layout_on_a_root_only_path(
+    path, entries, untrusted, why
+):
+    """Regression (#26): `purged` refused a short list of system trees, so a config naming a
+    deeper one (/etc/ssh, /var/lib/dpkg, /boot/efi) had it deleted."""
+    from containerd_deploy.deploy.reset import purge_refusal
+    from containerd_deploy.facts.node import DataDirectory
+
+    refusal = purge_refusal(path, DEPLOY_PATHS, DataDirectory(path, entries, untrusted))
+    if why is None:
+        assert refusal is None
+    else:
+        assert refusal is not None and refusal.startswith(why), refusal
+
+
+def test_the_data_directories_fact_reads_any_name_whole_and_tells_a_missing_directory(tmp_path):
+    from containerd_deploy.facts.node import DataDirectories
+
+    layout = tmp_path / "root"
+    layout.mkdir()
+    for name in ["io.containerd.content.v1.content", "tmpmounts", "evil\nio.containerd.x", " spaced "]:
+        (layout / name).mkdir()
+    empty = tmp_path / "empty dir"
+    empty.mkdir()
+    fact = DataDirectories()
+    paths = (str(layout), str(empty), str(tmp_path / "absent"))
+    output = subprocess.run(["sh", "-c", fact.command(paths)], capture_output=True, text=True).stdout
+    found = fact.process(output.splitlines())
+    assert sorted(found[str(layout)].entries) == sorted(
+        [" spaced ", "evil\nio.containerd.x", "io.containerd.content.v1.content", "tmpmounts"]
+    )
+    assert found[str(empty)].entries == () and found[str(tmp_path / "absent")].entries is None
+    assert all(directory.untrusted == () for directory in found.values())
+
+
+def test_purged_asks_the_node_and_refuses_a_config_root_holding_anything_else_before_any_change(monkeypatch):
+    from containerd_deploy.data.values import DataError
+    from containerd_deploy.facts.node import DataDirectory
+
+    from .flow import converged, drifted, prepare, settings_for
+
+    settings = settings_for({"containerd_state": "purged"})
+    node = drifted(converged(settings), config_text='version = 2\nroot = "/etc/ssh"\n')
+    with pytest.raises(
+        DataError, match=r"names '/etc/ssh' as root, which holds 'moduli', .*Fix: set root in"
+    ):
+        prepare(
+            monkeypatch,
+            node,
+            {"containerd_state": "purged"},
+            data_directories={"/etc/ssh": DataDirectory("/etc/ssh", SSH)},
+        )

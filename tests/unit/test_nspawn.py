@@ -4,6 +4,9 @@ its cgroups go, and how its processes are found for the idle measure."""
 import os
 import subprocess
 import time
+from pathlib import Path
+
+import pytest
 
 from tests.harness import nspawn, vm
 
@@ -66,3 +69,45 @@ def test_a_machine_gets_a_cgroup_in_each_v1_controller_hierarchy_and_nowhere_els
         "/mnt/cpu,cpuacct",
     ]
     assert nspawn.controller_hierarchies("cgroup2 /sys/fs/cgroup cgroup2 rw 0 0\n") == [], "cgroup v2 only"
+
+
+@pytest.mark.parametrize(
+    "name", ["node\n  ProxyCommand touch /tmp/pwned", "a b", "node*", "!node", "a,b", "", "nöde", 'a"b']
+)
+def test_a_node_name_that_would_be_more_than_one_ssh_config_word_is_refused(name):
+    """Regression (#26): Host and HostName were written into ssh_config unquoted: a newline in
+    a name added a ProxyCommand that ssh ran for every node."""
+    with pytest.raises(ValueError, match="use letters, digits"):
+        vm.ssh_config_host(name)
+
+
+def test_ssh_config_words_are_quoted_when_spaced_and_refused_when_they_would_end_the_line():
+    assert vm.ssh_config_host("e2e-debian13-containerd2.1_x") == "e2e-debian13-containerd2.1_x"
+    assert vm.ssh_config_word("/home/a b/.ssh/key") == '"/home/a b/.ssh/key"'
+    assert vm.ssh_config_word("/plain/%C") == "/plain/%C"
+    for bad in ["/a\n  ProxyCommand x", '/a"b', "/a\\b", ""]:
+        with pytest.raises(ValueError):
+            vm.ssh_config_word(bad)
+
+
+def test_the_ssh_config_has_one_host_block_per_node_and_nothing_else(tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.setattr(vm, "run_root", lambda: tmp_path)
+    monkeypatch.setattr(vm, "ssh_key", lambda: Path("/keys/my key"))
+    monkeypatch.setattr(vm, "known_hosts_file", lambda: tmp_path / "known_hosts")
+    monkeypatch.setattr(vm, "control_dir", lambda: tmp_path / "control")
+    monkeypatch.setattr(vm, "ssh_config_file", lambda: tmp_path / "ssh_config")
+    (tmp_path / "n1").mkdir()
+    (tmp_path / "n1" / "node.json").write_text(json.dumps({"name": "n1", "port": 2222}))
+    vm.write_ssh_config()
+    text = (tmp_path / "ssh_config").read_text()
+    assert [line.split()[0] for line in text.splitlines() if line.strip()][:2] == ["Host", "HostName"]
+    assert '  IdentityFile "/keys/my key"\n' in text and text.count("Host ") == 1
+    (tmp_path / "n2").mkdir()
+    (tmp_path / "n2" / "node.json").write_text(
+        json.dumps({"name": "n2\n  ProxyCommand touch /tmp/pwned", "port": 1})
+    )
+    with pytest.raises(ValueError):
+        vm.write_ssh_config()
+    assert (tmp_path / "ssh_config").read_text() == text, "nothing written"

@@ -9,6 +9,7 @@ its SSH connection. A node then needs no route to the mirror.
 import hashlib
 import os
 import re
+import stat
 import threading
 import urllib.request
 from pathlib import Path
@@ -42,19 +43,48 @@ def _lock_for(key: str) -> threading.Lock:
         return _locks.setdefault(key, threading.Lock())
 
 
+def untrusted_cache(directory: Path) -> str | None:
+    """Why another local user could change what is in `directory` (None: only this user, or
+    root, can): it, or a directory above it, is theirs or writable by group or others (a
+    root-owned sticky one, like /tmp, protects what this user owns in it)."""
+    me = os.geteuid()
+    path = Path(os.path.realpath(directory))
+    for place in (path, *path.parents):
+        try:
+            info = place.stat()
+        except FileNotFoundError:
+            continue
+        if info.st_uid not in (0, me):
+            return f"{place} is owned by uid {info.st_uid}"
+        sticky = place != path and info.st_uid == 0 and info.st_mode & stat.S_ISVTX
+        if info.st_mode & 0o022 and not sticky:
+            return f"{place} is writable by group or others"
+    return None
+
+
 def ensure_cached(cache_dir: str, artifact: Artifact, timeout: float = 60) -> Path:
     """The verified cached copy of `artifact`, downloading it first if the cache lacks it."""
     path = cached_path(cache_dir, artifact)
     with _lock_for(str(path)):  # hosts deployed at once wait for one download
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        problem = untrusted_cache(path.parent)
+        if problem:
+            raise FetchError(
+                f"the artifact cache {path.parent} is not this user's alone ({problem}): another local user "
+                "could swap a release file before it is uploaded to the nodes; nothing was downloaded. Fix: set "
+                "artifact_cache_dir to a directory only you can write (e.g. ~/.cache/containerd-deploy/artifacts)"
+            )
         if path.is_file() and _sha256_of(path) == artifact.sha256:
             return path
-        path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+        partial.unlink(missing_ok=True)  # a leftover of a run killed here (this process's number)
         digest = hashlib.sha256()
         try:
+            # Made anew, never through a link: nothing planted there is written through.
+            handle = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             with (
                 urllib.request.urlopen(artifact.url, timeout=timeout) as response,
-                open(partial, "wb") as out,
+                open(handle, "wb") as out,
             ):
                 for chunk in iter(lambda: response.read(CHUNK), b""):
                     digest.update(chunk)

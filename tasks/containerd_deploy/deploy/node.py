@@ -22,7 +22,7 @@ from containerd_deploy.data.settings import (
 )
 from containerd_deploy.deploy.configure import configure_containerd
 from containerd_deploy.deploy.install import fetch_release_files, install_release_files
-from containerd_deploy.deploy.reset import check_purge, remove_containerd
+from containerd_deploy.deploy.reset import check_purge, purged_directories, remove_containerd
 from containerd_deploy.deploy.service import (
     check_hooks,
     drop_kept_release,
@@ -332,7 +332,8 @@ def containerd_node():
     if settings.containerd_state != "present":
         check_trusted(settings, node)
         check_locked(settings, node)
-        check_purge(settings, node)
+        check_purge(settings, node)  # what the data and config say, before the node is asked more
+        check_purge(settings, node, purged_directories(settings, node))
         plan = plan_removal(settings, node)
         report_plan(settings, plan)
         take_run_lock(node, plan)

@@ -8,13 +8,14 @@ carry its marker. Operator files beside them stay. A later deploy converges the 
 
 import posixpath
 
+from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import systemd
 
 from containerd_deploy.data.artifacts import COMPONENTS
 from containerd_deploy.data.settings import DEFAULTS, Settings
 from containerd_deploy.data.values import DataError, is_system_tree, normal_path, path_problem
-from containerd_deploy.facts.node import NodeState
+from containerd_deploy.facts.node import DataDirectories, DataDirectory, NodeState
 from containerd_deploy.operations.files import directory_absent, file_absent
 from containerd_deploy.operations.release import kept_release_dropped, release_artifact_absent
 from containerd_deploy.operations.service import service_absent
@@ -22,9 +23,26 @@ from containerd_deploy.plan.files import proxy_dropin_path
 from containerd_deploy.plan.run import DATA_DEFAULTS, Plan, data_directories
 from containerd_deploy.remote.paths import CRICTL_CONFIG
 
+# What containerd makes at the top of its root and state directories besides its plugins'
+# `io.containerd.*` directories: temporary mounts, its sockets, runc's state, the shims' sockets
+# (and the lost+found of a disk of its own).
+CONTAINERD_NAMES = frozenset(
+    {"tmpmounts", "containerd.sock", "containerd.sock.ttrpc", "debug.sock", "runc", "s", "fifo", "lost+found"}
+)
 
-def purge_refusal(path: str, deploy_paths: tuple[str, ...]) -> str | None:
-    """Why `path` is not a directory `purged` may delete (None: it is containerd's own)."""
+
+def foreign_entries(entries: tuple) -> list[str]:
+    """The names in a root/state directory that containerd does not make."""
+    return [
+        name for name in entries if not name.startswith("io.containerd.") and name not in CONTAINERD_NAMES
+    ]
+
+
+def purge_refusal(path: str, deploy_paths: tuple[str, ...], found: DataDirectory | None = None) -> str | None:
+    """Why `path` is not a directory `purged` may delete (None: it is containerd's own): only
+    containerd's default directory, or one that holds containerd's own layout and nothing
+    else, on a path only root can change. `found`: what the node said of it (None: not asked
+    yet; what the data and the config say is checked first)."""
     problem = path_problem(path, plain=True)
     if problem:
         return f"is {problem}"
@@ -34,13 +52,32 @@ def purge_refusal(path: str, deploy_paths: tuple[str, ...]) -> str | None:
     for owned in deploy_paths:
         if owned == normal or owned.startswith(normal + "/"):
             return f"holds {owned}, which the deploy manages"
+    if found is None:
+        return None
+    if found.untrusted:
+        where, why = found.untrusted[0]
+        return f"is not root's alone ({where} {why})"
+    foreign = foreign_entries(found.entries or ())
+    if foreign and normal not in DATA_DEFAULTS.values():
+        shown = ", ".join(repr(name) for name in sorted(foreign)[:5]) + (", …" if len(foreign) > 5 else "")
+        return f"holds {shown}, which containerd does not make (only its own layout is deleted)"
     return None
 
 
-def check_purge(settings: Settings, node: NodeState) -> None:
-    """`purged` deletes containerd's root and state directories: only dedicated ones, refused
-    before any change otherwise (the node-side removal also refuses one reached through a
-    symbolic link)."""
+def purged_directories(settings: Settings, node: NodeState) -> dict[str, DataDirectory]:
+    """What the node says of the directories `purged` deletes (one more question, only then)."""
+    if settings.containerd_state != "purged":
+        return {}
+    return host.get_fact(
+        DataDirectories, paths=tuple(dict.fromkeys(data_directories(node.config_text).values()))
+    )
+
+
+def check_purge(settings: Settings, node: NodeState, found: dict[str, DataDirectory] | None = None) -> None:
+    """`purged` deletes containerd's root and state directories: only containerd's own, refused
+    before any change otherwise (`found`: ``purged_directories``; without it, what the data and
+    the config say alone). The node-side removal also refuses one reached through a symbolic
+    link."""
     if settings.containerd_state != "purged":
         return
     deploy_paths = (
@@ -54,7 +91,7 @@ def check_purge(settings: Settings, node: NodeState) -> None:
         settings.containerd_registry_config_path or settings.containerd_deploy_state_dir,
     )
     for key, path in data_directories(node.config_text).items():
-        why = purge_refusal(path, deploy_paths)
+        why = purge_refusal(path, deploy_paths, None if found is None else found.get(path))
         if why:
             raise DataError(
                 settings.host,

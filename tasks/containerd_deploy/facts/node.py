@@ -26,6 +26,8 @@ from containerd_deploy.remote.node_state import (
     missing_binaries_lines,
     node_state_command,
 )
+from containerd_deploy.remote.paths import ancestors
+from containerd_deploy.remote.shell import untrusted_lines
 
 
 @dataclass(frozen=True)
@@ -349,6 +351,51 @@ class MissingBinaries(FactBase):
 
     def process(self, output):
         return [line for line in output if line]
+
+
+@dataclass(frozen=True)
+class DataDirectory:
+    """What `purged` needs to know of a directory it would delete (``DataDirectories``)."""
+
+    path: str
+    entries: tuple | None  # the names in it (None: there is no such directory)
+    untrusted: tuple = ()  # (path, why) of it or a directory above it another user could change
+
+
+class DataDirectories(FactBase):
+    """
+    Returns, for each of ``paths``, a ``DataDirectory``: the names in it (NUL-separated on the
+    node, so any name is read whole) and each directory on its path another user could change.
+    """
+
+    @staticmethod
+    def default():
+        return {}
+
+    def command(self, paths):
+        q = shlex.quote
+        lines = [*untrusted_lines()]
+        for path in paths:  # (plain paths: no line break)
+            lines += [
+                f"echo {q(SECTION + 'entries ' + path)}",
+                f"if [ -d {q(path)} ] && [ ! -L {q(path)} ]; then "
+                f"find {q(path)} -mindepth 1 -maxdepth 1 -printf '%f\\0' | base64 -w0; echo; echo .; fi",
+                f"echo {q(SECTION + 'untrusted ' + path)}",
+                f"untrusted {' '.join(q(directory) for directory in ancestors(path))}",
+            ]
+        return "\n".join([*lines, "exit 0"])
+
+    def process(self, output):
+        found: dict = {}
+        for header, body in split_sections(list(output)):
+            name, _, path = header.partition(" ")
+            found.setdefault(path, {"entries": None, "untrusted": ()})
+            if name == "entries" and body:
+                names = base64.b64decode("".join(body[:-1]).strip()).split(b"\0")
+                found[path]["entries"] = tuple(entry.decode(errors="replace") for entry in names if entry)
+            elif name == "untrusted":
+                found[path]["untrusted"] = tuple(tuple(line.split("\t", 1)) for line in body if "\t" in line)
+        return {path: DataDirectory(path, **fields) for path, fields in found.items()}
 
 
 class RunLock(FactBase):
