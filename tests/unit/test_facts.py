@@ -116,11 +116,50 @@ def test_node_state_reads_the_daemon_process_and_the_files_it_loaded():
     assert newer_than_daemon(None, {"/c": 5000}, ("/c",)) == [], "no daemon, nothing stale"
 
 
-def test_the_lock_holder_stops_what_a_dead_run_left_behind(tmp_path):
-    """Once the run's sshd (here: a process that has exited) is gone, the holder stops the
-    processes carrying the run's SSH_CONNECTION, leaves others and its own helpers alone,
-    raises the lock's generation, and exits: the lock is free."""
+def _orphan(environment: dict, name: str = "sleep") -> int:
+    """A process whose parent has exited (as a run's command is once its sshd is gone)."""
+    import subprocess
+
+    out = subprocess.run(
+        ["sh", "-c", f"setsid {name} 300 >/dev/null 2>&1 </dev/null & echo $!"],
+        env=environment,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return int(out)
+
+
+def _ticks_now() -> int:
+    up = open("/proc/uptime").read().split()[0]
+    seconds, _, fraction = up.partition(".")
+    return int(seconds) * 100 + int(fraction[:2].ljust(2, "0"))
+
+
+def _alive(pid: int) -> bool:
     import os
+
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(") ", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    finally:
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+
+
+def test_the_lock_holder_stops_what_a_dead_run_left_behind_and_nothing_else(tmp_path):
+    """Once the run's sshd (here: a process that has exited) is gone, the holder stops the
+    processes carrying the run's SSH_CONNECTION that started since its sshd and are under no
+    living sshd; it leaves another connection's, an older one that reused the address and port,
+    a later connection's under its own sshd, and its own helpers alone, raises the lock's
+    generation, and exits: the lock is free. Regression (#26): any process with the same
+    SSH_CONNECTION was stopped."""
+    import os
+    import signal
     import subprocess
     import time
 
@@ -129,37 +168,82 @@ def test_the_lock_holder_stops_what_a_dead_run_left_behind(tmp_path):
 
     holder_script = LOCK_HOLDER.replace(LOCK_PATH, str(tmp_path / "lock"))
     (tmp_path / "lock.generation").write_text("7\n")
-
     gone = subprocess.Popen(["true"])
     gone.wait()
     connection = f"127.0.0.1 {os.getpid()} 10.0.2.15 22"
     environment = {**os.environ, "SSH_CONNECTION": connection}
-    leftover = subprocess.Popen(["setsid", "sleep", "300"], env=environment)
-    other_run = subprocess.Popen(
-        ["setsid", "sleep", "300"], env={**environment, "SSH_CONNECTION": connection + "0"}
-    )
+    older = _orphan(environment)  # a connection long gone that used the same address and port
+    time.sleep(0.05)
+    started = _ticks_now()
+    time.sleep(0.05)
+    leftover = _orphan(environment)
+    other_connection = _orphan({**environment, "SSH_CONNECTION": connection + "0"})
+    sshd = tmp_path / "sshd"  # a later connection that reuses the port, under its own sshd
+    sshd.write_bytes(open("/bin/dash", "rb").read())
+    sshd.chmod(0o755)
+    later = subprocess.Popen([str(sshd), "-c", "sleep 300; true"], env=environment)
+    pids = [older, leftover, other_connection, later.pid]
     try:
-        started = time.monotonic()
-        # The holder inherits the run's SSH_CONNECTION too, as on a node.
+        began = time.monotonic()
         holder = subprocess.run(
-            ["setsid", "sh", "-c", holder_script, "lock-holder", str(gone.pid), connection],
-            env=environment,
+            ["setsid", "sh", "-c", holder_script, "lock-holder", str(gone.pid), connection, str(started), ""],
+            env=environment,  # the holder inherits the run's SSH_CONNECTION too, as on a node
             timeout=30,
         )
         assert holder.returncode == 0
-        assert leftover.wait(timeout=5) == -15, "the leftover got SIGTERM"
-        assert time.monotonic() - started < 5
-        assert other_run.poll() is None, "another connection's process is left alone"
+        time.sleep(0.2)
+        assert not _alive(leftover), "the run's leftover got SIGTERM"
+        assert time.monotonic() - began < 5
+        assert _alive(other_connection), "another connection's process is left alone"
+        assert _alive(older), "a process older than the run's sshd is not the run's"
+        assert later.poll() is None, "a process under a living sshd is another connection's"
         assert (tmp_path / "lock.generation").read_text() == "8\n", "a run that looked meanwhile knows"
     finally:
-        leftover.kill()
-        other_run.kill()
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        later.kill()
     # Without an SSH_CONNECTION (not run through sshd) it only waits for the connection.
     assert (
         subprocess.run(["sh", "-c", holder_script, "lock-holder", str(gone.pid), ""], timeout=5).returncode
         == 0
     )
     assert (tmp_path / "lock.generation").read_text() == "9\n"
+
+
+def test_with_a_login_session_scope_the_lock_holder_stops_exactly_its_processes(tmp_path):
+    """Where the run's connection has a systemd session scope (pam_systemd), its processes are
+    the scope's: a process elsewhere is never stopped, whatever its environment says."""
+    import os
+    import signal
+    import subprocess
+
+    from containerd_deploy.remote.lock import LOCK_HOLDER
+    from containerd_deploy.remote.paths import LOCK_PATH
+
+    holder_script = LOCK_HOLDER.replace(LOCK_PATH, str(tmp_path / "lock"))
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    connection = "192.0.2.7 50000 192.0.2.1 22"
+    environment = {**os.environ, "SSH_CONNECTION": connection}
+    in_scope, elsewhere = _orphan(environment), _orphan(environment)
+    procs = tmp_path / "cgroup.procs"
+    procs.write_text(f"{in_scope}\n")
+    try:
+        holder = subprocess.run(
+            ["setsid", "sh", "-c", holder_script, "lock-holder", str(gone.pid), connection, "0", str(procs)],
+            timeout=30,
+        )
+        assert holder.returncode == 0
+        assert not _alive(in_scope) and _alive(elsewhere)
+    finally:
+        for pid in (in_scope, elsewhere):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def test_a_process_start_from_its_proc_stat_line_and_the_boot_time():

@@ -466,10 +466,10 @@ def test_the_lock_is_held_for_the_connection_or_with_local_for_this_process(monk
     import containerd_deploy.deploy.node
 
     over_ssh = lock_op(prepare(monkeypatch, fresh())).text()
-    assert "sshd|sshd-session" in over_ssh and f"session={os.getpid()}" not in over_ssh
+    assert "/proc/$session/comm" in over_ssh and f"session={os.getpid()}" not in over_ssh
     monkeypatch.setattr(containerd_deploy.deploy.node, "runs_on_the_node", lambda: True)
     local = lock_op(prepare(monkeypatch, fresh())).text()
-    assert f"session={os.getpid()}" in local and "sshd|sshd-session" not in local
+    assert f"session={os.getpid()}" in local and "/proc/$session/comm" not in local
 
 
 def test_removal_drops_a_kept_release_so_the_state_directory_goes_too(monkeypatch, settings):

@@ -17,26 +17,58 @@ from containerd_deploy.remote.paths import LOCK_PATH
 LOCK_WAIT_SECONDS = 10
 
 
-# The lock holder: `sh -c LOCK_HOLDER lock-holder <sshd pid> <$SSH_CONNECTION of the run>`.
+# The lock holder: `sh -c LOCK_HOLDER lock-holder <sshd pid> <$SSH_CONNECTION of the run>
+# <the sshd's start, in clock ticks> <the cgroup.procs of the run's login session, or "">`.
 # Once the connection's sshd is gone, the run's commands that outlive it (a killed controller
 # or a dropped link does not stop them) are stopped: TERM, then KILL after 10 s, as if the run
 # had been cut off at that point, a point every step is safe to stop at. They are the
-# processes whose environment carries the run's SSH_CONNECTION (its client address and port).
-# So the next run never works beside a dead one's leftovers. Last, still holding the lock, it
-# raises the generation: a run that looked at the node meanwhile knows it changed.
+# processes of the run's own login session (a systemd session scope: one per connection, never
+# reused) or, on a node without one, the processes whose environment carries the run's
+# SSH_CONNECTION, started since its sshd, and no longer under a living sshd: a later connection
+# that reuses the address and port is under its own sshd. So the next run never works beside a
+# dead one's leftovers, and nothing else is stopped. Last, still holding the lock, it raises the
+# generation: a run that looked at the node meanwhile knows it changed.
 LOCK_HOLDER = "\n".join(
     [
         'while kill -0 "$1" 2>/dev/null; do sleep 1; done',
         "connection=$2",
-        "leftovers() {",
+        "started=${3:-0}",
+        "procs=${4:-}",
+        # Field 4 (ppid), 22 (start), and the name, of /proc/PID/stat (the name may hold ") ").
+        "stat_of() {",
+        """  awk '{ name = $0; sub(/^[^(]*\\(/, "", name); sub(/\\) [^)]*$/, "", name); sub(/.*\\) /, ""); """
+        """print $2, $20, $4, $1, name }' "/proc/$1/stat" 2>/dev/null""",
+        "}",
+        # True when a living sshd is among PID's ancestors.
+        "under_sshd() {",
+        "  p=$1",
+        '  while [ "${p:-0}" -gt 1 ]; do',
+        "    # shellcheck disable=SC2046 # the fields of /proc/PID/stat, one word each",
+        '    set -- $(stat_of "$p")',
+        '    case "${5:-}" in sshd|sshd-session) return 0;; esac',
+        '    p=${1:-0}',
+        "  done",
+        "  return 1",
+        "}",
+        "candidates() {",
+        '  if [ -n "$procs" ]; then cat "$procs" 2>/dev/null; return 0; fi',
         '  [ -n "$connection" ] || return 0',
         '  grep -l -s -z -x -F "SSH_CONNECTION=$connection" /proc/[0-9]*/environ | while read -r environ; do',
         "    pid=${environ#/proc/}",
-        "    pid=${pid%/environ}",
+        '    pid=${pid%/environ}',
+        "    # shellcheck disable=SC2046 # the fields of /proc/PID/stat, one word each",
+        '    set -- $(stat_of "$pid")',
+        '    [ "${2:-0}" -ge "$started" ] && ! under_sshd "$pid" && echo "$pid"',
+        "  done",
+        "  true",
+        "}",
+        "leftovers() {",
+        "  candidates | while read -r pid; do",
         # Not this holder's own session (it is a session leader: setsid), so not its helpers;
         # nor a zombie, which is gone already.
-        """    sid=$(awk '{ sub(/.*\\) /, ""); if ($1 != "Z") print $4 }' "/proc/$pid/stat" 2>/dev/null)""",
-        '    [ -n "$sid" ] && [ "$sid" != "$$" ] && echo "$pid"',
+        "    # shellcheck disable=SC2046 # the fields of /proc/PID/stat, one word each",
+        '    set -- $(stat_of "$pid")',
+        '    [ -n "${1:-}" ] && [ "$4" != Z ] && [ "$3" != "$$" ] && echo "$pid"',
         "  done",
         "  true",
         "}",
@@ -86,6 +118,28 @@ def session_lines(anchor_pid: int = 0, connection: bool = True) -> list[str]:
             if connection
             else []
         ),
+    ]
+
+
+def run_identity_lines(anchor_pid: int = 0) -> list[str]:
+    """Shell lines setting what tells the run's own processes from any other (``LOCK_HOLDER``):
+    `started`, when its sshd started (clock ticks since boot), and `procs`, the process list of
+    its login session's systemd scope, when it has one (cgroup v2, hybrid or v1). A run on the
+    node itself (`anchor_pid`) stops nothing of its own: both are left empty."""
+    if anchor_pid:
+        return ["started=0", 'procs=""']
+    return [
+        """started=$(awk '{ sub(/.*\\) /, ""); print $20 }' "/proc/$session/stat" 2>/dev/null)""",
+        "started=${started:-0}",
+        'procs=""',
+        r"scope=$(sed -n 's/^0::\(.*\/session-[0-9]*\.scope\)$/\1/p' /proc/self/cgroup)",
+        'for candidate in "/sys/fs/cgroup$scope" "/sys/fs/cgroup/unified$scope"; do',
+        '  if [ -n "$scope" ] && [ -r "$candidate/cgroup.procs" ]; then procs="$candidate/cgroup.procs"; break; fi',
+        "done",
+        'if [ -z "$procs" ]; then',
+        r"  scope=$(sed -n 's/^[0-9]*:name=systemd:\(.*\/session-[0-9]*\.scope\)$/\1/p' /proc/self/cgroup)",
+        '  if [ -n "$scope" ] && [ -r "/sys/fs/cgroup/systemd$scope/cgroup.procs" ]; then procs="/sys/fs/cgroup/systemd$scope/cgroup.procs"; fi',
+        "fi",
     ]
 
 
@@ -251,6 +305,7 @@ def take_lock_script(host_name: str, owner: str, generation: int | None, anchor_
             f'printf "%s since %s\\n" {q(owner)} "$(date -u +%FT%TZ)" > {lock}.owner',
             # The holder keeps fd 9 (the lock) until this connection's sshd is gone and what the
             # run still had running has been stopped.
-            f'setsid sh -c {q(LOCK_HOLDER)} lock-holder "$session" "$connection" </dev/null >/dev/null 2>&1 &',
+            *run_identity_lines(anchor_pid),
+            f'setsid sh -c {q(LOCK_HOLDER)} lock-holder "$session" "$connection" "$started" "$procs" </dev/null >/dev/null 2>&1 &',
         ]
     )
