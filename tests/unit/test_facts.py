@@ -1,5 +1,7 @@
 import base64
 
+import pytest
+
 from containerd_deploy.facts.node import parse_ctr_version, parse_node_state
 from containerd_deploy.remote.node_state import SECTION
 
@@ -211,6 +213,42 @@ def test_the_lock_holder_stops_what_a_dead_run_left_behind_and_nothing_else(tmp_
         == 0
     )
     assert (tmp_path / "lock.generation").read_text() == "9\n"
+
+
+def test_a_process_of_another_user_is_never_the_runs_whatever_its_environment(tmp_path):
+    """An unprivileged local user can read a run's address and port (/proc/net/tcp) and start
+    processes carrying its SSH_CONNECTION: the holder stops only root's and the login user's."""
+    import os
+    import signal
+    import subprocess
+
+    from containerd_deploy.remote.lock import LOCK_HOLDER
+    from containerd_deploy.remote.paths import LOCK_PATH
+
+    from .rootless import ROOT
+
+    if not ROOT:
+        pytest.skip("starts a process as another user (run as root)")
+    holder_script = LOCK_HOLDER.replace(LOCK_PATH, str(tmp_path / "lock"))
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    connection = "192.0.2.7 50001 192.0.2.1 22"
+    environment = {**os.environ, "SSH_CONNECTION": connection}
+    theirs = _orphan(environment, "setpriv --reuid=65534 --regid=65534 --clear-groups sleep")
+    ours = _orphan(environment)
+    try:
+        holder = subprocess.run(
+            ["setsid", "sh", "-c", holder_script, "lock-holder", str(gone.pid), connection, "0", "", "0"],
+            timeout=30,
+        )
+        assert holder.returncode == 0
+        assert not _alive(ours) and _alive(theirs)
+    finally:
+        for pid in (theirs, ours):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def test_with_a_login_session_scope_the_lock_holder_stops_exactly_its_processes(tmp_path):

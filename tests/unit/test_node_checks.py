@@ -461,10 +461,11 @@ def test_through_sudo_the_lock_holder_learns_the_connection_from_the_login_shell
         timeout=30,
     )
     assert result.returncode == 0 and (tmp_path / "lock.owner").exists(), result.stdout + result.stderr
-    name, _session, given, started, procs = (tmp_path / "holder-args").read_text().splitlines()
+    name, _session, given, started, procs, login_uid = (tmp_path / "holder-args").read_text().splitlines()
     assert (name, given) == ("lock-holder", connection)
     assert int(started) > 0, "when the run's sshd started: its processes are none older"
     assert procs == "" or procs.endswith(".scope/cgroup.procs")
+    assert login_uid == str(os.getuid()), "the login shell's user"
 
 
 def test_the_flow_refuses_an_unsupported_host_before_saying_the_lock_was_unavailable(monkeypatch):

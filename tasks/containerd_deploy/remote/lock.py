@@ -18,14 +18,16 @@ LOCK_WAIT_SECONDS = 10
 
 
 # The lock holder: `sh -c LOCK_HOLDER lock-holder <sshd pid> <$SSH_CONNECTION of the run>
-# <the sshd's start, in clock ticks> <the cgroup.procs of the run's login session, or "">`.
+# <the sshd's start, in clock ticks> <the cgroup.procs of the run's login session, or "">
+# <the login user's uid>`.
 # Once the connection's sshd is gone, the run's commands that outlive it (a killed controller
 # or a dropped link does not stop them) are stopped: TERM, then KILL after 10 s, as if the run
 # had been cut off at that point, a point every step is safe to stop at. They are the
 # processes of the run's own login session (a systemd session scope: one per connection, never
-# reused) or, on a node without one, the processes whose environment carries the run's
-# SSH_CONNECTION, started since its sshd, and no longer under a living sshd: a later connection
-# that reuses the address and port is under its own sshd. So the next run never works beside a
+# reused) or, on a node without one, the processes of root or the login user whose environment
+# carries the run's SSH_CONNECTION, started since its sshd, and no longer under a living sshd:
+# a later connection that reuses the address and port is under its own sshd, and no other user
+# can make a process the holder takes for the run's. So the next run never works beside a
 # dead one's leftovers, and nothing else is stopped. Last, still holding the lock, it raises the
 # generation: a run that looked at the node meanwhile knows it changed.
 LOCK_HOLDER = "\n".join(
@@ -34,6 +36,7 @@ LOCK_HOLDER = "\n".join(
         "connection=$2",
         "started=${3:-0}",
         "procs=${4:-}",
+        "login_uid=${5:-0}",
         # Field 4 (ppid), 22 (start), and the name, of /proc/PID/stat (the name may hold ") ").
         "stat_of() {",
         """  awk '{ name = $0; sub(/^[^(]*\\(/, "", name); sub(/\\) [^)]*$/, "", name); sub(/.*\\) /, ""); """
@@ -58,6 +61,8 @@ LOCK_HOLDER = "\n".join(
         "    pid=${pid%/environ}",
         "    # shellcheck disable=SC2046 # the fields of /proc/PID/stat, one word each",
         '    set -- $(stat_of "$pid")',
+        '    uid=$(stat -c %u "/proc/$pid" 2>/dev/null)',
+        '    case "$uid" in 0|"$login_uid") ;; *) continue;; esac',
         '    [ "${2:-0}" -ge "$started" ] && ! under_sshd "$pid" && echo "$pid"',
         "  done",
         "  true",
@@ -123,12 +128,15 @@ def session_lines(anchor_pid: int = 0, connection: bool = True) -> list[str]:
 
 def run_identity_lines(anchor_pid: int = 0) -> list[str]:
     """Shell lines setting what tells the run's own processes from any other (``LOCK_HOLDER``):
-    `started`, when its sshd started (clock ticks since boot), and `procs`, the process list of
-    its login session's systemd scope, when it has one (cgroup v2, hybrid or v1). A run on the
+    `started`, when its sshd started (clock ticks since boot), `procs`, the process list of its
+    login session's systemd scope, when it has one (cgroup v2, hybrid or v1), and `login_uid`. A run on the
     node itself (`anchor_pid`) stops nothing of its own: both are left empty."""
     if anchor_pid:
-        return ["started=0", 'procs=""']
+        return ["started=0", 'procs=""', "login_uid=0"]
     return [
+        # The login shell sshd started (`child`, from session_lines): the run's user.
+        'login_uid=$(stat -c %u "/proc/$child" 2>/dev/null)',
+        "login_uid=${login_uid:-0}",
         """started=$(awk '{ sub(/.*\\) /, ""); print $20 }' "/proc/$session/stat" 2>/dev/null)""",
         "started=${started:-0}",
         'procs=""',
@@ -306,6 +314,6 @@ def take_lock_script(host_name: str, owner: str, generation: int | None, anchor_
             # The holder keeps fd 9 (the lock) until this connection's sshd is gone and what the
             # run still had running has been stopped.
             *run_identity_lines(anchor_pid),
-            f'setsid sh -c {q(LOCK_HOLDER)} lock-holder "$session" "$connection" "$started" "$procs" </dev/null >/dev/null 2>&1 &',
+            f'setsid sh -c {q(LOCK_HOLDER)} lock-holder "$session" "$connection" "$started" "$procs" "$login_uid" </dev/null >/dev/null 2>&1 &',
         ]
     )
