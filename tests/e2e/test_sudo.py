@@ -261,3 +261,198 @@ def test_another_local_user_can_neither_hold_the_run_lock_nor_steer_root_through
     assert node.vm.ssh(LEFTOVERS).stdout.strip() == "", "nothing left behind"
     process, _ = as_user(node, "deployer", data=DATA)
     assert process.returncode == 0, process.stderr[-3000:]
+
+
+# What the adversary (`other`, an unprivileged local user) does for a whole cycle: it plants
+# names with newlines and links where it can write, makes the non-default staging and state
+# directories an operator might choose before root does, holds flocks on whatever it can open,
+# and gives processes of its own the SSH_CONNECTION of each connection to sshd it sees (the
+# address and port are anyone's to read), as if they were a run's.
+ADVERSARY_SETUP = r"""set -e
+cd /tmp
+mkdir -p 'containerd-deploy-upload.x
+.ssh' 'containerd-deploy-image.x
+/etc'
+ln -sfn /etc containerd-deploy-upload.evil
+ln -sfn /etc/shadow containerd-deploy-image.planted.b64
+mkdir -p -m 777 /var/tmp/cd-staging /tmp/cd-state /run/lock/containerd-deploy
+chmod 777 /var/tmp/cd-staging /tmp/cd-state
+echo planted > /var/tmp/cd-staging/.fetched-runc
+ln -sfn /etc/hostname /var/tmp/cd-staging/.fetched-containerd.partial
+printf 'component runc\nfile /etc/hostname 1:2:3\n' > /tmp/cd-state/runc.manifest
+: > "$HOME/pids"
+rm -f "$HOME/stop"
+"""
+# Started detached (setsid): the impersonators, refreshed as connections come.
+ADVERSARY_WATCH = r"""port=$1
+: > "$HOME/seen"
+while [ ! -e "$HOME/stop" ]; do
+  ss -Htn state established "( sport = :$port )" | while read -r _ _ local peer; do
+    grep -qxF -- "$peer" "$HOME/seen" && continue
+    echo "$peer" >> "$HOME/seen"
+    SSH_CONNECTION="${peer%:*} ${peer##*:} ${local%:*} ${local##*:}" setsid sleep 100000 </dev/null >/dev/null 2>&1 &
+    echo $! >> "$HOME/pids"
+  done
+  sleep 0.2
+done
+"""
+# Run after each step: a shared flock on every file of the deploy's it can open (the lock's it
+# cannot: its directory is root's alone).
+ADVERSARY_FLOCKS = r"""for f in /run/containerd-deploy/lock /etc/containerd/config.toml /usr/local/bin/* /usr/local/sbin/runc \
+    /etc/systemd/system/containerd.service /etc/crictl.yaml /var/lib/containerd-deploy/*; do
+  [ -r "$f" ] && [ -f "$f" ] || continue
+  setsid flock -s -n "$f" sleep 100000 </dev/null >/dev/null 2>&1 &
+  echo $! >> "$HOME/pids"
+done
+true
+"""
+# Everything on the node's filesystem but what the kernel, systemd and the deploy itself keep
+# (its own set is judged by the other tests): a file by mode, owner, size and mtime, a
+# directory by mode and owner, a link by its target.
+LISTING = r"""find / -xdev \( -path /proc -o -path /sys -o -path /dev -o -path /run -o -path /var/log \
+    -o -path /var/lib/systemd -o -path /var/lib/sudo -o -path /var/cache/ldconfig \) -prune \
+  -o -type d -printf 'd\t%p\t%m\t%u\n' -o -type l -printf 'l\t%p\t%l\t%u\n' -o -printf 'f\t%p\t%m\t%u\t%s\t%T@\n'
+find /run/lock /dev/shm -printf '%y\t%p\t%m\t%u\t%l\n'
+"""
+# The deploy's own set (files it installs, writes, keeps or removes, and containerd's data).
+OWN = (
+    "/usr/local/bin/",
+    "/usr/local/sbin/runc",
+    "/usr/local/sbin/.",
+    "/opt/cni",
+    "/opt/containerd",
+    "/etc/containerd",
+    "/etc/crictl.yaml",
+    "/etc/systemd/system/containerd.service",
+    "/etc/systemd/system/multi-user.target.wants/containerd.service",
+    "/var/lib/containerd-deploy",
+    "/var/cache/containerd-deploy",
+    "/var/lib/containerd",
+    "/etc/cni",  # containerd's CRI plugin makes its CNI config directory
+    "/home/other/",  # the adversary's own notes
+)
+
+
+def _listing(node: OwnNode) -> dict[str, str]:
+    entries = {}
+    for line in node.vm.ssh(LISTING).stdout.splitlines():
+        kind, path, *rest = line.split("\t")
+        if any(path == own.rstrip("/") or path.startswith(own) for own in OWN):
+            continue
+        # A directory's mtime moves with any name made in it (the deploy's too): its mode and owner only.
+        entries[path] = "\t".join([kind, *rest])
+    return entries
+
+
+def _changed(before: dict[str, str], after: dict[str, str]) -> list[str]:
+    paths = sorted(set(before) | set(after))
+    return [
+        f"{path}: {before.get(path)} -> {after.get(path)}"
+        for path in paths
+        if before.get(path) != after.get(path)
+    ]
+
+
+def _as_other(node: OwnNode, script: str, *args: str) -> str:
+    command = f"su other -s /bin/sh -c {shlex.quote(script)} -- {' '.join(shlex.quote(a) for a in args)}"
+    return node.vm.ssh(command).stdout
+
+
+def _killed(node: OwnNode) -> list[str]:
+    return _as_other(node, 'for p in $(cat "$HOME/pids"); do [ -d "/proc/$p" ] || echo "$p"; done').split()
+
+
+def test_an_adversary_on_the_node_steers_nothing_and_loses_nothing_through_a_whole_cycle(node, tmp_path):
+    """#26: a full cycle (first deploy, an upgrade rolled back and not tried again, runs
+    refused for directories the adversary made, conformance, reset, purge) beside an active
+    unprivileged adversary. After each step nothing outside the deploy's own set changed, none
+    of its processes was stopped, and each run succeeded or stopped with a named refusal."""
+    from tests.harness import mirror
+
+    from .test_lifecycle import release_data
+
+    reset = as_user(node, "deployer", data={"containerd_state": "purged"})[0]
+    assert reset.returncode == 0, reset.stderr[-3000:]
+    _as_other(node, ADVERSARY_SETUP)
+    node.vm.ssh(
+        f"su other -s /bin/sh -c {shlex.quote(ADVERSARY_WATCH)} -- {node.vm.port} </dev/null >/dev/null 2>&1 & true"
+    )
+    before = _listing(node)
+    names = {}
+
+    def step(name: str, *, data: dict, refused: str | None = None) -> str:
+        process, _ = as_user(node, "deployer", data=data)
+        said = process.stdout + process.stderr
+        if refused is None:
+            assert process.returncode == 0, f"{name}: {said[-4000:]}"
+        else:
+            assert process.returncode != 0 and refused in said, f"{name}: {said[-4000:]}"
+        _as_other(node, ADVERSARY_FLOCKS)
+        names[name] = _changed(before, _listing(node))
+        assert names[name] == [], f"{name} changed what is not the deploy's: {names[name]}"
+        assert _killed(node) == [], f"{name} stopped the adversary's processes"
+        return said
+
+    try:
+        step("first deploy", data=DATA)
+        old = node.data()
+        broken_url, broken_sha256 = mirror.broken_release("sid")
+        upgrade = {
+            **DATA,
+            **release_data("sid"),
+            "containerd_download_url": broken_url,
+            "containerd_sha256": broken_sha256,
+            "containerd_ready_timeout": 20,
+        }
+        said = step("an upgrade that does not start", data=upgrade, refused="rolled back")
+        assert f"containerd {old['containerd_version']}" in said or "answers again" in said
+        step("the same upgrade again", data=upgrade, refused="the last run made this same change")
+        step("the good release", data=DATA)
+        step(
+            "a staging directory another user made",
+            data={**DATA, "containerd_staging_dir": "/var/tmp/cd-staging"},
+            refused="/var/tmp is writable by group or others, on the path of data key 'containerd_staging_dir'",
+        )
+        step(
+            "a state directory another user made",
+            data={**DATA, "containerd_deploy_state_dir": "/tmp/cd-state"},
+            refused="/tmp is writable by group or others, on the path of data key 'containerd_deploy_state_dir'",
+        )
+        inventory = tmp_path / "fleet.py"
+        host_data = {
+            "ssh_hostname": "127.0.0.1",
+            "ssh_port": node.vm.port,
+            "ssh_user": "deployer",
+            "ssh_key": str(ssh_key()),
+            "ssh_known_hosts_file": str(vm.known_hosts_file()),
+            "ssh_strict_host_key_checking": "yes",
+            "_sudo": True,
+        }
+        inventory.write_text(f"sudo_nodes = [({NAME!r}, {host_data!r})]\n")
+        checked = subprocess.run(
+            [*CONFORMANCE, f"--inventory={inventory}", "--expect-runtime-handlers=runc,crun"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        assert checked.returncode == 0, checked.stdout[-5000:]
+        names["conformance"] = _changed(before, _listing(node))
+        assert names["conformance"] == [] and _killed(node) == []
+        step("reset", data={"containerd_state": "absent"})
+        step("a deploy again", data=DATA)
+        step("purge", data={"containerd_state": "purged"})
+        assert node.vm.ssh("ls -A /var/lib/containerd 2>/dev/null; true").stdout.strip() in ("", "lost+found")
+        assert node.vm.ssh("cat /var/tmp/cd-staging/.fetched-runc").stdout == "planted\n"
+        # It was active all along: one impersonator per connection it saw (each run's, at least).
+        seen = _as_other(node, 'cat "$HOME/seen"').split()
+        assert len(seen) >= len(names), seen
+    finally:
+        node.vm.ssh(
+            "touch /home/other/stop; pkill -u other; sleep 0.5; "
+            "rm -rf /tmp/containerd-deploy-upload.* /tmp/containerd-deploy-image.* /var/tmp/cd-staging /tmp/cd-state "
+            "/run/lock/containerd-deploy",
+            check=False,
+        )
+    process, _ = as_user(node, "deployer", data=DATA)
+    assert process.returncode == 0, process.stderr[-3000:]

@@ -486,7 +486,8 @@ def test_removal_drops_a_kept_release_so_the_state_directory_goes_too(monkeypatc
     removed = next(i for i, text in enumerate(texts) if "rmdir" in text and state_dir in text)
     assert dropped < removed, "the kept release goes before the state directory is removed"
     # Only a kept release left (an earlier removal stopped after the manifests went).
-    prepared = prepare(monkeypatch, drifted(fresh(), kept_release="1.7.24"), {"containerd_state": "absent"})
-    texts = [op.full_text() for op in prepared if op.changes]
-    assert drop_kept_script(state_dir).strip() in texts
-    assert any("rmdir" in text and state_dir in text for text in texts)
+    for left in ({"kept_release": "1.7.24"}, {"rolled_back": f"{'a' * 64} 2026-12-06T18:00:00Z"}):
+        prepared = prepare(monkeypatch, drifted(fresh(), **left), {"containerd_state": "absent"})
+        texts = [op.full_text() for op in prepared if op.changes]
+        assert drop_kept_script(state_dir).strip() in texts, left
+        assert any("rmdir" in text and state_dir in text for text in texts), left

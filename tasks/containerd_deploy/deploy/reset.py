@@ -151,7 +151,7 @@ def remove_containerd(settings: Settings, node: NodeState, plan: Plan):
     directory_absent(
         name=f"Remove {settings.containerd_deploy_state_dir}",
         path=settings.containerd_deploy_state_dir,
-        present=bool(node.manifests or node.kept_release),
+        present=bool(node.manifests or node.kept_release or node.rolled_back),
         only_if_empty=True,
     )
     for directory in plan.purge:

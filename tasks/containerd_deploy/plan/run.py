@@ -281,7 +281,7 @@ def plan_removal(settings: Settings, node: NodeState) -> Plan:
         or node.enabled
         or node.unit_sha256 is not None,
         reload=settings.containerd_unit_path in delete or dropin in delete,
-        drop_kept=bool(node.kept_release),
+        drop_kept=bool(node.kept_release or node.rolled_back),  # the rollback's record goes with it
         purge=tuple(data_directories(node.config_text).values())
         if settings.containerd_state == "purged"
         else (),
