@@ -213,6 +213,8 @@ def test_the_lock_is_looked_at_without_taking_it_and_taken_by_the_operation(tmp_
         started = time.monotonic()
         seen = look_second()
         assert seen.startswith("busy 1 controller c1 pid 1 since "), seen
+        # The real holder, as the node sees it (the owner record says what the run wrote).
+        assert seen.endswith(f"; on the node: uid {os.getuid()} pid {first_run.pid} (sleep 120)"), seen
         assert time.monotonic() - started >= 1, "the look waited for the other run first"
         started = time.monotonic()
         refused = take_second("controller c2 pid 2", 1)

@@ -221,7 +221,15 @@ def lock_state_lines(anchor_pid: int = 0) -> list[str]:
         f'elif [ "${{session:-1}}" -le 1 ]; then echo "unavailable {NO_SESSION}"',
         f'elif [ "$held" = 0 ]; then echo "free $(cat {q(LOCK_PATH)}.generation 2>/dev/null || echo 0)"',
         f'elif [ "$(cat {q(LOCK_PATH)}.session 2>/dev/null)" = "$session" ]; then echo held',
-        f'else echo "busy $(cat {q(LOCK_PATH)}.generation 2>/dev/null || echo 0) $(cat {q(LOCK_PATH)}.owner 2>/dev/null)"',
+        "else",
+        # Who holds it, as the node sees it: the process whose life the lock is held for.
+        f"  holder=$(cat {q(LOCK_PATH)}.session 2>/dev/null)",
+        '  seen=""',
+        '  if [ -n "$holder" ] && [ -r "/proc/$holder/cmdline" ]; then',
+        '    seen="; on the node: uid $(stat -c %u "/proc/$holder") pid $holder '
+        """($(tr '\\000' ' ' < "/proc/$holder/cmdline" | cut -c 1-80 | sed 's/ *$//'))\"""",
+        "  fi",
+        f'  echo "busy $(cat {q(LOCK_PATH)}.generation 2>/dev/null || echo 0) $(cat {q(LOCK_PATH)}.owner 2>/dev/null)$seen"',
         "fi",
     ]
 
