@@ -73,3 +73,23 @@ def test_every_import_the_docs_show_works():
         imported = importlib.import_module(module)
         for name in names.split(","):
             assert hasattr(imported, name.strip()), f"{page}: {module} has no {name.strip()}"
+
+
+def test_each_claim_of_the_threat_model_names_tests_that_exist():
+    """The threat model states only what a named test proves: one line per claim, each with
+    `file.py::test_name` entries, each a test function of that file."""
+    text = (DOCS / "threat-model.md").read_text()
+    rows = [
+        line
+        for line in text.splitlines()
+        if line.startswith("| ") and not line.startswith(("| claim", "| ---"))
+    ]
+    assert len(rows) >= 25, rows
+    for row in rows:
+        named = re.findall(r"`(test_\w+\.py)::(test_\w+)`", row)
+        assert named, f"a claim without a test: {row}"
+        for file, test in named:
+            paths = list((ROOT / "tests").glob(f"*/{file}"))  # unit/ or e2e/
+            assert any(re.search(rf"^def {test}\(", path.read_text(), re.M) for path in paths), (
+                f"{file}::{test} does not exist"
+            )

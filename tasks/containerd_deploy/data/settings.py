@@ -577,7 +577,7 @@ KEYS: dict[str, Key] = {
     "containerd_state": Key(
         "present",
         _one_of("present", "absent", "purged"),
-        doc="`present`: a containerd node; `absent`: stop and disable containerd (and what its cgroup still runs) and remove what this deploy installed — release files by their manifests, unit, drop-in, config.toml, its hosts.toml files, crictl.yaml — and nothing else; `purged`: `absent`, and containerd's `root`/`state` directories (images, snapshots, containers) too — only directories of containerd's own: a `root`/`state` in config.toml that is a system tree (`/usr`, `/run`, `/var/lib`, …) or holds one, holds a path the deploy manages, has `..`, or is reached through a symbolic link is refused before any change",
+        doc="`present`: a containerd node; `absent`: stop and disable containerd (and what its cgroup still runs) and remove what this deploy installed — release files by their manifests, unit, drop-in, config.toml, its hosts.toml files, crictl.yaml — and nothing else; `purged`: `absent`, and containerd's `root`/`state` directories (images, snapshots, containers) too — only directories of containerd's own: containerd's defaults, or a `root`/`state` in config.toml that holds nothing but containerd's own layout (its `io.containerd.*` directories, sockets, `tmpmounts`, …); one that holds anything else, is or holds a system tree or a path the deploy manages, has `..`, or is on a path another user could change or through a symbolic link is refused before any change",
     ),
     "containerd_distro_package": Key(
         "refuse",
@@ -689,12 +689,12 @@ KEYS: dict[str, Key] = {
     "containerd_deploy_state_dir": Key(
         "/var/lib/containerd-deploy",
         _plain(_dedicated_directory),
-        doc="manifests of what this deploy installed (versions, file checksums); a directory of its own (no system tree)",
+        doc="manifests of what this deploy installed (versions, file checksums), and the release kept for a rollback; a directory of its own (no system tree), root's alone all the way up (refused before any change otherwise)",
     ),
     "containerd_staging_dir": Key(
         "/var/cache/containerd-deploy",
         _plain(_dedicated_directory),
-        doc="where downloads wait until verified (emptied after each install); a directory of its own, made root-owned 0700 before use whatever it was (a symbolic link is refused), so no other local user can swap a verified file",
+        doc="where downloads wait until verified (emptied after each install); a directory of its own, root's alone all the way up (another user's, one under a directory others can write such as /var/tmp, or a symbolic link on the way is refused before any change), made 0700 before use, so no other local user can swap a verified file",
     ),
     "containerd_config_base": Key(
         "existing",
