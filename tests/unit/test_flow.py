@@ -165,17 +165,17 @@ def test_a_kubelet_on_another_cgroup_driver_stops_the_flow_before_any_operation(
             ("/var/lib/containerd-deploy", "is owned by uid 1000, not root"),
             "data key 'containerd_deploy_state_dir'",
             "chown root:root /var/lib/containerd-deploy; chmod go-w /var/lib/containerd-deploy) once you know "
-            "nothing in it came from another user, or set containerd_deploy_state_dir to a directory",
+            "nothing in it came from another user, or set containerd_deploy_state_dir to another directory",
         ),
         (
             ("/var/cache", "is writable by group or others"),
             "data key 'containerd_staging_dir'",
-            "set containerd_staging_dir to a directory that only root can write, all the way up",
+            "set containerd_staging_dir to a directory that only root can write, all the way up (not under /var/cache)",
         ),
         (
             ("/usr/local", "is writable by group or others"),
             "data keys 'containerd_bin_dir' and 'runc_path'",
-            "chmod go-w /usr/local",
+            "set containerd_bin_dir / runc_path to a directory that only root can write, all the way up (not under /usr/local)",
         ),
         (
             ("/etc/containerd", "is a symbolic link"),

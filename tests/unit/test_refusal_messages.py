@@ -17,6 +17,7 @@ from containerd_deploy.deploy.node import (
     check_locked,
     check_not_busy,
     check_supported,
+    check_trusted,
 )
 from containerd_deploy.facts.node import DistroPackage
 
@@ -58,6 +59,26 @@ REFUSED = {
         {},
         {"distro_packages": [DPKG, RPM], "service": {"ActiveState": "inactive"}},
     ),
+    "state directory another user made": (
+        check_trusted,
+        {},
+        {"untrusted_directories": [("/var/lib/containerd-deploy", "is owned by uid 1000, not root")]},
+    ),
+    "staging directory under one anyone can write, a link on the way": (
+        check_trusted,
+        {"containerd_staging_dir": "/var/tmp/staging", "containerd_bin_dir": "/opt/bin/containerd"},
+        {
+            "untrusted_directories": [
+                ("/var/tmp", "is writable by group or others"),
+                ("/opt/bin", "is a symbolic link"),
+            ]
+        },
+    ),
+    "the lock's directory is a file": (
+        check_trusted,
+        {},
+        {"untrusted_directories": [("/run/containerd-deploy", "is not a directory")]},
+    ),
 }
 
 # name -> (check, data, changes): each must pass.
@@ -83,6 +104,7 @@ ACCEPTED = {
         {"distro_packages": [DPKG]},
     ),
     "no distro package": (check_distro_package, {}, {"distro_packages": []}),
+    "every directory root's alone": (check_trusted, {}, {"untrusted_directories": []}),
 }
 
 

@@ -92,28 +92,29 @@ def untrusted_problem(settings: Settings, node: NodeState) -> str | None:
             if keys
             else "a place the deploy keeps files in"
         )
+        keys_text = " / ".join(keys)
+        risk = "another local user could change what root keeps there"
         if why == "is a symbolic link":
+            risk = "root would keep its files wherever the link points"
             fix = (
-                f"set {' / '.join(keys)} to the real path, without the link"
+                f"set {keys_text} to the real path, without the link"
                 if keys
                 else "replace the link with a directory"
             )
         elif why == "is not a directory":
-            fix = "move the file away" + (f", or set {' / '.join(keys)} to another path" if keys else "")
-        else:
+            fix = "move the file away" + (f", or set {keys_text} to another path" if keys else "")
+        elif path in named:  # a directory the deploy keeps things in itself: made by another user
             fix = (
                 f"make it root's alone (chown root:root {path}; chmod go-w {path}) once you know nothing in it "
-                "came from another user"
-                + (
-                    f", or set {' / '.join(keys)} to a directory that only root can write, all the way up"
-                    if keys
-                    else ""
-                )
+                "came from another user" + (f", or set {keys_text} to another directory" if keys else "")
             )
-        problems.append(
-            f"{path} {why}, on the path of {what}: another local user could change what root "
-            f"keeps there; nothing was changed. Fix: {fix}"
-        )
+        else:  # a directory above it (a shared one, such as /var/tmp): the place is the problem
+            fix = (
+                f"set {keys_text} to a directory that only root can write, all the way up (not under {path})"
+                if keys
+                else f"make {path} writable by root alone"
+            )
+        problems.append(f"{path} {why}, on the path of {what}: {risk}; nothing was changed. Fix: {fix}")
     return f"\n{settings.host}: ".join(problems) or None
 
 
