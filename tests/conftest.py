@@ -2,11 +2,12 @@ import os
 from pathlib import Path
 
 # The unit tests run the node scripts in directories under tmp_path, and the scripts refuse a
-# directory any user could change (/tmp is one, sticky or not): tests keep theirs under the
-# user's own cache, a chain only this user (or root) can write.
+# directory any user could change (/tmp is one, sticky or not; so is a group-writable ~/.cache
+# under umask 002): tests keep theirs in a 0700 directory of the user's home.
 if "PYTEST_DEBUG_TEMPROOT" not in os.environ:
-    _TEMPROOT = Path.home() / ".cache" / "containerd-deploy-tests"
-    _TEMPROOT.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _TEMPROOT = Path.home() / ".containerd-deploy-tests"
+    _TEMPROOT.mkdir(mode=0o700, exist_ok=True)
+    _TEMPROOT.chmod(0o700)
     os.environ["PYTEST_DEBUG_TEMPROOT"] = str(_TEMPROOT)
 
 

@@ -126,12 +126,15 @@ def replace_file(path: Path, text: str) -> None:
     os.replace(temp, path)
 
 
-def ssh_config_word(value: str) -> str:
-    """`value` as one word of an ssh_config line: double-quoted when it has a space; a value that
-    would end the line or the quotes (and so add directives, a ProxyCommand) is refused."""
+def ssh_config_word(value: str, tokens: str = "") -> str:
+    """`value` (then `tokens`, ssh's own `%` tokens) as one word of an ssh_config line: a `%` in
+    `value` doubled (ssh expands tokens in file paths), double-quoted when it has a space; a
+    value that would end the line or the quotes (and so add directives, a ProxyCommand) is
+    refused."""
     if not value or any(char in value for char in '"\\') or not value.isprintable():
         raise ValueError(f"{value!r} cannot be written into ssh_config as one word")
-    return f'"{value}"' if any(char.isspace() for char in value) else value
+    word = value.replace("%", "%%") + tokens
+    return f'"{word}"' if any(char.isspace() for char in word) else word
 
 
 def ssh_config_host(name: str) -> str:
@@ -154,7 +157,7 @@ def write_ssh_config() -> None:
                 f"  IdentityFile {ssh_config_word(str(ssh_key()))}\n  IdentitiesOnly yes\n"
                 f"  UserKnownHostsFile {ssh_config_word(str(known_hosts_file()))}\n  StrictHostKeyChecking yes\n"
                 # One TCP+SSH handshake per node for a whole test run: each costs ~2 s under TCG.
-                f"  ControlMaster auto\n  ControlPath {ssh_config_word(f'{control_dir()}/%C')}\n  ControlPersist 120\n"
+                f"  ControlMaster auto\n  ControlPath {ssh_config_word(f'{control_dir()}/', '%C')}\n  ControlPersist 120\n"
                 "  LogLevel ERROR\n"
             )
         replace_file(ssh_config_file(), "\n".join(entries))

@@ -146,8 +146,9 @@ def prepare(
                 asked.update(kwargs)
             return node
         if fact is DataDirectories:
-            given = data_directories or {}
-            return {path: given.get(path, DataDirectory(path, ())) for path in kwargs["paths"]}
+            given = data_directories or {}  # None: the node's answer leaves that path out
+            answer = {path: given.get(path, DataDirectory(path, ())) for path in kwargs["paths"]}
+            return {path: found for path, found in answer.items() if found is not None}
         if fact is MissingBinaries:
             if asked_binaries is not None:
                 asked_binaries.append(kwargs["binaries"])

@@ -188,7 +188,19 @@ def test_the_lock_holder_stops_what_a_dead_run_left_behind_and_nothing_else(tmp_
     try:
         began = time.monotonic()
         holder = subprocess.run(
-            ["setsid", "sh", "-c", holder_script, "lock-holder", str(gone.pid), connection, str(started), ""],
+            [
+                *(
+                    "setsid",
+                    "sh",
+                    "-c",
+                    holder_script,
+                    "lock-holder",
+                    str(gone.pid),
+                    connection,
+                    str(started),
+                ),
+                *("", str(os.getuid())),  # no session scope; the login user: this test's
+            ],
             env=environment,  # the holder inherits the run's SSH_CONNECTION too, as on a node
             timeout=30,
         )
@@ -235,16 +247,24 @@ def test_a_process_of_another_user_is_never_the_runs_whatever_its_environment(tm
     connection = "192.0.2.7 50001 192.0.2.1 22"
     environment = {**os.environ, "SSH_CONNECTION": connection}
     theirs = _orphan(environment, "setpriv --reuid=65534 --regid=65534 --clear-groups sleep")
+    # A setuid program another user started: it runs as root (euid 0), but is theirs (real uid).
+    setuid = _orphan(environment, "setpriv --ruid=65534 sleep")
     ours = _orphan(environment)
+    # What the run started through sudo: sudo carries the connection, its command does not.
+    through_sudo = _orphan(environment, "sh -c 'env -u SSH_CONNECTION sleep 300 & wait' sleep")
+    children = subprocess.run(
+        ["pgrep", "-P", str(through_sudo)], capture_output=True, text=True
+    ).stdout.split()
     try:
         holder = subprocess.run(
             ["setsid", "sh", "-c", holder_script, "lock-holder", str(gone.pid), connection, "0", "", "0"],
             timeout=30,
         )
         assert holder.returncode == 0
-        assert not _alive(ours) and _alive(theirs)
+        assert not _alive(ours) and _alive(theirs) and _alive(setuid)
+        assert children and not any(_alive(int(child)) for child in children), "what the run started goes too"
     finally:
-        for pid in (theirs, ours):
+        for pid in (theirs, setuid, ours, through_sudo, *map(int, children)):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:

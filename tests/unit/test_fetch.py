@@ -101,3 +101,20 @@ def test_a_partial_download_is_made_anew_never_written_through_a_planted_link(tm
     assert ensure_cached(str(cache), artifact).read_bytes() == b"runc binary"
     assert victim.read_bytes() == b"not the cache's"
     assert [p.name for p in cache.iterdir()] == [path.name]
+
+
+def test_under_umask_002_the_cache_and_the_directories_it_makes_are_private(tmp_path):
+    """Regression (review of #26): the missing directories above the cache were made with the
+    umask (0775 under the usual 002 of a user with a private group), and then refused."""
+    import os
+
+    source = tmp_path / "runc.amd64"
+    source.write_bytes(b"runc binary")
+    cache = tmp_path / "home" / ".cache" / "containerd-deploy" / "artifacts"
+    old = os.umask(0o002)
+    try:
+        assert ensure_cached(str(cache), artifact_at(source)).read_bytes() == b"runc binary"
+    finally:
+        os.umask(old)
+    for place in (cache, cache.parent, cache.parent.parent, cache.parent.parent.parent):
+        assert place.stat().st_mode & 0o777 == 0o700, place

@@ -239,6 +239,13 @@ def test_a_handler_the_nodes_config_declares_without_its_binary_stops_the_flow_b
 
 def test_a_config_with_no_handler_of_its_own_asks_the_node_nothing_more(monkeypatch, settings):
     asked: list = []
+    # A handler of the node's own, on a run that neither restarts nor verifies: left as it is.
+    kata = converged(settings_for(KATA))
+    assert (
+        changed_names(prepare(monkeypatch, kata, missing=("containerd-shim-kata-v2",), asked_binaries=asked))
+        == []
+    )
+    assert asked == []
     assert changed_names(prepare(monkeypatch, converged(settings), asked_binaries=asked)) == []
     # The data's own handlers were asked in the node fact already.
     prepare(monkeypatch, converged(settings_for(KATA)), KATA, asked_binaries=asked)
@@ -269,8 +276,12 @@ def test_a_run_that_would_restart_into_what_the_last_rollback_undid_is_refused(m
     assert message.startswith("node1: the last run made this same change (write /etc/containerd/config.toml;")
     assert "rolled it back at 2026-12-06T18:00:00Z" in message and "nothing was changed" in message
     assert "remove /var/lib/containerd-deploy/rolled-back to try the same change again" in message
-    # Without a restart to make (the node as the rollback left it, data changed back) it is no refusal.
-    assert changed_names(prepare(monkeypatch, drifted(converged(settings), rolled_back=f"{attempt} x"))) == []
+    # Without a restart to make (the node as the rollback left it, data changed back) it is no
+    # refusal; the run gets through, and the record goes with it.
+    changed = changed_names(prepare(monkeypatch, drifted(converged(settings), rolled_back=f"{attempt} x")))
+    assert changed == [LOCK, DROP], changed
+    # With rollback turned off, nothing is rolled back, and nothing is refused for one.
+    assert RESTART in service_op(prepare(monkeypatch, node, {"containerd_rollback": False})).text()
 
 
 def test_the_attempt_names_what_a_restart_goes_into_and_nothing_else(settings):
@@ -439,6 +450,7 @@ def test_the_node_is_asked_about_the_paths_the_data_names(monkeypatch):
             "/etc/ctd",
             "/etc/systemd/system/ctd.service.d",
             "/etc/ctd/certs.d",
+            "/etc/ctd/certs.d/docker.io",
             "/etc",
             "/run/containerd-deploy",
         ),

@@ -84,7 +84,8 @@ def test_a_node_name_that_would_be_more_than_one_ssh_config_word_is_refused(name
 def test_ssh_config_words_are_quoted_when_spaced_and_refused_when_they_would_end_the_line():
     assert vm.ssh_config_host("e2e-debian13-containerd2.1_x") == "e2e-debian13-containerd2.1_x"
     assert vm.ssh_config_word("/home/a b/.ssh/key") == '"/home/a b/.ssh/key"'
-    assert vm.ssh_config_word("/plain/%C") == "/plain/%C"
+    assert vm.ssh_config_word("/plain/", "%C") == "/plain/%C", "ssh's own token stays one"
+    assert vm.ssh_config_word("/a%h/key") == "/a%%h/key", "a % in a path is not a token"
     for bad in ["/a\n  ProxyCommand x", '/a"b', "/a\\b", ""]:
         with pytest.raises(ValueError):
             vm.ssh_config_word(bad)

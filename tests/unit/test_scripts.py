@@ -651,6 +651,65 @@ def test_the_node_fact_names_each_directory_on_the_way_another_user_could_change
     ]
 
 
+@pytest.mark.parametrize("where", ["state", "bin"])
+def test_an_install_on_its_own_acts_in_no_state_or_install_directory_another_user_could_change(node, where):
+    """Regression (review of #26): run on its own, the install renamed files into place and
+    removed the paths its state directory's manifest listed before it checked that directory."""
+    artifact = containerd(node, "1.7.11", {"containerd": b"daemon", "ctr": b"client"})
+    victim = node / "victim"
+    victim.write_text("kept")
+    (node / "state" / "containerd.manifest").write_text(f"component containerd\nfile {victim} 1:2:3\n")
+    (node / where).chmod(0o777)
+    result = install(node, artifact, str(node / "bin"))
+    assert result.returncode != 0 and f"{node / where} is writable by group or others" in result.stderr
+    assert victim.read_text() == "kept" and not (node / "bin" / "containerd").exists()
+
+
+def test_a_file_is_written_anew_never_through_a_name_already_beside_it(node):
+    from containerd_deploy.remote.paths import hidden_copy
+    from containerd_deploy.remote.scripts import write_file_script
+
+    victim = node / "victim"
+    victim.write_text("kept")
+    target = node / "config.toml"
+    Path(hidden_copy(str(target))).symlink_to(victim)
+    result = run(write_file_script("version = 2\n", hidden_copy(str(target)), str(target), "644"))
+    assert result.returncode == 0, result.stderr
+    assert target.read_text() == "version = 2\n" and victim.read_text() == "kept"
+
+
+@needs_root
+def test_the_node_fact_runs_no_binary_from_a_directory_another_user_could_change(node):
+    """Regression (review of #26): the fact said a bin dir was another user's, and ran its
+    `containerd config default` and `ctr version` as root all the same (the refusal came after)."""
+    ran = node / "ran-as-root"
+    for name in ("containerd", "ctr"):
+        (node / "bin" / name).write_text(f"#!/bin/sh\ntouch {ran}\n")
+        (node / "bin" / name).chmod(0o755)
+    bin_dir = str(node / "bin")
+    script = node_state_command(
+        bin_dir, str(node / "config.toml"), "/u", str(node / "state"), always_defaults=True
+    )
+    run(script)
+    assert ran.exists(), "trusted: the defaults come from the node's containerd"
+    ran.unlink()
+    os.chown(node / "bin", 65534, 65534)
+    state = parse_node_state(
+        run(
+            node_state_command(
+                bin_dir,
+                str(node / "config.toml"),
+                "/u",
+                str(node / "state"),
+                always_defaults=True,
+                trusted_dirs=(bin_dir,),
+            )
+        ).stdout.splitlines()
+    )
+    assert state.untrusted_directories == [(bin_dir, "is owned by uid 65534, not root")]
+    assert not ran.exists(), "another user's binary ran as root"
+
+
 def test_the_release_manifests_fact_reads_what_an_install_recorded_and_sees_a_changed_file(node):
     from containerd_deploy.facts.node import ReleaseManifests
 

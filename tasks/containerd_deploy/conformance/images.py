@@ -20,8 +20,8 @@ def _upload(host, data: bytes, path: str) -> None:
 def import_image(host, layout, namespace: str, name: str, command: list[str] | None = None) -> None:
     """Import the busybox image `name` into a containerd namespace, unless it is there already;
     built for the node's arch, from the busybox `layout` names for it."""
-    ctr = layout.ctr
-    if host.run(f"{ctr} -n {namespace} image ls -q | grep -qxF {name}").rc == 0:
+    ctr = shlex.quote(layout.ctr)
+    if host.run(f"{ctr} -n {namespace} image ls -q | grep -qxF -- {shlex.quote(name)}").rc == 0:
         return
     arch = oci.node_arch(host.check_output("uname -m"))
     busybox = oci.busybox_for(arch, layout.busybox)

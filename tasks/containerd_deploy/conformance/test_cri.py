@@ -50,7 +50,7 @@ def images(host, layout, cri, daemon_config):
 
 
 def configured_sandbox_image(host, layout) -> str | None:
-    dump = host.run(f"{layout.containerd} --config {layout.config} config dump")
+    dump = host.run(f"{shlex.quote(layout.containerd)} --config {shlex.quote(layout.config)} config dump")
     if dump.rc != 0:
         return None
     for schema in (3, 2):

@@ -3,12 +3,14 @@
 python -m containerd_deploy.conformance --hosts=ssh://root@node1 [--ssh-config=...]
 """
 
+import shlex
 import uuid
 
 import pytest
 
 from containerd_deploy.data.config_toml import runc_systemd_cgroup
 from containerd_deploy.facts.node import parse_ctr_version
+from containerd_deploy.plan.files import exec_start
 from containerd_deploy.plan.verdict import release_version
 
 from . import oci
@@ -41,16 +43,16 @@ def test_runc_is_a_root_owned_executable(host, layout):
 
 def test_binaries_are_the_deployed_versions(host, layout, expected_versions):
     containerd, runc = expected_versions
-    found = release_version(host.check_output(f"{layout.containerd} --version"))
+    found = release_version(host.check_output(f"{shlex.quote(layout.containerd)} --version"))
     assert found == containerd, f"{layout.containerd} is version {found}, expected {containerd}"
-    found = release_version(host.check_output(f"{layout.runc} --version"))
+    found = release_version(host.check_output(f"{shlex.quote(layout.runc)} --version"))
     assert found == runc, f"{layout.runc} is version {found}, expected {runc}"
 
 
 def test_unit_is_installed_enabled_and_active(host, layout):
     unit_file = host.file(layout.unit_path)
     assert unit_file.is_file, f"{layout.unit_path} is missing"
-    assert f"ExecStart={layout.containerd}" in unit_file.content_string, (
+    assert exec_start(layout.containerd) in unit_file.content_string, (
         f"{layout.unit_path} does not start {layout.containerd}"
     )
     service = host.service(layout.unit)
@@ -65,7 +67,7 @@ def test_socket_exists(host):
 
 
 def test_effective_config_uses_systemd_cgroups(host, layout):
-    dump = host.run(f"{layout.containerd} --config {layout.config} config dump")
+    dump = host.run(f"{shlex.quote(layout.containerd)} --config {shlex.quote(layout.config)} config dump")
     assert dump.rc == 0, f"containerd config dump failed: {dump.stderr}"
     setting = runc_systemd_cgroup(dump.stdout)
     assert setting is True, (
@@ -75,7 +77,7 @@ def test_effective_config_uses_systemd_cgroups(host, layout):
 
 
 def test_ctr_talks_to_a_daemon_of_its_own_version(host, layout, expected_versions):
-    client, server = parse_ctr_version(host.check_output(f"{layout.ctr} version").splitlines())
+    client, server = parse_ctr_version(host.check_output(f"{shlex.quote(layout.ctr)} version").splitlines())
     assert server is not None, "ctr got no answer from the daemon"
     assert client == server, (
         f"ctr {client} talks to a containerd {server}: the daemon was not restarted after an upgrade"
@@ -84,7 +86,7 @@ def test_ctr_talks_to_a_daemon_of_its_own_version(host, layout, expected_version
 
 
 def test_a_container_runs(host, layout):
-    ctr = f"{layout.ctr} -n {NAMESPACE}"
+    ctr = f"{shlex.quote(layout.ctr)} -n {NAMESPACE}"
     import_image(host, layout, NAMESPACE, oci.IMAGE_NAME)
     marker = f"conformance-{uuid.uuid4().hex[:8]}"
     result = host.run(f"{ctr} run --rm {oci.IMAGE_NAME} {marker} /bin/echo {marker}")

@@ -36,7 +36,7 @@ def pytest_generate_tests(metafunc):
 @pytest.fixture(scope="module")
 def registry_config_path(host, layout) -> str:
     """Where the running config tells containerd to look for hosts.toml files."""
-    dump = host.run(f"{layout.containerd} --config {shlex.quote(layout.config)} config dump")
+    dump = host.run(f"{shlex.quote(layout.containerd)} --config {shlex.quote(layout.config)} config dump")
     if dump.rc == 0:
         for schema in (3, 2):
             found = value_at(dump.stdout, PATHS["registry"][schema] + ("config_path",))

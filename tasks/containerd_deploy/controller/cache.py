@@ -6,8 +6,10 @@ sha256, verified, and only then renamed into the cache; every host gets it from 
 its SSH connection. A node then needs no route to the mirror.
 """
 
+import grp
 import hashlib
 import os
+import pwd
 import re
 import stat
 import threading
@@ -43,10 +45,23 @@ def _lock_for(key: str) -> threading.Lock:
         return _locks.setdefault(key, threading.Lock())
 
 
+def _group_is_mine(gid: int) -> bool:
+    """A user's private group (umask 002 makes directories group-writable): this user's own
+    primary group, with no other user in it."""
+    try:
+        group = grp.getgrgid(gid)
+    except KeyError:
+        return False
+    me = pwd.getpwuid(os.geteuid())
+    others = [user.pw_name for user in pwd.getpwall() if user.pw_gid == gid and user.pw_uid != me.pw_uid]
+    return gid == me.pw_gid and not others and set(group.gr_mem) <= {me.pw_name}
+
+
 def untrusted_cache(directory: Path) -> str | None:
     """Why another local user could change what is in `directory` (None: only this user, or
-    root, can): it, or a directory above it, is theirs or writable by group or others (a
-    root-owned sticky one, like /tmp, protects what this user owns in it)."""
+    root, can): it, or a directory above it, is theirs or writable by group (one other than
+    this user's private group) or others (a root-owned sticky one, like /tmp, protects what
+    this user owns in it)."""
     me = os.geteuid()
     path = Path(os.path.realpath(directory))
     for place in (path, *path.parents):
@@ -57,16 +72,26 @@ def untrusted_cache(directory: Path) -> str | None:
         if info.st_uid not in (0, me):
             return f"{place} is owned by uid {info.st_uid}"
         sticky = place != path and info.st_uid == 0 and info.st_mode & stat.S_ISVTX
-        if info.st_mode & 0o022 and not sticky:
-            return f"{place} is writable by group or others"
+        if info.st_mode & 0o002 and not sticky:
+            return f"{place} is writable by others"
+        if info.st_mode & 0o020 and not sticky and not _group_is_mine(info.st_gid):
+            return f"{place} is writable by group {info.st_gid}"
     return None
+
+
+def _private_directory(directory: Path) -> None:
+    """`directory` and each missing directory above it made 0700 (whatever the umask)."""
+    missing = [place for place in (directory, *directory.parents) if not place.exists()]
+    for place in reversed(missing):
+        place.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(place, 0o700)
 
 
 def ensure_cached(cache_dir: str, artifact: Artifact, timeout: float = 60) -> Path:
     """The verified cached copy of `artifact`, downloading it first if the cache lacks it."""
     path = cached_path(cache_dir, artifact)
     with _lock_for(str(path)):  # hosts deployed at once wait for one download
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _private_directory(path.parent)
         problem = untrusted_cache(path.parent)
         if problem:
             raise FetchError(

@@ -34,7 +34,7 @@ from containerd_deploy.deploy.verify import verify_containerd
 from containerd_deploy.facts.node import ContainerdNode, MissingBinaries, NodeState
 from containerd_deploy.operations.files import leftovers_absent
 from containerd_deploy.operations.service import run_lock_taken
-from containerd_deploy.plan.files import loaded_at_start, managed_paths, proxy_dropin_path
+from containerd_deploy.plan.files import loaded_at_start, managed_paths, proxy_dropin_path, registry_files
 from containerd_deploy.plan.run import Plan, plan_removal, plan_run
 from containerd_deploy.plan.verdict import (
     INSTALLED_BY_THE_DEPLOY,
@@ -72,6 +72,8 @@ def trusted_directories(settings: Settings) -> dict[str, str]:
     }
     if settings.containerd_registry_config_path:
         directories.setdefault(settings.containerd_registry_config_path, "containerd_registry_config_path")
+    for path in registry_files(settings):  # certs.d/<registry>/: hosts.toml, with credentials too
+        directories.setdefault(posixpath.dirname(path), "containerd_registries")
     directories.setdefault(posixpath.dirname(CRICTL_CONFIG), "")  # crictl's config: a fixed path
     directories.setdefault(LOCK_DIR, "")  # the run lock
     return directories
@@ -247,10 +249,11 @@ def config_handler_binaries(settings: Settings, plan: Plan) -> list[tuple[str, s
 def check_config_handlers(settings: Settings, plan: Plan) -> None:
     """A handler the node's config.toml already declares must find its binaries too: containerd
     would start with it, the verify step would name it and roll the restart back, and the next
-    run would do the same (one more question of the node, only when such handlers exist)."""
+    run would do the same (one more question of the node, only when such handlers exist, and
+    only when this run restarts containerd or verifies it)."""
     needed = config_handler_binaries(settings, plan)
-    if not needed:
-        return
+    if not needed or not (plan.restart or settings.containerd_verify):
+        return  # nothing loads it anew, and nothing checks it: this run leaves it as it is
     missing = host.get_fact(
         MissingBinaries,
         bin_dir=settings.containerd_bin_dir,
@@ -274,7 +277,7 @@ def check_not_repeating_a_rollback(settings: Settings, node: NodeState, plan: Pl
     """A run never restarts into what the last rollback undid: it would fail the same way and
     roll back again, run after run (each time restarting the node's containers' runtime)."""
     attempt, _, when = node.rolled_back.partition(" ")
-    if not plan.restart or not attempt or attempt != plan.attempt:
+    if not settings.containerd_rollback or not plan.restart or not attempt or attempt != plan.attempt:
         return
     record = rolled_back_path(settings.containerd_deploy_state_dir)
     raise DeployError(

@@ -91,7 +91,10 @@ def check_purge(settings: Settings, node: NodeState, found: dict[str, DataDirect
         settings.containerd_registry_config_path or settings.containerd_deploy_state_dir,
     )
     for key, path in data_directories(node.config_text).items():
-        why = purge_refusal(path, deploy_paths, None if found is None else found.get(path))
+        if found is not None and path not in found:  # never deleted unseen
+            why: str | None = "was not reported by the node"
+        else:
+            why = purge_refusal(path, deploy_paths, None if found is None else found[path])
         if why:
             raise DataError(
                 settings.host,

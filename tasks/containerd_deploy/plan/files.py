@@ -33,13 +33,15 @@ def systemd_word(value: str) -> str:
     return '"' + escaped + '"'
 
 
+def exec_start(binary: str) -> str:
+    """The unit's ExecStart line for `binary` (a plain path stays as upstream writes it)."""
+    return "ExecStart=" + (binary if re.fullmatch(r"[A-Za-z0-9/._+-]+", binary) else systemd_word(binary))
+
+
 def unit_text(bin_dir: str, limit_nofile: str | None = None) -> str:
     """files/containerd.service with ExecStart at the configured binaries (and LimitNOFILE, if set)."""
     text = UNIT_TEMPLATE.read_text()
-    binary = f"{bin_dir}/containerd"
-    if not re.fullmatch(r"[A-Za-z0-9/._+-]+", binary):  # a plain path stays as upstream writes it
-        binary = systemd_word(binary)
-    text = text.replace("ExecStart=/usr/local/bin/containerd\n", f"ExecStart={binary}\n")
+    text = text.replace("ExecStart=/usr/local/bin/containerd\n", exec_start(f"{bin_dir}/containerd") + "\n")
     if limit_nofile:
         text = text.replace("LimitNPROC=infinity\n", f"LimitNOFILE={limit_nofile}\nLimitNPROC=infinity\n")
     return text

@@ -221,7 +221,9 @@ def plan_run(settings: Settings, node: NodeState, wanted: dict[str, Artifact]) -
         restarts_running=restarts_running,
         keep=keep,
         keep_components=tuple(c for c in DAEMON_COMPONENTS if keep and c in install),
-        drop_kept=keep or bool(node.kept_release),
+        # An unfinished run's kept release, or the record of a rollback, goes once this run got
+        # through (the record: a run that passed its verify step was not the one it undid).
+        drop_kept=keep or bool(node.kept_release or node.rolled_back),
         config_text=config_text,
         attempt=attempt_of(wanted, files),
     )

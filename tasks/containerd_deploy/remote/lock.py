@@ -24,10 +24,10 @@ LOCK_WAIT_SECONDS = 10
 # or a dropped link does not stop them) are stopped: TERM, then KILL after 10 s, as if the run
 # had been cut off at that point, a point every step is safe to stop at. They are the
 # processes of the run's own login session (a systemd session scope: one per connection, never
-# reused) or, on a node without one, the processes of root or the login user whose environment
-# carries the run's SSH_CONNECTION, started since its sshd, and no longer under a living sshd:
-# a later connection that reuses the address and port is under its own sshd, and no other user
-# can make a process the holder takes for the run's. So the next run never works beside a
+# reused) or, on a node without one, the processes of root or the login user (by real uid)
+# whose environment carries the run's SSH_CONNECTION, started since its sshd, and no longer under
+# a living sshd: a later connection that reuses the address and port is under its own sshd, and
+# no other user can make a process the holder takes for the run's. With each, all it started. So the next run never works beside a
 # dead one's leftovers, and nothing else is stopped. Last, still holding the lock, it raises the
 # generation: a run that looked at the node meanwhile knows it changed.
 LOCK_HOLDER = "\n".join(
@@ -59,16 +59,29 @@ LOCK_HOLDER = "\n".join(
         '  grep -l -s -z -x -F "SSH_CONNECTION=$connection" /proc/[0-9]*/environ | while read -r environ; do',
         "    pid=${environ#/proc/}",
         "    pid=${pid%/environ}",
+        # The real uid (a setuid program another user started runs as root, but is theirs).
+        """    uid=$(awk '/^Uid:/ { print $2; exit }' "/proc/$pid/status" 2>/dev/null)""",
+        '    case "$uid" in 0|"$login_uid") ;; *) continue;; esac',
         "    # shellcheck disable=SC2046 # the fields of /proc/PID/stat, one word each",
         '    set -- $(stat_of "$pid")',
-        '    uid=$(stat -c %u "/proc/$pid" 2>/dev/null)',
-        '    case "$uid" in 0|"$login_uid") ;; *) continue;; esac',
         '    [ "${2:-0}" -ge "$started" ] && ! under_sshd "$pid" && echo "$pid"',
         "  done",
         "  true",
         "}",
+        # The run's processes and all they started: through sudo only sudo carries the
+        # connection, and a KILL to it does not reach the command it runs.
+        "with_descendants() {",
+        '  roots=" $(tr "\\n" " ") "',
+        '  cat /proc/[0-9]*/stat 2>/dev/null | awk -v roots="$roots" \'',
+        """    { line = $0; sub(/.*\\) /, "", line); split(line, field, " "); parent[$1] = field[2] }""",
+        """    END {""",
+        """      for (p in parent) if (index(roots, " " p " ")) keep[p] = 1""",
+        """      do { changed = 0; for (p in parent) if (!(p in keep) && (parent[p] in keep)) { keep[p] = 1; changed = 1 } } while (changed)""",
+        """      for (p in keep) print p""",
+        """    }'""",
+        "}",
         "leftovers() {",
-        "  candidates | while read -r pid; do",
+        "  candidates | with_descendants | while read -r pid; do",
         # Not this holder's own session (it is a session leader: setsid), so not its helpers;
         # nor a zombie, which is gone already.
         "    # shellcheck disable=SC2046 # the fields of /proc/PID/stat, one word each",

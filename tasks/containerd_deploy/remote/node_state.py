@@ -205,11 +205,11 @@ def node_state_command(
             f'echo "{SECTION}kernel $1"',
             f'if [ -d /run/systemd/system ]; then echo "{SECTION}systemd"; fi',
             f'echo "{SECTION}untrusted"',
-            *(
-                [*untrusted_lines(), f"untrusted {' '.join(q(directory) for directory in chain)}"]
-                if chain
-                else []
-            ),
+            *untrusted_lines(),
+            # Root runs the node's ctr and containerd below only when no other user could have
+            # put them there (a refused run must not have run their code first).
+            f"found=$(untrusted {' '.join(q(directory) for directory in chain)})" if chain else 'found=""',
+            '[ -z "$found" ] || printf "%s\\n" "$found"',
             f'echo "{SECTION}missing"',
             *missing_binaries_lines(bin_dir, handler_binaries),
             *manifest_state_lines(state_dir),
@@ -227,9 +227,9 @@ def node_state_command(
             ),
             *daemon_process_lines(loaded),
             f'echo "{SECTION}ctr"',
-            f"[ -x {ctr} ] && [ -S /run/containerd/containerd.sock ] && timeout 10 {ctr} version 2>&1",
+            f'[ -z "$found" ] && [ -x {ctr} ] && [ -S /run/containerd/containerd.sock ] && timeout 10 {ctr} version 2>&1',
             f'echo "{SECTION}default"',
-            f"{defaults_when} && [ -x {containerd} ] && {containerd} config default 2>/dev/null | base64 -w0 && echo",
+            f'{defaults_when} && [ -z "$found" ] && [ -x {containerd} ] && {containerd} config default 2>/dev/null | base64 -w0 && echo',
             f'echo "{SECTION}files"',
             *[f"[ -f {q(path)} ] && sha256sum {q(path)}" for path in files],
             f'echo "{SECTION}managed"',

@@ -121,7 +121,8 @@ def rollback_lines(state_dir: str, unit: str, ctr: str, timeout: int) -> list[st
         # What was tried is recorded: the next run with the same data is refused, not restarted
         # into the same failure again (the kept release goes once it answers).
         '  tried=$(cat "$keep/attempt" 2>/dev/null)',
-        f'  [ -z "$tried" ] || printf "%s %s\\n" "$tried" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" > {q(rolled_back_path(state_dir))}',
+        # Root's alone (0600): it is a hash of files some of which hold credentials.
+        f'  [ -z "$tried" ] || (umask 077; printf "%s %s\\n" "$tried" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" > {q(rolled_back_path(state_dir))})',
         "  systemctl daemon-reload",
         # A release that failed fast may have used up the unit's start limit.
         f"  systemctl reset-failed {q(unit)} 2>/dev/null",

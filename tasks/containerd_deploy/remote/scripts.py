@@ -90,8 +90,11 @@ def install_artifact_script(
         # once the run's connection is gone): it ignores them, then removes everything.
         'cleanup() { trap "" HUP INT TERM PIPE; set +e; [ -z "$stage" ] || rm -rf "$stage"; [ -z "$hidden" ] || rm -rf "$hidden"; '
         '[ -z "$new_manifest" ] || rm -f "$new_manifest"; [ -z "$uploaded" ] || rm -f "$uploaded"; rmdir "$staging" 2>/dev/null || true; }',
-        # Root acts in the staging directory (its cleanup too) only once it is root's alone.
+        # Root acts in the staging directory (its cleanup too), the state directory (whose
+        # manifest names the files it removes) and the destination only once each is root's alone.
         *trusted_dir_lines(staging_dir, STAGING),
+        *trusted_dir_lines(state_dir, "the state directory (containerd_deploy_state_dir):"),
+        *trusted_dir_lines(dest_dir, "the install directory:"),
         "trap cleanup EXIT",
         "trap 'exit 1' HUP INT TERM PIPE",
         *staging_dir_lines(),
@@ -175,7 +178,6 @@ def _rename_and_record_lines(artifact: Artifact, state_dir: str) -> list[str]:
         '  manifest_paths "$stage/manifest" > "$stage/paths"',
         '  manifest_paths_not_in "$manifest" "$stage/paths" | remove_each',
         "fi",
-        *trusted_dir_lines(state_dir, "the state directory (containerd_deploy_state_dir):"),
         f"mkdir -p {q(state_dir)}",
         f"new_manifest={hidden_copy_expression('manifest')}",
         'cp "$stage/manifest" "$new_manifest"',
@@ -297,7 +299,9 @@ def write_file_script(text: str, temp_path: str, path: str, mode: str) -> str:
                 "trap 'rm -f \"$temp\"' EXIT",
                 "trap 'exit 1' HUP INT TERM PIPE",
                 f"mkdir -p -- {q(posixpath.dirname(path))}",
-                f'printf %s {encoded} | base64 -d > "$temp"',
+                'rm -f -- "$temp"',
+                # Made anew (noclobber: O_EXCL), never written through a name already there.
+                f'(set -C; printf %s {encoded} | base64 -d > "$temp")',
                 *put_in_place_lines(),
                 f'put_in_place "$temp" {q(path)} {mode}',
             ]
