@@ -205,7 +205,7 @@ def node_state_command(
             f'echo "{SECTION}kernel $1"',
             f'if [ -d /run/systemd/system ]; then echo "{SECTION}systemd"; fi',
             f'echo "{SECTION}untrusted"',
-            *untrusted_lines(),
+            *(untrusted_lines() if chain else []),
             # Root runs the node's ctr and containerd below only when no other user could have
             # put them there (a refused run must not have run their code first).
             f"found=$(untrusted {' '.join(q(directory) for directory in chain)})" if chain else 'found=""',
