@@ -128,8 +128,8 @@ def prepare(
     pyinfra's --diff; `files`: path -> text the node's FileContents fact returns then; `asked`: filled with
     the arguments the deploy gave the node fact; `dry_run`: pyinfra checks each operation for a
     change as it is added (as with --dry, or before asking to go ahead), kept in `dry_run_change`;
-    `missing`: the binaries the MissingBinaries fact finds missing (each question it is asked
-    goes into `asked_binaries`); `data_directories`: path -> DataDirectory the DataDirectories
+    `missing`: the binaries the MissingBinaries fact finds missing (each question it is asked,
+    (bin_dir, binaries), goes into `asked_binaries`); `data_directories`: path -> DataDirectory the DataDirectories
     fact answers for a purge (by default each is there, empty, and root's alone)."""
     data = {"containerd_verify": False, **(data or {})}
     inventory = Inventory(([("node1", data)], {}))
@@ -151,7 +151,7 @@ def prepare(
             return {path: found for path, found in answer.items() if found is not None}
         if fact is MissingBinaries:
             if asked_binaries is not None:
-                asked_binaries.append(kwargs["binaries"])
+                asked_binaries.append((kwargs["bin_dir"], kwargs["binaries"]))
             return [binary for binary in kwargs["binaries"] if binary in missing]
         return (files or {})[path].splitlines()
 

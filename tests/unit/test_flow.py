@@ -234,7 +234,7 @@ def test_a_handler_the_nodes_config_declares_without_its_binary_stops_the_flow_b
     else:
         prepared = prepare(monkeypatch, node, asked_binaries=asked)
         assert RESTART in service_op(prepared).text()
-    assert asked == [("containerd-shim-kata-v2",)]
+    assert asked == [("/usr/local/bin", ("containerd-shim-kata-v2",))]
 
 
 def test_a_config_with_no_handler_of_its_own_asks_the_node_nothing_more(monkeypatch, settings):
