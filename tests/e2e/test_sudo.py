@@ -145,7 +145,8 @@ def test_a_sudo_that_asks_a_password_deploys_too(node):
     assert secrets_in(process.stdout + process.stderr) == []
 
 
-def test_conformance_from_an_inventory_whose_host_uses_sudo(node, tmp_path):
+def conformance_through_sudo(node: OwnNode, tmp_path) -> subprocess.CompletedProcess:
+    """The conformance suite from an inventory whose host logs in as deployer and uses sudo."""
     data = {
         "ssh_hostname": "127.0.0.1",
         "ssh_port": node.vm.port,
@@ -157,13 +158,17 @@ def test_conformance_from_an_inventory_whose_host_uses_sudo(node, tmp_path):
     }
     inventory = tmp_path / "fleet.py"
     inventory.write_text(f"sudo_nodes = [({NAME!r}, {data!r})]\n")
-    result = subprocess.run(
+    return subprocess.run(
         [*CONFORMANCE, f"--inventory={inventory}", "--expect-runtime-handlers=runc,crun"],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
         timeout=900,
     )
+
+
+def test_conformance_from_an_inventory_whose_host_uses_sudo(node, tmp_path):
+    result = conformance_through_sudo(node, tmp_path)
     assert result.returncode == 0, result.stdout[-5000:]
     assert " passed" in result.stdout and " failed" not in result.stdout
 
@@ -418,24 +423,7 @@ def test_an_adversary_on_the_node_steers_nothing_and_loses_nothing_through_a_who
             data={**DATA, "containerd_deploy_state_dir": "/tmp/cd-state"},
             refused="/tmp is writable by group or others, on the path of data key 'containerd_deploy_state_dir'",
         )
-        inventory = tmp_path / "fleet.py"
-        host_data = {
-            "ssh_hostname": "127.0.0.1",
-            "ssh_port": node.vm.port,
-            "ssh_user": "deployer",
-            "ssh_key": str(ssh_key()),
-            "ssh_known_hosts_file": str(vm.known_hosts_file()),
-            "ssh_strict_host_key_checking": "yes",
-            "_sudo": True,
-        }
-        inventory.write_text(f"sudo_nodes = [({NAME!r}, {host_data!r})]\n")
-        checked = subprocess.run(
-            [*CONFORMANCE, f"--inventory={inventory}", "--expect-runtime-handlers=runc,crun"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )
+        checked = conformance_through_sudo(node, tmp_path)
         assert checked.returncode == 0, checked.stdout[-5000:]
         names["conformance"] = _changed(before, _listing(node))
         assert names["conformance"] == [] and _killed(node) == []

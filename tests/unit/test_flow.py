@@ -276,6 +276,8 @@ def test_a_run_that_would_restart_into_what_the_last_rollback_undid_is_refused(m
     assert message.startswith("node1: the last run made this same change (write /etc/containerd/config.toml;")
     assert "rolled it back at 2026-12-06T18:00:00Z" in message and "nothing was changed" in message
     assert "remove /var/lib/containerd-deploy/rolled-back to try the same change again" in message
+    with pytest.raises(DeployError, match=r"rolled it back at an unknown time: "):
+        prepare(monkeypatch, drifted(node, rolled_back=attempt))
     # Without a restart to make (the node as the rollback left it, data changed back) it is no
     # refusal; the run gets through, and the record goes with it.
     changed = changed_names(prepare(monkeypatch, drifted(converged(settings), rolled_back=f"{attempt} x")))
@@ -503,3 +505,47 @@ def test_removal_drops_a_kept_release_so_the_state_directory_goes_too(monkeypatc
         texts = [op.full_text() for op in prepared if op.changes]
         assert drop_kept_script(state_dir).strip() in texts, left
         assert any("rmdir" in text and state_dir in text for text in texts), left
+
+
+def test_the_directories_root_keeps_files_in_are_named_by_the_data_key_that_sets_each():
+    from containerd_deploy.deploy.node import trusted_directories
+
+    settings = settings_for(
+        {"containerd_registries": {"docker.io": {"mirrors": [{"host": "https://mirror.internal"}]}}}
+    )
+    assert trusted_directories(settings) == {
+        "/var/lib/containerd-deploy": "containerd_deploy_state_dir",
+        "/var/cache/containerd-deploy": "containerd_staging_dir",
+        "/usr/local/bin": "containerd_bin_dir",
+        "/usr/local/sbin": "runc_path",
+        "/opt/cni/bin": "cni_bin_dir",
+        "/etc/containerd": "containerd_config_path",
+        "/etc/systemd/system/containerd.service.d": "containerd_unit_path",
+        "/etc/containerd/certs.d": "containerd_registry_config_path",
+        "/etc/containerd/certs.d/docker.io": "containerd_registries",
+        "/etc": "",
+        "/run/containerd-deploy": "",
+    }
+
+
+@pytest.mark.parametrize(
+    "untrusted, fix",
+    [
+        (("/run/containerd-deploy", "is not a directory"), "Fix: move the file away\n"),
+        (
+            ("/run/containerd-deploy", "is writable by group or others"),
+            "Fix: make it root's alone (chown root:root /run/containerd-deploy; chmod go-w /run/containerd-deploy) once you know nothing in it came from another user\n",
+        ),
+        (("/run", "is writable by group or others"), "Fix: make /run writable by root alone\n"),
+        (("/run", "is a symbolic link"), "Fix: replace the link with a directory\n"),
+        (
+            ("/var/lib/containerd-deploy", "is not a directory"),
+            "Fix: move the file away, or set containerd_deploy_state_dir to another path\n",
+        ),
+    ],
+)
+def test_what_a_place_the_data_does_not_name_is_told_to_do(settings, untrusted, fix):
+    from containerd_deploy.deploy.node import untrusted_problem
+
+    problem = untrusted_problem(settings, drifted(converged(settings), untrusted_directories=[untrusted]))
+    assert (problem + "\n").endswith(fix), problem

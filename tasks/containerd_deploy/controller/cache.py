@@ -80,11 +80,13 @@ def untrusted_cache(directory: Path) -> str | None:
 
 
 def _private_directory(directory: Path) -> None:
-    """`directory` and each missing directory above it made 0700 (whatever the umask)."""
-    missing = [place for place in (directory, *directory.parents) if not place.exists()]
-    for place in reversed(missing):
-        place.mkdir(mode=0o700, exist_ok=True)
-        os.chmod(place, 0o700)
+    """`directory` and each missing directory above it made 0700, whatever the umask. (By the
+    umask, not by chmod: nothing that exists already is ever changed.)"""
+    previous = os.umask(0o077)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    finally:
+        os.umask(previous)
 
 
 def ensure_cached(cache_dir: str, artifact: Artifact, timeout: float = 60) -> Path:
