@@ -88,7 +88,8 @@ def test_download_failures_leave_a_fresh_node_untouched(fresh):
         shutil.rmtree(truncated.parent)
 
     # A full disk where downloads are staged: a 64 KiB tmpfs.
-    fresh.vm.ssh("mkdir -p /mnt/tiny && mount -t tmpfs -o size=64k tmpfs /mnt/tiny")
+    # root's alone (mode=755): a tmpfs is 1777 by default, where the deploy refuses to stage.
+    fresh.vm.ssh("mkdir -p /mnt/tiny && mount -t tmpfs -o size=64k,mode=755 tmpfs /mnt/tiny")
     try:
         output = refused(fresh, containerd_staging_dir="/mnt/tiny/staging")
         assert "could not download" in output and "nothing was installed" in output
