@@ -8,14 +8,20 @@ from containerd_deploy.controller.cache import FetchError, cached_path, ensure_c
 from containerd_deploy.data.artifacts import Artifact
 
 
+def source_at(tmp_path, content: bytes = b"runc binary"):
+    """A release file on the mirror (a file:// URL)."""
+    source = tmp_path / "runc.amd64"
+    source.write_bytes(content)
+    return source
+
+
 def artifact_at(path, digest=None) -> Artifact:
     digest = digest or hashlib.sha256(path.read_bytes()).hexdigest()
     return Artifact("runc", "1.1.11", "amd64", f"file://{path}", digest)
 
 
 def test_a_verified_file_is_cached_once(tmp_path):
-    source = tmp_path / "runc.amd64"
-    source.write_bytes(b"runc binary")
+    source = source_at(tmp_path)
     artifact = artifact_at(source)
     cache = tmp_path / "cache"
     path = ensure_cached(str(cache), artifact)
@@ -27,8 +33,7 @@ def test_a_verified_file_is_cached_once(tmp_path):
 
 
 def test_a_tampered_file_is_never_cached(tmp_path):
-    source = tmp_path / "runc.amd64"
-    source.write_bytes(b"evil")
+    source = source_at(tmp_path, b"evil")
     cache = tmp_path / "cache"
     with pytest.raises(FetchError) as error:
         ensure_cached(str(cache), artifact_at(source, "0" * 64))
@@ -40,8 +45,7 @@ def test_a_tampered_file_is_never_cached(tmp_path):
 
 
 def test_a_corrupted_cache_entry_is_fetched_again(tmp_path):
-    source = tmp_path / "runc.amd64"
-    source.write_bytes(b"runc binary")
+    source = source_at(tmp_path)
     artifact = artifact_at(source)
     cache = tmp_path / "cache"
     ensure_cached(str(cache), artifact).write_bytes(b"bit rot")
@@ -66,8 +70,7 @@ def test_a_cache_another_local_user_could_change_is_refused_before_any_download(
 
     from .rootless import ROOT
 
-    source = tmp_path / "runc.amd64"
-    source.write_bytes(b"runc binary")
+    source = source_at(tmp_path)
     parent = tmp_path / "shared"
     cache = parent / "cache"
     cache.mkdir(parents=True)
@@ -89,8 +92,7 @@ def test_a_cache_another_local_user_could_change_is_refused_before_any_download(
 def test_a_partial_download_is_made_anew_never_written_through_a_planted_link(tmp_path):
     import os
 
-    source = tmp_path / "runc.amd64"
-    source.write_bytes(b"runc binary")
+    source = source_at(tmp_path)
     artifact = artifact_at(source)
     cache = tmp_path / "cache"
     cache.mkdir()
@@ -108,8 +110,7 @@ def test_under_umask_002_the_cache_and_the_directories_it_makes_are_private(tmp_
     umask (0775 under the usual 002 of a user with a private group), and then refused."""
     import os
 
-    source = tmp_path / "runc.amd64"
-    source.write_bytes(b"runc binary")
+    source = source_at(tmp_path)
     cache = tmp_path / "home" / ".cache" / "containerd-deploy" / "artifacts"
     old = os.umask(0o002)
     try:

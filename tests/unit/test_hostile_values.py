@@ -164,6 +164,11 @@ def test_a_path_reaches_rm_as_one_argument(tmp_path_factory, tail):
     assert calls == [["rm", "-f", "--", path]]
 
 
+def release_at(path: Path, files: dict[str, bytes]) -> Artifact:
+    """A containerd 1.7.11 release tarball holding `files`, at `path` (a file:// URL)."""
+    return Artifact("containerd", "1.7.11", "amd64", f"file://{path}", tarball(path, files))
+
+
 @RUN_EXAMPLES
 @given(name=hostile)
 def test_install_manifest_rerun_and_removal_hold_for_any_accepted_directory(tmp_path_factory, name):
@@ -174,14 +179,7 @@ def test_install_manifest_rerun_and_removal_hold_for_any_accepted_directory(tmp_
     if settings_ is None:
         return
     bin_dir = settings_.containerd_bin_dir
-    mirror = root / "mirror.tar.gz"
-    artifact = Artifact(
-        "containerd",
-        "1.7.11",
-        "amd64",
-        f"file://{mirror}",
-        tarball(mirror, {"containerd": b"daemon", "ctr": b"client"}),
-    )
+    artifact = release_at(root / "mirror.tar.gz", {"containerd": b"daemon", "ctr": b"client"})
     state_dir, staging = str(root / "state"), str(root / "staging")
     result = subprocess.run(
         ["sh", "-c", install_artifact_script(artifact, bin_dir, staging, state_dir)],
@@ -279,14 +277,7 @@ def test_every_node_script_touches_only_its_own_paths_whatever_they_hold(tmp_pat
     runc_file = root / "neighbour" / "runc.amd64"
     runc = Artifact("runc", "1.1.11", "amd64", f"file://{runc_file}", hashlib.sha256(b"runc").hexdigest())
     runc_file.write_bytes(b"runc")
-    tarball_file = root / "neighbour" / "containerd.tar.gz"
-    release = Artifact(
-        "containerd",
-        "1.7.11",
-        "amd64",
-        f"file://{tarball_file}",
-        tarball(tarball_file, {"containerd": b"d", "ctr": b"c"}),
-    )
+    release = release_at(root / "neighbour" / "containerd.tar.gz", {"containerd": b"d", "ctr": b"c"})
     untouched = {
         key: value for key, value in _tree(root).items() if key.startswith(("neighbour", "containerd_data"))
     }
