@@ -70,6 +70,8 @@ DECISION_MODULES = (
     "plan/run.py",
     "plan/files.py",
     "plan/verdict.py",
+    "data/config_toml.py",
+    "remote/scripts.py",
     "controller/hooks.py",
     "data/settings.py",
     "data/registries.py",
@@ -140,6 +142,10 @@ def counts_of(codes) -> Counter:
     return counts
 
 
+def mutant_count(counts: Counter) -> int:
+    return judged(counts) + counts["not checked"]
+
+
 def judged(counts: Counter) -> int:
     return counts["killed"] + counts["survived"] + counts["no tests"] + counts["suspicious"]
 
@@ -149,7 +155,9 @@ def kill_rate(counts: Counter) -> float:
 
 
 def shown_rate(counts: Counter) -> str:
-    return f"{kill_rate(counts):.0%}" if judged(counts) else "not run"
+    if judged(counts):
+        return f"{kill_rate(counts):.0%}"
+    return "not run" if counts["not checked"] else "no mutants"
 
 
 # --- report: the whole run ---
@@ -179,11 +187,11 @@ def report_text(by_module: dict[str, Counter]) -> str:
         total.update(counts)
         floor = f"{FLOOR:.0%}" if name in DECISION_MODULES else ""
         lines.append(
-            f"| `{name}` | {judged(counts)} | {counts['killed']} | {counts['timeout']} | {counts['survived']} "
+            f"| `{name}` | {mutant_count(counts)} | {counts['killed']} | {counts['timeout']} | {counts['survived']} "
             f"| {counts['no tests']} | {counts['not checked']} | {shown_rate(counts)} | {floor} |"
         )
     lines.append(
-        f"| all | {judged(total)} | {total['killed']} | {total['timeout']} | {total['survived']} "
+        f"| all | {mutant_count(total)} | {total['killed']} | {total['timeout']} | {total['survived']} "
         f"| {total['no tests']} | {total['not checked']} | {shown_rate(total)} | |"
     )
     return "\n".join(lines) + "\n"

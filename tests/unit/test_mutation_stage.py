@@ -120,3 +120,22 @@ def test_the_workspace_is_kept_in_step_with_the_tree(tmp_path):
         target / "x"
     ).read_text() == "now a file\n"
     assert {"tests", "pyproject.toml", "tasks", "docs"} <= set(workspace_entries())
+
+
+def test_the_report_says_which_modules_have_no_mutants_and_which_were_not_run():
+    from collections import Counter
+
+    from tests.mutation import report_text
+
+    text = report_text(
+        {
+            "plan/__init__.py": Counter(),
+            "rollout.py": Counter({"not checked": 3}),
+            "remote/lock.py": Counter({"killed": 9, "survived": 1}),
+        }
+    )
+    rows = {line.split("|")[1].strip(" `"): line for line in text.splitlines() if line.startswith("| `")}
+    assert "| 0 |" in rows["plan/__init__.py"] and "no mutants" in rows["plan/__init__.py"]
+    assert rows["rollout.py"].startswith("| `rollout.py` | 3 |") and "not run" in rows["rollout.py"]
+    assert "| 10 | 9 |" in rows["remote/lock.py"] and "| 90% | 90% |" in rows["remote/lock.py"]
+    assert "Incomplete run: 3 mutants not checked" in text
