@@ -94,7 +94,10 @@ def test_tampered_artifact_is_refused_and_the_node_left_as_it_was(node, first_de
     pid = main_pid(node)
     before = node_snapshot(node)
     wrong = "deadbeef" * 8  # what a tampered or corrupted mirror file looks like from the node's side
-    process, _ = pyinfra(node.name, "--data", f"runc_sha256={wrong}")
+    # given for the node's runc version (a plain checksum via --data would be refused: its version
+    # comes from the inventory)
+    version = node.generation.release.runc_version
+    process, _ = pyinfra(node.name, data={"runc_sha256": {version: wrong}})
     assert process.returncode != 0
     output = process.stdout + process.stderr
     assert "checksum mismatch" in output and wrong in output, output[-3000:]

@@ -101,7 +101,7 @@ def test_an_unpinned_version_is_refused_before_the_host_is_asked():
 
     with pytest.raises(DataError) as error:
         check_all_arches(settings_for("node7", {"crictl_version": "1.29.0"}))
-    assert str(error.value).startswith("node7: data key 'crictl_sha256' is not set, and crictl 1.29.0")
+    assert str(error.value).startswith("node7: data key 'crictl_sha256' gives no checksum for crictl 1.29.0")
     assert "(pinned: 1.35.0, 1.34.0, 1.33.0)" in str(error.value)
     check_all_arches(settings_for("node7", {"crictl_version": "1.29.0", "crictl_sha256": "a" * 64}))
 
@@ -171,3 +171,20 @@ def test_an_unreadable_published_checksum_is_refused_naming_the_opt_in():
     )
     with pytest.raises(DataError, match="not a list of component names"):
         settings_for("n", {"artifact_trust_mirror_checksums": ["kubelet"]})
+
+
+def test_a_checksum_given_for_one_version_is_never_used_for_another():
+    """The inventory pins a checksum for 1.6.20; asked for 1.7.99, the run says there is no
+    checksum for 1.7.99 (not a checksum mismatch, which reads as tampering)."""
+    from containerd_deploy.data.artifacts import check_all_arches
+
+    pinned_for_old = {"containerd_sha256": {"1.6.20": "c" * 64}}
+    old = resolve(settings_for("n", {"containerd_version": "1.6.20", **pinned_for_old}), "amd64")
+    assert old["containerd"].sha256 == "c" * 64
+    with pytest.raises(DataError) as error:
+        check_all_arches(settings_for("n", {"containerd_version": "1.7.99", **pinned_for_old}))
+    assert str(error.value).startswith(
+        "n: data key 'containerd_sha256' gives no checksum for containerd 1.7.99 (amd64), and "
+        "files/checksums.toml pins none for it"
+    )
+    assert 'Fix: set containerd_sha256={"1.7.99": "<sha256>"}' in str(error.value)

@@ -517,7 +517,7 @@ def test_an_unpinned_version_is_refused_for_every_host_before_any_is_asked_unles
 
     unpinned = {"containerd_version": "1.7.99"}
     with pytest.raises(
-        DataError, match=r"^later: data key 'containerd_sha256' is not set, and containerd 1.7.99"
+        DataError, match=r"^later: data key 'containerd_sha256' gives no checksum for containerd 1.7.99"
     ):
         check_inventory_data(connected([("first", {}), ("later", unpinned)]))
     # Removing containerd needs no release: an unpinned version there is nothing to refuse.

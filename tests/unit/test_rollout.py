@@ -210,10 +210,10 @@ def test_a_host_pyinfra_said_nothing_of_has_said_nothing():
 
 
 def test_a_run_stopped_before_its_json_fails_the_whole_batch_with_pyinfras_last_word():
-    stderr = "--> Preparing operation files...\n--> pyinfra error: node2: data key 'containerd_version' is 'x'. Fix: …\n"
+    stderr = "--> Preparing operation files...\n--> node2: data key 'containerd_version' is 'x'. Fix: …\n"
     assert failed_hosts(["node2", "node3"], 1, "", stderr) == {
-        "node2": "--> pyinfra error: node2: data key 'containerd_version' is 'x'. Fix: …",
-        "node3": "--> pyinfra error: node2: data key 'containerd_version' is 'x'. Fix: …",
+        "node2": "--> node2: data key 'containerd_version' is 'x'. Fix: …",
+        "node3": "--> node2: data key 'containerd_version' is 'x'. Fix: …",
     }
     assert failed_hosts(["a"], 2, "not json", "") == {"a": "pyinfra exited 2"}
     assert failed_hosts(["a"], 0, "", "") == {}

@@ -177,15 +177,141 @@ def test_a_url_template_checks_the_mirror_it_is_filled_with():
     )
 
 
-def test_a_hosts_settings_carry_its_name():
-    class Host:
-        name = "worker-7"
-        data = {"containerd_ready_timeout": "nope"}
+def inventory_host(name: str = "worker-7", host=None, group=None, everyone=None, override=None):
+    """A pyinfra host with data in each of pyinfra's layers: --data (override), the host's own,
+    a group's, and the inventory's data for all hosts."""
+    from pyinfra.api import Inventory
 
+    inventory = Inventory(
+        ([(name, host or {})], everyone or {}), override_data=override or {}, workers=([name], group or {})
+    )
+    return inventory.get_host(name)
+
+
+def test_a_hosts_settings_carry_its_name():
     with pytest.raises(DataError, match="^worker-7: data key 'containerd_ready_timeout' is 'nope'"):
-        settings.for_host(Host())
-    Host.data = {}
-    assert settings.for_host(Host()).host == "worker-7"
+        settings.for_host(inventory_host(host={"containerd_ready_timeout": "nope"}))
+    assert settings.for_host(inventory_host()).host == "worker-7"
+
+
+def test_each_data_layer_is_named_where_its_values_come_from():
+    found = settings.data_sources(
+        inventory_host(
+            host={"runc_version": "1.1.15"},
+            group={"containerd_version": "1.7.24", "runc_version": "1.1.12"},
+            everyone={"crictl_version": "1.29.0"},
+            override={"containerd_version": "2.1.9"},
+        )
+    )
+    assert (found["containerd_version"], found["runc_version"], found["crictl_version"]) == (
+        "--data",
+        "the host's inventory data",
+        "the inventory's data for all hosts",
+    )
+    assert settings.data_sources(inventory_host(group={"containerd_verify": False}))["containerd_verify"] == (
+        "its groups' data"
+    )
+
+
+@pytest.mark.parametrize(
+    "typo, closest",
+    [
+        ("containerd_verison", "containerd_version"),
+        ("runc_sha", "runc_sha256"),
+        ("cni_plugin_version", "cni_plugins_version"),
+        ("crictl_verion", "crictl_version"),
+        ("artifact_mirorr", "artifact_mirror"),
+    ],
+)
+def test_an_undeclared_key_with_the_deploys_prefix_is_refused_with_the_closest_key(typo, closest):
+    with pytest.raises(DataError) as error:
+        settings.for_host(inventory_host(override={typo: "1.7.24"}))
+    assert str(error.value) == (
+        f"worker-7: data key '{typo}' is not a data key of this deploy (set in --data). Fix: did you mean {closest}?"
+    )
+
+
+def test_every_undeclared_key_is_named_and_others_are_left_to_their_owners():
+    with pytest.raises(DataError) as error:
+        settings.resolve("node1", {"containerd_zzz_qqq_www": 1, "runc_x": 2, "containerd_verify": True})
+    assert str(error.value) == (
+        "node1: data key 'containerd_zzz_qqq_www' is not a data key of this deploy; nor are runc_x. "
+        "Fix: remove it (docs/data.md lists every key)"
+    )
+    # pyinfra's own keys, and keys of other deploys, are not this deploy's to judge
+    settings.resolve(
+        "node1", {"ssh_user": "admin", "_sudo": True, "kubelet_version": "1.31", "containerd": 1}
+    )
+
+
+CHECKSUM = "a" * 64
+
+
+def test_a_checksum_by_version_is_used_for_its_version_only():
+    by_version = {"1.7.24": CHECKSUM, "2.1.9": {"amd64": "b" * 64, "arm64": "c" * 64}}
+    assert settings.resolve(
+        "n", {"containerd_version": "1.7.24", "containerd_sha256": by_version}
+    ).containerd_sha256 == (CHECKSUM)
+    assert settings.resolve(
+        "n", {"containerd_version": "v2.1.9", "containerd_sha256": by_version}
+    ).containerd_sha256 == {
+        "amd64": "b" * 64,
+        "arm64": "c" * 64,
+    }
+    assert (
+        settings.resolve(
+            "n", {"containerd_version": "1.7.99", "containerd_sha256": by_version}
+        ).containerd_sha256
+        is None
+    )
+    assert settings.resolve("n", {"cni_plugins_sha256": {"1.4.0": CHECKSUM}}).cni_plugins_sha256 is None
+    with pytest.raises(DataError, match="'runc_sha256' is 'zz', not a sha256"):
+        settings.resolve("n", {"runc_sha256": {"1.1.15": CHECKSUM, "1.1.12": "zz"}})
+    with pytest.raises(DataError, match="'runc_sha256' has an entry for '1.1.15', not amd64 or arm64"):
+        settings.resolve("n", {"runc_sha256": {"1.1.15": CHECKSUM, "amd64": CHECKSUM}})
+
+
+def test_a_version_from_another_layer_never_takes_a_plain_checksum():
+    # the inventory pins a checksum for its version; --data asks for another version
+    host = inventory_host(
+        host={"containerd_version": "1.6.20", "containerd_sha256": CHECKSUM},
+        override={"containerd_version": "1.7.99"},
+    )
+    with pytest.raises(DataError) as error:
+        settings.for_host(host)
+    assert str(error.value) == (
+        "worker-7: data key 'containerd_sha256' is set in the host's inventory data, but containerd_version "
+        "(1.7.99) comes from --data: a checksum is only used for the version it was given for. Fix: give it by "
+        'version, containerd_sha256={"1.7.99": "<sha256>"}, or set containerd_version and containerd_sha256 in the '
+        "same place"
+    )
+    # the default version is another place too
+    with pytest.raises(DataError, match="comes from the deploy's defaults"):
+        settings.for_host(inventory_host(group={"runc_sha256": {"amd64": CHECKSUM}}))
+
+
+@pytest.mark.parametrize(
+    "layers",
+    [
+        {"override": {"containerd_version": "1.7.99", "containerd_sha256": CHECKSUM}},
+        {
+            "group": {"containerd_version": "1.7.99", "containerd_sha256": CHECKSUM},
+            "override": {"runc_version": "1.1.15"},
+        },
+        {"host": {"containerd_sha256": {"1.7.99": CHECKSUM}}, "override": {"containerd_version": "1.7.99"}},
+        {"host": {"crictl_sha256": CHECKSUM}},  # no crictl_version: nothing it could apply to
+    ],
+)
+def test_a_checksum_beside_its_version_or_given_by_version_is_used(layers):
+    settings.for_host(inventory_host(**layers))
+
+
+@pytest.mark.parametrize("number", [0, 1234567890123, 1e300])
+def test_a_checksum_the_command_line_made_a_number_says_to_quote_it(number):
+    with pytest.raises(DataError) as error:
+        settings.resolve("n", {"runc_sha256": number})
+    assert f"is the number {number!r}, not a sha256 (--data reads digits as a number)" in str(error.value)
+    assert str(error.value).endswith("""Fix: quote it as JSON text: --data 'runc_sha256="<64 hex digits>"'""")
 
 
 def test_release_versions_from_the_lowest_supported():

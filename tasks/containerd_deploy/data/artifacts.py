@@ -94,10 +94,10 @@ def _checksum(
     raise DataError(
         settings.host,
         key,
-        f"is not set, and {component} {version} for {arch} has no pinned checksum in files/checksums.toml "
+        f"gives no checksum for {component} {version} ({arch}), and files/checksums.toml pins none for it "
         f"(pinned: {listed})",
-        f"set {key} to the sha256 from the release's .sha256sum file (or a mapping of arch to sha256), "
-        f"or set {component}_version to a pinned version",
+        f'set {key}={{"{version}": "<sha256>"}} with the sha256 from the release\'s .sha256sum file (or '
+        f'{{"{version}": {{"amd64": …, "arm64": …}}}}), or set {component}_version to a pinned version',
     )
 
 

@@ -7,6 +7,7 @@ any operation touches the host; a bad value raises `DataError`, naming the host,
 the fix.
 """
 
+import difflib
 import json
 import posixpath
 import re
@@ -142,7 +143,11 @@ def _cache_dir(host: str, key: str, value) -> str:
 
 
 def _sha256(host: str, key: str, value) -> str | dict | None:
-    fix = f"set {key} to the 64-character lowercase hex sha256 from the release's .sha256sum file"
+    """A sha256, or a mapping of arch to one."""
+    fix = (
+        f"set {key} to the 64-character lowercase hex sha256 from the release's .sha256sum file, a mapping "
+        'of arch to it ({"amd64": …, "arm64": …}), or a mapping of version to either ({"1.7.24": …})'
+    )
     if value in (None, ""):
         return None
     if isinstance(value, Mapping):
@@ -151,9 +156,34 @@ def _sha256(host: str, key: str, value) -> str | dict | None:
                 raise DataError(host, key, f"has an entry for {arch!r}, not amd64 or arm64", fix)
             _sha256(host, key, digest)
         return dict(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        # pyinfra's --data reads a checksum of digits as a number: its leading zeros are gone.
+        raise DataError(
+            host,
+            key,
+            f"is the number {value!r}, not a sha256 (--data reads digits as a number)",
+            f"quote it as JSON text: --data '{key}=\"<64 hex digits>\"'",
+        )
     if not isinstance(value, str) or not SHA256.match(value):
         raise DataError(host, key, f"is {value!r}, not a sha256", fix)
     return value
+
+
+def by_version(value) -> bool:
+    """Whether a checksum value is a mapping of release version to checksum."""
+    return isinstance(value, Mapping) and bool(value) and all(VERSION.match(str(name)) for name in value)
+
+
+def _checksum(host: str, key: str, value, version: Version | None) -> str | dict | None:
+    """The checksum data gives for `version`: a sha256 or a mapping of arch to one, as given, or
+    from a mapping of version to either, its entry for `version` (None when it has none: a
+    checksum is never applied to a version it was not given for)."""
+    if not by_version(value):
+        return _sha256(host, key, value)
+    entries = {Version(VERSION.match(str(name)).group(1)): entry for name, entry in value.items()}  # type: ignore[union-attr]
+    for entry in entries.values():
+        _sha256(host, key, entry)
+    return _sha256(host, key, entries.get(version)) if version is not None else None
 
 
 def _absolute_path(host: str, key: str, value, example: str | None = None) -> str:
@@ -518,6 +548,15 @@ def _optional_release(supported: tuple[Version, Version]) -> Parser:
     return lambda host, key, value, raw: _optional_version(host, key, value, supported)  # pragma: no mutate
 
 
+def _checksum_of(component: str, supported: tuple[Version, Version]) -> Parser:
+    return lambda host, key, value, raw: _checksum(  # pragma: no mutate
+        host,
+        key,
+        value,
+        _optional_version(host, f"{component}_version", raw[f"{component}_version"], supported),
+    )
+
+
 def _text_like(example: str) -> Parser:
     return lambda host, key, value, raw: _optional_text(host, key, value, example)  # pragma: no mutate
 
@@ -591,9 +630,9 @@ KEYS: dict[str, Key] = {
     ),
     "containerd_sha256": Key(
         None,
-        _plain(_sha256),
+        _checksum_of("containerd", SUPPORTED_CONTAINERD),
         shown="none (from `files/checksums.toml`)",
-        doc='sha256 of the release tarball; a string, or `{"amd64": …, "arm64": …}`; required for versions not in the table',
+        doc='sha256 of the release tarball, for versions not in the table: `{"<version>": "<sha256>"}` (or `{"<version>": {"amd64": …, "arm64": …}}`), used only for that version; a plain string (or `{"amd64": …, "arm64": …}`) applies to `containerd_version` and must be set in the same place (the same `--data`, host or group), else it is refused',
     ),
     "runc_version": Key(
         "1.3.4",
@@ -602,7 +641,7 @@ KEYS: dict[str, Key] = {
     ),
     "runc_sha256": Key(
         None,
-        _plain(_sha256),
+        _checksum_of("runc", SUPPORTED_RUNC),
         shown="none (from `files/checksums.toml`)",
         doc="sha256 of `runc.<arch>`, as for `containerd_sha256`",
     ),
@@ -614,7 +653,7 @@ KEYS: dict[str, Key] = {
     ),
     "cni_plugins_sha256": Key(
         None,
-        _plain(_sha256),
+        _checksum_of("cni_plugins", SUPPORTED_CNI_PLUGINS),
         shown="none (from `files/checksums.toml`)",
         doc="sha256 of `cni-plugins-linux-<arch>-v<version>.tgz`, as for `containerd_sha256`",
     ),
@@ -626,7 +665,7 @@ KEYS: dict[str, Key] = {
     ),
     "crictl_sha256": Key(
         None,
-        _plain(_sha256),
+        _checksum_of("crictl", SUPPORTED_CRICTL),
         shown="none (from `files/checksums.toml`)",
         doc="sha256 of `crictl-v<version>-linux-<arch>.tar.gz`, as for `containerd_sha256`",
     ),
@@ -838,15 +877,83 @@ def data_table() -> str:
     return "\n".join(lines) + "\n"
 
 
-def resolve(host: str, data: Mapping) -> Settings:
-    """Validated settings for one host from its data (missing keys take their defaults)."""
+# A data key that starts as the deploy's keys do (containerd_, runc_, cni_, crictl_, artifact_) is
+# the deploy's: one not declared in KEYS is a typo.
+KEY_PREFIXES = tuple(sorted({name.split("_")[0] + "_" for name in KEYS}))
+# pyinfra's data layers, first wins (pyinfra/api/host.py): where a host's value was set.
+DATA_LAYERS = (
+    "the deploy",
+    "--data",
+    "the host's inventory data",
+    "its groups' data",
+    "the inventory's data for all hosts",
+    "the deploy's defaults",
+)
+
+
+def _check_known(host: str, data: Mapping, sources: Mapping[str, str]) -> None:
+    unknown = sorted(name for name in data if name.startswith(KEY_PREFIXES) and name not in KEYS)
+    if not unknown:
+        return
+    name = unknown[0]
+    where = f" (set in {sources[name]})" if name in sources else ""
+    also = f"; nor are {', '.join(unknown[1:])}" if unknown[1:] else ""
+    closest = difflib.get_close_matches(name, KEYS, n=1, cutoff=0.8)
+    raise DataError(
+        host,
+        name,
+        f"is not a data key of this deploy{where}{also}",
+        f"did you mean {closest[0]}?" if closest else "remove it (docs/data.md lists every key)",
+    )
+
+
+def _check_checksums_bound(host: str, raw: Mapping, sources: Mapping[str, str]) -> None:
+    """A checksum not given by version applies to the version set beside it: one set in
+    another place (another --data, host, group, or the default version) is refused."""
+    for component in COMPONENT_NAMES:
+        key, version_key = f"{component}_sha256", f"{component}_version"
+        if raw[key] in (None, "") or by_version(raw[key]) or raw[version_key] in (None, "", False):
+            continue
+        given, version_from = sources.get(key), sources.get(version_key, DATA_LAYERS[-1])
+        if given is not None and given != version_from:
+            version = VERSION.match(str(raw[version_key]).strip()).group(1)  # type: ignore[union-attr]
+            raise DataError(
+                host,
+                key,
+                f"is set in {given}, but {version_key} ({version}) comes from {version_from}: a checksum "
+                "is only used for the version it was given for",
+                f'give it by version, {key}={{"{version}": "<sha256>"}}, or set {version_key} and {key} '
+                "in the same place",
+            )
+
+
+def resolve(host: str, data: Mapping, sources: Mapping[str, str] | None = None) -> Settings:
+    """Validated settings for one host from its data (missing keys take their defaults).
+    `sources` names where each key was set (one of DATA_LAYERS), when the data has layers."""
+    _check_known(host, data, sources or {})
     raw = {name: data.get(name, key.default) for name, key in KEYS.items()}
-    return Settings(host=host, **{name: key.parse(host, name, raw[name], raw) for name, key in KEYS.items()})
+    settings = Settings(
+        host=host, **{name: key.parse(host, name, raw[name], raw) for name, key in KEYS.items()}
+    )
+    if sources:
+        _check_checksums_bound(host, raw, sources)
+    return settings
+
+
+def data_sources(host) -> dict[str, str]:
+    """key -> the data layer (DATA_LAYERS) a pyinfra host's value of it comes from."""
+    from pyinfra.api.host import extract_callable_datas
+
+    sources: dict[str, str] = {}
+    for name, layer in zip(DATA_LAYERS, extract_callable_datas(host.data.datas), strict=True):
+        for key in layer:
+            sources.setdefault(key, name)
+    return sources
 
 
 def for_host(host) -> "Settings":
     """Settings of a pyinfra host (inventory, group and --data values over DEFAULTS)."""
-    return resolve(host.name, {key: host.data.get(key, default) for key, default in DEFAULTS.items()})
+    return resolve(host.name, host.data.dict(), data_sources(host))
 
 
 def arch_of(host: str, machine: str) -> str:

@@ -5,7 +5,9 @@ import posixpath
 import re
 import urllib.parse
 
+from pyinfra import logger
 from pyinfra.api.exceptions import DeployError
+from pyinfra_cli.exceptions import CliError
 
 # Trees of the operating system that no data key may name as a directory the deploy locks
 # down, empties or deletes (staging, state, containerd's data when purged): each, and each
@@ -190,10 +192,25 @@ def redact_secrets(text: str) -> str:
     return _CREDENTIAL_ASSIGNMENT.sub(_hidden_value, text)
 
 
-class DataError(DeployError):
+class Refusal(DeployError, CliError):
+    """A run this deploy will not make, said before it changes anything: the host and the problem
+    first, then the fix; never a secret. pyinfra's CLI shows it as it is said (it would show a
+    plain DeployError as an error at the line of source that raised it)."""
+
+    def __init__(self, message: str):
+        CliError.__init__(self, redact_secrets(message))
+
+    def __str__(self) -> str:
+        return self.message
+
+    def show(self, file=None) -> None:
+        logger.error(f"--> {self.message}")
+
+
+class DataError(Refusal):
     """A data value this deploy cannot use; raised before the host is changed. The message
     never shows a secret, whichever key a value was (mistakenly) given to."""
 
     def __init__(self, host: str, key: str, problem: str, fix: str):
         self.host, self.key = host, key
-        super().__init__(redact_secrets(f"{host}: data key {key!r} {problem}. Fix: {fix}"))
+        super().__init__(f"{host}: data key {key!r} {problem}. Fix: {fix}")

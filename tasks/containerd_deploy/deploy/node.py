@@ -7,7 +7,6 @@ import weakref
 
 from pyinfra import host, logger
 from pyinfra.api import deploy
-from pyinfra.api.exceptions import DeployError
 
 from containerd_deploy.controller.cache import fetch_digest
 from containerd_deploy.data import artifacts, registries
@@ -17,9 +16,9 @@ from containerd_deploy.data.settings import (
     Settings,
     arch_of,
     for_host,
-    resolve,
     runtime_handlers,
 )
+from containerd_deploy.data.values import Refusal
 from containerd_deploy.deploy.configure import configure_containerd
 from containerd_deploy.deploy.install import fetch_release_files, install_release_files
 from containerd_deploy.deploy.reset import check_purge, purged_directories, remove_containerd
@@ -124,7 +123,7 @@ def check_trusted(settings: Settings, node: NodeState) -> None:
     """Root keeps the deploy's files only where no other user can change them."""
     problem = untrusted_problem(settings, node)
     if problem:
-        raise DeployError(f"{settings.host}: {problem}")
+        raise Refusal(f"{settings.host}: {problem}")
 
 
 def gather(settings: Settings) -> NodeState:
@@ -153,15 +152,13 @@ def check_locked(settings: Settings, node: NodeState) -> None:
     """A run that could not take the lock stops (after the host's own refusals, which say more):
     it would be unguarded against another run."""
     if node.lock.kind == "unavailable":
-        raise DeployError(
-            unavailable_message(settings.host, node.lock.why or "the node did not answer for it")
-        )
+        raise Refusal(unavailable_message(settings.host, node.lock.why or "the node did not answer for it"))
 
 
 def check_not_busy(settings: Settings, node: NodeState) -> None:
     """One run at a time per node: another run held the lock all the time the node fact waited."""
     if node.lock.kind == "busy":
-        raise DeployError(busy_message(settings.host, node.lock.owner))
+        raise Refusal(busy_message(settings.host, node.lock.owner))
 
 
 def run_owner() -> str:
@@ -187,17 +184,17 @@ def report_plan(settings: Settings, plan: Plan) -> None:
 def check_supported(settings: Settings, node: NodeState) -> str:
     """The host's release arch; refuses hosts this deploy cannot serve, before changing them."""
     if not node.machine:
-        raise DeployError(
+        raise Refusal(
             f"{settings.host}: could not read the node's state (is it a Linux host with a POSIX shell?)"
         )
     if node.kernel and node.kernel != "Linux":
-        raise DeployError(
+        raise Refusal(
             f"{settings.host}: the node runs {node.kernel}, not Linux; containerd's release binaries "
             "are Linux programs. Use a Linux host."
         )
     arch = arch_of(settings.host, node.machine)
     if not node.systemd:
-        raise DeployError(
+        raise Refusal(
             f"{settings.host}: systemd is not running as PID 1 (no /run/systemd/system); this deploy "
             "installs containerd as a systemd service. Use a systemd host."
         )
@@ -208,7 +205,7 @@ def check_kubelet(settings: Settings, node: NodeState) -> None:
     """A kubelet already set up on the node must use the cgroup driver containerd will use."""
     problem = kubelet_driver_problem(node.kubelet_config, settings.containerd_systemd_cgroup)
     if problem:
-        raise DeployError(f"{settings.host}: {problem}")
+        raise Refusal(f"{settings.host}: {problem}")
 
 
 def check_runtime_binaries(settings: Settings, node: NodeState) -> None:
@@ -231,7 +228,7 @@ def check_runtime_binaries(settings: Settings, node: NodeState) -> None:
                 f"data key 'containerd_runtimes': {missing_binary_problem(handler, binary, settings.containerd_bin_dir)}"
             )
     if problems:
-        raise DeployError(f"{settings.host}: " + f"\n{settings.host}: ".join(problems))
+        raise Refusal(f"{settings.host}: " + f"\n{settings.host}: ".join(problems))
 
 
 def config_handler_binaries(settings: Settings, plan: Plan) -> list[tuple[str, str]]:
@@ -270,7 +267,7 @@ def check_config_handlers(settings: Settings, plan: Plan) -> None:
         if binary in missing
     ]
     if problems:
-        raise DeployError(f"{settings.host}: " + f"\n{settings.host}: ".join(problems))
+        raise Refusal(f"{settings.host}: " + f"\n{settings.host}: ".join(problems))
 
 
 def check_not_repeating_a_rollback(settings: Settings, node: NodeState, plan: Plan) -> None:
@@ -280,7 +277,7 @@ def check_not_repeating_a_rollback(settings: Settings, node: NodeState, plan: Pl
     if not settings.containerd_rollback or not plan.restart or not attempt or attempt != plan.attempt:
         return
     record = rolled_back_path(settings.containerd_deploy_state_dir)
-    raise DeployError(
+    raise Refusal(
         f"{settings.host}: the last run made this same change ({'; '.join(plan.lines())}) and rolled it back "
         f"at {when or 'an unknown time'}: the restarted containerd did not answer or failed its verify step. "
         "Running it again would restart containerd and roll back again; nothing was changed. Fix: correct "
@@ -298,7 +295,7 @@ def check_distro_package(settings: Settings, node: NodeState) -> None:
         for package in node.distro_packages
     )
     running = "; containerd.service is running" if node.active else ""
-    raise DeployError(
+    raise Refusal(
         f"{settings.host}: a distribution package installs containerd here: {found}{running}. This deploy "
         "installs its own under the same unit name, and package upgrades would restart it. Fix: remove the "
         "package (apt-get remove containerd / dnf remove containerd), or set data key "
@@ -318,9 +315,7 @@ def check_inventory_data(state) -> None:
     if state in _checked_states:
         return
     for other in state.inventory.get_active_hosts():
-        settings = resolve(
-            other.name, {key: other.data.get(key, default) for key, default in DEFAULTS.items()}
-        )
+        settings = for_host(other)
         if settings.containerd_state == "present":
             artifacts.check_all_arches(settings)  # an unpinned version is refused before the node is asked
             check_hooks(settings, other)

@@ -5,12 +5,11 @@ which of them the daemon loads at start."""
 import hashlib
 import re
 
-from pyinfra.api.exceptions import DeployError
-
 from containerd_deploy import resource
 from containerd_deploy.data import registries
 from containerd_deploy.data.config_toml import ConfigError, Knobs, render
 from containerd_deploy.data.settings import Settings, has_credentials, runtime_handlers
+from containerd_deploy.data.values import Refusal
 from containerd_deploy.facts.node import NodeState
 from containerd_deploy.remote.paths import CRICTL_CONFIG
 
@@ -102,7 +101,7 @@ def desired_config(settings: Settings, base_text: str) -> str:
     try:
         text = render(base_text, settings.containerd_version, knobs(settings))
     except ConfigError as error:
-        raise DeployError(f"{settings.host}: {settings.containerd_config_path} {error}") from None
+        raise Refusal(f"{settings.host}: {settings.containerd_config_path} {error}") from None
     return text
 
 
@@ -116,7 +115,7 @@ def registry_files(settings: Settings) -> dict[str, tuple[str, str]]:
     if not settings.containerd_registries:
         return {}
     if not settings.containerd_registry_config_path:
-        raise DeployError(
+        raise Refusal(
             f"{settings.host}: data key 'containerd_registries' is set but 'containerd_registry_config_path' is empty. "
             "Fix: set containerd_registry_config_path (default /etc/containerd/certs.d) so containerd reads hosts.toml files"
         )
@@ -139,8 +138,8 @@ def text_sha256(text: str | None) -> str | None:
     return hashlib.sha256(text.encode()).hexdigest() if text is not None else None
 
 
-def no_config_defaults(settings: Settings) -> DeployError:
-    return DeployError(
+def no_config_defaults(settings: Settings) -> Refusal:
+    return Refusal(
         f"{settings.host}: {settings.containerd_bin_dir}/containerd config default printed nothing"
     )
 
