@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from containerd_deploy.conformance import inventory as inventories
 from containerd_deploy.data.values import redact_secrets
+from containerd_deploy.deploy.report import said_of_hosts
 
 # What a batch run reports: host -> why it failed (hosts not named succeeded).
 BatchRun = Callable[[list[str]], dict[str, str]]
@@ -135,7 +136,14 @@ def host_said(host: str, stderr: str) -> str | None:
 
 
 def failed_hosts(hosts: list[str], returncode: int, stdout: str, stderr: str) -> dict[str, str]:
-    """host -> why, from one pyinfra `--json` run over `hosts`."""
+    """host -> why, from one pyinfra `--json` run over `hosts`: the run's own report of a failed
+    host when it printed one (deploy/report.py), else what pyinfra said."""
+    failed = _failed_hosts(hosts, returncode, stdout, stderr)
+    reported = said_of_hosts(stderr)
+    return {host: redact_secrets(reported.get(host, why)) for host, why in failed.items()}
+
+
+def _failed_hosts(hosts: list[str], returncode: int, stdout: str, stderr: str) -> dict[str, str]:
     try:
         results = json.loads(stdout)["results"]
     except (ValueError, KeyError, TypeError):

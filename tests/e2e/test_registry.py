@@ -15,7 +15,17 @@ import pytest
 
 from tests.harness import registry, vm
 
-from .helpers import changed_ops, changed_steps, conformance, deploy_ok, main_pid, node_story, one_at_a_time
+from .helpers import (
+    VERIFY_OP,
+    changed_ops,
+    changed_steps,
+    conformance,
+    deploy_ok,
+    main_pid,
+    node_story,
+    one_at_a_time,
+    pyinfra,
+)
 from .test_cri import failed_tests
 
 pytestmark = pytest.mark.machine(
@@ -88,16 +98,30 @@ def _mirrored(node):
         "containerd_sandbox_image": PAUSE,
     }
     node.vm.ssh(f"{CTR} -n k8s.io images rm {PAUSE} {NGINX}; {CTR} images rm {NGINX}", check=False)
-    results = deploy_ok(node, **data)
-    yield info, data, closed_port, results
+    log_start = registry.log_path("tls").stat().st_size
+    process, results = pyinfra(node.name, data=data)
+    assert process.returncode == 0, f"deploy failed:\n{process.stderr[-4000:]}"
+    yield info, data, closed_port, results, (process.stderr, log_start)
     deploy_ok(node)
     node.vm.ssh(
         f"{CTR} -n k8s.io images rm {PAUSE} {NGINX}; {CTR} images rm {NGINX}; rm -f {registry.NODE_CA_PATH}"
     )
 
 
+def test_a_node_without_the_sandbox_image_pulls_it_through_its_mirror_and_runs_a_container(node, mirrored):
+    """The verify step of a run that changed the node, on a node without the sandbox image,
+    pulls it through the node's own registries as a kubelet's first pod would, and runs a
+    container from it; the report says so."""
+    _, _, _, results, (stderr, log_start) = mirrored
+    assert VERIFY_OP in changed_ops(results, node.name)
+    assert served_requests("tls", "registry.k8s.io", 200, log_start) >= 1, "not pulled through the mirror"
+    assert node.vm.ssh(f"{CTR} -n k8s.io images ls -q | grep -qxF {PAUSE}", check=False).returncode == 0
+    [line] = [line for line in stderr.splitlines() if line.strip().startswith(f"{node.name} ")]
+    assert "verify passed: a container ran" in line, stderr[-3000:]
+
+
 def test_the_guides_commands_pull_and_serve_nginx_through_a_tls_mirror_with_auth(node, mirrored):
-    info, _, _, results = mirrored
+    info, _, _, results, _ = mirrored
     assert any("certs.d/docker.io/hosts.toml" in op for op in changed_ops(results, node.name))
     mode = node.vm.ssh(f"stat -c '%U:%G %a' {CERTS_D}/docker.io/hosts.toml").stdout.strip()
     assert mode == "root:root 600", f"hosts.toml with an Authorization header is {mode}"
@@ -126,7 +150,9 @@ def test_the_guides_commands_pull_and_serve_nginx_through_a_tls_mirror_with_auth
 
 
 def test_the_kubelets_path_and_negative_controls_fail_for_the_right_reason(node, mirrored):
-    info, _, closed_port, _ = mirrored
+    info, _, closed_port, _, _ = mirrored
+    # the verify step pulled the sandbox image: the pod's own pull must go through the mirror again
+    node.vm.ssh(f"{CTR} -n k8s.io images rm {PAUSE}")
     unrouted = f"{node.vm.controller_address}:{vm.free_port()}"  # no hosts.toml: containerd goes there itself
     references = {
         NGINX: None,
@@ -173,7 +199,7 @@ def test_the_kubelets_path_and_negative_controls_fail_for_the_right_reason(node,
 
 
 def test_changing_only_the_registries_does_not_restart_and_the_next_pull_uses_the_new_mirror(node, mirrored):
-    info, data, _, _ = mirrored
+    info, data, _, _, _ = mirrored
     pid = main_pid(node)
     registries = dict(data["containerd_registries"])
     registries["docker.io"] = {"mirrors": [{"host": guest_url(node, info, "plain")}]}  # plain HTTP, no auth

@@ -122,6 +122,7 @@ def prepare(
     missing: tuple = (),
     asked_binaries: list | None = None,
     data_directories: dict | None = None,
+    run: dict | None = None,
 ) -> list[PreparedOp]:
     """Prepare `containerd_node` for a host with `data` whose node fact is `node`; the operations
     it added, in order, with the commands each would run (none: no change). `diff`: as with
@@ -130,13 +131,16 @@ def prepare(
     change as it is added (as with --dry, or before asking to go ahead), kept in `dry_run_change`;
     `missing`: the binaries the MissingBinaries fact finds missing (each question it is asked,
     (bin_dir, binaries), goes into `asked_binaries`); `data_directories`: path -> DataDirectory the DataDirectories
-    fact answers for a purge (by default each is there, empty, and root's alone)."""
+    fact answers for a purge (by default each is there, empty, and root's alone); `run`: given the
+    pyinfra state and host the deploy was prepared in."""
     data = {"containerd_verify": False, **(data or {})}
     inventory = Inventory(([("node1", data)], {}))
     state = State(inventory, Config(DIFF=diff))
     host = inventory.get_host("node1")
     state.activate_host(host)
     state.check_for_changes = dry_run
+    if run is not None:
+        run.update(state=state, host=host)
 
     def get_fact(fact, path="", **kwargs):
         # The node fact answers with `node` (what the deploy asked is kept in `asked`); the

@@ -39,3 +39,18 @@ def test_a_checksum_for_another_version_stops_the_run_before_any_download():
     assert run.returncode == 1, run.stderr
     assert "--> @local: data key 'containerd_sha256' gives no checksum for containerd 1.7.99" in run.stderr
     assert "error in" not in run.stderr
+
+
+def test_importing_the_package_never_patches_the_process_for_gevent():
+    """Regression: the refusal's class imported pyinfra's CLI package, whose import patches the
+    whole process (threads included) for gevent: pytest-xdist's workers then hung."""
+    code = (
+        "import importlib, pkgutil, containerd_deploy\n"
+        "for module in pkgutil.walk_packages(containerd_deploy.__path__, 'containerd_deploy.'):\n"
+        "    if '.conformance.test_' not in module.name and not module.name.endswith('__main__'):\n"
+        "        importlib.import_module(module.name)\n"
+        "from gevent import monkey\n"
+        "print(monkey.is_module_patched('threading'))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert run.stdout.strip() == "False", run.stdout + run.stderr

@@ -89,3 +89,42 @@ def test_without_expected_versions_the_suite_reads_those_the_deploy_recorded():
     host = SimpleNamespace(file=file)
     assert recorded_version(host, "runc") == "1.2.5"
     assert recorded_version(host, "containerd") is None
+
+
+def test_hosts_the_suite_cannot_reach_are_one_line_each_and_fail_the_run(tmp_path):
+    """Regression: against an unreachable host the suite printed ~1,150 lines of tracebacks."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as probe:  # a port nothing listens on: "Connection refused" at once
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = tmp_path / "ssh_config"
+    config.write_text(f"Host *\n  Port {port}\n  StrictHostKeyChecking yes\n  UserKnownHostsFile /dev/null\n")
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "containerd_deploy.conformance",
+            "-q",
+            f"--ssh-config={config}",
+            "--hosts=ssh://root@127.0.0.1,ssh://root@localhost",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "NO_COLOR": "1"},
+    )
+    assert run.returncode == 1, run.stdout[-3000:]
+    lines = [line for line in run.stdout.splitlines() if line.strip()]
+    assert len(lines) <= 4, run.stdout
+    for name in ("127.0.0.1", "localhost"):
+        (said,) = [line for line in lines if line.startswith(f"ssh://{name}: ")]
+        assert (
+            f"could not connect over SSH (ssh: connect to host {name} port {port}: Connection refused)"
+            in said
+        )
+        assert "Fix: start the host or correct its address" in said
+    assert "Traceback" not in run.stdout + run.stderr

@@ -549,3 +549,24 @@ def test_what_a_place_the_data_does_not_name_is_told_to_do(settings, untrusted, 
 
     problem = untrusted_problem(settings, drifted(converged(settings), untrusted_directories=[untrusted]))
     assert (problem + "\n").endswith(fix), problem
+
+
+@pytest.mark.parametrize("dry_run", [True, False], ids=["without -y", "with -y"])
+def test_diff_is_shown_once_with_or_without_y(monkeypatch, caplog, settings, dry_run):
+    """With -y pyinfra asks no operation what it would change: the deploy shows the plan's diff
+    and restart itself, once, whether pyinfra asks the operations or not."""
+    node = drifted(converged(settings), unit_sha256="0" * 64)
+    with caplog.at_level("INFO"):
+        prepare(
+            monkeypatch,
+            node,
+            {"containerd_max_container_log_line_size": 32768},
+            diff=True,
+            dry_run=dry_run,
+            files={settings.containerd_unit_path: "[Service]\nExecStart=/old/containerd\n"},
+        )
+    log = caplog.text
+    assert log.count("Will modify /etc/containerd/config.toml") == 1
+    assert log.count("Will modify /etc/systemd/system/containerd.service") == 1
+    assert log.count("Will restart containerd.service (") == 1
+    assert log.count("containerd-deploy plan: ") == 1

@@ -42,73 +42,93 @@ VERSION, RUNC = WANTED["containerd"].version, WANTED["runc"].version
 CONFIG_DRIFT = {"containerd_max_container_log_line_size": 32768}
 KEEP = "keep the running release, to put back if the restarted one fails"
 DROP = "drop the release kept for a rollback"
+NO_RESTART = "no restart (nothing containerd loads at start changes)"
+FETCHED = "(fetched by the node, sha256 verified)"
+PULLED = "(pulled first if the node lacks it)"
+VERIFY_RUN = f"verify containerd, then run a container from registry.k8s.io/pause:3.10 {PULLED}"
+VERIFY_NEW = f"verify containerd, then run a container from the sandbox image the new config names {PULLED}"
+VERIFY_ONLY = "verify the running containerd (no container: this run changes nothing)"
+HOOKS_RUN = "run containerd_restart_hook_before and containerd_restart_hook_after on the controller around the restart"
 HOOKS = {
     "containerd_restart_hook_before": ["kubectl", "drain", "{host}"],
     "containerd_restart_hook_after": ["kubectl", "uncordon", "{host}"],
 }
 CASES = [
-    ("converged", {}, lambda node: node, ["no change"]),
+    ("converged", {}, lambda node: node, ["no change", VERIFY_ONLY]),
     (
         "fresh",
         {},
         None,
         [
-            "install containerd, runc",
+            f"install containerd {VERSION}, runc {RUNC} {FETCHED}",
             f"write {CONFIG}, {UNIT} (config.toml from the new containerd's defaults)",
             "reload systemd units",
             f"start containerd (containerd {VERSION} installed; runc {RUNC} installed; {UNIT} changed)",
             "enable containerd",
+            VERIFY_NEW,
         ],
     ),
     (
         "a changed setting, with hooks",
         {**CONFIG_DRIFT, **HOOKS},
         lambda node: node,
-        [f"write {CONFIG}", KEEP, f"restart the running containerd ({CONFIG} changed)", DROP],
+        [
+            f"write {CONFIG}",
+            KEEP,
+            f"restart the running containerd ({CONFIG} changed)",
+            HOOKS_RUN,
+            DROP,
+            VERIFY_RUN,
+        ],
     ),
     (
         "an upgrade, no rollback",
         {"containerd_rollback": False},
         upgraded,
-        ["install containerd", f"restart the running containerd (containerd {VERSION} installed)"],
+        [
+            f"install containerd 1.7.0 → {VERSION} {FETCHED}",
+            f"restart the running containerd (containerd {VERSION} installed)",
+            VERIFY_RUN,
+        ],
     ),
     (
         "an upgrade from defaults",
         {"containerd_config_base": "default"},
         upgraded,
         [
-            "install containerd",
+            f"install containerd 1.7.0 → {VERSION} {FETCHED}",
             f"write {CONFIG} (config.toml from the new containerd's defaults)",
             KEEP,
             f"restart the running containerd (containerd {VERSION} installed)",
             DROP,
+            VERIFY_NEW,
         ],
     ),
     (
         "a stale daemon",
         {},
         lambda node: drifted(node, exe="/usr/local/bin/containerd (deleted)"),
-        [KEEP, "restart the running containerd (it is older than what is on disk)", DROP],
+        [KEEP, "restart the running containerd (it is older than what is on disk)", DROP, VERIFY_RUN],
     ),
-    ("stopped", {}, stopped, ["start containerd"]),
+    ("stopped", {}, stopped, ["start containerd", VERIFY_RUN]),
     (
         "stopped, with a changed setting",
         CONFIG_DRIFT,
         stopped,
-        [f"write {CONFIG}", f"start containerd ({CONFIG} changed)"],
+        [f"write {CONFIG}", f"start containerd ({CONFIG} changed)", VERIFY_RUN],
     ),
     (
         "a pending reload",
         {},
         lambda node: drifted(node, service={**node.service, "NeedDaemonReload": "yes"}),
-        ["reload systemd units"],
+        ["reload systemd units", NO_RESTART, VERIFY_RUN],
     ),
-    ("a registry added", MIRROR, lambda node: node, [f"write {HOSTS}"]),
+    ("a registry added", MIRROR, lambda node: node, [f"write {HOSTS}", NO_RESTART, VERIFY_RUN]),
     (
         "a registry gone",
         {},
         lambda node: drifted(node, managed_hosts=[HOSTS]),
-        [f"remove {HOSTS}"],
+        [f"remove {HOSTS}", NO_RESTART, VERIFY_RUN],
     ),
     (
         "a proxy, crictl and the CNI plugins",
@@ -119,12 +139,13 @@ CASES = [
         },
         lambda node: node,
         [
-            "install the CNI plugins, crictl",
+            f"install the CNI plugins 1.7.1, crictl 1.33.0 {FETCHED}",
             f"write {DROPIN}, /etc/crictl.yaml",
             "reload systemd units",
             KEEP,
             f"restart the running containerd ({DROPIN} changed)",
             DROP,
+            VERIFY_RUN,
         ],
     ),
     (
@@ -140,6 +161,7 @@ CASES = [
             "reload systemd units",
             f"restart the running containerd ({DROPIN} changed)",
             "enable containerd",
+            VERIFY_RUN,
         ],
     ),
     (
@@ -148,19 +170,20 @@ CASES = [
         lambda node: drifted(
             node, kept_release="1.7.0", hidden_leftovers=["/usr/local/bin/.x.containerd-deploy-new"]
         ),
-        ["remove what runs cut short left beside the deploy's files", DROP],
+        ["remove what runs cut short left beside the deploy's files", NO_RESTART, DROP, VERIFY_RUN],
     ),
     (
         "a distribution package",
         {"containerd_distro_package": "remove"},
         None,
         [
-            "install containerd, runc",
+            f"install containerd {VERSION}, runc {RUNC} {FETCHED}",
             f"write {CONFIG}, {UNIT} (config.toml from the new containerd's defaults)",
             "remove the distribution's containerd package",
             "reload systemd units",
             f"start containerd (containerd {VERSION} installed; runc {RUNC} installed; {UNIT} changed)",
             "enable containerd",
+            VERIFY_NEW,
         ],
     ),
 ]
@@ -373,3 +396,28 @@ def test_the_plan_holds_every_file_the_run_leaves_with_its_mode_and_writes_only_
     assert plan_run(
         settings, drifted(node, manifests={**node.manifests, "cni_plugins": cni}), wanted
     ).remove == ("cni_plugins",)
+
+
+def test_the_plan_names_who_fetches_the_hooks_only_around_a_restart_and_no_verify_when_it_is_off():
+    controller = {"artifact_source": "controller", "containerd_rollback": False}
+    assert plan_of(controller, upgraded(converged(settings_for()))).lines() == [
+        f"install containerd 1.7.0 → {VERSION} (fetched by the controller, sha256 verified)",
+        f"restart the running containerd (containerd {VERSION} installed)",
+        VERIFY_RUN,
+    ]
+    # the hooks run only when a running containerd restarts: not on a first start, nor a no-op
+    assert HOOKS_RUN not in plan_of(HOOKS, fresh()).lines()
+    assert plan_of({**HOOKS, "containerd_verify": False}, converged(settings_for())).lines() == ["no change"]
+    with_hooks = plan_of(
+        {**HOOKS, **CONFIG_DRIFT, "containerd_restart_hook_before": None}, converged(settings_for())
+    )
+    assert "run containerd_restart_hook_after on the controller around the restart" in with_hooks.lines()
+    # a reinstall of the same version says the version once
+    same = drifted(
+        converged(settings_for()),
+        manifests={
+            **converged(settings_for()).manifests,
+            "runc": Manifest({"version": RUNC, "sha256": "0" * 64}, {"/usr/local/sbin/runc": "x"}, {}),
+        },
+    )
+    assert plan_of({"containerd_rollback": False}, same).lines()[0] == f"install runc {RUNC} {FETCHED}"

@@ -402,3 +402,23 @@ print(json.dumps([sorted(h.name for h in _get_inventory_pattern_matches(inventor
         check=True,
     )
     assert json.loads(answer.stdout) == [[name] for name in TRICKY_NAMES]
+
+
+def test_a_failed_hosts_reason_is_its_row_of_the_runs_report_when_the_run_printed_one():
+    from containerd_deploy.deploy.report import said_of_hosts
+
+    stderr = (
+        "    [b] Error: executed 1 commands\n"
+        "--> containerd-deploy report (1 unchanged, 1 rolled back):\n"
+        "    a  unchanged    verify passed: ok\n"
+        "    b  rolled back  containerd 1.7.24 answers again (pid 7); Verify containerd: - CRI not loaded\n"
+    )
+    assert said_of_hosts(stderr) == {
+        "a": "unchanged verify passed: ok",
+        "b": "rolled back containerd 1.7.24 answers again (pid 7); Verify containerd: - CRI not loaded",
+    }
+    ops = [{"name": "containerd node | Verify containerd", "error": ["b"], "success": ["a"]}]
+    assert failed_hosts(["a", "b"], 1, json_run(ops, ["b"]), stderr) == {
+        "b": "rolled back containerd 1.7.24 answers again (pid 7); Verify containerd: - CRI not loaded"
+    }
+    assert said_of_hosts("no report here") == {}

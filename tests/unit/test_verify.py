@@ -239,6 +239,8 @@ case "$3" in
        fi
        shift $(($# - 1)); echo "$1" > {log}/container;;
   tasks) [ "$4" = ls ] && echo "$(cat {log}/container) 4242 $(cat {log}/status)";;
+  images) [ ! -e {log}/pull-fails ] || {{ echo "ctr: failed to resolve reference: dial tcp: lookup"; \
+            echo "registry.k8s.io: no such host"; exit 1; }};;
 esac
 """
 
@@ -514,7 +516,42 @@ def test_the_fact_looks_for_handler_binaries_as_containerd_does(tmp_path):
     assert result.stdout.splitlines() == ["containerd-shim-kata-v2", str(tmp_path / "absent runtime")]
 
 
-def verify_op(image: str = "present", run_container=True, **state_changes):
+@pytest.mark.parametrize("pull_fails", [False, True], ids=["pulled", "no route"])
+def test_a_missing_sandbox_image_is_pulled_through_the_nodes_registries_first(tmp_path, pull_fails):
+    import os
+    import subprocess
+
+    from containerd_deploy.remote.container_check import container_check_script
+
+    bin_dir, log = tmp_path / "bin", tmp_path / "log"
+    bin_dir.mkdir()
+    log.mkdir()
+    (bin_dir / "ctr").write_text(FAKE_RUN_CTR.format(log=log))
+    (bin_dir / "ctr").chmod(0o755)
+    (log / "status").write_text("RUNNING\n")
+    (log / "scope-fails").write_text("")
+    if pull_fails:
+        (log / "pull-fails").touch()
+    script = container_check_script(
+        "node1", str(bin_dir), PAUSE, False, "containerd.service", pull_hosts_dir="/etc/containerd/certs d"
+    )
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    result = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=30, env=env)
+    calls = (log / "calls").read_text().splitlines()
+    assert calls[0] == f"-n k8s.io images pull --hosts-dir /etc/containerd/certs d {PAUSE}"
+    assert result.returncode == 0, "no route to a registry is a warning, not a failed node"
+    if pull_fails:
+        assert calls == calls[:1], "no container without its image"
+        assert result.stdout == (
+            f"no container run: the sandbox image {PAUSE} could not be pulled through the node's registries "
+            "(ctr: failed to resolve reference: dial tcp: lookup registry.k8s.io: no such host)\n"
+        )
+    else:
+        assert any(" run -d " in call for call in calls)
+        assert result.stdout == "a container ran\n"
+
+
+def verify_op(image: str = "present", run_container=True, registry_config_path="", **state_changes):
     """What the verify operation yields when it runs, the node's daemon answering as `healthy`."""
     from containerd_deploy.facts.daemon import ContainerdDaemon
     from containerd_deploy.operations.verify import containerd_verified
@@ -530,6 +567,7 @@ def verify_op(image: str = "present", run_container=True, **state_changes):
         bin_dir="/usr/local/bin",
         config_path=CONFIG,
         run_container=run_container,
+        registry_config_path=registry_config_path,
     )
     return yielded, facts.asked
 
@@ -559,8 +597,22 @@ def test_the_verify_operation_asks_once_and_runs_a_container_only_when_told():
     assert shell_text(command) == container_check_script(
         "node1", "/usr/local/bin", PAUSE, True, "containerd.service"
     )
-    # No sandbox image on the node: nothing to run a container from.
+    # No sandbox image on the node and no registry to pull it through: nothing to run a container from.
     assert verify_op(image="absent", run_container=True)[0] == []
+    # ... with the node's registries, pulled through them first, as a kubelet's first pod would.
+    [command] = verify_op(image="absent", run_container=True, registry_config_path="/etc/containerd/certs.d")[
+        0
+    ]
+    assert shell_text(command) == container_check_script(
+        "node1", "/usr/local/bin", PAUSE, True, "containerd.service", pull_hosts_dir="/etc/containerd/certs.d"
+    )
+    # never pulled when the node has it, or when the run runs no container
+    [command] = verify_op(run_container=True, registry_config_path="/etc/containerd/certs.d")[0]
+    assert "images pull" not in shell_text(command)
+    assert (
+        verify_op(image="absent", run_container=False, registry_config_path="/etc/containerd/certs.d")[0]
+        == []
+    )
 
 
 def test_the_verify_operation_fails_the_run_on_a_problem_before_any_container():

@@ -126,6 +126,56 @@ def pytest_collection_modifyitems(config, items):
             "the conformance suite checks nodes over SSH: give them with "
             "--hosts=ssh://root@node1,ssh://root@node2 or --inventory=inventories/prod.py (see docs/conformance.md)"
         )
+    lost = unreachable_hosts(items)
+    if not lost:
+        return
+    config.stash[UNREACHABLE] = [
+        f"{name}: could not connect over SSH ({why}). Fix: start the host or correct its address, user, "
+        "port or key (--hosts / the inventory's SSH data); a new host key needs --accept-new-host-keys"
+        for name, why in sorted(lost.items())
+    ]
+    if config.option.verbose > 0:
+        return  # each of its tests runs, and fails with pytest's own account
+    dropped = [item for item in items if node_of(item) in lost]
+    config.hook.pytest_deselected(items=dropped)
+    items[:] = [item for item in items if node_of(item) not in lost]
+
+
+UNREACHABLE = pytest.StashKey[list]()  # one line per host the suite could not reach
+
+
+def node_of(item) -> str | None:
+    """The pytest id of the host a test checks (testinfra's parameter), if it checks one."""
+    callspec = getattr(item, "callspec", None)
+    host = callspec.params.get("_testinfra_host") if callspec else None
+    return host.backend.get_pytest_id() if host is not None else None
+
+
+def unreachable_hosts(items) -> dict[str, str]:
+    """pytest id -> why, of each host that does not answer one command over SSH (ssh's own
+    failure is exit status 255; a backend that raises says why in its exception)."""
+    hosts = {}
+    for item in items:
+        host = item.callspec.params.get("_testinfra_host") if hasattr(item, "callspec") else None
+        if host is not None:
+            hosts[host.backend.get_pytest_id()] = host
+    lost = {}
+    for name, host in hosts.items():
+        try:
+            result = host.run("true")
+        except Exception as error:  # noqa: BLE001 - any failure to connect is the same finding
+            # testinfra's ssh backend raises with ssh's result when ssh itself failed
+            said = getattr(error.args[0], "stderr", None) if error.args else None
+            lost[name] = last_line(said if isinstance(said, str) else str(error)) or type(error).__name__
+            continue
+        if result.rc == 255:
+            lost[name] = last_line(result.stderr) or "ssh exited 255"
+    return lost
+
+
+def last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
 
 
 def busybox_paths(values: list[str]) -> dict:
@@ -201,3 +251,14 @@ PULLS = pytest.StashKey[list]()  # one line per --pull-image, printed at the end
 def pytest_terminal_summary(terminalreporter, config):
     for line in config.stash.get(PULLS, []):
         terminalreporter.write_line(line)
+    for line in config.stash.get(UNREACHABLE, []):
+        terminalreporter.write_line(line, red=True)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    # A host the suite could not check fails the run, even when every other host passed.
+    if session.config.stash.get(UNREACHABLE, []) and exitstatus in (
+        pytest.ExitCode.OK,
+        pytest.ExitCode.NO_TESTS_COLLECTED,
+    ):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -91,6 +91,7 @@ class Settings:
     containerd_limit_nofile: str | None
     containerd_ready_timeout: int
     containerd_verify: bool
+    containerd_report: str
     containerd_rollback: bool
     containerd_restart_hook_before: tuple
     containerd_restart_hook_after: tuple
@@ -184,6 +185,20 @@ def _checksum(host: str, key: str, value, version: Version | None) -> str | dict
     for entry in entries.values():
         _sha256(host, key, entry)
     return _sha256(host, key, entries.get(version)) if version is not None else None
+
+
+def _controller_file(host: str, key: str, value) -> str:
+    """A file on the controller (`~` allowed), or "" for none."""
+    if value is None or value is False or value == "":
+        return ""
+    if not isinstance(value, str) or not value.strip() or control_characters(value) or value.endswith("/"):
+        raise DataError(
+            host,
+            key,
+            f"is {value!r}, not a file",
+            "set it to a file on the controller, e.g. ~/containerd-deploy-report.json (or leave it unset)",
+        )
+    return posixpath.expanduser(value.strip())
 
 
 def _absolute_path(host: str, key: str, value, example: str | None = None) -> str:
@@ -843,6 +858,12 @@ KEYS: dict[str, Key] = {
         _plain(_bool),
         doc="last step of every run: check the running daemon (see [Verify](verify.md)), and run a container when the run changed the node; fail the run, naming each problem, if it falls short; a passing check of an unchanged node is no change",
     ),
+    "containerd_report": Key(
+        "",
+        _plain(_controller_file),
+        shown="unset",
+        doc="a file on the controller the end-of-run report is also written to, as JSON (every host of the run: its status — unchanged, changed, restarted, rolled back, failed, refused, unreachable, interrupted — what changed, the versions restarted from and into, and the verify step's result and whether a container ran); written when the run ends, Ctrl-C included; `~` allowed",
+    ),
     "containerd_rollback": Key(
         True,
         _plain(_bool),
@@ -941,12 +962,11 @@ def resolve(host: str, data: Mapping, sources: Mapping[str, str] | None = None) 
 
 
 def data_sources(host) -> dict[str, str]:
-    """key -> the data layer (DATA_LAYERS) a pyinfra host's value of it comes from."""
-    from pyinfra.api.host import extract_callable_datas
-
+    """key -> the data layer (DATA_LAYERS) a pyinfra host's value of it comes from (a layer is a
+    mapping, or a callable giving one, as pyinfra keeps the deploy's defaults)."""
     sources: dict[str, str] = {}
-    for name, layer in zip(DATA_LAYERS, extract_callable_datas(host.data.datas), strict=True):
-        for key in layer:
+    for name, layer in zip(DATA_LAYERS, host.data.datas, strict=True):
+        for key in layer() if callable(layer) else layer:
             sources.setdefault(key, name)
     return sources
 

@@ -5,9 +5,7 @@ import posixpath
 import re
 import urllib.parse
 
-from pyinfra import logger
 from pyinfra.api.exceptions import DeployError
-from pyinfra_cli.exceptions import CliError
 
 # Trees of the operating system that no data key may name as a directory the deploy locks
 # down, empties or deletes (staging, state, containerd's data when purged): each, and each
@@ -192,19 +190,13 @@ def redact_secrets(text: str) -> str:
     return _CREDENTIAL_ASSIGNMENT.sub(_hidden_value, text)
 
 
-class Refusal(DeployError, CliError):
+class Refusal(DeployError):
     """A run this deploy will not make, said before it changes anything: the host and the problem
-    first, then the fix; never a secret. pyinfra's CLI shows it as it is said (it would show a
-    plain DeployError as an error at the line of source that raised it)."""
+    first, then the fix; never a secret."""
 
     def __init__(self, message: str):
-        CliError.__init__(self, redact_secrets(message))
-
-    def __str__(self) -> str:
-        return self.message
-
-    def show(self, file=None) -> None:
-        logger.error(f"--> {self.message}")
+        self.message = redact_secrets(message)
+        super().__init__(self.message)
 
 
 class DataError(Refusal):

@@ -51,6 +51,7 @@ def configure_containerd(settings: Settings, node: NodeState, plan: Plan):
             current_sha256=file.current_sha256,
             current_text=node.config_text if path == settings.containerd_config_path else None,
             mode=file.mode,
+            diff=False,  # the plan's diff is shown with the plan (deploy/show.py)
         )
     for path in plan.delete:
         file_absent(

@@ -5,10 +5,12 @@ import posixpath
 import socket
 import weakref
 
-from pyinfra import host, logger
+import pyinfra
+from pyinfra import host
 from pyinfra.api import deploy
 
 from containerd_deploy.controller.cache import fetch_digest
+from containerd_deploy.controller.run_record import HostRun, host_run, run_of
 from containerd_deploy.data import artifacts, registries
 from containerd_deploy.data.settings import (
     DEFAULTS,
@@ -21,6 +23,7 @@ from containerd_deploy.data.settings import (
 from containerd_deploy.data.values import Refusal
 from containerd_deploy.deploy.configure import configure_containerd
 from containerd_deploy.deploy.install import fetch_release_files, install_release_files
+from containerd_deploy.deploy.report import report_at_exit
 from containerd_deploy.deploy.reset import check_purge, purged_directories, remove_containerd
 from containerd_deploy.deploy.service import (
     check_hooks,
@@ -29,6 +32,7 @@ from containerd_deploy.deploy.service import (
     keep_running_release,
     run_containerd,
 )
+from containerd_deploy.deploy.show import as_said_by_the_cli, show_plan
 from containerd_deploy.deploy.verify import verify_containerd
 from containerd_deploy.facts.node import ContainerdNode, MissingBinaries, NodeState
 from containerd_deploy.operations.files import leftovers_absent
@@ -176,9 +180,14 @@ def take_run_lock(node: NodeState, plan: Plan) -> None:
     )
 
 
-def report_plan(settings: Settings, plan: Plan) -> None:
-    """The plan, as the dry run, --diff and the real run all print it."""
-    logger.info(f"[{settings.host}] containerd-deploy plan: " + "; ".join(plan.lines()))
+def remember_plan(settings: Settings, node: NodeState, plan: Plan) -> None:
+    """What the end-of-run report needs of the plan (deploy/report.py)."""
+    record = host_run(host)
+    record.plan, record.changes, record.report_file = plan.lines(), plan.changes, settings.containerd_report
+    if plan.restarts_running:
+        old, new = plan.versions.get("containerd", (node.ctr_server or "", str(settings.containerd_version)))
+        version = f"containerd {old} → {new}" if old and old != new else f"containerd {new}"
+        record.restart = f"{version} ({'; '.join(plan.restart)})"
 
 
 def check_supported(settings: Settings, node: NodeState) -> str:
@@ -324,6 +333,19 @@ def check_inventory_data(state) -> None:
 
 @deploy("containerd node", data_defaults=DEFAULTS)
 def containerd_node():
+    report_at_exit(host.state)
+    try:
+        _containerd_node()
+    except Refusal as refusal:
+        # the refusal of another host's data, when this host's preparation checked them all
+        refused = getattr(refusal, "host", None) or host.name
+        run_of(host.state).hosts.setdefault(refused, HostRun()).refused = str(refusal)
+        if pyinfra.is_cli:
+            raise as_said_by_the_cli(refusal) from None
+        raise
+
+
+def _containerd_node():
     check_inventory_data(host.state)
     settings = for_host(host)
     node = gather(settings)
@@ -334,7 +356,8 @@ def containerd_node():
         check_purge(settings, node)  # what the data and config say, before the node is asked more
         check_purge(settings, node, purged_directories(settings, node))
         plan = plan_removal(settings, node)
-        report_plan(settings, plan)
+        show_plan(settings, node, plan)
+        remember_plan(settings, node, plan)
         take_run_lock(node, plan)
         leftovers_absent(
             name="Remove what runs cut short left beside the deploy's files", paths=node.hidden_leftovers
@@ -351,7 +374,8 @@ def containerd_node():
     plan = plan_run(settings, node, wanted)
     check_config_handlers(settings, plan)
     check_not_repeating_a_rollback(settings, node, plan)
-    report_plan(settings, plan)
+    show_plan(settings, node, plan)
+    remember_plan(settings, node, plan)
 
     rollback = settings.containerd_deploy_state_dir if settings.containerd_rollback else ""
     take_run_lock(node, plan)

@@ -35,6 +35,7 @@ def run_containerd(settings: Settings, node: NodeState, plan: Plan, rollback: st
         reload=plan.reload,
         why="; ".join(plan.restart),
         rollback=rollback,
+        diff=False,  # said with the plan (deploy/show.py)
     )
 
 

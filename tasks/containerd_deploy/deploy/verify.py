@@ -59,4 +59,5 @@ def verify_containerd(settings: Settings, config_text, run_container: bool, roll
         run_container=run_container,
         rollback=rollback,
         timeout=settings.containerd_ready_timeout,
+        registry_config_path=settings.containerd_registry_config_path,
     )

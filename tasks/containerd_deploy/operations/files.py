@@ -91,6 +91,7 @@ def file_content(
     current_sha256: str | None | FromNode = FROM_NODE,
     mode: str = "644",
     current_text: str | None = None,
+    diff: bool = True,
 ):
     """
     Make ``path`` hold ``content``: write it beside the path, then rename it over the path (atomic).
@@ -103,6 +104,7 @@ def file_content(
       file, never passed in a command line, shown or world-readable for an instant
     + current_text: the node's file, when the caller has it; with ``--diff`` it is read
       otherwise (not for ``600`` files, whose contents are never shown)
+    + diff: with pyinfra's ``--diff``, show what the write changes (the deploy shows its plan's)
 
     **Example:**
 
@@ -123,14 +125,16 @@ def file_content(
         return
     # Read only to show it, while pyinfra detects changes: never again when the run executes.
     if (
-        host.state.config.DIFF
+        diff
+        and host.state.config.DIFF
         and not host.state.is_executing
         and current_text is None
         and current_sha256 is not None
         and mode != "600"
     ):
         current_text = "\n".join(host.get_fact(FileContents, path=path) or []) + "\n"
-    show_diff(path, current_text if current_sha256 is not None else None, text, secret=mode == "600")
+    if diff:
+        show_diff(path, current_text if current_sha256 is not None else None, text, secret=mode == "600")
     temp_path = hidden_copy(path)
     if mode != "600":
         # One command (an upload costs two more round trips); the text is readable by all anyway.

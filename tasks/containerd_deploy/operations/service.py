@@ -68,6 +68,15 @@ def run_lock_taken(
     yield take_lock_script(host.name, owner, state.generation, anchor_pid)
 
 
+def restart_said(unit: str, action: str, why: str, reload: bool) -> str:
+    """What --diff says of the service: `action` is "restart", "start" or "" (keeps running)."""
+    said = {
+        "restart": f"Will restart {unit} ({why or 'something it loads at start changed'})",
+        "start": f"Will start {unit}",
+    }.get(action, f"No restart: {unit} keeps running")
+    return said + (" after a systemd daemon-reload" if reload else "")
+
+
 @operation()
 def containerd_service(
     unit: str,
@@ -80,6 +89,7 @@ def containerd_service(
     reload: bool = False,
     why: str = "",
     rollback: str = "",
+    diff: bool = True,
 ):
     """
     Keep the containerd unit enabled and running; reload systemd and restart it when told;
@@ -97,6 +107,7 @@ def containerd_service(
     + why: why it restarts, as ``--diff`` says it (the plan's reasons)
     + rollback: the deploy's state directory, where ``release_kept`` keeps the release to put
       back; "" never rolls back
+    + diff: with pyinfra's ``--diff``, say whether it restarts (the deploy says it with its plan)
 
     **Example:**
 
@@ -114,12 +125,8 @@ def containerd_service(
         active = asked[0] if isinstance(active, FromNode) else active
         enabled = asked[1] if isinstance(enabled, FromNode) else enabled
     action = "restart" if restart else ("" if active else "start")
-    if host.state.config.DIFF and not host.state.is_executing:
-        said = {
-            "restart": f"Will restart {unit} ({why or 'something it loads at start changed'})",
-            "start": f"Will start {unit}",
-        }.get(action, f"No restart: {unit} keeps running")
-        host.log(said + (" after a systemd daemon-reload" if reload else ""))
+    if diff and host.state.config.DIFF and not host.state.is_executing:
+        host.log(restart_said(unit, action, why, reload))
     if not action and enabled and not reload:
         host.noop(f"{unit} is enabled and running")
         return

@@ -6,8 +6,9 @@ from collections.abc import Callable
 from pyinfra import host, logger
 from pyinfra.api import StringCommand, operation
 
+from containerd_deploy.controller.run_record import host_run
 from containerd_deploy.facts.daemon import ContainerdDaemon
-from containerd_deploy.plan.verdict import Expected, judge
+from containerd_deploy.plan.verdict import Expected, image_absent_note, judge
 from containerd_deploy.remote.container_check import container_check_script, failure_script
 from containerd_deploy.remote.rollback import rollback_lines
 
@@ -20,6 +21,7 @@ def containerd_verified(
     run_container: bool = True,
     rollback: str = "",
     timeout: int = 60,
+    registry_config_path: str = "",
 ):
     """
     Check the running containerd against ``expected``; fail the run, naming each problem, if it
@@ -38,6 +40,9 @@ def containerd_verified(
     + rollback: the deploy's state directory, where ``release_kept`` keeps the release to put
       back when the check fails; "" never rolls back
     + timeout: seconds a put-back release may take to answer
+    + registry_config_path: the node's registry hosts directory; with ``run_container``, a
+      sandbox image the node lacks is pulled through it first, as a kubelet's first pod would
+      (one it cannot pull runs no container, and says why); "" pulls nothing
 
     **Example:**
 
@@ -69,10 +74,16 @@ def containerd_verified(
         yield StringCommand(failure_script(host.name, verdict.problems, put_back))
         return
     log = logger.info if host.state.print_noop_info else logger.debug
-    if state.sandbox_image == "present" and expected.sandbox_image:
+    said = host_run(host)
+    pull = run_container and registry_config_path and state.sandbox_image == "absent"
+    if expected.sandbox_image and (state.sandbox_image == "present" or pull):
         if run_container:
+            said.verify, said.container = f"a container ran from {expected.sandbox_image}", True
+            if pull:  # pulled next: not a reason for no container
+                verdict.notes.remove(image_absent_note(expected.sandbox_image))
             log(
                 f"{host.print_prefix}{verdict.summary(expected.version)}; next, a container from {expected.sandbox_image}"
+                + (" (pulled first, through the node's registries)" if pull else "")
             )
             yield StringCommand(
                 container_check_script(
@@ -83,8 +94,10 @@ def containerd_verified(
                     expected.unit,
                     expected.handlers,
                     put_back,
+                    pull_hosts_dir=registry_config_path if pull else "",
                 )
             )
             return
         verdict.notes.append("no container run: this run changed nothing")
+    said.verify = "; ".join(verdict.notes) or f"containerd {expected.version} verified"
     host.noop(verdict.summary(expected.version))

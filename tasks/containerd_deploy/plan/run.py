@@ -23,6 +23,7 @@ from containerd_deploy.plan.files import (
     text_sha256,
     unit_text,
 )
+from containerd_deploy.plan.verdict import sandbox_image
 from containerd_deploy.remote.manifest import Manifest
 from containerd_deploy.remote.paths import CRICTL_CONFIG
 
@@ -93,6 +94,14 @@ class Plan:
     attempt: str = ""
     stop: bool = False  # taking the node back: the service is stopped and disabled
     purge: tuple[str, ...] = ()  # taking the node back: containerd's data directories deleted
+    # component -> (the version on the node, "" for none; the version installed), for `install`
+    versions: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    fetched_by: str = "node"  # who downloads the release files: the node, or the controller
+    running: bool = False  # containerd is running before the run
+    hooks: tuple[str, ...] = ()  # the restart hooks the controller runs (data keys)
+    verify: bool = False  # the verify step runs (containerd_verify)
+    # the image the verify step runs a container from (None: the one the new defaults name)
+    verify_image: str | None = None
 
     @property
     def changes(self) -> bool:
@@ -117,10 +126,18 @@ class Plan:
         )
 
     def lines(self) -> list[str]:
-        """The plan as an operator reads it, one line per kind of change."""
+        """The plan as an operator reads it, one line per kind of change, then what the run
+        checks."""
+        return (self._change_lines() or ["no change"]) + self._check_lines()
+
+    def _change_lines(self) -> list[str]:
         said = ["stop and disable containerd"] if self.stop else []
         if self.install:
-            said.append("install " + ", ".join(NAMES[c] for c in self.install))
+            said.append(
+                "install "
+                + ", ".join(self._installed(component) for component in self.install)
+                + f" (fetched by the {self.fetched_by}, sha256 verified)"
+            )
         if self.remove:
             said.append("remove " + ", ".join(NAMES[c] for c in self.remove))
         if self.write:
@@ -146,13 +163,32 @@ class Plan:
             )
         elif self.start:
             said.append("start containerd")
+        elif self.running and said and not self.stop:
+            said.append("no restart (nothing containerd loads at start changes)")
+        if self.hooks:
+            said.append("run " + " and ".join(self.hooks) + " on the controller around the restart")
         if self.enable:
             said.append("enable containerd")
         if self.drop_kept:
             said.append("drop the release kept for a rollback")
         if self.purge:
             said.append("delete containerd's data in " + ", ".join(self.purge))
-        return said or ["no change"]
+        return said
+
+    def _installed(self, component: str) -> str:
+        old, new = self.versions.get(component, ("", ""))
+        shown = NAMES[component]
+        if not new:
+            return shown
+        return f"{shown} {old} → {new}" if old and old != new else f"{shown} {new}"
+
+    def _check_lines(self) -> list[str]:
+        if not self.verify:
+            return []
+        if not self.changes:
+            return ["verify the running containerd (no container: this run changes nothing)"]
+        image = self.verify_image or "the sandbox image the new config names"
+        return [f"verify containerd, then run a container from {image} (pulled first if the node lacks it)"]
 
 
 def plan_run(settings: Settings, node: NodeState, wanted: dict[str, Artifact]) -> Plan:
@@ -207,6 +243,22 @@ def plan_run(settings: Settings, node: NodeState, wanted: dict[str, Artifact]) -
     keep = bool(settings.containerd_rollback and restarts_running and "containerd" in node.manifests)
     unit_files = (settings.containerd_unit_path, dropin)
     return Plan(
+        versions={
+            component: (
+                node.manifests[component].fields.get("version", "") if component in node.manifests else "",
+                wanted[component].version,
+            )
+            for component in install
+        },
+        fetched_by="controller" if settings.artifact_source == "controller" else "node",
+        running=node.active,
+        hooks=tuple(
+            key
+            for key in ("containerd_restart_hook_before", "containerd_restart_hook_after")
+            if restarts_running and getattr(settings, key)
+        ),
+        verify=settings.containerd_verify,
+        verify_image=sandbox_image(config_text, settings.containerd_version) if config_text else None,
         install=install,
         remove=remove,
         files=files,

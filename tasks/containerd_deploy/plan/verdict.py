@@ -331,12 +331,14 @@ def _judge_sandbox_image(expected: Expected, state: DaemonState, verdict: Verdic
             f"{state.sandbox_image[len('unlisted') :].strip()[:300]}; see journalctl -u {expected.unit}"
         )
     elif state.sandbox_image != "present":
-        verdict.notes.append(
-            f"no container run: the sandbox image {expected.sandbox_image} is not on the node yet "
-            "(a kubelet pulls it for the first pod)"
-            if expected.sandbox_image
-            else "no container run: the config names no sandbox image"
-        )
+        verdict.notes.append(image_absent_note(expected.sandbox_image))
+
+
+def image_absent_note(image: str | None) -> str:
+    """Why no container runs from a sandbox image the node does not have (or no image at all)."""
+    if not image:
+        return "no container run: the config names no sandbox image"
+    return f"no container run: the sandbox image {image} is not on the node yet (a kubelet pulls it for the first pod)"
 
 
 def _judge_runtime_binaries(expected: Expected, state: DaemonState, verdict: Verdict) -> None:

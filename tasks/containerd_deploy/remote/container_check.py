@@ -8,6 +8,11 @@ import shlex
 from containerd_deploy.remote.daemon_state import CTR_TIMEOUT, VERIFY_NAMESPACE
 from containerd_deploy.remote.paths import RUNC_STATE_ROOT
 
+PULL_TIMEOUT = 120  # seconds a pull of the sandbox image may take (a node with no route fails sooner)
+# How the script says it ran no container because the image could not be pulled (the report reads it).
+NOT_PULLED = "no container run: the sandbox image"
+NOT_PULLED_WHY = "could not be pulled through the node's registries"
+
 
 def scope_retry_lines() -> list[str]:
     """Shell: `retry_scope BINARY`, after `start` failed. When systemd failed the container's
@@ -44,13 +49,19 @@ def container_check_script(
     unit: str,
     handlers: tuple = (("runc", ""),),
     rollback_lines: list[str] | None = None,
+    pull_hosts_dir: str = "",
 ) -> str:
     """A command that runs a container from `image` (in the k8s.io namespace, where the CRI has
     it) through each of `handlers` — (name, runc-compatible binary, "" for runc itself) — as the
     CRI would, checks that it runs (in a systemd scope under the systemd cgroup driver) and, for
     a handler's own binary, that this binary runs it; removes it, and prints where it ran; or
     fails, naming the problem and its fix (after putting back a release kept before this run's
-    restart, given `rollback_lines`: ``rollback.rollback_lines``)."""
+    restart, given `rollback_lines`: ``rollback.rollback_lines``).
+
+    With `pull_hosts_dir` (the node's registry hosts directory) the image is pulled first, through
+    the node's registries as a kubelet's first pod would pull it; a node that cannot pull it (no
+    route, no credentials) runs no container and says why on one line: a warning, not a failure
+    (an air-gapped node gets its images another way)."""
     q = shlex.quote
     ctr = f"timeout {CTR_TIMEOUT} {q(f'{bin_dir}/ctr')} -n {VERIFY_NAMESPACE}"
     # ctr's own systemd-cgroup flag puts the task in system.slice/containerd-deploy-verify-<pid>-<handler>.scope,
@@ -59,8 +70,21 @@ def container_check_script(
         '--runc-systemd-cgroup --cgroup "system.slice:containerd-deploy:$name" ' if systemd_cgroup else ""
     )
     header = f"containerd-deploy: {host_name} is not a conformant containerd node:"
+    pull = (
+        [
+            f"if ! pulled=$(timeout {PULL_TIMEOUT} {q(f'{bin_dir}/ctr')} -n {VERIFY_NAMESPACE} images pull "
+            f"--hosts-dir {q(pull_hosts_dir)} {q(image)} 2>&1); then",
+            f"  printf '%s %s %s (%s)\\n' {q(NOT_PULLED)} {q(image)} {q(NOT_PULLED_WHY)} "
+            + "\"$(printf %s \"$pulled\" | tail -n 2 | tr '\\n' ' ' | cut -c1-300)\"",
+            "  exit 0",
+            "fi",
+        ]
+        if pull_hosts_dir
+        else []
+    )
     return "\n".join(
         [
+            *pull,
             "remove() {",
             f'  {ctr} tasks rm -f "$id" >/dev/null 2>&1',
             f'  {ctr} containers rm "$id" >/dev/null 2>&1',

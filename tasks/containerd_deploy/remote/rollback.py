@@ -21,6 +21,9 @@ from containerd_deploy.remote.shell import TAB, answer_wait_lines, hidden_copy_e
 
 q = shlex.quote
 
+# What a rollback that got the kept release answering says, on stderr (the run's report reads it).
+ROLLED_BACK = "containerd-deploy: rolled back:"
+
 
 def kept_dir(state_dir: str) -> str:
     return f"{state_dir.rstrip('/')}/{KEPT_DIR_NAME}"
@@ -133,7 +136,7 @@ def rollback_lines(state_dir: str, unit: str, ctr: str, timeout: int) -> list[st
         "    return 2",
         "  fi",
         '  rm -rf -- "$keep"',
-        f'  echo "containerd-deploy: rolled back: containerd $server answers again (pid $(systemctl show -p MainPID --value {q(unit)})); running containers were left running" >&2',
+        f'  echo "{ROLLED_BACK} containerd $server answers again (pid $(systemctl show -p MainPID --value {q(unit)})); running containers were left running" >&2',
         "  return 0",
         "}",
     ]

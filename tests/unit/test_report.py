@@ -1,0 +1,275 @@
+"""The end-of-run report (deploy/report.py): each host's row from the deploy's plan and
+pyinfra's results, as the run left them — prepared by the real deploy on a fake node, then each
+operation completed as a real run would have completed it."""
+
+import json
+import signal
+
+import pytest
+from pyinfra.api.state import StateStage
+from pyinfra.connectors.util import CommandOutput, OutputLine
+from pyinfra.context import ctx_host, ctx_state
+
+from containerd_deploy.controller import run_record
+from containerd_deploy.deploy import report
+from containerd_deploy.remote.rollback import ROLLED_BACK
+
+from .flow import converged, drifted, prepare, settings_for
+
+DRIFT = {"containerd_max_container_log_line_size": 32768, "containerd_verify": True}
+CONFIG = "/etc/containerd/config.toml"
+
+
+def prepared(monkeypatch, node=None, data=None) -> tuple:
+    run: dict = {}
+    prepare(monkeypatch, node or converged(settings_for()), DRIFT if data is None else data, run=run)
+    return run["state"], run["host"]
+
+
+def output(stdout=(), stderr=()) -> CommandOutput:
+    return CommandOutput(
+        [OutputLine("stdout", line) for line in stdout] + [OutputLine("stderr", line) for line in stderr]
+    )
+
+
+def complete(state, host, fail_at: str = "", stderr=(), stop_at: str = "", said: dict | None = None) -> None:
+    """Complete each operation as a run does: each with its commands, until `fail_at` fails
+    (saying `stderr`) or `stop_at` (the run was stopped there); `said`: an operation's name ->
+    the lines it printed."""
+    state.current_stage = StateStage.Execute
+    for op_hash in state.get_op_order():
+        name = report._op_name(state, op_hash)
+        if stop_at and name.startswith(stop_at):
+            return
+        data = state.get_op_data_for_host(host, op_hash)
+        with ctx_state.use(state), ctx_host.use(host):
+            commands = list(data.command_generator())
+        failed = bool(fail_at) and name.startswith(fail_at)
+        printed = next((lines for prefix, lines in (said or {}).items() if name.startswith(prefix)), ())
+        data.operation_meta.set_complete(
+            not failed,
+            commands or ["x"] if failed else commands,
+            output(stdout=printed, stderr=stderr if failed else ()),
+        )
+        if failed:
+            return
+    state.current_stage = StateStage.Disconnect
+
+
+def row_of(state, host, interrupted=False) -> dict:
+    run = run_record.run_of(state)
+    run.interrupted = interrupted
+    return report.outcome(state, host, run)
+
+
+def test_a_restarted_node_says_from_which_version_into_which_and_the_container_it_ran(monkeypatch):
+    state, host = prepared(monkeypatch)
+    complete(state, host)
+    run_record.host_run(host).verify, run_record.host_run(host).container = "a container ran from pause", True
+    row = row_of(state, host)
+    assert row["status"] == "restarted"
+    assert row["detail"] == f"containerd 2.2.1 ({CONFIG} changed)"
+    assert row["verify"] == {"result": "passed", "container": True, "note": "a container ran from pause"}
+    assert f"write {CONFIG}" in row["changes"] and not any(
+        line.startswith("verify") for line in row["changes"]
+    )
+
+
+def test_a_node_that_could_not_pull_the_sandbox_image_is_a_warning_in_one_line(monkeypatch, caplog):
+    from containerd_deploy.remote.container_check import NOT_PULLED
+
+    state, host = prepared(monkeypatch)
+    no_route = (
+        f"{NOT_PULLED} registry.k8s.io/pause:3.10 could not be pulled through the node's registries (x)"
+    )
+    # the container check only runs at execution (the prepared run has none): it printed this
+    complete(state, host, said={"Verify containerd": ["noise", no_route]})
+    (verify,) = [
+        op for op in state.get_op_order() if report._op_name(state, op).startswith("Verify containerd")
+    ]
+    state.ops[host][verify].operation_meta._commands = ["check"]
+    run_record.host_run(host).verify, run_record.host_run(host).container = "a container ran from pause", True
+    row = row_of(state, host)
+    assert row["verify"] == {"result": "passed", "container": False, "note": no_route, "warning": True}
+    with caplog.at_level("INFO"):
+        report.finish(state)
+    [line] = [record for record in caplog.records if record.getMessage().startswith("node1 ")]
+    assert line.levelname == "WARNING" and line.getMessage().endswith(f"verify passed: {no_route}")
+
+
+def test_an_upgrade_says_old_and_new_versions(monkeypatch):
+    settings = settings_for()
+    node = converged(settings)
+    old = node.manifests["containerd"]
+    node = drifted(
+        node,
+        manifests={
+            **node.manifests,
+            "containerd": type(old)(
+                {**old.fields, "version": "1.7.24", "sha256": "0" * 64}, old.files, old.actual
+            ),
+        },
+        ctr_server="1.7.24",
+        ctr_client="1.7.24",
+    )
+    state, host = prepared(monkeypatch, node, {"containerd_verify": True})
+    complete(state, host)
+    assert row_of(state, host)["detail"] == "containerd 1.7.24 → 2.2.1 (containerd 2.2.1 installed)"
+
+
+def test_an_unchanged_node_is_unchanged_and_says_why_no_container_ran(monkeypatch):
+    state, host = prepared(monkeypatch, data={"containerd_verify": True})
+    complete(state, host)
+    run_record.host_run(host).verify = "no container run: this run changed nothing"
+    row = row_of(state, host)
+    assert (row["status"], row["detail"], row["changes"]) == ("unchanged", "", ["no change"])
+    assert report.verify_said(row["verify"]) == "verify passed: no container run: this run changed nothing"
+
+
+def test_a_change_without_a_restart_says_what_changed(monkeypatch):
+    mirror = {"containerd_registries": {"docker.io": {"mirrors": [{"host": "https://m.internal"}]}}}
+    state, host = prepared(monkeypatch, data=mirror)
+    complete(state, host)
+    row = row_of(state, host)
+    assert row["status"] == "changed"
+    assert row["detail"] == (
+        "write /etc/containerd/certs.d/docker.io/hosts.toml; no restart (nothing containerd loads at start changes)"
+    )
+
+
+def test_a_failed_verify_that_rolled_back_says_so_and_why(monkeypatch):
+    state, host = prepared(monkeypatch)
+    said = [
+        "containerd-deploy: node1 is not a conformant containerd node:",
+        "  - CRI plugin not loaded",
+        f"{ROLLED_BACK} containerd 2.2.1 answers again (pid 42); running containers were left running",
+    ]
+    complete(state, host, fail_at="Verify containerd", stderr=said)
+    row = row_of(state, host)
+    assert row["status"] == "rolled back"
+    assert row["detail"] == (
+        "containerd 2.2.1 answers again (pid 42); running containers were left running; "
+        "Verify containerd (containerd_verify): - CRI plugin not loaded"
+    )
+    assert row["verify"] == {"result": "failed"}
+
+
+def test_a_failed_operation_is_named_with_its_last_words(monkeypatch):
+    state, host = prepared(monkeypatch)
+    complete(state, host, fail_at="Enable, start", stderr=["some noise", "containerd did not answer in 60s"])
+    row = row_of(state, host)
+    assert (row["status"], row["detail"]) == (
+        "failed",
+        "Enable, start and check containerd: containerd did not answer in 60s",
+    )
+    assert row["verify"] == {"result": "not reached"}
+
+
+def test_a_run_stopped_by_ctrl_c_names_where(monkeypatch):
+    state, host = prepared(monkeypatch)
+    complete(state, host, stop_at="Enable, start")
+    assert (row_of(state, host, interrupted=True)["status"], row_of(state, host, True)["detail"]) == (
+        "interrupted",
+        "at Enable, start and check containerd",
+    )
+
+
+def test_a_dry_run_says_what_would_change(monkeypatch):
+    state, host = prepared(monkeypatch)
+    row = row_of(state, host)
+    assert row["status"] == "would change" and row["detail"].startswith(f"write {CONFIG}; keep the running")
+    state, host = prepared(monkeypatch, data={})
+    assert row_of(state, host)["status"] == "no change"
+
+
+def test_refused_unreachable_and_unplanned_hosts_have_rows_too(monkeypatch):
+    state, host = prepared(monkeypatch)
+    run_record.host_run(host).refused = "node1: data key 'x' is bad. Fix: y"
+    assert (row_of(state, host)["status"], row_of(state, host)["detail"]) == (
+        "refused",
+        "node1: data key 'x' is bad. Fix: y",
+    )
+    run_record.run_of(state).hosts["node1"].refused = ""
+    run_record.run_of(state).hosts["node2"] = run_record.HostRun(refused="node2: refused")
+    assert (row_of(state, host)["status"], row_of(state, host)["detail"]) == (
+        "not run",
+        "the run stopped before any change: node2 refused",
+    )
+    run_record.run_of(state).hosts.clear()
+    assert row_of(state, host)["status"] == "not run"
+    state.activated_hosts.discard(host)
+    assert (row_of(state, host)["status"], row_of(state, host)["detail"]) == (
+        "unreachable",
+        "could not connect (pyinfra says why at the top of the run)",
+    )
+
+
+def test_every_inventory_host_is_in_the_report_in_order_and_the_table_lines_up():
+    from pyinfra.api import Config, Inventory, State
+
+    inventory = Inventory(([("db-1", {}), ("web-10", {}), ("web-2", {})], {}))
+    state = State(inventory, Config())
+    state.activate_host(inventory.get_host("web-10"))
+    rows = report.outcomes(state)
+    assert [(row["host"], row["status"]) for row in rows] == [
+        ("db-1", "unreachable"),
+        ("web-10", "not run"),
+        ("web-2", "unreachable"),
+    ]
+    rows[1].update(
+        status="restarted", detail="containerd 1.7.24 → 2.1.9 (x)", verify={"result": "passed", "note": "ok"}
+    )
+    assert report.table(rows) == [
+        "db-1    unreachable  could not connect (pyinfra says why at the top of the run)",
+        "web-10  restarted    containerd 1.7.24 → 2.1.9 (x); verify passed: ok",
+        "web-2   unreachable  could not connect (pyinfra says why at the top of the run)",
+    ]
+    assert report.summary(rows) == "2 unreachable, 1 restarted"
+
+
+def test_the_report_is_written_whole_as_json_to_each_file_named(monkeypatch, tmp_path, caplog):
+    state, host = prepared(monkeypatch)
+    complete(state, host)
+    target = tmp_path / "reports" / "run.json"
+    run_record.host_run(host).report_file = str(target)
+    with caplog.at_level("INFO"):
+        report.finish(state)
+    written = json.loads(target.read_text())
+    assert written["interrupted"] is False
+    assert [(row["host"], row["status"]) for row in written["hosts"]] == [("node1", "restarted")]
+    assert sorted(path.name for path in target.parent.iterdir()) == ["run.json"]  # no temp file left
+    assert "--> containerd-deploy report (1 restarted):" in caplog.text
+    assert f"node1  restarted  containerd 2.2.1 ({CONFIG} changed)" in caplog.text
+
+
+def test_an_unwritable_report_file_is_said_and_the_run_report_still_printed(monkeypatch, tmp_path, caplog):
+    state, host = prepared(monkeypatch)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    run_record.host_run(host).report_file = str(blocker / "run.json")  # a file where a directory should be
+    with caplog.at_level("INFO"):
+        report.finish(state)
+    assert f"could not write the report to {blocker / 'run.json'}" in caplog.text
+    assert "node1  would change" in caplog.text
+
+
+def test_under_the_cli_the_report_is_printed_at_exit_and_ctrl_c_exits_130(monkeypatch):
+    import pyinfra
+    from pyinfra.api import Config, Inventory, State
+
+    state = State(Inventory((["n"], {})), Config())
+    registered, handlers = [], {}
+    monkeypatch.setattr(
+        report.atexit, "register", lambda function, *args: registered.append((function, args))
+    )
+    monkeypatch.setattr(report.signal, "signal", lambda number, handler: handlers.update({number: handler}))
+    monkeypatch.setattr(pyinfra, "is_cli", False)
+    report.report_at_exit(state)
+    assert registered == [] and handlers == {}, "nothing under the API"
+    monkeypatch.setattr(pyinfra, "is_cli", True)
+    report.report_at_exit(state)
+    report.report_at_exit(state)  # once per run
+    assert registered == [(report.finish, (state,))]
+    with pytest.raises(SystemExit) as stop:
+        handlers[signal.SIGINT](signal.SIGINT, None)
+    assert stop.value.code == 130 and run_record.run_of(state).interrupted
