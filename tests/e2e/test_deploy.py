@@ -4,9 +4,13 @@ The node is a qemu VM resumed from the harness's saved state; pyinfra and the co
 suite reach it over real SSH, exactly as an operator's run would.
 """
 
+import json
 import re
 
 import pytest
+
+from containerd_deploy.conformance.oci import PAUSE_IMAGE_NAME
+from tests.harness import vm
 
 from .helpers import LOCK_OP, changed_ops, conformance, main_pid, node_snapshot, pyinfra, unchanged_ops
 
@@ -68,7 +72,8 @@ def test_the_dry_run_the_diff_and_the_real_run_read_one_plan(node, first_deploy)
     planned = (
         "write /etc/containerd/config.toml; keep the running release, to put back if the restarted one "
         "fails; restart the running containerd (/etc/containerd/config.toml changed); drop the release kept "
-        "for a rollback"
+        f"for a rollback; verify containerd, then run a container from {PAUSE_IMAGE_NAME} (pulled first if the "
+        "node lacks it)"
     )
     dry, _ = pyinfra(node.name, "--dry", "-v", data=data, yes=False)
     assert dry.returncode == 0, dry.stderr[-4000:]
@@ -96,7 +101,7 @@ def test_tampered_artifact_is_refused_and_the_node_left_as_it_was(node, first_de
     wrong = "deadbeef" * 8  # what a tampered or corrupted mirror file looks like from the node's side
     # given for the node's runc version (a plain checksum via --data would be refused: its version
     # comes from the inventory)
-    version = node.generation.release.runc_version
+    version = json.loads((vm.node_dir(node.name) / "data.json").read_text())["runc_version"]
     process, _ = pyinfra(node.name, data={"runc_sha256": {version: wrong}})
     assert process.returncode != 0
     output = process.stdout + process.stderr

@@ -43,8 +43,8 @@ def fleet_inventory(tmp_path) -> str:
     path = tmp_path / "fleet.py"
     path.write_text(
         "import runpy\n"
-        f"local = runpy.run_path({str(REPO_ROOT / 'inventories' / 'local.py')!r})['local_nodes']\n"
-        f"fleet = [node for node in local if node[0] == {NAME!r}]\n"
+        f"_local = runpy.run_path({str(REPO_ROOT / 'inventories' / 'local.py')!r})['local_nodes']\n"
+        f"fleet = [node for node in _local if node[0] == {NAME!r}]\n"
         f"fleet.append(({LOST!r}, {{'ssh_hostname': '127.0.0.1', 'ssh_port': {closed_port()}, "
         "'ssh_connect_retries': 0}))\n"
     )

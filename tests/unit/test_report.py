@@ -97,6 +97,21 @@ def test_a_node_that_could_not_pull_the_sandbox_image_is_a_warning_in_one_line(m
     assert line.levelname == "WARNING" and line.getMessage().endswith(f"verify passed: {no_route}")
 
 
+def test_where_the_verify_container_ran_is_said_after_what_it_ran_from(monkeypatch):
+    state, host = prepared(monkeypatch)
+    complete(state, host, said={"Verify containerd": ["a container ran in /system.slice/x.scope"]})
+    (verify,) = [
+        op for op in state.get_op_order() if report._op_name(state, op).startswith("Verify containerd")
+    ]
+    state.ops[host][verify].operation_meta._commands = ["check"]
+    run_record.host_run(host).verify, run_record.host_run(host).container = "a container ran from pause", True
+    assert row_of(state, host)["verify"] == {
+        "result": "passed",
+        "container": True,
+        "note": "a container ran from pause in /system.slice/x.scope",
+    }
+
+
 def test_an_upgrade_says_old_and_new_versions(monkeypatch):
     settings = settings_for()
     node = converged(settings)
@@ -132,9 +147,7 @@ def test_a_change_without_a_restart_says_what_changed(monkeypatch):
     complete(state, host)
     row = row_of(state, host)
     assert row["status"] == "changed"
-    assert row["detail"] == (
-        "write /etc/containerd/certs.d/docker.io/hosts.toml; no restart (nothing containerd loads at start changes)"
-    )
+    assert row["detail"] == ("write /etc/containerd/certs.d/docker.io/hosts.toml; no restart")
 
 
 def test_a_failed_verify_that_rolled_back_says_so_and_why(monkeypatch):

@@ -18,6 +18,9 @@ class HostRun:
     verify: str = ""  # what the verify step said of the node
     container: bool = False  # the verify step ran a container
     report_file: str = ""  # containerd_report of this host
+    failure: str = (
+        ""  # why an operation run on the controller failed (a restart hook): pyinfra keeps no output of it
+    )
 
 
 @dataclass

@@ -185,7 +185,7 @@ def remember_plan(settings: Settings, node: NodeState, plan: Plan) -> None:
     record = host_run(host)
     record.plan, record.changes, record.report_file = plan.lines(), plan.changes, settings.containerd_report
     if plan.restarts_running:
-        old, new = plan.versions.get("containerd", (node.ctr_server or "", str(settings.containerd_version)))
+        old, new = plan.versions.get("containerd", ("", str(settings.containerd_version)))
         version = f"containerd {old} → {new}" if old and old != new else f"containerd {new}"
         record.restart = f"{version} ({'; '.join(plan.restart)})"
 

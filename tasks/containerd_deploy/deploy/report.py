@@ -21,9 +21,9 @@ from pathlib import Path
 from pyinfra import logger
 from pyinfra.api.state import StateStage
 
-from containerd_deploy.controller.run_record import Run, run_of
+from containerd_deploy.controller.run_record import HostRun, Run, run_of
 from containerd_deploy.data.values import redact_secrets
-from containerd_deploy.remote.container_check import NOT_PULLED
+from containerd_deploy.remote.container_check import CONTAINER_RAN, NOT_PULLED
 from containerd_deploy.remote.rollback import ROLLED_BACK
 
 INTERRUPTED_EXIT = 130  # as a shell reports a command stopped by SIGINT
@@ -57,10 +57,13 @@ def _op_name(state, op_hash) -> str:
     return names[0].rsplit(" | ", 1)[-1] if names else "an operation"
 
 
-def _why_failed(meta) -> str:
+def _why_failed(meta, record: HostRun) -> str:
+    """The problems a failed operation named, else its last line (or what the deploy recorded of
+    an operation run on the controller, whose output pyinfra does not keep)."""
     lines = [line.strip() for line in (meta.stderr_lines or meta.stdout_lines) if line.strip()]
     problems = [line for line in lines if line.startswith("- ")]
-    return redact_secrets("; ".join(problems[:3]) if problems else (lines[-1] if lines else "no output"))
+    said = "; ".join(problems[:3]) if problems else lines[-1] if lines else record.failure or "no output"
+    return redact_secrets(said)
 
 
 def outcome(state, host, run: Run) -> dict:
@@ -105,24 +108,25 @@ def outcome(state, host, run: Run) -> dict:
                 row.update(
                     status="rolled back",
                     detail=redact_secrets(rolled_back[-1].split(ROLLED_BACK, 1)[1].strip())
-                    + f"; {_op_name(state, op_hash)}: {_why_failed(meta)}",
+                    + f"; {_op_name(state, op_hash)}: {_why_failed(meta, record)}",
                 )
             else:
-                row.update(status="failed", detail=f"{_op_name(state, op_hash)}: {_why_failed(meta)}")
+                row.update(status="failed", detail=f"{_op_name(state, op_hash)}: {_why_failed(meta, record)}")
             row["verify"] = {"result": "failed" if "Verify" in _op_name(state, op_hash) else "not reached"}
             return row
     if not record.changes:
         row["status"] = "unchanged"
     elif record.restart:
         row.update(status="restarted", detail=record.restart)
-    else:
-        row.update(status="changed", detail="; ".join(row["changes"]))
+    else:  # each change without its reasons: the JSON's "changes" has them whole
+        row.update(status="changed", detail="; ".join(line.split(" (", 1)[0] for line in row["changes"]))
     if record.verify:
         row["verify"] = {"result": "passed", "container": record.container, "note": record.verify}
         said = _verify_output(state, host)
-        if said:  # the container check's own word: the pull may have failed (a warning)
-            row["verify"].update(container=not said.startswith(NOT_PULLED), note=said)
-            row["verify"]["warning"] = said.startswith(NOT_PULLED)
+        if said.startswith(NOT_PULLED):  # the container check could not pull the image: a warning
+            row["verify"].update(container=False, note=said, warning=True)
+        elif said:  # where it ran ("a container ran in <scope>"), after what it ran from
+            row["verify"]["note"] = record.verify + said.removeprefix(CONTAINER_RAN)
     return row
 
 
@@ -135,7 +139,7 @@ def _verify_output(state, host) -> str:
         meta = data.operation_meta
         if meta.is_complete() and meta.did_change():
             lines = [line.strip() for line in meta.stdout_lines if line.strip()]
-            found = [line for line in lines if line.startswith(("a container ran", NOT_PULLED))]
+            found = [line for line in lines if line.startswith((CONTAINER_RAN, NOT_PULLED))]
             return redact_secrets(found[-1]) if found else ""
     return ""
 

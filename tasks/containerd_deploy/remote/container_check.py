@@ -12,6 +12,7 @@ PULL_TIMEOUT = 120  # seconds a pull of the sandbox image may take (a node with 
 # How the script says it ran no container because the image could not be pulled (the report reads it).
 NOT_PULLED = "no container run: the sandbox image"
 NOT_PULLED_WHY = "could not be pulled through the node's registries"
+CONTAINER_RAN = "a container ran"  # what the script says when the container ran, then where
 
 
 def scope_retry_lines() -> list[str]:
@@ -132,7 +133,7 @@ def container_check_script(
             '    fail "ran, but not through $2 (it does not know the container): is BinaryName right?"',
             "  fi",
             "  remove",
-            """  printf '%s\\n' "a container ran${2:+ through $1}${scope:+ in $scope}$retried""" + '"',
+            f"""  printf '%s\\n' "{CONTAINER_RAN}${{2:+ through $1}}${{scope:+ in $scope}}$retried\"""",
             "}",
             *[f"run_one {q(name)} {q(binary or '')}" for name, binary in handlers],
         ]
