@@ -509,15 +509,21 @@ def test_a_restart_hook_run_logs_its_last_lines_or_fails_saying_why(tmp_path):
 
     from pyinfra import logger
 
+    from containerd_deploy.controller.run_record import run_of
     from containerd_deploy.operations.service import _hook
 
     host = LoggingHost()
     talk = "import sys; print('\\n'.join(f'line {n}' for n in range(1, 8))); sys.exit(int(sys.argv[1]))"
     assert _hook(None, host, "containerd_restart_hook_before", [sys.executable, "-c", talk, "0"], 10) is True
     assert host.logged == [(f"containerd_restart_hook_before: line {n}", logger.info) for n in range(3, 8)]
-    host = LoggingHost()
-    assert _hook(None, host, "containerd_restart_hook_after", [sys.executable, "-c", talk, "3"], 10) is False
+
+    class Run:  # a pyinfra State, as the report's record is kept by
+        pass
+
+    host, state = LoggingHost(), Run()
+    assert _hook(state, host, "containerd_restart_hook_after", [sys.executable, "-c", talk, "3"], 10) is False
     [(message, log_func, style)] = host.logged
+    assert run_of(state).hosts["node1"].failure == message.removeprefix("containerd-deploy: ")
     assert message.startswith("containerd-deploy: node1: data key 'containerd_restart_hook_after': ")
     assert message.endswith(
         "failed (exit status 3); it said: line 1 | line 2 | line 3 | line 4 | line 5 | line 6 | line 7"

@@ -9,7 +9,7 @@ from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, OperationError, StringCommand, operation
 
 from containerd_deploy.controller.hooks import HookFailed, run_hook
-from containerd_deploy.controller.run_record import host_run
+from containerd_deploy.controller.run_record import HostRun, run_of
 from containerd_deploy.data.hooks import hook_argv
 from containerd_deploy.data.values import redact_secrets
 from containerd_deploy.facts.node import RunLock, UnitState
@@ -149,7 +149,7 @@ def _hook(state, host, key: str, argv: list[str], timeout: int) -> bool:
         output = run_hook(key, argv, timeout, host.name)
     except HookFailed as error:
         host.log_styled(f"containerd-deploy: {error}", fg="red", log_func=logger.error)
-        host_run(host).failure = str(error)
+        run_of(state).hosts.setdefault(host.name, HostRun()).failure = str(error)  # for the run's report
         return False
     for line in output.splitlines()[-5:]:
         host.log(f"{key}: {line}")
