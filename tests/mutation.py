@@ -63,6 +63,7 @@ FLOOR = 0.90
 DECISION_MODULES = (
     "deploy/node.py",
     "deploy/reset.py",
+    "deploy/report.py",
     "operations/__init__.py",
     "operations/release.py",
     "operations/files.py",
