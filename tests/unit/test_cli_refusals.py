@@ -14,7 +14,8 @@ def pyinfra_local(*data: str) -> subprocess.CompletedProcess:
     args = [arg for item in data for arg in ("--data", item)]
     environment = {**os.environ, "NO_COLOR": "1", "PYINFRA_PROGRESS": "off"}
     return subprocess.run(
-        [sys.executable, "-m", "pyinfra", "@local", "deploy.py", "-y", *args],
+        # --dry: were the refusal ever to miss (a mutant, a regression), nothing would run here
+        [sys.executable, "-m", "pyinfra", "@local", "deploy.py", "--dry", "-y", *args],
         cwd=REPO,
         capture_output=True,
         text=True,

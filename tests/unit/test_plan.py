@@ -421,3 +421,9 @@ def test_the_plan_names_who_fetches_the_hooks_only_around_a_restart_and_no_verif
         },
     )
     assert plan_of({"containerd_rollback": False}, same).lines()[0] == f"install runc {RUNC} {FETCHED}"
+    # with no registry hosts directory, the verify step pulls nothing: the plan does not promise it
+    assert plan_of(
+        {**CONFIG_DRIFT, "containerd_registry_config_path": ""}, converged(settings_for())
+    ).lines()[-1] == (
+        "verify containerd, then run a container from registry.k8s.io/pause:3.10 (if the node has it)"
+    )

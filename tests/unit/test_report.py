@@ -178,13 +178,29 @@ def test_a_failed_operation_is_named_with_its_last_words(monkeypatch):
     assert row["verify"] == {"result": "not reached"}
 
 
-def test_a_run_stopped_by_ctrl_c_names_where(monkeypatch):
+def test_a_run_stopped_by_ctrl_c_names_where_and_what_changed_before(monkeypatch):
     state, host = prepared(monkeypatch)
     complete(state, host, stop_at="Enable, start")
-    assert (row_of(state, host, interrupted=True)["status"], row_of(state, host, True)["detail"]) == (
-        "interrupted",
-        "at Enable, start and check containerd",
+    row = row_of(state, host, interrupted=True)
+    assert row["status"] == "interrupted"
+    assert row["detail"].startswith(
+        "at Enable, start and check containerd; changed before: Take the node's run lock"
     )
+    assert f"Write {CONFIG}" in row["detail"]
+
+
+def test_a_host_the_run_stopped_for_another_hosts_failure_is_stopped_not_unchanged(monkeypatch):
+    """pyinfra stops every host when one fails past --fail-percent, or when the operator answers
+    no to "continue?": what the others had done by then is said."""
+    state, host = prepared(monkeypatch)
+    complete(state, host, stop_at="Verify containerd")
+    row = row_of(state, host)
+    assert row["status"] == "stopped"
+    assert row["detail"].startswith(
+        "at Verify containerd (containerd_verify) (the run stopped: another host failed past its allowance); "
+        "changed before: Take the node's run lock"
+    )
+    assert "Enable, start and check containerd" in row["detail"]
 
 
 def test_a_dry_run_says_what_would_change(monkeypatch):
@@ -200,7 +216,7 @@ def test_refused_unreachable_and_unplanned_hosts_have_rows_too(monkeypatch):
     run_record.host_run(host).refused = "node1: data key 'x' is bad. Fix: y"
     assert (row_of(state, host)["status"], row_of(state, host)["detail"]) == (
         "refused",
-        "node1: data key 'x' is bad. Fix: y",
+        "data key 'x' is bad. Fix: y",
     )
     run_record.run_of(state).hosts["node1"].refused = ""
     run_record.run_of(state).hosts["node2"] = run_record.HostRun(refused="node2: refused")
@@ -286,3 +302,21 @@ def test_under_the_cli_the_report_is_printed_at_exit_and_ctrl_c_exits_130(monkey
     with pytest.raises(SystemExit) as stop:
         handlers[signal.SIGINT](signal.SIGINT, None)
     assert stop.value.code == 130 and run_record.run_of(state).interrupted
+
+
+def test_a_refused_run_writes_its_report_too_not_leaving_the_last_runs(monkeypatch, tmp_path):
+    from containerd_deploy.data.values import DataError
+
+    from .flow import fresh
+
+    target = tmp_path / "report.json"
+    target.write_text('{"hosts": [{"host": "node1", "status": "unchanged"}]}')  # the last run's
+    run: dict = {}
+    with pytest.raises(DataError, match="containerd_verison"):
+        prepare(
+            monkeypatch, fresh(), {"containerd_report": str(target), "containerd_verison": "1.7.24"}, run=run
+        )
+    report.finish(run["state"])
+    [row] = json.loads(target.read_text())["hosts"]
+    assert (row["host"], row["status"]) == ("node1", "refused")
+    assert row["detail"].startswith("data key 'containerd_verison' is not a data key of this deploy")

@@ -209,7 +209,7 @@ def test_each_data_layer_is_named_where_its_values_come_from():
         "the inventory's data for all hosts",
     )
     assert settings.data_sources(inventory_host(group={"containerd_verify": False}))["containerd_verify"] == (
-        "its groups' data"
+        "the data of group workers"
     )
 
 
@@ -288,6 +288,24 @@ def test_a_version_from_another_layer_never_takes_a_plain_checksum():
     # the default version is another place too
     with pytest.raises(DataError, match="comes from the deploy's defaults"):
         settings.for_host(inventory_host(group={"runc_sha256": {"amd64": CHECKSUM}}))
+
+
+def test_a_checksum_from_one_group_is_never_used_for_another_groups_version():
+    """pyinfra merges a host's groups into one layer: each key's group is told apart."""
+    from pyinfra.api import Inventory
+
+    inventory = Inventory(
+        (["node1"], {}),
+        prod=(["node1"], {"containerd_version": "1.7.24", "containerd_sha256": CHECKSUM}),
+        canary=(["node1"], {"containerd_version": "2.1.9"}),
+    )
+    with pytest.raises(DataError) as error:
+        settings.for_host(inventory.get_host("node1"))
+    assert (
+        "'containerd_sha256' is set in the data of group prod, but containerd_version (2.1.9) comes from "
+        in str(error.value)
+        and "the data of group canary" in str(error.value)
+    )
 
 
 @pytest.mark.parametrize(

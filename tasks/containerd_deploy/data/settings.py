@@ -862,7 +862,7 @@ KEYS: dict[str, Key] = {
         "",
         _plain(_controller_file),
         shown="unset",
-        doc="a file on the controller the end-of-run report is also written to, as JSON (every host of the run: its status — unchanged, changed, restarted, rolled back, failed, refused, unreachable, interrupted — what changed, the versions restarted from and into, and the verify step's result and whether a container ran); written when the run ends, Ctrl-C included; `~` allowed",
+        doc="a file on the controller the end-of-run report is also written to, as JSON (every host of the run: its status — unchanged, changed, restarted, rolled back, failed, refused, unreachable, interrupted, stopped — what changed, the versions restarted from and into, and the verify step's result and whether a container ran); written when the run ends, a refused run and Ctrl-C included — but not when no host could be reached (pyinfra stops before the deploy runs; the run exits 1); `~` allowed",
     ),
     "containerd_rollback": Key(
         True,
@@ -902,11 +902,12 @@ def data_table() -> str:
 # the deploy's: one not declared in KEYS is a typo.
 KEY_PREFIXES = tuple(sorted({name.split("_")[0] + "_" for name in KEYS}))
 # pyinfra's data layers, first wins (pyinfra/api/host.py): where a host's value was set.
+GROUP_LAYER = "its groups' data"
 DATA_LAYERS = (
     "the deploy",
     "--data",
     "the host's inventory data",
-    "its groups' data",
+    GROUP_LAYER,
     "the inventory's data for all hosts",
     "the deploy's defaults",
 )
@@ -962,13 +963,22 @@ def resolve(host: str, data: Mapping, sources: Mapping[str, str] | None = None) 
 
 
 def data_sources(host) -> dict[str, str]:
-    """key -> the data layer (DATA_LAYERS) a pyinfra host's value of it comes from (a layer is a
-    mapping, or a callable giving one, as pyinfra keeps the deploy's defaults)."""
+    """key -> where a pyinfra host's value of it comes from: a data layer (DATA_LAYERS; a layer is
+    a mapping, or a callable giving one, as pyinfra keeps the deploy's defaults), and for group
+    data the group (pyinfra merges a host's groups into one layer, the last group's value winning)."""
     sources: dict[str, str] = {}
     for name, layer in zip(DATA_LAYERS, host.data.datas, strict=True):
         for key in layer() if callable(layer) else layer:
-            sources.setdefault(key, name)
+            if key not in sources:
+                sources[key] = _group_of(host, key) if name == GROUP_LAYER else name
     return sources
+
+
+def _group_of(host, key: str) -> str:
+    for group in reversed(host.groups):
+        if key in host.inventory.get_group_data(group):
+            return f"the data of group {group}"
+    return GROUP_LAYER
 
 
 def for_host(host) -> "Settings":

@@ -14,13 +14,14 @@ from containerd_deploy.controller.run_record import HostRun, host_run, run_of
 from containerd_deploy.data import artifacts, registries
 from containerd_deploy.data.settings import (
     DEFAULTS,
+    KEYS,
     NVIDIA_HANDLER,
     Settings,
     arch_of,
     for_host,
     runtime_handlers,
 )
-from containerd_deploy.data.values import Refusal
+from containerd_deploy.data.values import DataError, Refusal
 from containerd_deploy.deploy.configure import configure_containerd
 from containerd_deploy.deploy.install import fetch_release_files, install_release_files
 from containerd_deploy.deploy.report import report_at_exit
@@ -183,7 +184,7 @@ def take_run_lock(node: NodeState, plan: Plan) -> None:
 def remember_plan(settings: Settings, node: NodeState, plan: Plan) -> None:
     """What the end-of-run report needs of the plan (deploy/report.py)."""
     record = host_run(host)
-    record.plan, record.changes, record.report_file = plan.lines(), plan.changes, settings.containerd_report
+    record.plan, record.changes = plan.lines(), plan.changes
     if plan.restarts_running:
         old, new = plan.versions.get("containerd", ("", str(settings.containerd_version)))
         version = f"containerd {old} → {new}" if old and old != new else f"containerd {new}"
@@ -334,6 +335,12 @@ def check_inventory_data(state) -> None:
 @deploy("containerd node", data_defaults=DEFAULTS)
 def containerd_node():
     report_at_exit(host.state)
+    try:  # first: a refused run's report is written too (not left as the last run's)
+        host_run(host).report_file = KEYS["containerd_report"].parse(
+            host.name, "containerd_report", host.data.get("containerd_report"), {}
+        )
+    except DataError:
+        pass  # refused with the rest of the host's data, next
     try:
         _containerd_node()
     except Refusal as refusal:

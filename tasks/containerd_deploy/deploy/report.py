@@ -75,7 +75,7 @@ def outcome(state, host, run: Run) -> dict:
         row.update(status="unreachable", detail="could not connect (pyinfra says why at the top of the run)")
         return row
     if record is not None and record.refused:
-        row.update(status="refused", detail=record.refused)
+        row.update(status="refused", detail=record.refused.removeprefix(f"{host.name}: "))
         return row
     if refused:  # a refusal stops the whole run before any host is changed
         row.update(
@@ -93,15 +93,23 @@ def outcome(state, host, run: Run) -> dict:
             detail="; ".join(row["changes"]) if record.changes else "",
         )
         return row
+    changed: list = []  # operations that changed the node, before the one the run stopped at
     for op_hash in state.get_op_order():
         data = state.ops[host].get(op_hash)
         if data is None:
             continue
         meta = data.operation_meta
         if not meta.is_complete():
-            status = "interrupted" if run.interrupted else "not run"
-            row.update(status=status, detail=f"at {_op_name(state, op_hash)}")
+            done = [_op_name(state, done) for done in changed]
+            row.update(
+                status="interrupted" if run.interrupted else "stopped",
+                detail=f"at {_op_name(state, op_hash)}"
+                + ("" if run.interrupted else " (the run stopped: another host failed past its allowance)")
+                + (f"; changed before: {', '.join(done)}" if done else ""),
+            )
             return row
+        if meta.did_succeed() and meta.did_change():
+            changed.append(op_hash)
         if meta.did_error():
             rolled_back = [line for line in meta.stderr_lines if ROLLED_BACK in line]
             if rolled_back:
@@ -152,7 +160,7 @@ def outcomes(state) -> list[dict]:
 
 # --- printed and written ---
 
-BAD = {"failed", "refused", "unreachable", "interrupted", "rolled back", "not run"}
+BAD = {"failed", "refused", "unreachable", "interrupted", "stopped", "rolled back", "not run"}
 
 
 def verify_said(verify: dict | None) -> str:

@@ -100,6 +100,7 @@ class Plan:
     running: bool = False  # containerd is running before the run
     hooks: tuple[str, ...] = ()  # the restart hooks the controller runs (data keys)
     verify: bool = False  # the verify step runs (containerd_verify)
+    verify_pulls: bool = False  # it pulls a missing sandbox image through the node's registries
     # the image the verify step runs a container from (None: the one the new defaults name)
     verify_image: str | None = None
 
@@ -188,7 +189,8 @@ class Plan:
         if not self.changes:
             return ["verify the running containerd (no container: this run changes nothing)"]
         image = self.verify_image or "the sandbox image the new config names"
-        return [f"verify containerd, then run a container from {image} (pulled first if the node lacks it)"]
+        pulled = " (pulled first if the node lacks it)" if self.verify_pulls else " (if the node has it)"
+        return [f"verify containerd, then run a container from {image}{pulled}"]
 
 
 def plan_run(settings: Settings, node: NodeState, wanted: dict[str, Artifact]) -> Plan:
@@ -258,6 +260,7 @@ def plan_run(settings: Settings, node: NodeState, wanted: dict[str, Artifact]) -
             if restarts_running and getattr(settings, key)
         ),
         verify=settings.containerd_verify,
+        verify_pulls=bool(settings.containerd_registry_config_path),
         verify_image=sandbox_image(config_text, settings.containerd_version) if config_text else None,
         install=install,
         remove=remove,
