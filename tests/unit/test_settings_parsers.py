@@ -227,7 +227,8 @@ def test_an_undeclared_key_with_the_deploys_prefix_is_refused_with_the_closest_k
     with pytest.raises(DataError) as error:
         settings.for_host(inventory_host(override={typo: "1.7.24"}))
     assert str(error.value) == (
-        f"worker-7: data key '{typo}' is not a data key of this deploy (set in --data). Fix: did you mean {closest}?"
+        f"worker-7: data key '{typo}' is not a data key of this deploy (set in --data). Fix: did you mean {closest}?; "
+        "a name of your own, such as a group_data variable, starts with _"
     )
 
 
@@ -236,7 +237,7 @@ def test_every_undeclared_key_is_named_and_others_are_left_to_their_owners():
         settings.resolve("node1", {"containerd_zzz_qqq_www": 1, "runc_x": 2, "containerd_verify": True})
     assert str(error.value) == (
         "node1: data key 'containerd_zzz_qqq_www' is not a data key of this deploy; nor are runc_x. "
-        "Fix: remove it (docs/data.md lists every key)"
+        "Fix: remove it (docs/data.md lists every key); a name of your own, such as a group_data variable, starts with _"
     )
     # pyinfra's own keys, and keys of other deploys, are not this deploy's to judge
     settings.resolve(

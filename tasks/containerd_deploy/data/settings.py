@@ -925,7 +925,8 @@ def _check_known(host: str, data: Mapping, sources: Mapping[str, str]) -> None:
         host,
         name,
         f"is not a data key of this deploy{where}{also}",
-        f"did you mean {closest[0]}?" if closest else "remove it (docs/data.md lists every key)",
+        (f"did you mean {closest[0]}?" if closest else "remove it (docs/data.md lists every key)")
+        + "; a name of your own, such as a group_data variable, starts with _",
     )
 
 
