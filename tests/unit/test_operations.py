@@ -612,3 +612,24 @@ def test_a_restart_hook_runs_on_the_controller_only_when_the_plan_restarts():
         ["kubectl", "drain", "node1", "--address=10.0.0.5"],
         60,
     )
+
+
+def test_what_diff_says_of_the_service():
+    from containerd_deploy.operations.service import restart_said
+
+    unit = "containerd.service"
+    assert restart_said(unit, "restart", "x changed", False) == "Will restart containerd.service (x changed)"
+    assert restart_said(unit, "restart", "", True) == (
+        "Will restart containerd.service (something it loads at start changed) after a systemd daemon-reload"
+    )
+    assert restart_said(unit, "start", "", False) == "Will start containerd.service"
+    assert restart_said(unit, "", "", False) == "No restart: containerd.service keeps running"
+
+
+def test_a_restart_hook_gets_its_timeout(monkeypatch):
+    from containerd_deploy.operations import service
+
+    asked = []
+    monkeypatch.setattr(service, "run_hook", lambda *args: asked.append(args) or "")
+    assert service._hook(None, LoggingHost(), "containerd_restart_hook_before", ["true"], 42) is True
+    assert asked == [("containerd_restart_hook_before", ["true"], 42, "node1")]

@@ -4,6 +4,7 @@ operation completed as a real run would have completed it."""
 
 import json
 import signal
+from pathlib import Path
 
 import pytest
 from pyinfra.api.state import StateStage
@@ -320,3 +321,158 @@ def test_a_refused_run_writes_its_report_too_not_leaving_the_last_runs(monkeypat
     [row] = json.loads(target.read_text())["hosts"]
     assert (row["host"], row["status"]) == ("node1", "refused")
     assert row["detail"].startswith("data key 'containerd_verison' is not a data key of this deploy")
+
+
+def test_each_row_has_exactly_its_fields(monkeypatch):
+    state, host = prepared(monkeypatch, data={"containerd_verify": True})
+    assert row_of(state, host) == {
+        "host": "node1",
+        "status": "no change",
+        "detail": "",
+        "changes": ["no change"],
+        "verify": None,
+    }
+    run_record.run_of(state).hosts.clear()
+    assert row_of(state, host) == {
+        "host": "node1",
+        "status": "not run",
+        "detail": "the run stopped before this host was planned",
+        "changes": [],
+        "verify": None,
+    }
+    run_record.run_of(state).hosts.update(
+        a=run_record.HostRun(refused="a: x"), b=run_record.HostRun(refused="b: y")
+    )
+    assert row_of(state, host)["detail"] == "the run stopped before any change: a, b refused"
+
+
+def test_a_failure_names_its_first_three_problems_else_its_last_line_else_what_was_recorded(monkeypatch):
+    state, host = prepared(monkeypatch)
+    problems = ["header", "  - one", "  - two", "  - three", "  - four", "tail"]
+    complete(state, host, fail_at="Enable, start", stderr=problems)
+    assert row_of(state, host)["detail"] == "Enable, start and check containerd: - one; - two; - three"
+    state, host = prepared(monkeypatch)
+    complete(state, host, fail_at="Enable, start", stderr=["first", "second", "last"])
+    assert row_of(state, host)["detail"] == "Enable, start and check containerd: last"
+    state, host = prepared(monkeypatch)
+    complete(state, host, fail_at="Enable, start", stderr=[])
+    assert row_of(state, host)["detail"] == "Enable, start and check containerd: no output"
+    run_record.host_run(
+        host
+    ).failure = "node1: data key 'containerd_restart_hook_before': kubectl drain failed"
+    assert row_of(state, host)["detail"] == (
+        "Enable, start and check containerd: node1: data key 'containerd_restart_hook_before': kubectl drain failed"
+    )
+
+
+def test_a_failure_after_the_verify_step_passed_says_it_passed(monkeypatch):
+    data = {**DRIFT, "containerd_restart_hook_after": ["false"]}
+    state, host = prepared(monkeypatch, data=data)
+    complete(state, host, fail_at="Run containerd_restart_hook_after", stderr=["drain failed"])
+    row = row_of(state, host)
+    assert (row["status"], row["verify"]) == ("failed", {"result": "passed"})
+    assert row["detail"] == "Run containerd_restart_hook_after on the controller: drain failed"
+
+
+def test_an_operation_a_host_does_not_have_is_passed_over(monkeypatch):
+    """Hosts of one run may have different operations (a hook only where it is set)."""
+    state, host = prepared(monkeypatch)
+    complete(state, host, fail_at="Verify containerd", stderr=["  - CRI plugin not loaded"])
+    del state.ops[host][state.get_op_order()[0]]  # the run lock's: as if this host had none
+    assert row_of(state, host)["status"] == "failed"
+
+
+def test_only_the_verify_steps_own_words_change_what_the_report_says_of_it(monkeypatch):
+    state, host = prepared(monkeypatch)
+    complete(state, host, said={"Verify containerd": ["some other line"]})
+    (verify,) = [
+        op
+        for op in state.get_op_order()
+        if report._op_name(state, op) == "Verify containerd (containerd_verify)"
+    ]
+    state.ops[host][verify].operation_meta._commands = ["check"]
+    run_record.host_run(host).verify = "a container ran from pause"
+    assert row_of(state, host)["verify"]["note"] == "a container ran from pause"
+
+
+def test_the_table_and_its_words(caplog):
+    assert report.table([]) == []
+    rows = [
+        {"host": "n1", "status": "unchanged", "detail": "", "verify": None},
+        {"host": "node-22", "status": "failed", "detail": "x: y", "verify": {"result": "failed"}},
+        {"host": "n3", "status": "changed", "detail": "write a", "verify": {"result": "passed"}},
+    ]
+    assert report.table(rows) == [
+        "n1       unchanged",
+        "node-22  failed     x: y; verify failed",
+        "n3       changed    write a; verify passed:",
+    ]
+    assert report.said_of_hosts("--> containerd-deploy report (old):\n    a  old\n" * 2 + "x") == {"a": "old"}
+    output = "--> containerd-deploy report (1 x):\n    a\n    b  failed  why\n"
+    assert report.said_of_hosts(output) == {"b": "failed why"}
+
+
+def test_each_row_is_logged_at_the_level_of_its_news(monkeypatch, caplog):
+    state, host = prepared(monkeypatch)
+    complete(state, host)
+    with caplog.at_level("INFO"):
+        report.finish(state)
+    [restarted] = [record for record in caplog.records if record.getMessage().startswith("node1 ")]
+    assert restarted.levelname == "INFO"
+    state, host = prepared(monkeypatch)
+    complete(state, host, fail_at="Enable, start", stderr=["no"])
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        report.finish(state)
+    [failed] = [record for record in caplog.records if record.getMessage().startswith("node1 ")]
+    assert failed.levelname == "ERROR"
+
+
+def test_the_json_is_put_in_place_whole_through_a_hidden_file_beside_it(monkeypatch, tmp_path):
+    target = tmp_path / "a" / "b" / "run.json"
+    renamed = []
+    real_replace = report.os.replace
+
+    def replace(source, destination):
+        renamed.append(Path(source))
+        real_replace(source, destination)
+
+    monkeypatch.setattr(report.os, "replace", replace)
+    rows = [{"host": "n", "status": "unchanged"}]
+    report.write_json(str(target), rows, False)
+    report.write_json(str(target), rows, True)  # again, into the directory it made
+    assert (
+        target.read_text()
+        == '{\n "hosts": [\n  {\n   "host": "n",\n   "status": "unchanged"\n  }\n ],\n "interrupted": true\n}\n'
+    )
+    assert all(source.parent == target.parent and source.name.startswith(".run.json.") for source in renamed)
+
+    def fail(source, destination):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(report.os, "replace", fail)
+    with pytest.raises(OSError):
+        report.write_json(str(target), rows, False)
+    assert sorted(path.name for path in target.parent.iterdir()) == ["run.json"], "no temp file left"
+
+
+def test_ctrl_c_says_so(monkeypatch, caplog):
+    import pyinfra
+    from pyinfra.api import Config, Inventory, State
+
+    handlers = {}
+    monkeypatch.setattr(report.atexit, "register", lambda *args: None)
+    monkeypatch.setattr(report.signal, "signal", lambda number, handler: handlers.update({number: handler}))
+    monkeypatch.setattr(pyinfra, "is_cli", True)
+    report.report_at_exit(State(Inventory((["n"], {})), Config()))
+    with caplog.at_level("INFO"), pytest.raises(SystemExit):
+        handlers[signal.SIGINT](signal.SIGINT, None)
+    assert "--> Interrupted (Ctrl-C): a node may be left halfway; a rerun converges it" in caplog.text
+
+
+def test_a_run_limited_to_some_hosts_reports_those():
+    from pyinfra.api import Config, Inventory, State
+
+    inventory = Inventory(([("a", {}), ("b", {})], {}))
+    state = State(inventory, Config(), initial_limit=[inventory.get_host("b")])
+    assert [row["host"] for row in report.outcomes(state)] == ["b"]

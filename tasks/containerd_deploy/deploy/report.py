@@ -23,6 +23,7 @@ from pyinfra.api.state import StateStage
 
 from containerd_deploy.controller.run_record import HostRun, Run, run_of
 from containerd_deploy.data.values import redact_secrets
+from containerd_deploy.deploy.verify import VERIFY_OPERATION
 from containerd_deploy.remote.container_check import CONTAINER_RAN, NOT_PULLED
 from containerd_deploy.remote.rollback import ROLLED_BACK
 
@@ -94,6 +95,7 @@ def outcome(state, host, run: Run) -> dict:
         )
         return row
     changed: list = []  # operations that changed the node, before the one the run stopped at
+    verified = False  # the verify step passed (a later operation may still fail)
     for op_hash in state.get_op_order():
         data = state.ops[host].get(op_hash)
         if data is None:
@@ -110,6 +112,7 @@ def outcome(state, host, run: Run) -> dict:
             return row
         if meta.did_succeed() and meta.did_change():
             changed.append(op_hash)
+        verified = verified or (meta.did_succeed() and _op_name(state, op_hash) == VERIFY_OPERATION)
         if meta.did_error():
             rolled_back = [line for line in meta.stderr_lines if ROLLED_BACK in line]
             if rolled_back:
@@ -120,7 +123,8 @@ def outcome(state, host, run: Run) -> dict:
                 )
             else:
                 row.update(status="failed", detail=f"{_op_name(state, op_hash)}: {_why_failed(meta, record)}")
-            row["verify"] = {"result": "failed" if "Verify" in _op_name(state, op_hash) else "not reached"}
+            failed_verify = _op_name(state, op_hash) == VERIFY_OPERATION
+            row["verify"] = {"result": "failed" if failed_verify else "passed" if verified else "not reached"}
             return row
     if not record.changes:
         row["status"] = "unchanged"
@@ -142,7 +146,7 @@ def _verify_output(state, host) -> str:
     """What the verify step's container check printed last, when it ran one."""
     for op_hash in state.get_op_order():
         data = state.ops[host].get(op_hash)
-        if data is None or not _op_name(state, op_hash).startswith("Verify containerd"):
+        if data is None or _op_name(state, op_hash) != VERIFY_OPERATION:
             continue
         meta = data.operation_meta
         if meta.is_complete() and meta.did_change():
