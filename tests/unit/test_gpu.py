@@ -409,14 +409,9 @@ def container_check(tmp_path, handlers: tuple, cgroup: str) -> tuple[str, Path]:
     `handlers`; returns (script, the fake's log directory)."""
     from containerd_deploy.remote.container_check import container_check_script
 
-    from .test_verify import FAKE_RUN_CTR, PAUSE
+    from .test_verify import PAUSE, fake_ctr
 
-    bin_dir, log = tmp_path / "bin", tmp_path / "log"
-    bin_dir.mkdir()
-    log.mkdir()
-    (bin_dir / "ctr").write_text(FAKE_RUN_CTR.format(log=log))
-    (bin_dir / "ctr").chmod(0o755)
-    (log / "status").write_text("RUNNING\n")
+    bin_dir, log = fake_ctr(tmp_path)
     (tmp_path / "cgroup-4242").write_text(cgroup + "\n")
     script = container_check_script("node1", str(bin_dir), PAUSE, True, "containerd.service", handlers)
     return script.replace("/proc/${task%% *}/cgroup", f"{tmp_path}/cgroup-${{task%% *}}"), log

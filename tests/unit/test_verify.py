@@ -245,6 +245,18 @@ esac
 """
 
 
+def fake_ctr(tmp_path: Path, status: str = "RUNNING") -> tuple[Path, Path]:
+    """A directory holding FAKE_RUN_CTR as `ctr`, whose tasks have `status`; and its log directory."""
+    bin_dir, log = tmp_path / "bin", tmp_path / "log"
+    bin_dir.mkdir()
+    log.mkdir()
+    (bin_dir / "ctr").write_text(FAKE_RUN_CTR.format(log=log))
+    (bin_dir / "ctr").chmod(0o755)
+    (log / "status").write_text(status + "\n")
+    (log / "scope-fails").write_text("")
+    return bin_dir, log
+
+
 @pytest.mark.parametrize(
     "case, systemd_cgroup, problem",
     [
@@ -286,12 +298,7 @@ def test_the_container_check_runs_one_checks_it_and_removes_it(tmp_path, case, s
 
     from containerd_deploy.remote.container_check import container_check_script
 
-    bin_dir, log = tmp_path / "bin", tmp_path / "log"
-    bin_dir.mkdir()
-    log.mkdir()
-    (bin_dir / "ctr").write_text(FAKE_RUN_CTR.format(log=log))
-    (bin_dir / "ctr").chmod(0o755)
-    (log / "status").write_text("STOPPED\n" if case.endswith("exits") or case == "exited" else "RUNNING\n")
+    bin_dir, log = fake_ctr(tmp_path, "STOPPED" if case.endswith("exits") or case == "exited" else "RUNNING")
     if case == "does not run":
         (log / "run-fails").touch()
     (log / "scope-fails").write_text(
@@ -523,13 +530,7 @@ def test_a_missing_sandbox_image_is_pulled_through_the_nodes_registries_first(tm
 
     from containerd_deploy.remote.container_check import container_check_script
 
-    bin_dir, log = tmp_path / "bin", tmp_path / "log"
-    bin_dir.mkdir()
-    log.mkdir()
-    (bin_dir / "ctr").write_text(FAKE_RUN_CTR.format(log=log))
-    (bin_dir / "ctr").chmod(0o755)
-    (log / "status").write_text("RUNNING\n")
-    (log / "scope-fails").write_text("")
+    bin_dir, log = fake_ctr(tmp_path)
     if pull_fails:
         (log / "pull-fails").touch()
     script = container_check_script(
