@@ -570,3 +570,36 @@ def test_diff_is_shown_once_with_or_without_y(monkeypatch, caplog, settings, dry
     assert log.count("Will modify /etc/systemd/system/containerd.service") == 1
     assert log.count("Will restart containerd.service (") == 1
     assert log.count("containerd-deploy plan: ") == 1
+
+
+def test_diff_names_removals_never_reads_a_credentials_file_and_says_no_restart_for_a_removal(
+    monkeypatch, caplog, settings
+):
+    """What --diff shows at prepare time (deploy/show.py) beyond a file's diff."""
+    hosts = "/etc/containerd/certs.d/docker.io/hosts.toml"
+    secret = {
+        "docker.io": {"mirrors": [{"host": "https://m.internal", "headers": {"Authorization": "Basic czM="}}]}
+    }
+    node = drifted(converged(settings), managed_hosts=[hosts], files={hosts: "0" * 64})
+    with caplog.at_level("INFO"):
+        # a 600 file that exists is never read to show it: no FileContents answer is given
+        prepare(monkeypatch, node, {"containerd_registries": secret}, diff=True, files={})
+    assert f"Will modify {hosts} (contents not shown: it holds credentials)" in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        prepare(monkeypatch, node, diff=True)
+    assert f"Will remove {hosts}" in caplog.text
+    assert "No restart: containerd.service keeps running" in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        prepare(monkeypatch, converged(settings), {"containerd_state": "absent"}, diff=True)
+    assert "Will remove /etc/containerd/config.toml" in caplog.text
+    assert "restart" not in caplog.text.lower().replace("containerd-deploy plan", "")
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        prepare(monkeypatch, fresh(), diff=True)
+    assert (
+        "Will write /etc/containerd/config.toml from the defaults of the containerd this run installs"
+        in caplog.text
+    )
+    assert "Will start containerd.service after a systemd daemon-reload" in caplog.text

@@ -36,7 +36,7 @@ def show_plan(settings: Settings, node: NodeState, plan: Plan) -> None:
     for path in plan.delete:
         host.log(f"Will remove {path}")
     if not plan.stop and not plan.purge and settings.containerd_state == "present":
-        action = "restart" if plan.restart else ("" if node.active else "start")
+        action = "start" if not node.active else "restart" if plan.restart else ""
         unit = posixpath.basename(settings.containerd_unit_path)
         host.log(restart_said(unit, action, "; ".join(plan.restart), plan.reload))
 
