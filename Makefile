@@ -84,10 +84,12 @@ mutation: deps
 	$(PY) -m tests.mutation recheck
 	$(PY) -m tests.mutation report
 
-# First converge vs a hand-written script, no-op rerun, fan-out, upstream bytes, controller
-# memory, on local VMs; writes docs/benchmarks.md. Not part of `make test` (nothing is timed there).
+# First converge vs a hand-written script, no-op rerun (and against `pyinfra … exec -- true`),
+# fan-out, upstream bytes, controller memory, on local VMs; then the controller at fleet scale
+# (bench-fanout). Writes docs/benchmarks.md. Not part of `make test` (nothing is timed there).
 bench: deps
 	$(PY) -m bench
+	$(PY) -m bench.fanout
 
 # The controller at 1, 8, 32 and 64 nodes (systemd-nspawn machines: needs systemd-container);
 # writes its own section of docs/benchmarks.md.

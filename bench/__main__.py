@@ -2,7 +2,8 @@
 
 1. First converge of a fresh node, against bench/floor.sh doing the same work by hand in one
    SSH session (same mirror, same files): the median of several fresh pairs.
-2. The no-op rerun: wall time, remote commands (sshd's own log), changes, containerd's MainPID.
+2. The no-op rerun: wall time, remote commands (sshd's own log), changes, containerd's MainPID;
+   and beside `pyinfra … exec -- true` on the same node (pyinfra's own floor), alternating.
 3. Fan-out: first converge of 1 and of 4 nodes at once, beside the script by hand on 4 nodes
    at once (how far the host's CPUs let anything scale); no-op reruns on 1, 4 and 8 nodes.
 4. Upstream bytes: what the mirror served for 4 nodes, each fetching (artifact_source=node)
@@ -275,6 +276,17 @@ def run(max_nodes: int, rounds: int) -> Report:
             f"commands; {changes} changes; MainPID {'unchanged' if same_pid else 'CHANGED'}",
             f"0 changes, no restart, ≤ {FLOORS['noop_remote_commands']} commands",
             changes == 0 and same_pid and commands <= FLOORS["noop_remote_commands"],
+        )
+
+        # The no-op against pyinfra's own floor: one command on the same node, alternating.
+        floor_rounds = max(rounds, 5)
+        against = fanout.noop_against_exec_true(names[0], data, floor_rounds)
+        report.add(
+            "No-op rerun against `pyinfra … exec -- true`, 1 node",
+            f"{against['noop']:.2f} s vs {against['exec_true']:.2f} s (medians of {floor_rounds}, "
+            f"alternating): {against['ratio']:.2f}x; {against['changes']} changes",
+            f"≤ {FLOORS['noop_exec_true_ratio']}x, 0 changes",
+            against["ratio"] <= FLOORS["noop_exec_true_ratio"] and against["changes"] == 0,
         )
 
         # 3. Four nodes at once: the floor script on four fresh nodes, then the deploy on four.

@@ -22,7 +22,15 @@ from tests.harness import __main__ as harness
 from tests.harness import image, mirror, nspawn, vm
 from tests.harness.paths import REPO_ROOT
 
-from .measure import FANOUT_FLOORS, marginal, median, remote_commands, replace_section, time_by_package
+from .measure import (
+    FANOUT_FLOORS,
+    FLOORS,
+    marginal,
+    median,
+    remote_commands,
+    replace_section,
+    time_by_package,
+)
 
 SUITE = "trixie"
 HEADING = "Fan-out at fleet scale"
@@ -48,15 +56,24 @@ def boot(wanted: list[str], data: dict) -> list[vm.Node]:
     return nodes
 
 
-def deploy(wanted: list[str], profile: Path | None = None, data: dict | None = None) -> dict:
+# What pyinfra itself costs to run one command on a node: the floor of a no-op rerun.
+EXEC_TRUE = ("exec", "--", "true")
+
+
+def deploy(
+    wanted: list[str], profile: Path | None = None, data: dict | None = None, what: tuple = ("deploy.py",)
+) -> dict:
     """One pyinfra run against `wanted` at once: wall and controller CPU seconds, its peak RSS,
-    the JSON results; `profile`: under cProfile, written there; `data`: given with --data."""
+    the JSON results; `profile`: under cProfile, written there; `data`: given with --data;
+    `what`: the deploy, or e.g. EXEC_TRUE."""
+    head, tail = (what[: what.index("--")], what[what.index("--") :]) if "--" in what else (what, ())
     command = [sys.executable, *(["-m", "cProfile", "-o", str(profile)] if profile else [])]
-    command += ["-m", "pyinfra", "inventories/local.py", "deploy.py", "-y", "--json"]
+    command += ["-m", "pyinfra", "inventories/local.py", *head, "-y", "--json"]
     for name in wanted:
         command += ["--limit", name]
     for key, value in (data or {}).items():
         command += ["--data", f"{key}={value}"]
+    command += tail
     started = time.monotonic()
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=out, stderr=err, text=True)
@@ -72,6 +89,25 @@ def deploy(wanted: list[str], profile: Path | None = None, data: dict | None = N
         "cpu": usage.ru_utime + usage.ru_stime,
         "rss_mib": usage.ru_maxrss / 1024,
         "results": json.loads(stdout[stdout.index("{") :]),
+    }
+
+
+def noop_against_exec_true(name: str, data: dict | None, rounds: int) -> dict:
+    """A converged node's no-op rerun beside `pyinfra … exec -- true` on it, `rounds` of each,
+    alternating (which goes first alternates too): wall medians, their ratio, changes seen."""
+    walls: dict[tuple, list[float]] = {("deploy.py",): [], EXEC_TRUE: []}
+    changes = 0
+    for round_number in range(rounds):
+        for what in list(walls)[:: 1 if round_number % 2 == 0 else -1]:
+            run = deploy([name], data=data, what=what)
+            walls[what].append(run["wall"])
+            changes += len(changed_ops(run["results"], name)) if what != EXEC_TRUE else 0
+    deploys, floors = walls[("deploy.py",)], walls[EXEC_TRUE]
+    return {
+        "noop": median(deploys),
+        "exec_true": median(floors),
+        "ratio": median(deploys) / median(floors),
+        "changes": changes,
     }
 
 
@@ -188,6 +224,8 @@ def main(argv=None) -> int:
                 f"{noop['wall']:.1f} s / {measured[count]['noop_cpu']:.2f} CPU s, {changes} changes",
                 flush=True,
             )
+            if count == counts[0]:  # the no-op beside pyinfra's own floor, on one machine
+                measured[count]["against"] = noop_against_exec_true(wanted[0], None, max(5, args.rounds))
             if count == args.profile_at:
                 profile = Path(tempfile.mkdtemp(prefix="bench-profile-")) / "noop.prof"
                 deploy(wanted, profile=profile)
@@ -214,6 +252,16 @@ def report(counts: list[int], measured: dict, idle: dict, rounds: int) -> tuple[
             f"{light_cpu:.2%} of a host CPU, {light_mib:.0f} MiB (over {IDLE_SECONDS} s)",
             "",
             None,
+        )
+    )
+    against = measured[counts[0]]["against"]
+    rows.append(
+        (
+            "No-op rerun against `pyinfra … exec -- true`, 1 node",
+            f"{against['noop']:.2f} s vs {against['exec_true']:.2f} s (medians of {max(5, rounds)}, "
+            f"alternating): {against['ratio']:.2f}x; {against['changes']} changes",
+            f"≤ {FLOORS['noop_exec_true_ratio']}x, 0 changes",
+            against["ratio"] <= FLOORS["noop_exec_true_ratio"] and against["changes"] == 0,
         )
     )
     for count in counts:

@@ -12,6 +12,7 @@ ACCEPTED_LINE = re.compile(r"Accepted \S+ for \S+ from \S+ port (\d+)")
 FLOORS = {
     "first_converge_ratio": 1.3,
     "noop_remote_commands": 12,
+    "noop_exec_true_ratio": 1.3,
     "fanout_ratio": 1.5,
     "upstream_artifact_sets": 1,
 }

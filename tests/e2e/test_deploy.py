@@ -44,6 +44,21 @@ def test_rerun_changes_nothing_and_keeps_the_daemon(node, first_deploy):
     assert node_snapshot(node) == before
 
 
+def test_a_rerun_asks_the_daemon_in_full_only_when_its_last_full_check_does_not_stand(node, first_deploy):
+    """The first deploy's verify step checked this daemon in full, so a rerun asks the node one
+    question (the node fact); with containerd_verify_interval=0 it asks the daemon again."""
+    daemon_fact = "Loaded fact containerd_deploy.facts.daemon.ContainerdDaemon"
+    process, results = pyinfra(node.name, "-v")
+    output = process.stdout + process.stderr
+    assert process.returncode == 0 and changed_ops(results, node.name) == [], output[-3000:]
+    assert "Loaded fact containerd_deploy.facts.node.ContainerdNode" in output, output[-3000:]
+    assert daemon_fact not in output, output[-3000:]
+    process, results = pyinfra(node.name, "-v", data={"containerd_verify_interval": 0})
+    output = process.stdout + process.stderr
+    assert process.returncode == 0 and changed_ops(results, node.name) == [], output[-3000:]
+    assert daemon_fact in output, output[-3000:]
+
+
 def test_dry_diff_shows_the_config_change_and_the_restart_without_changing_anything(node, first_deploy):
     pid = main_pid(node)
     before = node_snapshot(node)

@@ -23,3 +23,11 @@ def pytest_unconfigure(config):
 @pytest.fixture(autouse=True)
 def _no_chown_recorded_yet():
     rootless.forget()
+
+
+@pytest.fixture(autouse=True)
+def _verified_daemons_recorded_apart(tmp_path, monkeypatch):
+    """The controller's records of full verify checks go to the test's own directory."""
+    from containerd_deploy.controller import verified
+
+    monkeypatch.setattr(verified, "RECORD_DIR", str(tmp_path / "verified"))

@@ -1,4 +1,6 @@
 import difflib
+import re
+import uuid
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,7 @@ from containerd_deploy.data.config_toml import (
     ConfigError,
     Knobs,
     Runtime,
+    read_schema,
     render,
     runc_systemd_cgroup,
     value_at,
@@ -81,6 +84,16 @@ def test_missing_tables_are_created():
     assert after.startswith('version = 3\n[debug]\n  level = "info"\n')
 
 
+@pytest.mark.parametrize(
+    "schema, oldest, newest_refused", [(2, "1.3", "1.2.99"), (3, "2.0.0", "1.7.99"), (4, "2.3.0", "2.2.99")]
+)
+def test_each_schema_is_read_from_the_first_containerd_that_knows_it(schema, oldest, newest_refused):
+    text = f"version = {schema}\n"
+    assert read_schema(text, Version(oldest)) == schema
+    with pytest.raises(ConfigError, match=f"containerd {newest_refused} cannot read"):
+        read_schema(text, Version(newest_refused))
+
+
 def test_a_v2_file_is_accepted_by_containerd_2():
     # containerd 2.x converts version 2 files in memory, so the v2 path is the right one to edit.
     after = set_systemd_cgroup((FIXTURES / "default-1.7.24.toml").read_text(), Version("2.1.9"))
@@ -90,19 +103,33 @@ def test_a_v2_file_is_accepted_by_containerd_2():
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("[plugins\nbroken", "is not valid TOML"),
-        ('root = "/var/lib/containerd"\n', "no `version` key"),
-        ("version = 9\n", "does not know"),
+        (
+            "[plugins\nbroken",
+            r"is not valid TOML \(.+\); fix or remove the file, the deploy left it as it is",
+        ),
+        (
+            'root = "/var/lib/containerd"\n',
+            re.escape(
+                "has no `version` key, so containerd reads it as the long-removed version 1 schema; "
+                "migrate it with `containerd config migrate` (or move it away to start from defaults)"
+            ),
+        ),
+        ("version = 9\n", re.escape("declares version = 9, which this deploy does not know (2, 3 or 4)")),
     ],
 )
 def test_documents_that_cannot_be_edited_safely(text, message):
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError, match=f"^{message}$"):
         set_systemd_cgroup(text, Version("1.7.24"))
 
 
 def test_a_v3_file_is_refused_for_containerd_1x():
-    with pytest.raises(ConfigError, match="containerd 1.7.24 cannot read.*needs containerd >= 2.0"):
+    with pytest.raises(ConfigError) as refused:
         set_systemd_cgroup((FIXTURES / "default-2.1.9.toml").read_text(), Version("1.7.24"))
+    assert str(refused.value) == (
+        "declares version = 3, which containerd 1.7.24 cannot read (it needs containerd >= 2.0); "
+        "set containerd_config_base=default to rebuild it from this containerd's `containerd config default` "
+        "(a rollback from 2.x does this once)"
+    )
 
 
 def test_reading_an_unset_value():
@@ -241,16 +268,24 @@ def test_rendering_is_idempotent_with_every_knob(fixture, version, schema):
 
 def test_a_config_read_many_times_is_parsed_once(monkeypatch):
     """The fan-out profile: tomlkit's parser was most of a no-op run's controller CPU, the same
-    texts parsed seven times per host. Readers now share one parse per text (never mutated)."""
+    texts parsed seven times per host. Readers now share one parse per text (never mutated), by
+    the standard library's faster reader: tomlkit only for what is edited."""
+    import tomllib
+
     import tomlkit
 
     from containerd_deploy.data import config_toml
     from containerd_deploy.plan.verdict import configured_runtimes, sandbox_image
 
     calls = []
-    real = tomlkit.parse
-    monkeypatch.setattr(tomlkit, "parse", lambda text: calls.append(text) or real(text))
-    text = 'version = 2\n[plugins."io.containerd.grpc.v1.cri"]\nsandbox_image = "pause:x"\n# unique 1f3a\n'
+    real = tomllib.loads
+    monkeypatch.setattr(tomllib, "loads", lambda text: calls.append(text) or real(text))
+    monkeypatch.setattr(tomlkit, "parse", lambda text: pytest.fail("a reader parsed with tomlkit"))
+    # A text no earlier test in this process parsed (the cache outlives a test; mutmut runs the
+    # tests of many mutants in processes forked from one that ran them before).
+    text = (
+        f'version = 2\n[plugins."io.containerd.grpc.v1.cri"]\nsandbox_image = "pause:x"\n# {uuid.uuid4()}\n'
+    )
     for _ in range(3):
         assert sandbox_image(text, Version("1.7.24")) == "pause:x"
         assert configured_runtimes(text, Version("1.7.24")) == {}

@@ -233,6 +233,7 @@ def test_a_process_of_another_user_is_never_the_runs_whatever_its_environment(tm
     import os
     import signal
     import subprocess
+    import time
 
     from containerd_deploy.remote.lock import LOCK_HOLDER
     from containerd_deploy.remote.paths import LOCK_PATH
@@ -252,9 +253,14 @@ def test_a_process_of_another_user_is_never_the_runs_whatever_its_environment(tm
     ours = _orphan(environment)
     # What the run started through sudo: sudo carries the connection, its command does not.
     through_sudo = _orphan(environment, "sh -c 'env -u SSH_CONNECTION sleep 300 & wait' sleep")
-    children = subprocess.run(
-        ["pgrep", "-P", str(through_sudo)], capture_output=True, text=True
-    ).stdout.split()
+    children: list[str] = []
+    for _ in range(100):  # its shell starts the child a moment after it starts itself
+        children = subprocess.run(
+            ["pgrep", "-P", str(through_sudo)], capture_output=True, text=True
+        ).stdout.split()
+        if children:
+            break
+        time.sleep(0.05)
     try:
         holder = subprocess.run(
             ["setsid", "sh", "-c", holder_script, "lock-holder", str(gone.pid), connection, "0", "", "0"],

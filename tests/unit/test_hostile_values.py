@@ -631,6 +631,7 @@ def test_every_data_key_is_covered_by_a_property_or_a_choice():
         "containerd_config_extra",
         "containerd_ready_timeout",
         "containerd_verify",
+        "containerd_verify_interval",
         "containerd_nvidia_runtime",
         "containerd_enable_cdi",
         "containerd_rollback",

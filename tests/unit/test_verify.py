@@ -466,6 +466,9 @@ def test_the_binaries_each_runtime_handler_needs():
         {"gpu": {"runtimeType": "io.containerd.runc.v2", "options": {"BinaryName": "/x/nv"}}}
     ) == [("gpu", "containerd-shim-runc-v2"), ("gpu", "/x/nv")]
     assert configured_runtimes("not toml [", Version("1.7.24")) == {}
+    assert configured_runtimes(None, Version("1.7.24")) == configured_runtimes("", Version("1.7.24")) == {}
+    # A schema newer than the paths this deploy knows: nothing read, nothing made up.
+    assert configured_runtimes("version = 4\n", Version("2.3.0")) == {}
 
 
 def test_a_handler_whose_binary_is_missing_fails_verify_naming_it_and_the_fix():
@@ -552,7 +555,15 @@ def test_a_missing_sandbox_image_is_pulled_through_the_nodes_registries_first(tm
         assert result.stdout == "a container ran\n"
 
 
-def verify_op(image: str = "present", run_container=True, registry_config_path="", **state_changes):
+def verify_op(
+    image: str = "present",
+    run_container=True,
+    registry_config_path="",
+    seen=None,
+    full_check_interval=0,
+    wanted=None,
+    **state_changes,
+):
     """What the verify operation yields when it runs, the node's daemon answering as `healthy`."""
     from containerd_deploy.facts.daemon import ContainerdDaemon
     from containerd_deploy.operations.verify import containerd_verified
@@ -564,11 +575,13 @@ def verify_op(image: str = "present", run_container=True, registry_config_path="
         containerd_verified,
         facts=facts,
         executing=True,
-        expected=expected(),
+        expected=wanted or expected(),
         bin_dir="/usr/local/bin",
         config_path=CONFIG,
         run_container=run_container,
         registry_config_path=registry_config_path,
+        seen=seen,
+        full_check_interval=full_check_interval,
     )
     return yielded, facts.asked
 
@@ -862,3 +875,207 @@ def test_what_each_runtime_handler_needs_and_which_the_container_check_runs_thro
 
 
 RUNC = "io.containerd.runc.v2"
+
+
+# --- a no-op rerun judged from the run's first fact, after a full check of the same daemon ---
+
+
+def seen(**changes):
+    """The daemon as the node fact saw it at the start of the run: `healthy`'s process."""
+    from containerd_deploy.facts.daemon import DaemonState
+
+    state = healthy()
+    fields = dict(
+        active_state=state.active_state,
+        main_pid=state.main_pid,
+        exe=state.exe,
+        started=state.started,
+        mtimes=state.mtimes,
+        ctr_client=state.ctr_client,
+        ctr_server=state.ctr_server,
+    )
+    return DaemonState(**{**fields, **changes})
+
+
+def test_the_daemon_the_node_fact_saw_is_the_verify_facts_daemon():
+    """The same process reads the same in both facts: a record made from one matches the other."""
+    from containerd_deploy.facts.daemon import seen_at_start
+    from containerd_deploy.facts.node import parse_node_state
+    from containerd_deploy.plan.verdict import daemon_identity
+
+    daemon = healthy(kubelet="cgroupDriver: systemd\n")
+    lines = [
+        *section("service", "ActiveState=active", "MainPID=582", "NeedDaemonReload=yes"),
+        *section("exe", daemon.exe),
+        *section(
+            "started",
+            "stat 582 (containerd) S 1 582 582 0 -1 4194560 0 0 0 0 5 3 0 0 20 0 12 0 10050 0",
+            "btime 900",
+        ),
+        *section("mtimes", "990 " + CONFIG, "991 " + UNIT),
+        *section("ctr", *CTR),
+        *section("kubelet", b64("cgroupDriver: systemd\n")),
+        *section("missing", "/usr/bin/crun"),
+    ]
+    at_start = seen_at_start(parse_node_state(lines))
+    assert daemon_identity(at_start) == daemon_identity(daemon) == (582, daemon.started, daemon.exe)
+    assert (at_start.active_state, at_start.need_daemon_reload) == ("active", True)
+    assert (at_start.ctr_client, at_start.ctr_server, at_start.ctr_error) == (
+        daemon.ctr_client,
+        daemon.ctr_server,
+        "",
+    )
+    assert at_start.mtimes == daemon.mtimes and at_start.kubelet_config == "cgroupDriver: systemd\n"
+    assert at_start.missing_binaries == ["/usr/bin/crun"]
+    assert (at_start.plugins, at_start.dump, at_start.sandbox_image) == ({}, None, "absent"), (
+        "only a full check asks"
+    )
+    assert seen_at_start(parse_node_state(section("ctr", "ctr: connection refused"))).ctr_error
+
+
+def test_a_full_check_is_needed_unless_the_record_is_of_this_daemon_for_this_expectation_and_recent():
+    from containerd_deploy.controller.verified import VerifiedDaemon
+    from containerd_deploy.plan.verdict import daemon_identity, expected_digest, full_check_reason
+
+    daemon, wanted = seen(), expected()
+    identity, digest = daemon_identity(daemon), expected_digest(wanted)
+    record = VerifiedDaemon(identity, digest, 5000.0, ("CRI plugins loaded",), True)
+    assert full_check_reason(record, daemon, wanted, 5000.0, 60) is None
+    assert full_check_reason(record, daemon, wanted, 5059.9, 60) is None
+    crun = Expected(**{**wanted.__dict__, "runtime_binaries": (("crun", "/usr/bin/crun"), ("runc", "runc"))})
+    crun_record = VerifiedDaemon(identity, expected_digest(crun), 5000.0, (), True)
+    looked = seen(looked_for=("/usr/bin/crun",))
+    assert full_check_reason(crun_record, looked, crun, 5000.0, 60) is None, "runc: the deploy's, checked"
+    no_image = Expected(**{**wanted.__dict__, "sandbox_image": None})
+    assert (
+        full_check_reason(
+            VerifiedDaemon(identity, expected_digest(no_image), 5000.0, (), False),
+            daemon,
+            no_image,
+            5000.0,
+            60,
+        )
+        is None
+    )
+    reasons = {
+        "none recorded": full_check_reason(None, daemon, wanted, 5000.0, 60),
+        "restarted": full_check_reason(record, seen(main_pid=583), wanted, 5000.0, 60),
+        "rebooted": full_check_reason(record, seen(started=daemon.started + 1), wanted, 5000.0, 60),
+        "replaced": full_check_reason(record, seen(exe=daemon.exe + " (deleted)"), wanted, 5000.0, 60),
+        "not running": full_check_reason(record, seen(main_pid=0), wanted, 5000.0, 60),
+        "no start time": full_check_reason(record, seen(started=None), wanted, 5000.0, 60),
+        "no binary": full_check_reason(record, seen(exe=""), wanted, 5000.0, 60),
+        "expected otherwise": full_check_reason(record, daemon, expected(systemd_cgroup=False), 5000.0, 60),
+        "too old": full_check_reason(record, daemon, wanted, 5060.0, 60),
+        "from the future": full_check_reason(record, daemon, wanted, 4999.0, 60),
+        "never stands": full_check_reason(record, daemon, wanted, 5000.0, 0),
+        "no image then": full_check_reason(
+            VerifiedDaemon(identity, digest, 5000.0, (), False), daemon, wanted, 5000.0, 60
+        ),
+        "binary not looked for": full_check_reason(crun_record, daemon, crun, 5000.0, 60),
+    }
+    other = "it is not the daemon last checked in full (restarted, replaced or rebooted since)"
+    unknown = "the run's first look could not tell which process it is"
+    assert reasons == {
+        "none recorded": "no full check of it is recorded on this controller",
+        "restarted": other,
+        "rebooted": other,
+        "replaced": other,
+        "not running": unknown,
+        "no start time": unknown,
+        "no binary": unknown,
+        "expected otherwise": "what it must be changed since its last full check",
+        "too old": "its last full check is not within containerd_verify_interval (60 s)",
+        "from the future": "its last full check is not within containerd_verify_interval (60 s)",
+        "never stands": "its last full check is not within containerd_verify_interval (0 s)",
+        "no image then": f"its sandbox image {PAUSE} was not on the node at its last full check",
+        "binary not looked for": "the run's first look did not look for /usr/bin/crun",
+    }
+
+
+def test_what_a_daemons_start_fixes_is_said_again_and_the_rest_judged_afresh():
+    from containerd_deploy.plan.verdict import expected_digest, start_fixed
+
+    full = healthy()
+    remembered = start_fixed(expected(), full)
+    assert remembered == ("CRI plugins loaded", "SystemdCgroup = true in effect")
+    assert start_fixed(expected(systemd_cgroup=False), full) == ("CRI plugins loaded",), "only what passed"
+    verdict = judge(expected(), seen(), remembered)
+    assert verdict.problems == [] and verdict.notes == [], "no plugins, dump or images asked: none judged"
+    assert verdict.checked == [
+        "answers as 1.7.24 with its own ctr",
+        "runs the unit and config on disk",
+        "CRI plugins loaded; SystemdCgroup = true in effect (as its last full check found)",
+    ]
+    assert judge(expected(), seen()).problems, "without the record, the missing answers are problems"
+    # What can change while the same process runs is judged from what the run's first fact saw.
+    for changed, problem in [
+        (dict(ctr_server="v1.7.23"), "ctr 1.7.24~ds1 talks to a containerd v1.7.23 daemon"),
+        (dict(ctr_client="v1.7.23", ctr_server="v1.7.23"), "containerd answers as v1.7.23, expected 1.7.24"),
+        (dict(mtimes={CONFIG: 2000.0, UNIT: 991.0}), "changed after the running daemon started"),
+        (dict(need_daemon_reload=True), "systemd has not reloaded it"),
+        (dict(kubelet_config="cgroupDriver: cgroupfs\n"), "the kubelet's cgroupDriver is cgroupfs"),
+        (dict(active_state="failed"), "is failed, not active"),
+        (dict(ctr_server=None, ctr_error="connection refused"), "does not answer on its socket"),
+    ]:
+        assert problem in " ".join(judge(expected(), seen(**changed), remembered).problems), changed
+    crun = Expected(**{**expected().__dict__, "runtime_binaries": (("crun", "/usr/bin/crun"),)})
+    assert (
+        "needs /usr/bin/crun" in judge(crun, seen(missing_binaries=["/usr/bin/crun"]), remembered).problems[0]
+    )
+    assert expected_digest(crun) != expected_digest(expected()) == expected_digest(expected())
+
+
+def test_a_noop_rerun_asks_nothing_more_of_the_daemon_a_full_check_passed_lately():
+    from containerd_deploy.controller import verified
+
+    # The first no-op run checks in full and records the daemon; the next one asks nothing more.
+    yielded, asked = verify_op(run_container=False, seen=seen(), full_check_interval=3600)
+    assert (yielded, [name for name, _ in asked]) == ([], ["ContainerdDaemon"])
+    record = verified.read("node1")
+    assert record is not None and record.identity == (582, seen().started, "/usr/local/bin/containerd")
+    assert record.checked == ("CRI plugins loaded", "SystemdCgroup = true in effect") and record.image_present
+    assert verify_op(run_container=False, seen=seen(), full_check_interval=3600) == ([], [])
+    # Anything that differs asks the daemon again: another process, another expectation, a run
+    # that changes the node (it runs a container), no interval, or a problem at the first look.
+    for case in [
+        dict(seen=seen(main_pid=999)),
+        dict(seen=seen(), wanted=expected(sandbox="registry.k8s.io/pause:3.10")),
+        dict(seen=seen(), full_check_interval=0),
+        dict(seen=seen(ctr_server=None, ctr_error="timed out")),
+        dict(seen=None),
+    ]:
+        arguments = {"run_container": False, "full_check_interval": 3600, **case}
+        assert [name for name, _ in verify_op(**arguments)[1]] == ["ContainerdDaemon"], case
+    assert [name for name, _ in verify_op(run_container=True, seen=seen(), full_check_interval=3600)[1]] == [
+        "ContainerdDaemon"
+    ]
+
+
+def test_only_a_passing_full_check_is_recorded():
+    from containerd_deploy.controller import verified
+
+    [failure] = verify_op(run_container=False, seen=seen(), full_check_interval=3600, plugins=PLUGINS[:1])[0]
+    assert verified.read("node1") is None
+    verify_op(run_container=False, seen=seen(), full_check_interval=0)
+    assert verified.read("node1") is None, "an interval of 0 keeps no record"
+    verify_op(run_container=False, seen=seen(), full_check_interval=3600)
+    assert verified.read("node1") is not None
+
+
+def test_the_report_says_the_same_of_a_noop_judged_either_way(monkeypatch):
+    from containerd_deploy.controller.run_record import HostRun
+    from containerd_deploy.operations import verify
+
+    said = []
+    monkeypatch.setattr(verify, "host_run", lambda host: said.append(HostRun()) or said[-1])
+    for _ in range(2):  # a full check, then one from its record
+        verify_op(run_container=False, seen=seen(), full_check_interval=3600)
+    assert [(run.verify, run.container) for run in said] == [
+        ("no container run: this run changed nothing", False)
+    ] * 2
+    said.clear()
+    no_image = Expected(**{**expected().__dict__, "sandbox_image": None})
+    for _ in range(2):
+        verify_op(run_container=False, seen=seen(), full_check_interval=3600, wanted=no_image, image="absent")
+    assert [run.verify for run in said] == ["no container run: the config names no sandbox image"] * 2

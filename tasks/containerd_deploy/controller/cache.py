@@ -13,7 +13,6 @@ import pwd
 import re
 import stat
 import threading
-import urllib.request
 from pathlib import Path
 
 from containerd_deploy.data.artifacts import Artifact
@@ -67,7 +66,7 @@ def untrusted_cache(directory: Path) -> str | None:
     for place in (path, *path.parents):
         try:
             info = place.stat()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # not there (yet): nothing in it to swap
             continue
         if info.st_uid not in (0, me):
             return f"{place} is owned by uid {info.st_uid}"
@@ -79,7 +78,7 @@ def untrusted_cache(directory: Path) -> str | None:
     return None
 
 
-def _private_directory(directory: Path) -> None:
+def private_directory(directory: Path) -> None:
     """`directory` and each missing directory above it made 0700, whatever the umask. (By the
     umask, not by chmod: nothing that exists already is ever changed.)"""
     previous = os.umask(0o077)
@@ -93,7 +92,7 @@ def ensure_cached(cache_dir: str, artifact: Artifact, timeout: float = 60) -> Pa
     """The verified cached copy of `artifact`, downloading it first if the cache lacks it."""
     path = cached_path(cache_dir, artifact)
     with _lock_for(str(path)):  # hosts deployed at once wait for one download
-        _private_directory(path.parent)
+        private_directory(path.parent)
         problem = untrusted_cache(path.parent)
         if problem:
             raise FetchError(
@@ -103,6 +102,8 @@ def ensure_cached(cache_dir: str, artifact: Artifact, timeout: float = 60) -> Pa
             )
         if path.is_file() and _sha256_of(path) == artifact.sha256:
             return path
+        import urllib.request  # here: most runs fetch nothing, and its import costs each of them
+
         partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
         partial.unlink(missing_ok=True)  # a leftover of a run killed here (this process's number)
         digest = hashlib.sha256()
@@ -156,6 +157,8 @@ class ChecksumLookupError(RuntimeError):
 
 
 def fetch_digest(url: str, timeout: float = 30) -> str:
+    import urllib.request  # here: most runs fetch nothing, and its import costs each of them
+
     filename = url.rsplit("/", 1)[-1]
     tried = []
     for sums in sum_file_urls(url):

@@ -91,6 +91,7 @@ class Settings:
     containerd_limit_nofile: str | None
     containerd_ready_timeout: int
     containerd_verify: bool
+    containerd_verify_interval: int
     containerd_report: str
     containerd_rollback: bool
     containerd_restart_hook_before: tuple
@@ -288,14 +289,23 @@ def _bool(host: str, key: str, value) -> bool:
     raise DataError(host, key, f"is {value!r}, not true or false", f"set {key} to true or false")
 
 
-def _positive_int(host: str, key: str, value) -> int:
+def _seconds(host: str, key: str, value, least: int) -> int:
     # Digits only: int() would also take " 5", "+5" and "5_0".
-    number = int(value) if isinstance(value, int) or re.fullmatch(r"[0-9]+", str(value)) else 0
-    if number <= 0 or isinstance(value, bool):
+    number = int(value) if isinstance(value, int) or re.fullmatch(r"[0-9]+", str(value)) else -1
+    if number < least or isinstance(value, bool):
+        kind = "a positive" if least else "a whole"
         raise DataError(
-            host, key, f"is {value!r}, not a positive number of seconds", f"set {key} to e.g. {DEFAULTS[key]}"
+            host, key, f"is {value!r}, not {kind} number of seconds", f"set {key} to e.g. {DEFAULTS[key]}"
         )
     return number
+
+
+def _positive_int(host: str, key: str, value) -> int:
+    return _seconds(host, key, value, 1)
+
+
+def _seconds_or_zero(host: str, key: str, value) -> int:
+    return _seconds(host, key, value, 0)
 
 
 def _choice(host: str, key: str, value, choices: tuple[str, ...]) -> str:
@@ -857,6 +867,11 @@ KEYS: dict[str, Key] = {
         True,
         _plain(_bool),
         doc="last step of every run: check the running daemon (see [Verify](verify.md)), and run a container when the run changed the node; fail the run, naming each problem, if it falls short; a passing check of an unchanged node is no change",
+    ),
+    "containerd_verify_interval": Key(
+        86400,
+        _plain(_seconds_or_zero),
+        doc="seconds a full check of the running daemon stands for: a run that changes nothing, on a node whose daemon is the same process this controller last checked in full (same PID, start time and binary, for the same expected version and settings), within this time, checks it from the one question every run asks (it answers as the version, runs the unit, config and binary on disk, a kubelet's cgroup driver, the handlers' binaries) instead of asking its plugins and effective config again; the record is kept on the controller (`~/.cache/containerd-deploy/verified`); 0: a full check every run",
     ),
     "containerd_report": Key(
         "",

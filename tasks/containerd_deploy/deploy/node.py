@@ -35,6 +35,7 @@ from containerd_deploy.deploy.service import (
 )
 from containerd_deploy.deploy.show import as_said_by_the_cli, show_plan
 from containerd_deploy.deploy.verify import verify_containerd
+from containerd_deploy.facts.daemon import seen_at_start
 from containerd_deploy.facts.node import ContainerdNode, MissingBinaries, NodeState
 from containerd_deploy.operations.files import leftovers_absent
 from containerd_deploy.operations.service import run_lock_taken
@@ -146,11 +147,15 @@ def gather(settings: Settings) -> NodeState:
         staging_dir=settings.containerd_staging_dir,
         install_dirs=(posixpath.dirname(settings.runc_path), settings.cni_bin_dir),
         anchor_pid=os.getpid() if runs_on_the_node() else 0,
-        handler_binaries=tuple(
-            dict.fromkeys(binary for _, binary in handler_binaries_to_check(runtime_handlers(settings)))
-        ),
+        handler_binaries=asked_binaries(settings),
         trusted_dirs=tuple(trusted_directories(settings)),
     )
+
+
+def asked_binaries(settings: Settings) -> tuple:
+    """The binaries the node fact looks for: those of the data's runtime handlers the deploy does
+    not install."""
+    return tuple(dict.fromkeys(binary for _, binary in handler_binaries_to_check(runtime_handlers(settings))))
 
 
 def check_locked(settings: Settings, node: NodeState) -> None:
@@ -397,6 +402,12 @@ def _containerd_node():
     config_text = configure_containerd(settings, node, plan)
     run_containerd(settings, node, plan, rollback=rollback)
     if settings.containerd_verify:
-        verify_containerd(settings, config_text, run_container=plan.changes, rollback=rollback)
+        verify_containerd(
+            settings,
+            config_text,
+            run_container=plan.changes,
+            rollback=rollback,
+            seen=seen_at_start(node, looked_for=asked_binaries(settings)),
+        )
     drop_kept_release(settings, plan)
     hooks_around_restart(settings, plan, "after")

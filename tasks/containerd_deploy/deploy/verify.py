@@ -17,6 +17,7 @@ remote/container_check.py's.
 from pyinfra.api import deploy
 
 from containerd_deploy.data.settings import DEFAULTS, Settings
+from containerd_deploy.facts.daemon import DaemonState
 from containerd_deploy.operations.verify import containerd_verified
 from containerd_deploy.plan.files import loaded_at_start
 from containerd_deploy.plan.verdict import (
@@ -32,10 +33,14 @@ VERIFY_OPERATION = "Verify containerd (containerd_verify)"  # the report finds t
 
 
 @deploy("Verify containerd", data_defaults=DEFAULTS)
-def verify_containerd(settings: Settings, config_text, run_container: bool, rollback: str = ""):
+def verify_containerd(
+    settings: Settings, config_text, run_container: bool, rollback: str = "", seen: DaemonState | None = None
+):
     """`config_text`: the config.toml this run leaves (text, or a callable giving it when run);
     `run_container`: the run changed the node (the plan's `changes`): a container proves it;
-    `rollback`: the state directory of a release kept to put back if the check fails ("": none)."""
+    `rollback`: the state directory of a release kept to put back if the check fails ("": none);
+    `seen`: the daemon as the run's first fact saw it (a run that changes nothing may judge from
+    it, within `containerd_verify_interval` of a full check of the same process)."""
     loaded_files = loaded_at_start(settings)
 
     def expected() -> Expected:
@@ -62,4 +67,6 @@ def verify_containerd(settings: Settings, config_text, run_container: bool, roll
         rollback=rollback,
         timeout=settings.containerd_ready_timeout,
         registry_config_path=settings.containerd_registry_config_path,
+        seen=seen,
+        full_check_interval=settings.containerd_verify_interval,
     )

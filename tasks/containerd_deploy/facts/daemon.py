@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pyinfra.api import FactBase
 
 from containerd_deploy.facts.node import (
+    NodeState,
     decode_lines,
     parse_ctr_version,
     parse_process_section,
@@ -36,6 +37,7 @@ class DaemonState:
     kubelet_config: str | None = None
     sandbox_image: str = "absent"  # in the k8s.io namespace: "present", "absent" or "unlisted <why>"
     missing_binaries: list = field(default_factory=list)  # runtime handlers' binaries not on the node
+    looked_for: tuple = ()  # the binaries asked about (the node fact's; this fact's are the expected ones)
 
 
 def parse_daemon_state(lines: list[str]) -> DaemonState:
@@ -70,6 +72,26 @@ def parse_daemon_state(lines: list[str]) -> DaemonState:
         elif name == "image":
             state.sandbox_image = " ".join(line.strip() for line in body if line.strip()) or "absent"
     return state
+
+
+def seen_at_start(node: NodeState, looked_for: tuple = ()) -> DaemonState:
+    """The daemon as the node fact saw it when the run started: its service, process, version
+    (a ctr answer), the kubelet's config and which of the binaries it `looked_for` are missing,
+    but not its plugins, config dump or images, which only this module's fact asks."""
+    return DaemonState(
+        active_state=node.service.get("ActiveState", ""),
+        need_daemon_reload=node.service.get("NeedDaemonReload") == "yes",
+        main_pid=node.main_pid,
+        exe=node.exe,
+        started=node.started,
+        mtimes=dict(node.mtimes),
+        ctr_client=node.ctr_client,
+        ctr_server=node.ctr_server,
+        ctr_error="" if node.ctr_server else "no answer to the run's first question",
+        kubelet_config=node.kubelet_config,
+        missing_binaries=list(node.missing_binaries),
+        looked_for=tuple(looked_for),
+    )
 
 
 class ContainerdDaemon(FactBase):

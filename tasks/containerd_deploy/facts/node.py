@@ -27,7 +27,7 @@ from containerd_deploy.remote.node_state import (
     node_state_command,
 )
 from containerd_deploy.remote.paths import ancestors
-from containerd_deploy.remote.shell import untrusted_lines
+from containerd_deploy.remote.shell import reader_lines, untrusted_lines
 
 
 @dataclass(frozen=True)
@@ -311,7 +311,7 @@ class ReleaseManifests(FactBase):
         return {}
 
     def command(self, state_dir):
-        return "\n".join(manifest_state_lines(state_dir))
+        return "\n".join([*reader_lines(), *manifest_state_lines(state_dir)])
 
     def process(self, output):
         return parse_node_state(list(output)).manifests

@@ -1,16 +1,49 @@
 """The verify operation: check the running daemon against what the run expects, from one fact
-read when the operation runs, and run a container when the run changed the node."""
+read when the operation runs (or, for the same daemon a full check passed lately, from what the
+run's first fact saw), and run a container when the run changed the node."""
 
+import time
 from collections.abc import Callable
 
 from pyinfra import host, logger
 from pyinfra.api import StringCommand, operation
 
+from containerd_deploy.controller import verified
 from containerd_deploy.controller.run_record import host_run
-from containerd_deploy.facts.daemon import ContainerdDaemon
-from containerd_deploy.plan.verdict import Expected, image_absent_note, judge
+from containerd_deploy.facts.daemon import ContainerdDaemon, DaemonState
+from containerd_deploy.plan.verdict import (
+    Expected,
+    Verdict,
+    daemon_identity,
+    expected_digest,
+    full_check_reason,
+    image_absent_note,
+    judge,
+    start_fixed,
+)
 from containerd_deploy.remote.container_check import container_check_script, failure_script
 from containerd_deploy.remote.rollback import rollback_lines
+
+NO_CHANGE_NOTE = "no container run: this run changed nothing"
+
+
+def _judged_from_the_record(
+    expected: Expected, seen: DaemonState, now: float, interval: int
+) -> Verdict | None:
+    """The verdict on the daemon the run's first fact saw, with what the controller's record of a
+    full check of the same process found of the rest; None: ask the daemon in full (why: -v)."""
+    record = verified.read(host.name)
+    why = full_check_reason(record, seen, expected, now, interval)
+    verdict = judge(expected, seen, record.checked) if record is not None and why is None else None
+    if verdict is not None and verdict.problems:
+        why, verdict = f"the run's first look found: {verdict.problems[0]}", None
+    if verdict is None:
+        log = logger.info if host.state.print_noop_info else logger.debug
+        log(f"{host.print_prefix}verify: asks the daemon in full: {why}")
+        return None
+    # As a full check of a run that changes nothing says why no container ran.
+    verdict.notes.append(NO_CHANGE_NOTE if expected.sandbox_image else image_absent_note(None))
+    return verdict
 
 
 @operation()
@@ -22,6 +55,8 @@ def containerd_verified(
     rollback: str = "",
     timeout: int = 60,
     registry_config_path: str = "",
+    seen: DaemonState | None = None,
+    full_check_interval: int = 0,
 ):
     """
     Check the running containerd against ``expected``; fail the run, naming each problem, if it
@@ -43,6 +78,11 @@ def containerd_verified(
     + registry_config_path: the node's registry hosts directory; with ``run_container``, a
       sandbox image the node lacks is pulled through it first, as a kubelet's first pod would
       (one it cannot pull runs no container, and says why); "" pulls nothing
+    + seen: the daemon as the run's first fact saw it (``seen_at_start``); when no container is
+      to run and the controller recorded a full check of this same process, for the same
+      ``expected``, less than ``full_check_interval`` seconds ago, the rest is judged from it and
+      the record, asking the node nothing (any problem found so: asked in full). None: ask
+    + full_check_interval: seconds a full check of a daemon stands for (0: ask every run)
 
     **Example:**
 
@@ -59,16 +99,32 @@ def containerd_verified(
         return
     if callable(expected):
         expected = expected()
-    state = host.get_fact(
-        ContainerdDaemon,
-        bin_dir=bin_dir,
-        config_path=config_path,
-        unit=expected.unit,
-        files=expected.loaded_files,
-        image=expected.sandbox_image or "",
-        binaries=tuple(dict.fromkeys(binary for _, binary in expected.runtime_binaries)),
-    )
-    verdict = judge(expected, state)
+    now = time.time()
+    quick = None
+    if seen is not None and not run_container and full_check_interval > 0:
+        quick = _judged_from_the_record(expected, seen, now, full_check_interval)
+    if seen is not None and quick is not None:
+        state, verdict = seen, quick
+    else:
+        state = host.get_fact(
+            ContainerdDaemon,
+            bin_dir=bin_dir,
+            config_path=config_path,
+            unit=expected.unit,
+            files=expected.loaded_files,
+            image=expected.sandbox_image or "",
+            binaries=tuple(dict.fromkeys(binary for _, binary in expected.runtime_binaries)),
+        )
+        verdict = judge(expected, state)
+        if not verdict.problems and full_check_interval > 0:
+            record = verified.VerifiedDaemon(
+                identity=daemon_identity(state),
+                expected=expected_digest(expected),
+                at=now,
+                checked=start_fixed(expected, state),
+                image_present=state.sandbox_image == "present",
+            )
+            verified.write(host.name, record)
     put_back = rollback_lines(rollback, expected.unit, f"{bin_dir}/ctr", timeout) if rollback else None
     if verdict.problems:
         yield StringCommand(failure_script(host.name, verdict.problems, put_back))
@@ -98,6 +154,6 @@ def containerd_verified(
                 )
             )
             return
-        verdict.notes.append("no container run: this run changed nothing")
+        verdict.notes.append(NO_CHANGE_NOTE)
     said.verify = "; ".join(verdict.notes) or f"containerd {expected.version} verified"
     host.noop(verdict.summary(expected.version))

@@ -2,10 +2,12 @@
 the config.toml the run leaves) and how what it reports measures up (`judge`), each problem
 worded once for the deploy's preflight, its verify step and the conformance suite."""
 
+import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from containerd_deploy.controller.verified import VerifiedDaemon
 from containerd_deploy.data.config_toml import PATHS, ConfigError, read_schema, runc_systemd_cgroup, value_at
 from containerd_deploy.data.settings import Settings
 from containerd_deploy.facts.daemon import DaemonState
@@ -112,13 +114,16 @@ def container_handlers(runtimes) -> tuple:
 
 
 def configured_runtimes(config_text: str | None, containerd_version) -> dict:
-    """The runtimes table a config declares (empty if it cannot be read)."""
+    """The runtimes table a config declares (empty if there is none, the config cannot be read,
+    or its schema is one whose runtimes this deploy does not know where to find)."""
+    if not config_text:
+        return {}
     try:
-        schema = read_schema(config_text or "", containerd_version)
+        schema = read_schema(config_text, containerd_version)
     except ConfigError:
         return {}
     path = PATHS["runtimes"].get(schema)
-    runtimes = value_at(config_text, path) if path and config_text else None
+    runtimes = value_at(config_text, path) if path else None
     return runtimes if isinstance(runtimes, dict) else {}
 
 
@@ -192,8 +197,10 @@ def sandbox_image(config_text: str, containerd_version) -> str | None:
     return image if isinstance(image, str) and image else None
 
 
-def judge(expected: Expected, state: DaemonState) -> Verdict:
-    """Every way the node falls short of `expected`, each with its likely fix."""
+def judge(expected: Expected, state: DaemonState, remembered: tuple | None = None) -> Verdict:
+    """Every way the node falls short of `expected`, each with its likely fix. `remembered`: what
+    a full check of this same daemon found of what its start fixes (`start_fixed`), said again
+    instead of judged from `state` (which then need not hold plugins, config dump or images)."""
     verdict = Verdict()
     if state.active_state != "active":
         verdict.problems.append(
@@ -206,17 +213,67 @@ def judge(expected: Expected, state: DaemonState) -> Verdict:
             f"see journalctl -u {expected.unit}"
         )
         return verdict
-    for check in (
-        _judge_version,
-        _judge_freshness,
-        _judge_plugins,
-        _judge_effective_config,
-        _judge_kubelet,
-        _judge_sandbox_image,
-        _judge_runtime_binaries,
-    ):
+    for check in (_judge_version, _judge_freshness):
         check(expected, state, verdict)
+    if remembered is None:
+        for check in (*START_FIXED, _judge_kubelet, _judge_sandbox_image, _judge_runtime_binaries):
+            check(expected, state, verdict)
+    else:
+        verdict.checked.append(f"{'; '.join(remembered)} (as its last full check found)")
+        for check in (_judge_kubelet, _judge_runtime_binaries):
+            check(expected, state, verdict)
     return verdict
+
+
+def start_fixed(expected: Expected, state: DaemonState) -> tuple:
+    """What the checks of what a daemon's start fixes (its CRI plugins, its effective config)
+    found of `state`: the same for as long as the same process runs with what it loaded."""
+    verdict = Verdict()
+    for check in START_FIXED:
+        check(expected, state, verdict)
+    return tuple(verdict.checked)
+
+
+def expected_digest(expected: Expected) -> str:
+    """A digest of what the daemon must be, and of how what its start fixes is checked: a record
+    of a full check holds for these only (a deploy whose checks changed checks in full again)."""
+    checks = [(check.__code__.co_code, check.__code__.co_consts) for check in START_FIXED]
+    return hashlib.sha256(repr((expected, checks)).encode()).hexdigest()
+
+
+def daemon_identity(state) -> tuple:
+    """The daemon as a process (a DaemonState or the node fact's NodeState): its MainPID, start
+    time and binary. A restart, a new binary or a reboot makes another one."""
+    return (state.main_pid, state.started, state.exe)
+
+
+def full_check_reason(
+    record: VerifiedDaemon | None, seen: DaemonState, expected: Expected, now: float, interval: int
+) -> str | None:
+    """Why the verify step asks the daemon itself (None: the record of a full check of the daemon
+    the run's first look saw, for what it must be now, less than `interval` seconds ago, stands,
+    and that look asked the rest)."""
+    identity = daemon_identity(seen)
+    if record is None:
+        return "no full check of it is recorded on this controller"
+    if not identity[0] or identity[1] is None or not identity[2]:
+        return "the run's first look could not tell which process it is"
+    if tuple(record.identity) != identity:
+        return "it is not the daemon last checked in full (restarted, replaced or rebooted since)"
+    if record.expected != expected_digest(expected):
+        return "what it must be changed since its last full check"
+    if not 0 <= now - record.at < interval:
+        return f"its last full check is not within containerd_verify_interval ({interval} s)"
+    if expected.sandbox_image and not record.image_present:
+        return f"its sandbox image {expected.sandbox_image} was not on the node at its last full check"
+    unasked = [
+        binary
+        for _, binary in expected.runtime_binaries
+        if binary not in INSTALLED_BY_THE_DEPLOY and binary not in seen.looked_for
+    ]
+    if unasked:
+        return f"the run's first look did not look for {', '.join(dict.fromkeys(unasked))}"
+    return None
 
 
 def _restart(expected: Expected) -> str:
@@ -312,6 +369,11 @@ def _judge_effective_config(expected: Expected, state: DaemonState, verdict: Ver
             )
         else:
             verdict.checked.append(f"{setting} = {_toml(wanted)} in effect")
+
+
+# The checks whose outcome only a restart can change: the plugins a daemon loaded and the config it
+# read (the files it loaded are checked each run: a newer one is stale).
+START_FIXED = (_judge_plugins, _judge_effective_config)
 
 
 def _judge_kubelet(expected: Expected, state: DaemonState, verdict: Verdict) -> None:

@@ -11,6 +11,7 @@ import shlex
 from dataclasses import dataclass
 
 from containerd_deploy.remote.paths import LOCK_PATH
+from containerd_deploy.remote.shell import reader_lines
 
 # Held, while a run's SSH connection lasts, by a small process on the node: a second run
 # waits for it, then is refused; a run killed or cut off frees it within a second.
@@ -111,19 +112,21 @@ def session_lines(anchor_pid: int = 0, connection: bool = True) -> list[str]:
     SSH_CONNECTION)."""
     if anchor_pid:
         return [
+            *reader_lines(),
             f"session={int(anchor_pid)}",
             '[ -d "/proc/$session" ] || session=1',
             *(['connection=""'] if connection else []),
         ]
     return [
+        *reader_lines(),
         "session=$$",
         # sshd's child is the login shell, whose environment holds the connection.
         *(["child=$$"] if connection else []),
         # The sshd process of this connection: the first sshd/sshd-session ancestor.
         'while [ "${session:-1}" -gt 1 ]; do',
-        '  case "$(cat "/proc/$session/comm" 2>/dev/null)" in sshd|sshd-session) break;; esac',
+        '  case "$(text_of "/proc/$session/comm")" in sshd|sshd-session) break;; esac',
         *(["  child=$session"] if connection else []),
-        '  session=$(awk \'{ sub(/.*\\) /, ""); print $2 }\' "/proc/$session/stat" 2>/dev/null)',
+        '  session=$(parent_of "$session")',
         "done",
         # Through sudo the environment is reset: the connection is read from the login
         # shell sshd started (the run's sudo processes carry it too, and relay a TERM to
@@ -222,7 +225,7 @@ def lock_state_lines(anchor_pid: int = 0) -> list[str]:
         *lock_held_lines(),
         "held=0",
         "lock_held && held=1",
-        f'if [ "$held" = 1 ] && [ "${{session:-1}}" -gt 1 ] && [ "$(cat {q(LOCK_PATH)}.session 2>/dev/null)" != "$session" ]; then',
+        f'if [ "$held" = 1 ] && [ "${{session:-1}}" -gt 1 ] && [ "$(text_of {q(LOCK_PATH)}.session)" != "$session" ]; then',
         "  tries=0",
         f'  while [ "$held" = 1 ] && [ "$tries" -lt {LOCK_WAIT_SECONDS * 5} ]; do',
         "    sleep 0.2",
@@ -232,17 +235,17 @@ def lock_state_lines(anchor_pid: int = 0) -> list[str]:
         "fi",
         f'if ! command -v flock >/dev/null 2>&1; then echo "unavailable {NO_FLOCK}"',
         f'elif [ "${{session:-1}}" -le 1 ]; then echo "unavailable {NO_SESSION}"',
-        f'elif [ "$held" = 0 ]; then echo "free $(cat {q(LOCK_PATH)}.generation 2>/dev/null || echo 0)"',
-        f'elif [ "$(cat {q(LOCK_PATH)}.session 2>/dev/null)" = "$session" ]; then echo held',
+        f'elif [ "$held" = 0 ]; then echo "free $(text_of {q(LOCK_PATH)}.generation || echo 0)"',
+        f'elif [ "$(text_of {q(LOCK_PATH)}.session)" = "$session" ]; then echo held',
         "else",
         # Who holds it, as the node sees it: the process whose life the lock is held for.
-        f"  holder=$(cat {q(LOCK_PATH)}.session 2>/dev/null)",
+        f"  holder=$(text_of {q(LOCK_PATH)}.session)",
         '  seen=""',
         '  if [ -n "$holder" ] && [ -r "/proc/$holder/cmdline" ]; then',
         '    seen="; on the node: uid $(stat -c %u "/proc/$holder") pid $holder '
         """($(tr '\\000' ' ' < "/proc/$holder/cmdline" | cut -c 1-80 | sed 's/ *$//'))\"""",
         "  fi",
-        f'  echo "busy $(cat {q(LOCK_PATH)}.generation 2>/dev/null || echo 0) $(cat {q(LOCK_PATH)}.owner 2>/dev/null)$seen"',
+        f'  echo "busy $(text_of {q(LOCK_PATH)}.generation || echo 0) $(text_of {q(LOCK_PATH)}.owner)$seen"',
         "fi",
     ]
 

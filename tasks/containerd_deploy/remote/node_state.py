@@ -134,14 +134,15 @@ def distro_package_lines() -> list[str]:
 
 def manifest_state_lines(state_dir: str) -> list[str]:
     """Shell lines printing each manifest in `state_dir` and the identity each file it lists
-    has now (sections `manifest <name>` and `actual <name>`)."""
+    has now (sections `manifest <name>` and `actual <name>`); `text_of` (shell.reader_lines)
+    defined before them."""
     q = shlex.quote
     return [
         *manifest_entry_lines(),
         f"for m in {q(state_dir)}/*{MANIFEST_SUFFIX}; do",
         '  [ -f "$m" ] || continue',
         f'  echo "{SECTION}manifest ${{m##*/}}"',
-        '  cat "$m"',
+        '  text_of "$m"',
         f'  echo "{SECTION}actual ${{m##*/}}"',
         # One stat for all of a manifest's files (each command started costs on a small node).
         "  set --",
@@ -250,9 +251,9 @@ def node_state_command(
                 else []
             ),
             f'echo "{SECTION}kept"',
-            f"cat {q(state_dir + '/' + KEPT_DIR_NAME + '/version')} 2>/dev/null",
+            f"text_of {q(state_dir + '/' + KEPT_DIR_NAME + '/version')}",
             f'echo "{SECTION}rolled_back"',
-            f"cat {q(state_dir + '/' + ROLLED_BACK_NAME)} 2>/dev/null",
+            f"text_of {q(state_dir + '/' + ROLLED_BACK_NAME)}",
             f'echo "{SECTION}hidden"',
             *hidden_leftovers_lines(
                 (

@@ -26,6 +26,26 @@ FETCH = r"""fetch() {
 TAB = "\t"
 
 
+def reader_lines() -> list[str]:
+    """Shell lines defining `text_of FILE` (its text, as cat prints it, but read by the shell
+    itself; a last line without a newline gets one; status 1 when it cannot be read) and
+    `parent_of PID` (field 4 of /proc/PID/stat, after the command name in parentheses, which may
+    hold anything). No program is started: each costs ~40 ms on an emulated node, and the node
+    fact, which reads a dozen small files, runs on every run."""
+    return [
+        "text_of() {",
+        '  [ -r "$1" ] || return 1',
+        '  while IFS= read -r text_line || [ -n "$text_line" ]; do printf "%s\\n" "$text_line"; done < "$1"',
+        "}",
+        "parent_of() {",
+        '  read -r proc_stat 2>/dev/null < "/proc/$1/stat" || return 1',
+        "  # shellcheck disable=SC2086 # split on purpose: the fields after the command name",
+        "  set -- ${proc_stat##*) }",
+        '  echo "$2"',
+        "}",
+    ]
+
+
 def untrusted_lines() -> list[str]:
     """Shell lines defining `untrusted DIR...`: prints "<path><TAB><why>" for each DIR that exists
     and another user could change (owned by neither root nor the user checking, as sshd's
@@ -35,7 +55,8 @@ def untrusted_lines() -> list[str]:
     One stat for all (each command started costs on a small node)."""
     return [
         "untrusted() {",
-        "  me=$(id -u)",
+        # The effective uid, as `id -u` prints it, read by the shell itself.
+        '  while read -r key _ me _; do [ "$key" != Uid: ] || break; done < /proc/self/status',
         "  stat -c '%u %f %n' -- \"$@\" 2>/dev/null | while read -r uid mode name; do",
         "    kind=$(( 0x$mode & 0xF000 ))",
         "    if [ \"$kind\" -eq $(( 0xA000 )) ]; then why='is a symbolic link'",
