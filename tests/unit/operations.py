@@ -28,15 +28,21 @@ class Facts:
 
 
 def commands(
-    op, connector_arguments: dict | None = None, facts: Facts | None = None, executing: bool = False, **kwargs
+    op,
+    connector_arguments: dict | None = None,
+    facts: Facts | None = None,
+    executing: bool = False,
+    verbose: bool = False,
+    **kwargs,
 ) -> list:
     """What `op(**kwargs)` yields for a host whose operation runs with `connector_arguments`
     (e.g. {"_sudo": True}), the node answering facts with `facts` (default: none may be
     asked); [] when it calls host.noop. `executing`: as when pyinfra runs the operation, not
-    when it prepares the run."""
+    when it prepares the run; `verbose`: as under `pyinfra -v`."""
     inventory = Inventory((["node1"], {}))
     state = State(inventory, Config())
     state.is_executing = executing
+    state.print_noop_info = verbose
     host = inventory.get_host("node1")
     host.get_fact = (facts or Facts()).get_fact  # type: ignore[method-assign]
     with ctx_state.use(state), ctx_host.use(host):

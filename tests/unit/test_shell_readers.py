@@ -51,3 +51,8 @@ def test_parent_of_reads_past_a_command_name_holding_parentheses_and_spaces(tmp_
         child.kill()
         child.wait()
     assert sh('parent_of 999999999 || echo "none"').stdout == "none\n"
+
+
+def test_text_of_a_directory_says_nothing(tmp_path):
+    done = sh('text_of "$1"', str(tmp_path))
+    assert (done.stdout, done.stderr) == ("", "")

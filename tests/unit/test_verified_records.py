@@ -34,6 +34,7 @@ def test_a_record_reads_back_as_written_one_private_file_per_host():
     assert len(files) == len(names), "one file per host, all in the directory: " + str(files)
     assert stat.S_IMODE(records().stat().st_mode) == 0o700
     assert {stat.S_IMODE(path.stat().st_mode) for path in files} == {0o600}
+    assert {path.suffix for path in files} == {".json"}
     verified.write("node1", RECORD)
     assert verified.read("node1") == RECORD, "rewritten whole"
     assert not [path for path in records().iterdir() if path.name.startswith(".")], "no partial file left"
@@ -91,3 +92,24 @@ def test_a_record_directory_it_may_not_even_look_into_is_no_record(monkeypatch):
     monkeypatch.setattr(verified, "untrusted_cache", refused)
     assert verified.read("node1") is None
     assert verified.write("node1", RECORD) is False
+
+
+def test_a_link_planted_at_the_partial_name_is_never_written_through(tmp_path):
+    verified.write("node1", RECORD)
+    [path] = records().iterdir()
+    target = tmp_path / "elsewhere"
+    target.write_text("untouched")
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    partial.symlink_to(target)
+    assert verified.write("node1", RECORD) is False
+    assert target.read_text() == "untouched" and not partial.exists() and not partial.is_symlink()
+    assert verified.read("node1") == RECORD
+
+
+def test_a_record_that_cannot_be_written_is_no_record_and_no_error(monkeypatch):
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(verified.os, "open", refused)
+    assert verified.write("node1", RECORD) is False
+    assert verified.read("node1") is None

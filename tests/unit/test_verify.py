@@ -562,6 +562,7 @@ def verify_op(
     seen=None,
     full_check_interval=0,
     wanted=None,
+    verbose=False,
     **state_changes,
 ):
     """What the verify operation yields when it runs, the node's daemon answering as `healthy`."""
@@ -582,6 +583,7 @@ def verify_op(
         registry_config_path=registry_config_path,
         seen=seen,
         full_check_interval=full_check_interval,
+        verbose=verbose,
     )
     return yielded, facts.asked
 
@@ -930,7 +932,11 @@ def test_the_daemon_the_node_fact_saw_is_the_verify_facts_daemon():
     assert (at_start.plugins, at_start.dump, at_start.sandbox_image) == ({}, None, "absent"), (
         "only a full check asks"
     )
-    assert seen_at_start(parse_node_state(section("ctr", "ctr: connection refused"))).ctr_error
+    nothing = seen_at_start(parse_node_state(section("ctr", "ctr: connection refused")))
+    assert (nothing.active_state, nothing.ctr_error) == ("", "no answer to the run's first question")
+    assert seen_at_start(parse_node_state(lines), looked_for=["/usr/bin/crun"]).looked_for == (
+        "/usr/bin/crun",
+    )
 
 
 def test_a_full_check_is_needed_unless_the_record_is_of_this_daemon_for_this_expectation_and_recent():
@@ -942,9 +948,14 @@ def test_a_full_check_is_needed_unless_the_record_is_of_this_daemon_for_this_exp
     record = VerifiedDaemon(identity, digest, 5000.0, ("CRI plugins loaded",), True)
     assert full_check_reason(record, daemon, wanted, 5000.0, 60) is None
     assert full_check_reason(record, daemon, wanted, 5059.9, 60) is None
-    crun = Expected(**{**wanted.__dict__, "runtime_binaries": (("crun", "/usr/bin/crun"), ("runc", "runc"))})
+    crun = Expected(
+        **{
+            **wanted.__dict__,
+            "runtime_binaries": (("crun", "/usr/bin/crun"), ("crun", "crun-shim"), ("runc", "runc")),
+        }
+    )
     crun_record = VerifiedDaemon(identity, expected_digest(crun), 5000.0, (), True)
-    looked = seen(looked_for=("/usr/bin/crun",))
+    looked = seen(looked_for=("/usr/bin/crun", "crun-shim"))
     assert full_check_reason(crun_record, looked, crun, 5000.0, 60) is None, "runc: the deploy's, checked"
     no_image = Expected(**{**wanted.__dict__, "sandbox_image": None})
     assert (
@@ -989,7 +1000,7 @@ def test_a_full_check_is_needed_unless_the_record_is_of_this_daemon_for_this_exp
         "from the future": "its last full check is not within containerd_verify_interval (60 s)",
         "never stands": "its last full check is not within containerd_verify_interval (0 s)",
         "no image then": f"its sandbox image {PAUSE} was not on the node at its last full check",
-        "binary not looked for": "the run's first look did not look for /usr/bin/crun",
+        "binary not looked for": "the run's first look did not look for /usr/bin/crun, crun-shim",
     }
 
 
@@ -1079,3 +1090,51 @@ def test_the_report_says_the_same_of_a_noop_judged_either_way(monkeypatch):
     for _ in range(2):
         verify_op(run_container=False, seen=seen(), full_check_interval=3600, wanted=no_image, image="absent")
     assert [run.verify for run in said] == ["no container run: the config names no sandbox image"] * 2
+
+
+def test_why_a_noop_asks_the_daemon_in_full_is_said_under_v(caplog):
+    import logging
+    import shutil
+
+    from containerd_deploy.controller import verified
+
+    caplog.set_level(logging.DEBUG, logger="pyinfra")
+    said = []
+    for verbose in (False, True):
+        caplog.clear()
+        shutil.rmtree(verified.RECORD_DIR, ignore_errors=True)  # no record: a full check each time
+        verify_op(run_container=False, seen=seen(), full_check_interval=3600, verbose=verbose)
+        said.append(
+            [
+                (record.levelname, record.getMessage())
+                for record in caplog.records
+                if "verify:" in record.getMessage()
+            ]
+        )
+    assert [[level for level, _ in lines] for lines in said] == [["DEBUG"], ["INFO"]]
+    assert said[1][0][1].endswith(
+        "verify: asks the daemon in full: no full check of it is recorded on this controller"
+    )
+    caplog.clear()
+    verify_op(
+        run_container=False,
+        seen=seen(kubelet_config="cgroupDriver: cgroupfs\n", mtimes={CONFIG: 2000.0, UNIT: 991.0}),
+        full_check_interval=3600,
+        verbose=True,
+    )
+    [message] = [record.getMessage() for record in caplog.records if "verify:" in record.getMessage()]
+    assert message.endswith(
+        "verify: asks the daemon in full: the run's first look found: /etc/containerd/config.toml changed after the "
+        "running daemon started, so it runs with the old settings: restart it (systemctl restart containerd.service) "
+        "or rerun the deploy"
+    )
+
+
+def test_the_record_holds_for_the_checks_as_they_are(monkeypatch):
+    from containerd_deploy.plan import verdict
+
+    before = verdict.expected_digest(expected())
+    monkeypatch.setattr(verdict, "START_FIXED", (verdict._judge_plugins,))
+    assert verdict.expected_digest(expected()) != before, (
+        "a deploy that checks otherwise checks in full again"
+    )

@@ -30,7 +30,7 @@ class VerifiedDaemon:
 
 def _path(directory: Path, host_name: str) -> Path:
     # Host names hold characters no file name should (`@local`, `user@host:port`, slashes).
-    return directory / (hashlib.sha256(host_name.encode()).hexdigest()[:32] + ".json")
+    return directory / f"{hashlib.sha256(host_name.encode()).hexdigest()}.json"
 
 
 def _directory() -> Path:

@@ -291,13 +291,13 @@ def _bool(host: str, key: str, value) -> bool:
 
 def _seconds(host: str, key: str, value, least: int) -> int:
     # Digits only: int() would also take " 5", "+5" and "5_0".
-    number = int(value) if isinstance(value, int) or re.fullmatch(r"[0-9]+", str(value)) else -1
-    if number < least or isinstance(value, bool):
+    whole = isinstance(value, int) and not isinstance(value, bool) or re.fullmatch(r"[0-9]+", str(value))
+    if not whole or int(value) < least:
         kind = "a positive" if least else "a whole"
         raise DataError(
             host, key, f"is {value!r}, not {kind} number of seconds", f"set {key} to e.g. {DEFAULTS[key]}"
         )
-    return number
+    return int(value)
 
 
 def _positive_int(host: str, key: str, value) -> int:

@@ -35,7 +35,7 @@ def reader_lines() -> list[str]:
     return [
         "text_of() {",
         '  [ -r "$1" ] || return 1',
-        '  while IFS= read -r text_line || [ -n "$text_line" ]; do printf "%s\\n" "$text_line"; done < "$1"',
+        '  while IFS= read -r text_line || [ -n "$text_line" ]; do printf "%s\\n" "$text_line"; done 2>/dev/null < "$1"',
         "}",
         "parent_of() {",
         '  read -r proc_stat 2>/dev/null < "/proc/$1/stat" || return 1',
