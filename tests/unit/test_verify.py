@@ -980,9 +980,6 @@ def test_a_full_check_is_needed_unless_the_record_is_of_this_daemon_for_this_exp
         "too old": full_check_reason(record, daemon, wanted, 5060.0, 60),
         "from the future": full_check_reason(record, daemon, wanted, 4999.0, 60),
         "never stands": full_check_reason(record, daemon, wanted, 5000.0, 0),
-        "no image then": full_check_reason(
-            VerifiedDaemon(identity, digest, 5000.0, (), False), daemon, wanted, 5000.0, 60
-        ),
         "binary not looked for": full_check_reason(crun_record, daemon, crun, 5000.0, 60),
     }
     other = "it is not the daemon last checked in full (restarted, replaced or rebooted since)"
@@ -999,7 +996,6 @@ def test_a_full_check_is_needed_unless_the_record_is_of_this_daemon_for_this_exp
         "too old": "its last full check is not within containerd_verify_interval (60 s)",
         "from the future": "its last full check is not within containerd_verify_interval (60 s)",
         "never stands": "its last full check is not within containerd_verify_interval (0 s)",
-        "no image then": f"its sandbox image {PAUSE} was not on the node at its last full check",
         "binary not looked for": "the run's first look did not look for /usr/bin/crun, crun-shim",
     }
 
@@ -1075,8 +1071,12 @@ def test_only_a_passing_full_check_is_recorded():
 
 
 def test_the_report_says_the_same_of_a_noop_judged_either_way(monkeypatch):
+    import shutil
+
+    from containerd_deploy.controller import verified
     from containerd_deploy.controller.run_record import HostRun
     from containerd_deploy.operations import verify
+    from containerd_deploy.plan.verdict import image_absent_note
 
     said = []
     monkeypatch.setattr(verify, "host_run", lambda host: said.append(HostRun()) or said[-1])
@@ -1090,6 +1090,12 @@ def test_the_report_says_the_same_of_a_noop_judged_either_way(monkeypatch):
     for _ in range(2):
         verify_op(run_container=False, seen=seen(), full_check_interval=3600, wanted=no_image, image="absent")
     assert [run.verify for run in said] == ["no container run: the config names no sandbox image"] * 2
+    said.clear()
+    shutil.rmtree(verified.RECORD_DIR)
+    for _ in range(2):  # the full check found no sandbox image; the next run says so too
+        verify_op(run_container=False, seen=seen(), full_check_interval=3600, image="absent")
+    assert [run.verify for run in said] == [image_absent_note(PAUSE)] * 2
+    assert verified.read("node1").image_present is False
 
 
 def test_why_a_noop_asks_the_daemon_in_full_is_said_under_v(caplog):
@@ -1138,3 +1144,31 @@ def test_the_record_holds_for_the_checks_as_they_are(monkeypatch):
     assert verdict.expected_digest(expected()) != before, (
         "a deploy that checks otherwise checks in full again"
     )
+    monkeypatch.undo()
+    monkeypatch.setattr(verdict, "_CHECKS_TEXT", "another deploy's")
+    assert verdict.expected_digest(expected()) != before
+
+
+def test_the_digest_of_what_the_daemon_must_be_is_the_same_in_every_process():
+    """Regression: it held the repr of the checks' code constants, with memory addresses and
+    hash-ordered sets, so every run's digest differed and no record ever stood."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "from containerd_deploy.plan.verdict import Expected, expected_digest; "
+        "print(expected_digest(Expected(version='1.7.24', systemd_cgroup=True, sandbox_image='pause', "
+        "settings=(('cdi_spec_dirs', ['/etc/cdi', '/var/run/cdi']),))))"
+    )
+    digests = {
+        subprocess.run(
+            [sys.executable, "-c", script],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for seed in ("1", "2", "3")
+    }
+    assert len(digests) == 1, digests

@@ -34,16 +34,18 @@ def _judged_from_the_record(
     full check of the same process found of the rest; None: ask the daemon in full (why: -v)."""
     record = verified.read(host.name)
     why = full_check_reason(record, seen, expected, now, interval)
-    verdict = judge(expected, seen, record.checked) if record is not None and why is None else None
-    if verdict is not None and verdict.problems:
-        why, verdict = f"the run's first look found: {verdict.problems[0]}", None
-    if verdict is None:
-        log = logger.info if host.state.print_noop_info else logger.debug
-        log(f"{host.print_prefix}verify: asks the daemon in full: {why}")
-        return None
-    # As a full check of a run that changes nothing says why no container ran.
-    verdict.notes.append(NO_CHANGE_NOTE if expected.sandbox_image else image_absent_note(None))
-    return verdict
+    if record is not None and why is None:
+        verdict = judge(expected, seen, record.checked)
+        if not verdict.problems:
+            # Why no container ran, as the full check said it (whether the node has the sandbox
+            # image is what that check saw: a no-op runs no container from it either way).
+            present = expected.sandbox_image and record.image_present
+            verdict.notes.append(NO_CHANGE_NOTE if present else image_absent_note(expected.sandbox_image))
+            return verdict
+        why = f"the run's first look found: {verdict.problems[0]}"
+    log = logger.info if host.state.print_noop_info else logger.debug
+    log(f"{host.print_prefix}verify: asks the daemon in full: {why}")
+    return None
 
 
 @operation()

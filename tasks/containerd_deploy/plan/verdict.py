@@ -6,6 +6,7 @@ import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from containerd_deploy.controller.verified import VerifiedDaemon
 from containerd_deploy.data.config_toml import PATHS, ConfigError, read_schema, runc_systemd_cgroup, value_at
@@ -235,10 +236,14 @@ def start_fixed(expected: Expected, state: DaemonState) -> tuple:
 
 
 def expected_digest(expected: Expected) -> str:
-    """A digest of what the daemon must be, and of how what its start fixes is checked: a record
-    of a full check holds for these only (a deploy whose checks changed checks in full again)."""
-    checks = [(check.__code__.co_code, check.__code__.co_consts) for check in START_FIXED]
-    return hashlib.sha256(repr((expected, checks)).encode()).hexdigest()
+    """A digest of what the daemon must be, and of how it is checked (the checks of what its
+    start fixes, and this module's text): a record of a full check holds for these only, so a
+    deploy that checks otherwise checks in full again. The same in every process."""
+    checks = [check.__name__ for check in START_FIXED]
+    return hashlib.sha256(repr((expected, checks, _CHECKS_TEXT)).encode()).hexdigest()
+
+
+_CHECKS_TEXT = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
 
 
 def daemon_identity(state) -> tuple:
@@ -264,8 +269,6 @@ def full_check_reason(
         return "what it must be changed since its last full check"
     if not 0 <= now - record.at < interval:
         return f"its last full check is not within containerd_verify_interval ({interval} s)"
-    if expected.sandbox_image and not record.image_present:
-        return f"its sandbox image {expected.sandbox_image} was not on the node at its last full check"
     unasked = [
         binary
         for _, binary in expected.runtime_binaries
