@@ -8,6 +8,7 @@ scale" section of docs/benchmarks.md (the rest of the file is `python -m bench`'
 """
 
 import argparse
+import functools
 import json
 import os
 import pstats
@@ -20,7 +21,7 @@ from pathlib import Path
 from tests.e2e.helpers import changed_ops
 from tests.harness import __main__ as harness
 from tests.harness import image, mirror, nspawn, vm
-from tests.harness.paths import REPO_ROOT
+from tests.harness.paths import REPO_ROOT, cache_root
 
 from .measure import (
     FANOUT_FLOORS,
@@ -60,6 +61,19 @@ def boot(wanted: list[str], data: dict) -> list[vm.Node]:
 EXEC_TRUE = ("exec", "--", "true")
 
 
+@functools.cache
+def as_installed() -> dict:
+    """The environment a run is measured in: the deploy's modules compiled, as `pip install`
+    compiles them (and pyinfra's own). pyinfra's CLI writes no bytecode, so an editable checkout
+    would compile the deploy's ~45 modules from source every run (~0.1-0.2 s), and only them.
+    Kept outside the tree (PYTHONPYCACHEPREFIX)."""
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPYCACHEPREFIX"] = str(cache_root() / "bench-pycache")
+    package = REPO_ROOT / "tasks" / "containerd_deploy"
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(package)], env=env, check=True)
+    return env
+
+
 def deploy(
     wanted: list[str], profile: Path | None = None, data: dict | None = None, what: tuple = ("deploy.py",)
 ) -> dict:
@@ -76,7 +90,7 @@ def deploy(
     command += tail
     started = time.monotonic()
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=out, stderr=err, text=True)
+        process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=out, stderr=err, text=True, env=as_installed())
         _, status, usage = os.wait4(process.pid, 0)
         wall = time.monotonic() - started
         out.seek(0)

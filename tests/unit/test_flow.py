@@ -456,6 +456,7 @@ def test_the_node_is_asked_about_the_paths_the_data_names(monkeypatch):
             "/etc",
             "/run/containerd-deploy",
         ),
+        "known_pid": 0,  # no full check of its daemon recorded on this controller
     }
     from containerd_deploy.data.registries import MARKER
 
@@ -603,3 +604,18 @@ def test_diff_names_removals_never_reads_a_credentials_file_and_says_no_restart_
         in caplog.text
     )
     assert "Will start containerd.service after a systemd daemon-reload" in caplog.text
+
+
+def test_the_node_fact_is_told_the_daemon_last_checked_in_full_only_when_verify_may_judge_from_it(settings):
+    from containerd_deploy.controller import verified
+    from containerd_deploy.deploy.node import last_checked_pid
+
+    assert last_checked_pid(settings) == 0, "no record: its ctr is asked"
+    record = verified.VerifiedDaemon((582, 1000.5, "/usr/local/bin/containerd"), "digest", 1.0, (), True)
+    assert verified.write(settings.host, record)
+    assert last_checked_pid(settings) == 582
+    for changes in ({"containerd_verify": False}, {"containerd_verify_interval": 0}):
+        assert last_checked_pid(dataclasses.replace(settings, **changes)) == 0, changes
+    for pid in (0, -1, True, "582", None):
+        verified.write(settings.host, dataclasses.replace(record, identity=(pid, 1000.5, "x")))
+        assert last_checked_pid(settings) == 0, pid

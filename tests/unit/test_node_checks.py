@@ -7,6 +7,7 @@ import re
 import shlex
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -291,6 +292,66 @@ def test_a_node_that_is_a_container_sees_a_held_lock(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lock"], "the look made no file"
 
 
+def test_the_node_fact_asks_systemd_again_when_it_waited_for_another_run(tmp_path):
+    """Its first stage asks systemd beside the lock's look: what it said while another run held
+    the node is stale, so once that run is done it is asked again, and only that is printed."""
+    from containerd_deploy.remote.lock import LOCK_WAIT_SECONDS
+    from containerd_deploy.remote.node_state import node_state_command
+
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    calls = tmp_path / "calls"
+    (fake / "systemctl").write_text(f'#!/bin/sh\necho x >> {calls}\necho "MainPID=$(wc -l < {calls})"\n')
+    (fake / "systemctl").chmod(0o755)
+    lock = tmp_path / "lock"
+    (tmp_path / "lock.session").write_text("1\n")  # another run's
+    script = (
+        node_state_command("/b", "/c", "/u", str(tmp_path / "state"), anchor_pid=os.getpid())
+        .replace(LOCK_PATH, str(lock))
+        .replace(f"-lt {LOCK_WAIT_SECONDS * 5} ]", "-lt 10 ]")
+    )
+    env = {"PATH": f"{fake}:/usr/bin:/bin"}
+    for held, asked in [(True, 2), (False, 1)]:
+        calls.write_text("")
+        holder = subprocess.Popen(["flock", str(lock), "sleep", "0.6"]) if held else None
+        time.sleep(0.2)
+        result = subprocess.run(["sh", "-c", script], capture_output=True, text=True, env=env, timeout=30)
+        if holder:
+            holder.wait()
+        state = parse_node_state(result.stdout.splitlines())
+        assert (state.lock.kind, state.main_pid, len(calls.read_text().split())) == ("free", asked, asked), (
+            held
+        )
+        assert result.stdout.count("MainPID=") == 1
+
+
+def test_the_node_fact_asks_systemd_again_when_the_lock_changed_hands_while_it_asked(tmp_path):
+    """Another run took or freed the lock while the first stage asked systemd (its generation
+    moved; no wait seen): what it said may be that run's half-done work, so it is asked again."""
+    from containerd_deploy.remote.node_state import node_state_command
+
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    calls, generation = tmp_path / "calls", tmp_path / "lock.generation"
+    (fake / "systemctl").write_text(
+        f"#!/bin/sh\necho x >> {calls}\n"
+        f'[ "$(wc -l < {calls})" -gt 1 ] || {{ echo 8 > {generation}; sleep 0.5; }}\n'
+        f'echo "MainPID=$(wc -l < {calls})"\n'
+    )
+    (fake / "systemctl").chmod(0o755)
+    script = node_state_command("/b", "/c", "/u", str(tmp_path / "state"), anchor_pid=os.getpid()).replace(
+        LOCK_PATH, str(tmp_path / "lock")
+    )
+    env = {"PATH": f"{fake}:/usr/bin:/bin"}
+    for first, asked in [("7", 2), ("8", 1)]:  # a run took the lock as it asked; nobody did
+        calls.write_text("")
+        generation.write_text(first + "\n")
+        result = subprocess.run(["sh", "-c", script], capture_output=True, text=True, env=env, timeout=30)
+        state = parse_node_state(result.stdout.splitlines())
+        assert (state.main_pid, len(calls.read_text().split())) == (asked, asked), first
+        assert result.stdout.count("MainPID=") == 1
+
+
 def test_without_sshd_or_an_anchor_or_flock_the_lock_is_unavailable(tmp_path):
     from containerd_deploy.remote.lock import lock_state_lines, take_lock_script
     from containerd_deploy.remote.paths import LOCK_PATH
@@ -439,6 +500,67 @@ def test_the_node_fact_asks_systemd_about_the_unit_the_deploy_installs(tmp_path)
     assert "show containerd-k8s.service " in calls, calls
     assert "containerd.service" not in calls
     assert parse_node_state(result.stdout.splitlines()).service.get("ActiveState") == "active"
+
+
+def test_the_node_fact_asks_the_ctr_of_any_daemon_but_the_one_last_checked_in_full(tmp_path):
+    """Its version is fixed at its start: the ctr of the MainPID the controller names is not
+    started (~0.2 s on a small node); any other daemon's is."""
+    from containerd_deploy.remote.node_state import node_state_command
+
+    fake, bins = tmp_path / "fake", tmp_path / "bin"
+    fake.mkdir()
+    bins.mkdir()
+    (fake / "systemctl").write_text("#!/bin/sh\necho ActiveState=active; echo MainPID=4242\n")
+    (bins / "ctr").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/ctr-calls\n')
+    for script in (fake / "systemctl", bins / "ctr"):
+        script.chmod(0o755)
+    socket_test = "[ -S /run/containerd/containerd.sock ]"
+    env = {"PATH": f"{fake}:/usr/bin:/bin"}
+    for known_pid, asked in [(0, True), (4241, True), (4242, False)]:
+        calls = tmp_path / "ctr-calls"
+        calls.unlink(missing_ok=True)
+        command = node_state_command(
+            str(bins),
+            str(tmp_path / "config.toml"),
+            str(tmp_path / "unit"),
+            str(tmp_path / "state"),
+            known_pid=known_pid,
+        ).replace(socket_test, "true")  # no daemon's socket here
+        result = subprocess.run(["sh", "-c", command], capture_output=True, text=True, env=env)
+        state = parse_node_state(result.stdout.splitlines())
+        assert (calls.exists(), state.ctr_not_asked) == (asked, not asked), known_pid
+        assert state.main_pid == 4242
+
+
+def test_the_node_fact_names_the_daemons_binary_as_readlink_does(tmp_path):
+    """The installed binary is named without starting readlink; one replaced since the daemon
+    started still reads "… (deleted)" (a stale daemon, restarted)."""
+    import shutil
+
+    from containerd_deploy.remote.node_state import node_state_command
+
+    fake, bins = tmp_path / "fake", tmp_path / "bin"
+    fake.mkdir()
+    bins.mkdir()
+    shutil.copy("/bin/sleep", bins / "containerd")
+    daemon = subprocess.Popen([str(bins / "containerd"), "30"])
+    try:
+        (fake / "systemctl").write_text(f"#!/bin/sh\necho ActiveState=active; echo MainPID={daemon.pid}\n")
+        (fake / "systemctl").chmod(0o755)
+        command = node_state_command(str(bins), "/c", "/u", str(tmp_path / "state"))
+        env = {"PATH": f"{fake}:/usr/bin:/bin"}
+
+        def exe() -> str:
+            result = subprocess.run(["sh", "-c", command], capture_output=True, text=True, env=env)
+            return parse_node_state(result.stdout.splitlines()).exe
+
+        assert exe() == str(bins / "containerd")
+        shutil.copy("/bin/sleep", bins / ".new")
+        os.replace(bins / ".new", bins / "containerd")
+        assert exe() == f"{bins / 'containerd'} (deleted)"
+    finally:
+        daemon.kill()
+        daemon.wait()
 
 
 def test_through_sudo_the_lock_holder_learns_the_connection_from_the_login_shell(tmp_path):

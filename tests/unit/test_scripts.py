@@ -621,34 +621,71 @@ def test_a_leftover_name_holding_a_newline_is_never_read_as_two_names(node):
 
 
 @needs_root
-def test_the_node_fact_names_each_directory_on_the_way_another_user_could_change(node):
+@pytest.mark.parametrize("shell", ["sh", "bash"])  # Debian's dash; bash is /bin/sh elsewhere
+def test_the_node_fact_names_each_directory_on_the_way_another_user_could_change(node, shell):
     """The fact's `untrusted` section, run for real: each directory the deploy keeps things in
-    and each above it, lstat'ed (a link is never followed), one (path, why) per problem."""
+    and each above it, lstat'ed (a link is never followed), one (path, why) per problem; the
+    files the same stat looked at (what the daemon loads) are no directories to judge."""
     base = node / "dirs"
     base.mkdir(mode=0o755)
-    for name, mode in [("ok", 0o700), ("group", 0o770), ("world", 0o1777), ("theirs", 0o700)]:
+    # "spaced ": a name the shell's `read` would trim, so never match, so never judge.
+    for name, mode in [
+        ("ok", 0o700),
+        ("group", 0o770),
+        ("world", 0o1777),
+        ("theirs", 0o700),
+        ("spaced ", 0o777),
+    ]:
         (base / name).mkdir()
         (base / name).chmod(mode)
         (base / name / "below").mkdir(mode=0o700)
     os.chown(base / "theirs", 65534, 65534)
     (base / "link").symlink_to(base / "ok")
     (base / "file").write_text("")
-    wanted = [f"{base}/{name}/below" for name in ("ok", "group", "world", "theirs", "link")]
+    wanted = [f"{base}/{name}/below" for name in ("ok", "group", "world", "theirs", "link", "spaced ")]
     wanted += [f"{base}/file", f"{base}/missing/below"]
-    script = node_state_command("/b", "/c", "/u", str(node / "state"), trusted_dirs=tuple(wanted))
+    (base / "loaded").write_text("")
+    script = node_state_command(
+        "/b", "/c", "/u", str(node / "state"), loaded=(f"{base}/loaded",), trusted_dirs=tuple(wanted)
+    )
     # The sandbox lives under the tester's home: only what the test made is judged.
+    result = subprocess.run([shell, "-c", script], capture_output=True, text=True)
     inside = [
         (path, why)
-        for path, why in parse_node_state(run(script).stdout.splitlines()).untrusted_directories
+        for path, why in parse_node_state(result.stdout.splitlines()).untrusted_directories
         if path.startswith(str(base))
     ]
     assert sorted(inside) == [
         (f"{base}/file", "is not a directory"),
         (f"{base}/group", "is writable by group or others"),
         (f"{base}/link", "is a symbolic link"),
+        (f"{base}/spaced ", "is writable by group or others"),
         (f"{base}/theirs", "is owned by uid 65534, not root"),
         (f"{base}/world", "is writable by group or others"),
     ]
+
+
+def test_a_directory_the_node_fact_could_not_look_at_is_not_passed(node, tmp_path):
+    """Fail closed: a directory that is there but has no line from the fact's one stat (it
+    failed) is named, so the fact starts none of the node's binaries and the run is refused."""
+    from containerd_deploy.remote.shell import NOT_LOOKED_AT
+
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "stat").write_text("#!/bin/sh\nexit 1\n")
+    (fake / "ctr").write_text(f"#!/bin/sh\necho ran > {tmp_path}/ran\n")
+    for script in (fake / "stat", fake / "ctr"):
+        script.chmod(0o755)
+    command = node_state_command(
+        str(fake), "/c", "/u", str(node / "state"), trusted_dirs=(str(node / "state"),)
+    )
+    command = command.replace("[ -S /run/containerd/containerd.sock ]", "true")
+    result = subprocess.run(
+        ["sh", "-c", command], capture_output=True, text=True, env={"PATH": f"{fake}:/usr/bin:/bin"}
+    )
+    found = parse_node_state(result.stdout.splitlines()).untrusted_directories
+    assert (str(node / "state"), NOT_LOOKED_AT) in found and ("/", NOT_LOOKED_AT) in found
+    assert not (tmp_path / "ran").exists(), "ran a binary from a directory it could not judge"
 
 
 @pytest.mark.parametrize("where", ["state", "bin"])

@@ -46,11 +46,11 @@ def test_parent_of_reads_past_a_command_name_holding_parentheses_and_spaces(tmp_
     shutil.copy("/bin/sleep", odd)
     child = subprocess.Popen([str(odd), "30"])
     try:
-        assert sh('parent_of "$1"', str(child.pid)).stdout == f"{os.getpid()}\n"
+        assert sh('parent_of "$1" && echo "$parent"', str(child.pid)).stdout == f"{os.getpid()}\n"
     finally:
         child.kill()
         child.wait()
-    assert sh('parent_of 999999999 || echo "none"').stdout == "none\n"
+    assert sh('parent=1; parent_of 999999999 || echo "none $parent"').stdout == "none \n"
 
 
 def test_text_of_a_directory_says_nothing(tmp_path):

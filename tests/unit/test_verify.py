@@ -1,6 +1,7 @@
 """The verify step's judgement of a node, and the fact it reads (output captured from real VMs)."""
 
 import base64
+import dataclasses
 import re
 from pathlib import Path
 
@@ -1005,20 +1006,30 @@ def test_what_a_daemons_start_fixes_is_said_again_and_the_rest_judged_afresh():
 
     full = healthy()
     remembered = start_fixed(expected(), full)
-    assert remembered == ("CRI plugins loaded", "SystemdCgroup = true in effect")
-    assert start_fixed(expected(systemd_cgroup=False), full) == ("CRI plugins loaded",), "only what passed"
-    verdict = judge(expected(), seen(), remembered)
-    assert verdict.problems == [] and verdict.notes == [], "no plugins, dump or images asked: none judged"
-    assert verdict.checked == [
+    assert remembered == (
         "answers as 1.7.24 with its own ctr",
-        "runs the unit and config on disk",
-        "CRI plugins loaded; SystemdCgroup = true in effect (as its last full check found)",
-    ]
+        "CRI plugins loaded",
+        "SystemdCgroup = true in effect",
+    )
+    assert start_fixed(expected(systemd_cgroup=False), full) == (
+        "answers as 1.7.24 with its own ctr",
+        "CRI plugins loaded",
+    ), "only what passed"
+    older = dataclasses.replace(full, ctr_client="v1.7.23", ctr_server="v1.7.23")
+    assert start_fixed(expected(), older)[0] == "CRI plugins loaded", "only what passed"
+    # The first look did not ask the ctr of a daemon it knew: its answer is remembered too.
+    for first_look in (seen(), seen(ctr_client=None, ctr_server=None, ctr_error="", ctr_asked=False)):
+        verdict = judge(expected(), first_look, remembered)
+        assert verdict.problems == [] and verdict.notes == [], "no plugins, dump or images asked: none judged"
+        assert verdict.checked == [
+            "answers as 1.7.24 with its own ctr; CRI plugins loaded; SystemdCgroup = true in effect "
+            "(as its last full check found)",
+            "runs the unit and config on disk",
+        ]
     assert judge(expected(), seen()).problems, "without the record, the missing answers are problems"
+    assert "does not answer" in judge(expected(), seen(ctr_server=None, ctr_asked=False)).problems[0]
     # What can change while the same process runs is judged from what the run's first fact saw.
     for changed, problem in [
-        (dict(ctr_server="v1.7.23"), "ctr 1.7.24~ds1 talks to a containerd v1.7.23 daemon"),
-        (dict(ctr_client="v1.7.23", ctr_server="v1.7.23"), "containerd answers as v1.7.23, expected 1.7.24"),
         (dict(mtimes={CONFIG: 2000.0, UNIT: 991.0}), "changed after the running daemon started"),
         (dict(need_daemon_reload=True), "systemd has not reloaded it"),
         (dict(kubelet_config="cgroupDriver: cgroupfs\n"), "the kubelet's cgroupDriver is cgroupfs"),
@@ -1041,8 +1052,16 @@ def test_a_noop_rerun_asks_nothing_more_of_the_daemon_a_full_check_passed_lately
     assert (yielded, [name for name, _ in asked]) == ([], ["ContainerdDaemon"])
     record = verified.read("node1")
     assert record is not None and record.identity == (582, seen().started, "/usr/local/bin/containerd")
-    assert record.checked == ("CRI plugins loaded", "SystemdCgroup = true in effect") and record.image_present
+    assert record.checked == (
+        "answers as 1.7.24 with its own ctr",
+        "CRI plugins loaded",
+        "SystemdCgroup = true in effect",
+    )
+    assert record.image_present
     assert verify_op(run_container=False, seen=seen(), full_check_interval=3600) == ([], [])
+    # The same daemon, whose ctr the node fact did not ask (it was told this MainPID): the same.
+    unasked = seen(ctr_client=None, ctr_server=None, ctr_asked=False)
+    assert verify_op(run_container=False, seen=unasked, full_check_interval=3600) == ([], [])
     # Anything that differs asks the daemon again: another process, another expectation, a run
     # that changes the node (it runs a container), no interval, or a problem at the first look.
     for case in [

@@ -9,6 +9,7 @@ import pyinfra
 from pyinfra import host
 from pyinfra.api import deploy
 
+from containerd_deploy.controller import verified
 from containerd_deploy.controller.cache import fetch_digest
 from containerd_deploy.controller.run_record import HostRun, host_run, run_of
 from containerd_deploy.data import artifacts, registries
@@ -149,7 +150,18 @@ def gather(settings: Settings) -> NodeState:
         anchor_pid=os.getpid() if runs_on_the_node() else 0,
         handler_binaries=asked_binaries(settings),
         trusted_dirs=tuple(trusted_directories(settings)),
+        known_pid=last_checked_pid(settings),
     )
+
+
+def last_checked_pid(settings: Settings) -> int:
+    """The MainPID of the daemon this controller last checked in full on the host, when the
+    verify step may judge from that check (0: it asks the daemon in full anyway)."""
+    if not settings.containerd_verify or settings.containerd_verify_interval <= 0:
+        return 0
+    record = verified.read(settings.host)
+    pid = record.identity[0] if record is not None and record.identity else 0
+    return pid if isinstance(pid, int) and not isinstance(pid, bool) and pid > 0 else 0
 
 
 def asked_binaries(settings: Settings) -> tuple:

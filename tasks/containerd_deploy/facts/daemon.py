@@ -31,6 +31,7 @@ class DaemonState:
     ctr_client: str | None = None
     ctr_server: str | None = None
     ctr_error: str = ""
+    ctr_asked: bool = True  # False: the run's first look knew this daemon, and did not ask its ctr
     plugins: dict = field(default_factory=dict)  # (type, id) -> status, from `ctr plugins ls`
     dump: str | None = None
     dump_error: str = ""
@@ -87,7 +88,8 @@ def seen_at_start(node: NodeState, looked_for: tuple = ()) -> DaemonState:
         mtimes=dict(node.mtimes),
         ctr_client=node.ctr_client,
         ctr_server=node.ctr_server,
-        ctr_error="" if node.ctr_server else "no answer to the run's first question",
+        ctr_error="" if node.ctr_server or node.ctr_not_asked else "no answer to the run's first question",
+        ctr_asked=not node.ctr_not_asked,
         kubelet_config=node.kubelet_config,
         missing_binaries=list(node.missing_binaries),
         looked_for=tuple(looked_for),

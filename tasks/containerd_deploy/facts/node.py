@@ -25,6 +25,7 @@ from containerd_deploy.remote.node_state import (
     manifest_state_lines,
     missing_binaries_lines,
     node_state_command,
+    stat_lines,
 )
 from containerd_deploy.remote.paths import ancestors
 from containerd_deploy.remote.shell import reader_lines, untrusted_lines
@@ -51,13 +52,16 @@ class NodeState:
     service: dict = field(default_factory=dict)  # systemctl show properties
     ctr_client: str | None = None
     ctr_server: str | None = None
+    ctr_not_asked: bool = False  # MainPID is the daemon the controller last checked in full
     default_config: str | None = None
     files: dict = field(default_factory=dict)  # path -> sha256 of the other files the deploy manages
     managed_hosts: list = field(default_factory=list)  # hosts.toml files this deploy wrote
     exe: str = ""  # the running daemon's binary ("… (deleted)" once replaced on disk)
     lock: LockState = LockState("unavailable")  # the run lock (remote/lock.py)
     started: float | None = None  # epoch seconds the running daemon started
-    mtimes: dict = field(default_factory=dict)  # path -> epoch mtime of the files it loads at start
+    mtimes: dict = field(
+        default_factory=dict
+    )  # path -> epoch mtime of each file looked at (those it loads among them)
     kubelet_config: str | None = None  # /var/lib/kubelet/config.yaml, if a kubelet is set up
     distro_packages: list = field(default_factory=list)  # DistroPackage of each packaged containerd binary
     staging_leftovers: list = field(default_factory=list)  # what runs cut short left in the staging dir
@@ -196,6 +200,7 @@ FIELDS: dict[str, tuple[str, Callable[[str, list[str]], object]]] = {
     "machine": ("machine", lambda argument, body: argument),
     "kernel": ("kernel", lambda argument, body: argument),
     "systemd": ("systemd", lambda argument, body: True),
+    "ctr_not_asked": ("ctr_not_asked", lambda argument, body: True),
     "unit": ("unit_sha256", lambda argument, body: next(iter(_sha256sums(body).values()), None)),
     "config": ("config_text", lambda argument, body: decode_lines(body)),
     "default": ("default_config", lambda argument, body: decode_lines(body)),
@@ -226,8 +231,20 @@ READERS: dict[str, Callable[[NodeState, str, list[str]], None]] = {
 }
 
 
+def parse_stat_lines(body: list[str]) -> dict[str, tuple[str, int]]:
+    """path -> (identity, mtime) from STAT_FORMAT lines (remote/shell.py): owner, mode, mtime,
+    identity, then the name, which may hold spaces."""
+    found = {}
+    for line in body:
+        fields = line.split(" ", 4)
+        if len(fields) == 5 and fields[2].removeprefix("-").isdigit() and fields[4]:
+            found[fields[4]] = (fields[3], int(fields[2]))  # (an mtime before 1970 is negative)
+    return found
+
+
 def parse_node_state(lines: list[str]) -> NodeState:
     state = NodeState()
+    stats: dict[str, tuple[str, int]] = {}
     for header, body in split_sections(lines):
         name, _, argument = header.partition(" ")
         if name in FIELDS:
@@ -235,7 +252,18 @@ def parse_node_state(lines: list[str]) -> NodeState:
             setattr(state, field_name, value_of(argument, body))
         elif name in READERS:
             READERS[name](state, argument, body)
+        elif name == "stat":
+            stats.update(parse_stat_lines(body))
+    with_stats(state, stats)
     return state
+
+
+def with_stats(state: NodeState, stats: dict[str, tuple[str, int]]) -> None:
+    """What one stat of everything said, given to what asked: each manifest's files' identities
+    now, the mtimes of the files the daemon loads (``loaded``: whatever the fact looked at)."""
+    for manifest in state.manifests.values():
+        manifest.actual.update({path: stats[path][0] for path in manifest.files if path in stats})
+    state.mtimes.update({path: mtime for path, (_, mtime) in stats.items()})
 
 
 class ContainerdNode(FactBase):
@@ -264,6 +292,7 @@ class ContainerdNode(FactBase):
         anchor_pid=0,
         handler_binaries=(),
         trusted_dirs=(),
+        known_pid=0,
     ):
         return node_state_command(
             bin_dir,
@@ -280,6 +309,7 @@ class ContainerdNode(FactBase):
             anchor_pid,
             tuple(handler_binaries),
             tuple(trusted_dirs),
+            int(known_pid),
         )
 
     def process(self, output):
@@ -311,7 +341,7 @@ class ReleaseManifests(FactBase):
         return {}
 
     def command(self, state_dir):
-        return "\n".join([*reader_lines(), *manifest_state_lines(state_dir)])
+        return "\n".join([*reader_lines(), "set --", *manifest_state_lines(state_dir), *stat_lines()])
 
     def process(self, output):
         return parse_node_state(list(output)).manifests

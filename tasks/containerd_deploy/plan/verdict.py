@@ -201,33 +201,40 @@ def sandbox_image(config_text: str, containerd_version) -> str | None:
 def judge(expected: Expected, state: DaemonState, remembered: tuple | None = None) -> Verdict:
     """Every way the node falls short of `expected`, each with its likely fix. `remembered`: what
     a full check of this same daemon found of what its start fixes (`start_fixed`), said again
-    instead of judged from `state` (which then need not hold plugins, config dump or images)."""
+    instead of judged from `state` (which then need not hold a ctr answer, plugins, config dump
+    or images: the same process answers as it did)."""
     verdict = Verdict()
     if state.active_state != "active":
         verdict.problems.append(
             f"{expected.unit} is {state.active_state or 'not loaded'}, not active: see journalctl -u {expected.unit}"
         )
         return verdict
-    if not state.ctr_server:
+    if not state.ctr_server and (remembered is None or state.ctr_asked):
         verdict.problems.append(
             f"containerd does not answer on its socket (ctr said: {state.ctr_error.strip()[:300]}): "
             f"see journalctl -u {expected.unit}"
         )
         return verdict
-    for check in (_judge_version, _judge_freshness):
-        check(expected, state, verdict)
     if remembered is None:
-        for check in (*START_FIXED, _judge_kubelet, _judge_sandbox_image, _judge_runtime_binaries):
+        for check in (
+            _judge_version,
+            _judge_freshness,
+            _judge_plugins,
+            _judge_effective_config,
+            _judge_kubelet,
+            _judge_sandbox_image,
+        ):
             check(expected, state, verdict)
     else:
         verdict.checked.append(f"{'; '.join(remembered)} (as its last full check found)")
-        for check in (_judge_kubelet, _judge_runtime_binaries):
+        for check in (_judge_freshness, _judge_kubelet):
             check(expected, state, verdict)
+    _judge_runtime_binaries(expected, state, verdict)
     return verdict
 
 
 def start_fixed(expected: Expected, state: DaemonState) -> tuple:
-    """What the checks of what a daemon's start fixes (its CRI plugins, its effective config)
+    """What the checks of what a daemon's start fixes (its version, CRI plugins, effective config)
     found of `state`: the same for as long as the same process runs with what it loaded."""
     verdict = Verdict()
     for check in START_FIXED:
@@ -374,9 +381,10 @@ def _judge_effective_config(expected: Expected, state: DaemonState, verdict: Ver
             verdict.checked.append(f"{setting} = {_toml(wanted)} in effect")
 
 
-# The checks whose outcome only a restart can change: the plugins a daemon loaded and the config it
+# The checks whose outcome only a restart can change: the version a daemon answers as (its ctr
+# on disk is checked by the plan, against the manifest), the plugins it loaded and the config it
 # read (the files it loaded are checked each run: a newer one is stale).
-START_FIXED = (_judge_plugins, _judge_effective_config)
+START_FIXED = (_judge_version, _judge_plugins, _judge_effective_config)
 
 
 def _judge_kubelet(expected: Expected, state: DaemonState, verdict: Verdict) -> None:

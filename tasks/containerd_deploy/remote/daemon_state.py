@@ -9,6 +9,7 @@ from containerd_deploy.remote.node_state import (
     daemon_process_lines,
     kubelet_config_lines,
     missing_binaries_lines,
+    mtimes_lines,
     service_lines,
 )
 
@@ -50,7 +51,8 @@ def daemon_state_command(
             'then echo ok; else echo error; fi > "$answers/images.rc"; } & fi',
             f'echo "{SECTION}service"',
             *service_lines('"$unit"', "-p ActiveState -p MainPID -p NeedDaemonReload"),
-            *daemon_process_lines(files),
+            *daemon_process_lines(f"{bin_dir}/containerd"),
+            *mtimes_lines(files),
             *kubelet_config_lines(),
             f'echo "{SECTION}missing"',
             *missing_binaries_lines(bin_dir, binaries),

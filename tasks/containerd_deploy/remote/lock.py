@@ -124,9 +124,13 @@ def session_lines(anchor_pid: int = 0, connection: bool = True) -> list[str]:
         *(["child=$$"] if connection else []),
         # The sshd process of this connection: the first sshd/sshd-session ancestor.
         'while [ "${session:-1}" -gt 1 ]; do',
-        '  case "$(text_of "/proc/$session/comm")" in sshd|sshd-session) break;; esac',
+        # Read by the shell itself, not in a subshell: each costs on a small node.
+        '  comm=""',
+        '  read -r comm 2>/dev/null < "/proc/$session/comm"',
+        '  case "$comm" in sshd|sshd-session) break;; esac',
         *(["  child=$session"] if connection else []),
-        '  session=$(parent_of "$session")',
+        '  parent_of "$session"',
+        "  session=$parent",
         "done",
         # Through sudo the environment is reset: the connection is read from the login
         # shell sshd started (the run's sudo processes carry it too, and relay a TERM to
@@ -181,7 +185,8 @@ def lock_held_lines() -> list[str]:
     return [
         "lock_held() {",
         f"  [ -e {lock} ] || return 1",
-        f"  flock -n -s -E {HELD_EXIT} {lock} true 2>/dev/null",
+        # On a descriptor of the shell's: flock starts no program of its own to hold it.
+        f"  {{ flock -n -s -E {HELD_EXIT} 9; }} 9< {lock} 2>/dev/null",
         f"  [ $? -eq {HELD_EXIT} ]",
         "}",
     ]
@@ -218,15 +223,18 @@ def lock_state_lines(anchor_pid: int = 0) -> list[str]:
     (this run has it already), "busy <generation> <owner>", or "unavailable <why>" (no flock, or
     neither sshd nor an anchor process to hold it for). Another run's lock is waited for first
     (up to LOCK_WAIT_SECONDS), so a run started as another ends (or is cut off, and its holder
-    is stopping what it left running) looks at the node that run left."""
+    is stopping what it left running) looks at the node that run left; then $waited is 1."""
     q = shlex.quote
     return [
         *session_lines(anchor_pid, connection=False),
         *lock_held_lines(),
-        "held=0",
+        # waited: another run held the lock, and this one waited for it (what was read before is stale).
+        "# shellcheck disable=SC2034 # waited: read by the node fact",
+        "held=0 waited=0",
         "lock_held && held=1",
         f'if [ "$held" = 1 ] && [ "${{session:-1}}" -gt 1 ] && [ "$(text_of {q(LOCK_PATH)}.session)" != "$session" ]; then',
-        "  tries=0",
+        "  # shellcheck disable=SC2034 # waited: read by the node fact",
+        "  tries=0 waited=1",
         f'  while [ "$held" = 1 ] && [ "$tries" -lt {LOCK_WAIT_SECONDS * 5} ]; do',
         "    sleep 0.2",
         "    tries=$((tries + 1))",

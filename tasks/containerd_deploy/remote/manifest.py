@@ -15,9 +15,9 @@ the file is installed, it proves the file untouched without hashing ~90 MB of bi
 
 from dataclasses import dataclass, field
 
-from containerd_deploy.remote.shell import hidden_copy_expression, put_in_place_lines
+from containerd_deploy.remote.shell import FILE_IDENTITY_FORMAT, hidden_copy_expression, put_in_place_lines
 
-FILE_IDENTITY_FORMAT = "%i:%s:%.9Z"
+__all__ = ["FILE_IDENTITY_FORMAT"]  # the identity a manifest records (remote/shell.py)
 SUFFIX = ".manifest"
 
 

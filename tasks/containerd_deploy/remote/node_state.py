@@ -7,20 +7,21 @@ import shlex
 
 from containerd_deploy.data.artifacts import COMPONENTS
 from containerd_deploy.remote.lock import lock_state_lines
-from containerd_deploy.remote.manifest import FILE_IDENTITY_FORMAT, manifest_entry_lines, manifest_path
 from containerd_deploy.remote.manifest import SUFFIX as MANIFEST_SUFFIX
+from containerd_deploy.remote.manifest import manifest_entry_lines, manifest_path
 from containerd_deploy.remote.paths import (
     DISTRO_BINARIES,
     HIDDEN_DIR_PREFIX,
     KEPT_DIR_NAME,
     KUBELET_CONFIG,
+    LOCK_PATH,
     NEW_SUFFIX,
     ROLLED_BACK_NAME,
     SERVICE_PATH,
     ancestors,
     hidden_copy,
 )
-from containerd_deploy.remote.shell import untrusted_lines
+from containerd_deploy.remote.shell import STAT_FORMAT, untrusted_of_lines
 
 # Marks the start of each section of the fact's output (a line that no section's content has).
 SECTION = "##containerd-deploy:"
@@ -42,20 +43,30 @@ def service_lines(unit_expr: str, properties: str) -> list[str]:
     ]
 
 
-def daemon_process_lines(loaded_files: tuple) -> list[str]:
-    """Shell lines printing the daemon's binary and start (for $pid, from `service_lines`), and
-    the mtimes of the files it loads at start: a file newer than the daemon was never loaded.
-    Shell builtins where they do (every command started costs on a small node); the start
-    time is worked out by the controller."""
+def daemon_process_lines(containerd: str) -> list[str]:
+    """Shell lines printing the daemon's binary (as readlink names it; `containerd`, the installed
+    binary's path, when it is that very file) and start (for $pid, from `service_lines`); the
+    start time is worked out by the controller. Shell builtins where they do (every command
+    started costs on a small node)."""
     q = shlex.quote
     return [
         'if [ "${pid:-0}" -gt 0 ] 2>/dev/null; then',
         f'  echo "{SECTION}exe"',
-        '  readlink "/proc/$pid/exe"',
+        # -ef: dash's, bash's and busybox's test; a shell without it errs, and readlink answers.
+        "  # shellcheck disable=SC3013",
+        f'  if [ "/proc/$pid/exe" -ef {q(containerd)} ] 2>/dev/null; then echo {q(containerd)}; else readlink "/proc/$pid/exe"; fi',
         f'  echo "{SECTION}started"',
         '  read -r stat < "/proc/$pid/stat" && echo "stat $stat"',
         '  while read -r key value; do [ "$key" != btime ] || echo "btime $value"; done < /proc/stat',
         "fi",
+    ]
+
+
+def mtimes_lines(loaded_files: tuple) -> list[str]:
+    """Shell lines printing the mtimes of the files the daemon loads at start: a file newer than
+    the daemon was never loaded."""
+    q = shlex.quote
+    return [
         f'echo "{SECTION}mtimes"',
         "set --",
         *[f'[ ! -e {q(path)} ] || set -- "$@" {q(path)}' for path in loaded_files],
@@ -133,9 +144,10 @@ def distro_package_lines() -> list[str]:
 
 
 def manifest_state_lines(state_dir: str) -> list[str]:
-    """Shell lines printing each manifest in `state_dir` and the identity each file it lists
-    has now (sections `manifest <name>` and `actual <name>`); `text_of` (shell.reader_lines)
-    defined before them."""
+    """Shell lines printing each manifest in `state_dir` (section `manifest <name>`) and adding
+    each file it lists to "$@", for `stat_lines` to print what each is now (one stat for all:
+    each command started costs on a small node); `text_of` (shell.reader_lines) defined before
+    them."""
     q = shlex.quote
     return [
         *manifest_entry_lines(),
@@ -143,18 +155,22 @@ def manifest_state_lines(state_dir: str) -> list[str]:
         '  [ -f "$m" ] || continue',
         f'  echo "{SECTION}manifest ${{m##*/}}"',
         '  text_of "$m"',
-        f'  echo "{SECTION}actual ${{m##*/}}"',
-        # One stat for all of a manifest's files (each command started costs on a small node).
-        "  set --",
         "  while IFS= read -r line; do",
         '    if manifest_entry "$line" && [ -f "$entry_path" ]; then',
         # A manifest written before identities were recorded holds digests: hash those files.
-        '      case "$entry_identity" in *:*) set -- "$@" "$entry_path";; *) sha256sum "$entry_path";; esac',
+        '      case "$entry_identity" in',
+        '        *:*) set -- "$@" "$entry_path";;',
+        f'        *) echo "{SECTION}actual ${{m##*/}}"; sha256sum "$entry_path";;',
+        "      esac",
         "    fi",
         '  done < "$m"',
-        f"  [ $# -eq 0 ] || stat -c '{FILE_IDENTITY_FORMAT}  %n' \"$@\"",
         "done",
     ]
+
+
+def stat_lines() -> list[str]:
+    """Shell lines printing the `stat` section: STAT_FORMAT of each path in "$@"."""
+    return [f'[ $# -eq 0 ] || {{ echo "{SECTION}stat"; stat -c \'{STAT_FORMAT}\' -- "$@" 2>/dev/null; }}']
 
 
 def missing_binaries_lines(bin_dir: str, binaries: tuple) -> list[str]:
@@ -188,8 +204,18 @@ def node_state_command(
     anchor_pid: int = 0,
     handler_binaries: tuple = (),
     trusted_dirs: tuple = (),
+    known_pid: int = 0,
 ) -> str:
+    """The fact's script. `known_pid`: the MainPID of the daemon the controller last checked in
+    full (0: none); when it still runs as MainPID, its ctr is not asked."""
     q = shlex.quote
+    slow_lines = [
+        f'echo "{SECTION}service"',
+        # The unit the operations install and start: named by containerd_unit_path.
+        f"systemctl show {q(posixpath.basename(unit_path))} -p ActiveState -p UnitFileState -p MainPID -p NeedDaemonReload",
+        f'echo "{SECTION}unit"',
+        f"[ -f {q(unit_path)} ] && sha256sum {q(unit_path)}",
+    ]
     # Every directory the deploy keeps or makes things in, and each above it, asked once.
     chain = dict.fromkeys(directory for path in trusted_dirs for directory in ancestors(path))
     ctr, containerd = q(f"{bin_dir}/ctr"), q(f"{bin_dir}/containerd")
@@ -198,39 +224,55 @@ def node_state_command(
     defaults_when = "true" if always_defaults else f"[ ! -f {q(config_path)} ]"
     return "\n".join(
         [
+            # The questions that start the slowest programs (~0.1-0.2 s each on an emulated node,
+            # which has two CPUs) run in a first stage, beside the rest, the lock's among it.
+            "{",
+            # Between the run lock's generation before and after (raised at every take and free).
+            f'  g=""; read -r g < {q(LOCK_PATH)}.generation; echo "{SECTION}generation_before $g"',
+            *[f"  {line}" for line in slow_lines],
+            f'  g=""; read -r g < {q(LOCK_PATH)}.generation; echo "{SECTION}generation_after $g"',
+            "} 2>/dev/null | {",
+            # Its answers are read last, from fd 3: nothing before reads them by mistake.
+            "exec 3<&0 </dev/null",
             f'echo "{SECTION}lock"',
             *lock_state_lines(anchor_pid),
-            "# shellcheck disable=SC2046 # split on purpose: kernel name, machine",
-            "set -- $(uname -sm)",
-            f'echo "{SECTION}machine $2"',
-            f'echo "{SECTION}kernel $1"',
+            # uname's answers, read by the shell itself where the kernel has them (Linux 6.1+).
+            "if ! { read -r kernel < /proc/sys/kernel/ostype && read -r machine < /proc/sys/kernel/arch; } 2>/dev/null; then",
+            "  # shellcheck disable=SC2046 # split on purpose: kernel name, machine",
+            "  set -- $(uname -sm)",
+            "  kernel=${1:-} machine=${2:-}",
+            "fi",
+            f'echo "{SECTION}machine $machine"',
+            f'echo "{SECTION}kernel $kernel"',
             f'if [ -d /run/systemd/system ]; then echo "{SECTION}systemd"; fi',
+            # One stat for the manifests' files, the directories root keeps things in and the
+            # files the daemon loads (each command started costs on a small node).
+            "set --",
+            *manifest_state_lines(state_dir),
+            f'set -- "$@" {" ".join(q(path) for path in (*chain, *loaded))}' if chain or loaded else ":",
+            f"stats=$(stat -c '{STAT_FORMAT}' -- \"$@\" 2>/dev/null)",
+            f'echo "{SECTION}stat"',
+            'printf "%s\\n" "$stats"',
             f'echo "{SECTION}untrusted"',
-            *(untrusted_lines() if chain else []),
+            *(untrusted_of_lines() if chain else []),
             # Root runs the node's ctr and containerd below only when no other user could have
             # put them there (a refused run must not have run their code first).
-            f"found=$(untrusted {' '.join(q(directory) for directory in chain)})" if chain else 'found=""',
+            (
+                # A pipe, not a here-document: a shell that cannot make the latter's temporary
+                # file (a full /tmp) would skip the check, and run what it was to refuse.
+                "found=$(printf '%s\\n' \"$stats\" | untrusted_of "
+                + " ".join(q(directory) for directory in chain)
+                + ")"
+                if chain
+                else 'found=""'
+            ),
             '[ -z "$found" ] || printf "%s\\n" "$found"',
             f'echo "{SECTION}missing"',
             *missing_binaries_lines(bin_dir, handler_binaries),
-            *manifest_state_lines(state_dir),
-            f'echo "{SECTION}unit"',
-            f"[ -f {q(unit_path)} ] && sha256sum {q(unit_path)}",
             f'echo "{SECTION}config"',
             # base64 keeps the file's exact bytes (blank lines, no trailing newline) through the
             # line-based fact output.
             f"[ -f {q(config_path)} ] && base64 -w0 {q(config_path)} && echo",
-            f'echo "{SECTION}service"',
-            # The unit the operations install and start: named by containerd_unit_path.
-            *service_lines(
-                q(posixpath.basename(unit_path)),
-                "-p ActiveState -p UnitFileState -p MainPID -p NeedDaemonReload",
-            ),
-            *daemon_process_lines(loaded),
-            f'echo "{SECTION}ctr"',
-            f'[ -z "$found" ] && [ -x {ctr} ] && [ -S /run/containerd/containerd.sock ] && timeout 10 {ctr} version 2>&1',
-            f'echo "{SECTION}default"',
-            f'{defaults_when} && [ -z "$found" ] && [ -x {containerd} ] && {containerd} config default 2>/dev/null | base64 -w0 && echo',
             f'echo "{SECTION}files"',
             *[f"[ -f {q(path)} ] && sha256sum {q(path)}" for path in files],
             f'echo "{SECTION}managed"',
@@ -270,6 +312,45 @@ def node_state_command(
                     *([f"{q(certs_dir)}/*/{q('.hosts.toml' + NEW_SUFFIX)}"] if certs_dir else []),
                 ),
             ),
+            # What the first stage printed, after all that (which it ran beside), and the daemon
+            # it named; asked again when another run held the node, or took or freed its lock,
+            # as it asked (what it read may be that run's half-done work).
+            "nl='\n' answers='' before='' after=''",
+            "while IFS= read -r line <&3; do",
+            '  case "$line" in',
+            f'    "{SECTION}generation_before "*) before=${{line#* }};;',
+            f'    "{SECTION}generation_after "*) after=${{line#* }};;',
+            '    *) answers="$answers$line$nl";;',
+            "  esac",
+            "done",
+            f'now=""; {{ read -r now < {q(LOCK_PATH)}.generation; }} 2>/dev/null',
+            'if [ "$waited" = 1 ] || [ "$before" != "$after" ] || [ "$after" != "$now" ]; then',
+            "  answers=$({",
+            *[f"    {line}" for line in slow_lines],
+            "  } 2>/dev/null)",
+            '  answers="$answers$nl"',
+            "fi",
+            'printf "%s" "$answers"',
+            "pid=${answers#*MainPID=}",
+            "pid=${pid%%[!0-9]*}",
+            *daemon_process_lines(f"{bin_dir}/containerd"),
+            f'echo "{SECTION}ctr"',
+            # The daemon the controller last checked in full answers as it did then (its version
+            # is fixed at start; a restart makes another MainPID): not asked again (~0.2 s on a
+            # small node).
+            *(
+                [
+                    f'if [ "${{pid:-0}}" = {int(known_pid)} ] && [ -S /run/containerd/containerd.sock ]; then '
+                    f'echo "{SECTION}ctr_not_asked"; else'
+                ]
+                if known_pid > 0
+                else []
+            ),
+            f'[ -z "$found" ] && [ -x {ctr} ] && [ -S /run/containerd/containerd.sock ] && timeout 10 {ctr} version 2>&1',
+            *(["fi"] if known_pid > 0 else []),
+            f'echo "{SECTION}default"',
+            f'{defaults_when} && [ -z "$found" ] && [ -x {containerd} ] && {containerd} config default 2>/dev/null | base64 -w0 && echo',
+            "}",
             "exit 0",
         ]
     )

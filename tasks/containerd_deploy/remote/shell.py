@@ -2,6 +2,8 @@
 URL, how a file goes into place, and how it waits for containerd to answer.
 """
 
+import shlex
+
 from containerd_deploy.remote.paths import NEW_SUFFIX
 
 PRELUDE = r"""set -eu
@@ -29,35 +31,58 @@ TAB = "\t"
 def reader_lines() -> list[str]:
     """Shell lines defining `text_of FILE` (its text, as cat prints it, but read by the shell
     itself; a last line without a newline gets one; status 1 when it cannot be read) and
-    `parent_of PID` (field 4 of /proc/PID/stat, after the command name in parentheses, which may
-    hold anything). No program is started: each costs ~40 ms on an emulated node, and the node
-    fact, which reads a dozen small files, runs on every run."""
+    `parent_of PID`, which sets $parent (field 4 of /proc/PID/stat, after the command name in
+    parentheses, which may hold anything). No program is started, nor a subshell: each costs on
+    an emulated node, and the node fact, which reads a dozen small files, runs on every run."""
     return [
         "text_of() {",
         '  [ -r "$1" ] || return 1',
         '  while IFS= read -r text_line || [ -n "$text_line" ]; do printf "%s\\n" "$text_line"; done 2>/dev/null < "$1"',
         "}",
         "parent_of() {",
+        '  parent=""',
         '  read -r proc_stat 2>/dev/null < "/proc/$1/stat" || return 1',
         "  # shellcheck disable=SC2086 # split on purpose: the fields after the command name",
         "  set -- ${proc_stat##*) }",
-        '  echo "$2"',
+        "  # shellcheck disable=SC2034 # read by the caller",
+        "  parent=${2:-}",
         "}",
     ]
 
 
-def untrusted_lines() -> list[str]:
-    """Shell lines defining `untrusted DIR...`: prints "<path><TAB><why>" for each DIR that exists
-    and another user could change (owned by neither root nor the user checking, as sshd's
-    StrictModes allows, or writable by group or others, sticky or not), that is a symbolic link (followed, it puts root's files where its owner chose) or not
-    a directory. Given a path and every directory above it (``paths.ancestors``), it says
-    whether what root keeps there is root's alone, as sshd's StrictModes asks of a key file.
-    One stat for all (each command started costs on a small node)."""
+# What `stat -c` prints of a file wherever a script looks at files: owner, mode (hex), mtime, the
+# file's identity (a manifest's: inode, size, ctime to the nanosecond; any write, chmod or rename
+# over the path changes it, and userspace cannot set a ctime back), then the name (which may hold
+# spaces). One format, so one stat of everything serves each reader.
+FILE_IDENTITY_FORMAT = "%i:%s:%.9Z"
+NOT_LOOKED_AT = "could not be looked at (stat failed)"
+STAT_FORMAT = f"%u %f %Y {FILE_IDENTITY_FORMAT} %n"
+
+
+def untrusted_of_lines() -> list[str]:
+    """Shell lines defining `untrusted_of DIR...`: prints "<path><TAB><why>" for each DIR that
+    STAT_FORMAT lines on its standard input show another user could change (owned by neither
+    root nor the user checking, as sshd's StrictModes allows, or writable by group or others,
+    sticky or not), that is a symbolic link (followed, it puts root's files where its owner
+    chose) or not a directory; lines of other files are left alone (one stat of everything serves
+    each reader: each command started costs on a small node). Given a path and every directory
+    above it (``paths.ancestors``), it says whether what root keeps there is root's alone, as
+    sshd's StrictModes asks of a key file."""
     return [
-        "untrusted() {",
+        "untrusted_of() {",
         # The effective uid, as `id -u` prints it, read by the shell itself.
         '  while read -r key _ me _; do [ "$key" != Uid: ] || break; done < /proc/self/status',
-        "  stat -c '%u %f %n' -- \"$@\" 2>/dev/null | while read -r uid mode name; do",
+        # The DIRs, one a line (none holds a line break: settings refuse control characters).
+        "  nl='\n' asked=''",
+        '  for dir in "$@"; do asked="$asked$nl$dir"; done',
+        '  asked="$asked$nl" looked=""',
+        "  while IFS= read -r line; do",
+        # Fields cut by hand: `read` would trim a name's trailing spaces (a directory above the
+        # data's path may end in one), and a name it does not match exactly is never judged.
+        "    uid=${line%% *} rest=${line#* }",
+        "    mode=${rest%% *} rest=${rest#* } rest=${rest#* } name=${rest#* }",
+        '    case "$asked" in *"$nl$name$nl"*) ;; *) continue;; esac',
+        '    looked="$looked$nl$name"',
         "    kind=$(( 0x$mode & 0xF000 ))",
         "    if [ \"$kind\" -eq $(( 0xA000 )) ]; then why='is a symbolic link'",
         "    elif [ \"$kind\" -ne $(( 0x4000 )) ]; then why='is not a directory'",
@@ -67,7 +92,22 @@ def untrusted_lines() -> list[str]:
         "    fi",
         f'    printf "%s{TAB}%s\\n" "$name" "$why"',
         "  done",
+        # One that is there but was not looked at (its stat failed, or never ran) is not passed.
+        '  looked="$looked$nl"',
+        '  for dir in "$@"; do',
+        '    case "$looked" in *"$nl$dir$nl"*) continue;; esac',
+        f'    if [ -e "$dir" ] || [ -L "$dir" ]; then printf "%s{TAB}%s\\n" "$dir" {shlex.quote(NOT_LOOKED_AT)}; fi',
+        "  done",
         "}",
+    ]
+
+
+def untrusted_lines() -> list[str]:
+    """Shell lines defining `untrusted DIR...`: `untrusted_of` (``untrusted_of_lines``) of each DIR
+    that exists, lstat'ed."""
+    return [
+        *untrusted_of_lines(),
+        f'untrusted() {{ stat -c \'{STAT_FORMAT}\' -- "$@" 2>/dev/null | untrusted_of "$@"; }}',
     ]
 
 
