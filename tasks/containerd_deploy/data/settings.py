@@ -871,7 +871,7 @@ KEYS: dict[str, Key] = {
     "containerd_verify_interval": Key(
         86400,
         _plain(_seconds_or_zero),
-        doc="seconds a full check of the running daemon stands for: a run that changes nothing, on a node whose daemon is the same process this controller last checked in full (same PID, start time and binary, for the same expected version and settings), within this time, checks it from the one question every run asks (it answers as the version, runs the unit, config and binary on disk, a kubelet's cgroup driver, the handlers' binaries) instead of asking its plugins and effective config again; the record is kept on the controller (`~/.cache/containerd-deploy/verified`); 0: a full check every run",
+        doc="seconds a full check of the running daemon stands for: a run that changes nothing, on a node whose daemon is the same process this controller last checked in full (same PID, start time and binary, for the same expected version and settings), within this time, checks it from the one question every run asks (it is active with its socket there, runs the unit, config and binary on disk, a kubelet's cgroup driver, the handlers' binaries) instead of asking its version, plugins and effective config again — so a daemon that hangs while it keeps its process is seen at the next full check; the record is kept on the controller (`~/.cache/containerd-deploy/verified`); 0: a full check every run",
     ),
     "containerd_report": Key(
         "",
