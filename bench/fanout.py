@@ -90,7 +90,9 @@ def deploy(
     command += tail
     started = time.monotonic()
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=out, stderr=err, text=True, env=as_installed())
+        process = subprocess.Popen(
+            command, cwd=REPO_ROOT, stdout=out, stderr=err, text=True, env=as_installed()
+        )
         _, status, usage = os.wait4(process.pid, 0)
         wall = time.monotonic() - started
         out.seek(0)
