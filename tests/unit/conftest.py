@@ -31,3 +31,11 @@ def _verified_daemons_recorded_apart(tmp_path, monkeypatch):
     from containerd_deploy.controller import verified
 
     monkeypatch.setattr(verified, "RECORD_DIR", str(tmp_path / "verified"))
+
+
+@pytest.fixture(autouse=True)
+def _read_files_recorded_apart(tmp_path, monkeypatch):
+    """What the controller keeps of the files it read goes to the test's own directory."""
+    from containerd_deploy.controller import read_files
+
+    monkeypatch.setattr(read_files, "RECORD_DIR", str(tmp_path / "read"))

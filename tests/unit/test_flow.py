@@ -457,6 +457,7 @@ def test_the_node_is_asked_about_the_paths_the_data_names(monkeypatch):
             "/run/containerd-deploy",
         ),
         "known_pid": 0,  # no full check of its daemon recorded on this controller
+        "known_files": (),  # nothing read of its files before on this controller
     }
     from containerd_deploy.data.registries import MARKER
 

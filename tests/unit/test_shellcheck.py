@@ -61,6 +61,19 @@ def built_scripts() -> dict[str, str]:
             "/etc/containerd/certs.d",
             trusted_dirs=("/var/lib/containerd-deploy", "/var/cache/containerd-deploy"),
         ),
+        "node fact, files and daemon known": node_state.node_state_command(
+            "/usr/local/bin",
+            "/etc/containerd/config.toml",
+            "/etc/systemd/system/containerd.service",
+            "/var/lib/containerd-deploy",
+            ("/etc/crictl.yaml", "/etc/containerd/certs.d/docker.io/hosts.toml"),
+            trusted_dirs=("/var/lib/containerd-deploy",),
+            known_pid=4242,
+            known_files=(
+                ("/etc/containerd/config.toml", "12:345:1700000000.123456789"),
+                ("/etc/crictl.yaml", "13:34:1700000000.123456789"),
+            ),
+        ),
         "release manifests fact": facts.ReleaseManifests().command("/var/lib/containerd-deploy"),
         "unit state fact": facts.UnitState().command("containerd.service"),
         "daemon fact": daemon_state.daemon_state_command(

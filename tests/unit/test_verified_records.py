@@ -5,7 +5,7 @@ import os
 import stat
 from pathlib import Path
 
-from containerd_deploy.controller import verified
+from containerd_deploy.controller import cache, verified
 from containerd_deploy.controller.verified import VerifiedDaemon
 
 RECORD = VerifiedDaemon(
@@ -89,7 +89,7 @@ def test_a_record_directory_it_may_not_even_look_into_is_no_record(monkeypatch):
     def refused(directory):
         raise PermissionError(13, "Permission denied", str(directory))
 
-    monkeypatch.setattr(verified, "untrusted_cache", refused)
+    monkeypatch.setattr(cache, "untrusted_cache", refused)
     assert verified.read("node1") is None
     assert verified.write("node1", RECORD) is False
 

@@ -88,6 +88,45 @@ def private_directory(directory: Path) -> None:
         os.umask(previous)
 
 
+def host_file_name(host_name: str, suffix: str) -> str:
+    """The name of a host's file in one of the controller's private directories."""
+    # Host names hold characters no file name should (`@local`, `user@host:port`, slashes).
+    return f"{hashlib.sha256(host_name.encode()).hexdigest()}{suffix}"
+
+
+def read_private(directory: Path, name: str) -> bytes | None:
+    """The file `name` in `directory`, or None: not there, unreadable, or the directory (or one
+    above it) another local user could write."""
+    try:
+        if untrusted_cache(directory):
+            return None
+        return (directory / name).read_bytes()
+    except OSError:
+        return None
+
+
+def write_private(directory: Path, name: str, data: bytes) -> bool:
+    """`data` as the file `name` in `directory` (made this user's alone if missing), whole or not
+    at all; False when the directory is not this user's alone or cannot be written."""
+    try:
+        private_directory(directory)
+        if untrusted_cache(directory):
+            return False
+    except OSError:
+        return False
+    path = directory / name
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        handle = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with open(handle, "wb") as out:
+            out.write(data)
+        os.replace(partial, path)
+    except OSError:
+        partial.unlink(missing_ok=True)
+        return False
+    return True
+
+
 def ensure_cached(cache_dir: str, artifact: Artifact, timeout: float = 60) -> Path:
     """The verified cached copy of `artifact`, downloading it first if the cache lacks it."""
     path = cached_path(cache_dir, artifact)

@@ -8,13 +8,12 @@ Kept in the controller user's cache, never on the node: recording is no change t
 a rerun stays a no-op. A record another local user could have written is not used.
 """
 
-import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from containerd_deploy.controller.cache import private_directory, untrusted_cache
+from containerd_deploy.controller.cache import host_file_name, read_private, write_private
 
 RECORD_DIR = "~/.cache/containerd-deploy/verified"
 
@@ -28,9 +27,8 @@ class VerifiedDaemon:
     image_present: bool  # its sandbox image was in the k8s.io namespace
 
 
-def _path(directory: Path, host_name: str) -> Path:
-    # Host names hold characters no file name should (`@local`, `user@host:port`, slashes).
-    return directory / f"{hashlib.sha256(host_name.encode()).hexdigest()}.json"
+def _name(host_name: str) -> str:
+    return host_file_name(host_name, ".json")
 
 
 def _directory() -> Path:
@@ -40,11 +38,11 @@ def _directory() -> Path:
 def read(host_name: str) -> VerifiedDaemon | None:
     """The record of `host_name`'s last full check, or None (none, unreadable, or in a directory
     another local user could write)."""
-    directory = _directory()
+    data = read_private(_directory(), _name(host_name))
+    if data is None:
+        return None
     try:
-        if untrusted_cache(directory):
-            return None
-        raw = json.loads(_path(directory, host_name).read_text())
+        raw = json.loads(data)
         return VerifiedDaemon(
             identity=tuple(raw["identity"]),
             expected=str(raw["expected"]),
@@ -52,28 +50,11 @@ def read(host_name: str) -> VerifiedDaemon | None:
             checked=tuple(str(line) for line in raw["checked"]),
             image_present=raw["image_present"] is True,
         )
-    except (OSError, ValueError, KeyError, TypeError, OverflowError, RecursionError):
+    except (ValueError, KeyError, TypeError, OverflowError, RecursionError):
         return None  # whatever it is, it is no record: a full check
 
 
 def write(host_name: str, record: VerifiedDaemon) -> bool:
     """Record `host_name`'s full check (whole or not at all); False when the directory is not
     this user's alone or cannot be written (the next run checks in full again)."""
-    directory = _directory()
-    try:
-        private_directory(directory)
-        if untrusted_cache(directory):
-            return False
-    except OSError:
-        return False
-    path = _path(directory, host_name)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        handle = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with open(handle, "w") as out:
-            json.dump(asdict(record), out)
-        os.replace(partial, path)
-    except OSError:
-        partial.unlink(missing_ok=True)
-        return False
-    return True
+    return write_private(_directory(), _name(host_name), json.dumps(asdict(record)).encode())

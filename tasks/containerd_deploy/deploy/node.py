@@ -9,7 +9,7 @@ import pyinfra
 from pyinfra import host
 from pyinfra.api import deploy
 
-from containerd_deploy.controller import verified
+from containerd_deploy.controller import read_files, verified
 from containerd_deploy.controller.cache import fetch_digest
 from containerd_deploy.controller.run_record import HostRun, host_run, run_of
 from containerd_deploy.data import artifacts, registries
@@ -40,7 +40,13 @@ from containerd_deploy.facts.daemon import seen_at_start
 from containerd_deploy.facts.node import ContainerdNode, MissingBinaries, NodeState
 from containerd_deploy.operations.files import leftovers_absent
 from containerd_deploy.operations.service import run_lock_taken
-from containerd_deploy.plan.files import loaded_at_start, managed_paths, proxy_dropin_path, registry_files
+from containerd_deploy.plan.files import (
+    loaded_at_start,
+    managed_paths,
+    proxy_dropin_path,
+    registry_files,
+    text_sha256,
+)
 from containerd_deploy.plan.run import Plan, plan_removal, plan_run
 from containerd_deploy.plan.verdict import (
     INSTALLED_BY_THE_DEPLOY,
@@ -134,6 +140,63 @@ def check_trusted(settings: Settings, node: NodeState) -> None:
 
 
 def gather(settings: Settings) -> NodeState:
+    """What the node fact says of the node, with what the controller last read of the files it
+    did not read again (they have the identity they had then); the node asked in full when
+    something of those is gone from the controller meanwhile."""
+    remembered = read_files.read(settings.host)
+    node = ask_node(settings, remembered)
+    if not with_remembered_files(settings, node, remembered):
+        node = ask_node(settings, {})
+    remember_files(settings, node, remembered)
+    return node
+
+
+def read_paths(settings: Settings) -> tuple:
+    """The files whose contents the node fact gives: config.toml (text), the unit and the other
+    managed files (sha256)."""
+    return (settings.containerd_config_path, settings.containerd_unit_path, *managed_paths(settings))
+
+
+def with_remembered_files(settings: Settings, node: NodeState, remembered: dict) -> bool:
+    """Fill in what the node fact did not read again, from `remembered`; False when it cannot."""
+    for path in node.unread:
+        entry = remembered.get(path)
+        if entry is None or node.identities.get(path) != entry.identity:
+            return False
+        if path == settings.containerd_config_path:
+            if entry.text is None:
+                return False
+            node.config_text = entry.text
+        elif path == settings.containerd_unit_path:
+            node.unit_sha256 = entry.sha256
+        else:
+            node.files[path] = entry.sha256
+    return True
+
+
+def remember_files(settings: Settings, node: NodeState, remembered: dict) -> None:
+    """Keep what the node fact (or `remembered`) says of the files it reads, by their identity
+    now, for the next run (written only when that changed)."""
+    found = {
+        settings.containerd_config_path: text_sha256(node.config_text),
+        settings.containerd_unit_path: node.unit_sha256,
+        **{path: node.files.get(path) for path in managed_paths(settings)},
+    }
+    now = {
+        path: read_files.ReadFile(
+            node.identities[path],
+            digest,
+            node.config_text if path == settings.containerd_config_path else None,
+        )
+        for path, digest in found.items()
+        if digest is not None and path in node.identities
+    }
+    if now != remembered:
+        read_files.write(settings.host, now)
+
+
+def ask_node(settings: Settings, remembered: dict) -> NodeState:
+    asked = read_paths(settings)
     return host.get_fact(
         ContainerdNode,
         bin_dir=settings.containerd_bin_dir,
@@ -151,6 +214,7 @@ def gather(settings: Settings) -> NodeState:
         handler_binaries=asked_binaries(settings),
         trusted_dirs=tuple(trusted_directories(settings)),
         known_pid=last_checked_pid(settings),
+        known_files=tuple((path, remembered[path].identity) for path in asked if path in remembered),
     )
 
 

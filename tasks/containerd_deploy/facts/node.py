@@ -76,6 +76,11 @@ class NodeState:
     untrusted_directories: list = field(default_factory=list)
     rolled_back: str = ""  # "<attempt> <when>" the last rollback undid (remote/rollback.py)
     kept_release: str = ""  # the version of a release kept to roll back to (remote/rollback.py)
+    # path -> identity (FILE_IDENTITY_FORMAT) of each regular file looked at.
+    identities: dict = field(default_factory=dict)
+    # Files not read because they are as the controller last read them (their contents, config
+    # text or digest, come from what it keeps: controller/read_files.py).
+    unread: list = field(default_factory=list)
 
     @property
     def main_pid(self) -> int:
@@ -216,6 +221,7 @@ FIELDS: dict[str, tuple[str, Callable[[str, list[str]], object]]] = {
     "missing": ("missing_binaries", lambda argument, body: [line for line in body if line]),
     "kept": ("kept_release", lambda argument, body: "".join(line.strip() for line in body)),
     "rolled_back": ("rolled_back", lambda argument, body: "".join(line.strip() for line in body)),
+    "unread": ("unread", lambda argument, body: [line for line in body if line]),
 }
 # The others: section -> what it fills in, given (state, the header's argument, the body).
 READERS: dict[str, Callable[[NodeState, str, list[str]], None]] = {
@@ -231,20 +237,35 @@ READERS: dict[str, Callable[[NodeState, str, list[str]], None]] = {
 }
 
 
-def parse_stat_lines(body: list[str]) -> dict[str, tuple[str, int]]:
-    """path -> (identity, mtime) from STAT_FORMAT lines (remote/shell.py): owner, mode, mtime,
-    identity, then the name, which may hold spaces."""
+@dataclass(frozen=True)
+class FileStat:
+    """What STAT_FORMAT (remote/shell.py) says of one path."""
+
+    identity: str  # FILE_IDENTITY_FORMAT
+    mtime: int
+    regular: bool  # a regular file (not a link, a directory, …)
+
+
+def parse_stat_lines(body: list[str]) -> dict[str, FileStat]:
+    """path -> FileStat from STAT_FORMAT lines: owner, mode (hex), mtime, identity, then the
+    name, which may hold spaces."""
     found = {}
     for line in body:
         fields = line.split(" ", 4)
         if len(fields) == 5 and fields[2].removeprefix("-").isdigit() and fields[4]:
-            found[fields[4]] = (fields[3], int(fields[2]))  # (an mtime before 1970 is negative)
+            try:
+                regular = int(fields[1], 16) & 0xF000 == 0x8000
+            except ValueError:
+                continue
+            found[fields[4]] = FileStat(
+                fields[3], int(fields[2]), regular
+            )  # (an mtime before 1970 is negative)
     return found
 
 
 def parse_node_state(lines: list[str]) -> NodeState:
     state = NodeState()
-    stats: dict[str, tuple[str, int]] = {}
+    stats: dict[str, FileStat] = {}
     for header, body in split_sections(lines):
         name, _, argument = header.partition(" ")
         if name in FIELDS:
@@ -258,12 +279,14 @@ def parse_node_state(lines: list[str]) -> NodeState:
     return state
 
 
-def with_stats(state: NodeState, stats: dict[str, tuple[str, int]]) -> None:
+def with_stats(state: NodeState, stats: dict[str, FileStat]) -> None:
     """What one stat of everything said, given to what asked: each manifest's files' identities
-    now, the mtimes of the files the daemon loads (``loaded``: whatever the fact looked at)."""
+    now, the mtimes of the files the daemon loads (``loaded``: whatever the fact looked at), the
+    identities of the regular files."""
     for manifest in state.manifests.values():
-        manifest.actual.update({path: stats[path][0] for path in manifest.files if path in stats})
-    state.mtimes.update({path: mtime for path, (_, mtime) in stats.items()})
+        manifest.actual.update({path: stats[path].identity for path in manifest.files if path in stats})
+    state.mtimes.update({path: found.mtime for path, found in stats.items()})
+    state.identities.update({path: found.identity for path, found in stats.items() if found.regular})
 
 
 class ContainerdNode(FactBase):
@@ -293,6 +316,7 @@ class ContainerdNode(FactBase):
         handler_binaries=(),
         trusted_dirs=(),
         known_pid=0,
+        known_files=(),
     ):
         return node_state_command(
             bin_dir,
@@ -310,6 +334,7 @@ class ContainerdNode(FactBase):
             tuple(handler_binaries),
             tuple(trusted_dirs),
             int(known_pid),
+            tuple(known_files),
         )
 
     def process(self, output):

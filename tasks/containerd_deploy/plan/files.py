@@ -2,10 +2,10 @@
 base, the systemd unit, its proxy drop-in, each registry's hosts.toml, crictl's config), and
 which of them the daemon loads at start."""
 
-import hashlib
 import re
 
 from containerd_deploy import resource
+from containerd_deploy.controller.read_files import sha256_of_text
 from containerd_deploy.data import registries
 from containerd_deploy.data.config_toml import ConfigError, Knobs, render
 from containerd_deploy.data.settings import Settings, has_credentials, runtime_handlers
@@ -135,7 +135,7 @@ def managed_paths(settings: Settings) -> tuple[str, ...]:
 
 def text_sha256(text: str | None) -> str | None:
     """The sha256 the node fact reports for a file holding `text` (None: no file)."""
-    return hashlib.sha256(text.encode()).hexdigest() if text is not None else None
+    return sha256_of_text(text) if text is not None else None
 
 
 def no_config_defaults(settings: Settings) -> Refusal:

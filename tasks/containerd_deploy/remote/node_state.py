@@ -168,6 +168,26 @@ def manifest_state_lines(state_dir: str) -> list[str]:
     ]
 
 
+def known_file_lines() -> list[str]:
+    """Shell lines defining `known IDENTITY PATH`: true, and PATH added to $unread (a line each),
+    when the stat lines in $stats show PATH with IDENTITY (the controller has what it read of it
+    then: not read again)."""
+    return [
+        "nl='\n'",
+        "known() {",
+        '  case "$nl$stats$nl" in *" $1 $2$nl"*) unread="$unread$2$nl"; return 0;; esac',
+        "  return 1",
+        "}",
+    ]
+
+
+def unless_known(path: str, known: dict, command: str) -> str:
+    """A shell line running `command` (which reads `path`) only when `path` is not as the
+    controller last read it (``known_file_lines``); always, when the controller has nothing of it."""
+    q = shlex.quote
+    return f"known {q(known[path])} {q(path)} || {{ {command}; }}" if known.get(path) else command
+
+
 def stat_lines() -> list[str]:
     """Shell lines printing the `stat` section: STAT_FORMAT of each path in "$@"."""
     return [f'[ $# -eq 0 ] || {{ echo "{SECTION}stat"; stat -c \'{STAT_FORMAT}\' -- "$@" 2>/dev/null; }}']
@@ -205,19 +225,23 @@ def node_state_command(
     handler_binaries: tuple = (),
     trusted_dirs: tuple = (),
     known_pid: int = 0,
+    known_files: tuple = (),
 ) -> str:
     """The fact's script. `known_pid`: the MainPID of the daemon the controller last checked in
-    full (0: none); when it still runs as MainPID, its ctr is not asked."""
+    full (0: none); when it still runs as MainPID, its ctr is not asked. `known_files`: (path,
+    identity) of the files the controller has what it read of them last (controller/read_files.py):
+    one with that identity now is not read again, but named in the `unread` section."""
     q = shlex.quote
     slow_lines = [
         f'echo "{SECTION}service"',
         # The unit the operations install and start: named by containerd_unit_path.
         f"systemctl show {q(posixpath.basename(unit_path))} -p ActiveState -p UnitFileState -p MainPID -p NeedDaemonReload",
-        f'echo "{SECTION}unit"',
-        f"[ -f {q(unit_path)} ] && sha256sum {q(unit_path)}",
     ]
     # Every directory the deploy keeps or makes things in, and each above it, asked once.
     chain = dict.fromkeys(directory for path in trusted_dirs for directory in ancestors(path))
+    read_files = dict.fromkeys((config_path, unit_path, *files))
+    looked_at = dict.fromkeys((*chain, *loaded, *read_files))
+    known = dict(known_files)
     ctr, containerd = q(f"{bin_dir}/ctr"), q(f"{bin_dir}/containerd")
     # Defaults come from the installed binary: needed when there is no config file to start
     # from, or always when the operator chose to start from defaults.
@@ -249,7 +273,7 @@ def node_state_command(
             # files the daemon loads (each command started costs on a small node).
             "set --",
             *manifest_state_lines(state_dir),
-            f'set -- "$@" {" ".join(q(path) for path in (*chain, *loaded))}' if chain or loaded else ":",
+            f'set -- "$@" {" ".join(q(path) for path in looked_at)}',
             f"stats=$(stat -c '{STAT_FORMAT}' -- \"$@\" 2>/dev/null)",
             f'echo "{SECTION}stat"',
             'printf "%s\\n" "$stats"',
@@ -269,12 +293,25 @@ def node_state_command(
             '[ -z "$found" ] || printf "%s\\n" "$found"',
             f'echo "{SECTION}missing"',
             *missing_binaries_lines(bin_dir, handler_binaries),
+            # The files whose contents the controller compares: each read only when the one stat
+            # shows it is not as the controller read it last (each command started costs on a
+            # small node).
+            "unread=''",
+            *(known_file_lines() if known else []),
             f'echo "{SECTION}config"',
             # base64 keeps the file's exact bytes (blank lines, no trailing newline) through the
             # line-based fact output.
-            f"[ -f {q(config_path)} ] && base64 -w0 {q(config_path)} && echo",
+            unless_known(
+                config_path, known, f"[ -f {q(config_path)} ] && base64 -w0 {q(config_path)} && echo"
+            ),
+            f'echo "{SECTION}unit"',
+            unless_known(unit_path, known, f"[ -f {q(unit_path)} ] && sha256sum {q(unit_path)}"),
             f'echo "{SECTION}files"',
-            *[f"[ -f {q(path)} ] && sha256sum {q(path)}" for path in files],
+            "set --",
+            *[unless_known(path, known, f'[ -f {q(path)} ] && set -- "$@" {q(path)}') for path in files],
+            '[ $# -eq 0 ] || sha256sum -- "$@"',
+            f'echo "{SECTION}unread"',
+            'printf "%s" "$unread"',
             f'echo "{SECTION}managed"',
             (
                 f"[ -d {q(certs_dir)} ] && grep -l -s -F -- {q(marker)} {q(certs_dir)}/*/hosts.toml"
