@@ -77,6 +77,7 @@ DECISION_MODULES = (
     "remote/scripts.py",
     "controller/hooks.py",
     "controller/verified.py",
+    "controller/read_files.py",
     "data/settings.py",
     "data/registries.py",
     "data/hooks.py",

@@ -458,6 +458,7 @@ def test_the_node_is_asked_about_the_paths_the_data_names(monkeypatch):
         ),
         "known_pid": 0,  # no full check of its daemon recorded on this controller
         "known_files": (),  # nothing read of its files before on this controller
+        "known_boot": "",
     }
     from containerd_deploy.data.registries import MARKER
 

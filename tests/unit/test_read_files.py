@@ -13,21 +13,29 @@ from pyinfra.context import ctx_host, ctx_state
 
 import containerd_deploy.deploy.node as flow
 from containerd_deploy.controller import cache, read_files
-from containerd_deploy.controller.read_files import ReadFile, sha256_of_text
+from containerd_deploy.controller.read_files import HostFiles, ReadFile, sha256_of_text
 from containerd_deploy.data.settings import resolve
-from containerd_deploy.facts.node import ContainerdNode
+from containerd_deploy.facts.node import ContainerdNode, NodeState, parse_node_state
+from containerd_deploy.remote.node_state import node_state_command
 
 CONFIG = "version = 3\n\n# the operator's comment\n[plugins]\n"
-ENTRY = ReadFile("12:34:1700000000.000000001", sha256_of_text(CONFIG), CONFIG)
+ENTRY = ReadFile("12:34:1700000000.000000001", sha256_of_text(CONFIG), CONFIG, confirmed=True)
+BOOT = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+
+
+def record_path() -> Path:
+    [path] = Path(read_files.RECORD_DIR).iterdir()
+    return path
 
 
 def test_what_was_read_reads_back_as_written_one_private_file_per_host():
-    files = {"/etc/containerd/config.toml": ENTRY, "/etc/crictl.yaml": ReadFile("1:2:3.4", "a" * 64)}
-    assert read_files.write("node1", files) is True
-    assert read_files.read("node1") == files
-    assert read_files.read("node2") == {}
-    [record] = Path(read_files.RECORD_DIR).iterdir()
-    assert record.stat().st_mode & 0o777 == 0o600
+    record = HostFiles(
+        "boot-1", {"/etc/containerd/config.toml": ENTRY, "/etc/crictl.yaml": ReadFile("1:2:3.4", "a" * 64)}
+    )
+    assert read_files.write("node1", record) is True
+    assert read_files.read("node1") == record
+    assert read_files.read("node2") == HostFiles()
+    assert record_path().stat().st_mode & 0o777 == 0o600
     assert Path(read_files.RECORD_DIR).stat().st_mode & 0o777 == 0o700
 
 
@@ -42,34 +50,67 @@ def test_what_was_read_reads_back_as_written_one_private_file_per_host():
     ids=["text not its digest", "no digest", "no identity", "a field missing"],
 )
 def test_an_entry_the_controller_cannot_vouch_for_is_not_used(entry):
-    read_files.write("node1", {"/etc/crictl.yaml": ReadFile("1:2:3.4", "b" * 64)})
-    [path] = Path(read_files.RECORD_DIR).iterdir()
-    raw = json.loads(path.read_text())
-    raw["/etc/containerd/config.toml"] = entry
-    path.write_text(json.dumps(raw))
-    files = read_files.read("node1")
+    read_files.write("node1", HostFiles("boot-1", {"/etc/crictl.yaml": ReadFile("1:2:3.4", "b" * 64)}))
+    raw = json.loads(record_path().read_text())
+    raw["files"]["/etc/containerd/config.toml"] = entry
+    record_path().write_text(json.dumps(raw))
+    files = read_files.read("node1").files
     assert "/etc/containerd/config.toml" not in files
     if "sha256" in entry:  # (an entry it cannot read at all makes the record no record)
         assert "/etc/crictl.yaml" in files
 
 
-@pytest.mark.parametrize("text", ["", "[]", "{", '{"/x": 3}', "null"])
+@pytest.mark.parametrize("text", ["", "[]", "{", '{"files": {"/x": 3}}', '{"files": []}', "null"])
 def test_a_record_that_is_no_record_reads_as_nothing(text):
-    read_files.write("node1", {"/x": ENTRY})
-    [path] = Path(read_files.RECORD_DIR).iterdir()
-    path.write_text(text)
-    assert read_files.read("node1") == {}
+    read_files.write("node1", HostFiles("boot-1", {"/x": ENTRY}))
+    record_path().write_text(text)
+    assert read_files.read("node1") == HostFiles()
 
 
 def test_a_record_in_a_directory_another_user_could_write_is_not_used(monkeypatch):
-    read_files.write("node1", {"/x": ENTRY})
+    read_files.write("node1", HostFiles("boot-1", {"/x": ENTRY}))
     monkeypatch.setattr(cache, "untrusted_cache", lambda directory: "writable by others")
-    assert read_files.read("node1") == {}
-    assert read_files.write("node1", {"/x": ENTRY}) is False
+    assert read_files.read("node1") == HostFiles()
+    assert read_files.write("node1", HostFiles("boot-1", {"/x": ENTRY})) is False
 
 
-# The node fact in a sandbox: the deploy's paths under a temporary directory, systemctl faked,
-# and base64 and sha256sum logging each call before they run.
+def test_a_record_directory_another_user_made_while_it_was_read_is_not_used(monkeypatch):
+    """Not there when first looked at (nothing in it to swap), made meanwhile: looked at again."""
+    read_files.write("node1", HostFiles("boot-1", {"/x": ENTRY}))
+    answers = iter([None, "it is owned by uid 1000"])
+    monkeypatch.setattr(cache, "untrusted_cache", lambda directory: next(answers))
+    assert read_files.read("node1") == HostFiles()
+
+
+@pytest.mark.parametrize("change", ["group-writable", "a link", "another user's"])
+def test_a_record_file_that_is_not_this_users_own_is_not_used(monkeypatch, tmp_path, change):
+    read_files.write("node1", HostFiles("boot-1", {"/x": ENTRY}))
+    path = record_path()
+    if change == "group-writable":
+        path.chmod(0o620)
+    elif change == "a link":
+        target = tmp_path / "elsewhere.json"
+        target.write_bytes(path.read_bytes())
+        path.unlink()
+        path.symlink_to(target)
+    else:
+        monkeypatch.setattr(cache.os, "geteuid", lambda: os.getuid() + 1)
+    assert read_files.read("node1") == HostFiles()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '[plugins."io.containerd.grpc.v1.cri".registry.configs."r".auth]\npassword = "s3cret"\n',
+        'x = "https://u:pw@r/"\n',
+    ],
+)
+def test_a_text_holding_a_credential_is_never_kept_on_the_controller(text):
+    entry = ReadFile("1:2:3.4", sha256_of_text(text), text, confirmed=True)
+    assert read_files.keepable(entry) is False
+    read_files.write("node1", HostFiles("boot-1", {"/etc/containerd/config.toml": entry, "/x": ENTRY}))
+    assert "s3cret" not in record_path().read_text() and "pw@" not in record_path().read_text()
+    assert list(read_files.read("node1").files) == ["/x"]
 
 
 @pytest.fixture
@@ -122,31 +163,42 @@ def gather(monkeypatch, settings, env, crictl: Path, log: Path):
     return found, asked, (log.read_text().splitlines() if log.exists() else [])
 
 
-def test_files_as_the_controller_read_them_last_are_not_read_again(monkeypatch, node, tmp_path):
+def test_files_two_runs_read_alike_are_not_read_a_third_time(monkeypatch, node, tmp_path):
     settings, env, log = node
     crictl = tmp_path / "etc" / "crictl.yaml"
     first, asked, calls = gather(monkeypatch, settings, env, crictl, log)
     assert asked == [{}]
     assert first.config_text == CONFIG and first.unit_sha256 and first.files[str(crictl)]
+    assert first.boot == BOOT
     assert len(calls) == 3, calls  # config's base64, the unit's and crictl's sha256sum
 
-    again, asked, calls = gather(monkeypatch, settings, env, crictl, log)
-    assert calls == [], "nothing read again"
+    # Read once: a write in that clock tick could have left the identity as it was.
+    second, asked, calls = gather(monkeypatch, settings, env, crictl, log)
+    assert asked == [{}] and len(calls) == 3
+
+    third, asked, calls = gather(monkeypatch, settings, env, crictl, log)
+    assert calls == [], "nothing read a third time"
     assert list(asked[0]) == [settings.containerd_config_path, settings.containerd_unit_path, str(crictl)]
     assert len(asked) == 1
-    assert (again.config_text, again.unit_sha256, again.files) == (
+    assert (third.config_text, third.unit_sha256, third.files) == (
         first.config_text,
         first.unit_sha256,
         first.files,
     )
-    assert sorted(again.unread) == sorted(asked[0])
+    assert sorted(third.unread) == sorted(asked[0])
+
+
+def converge_reads(monkeypatch, node, tmp_path):
+    settings, env, log = node
+    crictl = tmp_path / "etc" / "crictl.yaml"
+    for _ in range(2):
+        gather(monkeypatch, settings, env, crictl, log)
+    return settings, env, log, crictl
 
 
 @pytest.mark.parametrize("change", ["write", "chmod", "replace"])
 def test_a_file_changed_since_is_read_again_and_only_it(monkeypatch, node, tmp_path, change):
-    settings, env, log = node
-    crictl = tmp_path / "etc" / "crictl.yaml"
-    gather(monkeypatch, settings, env, crictl, log)
+    settings, env, log, crictl = converge_reads(monkeypatch, node, tmp_path)
     config = Path(settings.containerd_config_path)
     if change == "write":  # the same size: only the identity's ctime tells
         config.write_text(CONFIG.replace("operator", "OPERATOR"))
@@ -155,23 +207,83 @@ def test_a_file_changed_since_is_read_again_and_only_it(monkeypatch, node, tmp_p
     else:
         config.with_name("new").write_text(CONFIG + "x = 1\n")
         os.replace(config.with_name("new"), config)
-    found, asked, calls = gather(monkeypatch, settings, env, crictl, log)
-    assert [call.split()[0] for call in calls] == ["base64"], calls
-    assert found.config_text == config.read_text()
-    assert settings.containerd_config_path not in found.unread
-    # And what it read is what the next run knows.
+    for _ in range(2):  # read, then read again to confirm
+        found, asked, calls = gather(monkeypatch, settings, env, crictl, log)
+        assert [call.split()[0] for call in calls] == ["base64"], calls
+        assert found.config_text == config.read_text()
+        assert settings.containerd_config_path not in found.unread
     _, asked, calls = gather(monkeypatch, settings, env, crictl, log)
     assert calls == []
 
 
+def test_contents_that_differ_at_the_same_identity_are_not_confirmed():
+    """Two reads at one identity that disagree (a write in the first read's clock tick): the
+    file is read again until two runs agree."""
+    settings = resolve("node1", {})
+    config = settings.containerd_config_path
+    other = CONFIG + "x = 1\n"
+
+    def remembered_after(text: str, before: HostFiles) -> HostFiles:
+        node = NodeState(config_text=text, identities={config: ENTRY.identity}, boot="boot-1")
+        flow.remember_files(settings, node, before)
+        return read_files.read("node1")
+
+    first = remembered_after(CONFIG, HostFiles())
+    assert first.files[config].confirmed is False
+    second = remembered_after(other, first)
+    assert (second.files[config].text, second.files[config].confirmed) == (other, False)
+    third = remembered_after(other, second)
+    assert (third.files[config].text, third.files[config].confirmed) == (other, True)
+    # What another boot read confirms nothing.
+    assert remembered_after(other, HostFiles("boot-0", third.files)).files[config].confirmed is False
+
+
+def test_each_file_there_is_remembered_whichever_is_not():
+    settings = resolve("node1", {})
+    node = NodeState(
+        unit_sha256="c" * 64, identities={settings.containerd_unit_path: "7:8:9.1"}, boot="boot-1"
+    )
+    flow.remember_files(settings, node, HostFiles())
+    assert list(read_files.read("node1").files) == [settings.containerd_unit_path]  # (no config.toml)
+
+
+def test_a_node_whose_boot_is_not_known_remembers_nothing():
+    settings = resolve("node1", {})
+    node = NodeState(
+        config_text=CONFIG, identities={settings.containerd_config_path: ENTRY.identity}, boot=""
+    )
+    flow.remember_files(settings, node, HostFiles())
+    assert read_files.read("node1") == HostFiles()
+
+
+def test_what_was_read_in_another_boot_is_read_again(monkeypatch, node, tmp_path):
+    """A reimaged node can show a file under the inode, size and times another had."""
+    settings, env, log, crictl = converge_reads(monkeypatch, node, tmp_path)
+    kept = read_files.read("node1")
+    read_files.write("node1", HostFiles("another-boot", kept.files))
+    found, asked, calls = gather(monkeypatch, settings, env, crictl, log)
+    # Told what was read in that boot, the node, in another, reads everything.
+    assert len(asked) == 1 and len(asked[0]) == 3 and len(calls) == 3 and found.unread == []
+    # (The fact alone, told of another boot.)
+    config = settings.containerd_config_path
+    command = node_state_command(
+        "/nowhere",
+        config,
+        "/nowhere/unit",
+        "/nowhere",
+        known_files=((config, found.identities[config]),),
+        known_boot="another-boot",
+    )
+    result = subprocess.run(["sh", "-c", command], capture_output=True, text=True)
+    assert parse_node_state(result.stdout.splitlines()).config_text == CONFIG
+
+
 def test_a_file_gone_is_gone_not_remembered(monkeypatch, node, tmp_path):
-    settings, env, log = node
-    crictl = tmp_path / "etc" / "crictl.yaml"
-    gather(monkeypatch, settings, env, crictl, log)
+    settings, env, log, crictl = converge_reads(monkeypatch, node, tmp_path)
     crictl.unlink()
     found, _, _ = gather(monkeypatch, settings, env, crictl, log)
     assert str(crictl) not in found.files
-    assert str(crictl) not in read_files.read("node1")
+    assert str(crictl) not in read_files.read("node1").files
 
 
 def test_a_link_where_a_file_was_is_read_through_every_time(monkeypatch, node, tmp_path):
@@ -182,30 +294,33 @@ def test_a_link_where_a_file_was_is_read_through_every_time(monkeypatch, node, t
     target.write_text("runtime-endpoint: y\n")
     crictl.unlink()
     crictl.symlink_to(target)
-    gather(monkeypatch, settings, env, crictl, log)
-    assert str(crictl) not in read_files.read("node1")
+    for _ in range(2):
+        gather(monkeypatch, settings, env, crictl, log)
+    assert str(crictl) not in read_files.read("node1").files
     target.write_text("runtime-endpoint: z\n")
     found, _, calls = gather(monkeypatch, settings, env, crictl, log)
     assert found.files[str(crictl)] == sha256_of_text("runtime-endpoint: z\n")
     assert any(str(crictl) in call for call in calls)
 
 
-def test_what_the_controller_lost_meanwhile_has_the_node_asked_in_full(monkeypatch, node, tmp_path):
-    """The record read before the fact, its text gone after: the fact asked again, nothing known."""
+def test_a_config_holding_a_credential_is_read_every_run(monkeypatch, node, tmp_path):
     settings, env, log = node
     crictl = tmp_path / "etc" / "crictl.yaml"
-    gather(monkeypatch, settings, env, crictl, log)
+    Path(settings.containerd_config_path).write_text(CONFIG + 'token = "s3cret"\n')
+    for _ in range(3):
+        found, _, calls = gather(monkeypatch, settings, env, crictl, log)
+    assert [call.split()[0] for call in calls] == ["base64"]
+    assert "s3cret" in found.config_text
+    assert "s3cret" not in record_path().read_text()
+
+
+def test_what_the_controller_lost_meanwhile_has_the_node_asked_in_full(monkeypatch, node, tmp_path):
+    """The record read before the fact, its text gone after: the fact asked again, nothing known."""
+    settings, env, log, crictl = converge_reads(monkeypatch, node, tmp_path)
     kept = read_files.read("node1")
-    monkeypatch.setattr(
-        flow.read_files,
-        "read",
-        lambda host_name: {
-            **kept,
-            settings.containerd_config_path: ReadFile(
-                kept[settings.containerd_config_path].identity, ENTRY.sha256
-            ),
-        },
-    )
+    config = settings.containerd_config_path
+    lost = {**kept.files, config: ReadFile(kept.files[config].identity, ENTRY.sha256, confirmed=True)}
+    monkeypatch.setattr(flow.read_files, "read", lambda host_name: HostFiles(kept.boot, lost))
     found, asked, calls = gather(monkeypatch, settings, env, crictl, log)
     assert [list(known) for known in asked][1] == [] and len(asked) == 2
     assert found.config_text == CONFIG
@@ -213,9 +328,7 @@ def test_what_the_controller_lost_meanwhile_has_the_node_asked_in_full(monkeypat
 
 
 def test_a_rerun_with_nothing_changed_writes_nothing(monkeypatch, node, tmp_path):
-    settings, env, log = node
-    crictl = tmp_path / "etc" / "crictl.yaml"
-    gather(monkeypatch, settings, env, crictl, log)
+    settings, env, log, crictl = converge_reads(monkeypatch, node, tmp_path)
     written = []
     monkeypatch.setattr(flow.read_files, "write", lambda *args: written.append(args) or True)
     gather(monkeypatch, settings, env, crictl, log)
@@ -227,33 +340,41 @@ def test_a_rerun_with_nothing_changed_writes_nothing(monkeypatch, node, tmp_path
 
 @pytest.mark.parametrize(
     "remembered",
-    [{}, {"/etc/containerd/config.toml": ReadFile("99:34:1700000000.000000001", ENTRY.sha256, CONFIG)}],
-    ids=["nothing remembered", "another identity"],
+    [
+        HostFiles("boot-1"),
+        HostFiles(
+            "boot-1",
+            {"/etc/containerd/config.toml": ReadFile("99:34:1700000000.000000001", ENTRY.sha256, CONFIG)},
+        ),
+        HostFiles("boot-0", {"/etc/containerd/config.toml": ENTRY}),
+        HostFiles("boot-1", {"/etc/containerd/config.toml": ReadFile(ENTRY.identity, ENTRY.sha256)}),
+    ],
+    ids=["nothing remembered", "another identity", "another boot", "no text"],
 )
 def test_a_file_not_read_is_filled_in_only_from_what_was_read_at_that_identity(remembered):
-    from containerd_deploy.facts.node import NodeState
-
     settings = resolve("node1", {})
     node = NodeState(
-        unread=["/etc/containerd/config.toml"], identities={"/etc/containerd/config.toml": ENTRY.identity}
+        unread=["/etc/containerd/config.toml"],
+        identities={"/etc/containerd/config.toml": ENTRY.identity},
+        boot="boot-1",
     )
-    assert flow.with_remembered_files(settings, node, remembered) is False
-    assert flow.with_remembered_files(settings, node, {"/etc/containerd/config.toml": ENTRY}) is True
+    assert flow.fill_in_unread(settings, node, remembered) is False
+    assert (
+        flow.fill_in_unread(settings, node, HostFiles("boot-1", {"/etc/containerd/config.toml": ENTRY}))
+        is True
+    )
     assert node.config_text == CONFIG
 
 
 @pytest.mark.parametrize("name", ["con fig.toml", "it's $(touch x) *.toml", "a\\b [c].toml"])
 def test_a_file_is_known_by_its_whole_name_whatever_it_holds(tmp_path, name):
-    from containerd_deploy.facts.node import parse_node_state
-    from containerd_deploy.remote.node_state import node_state_command
-
     config = tmp_path / name
     config.write_text(CONFIG)
     (tmp_path / "other.toml").write_text(CONFIG)
 
     def fact(known: tuple):
         command = node_state_command(
-            "/nowhere", str(config), str(tmp_path / "unit"), "/nowhere", known_files=known
+            "/nowhere", str(config), str(tmp_path / "unit"), "/nowhere", known_files=known, known_boot=BOOT
         )
         result = subprocess.run(["sh", "-c", command], capture_output=True, text=True, cwd=tmp_path)
         return parse_node_state(result.stdout.splitlines())
@@ -263,3 +384,40 @@ def test_a_file_is_known_by_its_whole_name_whatever_it_holds(tmp_path, name):
     again = fact(((str(config), first.identities[str(config)]),))
     assert (again.config_text, again.unread) == (None, [str(config)])
     assert not (tmp_path / "x").exists()
+
+
+def test_identities_read_the_same_in_any_locale(tmp_path):
+    """stat prints %.9Z's decimal point in the locale's own way (de_DE: a comma): scripts run it in
+    the C locale, or an identity recorded by a run in one locale reads as changed in another."""
+    locales = tmp_path / "locales"
+    locales.mkdir()
+    made = subprocess.run(
+        ["localedef", "-i", "de_DE", "-f", "UTF-8", str(locales / "de_DE.UTF-8")], capture_output=True
+    )
+    assert made.returncode in (0, 1), made.stderr  # (1: made, with warnings)
+    config = tmp_path / "config.toml"
+    config.write_text(CONFIG)
+    command = node_state_command("/nowhere", str(config), "/nowhere/unit", "/nowhere")
+    german = {"PATH": os.environ["PATH"], "LOCPATH": str(locales), "LC_ALL": "de_DE.UTF-8"}
+    assert (
+        ","
+        in subprocess.run(
+            ["stat", "-c", "%.9Z", str(config)], capture_output=True, text=True, env=german
+        ).stdout
+    )
+    identities = [
+        parse_node_state(
+            subprocess.run(["sh", "-c", command], capture_output=True, text=True, env=env).stdout.splitlines()
+        ).identities
+        for env in (german, {"PATH": os.environ["PATH"]})
+    ]
+    assert identities[0] == identities[1] and "," not in identities[0][str(config)]
+
+
+def test_a_manifest_recorded_under_a_comma_locale_is_intact_in_the_c_locale():
+    from containerd_deploy.remote.manifest import Manifest, read_manifest
+
+    manifest = Manifest()
+    read_manifest(["component runc", "file /usr/local/sbin/runc 12:34:1700000000,000000001"], manifest)
+    manifest.actual["/usr/local/sbin/runc"] = "12:34:1700000000.000000001"
+    assert manifest.intact()

@@ -158,3 +158,10 @@ def test_the_real_gpu_check_for_operators_passes_shellcheck():
     script = Path(__file__).resolve().parents[2] / "docs" / "gpu-node-check.sh"
     result = subprocess.run(["shellcheck", "--format=gcc", str(script)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
+
+
+def test_every_node_script_runs_stat_in_the_c_locale():
+    """An identity stat prints under another locale (a comma in %.9Z) reads as another file's
+    (tests/unit/test_read_files.py shows the difference on a real stat)."""
+    for name, script in built_scripts().items():
+        assert script.count("stat -c") == script.count("LC_ALL=C stat -c"), name

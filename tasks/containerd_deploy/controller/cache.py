@@ -95,12 +95,18 @@ def host_file_name(host_name: str, suffix: str) -> str:
 
 
 def read_private(directory: Path, name: str) -> bytes | None:
-    """The file `name` in `directory`, or None: not there, unreadable, or the directory (or one
-    above it) another local user could write."""
+    """The file `name` in `directory`, or None: not there, unreadable, not this user's own
+    regular file writable by this user alone, or the directory (or one above it) another local
+    user could write — before the read or after (one made meanwhile is looked at then)."""
     try:
         if untrusted_cache(directory):
             return None
-        return (directory / name).read_bytes()
+        with open(os.open(directory / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as handle:
+            info = os.fstat(handle.fileno())
+            if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o022:
+                return None
+            data = handle.read()
+        return None if untrusted_cache(directory) else data
     except OSError:
         return None
 
@@ -117,6 +123,7 @@ def write_private(directory: Path, name: str, data: bytes) -> bool:
     path = directory / name
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
+        # (A name there already, in a directory this user's alone, is a leftover of this user's.)
         handle = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         with open(handle, "wb") as out:
             out.write(data)

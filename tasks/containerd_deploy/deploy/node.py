@@ -145,8 +145,8 @@ def gather(settings: Settings) -> NodeState:
     something of those is gone from the controller meanwhile."""
     remembered = read_files.read(settings.host)
     node = ask_node(settings, remembered)
-    if not with_remembered_files(settings, node, remembered):
-        node = ask_node(settings, {})
+    if not fill_in_unread(settings, node, remembered):
+        node = ask_node(settings, read_files.HostFiles())
     remember_files(settings, node, remembered)
     return node
 
@@ -157,11 +157,12 @@ def read_paths(settings: Settings) -> tuple:
     return (settings.containerd_config_path, settings.containerd_unit_path, *managed_paths(settings))
 
 
-def with_remembered_files(settings: Settings, node: NodeState, remembered: dict) -> bool:
-    """Fill in what the node fact did not read again, from `remembered`; False when it cannot."""
+def fill_in_unread(settings: Settings, node: NodeState, remembered: read_files.HostFiles) -> bool:
+    """Give `node` what the fact did not read again, from `remembered`: True when all of it could
+    be."""
     for path in node.unread:
-        entry = remembered.get(path)
-        if entry is None or node.identities.get(path) != entry.identity:
+        entry = remembered.files.get(path)
+        if entry is None or node.identities.get(path) != entry.identity or node.boot != remembered.boot:
             return False
         if path == settings.containerd_config_path:
             if entry.text is None:
@@ -174,29 +175,46 @@ def with_remembered_files(settings: Settings, node: NodeState, remembered: dict)
     return True
 
 
-def remember_files(settings: Settings, node: NodeState, remembered: dict) -> None:
+def remember_files(settings: Settings, node: NodeState, remembered: read_files.HostFiles) -> None:
     """Keep what the node fact (or `remembered`) says of the files it reads, by their identity
-    now, for the next run (written only when that changed)."""
-    found = {
-        settings.containerd_config_path: text_sha256(node.config_text),
-        settings.containerd_unit_path: node.unit_sha256,
-        **{path: node.files.get(path) for path in managed_paths(settings)},
-    }
-    now = {
-        path: read_files.ReadFile(
-            node.identities[path],
-            digest,
-            node.config_text if path == settings.containerd_config_path else None,
+    now, for the next run (written only when that changed); confirmed when it is what the last
+    run read at the same identity."""
+    config, unit = settings.containerd_config_path, settings.containerd_unit_path
+    files = {}
+    for path in read_paths(settings) if node.boot else ():
+        digest = (
+            text_sha256(node.config_text)
+            if path == config
+            else node.unit_sha256
+            if path == unit
+            else node.files.get(path)
         )
-        for path, digest in found.items()
-        if digest is not None and path in node.identities
-    }
-    if now != remembered:
-        read_files.write(settings.host, now)
+        identity = node.identities.get(path)
+        if digest is None or identity is None:
+            continue
+        before = remembered.files.get(path) if remembered.boot == node.boot else None
+        entry = read_files.ReadFile(
+            identity,
+            digest,
+            node.config_text if path == config else None,
+            confirmed=path in node.unread
+            or (before is not None and (before.identity, before.sha256) == (identity, digest)),
+        )
+        if read_files.keepable(entry):
+            files[path] = entry
+    record = read_files.HostFiles(node.boot, files)
+    if record != remembered:
+        read_files.write(settings.host, record)
 
 
-def ask_node(settings: Settings, remembered: dict) -> NodeState:
-    asked = read_paths(settings)
+def ask_node(settings: Settings, remembered: read_files.HostFiles) -> NodeState:
+    """The node fact, told the files it need not read again (those two runs read the same at the
+    identity they have now, in this boot)."""
+    known = tuple(
+        (path, entry.identity)
+        for path in read_paths(settings)
+        if (entry := remembered.files.get(path)) is not None and entry.confirmed
+    )
     return host.get_fact(
         ContainerdNode,
         bin_dir=settings.containerd_bin_dir,
@@ -214,7 +232,8 @@ def ask_node(settings: Settings, remembered: dict) -> NodeState:
         handler_binaries=asked_binaries(settings),
         trusted_dirs=tuple(trusted_directories(settings)),
         known_pid=last_checked_pid(settings),
-        known_files=tuple((path, remembered[path].identity) for path in asked if path in remembered),
+        known_files=known,
+        known_boot=remembered.boot,
     )
 
 

@@ -11,6 +11,7 @@ daemon reports.
 
 import base64
 import shlex
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -81,6 +82,7 @@ class NodeState:
     # Files not read because they are as the controller last read them (their contents, config
     # text or digest, come from what it keeps: controller/read_files.py).
     unread: list = field(default_factory=list)
+    boot: str = ""  # the node's boot id (/proc/sys/kernel/random/boot_id)
 
     @property
     def main_pid(self) -> int:
@@ -222,6 +224,7 @@ FIELDS: dict[str, tuple[str, Callable[[str, list[str]], object]]] = {
     "kept": ("kept_release", lambda argument, body: "".join(line.strip() for line in body)),
     "rolled_back": ("rolled_back", lambda argument, body: "".join(line.strip() for line in body)),
     "unread": ("unread", lambda argument, body: [line for line in body if line]),
+    "boot": ("boot", lambda argument, body: argument.strip()),
 }
 # The others: section -> what it fills in, given (state, the header's argument, the body).
 READERS: dict[str, Callable[[NodeState, str, list[str]], None]] = {
@@ -254,7 +257,7 @@ def parse_stat_lines(body: list[str]) -> dict[str, FileStat]:
         fields = line.split(" ", 4)
         if len(fields) == 5 and fields[2].removeprefix("-").isdigit() and fields[4]:
             try:
-                regular = int(fields[1], 16) & 0xF000 == 0x8000
+                regular = stat.S_ISREG(int(fields[1], 16))
             except ValueError:
                 continue
             found[fields[4]] = FileStat(
@@ -317,6 +320,7 @@ class ContainerdNode(FactBase):
         trusted_dirs=(),
         known_pid=0,
         known_files=(),
+        known_boot="",
     ):
         return node_state_command(
             bin_dir,
@@ -335,6 +339,7 @@ class ContainerdNode(FactBase):
             tuple(trusted_dirs),
             int(known_pid),
             tuple(known_files),
+            known_boot,
         )
 
     def process(self, output):

@@ -11,7 +11,7 @@ import shlex
 from dataclasses import dataclass
 
 from containerd_deploy.remote.paths import LOCK_PATH
-from containerd_deploy.remote.shell import reader_lines
+from containerd_deploy.remote.shell import STAT, reader_lines
 
 # Held, while a run's SSH connection lasts, by a small process on the node: a second run
 # waits for it, then is refused; a run killed or cut off frees it within a second.
@@ -155,7 +155,7 @@ def run_identity_lines(anchor_pid: int = 0) -> list[str]:
         return ["started=0", 'procs=""', "login_uid=0"]
     return [
         # The login shell sshd started (`child`, from session_lines): the run's user.
-        'login_uid=$(stat -c %u "/proc/$child" 2>/dev/null)',
+        f'login_uid=$({STAT} -c %u "/proc/$child" 2>/dev/null)',
         "login_uid=${login_uid:-0}",
         """started=$(awk '{ sub(/.*\\) /, ""); print $20 }' "/proc/$session/stat" 2>/dev/null)""",
         "started=${started:-0}",
@@ -250,7 +250,7 @@ def lock_state_lines(anchor_pid: int = 0) -> list[str]:
         f"  holder=$(text_of {q(LOCK_PATH)}.session)",
         '  seen=""',
         '  if [ -n "$holder" ] && [ -r "/proc/$holder/cmdline" ]; then',
-        '    seen="; on the node: uid $(stat -c %u "/proc/$holder") pid $holder '
+        f'    seen="; on the node: uid $({STAT} -c %u "/proc/$holder") pid $holder '
         """($(tr '\\000' ' ' < "/proc/$holder/cmdline" | cut -c 1-80 | sed 's/ *$//'))\"""",
         "  fi",
         f'  echo "busy $(text_of {q(LOCK_PATH)}.generation || echo 0) $(text_of {q(LOCK_PATH)}.owner)$seen"',
@@ -328,7 +328,7 @@ def take_lock_script(host_name: str, owner: str, generation: int | None, anchor_
             f"lock_dir=$(dirname -- {lock})",
             "umask 077",
             '[ -e "$lock_dir" ] || [ -L "$lock_dir" ] || mkdir -m 700 -- "$lock_dir"',
-            'if [ -L "$lock_dir" ] || [ "$(stat -c %u:%a -- "$lock_dir")" != "$(id -u):700" ]; then',
+            f'if [ -L "$lock_dir" ] || [ "$({STAT} -c %u:%a -- "$lock_dir")" != "$(id -u):700" ]; then',
             f"  fail {with_variable(untrusted_lock_message(host_name, MARK), '$lock_dir')}",
             "fi",
             f'if lock_held && [ "$(cat {lock}.session 2>/dev/null)" = "$session" ]; then exit 0; fi',

@@ -15,7 +15,12 @@ the file is installed, it proves the file untouched without hashing ~90 MB of bi
 
 from dataclasses import dataclass, field
 
-from containerd_deploy.remote.shell import FILE_IDENTITY_FORMAT, hidden_copy_expression, put_in_place_lines
+from containerd_deploy.remote.shell import (
+    FILE_IDENTITY_FORMAT,
+    STAT,
+    hidden_copy_expression,
+    put_in_place_lines,
+)
 
 __all__ = ["FILE_IDENTITY_FORMAT"]  # the identity a manifest records (remote/shell.py)
 SUFFIX = ".manifest"
@@ -45,7 +50,9 @@ def read_manifest(lines: list[str], manifest: Manifest) -> None:
         key, _, value = line.strip().partition(" ")
         if key == "file":
             path, _, identity = value.rpartition(" ")
-            manifest.files[path] = identity
+            # A comma: recorded by a stat run in a locale whose decimal point it is (scripts run
+            # it in the C locale: STAT), the same identity.
+            manifest.files[path] = identity.replace(",", ".")
         elif key:
             manifest.fields[key] = value
 
@@ -85,7 +92,7 @@ def manifest_lines() -> list[str]:
         "}",
         # An empty LIST holds no pattern and so matches nothing: every path is printed.
         'manifest_paths_not_in() { manifest_paths "$1" | grep -vxF -f "$2" || true; }',
-        f"manifest_record() {{ [ $# -eq 0 ] || stat -c 'file %n {FILE_IDENTITY_FORMAT}' -- \"$@\"; }}",
+        f"manifest_record() {{ [ $# -eq 0 ] || {STAT} -c 'file %n {FILE_IDENTITY_FORMAT}' -- \"$@\"; }}",
         "manifest_refresh() {",
         "  refreshing=$1",
         f"  refreshed={hidden_copy_expression('refreshing')}",

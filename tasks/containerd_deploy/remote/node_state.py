@@ -21,7 +21,7 @@ from containerd_deploy.remote.paths import (
     ancestors,
     hidden_copy,
 )
-from containerd_deploy.remote.shell import STAT_FORMAT, untrusted_of_lines
+from containerd_deploy.remote.shell import STAT, STAT_FORMAT, untrusted_of_lines
 
 # Marks the start of each section of the fact's output (a line that no section's content has).
 SECTION = "##containerd-deploy:"
@@ -70,7 +70,7 @@ def mtimes_lines(loaded_files: tuple) -> list[str]:
         f'echo "{SECTION}mtimes"',
         "set --",
         *[f'[ ! -e {q(path)} ] || set -- "$@" {q(path)}' for path in loaded_files],
-        "[ $# -eq 0 ] || stat -c '%Y %n' \"$@\"",
+        f"[ $# -eq 0 ] || {STAT} -c '%Y %n' \"$@\"",
     ]
 
 
@@ -168,13 +168,14 @@ def manifest_state_lines(state_dir: str) -> list[str]:
     ]
 
 
-def known_file_lines() -> list[str]:
+def known_file_lines(boot: str) -> list[str]:
     """Shell lines defining `known IDENTITY PATH`: true, and PATH added to $unread (a line each),
-    when the stat lines in $stats show PATH with IDENTITY (the controller has what it read of it
-    then: not read again)."""
+    when the node is in `boot` (its boot id; read into $boot) and the stat lines in $stats show
+    PATH with IDENTITY (the controller has what it read of it then: not read again)."""
     return [
         "nl='\n'",
         "known() {",
+        f'  [ "$boot" = {shlex.quote(boot)} ] || return 1',
         '  case "$nl$stats$nl" in *" $1 $2$nl"*) unread="$unread$2$nl"; return 0;; esac',
         "  return 1",
         "}",
@@ -190,7 +191,7 @@ def unless_known(path: str, known: dict, command: str) -> str:
 
 def stat_lines() -> list[str]:
     """Shell lines printing the `stat` section: STAT_FORMAT of each path in "$@"."""
-    return [f'[ $# -eq 0 ] || {{ echo "{SECTION}stat"; stat -c \'{STAT_FORMAT}\' -- "$@" 2>/dev/null; }}']
+    return [f'[ $# -eq 0 ] || {{ echo "{SECTION}stat"; {STAT} -c \'{STAT_FORMAT}\' -- "$@" 2>/dev/null; }}']
 
 
 def missing_binaries_lines(bin_dir: str, binaries: tuple) -> list[str]:
@@ -226,11 +227,13 @@ def node_state_command(
     trusted_dirs: tuple = (),
     known_pid: int = 0,
     known_files: tuple = (),
+    known_boot: str = "",
 ) -> str:
     """The fact's script. `known_pid`: the MainPID of the daemon the controller last checked in
     full (0: none); when it still runs as MainPID, its ctr is not asked. `known_files`: (path,
-    identity) of the files the controller has what it read of them last (controller/read_files.py):
-    one with that identity now is not read again, but named in the `unread` section."""
+    identity) of the files the controller has what it read of them last (controller/read_files.py),
+    in boot `known_boot`: one with that identity now, in that boot, is not read again, but named in
+    the `unread` section."""
     q = shlex.quote
     slow_lines = [
         f'echo "{SECTION}service"',
@@ -241,7 +244,7 @@ def node_state_command(
     chain = dict.fromkeys(directory for path in trusted_dirs for directory in ancestors(path))
     read_files = dict.fromkeys((config_path, unit_path, *files))
     looked_at = dict.fromkeys((*chain, *loaded, *read_files))
-    known = dict(known_files)
+    known = dict(known_files) if known_boot else {}
     ctr, containerd = q(f"{bin_dir}/ctr"), q(f"{bin_dir}/containerd")
     # Defaults come from the installed binary: needed when there is no config file to start
     # from, or always when the operator chose to start from defaults.
@@ -268,13 +271,16 @@ def node_state_command(
             "fi",
             f'echo "{SECTION}machine $machine"',
             f'echo "{SECTION}kernel $kernel"',
+            # Which boot: what the controller read of a file is of this boot only.
+            'boot=""; { read -r boot < /proc/sys/kernel/random/boot_id; } 2>/dev/null',
+            f'echo "{SECTION}boot $boot"',
             f'if [ -d /run/systemd/system ]; then echo "{SECTION}systemd"; fi',
             # One stat for the manifests' files, the directories root keeps things in and the
             # files the daemon loads (each command started costs on a small node).
             "set --",
             *manifest_state_lines(state_dir),
             f'set -- "$@" {" ".join(q(path) for path in looked_at)}',
-            f"stats=$(stat -c '{STAT_FORMAT}' -- \"$@\" 2>/dev/null)",
+            f"stats=$({STAT} -c '{STAT_FORMAT}' -- \"$@\" 2>/dev/null)",
             f'echo "{SECTION}stat"',
             'printf "%s\\n" "$stats"',
             f'echo "{SECTION}untrusted"',
@@ -297,7 +303,7 @@ def node_state_command(
             # shows it is not as the controller read it last (each command started costs on a
             # small node).
             "unread=''",
-            *(known_file_lines() if known else []),
+            *(known_file_lines(known_boot) if known else []),
             f'echo "{SECTION}config"',
             # base64 keeps the file's exact bytes (blank lines, no trailing newline) through the
             # line-based fact output.

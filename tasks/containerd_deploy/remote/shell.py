@@ -55,6 +55,9 @@ def reader_lines() -> list[str]:
 # over the path changes it, and userspace cannot set a ctime back), then the name (which may hold
 # spaces). One format, so one stat of everything serves each reader.
 FILE_IDENTITY_FORMAT = "%i:%s:%.9Z"
+# stat as every script runs it: in the C locale, whose decimal point in %.9Z is "." (a run under
+# another locale's "," would find every identity recorded under the first changed).
+STAT = "LC_ALL=C stat"
 NOT_LOOKED_AT = "could not be looked at (stat failed)"
 STAT_FORMAT = f"%u %f %Y {FILE_IDENTITY_FORMAT} %n"
 
@@ -107,7 +110,7 @@ def untrusted_lines() -> list[str]:
     that exists, lstat'ed."""
     return [
         *untrusted_of_lines(),
-        f'untrusted() {{ stat -c \'{STAT_FORMAT}\' -- "$@" 2>/dev/null | untrusted_of "$@"; }}',
+        f'untrusted() {{ {STAT} -c \'{STAT_FORMAT}\' -- "$@" 2>/dev/null | untrusted_of "$@"; }}',
     ]
 
 
