@@ -1,7 +1,9 @@
 """The deploy's own verify step (containerd_verify) on every generation: it reports no change on
 a good node, and runs a container when the run changed the node; a node whose kubelet wants another cgroup driver than
 containerd's is refused before anything changes; a runtime handler whose binary is missing is
-named, with its binary and the fix, by the verify step and by the conformance suite."""
+named, with its binary and the fix, by the verify step and by the conformance suite; the
+conformance suite names a pod containerd leaves unconfined by AppArmor, and why (on a VM: AppArmor
+is the kernel's)."""
 
 import json
 
@@ -154,3 +156,30 @@ def test_a_runtime_handler_without_its_binary_is_named_with_the_fix(node, first_
         assert "_InactiveRpcError" not in checked.stdout, "named, not a raw gRPC error"
     finally:
         restore(node, original)
+
+
+@pytest.mark.vm("AppArmor is the node kernel's own: a machine shares this host's kernel, which has none")
+@pytest.mark.generations("debian13-containerd2.1")
+def test_a_pod_left_unconfined_by_apparmor_is_named_with_why_until_containerd_restarts(node, first_deploy):
+    # A server where AppArmor's userspace is missing when containerd creates its first container
+    # (it asks once per process, then), and where it is installed after (a new file: its ctime).
+    node.vm.ssh("mv /sbin/apparmor_parser /root/apparmor_parser && systemctl restart containerd")
+    try:
+        checked = conformance(node, "-k", "apparmor")
+        assert checked.returncode != 0, checked.stdout[-3000:]
+        assert "runs under the AppArmor label 'unconfined'" in checked.stdout, checked.stdout[-3000:]
+        assert "/sbin/apparmor_parser is not installed" in checked.stdout, checked.stdout[-3000:]
+
+        node.vm.ssh("install -m 0755 /root/apparmor_parser /sbin/apparmor_parser && rm /root/apparmor_parser")
+        checked = conformance(node, "-k", "apparmor")
+        assert checked.returncode != 0, "installing the parser does not change what the daemon decided"
+        assert "/sbin/apparmor_parser (AppArmor's userspace) was installed after containerd started" in (
+            checked.stdout
+        ), checked.stdout[-3000:]
+    finally:
+        node.vm.ssh(
+            "[ -e /sbin/apparmor_parser ] || install -m 0755 /root/apparmor_parser /sbin/apparmor_parser; "
+            "systemctl restart containerd"
+        )
+    checked = conformance(node, "-k", "apparmor")
+    assert checked.returncode == 0 and "1 passed" in checked.stdout, checked.stdout[-3000:]

@@ -39,6 +39,9 @@ PACKAGES = [
     "sudo",
     "python3",
     "python3-venv",
+    # AppArmor's userspace, as Debian's and Ubuntu's servers have it: containerd then confines
+    # every container with its default profile (on a VM; a machine shares this host's kernel).
+    "apparmor",
 ]
 IMAGE_SIZE = "4G"
 MMDEBSTRAP_OPTIONS = [

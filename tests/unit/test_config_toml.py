@@ -4,8 +4,11 @@ import uuid
 from pathlib import Path
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from packaging.version import Version
 
+from containerd_deploy.data import config_toml
 from containerd_deploy.data.config_toml import (
     PATHS,
     RUNC_OPTIONS_PATH,
@@ -182,10 +185,18 @@ def test_registry_config_path_refuses_old_style_mirrors():
         'version = 2\n[plugins."io.containerd.grpc.v1.cri".registry.mirrors."docker.io"]\n'
         '  endpoint = ["https://mirror.internal"]\n'
     )
-    with pytest.raises(ConfigError, match="registry mirrors.*hosts.toml.*containerd_registries"):
+    with pytest.raises(ConfigError) as refused:
         render(text, Version("1.7.24"), Knobs(registry_config_path="/etc/containerd/certs.d"))
+    assert str(refused.value) == (
+        "has registry mirrors in [plugins.io.containerd.grpc.v1.cri.registry.mirrors]; containerd's CRI plugin does "
+        "not load when they and config_path are both set. Move them to hosts.toml files (data key "
+        "containerd_registries) and delete that table, or set containerd_registry_config_path to ''"
+    )
     # Without config_path the operator's mirrors are left alone.
     assert "mirror.internal" in render(text, Version("1.7.24"), Knobs())
+    # A document without the registry's tables gets them (nothing there to refuse).
+    bare = render("version = 2\n", Version("1.7.24"), Knobs(registry_config_path="/etc/containerd/certs.d"))
+    assert value_at(bare, PATHS["registry"][2] + ("config_path",)) == "/etc/containerd/certs.d"
 
 
 @pytest.mark.parametrize("fixture, version, schema", SCHEMA_FIXTURES)
@@ -297,3 +308,93 @@ def test_a_config_read_many_times_is_parsed_once(monkeypatch):
     )
     configured_runtimes(runtimes_text, Version("1.7.24"))["runc"]["runtime_type"] = "changed"
     assert configured_runtimes(runtimes_text, Version("1.7.24"))["runc"]["runtime_type"] == "x"
+
+
+# A rerun does not parse with tomlkit when the document is already as wanted: the check that
+# decides it must agree with what tomlkit's edit would do, or a drifted value would stay.
+_KNOB_CHOICES = {
+    "systemd_cgroup": st.booleans(),
+    "sandbox_image": st.sampled_from([None, "localhost/pause:test", "registry.k8s.io/pause:3.10"]),
+    "registry_config_path": st.sampled_from([None, "/etc/containerd/certs.d", "/srv/certs.d"]),
+    "snapshotter": st.sampled_from([None, "overlayfs", "native"]),
+    "max_container_log_line_size": st.sampled_from([None, 16384, 65536]),
+    "oom_score": st.sampled_from([None, 0, -999]),
+    "restrict_oom_score_adj": st.sampled_from([None, True, False]),
+    "runtimes": st.sampled_from(
+        [(), (Runtime("crun", binary_name="/usr/bin/crun"),), (Runtime("kata", "io.containerd.kata.v2"),)]
+    ),
+    "default_runtime": st.sampled_from([None, "runc", "crun"]),
+    "extra": st.sampled_from(
+        [
+            {},
+            {"debug": {"level": "info"}},
+            {"debug": {"level": "debug"}, "oom_score": 5},
+            {"timeouts": {}},
+            {"plugins": {"io.containerd.grpc.v1.cri": {"containerd": {"snapshotter": "native"}}}},
+        ]
+    ),
+}
+_knobs = st.fixed_dictionaries({}, optional=_KNOB_CHOICES).map(lambda chosen: Knobs(**chosen))
+# Values a file's own edits drift to: another value, the same value of another type.
+_DRIFTS = [
+    ("^$", ""),  # none
+    (r"SystemdCgroup = true", "SystemdCgroup = false"),
+    (r"SystemdCgroup = (true|false)", "SystemdCgroup = 1"),
+    (r"SystemdCgroup = (true|false)", 'SystemdCgroup = "true"'),
+    (r"(?m)^oom_score = (-?\d+)", r"oom_score = \1.0"),
+    (r"(?m)^oom_score = (-?\d+)", r"oom_score = '\1'"),
+    (r'sandbox_image = "[^"]*"', 'sandbox_image = "registry.k8s.io/pause:3.10"'),
+    (r'(?m)^(\s*)snapshotter = "overlayfs"', r'\1snapshotter = "native"'),
+    (r"(?m)^(\s*)level = \"info\"", r'\1level = "debug"'),
+]
+
+
+@given(
+    fixture=st.sampled_from(SCHEMA_FIXTURES),
+    earlier=_knobs,
+    later=_knobs,
+    rerun=st.booleans(),
+    disable_cri=st.booleans(),
+    drift=st.sampled_from(_DRIFTS),
+)
+@example(  # found by it: containerd_config_extra overrides a knob's value with the file's own
+    fixture=SCHEMA_FIXTURES[0],
+    earlier=Knobs(extra={"oom_score": 5}),
+    later=Knobs(oom_score=0, extra={"oom_score": 5}),
+    rerun=False,
+    disable_cri=False,
+    drift=_DRIFTS[0],
+)
+@settings(max_examples=60, deadline=None)
+def test_a_document_is_left_unparsed_exactly_when_editing_would_change_nothing(
+    fixture, earlier, later, rerun, disable_cri, drift
+):
+    name, version, schema = fixture
+    now = earlier if rerun else later
+    text = render((FIXTURES / name).read_text(), Version(version), earlier)  # as an earlier run left it
+    text = re.sub(drift[0], drift[1], text, count=1)  # then edited by hand, or by another tool
+    if disable_cri:  # as Docker's containerd.io package ships it
+        text = re.sub(r"(?m)^disabled_plugins = \[\]\n", "", text)
+        text = text.replace("version = ", 'disabled_plugins = ["cri"]\nversion = ', 1)
+    edits = config_toml._edits(schema, now)
+    as_wanted = config_toml._as_wanted(config_toml._plain(text), edits)
+    assert as_wanted == (config_toml._edited(text, edits) == text)
+    if earlier == now and not disable_cri and drift == _DRIFTS[0]:
+        assert as_wanted
+    if as_wanted:
+        assert render(text, Version(version), now) is text
+
+
+def test_a_document_already_as_wanted_is_not_parsed_with_tomlkit(monkeypatch):
+    import tomlkit
+
+    knobs = Knobs(
+        sandbox_image="localhost/pause:test", runtimes=(Runtime("crun", binary_name="/usr/bin/crun"),)
+    )
+    once = render((FIXTURES / "operator-2.1.toml").read_text(), Version("2.1.9"), knobs)
+    monkeypatch.setattr(tomlkit, "parse", lambda text: pytest.fail("parsed a document already as wanted"))
+    assert render(once, Version("2.1.9"), knobs) == once
+    drifted = once.replace("SystemdCgroup = true", "SystemdCgroup = false")
+    assert drifted != once
+    with pytest.raises(pytest.fail.Exception, match="parsed a document already as wanted"):
+        render(drifted, Version("2.1.9"), knobs)

@@ -11,13 +11,20 @@ import uuid
 import pytest
 
 from containerd_deploy.data.config_toml import PATHS, value_at
+from containerd_deploy.facts.node import parse_apparmor, process_start, split_sections
 from containerd_deploy.plan.verdict import (
+    apparmor_label_problem,
     kubelet_driver_problem,
     missing_binary_problem,
     release_version,
     runtime_binaries,
 )
-from containerd_deploy.remote.node_state import missing_binaries_lines
+from containerd_deploy.remote.node_state import (
+    apparmor_lines,
+    daemon_process_lines,
+    missing_binaries_lines,
+    service_lines,
+)
 from containerd_deploy.remote.paths import KUBELET_CONFIG, RUNC_STATE_ROOT
 
 from . import oci
@@ -120,6 +127,35 @@ def test_container_process_is_in_a_systemd_scope_under_the_pod_slice(host, pod):
     assert "ActiveState=active" in state and f"Slice={pod.slice}" in state, (
         f"systemd does not show {scope} active in {pod.slice}: {state.strip()!r}"
     )
+
+
+def test_container_runs_under_containerds_apparmor_profile(host, layout, daemon_config, pod):
+    """What a kubelet gets when it asks for no AppArmor profile: containerd's default one, wherever
+    the node's kernel has AppArmor on (and the CRI config does not turn it off). Assumes a
+    runc-type default handler, as the scope check does (a VM sandbox such as kata has its own)."""
+    script = "\n".join(
+        [
+            *service_lines(shlex.quote(layout.unit), "-p MainPID"),
+            *daemon_process_lines(f"{layout.bin_dir}/containerd"),
+            *apparmor_lines(),
+        ]
+    )
+    sections = dict(split_sections(host.run(script).stdout.splitlines()))
+    apparmor = parse_apparmor(sections.get("apparmor", []))
+    if not apparmor.enabled:
+        pytest.skip("AppArmor is not on here (its switch is not Y, or its securityfs is not mounted)")
+    if apparmor.daemon_container:
+        pytest.skip(
+            f"containerd runs in a container (container={apparmor.daemon_container}), where it uses no AppArmor"
+        )
+    if daemon_config[1].get("disableApparmor"):
+        pytest.skip("the CRI config turns AppArmor off (disable_apparmor = true)")
+    pid = pod.pid()
+    label = host.run(
+        f"cat /proc/{pid}/attr/apparmor/current 2>/dev/null || cat /proc/{pid}/attr/current"
+    ).stdout.strip()
+    problem = apparmor_label_problem(label, apparmor, process_start(sections.get("started", [])), layout.unit)
+    assert problem is None, f"the pod's container (process {pid}) {problem}"
 
 
 def ran_through(host, layout, pod, handler: str, runtime: dict) -> None:

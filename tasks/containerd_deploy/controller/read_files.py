@@ -15,6 +15,7 @@ credential (that file is read every run); a text whose sha256 is not the one rec
 directory another local user could write, is not used (the node is asked in full).
 """
 
+import functools
 import hashlib
 import json
 import os
@@ -49,7 +50,13 @@ def sha256_of_text(text: str) -> str:
 
 def keepable(entry: ReadFile) -> bool:
     """Whether `entry` may be kept on the controller's disk: no credential in its text."""
-    return entry.text is None or redact_secrets(entry.text) == entry.text
+    return entry.text is None or not _holds_a_credential(entry.text)
+
+
+@functools.lru_cache(maxsize=64)
+def _holds_a_credential(text: str) -> bool:
+    """(Asked twice a run per host, of texts a fleet mostly shares: decided once per text.)"""
+    return redact_secrets(text) != text
 
 
 def _usable(entry: ReadFile) -> bool:

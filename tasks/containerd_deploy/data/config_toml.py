@@ -154,12 +154,18 @@ def _indent_like_siblings(table, key: str) -> None:
             return
 
 
+def _already(table, key: str, value) -> bool:
+    """`table` (tomlkit's or a plain dict) holds `value` at `key`, of the same type: the one rule
+    for "leave it as it is", shared by the edit and by the check that skips editing."""
+    current = _unwrap(table.get(key))
+    return key in table and type(current) is type(value) and current == value
+
+
 def _set(document, path: tuple[str, ...], value) -> None:
     """Set the value at `path` (creating tables), leaving it untouched when it already is that."""
     table = _table_at(document, path[:-1])
     key = path[-1]
-    current = _unwrap(table.get(key))
-    if key in table and type(current) is type(value) and current == value:
+    if _already(table, key, value):
         return
     inserting = key not in table
     table[key] = value
@@ -167,39 +173,46 @@ def _set(document, path: tuple[str, ...], value) -> None:
         _indent_like_siblings(table, key)
 
 
-def _merge(document, prefix: tuple[str, ...], extra: Mapping) -> None:
-    """Deep-merge: tables merge key by key; any other value replaces what is there."""
+def _holds(plain: Mapping, path: tuple[str, ...], value) -> bool:
+    """The plain document already has `value` at `path` (as `_set` would leave it)."""
+    node: object = plain
+    for key in path[:-1]:
+        node = node.get(key) if isinstance(node, Mapping) else None
+    return isinstance(node, Mapping) and _already(node, path[-1], value)
+
+
+def _leaves(prefix: tuple[str, ...], extra: Mapping) -> list[tuple[tuple[str, ...], object]]:
+    """A deep merge as the values it sets: tables merge key by key; any other value replaces
+    what is there."""
+    leaves: list[tuple[tuple[str, ...], object]] = []
     for key, value in extra.items():
         if isinstance(value, Mapping):
-            _merge(document, prefix + (key,), value)
+            leaves += _leaves(prefix + (key,), value)
         else:
-            _set(document, prefix + (key,), value)
+            leaves.append((prefix + (key,), value))
+    return leaves
 
 
-def _registry_config_path(document, schema: int, config_path: str) -> None:
+def _refuse_registry_mirrors(plain: Mapping, schema: int) -> None:
     registry = PATHS["registry"][schema]
-    node = document
+    node: object = plain
     for key in registry:
-        node = node[key] if isinstance(node, (Table, tomlkit.TOMLDocument)) and key in node else None
-    mirrors = node["mirrors"] if isinstance(node, Table) and "mirrors" in node else None
-    if mirrors:
+        node = node.get(key) if isinstance(node, Mapping) else None
+    if isinstance(node, Mapping) and node.get("mirrors"):
         raise ConfigError(
             f"has registry mirrors in [{'.'.join(registry)}.mirrors]; containerd's CRI plugin does not "
             "load when they and config_path are both set. Move them to hosts.toml files (data key "
             "containerd_registries) and delete that table, or set containerd_registry_config_path to ''"
         )
-    _set(document, registry + ("config_path",), config_path)
 
 
-def _enable_cri(document) -> None:
-    """Take the CRI plugins out of `disabled_plugins` (Docker's containerd.io package ships
-    `disabled_plugins = ["cri"]`): this deploy makes a kubelet's runtime."""
+def _cri_disabled_at(document: Mapping) -> list[int]:
+    """Where `disabled_plugins` names a CRI plugin (Docker's containerd.io package ships
+    `disabled_plugins = ["cri"]`); this deploy makes a kubelet's runtime, so they go."""
     disabled = document.get("disabled_plugins")
     if not isinstance(disabled, list):
-        return
-    for index in reversed(range(len(disabled))):
-        if str(disabled[index]) in CRI_PLUGIN_IDS:
-            del disabled[index]
+        return []
+    return [index for index, plugin in enumerate(disabled) if str(plugin) in CRI_PLUGIN_IDS]
 
 
 # What the deploy sets in config.toml and containerd_config_extra may not (path -> why); keys
@@ -265,42 +278,71 @@ def _holds_none(value) -> bool:
     return value is None
 
 
-def render(text: str, containerd_version: Version, knobs: Knobs) -> str:
-    """`text` with every knob applied, in the schema the document declares."""
-    document = parse(text)
-    schema = schema_version(document, containerd_version)
-    _enable_cri(document)
-    _set(document, RUNC_OPTIONS_PATH[schema] + ("SystemdCgroup",), knobs.systemd_cgroup)
+def _edits(schema: int, knobs: Knobs) -> list[tuple[tuple[str, ...], object]]:
+    """Every value the knobs set, as (path in `schema`, value), in the order they are set."""
+    edits: list[tuple[tuple[str, ...], object]] = [
+        (RUNC_OPTIONS_PATH[schema] + ("SystemdCgroup",), knobs.systemd_cgroup)
+    ]
     if knobs.sandbox_image is not None:
-        _set(document, PATHS["sandbox_image"][schema], knobs.sandbox_image)
+        edits.append((PATHS["sandbox_image"][schema], knobs.sandbox_image))
     if knobs.registry_config_path:
-        _registry_config_path(document, schema, knobs.registry_config_path)
+        edits.append((PATHS["registry"][schema] + ("config_path",), knobs.registry_config_path))
     if knobs.snapshotter is not None:
-        _set(document, PATHS["snapshotter"][schema], knobs.snapshotter)
+        edits.append((PATHS["snapshotter"][schema], knobs.snapshotter))
     if knobs.max_container_log_line_size is not None:
-        _set(document, PATHS["max_container_log_line_size"][schema], knobs.max_container_log_line_size)
+        edits.append((PATHS["max_container_log_line_size"][schema], knobs.max_container_log_line_size))
     if knobs.oom_score is not None:
-        _set(document, ("oom_score",), knobs.oom_score)
+        edits.append((("oom_score",), knobs.oom_score))
     if knobs.restrict_oom_score_adj is not None:
-        _set(document, PATHS["restrict_oom_score_adj"][schema], knobs.restrict_oom_score_adj)
+        edits.append((PATHS["restrict_oom_score_adj"][schema], knobs.restrict_oom_score_adj))
     for runtime in knobs.runtimes:
         base = PATHS["runtimes"][schema] + (runtime.name,)
-        _set(document, base + ("runtime_type",), runtime.runtime_type)
+        edits.append((base + ("runtime_type",), runtime.runtime_type))
         options = dict(runtime.options)
         if runtime.binary_name:
             options["BinaryName"] = runtime.binary_name
         if runtime.runtime_type == "io.containerd.runc.v2":
             # A runc-compatible handler must use the same cgroup driver as runc itself.
             options.setdefault("SystemdCgroup", knobs.systemd_cgroup)
-        _merge(document, base + ("options",), options)
+        edits += _leaves(base + ("options",), options)
     if knobs.default_runtime is not None:
-        _set(document, PATHS["default_runtime_name"][schema], knobs.default_runtime)
+        edits.append((PATHS["default_runtime_name"][schema], knobs.default_runtime))
     if knobs.enable_cdi is not None:
-        _set(document, PATHS["enable_cdi"][schema], knobs.enable_cdi)
+        edits.append((PATHS["enable_cdi"][schema], knobs.enable_cdi))
     if knobs.cdi_spec_dirs is not None:
-        _set(document, PATHS["cdi_spec_dirs"][schema], list(knobs.cdi_spec_dirs))
-    _merge(document, (), knobs.extra)
-    text = tomlkit.dumps(document)
+        edits.append((PATHS["cdi_spec_dirs"][schema], list(knobs.cdi_spec_dirs)))
+    return edits + _leaves((), knobs.extra)
+
+
+def _as_wanted(plain: Mapping, edits: list[tuple[tuple[str, ...], object]]) -> bool:
+    """Editing would change nothing: no CRI plugin disabled, the value each path ends with (the
+    last edit of it: containerd_config_extra may override a knob) already there."""
+    final = dict(edits)
+    return not _cri_disabled_at(plain) and all(_holds(plain, path, value) for path, value in final.items())
+
+
+def _edited(text: str, edits: list[tuple[tuple[str, ...], object]]) -> str:
+    """`text` with the CRI plugins enabled and `edits` set, through tomlkit."""
+    document = parse(text)
+    for index in reversed(_cri_disabled_at(document)):
+        del document["disabled_plugins"][index]
+    for path, value in edits:
+        _set(document, path, value)
+    return tomlkit.dumps(document)
+
+
+def render(text: str, containerd_version: Version, knobs: Knobs) -> str:
+    """`text` with every knob applied, in the schema the document declares."""
+    plain = _plain(text)
+    schema = schema_version(plain, containerd_version)
+    if knobs.registry_config_path:
+        _refuse_registry_mirrors(plain, schema)
+    edits = _edits(schema, knobs)
+    if _as_wanted(plain, edits):
+        # A rerun's case, returned without tomlkit's parse: that parse was most of what a
+        # converged node's rerun cost the controller beyond pyinfra's own work.
+        return text
+    text = _edited(text, edits)
     _plain(text)  # what the deploy's readers (and containerd) read back: refused here if they cannot
     return text
 

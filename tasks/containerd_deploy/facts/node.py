@@ -165,6 +165,27 @@ def _sha256sums(lines: list[str]) -> dict[str, str]:
     return digests
 
 
+@dataclass(frozen=True)
+class AppArmor:
+    """What containerd reads to decide, once per process (at the first container it creates),
+    whether it confines a kubelet's containers with AppArmor (remote/node_state.py's
+    `apparmor_lines`)."""
+
+    enabled: bool = False  # the kernel's AppArmor is on (its switch is Y, its securityfs is there)
+    parser_changed: float | None = None  # when apparmor_parser was installed (ctime; None: absent)
+    daemon_container: str = ""  # the daemon's `container` variable: under one, containerd uses none
+
+
+def parse_apparmor(body: list[str]) -> AppArmor:
+    values = dict(line.strip().partition(" ")[::2] for line in body if line.strip())
+    changed = values.get("parser")
+    return AppArmor(
+        enabled=values.get("enabled") == "Y",
+        parser_changed=float(changed) if changed is not None and changed.isdigit() else None,
+        daemon_container=values.get("container", ""),
+    )
+
+
 def split_sections(lines: list[str]) -> list[tuple[str, list[str]]]:
     sections: list[tuple[str, list[str]]] = []
     for line in lines:

@@ -4,6 +4,7 @@ worded once for the deploy's preflight, its verify step and the conformance suit
 
 import hashlib
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,8 +13,11 @@ from containerd_deploy.controller.verified import VerifiedDaemon
 from containerd_deploy.data.config_toml import PATHS, ConfigError, read_schema, runc_systemd_cgroup, value_at
 from containerd_deploy.data.settings import Settings
 from containerd_deploy.facts.daemon import DaemonState
-from containerd_deploy.facts.node import newer_than_daemon
-from containerd_deploy.remote.paths import KUBELET_CONFIG, SERVICE_PATH
+from containerd_deploy.facts.node import AppArmor, newer_than_daemon
+from containerd_deploy.remote.paths import APPARMOR_PARSER, KUBELET_CONFIG, SERVICE_PATH
+
+# The profile containerd's CRI gives a container that asks for none (a kubelet's default).
+APPARMOR_PROFILE = "cri-containerd.apparmor.d"
 
 # The CRI plugins a kubelet needs, as `ctr plugins ls` names them (type, id); 2.x split the
 # runtime and images parts out of the grpc one.
@@ -160,6 +164,38 @@ def release_version(text: str | None) -> str | None:
     """'containerd github.com/containerd/containerd v1.7.11 64b8a81' -> '1.7.11' (Debian's '1.6.20~ds1' too)."""
     match = re.search(r"\bv?(\d+\.\d+\.\d+)", text) if text else None
     return match.group(1) if match else None
+
+
+def apparmor_label_problem(
+    label: str, apparmor: AppArmor, daemon_started: float | None, unit: str
+) -> str | None:
+    """What is wrong with the AppArmor `label` a pod's container (asking for no profile) runs
+    under, on a kernel with AppArmor on, containerd outside any container (None: containerd's
+    default profile, enforcing). containerd asks once per process, at its first container,
+    whether AppArmor is there, and `/sbin/apparmor_parser` is part of the answer."""
+    wanted = f"{APPARMOR_PROFILE} (enforce)"
+    if label == wanted:
+        return None
+    seen = f"runs under the AppArmor label {label!r}, not {wanted}"
+    restart = f"systemctl restart {unit}"
+    if label == f"{APPARMOR_PROFILE} (complain)":
+        return f"{seen}: the profile only logs (complain mode); enforce it (aa-enforce {APPARMOR_PROFILE})"
+    if label != "unconfined":
+        return f"{seen}: something other than containerd's default set it"
+    if apparmor.parser_changed is None:
+        return (
+            f"{seen}: the kernel has AppArmor on but {APPARMOR_PARSER} is not installed, so containerd runs every "
+            f"container unconfined: install AppArmor's userspace (Debian's apparmor package), then restart "
+            f"containerd ({restart})"
+        )
+    if newer_than_daemon(daemon_started, {APPARMOR_PARSER: apparmor.parser_changed}, (APPARMOR_PARSER,)):
+        installed = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(apparmor.parser_changed))
+        return (
+            f"{seen}: {APPARMOR_PARSER} (AppArmor's userspace) was installed after containerd started ({installed}); "
+            f"if containerd created a container before that, it decided then that AppArmor was not there and runs "
+            f"every container unconfined until it restarts: restart it ({restart})"
+        )
+    return f"{seen}; see journalctl -u {unit}"
 
 
 def kubelet_cgroup_driver(config_yaml: str) -> str:

@@ -10,6 +10,9 @@ from containerd_deploy.remote.lock import lock_state_lines
 from containerd_deploy.remote.manifest import SUFFIX as MANIFEST_SUFFIX
 from containerd_deploy.remote.manifest import manifest_entry_lines, manifest_path
 from containerd_deploy.remote.paths import (
+    APPARMOR_ENABLED,
+    APPARMOR_PARSER,
+    APPARMOR_SECURITYFS,
     DISTRO_BINARIES,
     HIDDEN_DIR_PREFIX,
     KEPT_DIR_NAME,
@@ -71,6 +74,24 @@ def mtimes_lines(loaded_files: tuple) -> list[str]:
         "set --",
         *[f'[ ! -e {q(path)} ] || set -- "$@" {q(path)}' for path in loaded_files],
         f"[ $# -eq 0 ] || {STAT} -c '%Y %n' \"$@\"",
+    ]
+
+
+def apparmor_lines() -> list[str]:
+    """Shell lines printing the `apparmor` section: the kernel's switch (`enabled Y`) when its
+    securityfs directory is there, the parser's ctime (`parser <epoch>`: when it was installed),
+    and the daemon's (`$pid`'s, from `service_lines`) `container` environment variable."""
+    q = shlex.quote
+    return [
+        f'echo "{SECTION}apparmor"',
+        f"if [ -d {q(APPARMOR_SECURITYFS)} ] && [ -r {q(APPARMOR_ENABLED)} ]; then",
+        f'  read -r enabled < {q(APPARMOR_ENABLED)} && echo "enabled $enabled"',
+        f"  {STAT} -c 'parser %Z' {q(APPARMOR_PARSER)} 2>/dev/null",
+        '  if [ "${pid:-0}" -gt 0 ] 2>/dev/null && [ -r "/proc/$pid/environ" ]; then',
+        # Split at the NULs (a value may hold a newline that reads as another variable).
+        "    sed -zn 's/^container=/container /p' \"/proc/$pid/environ\" | tr '\\0' '\\n'",
+        "  fi",
+        "fi",
     ]
 
 

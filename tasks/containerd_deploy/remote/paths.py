@@ -7,6 +7,11 @@ path, the state it keeps, the files it reads of others, and the PATH its command
 # upgrades restart under the same unit name.
 DISTRO_BINARIES = ("/usr/bin/containerd", "/usr/sbin/containerd")
 KUBELET_CONFIG = "/var/lib/kubelet/config.yaml"
+# What containerd reads to decide, once per process, whether it confines a kubelet's containers
+# with AppArmor: the kernel's switch, its securityfs directory, and its userspace's parser.
+APPARMOR_ENABLED = "/sys/module/apparmor/parameters/enabled"
+APPARMOR_SECURITYFS = "/sys/kernel/security/apparmor"
+APPARMOR_PARSER = "/sbin/apparmor_parser"
 CRICTL_CONFIG = "/etc/crictl.yaml"  # written only when crictl is installed, removed only when ours
 # The run lock's flock, and its .generation/.owner/.session, in a directory only root can enter:
 # no other user opens the lock (a read handle is all flock needs) or writes what it records.
