@@ -173,12 +173,17 @@ def _set(document, path: tuple[str, ...], value) -> None:
         _indent_like_siblings(table, key)
 
 
+def _plain_at(node: object, path: tuple[str, ...]):
+    """What a plain document holds at `path` (None: nothing there)."""
+    for key in path:
+        node = node.get(key) if isinstance(node, Mapping) else None
+    return node
+
+
 def _holds(plain: Mapping, path: tuple[str, ...], value) -> bool:
     """The plain document already has `value` at `path` (as `_set` would leave it)."""
-    node: object = plain
-    for key in path[:-1]:
-        node = node.get(key) if isinstance(node, Mapping) else None
-    return isinstance(node, Mapping) and _already(node, path[-1], value)
+    table = _plain_at(plain, path[:-1])
+    return isinstance(table, Mapping) and _already(table, path[-1], value)
 
 
 def _leaves(prefix: tuple[str, ...], extra: Mapping) -> list[tuple[tuple[str, ...], object]]:
@@ -195,10 +200,8 @@ def _leaves(prefix: tuple[str, ...], extra: Mapping) -> list[tuple[tuple[str, ..
 
 def _refuse_registry_mirrors(plain: Mapping, schema: int) -> None:
     registry = PATHS["registry"][schema]
-    node: object = plain
-    for key in registry:
-        node = node.get(key) if isinstance(node, Mapping) else None
-    if isinstance(node, Mapping) and node.get("mirrors"):
+    table = _plain_at(plain, registry)
+    if isinstance(table, Mapping) and table.get("mirrors"):
         raise ConfigError(
             f"has registry mirrors in [{'.'.join(registry)}.mirrors]; containerd's CRI plugin does not "
             "load when they and config_path are both set. Move them to hosts.toml files (data key "
@@ -365,12 +368,7 @@ def read_schema(text: str, containerd_version: Version) -> int:
 
 def value_at(text: str, path: tuple[str, ...]):
     """The plain value at `path` in a config document (a copy: the parse is shared), or None."""
-    node = _plain(text)
-    for key in path:
-        if not isinstance(node, dict) or key not in node:
-            return None
-        node = node[key]
-    return copy.deepcopy(node)
+    return copy.deepcopy(_plain_at(_plain(text), path))
 
 
 def runc_systemd_cgroup(text: str) -> bool | None:
