@@ -322,6 +322,7 @@ def run(max_nodes: int, rounds: int) -> Report:
             {
                 **data,
                 "artifact_source": "controller",
+                "containerd_images_sandbox": False,  # the harness's sandbox image is on no registry
                 "artifact_cache_dir": cache,
                 "artifact_mirror": f"http://127.0.0.1:{counting.port}",
             },

@@ -3,6 +3,7 @@
 import contextlib
 import fcntl
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -40,10 +41,11 @@ CONFORMANCE = [sys.executable, "-m", "containerd_deploy.conformance", "-q", "-rf
 
 
 def pyinfra(
-    node: str, *extra: str, data: dict | None = None, yes: bool = True
+    node: str, *extra: str, data: dict | None = None, yes: bool = True, env: dict | None = None
 ) -> tuple[subprocess.CompletedProcess, dict]:
     """Run the deploy against one local node, as an operator would; returns (process, JSON results).
-    `yes=False`: without -y (and --json), so pyinfra detects changes first, as for --dry --diff."""
+    `yes=False`: without -y (and --json), so pyinfra detects changes first, as for --dry --diff.
+    `env`: added to the controller's environment."""
     command = [
         *DEPLOY,
         *(["-y", "--json"] if yes else []),
@@ -53,7 +55,9 @@ def pyinfra(
     ]
     for key, value in (data or {}).items():
         command += ["--data", f"{key}={value if isinstance(value, str) else json.dumps(value)}"]
-    process = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+    process = subprocess.run(
+        command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900, env={**os.environ, **(env or {})}
+    )
     try:
         results = json.loads(process.stdout)
     except json.JSONDecodeError:

@@ -64,6 +64,8 @@ def test_a_mixed_fleet_deploys_in_one_run_each_node_with_its_own_arch(fleet, tmp
         f"artifact_cache_dir={cache}",
         "--data",
         f"artifact_mirror={loopback}",
+        "--data",
+        "containerd_images_sandbox=false",  # the harness's sandbox image is on no registry
     )
     for member in fleet:
         arch = ARCHES[member.name]

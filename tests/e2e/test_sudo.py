@@ -108,6 +108,7 @@ def test_a_sudo_login_deploys_every_feature_with_secrets_never_readable(node, tm
             data={
                 **DATA,
                 "artifact_source": "controller",
+                "containerd_images_sandbox": False,  # the harness's sandbox image is on no registry
                 "artifact_cache_dir": str(tmp_path / "cache"),
                 "artifact_mirror": mirror_from_controller(node.data()["artifact_mirror"], node.vm),
             },

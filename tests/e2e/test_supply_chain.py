@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from tests.harness import __main__ as harness
-from tests.harness import mirror
+from tests.harness import mirror, registry
 
 from .helpers import (
     OwnNode,
@@ -118,26 +118,32 @@ def test_controller_cache_deploys_a_node_that_cannot_reach_the_mirror(fresh, tmp
     assert "expected sha256 " + "b" * 64 in output
     assert not any(path.name.endswith("runc.amd64") for path in cache.glob("*")), "a bad file was cached"
 
-    process, results = pyinfra(
-        fresh.name,
-        data={
-            "artifact_mirror": unreachable,
-            "artifact_source": "controller",
-            "artifact_cache_dir": str(cache),
-        },
-    )
+    # The sandbox image comes from the controller too (from the harness's registry, which the
+    # controller reaches through its own registries.conf): the verify step's container runs.
+    info = registry.ensure()
+    env = {"CONTAINERS_REGISTRIES_CONF": str(registry.controller_registries_conf(info))}
+    data = {
+        "artifact_mirror": unreachable,
+        "artifact_source": "controller",
+        "artifact_cache_dir": str(cache),
+        "containerd_sandbox_image": registry.PAUSE_REFERENCE,
+    }
+    process, results = pyinfra(fresh.name, data=data, env=env)
     assert process.returncode == 0, process.stderr[-4000:]
+    [line] = [line for line in process.stderr.splitlines() if line.strip().startswith(f"{fresh.name} ")]
+    assert f"a container ran from {registry.PAUSE_REFERENCE}" in line, process.stderr[-3000:]
     changed = changed_ops(results, fresh.name)
     assert any("Install containerd" in name for name in changed) and any(
         "Install runc" in name for name in changed
     )
-    data = fresh.data()
-    assert sorted(path.name for path in cache.iterdir()) == sorted(
+    node_data = fresh.data()
+    assert sorted(path.name for path in cache.iterdir() if path.is_file()) == sorted(
         [
-            f"{data['containerd_sha256']}-containerd-{data['containerd_version']}-linux-amd64.tar.gz",
-            f"{data['runc_sha256']}-runc.amd64",
+            f"{node_data['containerd_sha256']}-containerd-{node_data['containerd_version']}-linux-amd64.tar.gz",
+            f"{node_data['runc_sha256']}-runc.amd64",
         ]
     ), "one verified copy of each file, named by its sha256"
+    assert len(list((cache / "images").glob("*.tar"))) == 1, "the sandbox image, once"
     assert "containerd-deploy" not in fresh.vm.ssh("ls -A /var/cache").stdout.split(), (
         "uploads are consumed and the staging directory removed"
     )
@@ -155,14 +161,7 @@ def test_controller_cache_deploys_a_node_that_cannot_reach_the_mirror(fresh, tmp
 
     # Converged: a rerun in cache mode uploads nothing and changes nothing.
     before = node_snapshot(fresh)
-    process, results = pyinfra(
-        fresh.name,
-        data={
-            "artifact_mirror": unreachable,
-            "artifact_source": "controller",
-            "artifact_cache_dir": str(cache),
-        },
-    )
+    process, results = pyinfra(fresh.name, data=data, env=env)
     assert process.returncode == 0 and changed_ops(results, fresh.name) == [], process.stderr[-3000:]
     assert node_snapshot(fresh) == before
 

@@ -421,3 +421,41 @@ def install_ca(node_vm) -> None:
     """Put the throw-away CA where node_registries() says it is."""
     ca = tls_files()["ca.crt"].read_text()
     node_vm.ssh(f"cat > {NODE_CA_PATH} <<'CONTAINERD_DEPLOY_EOF'\n{ca}CONTAINERD_DEPLOY_EOF")
+
+
+def controller_registries_conf(
+    info: dict, mirror_of: tuple[str, ...] = ("docker.io", "registry.k8s.io")
+) -> Path:
+    """A registries.conf (containers-registries.conf(5)) for skopeo on this machine, the
+    controller, making the plain instance the place of each registry in `mirror_of`: what an
+    operator's controller has in /etc/containers/registries.conf, given to the deploy by
+    $CONTAINERS_REGISTRIES_CONF."""
+    location = f"127.0.0.1:{info['plain']['port']}"
+    path = run_root() / f"registries-{info['plain']['port']}.conf"
+    path.write_text(
+        "".join(
+            f'[[registry]]\nprefix = "{name}"\nlocation = "{location}"\ninsecure = true\n\n'
+            for name in mirror_of
+        )
+    )
+    return path
+
+
+def manifest_digest(reference: str, conf: Path) -> str:
+    """The digest of `reference`'s manifest in the registry `conf` routes it to."""
+    result = subprocess.run(
+        [
+            "skopeo",
+            "--registries-conf",
+            str(conf),
+            "inspect",
+            "--no-tags",
+            "--format",
+            "{{.Digest}}",
+            f"docker://{reference}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return result.stdout.strip()

@@ -424,6 +424,7 @@ def test_the_node_is_asked_about_the_paths_the_data_names(monkeypatch):
     assert asked == {
         "bin_dir": "/opt/containerd/bin",
         "config_path": "/etc/ctd/config.toml",
+        "images": False,
         "unit_path": "/etc/systemd/system/ctd.service",
         "state_dir": "/var/lib/ctd-deploy",
         "files": (

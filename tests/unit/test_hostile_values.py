@@ -606,6 +606,7 @@ def test_every_data_key_is_covered_by_a_property_or_a_choice():
         "containerd_cdi_spec_dirs",
         "containerd_restart_hook_before",  # test_restart_guard.py
         "containerd_restart_hook_after",
+        "containerd_images",  # test_images.py
     }
     # Choices, booleans, numbers, checksums and structures with tests of their own.
     others = {
@@ -637,6 +638,7 @@ def test_every_data_key_is_covered_by_a_property_or_a_choice():
         "containerd_rollback",
         "containerd_restart_hook_timeout",
         "containerd_report",  # a file on the controller: test_report.py
+        "containerd_images_sandbox",
     }
     assert covered | others == set(DEFAULTS)
 

@@ -187,6 +187,35 @@ CASES = [
         ],
     ),
 ]
+PINNED = "docker.io/library/nginx:1.27@sha256:" + "a" * 64
+
+
+def imported(*shown: str) -> str:
+    return f"import {', '.join(shown)} into the k8s.io namespace, from the controller (checked by digest)"
+
+
+CASES += [
+    (
+        "an image the node lacks",
+        {"containerd_images": [PINNED]},
+        lambda node: node,
+        [imported(PINNED), VERIFY_RUN],
+    ),
+    (
+        "a fresh node with images and the sandbox image from the controller",
+        {"containerd_images": [PINNED], "artifact_source": "controller"},
+        None,
+        [
+            f"install containerd {VERSION}, runc {RUNC} (fetched by the controller, sha256 verified)",
+            f"write {CONFIG}, {UNIT} (config.toml from the new containerd's defaults)",
+            "reload systemd units",
+            f"start containerd (containerd {VERSION} installed; runc {RUNC} installed; {UNIT} changed)",
+            imported(PINNED, "the sandbox image the new config names, if the node lacks it"),
+            "enable containerd",
+            VERIFY_NEW,
+        ],
+    ),
+]
 DISTRO = [DistroPackage("dpkg", "containerd", "1.6.20~ds1-1", "/usr/bin/containerd")]
 
 
@@ -232,7 +261,9 @@ def test_the_dry_run_and_the_real_run_read_the_same_plan(monkeypatch, case, data
         if any(name.startswith(f"Install {shown} ") for name in changed)
     }
     assert installed == set(plan.install)
-    assert ("Fetch and verify release files" in changed) == bool(plan.install or node.staging_leftovers)
+    assert any(name.startswith("Fetch and verify release files") for name in changed) == bool(
+        plan.install or node.staging_leftovers
+    )
     assert ("Remove what runs cut short left beside the deploy's files" in changed) == bool(
         node.hidden_leftovers
     )
@@ -247,6 +278,9 @@ def test_the_dry_run_and_the_real_run_read_the_same_plan(monkeypatch, case, data
     assert ("Take the node's run lock" in changed) == plan.changes
     assert any(name.startswith("Keep the running release") for name in changed) == plan.keep
     assert any(name.startswith("Drop the kept release") for name in changed) == plan.drop_kept
+    assert ("Fetch images on the controller, checked by digest" in changed) == bool(plan.images)
+    # (an import the sandbox image a new config names decides only when it runs)
+    assert ("Import images from the controller (containerd_images)" in changed) == bool(plan.images)
     hooks = [name for name in changed if name.startswith("Run containerd_restart_hook_")]
     assert len(hooks) == (2 if plan.restarts_running and "containerd_restart_hook_before" in data else 0)
 
@@ -403,6 +437,7 @@ def test_the_plan_names_who_fetches_the_hooks_only_around_a_restart_and_no_verif
     assert plan_of(controller, upgraded(converged(settings_for()))).lines() == [
         f"install containerd 1.7.0 → {VERSION} (fetched by the controller, sha256 verified)",
         f"restart the running containerd (containerd {VERSION} installed)",
+        imported("registry.k8s.io/pause:3.10"),  # the sandbox image comes with the release files
         VERIFY_RUN,
     ]
     # the hooks run only when a running containerd restarts: not on a first start, nor a no-op
@@ -427,3 +462,16 @@ def test_the_plan_names_who_fetches_the_hooks_only_around_a_restart_and_no_verif
     ).lines()[-1] == (
         "verify containerd, then run a container from registry.k8s.io/pause:3.10 (if the node has it)"
     )
+
+
+def test_images_the_node_has_under_every_name_are_no_change_and_the_sandbox_image_comes_with_the_controller():
+    data = {"containerd_images": [PINNED], "artifact_source": "controller"}
+    node = converged(settings_for(data))
+    plan = plan_of(data, node)
+    assert [str(image) for image in plan.images] == [PINNED, "registry.k8s.io/pause:3.10"]
+    assert plan.changes and not plan.images_sandbox_later
+    names = frozenset({f"docker.io/library/nginx@sha256:{'a' * 64}", "docker.io/library/nginx:1.27"})
+    plan = plan_of(data, drifted(node, images=names | {"registry.k8s.io/pause:3.10"}))
+    assert plan.images == () and not plan.changes and plan.lines() == ["no change", VERIFY_ONLY]
+    plan = plan_of({**data, "containerd_images_sandbox": False}, drifted(node, images=names))
+    assert plan.images == () and not plan.changes

@@ -61,6 +61,14 @@ def pytest_addoption(parser):
         "and report time and bytes (repeatable; off by default)",
     )
     group.addoption(
+        "--pull-policy",
+        choices=("Always", "IfNotPresent"),
+        default="Always",
+        help="with --pull-image: a kubelet's imagePullPolicy: Always pulls through the registries; "
+        "IfNotPresent uses an image the node has (e.g. one the deploy brought from the controller to "
+        "a node with no route to a registry) and pulls only a missing one (default: %(default)s)",
+    )
+    group.addoption(
         "--serve-port",
         type=int,
         default=None,

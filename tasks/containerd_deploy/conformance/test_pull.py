@@ -7,7 +7,9 @@ Each reference is pulled through the CRI, so containerd routes it by the node's 
 exactly as it would for a kubelet; the time and bytes are reported at the end. With
 --serve-port, the image then runs in a host-network pod (whose sandbox image containerd pulls
 through its own registry's route) and must answer HTTP on that port. A failure says which
-route was expected, what containerd reported and the likely fix.
+route was expected, what containerd reported and the likely fix. With --pull-policy=IfNotPresent
+an image the node has is used as it is, as a kubelet's IfNotPresent does (a node with no route to
+a registry, whose images the deploy brought from the controller).
 """
 
 import shlex
@@ -82,20 +84,27 @@ def test_image_pulls_through_the_configured_registries(
     expected = route_on_node(host, registry_config_path, pull_reference)
     started = time.monotonic()
     failure = None
-    try:
-        cri.images.PullImage(
-            api.PullImageRequest(image=api.ImageSpec(image=pull_reference)), timeout=PULL_TIMEOUT
-        )
-    except grpc.RpcError as error:
-        failure = explain_failure(pull_reference, expected, error.details() or str(error))
+    spec = api.ImageStatusRequest(image=api.ImageSpec(image=pull_reference))
+    present = request.config.getoption("pull_policy") == "IfNotPresent" and cri.call(
+        cri.images, "ImageStatus", spec
+    ).HasField("image")
+    if not present:
+        try:
+            cri.images.PullImage(
+                api.PullImageRequest(image=api.ImageSpec(image=pull_reference)), timeout=PULL_TIMEOUT
+            )
+        except grpc.RpcError as error:
+            failure = explain_failure(pull_reference, expected, error.details() or str(error))
     if failure:  # failed outside the except block: the message, not a gRPC traceback
         pytest.fail(failure, pytrace=False)
     elapsed = time.monotonic() - started
-    status = cri.call(
-        cri.images, "ImageStatus", api.ImageStatusRequest(image=api.ImageSpec(image=pull_reference))
-    )
+    status = cri.call(cri.images, "ImageStatus", spec)
     assert status.HasField("image"), f"{pull_reference} pulled, but the CRI does not list it"
-    line = f"{host.backend.hostname}: pulled {pull_reference}: {status.image.size} bytes in {elapsed:.1f} s ({expected.describe()})"
+    line = (
+        f"{host.backend.hostname}: {pull_reference} is on the node ({status.image.size} bytes; not pulled: IfNotPresent)"
+        if present
+        else f"{host.backend.hostname}: pulled {pull_reference}: {status.image.size} bytes in {elapsed:.1f} s ({expected.describe()})"
+    )
 
     port = request.config.getoption("serve_port")
     if port:

@@ -31,7 +31,7 @@ def cached_path(cache_dir: str, artifact: Artifact) -> Path:
     return Path(cache_dir) / f"{artifact.sha256}-{artifact.filename}"
 
 
-def _sha256_of(path: Path) -> str:
+def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(CHUNK), b""):
@@ -39,7 +39,7 @@ def _sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _lock_for(key: str) -> threading.Lock:
+def lock_for(key: str) -> threading.Lock:
     with _locks_guard:
         return _locks.setdefault(key, threading.Lock())
 
@@ -137,7 +137,7 @@ def write_private(directory: Path, name: str, data: bytes) -> bool:
 def ensure_cached(cache_dir: str, artifact: Artifact, timeout: float = 60) -> Path:
     """The verified cached copy of `artifact`, downloading it first if the cache lacks it."""
     path = cached_path(cache_dir, artifact)
-    with _lock_for(str(path)):  # hosts deployed at once wait for one download
+    with lock_for(str(path)):  # hosts deployed at once wait for one download
         private_directory(path.parent)
         problem = untrusted_cache(path.parent)
         if problem:
@@ -146,7 +146,7 @@ def ensure_cached(cache_dir: str, artifact: Artifact, timeout: float = 60) -> Pa
                 "could swap a release file before it is uploaded to the nodes; nothing was downloaded. Fix: set "
                 "artifact_cache_dir to a directory only you can write (e.g. ~/.cache/containerd-deploy/artifacts)"
             )
-        if path.is_file() and _sha256_of(path) == artifact.sha256:
+        if path.is_file() and sha256_of(path) == artifact.sha256:
             return path
         import urllib.request  # here: most runs fetch nothing, and its import costs each of them
 

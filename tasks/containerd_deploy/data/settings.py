@@ -18,7 +18,7 @@ from typing import Any
 
 from packaging.version import Version
 
-from containerd_deploy.data import hooks, registries
+from containerd_deploy.data import hooks, images, registries
 from containerd_deploy.data.values import (
     DataError,
     control_characters,
@@ -72,6 +72,8 @@ class Settings:
     containerd_config_base: str
     containerd_systemd_cgroup: bool
     containerd_sandbox_image: str | None
+    containerd_images: tuple
+    containerd_images_sandbox: bool
     containerd_snapshotter: str | None
     containerd_max_container_log_line_size: int | None
     containerd_oom_score: int | None
@@ -533,6 +535,10 @@ def runtime_handlers(settings: "Settings") -> tuple:
     return settings.containerd_runtimes + preset
 
 
+def _images(host: str, key: str, value) -> tuple:
+    return images.parse(host, value)
+
+
 def _registries(host: str, key: str, value) -> dict:
     return registries.parse(host, value)
 
@@ -775,6 +781,16 @@ KEYS: dict[str, Key] = {
         _text_like("registry.k8s.io/pause:3.10"),
         shown="unset (containerd's default)",
         doc="the pause image: 1.x `sandbox_image`, 2.x `pinned_images.sandbox`",
+    ),
+    "containerd_images": Key(
+        [],
+        _plain(_images),
+        doc="images the controller brings to each node that lacks them, for nodes with no route to a registry: references pinned by digest (`registry/path:tag@sha256:…`). The controller fetches each once per node arch into `artifact_cache_dir` with `skopeo` (its own containers configuration: `skopeo login`, registries.conf, certs.d), checked by digest, uploads it over SSH, checks it again on the node and imports it into the `k8s.io` namespace under its digest and tag names. With `artifact_source=controller` the sandbox image comes too (`containerd_images_sandbox`). A node that has the name (by digest) gets nothing; one taken off the list is left on the node",
+    ),
+    "containerd_images_sandbox": Key(
+        True,
+        _plain(_bool),
+        doc="with `artifact_source=controller`, the controller brings the sandbox image the config names as it brings `containerd_images` (by its tag, unless listed there), so a node with no route to a registry starts pods, and the verify step runs its container on a fresh node; a controller that cannot fetch it stops the run before any change. `false`: leave it to the node (its registries)",
     ),
     "containerd_snapshotter": Key(
         None, _text_like("overlayfs"), shown="unset", doc="the CRI snapshotter (e.g. `overlayfs`, `native`)"

@@ -24,6 +24,7 @@ from containerd_deploy.data.settings import (
 )
 from containerd_deploy.data.values import DataError, Refusal
 from containerd_deploy.deploy.configure import configure_containerd
+from containerd_deploy.deploy.images import bring_images, fetch_images
 from containerd_deploy.deploy.install import fetch_release_files, install_release_files
 from containerd_deploy.deploy.report import report_at_exit
 from containerd_deploy.deploy.reset import check_purge, purged_directories, remove_containerd
@@ -47,7 +48,7 @@ from containerd_deploy.plan.files import (
     registry_files,
     text_sha256,
 )
-from containerd_deploy.plan.run import Plan, plan_removal, plan_run
+from containerd_deploy.plan.run import Plan, lists_images, plan_removal, plan_run
 from containerd_deploy.plan.verdict import (
     INSTALLED_BY_THE_DEPLOY,
     binary_location,
@@ -234,6 +235,7 @@ def ask_node(settings: Settings, remembered: read_files.HostFiles) -> NodeState:
         known_pid=last_checked_pid(settings),
         known_files=known,
         known_boot=remembered.boot,
+        images=lists_images(settings),
     )
 
 
@@ -491,11 +493,15 @@ def _containerd_node():
         name="Remove what runs cut short left beside the deploy's files", paths=node.hidden_leftovers
     )
     fetch_release_files(settings, node, wanted, plan)
+    if lists_images(settings):
+        fetch_images(settings, plan, arch)
     if rollback:  # once every file is fetched and verified, before any is installed
         keep_running_release(settings, node, plan)
     install_release_files(settings, node, wanted)
     config_text = configure_containerd(settings, node, plan)
     run_containerd(settings, node, plan, rollback=rollback)
+    if lists_images(settings):
+        bring_images(settings, node, plan, arch, config_text)
     if settings.containerd_verify:
         verify_containerd(
             settings,

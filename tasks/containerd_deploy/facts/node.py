@@ -83,6 +83,7 @@ class NodeState:
     # text or digest, come from what it keeps: controller/read_files.py).
     unread: list = field(default_factory=list)
     boot: str = ""  # the node's boot id (/proc/sys/kernel/random/boot_id)
+    images: frozenset = frozenset()  # names of the CRI namespace's images (when asked: `images`)
 
     @property
     def main_pid(self) -> int:
@@ -246,6 +247,7 @@ FIELDS: dict[str, tuple[str, Callable[[str, list[str]], object]]] = {
     "rolled_back": ("rolled_back", lambda argument, body: "".join(line.strip() for line in body)),
     "unread": ("unread", lambda argument, body: [line for line in body if line]),
     "boot": ("boot", lambda argument, body: argument.strip()),
+    "images": ("images", lambda argument, body: frozenset(_lines(body))),
 }
 # The others: section -> what it fills in, given (state, the header's argument, the body).
 READERS: dict[str, Callable[[NodeState, str, list[str]], None]] = {
@@ -342,6 +344,7 @@ class ContainerdNode(FactBase):
         known_pid=0,
         known_files=(),
         known_boot="",
+        images=False,
     ):
         return node_state_command(
             bin_dir,
@@ -361,6 +364,7 @@ class ContainerdNode(FactBase):
             int(known_pid),
             tuple(known_files),
             known_boot,
+            bool(images),
         )
 
     def process(self, output):

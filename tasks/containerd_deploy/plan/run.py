@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from containerd_deploy.data.artifacts import COMPONENTS, DAEMON_COMPONENTS, Artifact, destination
 from containerd_deploy.data.config_toml import ConfigError, value_at
+from containerd_deploy.data.images import ImageRef, with_sandbox_image
 from containerd_deploy.data.settings import Settings
 from containerd_deploy.facts.node import NodeState, newer_than_daemon
 from containerd_deploy.plan.files import (
@@ -50,6 +51,29 @@ def daemon_is_stale(settings: Settings, node: NodeState) -> bool:
         or node.exe.endswith(" (deleted)")
         or newer_than_daemon(node.started, node.mtimes, loaded_at_start(settings))
     )
+
+
+def lists_images(settings: Settings) -> bool:
+    """Whether the controller brings images to this node (so the node fact lists its images)."""
+    return bool(settings.containerd_images) or brings_sandbox_image(settings)
+
+
+def brings_sandbox_image(settings: Settings) -> bool:
+    return settings.artifact_source == "controller" and settings.containerd_images_sandbox
+
+
+def images_brought(settings: Settings, config_text: str | None) -> tuple[ImageRef, ...]:
+    """The images the controller brings: those listed, and with artifact_source=controller the
+    sandbox image `config_text` names."""
+    sandbox = None
+    if brings_sandbox_image(settings) and config_text:
+        sandbox = sandbox_image(config_text, settings.containerd_version)
+    return with_sandbox_image(settings.containerd_images, sandbox)
+
+
+def images_missing(images: tuple[ImageRef, ...], present: frozenset) -> tuple[ImageRef, ...]:
+    """Of `images`, those the node lacks under one of the names an import gives it."""
+    return tuple(image for image in images if not set(image.names) <= present)
 
 
 NAMES = {"containerd": "containerd", "runc": "runc", "cni_plugins": "the CNI plugins", "crictl": "crictl"}
@@ -103,6 +127,10 @@ class Plan:
     verify_pulls: bool = False  # it pulls a missing sandbox image through the node's registries
     # the image the verify step runs a container from (None: the one the new defaults name)
     verify_image: str | None = None
+    images: tuple[ImageRef, ...] = ()  # images the controller brings: the node lacks them
+    # the sandbox image of a config.toml made on the node from the new containerd's defaults
+    # comes from the controller too, when the node lacks it (known once that config is there)
+    images_sandbox_later: bool = False
 
     @property
     def changes(self) -> bool:
@@ -124,6 +152,7 @@ class Plan:
             or self.drop_kept
             or self.stop
             or self.purge
+            or self.images
         )
 
     def lines(self) -> list[str]:
@@ -168,6 +197,16 @@ class Plan:
             said.append("no restart (nothing containerd loads at start changes)")
         if self.hooks:
             said.append("run " + " and ".join(self.hooks) + " on the controller around the restart")
+        if self.images or self.images_sandbox_later:
+            shown = [str(image) for image in self.images]
+            shown += (
+                ["the sandbox image the new config names, if the node lacks it"]
+                if self.images_sandbox_later
+                else []
+            )
+            said.append(
+                f"import {', '.join(shown)} into the k8s.io namespace, from the controller (checked by digest)"
+            )
         if self.enable:
             said.append("enable containerd")
         if self.drop_kept:
@@ -262,6 +301,8 @@ def plan_run(settings: Settings, node: NodeState, wanted: dict[str, Artifact]) -
         verify=settings.containerd_verify,
         verify_pulls=bool(settings.containerd_registry_config_path),
         verify_image=sandbox_image(config_text, settings.containerd_version) if config_text else None,
+        images=images_missing(images_brought(settings, config_text), node.images),
+        images_sandbox_later=brings_sandbox_image(settings) and config_text is None,
         install=install,
         remove=remove,
         files=files,

@@ -5,8 +5,8 @@ each runc-type handler as the CRI would, checks where it runs, removes it, and n
 
 import shlex
 
-from containerd_deploy.remote.daemon_state import CTR_TIMEOUT, VERIFY_NAMESPACE
-from containerd_deploy.remote.paths import RUNC_STATE_ROOT
+from containerd_deploy.remote.daemon_state import CTR_TIMEOUT
+from containerd_deploy.remote.paths import CRI_NAMESPACE, RUNC_STATE_ROOT
 
 PULL_TIMEOUT = 120  # seconds a pull of the sandbox image may take (a node with no route fails sooner)
 # How the script says it ran no container because the image could not be pulled (the report reads it).
@@ -64,7 +64,7 @@ def container_check_script(
     route, no credentials) runs no container and says why on one line: a warning, not a failure
     (an air-gapped node gets its images another way)."""
     q = shlex.quote
-    ctr = f"timeout {CTR_TIMEOUT} {q(f'{bin_dir}/ctr')} -n {VERIFY_NAMESPACE}"
+    ctr = f"timeout {CTR_TIMEOUT} {q(f'{bin_dir}/ctr')} -n {CRI_NAMESPACE}"
     # ctr's own systemd-cgroup flag puts the task in system.slice/containerd-deploy-verify-<pid>-<handler>.scope,
     # as the CRI puts a pod's containers in scopes.
     cgroup = (
@@ -73,7 +73,7 @@ def container_check_script(
     header = f"containerd-deploy: {host_name} is not a conformant containerd node:"
     pull = (
         [
-            f"if ! pulled=$(timeout {PULL_TIMEOUT} {q(f'{bin_dir}/ctr')} -n {VERIFY_NAMESPACE} images pull "
+            f"if ! pulled=$(timeout {PULL_TIMEOUT} {q(f'{bin_dir}/ctr')} -n {CRI_NAMESPACE} images pull "
             f"--hosts-dir {q(pull_hosts_dir)} {q(image)} 2>&1); then",
             f"  printf '%s %s %s (%s)\\n' {q(NOT_PULLED)} {q(image)} {q(NOT_PULLED_WHY)} "
             + "\"$(printf %s \"$pulled\" | tail -n 2 | tr '\\n' ' ' | cut -c1-300)\"",
@@ -129,7 +129,7 @@ def container_check_script(
             ),
             # Only the binary that created a container can read its state back: proof that the
             # handler's own binary ran it, not runc.
-            f'  if [ -n "$2" ] && ! "$2" --root {RUNC_STATE_ROOT}/{VERIFY_NAMESPACE} state "$id" >/dev/null 2>&1; then',
+            f'  if [ -n "$2" ] && ! "$2" --root {RUNC_STATE_ROOT}/{CRI_NAMESPACE} state "$id" >/dev/null 2>&1; then',
             '    fail "ran, but not through $2 (it does not know the container): is BinaryName right?"',
             "  fi",
             "  remove",

@@ -12,11 +12,11 @@ from containerd_deploy.remote.node_state import (
     mtimes_lines,
     service_lines,
 )
+from containerd_deploy.remote.paths import CRI_NAMESPACE
 
 # Seconds each ctr call of the verify fact may take: generous, since a loaded node starts Go
 # binaries slowly and a timeout here would read as a broken daemon.
 CTR_TIMEOUT = 60
-VERIFY_NAMESPACE = "k8s.io"  # the sandbox image is where the CRI (and so a kubelet) has it
 
 
 def daemon_state_command(
@@ -31,7 +31,7 @@ def daemon_state_command(
     version, CRI plugins and effective config, a kubelet's config, which of `binaries` are
     missing, and whether `image` is in the k8s.io namespace; each in its section."""
     q = shlex.quote
-    ctr = f"{q(f'{bin_dir}/ctr')} -n {VERIFY_NAMESPACE}"
+    ctr = f"{q(f'{bin_dir}/ctr')} -n {CRI_NAMESPACE}"
     return "\n".join(
         [
             f"unit={q(unit)}",

@@ -13,6 +13,7 @@ from containerd_deploy.remote.paths import (
     APPARMOR_ENABLED,
     APPARMOR_PARSER,
     APPARMOR_SECURITYFS,
+    CRI_NAMESPACE,
     DISTRO_BINARIES,
     HIDDEN_DIR_PREFIX,
     KEPT_DIR_NAME,
@@ -249,8 +250,9 @@ def node_state_command(
     known_pid: int = 0,
     known_files: tuple = (),
     known_boot: str = "",
+    images: bool = False,
 ) -> str:
-    """The fact's script. `known_pid`: the MainPID of the daemon the controller last checked in
+    """The fact's script. `images`: also list the names of the images in the CRI's namespace. `known_pid`: the MainPID of the daemon the controller last checked in
     full (0: none); when it still runs as MainPID, its ctr is not asked. `known_files`: (path,
     identity) of the files the controller has what it read of them last (controller/read_files.py),
     in boot `known_boot`: one with that identity now, in that boot, is not read again, but named in
@@ -412,6 +414,15 @@ def node_state_command(
             ),
             f'[ -z "$found" ] && [ -x {ctr} ] && [ -S /run/containerd/containerd.sock ] && timeout 10 {ctr} version 2>&1',
             *(["fi"] if known_pid > 0 else []),
+            *(
+                [
+                    f'echo "{SECTION}images"',
+                    f'[ -z "$found" ] && [ -x {ctr} ] && [ -S /run/containerd/containerd.sock ] && '
+                    f"timeout 10 {ctr} -n {CRI_NAMESPACE} images ls -q 2>/dev/null",
+                ]
+                if images
+                else []
+            ),
             f'echo "{SECTION}default"',
             f'{defaults_when} && [ -z "$found" ] && [ -x {containerd} ] && {containerd} config default 2>/dev/null | base64 -w0 && echo',
             "}",

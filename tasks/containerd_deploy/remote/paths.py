@@ -17,6 +17,7 @@ CRICTL_CONFIG = "/etc/crictl.yaml"  # written only when crictl is installed, rem
 # no other user opens the lock (a read handle is all flock needs) or writes what it records.
 LOCK_DIR = "/run/containerd-deploy"
 LOCK_PATH = f"{LOCK_DIR}/lock"
+CRI_NAMESPACE = "k8s.io"  # containerd's namespace of the CRI (and so of a kubelet's images and pods)
 RUNC_STATE_ROOT = "/run/containerd/runc"  # the runc shim's --root, one directory per namespace
 
 

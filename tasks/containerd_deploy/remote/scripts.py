@@ -11,7 +11,7 @@ import shlex
 from containerd_deploy.data.artifacts import Artifact
 from containerd_deploy.remote.manifest import manifest_lines, manifest_path
 from containerd_deploy.remote.node_state import staging_leftovers_lines
-from containerd_deploy.remote.paths import HIDDEN_DIR_PREFIX, ancestors
+from containerd_deploy.remote.paths import CRI_NAMESPACE, HIDDEN_DIR_PREFIX, ancestors
 from containerd_deploy.remote.shell import (
     FETCH,
     PRELUDE,
@@ -38,6 +38,7 @@ def trusted_dir_lines(path: str, what: str) -> list[str]:
 
 
 STAGING = "the staging directory (containerd_staging_dir):"
+IMPORT_TIMEOUT = 600  # seconds one image's import may take (unpacking a large image on a slow disk)
 
 
 def staging_dir_lines() -> list[str]:
@@ -419,3 +420,47 @@ def remove_tree_script(path: str) -> str:
         )
         + "\n"
     )
+
+
+def uploaded_image_path(staging_dir: str, index: int) -> str:
+    """Where an image's tarball waits between its upload and its import (a `.fetched-` name: a
+    run cut short leaves it to the next run's leftovers)."""
+    return f"{staging_dir}/.fetched-image-{index}"
+
+
+def import_images_script(
+    staging_dir: str, bin_dir: str, images: list[tuple[str, str, tuple[str, ...]]]
+) -> str:
+    """Check each uploaded image tarball (path, sha256, the names it gives) against its sha256,
+    every one before any is imported; then import each into the CRI's namespace and check that
+    the node has each name. The tarballs are removed whatever happens."""
+    ctr = f"{q(f'{bin_dir}/ctr')} -n {CRI_NAMESPACE}"
+    paths = " ".join(q(path) for path, _, _ in images)
+    lines = [
+        PRELUDE,
+        *untrusted_lines(),
+        f"staging={q(staging_dir)}",
+        f'cleanup() {{ trap "" HUP INT TERM PIPE; set +e; rm -f -- {paths}; rmdir "$staging" 2>/dev/null; }}',
+        *trusted_dir_lines(staging_dir, STAGING),
+        "trap cleanup EXIT",
+        "trap 'exit 1' HUP INT TERM PIPE",
+    ]
+    for path, sha256, names in images:
+        lines += [
+            f"actual=$(sha256sum {q(path)})",
+            "actual=${actual%% *}",
+            f'[ "$actual" = {q(sha256)} ] || fail "the upload of {names[0]} does not match its sha256 (expected '
+            f'{sha256}, got $actual); no image was imported"',
+        ]
+    for path, _, names in images:
+        lines += [
+            f"out=$(timeout {IMPORT_TIMEOUT} {ctr} images import {q(path)} 2>&1) || "
+            f'fail "ctr could not import {names[0]}: $(printf "%s" "$out" | tail -n 3)"',
+        ]
+    lines.append(f"listed=$({ctr} images ls -q)")
+    for _, _, names in images:
+        for name in names:
+            lines.append(
+                f'printf "%s\\n" "$listed" | grep -qxF -- {q(name)} || fail "ctr imported it, but the node has no image {name}"'
+            )
+    return "\n".join(lines) + "\n"

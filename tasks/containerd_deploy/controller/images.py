@@ -1,0 +1,180 @@
+"""The images the controller brings to nodes (containerd_images): fetched once per image and node
+arch with Debian's `skopeo` into the artifact cache, checked, and kept as an OCI layout tarball
+that `ctr images import` takes, named as a CRI pull names the image.
+
+skopeo talks to the registry (with the controller's own containers configuration: `skopeo
+login`, registries.conf mirrors, certs.d) and checks what it fetched against the digest the
+reference pins; every blob of the layout is checked against its name here again before the
+tarball is made. The node checks the tarball's sha256 after the upload, before the import.
+"""
+
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from containerd_deploy.controller.cache import (
+    FetchError,
+    host_file_name,
+    lock_for,
+    private_directory,
+    sha256_of,
+    untrusted_cache,
+)
+from containerd_deploy.data.images import ImageRef
+from containerd_deploy.data.values import redact_secrets
+
+IMAGES_DIR = "images"  # under artifact_cache_dir
+FETCH_TIMEOUT = 1800  # seconds skopeo may take for one image
+NAME_ANNOTATION = "io.containerd.image.name"  # the name `ctr images import` gives an entry
+SKOPEO_FIX = (
+    "the controller fetches images with skopeo (Debian/Ubuntu: apt-get install skopeo), through its own "
+    "containers configuration: log in with `skopeo login REGISTRY` (or $REGISTRY_AUTH_FILE), name a mirror "
+    "in /etc/containers/registries.conf (or the file $CONTAINERS_REGISTRIES_CONF names), put a registry's CA in "
+    "/etc/containers/certs.d/REGISTRY/ca.crt"
+)
+
+
+@dataclass(frozen=True)
+class CachedImage:
+    """An image's tarball in the cache, for one arch."""
+
+    path: Path
+    sha256: str  # of the tarball
+    manifest: str  # the digest of the manifest it holds (the node's platform's)
+
+
+def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = size, 0o644, 0
+    info.uname = info.gname = "root"
+    return info
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    tar.addfile(_tarinfo(name, len(data)), io.BytesIO(data))
+
+
+def layout_tarball(layout: Path, image: ImageRef, out) -> str:
+    """Write into `out` the tarball of the one-image OCI layout `layout` (as skopeo made it),
+    with an index entry per name of `image`; every blob is checked against its digest first.
+    Returns the digest of the manifest it holds."""
+    index = json.loads((layout / "index.json").read_bytes())
+    manifests = index.get("manifests") or []
+    if len(manifests) != 1:
+        raise FetchError(f"skopeo left {len(manifests)} manifests for {image}, not one; nothing was cached")
+    blobs = sorted((layout / "blobs" / "sha256").iterdir())
+    for blob in blobs:
+        if sha256_of(blob) != blob.name:
+            raise FetchError(f"a blob of {image} does not match its digest ({blob.name}); nothing was cached")
+    descriptor = {key: value for key, value in manifests[0].items() if key != "annotations"}
+    entries = [{**descriptor, "annotations": {NAME_ANNOTATION: name}} for name in image.names]
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        _add(tar, "oci-layout", (layout / "oci-layout").read_bytes())
+        for blob in blobs:
+            with open(blob, "rb") as handle:
+                tar.addfile(_tarinfo(f"blobs/sha256/{blob.name}", blob.stat().st_size), handle)
+        document = {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": entries,
+        }
+        _add(tar, "index.json", json.dumps(document, sort_keys=True, separators=(",", ":")).encode())
+    return descriptor["digest"]
+
+
+def skopeo_command(image: ImageRef, arch: str, layout: Path) -> list[str]:
+    """skopeo's copy of `image`'s manifest for linux/`arch` (from an index, that one only) into
+    the OCI layout directory `layout`; by digest when the reference pins one (skopeo then
+    checks the manifest it gets against it)."""
+    # podman's variable for another registries.conf (skopeo itself reads only its option)
+    conf = os.environ.get("CONTAINERS_REGISTRIES_CONF")
+    return [
+        "skopeo",
+        *(["--registries-conf", conf] if conf else []),
+        "copy",
+        "--quiet",
+        "--override-os",
+        "linux",
+        "--override-arch",
+        arch,
+        f"docker://{image.source}",
+        f"oci:{layout}",
+    ]
+
+
+def _said(stderr: str) -> str:
+    """What skopeo's error says, without its log line's fields (`time=… level=fatal msg="…"`)."""
+    found = re.search(r'msg="((?:[^"\\]|\\.)*)"', stderr)
+    return found.group(1).replace('\\"', '"') if found else stderr.strip()
+
+
+def cached_image_path(cache_dir: str, image: ImageRef, arch: str) -> Path:
+    return Path(cache_dir) / IMAGES_DIR / host_file_name(f"{image} {arch}", ".tar")
+
+
+def _recorded(path: Path) -> CachedImage | None:
+    """The cached tarball, when its record says what it is and its sha256 still matches."""
+    try:
+        record = json.loads(path.with_suffix(".json").read_text())
+        if path.is_file() and sha256_of(path) == record["sha256"]:
+            return CachedImage(path, record["sha256"], record["manifest"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
+def ensure_image_cached(
+    cache_dir: str, image: ImageRef, arch: str, timeout: float = FETCH_TIMEOUT
+) -> CachedImage:
+    """The checked cached tarball of `image` for `arch`, fetching it first if the cache lacks it."""
+    path = cached_image_path(cache_dir, image, arch)
+    with lock_for(str(path)):  # hosts deployed at once wait for one fetch
+        private_directory(path.parent)
+        problem = untrusted_cache(path.parent)
+        if problem:
+            raise FetchError(
+                f"the image cache {path.parent} is not this user's alone ({problem}): another local user could "
+                "swap an image before it is uploaded to the nodes; nothing was fetched. Fix: set "
+                "artifact_cache_dir to a directory only you can write (e.g. ~/.cache/containerd-deploy/artifacts)"
+            )
+        cached = _recorded(path)
+        if cached:
+            return cached
+        with tempfile.TemporaryDirectory(dir=path.parent, prefix=".fetch-") as work:
+            layout = Path(work) / "layout"
+            try:
+                result = subprocess.run(
+                    skopeo_command(image, arch, layout),
+                    capture_output=True,
+                    text=True,
+                    timeout=timeout,
+                    stdin=subprocess.DEVNULL,
+                )
+            except FileNotFoundError:
+                raise FetchError(
+                    f"could not fetch {image}: skopeo is not installed. Fix: {SKOPEO_FIX}"
+                ) from None
+            except subprocess.TimeoutExpired:
+                raise FetchError(f"could not fetch {image} for {arch} within {timeout:.0f} s") from None
+            if result.returncode:
+                said = redact_secrets(_said(result.stderr))[-600:]
+                raise FetchError(
+                    f"could not fetch {image} for {arch} to the controller's cache: {said}; nothing was cached. "
+                    f"Fix: {SKOPEO_FIX}"
+                )
+            partial = Path(work) / "image.tar"
+            with open(partial, "wb") as out:
+                manifest = layout_tarball(layout, image, out)
+            record = {"image": str(image), "arch": arch, "sha256": sha256_of(partial), "manifest": manifest}
+            (Path(work) / "image.json").write_text(json.dumps(record))
+            os.replace(Path(work) / "image.json", path.with_suffix(".json"))
+            os.replace(partial, path)
+            shutil.rmtree(layout, ignore_errors=True)
+        return CachedImage(path, record["sha256"], manifest)

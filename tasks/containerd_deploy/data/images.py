@@ -1,0 +1,139 @@
+"""Image references: the images the controller brings to nodes (`containerd_images`), read as
+containerd and a kubelet read them.
+
+A reference is `[registry/]path[:tag][@sha256:<digest>]`; without a registry it is Docker Hub's
+(`nginx` is `docker.io/library/nginx`), as the CRI normalizes it. An image the data lists must be
+pinned by digest: what reaches the node is then what the operator named, whichever registry or
+cache it came through.
+"""
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from containerd_deploy.data.values import DataError
+
+KEY = "containerd_images"
+DOCKER_HUB = "docker.io"
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_DOMAIN_PART = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_DOMAIN = re.compile(rf"{_DOMAIN_PART}(?:\.{_DOMAIN_PART})*(?::[0-9]+)?")
+_PATH = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
+_TAG = re.compile(r"[\w][\w.-]{0,127}", re.ASCII)
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+NAME_LIMIT = 255  # the distribution spec's longest repository name
+FIX = (
+    f'list references pinned by digest, e.g. {KEY}=["registry.k8s.io/pause:3.10@sha256:<64 hex digits>"] '
+    "(skopeo inspect docker://REF prints the digest)"
+)
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """A normalized reference: `repository` with its registry (`docker.io/library/nginx`)."""
+
+    repository: str
+    tag: str | None = None
+    digest: str | None = None
+
+    def __str__(self) -> str:
+        return (
+            self.repository
+            + (f":{self.tag}" if self.tag else "")
+            + (f"@{self.digest}" if self.digest else "")
+        )
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The names it is imported under, as a CRI pull names it: by digest, and by tag."""
+        return tuple(
+            name
+            for name in (
+                f"{self.repository}@{self.digest}" if self.digest else None,
+                f"{self.repository}:{self.tag}" if self.tag else None,
+            )
+            if name
+        )
+
+    @property
+    def source(self) -> str:
+        """What a registry is asked for: the digest when there is one (a registry resolves the
+        tag to whatever it holds now), else the tag."""
+        return f"{self.repository}@{self.digest}" if self.digest else f"{self.repository}:{self.tag}"
+
+
+def parse_reference(text) -> ImageRef:
+    """The normalized reference `text` names (ValueError: why it names none)."""
+    if not isinstance(text, str) or not text:
+        raise ValueError("is not a text")
+    rest, digest = text, None
+    if "@" in rest:
+        rest, digest = rest.split("@", 1)
+        if not _DIGEST.fullmatch(digest):
+            raise ValueError(f"has the digest {digest[:80]!r}, not sha256: and 64 lowercase hex digits")
+    tag = None
+    slash = rest.rfind("/")
+    colon = rest.rfind(":")
+    if colon > slash:
+        rest, tag = rest[:colon], rest[colon + 1 :]
+        if not _TAG.fullmatch(tag):
+            raise ValueError(f"has the tag {tag[:80]!r}, not a tag (letters, digits, _ . -, at most 128)")
+    first, _, path = rest.partition("/")
+    if path and (first == "localhost" or "." in first or ":" in first or first != first.lower()):
+        domain = first
+        if not _DOMAIN.fullmatch(domain):
+            raise ValueError(f"names the registry {domain[:80]!r}, not a host[:port]")
+    else:
+        domain, path = DOCKER_HUB, rest
+    if not _PATH.fullmatch(path):
+        raise ValueError(
+            f"has the repository path {path[:80]!r}: lowercase letters and digits, parts split by / . _ __ or -"
+        )
+    if domain == DOCKER_HUB and "/" not in path:
+        path = f"library/{path}"
+    repository = f"{domain}/{path}"
+    if len(repository) > NAME_LIMIT:
+        raise ValueError(f"has a name of {len(repository)} characters, over {NAME_LIMIT}")
+    return ImageRef(repository, tag if tag or digest else "latest", digest)
+
+
+def parse(host: str, value) -> tuple[ImageRef, ...]:
+    """The images data lists, each pinned by digest (DataError otherwise), in order, once each."""
+    if value in (None, "", []):
+        return ()
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)):
+        shown = (
+            "a mapping" if isinstance(value, Mapping) else repr(value)[:120]
+        )  # a mapping's values: never shown
+        raise DataError(host, KEY, f"is {shown}, not a list of image references", FIX)
+    found: dict[ImageRef, None] = {}
+    for item in items:
+        try:
+            reference = parse_reference(item)
+        except ValueError as error:
+            raise DataError(host, KEY, f"has {str(item)[:120]!r}, which {error}", FIX) from None
+        if reference.digest is None:
+            raise DataError(
+                host,
+                KEY,
+                f"has {item!r}, which is not pinned by digest: a tag can name other content tomorrow, "
+                "and the nodes would then differ by when each was deployed",
+                FIX,
+            )
+        found[reference] = None
+    return tuple(found)
+
+
+def with_sandbox_image(listed: Iterable[ImageRef], sandbox: str | None) -> tuple[ImageRef, ...]:
+    """The images the controller brings: those listed, and the sandbox image the config names,
+    unless a listed one already gives the node that name (a sandbox image that names no image
+    is left to the verify step to report)."""
+    images = tuple(listed)
+    try:
+        reference = parse_reference(sandbox) if sandbox else None
+    except ValueError:
+        reference = None
+    if reference is None or any(set(reference.names) <= set(image.names) for image in images):
+        return images
+    return (*images, reference)

@@ -1,0 +1,136 @@
+"""The operations that bring images from the controller: fetch each once into the controller's
+cache (checked by digest) before the node is changed, then upload it to the node, check it
+there and import it into the k8s.io namespace once containerd runs."""
+
+from collections.abc import Callable
+
+from pyinfra import host, logger
+from pyinfra.api import FunctionCommand, StringCommand, operation
+
+from containerd_deploy.controller.cache import FetchError
+from containerd_deploy.controller.images import CachedImage, ensure_image_cached
+from containerd_deploy.controller.run_record import HostRun, run_of
+from containerd_deploy.data.images import ImageRef
+from containerd_deploy.operations.files import private_uploads, upload_directory, uploads_done
+from containerd_deploy.remote.scripts import (
+    import_images_script,
+    remove_staging_leftovers_script,
+    uploaded_image_path,
+)
+
+SANDBOX_FIX = (
+    "; it is the sandbox image the node's config names, which the controller brings with "
+    "artifact_source=controller: set containerd_images_sandbox=false to leave it to the node's registries"
+)
+
+
+def _fetch_into_cache(
+    state, host, cache_dir: str, images: list[ImageRef], arch: str, listed: tuple, cached: list
+) -> bool:
+    """Run on the controller: the cache's checked tarball of every image, in `cached` (one not
+    `listed` is the sandbox image: its error says how to leave it to the node)."""
+    for image in images:
+        try:
+            cached.append(ensure_image_cached(cache_dir, image, arch))
+        except FetchError as error:
+            said = f"{error}" + ("" if image in listed else SANDBOX_FIX)
+            run_of(state).hosts.setdefault(host.name, HostRun()).failure = said  # for the run's report
+            host.log_styled(f"containerd-deploy: {host.name}: {said}", fg="red", log_func=logger.error)
+            return False
+    return True
+
+
+@operation()
+def images_fetched(
+    images: "tuple[ImageRef, ...]", arch: str, cache_dir: str, listed: "tuple[ImageRef, ...]" = ()
+):
+    """
+    Fetch images into the controller's cache, once per controller and arch, each checked
+    against the digest its reference pins; a failure stops the run before the node is changed.
+
+    + images: the ``ImageRef`` objects to have in the cache (empty: nothing to do)
+    + arch: the node's arch (amd64, arm64): from an image index, its manifest is the one fetched
+    + cache_dir: the controller's cache (``artifact_cache_dir``)
+    + listed: the images the data lists (``containerd_images``); any other is the sandbox image
+
+    **Example:**
+
+    .. code:: python
+
+        images_fetched(
+            name="Fetch images on the controller",
+            images=(parse_reference("docker.io/library/nginx:1.27@sha256:…"),),
+            arch="amd64",
+            cache_dir="~/.cache/containerd-deploy/artifacts",
+        )
+    """
+    if not images:
+        host.noop("no image to fetch: the node has every one")
+        return
+    yield FunctionCommand(_fetch_into_cache, (cache_dir, list(images), arch, tuple(listed), []), {})
+
+
+@operation()
+def images_imported(
+    images: "tuple[ImageRef, ...]",
+    arch: str,
+    cache_dir: str,
+    staging_dir: str,
+    bin_dir: str,
+    listed: "tuple[ImageRef, ...]" = (),
+    later: "Callable[[], tuple[ImageRef, ...]] | None" = None,
+):
+    """
+    Bring images to the node from the controller's cache (fetched there first if missing):
+    each is uploaded over SSH into the node's staging directory, checked there against its
+    sha256 (every one before any is imported) and imported into containerd's ``k8s.io``
+    namespace under its names (by digest, and by tag).
+
+    + images: the ``ImageRef`` objects the node lacks (empty: nothing to do)
+    + arch: the node's arch (amd64, arm64)
+    + cache_dir: the controller's cache (``artifact_cache_dir``)
+    + staging_dir: the node's staging directory (``containerd_staging_dir``)
+    + bin_dir: where ctr is installed
+    + listed: the images the data lists (``containerd_images``); any other is the sandbox image
+    + later: a callable giving more images the node lacks, known only when the operation runs
+      (the sandbox image of a config made on the node from a new containerd's defaults)
+
+    **Example:**
+
+    .. code:: python
+
+        images_imported(
+            name="Import images from the controller",
+            images=(parse_reference("docker.io/library/nginx:1.27@sha256:…"),),
+            arch="amd64",
+            cache_dir="~/.cache/containerd-deploy/artifacts",
+            staging_dir="/var/cache/containerd-deploy",
+            bin_dir="/usr/local/bin",
+        )
+    """
+    if later is not None and host.state.is_executing:
+        images = tuple(dict.fromkeys((*images, *later())))
+    if not images:
+        host.noop("no image to import: the node has every one")
+        return
+    cached: list[CachedImage] = []
+    yield FunctionCommand(_fetch_into_cache, (cache_dir, list(images), arch, tuple(listed), cached), {})
+    if len(cached) != len(images):
+        return  # not run (pyinfra only looking for a change), or it failed and said why
+    yield remove_staging_leftovers_script(staging_dir, keep=True)
+    paths = [uploaded_image_path(staging_dir, index) for index in range(len(images))]
+    via = upload_directory()
+    yield from private_uploads(
+        [(str(found.path), path) for found, path in zip(cached, paths, strict=True)], via
+    )
+    yield from uploads_done(via)
+    yield StringCommand(
+        import_images_script(
+            staging_dir,
+            bin_dir,
+            [
+                (path, found.sha256, image.names)
+                for path, found, image in zip(paths, cached, images, strict=True)
+            ],
+        )
+    )

@@ -1,0 +1,91 @@
+"""Images from the controller (containerd_images, and with artifact_source=controller the sandbox
+image): a node with no route to any registry gets its images over SSH, checked by digest, and a
+CRI pod runs nginx from them; a rerun uploads nothing; a wrong digest is refused before any change.
+
+The node's config has no mirror: docker.io and registry.k8s.io themselves are unreachable from
+here, so the node cannot pull either image. The controller (this machine) reaches the harness's
+registry through its own containers configuration ($CONTAINERS_REGISTRIES_CONF), as an
+operator's controller reaches theirs.
+"""
+
+import re
+
+import pytest
+
+from tests.harness import registry
+
+from .helpers import VERIFY_OP, changed_ops, conformance, deploy_ok, main_pid, one_at_a_time, pyinfra
+
+pytestmark = pytest.mark.machine(
+    "what the controller fetches, uploads and imports is the deploy's logic; ctr's import is on any node"
+)
+CTR = "/usr/local/bin/ctr"
+FETCH_OP = "Fetch images on the controller, checked by digest"
+IMPORT_OP = "Import images from the controller (containerd_images)"
+
+
+def images_on(node) -> set[str]:
+    return set(node.vm.ssh(f"{CTR} -n k8s.io images ls -q").stdout.split())
+
+
+def test_a_node_with_no_route_gets_its_images_from_the_controller_and_a_pod_runs_from_them(
+    node, first_deploy, tmp_path
+):
+    with one_at_a_time("registry-tests"):  # nginx serves this machine's port 80
+        info = registry.ensure()
+        conf = registry.controller_registries_conf(info)
+        env = {"CONTAINERS_REGISTRIES_CONF": str(conf)}
+        nginx = f"{registry.NGINX_REFERENCE}@{registry.manifest_digest(registry.NGINX_REFERENCE, conf)}"
+        digest_name = re.sub(r":[^/:@]+@", "@", nginx)  # docker.io/library/nginx@sha256:…
+        wanted = {digest_name, registry.NGINX_REFERENCE, registry.PAUSE_REFERENCE}
+        node.vm.ssh(f"{CTR} -n k8s.io images rm {' '.join(sorted(wanted))}", check=False)
+        data = {
+            "artifact_source": "controller",
+            "artifact_cache_dir": str(tmp_path / "cache"),
+            "containerd_sandbox_image": registry.PAUSE_REFERENCE,
+            "containerd_images": [nginx],
+        }
+        try:
+            _no_route_node(node, data, env, nginx, digest_name, wanted)
+        finally:
+            deploy_ok(node)
+            node.vm.ssh(f"{CTR} -n k8s.io images rm {' '.join(sorted(wanted))}", check=False)
+
+
+def _no_route_node(node, data: dict, env: dict, nginx: str, digest_name: str, wanted: set) -> None:
+    # The node itself cannot pull either image: no mirror, and the registries are unreachable.
+    pull = node.vm.ssh(f"timeout 60 {CTR} -n k8s.io images pull {registry.NGINX_REFERENCE}", check=False)
+    assert pull.returncode != 0, "the node pulled nginx itself: this test needs a node with no route"
+
+    # A digest the registry does not have: refused on the controller, before the node changes.
+    pid, before = main_pid(node), images_on(node)
+    wrong = nginx.rsplit("@", 1)[0] + "@sha256:" + "0" * 64
+    process, _ = pyinfra(node.name, data={**data, "containerd_images": [wrong]}, env=env)
+    output = process.stdout + process.stderr
+    assert process.returncode != 0 and f"could not fetch {wrong} for amd64" in output, output[-3000:]
+    assert "manifest unknown" in output, output[-3000:]
+    assert main_pid(node) == pid and images_on(node) == before, "a refused fetch changed the node"
+
+    process, results = pyinfra(node.name, data=data, env=env)
+    assert process.returncode == 0, process.stderr[-4000:]
+    changed = changed_ops(results, node.name)
+    assert any(FETCH_OP in op for op in changed) and any(IMPORT_OP in op for op in changed), changed
+    assert wanted <= images_on(node), images_on(node)
+    # The sandbox image came too: the verify step's container ran from it.
+    [line] = [line for line in process.stderr.splitlines() if line.strip().startswith(f"{node.name} ")]
+    assert f"a container ran from {registry.PAUSE_REFERENCE}" in line, process.stderr[-3000:]
+    assert VERIFY_OP in changed
+    assert node.vm.ssh("ls -A /var/cache/containerd-deploy 2>/dev/null", check=False).stdout.strip() == "", (
+        "the uploads were not removed"
+    )
+
+    # A kubelet's pod (IfNotPresent) runs nginx from the imported image, which serves its page.
+    run = conformance(
+        node, "-k", "pull", "--serve-port=80", "--pull-policy=IfNotPresent", f"--pull-image={nginx}"
+    )
+    assert run.returncode == 0, run.stdout[-4000:]
+    assert f"{nginx} is on the node" in run.stdout and f"title '{registry.NGINX_PAGE_MARK}'" in run.stdout
+
+    # Converged: nothing fetched, uploaded or imported again.
+    process, results = pyinfra(node.name, data=data, env=env)
+    assert process.returncode == 0 and changed_ops(results, node.name) == [], process.stderr[-3000:]
