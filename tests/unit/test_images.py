@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
+from packaging.version import Version
 from pyinfra.api import FileUploadCommand, FunctionCommand, StringCommand
 
 from containerd_deploy.conformance import oci
@@ -43,6 +44,8 @@ PINNED = f"docker.io/library/nginx:1.27@{DIGEST}"
         (f"nginx:1.27@{DIGEST}", "docker.io/library/nginx", "1.27", DIGEST),
         ("bitnami/redis:7", "docker.io/bitnami/redis", "7", None),
         ("docker.io/nginx", "docker.io/library/nginx", "latest", None),
+        ("index.docker.io/nginx:1", "docker.io/library/nginx", "1", None),
+        ("index.docker.io/team/app", "docker.io/team/app", "latest", None),
         ("registry.k8s.io/pause:3.10", "registry.k8s.io/pause", "3.10", None),
         (
             "localhost/containerd-deploy/pause:conformance",
@@ -81,7 +84,8 @@ def test_a_reference_that_names_no_image_says_why(text, why):
 
 def test_names_are_those_a_cri_pull_gives_and_the_registry_is_asked_by_digest():
     reference = parse_reference(PINNED)
-    assert reference.names == (f"docker.io/library/nginx@{DIGEST}", "docker.io/library/nginx:1.27")
+    # The CRI drops a tag beside a digest: a node's `nginx:1.27` (pulled elsewhere) is never moved.
+    assert reference.names == (f"docker.io/library/nginx@{DIGEST}",)
     assert reference.source == f"docker.io/library/nginx@{DIGEST}"
     assert parse_reference(f"nginx@{DIGEST}").names == (f"docker.io/library/nginx@{DIGEST}",)
     tagged = parse_reference("registry.k8s.io/pause:3.10")
@@ -148,9 +152,9 @@ def test_the_sandbox_image_comes_unless_a_listed_image_gives_its_name():
     assert with_sandbox_image(listed, None) == listed
     assert with_sandbox_image(listed, "Not A Reference") == listed
     pinned_pause = parse_reference(f"registry.k8s.io/pause:3.10@{DIGEST}")
-    assert with_sandbox_image((pinned_pause,), "registry.k8s.io/pause:3.10") == (pinned_pause,)
-    # Another tag of the same repository is another name: the sandbox image still comes.
-    assert with_sandbox_image((pinned_pause,), "registry.k8s.io/pause:3.9")[-1].tag == "3.9"
+    assert with_sandbox_image((pinned_pause,), f"registry.k8s.io/pause:3.10@{DIGEST}") == (pinned_pause,)
+    # By its tag the config names another name than a listed digest: the sandbox image still comes.
+    assert with_sandbox_image((pinned_pause,), "registry.k8s.io/pause:3.10")[-1] == pause
 
 
 CONFIG = 'version = 3\n[plugins."io.containerd.cri.v1.images".pinned_images]\nsandbox = "registry.k8s.io/pause:3.10"\n'
@@ -165,7 +169,25 @@ def test_which_images_the_controller_brings_and_which_the_node_lacks():
     )
     pause = parse_reference("registry.k8s.io/pause:3.10")
     assert images_brought(both, CONFIG) == (parse_reference(PINNED), pause)
-    assert images_brought(both, None) == (parse_reference(PINNED),)
+    # A config made on the node from the new containerd's defaults: its default, or the data's.
+    assert images_brought(both, None) == (parse_reference(PINNED), pause)
+    newer = resolve("node1", {"containerd_version": "2.2.1", "artifact_source": "controller"})
+    assert images_brought(newer, None) == (parse_reference("registry.k8s.io/pause:3.10.1"),)
+    given = resolve(
+        "node1", {"artifact_source": "controller", "containerd_sandbox_image": "my.registry/pause:1"}
+    )
+    assert images_brought(given, None) == (parse_reference("my.registry/pause:1"),)
+    # A config that names none: the one containerd then uses.
+    assert images_brought(both, "version = 3\n") == (parse_reference(PINNED), pause)
+    unknown = resolve(
+        "node1",
+        {
+            "containerd_version": "2.9.0",
+            "containerd_sha256": {"2.9.0": "a" * 64},
+            "artifact_source": "controller",
+        },
+    )
+    assert images_brought(unknown, None) == () and images_brought(unknown, CONFIG) == (pause,)
     off = resolve(
         "node1",
         {"containerd_version": "2.1.9", "artifact_source": "controller", "containerd_images_sandbox": False},
@@ -177,8 +199,43 @@ def test_which_images_the_controller_brings_and_which_the_node_lacks():
     assert images_missing(brought, frozenset()) == brought
     has_nginx = frozenset(parse_reference(PINNED).names)
     assert images_missing(brought, has_nginx) == (pause,)
-    # By digest alone, the tag's name is missing: imported again, so a pod asking by tag finds it.
-    assert images_missing(brought, frozenset({parse_reference(PINNED).names[0], *pause.names})) == brought[:1]
+    # Under the tag alone, a pinned image is not the one listed: imported (by its digest).
+    assert images_missing(brought, frozenset({"docker.io/library/nginx:1.27", *pause.names})) == brought[:1]
+
+
+@pytest.mark.parametrize(
+    "version, image",
+    [
+        ("1.6.0", "k8s.gcr.io/pause:3.6"),
+        ("1.6.8", "k8s.gcr.io/pause:3.6"),
+        ("1.6.9", "registry.k8s.io/pause:3.6"),
+        ("1.6.38", "registry.k8s.io/pause:3.6"),
+        ("1.7.0", "registry.k8s.io/pause:3.8"),
+        ("1.7.29", "registry.k8s.io/pause:3.8"),
+        ("2.0.0", "registry.k8s.io/pause:3.10"),
+        ("2.1.9", "registry.k8s.io/pause:3.10"),
+        ("2.2.0", "registry.k8s.io/pause:3.10.1"),
+        ("2.2.1", "registry.k8s.io/pause:3.10.1"),
+        ("2.3.4", "registry.k8s.io/pause:3.10.2"),
+        ("2.4.0", None),
+        ("1.5.9", None),
+    ],
+)
+def test_the_sandbox_image_of_containerds_defaults_by_release(version, image):
+    from containerd_deploy.data.config_toml import default_sandbox_image
+
+    assert default_sandbox_image(version) == image
+
+
+def test_the_default_sandbox_images_are_those_of_containerds_own_defaults():
+    """Each `containerd config default` fixture (from the releases the harness serves)."""
+    from containerd_deploy.data.config_toml import default_sandbox_image
+    from containerd_deploy.plan.verdict import sandbox_image
+
+    fixtures = Path(__file__).resolve().parents[1] / "fixtures" / "config"
+    for path in fixtures.glob("default-*.toml"):
+        version = re.match(r"default-([0-9.]+[0-9])", path.name).group(1)  # type: ignore[union-attr]
+        assert sandbox_image(path.read_text(), Version(version)) == default_sandbox_image(version), path.name
 
 
 # The controller's cache, with a stand-in skopeo that writes what the real one does: an OCI layout.
@@ -196,24 +253,41 @@ def layout_of(image: bytes, into: Path) -> None:
 
 @pytest.fixture
 def skopeo(tmp_path, monkeypatch):
-    """A skopeo on PATH that makes the layout `skopeo.image` (or fails with `skopeo.fail`), and
-    records each call."""
-    source = tmp_path / "source"
-    layout_of(oci.build(name="x/y:z"), source)
+    """A skopeo on PATH that makes the layout of an image for the arch it is asked for (for
+    amd64 whatever it is asked, given a file `single-platform`; fails with the text of a file
+    `fail`), and records each call."""
+    for arch in ("amd64", "arm64"):
+        layout_of(oci.build(name="x/y:z", arch=arch), tmp_path / f"source-{arch}")
     calls = tmp_path / "calls"
     program = tmp_path / "bin" / "skopeo"
     program.parent.mkdir()
+    here = shlex.quote(str(tmp_path))
     program.write_text(
         "#!/bin/sh\n"
         f'echo "$*" >> {shlex.quote(str(calls))}\n'
-        f"if [ -e {shlex.quote(str(tmp_path / 'fail'))} ]; then cat {shlex.quote(str(tmp_path / 'fail'))} >&2; exit 1; fi\n"
-        "for last; do :; done\n"
-        f'cp -r {shlex.quote(str(source))} "${{last#oci:}}"\n'
+        f"if [ -e {here}/fail ]; then cat {here}/fail >&2; exit 1; fi\n"
+        'arch=""; previous=""\n'
+        'for argument; do [ "$previous" = --override-arch ] && arch=$argument; previous=$argument; last=$argument; done\n'
+        f"[ -e {here}/single-platform ] && arch=amd64\n"
+        f'cp -r {here}/source-"$arch" "${{last#oci:}}"\n'
     )
     program.chmod(0o755)
     monkeypatch.setenv("PATH", f"{program.parent}:{os.environ['PATH']}")
     monkeypatch.delenv("CONTAINERS_REGISTRIES_CONF", raising=False)
     return tmp_path
+
+
+def test_an_image_for_another_platform_is_refused_before_it_is_cached(skopeo):
+    """A digest of a single-platform manifest is copied whatever the platform asked for."""
+    (skopeo / "single-platform").write_text("")
+    with pytest.raises(FetchError) as refused:
+        cache.ensure_image_cached(str(skopeo / "cache"), parse_reference(PINNED), "arm64")
+    assert str(refused.value) == (
+        f"{PINNED} is an image for linux/amd64, not for the node's linux/arm64; nothing was cached. Fix: list a "
+        "digest of the image's index (all platforms), or of its linux/arm64 manifest, for arm64 nodes"
+    )
+    assert list((skopeo / "cache" / "images").iterdir()) == []
+    assert cache.ensure_image_cached(str(skopeo / "cache"), parse_reference(PINNED), "amd64").path.exists()
 
 
 def calls(skopeo: Path) -> list[str]:
@@ -302,12 +376,12 @@ def test_a_layout_with_a_blob_that_does_not_match_its_digest_is_refused(tmp_path
     blob = next((layout / "blobs" / "sha256").iterdir())
     blob.write_bytes(blob.read_bytes() + b"!")
     with pytest.raises(FetchError, match=f"does not match its digest \\({blob.name}\\); nothing was cached"):
-        cache.layout_tarball(layout, parse_reference(PINNED), io.BytesIO())
+        cache.layout_tarball(layout, parse_reference(PINNED), "amd64", io.BytesIO())
     index = json.loads((layout / "index.json").read_text())
     index["manifests"] *= 2
     (layout / "index.json").write_text(json.dumps(index))
     with pytest.raises(FetchError, match="skopeo left 2 manifests"):
-        cache.layout_tarball(layout, parse_reference(PINNED), io.BytesIO())
+        cache.layout_tarball(layout, parse_reference(PINNED), "amd64", io.BytesIO())
 
 
 def test_a_cache_another_user_could_change_is_refused(skopeo):
@@ -324,8 +398,9 @@ def test_a_cache_another_user_could_change_is_refused(skopeo):
 # The node's side: the import script, in a sandbox, with a stand-in ctr.
 
 CTR = """#!/bin/sh
-# ctr -n NAMESPACE images import FILE | images ls -q: imports the names FILE's index.json gives.
-echo "$*" >> "$(dirname "$0")/calls"
+# ctr -n NAMESPACE images import FILE | images ls -q | images label NAME LABEL: imports the
+# names FILE's index.json gives; records each call with the snapshotter it was given.
+echo "$* ${CONTAINERD_SNAPSHOTTER:-(default snapshotter)}" >> "$(dirname "$0")/calls"
 [ "$2" = k8s.io ] || exit 3
 case "$3 $4" in
   "images import") [ -e "$(dirname "$0")/fail" ] && { echo "ctr: unpack: no space left" >&2; exit 1; }
@@ -350,25 +425,33 @@ def upload(sandbox: Path, index: int, name: str) -> tuple[str, str, tuple[str, .
     out = io.BytesIO()
     layout = sandbox / f"layout-{index}"
     layout_of(oci.build(name="x/y:z"), layout)
-    cache.layout_tarball(layout, reference, out)
+    cache.layout_tarball(layout, reference, "amd64", out)
     path.write_bytes(out.getvalue())
     return str(path), hashlib.sha256(out.getvalue()).hexdigest(), reference.names
 
 
-def run_import(sandbox: Path, images) -> subprocess.CompletedProcess:
-    script = import_images_script(str(sandbox / "staging"), str(sandbox / "bin"), images)
+def run_import(sandbox: Path, images, **options) -> subprocess.CompletedProcess:
+    script = import_images_script(str(sandbox / "staging"), str(sandbox / "bin"), images, **options)
     return subprocess.run(["sh", "-c", script], capture_output=True, text=True)
 
 
 def test_the_node_checks_every_upload_then_imports_each_under_its_names_and_removes_them(sandbox):
     images = [upload(sandbox, 0, PINNED), upload(sandbox, 1, "registry.k8s.io/pause:3.10")]
-    result = run_import(sandbox, images)
+    result = run_import(sandbox, images, pinned=("registry.k8s.io/pause:3.10",), snapshotter="native")
     assert result.returncode == 0, result.stderr
     assert (sandbox / "bin" / "images").read_text().split() == [*images[0][2], *images[1][2]]
-    assert [line.split()[:4] for line in (sandbox / "bin" / "calls").read_text().splitlines()] == [
-        ["-n", "k8s.io", "images", "import"],
-        ["-n", "k8s.io", "images", "import"],
-        ["-n", "k8s.io", "images", "ls"],
+    assert [line.split(" ")[2:] for line in (sandbox / "bin" / "calls").read_text().splitlines()] == [
+        ["images", "import", images[0][0], "native"],
+        ["images", "import", images[1][0], "native"],
+        [
+            "images",
+            "label",
+            "registry.k8s.io/pause:3.10",
+            "io.cri-containerd.pinned=pinned",
+            "(default",
+            "snapshotter)",
+        ],
+        ["images", "ls", "-q", "(default", "snapshotter)"],
     ]
     assert not (sandbox / "staging").exists(), "the uploads (and the emptied staging directory) are removed"
 
@@ -418,11 +501,8 @@ def test_the_operations_do_nothing_for_a_node_that_has_every_image():
     assert commands(images_fetched, images=(), arch="amd64", cache_dir="/c") == []
     kwargs = dict(arch="amd64", cache_dir="/c", staging_dir="/s", bin_dir="/b")
     assert commands(images_imported, images=(), executing=True, **kwargs) == []
-    # Known only when it runs (a config made from new defaults names the sandbox image).
-    assert commands(images_imported, images=(), later=lambda: (parse_reference(PINNED),), **kwargs) == []
-    assert commands(images_imported, images=(), later=lambda: (), executing=True, **kwargs) == []
-    # Those known already are a change in the dry run too.
-    [fetch] = commands(images_imported, images=(parse_reference(PINNED),), later=lambda: (), **kwargs)
+    # An image to import is a change in the dry run too (what the controller fetches first).
+    [fetch] = commands(images_imported, images=(parse_reference(PINNED),), **kwargs)
     assert isinstance(fetch, FunctionCommand)
 
 
@@ -448,8 +528,9 @@ def test_the_import_fetches_uploads_into_staging_and_imports_what_it_uploaded(mo
     monkeypatch.setattr(operation, "ensure_image_cached", lambda cache_dir, wanted, arch: found[wanted])
     yielded = []
     generator = images_imported._inner(
-        images=(image,),
-        later=lambda: (image, pause),
+        images=(image, pause),
+        pinned=pause.names,
+        snapshotter="native",
         arch="amd64",
         cache_dir="/c",
         staging_dir="/s",
@@ -472,6 +553,9 @@ def test_the_import_fetches_uploads_into_staging_and_imports_what_it_uploaded(mo
     assert isinstance(yielded[-1], StringCommand)
     assert f'[ "$actual" = {"1" * 64} ]' in script and f'[ "$actual" = {"2" * 64} ]' in script
     assert script.index("/s/.fetched-image-0") < script.index("/s/.fetched-image-1")
+    assert "CONTAINERD_SNAPSHOTTER=native " in script
+    assert f"images label {pause.names[0]} io.cri-containerd.pinned=pinned" in script
+    assert f"images label {image.names[0]}" not in script
 
 
 class FakeHost:

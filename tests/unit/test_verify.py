@@ -663,6 +663,8 @@ def test_the_sandbox_image_a_config_names_at_its_schemas_path(fixture, version, 
     assert sandbox_image(text, Version(version)) == image
     assert sandbox_image(text.replace(image, ""), Version(version)) is None, "an empty name is none"
     assert sandbox_image("version = [", Version(version)) is None, "a config that does not parse names none"
+    schema = 2 if version.startswith("1.") else 3
+    assert sandbox_image(f"version = {schema}\n", Version(version)) == image, "unset: containerd's default"
 
 
 def test_the_daemon_fact_asks_with_its_arguments_and_reads_its_answer():

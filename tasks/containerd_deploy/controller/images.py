@@ -61,10 +61,19 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(_tarinfo(name, len(data)), io.BytesIO(data))
 
 
-def layout_tarball(layout: Path, image: ImageRef, out) -> str:
+def _platform(layout: Path, manifest_digest: str) -> str:
+    """The os/architecture the image's config declares (its manifest, then its config blob)."""
+    blobs = layout / "blobs" / "sha256"
+    manifest = json.loads((blobs / manifest_digest.removeprefix("sha256:")).read_bytes())
+    config = json.loads((blobs / manifest["config"]["digest"].removeprefix("sha256:")).read_bytes())
+    return f"{config.get('os')}/{config.get('architecture')}"
+
+
+def layout_tarball(layout: Path, image: ImageRef, arch: str, out) -> str:
     """Write into `out` the tarball of the one-image OCI layout `layout` (as skopeo made it),
-    with an index entry per name of `image`; every blob is checked against its digest first.
-    Returns the digest of the manifest it holds."""
+    with an index entry per name of `image`; every blob is checked against its digest first, and
+    the image must be one for linux/`arch` (a single-platform manifest is copied whatever its
+    platform). Returns the digest of the manifest it holds."""
     index = json.loads((layout / "index.json").read_bytes())
     manifests = index.get("manifests") or []
     if len(manifests) != 1:
@@ -73,6 +82,12 @@ def layout_tarball(layout: Path, image: ImageRef, out) -> str:
     for blob in blobs:
         if sha256_of(blob) != blob.name:
             raise FetchError(f"a blob of {image} does not match its digest ({blob.name}); nothing was cached")
+    platform = _platform(layout, manifests[0]["digest"])
+    if platform != f"linux/{arch}":
+        raise FetchError(
+            f"{image} is an image for {platform}, not for the node's linux/{arch}; nothing was cached. Fix: "
+            f"list a digest of the image's index (all platforms), or of its linux/{arch} manifest, for {arch} nodes"
+        )
     descriptor = {key: value for key, value in manifests[0].items() if key != "annotations"}
     entries = [{**descriptor, "annotations": {NAME_ANNOTATION: name}} for name in image.names]
     with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
@@ -171,7 +186,7 @@ def ensure_image_cached(
                 )
             partial = Path(work) / "image.tar"
             with open(partial, "wb") as out:
-                manifest = layout_tarball(layout, image, out)
+                manifest = layout_tarball(layout, image, arch, out)
             record = {"image": str(image), "arch": arch, "sha256": sha256_of(partial), "manifest": manifest}
             (Path(work) / "image.json").write_text(json.dumps(record))
             os.replace(Path(work) / "image.json", path.with_suffix(".json"))

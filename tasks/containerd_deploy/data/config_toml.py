@@ -22,6 +22,30 @@ _CRI_V2 = ("plugins", "io.containerd.grpc.v1.cri")
 _CRI_IMAGES = ("plugins", "io.containerd.cri.v1.images")
 _CRI_RUNTIME = ("plugins", "io.containerd.cri.v1.runtime")
 
+# The sandbox (pause) image containerd uses when its config names none, as `containerd config
+# default` prints it: (first release, image), from containerd's source at every release tag
+# (pkg/cri/config, internal/cri/config) of the lines this table covers.
+DEFAULT_SANDBOX_IMAGES = (
+    (Version("1.6.0"), "k8s.gcr.io/pause:3.6"),
+    (Version("1.6.9"), "registry.k8s.io/pause:3.6"),
+    (Version("1.7.0"), "registry.k8s.io/pause:3.8"),
+    (Version("2.0.0"), "registry.k8s.io/pause:3.10"),
+    (Version("2.2.0"), "registry.k8s.io/pause:3.10.1"),
+    (Version("2.3.0"), "registry.k8s.io/pause:3.10.2"),
+)
+DEFAULT_SANDBOX_KNOWN_BELOW = Version("2.4")  # a later line's default is not known here
+
+
+def default_sandbox_image(containerd_version) -> str | None:
+    """The sandbox image containerd `containerd_version` uses when its config names none (None:
+    a release line this deploy does not know it for)."""
+    version = Version(str(containerd_version))
+    if version >= DEFAULT_SANDBOX_KNOWN_BELOW:
+        return None
+    found = [image for first, image in DEFAULT_SANDBOX_IMAGES if first <= version]
+    return found[-1] if found else None
+
+
 # Where each setting lives, by config schema version.
 PATHS: dict[str, dict[int, tuple[str, ...]]] = {
     "runtimes": {2: _CRI_V2 + ("containerd", "runtimes"), 3: _CRI_RUNTIME + ("containerd", "runtimes")},

@@ -15,6 +15,7 @@ from containerd_deploy.data.values import DataError
 
 KEY = "containerd_images"
 DOCKER_HUB = "docker.io"
+DOCKER_HUB_ALIASES = ("index.docker.io",)  # docker/reference's legacy name of Docker Hub
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _DOMAIN_PART = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
 _DOMAIN = re.compile(rf"{_DOMAIN_PART}(?:\.{_DOMAIN_PART})*(?::[0-9]+)?")
@@ -45,15 +46,10 @@ class ImageRef:
 
     @property
     def names(self) -> tuple[str, ...]:
-        """The names it is imported under, as a CRI pull names it: by digest, and by tag."""
-        return tuple(
-            name
-            for name in (
-                f"{self.repository}@{self.digest}" if self.digest else None,
-                f"{self.repository}:{self.tag}" if self.tag else None,
-            )
-            if name
-        )
+        """The names it is imported under, as a CRI pull of it names it: a reference with a
+        digest by its digest alone (the CRI drops the tag beside one), else by its tag (so an
+        image a node pulled under that tag from a registry is never moved to other content)."""
+        return (f"{self.repository}@{self.digest}" if self.digest else f"{self.repository}:{self.tag}",)
 
     @property
     def source(self) -> str:
@@ -89,6 +85,8 @@ def parse_reference(text) -> ImageRef:
         raise ValueError(
             f"has the repository path {path[:80]!r}: lowercase letters and digits, parts split by / . _ __ or -"
         )
+    if domain in DOCKER_HUB_ALIASES:  # as containerd and Docker read them
+        domain = DOCKER_HUB
     if domain == DOCKER_HUB and "/" not in path:
         path = f"library/{path}"
     repository = f"{domain}/{path}"
@@ -137,3 +135,11 @@ def with_sandbox_image(listed: Iterable[ImageRef], sandbox: str | None) -> tuple
     if reference is None or any(set(reference.names) <= set(image.names) for image in images):
         return images
     return (*images, reference)
+
+
+def sandbox_names(sandbox: str | None) -> tuple[str, ...]:
+    """The names the sandbox image `sandbox` is imported under (none: it names no image)."""
+    try:
+        return parse_reference(sandbox).names if sandbox else ()
+    except ValueError:
+        return ()

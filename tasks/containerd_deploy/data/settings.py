@@ -785,12 +785,12 @@ KEYS: dict[str, Key] = {
     "containerd_images": Key(
         [],
         _plain(_images),
-        doc="images the controller brings to each node that lacks them, for nodes with no route to a registry: references pinned by digest (`registry/path:tag@sha256:…`). The controller fetches each once per node arch into `artifact_cache_dir` with `skopeo` (its own containers configuration: `skopeo login`, registries.conf, certs.d), checked by digest, uploads it over SSH, checks it again on the node and imports it into the `k8s.io` namespace under its digest and tag names. With `artifact_source=controller` the sandbox image comes too (`containerd_images_sandbox`). A node that has the name (by digest) gets nothing; one taken off the list is left on the node",
+        doc="images the controller brings to each node that lacks them, for nodes with no route to a registry: references pinned by digest (`registry/path:tag@sha256:…`), each checked to be for the node's platform. The controller fetches each once per node arch into `artifact_cache_dir` with `skopeo` (its own containers configuration: `skopeo login`, registries.conf, certs.d), before the node is changed, uploads it over SSH, checks it again on the node and imports it into the `k8s.io` namespace under the name a CRI pull gives it (`registry/path@sha256:…`: pods ask for it as listed, or by digest). With `artifact_source=controller` the sandbox image comes too (`containerd_images_sandbox`). A node that has the name gets nothing; one taken off the list is left on the node",
     ),
     "containerd_images_sandbox": Key(
         True,
         _plain(_bool),
-        doc="with `artifact_source=controller`, the controller brings the sandbox image the config names as it brings `containerd_images` (by its tag, unless listed there), so a node with no route to a registry starts pods, and the verify step runs its container on a fresh node; a controller that cannot fetch it stops the run before any change. `false`: leave it to the node (its registries)",
+        doc="with `artifact_source=controller`, the controller brings the sandbox image the config names (or, where it names none, the one the containerd release uses: known for 1.6 to 2.3) as it brings `containerd_images` — by its tag alone unless it is pinned there or in the config — labelled pinned as the CRI's own pull of it is, so a node with no route to a registry starts pods and the verify step runs its container on a fresh node; a controller that cannot fetch it stops the run before any change. `false`: leave it to the node (its registries)",
     ),
     "containerd_snapshotter": Key(
         None, _text_like("overlayfs"), shown="unset", doc="the CRI snapshotter (e.g. `overlayfs`, `native`)"

@@ -1,22 +1,22 @@
 """Bring images from the controller (containerd_images; with artifact_source=controller, the
-sandbox image too): fetched into the controller's cache with the release files, before the
-node is changed; imported once containerd runs, before the verify step, whose container then
-runs from the sandbox image on a node with no route to a registry."""
+sandbox image too): fetched into the controller's cache before the node is changed (and before
+the restart hooks run); imported once containerd runs, before the verify step, whose container
+then runs from the sandbox image on a node with no route to a registry."""
 
 from pyinfra.api import deploy
 
+from containerd_deploy.data.images import sandbox_names
 from containerd_deploy.data.settings import DEFAULTS, Settings
-from containerd_deploy.facts.node import NodeState
 from containerd_deploy.operations.images import images_fetched, images_imported
-from containerd_deploy.plan.run import Plan, images_brought, images_missing
+from containerd_deploy.plan.run import Plan, run_sandbox_image
+from containerd_deploy.plan.verdict import cri_snapshotter
 
 IMPORT_OPERATION = "Import images from the controller (containerd_images)"
 
 
 @deploy("Fetch images", data_defaults=DEFAULTS)
 def fetch_images(settings: Settings, plan: Plan, arch: str):
-    """Have every image the plan imports in the controller's cache (a sandbox image a config
-    made from new defaults names is fetched when it is known, at its import)."""
+    """Have every image the plan imports in the controller's cache, before the node is changed."""
     images_fetched(
         name="Fetch images on the controller, checked by digest",
         images=plan.images,
@@ -27,15 +27,14 @@ def fetch_images(settings: Settings, plan: Plan, arch: str):
 
 
 @deploy("Bring images", data_defaults=DEFAULTS)
-def bring_images(settings: Settings, node: NodeState, plan: Plan, arch: str, config_text):
-    """Import the images the plan names; `config_text`: the config.toml this run leaves (text,
-    or a callable giving it when run: made from the new containerd's defaults, it names the
-    sandbox image only then)."""
-
-    def images_then():
-        text = config_text() if callable(config_text) else config_text
-        return images_missing(images_brought(settings, text), node.images)
-
+def bring_images(settings: Settings, plan: Plan, arch: str):
+    """Import the images the plan names, once containerd runs: the sandbox image pinned, as the
+    CRI's own pull of it is (a kubelet's image garbage collection leaves it), each unpacked for
+    the snapshotter the CRI uses."""
+    sandbox = run_sandbox_image(settings, plan.config_text)
+    snapshotter = settings.containerd_snapshotter
+    if snapshotter is None and plan.config_text is not None:
+        snapshotter = cri_snapshotter(plan.config_text, settings.containerd_version)
     images_imported(
         name=IMPORT_OPERATION,
         images=plan.images,
@@ -44,5 +43,6 @@ def bring_images(settings: Settings, node: NodeState, plan: Plan, arch: str, con
         staging_dir=settings.containerd_staging_dir,
         bin_dir=settings.containerd_bin_dir,
         listed=settings.containerd_images,
-        later=images_then if plan.images_sandbox_later else None,
+        pinned=sandbox_names(sandbox),
+        snapshotter=snapshotter or "",
     )

@@ -488,20 +488,20 @@ def _containerd_node():
 
     rollback = settings.containerd_deploy_state_dir if settings.containerd_rollback else ""
     take_run_lock(node, plan)
+    if lists_images(settings):  # on the controller: a failure there leaves the node as it was
+        fetch_images(settings, plan, arch)
     hooks_around_restart(settings, plan, "before")
     leftovers_absent(
         name="Remove what runs cut short left beside the deploy's files", paths=node.hidden_leftovers
     )
     fetch_release_files(settings, node, wanted, plan)
-    if lists_images(settings):
-        fetch_images(settings, plan, arch)
     if rollback:  # once every file is fetched and verified, before any is installed
         keep_running_release(settings, node, plan)
     install_release_files(settings, node, wanted)
     config_text = configure_containerd(settings, node, plan)
     run_containerd(settings, node, plan, rollback=rollback)
     if lists_images(settings):
-        bring_images(settings, node, plan, arch, config_text)
+        bring_images(settings, plan, arch)
     if settings.containerd_verify:
         verify_containerd(
             settings,

@@ -2,8 +2,6 @@
 cache (checked by digest) before the node is changed, then upload it to the node, check it
 there and import it into the k8s.io namespace once containerd runs."""
 
-from collections.abc import Callable
-
 from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, StringCommand, operation
 
@@ -78,13 +76,14 @@ def images_imported(
     staging_dir: str,
     bin_dir: str,
     listed: "tuple[ImageRef, ...]" = (),
-    later: "Callable[[], tuple[ImageRef, ...]] | None" = None,
+    pinned: "tuple[str, ...]" = (),
+    snapshotter: str = "",
 ):
     """
     Bring images to the node from the controller's cache (fetched there first if missing):
     each is uploaded over SSH into the node's staging directory, checked there against its
     sha256 (every one before any is imported) and imported into containerd's ``k8s.io``
-    namespace under its names (by digest, and by tag).
+    namespace under its name (by digest when it is pinned, else by tag).
 
     + images: the ``ImageRef`` objects the node lacks (empty: nothing to do)
     + arch: the node's arch (amd64, arm64)
@@ -92,8 +91,10 @@ def images_imported(
     + staging_dir: the node's staging directory (``containerd_staging_dir``)
     + bin_dir: where ctr is installed
     + listed: the images the data lists (``containerd_images``); any other is the sandbox image
-    + later: a callable giving more images the node lacks, known only when the operation runs
-      (the sandbox image of a config made on the node from a new containerd's defaults)
+    + pinned: names of an image to label pinned, as the CRI pins the sandbox image it pulls
+      (a kubelet's image garbage collection leaves it)
+    + snapshotter: the snapshotter the CRI uses, which each image is unpacked for ("": ctr's
+      default)
 
     **Example:**
 
@@ -108,8 +109,6 @@ def images_imported(
             bin_dir="/usr/local/bin",
         )
     """
-    if later is not None and host.state.is_executing:
-        images = tuple(dict.fromkeys((*images, *later())))
     if not images:
         host.noop("no image to import: the node has every one")
         return
@@ -132,5 +131,7 @@ def images_imported(
                 (path, found.sha256, image.names)
                 for path, found, image in zip(paths, cached, images, strict=True)
             ],
+            pinned=tuple(pinned),
+            snapshotter=snapshotter,
         )
     )

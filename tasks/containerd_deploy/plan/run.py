@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from containerd_deploy.data.artifacts import COMPONENTS, DAEMON_COMPONENTS, Artifact, destination
-from containerd_deploy.data.config_toml import ConfigError, value_at
+from containerd_deploy.data.config_toml import ConfigError, default_sandbox_image, value_at
 from containerd_deploy.data.images import ImageRef, with_sandbox_image
 from containerd_deploy.data.settings import Settings
 from containerd_deploy.facts.node import NodeState, newer_than_daemon
@@ -62,12 +62,18 @@ def brings_sandbox_image(settings: Settings) -> bool:
     return settings.artifact_source == "controller" and settings.containerd_images_sandbox
 
 
+def run_sandbox_image(settings: Settings, config_text: str | None) -> str | None:
+    """The sandbox image of the config.toml a run leaves: what `config_text` names (None: a
+    config made on the node from the new containerd's defaults, with the data's image if set)."""
+    if config_text is None:
+        return settings.containerd_sandbox_image or default_sandbox_image(settings.containerd_version)
+    return sandbox_image(config_text, settings.containerd_version)
+
+
 def images_brought(settings: Settings, config_text: str | None) -> tuple[ImageRef, ...]:
     """The images the controller brings: those listed, and with artifact_source=controller the
-    sandbox image `config_text` names."""
-    sandbox = None
-    if brings_sandbox_image(settings) and config_text:
-        sandbox = sandbox_image(config_text, settings.containerd_version)
+    sandbox image of the config the run leaves."""
+    sandbox = run_sandbox_image(settings, config_text) if brings_sandbox_image(settings) else None
     return with_sandbox_image(settings.containerd_images, sandbox)
 
 
@@ -128,9 +134,6 @@ class Plan:
     # the image the verify step runs a container from (None: the one the new defaults name)
     verify_image: str | None = None
     images: tuple[ImageRef, ...] = ()  # images the controller brings: the node lacks them
-    # the sandbox image of a config.toml made on the node from the new containerd's defaults
-    # comes from the controller too, when the node lacks it (known once that config is there)
-    images_sandbox_later: bool = False
 
     @property
     def changes(self) -> bool:
@@ -197,15 +200,16 @@ class Plan:
             said.append("no restart (nothing containerd loads at start changes)")
         if self.hooks:
             said.append("run " + " and ".join(self.hooks) + " on the controller around the restart")
-        if self.images or self.images_sandbox_later:
-            shown = [str(image) for image in self.images]
-            shown += (
-                ["the sandbox image the new config names, if the node lacks it"]
-                if self.images_sandbox_later
-                else []
-            )
+        if self.images:
+            by_tag = [str(image) for image in self.images if image.digest is None]
             said.append(
-                f"import {', '.join(shown)} into the k8s.io namespace, from the controller (checked by digest)"
+                f"import {', '.join(str(image) for image in self.images)} into the k8s.io namespace from the "
+                "controller "
+                + (
+                    f"(checked by digest; {', '.join(by_tag)} by its tag alone)"
+                    if by_tag
+                    else "(checked by digest)"
+                )
             )
         if self.enable:
             said.append("enable containerd")
@@ -302,7 +306,6 @@ def plan_run(settings: Settings, node: NodeState, wanted: dict[str, Artifact]) -
         verify_pulls=bool(settings.containerd_registry_config_path),
         verify_image=sandbox_image(config_text, settings.containerd_version) if config_text else None,
         images=images_missing(images_brought(settings, config_text), node.images),
-        images_sandbox_later=brings_sandbox_image(settings) and config_text is None,
         install=install,
         remove=remove,
         files=files,

@@ -10,7 +10,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from containerd_deploy.controller.verified import VerifiedDaemon
-from containerd_deploy.data.config_toml import PATHS, ConfigError, read_schema, runc_systemd_cgroup, value_at
+from containerd_deploy.data.config_toml import (
+    PATHS,
+    ConfigError,
+    default_sandbox_image,
+    read_schema,
+    runc_systemd_cgroup,
+    value_at,
+)
 from containerd_deploy.data.settings import Settings
 from containerd_deploy.facts.daemon import DaemonState
 from containerd_deploy.facts.node import AppArmor, newer_than_daemon
@@ -225,13 +232,28 @@ def kubelet_driver_problem(kubelet_config: str | None, systemd_cgroup: bool) -> 
 
 
 def sandbox_image(config_text: str, containerd_version) -> str | None:
-    """The pause image a config names, at its schema's path."""
+    """The pause image a config names, at its schema's path; where it names none, the one
+    containerd `containerd_version` then uses (None: a config that does not parse, or a release
+    whose default this deploy does not know)."""
     try:
         schema = read_schema(config_text, containerd_version)
     except ConfigError:
         return None
     image = value_at(config_text, PATHS["sandbox_image"][schema])
+    if image is None:  # not set: containerd's own default
+        return default_sandbox_image(containerd_version)
     return image if isinstance(image, str) and image else None
+
+
+def cri_snapshotter(config_text: str, containerd_version) -> str | None:
+    """The snapshotter a config has the CRI use (None: containerd's default, or a config that
+    does not parse)."""
+    try:
+        schema = read_schema(config_text, containerd_version)
+    except ConfigError:
+        return None
+    found = value_at(config_text, PATHS["snapshotter"][schema])
+    return found if isinstance(found, str) and found else None
 
 
 def judge(expected: Expected, state: DaemonState, remembered: tuple | None = None) -> Verdict:

@@ -38,6 +38,8 @@ def trusted_dir_lines(path: str, what: str) -> list[str]:
 
 
 STAGING = "the staging directory (containerd_staging_dir):"
+# What the CRI labels the sandbox image it pulls with: a kubelet's image garbage collection keeps it.
+PINNED_LABEL = "io.cri-containerd.pinned=pinned"
 IMPORT_TIMEOUT = 600  # seconds one image's import may take (unpacking a large image on a slow disk)
 
 
@@ -429,12 +431,20 @@ def uploaded_image_path(staging_dir: str, index: int) -> str:
 
 
 def import_images_script(
-    staging_dir: str, bin_dir: str, images: list[tuple[str, str, tuple[str, ...]]]
+    staging_dir: str,
+    bin_dir: str,
+    images: list[tuple[str, str, tuple[str, ...]]],
+    pinned: tuple[str, ...] = (),
+    snapshotter: str = "",
 ) -> str:
     """Check each uploaded image tarball (path, sha256, the names it gives) against its sha256,
-    every one before any is imported; then import each into the CRI's namespace and check that
-    the node has each name. The tarballs are removed whatever happens."""
+    every one before any is imported; then import each into the CRI's namespace, unpacked for
+    `snapshotter` (the CRI's; "": ctr's default), label the names in `pinned` pinned as the CRI
+    labels the sandbox image it pulls, and check that the node has each name. The tarballs are
+    removed whatever happens."""
     ctr = f"{q(f'{bin_dir}/ctr')} -n {CRI_NAMESPACE}"
+    # ctr's --snapshotter, given by the variable it reads (1.6 to 2.x)
+    unpack = f"CONTAINERD_SNAPSHOTTER={q(snapshotter)} " if snapshotter else ""
     paths = " ".join(q(path) for path, _, _ in images)
     lines = [
         PRELUDE,
@@ -454,9 +464,16 @@ def import_images_script(
         ]
     for path, _, names in images:
         lines += [
-            f"out=$(timeout {IMPORT_TIMEOUT} {ctr} images import {q(path)} 2>&1) || "
+            f"out=$({unpack}timeout {IMPORT_TIMEOUT} {ctr} images import {q(path)} 2>&1) || "
             f'fail "ctr could not import {names[0]}: $(printf "%s" "$out" | tail -n 3)"',
         ]
+    for _, _, names in images:
+        for name in names:
+            if name in pinned:
+                lines.append(
+                    f"{ctr} images label {q(name)} {PINNED_LABEL} >/dev/null || "
+                    f'fail "ctr could not label {name} pinned"'
+                )
     lines.append(f"listed=$({ctr} images ls -q)")
     for _, _, names in images:
         for name in names:
