@@ -21,7 +21,7 @@ from pyinfra.api import FileUploadCommand, FunctionCommand, StringCommand
 from containerd_deploy.conformance import oci
 from containerd_deploy.controller import images as cache
 from containerd_deploy.controller.cache import FetchError
-from containerd_deploy.data.images import parse, parse_reference, with_sandbox_image
+from containerd_deploy.data.images import parse, parse_reference, sandbox_names, with_sandbox_image
 from containerd_deploy.data.settings import resolve
 from containerd_deploy.data.values import DataError
 from containerd_deploy.operations.images import images_fetched, images_imported
@@ -269,7 +269,7 @@ def skopeo(tmp_path, monkeypatch):
         'arch=""; previous=""\n'
         'for argument; do [ "$previous" = --override-arch ] && arch=$argument; previous=$argument; last=$argument; done\n'
         f"[ -e {here}/single-platform ] && arch=amd64\n"
-        f'cp -r {here}/source-"$arch" "${{last#oci:}}"\n'
+        f'cp -r {here}/source-"$arch"/. "${{last#oci:}}"/\n'
     )
     program.chmod(0o755)
     monkeypatch.setenv("PATH", f"{program.parent}:{os.environ['PATH']}")
@@ -311,6 +311,9 @@ def test_an_image_is_fetched_once_checked_and_kept_under_its_names(skopeo):
     assert cached.sha256 == hashlib.sha256(cached.path.read_bytes()).hexdigest()
     files = members(cached.path)
     index = json.loads(files["index.json"])
+    assert index["schemaVersion"] == 2 and index["mediaType"] == "application/vnd.oci.image.index.v1+json"
+    assert json.loads(files["oci-layout"]) == {"imageLayoutVersion": "1.0.0"}
+    assert cached.path.suffix == ".tar" and cached.path.with_suffix(".json").exists()
     assert [entry["annotations"] for entry in index["manifests"]] == [
         {"io.containerd.image.name": name} for name in image.names
     ]
@@ -388,10 +391,13 @@ def test_a_cache_another_user_could_change_is_refused(skopeo):
     shared = skopeo / "shared"
     shared.mkdir()
     shared.chmod(0o777)
-    with pytest.raises(
-        FetchError, match="is not this user's alone .*writable by others.*nothing was fetched"
-    ):
+    with pytest.raises(FetchError) as refused:
         cache.ensure_image_cached(str(shared / "cache"), parse_reference(PINNED), "amd64")
+    assert str(refused.value) == (
+        f"the image cache {shared / 'cache' / 'images'} is not this user's alone ({shared} is writable by others): "
+        "another local user could swap an image before it is uploaded to the nodes; nothing was fetched. Fix: set "
+        "artifact_cache_dir to a directory only you can write (e.g. ~/.cache/containerd-deploy/artifacts)"
+    )
     assert calls(skopeo) == []
 
 
@@ -404,7 +410,7 @@ echo "$* ${CONTAINERD_SNAPSHOTTER:-(default snapshotter)}" >> "$(dirname "$0")/c
 [ "$2" = k8s.io ] || exit 3
 case "$3 $4" in
   "images import") [ -e "$(dirname "$0")/fail" ] && { echo "ctr: unpack: no space left" >&2; exit 1; }
-    tar -xOf "$5" index.json | grep -o '"io.containerd.image.name":"[^"]*"' | cut -d'"' -f4 >> "$(dirname "$0")/images";;
+    tar -xOf "$5" index.json | grep -o '"io.containerd.image.name": *"[^"]*"' | cut -d'"' -f4 >> "$(dirname "$0")/images";;
   "images ls") [ -e "$(dirname "$0")/images" ] && cat "$(dirname "$0")/images"; true;;
 esac
 """
@@ -525,7 +531,11 @@ def test_the_import_fetches_uploads_into_staging_and_imports_what_it_uploaded(mo
         image: cache.CachedImage(tmp_path / "a.tar", "1" * 64, DIGEST),
         pause: cache.CachedImage(tmp_path / "b.tar", "2" * 64, DIGEST),
     }
-    monkeypatch.setattr(operation, "ensure_image_cached", lambda cache_dir, wanted, arch: found[wanted])
+    monkeypatch.setattr(
+        operation,
+        "ensure_image_cached",
+        lambda cache_dir, wanted, arch: found[wanted] if (cache_dir, arch) == ("/c", "amd64") else None,
+    )
     yielded = []
     generator = images_imported._inner(
         images=(image, pause),
@@ -565,6 +575,9 @@ class FakeHost:
         self.said = []
 
     def log_styled(self, message, **kwargs):
+        from pyinfra import logger
+
+        assert kwargs == {"fg": "red", "log_func": logger.error}
         self.said.append(message)
 
 
@@ -606,3 +619,99 @@ def test_a_failed_fetch_stops_the_run_naming_the_sandbox_image_key_when_it_was_n
         "the controller brings with artifact_source=controller: set containerd_images_sandbox=false to leave it to "
         "the node's registries"
     ]
+
+
+@pytest.mark.parametrize(
+    "text, why",
+    [
+        # Each part is shown up to 80 characters (a reference is at most a line of a message).
+        (f"nginx@{'x' * 200}", f"has the digest {'x' * 80!r}, not sha256: and 64 lowercase hex digits"),
+        (f"nginx:{'-' * 200}", f"has the tag {'-' * 80!r}, not a tag (letters, digits, _ . -, at most 128)"),
+        (f"{'a_' * 100}.io/x", f"names the registry {('a_' * 100)[:80]!r}, not a host[:port]"),
+        (
+            f"{'A' * 200}",
+            f"has the repository path {'A' * 80!r}: lowercase letters and digits, parts split by / . _ __ or -",
+        ),
+        # A second @ belongs to the digest; a : before the last / is no tag.
+        (f"nginx@{DIGEST}@x", f"has the digest {DIGEST + '@x'!r}, not sha256: and 64 lowercase hex digits"),
+        ("registry:5000/a:x/b", "has the repository path 'a:x/b'"),
+    ],
+)
+def test_a_refused_reference_shows_what_it_refused(text, why):
+    with pytest.raises(ValueError) as refused:
+        parse_reference(text)
+    assert str(refused.value).startswith(why), str(refused.value)
+
+
+def test_a_repository_name_may_be_as_long_as_the_distribution_spec_allows():
+    longest = "registry.io/" + "a" * (255 - len("registry.io/"))
+    assert parse_reference(longest).repository == longest
+    with pytest.raises(ValueError, match="has a name of 256 characters, over 255"):
+        parse_reference(longest + "a")
+
+
+def test_a_refusal_shows_an_item_or_a_value_up_to_120_characters():
+    with pytest.raises(DataError) as refused:
+        parse("node1", ["A" * 300])
+    assert f"has {'A' * 120!r}, which has the repository path" in str(refused.value)
+    with pytest.raises(DataError) as refused:
+        parse("node1", 7 * 10**200)
+    assert f"is {repr(7 * 10**200)[:120]}, not a list" in str(refused.value)
+
+
+def test_the_sandbox_images_names():
+    assert sandbox_names("registry.k8s.io/pause:3.10") == ("registry.k8s.io/pause:3.10",)
+    assert sandbox_names(f"pause@{DIGEST}") == (f"docker.io/library/pause@{DIGEST}",)
+    assert sandbox_names(None) == () and sandbox_names("Not A Reference") == ()
+
+
+def test_skopeos_words_when_they_are_not_a_log_line():
+    assert cache._said("  Error: no such image\n") == "Error: no such image"
+    assert cache._said('time="x" level=fatal msg="a \\"quoted\\" word"\n') == 'a "quoted" word'
+
+
+def test_a_fetch_that_takes_too_long_or_has_no_skopeo_says_so(skopeo, monkeypatch):
+    program = skopeo / "bin" / "skopeo"
+    program.write_text("#!/bin/sh\nsleep 5\n")
+    with pytest.raises(FetchError, match=f"could not fetch {re.escape(PINNED)} for amd64 within 0 s"):
+        cache.ensure_image_cached(str(skopeo / "cache"), parse_reference(PINNED), "amd64", timeout=0.3)
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(FetchError) as refused:
+        cache.ensure_image_cached(str(skopeo / "cache"), parse_reference(PINNED), "amd64")
+    assert str(refused.value) == f"could not fetch {PINNED}: skopeo is not installed. Fix: {cache.SKOPEO_FIX}"
+    assert sorted(path.name for path in (skopeo / "cache" / "images").iterdir()) == []
+
+
+def test_the_cris_snapshotter_is_the_configs():
+    from containerd_deploy.plan.verdict import cri_snapshotter
+
+    v2 = 'version = 2\n[plugins."io.containerd.grpc.v1.cri".containerd]\nsnapshotter = "native"\n'
+    v3 = 'version = 3\n[plugins."io.containerd.cri.v1.images"]\nsnapshotter = "zfs"\n'
+    assert cri_snapshotter(v2, Version("1.7.24")) == "native"
+    assert cri_snapshotter(v3, Version("2.1.9")) == "zfs"
+    assert cri_snapshotter("version = 3\n", Version("2.1.9")) is None
+    assert cri_snapshotter(v3.replace('"zfs"', '""'), Version("2.1.9")) is None
+    assert cri_snapshotter(v3.replace('"zfs"', "7"), Version("2.1.9")) is None
+    assert cri_snapshotter("version = [", Version("2.1.9")) is None
+
+
+def test_an_import_with_ctrs_default_snapshotter_sets_none():
+    script = import_images_script(
+        "/s", "/b", [("/s/.fetched-image-0", "b" * 64, ("x/y@sha256:" + "a" * 64,))]
+    )
+    assert "CONTAINERD_SNAPSHOTTER" not in script and "images label" not in script
+
+
+def test_two_images_are_two_cached_files_and_skopeos_long_words_end_the_message(skopeo):
+    first = cache.ensure_image_cached(str(skopeo / "cache"), parse_reference(PINNED), "amd64")
+    second = cache.ensure_image_cached(
+        str(skopeo / "cache"), parse_reference("registry.k8s.io/pause:3.10"), "amd64"
+    )
+    assert first.path != second.path and len(calls(skopeo)) == 2
+    (skopeo / "fail").write_text("x" * 400 + "y" * 600)
+    with pytest.raises(FetchError) as refused:
+        cache.ensure_image_cached(
+            str(skopeo / "cache"), parse_reference("registry.k8s.io/pause:3.9"), "amd64"
+        )
+    assert f"to the controller's cache: {'y' * 600}; nothing was cached" in str(refused.value)
+    assert "xy" not in str(refused.value)

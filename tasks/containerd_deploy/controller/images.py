@@ -12,7 +12,6 @@ import io
 import json
 import os
 import re
-import shutil
 import subprocess
 import tarfile
 import tempfile
@@ -51,9 +50,8 @@ class CachedImage:
 
 
 def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.size, info.mode, info.mtime = size, 0o644, 0
-    info.uname = info.gname = "root"
+    info = tarfile.TarInfo(name)  # (a regular file, 0644, owned by uid 0, mtime 0: the same every time)
+    info.size = size
     return info
 
 
@@ -88,9 +86,8 @@ def layout_tarball(layout: Path, image: ImageRef, arch: str, out) -> str:
             f"{image} is an image for {platform}, not for the node's linux/{arch}; nothing was cached. Fix: "
             f"list a digest of the image's index (all platforms), or of its linux/{arch} manifest, for {arch} nodes"
         )
-    descriptor = {key: value for key, value in manifests[0].items() if key != "annotations"}
-    entries = [{**descriptor, "annotations": {NAME_ANNOTATION: name}} for name in image.names]
-    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+    entries = [{**manifests[0], "annotations": {NAME_ANNOTATION: name}} for name in image.names]
+    with tarfile.open(fileobj=out, mode="w") as tar:
         _add(tar, "oci-layout", (layout / "oci-layout").read_bytes())
         for blob in blobs:
             with open(blob, "rb") as handle:
@@ -100,8 +97,8 @@ def layout_tarball(layout: Path, image: ImageRef, arch: str, out) -> str:
             "mediaType": "application/vnd.oci.image.index.v1+json",
             "manifests": entries,
         }
-        _add(tar, "index.json", json.dumps(document, sort_keys=True, separators=(",", ":")).encode())
-    return descriptor["digest"]
+        _add(tar, "index.json", json.dumps(document).encode())
+    return manifests[0]["digest"]
 
 
 def skopeo_command(image: ImageRef, arch: str, layout: Path) -> list[str]:
@@ -150,7 +147,9 @@ def ensure_image_cached(
 ) -> CachedImage:
     """The checked cached tarball of `image` for `arch`, fetching it first if the cache lacks it."""
     path = cached_image_path(cache_dir, image, arch)
-    with lock_for(str(path)):  # hosts deployed at once wait for one fetch
+    with lock_for(
+        str(path)
+    ):  # hosts deployed at once wait for one fetch  # pragma: no mutate (needs two at once)
         private_directory(path.parent)
         problem = untrusted_cache(path.parent)
         if problem:
@@ -162,15 +161,13 @@ def ensure_image_cached(
         cached = _recorded(path)
         if cached:
             return cached
-        with tempfile.TemporaryDirectory(dir=path.parent, prefix=".fetch-") as work:
-            layout = Path(work) / "layout"
+        with tempfile.TemporaryDirectory(dir=path.parent) as layout:
             try:
                 result = subprocess.run(
-                    skopeo_command(image, arch, layout),
+                    skopeo_command(image, arch, Path(layout)),
                     capture_output=True,
                     text=True,
                     timeout=timeout,
-                    stdin=subprocess.DEVNULL,
                 )
             except FileNotFoundError:
                 raise FetchError(
@@ -184,12 +181,17 @@ def ensure_image_cached(
                     f"could not fetch {image} for {arch} to the controller's cache: {said}; nothing was cached. "
                     f"Fix: {SKOPEO_FIX}"
                 )
-            partial = Path(work) / "image.tar"
-            with open(partial, "wb") as out:
-                manifest = layout_tarball(layout, image, arch, out)
-            record = {"image": str(image), "arch": arch, "sha256": sha256_of(partial), "manifest": manifest}
-            (Path(work) / "image.json").write_text(json.dumps(record))
-            os.replace(Path(work) / "image.json", path.with_suffix(".json"))
+            # Beside its final name, this user's alone (mkstemp: 0600, a name no one else has).
+            handle, partial = tempfile.mkstemp(
+                dir=path.parent
+            )  # pragma: no mutate (one filesystem: an atomic rename)
+            try:
+                with open(handle, "wb") as out:
+                    manifest = layout_tarball(Path(layout), image, arch, out)
+            except BaseException:
+                os.unlink(partial)
+                raise
+            record = {"sha256": sha256_of(Path(partial)), "manifest": manifest}
+            path.with_suffix(".json").write_text(json.dumps(record))
             os.replace(partial, path)
-            shutil.rmtree(layout, ignore_errors=True)
         return CachedImage(path, record["sha256"], manifest)

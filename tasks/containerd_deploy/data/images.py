@@ -105,7 +105,7 @@ def parse(host: str, value) -> tuple[ImageRef, ...]:
             "a mapping" if isinstance(value, Mapping) else repr(value)[:120]
         )  # a mapping's values: never shown
         raise DataError(host, KEY, f"is {shown}, not a list of image references", FIX)
-    found: dict[ImageRef, None] = {}
+    found: list[ImageRef] = []
     for item in items:
         try:
             reference = parse_reference(item)
@@ -119,8 +119,8 @@ def parse(host: str, value) -> tuple[ImageRef, ...]:
                 "and the nodes would then differ by when each was deployed",
                 FIX,
             )
-        found[reference] = None
-    return tuple(found)
+        found.append(reference)
+    return tuple(dict.fromkeys(found))
 
 
 def with_sandbox_image(listed: Iterable[ImageRef], sandbox: str | None) -> tuple[ImageRef, ...]:
@@ -129,8 +129,8 @@ def with_sandbox_image(listed: Iterable[ImageRef], sandbox: str | None) -> tuple
     is left to the verify step to report)."""
     images = tuple(listed)
     try:
-        reference = parse_reference(sandbox) if sandbox else None
-    except ValueError:
+        reference = parse_reference(sandbox)
+    except ValueError:  # (None among them)
         reference = None
     if reference is None or any(set(reference.names) <= set(image.names) for image in images):
         return images
@@ -140,6 +140,6 @@ def with_sandbox_image(listed: Iterable[ImageRef], sandbox: str | None) -> tuple
 def sandbox_names(sandbox: str | None) -> tuple[str, ...]:
     """The names the sandbox image `sandbox` is imported under (none: it names no image)."""
     try:
-        return parse_reference(sandbox).names if sandbox else ()
-    except ValueError:
+        return parse_reference(sandbox).names
+    except ValueError:  # (None among them)
         return ()
