@@ -20,7 +20,7 @@ pytestmark = pytest.mark.machine(
     "what the controller fetches, uploads and imports is the deploy's logic; ctr's import is on any node"
 )
 CTR = "/usr/local/bin/ctr"
-FETCH_OP = "Fetch images on the controller, checked by digest"
+FETCH_OP = "Fetch images on the controller"
 IMPORT_OP = "Import images from the controller (containerd_images)"
 
 

@@ -615,7 +615,7 @@ def test_a_failed_fetch_stops_the_run_naming_the_sandbox_image_key_when_it_was_n
     host = FakeHost()
     assert operation._fetch_into_cache(state, host, "/c", [pause], "amd64", (image,), []) is False
     assert host.said == [
-        f"containerd-deploy: node1: could not fetch {pause}; it is the sandbox image the node's config names, which "
+        f"containerd-deploy: node1: could not fetch {pause}; it is the sandbox image of the node's config, which "
         "the controller brings with artifact_source=controller: set containerd_images_sandbox=false to leave it to "
         "the node's registries"
     ]
@@ -715,3 +715,68 @@ def test_two_images_are_two_cached_files_and_skopeos_long_words_end_the_message(
         )
     assert f"to the controller's cache: {'y' * 600}; nothing was cached" in str(refused.value)
     assert "xy" not in str(refused.value)
+
+
+def test_a_config_made_from_new_defaults_brings_the_sandbox_image_and_snapshotter_the_data_sets():
+    """containerd_config_extra is applied last: it names the sandbox image, not the default."""
+    from containerd_deploy.plan.run import run_config_text, run_sandbox_image
+    from containerd_deploy.plan.verdict import cri_snapshotter
+
+    extra = {
+        "plugins": {
+            "io.containerd.cri.v1.images": {
+                "pinned_images": {"sandbox": "reg.internal/pause:1"},
+                "snapshotter": "native",
+            }
+        }
+    }
+    data = {"containerd_version": "2.1.9", "artifact_source": "controller", "containerd_config_extra": extra}
+    settings_ = resolve("node1", data)
+    assert run_sandbox_image(settings_, None) == "reg.internal/pause:1"
+    assert cri_snapshotter(run_config_text(settings_, None), settings_.containerd_version) == "native"
+    assert images_brought(settings_, None) == (parse_reference("reg.internal/pause:1"),)
+    plain = resolve("node1", {"containerd_version": "1.7.24", "artifact_source": "controller"})
+    assert run_sandbox_image(plain, None) == "registry.k8s.io/pause:3.8"
+    assert cri_snapshotter(run_config_text(plain, None), plain.containerd_version) is None
+
+
+def test_a_config_that_imports_other_files_may_name_its_sandbox_image_there():
+    from containerd_deploy.plan.verdict import sandbox_image
+
+    assert (
+        sandbox_image('version = 3\nimports = ["/etc/containerd/conf.d/*.toml"]\n', Version("2.1.9")) is None
+    )
+    assert sandbox_image("version = 3\nimports = []\n", Version("2.1.9")) == "registry.k8s.io/pause:3.10"
+
+
+def test_a_tarball_an_older_cache_format_made_is_fetched_again(skopeo):
+    cached = cache.ensure_image_cached(str(skopeo / "cache"), parse_reference(PINNED), "amd64")
+    record = cached.path.with_suffix(".json")
+    record.write_text(json.dumps({k: v for k, v in json.loads(record.read_text()).items() if k != "format"}))
+    assert cache.ensure_image_cached(str(skopeo / "cache"), parse_reference(PINNED), "amd64") == cached
+    assert len(calls(skopeo)) == 2
+
+
+def test_a_layout_without_a_manifest_to_read_is_a_fetch_error_naming_nothing_cached(tmp_path):
+    layout = tmp_path / "layout"
+    layout_of(oci.build(name="x/y:z"), layout)
+    index = json.loads((layout / "index.json").read_text())
+    (layout / "blobs" / "sha256" / index["manifests"][0]["digest"][7:]).write_text("{}")
+    index["manifests"][0]["digest"] = "sha256:" + hashlib.sha256(b"{}").hexdigest()
+    (layout / "blobs" / "sha256" / index["manifests"][0]["digest"][7:]).write_text("{}")
+    (layout / "index.json").write_text(json.dumps(index))
+    for blob in (layout / "blobs" / "sha256").iterdir():
+        if hashlib.sha256(blob.read_bytes()).hexdigest() != blob.name:
+            blob.unlink()
+    with pytest.raises(
+        FetchError, match="skopeo left no image manifest and config to read .*; nothing was cached"
+    ):
+        cache.layout_tarball(layout, parse_reference(PINNED), "amd64", io.BytesIO())
+
+
+def test_the_cri_name_of_a_sandbox_image():
+    from containerd_deploy.data.images import cri_name
+
+    assert cri_name("pause:3.10") == "docker.io/library/pause:3.10"
+    assert cri_name(f"registry.k8s.io/pause:3.10@{DIGEST}") == f"registry.k8s.io/pause@{DIGEST}"
+    assert cri_name("Not A Reference") == "Not A Reference" and cri_name(None) is None

@@ -30,6 +30,9 @@ from containerd_deploy.data.images import ImageRef
 from containerd_deploy.data.values import redact_secrets
 
 IMAGES_DIR = "images"  # under artifact_cache_dir
+CACHE_FORMAT = (
+    2  # what a cached tarball holds (2: a CRI pull's names, the platform checked); another: fetched again
+)
 FETCH_TIMEOUT = 1800  # seconds skopeo may take for one image
 NAME_ANNOTATION = "io.containerd.image.name"  # the name `ctr images import` gives an entry
 SKOPEO_FIX = (
@@ -62,9 +65,14 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 def _platform(layout: Path, manifest_digest: str) -> str:
     """The os/architecture the image's config declares (its manifest, then its config blob)."""
     blobs = layout / "blobs" / "sha256"
-    manifest = json.loads((blobs / manifest_digest.removeprefix("sha256:")).read_bytes())
-    config = json.loads((blobs / manifest["config"]["digest"].removeprefix("sha256:")).read_bytes())
-    return f"{config.get('os')}/{config.get('architecture')}"
+    try:
+        manifest = json.loads((blobs / manifest_digest.removeprefix("sha256:")).read_bytes())
+        config = json.loads((blobs / manifest["config"]["digest"].removeprefix("sha256:")).read_bytes())
+        return f"{config['os']}/{config['architecture']}"
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise FetchError(
+            f"skopeo left no image manifest and config to read ({error!r}); nothing was cached"
+        ) from None
 
 
 def layout_tarball(layout: Path, image: ImageRef, arch: str, out) -> str:
@@ -135,7 +143,7 @@ def _recorded(path: Path) -> CachedImage | None:
     """The cached tarball, when its record says what it is and its sha256 still matches."""
     try:
         record = json.loads(path.with_suffix(".json").read_text())
-        if path.is_file() and sha256_of(path) == record["sha256"]:
+        if record["format"] == CACHE_FORMAT and path.is_file() and sha256_of(path) == record["sha256"]:
             return CachedImage(path, record["sha256"], record["manifest"])
     except (OSError, ValueError, KeyError, TypeError):
         pass
@@ -191,7 +199,9 @@ def ensure_image_cached(
             except BaseException:
                 os.unlink(partial)
                 raise
-            record = {"sha256": sha256_of(Path(partial)), "manifest": manifest}
-            path.with_suffix(".json").write_text(json.dumps(record))
+            sha256 = sha256_of(Path(partial))
+            path.with_suffix(".json").write_text(
+                json.dumps({"format": CACHE_FORMAT, "sha256": sha256, "manifest": manifest})
+            )
             os.replace(partial, path)
-        return CachedImage(path, record["sha256"], manifest)
+        return CachedImage(path, sha256, manifest)

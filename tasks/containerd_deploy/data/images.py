@@ -143,3 +143,9 @@ def sandbox_names(sandbox: str | None) -> tuple[str, ...]:
         return parse_reference(sandbox).names
     except ValueError:  # (None among them)
         return ()
+
+
+def cri_name(reference: str | None) -> str | None:
+    """The name the CRI gives the image `reference` names (`reference` itself when it names none)."""
+    names = sandbox_names(reference)
+    return names[0] if names else reference

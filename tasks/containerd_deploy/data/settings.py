@@ -790,7 +790,7 @@ KEYS: dict[str, Key] = {
     "containerd_images_sandbox": Key(
         True,
         _plain(_bool),
-        doc="with `artifact_source=controller`, the controller brings the sandbox image the config names (or, where it names none, the one the containerd release uses: known for 1.6 to 2.3) as it brings `containerd_images` — by its tag alone unless it is pinned there or in the config — labelled pinned as the CRI's own pull of it is, so a node with no route to a registry starts pods and the verify step runs its container on a fresh node; a controller that cannot fetch it stops the run before any change. `false`: leave it to the node (its registries)",
+        doc="with `artifact_source=controller`, the controller brings the sandbox image the config names (`containerd_sandbox_image`, `containerd_config_extra`, or where it names none the one the containerd release uses: known for 1.6 to 2.3) as it brings `containerd_images` — by its tag alone unless the config names it by digest (`…:3.10@sha256:…`) — labelled pinned as the CRI's own pull of it is (1.7 and later), so a node with no route to a registry starts pods and the verify step runs its container on a fresh node; a controller that cannot fetch it stops the run before any change. `false`: leave it to the node (its registries)",
     ),
     "containerd_snapshotter": Key(
         None, _text_like("overlayfs"), shown="unset", doc="the CRI snapshotter (e.g. `overlayfs`, `native`)"

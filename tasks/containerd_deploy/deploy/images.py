@@ -8,8 +8,8 @@ from pyinfra.api import deploy
 from containerd_deploy.data.images import sandbox_names
 from containerd_deploy.data.settings import DEFAULTS, Settings
 from containerd_deploy.operations.images import images_fetched, images_imported
-from containerd_deploy.plan.run import Plan, run_sandbox_image
-from containerd_deploy.plan.verdict import cri_snapshotter
+from containerd_deploy.plan.run import Plan, run_config_text
+from containerd_deploy.plan.verdict import cri_snapshotter, sandbox_image
 
 IMPORT_OPERATION = "Import images from the controller (containerd_images)"
 
@@ -18,7 +18,7 @@ IMPORT_OPERATION = "Import images from the controller (containerd_images)"
 def fetch_images(settings: Settings, plan: Plan, arch: str):
     """Have every image the plan imports in the controller's cache, before the node is changed."""
     images_fetched(
-        name="Fetch images on the controller, checked by digest",
+        name="Fetch images on the controller",
         images=plan.images,
         arch=arch,
         cache_dir=settings.artifact_cache_dir,
@@ -31,10 +31,9 @@ def bring_images(settings: Settings, plan: Plan, arch: str):
     """Import the images the plan names, once containerd runs: the sandbox image pinned, as the
     CRI's own pull of it is (a kubelet's image garbage collection leaves it), each unpacked for
     the snapshotter the CRI uses."""
-    sandbox = run_sandbox_image(settings, plan.config_text)
-    snapshotter = settings.containerd_snapshotter
-    if snapshotter is None and plan.config_text is not None:
-        snapshotter = cri_snapshotter(plan.config_text, settings.containerd_version)
+    config_text = run_config_text(settings, plan.config_text)
+    sandbox = sandbox_image(config_text, settings.containerd_version)
+    snapshotter = cri_snapshotter(config_text, settings.containerd_version)
     images_imported(
         name=IMPORT_OPERATION,
         images=plan.images,

@@ -16,6 +16,7 @@ remote/container_check.py's.
 
 from pyinfra.api import deploy
 
+from containerd_deploy.data.images import cri_name
 from containerd_deploy.data.settings import DEFAULTS, Settings
 from containerd_deploy.facts.daemon import DaemonState
 from containerd_deploy.operations.verify import containerd_verified
@@ -50,7 +51,8 @@ def verify_containerd(
             version=str(settings.containerd_version),
             systemd_cgroup=settings.containerd_systemd_cgroup,
             unit=settings.containerd_unit_path.rsplit("/", 1)[-1],
-            sandbox_image=sandbox_image(text, settings.containerd_version),
+            # as the CRI names it (an import from the controller, a CRI pull): `pause` is docker.io/library/pause:latest
+            sandbox_image=cri_name(sandbox_image(text, settings.containerd_version)),
             loaded_files=loaded_files,
             runtime_binaries=tuple(runtime_binaries(runtimes)),
             bin_dir=settings.containerd_bin_dir,

@@ -17,7 +17,7 @@ from containerd_deploy.remote.scripts import (
 )
 
 SANDBOX_FIX = (
-    "; it is the sandbox image the node's config names, which the controller brings with "
+    "; it is the sandbox image of the node's config, which the controller brings with "
     "artifact_source=controller: set containerd_images_sandbox=false to leave it to the node's registries"
 )
 

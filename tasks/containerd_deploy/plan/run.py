@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from containerd_deploy.data.artifacts import COMPONENTS, DAEMON_COMPONENTS, Artifact, destination
-from containerd_deploy.data.config_toml import ConfigError, default_sandbox_image, value_at
+from containerd_deploy.data.config_toml import ConfigError, value_at
 from containerd_deploy.data.images import ImageRef, with_sandbox_image
 from containerd_deploy.data.settings import Settings
 from containerd_deploy.facts.node import NodeState, newer_than_daemon
@@ -62,12 +62,19 @@ def brings_sandbox_image(settings: Settings) -> bool:
     return settings.artifact_source == "controller" and settings.containerd_images_sandbox
 
 
+def run_config_text(settings: Settings, config_text: str | None) -> str:
+    """The config.toml a run leaves, to read what it sets: `config_text`, or for one made on the
+    node from the new containerd's defaults, what the data sets on an empty one (the defaults
+    fill in the rest, as containerd does for what a config leaves out)."""
+    if config_text is not None:
+        return config_text
+    return desired_config(settings, f"version = {2 if settings.containerd_version.major < 2 else 3}\n")
+
+
 def run_sandbox_image(settings: Settings, config_text: str | None) -> str | None:
-    """The sandbox image of the config.toml a run leaves: what `config_text` names (None: a
-    config made on the node from the new containerd's defaults, with the data's image if set)."""
-    if config_text is None:
-        return settings.containerd_sandbox_image or default_sandbox_image(settings.containerd_version)
-    return sandbox_image(config_text, settings.containerd_version)
+    """The sandbox image of the config.toml a run leaves (`config_text`; None: made on the node
+    from the new containerd's defaults)."""
+    return sandbox_image(run_config_text(settings, config_text), settings.containerd_version)
 
 
 def images_brought(settings: Settings, config_text: str | None) -> tuple[ImageRef, ...]:
@@ -202,14 +209,16 @@ class Plan:
             said.append("run " + " and ".join(self.hooks) + " on the controller around the restart")
         if self.images:
             by_tag = [str(image) for image in self.images if image.digest is None]
+            checked = (
+                "(by its tag alone: not pinned by digest)"
+                if len(by_tag) == len(self.images)
+                else f"(checked by digest; {', '.join(by_tag)} by its tag alone)"
+                if by_tag
+                else "(checked by digest)"
+            )
             said.append(
                 f"import {', '.join(str(image) for image in self.images)} into the k8s.io namespace from the "
-                "controller "
-                + (
-                    f"(checked by digest; {', '.join(by_tag)} by its tag alone)"
-                    if by_tag
-                    else "(checked by digest)"
-                )
+                f"controller {checked}"
             )
         if self.enable:
             said.append("enable containerd")

@@ -240,8 +240,8 @@ def sandbox_image(config_text: str, containerd_version) -> str | None:
     except ConfigError:
         return None
     image = value_at(config_text, PATHS["sandbox_image"][schema])
-    if image is None:  # not set: containerd's own default
-        return default_sandbox_image(containerd_version)
+    if image is None:  # not set: containerd's own default (unless a file it imports may set it)
+        return None if value_at(config_text, ("imports",)) else default_sandbox_image(containerd_version)
     return image if isinstance(image, str) and image else None
 
 
