@@ -28,6 +28,7 @@ def images_on(node) -> set[str]:
     return set(node.vm.ssh(f"{CTR} -n k8s.io images ls -q").stdout.split())
 
 
+@pytest.mark.generations("debian12-containerd1.6", "debian13-containerd2.1")  # the oldest ctr and the newest
 def test_a_node_with_no_route_gets_its_images_from_the_controller_and_a_pod_runs_from_them(
     node, first_deploy, tmp_path
 ):
