@@ -134,6 +134,23 @@ def deploy_ok(node, **data) -> dict:
     return results
 
 
+CRUN = [{"name": "crun", "binary_name": "/usr/bin/crun"}]  # Debian's, in the test images
+
+
+@contextlib.contextmanager
+def crun_handler(node):
+    """The node with crun as an extra runtime handler, which needs a restart to be offered; then
+    back to the first deploy's config (the deploy never removes keys it set from an existing-based
+    config: the other policy rebuilds the file from defaults without it)."""
+    pid = main_pid(node)
+    deploy_ok(node, containerd_runtimes=CRUN)
+    assert main_pid(node) != pid, "a new runtime handler needs a restart to be offered"
+    try:
+        yield
+    finally:
+        deploy_ok(node, containerd_config_base="default")
+
+
 class OwnNode:
     """A node a test module boots for itself (not one of the matrix), with the data the harness gave it."""
 

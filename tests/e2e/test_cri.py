@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from .helpers import conformance, deploy_ok, main_pid
+from .helpers import conformance, crun_handler, deploy_ok
 
 pytestmark = pytest.mark.machine("which runtime handler and cgroup driver a pod gets is the deploy's config")
 
@@ -39,24 +39,8 @@ def test_conformance_fails_for_the_right_reason_on_a_cgroupfs_node(node, first_d
 
 
 def test_an_extra_runtime_handler_runs_pods_with_its_own_binary(node, first_deploy):
-    extra_handler_runs_pods(node)
-
-
-@pytest.mark.vm("crun's pods on a kernel of the node's own (cgroup v2), containerd's default oom_score_adj")
-@pytest.mark.generations("debian13-containerd2.1")
-def test_an_extra_runtime_handler_runs_pods_on_a_vm_too(node, first_deploy):
-    extra_handler_runs_pods(node)
-
-
-def extra_handler_runs_pods(node) -> None:
-    pid = main_pid(node)
-    deploy_ok(node, containerd_runtimes=[{"name": "crun", "binary_name": "/usr/bin/crun"}])
-    assert main_pid(node) != pid, "a new runtime handler needs a restart to be offered"
-    try:
+    # (on a VM's kernel too, at containerd's default oom_score_adj: test_deploy's conformance of 2.1)
+    with crun_handler(node):
         process = conformance(node, "--expect-runtime-handlers=runc,crun", "-k", "runtime_handler")
         assert process.returncode == 0, process.stdout[-4000:]
         assert re.search(r"\b1 passed", process.stdout), process.stdout[-2000:]
-    finally:
-        # The handler stays in an existing-based config (the deploy never removes keys it set);
-        # the other policy rebuilds the file from defaults without it.
-        deploy_ok(node, containerd_config_base="default")

@@ -1,6 +1,7 @@
 """The artifact supply chain on a fresh node: every way a download can go wrong leaves the node
-as it was; the controller-side cache deploys a node that has no route to the mirror; an upgrade
-replaces binaries by rename, so a concurrent `containerd --version` never sees a partial file."""
+as it was; the controller-side cache deploys a node that has no route to the mirror (a VM: a
+network of its own); an upgrade replaces binaries by rename, so a concurrent `containerd
+--version` never sees a partial file."""
 
 import shutil
 import subprocess
@@ -8,7 +9,7 @@ import subprocess
 import pytest
 
 from tests.harness import __main__ as harness
-from tests.harness import mirror, registry
+from tests.harness import mirror, registry, vm
 
 from .helpers import (
     OwnNode,
@@ -20,11 +21,9 @@ from .helpers import (
     pyinfra,
 )
 
-pytestmark = [
-    pytest.mark.xdist_group("supply"),
-    pytest.mark.vm("a node that cannot reach an address the controller can needs a network of its own"),
-]
-NAME = "supply-1"
+ON_A_MACHINE = pytest.mark.machine("what a download, a cache and an install leave is the deploy's logic")
+ON_A_VM = pytest.mark.vm("a node that cannot reach an address the controller can needs a network of its own")
+NAME, NO_ROUTE = "supply-1", "supply-no-route-1"
 # Everything the deploy could have put on the node, and any staging leftovers.
 FOOTPRINT = (
     "ls -A /usr/local/bin /usr/local/sbin /var/lib/containerd-deploy /var/cache/containerd-deploy "
@@ -34,9 +33,16 @@ FOOTPRINT = (
 
 @pytest.fixture(scope="module")
 def fresh():
-    (started,) = harness.up([NAME], "trixie")
+    (started,) = harness.up([NAME], "trixie", kind=vm.MACHINE)
     yield OwnNode(NAME, started)
     harness.down([NAME])
+
+
+@pytest.fixture(scope="module")
+def no_route():
+    (started,) = harness.up([NO_ROUTE], "trixie")
+    yield OwnNode(NO_ROUTE, started)
+    harness.down([NO_ROUTE])
 
 
 def short(names: list[str]) -> list[str]:
@@ -57,17 +63,21 @@ def refused(node: OwnNode, *extra: str, **data) -> str:
     return process.stdout + process.stderr
 
 
+@ON_A_MACHINE
+@pytest.mark.xdist_group("supply")
 def test_download_failures_leave_a_fresh_node_untouched(fresh):
     port = fresh.data()["artifact_mirror"].rsplit(":", 1)[1]
+    mirror_host = fresh.vm.controller_address
     # HTTP 404: a version the mirror does not have.
     output = refused(fresh, containerd_version="1.7.99", containerd_sha256="a" * 64)
     assert (
-        "could not download http://10.0.2.2:" in output and "containerd-1.7.99-linux-amd64.tar.gz" in output
+        f"could not download http://{mirror_host}:" in output
+        and "containerd-1.7.99-linux-amd64.tar.gz" in output
     )
     assert "nothing was installed" in output
     # The mirror down: nothing listens on that port.
-    output = refused(fresh, artifact_mirror="http://10.0.2.2:9")
-    assert "could not download http://10.0.2.2:9/containerd/containerd/releases/download/" in output
+    output = refused(fresh, artifact_mirror=f"http://{mirror_host}:9")
+    assert f"could not download http://{mirror_host}:9/containerd/containerd/releases/download/" in output
 
     # A truncated file: only its first half on the mirror, checked against the real sha256.
     real = mirror.containerd_tarball_path(fresh.data()["containerd_version"])
@@ -80,7 +90,7 @@ def test_download_failures_leave_a_fresh_node_untouched(fresh):
             fresh, containerd_version="1.7.98", containerd_sha256=fresh.data()["containerd_sha256"]
         )
         assert (
-            f"checksum mismatch for http://10.0.2.2:{port}/containerd/containerd/releases/download/v1.7.98/"
+            f"checksum mismatch for http://{mirror_host}:{port}/containerd/containerd/releases/download/v1.7.98/"
             in output
         )
         assert f"expected sha256 {fresh.data()['containerd_sha256']}" in output
@@ -98,21 +108,23 @@ def test_download_failures_leave_a_fresh_node_untouched(fresh):
         fresh.vm.ssh("umount /mnt/tiny")
 
 
-def test_controller_cache_deploys_a_node_that_cannot_reach_the_mirror(fresh, tmp_path):
-    unreachable = loopback_mirror(fresh)
+@ON_A_VM
+@pytest.mark.xdist_group("supply-no-route")
+def test_controller_cache_deploys_a_node_that_cannot_reach_the_mirror(no_route, tmp_path):
+    unreachable = loopback_mirror(no_route)
     # From the node the mirror's address is its own loopback: fetching there fails ...
-    output = refused(fresh, artifact_mirror=unreachable)
+    output = refused(no_route, artifact_mirror=unreachable)
     assert f"could not download {unreachable}/" in output
 
     # ... while the controller fetches once, verifies, and uploads over SSH.
     cache = tmp_path / "cache"
     # A tampered file is refused on the controller already, and never cached.
     output = refused(
-        fresh,
+        no_route,
         artifact_mirror=unreachable,
         artifact_source="controller",
         artifact_cache_dir=str(cache),
-        runc_sha256={fresh.data()["runc_version"]: "b" * 64},
+        runc_sha256={no_route.data()["runc_version"]: "b" * 64},
         containerd_images_sandbox=False,  # (the images are fetched first: this is about the release files)
     )
     assert f"checksum mismatch for {unreachable}/opencontainers/runc/releases/download/" in output
@@ -129,15 +141,15 @@ def test_controller_cache_deploys_a_node_that_cannot_reach_the_mirror(fresh, tmp
         "artifact_cache_dir": str(cache),
         "containerd_sandbox_image": registry.PAUSE_REFERENCE,
     }
-    process, results = pyinfra(fresh.name, data=data, env=env)
+    process, results = pyinfra(no_route.name, data=data, env=env)
     assert process.returncode == 0, process.stderr[-4000:]
-    [line] = [line for line in process.stderr.splitlines() if line.strip().startswith(f"{fresh.name} ")]
+    [line] = [line for line in process.stderr.splitlines() if line.strip().startswith(f"{no_route.name} ")]
     assert f"a container ran from {registry.PAUSE_REFERENCE}" in line, process.stderr[-3000:]
-    changed = changed_ops(results, fresh.name)
+    changed = changed_ops(results, no_route.name)
     assert any("Install containerd" in name for name in changed) and any(
         "Install runc" in name for name in changed
     )
-    node_data = fresh.data()
+    node_data = no_route.data()
     assert sorted(path.name for path in cache.iterdir() if path.is_file()) == sorted(
         [
             f"{node_data['containerd_sha256']}-containerd-{node_data['containerd_version']}-linux-amd64.tar.gz",
@@ -145,10 +157,10 @@ def test_controller_cache_deploys_a_node_that_cannot_reach_the_mirror(fresh, tmp
         ]
     ), "one verified copy of each file, named by its sha256"
     assert len(list((cache / "images").glob("*.tar"))) == 1, "the sandbox image, once"
-    assert "containerd-deploy" not in fresh.vm.ssh("ls -A /var/cache").stdout.split(), (
+    assert "containerd-deploy" not in no_route.vm.ssh("ls -A /var/cache").stdout.split(), (
         "uploads are consumed and the staging directory removed"
     )
-    owners = fresh.vm.ssh(
+    owners = no_route.vm.ssh(
         "stat -c '%n %U:%G %a' /usr/local/bin/containerd /usr/local/bin/ctr /usr/local/sbin/runc "
         "/etc/containerd/config.toml /etc/systemd/system/containerd.service"
     ).stdout.split("\n")
@@ -161,12 +173,14 @@ def test_controller_cache_deploys_a_node_that_cannot_reach_the_mirror(fresh, tmp
     ]
 
     # Converged: a rerun in cache mode uploads nothing and changes nothing.
-    before = node_snapshot(fresh)
-    process, results = pyinfra(fresh.name, data=data, env=env)
-    assert process.returncode == 0 and changed_ops(results, fresh.name) == [], process.stderr[-3000:]
-    assert node_snapshot(fresh) == before
+    before = node_snapshot(no_route)
+    process, results = pyinfra(no_route.name, data=data, env=env)
+    assert process.returncode == 0 and changed_ops(results, no_route.name) == [], process.stderr[-3000:]
+    assert node_snapshot(no_route) == before
 
 
+@ON_A_MACHINE
+@pytest.mark.xdist_group("supply")
 def test_cni_plugins_are_optional_and_removed_exactly(fresh):
     cni = mirror.cni_release("trixie")  # Debian's containernetworking-plugins, in upstream's layout
     process, _ = pyinfra(fresh.name)
@@ -194,6 +208,8 @@ def test_cni_plugins_are_optional_and_removed_exactly(fresh):
     )
 
 
+@ON_A_MACHINE
+@pytest.mark.xdist_group("supply")
 def test_an_upgrade_never_shows_a_partial_binary(fresh):
     """Binaries are renamed over their paths: a reader sees the old file or the new, never a mix."""
     sid = mirror.release("sid")  # containerd 2.1.9 / runc 1.3.6 (needs this trixie node's glibc)

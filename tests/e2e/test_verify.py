@@ -169,6 +169,13 @@ def test_a_pod_left_unconfined_by_apparmor_is_named_with_why_until_containerd_re
         assert checked.returncode != 0, checked.stdout[-3000:]
         assert "runs under the AppArmor label 'unconfined'" in checked.stdout, checked.stdout[-3000:]
         assert "/sbin/apparmor_parser is not installed" in checked.stdout, checked.stdout[-3000:]
+        # The deploy's verify step says it too: a warning, the run passes.
+        process, _ = pyinfra(node.name)
+        output = process.stdout + process.stderr
+        assert process.returncode == 0, output[-3000:]
+        assert "AppArmor: the kernel has AppArmor on but /sbin/apparmor_parser is not installed" in output, (
+            output[-3000:]
+        )
 
         node.vm.ssh("install -m 0755 /root/apparmor_parser /sbin/apparmor_parser && rm /root/apparmor_parser")
         checked = conformance(node, "-k", "apparmor")
@@ -176,6 +183,13 @@ def test_a_pod_left_unconfined_by_apparmor_is_named_with_why_until_containerd_re
         assert "/sbin/apparmor_parser (AppArmor's userspace) was installed after containerd started" in (
             checked.stdout
         ), checked.stdout[-3000:]
+        process, _ = pyinfra(node.name)
+        output = process.stdout + process.stderr
+        assert process.returncode == 0, output[-3000:]
+        assert (
+            "AppArmor: /sbin/apparmor_parser (AppArmor's userspace) was installed after containerd started"
+            in (output)
+        ), output[-3000:]
     finally:
         node.vm.ssh(
             "[ -e /sbin/apparmor_parser ] || install -m 0755 /root/apparmor_parser /sbin/apparmor_parser; "
@@ -183,3 +197,5 @@ def test_a_pod_left_unconfined_by_apparmor_is_named_with_why_until_containerd_re
         )
     checked = conformance(node, "-k", "apparmor")
     assert checked.returncode == 0 and "1 passed" in checked.stdout, checked.stdout[-3000:]
+    process, _ = pyinfra(node.name)
+    assert process.returncode == 0 and "AppArmor:" not in process.stdout + process.stderr

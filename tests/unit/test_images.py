@@ -550,7 +550,7 @@ def test_the_import_fetches_uploads_into_staging_and_imports_what_it_uploaded(mo
     def run():
         for command in generator:
             if isinstance(command, FunctionCommand):
-                assert command.function(None, FakeHost(), *command.args) is True
+                assert command.function(FakeHost(), FakeHost(), *command.args) is True
             yielded.append(command)
 
     with_host(run, executing=True)
@@ -611,7 +611,7 @@ def test_a_failed_fetch_stops_the_run_naming_the_sandbox_image_key_when_it_was_n
     host = FakeHost()
     assert operation._fetch_into_cache(state, host, "/c", [image], "amd64", (image,), []) is False
     assert host.said == [f"containerd-deploy: node1: could not fetch {image}"]
-    assert run_of(state).hosts["node1"].failure == f"could not fetch {image}"  # the report says it
+    assert run_of(state).hosts["node1"].failure == f"node1: could not fetch {image}"  # the report says it
     host = FakeHost()
     assert operation._fetch_into_cache(state, host, "/c", [pause], "amd64", (image,), []) is False
     assert host.said == [
@@ -780,3 +780,26 @@ def test_the_cri_name_of_a_sandbox_image():
     assert cri_name("pause:3.10") == "docker.io/library/pause:3.10"
     assert cri_name(f"registry.k8s.io/pause:3.10@{DIGEST}") == f"registry.k8s.io/pause@{DIGEST}"
     assert cri_name("Not A Reference") == "Not A Reference" and cri_name(None) is None
+
+
+def test_an_image_checked_in_the_cache_is_not_hashed_again_in_the_same_run(monkeypatch, tmp_path):
+    """The fetch step checks each cached tarball (a hash of it all); the import for each host
+    uploads that one, in the same run, without hashing it again. A new run checks it again."""
+    import containerd_deploy.operations.images as operation
+    from containerd_deploy.controller.images import CachedImage
+
+    image = parse_reference(PINNED)
+    asked = []
+
+    def cached(cache_dir, image, arch):
+        asked.append((cache_dir, image, arch))
+        return CachedImage(tmp_path / f"{arch}.tar", "0" * 64, DIGEST)
+
+    monkeypatch.setattr(operation, "ensure_image_cached", cached)
+    run, found = FakeHost(), []
+    for host in (FakeHost(), FakeHost(), FakeHost()):  # the fetch step, then two hosts' imports
+        assert operation._fetch_into_cache(run, host, "/c", [image], "amd64", (image,), found) is True
+    assert asked == [("/c", image, "amd64")] and len(found) == 3 and len(set(found)) == 1
+    assert operation._fetch_into_cache(run, FakeHost(), "/c", [image], "arm64", (image,), []) is True
+    assert operation._fetch_into_cache(FakeHost(), FakeHost(), "/c", [image], "amd64", (image,), []) is True
+    assert asked == [("/c", image, "amd64"), ("/c", image, "arm64"), ("/c", image, "amd64")]

@@ -239,12 +239,12 @@ def test_the_controller_cache_step_caches_every_file_or_stops_the_host_saying_wh
     state_context, host_context = in_a_run()
     with state_context, host_context:
         one = context.host
-        assert _fetch_into_cache(None, one, str(cache), [good, other]) is True
+        assert _fetch_into_cache(one.state, one, str(cache), [good, other]) is True
         assert sorted(p.name for p in cache.iterdir()) == sorted(
             f"{a.sha256}-{a.filename}" for a in (good, other)
         )
         tampered = artifact("runc", good_file, "0" * 64)
         with caplog.at_level(logging.ERROR):
-            assert _fetch_into_cache(None, one, str(cache), [tampered, other]) is False
+            assert _fetch_into_cache(one.state, one, str(cache), [tampered, other]) is False
     (message,) = caplog.messages
     assert f"containerd-deploy: node1: checksum mismatch for {tampered.url}" in message, message

@@ -535,19 +535,27 @@ def test_a_download_the_controller_cannot_make_fails_naming_the_host(monkeypatch
     from pyinfra import logger
 
     from containerd_deploy.controller.cache import FetchError
+    from containerd_deploy.controller.run_record import run_of
     from containerd_deploy.operations import release
+
+    class Run:  # a pyinfra State, as the report's record is kept by
+        pass
 
     def refuse(cache_dir, artifact):
         raise FetchError(f"could not download {artifact.url}")
 
     monkeypatch.setattr(release, "ensure_cached", refuse)
-    host = LoggingHost()
-    assert release._fetch_into_cache(None, host, "/cache", [RUNC]) is False
+    host, state = LoggingHost(), Run()
+    assert release._fetch_into_cache(state, host, "/cache", [RUNC]) is False
     assert host.logged == [
         (f"containerd-deploy: node1: could not download {RUNC.url}", logger.error, {"fg": "red"})
     ]
+    # The run's report says it too (pyinfra keeps no output of a command run on the controller).
+    assert run_of(state).hosts["node1"].failure == f"node1: could not download {RUNC.url}"
     monkeypatch.setattr(release, "ensure_cached", lambda cache_dir, artifact: None)
-    assert release._fetch_into_cache(None, host, "/cache", [RUNC, RUNC]) is True
+    state = Run()
+    assert release._fetch_into_cache(state, host, "/cache", [RUNC, RUNC]) is True
+    assert "node1" not in run_of(state).hosts
 
 
 def test_the_running_release_is_kept_only_when_the_plan_restarts_it(tmp_path):

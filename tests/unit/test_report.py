@@ -98,6 +98,27 @@ def test_a_node_that_could_not_pull_the_sandbox_image_is_a_warning_in_one_line(m
     assert line.levelname == "WARNING" and line.getMessage().endswith(f"verify passed: {no_route}")
 
 
+def test_a_warning_of_the_verify_step_is_a_warning_of_the_report_after_what_the_step_said(
+    monkeypatch, caplog
+):
+    state, host = prepared(monkeypatch)
+    complete(state, host)
+    said = run_record.host_run(host)
+    said.verify, said.container = "a container ran from pause", True
+    said.warnings = ["AppArmor: x was installed after containerd started"]
+    row = row_of(state, host)
+    assert row["verify"] == {
+        "result": "passed",
+        "container": True,
+        "note": "a container ran from pause; AppArmor: x was installed after containerd started",
+        "warning": True,
+    }
+    with caplog.at_level("INFO"):
+        report.finish(state)
+    [line] = [record for record in caplog.records if record.getMessage().startswith("node1 ")]
+    assert line.levelname == "WARNING"
+
+
 def test_where_the_verify_container_ran_is_said_after_what_it_ran_from(monkeypatch):
     state, host = prepared(monkeypatch)
     complete(state, host, said={"Verify containerd": ["a container ran in /system.slice/x.scope"]})

@@ -10,6 +10,7 @@ from packaging.version import Version
 
 from containerd_deploy.data.config_toml import Knobs, Runtime, render
 from containerd_deploy.facts.daemon import parse_daemon_state
+from containerd_deploy.facts.node import AppArmor
 from containerd_deploy.plan.verdict import Expected, judge, kubelet_cgroup_driver, sandbox_image
 from containerd_deploy.remote.node_state import SECTION
 
@@ -48,6 +49,10 @@ PLUGINS = [
     "io.containerd.grpc.v1 cri     linux/amd64    ok",
 ]
 
+# The daemon of `healthy` started at 900 + 10050/100 s (btime + its stat's start in clock ticks).
+STARTED = 1000.5
+ON = "enabled Y"
+
 
 def healthy(
     dump=None,
@@ -62,6 +67,7 @@ def healthy(
     mtimes=("990 " + CONFIG, "991 " + UNIT),
     exe="/usr/local/bin/containerd",
     service=("MainPID=582", "ActiveState=active", "NeedDaemonReload=no"),
+    apparmor=(),
 ):
     dump = dump if dump is not None else dump_of("default-1.7.24.toml", "1.7.24")
     lines = [
@@ -74,6 +80,7 @@ def healthy(
         *section("dump", "ok " + b64(dump)),
         *section("kubelet", *([b64(kubelet)] if kubelet else [])),
         *section("image", image),
+        *section("apparmor", *apparmor),
     ]
     return parse_daemon_state(lines)
 
@@ -908,7 +915,7 @@ def test_the_daemon_the_node_fact_saw_is_the_verify_facts_daemon():
     from containerd_deploy.facts.node import parse_node_state
     from containerd_deploy.plan.verdict import daemon_identity
 
-    daemon = healthy(kubelet="cgroupDriver: systemd\n")
+    daemon = healthy(kubelet="cgroupDriver: systemd\n", apparmor=(ON, "parser 1200", "container lxc"))
     lines = [
         *section("service", "ActiveState=active", "MainPID=582", "NeedDaemonReload=yes"),
         *section("exe", daemon.exe),
@@ -921,8 +928,10 @@ def test_the_daemon_the_node_fact_saw_is_the_verify_facts_daemon():
         *section("ctr", *CTR),
         *section("kubelet", b64("cgroupDriver: systemd\n")),
         *section("missing", "/usr/bin/crun"),
+        *section("apparmor", ON, "parser 1200", "container lxc"),
     ]
     at_start = seen_at_start(parse_node_state(lines))
+    assert at_start.apparmor == daemon.apparmor == AppArmor(True, 1200.0, "lxc")
     assert daemon_identity(at_start) == daemon_identity(daemon) == (582, daemon.started, daemon.exe)
     assert (at_start.active_state, at_start.need_daemon_reload) == ("active", True)
     assert (at_start.ctr_client, at_start.ctr_server, at_start.ctr_error) == (
@@ -1193,3 +1202,92 @@ def test_the_digest_of_what_the_daemon_must_be_is_the_same_in_every_process():
         for seed in ("1", "2", "3")
     }
     assert len(digests) == 1, digests
+
+
+@pytest.mark.parametrize(
+    "apparmor, off, warned",
+    [
+        ((ON,), False, "the kernel has AppArmor on but /sbin/apparmor_parser is not installed"),
+        (
+            (ON, f"parser {int(STARTED) + 60}"),
+            False,
+            "/sbin/apparmor_parser (AppArmor's userspace) was installed after",
+        ),
+        ((ON, f"parser {int(STARTED) - 60}"), False, None),  # there before containerd started
+        ((ON, f"parser {int(STARTED) + 1}"), False, None),  # within the clock's resolution of the start
+        ((ON,), True, None),  # the config turns the CRI's AppArmor off
+        (("enabled N",), False, None),  # the kernel's switch is off
+        ((), False, None),  # no securityfs: the kernel has none (a machine of this host's kernel)
+        ((ON, "container lxc"), False, None),  # containerd in a container uses no AppArmor
+    ],
+)
+def test_a_daemon_that_may_run_containers_unconfined_is_a_warning_naming_the_fix(apparmor, off, warned):
+    """containerd decides at its first container whether AppArmor is there: with the kernel's
+    AppArmor on, a missing parser, or one installed after the daemon started, may leave every
+    container unconfined. The node works: a warning, not a problem, judged from a full check and
+    from the record of one alike."""
+    wanted = dataclasses.replace(expected(), apparmor_off=off)
+    state = healthy(apparmor=apparmor)
+    verdict = judge(wanted, state)
+    assert verdict.problems == [] and verdict.notes == []
+    remembered = judge(wanted, state, remembered=("answers as 1.7.24",))
+    if warned is None:
+        assert verdict.warnings == [] and remembered.warnings == []
+        return
+    [warning] = verdict.warnings
+    assert remembered.warnings == [warning]
+    assert warning.startswith(f"AppArmor: {warned}"), warning
+    assert warning.endswith("(systemctl restart containerd.service)"), warning
+
+
+def test_the_apparmor_warnings_whole():
+    from containerd_deploy.facts.node import AppArmor
+    from containerd_deploy.plan.verdict import apparmor_daemon_problem
+
+    assert apparmor_daemon_problem(AppArmor(enabled=True), STARTED, "ctd.service") == (
+        "the kernel has AppArmor on but /sbin/apparmor_parser is not installed, so containerd runs every "
+        "container unconfined: install AppArmor's userspace (Debian's apparmor package), then restart "
+        "containerd (systemctl restart ctd.service)"
+    )
+    assert apparmor_daemon_problem(
+        AppArmor(enabled=True, parser_changed=1779990000.0), 1779980000.0, "ctd.service"
+    ) == (
+        "/sbin/apparmor_parser (AppArmor's userspace) was installed after containerd started "
+        "(2026-05-28 17:40:00 UTC); if containerd created a container before that, it decided then that "
+        "AppArmor was not there and runs every container unconfined until it restarts: restart it "
+        "(systemctl restart ctd.service)"
+    )
+    # A daemon whose start is not known is not said to predate the parser.
+    assert apparmor_daemon_problem(AppArmor(enabled=True, parser_changed=1779990000.0), None, "c") is None
+
+
+@pytest.mark.parametrize(
+    "fixture, version", [("default-1.7.24.toml", "1.7.24"), ("default-2.1.9.toml", "2.1.9")]
+)
+def test_a_config_that_turns_the_cris_apparmor_off_is_read_in_its_schema(fixture, version):
+    from containerd_deploy.plan.verdict import cri_apparmor_off
+
+    text = (FIXTURES / "config" / fixture).read_text()
+    assert cri_apparmor_off(text, Version(version)) is False  # containerd's default
+    assert "disable_apparmor = false" in text  # where the CRI reads it, in the file's schema
+    turned_off = text.replace("disable_apparmor = false", "disable_apparmor = true")
+    assert cri_apparmor_off(turned_off, Version(version)) is True
+    assert cri_apparmor_off("not = [toml", Version(version)) is False
+
+
+def test_the_verify_operation_says_a_warning_and_keeps_it_for_the_report(caplog, monkeypatch):
+    import containerd_deploy.operations.verify as operation
+    from containerd_deploy.controller.run_record import HostRun
+
+    said = HostRun()
+    monkeypatch.setattr(operation, "host_run", lambda host: said)
+    with caplog.at_level("WARNING"):
+        yielded, _ = verify_op(run_container=False, apparmor=(ON,))
+    assert yielded == []  # a warning fails nothing
+    [record] = [record for record in caplog.records if "AppArmor" in record.getMessage()]
+    assert record.levelname == "WARNING"
+    [warning] = said.warnings
+    assert record.getMessage() == f"[node1] containerd-deploy: node1: {warning}"
+    assert warning.startswith(
+        "AppArmor: the kernel has AppArmor on but /sbin/apparmor_parser is not installed"
+    )

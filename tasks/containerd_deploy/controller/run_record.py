@@ -17,6 +17,7 @@ class HostRun:
     refused: str = ""  # why the run was refused for this host
     verify: str = ""  # what the verify step said of the node
     container: bool = False  # the verify step ran a container
+    warnings: list = field(default_factory=list)  # what the verify step warned of (the node works)
     report_file: str = ""  # containerd_report of this host
     failure: str = (
         ""  # why an operation run on the controller failed (a restart hook): pyinfra keeps no output of it
@@ -28,6 +29,9 @@ class Run:
     hosts: dict[str, HostRun] = field(default_factory=dict)  # by host name
     interrupted: bool = False  # stopped by Ctrl-C
     reported: bool = False  # the report is printed when the process exits
+    # Images already checked in the cache this run, by (cache, image, arch): a host's import
+    # uploads them without hashing each again.
+    cached_images: dict = field(default_factory=dict)
 
 
 _RUNS: "weakref.WeakKeyDictionary[Any, Run]" = weakref.WeakKeyDictionary()

@@ -65,6 +65,7 @@ PATHS: dict[str, dict[int, tuple[str, ...]]] = {
         3: _CRI_RUNTIME + ("containerd", "default_runtime_name"),
     },
     # CDI: containerd 1.7 and later (settings refuses these keys for 1.6).
+    "disable_apparmor": {2: _CRI_V2 + ("disable_apparmor",), 3: _CRI_RUNTIME + ("disable_apparmor",)},
     "enable_cdi": {2: _CRI_V2 + ("enable_cdi",), 3: _CRI_RUNTIME + ("enable_cdi",)},
     "cdi_spec_dirs": {2: _CRI_V2 + ("cdi_spec_dirs",), 3: _CRI_RUNTIME + ("cdi_spec_dirs",)},
 }

@@ -139,6 +139,8 @@ def outcome(state, host, run: Run) -> dict:
             row["verify"].update(container=False, note=said, warning=True)
         elif said:  # where it ran ("a container ran in <scope>"), after what it ran from
             row["verify"]["note"] = record.verify + said.removeprefix(CONTAINER_RAN)
+        if record.warnings:  # the node works, less safely than it should
+            row["verify"].update(warning=True, note="; ".join([row["verify"]["note"], *record.warnings]))
     return row
 
 

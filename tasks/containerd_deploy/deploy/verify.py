@@ -25,6 +25,7 @@ from containerd_deploy.plan.verdict import (
     Expected,
     configured_runtimes,
     container_handlers,
+    cri_apparmor_off,
     data_settings,
     runtime_binaries,
     sandbox_image,
@@ -58,6 +59,7 @@ def verify_containerd(
             bin_dir=settings.containerd_bin_dir,
             handlers=container_handlers(runtimes),
             settings=data_settings(settings),
+            apparmor_off=cri_apparmor_off(text, settings.containerd_version),
         )
 
     containerd_verified(

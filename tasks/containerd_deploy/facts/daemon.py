@@ -9,8 +9,10 @@ from dataclasses import dataclass, field
 from pyinfra.api import FactBase
 
 from containerd_deploy.facts.node import (
+    AppArmor,
     NodeState,
     decode_lines,
+    parse_apparmor,
     parse_ctr_version,
     parse_process_section,
     split_sections,
@@ -36,6 +38,7 @@ class DaemonState:
     dump: str | None = None
     dump_error: str = ""
     kubelet_config: str | None = None
+    apparmor: AppArmor = AppArmor()  # what the daemon decides AppArmor by
     sandbox_image: str = "absent"  # in the k8s.io namespace: "present", "absent" or "unlisted <why>"
     missing_binaries: list = field(default_factory=list)  # runtime handlers' binaries not on the node
     looked_for: tuple = ()  # the binaries asked about (the node fact's; this fact's are the expected ones)
@@ -68,6 +71,8 @@ def parse_daemon_state(lines: list[str]) -> DaemonState:
                 state.dump_error = text or "no output"
         elif name == "kubelet":
             state.kubelet_config = decode_lines(body) if any(line.strip() for line in body) else None
+        elif name == "apparmor":
+            state.apparmor = parse_apparmor(body)
         elif name == "missing":
             state.missing_binaries = [line for line in body if line]
         elif name == "image":
@@ -91,6 +96,7 @@ def seen_at_start(node: NodeState, looked_for: tuple = ()) -> DaemonState:
         ctr_error="" if node.ctr_server or node.ctr_not_asked else "no answer to the run's first question",
         ctr_asked=not node.ctr_not_asked,
         kubelet_config=node.kubelet_config,
+        apparmor=node.apparmor,
         missing_binaries=list(node.missing_binaries),
         looked_for=tuple(looked_for),
     )

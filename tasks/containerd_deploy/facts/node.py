@@ -42,6 +42,17 @@ class DistroPackage:
     path: str
 
 
+@dataclass(frozen=True)
+class AppArmor:
+    """What containerd reads to decide, once per process (at the first container it creates),
+    whether it confines a kubelet's containers with AppArmor (remote/node_state.py's
+    `apparmor_lines`)."""
+
+    enabled: bool = False  # the kernel's AppArmor is on (its switch is Y, its securityfs is there)
+    parser_changed: float | None = None  # when apparmor_parser was installed (ctime; None: absent)
+    daemon_container: str = ""  # the daemon's `container` variable: under one, containerd uses none
+
+
 @dataclass
 class NodeState:
     machine: str = ""
@@ -64,6 +75,7 @@ class NodeState:
         default_factory=dict
     )  # path -> epoch mtime of each file looked at (those it loads among them)
     kubelet_config: str | None = None  # /var/lib/kubelet/config.yaml, if a kubelet is set up
+    apparmor: AppArmor = AppArmor()  # what the daemon decides AppArmor by
     distro_packages: list = field(default_factory=list)  # DistroPackage of each packaged containerd binary
     staging_leftovers: list = field(default_factory=list)  # what runs cut short left in the staging dir
     hidden_leftovers: list = field(
@@ -166,17 +178,6 @@ def _sha256sums(lines: list[str]) -> dict[str, str]:
     return digests
 
 
-@dataclass(frozen=True)
-class AppArmor:
-    """What containerd reads to decide, once per process (at the first container it creates),
-    whether it confines a kubelet's containers with AppArmor (remote/node_state.py's
-    `apparmor_lines`)."""
-
-    enabled: bool = False  # the kernel's AppArmor is on (its switch is Y, its securityfs is there)
-    parser_changed: float | None = None  # when apparmor_parser was installed (ctime; None: absent)
-    daemon_container: str = ""  # the daemon's `container` variable: under one, containerd uses none
-
-
 def parse_apparmor(body: list[str]) -> AppArmor:
     values = dict(line.strip().partition(" ")[::2] for line in body if line.strip())
     changed = values.get("parser")
@@ -236,6 +237,7 @@ FIELDS: dict[str, tuple[str, Callable[[str, list[str]], object]]] = {
     "managed": ("managed_hosts", lambda argument, body: _lines(body)),
     "lock": ("lock", lambda argument, body: parse_lock_state(" ".join(_lines(body)))),
     "kubelet": ("kubelet_config", lambda argument, body: decode_lines(body)),
+    "apparmor": ("apparmor", lambda argument, body: parse_apparmor(body)),
     "staging": ("staging_leftovers", lambda argument, body: _lines(body)),
     "hidden": ("hidden_leftovers", lambda argument, body: [line for line in body if line]),
     "untrusted": (

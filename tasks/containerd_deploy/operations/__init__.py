@@ -12,7 +12,9 @@ What they run on the controller itself is controller/'s.
 
 from typing import Any
 
-from pyinfra import host
+from pyinfra import host, logger
+
+from containerd_deploy.controller.run_record import HostRun, run_of
 
 
 class FromNode:
@@ -36,3 +38,12 @@ def _escalated() -> bool:
 # login user runs itself is given all of them.
 # (_su_user="": pyinfra's own default, which its type hint does not admit as None.)
 ESCALATIONS: dict[str, Any] = {"_sudo": False, "_doas": False, "_dzdo": False, "_su_user": ""}
+
+
+def failed_on_controller(state, on_host, said: str) -> bool:
+    """What a command run on the controller for `on_host` (a FunctionCommand) returns when it
+    fails: `said` (host first) logged, and kept for the run's report (pyinfra keeps no output
+    of such a command)."""
+    run_of(state).hosts.setdefault(on_host.name, HostRun()).failure = said
+    on_host.log_styled(f"containerd-deploy: {said}", fg="red", log_func=logger.error)
+    return False

@@ -2,13 +2,14 @@
 cache (checked by digest) before the node is changed, then upload it to the node, check it
 there and import it into the k8s.io namespace once containerd runs."""
 
-from pyinfra import host, logger
+from pyinfra import host
 from pyinfra.api import FunctionCommand, StringCommand, operation
 
 from containerd_deploy.controller.cache import FetchError
 from containerd_deploy.controller.images import CachedImage, ensure_image_cached
-from containerd_deploy.controller.run_record import HostRun, run_of
+from containerd_deploy.controller.run_record import run_of
 from containerd_deploy.data.images import ImageRef
+from containerd_deploy.operations import failed_on_controller
 from containerd_deploy.operations.files import private_uploads, upload_directory, uploads_done
 from containerd_deploy.remote.scripts import (
     import_images_script,
@@ -25,16 +26,18 @@ SANDBOX_FIX = (
 def _fetch_into_cache(
     state, host, cache_dir: str, images: list[ImageRef], arch: str, listed: tuple, cached: list
 ) -> bool:
-    """Run on the controller: the cache's checked tarball of every image, in `cached` (one not
-    `listed` is the sandbox image: its error says how to leave it to the node)."""
+    """Run on the controller: the cache's checked tarball of every image (checked once a run), in
+    `cached` (one not `listed` is the sandbox image: its error says how to leave it to the node)."""
+    checked = run_of(state).cached_images
     for image in images:
         try:
-            cached.append(ensure_image_cached(cache_dir, image, arch))
+            key = (cache_dir, image, arch)
+            checked[key] = checked.get(key) or ensure_image_cached(cache_dir, image, arch)
+            cached.append(checked[key])
         except FetchError as error:
-            said = f"{error}" + ("" if image in listed else SANDBOX_FIX)
-            run_of(state).hosts.setdefault(host.name, HostRun()).failure = said  # for the run's report
-            host.log_styled(f"containerd-deploy: {host.name}: {said}", fg="red", log_func=logger.error)
-            return False
+            return failed_on_controller(
+                state, host, f"{host.name}: {error}" + ("" if image in listed else SANDBOX_FIX)
+            )
     return True
 
 

@@ -5,13 +5,13 @@ component, and the distribution's own containerd packages.
 
 import shlex
 
-from pyinfra import host, logger
+from pyinfra import host
 from pyinfra.api import FunctionCommand, StringCommand, operation
 
 from containerd_deploy.controller.cache import FetchError, cached_path, ensure_cached
 from containerd_deploy.data.artifacts import Artifact
 from containerd_deploy.facts.node import DistroPackage, ReleaseManifests
-from containerd_deploy.operations import FROM_NODE, FromNode
+from containerd_deploy.operations import FROM_NODE, FromNode, failed_on_controller
 from containerd_deploy.operations.files import private_uploads, upload_directory, uploads_done
 from containerd_deploy.plan.run import artifact_is_installed
 from containerd_deploy.remote.manifest import Manifest
@@ -41,8 +41,7 @@ def _fetch_into_cache(state, host, cache_dir: str, artifacts: list[Artifact]) ->
         try:
             ensure_cached(cache_dir, artifact)
         except FetchError as error:
-            host.log_styled(f"containerd-deploy: {host.name}: {error}", fg="red", log_func=logger.error)
-            return False
+            return failed_on_controller(state, host, f"{host.name}: {error}")
     return True
 
 

@@ -5,15 +5,14 @@ unit.
 
 import shlex
 
-from pyinfra import host, logger
+from pyinfra import host
 from pyinfra.api import FunctionCommand, OperationError, StringCommand, operation
 
 from containerd_deploy.controller.hooks import HookFailed, run_hook
-from containerd_deploy.controller.run_record import HostRun, run_of
 from containerd_deploy.data.hooks import hook_argv
 from containerd_deploy.data.values import redact_secrets
 from containerd_deploy.facts.node import RunLock, UnitState
-from containerd_deploy.operations import FROM_NODE, FromNode
+from containerd_deploy.operations import FROM_NODE, FromNode, failed_on_controller
 from containerd_deploy.remote.lock import NO_SESSION, LockState, take_lock_script, unavailable_message
 from containerd_deploy.remote.rollback import rollback_lines
 from containerd_deploy.remote.scripts import service_script
@@ -148,9 +147,7 @@ def _hook(state, host, key: str, argv: list[str], timeout: int) -> bool:
     try:
         output = run_hook(key, argv, timeout, host.name)
     except HookFailed as error:
-        host.log_styled(f"containerd-deploy: {error}", fg="red", log_func=logger.error)
-        run_of(state).hosts.setdefault(host.name, HostRun()).failure = str(error)  # for the run's report
-        return False
+        return failed_on_controller(state, host, str(error))
     for line in output.splitlines()[-5:]:
         host.log(f"{key}: {line}")
     return True

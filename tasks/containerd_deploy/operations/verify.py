@@ -133,6 +133,9 @@ def containerd_verified(
         return
     log = logger.info if host.state.print_noop_info else logger.debug
     said = host_run(host)
+    said.warnings = list(verdict.warnings)
+    for warning in verdict.warnings:  # the node works: said as a warning, in the report too
+        host.log_styled(f"containerd-deploy: {host.name}: {warning}", fg="yellow", log_func=logger.warning)
     pull = run_container and registry_config_path and state.sandbox_image == "absent"
     if expected.sandbox_image and (state.sandbox_image == "present" or pull):
         if run_container:

@@ -154,6 +154,8 @@ class Expected:
     handlers: tuple = (("runc", ""),)
     # (setting, value) the effective config must have: PATHS keys the data sets.
     settings: tuple = ()
+    # The config turns the CRI's AppArmor off (disable_apparmor): no profile is expected.
+    apparmor_off: bool = False
 
 
 @dataclass
@@ -161,6 +163,7 @@ class Verdict:
     problems: list = field(default_factory=list)
     checked: list = field(default_factory=list)
     notes: list = field(default_factory=list)
+    warnings: list = field(default_factory=list)  # what leaves the node short of a server's safety
 
     def summary(self, version: str) -> str:
         text = f"containerd {version} verified: " + "; ".join(self.checked)
@@ -173,36 +176,55 @@ def release_version(text: str | None) -> str | None:
     return match.group(1) if match else None
 
 
-def apparmor_label_problem(
-    label: str, apparmor: AppArmor, daemon_started: float | None, unit: str
-) -> str | None:
-    """What is wrong with the AppArmor `label` a pod's container (asking for no profile) runs
-    under, on a kernel with AppArmor on, containerd outside any container (None: containerd's
-    default profile, enforcing). containerd asks once per process, at its first container,
-    whether AppArmor is there, and `/sbin/apparmor_parser` is part of the answer."""
-    wanted = f"{APPARMOR_PROFILE} (enforce)"
-    if label == wanted:
+def apparmor_daemon_problem(apparmor: AppArmor, daemon_started: float | None, unit: str) -> str | None:
+    """Why the running containerd may confine no container with AppArmor on a kernel that has it
+    on (None: no reason known, or the kernel has it off, or containerd runs in a container, where
+    it uses none). containerd asks once per process, at its first container, whether AppArmor is
+    there, and `/sbin/apparmor_parser` is part of the answer."""
+    if not apparmor.enabled or apparmor.daemon_container:
         return None
-    seen = f"runs under the AppArmor label {label!r}, not {wanted}"
     restart = f"systemctl restart {unit}"
-    if label == f"{APPARMOR_PROFILE} (complain)":
-        return f"{seen}: the profile only logs (complain mode); enforce it (aa-enforce {APPARMOR_PROFILE})"
-    if label != "unconfined":
-        return f"{seen}: something other than containerd's default set it"
     if apparmor.parser_changed is None:
         return (
-            f"{seen}: the kernel has AppArmor on but {APPARMOR_PARSER} is not installed, so containerd runs every "
+            f"the kernel has AppArmor on but {APPARMOR_PARSER} is not installed, so containerd runs every "
             f"container unconfined: install AppArmor's userspace (Debian's apparmor package), then restart "
             f"containerd ({restart})"
         )
     if newer_than_daemon(daemon_started, {APPARMOR_PARSER: apparmor.parser_changed}, (APPARMOR_PARSER,)):
         installed = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(apparmor.parser_changed))
         return (
-            f"{seen}: {APPARMOR_PARSER} (AppArmor's userspace) was installed after containerd started ({installed}); "
+            f"{APPARMOR_PARSER} (AppArmor's userspace) was installed after containerd started ({installed}); "
             f"if containerd created a container before that, it decided then that AppArmor was not there and runs "
             f"every container unconfined until it restarts: restart it ({restart})"
         )
-    return f"{seen}; see journalctl -u {unit}"
+    return None
+
+
+def apparmor_label_problem(
+    label: str, apparmor: AppArmor, daemon_started: float | None, unit: str
+) -> str | None:
+    """What is wrong with the AppArmor `label` a pod's container (asking for no profile) runs
+    under, on a kernel with AppArmor on, containerd outside any container (None: containerd's
+    default profile, enforcing)."""
+    wanted = f"{APPARMOR_PROFILE} (enforce)"
+    if label == wanted:
+        return None
+    seen = f"runs under the AppArmor label {label!r}, not {wanted}"
+    if label == f"{APPARMOR_PROFILE} (complain)":
+        return f"{seen}: the profile only logs (complain mode); enforce it (aa-enforce {APPARMOR_PROFILE})"
+    if label != "unconfined":
+        return f"{seen}: something other than containerd's default set it"
+    why = apparmor_daemon_problem(apparmor, daemon_started, unit)
+    return f"{seen}: {why}" if why else f"{seen}; see journalctl -u {unit}"
+
+
+def cri_apparmor_off(config_text: str, containerd_version) -> bool:
+    """Whether a config turns the CRI's AppArmor off (disable_apparmor = true)."""
+    try:
+        schema = read_schema(config_text, containerd_version)
+    except ConfigError:
+        return False
+    return value_at(config_text, PATHS["disable_apparmor"][schema]) is True
 
 
 def kubelet_cgroup_driver(config_yaml: str) -> str:
@@ -280,12 +302,13 @@ def judge(expected: Expected, state: DaemonState, remembered: tuple | None = Non
             _judge_plugins,
             _judge_effective_config,
             _judge_kubelet,
+            _judge_apparmor,
             _judge_sandbox_image,
         ):
             check(expected, state, verdict)
     else:
         verdict.checked.append(f"{'; '.join(remembered)} (as its last full check found)")
-        for check in (_judge_freshness, _judge_kubelet):
+        for check in (_judge_freshness, _judge_kubelet, _judge_apparmor):
             check(expected, state, verdict)
     _judge_runtime_binaries(expected, state, verdict)
     return verdict
@@ -452,6 +475,18 @@ def _judge_kubelet(expected: Expected, state: DaemonState, verdict: Verdict) -> 
         verdict.problems.append(driver_problem)
     elif state.kubelet_config is not None:
         verdict.checked.append(f"kubelet cgroupDriver {kubelet_cgroup_driver(state.kubelet_config)} matches")
+
+
+def _judge_apparmor(expected: Expected, state: DaemonState, verdict: Verdict) -> None:
+    """Containers run under containerd's AppArmor profile where the kernel has AppArmor on: a
+    warning (the node works, less safely) when the daemon may run them unconfined."""
+    why = (
+        None
+        if expected.apparmor_off
+        else apparmor_daemon_problem(state.apparmor, state.started, expected.unit)
+    )
+    if why:
+        verdict.warnings.append(f"AppArmor: {why}")
 
 
 def _judge_sandbox_image(expected: Expected, state: DaemonState, verdict: Verdict) -> None:

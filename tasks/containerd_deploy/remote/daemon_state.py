@@ -6,6 +6,7 @@ import shlex
 
 from containerd_deploy.remote.node_state import (
     SECTION,
+    apparmor_lines,
     daemon_process_lines,
     kubelet_config_lines,
     missing_binaries_lines,
@@ -52,6 +53,7 @@ def daemon_state_command(
             f'echo "{SECTION}service"',
             *service_lines('"$unit"', "-p ActiveState -p MainPID -p NeedDaemonReload"),
             *daemon_process_lines(f"{bin_dir}/containerd"),
+            *apparmor_lines(),
             *mtimes_lines(files),
             *kubelet_config_lines(),
             f'echo "{SECTION}missing"',

@@ -400,6 +400,7 @@ def node_state_command(
             "pid=${answers#*MainPID=}",
             "pid=${pid%%[!0-9]*}",
             *daemon_process_lines(f"{bin_dir}/containerd"),
+            *apparmor_lines(),
             f'echo "{SECTION}ctr"',
             # The daemon the controller last checked in full answers as it did then (its version
             # is fixed at start; a restart makes another MainPID): not asked again (~0.2 s on a
