@@ -46,7 +46,8 @@ NO_RESTART = "no restart (nothing containerd loads at start changes)"
 FETCHED = "(fetched by the node, sha256 verified)"
 PULLED = "(pulled first if the node lacks it)"
 VERIFY_RUN = f"verify containerd, then run a container from registry.k8s.io/pause:3.10 {PULLED}"
-VERIFY_NEW = f"verify containerd, then run a container from the sandbox image the new config names {PULLED}"
+# A config from the new release's defaults: the release's own sandbox image (containerd 2.2's).
+VERIFY_NEW = f"verify containerd, then run a container from registry.k8s.io/pause:3.10.1 {PULLED}"
 VERIFY_ONLY = "verify the running containerd (no container: this run changes nothing)"
 HOOKS_RUN = "run containerd_restart_hook_before and containerd_restart_hook_after on the controller around the restart"
 HOOKS = {
@@ -483,3 +484,30 @@ def test_images_the_node_has_under_every_name_are_no_change_and_the_sandbox_imag
     assert plan.images == () and not plan.changes and plan.lines() == ["no change", VERIFY_ONLY]
     plan = plan_of({**data, "containerd_images_sandbox": False}, drifted(node, images=names))
     assert plan.images == () and not plan.changes
+
+
+def test_a_sandbox_image_the_controller_cannot_know_is_said_with_the_key_that_names_it():
+    """A config that imports other files names its sandbox image where the deploy does not read:
+    with artifact_source=controller the plan says none comes, and which key brings one."""
+    data = {"artifact_source": "controller"}
+    node = drifted(
+        converged(settings_for(data)),
+        config_text='version = 3\nimports = ["/etc/containerd/conf.d/*.toml"]\n',
+    )
+    lines = plan_of(data, node).lines()
+    unknown = (
+        "bring no sandbox image from the controller: the config this run leaves names none this deploy can "
+        "read (a file it imports may; a containerd release's default is known up to 2.3): set "
+        "containerd_sandbox_image to bring it"
+    )
+    assert lines[-2:] == [
+        unknown,
+        f"verify containerd, then run a container from the sandbox image the config names {PULLED}",
+    ]
+    assert plan_of(data, node).images == ()
+    assert unknown not in plan_of({**data, "containerd_images_sandbox": False}, node).lines()
+    assert unknown not in plan_of({}, node).lines()  # the node's registries bring it
+    named = plan_of({**data, "containerd_sandbox_image": "registry.k8s.io/pause:3.10"}, node)
+    assert unknown not in named.lines() and [str(image) for image in named.images] == [
+        "registry.k8s.io/pause:3.10"
+    ]

@@ -141,6 +141,8 @@ class Plan:
     # the image the verify step runs a container from (None: the one the new defaults name)
     verify_image: str | None = None
     images: tuple[ImageRef, ...] = ()  # images the controller brings: the node lacks them
+    # the controller would bring the sandbox image, but none is known of the config the run leaves
+    sandbox_unknown: bool = False
 
     @property
     def changes(self) -> bool:
@@ -236,13 +238,22 @@ class Plan:
         return f"{shown} {old} → {new}" if old and old != new else f"{shown} {new}"
 
     def _check_lines(self) -> list[str]:
+        unknown = (
+            [
+                "bring no sandbox image from the controller: the config this run leaves names none this deploy "
+                "can read (a file it imports may; a containerd release's default is known up to 2.3): set "
+                "containerd_sandbox_image to bring it"
+            ]
+            if self.sandbox_unknown
+            else []
+        )
         if not self.verify:
-            return []
+            return unknown
         if not self.changes:
-            return ["verify the running containerd (no container: this run changes nothing)"]
-        image = self.verify_image or "the sandbox image the new config names"
+            return [*unknown, "verify the running containerd (no container: this run changes nothing)"]
+        image = self.verify_image or "the sandbox image the config names"
         pulled = " (pulled first if the node lacks it)" if self.verify_pulls else " (if the node has it)"
-        return [f"verify containerd, then run a container from {image}{pulled}"]
+        return [*unknown, f"verify containerd, then run a container from {image}{pulled}"]
 
 
 def plan_run(settings: Settings, node: NodeState, wanted: dict[str, Artifact]) -> Plan:
@@ -313,8 +324,9 @@ def plan_run(settings: Settings, node: NodeState, wanted: dict[str, Artifact]) -
         ),
         verify=settings.containerd_verify,
         verify_pulls=bool(settings.containerd_registry_config_path),
-        verify_image=sandbox_image(config_text, settings.containerd_version) if config_text else None,
+        verify_image=run_sandbox_image(settings, config_text),
         images=images_missing(images_brought(settings, config_text), node.images),
+        sandbox_unknown=brings_sandbox_image(settings) and run_sandbox_image(settings, config_text) is None,
         install=install,
         remove=remove,
         files=files,
