@@ -8,10 +8,12 @@ registry through its own containers configuration ($CONTAINERS_REGISTRIES_CONF),
 operator's controller reaches theirs.
 """
 
+import hashlib
 import re
 
 import pytest
 
+from containerd_deploy.deploy.images import IMPORT_OPERATION
 from tests.harness import registry
 
 from .helpers import VERIFY_OP, changed_ops, conformance, deploy_ok, main_pid, one_at_a_time, pyinfra
@@ -21,7 +23,7 @@ pytestmark = pytest.mark.machine(
 )
 CTR = "/usr/local/bin/ctr"
 FETCH_OP = "Fetch images on the controller"
-IMPORT_OP = "Import images from the controller (containerd_images)"
+IMPORT_OP = IMPORT_OPERATION
 
 
 def images_on(node) -> set[str]:
@@ -93,3 +95,38 @@ def _no_route_node(node, data: dict, env: dict, nginx: str, digest_name: str, wa
     # Converged: nothing fetched, uploaded or imported again.
     process, results = pyinfra(node.name, data=data, env=env)
     assert process.returncode == 0 and changed_ops(results, node.name) == [], process.stderr[-3000:]
+
+
+@pytest.mark.generations("debian13-containerd2.1")
+def test_an_archive_on_the_controller_is_imported_only_where_its_images_are_missing(
+    node, first_deploy, tmp_path
+):
+    name = "example.internal/archives/nginx:1"  # on no registry: only the archive has it
+    archive = tmp_path / "nginx.tar"
+    archive.write_bytes(registry.nginx_image(name))
+    sha256 = hashlib.sha256(archive.read_bytes()).hexdigest()
+    node.vm.ssh(f"{CTR} -n k8s.io images rm {name}", check=False)
+
+    # A sha256 that is not the file's: refused on the controller, before the node changes.
+    pid, before = main_pid(node), images_on(node)
+    process, _ = pyinfra(
+        node.name, data={"containerd_image_archives": [{"path": str(archive), "sha256": "0" * 64}]}
+    )
+    output = process.stdout + process.stderr
+    assert process.returncode != 0 and f"the image archive {archive} has the sha256 {sha256}" in output, (
+        output[-3000:]
+    )
+    assert main_pid(node) == pid and images_on(node) == before, "a refused archive changed the node"
+
+    data = {"containerd_image_archives": [{"path": str(archive), "sha256": sha256}]}
+    try:
+        process, results = pyinfra(node.name, data=data)
+        assert process.returncode == 0, process.stderr[-4000:]
+        assert any(IMPORT_OP in op for op in changed_ops(results, node.name))
+        assert name in images_on(node)
+        assert main_pid(node) == pid, "an import restarts nothing"
+        # Converged: the node has its name, nothing is uploaded again.
+        process, results = pyinfra(node.name, data=data)
+        assert process.returncode == 0 and changed_ops(results, node.name) == [], process.stderr[-3000:]
+    finally:
+        node.vm.ssh(f"{CTR} -n k8s.io images rm {name}", check=False)

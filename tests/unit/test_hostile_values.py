@@ -607,6 +607,7 @@ def test_every_data_key_is_covered_by_a_property_or_a_choice():
         "containerd_restart_hook_before",  # test_restart_guard.py
         "containerd_restart_hook_after",
         "containerd_images",  # test_images.py
+        "containerd_image_archives",  # test_image_archives.py
     }
     # Choices, booleans, numbers, checksums and structures with tests of their own.
     others = {

@@ -8,6 +8,7 @@ import hashlib
 import pytest
 
 from containerd_deploy.data import artifacts
+from containerd_deploy.deploy.images import IMPORT_OPERATION
 from containerd_deploy.facts.node import DistroPackage, NodeState
 from containerd_deploy.plan.run import NAMES, Plan, plan_removal, plan_run
 from containerd_deploy.remote.manifest import Manifest
@@ -287,9 +288,9 @@ def test_the_dry_run_and_the_real_run_read_the_same_plan(monkeypatch, case, data
     assert ("Take the node's run lock" in changed) == plan.changes
     assert any(name.startswith("Keep the running release") for name in changed) == plan.keep
     assert any(name.startswith("Drop the kept release") for name in changed) == plan.drop_kept
-    assert ("Fetch images on the controller" in changed) == bool(plan.images)
+    assert ("Fetch images on the controller" in changed) == bool(plan.images or plan.archives)
     # (an import the sandbox image a new config names decides only when it runs)
-    assert ("Import images from the controller (containerd_images)" in changed) == bool(plan.images)
+    assert (IMPORT_OPERATION in changed) == bool(plan.images or plan.archives)
     hooks = [name for name in changed if name.startswith("Run containerd_restart_hook_")]
     assert len(hooks) == (2 if plan.restarts_running and "containerd_restart_hook_before" in data else 0)
 

@@ -26,7 +26,7 @@ from containerd_deploy.controller.cache import (
     sha256_of,
     untrusted_cache,
 )
-from containerd_deploy.data.images import ImageRef
+from containerd_deploy.data.images import ARCHIVES_FIX, ARCHIVES_KEY, ImageArchive, ImageRef, parse_reference
 from containerd_deploy.data.values import redact_secrets
 
 IMAGES_DIR = "images"  # under artifact_cache_dir
@@ -205,3 +205,70 @@ def ensure_image_cached(
             )
             os.replace(partial, path)
         return CachedImage(path, sha256, manifest)
+
+
+REF_NAME_ANNOTATION = "org.opencontainers.image.ref.name"  # an OCI layout's name of an entry
+
+
+def _archive_document(tar: tarfile.TarFile, name: str):
+    try:
+        member = tar.getmember(name)
+    except KeyError:
+        return None
+    handle = tar.extractfile(member) if member.isfile() and member.size <= 1 << 20 else None
+    return json.loads(handle.read()) if handle else None
+
+
+def archive_names(archive: ImageArchive) -> tuple[str, ...]:
+    """The names `ctr images import` gives the images of `archive` (an OCI archive's index
+    entries named by `io.containerd.image.name`, or by a whole reference in
+    `org.opencontainers.image.ref.name`; a docker archive's `RepoTags`), normalized as containerd
+    names them. FetchError when it cannot be read or names none: an image without a name is one
+    no pod can ask for."""
+    fix = f"Fix: check the path in {ARCHIVES_KEY}, or make the archive with the names its images should have ({ARCHIVES_FIX})"
+    try:
+        with tarfile.open(archive.path, mode="r:") as tar:
+            index = _archive_document(tar, "index.json")
+            docker = _archive_document(tar, "manifest.json") if index is None else None
+    except (OSError, tarfile.TarError, ValueError, UnicodeDecodeError) as error:
+        said = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        raise FetchError(
+            f"could not read the image archive {archive.path}: {said}; nothing was uploaded. {fix}"
+        ) from None
+    texts = []
+    if isinstance(index, dict):
+        for entry in index.get("manifests") or []:
+            annotations = entry.get("annotations") or {} if isinstance(entry, dict) else {}
+            texts.append(annotations.get(NAME_ANNOTATION) or annotations.get(REF_NAME_ANNOTATION))
+    elif isinstance(docker, list):
+        texts = [tag for image in docker if isinstance(image, dict) for tag in image.get("RepoTags") or []]
+    names: list[str] = []
+    for text in texts:
+        try:
+            names.extend(parse_reference(text).names if "/" in str(text) or ":" in str(text) else ())
+        except ValueError:
+            continue
+    if not names:
+        raise FetchError(
+            f"the image archive {archive.path} names no image by a whole reference (registry/path:tag), so "
+            f"`ctr images import` would give its images no name a pod can ask for; nothing was uploaded. {fix}"
+        )
+    return tuple(dict.fromkeys(names))
+
+
+def checked_archive(archive: ImageArchive) -> CachedImage:
+    """`archive` as it is uploaded: FetchError unless its sha256 is the one the data gives."""
+    try:
+        found = sha256_of(Path(archive.path))
+    except OSError as error:
+        raise FetchError(
+            f"could not read the image archive {archive.path}: {error.strerror}; nothing was uploaded. "
+            f"Fix: check the path in {ARCHIVES_KEY}"
+        ) from None
+    if found != archive.sha256:
+        raise FetchError(
+            f"the image archive {archive.path} has the sha256 {found}, not the {archive.sha256} {ARCHIVES_KEY} "
+            "gives; nothing was uploaded. Fix: if the file is the one you meant, set its sha256 to what "
+            f"`sha256sum {archive.path}` prints"
+        )
+    return CachedImage(Path(archive.path), found, "")

@@ -1,5 +1,6 @@
 """Image references: the images the controller brings to nodes (`containerd_images`), read as
-containerd and a kubelet read them.
+containerd and a kubelet read them; and image archives the operator has on the controller
+(`containerd_image_archives`), each named by its path and sha256.
 
 A reference is `[registry/]path[:tag][@sha256:<digest>]`; without a registry it is Docker Hub's
 (`nginx` is `docker.io/library/nginx`), as the CRI normalizes it. An image the data lists must be
@@ -11,9 +12,10 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from containerd_deploy.data.values import DataError
+from containerd_deploy.data.values import DataError, normal_path, path_problem
 
 KEY = "containerd_images"
+ARCHIVES_KEY = "containerd_image_archives"
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_ALIASES = ("index.docker.io",)  # docker/reference's legacy name of Docker Hub
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
@@ -27,6 +29,25 @@ FIX = (
     f'list references pinned by digest, e.g. {KEY}=["registry.k8s.io/pause:3.10@sha256:<64 hex digits>"] '
     "(skopeo inspect docker://REF prints the digest)"
 )
+
+
+ARCHIVES_FIX = (
+    'list each archive as {"path": "/abs/path/on/the/controller.tar", "sha256": "<64 hex digits>"} '
+    "(an OCI or docker archive, e.g. from `skopeo copy … oci-archive:FILE:NAME` or `docker save`; "
+    "sha256sum FILE prints its sha256)"
+)
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class ImageArchive:
+    """An image archive on the controller, and the sha256 it must have."""
+
+    path: str
+    sha256: str
+
+    def __str__(self) -> str:
+        return self.path
 
 
 @dataclass(frozen=True)
@@ -149,3 +170,35 @@ def cri_name(reference: str | None) -> str | None:
     """The name the CRI gives the image `reference` names (`reference` itself when it names none)."""
     names = sandbox_names(reference)
     return names[0] if names else reference
+
+
+def parse_archives(host: str, value) -> tuple[ImageArchive, ...]:
+    """The archives data lists, each an absolute path with its sha256 (DataError otherwise), in
+    order, once each."""
+    if value in (None, "", []):
+        return ()
+    if not isinstance(value, (list, tuple)):
+        shown = "a mapping" if isinstance(value, Mapping) else repr(value)[:120]
+        raise DataError(host, ARCHIVES_KEY, f"is {shown}, not a list of archives", ARCHIVES_FIX)
+    found: list[ImageArchive] = []
+    for item in value:
+        if not isinstance(item, Mapping) or set(item) != {"path", "sha256"}:
+            shown = (
+                "{" + ", ".join(sorted(map(str, item))) + "}"
+                if isinstance(item, Mapping)
+                else repr(item)[:120]
+            )
+            raise DataError(host, ARCHIVES_KEY, f"has {shown}, not a path and a sha256", ARCHIVES_FIX)
+        path, sha256 = item["path"], item["sha256"]
+        problem = path_problem(path)
+        if problem:
+            raise DataError(host, ARCHIVES_KEY, f"has the path {str(path)[:120]!r}, {problem}", ARCHIVES_FIX)
+        if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256):
+            raise DataError(
+                host,
+                ARCHIVES_KEY,
+                f"has the sha256 {str(sha256)[:80]!r} for {path}, not 64 lowercase hex digits",
+                ARCHIVES_FIX,
+            )
+        found.append(ImageArchive(normal_path(path), sha256))
+    return tuple(dict.fromkeys(found))

@@ -73,6 +73,7 @@ class Settings:
     containerd_systemd_cgroup: bool
     containerd_sandbox_image: str | None
     containerd_images: tuple
+    containerd_image_archives: tuple
     containerd_images_sandbox: bool
     containerd_snapshotter: str | None
     containerd_max_container_log_line_size: int | None
@@ -539,6 +540,10 @@ def _images(host: str, key: str, value) -> tuple:
     return images.parse(host, value)
 
 
+def _image_archives(host: str, key: str, value) -> tuple:
+    return images.parse_archives(host, value)
+
+
 def _registries(host: str, key: str, value) -> dict:
     return registries.parse(host, value)
 
@@ -786,6 +791,11 @@ KEYS: dict[str, Key] = {
         [],
         _plain(_images),
         doc="images the controller brings to each node that lacks them, for nodes with no route to a registry: references pinned by digest (`registry/path:tag@sha256:…`), each checked to be for the node's platform. The controller fetches each once per node arch into `artifact_cache_dir` with `skopeo` (its own containers configuration: `skopeo login`, registries.conf, certs.d), before the node is changed, uploads it over SSH, checks it again on the node and imports it into the `k8s.io` namespace under the name a CRI pull gives it (`registry/path@sha256:…`: pods ask for it as listed, or by digest). With `artifact_source=controller` the sandbox image comes too (`containerd_images_sandbox`). A node that has the name gets nothing; one taken off the list is left on the node",
+    ),
+    "containerd_image_archives": Key(
+        [],
+        _plain(_image_archives),
+        doc="image archives on the controller the controller brings to each node that lacks their images, as `containerd_images`: a list of `{path, sha256}` (an OCI archive whose index names each image, `io.containerd.image.name` or a whole `org.opencontainers.image.ref.name`, or a docker archive with `RepoTags`). Each is checked against its sha256 on the controller before it is uploaded and on the node before it is imported into the `k8s.io` namespace under the names it holds; for the node's platform, as the operator made it. A node that has every name gets nothing",
     ),
     "containerd_images_sandbox": Key(
         True,

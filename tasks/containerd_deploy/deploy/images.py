@@ -5,13 +5,16 @@ then runs from the sandbox image on a node with no route to a registry."""
 
 from pyinfra.api import deploy
 
-from containerd_deploy.data.images import sandbox_names
+from containerd_deploy.controller.cache import FetchError
+from containerd_deploy.controller.images import archive_names
+from containerd_deploy.data.images import ARCHIVES_KEY, ImageArchive, sandbox_names
 from containerd_deploy.data.settings import DEFAULTS, Settings
+from containerd_deploy.data.values import Refusal
 from containerd_deploy.operations.images import images_fetched, images_imported
 from containerd_deploy.plan.run import Plan, run_config_text
 from containerd_deploy.plan.verdict import cri_snapshotter, sandbox_image
 
-IMPORT_OPERATION = "Import images from the controller (containerd_images)"
+IMPORT_OPERATION = "Import images from the controller (containerd_images, containerd_image_archives)"
 
 
 @deploy("Fetch images", data_defaults=DEFAULTS)
@@ -23,6 +26,7 @@ def fetch_images(settings: Settings, plan: Plan, arch: str):
         arch=arch,
         cache_dir=settings.artifact_cache_dir,
         listed=settings.containerd_images,
+        archives=tuple(archive for archive, _ in plan.archives),
     )
 
 
@@ -44,4 +48,21 @@ def bring_images(settings: Settings, plan: Plan, arch: str):
         listed=settings.containerd_images,
         pinned=sandbox_names(sandbox),
         snapshotter=snapshotter or "",
+        archives=plan.archives,
     )
+
+
+_NAMES: dict[ImageArchive, tuple[str, ...]] = {}  # read once a run, for every host
+
+
+def archive_images(settings: Settings) -> tuple[tuple[ImageArchive, tuple[str, ...]], ...]:
+    """Each archive of containerd_image_archives with the names of its images, read on the
+    controller before the plan (a refusal, naming the archive and the fix, when it cannot be
+    read or names no image)."""
+    try:
+        for archive in settings.containerd_image_archives:
+            if archive not in _NAMES:
+                _NAMES[archive] = archive_names(archive)
+    except FetchError as error:
+        raise Refusal(f"{settings.host}: data key {ARCHIVES_KEY!r}: {error}") from None
+    return tuple((archive, _NAMES[archive]) for archive in settings.containerd_image_archives)

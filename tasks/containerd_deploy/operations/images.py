@@ -6,9 +6,9 @@ from pyinfra import host
 from pyinfra.api import FunctionCommand, StringCommand, operation
 
 from containerd_deploy.controller.cache import FetchError
-from containerd_deploy.controller.images import CachedImage, ensure_image_cached
+from containerd_deploy.controller.images import CachedImage, checked_archive, ensure_image_cached
 from containerd_deploy.controller.run_record import run_of
-from containerd_deploy.data.images import ImageRef
+from containerd_deploy.data.images import ImageArchive, ImageRef
 from containerd_deploy.operations import failed_on_controller
 from containerd_deploy.operations.files import private_uploads, upload_directory, uploads_done
 from containerd_deploy.remote.scripts import (
@@ -23,27 +23,39 @@ SANDBOX_FIX = (
 )
 
 
+def _checked(cache_dir: str, item: "ImageRef | ImageArchive", arch: str) -> CachedImage:
+    if isinstance(item, ImageArchive):
+        return checked_archive(item)
+    return ensure_image_cached(cache_dir, item, arch)
+
+
 def _fetch_into_cache(
-    state, host, cache_dir: str, images: list[ImageRef], arch: str, listed: tuple, cached: list
+    state, host, cache_dir: str, images: list, arch: str, listed: tuple, cached: list
 ) -> bool:
-    """Run on the controller: the cache's checked tarball of every image (checked once a run), in
-    `cached` (one not `listed` is the sandbox image: its error says how to leave it to the node)."""
+    """Run on the controller: the cache's checked tarball of every image (an archive: the file,
+    checked by its sha256), each checked once a run, in `cached` (an image not `listed` is the
+    sandbox image: its error says how to leave it to the node)."""
     checked = run_of(state).cached_images
     for image in images:
         try:
             key = (cache_dir, image, arch)
-            checked[key] = checked.get(key) or ensure_image_cached(cache_dir, image, arch)
+            checked[key] = checked.get(key) or _checked(cache_dir, image, arch)
             cached.append(checked[key])
         except FetchError as error:
+            brought = image in listed or isinstance(image, ImageArchive)
             return failed_on_controller(
-                state, host, f"{host.name}: {error}" + ("" if image in listed else SANDBOX_FIX)
+                state, host, f"{host.name}: {error}" + ("" if brought else SANDBOX_FIX)
             )
     return True
 
 
 @operation()
 def images_fetched(
-    images: "tuple[ImageRef, ...]", arch: str, cache_dir: str, listed: "tuple[ImageRef, ...]" = ()
+    images: "tuple[ImageRef, ...]",
+    arch: str,
+    cache_dir: str,
+    listed: "tuple[ImageRef, ...]" = (),
+    archives: "tuple[ImageArchive, ...]" = (),
 ):
     """
     Fetch images into the controller's cache, once per controller and arch, each checked
@@ -53,6 +65,8 @@ def images_fetched(
     + arch: the node's arch (amd64, arm64): from an image index, its manifest is the one fetched
     + cache_dir: the controller's cache (``artifact_cache_dir``)
     + listed: the images the data lists (``containerd_images``); any other is the sandbox image
+    + archives: the ``ImageArchive`` objects to bring (``containerd_image_archives``): each
+      checked by its sha256
 
     **Example:**
 
@@ -65,10 +79,10 @@ def images_fetched(
             cache_dir="~/.cache/containerd-deploy/artifacts",
         )
     """
-    if not images:
+    if not images and not archives:
         host.noop("no image to fetch: the node has every one")
         return
-    yield FunctionCommand(_fetch_into_cache, (cache_dir, list(images), arch, tuple(listed), []), {})
+    yield FunctionCommand(_fetch_into_cache, (cache_dir, [*images, *archives], arch, tuple(listed), []), {})
 
 
 @operation()
@@ -81,6 +95,7 @@ def images_imported(
     listed: "tuple[ImageRef, ...]" = (),
     pinned: "tuple[str, ...]" = (),
     snapshotter: str = "",
+    archives: "tuple[tuple[ImageArchive, tuple[str, ...]], ...]" = (),
 ):
     """
     Bring images to the node from the controller's cache (fetched there first if missing):
@@ -98,6 +113,8 @@ def images_imported(
       (a kubelet's image garbage collection leaves it)
     + snapshotter: the snapshotter the CRI uses, which each image is unpacked for ("": ctr's
       default)
+    + archives: the ``ImageArchive`` objects to bring, each with the names of its images
+      (checked on the node after the import)
 
     **Example:**
 
@@ -112,15 +129,17 @@ def images_imported(
             bin_dir="/usr/local/bin",
         )
     """
-    if not images:
+    if not images and not archives:
         host.noop("no image to import: the node has every one")
         return
     cached: list[CachedImage] = []
-    yield FunctionCommand(_fetch_into_cache, (cache_dir, list(images), arch, tuple(listed), cached), {})
-    if len(cached) != len(images):
+    brought = [*images, *(archive for archive, _ in archives)]
+    names = [*(image.names for image in images), *(held for _, held in archives)]
+    yield FunctionCommand(_fetch_into_cache, (cache_dir, brought, arch, tuple(listed), cached), {})
+    if len(cached) != len(brought):
         return  # not run (pyinfra only looking for a change), or it failed and said why
     yield remove_staging_leftovers_script(staging_dir, keep=True)
-    paths = [uploaded_image_path(staging_dir, index) for index in range(len(images))]
+    paths = [uploaded_image_path(staging_dir, index) for index in range(len(brought))]
     via = upload_directory()
     yield from private_uploads(
         [(str(found.path), path) for found, path in zip(cached, paths, strict=True)], via
@@ -130,10 +149,7 @@ def images_imported(
         import_images_script(
             staging_dir,
             bin_dir,
-            [
-                (path, found.sha256, image.names)
-                for path, found, image in zip(paths, cached, images, strict=True)
-            ],
+            [(path, found.sha256, held) for path, found, held in zip(paths, cached, names, strict=True)],
             pinned=tuple(pinned),
             snapshotter=snapshotter,
         )

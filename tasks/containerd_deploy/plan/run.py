@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from containerd_deploy.data.artifacts import COMPONENTS, DAEMON_COMPONENTS, Artifact, destination
 from containerd_deploy.data.config_toml import ConfigError, value_at
-from containerd_deploy.data.images import ImageRef, with_sandbox_image
+from containerd_deploy.data.images import ImageArchive, ImageRef, with_sandbox_image
 from containerd_deploy.data.settings import Settings
 from containerd_deploy.facts.node import NodeState, newer_than_daemon
 from containerd_deploy.plan.files import (
@@ -55,7 +55,9 @@ def daemon_is_stale(settings: Settings, node: NodeState) -> bool:
 
 def lists_images(settings: Settings) -> bool:
     """Whether the controller brings images to this node (so the node fact lists its images)."""
-    return bool(settings.containerd_images) or brings_sandbox_image(settings)
+    return bool(settings.containerd_images or settings.containerd_image_archives) or brings_sandbox_image(
+        settings
+    )
 
 
 def brings_sandbox_image(settings: Settings) -> bool:
@@ -141,6 +143,8 @@ class Plan:
     # the image the verify step runs a container from (None: the one the new defaults name)
     verify_image: str | None = None
     images: tuple[ImageRef, ...] = ()  # images the controller brings: the node lacks them
+    # archives the controller brings (each with the names of its images): the node lacks a name
+    archives: tuple[tuple[ImageArchive, tuple[str, ...]], ...] = ()
     # the controller would bring the sandbox image, but none is known of the config the run leaves
     sandbox_unknown: bool = False
 
@@ -165,6 +169,7 @@ class Plan:
             or self.stop
             or self.purge
             or self.images
+            or self.archives
         )
 
     def lines(self) -> list[str]:
@@ -222,6 +227,12 @@ class Plan:
                 f"import {', '.join(str(image) for image in self.images)} into the k8s.io namespace from the "
                 f"controller {checked}"
             )
+        if self.archives:
+            said.append(
+                "import "
+                + ", ".join(f"{', '.join(names)} from {archive}" for archive, names in self.archives)
+                + " into the k8s.io namespace from the controller (each archive checked by its sha256)"
+            )
         if self.enable:
             said.append("enable containerd")
         if self.drop_kept:
@@ -256,10 +267,16 @@ class Plan:
         return [*unknown, f"verify containerd, then run a container from {image}{pulled}"]
 
 
-def plan_run(settings: Settings, node: NodeState, wanted: dict[str, Artifact]) -> Plan:
+def plan_run(
+    settings: Settings,
+    node: NodeState,
+    wanted: dict[str, Artifact],
+    archives: tuple[tuple[ImageArchive, tuple[str, ...]], ...] = (),
+) -> Plan:
     """The plan of a run that leaves `node` with the release files `wanted` and `settings`'
-    files, service and rollback (containerd_state=present). A config.toml that does not parse,
-    or that `settings` cannot be applied to, is refused here: before any operation."""
+    files, service and rollback (containerd_state=present), and the images of `archives` (each
+    with the names it holds). A config.toml that does not parse, or that `settings` cannot be
+    applied to, is refused here: before any operation."""
     install = tuple(
         component
         for component, artifact in wanted.items()
@@ -326,6 +343,7 @@ def plan_run(settings: Settings, node: NodeState, wanted: dict[str, Artifact]) -
         verify_pulls=bool(settings.containerd_registry_config_path),
         verify_image=run_sandbox_image(settings, config_text),
         images=images_missing(images_brought(settings, config_text), node.images),
+        archives=tuple((archive, names) for archive, names in archives if not set(names) <= node.images),
         sandbox_unknown=brings_sandbox_image(settings) and run_sandbox_image(settings, config_text) is None,
         install=install,
         remove=remove,
