@@ -505,7 +505,7 @@ def main(argv=None) -> int:
     commands.add_parser("report", help="after a whole `mutmut run`: docs/mutation.md and the baseline")
     sample = commands.add_parser("sample", help="a time-boxed sample of the decision modules' mutants")
     sample.add_argument(
-        "--budget", type=float, default=900, help="seconds of estimated test time to sample (default 900)"
+        "--budget", type=float, default=400, help="seconds of estimated test time to sample (default 400)"
     )
     args = parser.parse_args(argv)
     if args.command == "sample":

@@ -34,8 +34,10 @@ class Generation:
     vm_kernel_args: tuple = ()  # the kernel command line of its VM
 
 
-# The oldest generation's VM boots cgroup v1 (its conformance there is the cgroup v1 proof; its
-# machine, on this machine's kernel, runs cgroup v2): one VM fewer than a VM of its own.
+# The oldest generation's VM boots cgroup v1: its conformance there is the cgroup v1 proof on a
+# kernel of the node's own, with no VM of its own for it. Its generation on cgroup v2 is the
+# fleet's arm64 node (Debian 12, containerd 1.6, booted as Debian boots: test_fleet checks it).
+# (Machines have this machine's cgroups: hybrid v1 here and on CI.)
 CGROUP_V1 = ("systemd.unified_cgroup_hierarchy=0",)
 MATRIX = [
     Generation("bookworm", "bookworm", "debian12-containerd1.6", vm_kernel_args=CGROUP_V1),

@@ -61,12 +61,6 @@ def test_conformance_suite_passes_on_the_node(node, first_deploy):
     assert not [line for line in skipped if "AppArmor" in line], skipped
 
 
-def test_conformance_suite_passes_on_a_machine_of_each_generation(node, first_deploy):
-    # This machine's kernel: cgroup v2, and no AppArmor (the VMs check the profile).
-    skipped = conformance_passes(node, 16)
-    assert any("AppArmor is not on here" in line for line in skipped), skipped
-
-
 def test_rerun_changes_nothing_and_keeps_the_daemon(node, first_deploy):
     pid = main_pid(node)
     before = node_snapshot(node)

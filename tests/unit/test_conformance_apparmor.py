@@ -81,10 +81,11 @@ def test_what_is_wrong_with_a_pods_apparmor_label_names_why_and_the_fix():
     )
     # The parser came after the daemon started: the likely cause, and a restart the fix.
     assert apparmor_label_problem("unconfined", on, 1779990000.0, "ctd.service") == (
-        f"{SEEN}: /sbin/apparmor_parser (AppArmor's userspace) was installed after containerd started "
-        "(2026-05-28 20:26:40 UTC); if containerd created a container before that, it decided then that AppArmor "
-        "was not there and runs every container unconfined until it restarts: restart it "
-        "(systemctl restart ctd.service)"
+        f"{SEEN}: /sbin/apparmor_parser (AppArmor's userspace) was installed or replaced after containerd started "
+        "(2026-05-28 20:26:40 UTC); if it was missing when containerd created its first container, containerd "
+        "decided then that AppArmor was not there and runs every container unconfined until it restarts: restart "
+        "it (systemctl restart ctd.service; after an upgrade of the apparmor package, it is only this warning that "
+        "goes)"
     )
     # ... not when it was there before (within /proc's whole-second start time), or the start is unknown.
     for started in (1780000000.0, 1779999999.0, None):

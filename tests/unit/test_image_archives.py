@@ -13,7 +13,7 @@ from pyinfra.api import FileUploadCommand, FunctionCommand, StringCommand
 
 from containerd_deploy.conformance import oci
 from containerd_deploy.controller.cache import FetchError
-from containerd_deploy.controller.images import archive_names, checked_archive
+from containerd_deploy.controller.images import ArchiveImages, archive_images, checked_archive
 from containerd_deploy.data.images import ImageArchive, parse_archives
 from containerd_deploy.data.values import DataError, Refusal
 from containerd_deploy.operations.images import images_fetched, images_imported
@@ -74,45 +74,116 @@ def test_a_refused_archive_says_which_and_how_to_name_one(value, why):
     assert str(refused.value) == f"node1: data key 'containerd_image_archives' {why}. Fix: {FIX}"
 
 
-def test_the_names_an_oci_archive_gives_its_images(tmp_path):
+LAYOUT = b'{"imageLayoutVersion": "1.0.0"}'
+
+
+def oci_archive(tmp_path: Path, *annotations: dict, member: str = "index.json") -> Path:
+    index = {"manifests": [{"annotations": entry} for entry in annotations]}
+    return tar_of(tmp_path, "oci.tar", {"oci-layout": LAYOUT, member: json.dumps(index).encode()})
+
+
+def refusal(archive: ImageArchive) -> str:
+    with pytest.raises(FetchError) as refused:
+        archive_images(archive)
+    return str(refused.value)
+
+
+def test_the_names_an_oci_archive_gives_its_images_as_written(tmp_path):
     made = tmp_path / "made.tar"
     made.write_bytes(oci.layout_tarball(b"", "example.internal/team/app:1", "amd64", {}))
-    assert archive_names(archive_of(made)) == ("example.internal/team/app:1",)
-    # a whole reference in the OCI name, normalized as containerd names it
-    index = {"manifests": [{"annotations": {"org.opencontainers.image.ref.name": "nginx:1.27"}}]}
-    path = tar_of(tmp_path, "ref.tar", {"index.json": json.dumps(index).encode()})
-    assert archive_names(archive_of(path)) == ("docker.io/library/nginx:1.27",)
-
-
-def test_the_names_a_docker_archive_gives_its_images(tmp_path):
-    manifest = [
-        {"RepoTags": ["nginx:1.27", "registry.internal:5000/app:2", "nginx:1.27"]},
-        {"RepoTags": None},
+    assert archive_images(archive_of(made)).names == ("example.internal/team/app:1",)
+    # a whole reference in the OCI name; a digest beside a tag stays; ./index.json is index.json
+    names = [
+        {"org.opencontainers.image.ref.name": "docker.io/library/nginx:1.27"},
+        {"io.containerd.image.name": f"reg.io/a:1@sha256:{'c' * 64}"},
     ]
-    path = tar_of(tmp_path, "saved.tar", {"manifest.json": json.dumps(manifest).encode()})
-    assert archive_names(archive_of(path)) == ("docker.io/library/nginx:1.27", "registry.internal:5000/app:2")
+    path = oci_archive(tmp_path, *names, member="./index.json")
+    assert archive_images(archive_of(path)).names == (
+        "docker.io/library/nginx:1.27",
+        f"reg.io/a:1@sha256:{'c' * 64}",
+    )
 
 
 @pytest.mark.parametrize(
-    "members",
+    "name, why",
     [
-        {
-            "index.json": json.dumps(
-                {"manifests": [{"annotations": {"org.opencontainers.image.ref.name": "1.27"}}]}
-            )
-        },
-        {"index.json": json.dumps({"manifests": [{}]})},
-        {"manifest.json": json.dumps([{"RepoTags": []}])},
-        {"other": "x"},
+        # ctr keeps an OCI name as written: one a pod would ask for otherwise is refused
+        (
+            "nginx:1.27",
+            "names an image 'nginx:1.27', which `ctr images import` keeps as written, while a pod asks for docker.io/library/nginx:1.27: name it so",
+        ),
+        (
+            "docker.io/nginx:1",
+            "names an image 'docker.io/nginx:1', which `ctr images import` keeps as written, while a pod asks for docker.io/library/nginx:1: name it so",
+        ),
+        (
+            "reg.io/a",
+            "names an image 'reg.io/a', which `ctr images import` keeps as written, while a pod asks for reg.io/a:latest: name it so",
+        ),
+        (
+            "1.27",
+            "has an image named '1.27', not by a whole reference (registry/path:tag): `ctr images import` would name it import-<date>:<tag>, a name no pod asks for",
+        ),
+        (
+            None,
+            "has an image named 'None', not by a whole reference (registry/path:tag): `ctr images import` would name it import-<date>:<tag>, a name no pod asks for",
+        ),
     ],
 )
-def test_an_archive_that_names_no_image_is_refused_with_the_fix(tmp_path, members):
-    path = tar_of(tmp_path, "x.tar", {name: text.encode() for name, text in members.items()})
-    with pytest.raises(FetchError) as refused:
-        archive_names(archive_of(path))
-    assert str(refused.value).startswith(
-        f"the image archive {path} names no image by a whole reference (registry/path:tag), so `ctr images "
-        "import` would give its images no name a pod can ask for; nothing was uploaded. Fix: "
+def test_an_oci_archive_whose_names_a_pod_would_not_ask_for_is_refused(tmp_path, name, why):
+    path = oci_archive(
+        tmp_path,
+        {"io.containerd.image.name": "example.internal/ok:1"},
+        {} if name is None else {"org.opencontainers.image.ref.name": name},
+    )
+    assert (
+        refusal(archive_of(path))
+        == f"the image archive {path} {why}; nothing was uploaded. Fix: check the path in containerd_image_archives, or make the archive with the names its images should have ({FIX})"
+    )
+
+
+def test_the_names_a_docker_archive_gives_its_images(tmp_path):
+    manifest = [{"RepoTags": ["nginx:1.27", "registry.internal:5000/app:2", "nginx:1.27"]}]
+    path = tar_of(tmp_path, "saved.tar", {"manifest.json": json.dumps(manifest).encode()})
+    assert archive_images(archive_of(path)).names == (
+        "docker.io/library/nginx:1.27",
+        "registry.internal:5000/app:2",
+    )
+    untagged = tar_of(
+        tmp_path, "untagged.tar", {"manifest.json": json.dumps([*manifest, {"RepoTags": None}]).encode()}
+    )
+    assert "has an image without RepoTags" in refusal(archive_of(untagged))
+
+
+@pytest.mark.parametrize(
+    "members, why",
+    [
+        ({"oci-layout": LAYOUT, "index.json": b'{"manifests": []}'}, "names no image (no index.json entry)"),
+        (
+            {"oci-layout": LAYOUT, "index.json": b'{"manifests": [{"annotations": ["x"]}]}'},
+            "has an image named 'None'",
+        ),
+        ({"manifest.json": b"[]"}, "names no image (no manifest.json)"),
+        ({"other": b"x"}, "names no image (no manifest.json)"),
+        ({"oci-layout": LAYOUT}, "names no image (no index.json entry)"),
+    ],
+)
+def test_an_archive_that_names_no_image_is_refused_with_the_fix(tmp_path, members, why):
+    path = tar_of(tmp_path, "x.tar", members)
+    said = refusal(archive_of(path))
+    assert said.startswith(f"the image archive {path} {why}"), said
+    assert said.endswith(
+        f"nothing was uploaded. Fix: check the path in containerd_image_archives, or make the archive with the names its images should have ({FIX})"
+    )
+
+
+def test_an_index_larger_than_containerd_reads_is_refused(tmp_path, monkeypatch):
+    from containerd_deploy.controller import images
+
+    monkeypatch.setattr(images, "ARCHIVE_DOCUMENT_LIMIT", 10)
+    path = oci_archive(tmp_path, {"io.containerd.image.name": "example.internal/ok:1"})
+    assert refusal(archive_of(path)).startswith(
+        f"could not read the image archive {path}: its index.json is over 0 MiB"
     )
 
 
@@ -120,10 +191,10 @@ def test_an_archive_that_cannot_be_read_is_refused_naming_it(tmp_path):
     with pytest.raises(
         FetchError, match=f"could not read the image archive {tmp_path}/none.tar: No such file"
     ):
-        archive_names(ImageArchive(f"{tmp_path}/none.tar", SHA))
+        archive_images(ImageArchive(f"{tmp_path}/none.tar", SHA))
     (tmp_path / "not.tar").write_text("not a tar")
     with pytest.raises(FetchError, match=f"could not read the image archive {tmp_path}/not.tar: "):
-        archive_names(archive_of(tmp_path / "not.tar"))
+        archive_images(archive_of(tmp_path / "not.tar"))
 
 
 def test_an_archive_is_uploaded_only_with_its_sha256(tmp_path):
@@ -204,24 +275,77 @@ def test_an_archive_whose_sha256_differs_stops_the_run_without_the_sandbox_image
     assert run_of(state).hosts["node1"].failure == said.removeprefix("containerd-deploy: ")
 
 
-def test_the_deploy_reads_each_archive_once_and_refuses_one_it_cannot_read(tmp_path, monkeypatch):
+def test_the_deploy_reads_each_archive_once_and_refuses_one_it_cannot_read_or_of_another_platform(
+    tmp_path, monkeypatch
+):
     from containerd_deploy.deploy import images as deploy_images
 
-    path = tar_of(tmp_path, "saved.tar", {"manifest.json": json.dumps([{"RepoTags": ["nginx:1"]}]).encode()})
-    data = {"containerd_image_archives": [{"path": str(path), "sha256": SHA}]}
+    data = {"containerd_image_archives": [{"path": "/srv/a.tar", "sha256": SHA}]}
     read = []
-    monkeypatch.setattr(deploy_images, "_NAMES", {})
-    monkeypatch.setattr(
-        deploy_images, "archive_names", lambda archive: read.append(archive) or ("docker.io/library/nginx:1",)
-    )
+    held = ArchiveImages(("docker.io/library/nginx:1",), frozenset({"linux/amd64", "linux/arm64"}))
+    monkeypatch.setattr(deploy_images, "_READ", {})
+    monkeypatch.setattr(deploy_images, "archive_images", lambda archive: read.append(archive) or held)
     settings = settings_for(data)
-    expected = ((ImageArchive(str(path), SHA), ("docker.io/library/nginx:1",)),)
-    assert deploy_images.archive_images(settings) == deploy_images.archive_images(settings) == expected
+    expected = ((ImageArchive("/srv/a.tar", SHA), ("docker.io/library/nginx:1",)),)
+    assert (
+        deploy_images.archive_images_for(settings, "amd64")
+        == deploy_images.archive_images_for(settings, "arm64")
+        == expected
+    )
     assert len(read) == 1
     monkeypatch.setattr(
-        deploy_images, "archive_names", lambda archive: (_ for _ in ()).throw(FetchError("bad"))
+        deploy_images,
+        "_READ",
+        {ImageArchive("/srv/a.tar", SHA): ArchiveImages(held.names, frozenset({"linux/amd64"}))},
     )
-    monkeypatch.setattr(deploy_images, "_NAMES", {})
     with pytest.raises(Refusal) as refused:
-        deploy_images.archive_images(settings)
+        deploy_images.archive_images_for(settings, "arm64")
+    assert str(refused.value) == (
+        f"{settings.host}: data key 'containerd_image_archives': the image archive /srv/a.tar holds images for "
+        "linux/amd64, not the node's linux/arm64; nothing was uploaded. Fix: give this host an archive made for "
+        "linux/arm64 (e.g. `skopeo copy --override-arch arm64 …`), in its group's data"
+    )
+    monkeypatch.setattr(
+        deploy_images, "archive_images", lambda archive: (_ for _ in ()).throw(FetchError("bad"))
+    )
+    monkeypatch.setattr(deploy_images, "_READ", {})
+    with pytest.raises(Refusal) as refused:
+        deploy_images.archive_images_for(settings, "amd64")
     assert str(refused.value) == f"{settings.host}: data key 'containerd_image_archives': bad"
+
+
+def blob(members: dict, document) -> dict:
+    data = json.dumps(document).encode()
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    members[f"blobs/sha256/{digest[7:]}"] = data
+    return {"digest": digest, "size": len(data)}
+
+
+def test_the_platforms_an_archive_holds_are_read_as_the_import_finds_them(tmp_path):
+    made = tmp_path / "made.tar"
+    made.write_bytes(oci.layout_tarball(b"", "example.internal/team/app:1", "arm64", {}))
+    assert archive_images(archive_of(made)).platforms == {"linux/arm64"}
+    # an index of two platforms, named by its entries; one nested index without platforms
+    members: dict = {"oci-layout": LAYOUT}
+    manifest = {"config": blob(members, {"os": "linux", "architecture": "s390x"})}
+    nested = {"manifests": [blob(members, manifest)]}
+    top = [
+        {
+            **blob(members, {}),
+            "platform": {"os": "linux", "architecture": "amd64"},
+            "annotations": {"io.containerd.image.name": "example.internal/a:1"},
+        },
+        {**blob(members, nested), "annotations": {"io.containerd.image.name": "example.internal/b:1"}},
+    ]
+    members["index.json"] = json.dumps({"manifests": top}).encode()
+    path = tar_of(tmp_path, "multi.tar", members)
+    assert archive_images(archive_of(path)) == ArchiveImages(
+        ("example.internal/a:1", "example.internal/b:1"), frozenset({"linux/amd64", "linux/s390x"})
+    )
+    # a docker archive: each image's config
+    members = {"c.json": json.dumps({"os": "linux", "architecture": "arm64"}).encode()}
+    members["manifest.json"] = json.dumps([{"Config": "./c.json", "RepoTags": ["app:1"]}]).encode()
+    path = tar_of(tmp_path, "saved.tar", members)
+    assert archive_images(archive_of(path)) == ArchiveImages(
+        ("docker.io/library/app:1",), frozenset({"linux/arm64"})
+    )

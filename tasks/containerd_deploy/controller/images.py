@@ -11,6 +11,7 @@ tarball is made. The node checks the tarball's sha256 after the upload, before t
 import io
 import json
 import os
+import posixpath
 import re
 import subprocess
 import tarfile
@@ -208,52 +209,147 @@ def ensure_image_cached(
 
 
 REF_NAME_ANNOTATION = "org.opencontainers.image.ref.name"  # an OCI layout's name of an entry
+ARCHIVE_DOCUMENT_LIMIT = 20 << 20  # bytes of an archive's index or manifest (containerd's limit)
 
 
-def _archive_document(tar: tarfile.TarFile, name: str):
-    try:
-        member = tar.getmember(name)
-    except KeyError:
+def _archive_json(tar: tarfile.TarFile, members: dict, name: str):
+    """A JSON member of an archive (None: absent); ValueError when it is over containerd's limit."""
+    member = members.get(posixpath.normpath(name)) if name else None
+    if member is None:
         return None
-    handle = tar.extractfile(member) if member.isfile() and member.size <= 1 << 20 else None
+    if member.size > ARCHIVE_DOCUMENT_LIMIT:
+        raise ValueError(f"its {member.name} is over {ARCHIVE_DOCUMENT_LIMIT >> 20} MiB")
+    handle = tar.extractfile(member)
     return json.loads(handle.read()) if handle else None
 
 
-def archive_names(archive: ImageArchive) -> tuple[str, ...]:
-    """The names `ctr images import` gives the images of `archive` (an OCI archive's index
-    entries named by `io.containerd.image.name`, or by a whole reference in
-    `org.opencontainers.image.ref.name`; a docker archive's `RepoTags`), normalized as containerd
-    names them. FetchError when it cannot be read or names none: an image without a name is one
-    no pod can ask for."""
+def _blob(tar: tarfile.TarFile, members: dict, descriptor) -> object:
+    digest = descriptor.get("digest") if isinstance(descriptor, dict) else None
+    if not isinstance(digest, str) or not _HEX_DIGEST.fullmatch(digest):
+        return None
+    return _archive_json(tar, members, f"blobs/sha256/{digest.removeprefix('sha256:')}")
+
+
+_HEX_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+def _oci_platforms(tar: tarfile.TarFile, members: dict, descriptors, depth: int = 0) -> set[str]:
+    """The os/arch of each image an OCI index's `descriptors` lead to: the platform an index
+    entry names, else its manifest's config's."""
+    found: set[str] = set()
+    for descriptor in descriptors if isinstance(descriptors, list) and depth < 4 else []:
+        platform = descriptor.get("platform") if isinstance(descriptor, dict) else None
+        if isinstance(platform, dict) and platform.get("os") and platform.get("architecture"):
+            found.add(f"{platform['os']}/{platform['architecture']}")
+            continue
+        blob = _blob(tar, members, descriptor)
+        if isinstance(blob, dict) and isinstance(blob.get("manifests"), list):  # an index
+            found |= _oci_platforms(tar, members, blob["manifests"], depth + 1)
+        elif isinstance(blob, dict):
+            config = _blob(tar, members, blob.get("config"))
+            if isinstance(config, dict):
+                found.add(f"{config.get('os')}/{config.get('architecture')}")
+    return found
+
+
+def _archive_documents(path: str) -> tuple[bool, object, set[str]]:
+    """Whether the archive at `path` is an OCI layout (it has `oci-layout`, as containerd tells
+    them apart), its `index.json` (OCI) or `manifest.json` (docker), None if absent, and the
+    os/arch of the images it holds; member names are read as containerd reads them
+    (`./index.json` is `index.json`)."""
+    with tarfile.open(path, mode="r:") as tar:
+        members = {posixpath.normpath(member.name): member for member in tar.getmembers() if member.isfile()}
+        oci = "oci-layout" in members
+        document = _archive_json(tar, members, "index.json" if oci else "manifest.json")
+        if oci:
+            platforms = _oci_platforms(
+                tar, members, document.get("manifests") if isinstance(document, dict) else None
+            )
+        else:
+            platforms = set()
+            for image in document if isinstance(document, list) else []:
+                name = image.get("Config") if isinstance(image, dict) else None
+                config = _archive_json(tar, members, name) if isinstance(name, str) else None
+                if isinstance(config, dict):
+                    platforms.add(f"{config.get('os')}/{config.get('architecture')}")
+        return oci, document, platforms
+
+
+def _oci_names(document) -> list[str]:
+    """Each entry's name as `ctr images import` keeps it (as written): ValueError unless it is a
+    whole reference in the form containerd normalizes (`docker.io/library/nginx:1.27`, not
+    `nginx:1.27`), which is the name a pod asks for."""
+    entries = document.get("manifests") if isinstance(document, dict) else None
+    names = []
+    for entry in entries if isinstance(entries, list) else []:
+        annotations = entry.get("annotations") if isinstance(entry, dict) else None
+        annotations = annotations if isinstance(annotations, dict) else {}
+        text = str(annotations.get(NAME_ANNOTATION) or annotations.get(REF_NAME_ANNOTATION))
+        try:
+            reference = parse_reference(text)
+        except ValueError:
+            reference = None
+        if reference is None or not ("/" in text or ":" in text):  # a tag alone, as OCI layouts name entries
+            raise ValueError(
+                f"has an image named {str(text)[:120]!r}, not by a whole reference (registry/path:tag): "
+                "`ctr images import` would name it import-<date>:<tag>, a name no pod asks for"
+            )
+        if str(reference) != text:
+            raise ValueError(
+                f"names an image {text!r}, which `ctr images import` keeps as written, while a pod asks for "
+                f"{reference}: name it so"
+            )
+        names.append(text)
+    return names
+
+
+def _docker_names(document) -> list[str]:
+    """Each RepoTag, normalized as containerd's import of a docker archive names it."""
+    names = []
+    for image in document if isinstance(document, list) else []:
+        tags = image.get("RepoTags") if isinstance(image, dict) else None
+        if not tags or not isinstance(tags, list):
+            raise ValueError("has an image without RepoTags: `ctr images import` would give it no name")
+        for tag in tags:
+            try:
+                names.append(str(parse_reference(tag)))
+            except ValueError as error:
+                raise ValueError(f"has the RepoTag {str(tag)[:120]!r}, which {error}") from None
+    return names
+
+
+@dataclass(frozen=True)
+class ArchiveImages:
+    """What an archive holds: the names `ctr images import` gives its images, and their os/arch."""
+
+    names: tuple[str, ...]
+    platforms: frozenset[str]
+
+
+def archive_images(archive: ImageArchive) -> ArchiveImages:
+    """The names `ctr images import` gives the images of `archive`: an OCI archive's (it has
+    `oci-layout`) index entries, each named by `io.containerd.image.name` or
+    `org.opencontainers.image.ref.name` as a whole reference, kept as written; a docker
+    archive's `RepoTags`, normalized. FetchError when it cannot be read, or an image of it has
+    no name a pod can ask for."""
     fix = f"Fix: check the path in {ARCHIVES_KEY}, or make the archive with the names its images should have ({ARCHIVES_FIX})"
     try:
-        with tarfile.open(archive.path, mode="r:") as tar:
-            index = _archive_document(tar, "index.json")
-            docker = _archive_document(tar, "manifest.json") if index is None else None
+        oci, document, platforms = _archive_documents(archive.path)
     except (OSError, tarfile.TarError, ValueError, UnicodeDecodeError) as error:
         said = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
         raise FetchError(
             f"could not read the image archive {archive.path}: {said}; nothing was uploaded. {fix}"
         ) from None
-    texts = []
-    if isinstance(index, dict):
-        for entry in index.get("manifests") or []:
-            annotations = entry.get("annotations") or {} if isinstance(entry, dict) else {}
-            texts.append(annotations.get(NAME_ANNOTATION) or annotations.get(REF_NAME_ANNOTATION))
-    elif isinstance(docker, list):
-        texts = [tag for image in docker if isinstance(image, dict) for tag in image.get("RepoTags") or []]
-    names: list[str] = []
-    for text in texts:
-        try:
-            names.extend(parse_reference(text).names if "/" in str(text) or ":" in str(text) else ())
-        except ValueError:
-            continue
+    try:
+        names = _oci_names(document) if oci else _docker_names(document)
+    except ValueError as error:
+        raise FetchError(f"the image archive {archive.path} {error}; nothing was uploaded. {fix}") from None
     if not names:
         raise FetchError(
-            f"the image archive {archive.path} names no image by a whole reference (registry/path:tag), so "
-            f"`ctr images import` would give its images no name a pod can ask for; nothing was uploaded. {fix}"
+            f"the image archive {archive.path} names no image (no {'index.json entry' if oci else 'manifest.json'}); "
+            f"nothing was uploaded. {fix}"
         )
-    return tuple(dict.fromkeys(names))
+    return ArchiveImages(tuple(dict.fromkeys(names)), frozenset(platforms))
 
 
 def checked_archive(archive: ImageArchive) -> CachedImage:

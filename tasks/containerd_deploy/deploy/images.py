@@ -6,7 +6,7 @@ then runs from the sandbox image on a node with no route to a registry."""
 from pyinfra.api import deploy
 
 from containerd_deploy.controller.cache import FetchError
-from containerd_deploy.controller.images import archive_names
+from containerd_deploy.controller.images import ArchiveImages, archive_images
 from containerd_deploy.data.images import ARCHIVES_KEY, ImageArchive, sandbox_names
 from containerd_deploy.data.settings import DEFAULTS, Settings
 from containerd_deploy.data.values import Refusal
@@ -52,17 +52,27 @@ def bring_images(settings: Settings, plan: Plan, arch: str):
     )
 
 
-_NAMES: dict[ImageArchive, tuple[str, ...]] = {}  # read once a run, for every host
+_READ: dict[ImageArchive, ArchiveImages] = {}  # read once by this process (a pyinfra run), for every host
 
 
-def archive_images(settings: Settings) -> tuple[tuple[ImageArchive, tuple[str, ...]], ...]:
+def archive_images_for(settings: Settings, arch: str) -> tuple[tuple[ImageArchive, tuple[str, ...]], ...]:
     """Each archive of containerd_image_archives with the names of its images, read on the
-    controller before the plan (a refusal, naming the archive and the fix, when it cannot be
-    read or names no image)."""
-    try:
-        for archive in settings.containerd_image_archives:
-            if archive not in _NAMES:
-                _NAMES[archive] = archive_names(archive)
-    except FetchError as error:
-        raise Refusal(f"{settings.host}: data key {ARCHIVES_KEY!r}: {error}") from None
-    return tuple((archive, _NAMES[archive]) for archive in settings.containerd_image_archives)
+    controller before the plan; a refusal, naming the archive and the fix, when it cannot be read,
+    names no image a pod can ask for, or holds none for the node's platform."""
+    found = []
+    for archive in settings.containerd_image_archives:
+        try:
+            if archive not in _READ:
+                _READ[archive] = archive_images(archive)
+        except FetchError as error:
+            raise Refusal(f"{settings.host}: data key {ARCHIVES_KEY!r}: {error}") from None
+        held = _READ[archive]
+        if f"linux/{arch}" not in held.platforms:
+            raise Refusal(
+                f"{settings.host}: data key {ARCHIVES_KEY!r}: the image archive {archive} holds images for "
+                f"{', '.join(sorted(held.platforms)) or 'no platform it names'}, not the node's linux/{arch}; "
+                f"nothing was uploaded. Fix: give this host an archive made for linux/{arch} (e.g. `skopeo copy "
+                f"--override-arch {arch} …`), in its group's data"
+            )
+        found.append((archive, held.names))
+    return tuple(found)

@@ -24,7 +24,7 @@ from containerd_deploy.data.settings import (
 )
 from containerd_deploy.data.values import DataError, Refusal
 from containerd_deploy.deploy.configure import configure_containerd
-from containerd_deploy.deploy.images import archive_images, bring_images, fetch_images
+from containerd_deploy.deploy.images import archive_images_for, bring_images, fetch_images
 from containerd_deploy.deploy.install import fetch_release_files, install_release_files
 from containerd_deploy.deploy.report import report_at_exit
 from containerd_deploy.deploy.reset import check_purge, purged_directories, remove_containerd
@@ -480,7 +480,7 @@ def _containerd_node():
     check_runtime_binaries(settings, node)
     check_distro_package(settings, node)
     wanted = artifacts.resolve(settings, arch, published=fetch_digest)
-    plan = plan_run(settings, node, wanted, archive_images(settings))
+    plan = plan_run(settings, node, wanted, archive_images_for(settings, arch))
     check_config_handlers(settings, plan)
     check_not_repeating_a_rollback(settings, node, plan)
     show_plan(settings, node, plan)

@@ -193,9 +193,10 @@ def apparmor_daemon_problem(apparmor: AppArmor, daemon_started: float | None, un
     if newer_than_daemon(daemon_started, {APPARMOR_PARSER: apparmor.parser_changed}, (APPARMOR_PARSER,)):
         installed = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(apparmor.parser_changed))
         return (
-            f"{APPARMOR_PARSER} (AppArmor's userspace) was installed after containerd started ({installed}); "
-            f"if containerd created a container before that, it decided then that AppArmor was not there and runs "
-            f"every container unconfined until it restarts: restart it ({restart})"
+            f"{APPARMOR_PARSER} (AppArmor's userspace) was installed or replaced after containerd started "
+            f"({installed}); if it was missing when containerd created its first container, containerd decided then "
+            f"that AppArmor was not there and runs every container unconfined until it restarts: restart it "
+            f"({restart}; after an upgrade of the apparmor package, it is only this warning that goes)"
         )
     return None
 
