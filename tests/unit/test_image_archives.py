@@ -20,7 +20,7 @@ from containerd_deploy.operations.images import images_fetched, images_imported
 
 from .flow import converged, drifted, settings_for
 from .operations import commands
-from .test_images import FakeHost, with_host
+from .test_images import FakeHost, executed
 from .test_plan import plan_of
 
 SHA = "b" * 64
@@ -238,18 +238,16 @@ def test_the_plan_imports_an_archive_whose_names_the_node_lacks():
 def test_an_archive_is_checked_then_uploaded_and_imported_under_its_names(tmp_path):
     path = tar_of(tmp_path, "a.tar", {"manifest.json": b"[]"})
     archive, names = archive_of(path), ("docker.io/library/nginx:1.27",)
-    yielded = []
-    generator = images_imported._inner(
-        images=(), archives=((archive, names),), arch="amd64", cache_dir="/c", staging_dir="/s", bin_dir="/b"
+    yielded = executed(
+        images_imported._inner(
+            images=(),
+            archives=((archive, names),),
+            arch="amd64",
+            cache_dir="/c",
+            staging_dir="/s",
+            bin_dir="/b",
+        )
     )
-
-    def run():
-        for command in generator:
-            if isinstance(command, FunctionCommand):
-                assert command.function(FakeHost(), FakeHost(), *command.args) is True
-            yielded.append(command)
-
-    with_host(run, executing=True)
     [upload] = [command for command in yielded if isinstance(command, FileUploadCommand)]
     assert (str(upload.src), upload.dest) == (str(path), "/s/.fetched-image-0")
     script = yielded[-1].get_raw_value()
@@ -349,3 +347,19 @@ def test_the_platforms_an_archive_holds_are_read_as_the_import_finds_them(tmp_pa
     assert archive_images(archive_of(path)) == ArchiveImages(
         ("docker.io/library/app:1",), frozenset({"linux/arm64"})
     )
+
+
+def test_an_archive_is_hashed_once_a_run_whatever_the_hosts_arches(monkeypatch):
+    import containerd_deploy.operations.images as operation
+    from containerd_deploy.controller.images import CachedImage
+
+    archive, hashed = ImageArchive("/srv/a.tar", SHA), []
+    monkeypatch.setattr(
+        operation, "checked_archive", lambda a: hashed.append(a) or CachedImage(Path(a.path), SHA, "")
+    )
+    run = FakeHost()
+    for arch in ("amd64", "arm64", "amd64"):
+        assert operation._fetch_into_cache(run, FakeHost(), "/c", [archive], arch, (), []) is True
+    assert hashed == [archive]
+    assert operation._fetch_into_cache(FakeHost(), FakeHost(), "/c", [archive], "amd64", (), []) is True
+    assert hashed == [archive, archive]  # a new run checks it again

@@ -536,24 +536,17 @@ def test_the_import_fetches_uploads_into_staging_and_imports_what_it_uploaded(mo
         "ensure_image_cached",
         lambda cache_dir, wanted, arch: found[wanted] if (cache_dir, arch) == ("/c", "amd64") else None,
     )
-    yielded = []
-    generator = images_imported._inner(
-        images=(image, pause),
-        pinned=pause.names,
-        snapshotter="native",
-        arch="amd64",
-        cache_dir="/c",
-        staging_dir="/s",
-        bin_dir="/b",
+    yielded = executed(
+        images_imported._inner(
+            images=(image, pause),
+            pinned=pause.names,
+            snapshotter="native",
+            arch="amd64",
+            cache_dir="/c",
+            staging_dir="/s",
+            bin_dir="/b",
+        )
     )
-
-    def run():
-        for command in generator:
-            if isinstance(command, FunctionCommand):
-                assert command.function(FakeHost(), FakeHost(), *command.args) is True
-            yielded.append(command)
-
-    with_host(run, executing=True)
     uploads = [command for command in yielded if isinstance(command, FileUploadCommand)]
     assert [(str(command.src), command.dest) for command in uploads] == [
         (str(tmp_path / "a.tar"), "/s/.fetched-image-0"),
@@ -579,6 +572,21 @@ class FakeHost:
 
         assert kwargs == {"fg": "red", "log_func": logger.error}
         self.said.append(message)
+
+
+def executed(generator) -> list:
+    """What an operation yields when pyinfra runs it, its commands run on the controller run
+    (each must succeed)."""
+    yielded = []
+
+    def run():
+        for command in generator:
+            if isinstance(command, FunctionCommand):
+                assert command.function(FakeHost(), FakeHost(), *command.args) is True
+            yielded.append(command)
+
+    with_host(run, executing=True)
+    return yielded
 
 
 def with_host(function, executing: bool):

@@ -38,7 +38,11 @@ def _fetch_into_cache(
     checked = run_of(state).cached_images
     for image in images:
         try:
-            key = (cache_dir, image, arch)
+            key = (
+                cache_dir,
+                image,
+                None if isinstance(image, ImageArchive) else arch,
+            )  # an archive: any arch
             checked[key] = checked.get(key) or _checked(cache_dir, image, arch)
             cached.append(checked[key])
         except FetchError as error:
