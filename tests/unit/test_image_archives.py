@@ -232,6 +232,12 @@ def test_the_plan_imports_an_archive_whose_names_the_node_lacks():
     ) in plan.lines()
     plan = plan_run(settings, drifted(node, images=frozenset(names)), wanted, ((archive, names),))
     assert plan.archives == () and not plan.changes
+    other = (ImageArchive("/srv/b.tar", SHA), ("example.internal/b:1",))
+    plan = plan_run(settings, drifted(node, images=frozenset(names[:1])), wanted, ((archive, names), other))
+    assert (
+        "import docker.io/library/nginx:1.27, example.internal/app:1 from /srv/a.tar, example.internal/b:1 from "
+        "/srv/b.tar into the k8s.io namespace from the controller (each archive checked by its sha256)"
+    ) in plan.lines()
     assert plan_of({}, node).archives == ()
 
 
@@ -290,7 +296,7 @@ def test_the_deploy_reads_each_archive_once_and_refuses_one_it_cannot_read_or_of
         == deploy_images.archive_images_for(settings, "arm64")
         == expected
     )
-    assert len(read) == 1
+    assert read == [ImageArchive("/srv/a.tar", SHA)]
     monkeypatch.setattr(
         deploy_images,
         "_READ",
@@ -363,3 +369,141 @@ def test_an_archive_is_hashed_once_a_run_whatever_the_hosts_arches(monkeypatch):
     assert hashed == [archive]
     assert operation._fetch_into_cache(FakeHost(), FakeHost(), "/c", [archive], "amd64", (), []) is True
     assert hashed == [archive, archive]  # a new run checks it again
+
+
+def test_an_archive_of_other_platforms_or_of_none_it_names_is_refused_naming_them(monkeypatch):
+    from containerd_deploy.deploy import images as deploy_images
+
+    settings = settings_for({"containerd_image_archives": [{"path": "/srv/a.tar", "sha256": SHA}]})
+    start = f"{settings.host}: data key 'containerd_image_archives': the image archive /srv/a.tar holds images for "
+    for platforms, said in (
+        ({"linux/s390x", "linux/amd64"}, "linux/amd64, linux/s390x"),
+        (set(), "no platform it names"),
+    ):
+        held = ArchiveImages(("docker.io/library/app:1",), frozenset(platforms))
+        monkeypatch.setattr(deploy_images, "_READ", {ImageArchive("/srv/a.tar", SHA): held})
+        with pytest.raises(Refusal) as refused:
+            deploy_images.archive_images_for(settings, "arm64")
+        assert str(refused.value).startswith(
+            f"{start}{said}, not the node's linux/arm64; nothing was uploaded."
+        )
+
+
+def test_what_is_not_json_of_an_image_reads_as_no_name_and_no_platform(tmp_path):
+    entries = json.dumps(
+        {"manifests": ["x", {"annotations": {"io.containerd.image.name": "example.internal/a:1"}}]}
+    )
+    path = tar_of(tmp_path, "oci.tar", {"oci-layout": LAYOUT, "index.json": entries.encode()})
+    assert "has an image named 'None'" in refusal(archive_of(path))
+    saved = json.dumps(["x"]).encode()
+    assert "has an image without RepoTags" in refusal(
+        archive_of(tar_of(tmp_path, "d.tar", {"manifest.json": saved}))
+    )
+    # a Config that names no member: no platform, the names still read
+    saved = json.dumps(
+        [{"Config": 5, "RepoTags": ["app:1"]}, {"Config": "gone.json", "RepoTags": ["app:2"]}]
+    ).encode()
+    held = archive_images(archive_of(tar_of(tmp_path, "e.tar", {"manifest.json": saved})))
+    assert held == ArchiveImages(("docker.io/library/app:1", "docker.io/library/app:2"), frozenset())
+
+
+def test_a_docker_archives_repotags_must_be_a_list_of_references(tmp_path):
+    def names_of(tags) -> str:
+        path = tar_of(tmp_path, "d.tar", {"manifest.json": json.dumps([{"RepoTags": tags}]).encode()})
+        return (
+            refusal(archive_of(path))
+            .removeprefix(f"the image archive {path} ")
+            .split("; nothing was uploaded")[0]
+        )
+
+    assert names_of("nginx:1") == "has an image without RepoTags: `ctr images import` would give it no name"
+    assert names_of(["UPPER"]) == (
+        "has the RepoTag 'UPPER', which has the repository path 'UPPER': lowercase letters and digits, parts split "
+        "by / . _ __ or -"
+    )
+    assert names_of(["X" * 200]).startswith(f"has the RepoTag {'X' * 120!r}, which ")
+
+
+def test_an_oci_name_that_does_not_parse_is_no_whole_reference_and_long_values_are_cut(tmp_path):
+    path = oci_archive(tmp_path, {"io.containerd.image.name": "reg.io/UPPER:1"})
+    assert refusal(archive_of(path)).startswith(
+        f"the image archive {path} has an image named 'reg.io/UPPER:1', not by a whole reference"
+    )
+    path = oci_archive(tmp_path, {"io.containerd.image.name": "reg.io/" + "A" * 300})
+    assert refusal(archive_of(path)).startswith(
+        f"the image archive {path} has an image named {('reg.io/' + 'A' * 300)[:120]!r}, not"
+    )
+    long_path, long_sha = "p" * 300, "c" * 300
+    for value, shown in (
+        ("x" * 300, f"is {repr('x' * 300)[:120]}, not a list"),
+        ([["y" * 300]], f"has {repr(['y' * 300])[:120]}, not a path"),
+        ([{"path": long_path, "sha256": SHA}], f"has the path {long_path[:120]!r}, not an absolute path"),
+        ([{"path": "/a.tar", "sha256": long_sha}], f"has the sha256 {long_sha[:80]!r} for /a.tar, not 64"),
+    ):
+        with pytest.raises(DataError) as refused:
+            parse_archives("node1", value)
+        assert shown in str(refused.value), str(refused.value)
+
+
+def test_an_index_exactly_at_containerds_limit_is_read_and_one_over_is_refused_in_mib(tmp_path, monkeypatch):
+    from containerd_deploy.controller import images
+
+    index = json.dumps(
+        {"manifests": [{"annotations": {"io.containerd.image.name": "example.internal/ok:1"}}]}
+    )
+    index += " " * ((1 << 20) + 1 - len(index))
+    path = tar_of(tmp_path, "big.tar", {"oci-layout": LAYOUT, "index.json": index.encode()})
+    monkeypatch.setattr(images, "ARCHIVE_DOCUMENT_LIMIT", (1 << 20) + 1)
+    assert archive_images(archive_of(path)).names == ("example.internal/ok:1",)
+    monkeypatch.setattr(images, "ARCHIVE_DOCUMENT_LIMIT", 1 << 20)
+    assert refusal(archive_of(path)).startswith(
+        f"could not read the image archive {path}: its index.json is over 1 MiB;"
+    )
+
+
+def test_a_compressed_archive_is_refused_as_not_read(tmp_path):
+    import gzip
+
+    plain = oci_archive(tmp_path, {"io.containerd.image.name": "example.internal/ok:1"})
+    packed = tmp_path / "packed.tar.gz"
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    assert refusal(archive_of(packed)).startswith(f"could not read the image archive {packed}: ")
+
+
+def chain(members: dict, levels: int) -> dict:
+    """The descriptor of `levels` nested indexes, the innermost naming its one entry's platform."""
+    descriptor = {**blob(members, {}), "platform": {"os": "linux", "architecture": f"level{levels}"}}
+    for _ in range(levels - 1):
+        descriptor = blob(members, {"manifests": [descriptor]})
+    return descriptor
+
+
+def test_nested_indexes_are_read_for_platforms_down_to_a_limit_so_a_cycle_ends(tmp_path):
+    from containerd_deploy.controller.images import INDEX_DEPTH
+
+    members: dict = {"oci-layout": LAYOUT}
+    top = [
+        {**chain(members, INDEX_DEPTH), "annotations": {"io.containerd.image.name": "example.internal/a:1"}},
+        {
+            **chain(members, INDEX_DEPTH + 1),
+            "annotations": {"io.containerd.image.name": "example.internal/b:1"},
+        },
+    ]
+    members["index.json"] = json.dumps({"manifests": top}).encode()
+    held = archive_images(archive_of(tar_of(tmp_path, "deep.tar", members)))
+    assert held.platforms == {f"linux/level{INDEX_DEPTH}"}
+    # an index that names itself: read to the limit, then done
+    cyclic = {"oci-layout": LAYOUT}
+    data = json.dumps({"manifests": [{"digest": "sha256:" + "e" * 64}]}).encode()
+    cyclic["blobs/sha256/" + "e" * 64] = data
+    cyclic["index.json"] = json.dumps(
+        {
+            "manifests": [
+                {
+                    "digest": "sha256:" + "e" * 64,
+                    "annotations": {"io.containerd.image.name": "example.internal/c:1"},
+                }
+            ]
+        }
+    ).encode()
+    assert archive_images(archive_of(tar_of(tmp_path, "cycle.tar", cyclic))).platforms == frozenset()

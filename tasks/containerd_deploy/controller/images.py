@@ -214,13 +214,12 @@ ARCHIVE_DOCUMENT_LIMIT = 20 << 20  # bytes of an archive's index or manifest (co
 
 def _archive_json(tar: tarfile.TarFile, members: dict, name: str):
     """A JSON member of an archive (None: absent); ValueError when it is over containerd's limit."""
-    member = members.get(posixpath.normpath(name)) if name else None
+    member = members.get(posixpath.normpath(name))
     if member is None:
         return None
     if member.size > ARCHIVE_DOCUMENT_LIMIT:
         raise ValueError(f"its {member.name} is over {ARCHIVE_DOCUMENT_LIMIT >> 20} MiB")
-    handle = tar.extractfile(member)
-    return json.loads(handle.read()) if handle else None
+    return json.load(tar.extractfile(member))  # type: ignore[arg-type]  # (a regular file: members holds no other)
 
 
 def _blob(tar: tarfile.TarFile, members: dict, descriptor) -> object:
@@ -231,13 +230,14 @@ def _blob(tar: tarfile.TarFile, members: dict, descriptor) -> object:
 
 
 _HEX_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+INDEX_DEPTH = 4  # levels of nested indexes read for platforms (a cycle ends there)
 
 
 def _oci_platforms(tar: tarfile.TarFile, members: dict, descriptors, depth: int = 0) -> set[str]:
     """The os/arch of each image an OCI index's `descriptors` lead to: the platform an index
     entry names, else its manifest's config's."""
     found: set[str] = set()
-    for descriptor in descriptors if isinstance(descriptors, list) and depth < 4 else []:
+    for descriptor in descriptors if isinstance(descriptors, list) and depth < INDEX_DEPTH else []:
         platform = descriptor.get("platform") if isinstance(descriptor, dict) else None
         if isinstance(platform, dict) and platform.get("os") and platform.get("architecture"):
             found.add(f"{platform['os']}/{platform['architecture']}")
@@ -367,4 +367,4 @@ def checked_archive(archive: ImageArchive) -> CachedImage:
             "gives; nothing was uploaded. Fix: if the file is the one you meant, set its sha256 to what "
             f"`sha256sum {archive.path}` prints"
         )
-    return CachedImage(Path(archive.path), found, "")
+    return CachedImage(Path(archive.path), found, "")  # pragma: no mutate (an archive's manifest is not read)
