@@ -57,9 +57,12 @@ UNPRIVILEGED := unshare --user
 # first). pytest ends with each group's time. Between them, the mutation stage: a few minutes of
 # the decision modules' mutants against the unit tests (tests/mutation.py sample).
 test: deps lint
-	$(PY) -m pytest -p no:cacheprovider -q -n 2 tests/unit
-	$(UNPRIVILEGED) $(PY) -m pytest -p no:cacheprovider -q -n 2 tests/unit
-	$(PY) -m tests.mutation sample
+	@# The mutation stage runs its tests in one process for minutes: the unit tests (as root, then
+	@# without) run beside it, one process too.
+	$(PY) -m tests.mutation sample & sample=$$!; \
+	$(PY) -m pytest -p no:cacheprovider -q tests/unit && \
+	$(UNPRIVILEGED) $(PY) -m pytest -p no:cacheprovider -q tests/unit; unit=$$?; \
+	wait $$sample; sampled=$$?; test $$unit = 0 && test $$sampled = 0
 	$(PY) -m pytest -p no:cacheprovider -v --durations=60 -n 3 --dist loadgroup --no-loadscope-reorder tests/e2e
 
 # The inner loop (minutes): lint, types, the unit tests (as root; `make test` runs them without

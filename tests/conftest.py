@@ -14,3 +14,8 @@ if "PYTEST_DEBUG_TEMPROOT" not in os.environ:
 def pytest_configure(config):
     config.addinivalue_line("markers", "slowest_group: the e2e group to hand to an xdist worker first")
     config.addinivalue_line("markers", "generations(*labels): run a matrix test on these generations only")
+    config.addinivalue_line(
+        "markers",
+        "other_process: what the test checks runs in a child process, where mutmut sees no function reached "
+        "(so it never runs the test against a mutant, and its stats run leaves it out)",
+    )

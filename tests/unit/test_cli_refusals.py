@@ -7,7 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.other_process
 
 
 def pyinfra_local(*data: str) -> subprocess.CompletedProcess:

@@ -1,3 +1,5 @@
+import pytest
+
 from containerd_deploy.conformance.inventory import accept_new_wrapper, host_specs, select, ssh_config
 
 HOSTS = [
@@ -91,6 +93,7 @@ def test_without_expected_versions_the_suite_reads_those_the_deploy_recorded():
     assert recorded_version(host, "containerd") is None
 
 
+@pytest.mark.other_process
 def test_hosts_the_suite_cannot_reach_are_one_line_each_and_fail_the_run(tmp_path):
     """Regression: against an unreachable host the suite printed ~1,150 lines of tracebacks."""
     import os

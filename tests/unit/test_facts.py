@@ -153,6 +153,7 @@ def _alive(pid: int) -> bool:
             pass
 
 
+@pytest.mark.other_process
 def test_the_lock_holder_stops_what_a_dead_run_left_behind_and_nothing_else(tmp_path):
     """Once the run's sshd (here: a process that has exited) is gone, the holder stops the
     processes carrying the run's SSH_CONNECTION that started since its sshd and are under no
@@ -227,6 +228,7 @@ def test_the_lock_holder_stops_what_a_dead_run_left_behind_and_nothing_else(tmp_
     assert (tmp_path / "lock.generation").read_text() == "9\n"
 
 
+@pytest.mark.other_process
 def test_a_process_of_another_user_is_never_the_runs_whatever_its_environment(tmp_path):
     """An unprivileged local user can read a run's address and port (/proc/net/tcp) and start
     processes carrying its SSH_CONNECTION: the holder stops only root's and the login user's."""
@@ -277,6 +279,7 @@ def test_a_process_of_another_user_is_never_the_runs_whatever_its_environment(tm
                 pass
 
 
+@pytest.mark.other_process
 def test_with_a_login_session_scope_the_lock_holder_stops_exactly_its_processes(tmp_path):
     """Where the run's connection has a systemd session scope (pam_systemd), its processes are
     the scope's: a process elsewhere is never stopped, whatever its environment says."""

@@ -44,6 +44,7 @@ def test_dependency_ranges_admit_the_pinned_test_versions():
         )
 
 
+@pytest.mark.other_process
 def test_the_wheel_is_built_from_the_tree_as_it_is_laid_out(tmp_path):
     """One name: the wheel holds exactly the package as the tree lays it out (tasks/containerd_deploy,
     its files inside it, no link; nothing an earlier build left), and the clone's venv imports the
@@ -66,6 +67,7 @@ def test_the_wheel_is_built_from_the_tree_as_it_is_laid_out(tmp_path):
     assert packaged == tree, (sorted(packaged - tree), sorted(tree - packaged))
 
 
+@pytest.mark.other_process
 def test_the_registries_module_does_not_import_the_settings_it_is_part_of():
     """No import cycle: settings parses containerd_registries with registries, which needs only
     the shared value checks."""

@@ -1179,6 +1179,7 @@ def test_the_record_holds_for_the_checks_as_they_are(monkeypatch):
     assert verdict.expected_digest(expected()) != before
 
 
+@pytest.mark.other_process
 def test_the_digest_of_what_the_daemon_must_be_is_the_same_in_every_process():
     """Regression: it held the repr of the checks' code constants, with memory addresses and
     hash-ordered sets, so every run's digest differed and no record ever stood."""
