@@ -98,6 +98,44 @@ def _no_route_node(node, data: dict, env: dict, nginx: str, digest_name: str, wa
 
 
 @pytest.mark.generations("debian13-containerd2.1")
+def test_the_controller_fetches_with_the_nodes_registry_credentials(node, first_deploy, tmp_path):
+    """The registry needs a login the controller has none of (its registries.conf routes docker.io
+    there); the node's data has the credentials, for the host the controller reaches."""
+    with one_at_a_time("registry-tests"):
+        info = registry.ensure()
+        env = {"CONTAINERS_REGISTRIES_CONF": str(registry.controller_registries_conf(info, instance="tls"))}
+        digest = registry.manifest_digest(registry.NGINX_REFERENCE, registry.controller_registries_conf(info))
+        nginx = f"{registry.NGINX_REFERENCE}@{digest}"
+        name = re.sub(r":[^/:@]+@", "@", nginx)
+        mirror = {"host": f"https://127.0.0.1:{info['tls']['port']}", "ca": registry.NODE_CA_PATH}
+        data = {
+            "artifact_cache_dir": str(tmp_path / "cache"),
+            "containerd_images": [nginx],
+            "containerd_images_sandbox": False,
+            "containerd_registries": {"docker.io": {"mirrors": [mirror]}},
+        }
+        node.vm.ssh(f"{CTR} -n k8s.io images rm {name}", check=False)
+        try:
+            # No credentials anywhere: the registry refuses the controller, before any change.
+            pid = main_pid(node)
+            process, _ = pyinfra(node.name, data=data, env=env)
+            output = process.stdout + process.stderr
+            assert process.returncode != 0 and f"could not fetch {nginx} for amd64" in output, output[-3000:]
+            assert "authentication required" in output or "unauthorized" in output, output[-3000:]
+            assert main_pid(node) == pid and name not in images_on(node)
+
+            headers = {"Authorization": registry.authorization()}
+            data["containerd_registries"] = {"docker.io": {"mirrors": [{**mirror, "headers": headers}]}}
+            process, results = pyinfra(node.name, data=data, env=env)
+            assert process.returncode == 0, process.stderr[-4000:]
+            assert name in images_on(node)
+            assert registry.password() not in process.stdout + process.stderr
+        finally:
+            deploy_ok(node)
+            node.vm.ssh(f"{CTR} -n k8s.io images rm {name}", check=False)
+
+
+@pytest.mark.generations("debian13-containerd2.1")
 def test_an_archive_on_the_controller_is_imported_only_where_its_images_are_missing(
     node, first_deploy, tmp_path
 ):

@@ -126,6 +126,7 @@ def up(
     with_registry: bool = False,
     arch: str = NATIVE,
     kind: str = vm.VM,
+    files: dict[str, str] | None = None,
 ) -> list[vm.Node]:
     """Boot nodes of a Debian `suite` image, with data for the containerd and runc that
     `release_suite` ships (default: the same suite; sid's binaries need a trixie image), and
@@ -133,7 +134,10 @@ def up(
     registry.k8s.io images through the harness's registry (its CA is put on the node). `arch`:
     amd64 (this machine's) or arm64 (emulated), with that arch's containerd and runc. `kind`: a
     qemu VM, or a systemd-nspawn machine of the same image on this machine's kernel (no kernel
-    arguments, this machine's arch)."""
+    arguments, this machine's arch). `files` (machines): path -> text written into each before it
+    boots."""
+    if files and kind != vm.MACHINE:
+        raise ValueError("files are written into machines before they boot; a VM boots its image as built")
     if kind == vm.MACHINE and (kernel_args or arch != NATIVE):
         raise ValueError(
             "a machine runs on this machine's kernel: kernel arguments and other arches need --kind vm"
@@ -144,7 +148,7 @@ def up(
     for name in names:
         started = time.monotonic()
         if kind == vm.MACHINE:
-            node = nspawn.start(name, built)
+            node = nspawn.start(name, built, files=files)
         else:
             node = vm.start(name, built, kernel_args=tuple(kernel_args))
         # Asked for once the node runs: a mirror is only stopped when no node runs.

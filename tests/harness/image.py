@@ -42,8 +42,30 @@ PACKAGES = [
     # AppArmor's userspace, as Debian's and Ubuntu's servers have it: containerd then confines
     # every container with its default profile (on a VM; a machine shares this host's kernel).
     "apparmor",
+    # As a cloud image has it: a node with a NoCloud seed provisions itself at first boot (with
+    # no seed, cloud-init finds no datasource and stays off).
+    "cloud-init",
+    # What the conformance suite builds its test image from, installed by the operator.
+    "busybox-static",
 ]
 IMAGE_SIZE = "4G"
+# cloud-init as the harness's cloud has it: a NoCloud seed or nothing (no network datasource
+# to wait for; with no seed, ds-identify finds none and cloud-init stays off — it looks only
+# when the list has more than one entry), and what it leaves as the harness made the node: the
+# network (a machine's is this machine's), the baked host keys (in known_hosts), root's login,
+# the disk, the apt sources; and the locale (a minimal image has no locales to set).
+CLOUD_CONFIG = """\
+datasource_list: [NoCloud, ConfigDrive]
+network: {config: disabled}
+ssh_deletekeys: false
+ssh_genkeytypes: []
+disable_root: false
+resize_rootfs: false
+growpart: {mode: "off"}
+preserve_hostname: true
+locale: false
+apt: {preserve_sources_list: true}
+"""
 MMDEBSTRAP_OPTIONS = [
     "--variant=minbase",
     "--mode=root",
@@ -56,8 +78,8 @@ MMDEBSTRAP_OPTIONS = [
 
 
 # Left out of a foreign-arch image: python3 byte-compiles under qemu-user for minutes, and only
-# the @local tests (amd64) run Python on a node; its kernel is installed from this machine.
-FOREIGN_LEFT_OUT = ("python3", "python3-venv")
+# the @local and cloud-init tests (amd64) run Python on a node; its kernel is installed from this machine.
+FOREIGN_LEFT_OUT = ("python3", "python3-venv", "cloud-init")
 # What the initrd of a foreign-arch image loads to mount its root (virtio disk, ext4), with
 # their dependencies from modules.dep; crc32c for ext4's metadata checksums.
 INITRD_MODULES = ("crc32c_generic", "virtio_pci", "virtio_blk", "ext4")
@@ -146,6 +168,8 @@ def _customize(root: Path, pubkey: str) -> None:
         check=True,
     )
     (root / "etc/machine-id").write_text("")
+    if (root / "etc/cloud").is_dir():
+        _write(root / "etc/cloud/cloud.cfg.d/90-harness.cfg", CLOUD_CONFIG)
 
 
 def packages(target: Platform) -> list[str]:
@@ -163,7 +187,14 @@ def build(suite: str = "bookworm", arch: str = NATIVE) -> Image:
     key = ssh_key()
     pubkey = key.with_suffix(".pub").read_text()
     # Keyed on what shapes the image, not on the rest of this file.
-    shaped_by = [inspect.getsource(_customize), " ".join(MMDEBSTRAP_OPTIONS), IMAGE_SIZE, suite, pubkey]
+    shaped_by = [
+        inspect.getsource(_customize),
+        " ".join(MMDEBSTRAP_OPTIONS),
+        IMAGE_SIZE,
+        suite,
+        pubkey,
+        CLOUD_CONFIG,
+    ]
     shaped_by.append(" ".join(packages(target)))
     if target.foreign:
         shaped_by += [arch, target.kernel_package, inspect.getsource(_foreign_kernel), INIT_SCRIPT]

@@ -164,6 +164,7 @@ def _remove_cgroups_locked(name: str) -> None:
 def _prepare(root: Path, name: str, port: int, files: dict[str, str]) -> None:
     (root / "etc/ssh/sshd_config.d/port.conf").write_text(f"Port {port}\nListenAddress 127.0.0.1\n")
     for path, text in files.items():
+        (root / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
         (root / path.lstrip("/")).write_text(text)
     for unit in MASKED:
         link = root / "etc/systemd/system" / unit

@@ -1,22 +1,23 @@
 """pyinfra and this deploy, installed as a package, on a test node itself: a machine that
-provisions itself (as from cloud-init) with a deploy file of its operator's own.
+provisions itself with cloud-init from a NoCloud seed, and then runs deploy files of its
+operator's own.
 
 The node reaches no package index: the controller builds this tree's wheel (containerd-deploy,
-importable as `containerd_deploy`), downloads the wheels of the versions it runs itself (for
-the node's Python, the image's python3) once into the cache, and copies them over SSH; the node
-pip-installs the package with its conformance extra into a fresh venv, as a user would from an
-index. The conformance suite builds its test image from busybox-static's /bin/busybox: the
-controller's is copied too (the operator's `apt install busybox-static`).
+importable as `containerd_deploy`) and downloads the wheels of the versions it runs itself (for
+the node's Python, the image's python3) and pip's once into the cache: the wheelhouse the
+user-data (`python -m containerd_deploy.cloud_init`) pins and the node installs from, over HTTP
+from this machine. The harness is the node's cloud: the image's cloud.cfg.d (harness.image)
+says what cloud-init leaves as the harness made it.
 """
 
 import fcntl
-import io
+import shlex
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 import tomllib
+from importlib.metadata import version
 from pathlib import Path
 
 from packaging.requirements import Requirement
@@ -24,7 +25,6 @@ from packaging.requirements import Requirement
 from .paths import REPO_ROOT, cache_root, digest
 
 PACKAGE_FILES = ("pyproject.toml", "README.md", "LICENSE", "tasks")  # what the wheel is built from
-VENV = "/opt/pyinfra"
 SITE = "/root/site"  # the operator's own deploy files, outside any checkout
 USER_DEPLOY = """\
 from containerd_deploy import containerd_node
@@ -57,7 +57,8 @@ WANTED = _wanted()
 def wheels(python_tag: str = "cp311") -> Path:
     """A directory of wheels for what the package needs, at the controller's versions."""
     pins = _pins()
-    directory = cache_root() / f"node-wheels-{python_tag}-{digest(pins + ' '.join(WANTED))}"
+    pip = f"pip=={version('pip')}"  # the wheelhouse's pip installs the rest on the node
+    directory = cache_root() / f"node-wheels-{python_tag}-{digest(pins + ' '.join(WANTED) + pip)}"
     with open(cache_root() / ".node-wheels.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (directory / "ready").exists():
@@ -88,6 +89,7 @@ def wheels(python_tag: str = "cp311") -> Path:
                 "-c",
                 str(constraints),
                 *wanted,
+                pip,
             ],
             check=True,
         )
@@ -117,35 +119,25 @@ def build_wheel(into: Path) -> Path:
     return wheel
 
 
-def _tar(paths: dict[str, Path]) -> bytes:
-    """A tarball of `paths` (name in the archive -> local path), without caches."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for name, path in paths.items():
-            tar.add(path, arcname=name, filter=lambda info: None if "__pycache__" in info.name else info)
-    return buffer.getvalue()
+def wheelhouse(into: Path) -> Path:
+    """A directory of every wheel a node installs: this tree's, what it needs, and pip."""
+    shutil.rmtree(into, ignore_errors=True)  # (what a run cut short left: pip takes one version of each)
+    into.mkdir(parents=True)
+    for wheel in wheels().glob("*.whl"):
+        shutil.copy(wheel, into)
+    build_wheel(into)
+    return into
 
 
-def install(node) -> None:
-    """The containerd-deploy wheel (with pyinfra and its dependencies) in a fresh venv at VENV,
-    and an operator's deploy file at SITE/deploy.py that imports it, on `node` (a vm.Node)."""
-    with tempfile.TemporaryDirectory() as work:
-        package = build_wheel(Path(work))
-        archive = _tar(
-            {
-                "wheels": wheels(),
-                f"package/{package.name}": package,
-                "busybox": Path("/bin/busybox").resolve(),
-            }
-        )
-    script = (
-        f"set -e; rm -rf /opt/node-setup {VENV} {SITE}; mkdir -p /opt/node-setup {SITE}; "
-        f"tar -xf - -C /opt/node-setup; python3 -m venv {VENV}; "
-        # --no-compile: byte-compiling every module of every wheel is most of an install under
-        # TCG (221 s -> 148 s); what a run imports is compiled when first imported (+12 s).
-        f"{VENV}/bin/pip install -q --no-compile --no-index --find-links /opt/node-setup/wheels "
-        '"$(echo /opt/node-setup/package/*.whl)[conformance]"; '
-        "install -m 0755 /opt/node-setup/busybox /bin/busybox; "
-        f"rm -rf /opt/node-setup; cat > {SITE}/deploy.py <<'CONTAINERD_DEPLOY_EOF'\n{USER_DEPLOY}CONTAINERD_DEPLOY_EOF"
-    )
-    subprocess.run(node.ssh_command(script), input=archive, check=True, capture_output=True, timeout=900)
+def nocloud_seed(name: str, user_data: str, writable: list[Path]) -> dict[str, str]:
+    """Files that make a machine's first boot a NoCloud one with `user_data` (path -> text). Its
+    cgroup hierarchies `writable` are made so before cloud-init's final stage (its runcmd runs
+    containers), as the harness makes them once the machine answers."""
+    remount = " && ".join(f"mount -o remount,rw,bind {shlex.quote(str(path))}" for path in writable)
+    return {
+        "/var/lib/cloud/seed/nocloud/user-data": user_data,
+        "/var/lib/cloud/seed/nocloud/meta-data": f"instance-id: {name}\nlocal-hostname: {name}\n",
+        "/etc/systemd/system/cloud-final.service.d/harness-cgroups.conf": (
+            f"[Service]\nExecStartPre=/bin/sh -c {shlex.quote(remount or 'true')}\n"
+        ),
+    }

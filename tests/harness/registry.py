@@ -424,14 +424,14 @@ def install_ca(node_vm) -> None:
 
 
 def controller_registries_conf(
-    info: dict, mirror_of: tuple[str, ...] = ("docker.io", "registry.k8s.io")
+    info: dict, mirror_of: tuple[str, ...] = ("docker.io", "registry.k8s.io"), instance: str = "plain"
 ) -> Path:
     """A registries.conf (containers-registries.conf(5)) for skopeo on this machine, the
-    controller, making the plain instance the place of each registry in `mirror_of`: what an
-    operator's controller has in /etc/containers/registries.conf, given to the deploy by
-    $CONTAINERS_REGISTRIES_CONF."""
-    location = f"127.0.0.1:{info['plain']['port']}"
-    path = run_root() / f"registries-{info['plain']['port']}.conf"
+    controller, making the `instance` (plain, or tls: its certificate not checked, its login
+    asked for) the place of each registry in `mirror_of`: what an operator's controller has in
+    /etc/containers/registries.conf, given to the deploy by $CONTAINERS_REGISTRIES_CONF."""
+    location = f"127.0.0.1:{info[instance]['port']}"
+    path = run_root() / f"registries-{info[instance]['port']}.conf"
     path.write_text(
         "".join(
             f'[[registry]]\nprefix = "{name}"\nlocation = "{location}"\ninsecure = true\n\n'

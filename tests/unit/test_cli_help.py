@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from containerd_deploy import rollout, update_checksums
+from containerd_deploy import cloud_init, rollout, update_checksums
 
 GOLDEN = Path(__file__).parent / "golden" / "cli-help.txt"
-TOOLS = {"rollout": rollout.main, "update_checksums": update_checksums.main}
+TOOLS = {"rollout": rollout.main, "update_checksums": update_checksums.main, "cloud_init": cloud_init.main}
 
 
 def help_text(main, monkeypatch, capsys) -> str:

@@ -272,7 +272,7 @@ def test_an_archive_whose_sha256_differs_stops_the_run_without_the_sandbox_image
     path = tar_of(tmp_path, "a.tar", {"manifest.json": b"[]"})
     archive = ImageArchive(str(path), SHA)
     state, host = FakeHost(), FakeHost()
-    assert operation._fetch_into_cache(state, host, "/c", [archive], "amd64", (), []) is False
+    assert operation._fetch_into_cache(state, host, "/c", [archive], "amd64", (), [], {}) is False
     [said] = host.said
     assert said.startswith(f"containerd-deploy: node1: the image archive {path} has the sha256 ")
     assert "containerd_images_sandbox" not in said
@@ -365,9 +365,9 @@ def test_an_archive_is_hashed_once_a_run_whatever_the_hosts_arches(monkeypatch):
     )
     run = FakeHost()
     for arch in ("amd64", "arm64", "amd64"):
-        assert operation._fetch_into_cache(run, FakeHost(), "/c", [archive], arch, (), []) is True
+        assert operation._fetch_into_cache(run, FakeHost(), "/c", [archive], arch, (), [], {}) is True
     assert hashed == [archive]
-    assert operation._fetch_into_cache(FakeHost(), FakeHost(), "/c", [archive], "amd64", (), []) is True
+    assert operation._fetch_into_cache(FakeHost(), FakeHost(), "/c", [archive], "amd64", (), [], {}) is True
     assert hashed == [archive, archive]  # a new run checks it again
 
 

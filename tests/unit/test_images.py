@@ -267,7 +267,9 @@ def skopeo(tmp_path, monkeypatch):
         f'echo "$*" >> {shlex.quote(str(calls))}\n'
         f"if [ -e {here}/fail ]; then cat {here}/fail >&2; exit 1; fi\n"
         'arch=""; previous=""\n'
-        'for argument; do [ "$previous" = --override-arch ] && arch=$argument; previous=$argument; last=$argument; done\n'
+        'for argument; do [ "$previous" = --override-arch ] && arch=$argument\n'
+        f'  [ "$previous" = --src-authfile ] && cp "$argument" {here}/auth-seen && stat -c %a "$argument" > {here}/auth-mode\n'
+        "  previous=$argument; last=$argument; done\n"
         f"[ -e {here}/single-platform ] && arch=amd64\n"
         f'cp -r {here}/source-"$arch"/. "${{last#oci:}}"/\n'
     )
@@ -337,6 +339,63 @@ def test_an_image_is_fetched_once_checked_and_kept_under_its_names(skopeo):
     )
     assert sorted(path.name for path in cached.path.parent.iterdir() if path.name.startswith(".")) == []
     assert oct(cached.path.parent.stat().st_mode & 0o777) == "0o700"
+
+
+def test_a_fetch_logs_in_with_the_nodes_credentials_in_a_file_only_this_user_reads_for_the_fetch_alone(
+    skopeo,
+):
+    cache_dir = str(skopeo / "cache")
+    cached = cache.ensure_image_cached(
+        cache_dir, parse_reference(PINNED), "amd64", credentials={"docker.io": "aHVi"}
+    )
+    [call] = calls(skopeo)
+    authfile = call.split("--src-authfile ", 1)[1].split(" ", 1)[0]
+    assert json.loads((skopeo / "auth-seen").read_text()) == {"auths": {"docker.io": {"auth": "aHVi"}}}
+    assert (skopeo / "auth-mode").read_text().strip() == "600"
+    assert Path(authfile).parent.parent == cached.path.parent and not Path(authfile).exists()
+    assert sorted(path.name for path in cached.path.parent.iterdir()) == sorted(
+        [cached.path.name, cached.path.with_suffix(".json").name]
+    )
+    # Without credentials, skopeo logs in as the controller does (its own auth file).
+    cache.ensure_image_cached(cache_dir, parse_reference(PINNED), "arm64", credentials={})
+    assert "--src-authfile" not in calls(skopeo)[1]
+
+
+def test_the_fetch_step_fetches_with_the_nodes_credentials_for_the_images_registry(monkeypatch):
+    from containerd_deploy.operations import images as operation
+
+    seen = []
+    monkeypatch.setattr(
+        operation,
+        "ensure_image_cached",
+        lambda cache_dir, image, arch, credentials: seen.append(credentials) or image,
+    )
+    registries = resolve(
+        "node1",
+        {
+            "containerd_registries": {
+                "docker.io": {
+                    "mirrors": [{"host": "https://m.internal", "headers": {"Authorization": "Basic bQ=="}}]
+                }
+            }
+        },
+    ).containerd_registries
+
+    class FakeHost:
+        name = "node1"
+
+    cached: list = []
+    images = [parse_reference(PINNED), parse_reference(f"registry.k8s.io/pause:3.10@{DIGEST}")]
+    assert operation._fetch_into_cache(FakeHost(), FakeHost(), "/c", images, "amd64", (), cached, registries)
+    assert seen == [{"m.internal": "bQ=="}, {}] and cached == images
+    (command,) = [
+        command
+        for command in commands(
+            images_fetched, images=tuple(images), arch="amd64", cache_dir="/c", registries=registries
+        )
+        if isinstance(command, FunctionCommand)
+    ]
+    assert command.args[-1] == registries
 
 
 def test_a_fetch_skopeo_refuses_says_skopeos_reason_and_caches_nothing(skopeo):
@@ -534,7 +593,9 @@ def test_the_import_fetches_uploads_into_staging_and_imports_what_it_uploaded(mo
     monkeypatch.setattr(
         operation,
         "ensure_image_cached",
-        lambda cache_dir, wanted, arch: found[wanted] if (cache_dir, arch) == ("/c", "amd64") else None,
+        lambda cache_dir, wanted, arch, credentials: (
+            found[wanted] if (cache_dir, arch) == ("/c", "amd64") else None
+        ),
     )
     yielded = executed(
         images_imported._inner(
@@ -608,7 +669,7 @@ def with_host(function, executing: bool):
 def test_a_failed_fetch_stops_the_run_naming_the_sandbox_image_key_when_it_was_not_listed(monkeypatch):
     import containerd_deploy.operations.images as operation
 
-    def refuse(cache_dir, image, arch):
+    def refuse(cache_dir, image, arch, credentials):
         raise FetchError(f"could not fetch {image}")
 
     monkeypatch.setattr(operation, "ensure_image_cached", refuse)
@@ -617,11 +678,11 @@ def test_a_failed_fetch_stops_the_run_naming_the_sandbox_image_key_when_it_was_n
 
     state = FakeHost()  # (any object a weak reference can name)
     host = FakeHost()
-    assert operation._fetch_into_cache(state, host, "/c", [image], "amd64", (image,), []) is False
+    assert operation._fetch_into_cache(state, host, "/c", [image], "amd64", (image,), [], {}) is False
     assert host.said == [f"containerd-deploy: node1: could not fetch {image}"]
     assert run_of(state).hosts["node1"].failure == f"node1: could not fetch {image}"  # the report says it
     host = FakeHost()
-    assert operation._fetch_into_cache(state, host, "/c", [pause], "amd64", (image,), []) is False
+    assert operation._fetch_into_cache(state, host, "/c", [pause], "amd64", (image,), [], {}) is False
     assert host.said == [
         f"containerd-deploy: node1: could not fetch {pause}; it is the sandbox image of the node's config, which "
         "the controller brings with artifact_source=controller: set containerd_images_sandbox=false to leave it to "
@@ -799,15 +860,17 @@ def test_an_image_checked_in_the_cache_is_not_hashed_again_in_the_same_run(monke
     image = parse_reference(PINNED)
     asked = []
 
-    def cached(cache_dir, image, arch):
+    def cached(cache_dir, image, arch, credentials):
         asked.append((cache_dir, image, arch))
         return CachedImage(tmp_path / f"{arch}.tar", "0" * 64, DIGEST)
 
     monkeypatch.setattr(operation, "ensure_image_cached", cached)
     run, found = FakeHost(), []
     for host in (FakeHost(), FakeHost(), FakeHost()):  # the fetch step, then two hosts' imports
-        assert operation._fetch_into_cache(run, host, "/c", [image], "amd64", (image,), found) is True
+        assert operation._fetch_into_cache(run, host, "/c", [image], "amd64", (image,), found, {}) is True
     assert asked == [("/c", image, "amd64")] and len(found) == 3 and len(set(found)) == 1
-    assert operation._fetch_into_cache(run, FakeHost(), "/c", [image], "arm64", (image,), []) is True
-    assert operation._fetch_into_cache(FakeHost(), FakeHost(), "/c", [image], "amd64", (image,), []) is True
+    assert operation._fetch_into_cache(run, FakeHost(), "/c", [image], "arm64", (image,), [], {}) is True
+    assert (
+        operation._fetch_into_cache(FakeHost(), FakeHost(), "/c", [image], "amd64", (image,), [], {}) is True
+    )
     assert asked == [("/c", image, "amd64"), ("/c", image, "arm64"), ("/c", image, "amd64")]

@@ -10,7 +10,7 @@ PACKAGE_DIR = REPO_ROOT / "tasks" / "containerd_deploy"
 # Lowest first. The package's own __init__ (resource(), the lazy export) is below them all; the
 # entry points above them all.
 LAYERS = ("data", "controller", "remote", "facts", "plan", "operations", "deploy")
-ENTRY_POINTS = {"rollout", "update_checksums", "conformance"}
+ENTRY_POINTS = {"rollout", "update_checksums", "conformance", "cloud_init"}
 
 
 def layer_of(module: str) -> int:

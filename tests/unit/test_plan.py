@@ -247,6 +247,12 @@ def test_the_plan_says_what_the_run_will_do(case, data, change, lines):
     assert plan.changes == (case != "converged")
 
 
+def test_a_distribution_package_is_removed_only_when_the_data_says_so():
+    node = drifted(converged(settings_for()), distro_packages=DISTRO)
+    assert plan_of({"containerd_distro_package": "remove"}, node).distro_packages
+    assert not plan_of({}, node).distro_packages  # (the deploy refuses that node before its plan)
+
+
 def changed_ops(prepared) -> dict[str, object]:
     return {op.name.rsplit(" | ", 1)[-1]: op for op in prepared if op.changes}
 
@@ -274,6 +280,9 @@ def test_the_dry_run_and_the_real_run_read_the_same_plan(monkeypatch, case, data
     assert any(name.startswith("Fetch and verify release files") for name in changed) == bool(
         plan.install or node.staging_leftovers
     )
+    assert "Remove what runs cut short left beside the deploy's files" in {
+        op.name.rsplit(" | ", 1)[-1] for op in prepared
+    }
     assert ("Remove what runs cut short left beside the deploy's files" in changed) == bool(
         node.hidden_leftovers
     )

@@ -1,7 +1,7 @@
 import pytest
 import tomlkit
 
-from containerd_deploy.data.registries import MARKER, has_credentials, hosts_toml, parse
+from containerd_deploy.data.registries import MARKER, basic_credentials, has_credentials, hosts_toml, parse
 from containerd_deploy.data.values import DataError
 
 
@@ -155,3 +155,35 @@ def test_each_registries_value_gives_what_the_golden_file_says():
     for value in VALUES:
         if answer(value).startswith("refused"):
             assert "s3cret" not in answer(value)
+
+
+def test_the_controller_logs_in_to_each_host_the_nodes_config_sends_basic_credentials():
+    registries = parse(
+        "n",
+        {
+            "docker.io": {
+                "mirrors": [
+                    {"host": "https://mirror.internal:5443", "headers": {"authorization": "Basic bWlycm9y"}},
+                    {
+                        "host": "https://registry-1.docker.io/",
+                        "headers": {"Authorization": ["Basic aHVi", "x"]},
+                    },
+                    {"host": "https://token.internal", "headers": {"Authorization": "Bearer abc"}},
+                    {"host": "https://plain.internal", "headers": {"X-Basic": "Basic c29tZQ=="}},
+                ]
+            },
+            "_default": {
+                "mirrors": [{"host": "https://any.internal", "headers": {"Authorization": "Basic YW55"}}]
+            },
+            "quay.io": {"mirrors": [{"host": "https://quay.internal"}]},
+        },
+    )
+    # The registry's own server under the registry's name, as a containers auth file keys it;
+    # a bearer token and other headers have no place there.
+    assert basic_credentials("docker.io", registries) == {
+        "mirror.internal:5443": "bWlycm9y",
+        "docker.io": "aHVi",
+    }
+    assert basic_credentials("registry.k8s.io", registries) == {"any.internal": "YW55"}  # _default's
+    assert basic_credentials("quay.io", registries) == {}  # its own entry, with no credentials
+    assert basic_credentials("ghcr.io", {}) == {}

@@ -4,6 +4,7 @@ operation completed as a real run would have completed it."""
 
 import json
 import signal
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -187,6 +188,7 @@ def test_a_failed_verify_that_rolled_back_says_so_and_why(monkeypatch):
         "Verify containerd (containerd_verify): - CRI plugin not loaded"
     )
     assert row["verify"] == {"result": "failed"}
+    assert row["versions"] == {}  # not what the run meant to leave: it did not
 
 
 def test_a_failed_operation_is_named_with_its_last_words(monkeypatch):
@@ -198,6 +200,7 @@ def test_a_failed_operation_is_named_with_its_last_words(monkeypatch):
         "Enable, start and check containerd: containerd did not answer in 60s",
     )
     assert row["verify"] == {"result": "not reached"}
+    assert row["versions"] == {}
 
 
 def test_a_run_stopped_by_ctrl_c_names_where_and_what_changed_before(monkeypatch):
@@ -288,6 +291,14 @@ def test_the_report_is_written_whole_as_json_to_each_file_named(monkeypatch, tmp
     written = json.loads(target.read_text())
     assert written["interrupted"] is False
     assert [(row["host"], row["status"]) for row in written["hosts"]] == [("node1", "restarted")]
+    # What the node runs now (the fleet's view of a pull-mode node's last run), and when.
+    settings = settings_for(DRIFT)
+    assert written["hosts"][0]["versions"] == {
+        "containerd": str(settings.containerd_version),
+        "runc": str(settings.runc_version),
+    }
+    finished = datetime.fromisoformat(written["finished"])
+    assert finished.tzinfo is not None and abs(datetime.now(timezone.utc) - finished) < timedelta(minutes=1)
     assert sorted(path.name for path in target.parent.iterdir()) == ["run.json"]  # no temp file left
     assert "--> containerd-deploy report (1 restarted):" in caplog.text
     assert f"node1  restarted  containerd 2.2.1 ({CONFIG} changed)" in caplog.text
@@ -352,6 +363,7 @@ def test_each_row_has_exactly_its_fields(monkeypatch):
         "detail": "",
         "changes": ["no change"],
         "verify": None,
+        "versions": {},  # the run only planned: what it would leave is not what the node runs
     }
     run_record.run_of(state).hosts.clear()
     assert row_of(state, host) == {
@@ -360,6 +372,7 @@ def test_each_row_has_exactly_its_fields(monkeypatch):
         "detail": "the run stopped before this host was planned",
         "changes": [],
         "verify": None,
+        "versions": {},
     }
     run_record.run_of(state).hosts.update(
         a=run_record.HostRun(refused="a: x"), b=run_record.HostRun(refused="b: y")
@@ -462,9 +475,9 @@ def test_the_json_is_put_in_place_whole_through_a_hidden_file_beside_it(monkeypa
     rows = [{"host": "n", "status": "unchanged"}]
     report.write_json(str(target), rows, False)
     report.write_json(str(target), rows, True)  # again, into the directory it made
-    assert (
-        target.read_text()
-        == '{\n "hosts": [\n  {\n   "host": "n",\n   "status": "unchanged"\n  }\n ],\n "interrupted": true\n}\n'
+    written = target.read_text()
+    assert written.startswith('{\n "finished": "') and written.endswith(
+        '",\n "hosts": [\n  {\n   "host": "n",\n   "status": "unchanged"\n  }\n ],\n "interrupted": true\n}\n'
     )
     assert all(source.parent == target.parent and source.name.startswith(".run.json.") for source in renamed)
 

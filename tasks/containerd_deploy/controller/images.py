@@ -16,6 +16,7 @@ import re
 import subprocess
 import tarfile
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,10 +111,11 @@ def layout_tarball(layout: Path, image: ImageRef, arch: str, out) -> str:
     return manifests[0]["digest"]
 
 
-def skopeo_command(image: ImageRef, arch: str, layout: Path) -> list[str]:
+def skopeo_command(image: ImageRef, arch: str, layout: Path, authfile: Path | None = None) -> list[str]:
     """skopeo's copy of `image`'s manifest for linux/`arch` (from an index, that one only) into
     the OCI layout directory `layout`; by digest when the reference pins one (skopeo then
-    checks the manifest it gets against it)."""
+    checks the manifest it gets against it). `authfile`: the credentials it logs in with, in
+    place of the controller's own."""
     # podman's variable for another registries.conf (skopeo itself reads only its option)
     conf = os.environ.get("CONTAINERS_REGISTRIES_CONF")
     return [
@@ -121,6 +123,7 @@ def skopeo_command(image: ImageRef, arch: str, layout: Path) -> list[str]:
         *(["--registries-conf", conf] if conf else []),
         "copy",
         "--quiet",
+        *(["--src-authfile", str(authfile)] if authfile else []),
         "--override-os",
         "linux",
         "--override-arch",
@@ -151,10 +154,24 @@ def _recorded(path: Path) -> CachedImage | None:
     return None
 
 
+def write_authfile(path: Path, credentials: Mapping[str, str]) -> None:
+    """A containers auth file (containers-auth.json(5)) of `credentials`, host -> base64
+    user:password, this user's alone."""
+    document = {"auths": {host: {"auth": auth} for host, auth in credentials.items()}}
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+        json.dump(document, out)
+
+
 def ensure_image_cached(
-    cache_dir: str, image: ImageRef, arch: str, timeout: float = FETCH_TIMEOUT
+    cache_dir: str,
+    image: ImageRef,
+    arch: str,
+    timeout: float = FETCH_TIMEOUT,
+    credentials: Mapping[str, str] | None = None,
 ) -> CachedImage:
-    """The checked cached tarball of `image` for `arch`, fetching it first if the cache lacks it."""
+    """The checked cached tarball of `image` for `arch`, fetching it first if the cache lacks it;
+    `credentials` (host -> base64 user:password, the node's for the image's registry): what
+    skopeo logs in with instead of the controller's own login."""
     path = cached_image_path(cache_dir, image, arch)
     with lock_for(
         str(path)
@@ -170,10 +187,17 @@ def ensure_image_cached(
         cached = _recorded(path)
         if cached:
             return cached
-        with tempfile.TemporaryDirectory(dir=path.parent) as layout:
+        with (
+            tempfile.TemporaryDirectory(dir=path.parent) as layout,
+            tempfile.TemporaryDirectory(dir=path.parent) as login,
+        ):
+            authfile = None
+            if credentials:
+                authfile = Path(login) / "auth.json"
+                write_authfile(authfile, credentials)
             try:
                 result = subprocess.run(
-                    skopeo_command(image, arch, Path(layout)),
+                    skopeo_command(image, arch, Path(layout), authfile),
                     capture_output=True,
                     text=True,
                     timeout=timeout,

@@ -19,6 +19,7 @@ class HostRun:
     container: bool = False  # the verify step ran a container
     warnings: list = field(default_factory=list)  # what the verify step warned of (the node works)
     report_file: str = ""  # containerd_report of this host
+    versions: dict = field(default_factory=dict)  # component -> the version the run leaves it at
     failure: str = (
         ""  # why an operation run on the controller failed (a restart hook): pyinfra keeps no output of it
     )

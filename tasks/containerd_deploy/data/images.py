@@ -73,6 +73,11 @@ class ImageRef:
         return (f"{self.repository}@{self.digest}" if self.digest else f"{self.repository}:{self.tag}",)
 
     @property
+    def registry(self) -> str:
+        """The registry it names (`docker.io`, `registry.k8s.io:5000`)."""
+        return self.repository.split("/", 1)[0]
+
+    @property
     def source(self) -> str:
         """What a registry is asked for: the digest when there is one (a registry resolves the
         tag to whatever it holds now), else the tag."""

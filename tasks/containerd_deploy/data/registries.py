@@ -5,6 +5,7 @@ never printed: the operations upload it without a diff.
 """
 
 import re
+import urllib.parse
 from collections.abc import Mapping
 
 import tomlkit
@@ -146,6 +147,28 @@ def parse(host: str, value) -> dict:
 
 def has_credentials(spec: Mapping) -> bool:
     return any(mirror.get("headers") for mirror in spec["mirrors"])
+
+
+BASIC = re.compile(r"Basic\s+([A-Za-z0-9+/=]+)", re.IGNORECASE)
+
+
+def basic_credentials(registry: str, registries: Mapping) -> dict[str, str]:
+    """host[:port] -> the base64 `user:password` each host the node's config names for
+    `registry` (its own entry, else `_default`'s) is sent in an `Authorization: Basic` header:
+    what a containers auth file (skopeo's --authfile) holds for that host. The registry's own
+    server is named as the registry is (docker.io, not registry-1.docker.io). Other headers
+    (a bearer token) have no place there and are left out."""
+    spec = registries.get(registry) or registries.get("_default")
+    found: dict[str, str] = {}
+    for mirror in spec["mirrors"] if spec else ():
+        netloc = urllib.parse.urlsplit(mirror["host"]).netloc
+        host = registry if netloc == urllib.parse.urlsplit(default_server(registry)).netloc else netloc
+        for name, value in (mirror.get("headers") or {}).items():
+            for item in value if isinstance(value, list) else [value]:
+                basic = BASIC.fullmatch(item.strip()) if name.lower() == "authorization" else None
+                if basic:
+                    found.setdefault(host, basic.group(1))
+    return found
 
 
 def hosts_toml(registry: str, spec: Mapping) -> str:

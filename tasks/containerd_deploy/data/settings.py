@@ -903,7 +903,7 @@ KEYS: dict[str, Key] = {
         "",
         _plain(_controller_file),
         shown="unset",
-        doc="a file on the controller the end-of-run report is also written to, as JSON (every host of the run: its status — unchanged, changed, restarted, rolled back, failed, refused, unreachable, interrupted, stopped — what changed, the versions restarted from and into, and the verify step's result and whether a container ran); written when the run ends, a refused run and Ctrl-C included — but not when no host could be reached (pyinfra stops before the deploy runs; the run exits 1); `~` allowed",
+        doc="a file on the controller the end-of-run report is also written to, as JSON (every host of the run: its status — unchanged, changed, restarted, rolled back, failed, refused, unreachable, interrupted, stopped — what changed, the versions restarted from and into, and the verify step's result and whether a container ran; when the run finished, and for a host whose every operation succeeded the version of each component it runs now); written when the run ends, a refused run and Ctrl-C included — but not when no host could be reached (pyinfra stops before the deploy runs; the run exits 1); `~` allowed",
     ),
     "containerd_rollback": Key(
         True,

@@ -27,6 +27,7 @@ def fetch_images(settings: Settings, plan: Plan, arch: str):
         cache_dir=settings.artifact_cache_dir,
         listed=settings.containerd_images,
         archives=tuple(archive for archive, _ in plan.archives),
+        registries=settings.containerd_registries,
     )
 
 
@@ -49,6 +50,7 @@ def bring_images(settings: Settings, plan: Plan, arch: str):
         pinned=sandbox_names(sandbox),
         snapshotter=snapshotter or "",
         archives=plan.archives,
+        registries=settings.containerd_registries,
     )
 
 

@@ -485,6 +485,7 @@ def _containerd_node():
     check_not_repeating_a_rollback(settings, node, plan)
     show_plan(settings, node, plan)
     remember_plan(settings, node, plan)
+    host_run(host).versions = {component: artifact.version for component, artifact in wanted.items()}
 
     rollback = settings.containerd_deploy_state_dir if settings.containerd_rollback else ""
     take_run_lock(node, plan)

@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 
 from pyinfra import logger
@@ -69,7 +70,7 @@ def _why_failed(meta, record: HostRun) -> str:
 
 def outcome(state, host, run: Run) -> dict:
     """One host's row: host, status, detail, changes, verify (result, container, note)."""
-    row: dict = {"host": host.name, "status": "", "detail": "", "changes": [], "verify": None}
+    row: dict = {"host": host.name, "status": "", "detail": "", "changes": [], "verify": None, "versions": {}}
     record = run.hosts.get(host.name)
     refused = sorted(name for name, other in run.hosts.items() if other.refused)
     if host not in state.activated_hosts:
@@ -126,6 +127,7 @@ def outcome(state, host, run: Run) -> dict:
             failed_verify = _op_name(state, op_hash) == VERIFY_OPERATION
             row["verify"] = {"result": "failed" if failed_verify else "passed" if verified else "not reached"}
             return row
+    row["versions"] = record.versions  # every operation succeeded: what the node runs now
     if not record.changes:
         row["status"] = "unchanged"
     elif record.restart:
@@ -199,7 +201,8 @@ def write_json(path: str, rows: list[dict], interrupted: bool) -> None:
     """The report as JSON, put in place whole (a reader never sees half of it)."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps({"hosts": rows, "interrupted": interrupted}, indent=1) + "\n"
+    finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    text = json.dumps({"finished": finished, "hosts": rows, "interrupted": interrupted}, indent=1) + "\n"
     handle, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
     try:
         with os.fdopen(handle, "w") as out:

@@ -9,6 +9,7 @@ from containerd_deploy.controller.cache import FetchError
 from containerd_deploy.controller.images import CachedImage, checked_archive, ensure_image_cached
 from containerd_deploy.controller.run_record import run_of
 from containerd_deploy.data.images import ImageArchive, ImageRef
+from containerd_deploy.data.registries import basic_credentials
 from containerd_deploy.operations import failed_on_controller
 from containerd_deploy.operations.files import private_uploads, upload_directory, uploads_done
 from containerd_deploy.remote.scripts import (
@@ -23,18 +24,21 @@ SANDBOX_FIX = (
 )
 
 
-def _checked(cache_dir: str, item: "ImageRef | ImageArchive", arch: str) -> CachedImage:
+def _checked(cache_dir: str, item: "ImageRef | ImageArchive", arch: str, registries: dict) -> CachedImage:
     if isinstance(item, ImageArchive):
         return checked_archive(item)
-    return ensure_image_cached(cache_dir, item, arch)
+    return ensure_image_cached(
+        cache_dir, item, arch, credentials=basic_credentials(item.registry, registries)
+    )
 
 
 def _fetch_into_cache(
-    state, host, cache_dir: str, images: list, arch: str, listed: tuple, cached: list
+    state, host, cache_dir: str, images: list, arch: str, listed: tuple, cached: list, registries: dict
 ) -> bool:
     """Run on the controller: the cache's checked tarball of every image (an archive: the file,
     checked by its sha256), each checked once a run, in `cached` (an image not `listed` is the
-    sandbox image: its error says how to leave it to the node)."""
+    sandbox image: its error says how to leave it to the node); fetched with the node's Basic
+    credentials for the image's registry (`registries`), where it has them."""
     checked = run_of(state).cached_images
     for image in images:
         try:
@@ -43,7 +47,7 @@ def _fetch_into_cache(
                 image,
                 None if isinstance(image, ImageArchive) else arch,
             )  # an archive: any arch
-            checked[key] = checked.get(key) or _checked(cache_dir, image, arch)
+            checked[key] = checked.get(key) or _checked(cache_dir, image, arch, registries)
             cached.append(checked[key])
         except FetchError as error:
             brought = image in listed or isinstance(image, ImageArchive)
@@ -60,6 +64,7 @@ def images_fetched(
     cache_dir: str,
     listed: "tuple[ImageRef, ...]" = (),
     archives: "tuple[ImageArchive, ...]" = (),
+    registries: "dict | None" = None,
 ):
     """
     Fetch images into the controller's cache, once per controller and arch, each checked
@@ -71,6 +76,9 @@ def images_fetched(
     + listed: the images the data lists (``containerd_images``); any other is the sandbox image
     + archives: the ``ImageArchive`` objects to bring (``containerd_image_archives``): each
       checked by its sha256
+    + registries: the node's ``containerd_registries``: where its config sends an image's
+      registry (or a mirror of it) an ``Authorization: Basic`` header, the controller logs in
+      with those credentials (else with its own login)
 
     **Example:**
 
@@ -86,7 +94,9 @@ def images_fetched(
     if not images and not archives:
         host.noop("no image to fetch: the node has every one")
         return
-    yield FunctionCommand(_fetch_into_cache, (cache_dir, [*images, *archives], arch, tuple(listed), []), {})
+    yield FunctionCommand(
+        _fetch_into_cache, (cache_dir, [*images, *archives], arch, tuple(listed), [], registries or {}), {}
+    )
 
 
 @operation()
@@ -100,6 +110,7 @@ def images_imported(
     pinned: "tuple[str, ...]" = (),
     snapshotter: str = "",
     archives: "tuple[tuple[ImageArchive, tuple[str, ...]], ...]" = (),
+    registries: "dict | None" = None,
 ):
     """
     Bring images to the node from the controller's cache (fetched there first if missing):
@@ -119,6 +130,9 @@ def images_imported(
       default)
     + archives: the ``ImageArchive`` objects to bring, each with the names of its images
       (checked on the node after the import)
+    + registries: the node's ``containerd_registries``: where its config sends an image's
+      registry (or a mirror of it) an ``Authorization: Basic`` header, the controller logs in
+      with those credentials (else with its own login)
 
     **Example:**
 
@@ -139,7 +153,9 @@ def images_imported(
     cached: list[CachedImage] = []
     brought = [*images, *(archive for archive, _ in archives)]
     names = [*(image.names for image in images), *(held for _, held in archives)]
-    yield FunctionCommand(_fetch_into_cache, (cache_dir, brought, arch, tuple(listed), cached), {})
+    yield FunctionCommand(
+        _fetch_into_cache, (cache_dir, brought, arch, tuple(listed), cached, registries or {}), {}
+    )
     if len(cached) != len(brought):
         return  # not run (pyinfra only looking for a change), or it failed and said why
     yield remove_staging_leftovers_script(staging_dir, keep=True)
