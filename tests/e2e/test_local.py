@@ -24,7 +24,7 @@ from packaging.utils import canonicalize_name, parse_wheel_filename
 
 from containerd_deploy import cloud_init
 from tests.harness import __main__ as harness
-from tests.harness import mirror, nspawn, on_node, vm
+from tests.harness import image, mirror, nspawn, on_node, vm
 
 from .helpers import module_kind
 
@@ -75,6 +75,7 @@ def node(request):
             check=True,
         )
         seed = on_node.nocloud_seed(NAME, made.stdout, nspawn.this_machines_hierarchies())
+        image.build(SUITE)  # (once, cached: not part of the first boot's time)
         started = time.monotonic()
         (booted,) = harness.up([NAME], SUITE, kind=module_kind(request), files=seed)
         try:

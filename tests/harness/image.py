@@ -78,8 +78,9 @@ MMDEBSTRAP_OPTIONS = [
 
 
 # Left out of a foreign-arch image: python3 byte-compiles under qemu-user for minutes, and only
-# the @local and cloud-init tests (amd64) run Python on a node; its kernel is installed from this machine.
-FOREIGN_LEFT_OUT = ("python3", "python3-venv", "cloud-init")
+# the @local and cloud-init tests (amd64) run Python on a node, or the conformance suite on the
+# node itself (its busybox); its kernel is installed from this machine.
+FOREIGN_LEFT_OUT = ("python3", "python3-venv", "cloud-init", "busybox-static")
 # What the initrd of a foreign-arch image loads to mount its root (virtio disk, ext4), with
 # their dependencies from modules.dep; crc32c for ext4's metadata checksums.
 INITRD_MODULES = ("crc32c_generic", "virtio_pci", "virtio_blk", "ext4")
@@ -168,8 +169,10 @@ def _customize(root: Path, pubkey: str) -> None:
         check=True,
     )
     (root / "etc/machine-id").write_text("")
-    if (root / "etc/cloud").is_dir():
-        _write(root / "etc/cloud/cloud.cfg.d/90-harness.cfg", CLOUD_CONFIG)
+
+
+def _cloud_config(root: Path) -> None:
+    _write(root / "etc/cloud/cloud.cfg.d/90-harness.cfg", CLOUD_CONFIG)
 
 
 def packages(target: Platform) -> list[str]:
@@ -187,18 +190,13 @@ def build(suite: str = "bookworm", arch: str = NATIVE) -> Image:
     key = ssh_key()
     pubkey = key.with_suffix(".pub").read_text()
     # Keyed on what shapes the image, not on the rest of this file.
-    shaped_by = [
-        inspect.getsource(_customize),
-        " ".join(MMDEBSTRAP_OPTIONS),
-        IMAGE_SIZE,
-        suite,
-        pubkey,
-        CLOUD_CONFIG,
-    ]
+    shaped_by = [inspect.getsource(_customize), " ".join(MMDEBSTRAP_OPTIONS), IMAGE_SIZE, suite, pubkey]
     shaped_by.append(" ".join(packages(target)))
-    if target.foreign:
+    if target.foreign:  # (with no cloud-init)
         shaped_by += [arch, target.kernel_package, inspect.getsource(_foreign_kernel), INIT_SCRIPT]
         shaped_by.append(inspect.getsource(module_load_order))
+    else:
+        shaped_by += [CLOUD_CONFIG, inspect.getsource(_cloud_config)]
     tag = digest(*shaped_by)
     name = suite if arch == NATIVE else f"{suite}-{arch}"
     images = cache_root() / "images"
@@ -238,6 +236,8 @@ def _build(image: Image, pubkey: str, target: Platform) -> None:
             check=True,
         )
         _customize(root, pubkey)
+        if not target.foreign:
+            _cloud_config(root)
         out = work / "out"
         out.mkdir()
         if target.foreign:
