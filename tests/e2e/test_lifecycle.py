@@ -251,18 +251,19 @@ def assert_whole(node: Node) -> None:
 
 
 # (operation index to cut at, how): every operation of a run, on a machine (seconds each), over
-# first installs and over upgrades and downgrades between containerd 1.7.24 and 2.1.9, each point
-# cut both ways across the two. Operations: 1 take the run lock, 2 remove leftovers, 3 fetch, 4
-# keep the running release, 5-6 install containerd and runc, 7-8 CNI plugins and crictl (not
-# asked for: removed if there), 9 config, 10 unit, 11 reload/enable/(re)start, 12 verify (runs a
-# container), 13 drop the kept release. An SSH drop needs the run's connection, known once it
-# holds the lock.
-OPERATIONS = range(1, 14)
-INSTALL_CUTS = [(op, "kill -9" if op % 2 else "ssh drop") for op in OPERATIONS]
-SWITCH_CUTS = [(op, "ssh drop" if op % 2 and op > 1 else "kill -9") for op in OPERATIONS]
-# Only an upgrade keeps a release (4), restarts a running daemon (11) and drops what it kept
-# (13): those are cut both ways in the upgrades and downgrades alone.
-SWITCH_CUTS += [(4, "ssh drop"), (11, "kill -9"), (13, "kill -9")]
+# first installs and over upgrades and downgrades between containerd 1.7.24 and 2.1.9, each
+# operation cut both ways across the two. A first install's operations: 1 take the run lock, 2
+# fetch, 3-4 install containerd and runc, 5 config, 6 unit, 7 reload/enable/start, 8 verify (runs
+# a container). An upgrade's or downgrade's: 1 lock, 2 fetch, 3 keep the running release, 4-5
+# install, 6 config, 7 unit, 8 restart, 9 verify, 10 drop the kept release: from 4 on, an
+# install's operation one later. (What a node may not have, leftovers or the CNI plugins, adds no
+# operation to a run that has nothing of it.) An SSH drop needs the run's connection, known once
+# it holds the lock.
+INSTALL_CUTS = [(op, "kill -9" if op % 2 else "ssh drop") for op in range(1, 9)]
+SWITCH_CUTS = [(op, "ssh drop" if op % 2 == 0 and op >= 4 else "kill -9") for op in range(1, 11)]
+# Only an upgrade keeps a release (3), restarts a running daemon (8) and drops what it kept
+# (10): those are cut both ways in the upgrades and downgrades alone.
+SWITCH_CUTS += [(3, "ssh drop"), (8, "kill -9"), (10, "kill -9")]
 
 
 @pytest.fixture(scope="module")

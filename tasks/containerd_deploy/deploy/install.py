@@ -1,6 +1,7 @@
 """Install the release files: containerd and runc, and the CNI plugins and crictl when asked for.
 Each is verified before it reaches its paths."""
 
+from pyinfra import host
 from pyinfra.api import deploy
 
 from containerd_deploy.data.artifacts import COMPONENTS, Artifact, destination
@@ -34,15 +35,19 @@ def fetch_release_files(settings: Settings, node: NodeState, artifacts: dict[str
 def install_release_files(settings: Settings, node: NodeState, artifacts: dict[str, Artifact]):
     """Install the fetched release files (each checked again on the node) and remove those of
     components no longer wanted (crictl's config is one of the files configure_containerd writes)."""
-    if settings.containerd_distro_package == "remove":
+    if settings.containerd_distro_package == "remove" and node.distro_packages:
         # Only now, with the release files on the node: a failed download leaves the package running.
         distro_packages_absent(
             name="Remove the distribution's containerd package (containerd_distro_package)",
             packages=node.distro_packages,
         )
-    for component in COMPONENTS:
+    # host.loop: each component's operation is told apart by its place in COMPONENTS, not by how
+    # many came before it on this host (which differs between hosts: not every one removes).
+    for component in host.loop(COMPONENTS):
         artifact = artifacts.get(component)
         if artifact is None:
+            if component not in node.manifests:
+                continue  # nothing of it to remove: no operation (see deploy/node.py)
             release_artifact_absent(
                 name=f"Remove {NAMES[component]} (no {component}_version)",
                 component=component,

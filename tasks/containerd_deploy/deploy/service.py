@@ -54,15 +54,19 @@ def check_hooks(settings: Settings, node_host) -> None:
         hook_argv(getattr(settings, key), node_host.name, hook_address(node_host), key)
 
 
-@deploy("Restart hook", data_defaults=DEFAULTS)
-def hooks_around_restart(settings: Settings, plan: Plan, when: str):
+def hooks_around_restart(settings: Settings, plan: Plan, when: str) -> None:
     """The operator's command for `when` ("before": first thing, so a failing one stops the
     node's change; "after": once the restarted daemon answered and was verified), run on the
-    controller only if this run restarts the node's running containerd."""
+    controller only if this run restarts the node's running containerd. Otherwise no deploy step
+    and no operation at all (see `deploy.node._containerd_node`)."""
     key = HOOK_KEYS[when]
     command = getattr(settings, key)
-    if not command:
-        return
+    if command and plan.restarts_running:
+        _restart_hook(settings=settings, plan=plan, key=key, command=command, when=when)
+
+
+@deploy("Restart hook", data_defaults=DEFAULTS)
+def _restart_hook(settings: Settings, plan: Plan, key: str, command: tuple[str, ...], when: str):
     restart_hook(
         name=f"Run {key} on the controller" + (" (containerd will restart)" if when == "before" else ""),
         key=key,
@@ -78,8 +82,7 @@ def keep_running_release(settings: Settings, node: NodeState, plan: Plan):
     """Keep what the running daemon was started from (containerd_rollback) when this run
     restarts it: the binaries it replaces (a link to a file changes its ctime, which the
     manifest records; a component left alone must keep its identity, and needs no putting back),
-    their manifests and the files the daemon loads at start. The operation is there on every
-    node, so a run has the same operations everywhere."""
+    their manifests and the files the daemon loads at start."""
     manifest = node.manifests.get("containerd")
     state_dir = settings.containerd_deploy_state_dir
     release_kept(
