@@ -14,6 +14,7 @@ from pyinfra.api.state import StateStage
 from pyinfra.context import ctx_host, ctx_state
 
 import containerd_deploy.deploy.node as flow
+from containerd_deploy.deploy import report
 from containerd_deploy.deploy.node import deploy_file_frames_known
 from containerd_deploy.remote.manifest import Manifest
 
@@ -70,11 +71,16 @@ def test_a_python_without_that_cache_runs_the_deploy_as_before(monkeypatch):
     assert not hasattr(inspect, "modulesbyfile")
 
 
-def test_hosts_removing_different_components_keep_their_own_operations(monkeypatch):
+def test_hosts_removing_different_components_keep_their_own_operations(monkeypatch, tmp_path):
     """pyinfra's CLI tells operations apart by the lines of their call stack; two calls from
     one line in a loop are told apart by the loop's place (`host.loop`), so one host removing
-    the CNI plugins and another removing crictl are two operations, not one under both names."""
+    the CNI plugins and another removing crictl are two operations, not one under both names.
+    And the deploy, as the CLI runs it from a deploy file, records that file first."""
     monkeypatch.setattr(pyinfra, "is_cli", True)
+    monkeypatch.setattr(report.atexit, "register", lambda *args: None)  # no report at pytest's exit
+    monkeypatch.setattr(report.signal, "signal", lambda *args: None)  # nor its Ctrl-C handler
+    monkeypatch.setattr(inspect, "modulesbyfile", dict(inspect.modulesbyfile))
+    monkeypatch.chdir(tmp_path)
     settings = settings_for()
     base = converged(settings)
     nodes = {
@@ -85,6 +91,7 @@ def test_hosts_removing_different_components_keep_their_own_operations(monkeypat
     inventory = Inventory(([(name, data) for name in nodes], {}))
     state = State(inventory, Config())
     state.current_stage = StateStage.Prepare
+    state.current_exec_filename = "deploy.py"
     for name, node in nodes.items():
         host = inventory.get_host(name)
         state.activate_host(host)
@@ -96,6 +103,7 @@ def test_hosts_removing_different_components_keep_their_own_operations(monkeypat
         for meta in state.op_meta.values()
         if any(" | Remove " in name for name in meta.names)
     )
+    assert str(tmp_path / "deploy.py") in inspect.modulesbyfile
     assert removals == [
         ["Install release files | Remove crictl (no crictl_version)"],
         ["Install release files | Remove the CNI plugins (no cni_plugins_version)"],

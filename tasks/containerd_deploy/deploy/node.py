@@ -479,11 +479,12 @@ def containerd_node():
 
 
 def _containerd_node():
-    """The core steps (release files, config files, the service, the verify step) add their
-    operations on every run, so every host lists them; a step for what a node may not have (a
-    component to remove, what a cut-short run left, a release to keep or drop, a restart hook)
-    adds one only when the plan has it to do. pyinfra's CLI walks the call stack for each
-    operation of each host: that walk is most of what a fleet's no-op costs the controller."""
+    """The core steps (release files, config files, the service; the verify step when it is on)
+    add their operations on every run that installs containerd, so every such host lists them; a
+    step for what a node may not have (a component to remove, what a cut-short run left, a
+    release to keep or drop, a restart hook) adds one only when the plan has it to do. pyinfra's
+    CLI walks the call stack for each operation of each host: that walk is most of what a
+    fleet's no-op costs the controller."""
     check_inventory_data(host.state)
     settings = for_host(host)
     node = gather(settings)
