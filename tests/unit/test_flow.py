@@ -632,3 +632,26 @@ def test_the_node_fact_is_told_the_daemon_last_checked_in_full_only_when_verify_
     for pid in (0, -1, True, "582", None):
         verified.write(settings.host, dataclasses.replace(record, identity=(pid, 1000.5, "x")))
         assert last_checked_pid(settings) == 0, pid
+
+
+def test_the_verify_step_gets_what_the_run_decided(monkeypatch):
+    """The config this run leaves, the release kept to put back, the daemon as the run's first
+    look saw it, and whether to run a container (the run changes the node)."""
+    import containerd_deploy.deploy.node as flow
+    from containerd_deploy.facts.daemon import seen_at_start
+
+    calls = []
+    monkeypatch.setattr(flow, "verify_containerd", lambda *args, **kwargs: calls.append((args, kwargs)))
+    data = {"containerd_verify": True, "containerd_max_container_log_line_size": 32768}
+    settings = settings_for(data)
+    node = converged(settings_for())
+    prepare(monkeypatch, node, data)
+    ((given_settings, config_text), kwargs), *more = calls
+    assert more == []
+    assert given_settings.host == "node1" and given_settings.containerd_verify
+    assert "max_container_log_line_size = 32768" in config_text
+    assert kwargs == {
+        "run_container": True,
+        "rollback": settings.containerd_deploy_state_dir,
+        "seen": seen_at_start(node, looked_for=flow.asked_binaries(settings)),
+    }

@@ -284,7 +284,7 @@ def take_run_lock(node: NodeState, plan: Plan) -> None:
     )
 
 
-def remember_plan(settings: Settings, node: NodeState, plan: Plan) -> None:
+def remember_plan(settings: Settings, plan: Plan) -> None:
     """What the end-of-run report needs of the plan (deploy/report.py)."""
     record = host_run(host)
     record.plan, record.changes = plan.lines(), plan.changes
@@ -496,7 +496,7 @@ def _containerd_node():
         check_purge(settings, node, purged_directories(settings, node))
         plan = plan_removal(settings, node)
         show_plan(settings, node, plan)
-        remember_plan(settings, node, plan)
+        remember_plan(settings, plan)
         take_run_lock(node, plan)
         remove_leftovers(node)
         remove_containerd(settings, node, plan)
@@ -512,7 +512,7 @@ def _containerd_node():
     check_config_handlers(settings, plan)
     check_not_repeating_a_rollback(settings, node, plan)
     show_plan(settings, node, plan)
-    remember_plan(settings, node, plan)
+    remember_plan(settings, plan)
     host_run(host).versions = {component: artifact.version for component, artifact in wanted.items()}
 
     rollback = settings.containerd_deploy_state_dir if settings.containerd_rollback else ""
