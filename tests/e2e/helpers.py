@@ -72,7 +72,7 @@ def changed_ops(results: dict, node: str) -> list[str]:
 # Every run that changes a node takes its run lock first, and its verify step then runs a
 # container (when the node has the sandbox image): both are changes of their own.
 LOCK_OP = "containerd node | Take the node's run lock"
-VERIFY_OP = "containerd node | Verify containerd | Verify containerd (containerd_verify)"
+VERIFY_OP = "containerd node | Verify containerd (containerd_verify)"
 
 
 def changed_steps(results: dict, node: str) -> list[str]:

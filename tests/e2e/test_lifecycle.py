@@ -199,9 +199,9 @@ def test_a_second_run_waits_then_is_refused_while_one_holds_the_node(life):
     deploy(life)
 
 
-def run_until(node: Node, operation: int, how: str, data: dict) -> str:
-    """Start the deploy and cut it short when it starts its `operation`-th operation (1-based):
-    kill -9 of pyinfra, or the node dropping its SSH connection."""
+def run_until(node: Node, operation: str, how: str, data: dict) -> str:
+    """Start the deploy and cut it short when it starts the operation whose name holds
+    `operation`: kill -9 of pyinfra, or the node dropping its SSH connection."""
     command = [
         *DEPLOY,
         "-y",
@@ -218,7 +218,7 @@ def run_until(node: Node, operation: int, how: str, data: dict) -> str:
         for line in process.stderr:
             if line.startswith("--> Starting operation:"):
                 seen.append(line.strip())
-                if len(seen) == operation:
+                if operation in line:
                     if how == "kill -9":
                         process.kill()
                     else:
@@ -234,9 +234,7 @@ def run_until(node: Node, operation: int, how: str, data: dict) -> str:
     finally:
         process.wait(timeout=300)
         process.stderr.close()
-    assert len(seen) == operation, (
-        f"the run ended after {len(seen)} operations, before the cut at {operation}"
-    )
+    assert seen and operation in seen[-1], f"the run ended without an operation {operation!r}: {seen}"
     return seen[-1]
 
 
@@ -250,20 +248,45 @@ def assert_whole(node: Node) -> None:
         tomllib.loads(config)
 
 
-# (operation index to cut at, how): every operation of a run, on a machine (seconds each), over
+# (the operation to cut at, how): every operation of a run, on a machine (seconds each), over
 # first installs and over upgrades and downgrades between containerd 1.7.24 and 2.1.9, each
-# operation cut both ways across the two. A first install's operations: 1 take the run lock, 2
-# fetch, 3-4 install containerd and runc, 5 config, 6 unit, 7 reload/enable/start, 8 verify (runs
-# a container). An upgrade's or downgrade's: 1 lock, 2 fetch, 3 keep the running release, 4-5
-# install, 6 config, 7 unit, 8 restart, 9 verify, 10 drop the kept release: from 4 on, an
-# install's operation one later. (What a node may not have, leftovers or the CNI plugins, adds no
-# operation to a run that has nothing of it.) An SSH drop needs the run's connection, known once
-# it holds the lock.
-INSTALL_CUTS = [(op, "kill -9" if op % 2 else "ssh drop") for op in range(1, 9)]
-SWITCH_CUTS = [(op, "ssh drop" if op % 2 == 0 and op >= 4 else "kill -9") for op in range(1, 11)]
-# Only an upgrade keeps a release (3), restarts a running daemon (8) and drops what it kept
-# (10): those are cut both ways in the upgrades and downgrades alone.
-SWITCH_CUTS += [(3, "ssh drop"), (8, "kill -9"), (10, "kill -9")]
+# operation cut both ways across the two. A run adds only the operations that change the node
+# (and the verify step's): a first install takes the run lock, fetches, installs containerd and
+# runc, writes the config and the unit, enables and starts, verifies (runs a container); an
+# upgrade or downgrade keeps the running release after the fetch, writes neither file (the
+# unit is the same, and 2.1 reads 1.7's config as it is), restarts, and drops the kept release
+# after the verify step. What only one of the two does is cut both ways there. An SSH drop needs the run's connection, known once it holds the
+# lock: the lock is cut by kill -9 alone.
+LOCK, FETCH, VERIFY = "Take the node's run lock", "Fetch and verify release files", "(containerd_verify)"
+CONTAINERD, RUNC, CONFIG = "Install containerd ", "Install runc ", "Write /etc/containerd/config.toml"
+UNIT, SERVICE = "Install /etc/systemd/system/containerd.service", "Enable, start and check containerd"
+KEEP, DROP = "Keep the running release", "Drop the kept release"
+KILL, SSH = "kill -9", "ssh drop"
+INSTALL_CUTS = [
+    (LOCK, KILL),
+    (FETCH, SSH),
+    (CONTAINERD, KILL),
+    (RUNC, SSH),
+    (CONFIG, KILL),
+    (CONFIG, SSH),
+    (UNIT, SSH),
+    (UNIT, KILL),
+    (SERVICE, KILL),
+    (VERIFY, SSH),
+]
+SWITCH_CUTS = [
+    (LOCK, KILL),
+    (FETCH, KILL),
+    (KEEP, KILL),
+    (KEEP, SSH),
+    (CONTAINERD, SSH),
+    (RUNC, KILL),
+    (SERVICE, SSH),  # a running daemon's restart
+    (SERVICE, KILL),
+    (VERIFY, KILL),
+    (DROP, KILL),
+    (DROP, SSH),
+]
 
 
 @pytest.fixture(scope="module")

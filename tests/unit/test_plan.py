@@ -4,7 +4,6 @@ change as it is added) and the real run (each operation's commands once all are 
 alike, and so does the line the run prints."""
 
 import hashlib
-import re
 
 import pytest
 
@@ -208,6 +207,12 @@ def imported(*shown: str) -> str:
 
 CASES += [
     (
+        "images the node has",
+        {"containerd_images": [PINNED]},
+        lambda node: drifted(node, images=frozenset({f"docker.io/library/nginx@sha256:{'a' * 64}"})),
+        ["no change", VERIFY_ONLY],
+    ),
+    (
         "an image the node lacks",
         {"containerd_images": [PINNED]},
         lambda node: node,
@@ -255,12 +260,6 @@ def test_a_distribution_package_is_removed_only_when_the_data_says_so():
     assert not plan_of({}, node).distro_packages  # (the deploy refuses that node before its plan)
 
 
-# The operations of what a node may not have: a removal, a kept release, a restart hook.
-OPTIONAL_STEP = re.compile(
-    r"(^|\| )(Remove |Keep the running release|Drop the kept release|Run containerd_restart_hook)"
-)
-
-
 def changed_ops(prepared) -> dict[str, object]:
     return {op.name.rsplit(" | ", 1)[-1]: op for op in prepared if op.changes}
 
@@ -292,8 +291,8 @@ def test_the_dry_run_and_the_real_run_read_the_same_plan(monkeypatch, case, data
     assert (
         (leftovers in {op.name for op in prepared}) == (leftovers in changed) == bool(node.hidden_leftovers)
     )
-    # A step for what a node may not have adds an operation only when it has something to do.
-    assert [op.name for op in prepared if not op.changes and OPTIONAL_STEP.search(op.name)] == []
+    # A step adds an operation only when it has something to do.
+    assert [op.name for op in prepared if not op.changes] == []
     assert any(name.startswith("Remove the distribution") for name in changed) == plan.distro_packages
     service = changed.get("Enable, start and check containerd")
     text = service.text() if service else ""
@@ -384,7 +383,14 @@ def test_a_removal_reads_one_plan_in_the_dry_run_and_the_real_run(monkeypatch, s
     prepared = prepare(monkeypatch, node, data, dry_run=True)
     assert [(op.name, op.dry_run_change) for op in prepared] == [(op.name, op.changes) for op in prepared]
     changed = [op.name.rsplit(" | ", 1)[-1] for op in prepared if op.changes]
+    assert [op.name for op in prepared if not op.changes] == []  # no operation with nothing to do
     assert ("Take the node's run lock" in changed) == plan.changes
+    removed = {name.split(" ", 2)[1] for name in changed if name.startswith("Remove /")}
+    assert removed == set(plan.delete) | (
+        {settings.containerd_deploy_state_dir} if node.manifests or node.kept_release else set()
+    )
+    assert ("Drop the release kept to roll back to" in changed) == plan.drop_kept
+    assert {name.split(" ")[1] for name in changed if name.endswith(" files")} == set(plan.remove)
     assert ("Reload systemd units" in changed) == plan.reload
     assert any(name.startswith("Stop and disable") for name in changed) == plan.stop
 

@@ -172,7 +172,7 @@ def test_what_failed_is_read_from_pyinfras_json():
             "error": ["b"],
         },
         {
-            "name": "containerd node | Verify containerd | Verify containerd (containerd_verify)",
+            "name": "containerd node | Verify containerd (containerd_verify)",
             "error": ["b"],
         },
     ]

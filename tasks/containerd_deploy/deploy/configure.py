@@ -14,36 +14,39 @@ from containerd_deploy.plan.run import Plan
 from containerd_deploy.remote.paths import CRICTL_CONFIG
 
 
-@deploy("Configure containerd", data_defaults=DEFAULTS)
-def configure_containerd(settings: Settings, node: NodeState, plan: Plan):
-    """Write each file of the plan's (config.toml, the unit, its proxy drop-in, each registry's
-    hosts.toml, crictl's config) and remove those it drops. Returns the config.toml text this run
-    leaves, or a callable giving it when the run reads it.
+def config_left(settings: Settings, plan: Plan) -> str | Callable[[], str]:
+    """The config.toml this run leaves: the plan's text, or, when it starts from the defaults of
+    the containerd this run installs, a callable that reads them once that binary is installed
+    (once: for the write and for the verify step).
 
     With `containerd_config_base = existing` (the default) a node's config.toml is edited in
     place, so everything else in it survives; a node without one, or with the `default` policy,
-    starts from the installed binary's `containerd config default`. When that binary is only
-    being installed in this run, its defaults are read after it is installed.
+    starts from the installed binary's `containerd config default`.
     """
-    config: str | Callable[[], str]
     if plan.config_text is not None:
-        config = plan.config_text
-    else:
-        rendered: dict[str, str] = {}
+        return plan.config_text
+    rendered: dict[str, str] = {}
 
-        def rendered_config() -> str:
-            if not host.state.is_executing:
-                return "(from the containerd config default of the binary this run installs)\n"
-            if "text" not in rendered:  # read once, for the write and for the verify step
-                defaults = host.get_fact(ContainerdDefaultConfig, bin_dir=settings.containerd_bin_dir)
-                if not defaults:
-                    raise no_config_defaults(settings)
-                rendered["text"] = desired_config(settings, defaults)
-            return rendered["text"]
+    def rendered_config() -> str:
+        if not host.state.is_executing:
+            return "(from the containerd config default of the binary this run installs)\n"
+        if "text" not in rendered:
+            defaults = host.get_fact(ContainerdDefaultConfig, bin_dir=settings.containerd_bin_dir)
+            if not defaults:
+                raise no_config_defaults(settings)
+            rendered["text"] = desired_config(settings, defaults)
+        return rendered["text"]
 
-        config = rendered_config
+    return rendered_config
 
-    for path, file in plan.files.items():
+
+@deploy("Configure containerd", data_defaults=DEFAULTS)
+def configure_containerd(settings: Settings, node: NodeState, plan: Plan, config: str | Callable[[], str]):
+    """Write each file the plan writes (of config.toml, the unit, its proxy drop-in, each
+    registry's hosts.toml, crictl's config: those whose content differs) and remove those it
+    drops. `config`: the config.toml text (``config_left``)."""
+    for path in plan.write:
+        file = plan.files[path]
         file_content(
             name=f"{'Install' if path == settings.containerd_unit_path else 'Write'} {path}",
             path=path,
@@ -60,7 +63,6 @@ def configure_containerd(settings: Settings, node: NodeState, plan: Plan):
             present=True,
             remove_empty_parent=path in node.managed_hosts,
         )
-    return config
 
 
 def _why_removed(node: NodeState, path: str) -> str:

@@ -32,35 +32,34 @@ def fetch_release_files(settings: Settings, node: NodeState, artifacts: dict[str
 
 
 @deploy("Install release files", data_defaults=DEFAULTS)
-def install_release_files(settings: Settings, node: NodeState, artifacts: dict[str, Artifact]):
-    """Install the fetched release files (each checked again on the node) and remove those of
-    components no longer wanted (crictl's config is one of the files configure_containerd writes)."""
-    if settings.containerd_distro_package == "remove" and node.distro_packages:
+def install_release_files(settings: Settings, node: NodeState, artifacts: dict[str, Artifact], plan: Plan):
+    """Install the fetched release files the plan installs (each checked again on the node) and
+    remove those of components no longer wanted (crictl's config is one of the files
+    configure_containerd writes); a component left as it is adds no operation."""
+    if plan.distro_packages:
         # Only now, with the release files on the node: a failed download leaves the package running.
         distro_packages_absent(
             name="Remove the distribution's containerd package (containerd_distro_package)",
             packages=node.distro_packages,
         )
     # host.loop: each component's operation is told apart by its place in COMPONENTS, not by how
-    # many came before it on this host (which differs between hosts: not every one removes).
+    # many came before it on this host (which differs between hosts).
     for component in host.loop(COMPONENTS):
-        artifact = artifacts.get(component)
-        if artifact is None:
-            if component not in node.manifests:
-                continue  # nothing of it to remove: no operation (see deploy/node.py)
+        if component in plan.remove:
             release_artifact_absent(
                 name=f"Remove {NAMES[component]} (no {component}_version)",
                 component=component,
                 state_dir=settings.containerd_deploy_state_dir,
                 installed=node.manifests.get(component),
             )
-            continue
-        dest = destination(settings, artifact)
-        release_artifact(
-            name=f"Install {NAMES[component]} {artifact.version} {'as' if not artifact.layout.tarball else 'into'} {dest}",
-            artifact=artifact,
-            dest=dest,
-            staging_dir=settings.containerd_staging_dir,
-            state_dir=settings.containerd_deploy_state_dir,
-            installed=node.manifests.get(component),
-        )
+        elif component in plan.install:
+            artifact = artifacts[component]
+            dest = destination(settings, artifact)
+            release_artifact(
+                name=f"Install {NAMES[component]} {artifact.version} {'as' if not artifact.layout.tarball else 'into'} {dest}",
+                artifact=artifact,
+                dest=dest,
+                staging_dir=settings.containerd_staging_dir,
+                state_dir=settings.containerd_deploy_state_dir,
+                installed=node.manifests.get(component),
+            )

@@ -24,7 +24,7 @@ from containerd_deploy.data.settings import (
     runtime_handlers,
 )
 from containerd_deploy.data.values import DataError, Refusal
-from containerd_deploy.deploy.configure import configure_containerd
+from containerd_deploy.deploy.configure import config_left, configure_containerd
 from containerd_deploy.deploy.images import archive_images_for, bring_images, fetch_images
 from containerd_deploy.deploy.install import fetch_release_files, install_release_files
 from containerd_deploy.deploy.report import report_at_exit
@@ -274,14 +274,17 @@ def run_owner() -> str:
 
 
 def take_run_lock(node: NodeState, plan: Plan) -> None:
-    """The run's first operation: the node's run lock, taken when the plan changes the node."""
-    run_lock_taken(
-        name="Take the node's run lock",
-        owner=run_owner(),
-        lock=node.lock,
-        changes=plan.changes,
-        anchor_pid=os.getpid() if runs_on_the_node() else 0,
-    )
+    """The run's first operation when the plan changes the node: the node's run lock. A run
+    that changes nothing needs none (one that read the node while another run held it was
+    refused: check_not_busy)."""
+    if plan.changes:
+        run_lock_taken(
+            name="Take the node's run lock",
+            owner=run_owner(),
+            lock=node.lock,
+            changes=True,
+            anchor_pid=os.getpid() if runs_on_the_node() else 0,
+        )
 
 
 def remember_plan(settings: Settings, plan: Plan) -> None:
@@ -479,12 +482,11 @@ def containerd_node():
 
 
 def _containerd_node():
-    """The core steps (release files, config files, the service; the verify step when it is on)
-    add their operations on every run that installs containerd, so every such host lists them; a
-    step for what a node may not have (a component to remove, what a cut-short run left, a
-    release to keep or drop, a restart hook) adds one only when the plan has it to do. pyinfra's
-    CLI walks the call stack for each operation of each host: that walk is most of what a
-    fleet's no-op costs the controller."""
+    """Each step adds its operations only when the plan gives it something to do, so a run
+    lists what it changes (and the verify step, a check): a no-op adds the verify step's
+    operation alone. pyinfra's CLI walks the call stack for each operation and deploy step of
+    each host, and reads every global argument for each: that was most of what a fleet's no-op
+    cost the controller. Each gate below is the skipped operations' own "nothing to do"."""
     check_inventory_data(host.state)
     settings = for_host(host)
     node = gather(settings)
@@ -499,7 +501,8 @@ def _containerd_node():
         remember_plan(settings, plan)
         take_run_lock(node, plan)
         remove_leftovers(node)
-        remove_containerd(settings, node, plan)
+        if plan.changes:
+            remove_containerd(settings, node, plan)
         return
     arch = check_supported(settings, node)
     check_trusted(settings, node)
@@ -517,17 +520,22 @@ def _containerd_node():
 
     rollback = settings.containerd_deploy_state_dir if settings.containerd_rollback else ""
     take_run_lock(node, plan)
-    if lists_images(settings):  # on the controller: a failure there leaves the node as it was
+    if plan.images or plan.archives:  # on the controller: a failure there leaves the node as it was
         fetch_images(settings, plan, arch)
     hooks_around_restart(settings, plan, "before")
     remove_leftovers(node)
-    fetch_release_files(settings, node, wanted, plan)
+    if plan.install or node.staging_leftovers:
+        fetch_release_files(settings, node, wanted, plan)
     if plan.keep:  # once every file is fetched and verified, before any is installed
         keep_running_release(settings, node, plan)
-    install_release_files(settings, node, wanted)
-    config_text = configure_containerd(settings, node, plan)
-    run_containerd(settings, node, plan, rollback=rollback)
-    if lists_images(settings):
+    if plan.install or plan.remove or plan.distro_packages:
+        install_release_files(settings, node, wanted, plan)
+    config_text = config_left(settings, plan)
+    if plan.write or plan.delete:
+        configure_containerd(settings, node, plan, config_text)
+    if plan.reload or plan.enable or plan.start or plan.restart:
+        run_containerd(settings, node, plan, rollback=rollback)
+    if plan.images or plan.archives:
         bring_images(settings, plan, arch)
     if settings.containerd_verify:
         verify_containerd(

@@ -109,53 +109,54 @@ def check_purge(settings: Settings, node: NodeState, found: dict[str, DataDirect
 @deploy("Remove containerd", data_defaults=DEFAULTS)
 def remove_containerd(settings: Settings, node: NodeState, plan: Plan):
     """Remove what `plan` (plan_removal) says, in an order that leaves nothing running from a
-    removed file."""
+    removed file; what is already gone adds no operation."""
     unit = posixpath.basename(settings.containerd_unit_path)
-    service_absent(
-        name=f"Stop and disable {unit}, and stop what it left running", unit=unit, present=plan.stop
-    )
-    for component in COMPONENTS:
-        release_artifact_absent(
-            name=f"Remove {component} files",
-            component=component,
-            state_dir=settings.containerd_deploy_state_dir,
-            installed=node.manifests.get(component) if component in plan.remove else None,
+    if plan.stop:
+        service_absent(
+            name=f"Stop and disable {unit}, and stop what it left running", unit=unit, present=True
         )
-    for path in node.managed_hosts:
-        file_absent(name=f"Remove {path}", path=path, present=path in plan.delete, remove_empty_parent=True)
-    if settings.containerd_registry_config_path:
+    for component in host.loop(COMPONENTS):
+        if component in plan.remove:
+            release_artifact_absent(
+                name=f"Remove {component} files",
+                component=component,
+                state_dir=settings.containerd_deploy_state_dir,
+                installed=node.manifests.get(component),
+            )
+    for path in host.loop(node.managed_hosts):
+        file_absent(name=f"Remove {path}", path=path, present=True, remove_empty_parent=True)
+    if settings.containerd_registry_config_path and node.managed_hosts:
         directory_absent(
             name=f"Remove {settings.containerd_registry_config_path} if empty",
             path=settings.containerd_registry_config_path,
-            present=bool(node.managed_hosts),
+            present=True,
             only_if_empty=True,
         )
-    file_absent(
-        name=f"Remove {settings.containerd_config_path}",
-        path=settings.containerd_config_path,
-        present=settings.containerd_config_path in plan.delete,
-        remove_empty_parent=True,
-    )
     dropin = proxy_dropin_path(settings)
-    file_absent(
-        name=f"Remove {settings.containerd_unit_path}",
-        path=settings.containerd_unit_path,
-        present=settings.containerd_unit_path in plan.delete,
-    )
-    file_absent(name=f"Remove {dropin}", path=dropin, present=dropin in plan.delete, remove_empty_parent=True)
-    file_absent(name=f"Remove {CRICTL_CONFIG}", path=CRICTL_CONFIG, present=CRICTL_CONFIG in plan.delete)
+    for path, remove_empty_parent in host.loop(
+        (
+            (settings.containerd_config_path, True),
+            (settings.containerd_unit_path, False),
+            (dropin, True),
+            (CRICTL_CONFIG, False),
+        )
+    ):
+        if path in plan.delete:
+            file_absent(
+                name=f"Remove {path}", path=path, present=True, remove_empty_parent=remove_empty_parent
+            )
     if plan.reload:  # a unit file went: systemd forgets it
         systemd.daemon_reload(name="Reload systemd units")
-    kept_release_dropped(
-        name="Drop the release kept to roll back to",
-        state_dir=settings.containerd_deploy_state_dir,
-        present=plan.drop_kept,
-    )
-    directory_absent(
-        name=f"Remove {settings.containerd_deploy_state_dir}",
-        path=settings.containerd_deploy_state_dir,
-        present=bool(node.manifests or node.kept_release or node.rolled_back),
-        only_if_empty=True,
-    )
+    if plan.drop_kept:
+        kept_release_dropped(
+            name="Drop the release kept to roll back to", state_dir=settings.containerd_deploy_state_dir
+        )
+    if node.manifests or node.kept_release or node.rolled_back:
+        directory_absent(
+            name=f"Remove {settings.containerd_deploy_state_dir}",
+            path=settings.containerd_deploy_state_dir,
+            present=True,
+            only_if_empty=True,
+        )
     for directory in plan.purge:
         directory_absent(name=f"Remove containerd's data in {directory}", path=directory, present=True)

@@ -14,10 +14,8 @@ The verdict is plan/verdict.py's, the operation operations/verify.py's, the cont
 remote/container_check.py's.
 """
 
-from pyinfra.api import deploy
-
 from containerd_deploy.data.images import cri_name
-from containerd_deploy.data.settings import DEFAULTS, Settings
+from containerd_deploy.data.settings import Settings
 from containerd_deploy.facts.daemon import DaemonState
 from containerd_deploy.operations.verify import containerd_verified
 from containerd_deploy.plan.files import loaded_at_start
@@ -34,11 +32,13 @@ from containerd_deploy.plan.verdict import (
 VERIFY_OPERATION = "Verify containerd (containerd_verify)"  # the report finds the step by it
 
 
-@deploy("Verify containerd", data_defaults=DEFAULTS)
 def verify_containerd(
     settings: Settings, config_text, run_container: bool, rollback: str = "", seen: DaemonState | None = None
-):
-    """`config_text`: the config.toml this run leaves (text, or a callable giving it when run);
+) -> None:
+    """One operation, on every run, so a plain function rather than a deploy step of its own (a
+    step costs the controller a read of every global argument, per host).
+
+    `config_text`: the config.toml this run leaves (text, or a callable giving it when run);
     `run_container`: the run changed the node (the plan's `changes`): a container proves it;
     `rollback`: the state directory of a release kept to put back if the check fails ("": none);
     `seen`: the daemon as the run's first fact saw it (a run that changes nothing may judge from
