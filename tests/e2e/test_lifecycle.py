@@ -199,9 +199,10 @@ def test_a_second_run_waits_then_is_refused_while_one_holds_the_node(life):
     deploy(life)
 
 
-def run_until(node: Node, operation: str, how: str, data: dict) -> str:
+def run_until(node: Node, operation: str, how: str, data: dict) -> list[str]:
     """Start the deploy and cut it short when it starts the operation whose name holds
-    `operation`: kill -9 of pyinfra, or the node dropping its SSH connection."""
+    `operation`: kill -9 of pyinfra, or the node dropping its SSH connection. The operations it
+    started, the cut one last."""
     command = [
         *DEPLOY,
         "-y",
@@ -235,7 +236,7 @@ def run_until(node: Node, operation: str, how: str, data: dict) -> str:
         process.wait(timeout=300)
         process.stderr.close()
     assert seen and operation in seen[-1], f"the run ended without an operation {operation!r}: {seen}"
-    return seen[-1]
+    return seen
 
 
 def assert_whole(node: Node) -> None:
@@ -310,7 +311,11 @@ def test_runs_cut_short_anywhere_converge_on_rerun(crash_node):
     for phase, (operation, how), target in plan:
         if phase == "install":
             deploy(life, containerd_state="absent")
-        where = run_until(life, operation, how, target)
+        started = run_until(life, operation, how, target)
+        where = started[-1]
+        cuts = INSTALL_CUTS if phase == "install" else SWITCH_CUTS
+        # every operation the run has is one the cuts name: none goes uncut
+        assert [line for line in started if not any(name in line for name, _ in cuts)] == [], phase
         assert_whole(life)
         since = journal_mark(life)
         results = deploy(life, **target)  # its verify step proves the node conformant

@@ -18,7 +18,7 @@ from containerd_deploy.data.images import ImageArchive, parse_archives
 from containerd_deploy.data.values import DataError, Refusal
 from containerd_deploy.operations.images import images_fetched, images_imported
 
-from .flow import converged, drifted, settings_for
+from .flow import converged, drifted, prepare, settings_for
 from .operations import commands
 from .test_images import FakeHost, executed
 from .test_plan import plan_of
@@ -239,6 +239,26 @@ def test_the_plan_imports_an_archive_whose_names_the_node_lacks():
         "/srv/b.tar into the k8s.io namespace from the controller (each archive checked by its sha256)"
     ) in plan.lines()
     assert plan_of({}, node).archives == ()
+
+
+def test_an_archive_alone_brings_the_image_steps_and_one_the_node_has_adds_none(monkeypatch):
+    """The image steps add their operations for an archive whose names the node lacks, with no
+    image listed; for one whose names it has, none."""
+    from containerd_deploy.deploy import images as deploy_images
+
+    data = {"containerd_image_archives": [{"path": "/srv/a.tar", "sha256": SHA}]}
+    names = ("docker.io/library/nginx:1",)
+    held = ArchiveImages(names, frozenset({"linux/amd64"}))
+    monkeypatch.setattr(deploy_images, "_READ", {ImageArchive("/srv/a.tar", SHA): held})
+    node = converged(settings_for(data))
+    steps = {}
+    for has in (frozenset(), frozenset(names)):
+        prepared = prepare(monkeypatch, drifted(node, images=has), data)
+        steps[has] = [op.name.split(" | ")[0] for op in prepared if op.changes]
+    assert steps == {
+        frozenset(): ["Take the node's run lock", "Fetch images", "Bring images"],
+        frozenset(names): [],
+    }
 
 
 def test_an_archive_is_checked_then_uploaded_and_imported_under_its_names(tmp_path):

@@ -15,7 +15,7 @@ from pyinfra.context import ctx_host, ctx_state
 
 import containerd_deploy.deploy.node as flow
 from containerd_deploy.deploy import report
-from containerd_deploy.deploy.node import deploy_file_frames_known
+from containerd_deploy.deploy.order import deploy_file_frames_known
 from containerd_deploy.remote.manifest import Manifest
 
 from .flow import converged, drifted, settings_for
@@ -71,40 +71,91 @@ def test_a_python_without_that_cache_runs_the_deploy_as_before(monkeypatch):
     assert not hasattr(inspect, "modulesbyfile")
 
 
-def test_hosts_removing_different_components_keep_their_own_operations(monkeypatch, tmp_path):
-    """pyinfra's CLI tells operations apart by the lines of their call stack; two calls from
-    one line in a loop are told apart by the loop's place (`host.loop`), so one host removing
-    the CNI plugins and another removing crictl are two operations, not one under both names.
-    And the deploy, as the CLI runs it from a deploy file, records that file first."""
+def test_hosts_changing_different_things_keep_their_own_operations(monkeypatch, tmp_path):
+    """pyinfra's CLI tells operations apart by the lines of their call stack and, per host, how
+    many came from that line before; a loop's calls are told apart by their place in it
+    (`host.loop`). So where hosts differ in what they change (one removes the CNI plugins,
+    writes config.toml and removes a registry's hosts.toml; another removes crictl, installs the
+    unit and removes the proxy drop-in), each change is an operation of its own, never one
+    operation under two names. And the deploy, as the CLI runs it from a deploy file, records
+    that file first."""
+    settings = settings_for()
+    base = converged(settings)
+    hosts_toml = "/etc/containerd/certs.d/docker.io/hosts.toml"
+    dropin = "/etc/systemd/system/containerd.service.d/http-proxy.conf"
+    nodes = {
+        "one": (
+            drifted(
+                base, manifests={**base.manifests, "cni_plugins": Manifest()}, managed_hosts=[hosts_toml]
+            ),
+            {"containerd_max_container_log_line_size": 32768},
+        ),
+        "two": (
+            drifted(
+                base,
+                manifests={**base.manifests, "crictl": Manifest()},
+                unit_sha256="0" * 64,
+                files={dropin: "0" * 64},
+            ),
+            {},
+        ),
+    }
+    state = run_as_the_cli(monkeypatch, tmp_path, nodes)
+    assert str(tmp_path / "deploy.py") in inspect.modulesbyfile
+    changes = operation_names(state)
+    for expected in (
+        "Remove crictl (no crictl_version)",
+        "Remove the CNI plugins (no cni_plugins_version)",
+        "Write /etc/containerd/config.toml",
+        "Install /etc/systemd/system/containerd.service",
+        f"Remove {hosts_toml} (no longer in containerd_registries)",
+        f"Remove {dropin}",
+    ):
+        assert expected in changes, changes
+
+
+def test_hosts_taken_back_from_different_states_keep_their_own_operations(monkeypatch, tmp_path):
+    base = converged(settings_for())
+    one = "/etc/containerd/certs.d/one.internal/hosts.toml"
+    two = "/etc/containerd/certs.d/two.internal/hosts.toml"
+    absent = {"containerd_state": "absent"}
+    nodes = {
+        "one": (drifted(base, managed_hosts=[one], unit_sha256=None), absent),
+        "two": (drifted(base, manifests={"runc": base.manifests["runc"]}, managed_hosts=[two, one]), absent),
+    }
+    changes = operation_names(run_as_the_cli(monkeypatch, tmp_path, nodes))
+    for expected in (f"Remove {one}", f"Remove {two}", "Remove containerd files", "Remove runc files"):
+        assert expected in changes, changes
+
+
+def run_as_the_cli(monkeypatch, tmp_path, nodes: dict) -> State:
+    """Prepare the deploy for each host (name -> (node fact, data)) as pyinfra's CLI does from
+    a deploy file: operations told apart by their call stack."""
     monkeypatch.setattr(pyinfra, "is_cli", True)
     monkeypatch.setattr(report.atexit, "register", lambda *args: None)  # no report at pytest's exit
     monkeypatch.setattr(report.signal, "signal", lambda *args: None)  # nor its Ctrl-C handler
     monkeypatch.setattr(inspect, "modulesbyfile", dict(inspect.modulesbyfile))
     monkeypatch.chdir(tmp_path)
-    settings = settings_for()
-    base = converged(settings)
-    nodes = {
-        "with-cni": drifted(base, manifests={**base.manifests, "cni_plugins": Manifest()}),
-        "with-crictl": drifted(base, manifests={**base.manifests, "crictl": Manifest()}),
-    }
-    data = {"containerd_verify": False}
-    inventory = Inventory(([(name, data) for name in nodes], {}))
+    inventory = Inventory(
+        ([(name, {"containerd_verify": False, **data}) for name, (_, data) in nodes.items()], {})
+    )
     state = State(inventory, Config())
     state.current_stage = StateStage.Prepare
     state.current_exec_filename = "deploy.py"
-    for name, node in nodes.items():
+    for name, (node, _) in nodes.items():
         host = inventory.get_host(name)
         state.activate_host(host)
         monkeypatch.setattr(host, "get_fact", lambda fact, *args, node=node, **kwargs: node)
         with ctx_state.use(state), ctx_host.use(host):
             flow.containerd_node._inner()
-    removals = sorted(
-        sorted(meta.names)
-        for meta in state.op_meta.values()
-        if any(" | Remove " in name for name in meta.names)
+    return state
+
+
+def operation_names(state: State) -> list[str]:
+    """Each operation's name (without its deploy steps), asserted to be one: no operation of
+    one host is merged with another's different one."""
+    named = sorted(
+        sorted({name.rsplit(" | ", 1)[-1] for name in meta.names}) for meta in state.op_meta.values()
     )
-    assert str(tmp_path / "deploy.py") in inspect.modulesbyfile
-    assert removals == [
-        ["Install release files | Remove crictl (no crictl_version)"],
-        ["Install release files | Remove the CNI plugins (no cni_plugins_version)"],
-    ]
+    assert [names for names in named if len(names) > 1] == []
+    return sorted(names[0] for names in named)

@@ -176,6 +176,30 @@ CASES = [
         ["remove what runs cut short left beside the deploy's files", NO_RESTART, DROP, VERIFY_RUN],
     ),
     (
+        "running, disabled",
+        {},
+        lambda node: drifted(node, service={**node.service, "UnitFileState": "disabled"}),
+        ["enable containerd", VERIFY_RUN],
+    ),
+    (
+        "crictl no longer wanted",
+        {},
+        lambda node: drifted(node, manifests={**node.manifests, "crictl": Manifest()}),
+        ["remove crictl", NO_RESTART, VERIFY_RUN],
+    ),
+    (
+        "a fetch cut short",
+        {},
+        lambda node: drifted(node, staging_leftovers=["/var/cache/containerd-deploy/.fetch-1"]),
+        ["remove what runs cut short left beside the deploy's files", NO_RESTART, VERIFY_RUN],
+    ),
+    (
+        "a distribution package beside the deploy's",
+        {"containerd_distro_package": "remove"},
+        lambda node: node,
+        ["remove the distribution's containerd package", NO_RESTART, VERIFY_RUN],
+    ),
+    (
         "a distribution package",
         {"containerd_distro_package": "remove"},
         None,
@@ -244,7 +268,7 @@ def plan_of(data: dict, node: NodeState) -> Plan:
 def node_of(case: str, data: dict, change) -> NodeState:
     # The node as the deploy leaves it with no data: the case's data is what changed since.
     node = fresh() if change is None else change(converged(settings_for()))
-    return drifted(node, distro_packages=DISTRO) if case == "a distribution package" else node
+    return drifted(node, distro_packages=DISTRO) if case.startswith("a distribution package") else node
 
 
 @pytest.mark.parametrize("case, data, change, lines", CASES, ids=[case[0] for case in CASES])
@@ -284,6 +308,10 @@ def test_the_dry_run_and_the_real_run_read_the_same_plan(monkeypatch, case, data
         if any(name.startswith(f"Install {shown} ") for name in changed)
     }
     assert installed == set(plan.install)
+    dropped = {
+        c for c, shown in NAMES.items() if any(name.startswith(f"Remove {shown} (no ") for name in changed)
+    }
+    assert dropped == set(plan.remove)
     assert any(name.startswith("Fetch and verify release files") for name in changed) == bool(
         plan.install or node.staging_leftovers
     )
@@ -299,7 +327,9 @@ def test_the_dry_run_and_the_real_run_read_the_same_plan(monkeypatch, case, data
     assert ("systemctl enable" in text) == plan.enable
     assert ('systemctl start "$unit"' in text) == plan.start
     assert ('systemctl restart "$unit"' in text) == bool(plan.restart)
-    assert ("systemctl daemon-reload" in text) == plan.reload
+    assert ("systemctl daemon-reload" in text) == (
+        plan.reload or plan.enable
+    )  # enable: --no-reload, then one
     # What the deploy gave them from the plan.
     assert ("Take the node's run lock" in changed) == plan.changes
     assert any(name.startswith("Keep the running release") for name in changed) == plan.keep
@@ -370,14 +400,26 @@ def test_a_config_that_cannot_be_made_is_refused_before_any_operation():
 
 
 @pytest.mark.parametrize("state", ["absent", "purged"])
-@pytest.mark.parametrize("kind", ["converged", "fresh", "kept release only"])
+@pytest.mark.parametrize(
+    "kind", ["converged", "with registries and crictl", "fresh", "kept release only", "rolled back only"]
+)
 def test_a_removal_reads_one_plan_in_the_dry_run_and_the_real_run(monkeypatch, state, kind):
+    from containerd_deploy.plan.files import crictl_config, text_sha256
+    from containerd_deploy.remote.paths import CRICTL_CONFIG
+
     data = {"containerd_state": state}
     settings = settings_for(data)
+    everything = settings_for({"crictl_version": "1.33.0", **MIRROR})
     node = {
         "converged": lambda: drifted(converged(settings), files={DROPIN: "0" * 64}),
+        "with registries and crictl": lambda: drifted(
+            converged(everything),
+            managed_hosts=[HOSTS],
+            files={DROPIN: "0" * 64, CRICTL_CONFIG: text_sha256(crictl_config())},
+        ),
         "fresh": fresh,
         "kept release only": lambda: drifted(fresh(), kept_release="1.7.0"),
+        "rolled back only": lambda: drifted(fresh(), rolled_back="0123abcd 2026-12-01T10:00:00Z"),
     }[kind]()
     plan = plan_removal(settings, node)
     prepared = prepare(monkeypatch, node, data, dry_run=True)
@@ -387,8 +429,18 @@ def test_a_removal_reads_one_plan_in_the_dry_run_and_the_real_run(monkeypatch, s
     assert ("Take the node's run lock" in changed) == plan.changes
     removed = {name.split(" ", 2)[1] for name in changed if name.startswith("Remove /")}
     assert removed == set(plan.delete) | (
-        {settings.containerd_deploy_state_dir} if node.manifests or node.kept_release else set()
-    )
+        {settings.containerd_deploy_state_dir}
+        if node.manifests or node.kept_release or node.rolled_back
+        else set()
+    ) | ({settings.containerd_registry_config_path} if node.managed_hosts else set())
+    # A directory the deploy made for a file goes with it when empty: not the unit's or crictl's.
+    removals = {
+        name.split(" ", 2)[1]: op
+        for op in prepared
+        if (name := op.name.rsplit(" | ", 1)[-1]).startswith("Remove /")
+    }
+    emptied = {path for path in plan.delete if "rmdir --ignore-fail-on-non-empty" in removals[path].text()}
+    assert emptied == set(plan.delete) - {UNIT, CRICTL_CONFIG}
     assert ("Drop the release kept to roll back to" in changed) == plan.drop_kept
     assert {name.split(" ")[1] for name in changed if name.endswith(" files")} == set(plan.remove)
     assert ("Reload systemd units" in changed) == plan.reload

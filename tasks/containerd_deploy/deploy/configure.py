@@ -7,6 +7,7 @@ from pyinfra import host
 from pyinfra.api import deploy
 
 from containerd_deploy.data.settings import DEFAULTS, Settings
+from containerd_deploy.deploy.order import each_told_apart
 from containerd_deploy.facts.node import ContainerdDefaultConfig, NodeState
 from containerd_deploy.operations.files import file_absent, file_content
 from containerd_deploy.plan.files import desired_config, no_config_defaults
@@ -45,7 +46,7 @@ def configure_containerd(settings: Settings, node: NodeState, plan: Plan, config
     """Write each file the plan writes (of config.toml, the unit, its proxy drop-in, each
     registry's hosts.toml, crictl's config: those whose content differs) and remove those it
     drops. `config`: the config.toml text (``config_left``)."""
-    for path in plan.write:
+    for path in each_told_apart(plan.write, among=tuple(plan.files)):
         file = plan.files[path]
         file_content(
             name=f"{'Install' if path == settings.containerd_unit_path else 'Write'} {path}",
@@ -56,7 +57,7 @@ def configure_containerd(settings: Settings, node: NodeState, plan: Plan, config
             mode=file.mode,
             diff=False,  # the plan's diff is shown with the plan (deploy/show.py)
         )
-    for path in plan.delete:
+    for path in each_told_apart(plan.delete):
         file_absent(
             name=f"Remove {path}{_why_removed(node, path)}",
             path=path,

@@ -1,11 +1,11 @@
 """Install the release files: containerd and runc, and the CNI plugins and crictl when asked for.
 Each is verified before it reaches its paths."""
 
-from pyinfra import host
 from pyinfra.api import deploy
 
 from containerd_deploy.data.artifacts import COMPONENTS, Artifact, destination
 from containerd_deploy.data.settings import DEFAULTS, Settings
+from containerd_deploy.deploy.order import each_told_apart
 from containerd_deploy.facts.node import NodeState
 from containerd_deploy.operations.release import (
     distro_packages_absent,
@@ -42,9 +42,7 @@ def install_release_files(settings: Settings, node: NodeState, artifacts: dict[s
             name="Remove the distribution's containerd package (containerd_distro_package)",
             packages=node.distro_packages,
         )
-    # host.loop: each component's operation is told apart by its place in COMPONENTS, not by how
-    # many came before it on this host (which differs between hosts).
-    for component in host.loop(COMPONENTS):
+    for component in each_told_apart((*plan.remove, *plan.install), among=tuple(COMPONENTS)):
         if component in plan.remove:
             release_artifact_absent(
                 name=f"Remove {NAMES[component]} (no {component}_version)",
@@ -52,7 +50,7 @@ def install_release_files(settings: Settings, node: NodeState, artifacts: dict[s
                 state_dir=settings.containerd_deploy_state_dir,
                 installed=node.manifests.get(component),
             )
-        elif component in plan.install:
+        else:
             artifact = artifacts[component]
             dest = destination(settings, artifact)
             release_artifact(

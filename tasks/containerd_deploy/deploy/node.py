@@ -1,6 +1,5 @@
 """The whole deploy for one node: look once, then install, configure and run containerd."""
 
-import inspect
 import os
 import posixpath
 import socket
@@ -27,6 +26,7 @@ from containerd_deploy.data.values import DataError, Refusal
 from containerd_deploy.deploy.configure import config_left, configure_containerd
 from containerd_deploy.deploy.images import archive_images_for, bring_images, fetch_images
 from containerd_deploy.deploy.install import fetch_release_files, install_release_files
+from containerd_deploy.deploy.order import deploy_file_frames_known
 from containerd_deploy.deploy.report import report_at_exit
 from containerd_deploy.deploy.reset import check_purge, purged_directories, remove_containerd
 from containerd_deploy.deploy.service import (
@@ -436,20 +436,6 @@ def check_inventory_data(state) -> None:
             artifacts.check_all_arches(settings)  # an unpinned version is refused before the node is asked
             check_hooks(settings, other)
     _checked_states.add(state)
-
-
-def deploy_file_frames_known(state) -> None:
-    """pyinfra's CLI orders operations by their call stack: `inspect.stack()` per operation and
-    host, where each frame asks `inspect.getmodule`. A frame of the deploy file the CLI runs
-    (exec'd: no module has that file) misses its file-to-module cache and scans all of
-    `sys.modules`, three times per operation and host: a fifth of a fleet no-op's controller
-    CPU. The file is recorded as no module's, so the answer is the same (none) without a scan."""
-    filename = state.current_exec_filename
-    known = getattr(inspect, "modulesbyfile", None)  # file -> module name (no such cache: nothing to do)
-    if filename and isinstance(known, dict):
-        path = os.path.normcase(os.path.abspath(filename))
-        # A name no module has: getmodule says None (so would any other such name: no mutate).
-        known.setdefault(path, path)  # pragma: no mutate
 
 
 def remove_leftovers(node: NodeState) -> None:

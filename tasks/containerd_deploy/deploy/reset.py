@@ -15,6 +15,7 @@ from pyinfra.operations import systemd
 from containerd_deploy.data.artifacts import COMPONENTS
 from containerd_deploy.data.settings import DEFAULTS, Settings
 from containerd_deploy.data.values import DataError, is_system_tree, normal_path, path_problem
+from containerd_deploy.deploy.order import each_told_apart
 from containerd_deploy.facts.node import DataDirectories, DataDirectory, NodeState
 from containerd_deploy.operations.files import directory_absent, file_absent
 from containerd_deploy.operations.release import kept_release_dropped, release_artifact_absent
@@ -115,15 +116,14 @@ def remove_containerd(settings: Settings, node: NodeState, plan: Plan):
         service_absent(
             name=f"Stop and disable {unit}, and stop what it left running", unit=unit, present=True
         )
-    for component in host.loop(COMPONENTS):
-        if component in plan.remove:
-            release_artifact_absent(
-                name=f"Remove {component} files",
-                component=component,
-                state_dir=settings.containerd_deploy_state_dir,
-                installed=node.manifests.get(component),
-            )
-    for path in host.loop(node.managed_hosts):
+    for component in each_told_apart(plan.remove, among=tuple(COMPONENTS)):
+        release_artifact_absent(
+            name=f"Remove {component} files",
+            component=component,
+            state_dir=settings.containerd_deploy_state_dir,
+            installed=node.manifests.get(component),
+        )
+    for path in each_told_apart(node.managed_hosts):
         file_absent(name=f"Remove {path}", path=path, present=True, remove_empty_parent=True)
     if settings.containerd_registry_config_path and node.managed_hosts:
         directory_absent(
@@ -132,19 +132,16 @@ def remove_containerd(settings: Settings, node: NodeState, plan: Plan):
             present=True,
             only_if_empty=True,
         )
-    dropin = proxy_dropin_path(settings)
-    for path, remove_empty_parent in host.loop(
-        (
-            (settings.containerd_config_path, True),
-            (settings.containerd_unit_path, False),
-            (dropin, True),
-            (CRICTL_CONFIG, False),
-        )
-    ):
-        if path in plan.delete:
-            file_absent(
-                name=f"Remove {path}", path=path, present=True, remove_empty_parent=remove_empty_parent
-            )
+    # Each file's directory goes with it when empty, but the unit's and crictl's (shared ones).
+    shared = (settings.containerd_unit_path, CRICTL_CONFIG)
+    files = (
+        settings.containerd_config_path,
+        settings.containerd_unit_path,
+        proxy_dropin_path(settings),
+        CRICTL_CONFIG,
+    )
+    for path in each_told_apart([path for path in files if path in plan.delete], among=files):
+        file_absent(name=f"Remove {path}", path=path, present=True, remove_empty_parent=path not in shared)
     if plan.reload:  # a unit file went: systemd forgets it
         systemd.daemon_reload(name="Reload systemd units")
     if plan.drop_kept:
