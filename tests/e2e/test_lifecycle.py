@@ -308,6 +308,12 @@ def test_runs_cut_short_anywhere_converge_on_rerun(crash_node):
         ("upgrade" if i % 2 == 0 else "downgrade", cut, new if i % 2 == 0 else old)
         for i, cut in enumerate(SWITCH_CUTS)
     ]
+    # The cuts name every operation of a whole install and of a whole upgrade, and no other.
+    deploy(life, containerd_state="absent")
+    for cuts, target in ((INSTALL_CUTS, old), (SWITCH_CUTS, new)):
+        names = [op["name"] for op in deploy(life, **target)["results"]["operations"]]
+        assert [cut for cut, _ in cuts if not any(cut in name for name in names)] == [], names
+        assert [name for name in names if not any(cut in name for cut, _ in cuts)] == [], names
     for phase, (operation, how), target in plan:
         if phase == "install":
             deploy(life, containerd_state="absent")

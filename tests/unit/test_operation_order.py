@@ -16,6 +16,7 @@ from pyinfra.context import ctx_host, ctx_state
 import containerd_deploy.deploy.node as flow
 from containerd_deploy.deploy import report
 from containerd_deploy.deploy.order import deploy_file_frames_known
+from containerd_deploy.facts.node import DataDirectories, DataDirectory
 from containerd_deploy.remote.manifest import Manifest
 
 from .flow import converged, drifted, settings_for
@@ -72,9 +73,9 @@ def test_a_python_without_that_cache_runs_the_deploy_as_before(monkeypatch):
 
 
 def test_hosts_changing_different_things_keep_their_own_operations(monkeypatch, tmp_path):
-    """pyinfra's CLI tells operations apart by the lines of their call stack and, per host, how
-    many came from that line before; a loop's calls are told apart by their place in it
-    (`host.loop`). So where hosts differ in what they change (one removes the CNI plugins,
+    """pyinfra's CLI tells operations apart by the lines of their call stack, their place in a
+    loop, and how many came from the same place before on the same host; the deploy places each
+    file's or component's operation by the name it shows. So where hosts differ in what they change (one removes the CNI plugins,
     writes config.toml and removes a registry's hosts.toml; another removes crictl, installs the
     unit and removes the proxy drop-in), each change is an operation of its own, never one
     operation under two names. And the deploy, as the CLI runs it from a deploy file, records
@@ -118,14 +119,36 @@ def test_hosts_taken_back_from_different_states_keep_their_own_operations(monkey
     base = converged(settings_for())
     one = "/etc/containerd/certs.d/one.internal/hosts.toml"
     two = "/etc/containerd/certs.d/two.internal/hosts.toml"
-    absent = {"containerd_state": "absent"}
+    absent, purged = {"containerd_state": "absent"}, {"containerd_state": "purged"}
+    elsewhere = base.config_text.replace("root = '/var/lib/containerd'", "root = '/srv/containerd'")
+    assert elsewhere != base.config_text
     nodes = {
-        "one": (drifted(base, managed_hosts=[one], unit_sha256=None), absent),
+        "one": (drifted(base, managed_hosts=[one, two], unit_sha256=None), absent),
+        # the same files met the other way round: one order still (pyinfra refuses two)
         "two": (drifted(base, manifests={"runc": base.manifests["runc"]}, managed_hosts=[two, one]), absent),
+        "three": (base, purged),
+        "four": (drifted(base, config_text=elsewhere), purged),
     }
     changes = operation_names(run_as_the_cli(monkeypatch, tmp_path, nodes))
-    for expected in (f"Remove {one}", f"Remove {two}", "Remove containerd files", "Remove runc files"):
+    for expected in (
+        f"Remove {one}",
+        f"Remove {two}",
+        "Remove containerd files",
+        "Remove runc files",
+        "Remove containerd's data in /var/lib/containerd",
+        "Remove containerd's data in /srv/containerd",
+    ):
         assert expected in changes, changes
+
+
+def test_hosts_installing_different_versions_keep_their_own_operations(monkeypatch, tmp_path):
+    base = converged(settings_for())
+    nodes = {"one": (base, {"containerd_version": "2.1.6"}), "two": (base, {"containerd_version": "2.0.7"})}
+    changes = operation_names(run_as_the_cli(monkeypatch, tmp_path, nodes))
+    assert [name for name in changes if name.startswith("Install containerd ")] == [
+        "Install containerd 2.0.7 into /usr/local/bin",
+        "Install containerd 2.1.6 into /usr/local/bin",
+    ]
 
 
 def run_as_the_cli(monkeypatch, tmp_path, nodes: dict) -> State:
@@ -145,10 +168,20 @@ def run_as_the_cli(monkeypatch, tmp_path, nodes: dict) -> State:
     for name, (node, _) in nodes.items():
         host = inventory.get_host(name)
         state.activate_host(host)
-        monkeypatch.setattr(host, "get_fact", lambda fact, *args, node=node, **kwargs: node)
+        monkeypatch.setattr(
+            host, "get_fact", lambda fact, *args, node=node, **kwargs: answer(fact, node, kwargs)
+        )
         with ctx_state.use(state), ctx_host.use(host):
             flow.containerd_node._inner()
+    state.get_op_order()  # one order of the operations for all hosts (pyinfra raises otherwise)
     return state
+
+
+def answer(fact, node, asked: dict):
+    """The node fact: `node`; a purge's question of its data directories: each there, empty."""
+    if fact is DataDirectories:
+        return {path: DataDirectory(path, ()) for path in asked["paths"]}
+    return node
 
 
 def operation_names(state: State) -> list[str]:

@@ -10,7 +10,7 @@ from containerd_deploy.data.settings import DEFAULTS, Settings
 from containerd_deploy.deploy.order import each_told_apart
 from containerd_deploy.facts.node import ContainerdDefaultConfig, NodeState
 from containerd_deploy.operations.files import file_absent, file_content
-from containerd_deploy.plan.files import desired_config, no_config_defaults
+from containerd_deploy.plan.files import desired_config, no_config_defaults, proxy_dropin_path
 from containerd_deploy.plan.run import Plan
 from containerd_deploy.remote.paths import CRICTL_CONFIG
 
@@ -46,10 +46,24 @@ def configure_containerd(settings: Settings, node: NodeState, plan: Plan, config
     """Write each file the plan writes (of config.toml, the unit, its proxy drop-in, each
     registry's hosts.toml, crictl's config: those whose content differs) and remove those it
     drops. `config`: the config.toml text (``config_left``)."""
-    for path in each_told_apart(plan.write, among=tuple(plan.files)):
+
+    def written(path: str) -> str:
+        return f"{'Install' if path == settings.containerd_unit_path else 'Write'} {path}"
+
+    def removed(path: str) -> str:
+        return f"Remove {path}{_why_removed(node, path)}"
+
+    # config.toml first, the unit and its drop-in, crictl's config, then the registries' files
+    rank = (
+        settings.containerd_config_path,
+        settings.containerd_unit_path,
+        proxy_dropin_path(settings),
+        CRICTL_CONFIG,
+    )
+    for path in each_told_apart(plan.write, written, rank):
         file = plan.files[path]
         file_content(
-            name=f"{'Install' if path == settings.containerd_unit_path else 'Write'} {path}",
+            name=written(path),
             path=path,
             content=file.text if file.text is not None else config,
             current_sha256=file.current_sha256,
@@ -57,9 +71,9 @@ def configure_containerd(settings: Settings, node: NodeState, plan: Plan, config
             mode=file.mode,
             diff=False,  # the plan's diff is shown with the plan (deploy/show.py)
         )
-    for path in each_told_apart(plan.delete):
+    for path in each_told_apart(plan.delete, removed, rank):
         file_absent(
-            name=f"Remove {path}{_why_removed(node, path)}",
+            name=removed(path),
             path=path,
             present=True,
             remove_empty_parent=path in node.managed_hosts,

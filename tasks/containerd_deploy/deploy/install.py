@@ -42,21 +42,27 @@ def install_release_files(settings: Settings, node: NodeState, artifacts: dict[s
             name="Remove the distribution's containerd package (containerd_distro_package)",
             packages=node.distro_packages,
         )
-    for component in each_told_apart((*plan.remove, *plan.install), among=tuple(COMPONENTS)):
+
+    def named(component: str) -> str:
+        if component in plan.remove:
+            return f"Remove {NAMES[component]} (no {component}_version)"
+        artifact = artifacts[component]
+        how = "into" if artifact.layout.tarball else "as"
+        return f"Install {NAMES[component]} {artifact.version} {how} {destination(settings, artifact)}"
+
+    for component in each_told_apart((*plan.remove, *plan.install), named, rank=tuple(COMPONENTS)):
         if component in plan.remove:
             release_artifact_absent(
-                name=f"Remove {NAMES[component]} (no {component}_version)",
+                name=named(component),
                 component=component,
                 state_dir=settings.containerd_deploy_state_dir,
                 installed=node.manifests.get(component),
             )
         else:
-            artifact = artifacts[component]
-            dest = destination(settings, artifact)
             release_artifact(
-                name=f"Install {NAMES[component]} {artifact.version} {'as' if not artifact.layout.tarball else 'into'} {dest}",
-                artifact=artifact,
-                dest=dest,
+                name=named(component),
+                artifact=artifacts[component],
+                dest=destination(settings, artifacts[component]),
                 staging_dir=settings.containerd_staging_dir,
                 state_dir=settings.containerd_deploy_state_dir,
                 installed=node.manifests.get(component),

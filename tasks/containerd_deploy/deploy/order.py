@@ -6,27 +6,37 @@ would otherwise share one operation under two names (a failure shown under the o
 import inspect
 import os
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import TypeVar
 
 from pyinfra import host
 
-_slots: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # run (pyinfra State) -> name -> place
+_places: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # run (pyinfra State) -> name -> place
+Item = TypeVar("Item")
 
 
-def each_told_apart(names: Sequence[str], among: Sequence[str] = ()) -> Iterator[str]:
-    """`names` (paths, components), each operation added for one placed by the name itself: the
-    same place on every host of the run, whatever else a host adds from the same line. Places go
-    in the order the run first meets each name, `among` (all the names there may be, in the order
-    they run in) first; the operations run in that order."""
-    places = _slots.setdefault(host.state, {})
-    for name in (*among, *names):
-        places.setdefault(name, len(places))
-    for name in sorted(names, key=places.__getitem__):
-        host.loop_position.append(places[name])
+def each_told_apart(
+    items: Sequence[Item], named: Callable[[Item], str], rank: Sequence = ()
+) -> Iterator[Item]:
+    """Each of `items` (files, components), for one operation placed by the name it shows,
+    `named(item)`: the same operation on every host of the run that adds that name from the
+    same line, and one of its own otherwise, so no two hosts' different operations are one under
+    two names. They are added, and run, in the order of `rank` (the items there may be, in the
+    order they should run; others after them), then in the order the run first met each name:
+    the same order on every host (pyinfra refuses a run whose hosts order two operations
+    differently)."""
+    places = _places.setdefault(host.state, {})
+    ranks = {item: index for index, item in enumerate(rank)}
+
+    def place(item: Item) -> tuple[int, int]:
+        return ranks.get(item, len(ranks)), places.setdefault(named(item), len(places))
+
+    for item in sorted(items, key=place):
+        host.loop_position.extend(place(item))
         try:
-            yield name
+            yield item
         finally:
-            host.loop_position.pop()
+            del host.loop_position[-2:]
 
 
 def deploy_file_frames_known(state) -> None:

@@ -116,15 +116,23 @@ def remove_containerd(settings: Settings, node: NodeState, plan: Plan):
         service_absent(
             name=f"Stop and disable {unit}, and stop what it left running", unit=unit, present=True
         )
-    for component in each_told_apart(plan.remove, among=tuple(COMPONENTS)):
+
+    def removed(component: str) -> str:
+        return f"Remove {component} files"
+
+    for component in each_told_apart(plan.remove, removed, rank=tuple(COMPONENTS)):
         release_artifact_absent(
-            name=f"Remove {component} files",
+            name=removed(component),
             component=component,
             state_dir=settings.containerd_deploy_state_dir,
             installed=node.manifests.get(component),
         )
-    for path in each_told_apart(node.managed_hosts):
-        file_absent(name=f"Remove {path}", path=path, present=True, remove_empty_parent=True)
+
+    def gone(path: str) -> str:
+        return f"Remove {path}"
+
+    for path in each_told_apart(node.managed_hosts, gone):
+        file_absent(name=gone(path), path=path, present=True, remove_empty_parent=True)
     if settings.containerd_registry_config_path and node.managed_hosts:
         directory_absent(
             name=f"Remove {settings.containerd_registry_config_path} if empty",
@@ -140,8 +148,8 @@ def remove_containerd(settings: Settings, node: NodeState, plan: Plan):
         proxy_dropin_path(settings),
         CRICTL_CONFIG,
     )
-    for path in each_told_apart([path for path in files if path in plan.delete], among=files):
-        file_absent(name=f"Remove {path}", path=path, present=True, remove_empty_parent=path not in shared)
+    for path in each_told_apart([path for path in files if path in plan.delete], gone, rank=files):
+        file_absent(name=gone(path), path=path, present=True, remove_empty_parent=path not in shared)
     if plan.reload:  # a unit file went: systemd forgets it
         systemd.daemon_reload(name="Reload systemd units")
     if plan.drop_kept:
@@ -155,5 +163,9 @@ def remove_containerd(settings: Settings, node: NodeState, plan: Plan):
             present=True,
             only_if_empty=True,
         )
-    for directory in plan.purge:
-        directory_absent(name=f"Remove containerd's data in {directory}", path=directory, present=True)
+
+    def purged(directory: str) -> str:
+        return f"Remove containerd's data in {directory}"
+
+    for directory in each_told_apart(plan.purge, purged):
+        directory_absent(name=purged(directory), path=directory, present=True)
